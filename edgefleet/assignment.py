@@ -1,0 +1,217 @@
+"""Signed per-device assignments: what a device should run, and the checks before it may.
+
+The server's director key (Ed25519) signs an assignment; the agent verifies it. The wire
+form mirrors TUF's envelope so it reads familiar::
+
+    {"signed": {"_type": "edgefleet-assignment", "spec_version": 1, "device_id": ...,
+                "counter": 7, "issued_at": "...Z", "expires_at": "...Z", "rollout_id": ...,
+                "models": {"digits": {"version": "1.2.0", "target_path": "...",
+                                      "sha256": "...", "length": 1234}}},
+     "signatures": [{"keyid": "<sha256 of the raw public key>", "sig": "<hex>"}]}
+
+The signature covers the canonical JSON of ``signed`` (edgefleet.canonical).
+``verify_assignment`` is pure: bytes, a key, the device's state and the time in; an
+``Assignment`` or an ``AssignmentError`` with a stable ``reason`` code out. It checks, in
+order: envelope shape, signature, type, device id, counter (strictly higher than any
+accepted, so a replay or an old assignment is refused), expiry. Rolling back is a new
+assignment with a higher counter that names an older version.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from edgefleet.canonical import canonical_json
+from edgefleet.errors import AssignmentError
+from edgefleet.version import ModelVersion, check_model_name
+
+ASSIGNMENT_TYPE = "edgefleet-assignment"
+SPEC_VERSION = 1
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """One model named by an assignment: the version and the TUF target that carries it."""
+
+    version: str
+    target_path: str
+    sha256: str
+    length: int
+
+    def __post_init__(self) -> None:
+        ModelVersion.parse(self.version)
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        if self.length <= 0 or not self.target_path or ".." in self.target_path.split("/"):
+            raise ValueError("target_path and length must be set and sane")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "target_path": self.target_path, "sha256": self.sha256, "length": self.length}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelTarget:
+        return cls(str(data["version"]), str(data["target_path"]), str(data["sha256"]), int(data["length"]))
+
+
+@dataclass(frozen=True)
+class Assignment:
+    device_id: str
+    counter: int
+    issued_at: datetime
+    expires_at: datetime
+    rollout_id: str | None
+    models: Mapping[str, ModelTarget]
+
+    def __post_init__(self) -> None:
+        if self.counter < 1:
+            raise ValueError("counter must be >= 1")
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        for name in self.models:
+            check_model_name(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "_type": ASSIGNMENT_TYPE,
+            "spec_version": SPEC_VERSION,
+            "device_id": self.device_id,
+            "counter": self.counter,
+            "issued_at": format_time(self.issued_at),
+            "expires_at": format_time(self.expires_at),
+            "rollout_id": self.rollout_id,
+            "models": {n: t.to_dict() for n, t in sorted(self.models.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Assignment:
+        return cls(
+            device_id=str(data["device_id"]),
+            counter=int(data["counter"]),
+            issued_at=parse_time(str(data["issued_at"])),
+            expires_at=parse_time(str(data["expires_at"])),
+            rollout_id=None if data.get("rollout_id") is None else str(data["rollout_id"]),
+            models={str(n): ModelTarget.from_dict(t) for n, t in dict(data["models"]).items()},
+        )
+
+
+def _raw_public(public_key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)  # type: ignore[no-any-return]
+
+
+def key_id(public_raw: bytes) -> str:
+    return hashlib.sha256(public_raw).hexdigest()
+
+
+class DirectorSigner:
+    """Signs assignments with the director's Ed25519 private key (server side)."""
+
+    def __init__(self, private_key: Any) -> None:
+        self._key = private_key
+        self.public_raw = _raw_public(private_key.public_key())
+        self.keyid = key_id(self.public_raw)
+
+    @classmethod
+    def generate(cls) -> DirectorSigner:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> DirectorSigner:
+        from cryptography.hazmat.primitives import serialization
+
+        return cls(serialization.load_pem_private_key(pem, password=None))
+
+    def private_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self._key.private_bytes(  # type: ignore[no-any-return]
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    @property
+    def public_b64(self) -> str:
+        """The public key as the trust bundle carries it (base64 of the 32 raw bytes)."""
+        return base64.b64encode(self.public_raw).decode()
+
+    def sign(self, assignment: Assignment) -> bytes:
+        signed = assignment.to_dict()
+        sig = self._key.sign(canonical_json(signed))
+        envelope = {"signed": signed, "signatures": [{"keyid": self.keyid, "sig": sig.hex()}]}
+        return canonical_json(envelope)
+
+
+def verify_assignment(
+    envelope: bytes,
+    *,
+    director_public_b64: str,
+    device_id: str,
+    last_counter: int,
+    now: datetime,
+) -> Assignment:
+    """Verify a signed assignment for this device; raise AssignmentError(reason=...) if refused.
+
+    ``last_counter`` is the highest counter this device has accepted (0 if none).
+    """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        document = json.loads(envelope)
+        signed = document["signed"]
+        signatures = document["signatures"]
+        if not isinstance(signed, dict) or not isinstance(signatures, list):
+            raise TypeError("signed must be an object and signatures a list")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AssignmentError(f"assignment is malformed: {exc}", reason="malformed") from exc
+    try:
+        raw = base64.b64decode(director_public_b64, validate=True)
+        public = Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as exc:
+        raise AssignmentError("the trust bundle's director key is not a valid Ed25519 key", reason="bad_trust_bundle",
+                              fix="re-enroll the device") from exc
+    wanted = key_id(raw)
+    payload = canonical_json(signed)
+    verified = False
+    for entry in signatures:
+        if not isinstance(entry, dict) or entry.get("keyid") != wanted:
+            continue
+        try:
+            public.verify(bytes.fromhex(str(entry.get("sig", ""))), payload)
+            verified = True
+            break
+        except (InvalidSignature, ValueError):
+            continue
+    if not verified:
+        raise AssignmentError("assignment signature does not verify with the director key", reason="bad_signature")
+    if signed.get("_type") != ASSIGNMENT_TYPE or signed.get("spec_version") != SPEC_VERSION:
+        raise AssignmentError(f"document is not an {ASSIGNMENT_TYPE} v{SPEC_VERSION}", reason="wrong_type")
+    try:
+        assignment = Assignment.from_dict(signed)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise AssignmentError(f"assignment is malformed: {exc}", reason="malformed") from exc
+    if assignment.device_id != device_id:
+        raise AssignmentError(f"assignment names device {assignment.device_id!r}, not this device {device_id!r}",
+                              reason="wrong_device")
+    if assignment.counter <= last_counter:
+        raise AssignmentError(f"assignment counter {assignment.counter} is not above the last accepted {last_counter} (replay)",
+                              reason="replayed_counter")
+    if now >= assignment.expires_at:
+        raise AssignmentError(f"assignment expired at {format_time(assignment.expires_at)}", reason="expired")
+    return assignment

@@ -1,0 +1,50 @@
+"""The exception hierarchy of the contracts package.
+
+    EdgefleetError
+    ├── ProfileError        a firmware profile is missing or malformed
+    ├── ManifestError       a bundle manifest breaks the schema
+    ├── BundleError         a bundle archive is malformed, truncated or tampered with
+    ├── AssignmentError     a signed assignment is refused (signature, device, counter, expiry)
+    └── VersionError        a version string is not semantic
+
+Every error carries a message meant for a person: what is wrong and, where one is known,
+the fix. The CLI prints ``str(error)`` as one line and exits non-zero.
+Other packages (agent, converter, fleet_server) derive their own bases from EdgefleetError
+so that one ``except EdgefleetError`` in the CLI catches them all.
+"""
+
+from __future__ import annotations
+
+
+class EdgefleetError(Exception):
+    """Base of every error edgefleet raises on purpose."""
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        self.message = message
+        self.fix = fix
+        super().__init__(f"{message} (fix: {fix})" if fix else message)
+
+
+class ProfileError(EdgefleetError):
+    """A firmware profile is missing or malformed."""
+
+
+class ManifestError(EdgefleetError):
+    """A bundle manifest does not follow the schema."""
+
+
+class BundleError(EdgefleetError):
+    """A bundle archive is malformed, truncated or tampered with."""
+
+
+class AssignmentError(EdgefleetError):
+    """A signed assignment was refused."""
+
+    def __init__(self, message: str, *, reason: str, fix: str | None = None) -> None:
+        # ``reason`` is a stable machine-readable code reported in agent events.
+        self.reason = reason
+        super().__init__(message, fix=fix)
+
+
+class VersionError(EdgefleetError):
+    """A version string is not a semantic version."""

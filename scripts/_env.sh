@@ -1,0 +1,65 @@
+# Shared set-up for scripts/*: find Python 3.11+, create or reuse .venv, install extras once.
+# Sourced, not run. Idempotent: a stamp of pyproject.toml + extras skips pip when nothing changed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+find_python() {
+    for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+        [ -n "$candidate" ] || continue
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    echo "edgefleet needs Python 3.11 or newer; install it (e.g. 'apt-get install python3.11 python3.11-venv') or set PYTHON=/path/to/python3.11" >&2
+    return 1
+}
+
+# ensure_venv DIR EXTRAS [PIP_ARGS...]: make DIR a venv with edgefleet[EXTRAS] installed (editable).
+ensure_venv() {
+    local venv="$1" extras="$2"
+    shift 2
+    local stamp="$venv/.edgefleet-stamp"
+    local want
+    want="$(cat pyproject.toml "$@" 2>/dev/null | sha256sum | cut -c1-16)-$extras"
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "==> creating $venv" >&2
+        "$(find_python)" -m venv "$venv"
+    fi
+    if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+        echo "==> installing edgefleet[$extras] into $venv (first run only; later runs reuse it)" >&2
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -U pip setuptools wheel
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+        echo "$want" >"$stamp"
+    fi
+}
+
+# require_services: the test suite uses a real Mosquitto and a real PostgreSQL.
+require_services() {
+    if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "==> installing mosquitto with apt-get" >&2
+            apt-get install -y -q mosquitto mosquitto-clients >&2 || { apt-get update -q >&2 && apt-get install -y -q mosquitto mosquitto-clients >&2; }
+        else
+            echo "the tests need the mosquitto broker binary; install it with: sudo apt-get install -y mosquitto (or: brew install mosquitto)" >&2
+            exit 1
+        fi
+    fi
+    export PATH="$PATH:/usr/sbin"
+    if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null 2>&1; then
+            echo "==> starting PostgreSQL" >&2
+            pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start >&2 || true
+        elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "==> installing PostgreSQL with apt-get" >&2
+            apt-get install -y -q postgresql >&2 && pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start >&2
+        fi
+        if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+            echo "the PostgreSQL tests need a server on 127.0.0.1:5432 (user postgres, trust auth, database 'test');" >&2
+            echo "install and start one with: sudo apt-get install -y postgresql && sudo pg_ctlcluster 15 main start, or set EDGEFLEET_TEST_PG=skip to skip them" >&2
+            [ "${EDGEFLEET_TEST_PG:-}" = "skip" ] || exit 1
+        fi
+    fi
+}
