@@ -20,6 +20,7 @@ import io
 import json
 import os
 import tarfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,7 @@ def read_bundle(source: str | os.PathLike[str] | bytes, *, max_bytes: int = DEFA
     if data[:2] == b"\x1f\x8b":
         try:
             payload = _gunzip_bounded(data, max_bytes)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise BundleError(f"{label} is truncated or not a valid gzip archive ({exc})",
                               fix="download or copy the bundle again") from exc
     else:

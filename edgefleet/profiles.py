@@ -253,7 +253,7 @@ def load_profile_file(path: str | os.PathLike[str]) -> Profile:
 
 
 def _search_dirs() -> list[Path]:
-    dirs = []
+    dirs: list[Path] = []
     extra = os.environ.get("EDGEFLEET_PROFILES_DIR")
     if extra:
         dirs.extend(Path(d) for d in extra.split(os.pathsep) if d)
