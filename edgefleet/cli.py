@@ -24,7 +24,9 @@ _COMMAND_MODULES = (
     "edgefleet.core_commands",
     "converter.cli",
     "fleet_server.cli",
+    "fleet_server.rollouts_cli",
     "agent.cli",
+    "simulation.cli",
 )
 
 DESCRIPTION = """\
