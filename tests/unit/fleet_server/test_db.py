@@ -56,7 +56,7 @@ def test_timestamps_come_back_aware_utc(database: Database) -> None:
 
 def test_naive_datetimes_are_refused(database: Database) -> None:
     row = _model("3.0.0")
-    row.created_at = datetime(2026, 1, 1)  # noqa: DTZ001 - the point of the test
+    row.created_at = datetime(2026, 1, 1)  # a naive time: the point of the test
     with pytest.raises(Exception, match="naive"), database.session() as s:
         s.add(row)
 
