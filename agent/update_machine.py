@@ -19,7 +19,7 @@ so tests drive it directly. Writing update.json atomically is agent/updater.py's
 
 Errors:
 
-    EdgefleetError
+    AgentError (agent.errors)
     └── UpdateMachineError          update.json cannot be read back (fix: delete it)
         └── IllegalTransitionError  an input the current state does not accept (a bug)
 """
@@ -32,10 +32,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edgefleet.errors import EdgefleetError
+from agent.errors import AgentError
 
 
-class UpdateMachineError(EdgefleetError):
+class UpdateMachineError(AgentError):
     """The persisted update state is unreadable or inconsistent."""
 
 
