@@ -1,0 +1,33 @@
+"""The fleet server's trust layer: signing keys and the TUF repository that carries bundles.
+
+``keys``      where the online and root keys live; ``init_keys``, ``KeyStore``, ``rotate_root``
+``tuf_repo``  ``TufRepository``: targets, snapshot, timestamp signed with python-tuf
+``errors``    ``TrustError`` and its subclasses
+
+Broker credentials live beside it in ``fleet_server.broker_auth``. See docs/trust.md.
+"""
+
+from fleet_server.trust.errors import (
+    BrokerAuthError,
+    KeyStoreError,
+    RepositoryError,
+    ThresholdError,
+    TrustError,
+)
+from fleet_server.trust.keys import InitSummary, KeyStore, init_keys, load_root_signers, rotate_root
+from fleet_server.trust.tuf_repo import TargetInfo, TufRepository
+
+__all__ = [
+    "BrokerAuthError",
+    "InitSummary",
+    "KeyStore",
+    "KeyStoreError",
+    "RepositoryError",
+    "TargetInfo",
+    "ThresholdError",
+    "TrustError",
+    "TufRepository",
+    "init_keys",
+    "load_root_signers",
+    "rotate_root",
+]
