@@ -1,0 +1,171 @@
+"""Request input to a float32 matrix, checked against the model's input spec.
+
+Accepted shapes (docs/contracts.md, "Local agent API"):
+
+    {"inputs": [[1.0, 2.0], [3.0, 4.0]]}       rows
+    {"inputs": [1.0, 2.0]}                      one row
+    {"instances": [{"f1": 1.0, "f2": 2.0}]}     named features, in any order
+    {"instances": [[1.0, 2.0]]}                 rows under the other key
+
+A bare list or a numpy array is taken as ``inputs``. Everything else raises ``InputError``
+naming the problem and the fix: wrong width, a non-number (booleans and numeric strings
+included: silently coercing them hides client bugs), NaN or infinity where the spec does not
+allow NaN (``null`` is read as NaN where it does), an unknown or missing feature, no rows, or
+more rows than ``max_rows`` (413).
+
+Pure: no I/O, no runtime. It does not know about HTTP; the API maps ``InputError.status``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from agent.errors import InputError
+from edgefleet.manifest import TensorSpec
+
+DEFAULT_MAX_ROWS = 10_000
+_NUMBER = (int, float)
+
+
+def expected_width(spec: TensorSpec) -> int | None:
+    if spec.width is not None:
+        return spec.width
+    return len(spec.feature_names) if spec.feature_names else None
+
+
+def to_matrix(payload: Any, spec: TensorSpec, *, max_rows: int = DEFAULT_MAX_ROWS) -> np.ndarray:
+    """Turn a request body (already JSON-decoded) or an array into a checked float32 matrix."""
+    if isinstance(payload, np.ndarray):
+        return _check_array(payload, spec, max_rows)
+    if isinstance(payload, Mapping):
+        keys = set(payload)
+        if keys == {"inputs"}:
+            return _rows(payload["inputs"], spec, max_rows, "inputs")
+        if keys == {"instances"}:
+            return _instances(payload["instances"], spec, max_rows)
+        unknown = sorted(keys - {"inputs", "instances"})
+        raise InputError(
+            f"request body has {'unknown field(s) ' + ', '.join(map(repr, unknown)) if unknown else 'both inputs and instances'}",
+            fix='send {"inputs": [[...], ...]} or {"instances": [{"feature": value, ...}]}')
+    if isinstance(payload, list):
+        return _rows(payload, spec, max_rows, "inputs")
+    raise InputError(f"request body is a JSON {type(payload).__name__}, not an object",
+                     fix='send {"inputs": [[...], ...]} or {"instances": [{"feature": value, ...}]}')
+
+
+def _check_rows_count(n: int, max_rows: int) -> None:
+    if n == 0:
+        raise InputError("the request holds no rows", fix="send at least one row")
+    if n > max_rows:
+        raise InputError(f"the request holds {n} rows, over this agent's limit of {max_rows}",
+                         fix="split it into smaller requests, or use `edgefleet agent predict` for batch files",
+                         status=413)
+
+
+def _check_values(matrix: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
+    width = expected_width(spec)
+    if width is not None and matrix.shape[1] != width:
+        raise InputError(f"{where} have {matrix.shape[1]} values per row but model input {spec.name!r} takes {width}",
+                         fix=_width_fix(spec, width))
+    finite = np.isfinite(matrix)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        value = matrix[bad[0], bad[1]]
+        if not spec.allow_nan or not np.isnan(value):
+            what = "NaN (or null)" if np.isnan(value) else "infinity"
+            raise InputError(f"{where}: row {bad[0]}, column {bad[1]} is {what}, which this model does not accept",
+                             fix="impute missing values before sending them")
+    return matrix
+
+
+def _width_fix(spec: TensorSpec, width: int) -> str:
+    if spec.feature_names:
+        return f"send {width} values per row in this order: {', '.join(spec.feature_names)}"
+    return f"send {width} values per row"
+
+
+def _check_array(array: np.ndarray, spec: TensorSpec, max_rows: int) -> np.ndarray:
+    if array.dtype.kind not in "iuf":
+        raise InputError(f"input array has dtype {array.dtype}, not numbers", fix="send numeric features")
+    if array.ndim == 1:
+        array = array.reshape(1, -1)
+    if array.ndim != 2:
+        raise InputError(f"input array has {array.ndim} dimensions", fix="send a [rows, features] matrix")
+    _check_rows_count(array.shape[0], max_rows)
+    return _check_values(np.ascontiguousarray(array, dtype=np.float32), spec, "inputs")
+
+
+def _number(value: Any, spec: TensorSpec, where: str) -> float:
+    # ``type(...) in`` rather than isinstance: bool is an int subclass and must be refused.
+    if type(value) in _NUMBER:
+        return float(value)
+    if value is None and spec.allow_nan:
+        return math.nan
+    shown = "null" if value is None else f"{type(value).__name__} {value!r}"[:60]
+    raise InputError(f"{where} is {shown}, not a number", fix="send every feature as a JSON number")
+
+
+def _rows(value: Any, spec: TensorSpec, max_rows: int, key: str) -> np.ndarray:
+    if not isinstance(value, list):
+        raise InputError(f"'{key}' must be a list of rows or one row, got {type(value).__name__}",
+                         fix=f'send {{"{key}": [[...], ...]}}')
+    if value and not isinstance(value[0], list):
+        value = [value]  # one row
+    _check_rows_count(len(value), max_rows)
+    width = len(value[0])
+    for i, row in enumerate(value):
+        if not isinstance(row, list):
+            raise InputError(f"{key}[{i}] is {type(row).__name__}, not a row (list of numbers)",
+                             fix="make every row a list of the same length")
+        if len(row) != width:
+            raise InputError(f"{key}[{i}] has {len(row)} values but {key}[0] has {width}",
+                             fix="make every row the same length")
+        for j, v in enumerate(row):
+            if type(v) not in _NUMBER:
+                _number(v, spec, f"{key}[{i}][{j}]")  # raises unless it is a null the spec allows
+    try:
+        matrix = np.array(value, dtype=np.float32) if not spec.allow_nan else np.array(
+            [[math.nan if v is None else v for v in row] for row in value], dtype=np.float32)
+    except OverflowError as exc:
+        raise InputError(f"'{key}' holds a number too large for float32", fix="scale the features") from exc
+    return _check_values(matrix, spec, key)
+
+
+def _instances(value: Any, spec: TensorSpec, max_rows: int) -> np.ndarray:
+    if not isinstance(value, list):
+        raise InputError(f"'instances' must be a list, got {type(value).__name__}",
+                         fix='send {"instances": [{"feature": value, ...}, ...]}')
+    if not value or not isinstance(value[0], Mapping):
+        return _rows(value, spec, max_rows, "instances")
+    names = spec.feature_names
+    if not names:
+        raise InputError(f"model input {spec.name!r} does not name its features, so named instances cannot be mapped",
+                         fix='send rows instead: {"inputs": [[...], ...]}')
+    _check_rows_count(len(value), max_rows)
+    index = {n: i for i, n in enumerate(names)}
+    matrix = np.empty((len(value), len(names)), dtype=np.float32)
+    for i, instance in enumerate(value):
+        if not isinstance(instance, Mapping):
+            raise InputError(f"instances[{i}] is {type(instance).__name__}, not an object of features",
+                             fix="make every instance an object {feature: value}")
+        unknown = [k for k in instance if k not in index]
+        if unknown:
+            raise InputError(f"instances[{i}] has unknown feature(s) {', '.join(map(repr, sorted(unknown)[:5]))}",
+                             fix=f"use the model's feature names: {_names_hint(names)}")
+        if len(instance) != len(names):
+            missing = [n for n in names if n not in instance]
+            raise InputError(f"instances[{i}] is missing feature(s) {', '.join(map(repr, missing[:5]))}"
+                             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
+                             fix="send every feature the model lists (GET /v1/models shows them)")
+        for key, v in instance.items():
+            matrix[i, index[key]] = _number(v, spec, f"instances[{i}].{key}")
+    return _check_values(matrix, spec, "instances")
+
+
+def _names_hint(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:8])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > 8 else "")

@@ -1,0 +1,278 @@
+"""Inference sessions: a verified slot in, real-number outputs by role out.
+
+``load_session(slot, profile)`` picks the runtime by the bundle's format: ONNX Runtime for
+``onnx`` (execution providers from the profile, in order, falling back down the list with one
+log line per provider this build or machine lacks; thread counts from the profile), and for
+``tflite`` the first importable of ``ai_edge_litert``, ``tflite_runtime``, ``tensorflow.lite``
+(``$EDGEFLEET_TFLITE_RUNTIME`` names one to force). Every session answers ``run_roles(x)``
+with ``{"probabilities": [n, classes], "label": [n]}`` for classifiers (the label from
+``class_labels`` by argmax when the model gives only probabilities) or ``{"value": [n]}`` for
+regressors; int8 tensors are quantized and dequantized with the manifest's scale and zero
+point, so callers always see real numbers.
+
+Runtimes are imported inside the loaders: importing this module costs only numpy. This module
+does not validate request input (``agent.inputs``) or hold sessions for serving
+(``agent.serving``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from agent.errors import InferenceError
+from agent.slots import Slot
+from edgefleet.manifest import Manifest, Quantization, TensorSpec
+from edgefleet.profiles import Profile
+
+log = logging.getLogger("agent.runtime")
+
+CPU_PROVIDER = "CPUExecutionProvider"
+TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+_ROLES = ("probabilities", "label", "value")
+
+
+class ModelSession(Protocol):
+    """What serving, health checks and batch prediction need from a loaded model."""
+
+    manifest: Manifest
+    slot: Slot
+    providers: tuple[str, ...]
+    runtime: str
+
+    def run_roles(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a float matrix [n, features]; outputs keyed by role."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def load_session(slot: Slot, profile: Profile) -> ModelSession:
+    """Load a verified slot with the runtime its format needs, configured by the profile."""
+    fmt = slot.manifest.format
+    if fmt == "onnx":
+        if profile.runtime != "onnxruntime":
+            log.info("profile %s prefers %s but %s is an ONNX bundle: using onnxruntime",
+                     profile.name, profile.runtime, slot.manifest.ref)
+        return OnnxSession(slot, profile)
+    if fmt == "tflite":
+        return TFLiteSession(slot, profile)
+    raise InferenceError(f"{slot.manifest.ref} has format {fmt!r}, which this agent cannot run",
+                         fix="convert the model to onnx or tflite")
+
+
+def choose_providers(requested: Sequence[str], available: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split the profile's providers into (usable, missing), keeping order; the CPU is always last."""
+    usable = [p for p in requested if p in available]
+    missing = [p for p in requested if p not in available]
+    if CPU_PROVIDER not in usable:
+        usable.append(CPU_PROVIDER)
+    return usable, missing
+
+
+# -- output roles (pure) -------------------------------------------------------------------------
+def quantize(x: np.ndarray, q: Quantization, dtype: np.dtype[Any]) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(x / q.scale + q.zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(x: np.ndarray, q: Quantization) -> np.ndarray:
+    return ((x.astype(np.float32) - np.float32(q.zero_point)) * np.float32(q.scale)).astype(np.float32)
+
+
+def roles_from_outputs(manifest: Manifest, raw: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """Shape a runtime's raw outputs (by manifest output name, already real numbers) into roles."""
+    out: dict[str, np.ndarray] = {}
+    for spec in manifest.outputs:
+        if spec.role not in _ROLES or spec.name not in raw:
+            continue
+        value = np.asarray(raw[spec.name])
+        if spec.role == "probabilities":
+            out["probabilities"] = value.astype(np.float32, copy=False).reshape(n, -1)
+        else:
+            out[spec.role] = value.reshape(n)
+    if manifest.task == "classification" and "label" not in out and "probabilities" in out:
+        labels = np.asarray(manifest.class_labels)
+        out["label"] = labels[np.argmax(out["probabilities"], axis=1)]
+    if manifest.task == "regression" and "value" in out:
+        out["value"] = out["value"].astype(np.float32, copy=False)
+    if manifest.task == "classification" and "label" not in out:
+        raise InferenceError(f"{manifest.ref} produced neither a label nor probabilities",
+                             fix="rebuild the bundle: its output roles do not match the model")
+    return out
+
+
+def _as_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    if x.ndim != 2:
+        raise InferenceError(f"input must be a 2-D [rows, features] matrix, got {x.ndim} dimensions")
+    dtype = np.dtype(spec.dtype) if spec.dtype in ("float32", "float64", "float16") else np.dtype(np.float32)
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+# -- ONNX Runtime ---------------------------------------------------------------------------------
+class OnnxSession:
+    """An ONNX Runtime session. ``run`` is thread-safe (ORT sessions are)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, slot: Slot, profile: Profile) -> None:
+        try:
+            ort = importlib.import_module("onnxruntime")
+        except ImportError as exc:
+            raise InferenceError("ONNX bundles need onnxruntime, which is not installed",
+                                 fix="pip install 'edgefleet[agent]'") from exc
+        self.slot = slot
+        self.manifest = slot.manifest
+        usable, missing = choose_providers(profile.execution_providers, ort.get_available_providers())
+        for provider in missing:
+            log.warning("execution provider %s is not available in this onnxruntime build; falling back to %s",
+                        provider, _next_usable(profile.execution_providers, usable, provider))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = profile.intra_op_threads
+        options.inter_op_num_threads = profile.inter_op_threads
+        options.log_severity_level = 3  # ORT's own provider warnings would duplicate ours
+        try:
+            self._session = ort.InferenceSession(str(slot.model_path), sess_options=options, providers=usable)
+        except Exception as exc:  # onnxruntime raises its own unexported exception types
+            raise InferenceError(f"onnxruntime cannot load {self.manifest.ref}: {exc}",
+                                 fix="check that the bundle was built for this profile (edgefleet bundle inspect)") from exc
+        self.providers = tuple(self._session.get_providers())
+        for provider in usable:
+            if provider not in self.providers:
+                # Present in the build but unusable here (no GPU, no driver): ORT dropped it.
+                log.warning("execution provider %s could not start on this machine; falling back to %s",
+                            provider, self.providers[0] if self.providers else CPU_PROVIDER)
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def run_roles(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        session = self._session
+        if session is None:
+            raise InferenceError(f"session for {self.manifest.ref} is closed")
+        matrix = _as_input(x, self.manifest.input)
+        try:
+            values = session.run(self._outputs, {self._input: matrix})
+        except Exception as exc:
+            raise InferenceError(f"onnxruntime failed to run {self.manifest.ref}: {exc}") from exc
+        return roles_from_outputs(self.manifest, dict(zip(self._outputs, values, strict=True)), matrix.shape[0])
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _next_usable(requested: Sequence[str], usable: Sequence[str], provider: str) -> str:
+    after = requested[requested.index(provider) + 1:]
+    return next((p for p in after if p in usable), CPU_PROVIDER)
+
+
+# -- TFLite / LiteRT -------------------------------------------------------------------------------
+def tflite_interpreter_class() -> tuple[Any, str]:
+    """The first importable TFLite interpreter and the module it came from."""
+    forced = os.environ.get("EDGEFLEET_TFLITE_RUNTIME")
+    candidates = [m for m in TFLITE_MODULES if forced is None or m.split(".")[0] == forced.split(".")[0]]
+    errors = []
+    for name in candidates:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+            continue
+        return module.Interpreter, name
+    raise InferenceError("TFLite bundles need a TFLite interpreter and none could be imported ("
+                         + "; ".join(errors) + ")", fix="pip install 'edgefleet[litert]' (or tflite-runtime with numpy<2)")
+
+
+class TFLiteSession:
+    """A TFLite interpreter. Interpreters are not thread-safe, so ``run_roles`` holds a lock."""
+
+    def __init__(self, slot: Slot, profile: Profile) -> None:
+        interpreter_class, module = tflite_interpreter_class()
+        self.slot = slot
+        self.manifest = slot.manifest
+        self.runtime = module.split(".")[0]
+        self.providers: tuple[str, ...] = (self.runtime,)
+        try:
+            self._interp = interpreter_class(model_path=str(slot.model_path), num_threads=profile.intra_op_threads)
+            self._interp.allocate_tensors()
+        except Exception as exc:
+            raise InferenceError(f"{module} cannot load {self.manifest.ref}: {exc}", fix="rebuild the bundle") from exc
+        self._lock = threading.Lock()
+        self._in = self._interp.get_input_details()[0]
+        self._batch = int(self._in["shape"][0]) if len(self._in["shape"]) else 1
+        self._out_details = self._match_outputs(self._interp.get_output_details())
+
+    def _match_outputs(self, details: list[dict[str, Any]]) -> list[tuple[TensorSpec, dict[str, Any]]]:
+        # Converters rename tensors (onnx2tf writes e.g. "Identity"); match by name, else by order.
+        by_name = {d["name"]: d for d in details}
+        pairs = []
+        for i, spec in enumerate(self.manifest.outputs):
+            detail = by_name.get(spec.name) or (details[i] if i < len(details) else None)
+            if detail is not None:
+                pairs.append((spec, detail))
+        return pairs
+
+    def _quant(self, spec: TensorSpec, detail: Mapping[str, Any]) -> Quantization | None:
+        if spec.quantization is not None:
+            return spec.quantization
+        scale, zero = detail.get("quantization", (0.0, 0))
+        return Quantization(float(scale), int(zero)) if scale else None
+
+    def _resize(self, n: int) -> bool:
+        if n == self._batch:
+            return True
+        shape = [n, *(int(d) for d in self._in["shape"][1:])]
+        try:
+            self._interp.resize_tensor_input(self._in["index"], shape, strict=False)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError):
+            return False
+        self._batch = n
+        return True
+
+    def _invoke(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        dtype = np.dtype(self._in["dtype"])
+        if dtype.kind in "iu":
+            q = self._quant(self.manifest.input, self._in)
+            if q is None:
+                raise InferenceError(f"{self.manifest.ref} has an integer input without a scale and zero point",
+                                     fix="rebuild the bundle with the input's quantization in the manifest")
+            x = quantize(x, q, dtype)
+        self._interp.set_tensor(self._in["index"], np.ascontiguousarray(x, dtype=dtype))
+        self._interp.invoke()
+        raw = {}
+        for spec, detail in self._out_details:
+            value = self._interp.get_tensor(detail["index"])
+            if np.dtype(detail["dtype"]).kind in "iu" and spec.role != "label":
+                q = self._quant(spec, detail)
+                value = dequantize(value, q) if q is not None else value.astype(np.float32)
+            raw[spec.name] = value
+        return raw
+
+    def run_roles(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        matrix = _as_input(x, TensorSpec(self.manifest.input.name, "float32", (-1, -1)))
+        n = matrix.shape[0]
+        with self._lock:
+            if self._interp is None:
+                raise InferenceError(f"session for {self.manifest.ref} is closed")
+            try:
+                if self._resize(n):
+                    raw = self._invoke(matrix)
+                else:  # a fixed-batch model: one row at a time
+                    self._resize(1)
+                    parts = [self._invoke(matrix[i:i + 1]) for i in range(n)]
+                    raw = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+            except InferenceError:
+                raise
+            except Exception as exc:
+                raise InferenceError(f"{self.runtime} failed to run {self.manifest.ref}: {exc}") from exc
+        return roles_from_outputs(self.manifest, raw, n)
+
+    def close(self) -> None:
+        with self._lock:
+            self._interp = None
