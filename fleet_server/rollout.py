@@ -1,0 +1,715 @@
+"""The rollout state machine: which device gets which version when, and when to stop.
+
+A :class:`Rollout` takes a model version to the devices a selector matches, wave by wave
+(:mod:`fleet_server.waves` draws the waves). It is a pure core in the way python-tuf's
+``TrustedMetadataSet`` is: no database, broker or clock inside. Every input is a method
+call with the time passed in (``start``, ``device_event``, ``device_offline``/``online``,
+``tick``, ``pause``, ``resume``, ``abort``, ``rollback``, ``yank``, ``add_device``); every
+output is a list of :data:`Action` values the I/O layer carries out (sign and publish an
+assignment, record a halt, raise an alert). ``to_dict``/``from_dict`` is the whole state, so
+an engine keeps it as JSON in the database, loads it under a row lock, calls one method,
+stores it and executes the actions: a server restart loses nothing, and two replicas never
+advance a wave twice because the lock, not this object, serialises them.
+
+The rules (docs/rollouts.md tells them with an example timeline):
+
+* Only devices whose profile the version was validated for take part; the rest are
+  ``ineligible`` and are never assigned.
+* At most the members of waves 0..current are ever assigned; a wave's members are all
+  assigned when it starts.
+* A wave passes when its committed share >= ``min_success_rate`` and ``bake_time`` has gone
+  by since the last commit among its members (each new commit restarts the bake, so the last
+  device to commit is watched for the full bake time too).
+* The rollout halts when any started wave's failures / size > ``max_failure_rate``, or when
+  a wave can no longer reach ``min_success_rate`` even if all its in-flight devices commit.
+  Failures are ``failed`` and ``timed_out`` devices; a device that rolled itself back in
+  probation has failed.
+* An assigned device that has not committed ``device_timeout`` after its assignment (offline
+  or not) is ``timed_out``: a failure. A late commit still counts while the rollout runs.
+* With ``auto_rollback``, a halt moves every device the rollout touched back to its previous
+  version (``AssignPrevious``); a device that had none gets nothing and is reported in an
+  ``AlertNeeded``.
+* A halted, aborted or rolled-back rollout never assigns its version again, nor does any
+  rollout of a yanked version. Pause stops forward progress only: timeouts and halts still
+  apply while paused.
+
+What it deliberately does not do: sign or publish assignments, choose devices by querying
+anything, or look up previous versions' TUF targets; the engine does, from the actions.
+
+Errors: ``RolloutStateError`` (a ``ConflictError``, HTTP 409) for a command the current
+state forbids, ``RolloutConfigError`` (``InvalidInputError``, HTTP 422) for bad settings,
+``RolloutDataError`` (``ServerError``) for a stored document that does not parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from edgefleet.assignment import ModelTarget
+from edgefleet.errors import EdgefleetError
+from edgefleet.version import ModelVersion, check_model_name
+from fleet_server.errors import ConflictError, InvalidInputError, ServerError
+from fleet_server.waves import (
+    DEFAULT_WAVES,
+    DeviceInfo,
+    Selector,
+    WavePlan,
+    check_waves,
+    plan_waves,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Action",
+    "AlertNeeded",
+    "AssignPrevious",
+    "AssignVersion",
+    "Completed",
+    "DeviceRecord",
+    "DeviceStatus",
+    "Halt",
+    "Rollout",
+    "RolloutConfigError",
+    "RolloutDataError",
+    "RolloutPolicy",
+    "RolloutState",
+    "RolloutStateError",
+    "WaveSummary",
+    "action_to_dict",
+]
+
+SCHEMA_VERSION = 1
+
+
+class RolloutStateError(ConflictError):
+    """A command the rollout's current state does not allow (resume a halted rollout...)."""
+
+
+class RolloutConfigError(InvalidInputError):
+    """A rollout setting is out of range."""
+
+
+class RolloutDataError(ServerError):
+    """A stored rollout document does not parse."""
+
+
+class RolloutState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    HALTED = "halted"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    ROLLED_BACK = "rolled_back"
+
+
+class DeviceStatus(StrEnum):
+    PENDING = "pending"          # in a wave that has not started (or the rollout is not running)
+    ASSIGNED = "assigned"        # sent the version, no result yet
+    COMMITTED = "committed"      # runs the version after probation
+    FAILED = "failed"            # refused, failed its health check, or rolled back in probation
+    ROLLED_BACK = "rolled_back"  # sent back to its previous version by this rollout
+    TIMED_OUT = "timed_out"      # no result within device_timeout: counts as failed
+    INELIGIBLE = "ineligible"    # its profile is not one the version was validated for
+
+
+# Device lifecycle events (docs/contracts.md, `events` topic). Only the outcomes change status.
+PROGRESS_EVENTS = frozenset({"assigned", "downloaded", "verified", "staged", "health_passed", "activated"})
+OUTCOME_EVENTS = frozenset({"committed", "failed", "rolled_back"})
+EVENTS = PROGRESS_EVENTS | OUTCOME_EVENTS
+
+_LIVE = (RolloutState.RUNNING, RolloutState.PAUSED)
+_FAILURES = (DeviceStatus.FAILED, DeviceStatus.TIMED_OUT)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class AssignVersion:
+    """Sign and publish an assignment naming ``version`` (``target``) to this device."""
+
+    device_id: str
+    model: str
+    version: str
+    target: ModelTarget
+    kind: str = field(default="assign_version", init=False)
+
+
+@dataclass(frozen=True)
+class AssignPrevious:
+    """Sign and publish a new assignment (higher counter) naming the device's previous version."""
+
+    device_id: str
+    model: str
+    previous_version: str
+    kind: str = field(default="assign_previous", init=False)
+
+
+@dataclass(frozen=True)
+class Halt:
+    """The rollout stopped by itself; record and announce why."""
+
+    reason: str
+    kind: str = field(default="halt", init=False)
+
+
+@dataclass(frozen=True)
+class Completed:
+    """Every wave passed."""
+
+    kind: str = field(default="completed", init=False)
+
+
+@dataclass(frozen=True)
+class AlertNeeded:
+    """Something a person must look at (``topic`` is a stable code, ``devices`` those concerned)."""
+
+    topic: str
+    message: str
+    devices: tuple[str, ...] = ()
+    kind: str = field(default="alert", init=False)
+
+
+Action = AssignVersion | AssignPrevious | Halt | Completed | AlertNeeded
+
+
+def action_to_dict(action: Action) -> dict[str, Any]:
+    """A JSON-able form of an action, for logs, audit rows and ``--json`` output."""
+    return asdict(action)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _seconds(delta: timedelta) -> float:
+    return delta.total_seconds()
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """How a rollout moves and when it stops (the ``rollouts create`` flags)."""
+
+    waves: tuple[float, ...] = DEFAULT_WAVES
+    bake_time: timedelta = timedelta(minutes=10)
+    max_failure_rate: float = 0.05
+    min_success_rate: float = 0.95
+    device_timeout: timedelta = timedelta(minutes=30)
+    auto_rollback: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "waves", check_waves(self.waves))
+        except EdgefleetError as exc:
+            raise RolloutConfigError(exc.message, fix=exc.fix) from exc
+        if self.bake_time < timedelta(0):
+            raise RolloutConfigError(f"bake time {self.bake_time} is negative", fix="use e.g. --bake 10m")
+        if self.device_timeout <= timedelta(0):
+            raise RolloutConfigError(f"device timeout {self.device_timeout} must be positive",
+                                     fix="use e.g. --device-timeout 30m")
+        if not 0 <= self.max_failure_rate < 1:
+            raise RolloutConfigError(f"max failure rate {self.max_failure_rate} must be in [0, 1)",
+                                     fix="use e.g. --max-failure-rate 0.05 (5%)")
+        if not 0 < self.min_success_rate <= 1:
+            raise RolloutConfigError(f"min success rate {self.min_success_rate} must be in (0, 1]",
+                                     fix="use e.g. --min-success-rate 0.95 (95%)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"waves": list(self.waves), "bake_time_s": _seconds(self.bake_time),
+                "max_failure_rate": self.max_failure_rate, "min_success_rate": self.min_success_rate,
+                "device_timeout_s": _seconds(self.device_timeout), "auto_rollback": self.auto_rollback}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RolloutPolicy:
+        return cls(tuple(float(w) for w in data["waves"]), timedelta(seconds=float(data["bake_time_s"])),
+                   float(data["max_failure_rate"]), float(data["min_success_rate"]),
+                   timedelta(seconds=float(data["device_timeout_s"])), bool(data["auto_rollback"]))
+
+
+# --------------------------------------------------------------------------- per device
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(str(value))
+    if moment.tzinfo is None:
+        raise ValueError(f"time {value!r} has no time zone")
+    return moment
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """One device's part in a rollout; replaced (not mutated) at every change."""
+
+    device_id: str
+    profile: str
+    wave: int | None                  # None for ineligible devices
+    status: DeviceStatus
+    previous_version: str | None      # what it ran before: the rollback target
+    online: bool = True
+    joined_late: bool = False
+    last_event: str | None = None
+    reason: str = ""
+    assigned_at: datetime | None = None
+    finished_at: datetime | None = None     # committed, failed or timed out
+    offline_since: datetime | None = None
+    rolled_back_at: datetime | None = None
+
+    @property
+    def touched(self) -> bool:
+        """Whether this rollout ever sent the device its version."""
+        return self.assigned_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device_id": self.device_id, "profile": self.profile, "wave": self.wave,
+                "status": self.status.value, "previous_version": self.previous_version,
+                "online": self.online, "joined_late": self.joined_late, "last_event": self.last_event,
+                "reason": self.reason, "assigned_at": _time(self.assigned_at),
+                "finished_at": _time(self.finished_at), "offline_since": _time(self.offline_since),
+                "rolled_back_at": _time(self.rolled_back_at)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DeviceRecord:
+        wave = data["wave"]
+        return cls(str(data["device_id"]), str(data["profile"]), None if wave is None else int(wave),
+                   DeviceStatus(data["status"]),
+                   None if data["previous_version"] is None else str(data["previous_version"]),
+                   bool(data["online"]), bool(data["joined_late"]),
+                   None if data["last_event"] is None else str(data["last_event"]), str(data["reason"]),
+                   _parse_time(data["assigned_at"]), _parse_time(data["finished_at"]),
+                   _parse_time(data["offline_since"]), _parse_time(data["rolled_back_at"]))
+
+
+@dataclass(frozen=True)
+class WaveSummary:
+    """Counts for one wave, for ``rollouts status`` and for the pass/fail rules."""
+
+    index: int
+    percent: float
+    size: int
+    pending: int
+    in_flight: int
+    committed: int
+    failed: int
+    rolled_back: int
+    last_commit_at: datetime | None
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failed / self.size if self.size else 0.0
+
+    @property
+    def success_rate(self) -> float:
+        return self.committed / self.size if self.size else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "percent": self.percent, "size": self.size, "pending": self.pending,
+                "in_flight": self.in_flight, "committed": self.committed, "failed": self.failed,
+                "rolled_back": self.rolled_back, "last_commit_at": _time(self.last_commit_at),
+                "failure_rate": self.failure_rate, "success_rate": self.success_rate}
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+def _check_now(now: datetime) -> datetime:
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise RolloutConfigError("rollout times must be timezone-aware datetimes",
+                                 fix="pass datetime.now(UTC)")
+    return now
+
+
+class Rollout:
+    """One model version going to a selected fleet. Build with :meth:`create` or :meth:`from_dict`."""
+
+    def __init__(self, *, rollout_id: str, model: str, version: str, selector: Selector,
+                 targets: Mapping[str, ModelTarget], policy: RolloutPolicy, plan: WavePlan,
+                 devices: Mapping[str, DeviceRecord], state: RolloutState = RolloutState.PENDING,
+                 current_wave: int = 0, wave_started_at: datetime | None = None,
+                 started_at: datetime | None = None, finished_at: datetime | None = None,
+                 yanked: bool = False, halt_reason: str = "") -> None:
+        if not rollout_id:
+            raise RolloutConfigError("a rollout needs an id")
+        check_model_name(model)
+        ModelVersion.parse(version)
+        for profile, target in targets.items():
+            if target.version != version:
+                raise RolloutConfigError(f"the target for profile {profile!r} is version {target.version}, "
+                                         f"not {version}", fix="pass the targets of the version rolled out")
+        if not targets:
+            raise RolloutConfigError(f"{model}@{version} is validated for no profile",
+                                     fix="convert it for the fleet's profiles and push it again")
+        if not 0 <= current_wave < len(plan.waves):
+            raise RolloutConfigError(f"current wave {current_wave + 1} is not one of the plan's {len(plan.waves)}")
+        if any(d.wave is not None and not 0 <= d.wave < len(plan.waves) for d in devices.values()):
+            raise RolloutConfigError("a device is placed in a wave the plan does not have")
+        self.id = rollout_id
+        self.model = model
+        self.version = version
+        self.selector = selector
+        self.targets: dict[str, ModelTarget] = dict(targets)
+        self.policy = policy
+        self.plan = plan
+        self.devices: dict[str, DeviceRecord] = dict(devices)
+        self.state = state
+        self.current_wave = current_wave
+        self.wave_started_at = wave_started_at
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.yanked = yanked
+        self.halt_reason = halt_reason
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def create(cls, rollout_id: str, model: str, version: str, *, selector: Selector,
+               targets: Mapping[str, ModelTarget], devices: Iterable[DeviceInfo], seed: int,
+               policy: RolloutPolicy | None = None) -> Rollout:
+        """A pending rollout over the ``devices`` that ``selector`` matches.
+
+        ``targets`` maps each profile the version was validated for to its TUF target;
+        matching devices of other profiles are recorded as ineligible.
+        """
+        policy = policy or RolloutPolicy()
+        matching = [d for d in devices if selector.matches(d)]
+        eligible = [d for d in matching if d.profile in targets]
+        if not eligible:
+            profiles = sorted({d.profile for d in matching})
+            raise RolloutConfigError(
+                f"no device both matches {str(selector)!r} and runs a profile {model}@{version} was "
+                f"validated for ({', '.join(sorted(targets))}); matching devices run "
+                f"{', '.join(profiles) or 'nothing: none matches'}",
+                fix="widen the selector, or convert the model for those profiles and push it")
+        plan = plan_waves(eligible, policy.waves, seed)
+        records: dict[str, DeviceRecord] = {}
+        for device in matching:
+            if device.device_id in records:
+                raise RolloutConfigError(f"device {device.device_id!r} is listed twice")
+            wave = plan.wave_of(device.device_id)
+            status = DeviceStatus.PENDING if wave is not None else DeviceStatus.INELIGIBLE
+            reason = "" if wave is not None else f"profile {device.profile} is not one the version was validated for"
+            records[device.device_id] = DeviceRecord(device.device_id, device.profile, wave, status,
+                                                     device.version, reason=reason)
+        return cls(rollout_id=rollout_id, model=model, version=version, selector=selector,
+                   targets=targets, policy=policy, plan=plan, devices=records)
+
+    # ------------------------------------------------------------------ inputs
+
+    def start(self, now: datetime) -> list[Action]:
+        """Begin the first wave: every member of wave 1 is assigned."""
+        self._require((RolloutState.PENDING,), "start", "only a pending rollout can start")
+        now = _check_now(now)
+        if self.yanked:
+            raise RolloutStateError(f"{self.model}@{self.version} is yanked and can never be assigned",
+                                    fix="roll out another version")
+        self.state = RolloutState.RUNNING
+        self.started_at = now
+        return self._begin_wave(0, now)
+
+    def device_event(self, device_id: str, kind: str, now: datetime, reason: str = "",
+                     version: str | None = None) -> list[Action]:
+        """A lifecycle event from a device (``events`` topic). Unknown devices are ignored.
+
+        ``version`` is the version the event is about; events about another version (the
+        previous one, after a rollback) do not change this rollout's view of the device.
+        """
+        now = _check_now(now)
+        if kind not in EVENTS:
+            raise RolloutConfigError(f"unknown device event {kind!r}", fix=f"use one of {', '.join(sorted(EVENTS))}")
+        record = self.devices.get(device_id)
+        if record is None or (version is not None and version != self.version):
+            return []
+        if record.status not in (DeviceStatus.ASSIGNED, DeviceStatus.TIMED_OUT):
+            return []
+        if kind in PROGRESS_EVENTS:
+            self._put(replace(record, last_event=kind))
+            return []
+        if kind == "committed":
+            self._put(replace(record, status=DeviceStatus.COMMITTED, last_event=kind, finished_at=now,
+                              reason=reason))
+        elif record.status is DeviceStatus.ASSIGNED:
+            why = reason or ("rolled back on the device" if kind == "rolled_back" else "failed on the device")
+            if kind == "rolled_back" and reason:
+                why = f"rolled back on the device: {reason}"
+            self._put(replace(record, status=DeviceStatus.FAILED, last_event=kind, finished_at=now, reason=why))
+        return self._evaluate(now)
+
+    def device_offline(self, device_id: str, now: datetime) -> list[Action]:
+        """The broker reported the device gone (its last will). It keeps its place and timer."""
+        now = _check_now(now)
+        record = self.devices.get(device_id)
+        if record is not None and record.online:
+            self._put(replace(record, online=False, offline_since=now))
+        return self._evaluate(now)
+
+    def device_online(self, device_id: str, now: datetime) -> list[Action]:
+        now = _check_now(now)
+        record = self.devices.get(device_id)
+        if record is not None and not record.online:
+            self._put(replace(record, online=True, offline_since=None))
+        return self._evaluate(now)
+
+    def tick(self, now: datetime) -> list[Action]:
+        """Let time pass: time devices out, halt on failures, pass waves whose bake is over."""
+        return self._evaluate(_check_now(now))
+
+    def pause(self, now: datetime) -> list[Action]:
+        self._require((RolloutState.RUNNING,), "pause", "only a running rollout can be paused")
+        _check_now(now)
+        self.state = RolloutState.PAUSED
+        return []
+
+    def resume(self, now: datetime) -> list[Action]:
+        self._require((RolloutState.PAUSED,), "resume",
+                      "only a paused rollout can resume; a halted one never assigns again: "
+                      "roll back, then create a new rollout")
+        now = _check_now(now)
+        self.state = RolloutState.RUNNING
+        # Devices that joined the current wave while paused are assigned now.
+        actions = self._assign_wave(self.current_wave, now)
+        return actions + self._evaluate(now)
+
+    def abort(self, now: datetime, reason: str = "aborted by an operator") -> list[Action]:
+        """Stop for good, leaving devices where they are (``rollback`` moves them back)."""
+        self._require((RolloutState.PENDING, RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.HALTED),
+                      "abort", "the rollout has already finished")
+        self.state = RolloutState.ABORTED
+        self.finished_at = _check_now(now)
+        self.halt_reason = reason
+        return []
+
+    def rollback(self, now: datetime, reason: str = "rolled back by an operator") -> list[Action]:
+        """Send every device this rollout touched back to its previous version."""
+        self._require((RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.HALTED, RolloutState.COMPLETED,
+                       RolloutState.ABORTED), "roll back",
+                      "a pending rollout touched no device, and a rolled-back one is done")
+        now = _check_now(now)
+        if not self.halt_reason:
+            self.halt_reason = reason
+        return self._roll_back(now)
+
+    def yank(self, now: datetime, reason: str = "version yanked") -> list[Action]:
+        """The version was yanked from the registry: it is never assigned again.
+
+        A live or pending rollout halts (and rolls back if ``auto_rollback``); a finished one
+        only records it, and a completed one raises an alert, since devices still run it.
+        """
+        now = _check_now(now)
+        if self.yanked:
+            return []
+        self.yanked = True
+        if self.state in (*_LIVE, RolloutState.PENDING):
+            return self._halt(f"{self.model}@{self.version} was yanked: {reason}", now)
+        if self.state is RolloutState.COMPLETED:
+            on_it = tuple(sorted(d.device_id for d in self.devices.values() if d.status is DeviceStatus.COMMITTED))
+            return [AlertNeeded("yanked_version_in_use",
+                                f"{self.model}@{self.version} was yanked but {len(on_it)} device(s) run it; "
+                                f"`edgefleet rollouts rollback {self.id}` moves them back", on_it)]
+        return []
+
+    def add_device(self, device: DeviceInfo, now: datetime) -> list[Action]:
+        """A device enrolled or started to match the selector. Others are ignored.
+
+        It joins the wave :meth:`WavePlan.place` picks (the current one or a later one) and
+        is assigned at once if that wave is running. A device already known is left as is.
+        """
+        now = _check_now(now)
+        if device.device_id in self.devices or not self.selector.matches(device):
+            return []
+        if device.profile not in self.targets:
+            self._put(DeviceRecord(device.device_id, device.profile, None, DeviceStatus.INELIGIBLE, device.version,
+                                   joined_late=True,
+                                   reason=f"profile {device.profile} is not one the version was validated for"))
+            return []
+        wave = self.plan.place(device.device_id, self.current_wave)
+        self._put(DeviceRecord(device.device_id, device.profile, wave, DeviceStatus.PENDING, device.version,
+                               joined_late=True))
+        if self.state in (RolloutState.RUNNING, RolloutState.COMPLETED) and wave <= self.current_wave:
+            return self._assign_wave(wave, now)
+        return []
+
+    # ------------------------------------------------------------------ queries
+
+    def wave_summaries(self) -> tuple[WaveSummary, ...]:
+        return tuple(self._summary(i) for i in range(len(self.plan.waves)))
+
+    def assigned_count(self) -> int:
+        """Devices this rollout ever sent its version."""
+        return sum(1 for d in self.devices.values() if d.touched)
+
+    def allowed_count(self) -> int:
+        """The most devices the rollout may have assigned by now: members of started waves."""
+        if self.state is RolloutState.PENDING or self.started_at is None:
+            return 0
+        return sum(1 for d in self.devices.values() if d.wave is not None and d.wave <= self.current_wave)
+
+    def next_deadline(self) -> datetime | None:
+        """When a ``tick`` could next change something (a bake ends, a device times out)."""
+        if self.state not in _LIVE:
+            return None
+        moments = [d.assigned_at + self.policy.device_timeout for d in self.devices.values()
+                   if d.status is DeviceStatus.ASSIGNED and d.assigned_at is not None]
+        if self.state is RolloutState.RUNNING:
+            summary = self._summary(self.current_wave)
+            if summary.last_commit_at is not None:
+                moments.append(summary.last_commit_at + self.policy.bake_time)
+        return min(moments, default=None)
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION, "id": self.id, "model": self.model, "version": self.version,
+            "selector": str(self.selector),
+            "targets": {p: t.to_dict() for p, t in sorted(self.targets.items())},
+            "policy": self.policy.to_dict(), "plan": self.plan.to_dict(), "state": self.state.value,
+            "current_wave": self.current_wave, "wave_started_at": _time(self.wave_started_at),
+            "started_at": _time(self.started_at), "finished_at": _time(self.finished_at),
+            "yanked": self.yanked, "halt_reason": self.halt_reason,
+            "devices": [self.devices[k].to_dict() for k in sorted(self.devices)],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Rollout:
+        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA_VERSION:
+            raise RolloutDataError("stored rollout is not a schema-1 rollout document",
+                                   fix="it was written by another edgefleet version; migrate the database")
+        try:
+            records = [DeviceRecord.from_dict(d) for d in data["devices"]]
+            return cls(
+                rollout_id=str(data["id"]), model=str(data["model"]), version=str(data["version"]),
+                selector=Selector.parse(str(data["selector"])),
+                targets={str(p): ModelTarget.from_dict(t) for p, t in dict(data["targets"]).items()},
+                policy=RolloutPolicy.from_dict(data["policy"]), plan=WavePlan.from_dict(data["plan"]),
+                devices={r.device_id: r for r in records}, state=RolloutState(data["state"]),
+                current_wave=int(data["current_wave"]), wave_started_at=_parse_time(data["wave_started_at"]),
+                started_at=_parse_time(data["started_at"]), finished_at=_parse_time(data["finished_at"]),
+                yanked=bool(data["yanked"]), halt_reason=str(data["halt_reason"]))
+        except (KeyError, TypeError, ValueError, EdgefleetError) as exc:
+            if isinstance(exc, RolloutDataError):
+                raise
+            raise RolloutDataError(f"stored rollout is malformed: {exc}",
+                                   fix="restore the row from a backup") from exc
+
+    # ------------------------------------------------------------------ internals
+
+    def _require(self, states: tuple[RolloutState, ...], verb: str, why: str) -> None:
+        if self.state not in states:
+            raise RolloutStateError(f"cannot {verb} rollout {self.id}: it is {self.state.value}", fix=why)
+
+    def _put(self, record: DeviceRecord) -> None:
+        self.devices[record.device_id] = record
+
+    def _members(self, wave: int) -> list[DeviceRecord]:
+        return [d for d in self.devices.values() if d.wave == wave]
+
+    def _summary(self, wave: int) -> WaveSummary:
+        members = self._members(wave)
+        commits = [d.finished_at for d in members if d.status is DeviceStatus.COMMITTED and d.finished_at]
+        count = {s: sum(1 for d in members if d.status is s) for s in DeviceStatus}
+        return WaveSummary(wave, self.plan.percentages[wave], len(members), count[DeviceStatus.PENDING],
+                           count[DeviceStatus.ASSIGNED], count[DeviceStatus.COMMITTED],
+                           count[DeviceStatus.FAILED] + count[DeviceStatus.TIMED_OUT],
+                           count[DeviceStatus.ROLLED_BACK], max(commits, default=None))
+
+    def _begin_wave(self, wave: int, now: datetime) -> list[Action]:
+        self.current_wave = wave
+        self.wave_started_at = now
+        return self._assign_wave(wave, now)
+
+    def _assign_wave(self, wave: int, now: datetime) -> list[Action]:
+        # Every path that sends the version goes through here, so the guards live here.
+        if self.yanked or self.state not in (RolloutState.RUNNING, RolloutState.COMPLETED) \
+                or wave > self.current_wave:
+            return []
+        actions: list[Action] = []
+        for record in sorted(self._members(wave), key=lambda d: d.device_id):
+            if record.status is not DeviceStatus.PENDING:
+                continue
+            target = self.targets.get(record.profile)
+            if target is None:
+                self._put(replace(record, wave=None, status=DeviceStatus.INELIGIBLE,
+                                  reason=f"profile {record.profile} is not one the version was validated for"))
+                continue
+            self._put(replace(record, status=DeviceStatus.ASSIGNED, assigned_at=now))
+            actions.append(AssignVersion(record.device_id, self.model, self.version, target))
+        return actions
+
+    def _evaluate(self, now: datetime) -> list[Action]:
+        if self.state not in _LIVE:
+            return []
+        self._time_out(now)
+        for wave in range(self.current_wave + 1):
+            summary = self._summary(wave)
+            if not summary.size:
+                continue
+            if summary.failure_rate > self.policy.max_failure_rate:
+                return self._halt(f"wave {wave + 1}: {summary.failed} of {summary.size} device(s) failed "
+                                  f"({summary.failure_rate:.0%} > max {self.policy.max_failure_rate:.0%})", now)
+            reachable = (summary.committed + summary.in_flight + summary.pending) / summary.size
+            if reachable < self.policy.min_success_rate:
+                return self._halt(f"wave {wave + 1} can no longer reach the {self.policy.min_success_rate:.0%} "
+                                  f"success rate: {summary.failed} of {summary.size} device(s) failed", now)
+        if self.state is RolloutState.RUNNING:
+            return self._advance(now)
+        return []
+
+    def _time_out(self, now: datetime) -> None:
+        for record in list(self.devices.values()):
+            if record.status is not DeviceStatus.ASSIGNED or record.assigned_at is None:
+                continue
+            if now >= record.assigned_at + self.policy.device_timeout:
+                where = f"offline since {record.offline_since.isoformat()}" if record.offline_since else "online"
+                self._put(replace(record, status=DeviceStatus.TIMED_OUT, finished_at=now,
+                                  reason=f"no result within the device timeout ({where})"))
+
+    def _advance(self, now: datetime) -> list[Action]:
+        summary = self._summary(self.current_wave)
+        if not summary.size or summary.success_rate < self.policy.min_success_rate:
+            return []
+        if summary.last_commit_at is None or now < summary.last_commit_at + self.policy.bake_time:
+            return []
+        if self.current_wave + 1 >= len(self.plan.waves):
+            self.state = RolloutState.COMPLETED
+            self.finished_at = now
+            return [Completed()]
+        return self._begin_wave(self.current_wave + 1, now)
+
+    def _halt(self, reason: str, now: datetime) -> list[Action]:
+        self.state = RolloutState.HALTED
+        self.halt_reason = reason
+        self.finished_at = now
+        actions: list[Action] = [Halt(reason)]
+        if self.policy.auto_rollback:
+            actions += self._roll_back(now)
+        return actions
+
+    def _roll_back(self, now: datetime) -> list[Action]:
+        self.state = RolloutState.ROLLED_BACK
+        self.finished_at = self.finished_at or now
+        actions: list[Action] = []
+        stranded: list[str] = []
+        for record in sorted(self.devices.values(), key=lambda d: d.device_id):
+            if not record.touched or record.status is DeviceStatus.ROLLED_BACK:
+                continue
+            if record.previous_version is None:
+                stranded.append(record.device_id)
+                continue
+            self._put(replace(record, status=DeviceStatus.ROLLED_BACK, rolled_back_at=now,
+                              reason=f"sent back to {record.previous_version}"))
+            actions.append(AssignPrevious(record.device_id, self.model, record.previous_version))
+        if stranded:
+            actions.append(AlertNeeded(
+                "no_previous_version",
+                f"{len(stranded)} device(s) ran no earlier version of {self.model}, so there is nothing to "
+                f"roll them back to; they keep {self.version} until a new rollout", tuple(stranded)))
+        return actions
