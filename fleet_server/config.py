@@ -1,0 +1,187 @@
+"""Server configuration: one frozen ``ServerConfig`` built from flags, environment, file and defaults.
+
+Precedence, highest first: command-line flags, ``EDGEFLEET_*`` environment variables, the TOML
+config file (``--config`` or ``$EDGEFLEET_CONFIG``; keys at top level or under ``[server]``), then
+the defaults below. Every value is checked here, so a typo in a variable or file key is an error
+naming it rather than a silently ignored setting.
+
+This module reads the config file and nothing else: it does not create the data directory, the
+admin token or the keys (``fleet_server.context`` does that at start).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fleet_server.errors import ConfigError
+
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+DEFAULT_ENROLLMENT_TTL = 24 * 3600
+MAX_ENROLLMENT_TTL = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server needs to start. Paths are absolute once built by ``load_config``."""
+
+    data_dir: Path = Path("edgefleet-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str | None = None  # None: SQLite file data_dir/edgefleet.sqlite
+    broker_url: str | None = None  # None: start the embedded amqtt broker on loopback
+    broker_public_url: str | None = None  # what devices are told; default: broker_url
+    public_url: str | None = None  # what devices use to reach this server; default http://host:port
+    admin_token: str | None = None  # None: read or create data_dir/admin-token
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    enrollment_ttl_seconds: int = DEFAULT_ENROLLMENT_TTL
+    mqtt_username: str = "edgefleet-server"
+    mqtt_password: str | None = None  # None: read or create data_dir/server-mqtt.json
+    mosquitto_dir: Path | None = None  # where to write Mosquitto's password and ACL files
+    mosquitto_pid_file: Path | None = None  # SIGHUP this Mosquitto after rewriting its files
+    timestamp_refresh_seconds: float = 3600.0
+    timestamp_min_remaining_seconds: float = 12 * 3600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port {self.port} is out of range", fix="use 1-65535")
+        if self.max_upload_bytes <= 0:
+            raise ConfigError("max_upload_bytes must be positive", fix="e.g. 536870912 for 512 MiB")
+        if not 60 <= self.enrollment_ttl_seconds <= MAX_ENROLLMENT_TTL:
+            raise ConfigError(f"enrollment_ttl_seconds {self.enrollment_ttl_seconds} is out of range",
+                              fix=f"use 60 to {MAX_ENROLLMENT_TTL} seconds")
+        if self.timestamp_refresh_seconds <= 0 or self.timestamp_min_remaining_seconds <= 0:
+            raise ConfigError("timestamp refresh intervals must be positive")
+        for name in ("broker_url", "broker_public_url"):
+            value = getattr(self, name)
+            if value is not None:
+                check_broker_url(value, name)
+        if self.public_url is not None and urlsplit(self.public_url).scheme not in ("http", "https"):
+            raise ConfigError(f"public_url {self.public_url!r} is not an http(s) URL",
+                              fix="e.g. http://fleet.example.com:8080")
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'edgefleet.sqlite'}"
+
+    @property
+    def server_url(self) -> str:
+        """The base URL devices are told to use."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def root_keys_dir(self) -> Path:
+        return self.data_dir / "offline-root-keys"
+
+    @property
+    def tuf_dir(self) -> Path:
+        return self.data_dir / "tuf"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin-token"
+
+    @property
+    def mqtt_credentials_file(self) -> Path:
+        return self.data_dir / "server-mqtt.json"
+
+
+def check_broker_url(url: str, name: str = "broker_url") -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"{name} {url!r} is not an MQTT URL", fix="write it as mqtt://HOST:1883 or mqtts://HOST:8883")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ConfigError(f"{name} {url!r} has a bad port", fix="write it as mqtt://HOST:1883") from exc
+    return url
+
+
+_FIELDS = {f.name: f for f in fields(ServerConfig)}
+_PATH_FIELDS = {"data_dir", "mosquitto_dir", "mosquitto_pid_file"}
+_INT_FIELDS = {"port", "max_upload_bytes", "enrollment_ttl_seconds"}
+_FLOAT_FIELDS = {"timestamp_refresh_seconds", "timestamp_min_remaining_seconds"}
+ENV_PREFIX = "EDGEFLEET_"
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    if value is None:
+        return None
+    try:
+        if name in _PATH_FIELDS:
+            return Path(str(value)).expanduser()
+        if name in _INT_FIELDS:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if name in _FLOAT_FIELDS:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {name} = {value!r} is not a valid {'number' if name not in _PATH_FIELDS else 'path'}",
+                          fix="check the value") from exc
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: {name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist", fix="check --config / $EDGEFLEET_CONFIG") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    section = document.get("server", document)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [server] must be a table")
+    unknown = sorted(set(section) - set(_FIELDS) - {"server"})
+    if unknown:
+        raise ConfigError(f"config file {path} has unknown key(s): {', '.join(unknown)}",
+                          fix=f"known keys: {', '.join(sorted(_FIELDS))}")
+    return {k: _coerce(k, v, f"config file {path}") for k, v in section.items() if k in _FIELDS}
+
+
+def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                config_file: Path | None = None) -> ServerConfig:
+    """Build the configuration. ``flags`` holds only the options given on the command line (None = unset)."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    unknown_flags = sorted(set(flags) - set(_FIELDS))
+    if unknown_flags:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown_flags)}")
+    path = config_file or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None)
+    values: dict[str, Any] = read_config_file(path) if path else {}
+    for name in _FIELDS:
+        raw = env.get(env_name(name))
+        if raw not in (None, ""):
+            values[name] = _coerce(name, raw, f"${env_name(name)}")
+    values.update({k: _coerce(k, v, f"--{k.replace('_', '-')}") for k, v in flags.items()})
+    data_dir = Path(values.get("data_dir", ServerConfig.data_dir)).expanduser().resolve()
+    values["data_dir"] = data_dir
+    for name in ("mosquitto_dir", "mosquitto_pid_file"):
+        if values.get(name) is not None:
+            values[name] = Path(values[name]).resolve()
+    return ServerConfig(**values)

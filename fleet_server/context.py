@@ -1,0 +1,193 @@
+"""Everything a running server holds, built from a ``ServerConfig``: the one place that wires it.
+
+``ServerContext.open`` does the synchronous first-start work, in order: the data directory,
+the database (Alembic ``upgrade head``), the signing keys (``init_keys`` with the root keys in
+``data_dir/offline-root-keys`` and a loud warning, if there are none), the TUF repository
+(created on first start), the admin token (created once, stored 0600, reported as new so the
+CLI prints it once) and the server's own MQTT credentials. ``start_network`` then starts the
+embedded broker when no broker URL is configured, writes the broker accounts, and connects
+the MQTT ingest; ``close`` undoes it.
+
+Services (``Registry``, ``Devices``) receive their collaborators here; none of them reads the
+config or the environment themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from edgefleet.atomic import atomic_write_bytes, atomic_write_json
+from fleet_server.config import ServerConfig
+from fleet_server.credentials import new_secret
+from fleet_server.db import Database, safe_url
+from fleet_server.devices import BrokerAccounts, BrokerUser, Devices, UnmanagedBroker
+from fleet_server.errors import ConfigError
+from fleet_server.registry import Registry
+
+log = logging.getLogger(__name__)
+
+SECRET_MODE = 0o600
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Secret:
+    value: str
+    created: bool  # True the first time: the caller shows it once
+
+
+def read_or_create_secret(path: Path, make: Callable[[], str] = new_secret) -> Secret:
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            log.warning("%s is readable by other users; chmod 600 it", path)
+        value = path.read_text(encoding="utf-8").strip()
+        if value:
+            return Secret(value, False)
+    value = make()
+    atomic_write_bytes(path, (value + "\n").encode(), mode=SECRET_MODE)
+    return Secret(value, True)
+
+
+class ServerContext:
+    def __init__(self, config: ServerConfig, *, clock: Callable[[], datetime] = _utcnow) -> None:
+        self.config = config
+        self.clock = clock
+        self.keys_created = False
+        self.repo_created = False
+        self.embedded_broker: Any = None
+        self.mqtt: Any = None
+        self.broker_url: str | None = config.broker_url
+        self._opened = False
+
+    @classmethod
+    def open(cls, config: ServerConfig, *, clock: Callable[[], datetime] = _utcnow) -> ServerContext:
+        ctx = cls(config, clock=clock)
+        ctx._open()
+        return ctx
+
+    def _open(self) -> None:
+        from fleet_server.artifacts import LocalArtifactStore
+        from fleet_server.trust.keys import KeyStore, init_keys
+        from fleet_server.trust.tuf_repo import TufRepository
+
+        config = self.config
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the data directory {config.data_dir}: {exc.strerror}",
+                              fix="pass --data-dir to a writable directory") from exc
+        self.db = Database(config.database)
+        self.db.migrate()
+        if not (config.keys_dir / "director.pem").exists():
+            summary = init_keys(config.keys_dir, config.root_keys_dir)
+            self.keys_created = True
+            for warning in summary.warnings:
+                log.warning("!!! %s", warning)
+        self.keys = KeyStore.load(config.keys_dir)
+        if (config.tuf_dir / "metadata" / "timestamp.json").exists():
+            self.repo = TufRepository(config.tuf_dir, self.keys, self.clock)
+        else:
+            self.repo = TufRepository.create(config.tuf_dir, self.keys, config.root_keys_dir, clock=self.clock)
+            self.repo_created = True
+        self.artifacts = LocalArtifactStore(config.artifacts_dir)
+        if config.admin_token:
+            self.admin_token = Secret(config.admin_token, False)
+        else:
+            self.admin_token = read_or_create_secret(config.admin_token_file)
+        self.mqtt_password = config.mqtt_password or self._server_mqtt_password()
+        self.registry = Registry(self.db, self.repo, self.artifacts, clock=self.clock,
+                                 max_bundle_bytes=config.max_upload_bytes)
+        self.devices = Devices(self.db, self._broker_accounts(), server_user=self._server_user(), clock=self.clock,
+                               max_token_ttl=timedelta(days=30))
+        self._opened = True
+
+    def _server_mqtt_password(self) -> str:
+        path = self.config.mqtt_credentials_file
+        if path.exists():
+            return str(json.loads(path.read_text())["password"])
+        password = new_secret()
+        atomic_write_json(path, {"username": self.config.mqtt_username, "password": password}, mode=SECRET_MODE)
+        return password
+
+    def _server_user(self) -> BrokerUser | None:
+        if self.config.mosquitto_dir is None:
+            return None
+        from fleet_server.broker_auth import mosquitto_password_hash
+
+        return BrokerUser(self.config.mqtt_username, mosquitto_password_hash(self.mqtt_password), None)
+
+    def _broker_accounts(self) -> BrokerAccounts:
+        if self.config.mosquitto_dir is None:
+            return UnmanagedBroker()
+        from fleet_server.mosquitto import MosquittoAccounts
+
+        return MosquittoAccounts(self.config.mosquitto_dir, self.config.mosquitto_pid_file)
+
+    @property
+    def broker_public_url(self) -> str | None:
+        return self.config.broker_public_url or self.broker_url
+
+    def start_network(self, *, wait_connected: float = 10.0) -> None:
+        from fleet_server.mqtt import FleetMqtt, PresenceIngest
+
+        if self.broker_url is None:
+            from fleet_server.embedded_broker import EmbeddedBroker
+
+            self.embedded_broker = EmbeddedBroker().start()
+            self.broker_url = self.embedded_broker.url
+            log.warning("no --broker given: started the embedded MQTT broker (amqtt) at %s; it enforces no "
+                        "per-device ACL, use Mosquitto for a real fleet", self.broker_url)
+        if self.config.mosquitto_dir is not None:
+            self.devices.sync_broker()
+        embedded = self.embedded_broker is not None
+        self.mqtt = FleetMqtt(self.broker_url, handler=PresenceIngest(self.devices, self.clock),
+                              username=None if embedded else self.config.mqtt_username,
+                              password=None if embedded else self.mqtt_password,
+                              shared=not embedded).start()
+        if not self.mqtt.wait_connected(wait_connected):
+            log.warning("MQTT broker %s not reachable yet; the server keeps retrying", self.broker_url)
+
+    def refresh_timestamp(self) -> bool:
+        refreshed = self.registry.refresh_timestamp(timedelta(seconds=self.config.timestamp_min_remaining_seconds))
+        if refreshed:
+            log.info("re-signed TUF timestamp/snapshot before expiry")
+        return refreshed
+
+    def describe(self) -> list[tuple[str, str]]:
+        """Where everything is, for the start-up log."""
+        c = self.config
+        return [
+            ("data dir", str(c.data_dir)),
+            ("database", safe_url(c.database)),
+            ("broker", self.broker_url or "(embedded, not started)"),
+            ("broker for devices", self.broker_public_url or "-"),
+            ("API", f"{c.server_url}/api/v1 (OpenAPI at {c.server_url}/docs)"),
+            ("TUF", f"{c.server_url}/tuf/metadata/ and {c.server_url}/tuf/targets/"),
+            ("admin token file", "(from config)" if c.admin_token else str(c.admin_token_file)),
+            ("online keys", str(c.keys_dir)),
+            ("root keys", str(c.root_keys_dir)),
+            ("mosquitto files", str(c.mosquitto_dir) if c.mosquitto_dir else "(not managed)"),
+        ]
+
+    def close(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.stop()
+            self.mqtt = None
+        if self.embedded_broker is not None:
+            self.embedded_broker.stop()
+            self.embedded_broker = None
+            self.broker_url = self.config.broker_url
+        if self._opened:
+            self.db.dispose()
+
+

@@ -1,0 +1,50 @@
+"""Keeping a Mosquitto broker's accounts in step with the device registry.
+
+``MosquittoAccounts`` implements ``fleet_server.devices.BrokerAccounts``: it renders the
+password and ACL files with ``fleet_server.broker_auth`` into the configured directory and,
+when a pid file is configured, sends Mosquitto SIGHUP so it re-reads them at once. Without a
+pid file the files are still written and the operator reloads Mosquitto (e.g. ``systemctl
+reload mosquitto``); the server logs that.
+
+This module does not start or configure Mosquitto itself (its mosquitto.conf must name the
+two files: ``password_file DIR/passwd`` and ``acl_file DIR/acl``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from fleet_server.devices import BrokerUser
+from fleet_server.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+class MosquittoAccounts:
+    def __init__(self, directory: Path, pid_file: Path | None = None) -> None:
+        self.directory = Path(directory)
+        self.pid_file = pid_file
+        # Two enrollments finishing together must not interleave their file writes.
+        self._lock = threading.Lock()
+
+    def sync(self, users: Sequence[BrokerUser]) -> None:
+        from fleet_server.broker_auth import reload_mosquitto, write_broker_files
+        from fleet_server.trust.errors import BrokerAuthError
+
+        passwords = {u.username: u.password_hash for u in users}
+        devices = [(u.username, u.device_id) for u in users if u.device_id is not None]
+        servers = [u.username for u in users if u.device_id is None]
+        with self._lock:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                write_broker_files(self.directory, passwords=passwords, devices=devices, server_users=servers)
+                if self.pid_file is not None:
+                    reload_mosquitto(self.pid_file)
+            except BrokerAuthError as exc:
+                raise BrokerError(f"broker accounts not updated: {exc.message}", fix=exc.fix) from exc
+        if self.pid_file is None:
+            log.info("wrote Mosquitto password/ACL files for %d users in %s; reload Mosquitto to apply them",
+                     len(users), self.directory)
