@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
