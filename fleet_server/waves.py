@@ -10,8 +10,9 @@ decides wave membership:
   (and so every wave) holds each profile in close to its share of the fleet. A 10% wave of a
   fleet that is half Raspberry Pi and half Jetson is about half and half, not ten Pis that
   happened to enroll first.
-* Every wave has at least one device. With fewer devices than waves, the surplus waves are
-  merged into the last one.
+* Every wave has at least one device, and holds at least its share of the fleet unless that
+  would leave a later wave empty. With fewer devices than waves, the surplus waves are merged
+  into the last one.
 * A device that joins later (enrolls, or starts matching, while the rollout runs) lands in a
   wave picked from a hash of the seed and its id: the wave its share band falls in, or the
   current wave if that band has already gone by (:meth:`WavePlan.place`).
@@ -318,9 +319,12 @@ def plan_waves(devices: Iterable[DeviceInfo], percentages: Sequence[float], seed
     kept: list[float] = []
     waves: list[tuple[str, ...]] = []
     done = 0
-    for percent in requested:
-        # Ceil, so a 1% wave of 30 devices still has one; and at least one more than before.
-        upto = min(total, max(math.ceil(percent * total / 100.0 - 1e-9), done + 1))
+    for index, percent in enumerate(requested):
+        # Ceil, so a 1% wave of 30 devices still has one; at least one more than before; and
+        # leave one device for each later wave while there are enough to go round.
+        later = len(requested) - index - 1
+        upto = min(math.ceil(percent * total / 100.0 - 1e-9), total - later)
+        upto = min(total, max(upto, done + 1))
         if upto > done:
             waves.append(tuple(d.device_id for d in order[done:upto]))
             kept.append(percent)
