@@ -62,6 +62,7 @@ class ServerContext:
         self.config = config
         self.clock = clock
         self.keys_created = False
+        self.key_warnings: tuple[str, ...] = ()
         self.repo_created = False
         self.embedded_broker: Any = None
         self.mqtt: Any = None
@@ -88,10 +89,9 @@ class ServerContext:
         self.db = Database(config.database)
         self.db.migrate()
         if not (config.keys_dir / "director.pem").exists():
-            summary = init_keys(config.keys_dir, config.root_keys_dir)
+            # init_keys logs the warning to move the root keys offline; the CLI repeats it loudly.
+            self.key_warnings = init_keys(config.keys_dir, config.root_keys_dir).warnings
             self.keys_created = True
-            for warning in summary.warnings:
-                log.warning("!!! %s", warning)
         self.keys = KeyStore.load(config.keys_dir)
         if (config.tuf_dir / "metadata" / "timestamp.json").exists():
             self.repo = TufRepository(config.tuf_dir, self.keys, self.clock)

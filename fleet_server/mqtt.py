@@ -49,6 +49,7 @@ class FleetMqtt:
         self.shared = shared
         self.keepalive = keepalive
         self.connected = threading.Event()
+        self._stopping = False
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                    client_id=client_id or f"edgefleet-server-{secrets.token_hex(4)}",
                                    protocol=MQTTProtocolVersion.MQTTv311, clean_session=True)
@@ -76,6 +77,7 @@ class FleetMqtt:
         return self.connected.wait(timeout)
 
     def stop(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
         self.connected.clear()
@@ -102,7 +104,8 @@ class FleetMqtt:
 
     def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:
         self.connected.clear()
-        log.warning("disconnected from MQTT broker %s (%s); reconnecting", self.url, reason_code)
+        if not self._stopping:
+            log.warning("disconnected from MQTT broker %s (%s); reconnecting", self.url, reason_code)
 
     def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
         try:

@@ -1,0 +1,255 @@
+"""The REST API (FastAPI routers): admin, device and TUF endpoints, and their wire schemas.
+
+Routes are thin: they validate input with Pydantic, call ``Registry`` / ``Devices`` and turn
+results into JSON. Services raise ``ServerError`` subclasses, which ``fleet_server.app`` maps
+to one HTTP status each, with ``{"detail": ..., "fix": ...}`` bodies; bad input never reaches
+a service unchecked, so it gets a 4xx naming the field, not a 500.
+
+    admin  (Authorization: Bearer <admin token>)
+      POST   /api/v1/models                               upload a bundle (multipart field "bundle")
+      GET    /api/v1/models                               list (?name=)
+      GET    /api/v1/models/{name}/{version}              one version with its manifest
+      POST   /api/v1/models/{name}/{version}/yank         never assign it again
+      POST   /api/v1/devices/enrollment-tokens            one-time, expiring token
+      GET    /api/v1/devices                              list (?status=)
+      GET    /api/v1/devices/{id}
+      PATCH  /api/v1/devices/{id}/labels                  {"labels": {k: v or null}}
+      POST   /api/v1/devices/{id}/revoke
+    device
+      POST   /api/v1/enroll                               token in the body (docs/contracts.md)
+      GET    /api/v1/device/self                          Authorization: Bearer <api token>
+    public, read-only
+      GET    /tuf/metadata/{file}, /tuf/targets/{path}    the TUF repository (Range supported)
+      GET    /healthz
+
+This module does not start anything; ``fleet_server.app.create_app`` assembles the app.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgefleet.errors import VersionError
+from edgefleet.version import ModelVersion
+from fleet_server.context import ServerContext
+from fleet_server.credentials import same_secret
+from fleet_server.devices import DeviceInfo
+from fleet_server.errors import AuthError, InvalidInputError, NotFoundError
+
+MODEL_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_METADATA_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
+
+_bearer = HTTPBearer(auto_error=False, description="the admin token, or a device's API token")
+
+
+def context(request: Request) -> ServerContext:
+    ctx: ServerContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[ServerContext, Depends(context)]
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def require_admin(ctx: Ctx, credentials: Bearer) -> None:
+    if credentials is None:
+        raise AuthError("this call needs the admin token: send 'Authorization: Bearer <token>'",
+                        fix="set EDGEFLEET_TOKEN or pass --token (the token is in DATA_DIR/admin-token)")
+    if not same_secret(credentials.credentials, ctx.admin_token.value):
+        raise AuthError("the admin token is wrong", fix="use the token from DATA_DIR/admin-token or the server config")
+
+
+def require_device(ctx: Ctx, credentials: Bearer) -> DeviceInfo:
+    if credentials is None:
+        raise AuthError("this call needs the device's API token: send 'Authorization: Bearer <api_token>'",
+                        fix="the agent reads it from its credentials.json")
+    return ctx.devices.authenticate(credentials.credentials)
+
+
+def checked_version(version: str) -> str:
+    try:
+        ModelVersion.parse(version)
+    except VersionError as exc:
+        raise InvalidInputError(f"version: {exc.message}", fix=exc.fix) from exc
+    return version
+
+
+Admin = [Depends(require_admin)]
+ModelName = Annotated[str, PathParam(pattern=MODEL_NAME, description="model name")]
+Version = Annotated[str, PathParam(max_length=128, description="semantic version, e.g. 1.2.0")]
+DeviceId = Annotated[str, PathParam(pattern=DEVICE_ID, description="device id, e.g. dev-3f2a9c01b2d4")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenRequest(_Strict):
+    profile: str = Field(min_length=1, max_length=64, description="firmware profile, e.g. rpi4-64")
+    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=dict, max_length=32)
+    ttl_seconds: int | None = Field(default=None, ge=1, le=30 * 24 * 3600,
+                                    description="how long the token stays valid (default: server setting)")
+
+
+class LabelsPatch(_Strict):
+    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=128)] | None] = Field(
+        max_length=32, description="label -> new value; null removes the label")
+
+
+class EnrollRequest(_Strict):
+    token: str = Field(min_length=1, max_length=256)
+    hostname: str = Field(default="", max_length=255)
+    agent_version: str = Field(default="", max_length=64)
+
+
+api = APIRouter(prefix="/api/v1")
+tuf = APIRouter(prefix="/tuf", tags=["tuf"])
+health = APIRouter()
+
+
+# ------------------------------------------------------------------ models
+
+@api.post("/models", tags=["models"], dependencies=Admin, status_code=201,
+          responses={200: {"description": "identical bundle already published (idempotent)"},
+                     409: {"description": "name+version already published with different bytes"},
+                     413: {"description": "upload over the size limit"}})
+def push_model(ctx: Ctx, response: Response,
+               bundle: Annotated[UploadFile, File(description="a bundle made by `edgefleet convert`")]) -> dict[str, Any]:
+    """Publish a bundle: validated, stored, and signed into the TUF repository."""
+    staging = ctx.config.data_dir / "uploads"
+    staging.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=staging, suffix=".tar.gz") as tmp:
+        bundle.file.seek(0)
+        shutil.copyfileobj(bundle.file, tmp, 1 << 20)
+        tmp.flush()
+        size = tmp.tell()
+        if size > ctx.config.max_upload_bytes:
+            raise HTTPException(413, f"bundle is {size} bytes, over the server's {ctx.config.max_upload_bytes}-byte limit")
+        if size == 0:
+            raise InvalidInputError("bundle: the uploaded file is empty", fix="upload the .tar.gz from `edgefleet convert`")
+        info, created = ctx.registry.push(Path(tmp.name))
+    response.status_code = 201 if created else 200
+    return {**info.to_dict(), "created": created}
+
+
+@api.get("/models", tags=["models"], dependencies=Admin)
+def list_models(ctx: Ctx, name: Annotated[str | None, Query(pattern=MODEL_NAME)] = None) -> list[dict[str, Any]]:
+    return [m.to_dict(manifest=False) for m in ctx.registry.list(name)]
+
+
+@api.get("/models/{name}/{version}", tags=["models"], dependencies=Admin)
+def show_model(ctx: Ctx, name: ModelName, version: Version) -> dict[str, Any]:
+    return ctx.registry.get(name, checked_version(version)).to_dict()
+
+
+@api.post("/models/{name}/{version}/yank", tags=["models"], dependencies=Admin)
+def yank_model(ctx: Ctx, name: ModelName, version: Version) -> dict[str, Any]:
+    """Mark a version as never assignable again. Its TUF target stays, so running devices still verify it."""
+    return ctx.registry.yank(name, checked_version(version)).to_dict(manifest=False)
+
+
+# ----------------------------------------------------------------- devices
+
+@api.post("/devices/enrollment-tokens", tags=["devices"], dependencies=Admin, status_code=201)
+def create_enrollment_token(ctx: Ctx, body: TokenRequest) -> dict[str, Any]:
+    """A one-time, expiring token; the device redeems it with POST /api/v1/enroll."""
+    ttl = timedelta(seconds=body.ttl_seconds or ctx.config.enrollment_ttl_seconds)
+    token = ctx.devices.create_token(body.profile, body.labels, ttl)
+    server = ctx.config.server_url
+    return {
+        "token": token.token, "profile": token.profile, "labels": dict(token.labels),
+        "expires_at": token.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "server_url": server,
+        "agent_command": f"edgefleet agent enroll --server {server} --token {token.token}",
+    }
+
+
+@api.get("/devices", tags=["devices"], dependencies=Admin)
+def list_devices(ctx: Ctx, status: Annotated[str | None, Query(pattern="^(enrolled|revoked)$")] = None) -> list[dict[str, Any]]:
+    return [d.to_dict() for d in ctx.devices.list(status=status)]
+
+
+@api.get("/devices/{device_id}", tags=["devices"], dependencies=Admin)
+def show_device(ctx: Ctx, device_id: DeviceId) -> dict[str, Any]:
+    return ctx.devices.get(device_id).to_dict()
+
+
+@api.patch("/devices/{device_id}/labels", tags=["devices"], dependencies=Admin)
+def patch_labels(ctx: Ctx, device_id: DeviceId, body: LabelsPatch) -> dict[str, Any]:
+    return ctx.devices.update_labels(device_id, body.labels).to_dict()
+
+
+@api.post("/devices/{device_id}/revoke", tags=["devices"], dependencies=Admin)
+def revoke_device(ctx: Ctx, device_id: DeviceId) -> dict[str, Any]:
+    """Revoke a device: its API token stops working and the broker files drop it (and Mosquitto reloads)."""
+    return ctx.devices.revoke(device_id).to_dict()
+
+
+# ------------------------------------------------------------------ device
+
+@api.post("/enroll", tags=["device"])
+def enroll(ctx: Ctx, body: EnrollRequest) -> dict[str, Any]:
+    """Redeem an enrollment token (once) for the device's identity, credentials and trust bundle."""
+    grant = ctx.devices.enroll(body.token, hostname=body.hostname, agent_version=body.agent_version)
+    server = ctx.config.server_url
+    return {
+        "device_id": grant.device_id, "profile": grant.profile.name, "profile_toml": grant.profile.to_toml(),
+        "labels": dict(grant.labels), "broker_url": ctx.broker_public_url,
+        "mqtt_username": grant.mqtt_username, "mqtt_password": grant.mqtt_password, "api_token": grant.api_token,
+        "server_url": server, "tuf_root": json.loads(ctx.repo.root_json()),
+        "tuf_metadata_url": f"{server}/tuf/metadata/", "tuf_targets_url": f"{server}/tuf/targets/",
+        "director_public_key": ctx.keys.director.public_b64,
+    }
+
+
+@api.get("/device/self", tags=["device"])
+def device_self(device: Annotated[DeviceInfo, Depends(require_device)]) -> dict[str, Any]:
+    """What the server knows about the calling device."""
+    return device.to_dict()
+
+
+# --------------------------------------------------------------------- tuf
+
+def _inside(root: Path, relative: str, pattern: re.Pattern[str]) -> Path:
+    segments = relative.split("/")
+    # Checked before touching the disk: no '..', no hidden files (the repository's lock and temp files).
+    if not all(pattern.match(s) for s in segments):
+        raise NotFoundError(f"{relative!r} is not in the TUF repository")
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()) or not path.is_file():
+        raise NotFoundError(f"{relative!r} is not in the TUF repository")
+    return path
+
+
+@tuf.get("/metadata/{filename}")
+def tuf_metadata(ctx: Ctx, filename: str) -> FileResponse:
+    path = _inside(ctx.repo.metadata_dir, filename, _METADATA_FILE)
+    return FileResponse(path, media_type="application/json", headers={"Cache-Control": "no-cache"})
+
+
+@tuf.get("/targets/{target:path}")
+def tuf_target(ctx: Ctx, target: str) -> FileResponse:
+    """A target file under its consistent-snapshot name. Honors Range, so downloads resume."""
+    path = _inside(ctx.repo.targets_dir, target, _SEGMENT)
+    return FileResponse(path, media_type="application/octet-stream")
+
+
+@health.get("/healthz", tags=["health"])
+def healthz(ctx: Ctx) -> dict[str, Any]:
+    mqtt = ctx.mqtt
+    return {"status": "ok", "mqtt_connected": bool(mqtt is not None and mqtt.connected.is_set()),
+            "tuf_root_version": ctx.repo.root_version()}
