@@ -1,0 +1,242 @@
+"""The resuming TUF fetcher against a real HTTP server that cuts, stalls and ignores Range."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tuf.api import exceptions
+
+from agent.fetcher import ResumingFetcher, content_addressed
+
+DATA = os.urandom(300_000)
+NAME = f"{hashlib.sha256(DATA).hexdigest()}.digits-1.0.0.tar.gz"
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients hanging up mid-response is what these tests do on purpose
+
+
+class RangeServer:
+    """A real HTTP server (its own thread) serving bytes by path, with knobs for misbehaviour.
+
+    ``cut_after``: close the connection once the response reaches this absolute byte offset
+    (``cuts`` times). ``stall_after``: stop sending at this offset until released.
+    ``ignore_range``: answer 200 with the whole file. ``wrong_content_range``: answer 206 from byte 0.
+    ``root``: serve files from a directory too (a TUF repository's metadata and targets).
+    """
+
+    def __init__(self, files: dict[str, bytes] | None = None, root: Path | None = None) -> None:
+        self.files = dict(files or {})
+        self.root = root
+        self.cut_after: int | None = None
+        self.cuts = 0
+        self.stall_after: int | None = None
+        self.ignore_range = False
+        self.wrong_content_range = False
+        self.requests: list[tuple[str, str | None]] = []
+        self.release = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.requests.append((self.path, self.headers.get("Range")))
+                data = server.lookup(self.path)
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start = 0
+                match = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
+                if match and not server.ignore_range:
+                    start = int(match.group(1))
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    shown = 0 if server.wrong_content_range else start
+                    body = data[shown:]
+                    self.send_header("Content-Range", f"bytes {shown}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                    body = data
+                    start = 0
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self._send(body, start)
+
+            def _send(self, body: bytes, start: int) -> None:
+                stop = len(body)
+                cut = server.cut_after is not None and server.cuts > 0 and server.cut_after > start
+                if cut:
+                    server.cuts -= 1
+                    stop = min(stop, server.cut_after - start)  # type: ignore[operator]
+                if server.stall_after is not None:
+                    self.wfile.write(body[: max(0, server.stall_after - start)])
+                    self.wfile.flush()
+                    server.release.wait(10)
+                    return
+                self.wfile.write(body[:stop])
+                self.wfile.flush()
+                if cut:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def lookup(self, path: str) -> bytes | None:
+        if path in self.files:
+            return self.files[path]
+        if self.root is not None:
+            candidate = (self.root / path.lstrip("/")).resolve()
+            if candidate.is_file() and self.root.resolve() in candidate.parents:
+                return candidate.read_bytes()
+        return None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> RangeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@contextmanager
+def serving(**knobs: object) -> Iterator[RangeServer]:
+    with RangeServer({f"/t/{NAME}": DATA, "/meta/timestamp.json": b'{"x": 1}'}) as server:
+        for key, value in knobs.items():
+            setattr(server, key, value)
+        yield server
+
+
+def fetch(fetcher: ResumingFetcher, url: str, max_length: int = len(DATA)) -> bytes:
+    with fetcher.download_file(url, max_length) as handle:
+        return handle.read()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(1, len(DATA) - 1))
+def test_resumes_after_a_cut_at_any_byte_offset(tmp_path: Path, cut: int) -> None:
+    downloads = tmp_path / f"dl-{cut}"
+    with serving(cut_after=cut, cuts=1) as server:
+        url = f"{server.url}/t/{NAME}"
+        with pytest.raises(exceptions.DownloadError, match="connection"):
+            fetch(ResumingFetcher(downloads, attempts=1), url)
+        partial = ResumingFetcher(downloads).partial_path(url)
+        assert partial.stat().st_size == cut  # the bytes before the cut are kept on disk
+        seen: list[int] = []
+        got = fetch(ResumingFetcher(downloads, progress=lambda _u, n, _t: seen.append(n)), url)
+    assert got == DATA
+    assert server.requests[-1] == (f"/t/{NAME}", f"bytes={cut}-")
+    assert seen[-1] == len(DATA) and min(seen) > cut
+    assert not partial.exists()  # consumed
+
+
+def test_retries_inside_one_call_resume_from_the_partial_file(tmp_path: Path) -> None:
+    with serving(cut_after=100_000, cuts=1) as server:
+        got = fetch(ResumingFetcher(tmp_path, attempts=3), f"{server.url}/t/{NAME}")
+    assert got == DATA
+    assert [r for _, r in server.requests] == [None, "bytes=100000-"]
+
+
+def test_stalled_server_times_out_instead_of_hanging(tmp_path: Path) -> None:
+    with serving(stall_after=5000) as server:
+        fetcher = ResumingFetcher(tmp_path, read_timeout=0.3, attempts=1)
+        began = time.monotonic()
+        with pytest.raises(exceptions.SlowRetrievalError):
+            fetch(fetcher, f"{server.url}/t/{NAME}")
+        assert time.monotonic() - began < 3
+        with pytest.raises(exceptions.SlowRetrievalError):  # metadata path bounded too
+            server.stall_after = 2
+            fetcher.download_bytes(f"{server.url}/meta/timestamp.json", 100)
+
+
+def test_total_deadline_stops_a_trickling_transfer(tmp_path: Path) -> None:
+    ticks = iter(range(0, 10_000, 100))
+    fetcher = ResumingFetcher(tmp_path, total_timeout=150, attempts=1, chunk_size=1000, clock=lambda: next(ticks))
+    with serving() as server, pytest.raises(exceptions.SlowRetrievalError, match="longer than 150"):
+        fetch(fetcher, f"{server.url}/t/{NAME}")
+
+
+@pytest.mark.parametrize("knob", ["ignore_range", "wrong_content_range"])
+def test_server_not_honouring_range_restarts_from_zero(tmp_path: Path, knob: str) -> None:
+    with serving(cut_after=123_457, cuts=1) as server:
+        url = f"{server.url}/t/{NAME}"
+        with pytest.raises(exceptions.DownloadError):
+            fetch(ResumingFetcher(tmp_path, attempts=1), url)
+        setattr(server, knob, True)
+        assert fetch(ResumingFetcher(tmp_path, attempts=1), url) == DATA
+    ranges = [r for _, r in server.requests]
+    if knob == "ignore_range":  # the 200 answer to the Range request is taken whole, from byte 0
+        assert ranges == [None, "bytes=123457-"]
+    else:  # a 206 from the wrong offset is dropped and the file asked for again from byte 0
+        assert ranges == [None, "bytes=123457-", None]
+
+
+def test_partial_larger_than_allowed_is_discarded(tmp_path: Path) -> None:
+    with serving() as server:
+        url = f"{server.url}/t/{NAME}"
+        fetcher = ResumingFetcher(tmp_path)
+        fetcher.partial_path(url).parent.mkdir(parents=True)
+        fetcher.partial_path(url).write_bytes(b"x" * (len(DATA) + 5))
+        assert fetch(fetcher, url) == DATA
+
+
+def test_more_than_max_length_is_refused_and_not_kept(tmp_path: Path) -> None:
+    with serving() as server:
+        url = f"{server.url}/t/{NAME}"
+        fetcher = ResumingFetcher(tmp_path)
+        with pytest.raises(exceptions.DownloadLengthMismatchError):
+            fetch(fetcher, url, max_length=1000)
+        assert not fetcher.partial_path(url).exists()
+
+
+def test_http_error_is_a_download_http_error(tmp_path: Path) -> None:
+    with serving() as server, pytest.raises(exceptions.DownloadHTTPError) as info:
+        fetch(ResumingFetcher(tmp_path), f"{server.url}/t/{'0' * 64}.missing.tar.gz")
+    assert info.value.status_code == 404
+
+
+def test_unreachable_server_is_a_download_error(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(exceptions.DownloadError):
+        fetch(ResumingFetcher(tmp_path, connect_timeout=0.5), f"http://127.0.0.1:{port}/t/{NAME}")
+
+
+def test_metadata_is_fetched_whole_and_never_resumed(tmp_path: Path) -> None:
+    assert content_addressed(f"http://h/t/{NAME}")
+    assert not content_addressed("http://h/meta/timestamp.json")
+    with serving() as server:
+        assert ResumingFetcher(tmp_path).download_bytes(f"{server.url}/meta/timestamp.json", 100) == b'{"x": 1}'
+    assert not (tmp_path / ".partial").exists()
