@@ -704,8 +704,10 @@ class Rollout:
             if record.previous_version is None:
                 stranded.append(record.device_id)
                 continue
+            # Keep why it failed (if it did): the status alone no longer says.
+            why = f"{record.reason}; " if record.reason else ""
             self._put(replace(record, status=DeviceStatus.ROLLED_BACK, rolled_back_at=now,
-                              reason=f"sent back to {record.previous_version}"))
+                              reason=f"{why}sent back to {record.previous_version}"))
             actions.append(AssignPrevious(record.device_id, self.model, record.previous_version))
         if stranded:
             actions.append(AlertNeeded(
