@@ -1,0 +1,46 @@
+"""Rows for rollout tests: enrolled devices and published model versions, written straight to the DB.
+
+The enrollment flow and the registry have their own tests; rollout tests need hundreds of
+devices and a few versions fast, so they write the rows the way those services do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+from fleet_server.db import Database, DeviceRow, ModelRow
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def add_device(db: Database, device_id: str, profile: str = "rpi4-64", labels: Mapping[str, str] | None = None,
+               *, status: str = "enrolled", runs: Mapping[str, str] | None = None) -> None:
+    """An enrolled device; ``runs`` (model -> version) goes into its reported document."""
+    reported = None
+    if runs:
+        reported = {"device_id": device_id, "online": True,
+                    "models": {m: {"version": v, "sha256": fake_sha(m, v)} for m, v in runs.items()}}
+    with db.session() as s:
+        s.add(DeviceRow(id=device_id, profile=profile, labels=dict(labels or {}), hostname=device_id,
+                        agent_version="test", mqtt_username=device_id, mqtt_password_hash="x",
+                        api_token_hash=hashlib.sha256(device_id.encode()).hexdigest(), status=status,
+                        online=True, last_seen=None, reported=reported, assignment_counter=0, enrolled_at=T0))
+
+
+def fake_sha(name: str, version: str) -> str:
+    return hashlib.sha256(f"{name}@{version}".encode()).hexdigest()
+
+
+def add_model(db: Database, name: str, version: str, profiles: Sequence[str] = ("rpi4-64",), *,
+              yanked: bool = False) -> None:
+    with db.session() as s:
+        s.add(ModelRow(name=name, version=version, sha256=fake_sha(name, version), length=1000,
+                       target_path=f"{name}/{name}-{version}.tar.gz", manifest={}, profiles=list(profiles),
+                       yanked=yanked, yanked_at=None, created_at=T0))
+
+
+def counters(db: Database) -> dict[str, int]:
+    with db.session() as s:
+        return {d.id: d.assignment_counter for d in s.query(DeviceRow).all()}
