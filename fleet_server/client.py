@@ -1,0 +1,147 @@
+"""The admin client: the CLI's only way to the server, over the REST API with httpx.
+
+``AdminClient`` turns every failure into one ``ClientError`` that names the problem and the
+fix: server unreachable, token missing or wrong, or the server's own ``detail``/``fix``.
+``resolve_client_settings`` finds the server URL and token: flags, then ``EDGEFLEET_SERVER`` /
+``EDGEFLEET_TOKEN``, then ``~/.config/edgefleet/cli.toml`` (``server = "..."``, ``token = "..."``).
+
+No server code is imported here, so the CLI on an operator's laptop needs only httpx.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet_server.errors import ClientError
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+CONFIG_FILE = Path("~/.config/edgefleet/cli.toml")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    server: str
+    token: str | None
+
+    def __post_init__(self) -> None:
+        if not self.server.startswith(("http://", "https://")):
+            raise ClientError(f"server URL {self.server!r} is not http(s)", fix="e.g. --server http://127.0.0.1:8080")
+
+
+def resolve_client_settings(server: str | None = None, token: str | None = None,
+                            env: Mapping[str, str] | None = None, config_file: Path | None = None) -> ClientSettings:
+    env = os.environ if env is None else env
+    path = (config_file or Path(env.get("EDGEFLEET_CLI_CONFIG", str(CONFIG_FILE)))).expanduser()
+    file_values: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            file_values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ClientError(f"{path} is not valid TOML: {exc}") from exc
+    chosen_server = server or env.get("EDGEFLEET_SERVER") or file_values.get("server") or DEFAULT_SERVER
+    chosen_token = token or env.get("EDGEFLEET_TOKEN") or file_values.get("token")
+    return ClientSettings(str(chosen_server).rstrip("/"), str(chosen_token) if chosen_token else None)
+
+
+class AdminClient:
+    def __init__(self, settings: ClientSettings, *, timeout: float = 60.0, transport: Any = None) -> None:
+        import httpx
+
+        self.settings = settings
+        headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+        self._http = httpx.Client(base_url=settings.server, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the API and return the decoded JSON, or raise ClientError with the server's reason."""
+        import httpx
+
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ClientError(f"cannot reach the edgefleet server at {self.settings.server} ({type(exc).__name__})",
+                              fix="start it with `edgefleet server`, or pass --server URL / set EDGEFLEET_SERVER") from exc
+        if response.status_code == 401:
+            if not self.settings.token:
+                raise ClientError("no admin token given",
+                                  fix="pass --token, set EDGEFLEET_TOKEN, or put token = \"...\" in ~/.config/edgefleet/cli.toml")
+            raise ClientError("the server refused the admin token",
+                              fix="use the token from the server's DATA_DIR/admin-token")
+        if response.status_code >= 400:
+            raise ClientError(_describe(response), fix=_fix(response))
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ClientError(f"the server at {self.settings.server} answered with non-JSON (is it an edgefleet server?)",
+                              fix="check --server") from exc
+
+    # The endpoints, one method each.
+    def push_model(self, bundle: Path) -> dict[str, Any]:
+        try:
+            with open(bundle, "rb") as handle:
+                result: dict[str, Any] = self.request(
+                    "POST", "/api/v1/models", files={"bundle": (bundle.name, handle, "application/gzip")})
+        except FileNotFoundError as exc:
+            raise ClientError(f"bundle {bundle} does not exist", fix="check the path") from exc
+        return result
+
+    def list_models(self, name: str | None = None) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/api/v1/models", params={"name": name} if name else None))
+
+    def show_model(self, name: str, version: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/v1/models/{name}/{version}"))
+
+    def yank_model(self, name: str, version: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/api/v1/models/{name}/{version}/yank"))
+
+    def create_enrollment_token(self, profile: str, labels: Mapping[str, str], ttl_seconds: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"profile": profile, "labels": dict(labels)}
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        return dict(self.request("POST", "/api/v1/devices/enrollment-tokens", json=body))
+
+    def list_devices(self, status: str | None = None) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/api/v1/devices", params={"status": status} if status else None))
+
+    def show_device(self, device_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/v1/devices/{device_id}"))
+
+    def label_device(self, device_id: str, changes: Mapping[str, str | None]) -> dict[str, Any]:
+        return dict(self.request("PATCH", f"/api/v1/devices/{device_id}/labels", json={"labels": dict(changes)}))
+
+    def revoke_device(self, device_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/api/v1/devices/{device_id}/revoke"))
+
+
+def _describe(response: Any) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"the server answered {response.status_code}: {response.text[:200]}"
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):  # FastAPI validation errors: name each field
+        parts = [f"{'.'.join(str(p) for p in item.get('loc', [])[1:])}: {item.get('msg')}" for item in detail]
+        return f"the server refused the request ({response.status_code}): " + "; ".join(parts)
+    return f"{detail or response.reason_phrase} ({response.status_code})"
+
+
+def _fix(response: Any) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    fix = body.get("fix") if isinstance(body, dict) else None
+    return str(fix) if fix else None
