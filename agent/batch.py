@@ -1,0 +1,320 @@
+"""Batch prediction over files: ``edgefleet agent predict --model NAME --input F --output F``.
+
+Reads CSV (a header row of feature names is matched to the manifest's feature order; without
+one, columns are taken in order), NPY (memory-mapped) or Parquet (needs pyarrow) in chunks,
+runs each chunk through a session, and streams the predictions out as CSV, NPY, Parquet or
+JSON Lines, chosen by the output file's extension. Memory stays at one chunk whatever the
+file size. Every chunk goes through ``agent.inputs`` so a bad cell is reported with its row.
+
+It needs no daemon: the CLI loads the active slot from the state directory itself. Outputs
+are written to a temporary file and renamed at the end, so a failed run leaves no half file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import InputError
+from agent.inputs import to_matrix
+from agent.runtime import ModelSession
+from edgefleet.console import Progress
+from edgefleet.manifest import Manifest, TensorSpec
+
+DEFAULT_CHUNK_ROWS = 4096
+INPUT_SUFFIXES = (".csv", ".npy", ".parquet")
+OUTPUT_SUFFIXES = (".csv", ".npy", ".parquet", ".jsonl")
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    model: str
+    version: str
+    rows: int
+    seconds: float
+    output: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version, "rows": self.rows, "seconds": round(self.seconds, 3),
+                "rows_per_s": round(self.rows / self.seconds, 1) if self.seconds > 0 else None, "output": self.output}
+
+
+def _pyarrow(module: str, purpose: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise InputError(f"{purpose} needs pyarrow, which is not installed", fix="pip install pyarrow, or use CSV or NPY") from exc
+
+
+def _suffix(path: Path, allowed: Sequence[str], what: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in allowed:
+        raise InputError(f"{what} file {path} has an unsupported extension {suffix or '(none)'}",
+                         fix=f"use one of: {', '.join(allowed)}")
+    return suffix
+
+
+# -- readers ----------------------------------------------------------------------------------------
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_columns(header: list[str], spec: TensorSpec) -> list[int] | None:
+    """Column order for the manifest's features, from a header row (None: no header)."""
+    if all(_is_number(cell) for cell in header):
+        return None
+    names = spec.feature_names
+    if not names:
+        return list(range(len(header)))  # a header, but nothing to match it against
+    position = {name.strip(): i for i, name in enumerate(header)}
+    missing = [n for n in names if n not in position]
+    if missing:
+        raise InputError(f"the CSV header lacks feature(s) {', '.join(missing[:5])}",
+                         fix=f"name the columns {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
+    extra = [h for h in position if h not in set(names)]
+    if extra:
+        raise InputError(f"the CSV has column(s) the model does not use: {', '.join(extra[:5])}",
+                         fix="drop those columns (ids and labels do not belong in the input)")
+    return [position[n] for n in names]
+
+
+def _count_csv_rows(path: Path) -> int:
+    # Blank lines are skipped when reading, so they are not counted; numeric CSV has no
+    # quoted newlines, so lines are rows.
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def _read_csv(path: Path, spec: TensorSpec, chunk_rows: int) -> tuple[int, Iterator[np.ndarray]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        first = next(csv.reader(handle), None)
+    if first is None:
+        raise InputError(f"{path} is empty", fix="give a CSV with one row per prediction")
+    columns = _csv_columns(first, spec)
+    total = _count_csv_rows(path) - (1 if columns is not None else 0)
+
+    def chunks() -> Iterator[np.ndarray]:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            if columns is not None:
+                next(reader)
+            line = 1 if columns is not None else 0
+            block: list[list[str]] = []
+            for row in reader:
+                if not row:
+                    continue
+                block.append([row[i] for i in columns] if columns is not None and len(row) == len(first) else row)
+                if len(block) == chunk_rows:
+                    yield _parse_block(block, line, spec)
+                    line += len(block)
+                    block = []
+            if block:
+                yield _parse_block(block, line, spec)
+    return total, chunks()
+
+
+def _parse_block(block: list[list[str]], first_line: int, spec: TensorSpec) -> np.ndarray:
+    width = len(block[0])
+    for i, row in enumerate(block):
+        if len(row) != width:
+            raise InputError(f"CSV data row {first_line + i + 1} has {len(row)} columns, the first has {width}",
+                             fix="make every row the same width")
+    try:
+        matrix = np.array(block, dtype=np.float32)
+    except ValueError:
+        for i, row in enumerate(block):
+            for j, cell in enumerate(row):
+                if not _is_number(cell) and not (cell == "" and spec.allow_nan):
+                    raise InputError(f"CSV data row {first_line + i + 1}, column {j + 1} is {cell!r}, not a number",
+                                     fix="give every feature as a number") from None
+        matrix = np.array([[c if c else "nan" for c in row] for row in block], dtype=np.float32)
+    return _check_chunk(matrix, spec, first_line)
+
+
+def _check_chunk(matrix: np.ndarray, spec: TensorSpec, first_row: int) -> np.ndarray:
+    try:
+        return to_matrix(matrix, spec, max_rows=len(matrix))
+    except InputError as exc:
+        raise InputError(f"rows {first_row + 1}-{first_row + len(matrix)}: {exc.message}", fix=exc.fix) from exc
+
+
+def _read_npy(path: Path, spec: TensorSpec, chunk_rows: int) -> tuple[int, Iterator[np.ndarray]]:
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.ndim == 1:
+        array = array.reshape(1, -1)
+
+    def chunks() -> Iterator[np.ndarray]:
+        for start in range(0, array.shape[0], chunk_rows):
+            yield _check_chunk(np.asarray(array[start:start + chunk_rows]), spec, start)
+    return int(array.shape[0]), chunks()
+
+
+def _read_parquet(path: Path, spec: TensorSpec, chunk_rows: int) -> tuple[int, Iterator[np.ndarray]]:
+    pq = _pyarrow("pyarrow.parquet", "reading Parquet files")
+    handle = pq.ParquetFile(path)
+    names = list(spec.feature_names) if spec.feature_names else None
+    if names:
+        missing = [n for n in names if n not in handle.schema_arrow.names]
+        if missing:
+            raise InputError(f"{path} lacks column(s) {', '.join(missing[:5])}", fix="name the columns after the model's features")
+
+    def chunks() -> Iterator[np.ndarray]:
+        start = 0
+        for batch in handle.iter_batches(batch_size=chunk_rows, columns=names):
+            matrix = np.column_stack([col.to_numpy(zero_copy_only=False) for col in batch.columns]).astype(np.float32)
+            yield _check_chunk(matrix, spec, start)
+            start += len(matrix)
+    return int(handle.metadata.num_rows), chunks()
+
+
+_READERS: dict[str, Callable[[Path, TensorSpec, int], tuple[int, Iterator[np.ndarray]]]] = {
+    ".csv": _read_csv, ".npy": _read_npy, ".parquet": _read_parquet}
+
+
+# -- writers ----------------------------------------------------------------------------------------
+class _Writer:
+    """Streams predictions to ``tmp``; subclasses per format."""
+
+    def __init__(self, tmp: Path, manifest: Manifest, total: int) -> None:
+        self.tmp, self.manifest, self.total = tmp, manifest, total
+        self.labels = [str(c) for c in manifest.class_labels] if manifest.class_labels else []
+
+    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _CsvWriter(_Writer):
+    def __init__(self, tmp: Path, manifest: Manifest, total: int) -> None:
+        super().__init__(tmp, manifest, total)
+        self.handle: io.TextIOWrapper = open(tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self.csv = csv.writer(self.handle)
+        self.header = False
+
+    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
+        if not self.header:
+            probs = [f"p_{label}" for label in self.labels] if probabilities is not None else []
+            self.csv.writerow(["prediction", *probs])
+            self.header = True
+        if probabilities is None:
+            self.csv.writerows([p] for p in predictions.tolist())
+        else:
+            self.csv.writerows([p, *(f"{v:.6g}" for v in row)]
+                               for p, row in zip(predictions.tolist(), probabilities.tolist(), strict=True))
+
+    def close(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+
+class _JsonlWriter(_CsvWriter):
+    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
+        probs = probabilities.tolist() if probabilities is not None else [None] * len(predictions)
+        for p, row in zip(predictions.tolist(), probs, strict=True):
+            record: dict[str, Any] = {"prediction": p}
+            if row is not None:
+                record["probabilities"] = row
+            self.handle.write(json.dumps(record) + "\n")
+
+
+class _NpyWriter(_Writer):
+    """Predictions as a 1-D array (class labels or values), preallocated and memory-mapped."""
+
+    def __init__(self, tmp: Path, manifest: Manifest, total: int) -> None:
+        super().__init__(tmp, manifest, total)
+        self.array: Any = None
+        self.at = 0
+
+    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
+        if self.array is None:
+            dtype = predictions.dtype if predictions.dtype.kind in "iuf" else np.dtype(f"<U{max(map(len, self.labels or ['x']))}")
+            self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=(self.total,))
+        self.array[self.at:self.at + len(predictions)] = predictions
+        self.at += len(predictions)
+
+    def close(self) -> None:
+        if self.array is None:
+            np.save(self.tmp, np.empty((0,), dtype=np.float32))
+            return
+        self.array.flush()
+        del self.array
+
+
+class _ParquetWriter(_Writer):
+    def __init__(self, tmp: Path, manifest: Manifest, total: int) -> None:
+        super().__init__(tmp, manifest, total)
+        self.pa = _pyarrow("pyarrow", "writing Parquet files")
+        self.pq = _pyarrow("pyarrow.parquet", "writing Parquet files")
+        self.writer: Any = None
+
+    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
+        columns = {"prediction": predictions.tolist()}
+        if probabilities is not None:
+            for i, label in enumerate(self.labels):
+                columns[f"p_{label}"] = probabilities[:, i]
+        table = self.pa.table(columns)
+        if self.writer is None:
+            self.writer = self.pq.ParquetWriter(str(self.tmp), table.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+_WRITERS: dict[str, type[_Writer]] = {".csv": _CsvWriter, ".jsonl": _JsonlWriter, ".npy": _NpyWriter,
+                                      ".parquet": _ParquetWriter}
+
+
+def predict_file(session: ModelSession, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], *,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: bool = True,
+                 clock: Callable[[], float] = time.perf_counter) -> BatchSummary:
+    """Predict every row of ``input_path`` into ``output_path`` (formats by extension)."""
+    source, target = Path(input_path), Path(output_path)
+    reader = _READERS[_suffix(source, INPUT_SUFFIXES, "input")]
+    writer_class = _WRITERS[_suffix(target, OUTPUT_SUFFIXES, "output")]
+    if not source.is_file():
+        raise InputError(f"input file {source} does not exist", fix="check --input")
+    manifest = session.manifest
+    start = clock()
+    total, chunks = reader(source, manifest.input, chunk_rows)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    rows = 0
+    try:
+        writer = writer_class(tmp, manifest, total)
+        with Progress(f"predict {manifest.ref}", total, enabled=progress) as bar:
+            for matrix in chunks:
+                roles = session.run_roles(matrix)
+                key = "label" if manifest.task == "classification" else "value"
+                writer.write(roles[key], roles.get("probabilities"))
+                rows += len(matrix)
+                bar.update(len(matrix))
+        writer.close()
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return BatchSummary(manifest.name, manifest.version, rows, clock() - start, str(target))

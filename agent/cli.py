@@ -1,0 +1,237 @@
+"""``edgefleet agent ...``: enroll, run, status, install, predict.
+
+Registered by edgefleet.cli. Handlers import the runtimes and the daemon lazily, so
+``edgefleet --help`` on a device stays fast and ``agent status`` never loads onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from edgefleet.console import format_kv, print_json, print_table
+
+DEFAULT_STATE_DIR = os.environ.get("EDGEFLEET_STATE_DIR", "/var/lib/edgefleet")
+
+AGENT_HELP = """\
+The agent runs on each device. A typical first run:
+
+  edgefleet agent enroll --server http://fleet:8080 --token TOKEN --state-dir /var/lib/edgefleet
+  edgefleet agent run --state-dir /var/lib/edgefleet        # or: systemctl start edgefleet-agent
+  curl --unix-socket /var/lib/edgefleet/agent.sock -d '{"inputs": [[...]]}' localhost/v1/models/NAME/predict
+
+Without a server (development): install a bundle file and serve it.
+
+  edgefleet agent install digits-1.0.0.tar.gz --profile rpi4-64 --state-dir ./state
+  edgefleet agent run --state-dir ./state --no-mqtt --http-port 8765
+  edgefleet agent predict --model digits --input rows.csv --output out.csv --state-dir ./state
+
+The state directory defaults to $EDGEFLEET_STATE_DIR or /var/lib/edgefleet.
+"""
+
+
+def _state_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                        help="the agent's state directory (identity, models, socket)")
+
+
+def register(sub: Any) -> None:
+    agent = sub.add_parser("agent", help="the device agent: enroll, run, status, install, predict",
+                           description=AGENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    asub = agent.add_subparsers(dest="agent_command", metavar="ACTION")
+
+    p = asub.add_parser("enroll", help="redeem an enrollment token for this device's identity and trust bundle",
+                        description="POST the token to the server, then store identity, MQTT credentials (0600), "
+                        "the director key, the firmware profile and the TUF root in the state directory.")
+    p.add_argument("--server", required=True, help="fleet server URL, e.g. http://fleet:8080")
+    p.add_argument("--token", required=True, help="one-time token from `edgefleet devices enroll`")
+    p.add_argument("--hostname", help="name reported to the server (default: this machine's hostname)")
+    p.add_argument("--force", action="store_true", help="enroll again even if the state directory is enrolled")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _state_arg(p)
+    p.set_defaults(handler=_enroll)
+
+    p = asub.add_parser("run", help="run the daemon: serve the active models, keep the MQTT link",
+                        description="Load every model's active slot, serve the local API on loopback TCP and on "
+                        "STATE_DIR/agent.sock, and connect to the broker in the background (the agent serves "
+                        "without one). SIGTERM finishes in-flight requests and exits. Under systemd "
+                        "(Type=notify) it reports READY and pings the watchdog.")
+    _state_arg(p)
+    p.add_argument("--config", help="agent.toml with daemon settings (see docs/agent.md)")
+    p.add_argument("--http-host", help="TCP address for the local API ('' disables TCP; default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, help="TCP port for the local API (0 picks a free one; default 8765)")
+    p.add_argument("--no-socket", action="store_true", help="do not serve on the Unix socket")
+    p.add_argument("--no-mqtt", action="store_true", help="do not connect to the broker")
+    p.add_argument("--profile", help="firmware profile when the state directory has none (development)")
+    p.set_defaults(handler=_run)
+
+    p = asub.add_parser("status", help="what this device runs and how it is",
+                        description="Read the state directory (identity, active and previous models) and ask the "
+                        "running daemon over its socket for live figures.")
+    _state_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_status)
+
+    p = asub.add_parser("install", help="install a bundle file locally (development, air-gapped devices)",
+                        description="Check the bundle (schema, sha256 of every file), check it was validated for "
+                        "this device's profile, stage it, health-check it on its golden samples and activate it. "
+                        "A running daemon is told to serve it.")
+    p.add_argument("bundle", help="bundle file (NAME-VERSION.tar.gz)")
+    _state_arg(p)
+    p.add_argument("--profile", help="firmware profile to record when the device is not enrolled (e.g. rpi4-64)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_install)
+
+    p = asub.add_parser("predict", help="batch prediction over a CSV, NPY or Parquet file",
+                        description="Predict every row of --input with the model's active slot, in chunks, into "
+                        "--output (CSV, NPY, Parquet or JSONL by extension). Works with the daemon stopped. "
+                        "A CSV header row is matched to the model's feature names.")
+    p.add_argument("--model", required=True, help="model name (see `edgefleet agent status`)")
+    p.add_argument("--input", required=True, help="input file: .csv, .npy or .parquet")
+    p.add_argument("--output", required=True, help="output file: .csv, .npy, .parquet or .jsonl")
+    p.add_argument("--chunk-rows", type=int, default=4096, help="rows per inference call")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _state_arg(p)
+    p.set_defaults(handler=_predict)
+
+    agent.set_defaults(handler=lambda a: agent.print_help() or 2)
+
+
+def _state(args: argparse.Namespace) -> Any:
+    from agent.state import StateDir
+
+    return StateDir(args.state_dir)
+
+
+def _profile(state: Any, name: str | None) -> Any:
+    from edgefleet.profiles import load_profile
+
+    if state.profile_file.exists():
+        return state.profile()
+    if name:
+        profile = load_profile(name)
+        state.ensure().save_profile(profile.to_toml())
+        return profile
+    return state.profile()  # raises StateError naming the fix
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from agent.enroll import enroll
+
+    state = _state(args)
+    result = enroll(args.server, args.token, state, hostname=args.hostname, force=args.force)
+    identity = result.identity
+    if args.json:
+        print_json({"device_id": identity.device_id, "profile": identity.profile, "state_dir": str(state.path),
+                    "broker_url": identity.broker_url, "server_url": identity.server_url})
+        return 0
+    print(f"enrolled as {identity.device_id} (profile {identity.profile}) in {state.path}")
+    print(f"next: edgefleet agent run --state-dir {state.path}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.daemon import open_daemon
+
+    state = _state(args)
+    profile = _profile(state, args.profile) if args.profile else None
+    daemon = open_daemon(args.state_dir, args.config, profile=profile, http_host=args.http_host,
+                         http_port=args.http_port, unix_socket=False if args.no_socket else None,
+                         mqtt=False if args.no_mqtt else None)
+    return daemon.run()
+
+
+def _status(args: argparse.Namespace) -> int:
+    from agent.client import DaemonUnavailable, request_json
+    from agent.errors import AgentError
+    from agent.slots import ModelStore
+
+    state = _state(args)
+    identity = state.load_identity().to_dict() if state.is_enrolled() else None
+    store = ModelStore(state)
+    models = []
+    for name in store.models():
+        entry: dict[str, Any] = {"name": name}
+        for which in ("active", "previous"):
+            try:
+                slot = getattr(store, which)(name, verify=False)
+                entry[which] = {"version": slot.version, "sha256": slot.sha256} if slot else None
+            except AgentError as exc:
+                entry[which] = {"error": str(exc)}
+        models.append(entry)
+    try:
+        _, daemon = request_json(state.socket_path, "GET", "/v1/status", timeout=3.0)
+    except DaemonUnavailable as exc:
+        daemon = None
+        reason = exc.message
+    document = {"state_dir": str(state.path), "enrolled": identity is not None, "identity": identity,
+                "models": models, "daemon": daemon}
+    if args.json:
+        print_json(document)
+        return 0
+    print(format_kv([("state dir", state.path), ("device", identity["device_id"] if identity else "not enrolled"),
+                     ("profile", identity["profile"] if identity else None),
+                     ("daemon", f"running (pid {daemon['pid']}, up {daemon['uptime_s']}s)" if daemon else f"not running: {reason}"),
+                     ("mqtt", ("connected" if daemon["mqtt"]["connected"] else "disconnected") + f" ({daemon['mqtt']['broker']})"
+                      if daemon and daemon["mqtt"]["enabled"] else "off" if daemon else None),
+                     ("api", daemon["api"] if daemon else None)]))
+    live = {m["name"]: m for m in (daemon or {}).get("models", [])}
+    print()
+    print_table(["model", "active", "previous", "serving", "requests", "errors", "p50 ms"],
+                [(m["name"], (m.get("active") or {}).get("version"), (m.get("previous") or {}).get("version"),
+                  live.get(m["name"], {}).get("version"), live.get(m["name"], {}).get("requests"),
+                  live.get(m["name"], {}).get("errors"), live.get(m["name"], {}).get("latency_ms_p50"))
+                 for m in models])
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    from agent.client import DaemonUnavailable, request_json
+    from agent.install import install_bundle
+
+    state = _state(args)
+    profile = _profile(state, args.profile)
+    result = install_bundle(state, args.bundle, profile)
+    try:
+        request_json(state.socket_path, "POST", "/v1/reload", {}, timeout=30.0)
+        reloaded = True
+    except DaemonUnavailable:
+        reloaded = False
+    if args.json:
+        print_json({**result.to_dict(), "daemon_reloaded": reloaded})
+        return 0
+    health = result.health
+    print(f"installed {result.slot.name}@{result.slot.version} ({result.slot.sha256[:12]})"
+          + (f", replacing {result.previous_version}" if result.previous_version else ""))
+    print(f"health check: agreement {health.get('agreement')}, p95 {health.get('latency_p95_ms')} ms "
+          f"(budget {health.get('latency_budget_ms')} ms)")
+    print("the running daemon now serves it" if reloaded else "start serving it with: edgefleet agent run")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from agent.batch import predict_file
+    from agent.errors import StateError
+    from agent.runtime import load_session
+    from agent.slots import ModelStore
+
+    state = _state(args)
+    slot = ModelStore(state).active(args.model)
+    if slot is None:
+        raise StateError(f"model {args.model!r} has no active slot in {state.path}",
+                         fix="install it (edgefleet agent install BUNDLE) or check `edgefleet agent status`")
+    session = load_session(slot, state.profile())
+    try:
+        summary = predict_file(session, args.input, args.output, chunk_rows=args.chunk_rows,
+                               progress=not args.no_progress and not args.json)
+    finally:
+        session.close()
+    if args.json:
+        print_json(summary.to_dict())
+    else:
+        rate = summary.to_dict()["rows_per_s"]
+        print(f"{summary.rows} rows predicted with {summary.model}@{summary.version} in {summary.seconds:.2f}s "
+              f"({rate} rows/s) -> {summary.output}")
+    return 0

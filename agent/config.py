@@ -1,0 +1,78 @@
+"""The daemon's settings (``agent.toml``): where the API listens and what the daemon turns on.
+
+Every key is optional; an unknown key or a wrong type is an error naming the key and the fix
+(a typo would otherwise be silently ignored on a device nobody looks at). Command-line flags
+override the file. It holds no identity or secrets: those live in the state directory.
+
+    http_host = "127.0.0.1"       loopback TCP address of the local API ("" disables TCP)
+    http_port = 8765              0 picks a free port
+    unix_socket = true            also serve on STATE_DIR/agent.sock (0660)
+    max_body_bytes = 8388608      larger request bodies get 413
+    max_rows = 10000              more rows in one request get 413
+    mqtt = true                   connect to the broker when the device is enrolled
+    keepalive_s = 30              MQTT keepalive
+    shutdown_timeout_s = 10       how long SIGTERM waits for in-flight requests
+    log_level = "INFO"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError
+
+DEFAULT_HTTP_PORT = 8765
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    http_host: str = "127.0.0.1"
+    http_port: int = DEFAULT_HTTP_PORT
+    unix_socket: bool = True
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_rows: int = 10_000
+    mqtt: bool = True
+    keepalive_s: int = 30
+    shutdown_timeout_s: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.http_port <= 65535:
+            raise AgentError(f"http_port {self.http_port} is not a TCP port", fix="use 0..65535 (0 picks a free port)")
+        if self.max_body_bytes <= 0 or self.max_rows <= 0 or self.keepalive_s <= 0 or self.shutdown_timeout_s < 0:
+            raise AgentError("max_body_bytes, max_rows and keepalive_s must be positive")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise AgentError(f"log_level {self.log_level!r} is not a level", fix="use DEBUG, INFO, WARNING or ERROR")
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> AgentConfig:
+        source = Path(path)
+        try:
+            data = tomllib.loads(source.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise AgentError(f"config file {source} does not exist", fix="check --config") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise AgentError(f"config file {source} is not valid TOML: {exc}", fix="fix the syntax at that line") from exc
+        return cls.from_dict(data, str(source))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "agent config") -> AgentConfig:
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                raise AgentError(f"{source}: unknown key {key!r}", fix=f"use one of: {', '.join(sorted(known))}")
+            default = known[key].default
+            wanted: tuple[type, ...] = (int, float) if isinstance(default, float) else (type(default),)
+            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, wanted):
+                raise AgentError(f"{source}: {key} = {value!r} should be a {type(default).__name__}",
+                                 fix=f"e.g. {key} = {default!r}".replace("True", "true").replace("False", "false"))
+            values[key] = value
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> AgentConfig:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,240 @@
+"""``edgefleet agent run``: the daemon that serves the active models and keeps the fleet link.
+
+Start-up order is chosen for offline-first: load every model's active slot (verified) into
+the serving table, start the local API, tell systemd READY, and only then start the MQTT link
+in the background. A broker or server that is down delays nothing; the link connects when
+it can. SIGTERM/SIGINT stop accepting connections, let in-flight requests finish (up to
+``shutdown_timeout_s``), publish offline and exit 0. With ``WatchdogSec`` the event loop pings
+systemd, so a wedged loop gets the service restarted.
+
+The update path plugs in through ``attach``: if ``agent.updater`` defines
+``attach(daemon: Daemon) -> object | None``, it is called once the serving table and the link
+exist and before the link starts (it may set ``daemon.link.on_desired``, call
+``daemon.serving.swap`` and ``daemon.publish_reported``). The returned object's ``close()``,
+if any, runs at shutdown. This module does not verify assignments or fetch bundles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent import sdnotify
+from agent.api import ApiServer
+from agent.config import AgentConfig
+from agent.errors import AgentError, StateError
+from agent.link import Link
+from agent.runtime import load_session
+from agent.serving import ServingTable
+from agent.slots import ModelStore
+from agent.state import StateDir
+from edgefleet import __version__
+from edgefleet.profiles import Profile
+
+log = logging.getLogger("agent.daemon")
+
+
+class Daemon:
+    """Everything one agent process runs. ``run()`` blocks until SIGTERM/SIGINT."""
+
+    def __init__(self, state: StateDir, config: AgentConfig | None = None, *,
+                 profile: Profile | None = None) -> None:
+        self.state = state.ensure()
+        self.config = config or AgentConfig()
+        self.profile = profile or state.profile()
+        self.store = ModelStore(state)
+        self.serving = ServingTable(max_rows=self.config.max_rows)
+        self.link: Link | None = None
+        self.api: ApiServer | None = None
+        self.started_at = time.time()
+        self.load_failures: dict[str, str] = {}
+        self._extensions: list[Any] = []
+        self._stop: asyncio.Event | None = None
+
+    # -- models ---------------------------------------------------------------------------------
+    def reload(self) -> dict[str, Any]:
+        """Serve each model's active slot; a model whose slot fails to load keeps what it served."""
+        loaded: dict[str, str] = {}
+        for name in self.store.models():
+            try:
+                slot = self.store.active(name)
+                if slot is None:
+                    continue
+                current = self.serving.get(name)
+                if current is not None and current.slot.sha256 == slot.sha256:
+                    loaded[name] = slot.version
+                    continue
+                self.serving.swap(name, load_session(slot, self.profile))
+                loaded[name] = slot.version
+                self.load_failures.pop(name, None)
+                log.info("serving %s@%s (%s)", name, slot.version, slot.sha256[:12])
+            except AgentError as exc:
+                self.load_failures[name] = str(exc)
+                log.error("cannot serve model %s: %s", name, exc)
+        self.publish_reported()
+        return {"models": loaded, "failures": dict(self.load_failures)}
+
+    # -- reporting ------------------------------------------------------------------------------
+    def _update_state(self) -> dict[str, Any]:
+        try:
+            document = json.loads(self.state.update_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"state": "idle"}
+        if not isinstance(document, dict):
+            return {"state": "idle"}
+        keys = ("state", "model", "version", "counter", "reason")
+        return {k: document.get(k) for k in keys if k in document} or {"state": "idle"}
+
+    def reported(self) -> dict[str, Any]:
+        models = {}
+        for name in self.serving.names():
+            session = self.serving.get(name)
+            if session is not None:
+                models[name] = {"version": session.manifest.version, "sha256": session.slot.sha256}
+        return {"agent_version": __version__, "profile": self.profile.name, "models": models,
+                "update": self._update_state()}
+
+    def publish_reported(self) -> None:
+        if self.link is not None:
+            self.link.set_reported(self.reported())
+
+    def status(self) -> dict[str, Any]:
+        api = self.api
+        models = []
+        for name in self.serving.names():
+            session = self.serving.get(name)
+            if session is None:
+                continue
+            stats = self.serving.stats(name)
+            models.append({"name": name, "version": session.manifest.version, "sha256": session.slot.sha256,
+                           "runtime": session.runtime, "providers": list(session.providers),
+                           "requests": stats.requests, "errors": stats.errors,
+                           "latency_ms_p50": stats.percentile(50), "latency_ms_p99": stats.percentile(99)})
+        return {
+            "pid": os.getpid(), "agent_version": __version__, "state_dir": str(self.state.path),
+            "profile": self.profile.name, "started_at": self.started_at,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "api": {"tcp": f"{api.tcp_address[0]}:{api.tcp_address[1]}" if api and api.tcp_address else None,
+                    "socket": str(api.socket_path) if api and api.socket_path else None},
+            "mqtt": {"enabled": self.link is not None, "connected": bool(self.link and self.link.connected),
+                     "broker": f"{self.link.address.host}:{self.link.address.port}" if self.link else None},
+            "models": models, "failures": dict(self.load_failures), "update": self._update_state(),
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _make_link(self) -> Link | None:
+        if not self.config.mqtt:
+            return None
+        if not self.state.is_enrolled():
+            log.warning("not enrolled: serving local models only, without MQTT")
+            return None
+        identity = self.state.load_identity()
+        if not identity.broker_url:
+            log.warning("identity.json names no broker: running without MQTT")
+            return None
+        link = Link(identity.device_id, identity.broker_url, credentials=self.state.load_credentials(),
+                    ca_file=self.state.ca_file, keepalive=self.config.keepalive_s,
+                    on_command=self._on_command)
+        return link
+
+    def _on_command(self, command: dict[str, Any]) -> None:
+        name = command.get("command")
+        args = command.get("args") or {}
+        if name == "report":
+            self.reload()
+            if self.link is not None:
+                self.link.set_reported({**self.reported(), "requested_at": time.time()})
+        elif name == "log_level" and isinstance(args, dict):
+            level = str(args.get("level", "INFO")).upper()
+            if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                logging.getLogger().setLevel(level)
+        elif name == "reverify":
+            self.reload()
+        else:
+            log.warning("ignoring unknown command %r", name)
+
+    def _attach_extensions(self) -> None:
+        try:
+            updater = importlib.import_module("agent.updater")
+        except ModuleNotFoundError as exc:
+            if exc.name != "agent.updater":
+                raise
+            return
+        attach: Callable[[Daemon], Any] | None = getattr(updater, "attach", None)
+        if attach is not None:
+            extension = attach(self)
+            if extension is not None:
+                self._extensions.append(extension)
+
+    async def run_async(self, *, ready: Callable[[Daemon], None] | None = None) -> None:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        self.link = self._make_link()
+        self.reload()
+        self.api = ApiServer(self.serving, max_body_bytes=self.config.max_body_bytes,
+                             status=self.status, reload=self.reload)
+        await self.api.start(host=self.config.http_host or None, port=self.config.http_port,
+                             socket_path=self.state.socket_path if self.config.unix_socket else None)
+        self._attach_extensions()
+        if self.link is not None:
+            self.link.set_reported(self.reported())
+            self.link.start()
+        sdnotify.notify(f"READY=1\nSTATUS=serving {len(self.serving.names())} model(s)")
+        log.info("agent ready: %s", json.dumps(self.status()["api"]))
+        if ready is not None:
+            ready(self)
+        watchdog = sdnotify.watchdog_interval()
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), watchdog or 3600)
+                if watchdog:
+                    sdnotify.notify("WATCHDOG=1")
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask a running daemon to stop (thread-safe only from the loop's thread)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _shutdown(self) -> None:
+        sdnotify.notify("STOPPING=1")
+        log.info("stopping: finishing in-flight requests")
+        if self.api is not None:
+            await self.api.shutdown(self.config.shutdown_timeout_s)
+        for extension in self._extensions:
+            close = getattr(extension, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+        if self.link is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.link.stop)
+        self.serving.close()
+
+    def run(self) -> int:
+        asyncio.run(self.run_async())
+        return 0
+
+
+def open_daemon(state_dir: str, config_path: str | None, *, profile: Profile | None = None,
+                **overrides: Any) -> Daemon:
+    """Build a daemon from a state directory, an optional agent.toml and flag overrides."""
+    config = AgentConfig.from_toml(config_path) if config_path else AgentConfig()
+    config = config.with_overrides(**overrides)
+    state = StateDir(state_dir)
+    if profile is None and not state.profile_file.exists():
+        raise StateError(f"{state.profile_file} does not exist: the daemon needs a firmware profile",
+                         fix="enroll the device (edgefleet agent enroll) or install a bundle with --profile NAME")
+    return Daemon(state, config, profile=profile)

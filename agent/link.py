@@ -1,0 +1,256 @@
+"""The agent's MQTT link to the fleet: presence, reported state, desired assignments, commands.
+
+One paho-mqtt 2 client (``CallbackAPIVersion.VERSION2``, MQTT 3.1.1 so it also works with
+small embedded brokers) with client id = device id and a persistent session
+(``clean_session=False``), QoS 1 everywhere. The last will, retained on the ``reported``
+topic, is ``{"device_id", "online": false}``, so the broker marks the device offline when it
+dies; ``reported`` is published retained on every connect and whenever it changes.
+``mqtts://`` URLs turn TLS on (CA from the state directory's ca.pem, else the system's).
+
+The link runs its own thread and reconnects with jittered exponential backoff (``Backoff``,
+pure, so it is tested without sleeping). Nothing waits on it: ``start()`` returns at once and
+inference never touches it, so the agent serves with the broker down and connects when it
+comes up. Incoming ``desired`` and ``commands`` messages are handed to callbacks on a separate
+dispatcher thread, so a slow handler (the update path downloading a bundle) cannot stall
+keepalives. It does not verify assignments or run commands: its callbacks' owners do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.errors import LinkError
+from agent.state import Credentials
+from edgefleet import topics
+
+log = logging.getLogger("agent.link")
+
+DesiredHandler = Callable[[bytes], None]
+CommandHandler = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise LinkError(f"broker URL {url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]",
+                            fix="re-enroll the device or set broker_url in identity.json")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise LinkError(f"broker URL {url!r} has a bad port") from exc
+        return cls(parts.hostname, port, tls)
+
+
+class Backoff:
+    """Exponential backoff with jitter: delays grow ``initial * factor**n`` up to ``maximum``,
+    each scaled by a random factor in [0.5, 1) so a fleet that lost its broker does not
+    reconnect in lockstep when it comes back."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 60.0, factor: float = 2.0,
+                 rand: Callable[[], float] = random.random) -> None:
+        if not 0 < initial <= maximum or factor < 1:
+            raise ValueError("backoff needs 0 < initial <= maximum and factor >= 1")
+        self.initial, self.maximum, self.factor = initial, maximum, factor
+        self._rand = rand
+        self.attempt = 0
+
+    def next(self) -> float:
+        base = min(self.maximum, self.initial * self.factor ** min(self.attempt, 64))
+        self.attempt += 1
+        return base * (0.5 + self._rand() / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Link:
+    """The MQTT link of one device. ``start()``/``stop()``; callbacks may be set before start."""
+
+    def __init__(self, device_id: str, broker_url: str, *, credentials: Credentials | None = None,
+                 ca_file: Path | None = None, keepalive: int = 30, backoff: Backoff | None = None,
+                 on_desired: DesiredHandler | None = None, on_command: CommandHandler | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        # lazy: the batch command and the API never need paho
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.device_id = topics.check_device_id(device_id)
+        self.address = BrokerAddress.parse(broker_url)
+        self.on_desired = on_desired
+        self.on_command = on_command
+        self.keepalive = keepalive
+        self._mqtt = mqtt
+        self._backoff = backoff or Backoff()
+        self._clock = clock
+        self._topic_reported = topics.reported(device_id)
+        self._topic_desired = topics.desired(device_id)
+        self._topic_commands = topics.commands(device_id)
+        self._lock = threading.Lock()
+        self._reported: dict[str, Any] = {}
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self._dispatcher: threading.Thread | None = None
+        self.connects = 0
+
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=device_id,
+                             clean_session=False, protocol=mqtt.MQTTv311)
+        client.will_set(self._topic_reported, self._offline_payload(), qos=1, retain=True)
+        if credentials is not None:
+            client.username_pw_set(credentials.mqtt_username, credentials.mqtt_password or None)
+        if self.address.tls:
+            try:
+                client.tls_set(ca_certs=str(ca_file) if ca_file and ca_file.exists() else None)
+            except (OSError, ValueError) as exc:
+                raise LinkError(f"cannot set up TLS for {broker_url}: {exc}",
+                                fix="put the broker's CA certificate in STATE_DIR/ca.pem") from exc
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    def _offline_payload(self) -> bytes:
+        return json.dumps({"device_id": self.device_id, "online": False}, sort_keys=True).encode()
+
+    # -- public -------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._dispatcher = threading.Thread(target=self._dispatch, name="edgefleet-link-dispatch", daemon=True)
+        self._dispatcher.start()
+        self._thread = threading.Thread(target=self._run, name="edgefleet-link", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish offline (a clean disconnect sends no last will), disconnect and join."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._inbox.put(None)
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout)
+            self._dispatcher = None
+
+    def set_reported(self, document: Mapping[str, Any]) -> None:
+        """Set the reported state; published (retained) now if it changed and we are connected,
+        else on the next connect."""
+        with self._lock:
+            changed = dict(document) != self._reported
+            self._reported = dict(document)
+        if changed and self.connected:
+            self._publish_reported()
+
+    def publish(self, kind: str, document: Mapping[str, Any], *, retain: bool = False) -> bool:
+        """Publish to one of this device's outgoing topics (events, telemetry). QoS 1; paho
+        queues it while offline and sends it after reconnecting. Returns False if refused."""
+        topic = topics.device_topic(self.device_id, kind)
+        info = self._client.publish(topic, json.dumps(dict(document), sort_keys=True), qos=1, retain=retain)
+        return info.rc in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN)
+
+    # -- paho callbacks (on the link thread) --------------------------------------------------
+    def _publish_reported(self) -> None:
+        with self._lock:
+            document = dict(self._reported)
+        document.update({"device_id": self.device_id, "online": True, "ts": self._clock()})
+        self._client.publish(self._topic_reported, json.dumps(document, sort_keys=True), qos=1, retain=True)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("broker %s:%s refused the connection: %s", self.address.host, self.address.port, reason_code)
+            return
+        self._backoff.reset()
+        self.connects += 1
+        # The session is persistent, but subscribing again is cheap and covers a broker that
+        # lost its session store.
+        client.subscribe([(self._topic_desired, 1), (self._topic_commands, 1)])
+        self._connected.set()
+        self._publish_reported()
+        log.info("connected to broker %s:%s", self.address.host, self.address.port)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self._connected.is_set():
+            log.warning("disconnected from broker %s:%s (%s)", self.address.host, self.address.port, reason_code)
+        self._connected.clear()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self._inbox.put((message.topic, bytes(message.payload)))
+
+    # -- threads --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        mqtt = self._mqtt
+        first = True
+        while not self._stop.is_set():
+            try:
+                if first:
+                    first = False
+                    self._client.connect(self.address.host, self.address.port, keepalive=self.keepalive)
+                else:
+                    self._client.reconnect()
+            except (OSError, ValueError) as exc:
+                delay = self._backoff.next()
+                log.info("broker %s:%s unreachable (%s); retrying in %.1fs",
+                         self.address.host, self.address.port, exc, delay)
+                self._stop.wait(delay)
+                continue
+            while not self._stop.is_set():
+                if self._client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            self._connected.clear()
+            if not self._stop.is_set():
+                self._stop.wait(self._backoff.next())
+        self._goodbye()
+
+    def _goodbye(self) -> None:
+        if not self._client.is_connected():
+            return
+        with contextlib.suppress(Exception):
+            info = self._client.publish(self._topic_reported, self._offline_payload(), qos=1, retain=True)
+            deadline = time.monotonic() + 2.0
+            while not info.is_published() and time.monotonic() < deadline:
+                self._client.loop(timeout=0.05)
+            self._client.disconnect()
+            self._client.loop(timeout=0.05)
+        self._connected.clear()
+
+    def _dispatch(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            topic, payload = item
+            try:
+                if topic == self._topic_desired:
+                    if self.on_desired is not None:
+                        self.on_desired(payload)
+                elif topic == self._topic_commands and self.on_command is not None:
+                    command = json.loads(payload)
+                    if not isinstance(command, dict) or not isinstance(command.get("command"), str):
+                        raise ValueError("a command must be an object with a 'command' string")
+                    self.on_command(command)
+            except Exception:  # a bad message or a failing handler must not end the link
+                log.exception("handling a message on %s failed", topic)
