@@ -118,7 +118,7 @@ def _read_private_pem(path: Path) -> bytes:
         info = path.stat()
     except FileNotFoundError as exc:
         raise KeyStoreError(f"signing key {path} does not exist",
-                            fix="run `edgefleet server init-keys` (or point --data-dir at the right place)") from exc
+                            fix="run `edgefleet keys init` (or point --data-dir at the right place)") from exc
     if stat.S_IMODE(info.st_mode) & 0o077:
         raise KeyStoreError(f"signing key {path} is readable by other users (mode {stat.S_IMODE(info.st_mode):o})",
                             fix=f"chmod 600 {path}")

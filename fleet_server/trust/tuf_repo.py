@@ -143,15 +143,23 @@ class TufRepository:
         return self.repo_dir / TARGETS_DIR
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.repo_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.repo_dir / LOCK_FILE, "a+b") as handle:
-            # flock, not lockf: a lock per open file, so threads of one replica exclude each other too.
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    def _locked(self, *, create: bool = False) -> Iterator[None]:
+        """Hold the repository lock; disk failures inside become ``RepositoryError``."""
+        if not create and not self.repo_dir.is_dir():
+            raise RepositoryError(f"TUF repository {self.repo_dir} is missing",
+                                  fix="create it first (`edgefleet keys init`), or check --data-dir")
+        try:
+            self.repo_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.repo_dir / LOCK_FILE, "a+b") as handle:
+                # flock, not lockf: a lock per open file, so threads of one replica exclude each other too.
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        except OSError as exc:
+            raise RepositoryError(f"TUF repository {self.repo_dir}: {exc}",
+                                  fix="check that the repository directory is writable and has space") from exc
 
     def _now(self) -> datetime:
         now = self.clock()
@@ -170,7 +178,7 @@ class TufRepository:
             return Metadata.from_bytes(path.read_bytes())
         except FileNotFoundError as exc:
             raise RepositoryError(f"TUF metadata {path} is missing",
-                                  fix="create the repository first (`edgefleet server init`)") from exc
+                                  fix="create it first (`edgefleet keys init`)") from exc
         except DeserializationError as exc:
             raise RepositoryError(f"TUF metadata {path} is corrupt: {exc}",
                                   fix="restore the metadata directory from backup") from exc
@@ -198,7 +206,7 @@ class TufRepository:
         versions = self._root_versions()
         if not versions:
             raise RepositoryError(f"no root metadata in {self.metadata_dir}",
-                                  fix="create the repository first (`edgefleet server init`)")
+                                  fix="create it first (`edgefleet keys init`)")
         return versions[-1]
 
     def _current(self) -> tuple[Metadata[Any], Metadata[Any], Metadata[Any]]:
@@ -256,12 +264,12 @@ class TufRepository:
         root_signers = load_root_signers(root_keys_dir)
         if not root_signers:
             raise RepositoryError(f"no root keys (*.pem) in {root_keys_dir}",
-                                  fix="run `edgefleet server init-keys` first, or mount the root key media")
+                                  fix="run `edgefleet keys init` first, or mount the root key media")
         threshold = root_threshold or read_root_threshold(root_keys_dir) or 1
         if threshold > len(root_signers):
             raise ThresholdError(f"root threshold {threshold} needs more keys than the {len(root_signers)} found",
                                  fix="mount every root key, or lower the threshold")
-        with repo._locked():
+        with repo._locked(create=True):
             if repo.metadata_dir.is_dir() and any(repo.metadata_dir.glob("*.json")):
                 raise RepositoryError(f"{repo.metadata_dir} already holds TUF metadata; refusing to overwrite it",
                                       fix="open the existing repository with TufRepository(repo_dir, keys)")
@@ -326,20 +334,16 @@ class TufRepository:
         from tuf.api.metadata import TargetFile  # type: ignore[attr-defined]  # public API, not re-exported for mypy
 
         check_target_path(target_path)
-        try:
-            with self._locked():
-                with (open(data, "rb") if isinstance(data, Path) else io.BytesIO(data)) as source:
-                    info = self._store(target_path, source)
-                timestamp, snapshot, targets = self._current()
-                listed = targets.signed.targets.get(target_path)
-                if listed is not None and _info(target_path, listed) == info:
-                    return info
-                targets.signed.targets[target_path] = TargetFile(info.length, {"sha256": info.sha256}, target_path)
-                self._publish(self._now(), timestamp, snapshot, targets)
+        with self._locked():
+            with (open(data, "rb") if isinstance(data, Path) else io.BytesIO(data)) as source:
+                info = self._store(target_path, source)
+            timestamp, snapshot, targets = self._current()
+            listed = targets.signed.targets.get(target_path)
+            if listed is not None and _info(target_path, listed) == info:
                 return info
-        except OSError as exc:
-            raise RepositoryError(f"cannot add target {target_path}: {exc}",
-                                  fix="check that the repository directory is writable and has space") from exc
+            targets.signed.targets[target_path] = TargetFile(info.length, {"sha256": info.sha256}, target_path)
+            self._publish(self._now(), timestamp, snapshot, targets)
+            return info
 
     def target_info(self, target_path: str) -> TargetInfo | None:
         """The published info of one target, or None if the targets metadata does not list it."""

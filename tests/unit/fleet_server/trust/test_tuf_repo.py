@@ -123,6 +123,7 @@ def test_create_refuses_an_existing_repository(fx: Fixture) -> None:
 def test_opening_a_missing_repository_names_the_fix(tmp_path: Path, fx: Fixture) -> None:
     with pytest.raises(RepositoryError, match="missing") as info:
         TufRepository(tmp_path / "nowhere", fx.keys).targets()
+    assert not (tmp_path / "nowhere").exists()
     assert info.value.fix and "init" in info.value.fix
 
 
@@ -271,3 +272,9 @@ def test_publish_root_refuses_a_root_the_old_keys_did_not_sign(fx: Fixture) -> N
     with pytest.raises(ThresholdError, match="would not verify"):
         fx.repo.publish_root([intruder.public_key], 1, old_signers=[], new_signers=[intruder])
     assert fx.repo.root_version() == 1
+
+
+def test_a_missing_source_file_is_a_repository_error(fx: Fixture, tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="No such file"):
+        fx.repo.add_target(PATH, tmp_path / "not-there.tar.gz")
+    assert _versions(fx.repo) == (1, 1, 1)
