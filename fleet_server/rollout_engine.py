@@ -1,0 +1,413 @@
+"""The rollout engine: drives the pure ``fleet_server.rollout.Rollout`` from the database and the broker.
+
+Every change to a rollout is one database transaction that holds the rollout's row lock:
+load the stored ``Rollout.to_dict()`` document, feed it ONE input (a device event, a presence
+change, a tick, an operator command), execute the actions it returns (sign and store
+assignments through ``fleet_server.assignments``; record halts, completion and alerts in the
+rollout's log), store the new document, commit, and only then publish the assignments. The
+lock is ``SELECT ... FOR UPDATE`` on PostgreSQL and, on SQLite, a no-op ``UPDATE`` that takes
+the database's single writer lock first; either way several server replicas (or threads)
+serialise on the row, so a wave is never advanced twice, and because the state lives in the
+database only, a restarted server carries on where the last one stopped. A replica that dies
+between commit and publish leaves the assignment stored and unpublished; the periodic
+``Assignments.maintain`` pass publishes it.
+
+Inputs arrive from three places: ``handle_message`` (the MQTT handler for ``events`` and
+``reported``), ``tick`` (periodic: device timeouts, bake times, devices that enrolled or
+started matching the selector since, versions yanked since), and the operator commands the
+REST API calls. ``RolloutWorker`` runs them on one thread: queued messages, then ``tick``
+and ``Assignments.maintain`` every few seconds.
+
+This module does not decide anything about waves or thresholds (the pure core does) and owns
+no broker connection (the ``Publisher`` inside ``Assignments`` is injected).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, String, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from edgefleet import topics
+from edgefleet.assignment import ModelTarget
+from fleet_server.assignments import (
+    ENROLLED,
+    Assignments,
+    DeviceAssignmentRow,
+    IneligibleError,
+    IssuedAssignment,
+)
+from fleet_server.db import Base, Database, DeviceRow, ModelRow, UTCDateTime
+from fleet_server.errors import ConflictError, NotFoundError, ServerError
+from fleet_server.rollout import (
+    EVENTS,
+    OUTCOME_EVENTS,
+    Action,
+    AlertNeeded,
+    AssignPrevious,
+    AssignVersion,
+    Completed,
+    Halt,
+    Rollout,
+    RolloutPolicy,
+    RolloutState,
+)
+from fleet_server.waves import DeviceInfo, Selector, new_seed
+
+log = logging.getLogger(__name__)
+
+LIVE_STATES = (RolloutState.PENDING.value, RolloutState.RUNNING.value, RolloutState.PAUSED.value)
+LOG_LIMIT = 500
+# An action that fails a device feeds the core again; a core that kept answering with more
+# actions would be a bug, and this bound turns it into an error instead of a hang.
+_MAX_ACTION_ROUNDS = 10_000
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RolloutRow(Base):
+    """One rollout: the pure core's document, a denormalised state for listing, and a log."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    log: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rollout_view(row: RolloutRow, rollout: Rollout, *, devices: bool = False) -> dict[str, Any]:
+    """What the API returns for one rollout (and the CLI's --json prints)."""
+    counts: dict[str, int] = {}
+    for record in rollout.devices.values():
+        counts[record.status.value] = counts.get(record.status.value, 0) + 1
+    view: dict[str, Any] = {
+        "id": rollout.id, "model": rollout.model, "version": rollout.version, "selector": str(rollout.selector),
+        "state": rollout.state.value, "current_wave": rollout.current_wave, "halt_reason": rollout.halt_reason,
+        "policy": rollout.policy.to_dict(), "seed": rollout.plan.seed, "profiles": sorted(rollout.targets),
+        "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at),
+        "started_at": _iso(rollout.started_at), "finished_at": _iso(rollout.finished_at),
+        "waves": [s.to_dict() for s in rollout.wave_summaries()],
+        "devices": dict(sorted(counts.items())), "assigned": rollout.assigned_count(),
+        "log": list(row.log[-50:]),
+    }
+    if devices:
+        view["device_records"] = [rollout.devices[k].to_dict() for k in sorted(rollout.devices)]
+    return view
+
+
+class RolloutEngine:
+    """Creates rollouts and feeds them inputs, one locked transaction per rollout change."""
+
+    def __init__(self, db: Database, assignments: Assignments, *,
+                 clock: Callable[[], datetime] = _utcnow) -> None:
+        self.db = db
+        self.assignments = assignments
+        self.clock = clock
+
+    # -- operator commands -----------------------------------------------------------------
+
+    def create(self, model: str, version: str, selector: str = "", policy: RolloutPolicy | None = None, *,
+               seed: int | None = None) -> dict[str, Any]:
+        """Plan waves over the matching devices and start the first wave at once."""
+        now = self.clock()
+        parsed = Selector.parse(selector) if selector.strip() else Selector.everything()
+        rollout_id = f"ro-{secrets.token_hex(6)}"
+        issued: list[IssuedAssignment] = []
+        with self.db.session() as session:
+            row = session.scalars(select(ModelRow).where(ModelRow.name == model, ModelRow.version == version)
+                                  ).one_or_none()
+            if row is None:
+                raise NotFoundError(f"model {model}@{version} is not published",
+                                    fix=f"push it first: edgefleet models push {model}-{version}.tar.gz")
+            if row.yanked:
+                raise ConflictError(f"model {model}@{version} is yanked and can never be rolled out",
+                                    fix="publish a new version and roll that out")
+            live = session.scalars(select(RolloutRow.id).where(RolloutRow.model == model,
+                                                               RolloutRow.state.in_(LIVE_STATES))).first()
+            if live is not None:
+                raise ConflictError(f"rollout {live} of {model} is still live; two rollouts of one model would "
+                                    "fight over the same devices",
+                                    fix=f"wait for it, or `edgefleet rollouts abort {live}`")
+            target = ModelTarget(row.version, row.target_path, row.sha256, row.length)
+            rollout = Rollout.create(rollout_id, model, version, selector=parsed,
+                                     targets=dict.fromkeys(row.profiles, target),
+                                     devices=self._fleet(session, model), seed=new_seed() if seed is None else seed,
+                                     policy=policy)
+            stored = RolloutRow(id=rollout_id, model=model, version=version, state=rollout.state.value,
+                                document=rollout.to_dict(), log=[], created_at=now, updated_at=now)
+            session.add(stored)
+            self._log(stored, now, f"created: {model}@{version} to {len(rollout.devices)} matching device(s) "
+                                   f"in {len(rollout.plan.waves)} wave(s), seed {rollout.plan.seed}")
+            issued = self._execute(session, stored, rollout, rollout.start(now), now)
+            self._store(stored, rollout, now)
+            view = rollout_view(stored, rollout)
+        self._publish(issued)
+        return view
+
+    def get(self, rollout_id: str, *, devices: bool = False) -> dict[str, Any]:
+        with self.db.session() as session:
+            row = session.get(RolloutRow, rollout_id)
+            if row is None:
+                raise NotFoundError(f"no rollout {rollout_id}", fix="list rollouts with `edgefleet rollouts list`")
+            return rollout_view(row, Rollout.from_dict(row.document), devices=devices)
+
+    def list_rollouts(self, *, state: str | None = None) -> list[dict[str, Any]]:
+        with self.db.session() as session:
+            query = select(RolloutRow).order_by(RolloutRow.created_at.desc(), RolloutRow.id)
+            if state is not None:
+                query = query.where(RolloutRow.state == state)
+            return [rollout_view(r, Rollout.from_dict(r.document)) for r in session.scalars(query)]
+
+    def pause(self, rollout_id: str) -> dict[str, Any]:
+        return self._change(rollout_id, lambda r, now, _s: r.pause(now), "paused by an operator")
+
+    def resume(self, rollout_id: str) -> dict[str, Any]:
+        return self._change(rollout_id, lambda r, now, _s: r.resume(now), "resumed by an operator")
+
+    def abort(self, rollout_id: str) -> dict[str, Any]:
+        return self._change(rollout_id, lambda r, now, _s: r.abort(now), "aborted by an operator")
+
+    def rollback(self, rollout_id: str) -> dict[str, Any]:
+        return self._change(rollout_id, lambda r, now, _s: r.rollback(now), "rolled back by an operator")
+
+    # -- inputs from the fleet ---------------------------------------------------------------
+
+    def handle_message(self, topic: str, payload: bytes) -> None:
+        """MQTT handler for device ``events`` and ``reported`` messages; others are ignored."""
+        try:
+            device_id, kind = topics.parse_device_topic(topic)
+            document = json.loads(payload) if payload else None
+        except ValueError as exc:
+            log.warning("rollout engine dropped a message on %s: %s", topic, exc)
+            return
+        if not isinstance(document, dict) or document.get("device_id", device_id) != device_id:
+            return
+        if kind == "events":
+            self.device_event(device_id, document)
+        elif kind == "reported" and isinstance(document.get("online"), bool):
+            self.device_presence(device_id, bool(document["online"]))
+            update_ = document.get("update")
+            if isinstance(update_, dict) and update_.get("state") in OUTCOME_EVENTS:
+                # The retained report repeats the last outcome: it makes up for an event lost
+                # while no server was subscribed (the core ignores a repeated outcome).
+                self.device_event(device_id, {"event": update_.get("state"), "model": update_.get("model"),
+                                              "version": update_.get("version"), "reason": update_.get("reason")})
+
+    def device_event(self, device_id: str, event: Mapping[str, Any]) -> None:
+        """One lifecycle event (docs/contracts.md ``events``) to the live rollout it concerns."""
+        kind, model = event.get("event"), event.get("model")
+        if kind not in EVENTS or not isinstance(model, str):
+            return  # a refusal before the device trusted the document names no model: timeouts cover it
+        version = event.get("version") if isinstance(event.get("version"), str) else None
+        reason = str(event.get("reason") or "")
+        for rollout_id in self._live_ids(model, event.get("rollout_id")):
+            self._change(rollout_id, lambda r, now, _s: r.device_event(device_id, str(kind), now, reason, version),
+                         None, only_if=lambda r: device_id in r.devices)
+
+    def device_presence(self, device_id: str, online: bool) -> None:
+        for rollout_id in self._live_ids(None, None):
+            def differs(r: Rollout) -> bool:
+                record = r.devices.get(device_id)
+                return record is not None and record.online != online
+
+            self._change(rollout_id, (lambda r, now, _s: r.device_online(device_id, now)) if online
+                         else (lambda r, now, _s: r.device_offline(device_id, now)), None, only_if=differs)
+
+    def tick(self) -> int:
+        """Advance every live rollout; return how many were ticked. Safe to call from every replica."""
+        live = self._live_ids(None, None)
+        for rollout_id in live:
+            self._change(rollout_id, self._tick_one, None)
+        return len(live)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _tick_one(self, rollout: Rollout, now: datetime, session: Session) -> list[Action]:
+        actions: list[Action] = []
+        model = session.scalars(select(ModelRow).where(ModelRow.name == rollout.model,
+                                                       ModelRow.version == rollout.version)).one_or_none()
+        if model is None or model.yanked:
+            actions += rollout.yank(now, "the registry no longer offers it")
+        for device in self._fleet(session, rollout.model):
+            if device.device_id not in rollout.devices:
+                actions += rollout.add_device(device, now)
+        return actions + rollout.tick(now)
+
+    def _live_ids(self, model: str | None, rollout_id: Any) -> list[str]:
+        with self.db.session() as session:
+            query = select(RolloutRow.id).where(RolloutRow.state.in_(LIVE_STATES))
+            if model is not None:
+                query = query.where(RolloutRow.model == model)
+            ids = list(session.scalars(query.order_by(RolloutRow.id)))
+        # The agent echoes the assignment's rollout id; use it to touch one rollout, not all.
+        return [rollout_id] if isinstance(rollout_id, str) and rollout_id in ids else ids
+
+    def _lock(self, session: Session, rollout_id: str) -> RolloutRow | None:
+        if self.db.engine.dialect.name == "sqlite":
+            # SQLite has no row locks: a write first takes the database's writer lock, so no
+            # other connection can read-modify-write this rollout until we commit.
+            session.execute(update(RolloutRow).where(RolloutRow.id == rollout_id)
+                            .values(updated_at=RolloutRow.updated_at))
+        return session.scalars(select(RolloutRow).where(RolloutRow.id == rollout_id)
+                               .with_for_update().execution_options(populate_existing=True)).one_or_none()
+
+    def _change(self, rollout_id: str, step: Callable[[Rollout, datetime, Session], list[Action]], note: str | None, *,
+                only_if: Callable[[Rollout], bool] | None = None) -> dict[str, Any]:
+        now = self.clock()
+        if only_if is not None:
+            # A cheap unlocked look first: most messages concern no rollout (or change nothing).
+            with self.db.session() as session:
+                row = session.get(RolloutRow, rollout_id)
+                if row is None or not only_if(Rollout.from_dict(row.document)):
+                    return {}
+        with self.db.session() as session:
+            row = self._lock(session, rollout_id)
+            if row is None:
+                raise NotFoundError(f"no rollout {rollout_id}", fix="list rollouts with `edgefleet rollouts list`")
+            rollout = Rollout.from_dict(row.document)
+            if only_if is not None and not only_if(rollout):
+                return {}
+            wave_before = rollout.current_wave
+            actions = step(rollout, now, session)
+            if note:
+                self._log(row, now, note)
+            issued = self._execute(session, row, rollout, actions, now)
+            if rollout.current_wave != wave_before:
+                self._log(row, now, f"wave {rollout.current_wave + 1} started")
+            self._store(row, rollout, now)
+            view = rollout_view(row, rollout)
+        self._publish(issued)
+        return view
+
+    def _execute(self, session: Session, row: RolloutRow, rollout: Rollout, actions: Iterable[Action],
+                 now: datetime) -> list[IssuedAssignment]:
+        pending = list(actions)
+        issued: dict[str, IssuedAssignment] = {}
+        sent_back = 0
+        rounds = 0
+        while pending:
+            rounds += 1
+            if rounds > _MAX_ACTION_ROUNDS:
+                raise ServerError(f"rollout {rollout.id} produced actions without end", fix="report this bug")
+            action = pending.pop(0)
+            if isinstance(action, AssignVersion | AssignPrevious):
+                version = action.version if isinstance(action, AssignVersion) else action.previous_version
+                try:
+                    issued[action.device_id] = self.assignments.next_assignment(
+                        session, action.device_id, {action.model: version}, rollout.id, now)
+                    sent_back += isinstance(action, AssignPrevious)
+                except (IneligibleError, NotFoundError) as exc:
+                    self._log(row, now, f"{action.device_id}: not assigned {action.model}@{version}: {exc.message}")
+                    if isinstance(action, AssignVersion):
+                        # The core thought the device eligible; tell it, so it counts as failed.
+                        pending += rollout.device_event(action.device_id, "failed", now,
+                                                        f"not assignable: {getattr(exc, 'reason', 'unknown')}",
+                                                        action.version)
+            elif isinstance(action, Halt):
+                log.warning("rollout %s halted: %s", rollout.id, action.reason)
+                self._log(row, now, f"halted: {action.reason}")
+            elif isinstance(action, Completed):
+                self._log(row, now, "completed: every wave passed")
+            elif isinstance(action, AlertNeeded):
+                log.warning("rollout %s: %s", rollout.id, action.message)
+                self._log(row, now, f"alert {action.topic}: {action.message}")
+        if sent_back:
+            self._log(row, now, f"rolled back: {sent_back} device(s) sent their previous version")
+        return list(issued.values())
+
+    def _store(self, row: RolloutRow, rollout: Rollout, now: datetime) -> None:
+        row.document = rollout.to_dict()
+        row.state = rollout.state.value
+        row.updated_at = now
+        row.next_tick_at = rollout.next_deadline()
+
+    @staticmethod
+    def _log(row: RolloutRow, now: datetime, message: str) -> None:
+        row.log = [*(row.log or []), {"at": _iso(now), "message": message}][-LOG_LIMIT:]
+
+    def _publish(self, issued: Iterable[IssuedAssignment]) -> None:
+        for item in issued:
+            try:
+                self.assignments.publish(item)
+            except (ServerError, OSError, SQLAlchemyError) as exc:
+                # Stored and committed: the next maintain pass publishes it.
+                log.warning("publishing the assignment of %s failed (%s); it will be re-sent", item.device_id, exc)
+
+    def _fleet(self, session: Session, model: str) -> list[DeviceInfo]:
+        """Every enrolled device with the version of ``model`` it runs (reported, else desired)."""
+        desired = {r.device_id: r.models for r in session.scalars(select(DeviceAssignmentRow))}
+        fleet = []
+        for device in session.scalars(select(DeviceRow).where(DeviceRow.status == ENROLLED).order_by(DeviceRow.id)):
+            runs = ((device.reported or {}).get("models") or {}).get(model) or desired.get(device.id, {}).get(model)
+            version = runs.get("version") if isinstance(runs, dict) else None
+            fleet.append(DeviceInfo(device.id, device.profile, dict(device.labels),
+                                    version if isinstance(version, str) else None))
+        return fleet
+
+
+class RolloutWorker:
+    """The engine's thread: handles queued MQTT messages in order and ticks every ``interval`` s.
+
+    ``submit`` is the MQTT handler. It only enqueues, because the engine publishes assignments
+    and waits for the broker's acknowledgement, which would deadlock on paho's own loop thread.
+    """
+
+    def __init__(self, engine: RolloutEngine, interval: float = 5.0) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self.engine = engine
+        self.interval = interval
+        self._queue: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rollout-worker", daemon=True)
+
+    def submit(self, topic: str, payload: bytes) -> None:
+        self._queue.put((topic, payload))
+
+    def start(self) -> RolloutWorker:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        next_tick = time.monotonic() + self.interval
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    self.engine.handle_message(*item)
+                if time.monotonic() >= next_tick and not self._stop.is_set():
+                    next_tick = time.monotonic() + self.interval
+                    self.engine.tick()
+                    self.engine.assignments.maintain(self.engine.clock())
+            except Exception:  # the worker must outlive a database or broker hiccup
+                log.exception("rollout engine step failed; carrying on")
