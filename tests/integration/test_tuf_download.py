@@ -13,6 +13,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,29 @@ def test_targets_metadata_rewritten_without_the_key_is_refused(
     client = updater(base, tmp_path / "device", repo.root_json())
     with pytest.raises(tuf_errors.UnsignedMetadataError):
         download(client, "tiny/tiny-1.0.0.tar.gz")
+
+
+def test_a_replayed_old_timestamp_is_refused(tmp_path: Path, served: tuple[str, Path], repo: TufRepository) -> None:
+    base, _ = served
+    repo.add_target("tiny/tiny-1.0.0.tar.gz", b"one")
+    old_timestamp = (repo.metadata_dir / "timestamp.json").read_bytes()
+    repo.add_target("tiny/tiny-1.1.0.tar.gz", b"two")
+    assert download(updater(base, tmp_path / "device", repo.root_json()), "tiny/tiny-1.1.0.tar.gz") == b"two"
+    (repo.metadata_dir / "timestamp.json").write_bytes(old_timestamp)  # a mirror rolls the device back
+    with pytest.raises(tuf_errors.BadVersionNumberError):
+        updater(base, tmp_path / "device", None).refresh()
+
+
+def test_an_expired_timestamp_is_refused_until_the_server_refreshes_it(
+    tmp_path: Path, served: tuple[str, Path]
+) -> None:
+    base, www = served
+    init_keys(tmp_path / "keys", tmp_path / "root")
+    keys = KeyStore.load(tmp_path / "keys")
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    stale = TufRepository.create(www / "tuf", keys, tmp_path / "root", clock=lambda: two_days_ago)
+    with pytest.raises(tuf_errors.ExpiredMetadataError):
+        updater(base, tmp_path / "device", stale.root_json()).refresh()
+    live = TufRepository(www / "tuf", keys)  # the real clock, as the server runs it
+    assert live.refresh_timestamp(min_remaining=timedelta(hours=12)) is True
+    updater(base, tmp_path / "device", None).refresh()
