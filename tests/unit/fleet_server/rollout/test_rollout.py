@@ -51,6 +51,15 @@ def commit(rollout: Rollout, ids: Sequence[str], minute: float) -> list[Action]:
     return actions
 
 
+def join_many(rollout: Rollout, minute: float, count: int = 20) -> list[Action]:
+    """Enough joiners that some land in the current wave (placement is by hash)."""
+    actions: list[Action] = []
+    for i in range(count):
+        actions += rollout.add_device(DeviceInfo(f"late-{i:02d}", "rpi4-64", {"site": "a"}, PREVIOUS), at(minute))
+    assert any(rollout.devices[f"late-{i:02d}"].wave == rollout.current_wave for i in range(count))
+    return actions
+
+
 def started(count: int = 20, **policy: object) -> tuple[Rollout, list[str]]:
     rollout = make_rollout(devices(count), **policy)
     return rollout, assigned(rollout.start(at(0)))
@@ -88,7 +97,7 @@ def test_halted_rollout_never_assigns_again() -> None:
         with pytest.raises(RolloutStateError) as caught:
             command(at(2))
         assert isinstance(caught.value, ConflictError) and caught.value.fix
-    actions = rollout.add_device(DeviceInfo("dev-late", "rpi4-64", {"site": "a"}, PREVIOUS), at(3))
+    actions = join_many(rollout, 3)
     actions += commit(rollout, list(rollout.devices), 4) + rollout.tick(at(1000))
     actions += rollout.device_online(first[1], at(1001))
     assert assigned(actions) == []
@@ -193,7 +202,7 @@ def test_yanked_version_never_assigned() -> None:
     assert isinstance(actions[0], Halt) and "yanked" in actions[0].reason
     assert sorted(sent_back(actions)) == sorted(first)
     later = commit(rollout, first, 2) + rollout.tick(at(100))
-    later += rollout.add_device(DeviceInfo("dev-late", "rpi4-64", {"site": "a"}, PREVIOUS), at(101))
+    later += join_many(rollout, 101)
     assert assigned(later) == []
     pending = make_rollout(devices(5))
     pending.yank(at(0))

@@ -1,0 +1,184 @@
+"""Random event sequences against the rollout state machine, checking its safety invariants.
+
+Hypothesis drives a rollout with everything the engine can feed it, in any order: starts,
+device events for any version, devices going offline and coming back, time passing, pause,
+resume, abort, rollback, yank, devices joining, and restarts (a round trip through the JSON
+the engine stores). After every step:
+
+* never more devices assigned than the waves started so far hold;
+* no device is sent the version twice, nor one whose profile the version was not validated for;
+* after a halt, abort, rollback or yank: no AssignVersion ever again;
+* a halt with auto-rollback sends every touched device its previous version (or reports it);
+* a copy restored from ``to_dict`` at any point answers every later step identically.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from fleet_server.rollout import (
+    EVENTS,
+    Action,
+    AlertNeeded,
+    AssignPrevious,
+    AssignVersion,
+    Halt,
+    Rollout,
+    RolloutPolicy,
+    RolloutState,
+    RolloutStateError,
+)
+from fleet_server.waves import DeviceInfo, Selector
+from tests.unit.fleet_server.rollout.fleet import MODEL, PREVIOUS, T0, VERSION, target
+
+ELIGIBLE = ("rpi4-64", "rpi5")
+PROFILES = (*ELIGIBLE, "jetson-nano")
+STOPPED = (RolloutState.HALTED, RolloutState.ABORTED, RolloutState.ROLLED_BACK)
+
+_device = st.tuples(st.sampled_from(PROFILES), st.sampled_from(("a", "b")), st.sampled_from((PREVIOUS, None)))
+_policy = st.builds(
+    RolloutPolicy,
+    waves=st.sampled_from([(100.0,), (10.0, 100.0), (1.0, 10.0, 50.0, 100.0), (25.0, 50.0, 75.0, 100.0)]),
+    bake_time=st.sampled_from([timedelta(0), timedelta(minutes=5), timedelta(minutes=20)]),
+    max_failure_rate=st.sampled_from([0.0, 0.1, 0.3, 0.6]),
+    min_success_rate=st.sampled_from([0.3, 0.8, 1.0]),
+    device_timeout=st.sampled_from([timedelta(minutes=10), timedelta(minutes=30)]),
+    auto_rollback=st.booleans(),
+)
+
+
+class RolloutMachine(RuleBasedStateMachine):
+    rollout: Rollout
+    twin: Rollout
+
+    @initialize(fleet=st.lists(_device, min_size=1, max_size=25), policy=_policy,
+                seed=st.integers(min_value=0, max_value=2**32), start_now=st.booleans())
+    def create(self, fleet: list[tuple[str, str, str | None]], policy: RolloutPolicy, seed: int,
+               start_now: bool) -> None:
+        devices = [DeviceInfo(f"d{i:02d}", p, {"site": s}, v) for i, (p, s, v) in enumerate(fleet)]
+        devices.append(DeviceInfo("d-anchor", "rpi4-64", {"site": "a"}, PREVIOUS))  # at least one eligible
+        self.rollout = Rollout.create("ro-p", MODEL, VERSION, selector=Selector.everything(),
+                                      targets={p: target(p) for p in ELIGIBLE}, devices=devices, seed=seed,
+                                      policy=policy)
+        self.twin = self._restored()
+        self.now = T0
+        self.ever_assigned: set[str] = set()
+        self.stopped = False
+        self.joined = 0
+        if start_now:
+            self._step("start", self.now)
+
+    # ------------------------------------------------------------------ driving both copies
+
+    def _restored(self) -> Rollout:
+        return Rollout.from_dict(json.loads(json.dumps(self.rollout.to_dict())))
+
+    def _step(self, name: str, *args: object) -> list[Action]:
+        was_stopped = self.stopped or self.rollout.yanked
+        outcomes = []
+        for machine in (self.rollout, self.twin):
+            before = machine.to_dict()
+            try:
+                outcomes.append(getattr(machine, name)(*args))
+            except RolloutStateError:
+                assert machine.to_dict() == before, "a refused command changed the rollout"
+                outcomes.append(None)
+        assert outcomes[0] == outcomes[1], "the restored copy answered differently"
+        assert self.rollout.to_dict() == self.twin.to_dict()
+        actions = outcomes[0] or []
+        self._check(actions, was_stopped)
+        return actions
+
+    def _check(self, actions: list[Action], was_stopped: bool) -> None:
+        for action in actions:
+            if isinstance(action, AssignVersion):
+                assert not was_stopped, f"{action} after the rollout stopped"
+                assert not self.rollout.yanked
+                assert action.device_id not in self.ever_assigned, f"{action.device_id} assigned twice"
+                self.ever_assigned.add(action.device_id)
+                profile = self.rollout.devices[action.device_id].profile
+                assert profile in ELIGIBLE and action.target == target(profile)
+            elif isinstance(action, AssignPrevious):
+                record = self.rollout.devices[action.device_id]
+                assert record.previous_version == action.previous_version == PREVIOUS
+                assert action.device_id in self.ever_assigned
+        halts = [a for a in actions if isinstance(a, Halt)]
+        if halts and self.rollout.policy.auto_rollback:
+            sent_back = {a.device_id for a in actions if isinstance(a, AssignPrevious)}
+            stranded = {d for a in actions if isinstance(a, AlertNeeded) for d in a.devices}
+            assert sent_back | stranded == self.ever_assigned
+            assert not sent_back & stranded
+        if self.rollout.state in STOPPED:
+            self.stopped = True
+
+    # ------------------------------------------------------------------ rules
+
+    @rule()
+    def start(self) -> None:
+        self._step("start", self.now)
+
+    @rule(minutes=st.sampled_from([0.5, 3, 6, 11, 25, 40]))
+    def time_passes(self, minutes: float) -> None:
+        self.now += timedelta(minutes=minutes)
+        self._step("tick", self.now)
+
+    # Outcomes are drawn with commits most likely, and the commands that end a rollout are
+    # rare, so that runs get past the first wave often enough for the invariants to bite.
+    @rule(data=st.data(), kind=st.sampled_from([*sorted(EVENTS), *["committed"] * 6]),
+          version=st.sampled_from([VERSION, VERSION, VERSION, None, PREVIOUS]))
+    def device_event(self, data: st.DataObject, kind: str, version: str | None) -> None:
+        device = data.draw(st.sampled_from(sorted(self.rollout.devices)))
+        self._step("device_event", device, kind, self.now, "", version)
+
+    @rule(data=st.data())
+    def in_flight_devices_commit(self, data: st.DataObject) -> None:
+        in_flight = sorted(d.device_id for d in self.rollout.devices.values() if d.status.value == "assigned")
+        for device in data.draw(st.lists(st.sampled_from(in_flight), unique=True) if in_flight else st.just([])):
+            self._step("device_event", device, "committed", self.now, "", VERSION)
+
+    @rule(data=st.data(), online=st.booleans())
+    def presence(self, data: st.DataObject, online: bool) -> None:
+        device = data.draw(st.sampled_from(sorted(self.rollout.devices)))
+        self._step("device_online" if online else "device_offline", device, self.now)
+
+    @rule(command=st.sampled_from(["pause", "resume", "resume"]))
+    def operator_pauses_or_resumes(self, command: str) -> None:
+        self._step(command, self.now)
+
+    @rule(command=st.sampled_from([*[None] * 6, "abort", "rollback", "yank"]))
+    def operator_stops(self, command: str | None) -> None:
+        if command is not None:
+            self._step(command, self.now)
+
+    @rule(device=_device)
+    def device_joins(self, device: tuple[str, str, str | None]) -> None:
+        profile, site, version = device
+        self.joined += 1
+        self._step("add_device", DeviceInfo(f"late{self.joined:02d}", profile, {"site": site}, version), self.now)
+
+    @rule()
+    def server_restarts(self) -> None:
+        self.twin = self._restored()
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def never_more_assigned_than_the_started_waves_allow(self) -> None:
+        rollout = self.rollout
+        assert rollout.assigned_count() <= rollout.allowed_count()
+        assert all(d.wave is not None and d.wave <= rollout.current_wave
+                   for d in rollout.devices.values() if d.touched)
+        assert {d.device_id for d in rollout.devices.values() if d.touched} == self.ever_assigned
+
+    @invariant()
+    def ineligible_devices_are_never_touched(self) -> None:
+        assert not any(d.touched for d in self.rollout.devices.values() if d.profile not in ELIGIBLE)
+
+
+RolloutMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+test_rollout_state_machine = RolloutMachine.TestCase
