@@ -68,6 +68,8 @@ def _check_rows_count(n: int, max_rows: int) -> None:
 
 def _check_values(matrix: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
     width = expected_width(spec)
+    if matrix.shape[1] == 0:
+        raise InputError(f"{where} have rows with no values", fix=_width_fix(spec, width or 1))
     if width is not None and matrix.shape[1] != width:
         raise InputError(f"{where} have {matrix.shape[1]} values per row but model input {spec.name!r} takes {width}",
                          fix=_width_fix(spec, width))
@@ -76,7 +78,7 @@ def _check_values(matrix: np.ndarray, spec: TensorSpec, where: str) -> np.ndarra
         bad = np.argwhere(~finite)[0]
         value = matrix[bad[0], bad[1]]
         if not spec.allow_nan or not np.isnan(value):
-            what = "NaN (or null)" if np.isnan(value) else "infinity"
+            what = "NaN (or null)" if np.isnan(value) else "infinity (or beyond float32's range)"
             raise InputError(f"{where}: row {bad[0]}, column {bad[1]} is {what}, which this model does not accept",
                              fix="impute missing values before sending them")
     return matrix
@@ -96,7 +98,9 @@ def _check_array(array: np.ndarray, spec: TensorSpec, max_rows: int) -> np.ndarr
     if array.ndim != 2:
         raise InputError(f"input array has {array.ndim} dimensions", fix="send a [rows, features] matrix")
     _check_rows_count(array.shape[0], max_rows)
-    return _check_values(np.ascontiguousarray(array, dtype=np.float32), spec, "inputs")
+    with np.errstate(over="ignore"):
+        matrix = np.ascontiguousarray(array, dtype=np.float32)
+    return _check_values(matrix, spec, "inputs")
 
 
 def _number(value: Any, spec: TensorSpec, where: str) -> float:
@@ -128,9 +132,11 @@ def _rows(value: Any, spec: TensorSpec, max_rows: int, key: str) -> np.ndarray:
             if type(v) not in _NUMBER:
                 _number(v, spec, f"{key}[{i}][{j}]")  # raises unless it is a null the spec allows
     try:
-        matrix = np.array(value, dtype=np.float32) if not spec.allow_nan else np.array(
-            [[math.nan if v is None else v for v in row] for row in value], dtype=np.float32)
-    except OverflowError as exc:
+        # Values beyond float32's range become infinity here and are refused just below.
+        with np.errstate(over="ignore"):
+            matrix = np.array(value, dtype=np.float32) if not spec.allow_nan else np.array(
+                [[math.nan if v is None else v for v in row] for row in value], dtype=np.float32)
+    except OverflowError as exc:  # an integer too big even for float64
         raise InputError(f"'{key}' holds a number too large for float32", fix="scale the features") from exc
     return _check_values(matrix, spec, key)
 

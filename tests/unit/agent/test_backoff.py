@@ -1,0 +1,56 @@
+"""Reconnect backoff and broker URLs (pure: no broker, no sleeping)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.errors import LinkError
+from agent.link import Backoff, BrokerAddress
+
+
+def test_delays_grow_exponentially_to_the_cap_and_reset() -> None:
+    backoff = Backoff(initial=0.5, maximum=8.0, rand=lambda: 1.0)  # the top of the jitter range
+    assert [backoff.next() for _ in range(7)] == pytest.approx([0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0])
+    backoff.reset()
+    assert backoff.next() == pytest.approx(0.5)
+
+
+def test_jitter_spreads_a_fleet_between_half_and_full_delay() -> None:
+    low = Backoff(initial=1.0, maximum=60.0, rand=lambda: 0.0)
+    high = Backoff(initial=1.0, maximum=60.0, rand=lambda: 0.999)
+    for _ in range(3):
+        low.next(), high.next()
+    assert low.next() == pytest.approx(4.0) and high.next() == pytest.approx(8.0 * (0.5 + 0.999 / 2))
+
+
+@given(st.lists(st.floats(min_value=0, max_value=0.9999), min_size=1, max_size=80))
+def test_every_delay_stays_within_bounds(draws: list[float]) -> None:
+    values = iter(draws)
+    backoff = Backoff(initial=0.25, maximum=30.0, rand=lambda: next(values))
+    for _ in draws:
+        delay = backoff.next()
+        assert 0.125 <= delay < 30.0
+
+
+def test_bad_backoff_settings_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Backoff(initial=0, maximum=1)
+
+
+@pytest.mark.parametrize(("url", "host", "port", "tls"), [
+    ("mqtt://broker.local", "broker.local", 1883, False),
+    ("mqtt://10.0.0.2:11883", "10.0.0.2", 11883, False),
+    ("mqtts://fleet.example.com", "fleet.example.com", 8883, True),
+    ("mqtts://fleet.example.com:9999", "fleet.example.com", 9999, True),
+])
+def test_broker_urls(url: str, host: str, port: int, tls: bool) -> None:
+    assert BrokerAddress.parse(url) == BrokerAddress(host, port, tls)
+
+
+@pytest.mark.parametrize("url", ["http://broker", "broker:1883", "mqtt://", "mqtt://host:notaport"])
+def test_bad_broker_urls_name_the_fix(url: str) -> None:
+    with pytest.raises(LinkError) as caught:
+        BrokerAddress.parse(url)
+    assert url in caught.value.message
