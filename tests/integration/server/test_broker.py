@@ -1,0 +1,174 @@
+"""The server against a real Mosquitto: per-device credentials and ACLs, revocation, presence ingest.
+
+The server writes Mosquitto's password and ACL files into the broker's directory and SIGHUPs it,
+exactly as in production; devices connect with the credentials enrollment gave them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgefleet import topics
+from tests.integration.server.harness import RunningServer, server_config
+from tests.support.mosquitto import MosquittoBroker
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+class Device:
+    """A paho client with a device's credentials and the contract's last will."""
+
+    def __init__(self, port: int, username: str, password: str, device_id: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.connack = threading.Event()
+        self.reason: Any = None
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{username}-{time.monotonic_ns()}")
+        self.client.username_pw_set(username, password)
+        self.client.will_set(topics.reported(device_id), json.dumps({"device_id": device_id, "online": False}),
+                             qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
+        self.client.connect("127.0.0.1", port, keepalive=5)
+        self.client.loop_start()
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.reason = reason
+        self.connack.set()
+
+    def connected(self, timeout: float = 5.0) -> bool:
+        assert self.connack.wait(timeout), "no CONNACK from the broker"
+        return not self.reason.is_failure
+
+    def subscribe(self, topic: str) -> None:
+        self.client.subscribe(topic, qos=1)
+
+    def publish(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
+        self.client.publish(topic, json.dumps(payload), qos=1, retain=retain).wait_for_publish(5)
+
+    def crash(self) -> None:
+        """Drop the TCP connection without DISCONNECT, so the broker publishes the last will."""
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 8.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str, mosquitto_auth: MosquittoBroker) -> Iterator[RunningServer]:
+    assert mosquitto_auth.proc is not None
+    pid_file = tmp_path / "mosquitto.pid"
+    pid_file.write_text(f"{mosquitto_auth.proc.pid}\n")
+    config = server_config(tmp_path / "data", database_url, broker_url=mosquitto_auth.url,
+                           mosquitto_dir=mosquitto_auth.workdir, mosquitto_pid_file=pid_file)
+    with RunningServer(config) as running:
+        assert running.ctx.mqtt.wait_connected(10), "the server could not log in to Mosquitto"
+        yield running
+
+
+def enroll(server: RunningServer) -> dict[str, Any]:
+    token = httpx.post(f"{server.url}/api/v1/devices/enrollment-tokens", json={"profile": "rpi4-64"},
+                       headers=ADMIN).json()["token"]
+    grant: dict[str, Any] = httpx.post(f"{server.url}/api/v1/enroll", json={"token": token}).json()
+    return grant
+
+
+def connect(broker: MosquittoBroker, grant: dict[str, Any]) -> Device:
+    return Device(broker.port, grant["mqtt_username"], grant["mqtt_password"], grant["device_id"])
+
+
+def device_state(server: RunningServer, device_id: str) -> dict[str, Any]:
+    state: dict[str, Any] = httpx.get(f"{server.url}/api/v1/devices/{device_id}", headers=ADMIN).json()
+    return state
+
+
+def test_device_touches_only_its_own_topics(server: RunningServer, mosquitto_auth: MosquittoBroker) -> None:
+    a, b = enroll(server), enroll(server)
+    dev_a, dev_b = connect(mosquitto_auth, a), connect(mosquitto_auth, b)
+    try:
+        assert dev_a.connected() and dev_b.connected()
+        assert a["broker_url"] == mosquitto_auth.url
+        dev_a.subscribe(topics.desired(b["device_id"]))
+        dev_a.subscribe(topics.desired(a["device_id"]))
+        dev_b.subscribe(topics.desired(b["device_id"]))
+        time.sleep(0.3)
+        server.ctx.mqtt.publish(topics.desired(b["device_id"]), b'{"for": "b"}', retain=True)
+        server.ctx.mqtt.publish(topics.desired(a["device_id"]), b'{"for": "a"}', retain=True)
+        assert eventually(lambda: (topics.desired(b["device_id"]), b'{"for": "b"}') in dev_b.messages)
+        assert eventually(lambda: (topics.desired(a["device_id"]), b'{"for": "a"}') in dev_a.messages)
+        assert all(topic != topics.desired(b["device_id"]) for topic, _ in dev_a.messages)
+        # A writing B's telemetry is dropped by the broker; B's own write arrives.
+        observer = Device(mosquitto_auth.port, server.config.mqtt_username, server.ctx.mqtt_password, "observer")
+        assert observer.connected()
+        observer.subscribe(f"{topics.PREFIX}/devices/+/telemetry")
+        time.sleep(0.3)
+        dev_a.publish(topics.telemetry(b["device_id"]), {"device_id": b["device_id"], "seq": 1, "forged": True})
+        dev_b.publish(topics.telemetry(b["device_id"]), {"device_id": b["device_id"], "seq": 2})
+        assert eventually(lambda: any(b'"seq": 2' in p for _, p in observer.messages))
+        assert not any(b"forged" in p for _, p in observer.messages)
+        observer.close()
+    finally:
+        dev_a.close()
+        dev_b.close()
+
+
+def test_revoked_device_cannot_connect(server: RunningServer, mosquitto_auth: MosquittoBroker) -> None:
+    grant = enroll(server)
+    first = connect(mosquitto_auth, grant)
+    assert first.connected()
+    first.close()
+    response = httpx.post(f"{server.url}/api/v1/devices/{grant['device_id']}/revoke", headers=ADMIN)
+    assert response.status_code == 200
+    assert grant["mqtt_username"] not in (mosquitto_auth.workdir / "passwd").read_text()
+    time.sleep(0.3)  # Mosquitto handles SIGHUP asynchronously
+    again = connect(mosquitto_auth, grant)
+    try:
+        assert not again.connected()
+    finally:
+        again.close()
+
+
+def test_presence_from_reported_and_last_will(server: RunningServer, mosquitto_auth: MosquittoBroker) -> None:
+    grant = enroll(server)
+    device_id = grant["device_id"]
+    device = connect(mosquitto_auth, grant)
+    assert device.connected()
+    device.publish(topics.reported(device_id), {
+        "device_id": device_id, "online": True, "agent_version": "0.1.0", "profile": "rpi4-64",
+        "models": {"digits": {"version": "1.0.0", "sha256": "0" * 64}}, "update": {"state": "idle"}, "ts": 1,
+    }, retain=True)
+    assert eventually(lambda: device_state(server, device_id)["online"] is True)
+    state = device_state(server, device_id)
+    assert state["reported"]["models"]["digits"]["version"] == "1.0.0"
+    assert state["agent_version"] == "0.1.0" and state["last_seen"] is not None
+    device.crash()
+    assert eventually(lambda: device_state(server, device_id)["online"] is False, timeout=15)
+    assert device_state(server, device_id)["reported"]["models"]["digits"]["version"] == "1.0.0"
+
+
+def test_server_writes_its_own_broker_user(server: RunningServer, mosquitto_auth: MosquittoBroker) -> None:
+    acl = (mosquitto_auth.workdir / "acl").read_text()
+    assert f"user {server.config.mqtt_username}\ntopic readwrite {topics.PREFIX}/#" in acl
+    assert (mosquitto_auth.workdir / "passwd").stat().st_mode & 0o777 == 0o600
