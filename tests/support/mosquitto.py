@@ -64,6 +64,10 @@ class MosquittoBroker:
             "max_queued_messages 100000",
             "max_inflight_messages 0",
         ]
+        if os.geteuid() == 0:
+            # Started as root, Mosquitto drops to the 'mosquitto' user, which cannot read the
+            # 0600 password/ACL files in pytest's private tmp dir; stay the invoking user.
+            lines.append("user root")
         if self.auth:
             if not self.password_file.exists():
                 self.password_file.write_text("")
