@@ -1,0 +1,221 @@
+"""The local HTTP API over loopback TCP and a Unix socket, with real sessions and a real client.
+
+Every bad request must get a 4xx naming the problem, and the server must answer the next
+request normally afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.api import ApiServer
+from agent.errors import AgentError
+from agent.runtime import load_session
+from agent.serving import ServingTable
+from agent.slots import ModelStore
+from agent.state import StateDir
+from edgefleet.bundle import read_bundle
+from edgefleet.profiles import Profile
+from tests.unit.agent.conftest import FEATURES, BundleMaker
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+@dataclass
+class Running:
+    base: str
+    socket_path: Path
+    table: ServingTable
+    server: ApiServer
+    loop: asyncio.AbstractEventLoop
+
+    def tcp(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=5)
+
+    def unix(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket_path)), base_url="http://agent", timeout=5)
+
+    def raw(self, data: bytes) -> bytes:
+        host, port = self.server.tcp_address  # type: ignore[misc]
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(data)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest.fixture
+def api(state: StateDir, profile: Profile, linear_bundle: BundleMaker) -> Iterator[Running]:
+    table = ServingTable(max_rows=100)
+    table.swap("iris", load_session(ModelStore(state).stage(read_bundle(linear_bundle())), profile))
+    server = ApiServer(table, max_body_bytes=64 * 1024, status=lambda: {"pid": 1}, reload=lambda: {"models": {}})
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    short = Path(tempfile.mkdtemp(prefix="ef-", dir="/tmp"))  # AF_UNIX paths must stay under 108 bytes
+    sock = short / "agent.sock"
+    asyncio.run_coroutine_threadsafe(server.start(port=0, socket_path=sock), loop).result(5)
+    host, port = server.tcp_address  # type: ignore[misc]
+    yield Running(f"http://{host}:{port}", sock, table, server, loop)
+    asyncio.run_coroutine_threadsafe(server.shutdown(2), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+    short.rmdir()
+
+
+def test_predict_over_tcp_and_over_the_unix_socket_agree(api: Running) -> None:
+    with api.tcp() as tcp, api.unix() as unix:
+        a = tcp.post("/v1/models/iris/predict", json={"inputs": [ROW, ROW]})
+        b = unix.post("/v1/models/iris/predict", json={"inputs": ROW})
+    assert a.status_code == 200 and b.status_code == 200, (a.text, b.text)
+    body = a.json()
+    assert set(body) == {"model", "version", "request_id", "predictions", "probabilities"}
+    assert body["model"] == "iris" and body["version"] == "1.0.0" and len(body["predictions"]) == 2
+    assert b.json()["predictions"] == body["predictions"][:1]
+    assert b.json()["probabilities"][0] == pytest.approx(body["probabilities"][0])
+    assert a.json()["request_id"] != b.json()["request_id"]
+    assert oct(api.socket_path.stat().st_mode & 0o777) == oct(0o660)
+
+
+def test_named_features_give_the_same_answer(api: Running) -> None:
+    named = {"instances": [dict(zip(reversed(FEATURES), reversed(ROW), strict=True))]}
+    with api.unix() as client:
+        by_name = client.post("/v1/models/iris/predict", json=named).json()
+        by_row = client.post("/v1/models/iris/predict", json={"inputs": [ROW]}).json()
+    assert by_name["predictions"] == by_row["predictions"]
+    assert by_name["probabilities"][0] == pytest.approx(by_row["probabilities"][0])
+
+
+def test_models_healthz_and_status(api: Running) -> None:
+    with api.tcp() as client:
+        client.post("/v1/models/iris/predict", json={"inputs": [ROW]})
+        models = client.get("/v1/models").json()["models"]
+        assert client.get("/healthz").json() == {"status": "ok", "models": {"iris": "1.0.0"}}
+        assert client.get("/v1/status").json() == {"pid": 1}
+        assert client.post("/v1/reload").json() == {"models": {}}
+        one = client.get("/v1/models/iris").json()
+    assert [m["name"] for m in models] == ["iris"]
+    assert models[0]["input"]["feature_names"] == list(FEATURES) and models[0]["requests"] == 1
+    assert models[0]["providers"] == ["CPUExecutionProvider"] and one["version"] == "1.0.0"
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    (b"{not json", 400, "not valid JSON"),
+    (json.dumps({"inputs": [[1, 2]]}).encode(), 400, "takes 4"),
+    (json.dumps({"inputs": [[1, "x", 3, 4]]}).encode(), 400, "not a number"),
+    (b'{"inputs": [[1, NaN, 3, 4]]}', 400, "NaN"),
+    (json.dumps({"instances": [{"petal_width": 1, "bogus": 2}]}).encode(), 400, "unknown feature(s) 'bogus'"),
+    (json.dumps({"instances": [{"petal_width": 1}]}).encode(), 400, "missing feature(s)"),
+    (json.dumps({"inputs": [ROW] * 101}).encode(), 413, "101 rows"),
+    (json.dumps({"inputs": []}).encode(), 400, "no rows"),
+    (b"[1, 2]", 400, "takes 4"),
+    (b'"text"', 400, "not an object"),
+])
+def test_bad_input_gets_a_4xx_naming_the_problem_and_the_agent_stays_up(api: Running, body: bytes, status: int,
+                                                                       words: str) -> None:
+    with api.tcp() as client:
+        response = client.post("/v1/models/iris/predict", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == status, response.text
+        assert words in response.json()["error"] and response.json()["fix"]
+        assert client.post("/v1/models/iris/predict", json={"inputs": [ROW]}).status_code == 200  # same connection
+
+
+def test_http_level_errors(api: Running) -> None:
+    with api.tcp() as client:
+        assert client.post("/v1/models/nope/predict", json={"inputs": [ROW]}).status_code == 404
+        assert "no model named 'nope'" in client.post("/v1/models/nope/predict", json={"inputs": [ROW]}).json()["error"]
+        assert client.get("/v1/models/iris/predict").status_code == 405
+        assert client.get("/nowhere").status_code == 404
+        assert client.get("/v1/models/nope").status_code == 404
+        big = client.post("/v1/models/iris/predict", content=b"[" + b"1," * 40000 + b"1]")
+        assert big.status_code == 413 and "over this agent's limit" in big.json()["error"]
+    with api.tcp() as client:
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
+    (b"POST /v1/models/iris/predict HTTP/1.1\r\nContent-Length: -5\r\n\r\n", 400),
+    (b"POST /v1/models/iris/predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+    (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431),
+    (b"GET /healthz HTTP/1.1\r\nno-colon-here\r\n\r\n", 400),
+])
+def test_malformed_http_is_answered_and_closed(api: Running, request_bytes: bytes, status: int) -> None:
+    answer = api.raw(request_bytes)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
+    assert b"Connection: close" in answer
+    with api.tcp() as client:
+        assert client.get("/healthz").status_code == 200
+
+
+def test_keep_alive_serves_many_requests_on_one_connection_and_http10_closes(api: Running) -> None:
+    body = json.dumps({"inputs": [ROW]}).encode()
+    one = (f"POST /v1/models/iris/predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    last = (f"POST /v1/models/iris/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    answer = api.raw(one * 3 + last)
+    assert answer.count(b"HTTP/1.1 200 OK") == 4
+    assert b"HTTP/1.1 200" in api.raw(b"GET /healthz HTTP/1.0\r\n\r\n")
+
+
+def test_expect_100_continue(api: Running) -> None:
+    body = json.dumps({"inputs": [ROW]}).encode()
+    answer = api.raw(b"POST /v1/models/iris/predict HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+
+
+def test_a_stale_socket_file_is_replaced_but_a_live_one_is_refused(api: Running) -> None:
+    stale = Path(tempfile.mkdtemp(prefix="ef-", dir="/tmp")) / "agent.sock"
+    with socket.socket(socket.AF_UNIX) as left_behind:
+        left_behind.bind(str(stale))  # bound, never listening: what a crashed agent leaves
+    other = ApiServer(api.table)
+    asyncio.run_coroutine_threadsafe(other.start(host=None, socket_path=stale), api.loop).result(5)
+    asyncio.run_coroutine_threadsafe(other.shutdown(1), api.loop).result(5)
+    third = ApiServer(api.table)
+    with pytest.raises(AgentError, match="already serving"):
+        asyncio.run_coroutine_threadsafe(third.start(host=None, socket_path=api.socket_path), api.loop).result(5)
+    stale.parent.rmdir()
+
+
+def test_swap_while_clients_hammer_the_api_fails_no_request(api: Running, state: StateDir, profile: Profile,
+                                                            linear_bundle: BundleMaker) -> None:
+    stop = threading.Event()
+
+    def hammer(use_unix: bool) -> tuple[int, list[int], set[str]]:
+        ok, bad, versions = 0, [], set()
+        with (api.unix() if use_unix else api.tcp()) as client:
+            while not stop.is_set():
+                response = client.post("/v1/models/iris/predict", json={"inputs": [ROW, ROW]})
+                if response.status_code == 200:
+                    ok += 1
+                    versions.add(response.json()["version"])
+                else:
+                    bad.append(response.status_code)
+        return ok, bad, versions
+
+    store = ModelStore(state)
+    slots = [store.stage(read_bundle(linear_bundle(v, seed=i))) for i, v in enumerate(["1.0.0", "2.0.0"])]
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(hammer, i % 2 == 0) for i in range(4)]
+        for i in range(30):
+            api.table.swap("iris", load_session(slots[i % 2], profile))
+        stop.set()
+        results = [f.result(30) for f in futures]
+    assert all(bad == [] for _, bad, _ in results)
+    assert sum(ok for ok, _, _ in results) > 30
+    assert set().union(*(v for _, _, v in results)) == {"1.0.0", "2.0.0"}
