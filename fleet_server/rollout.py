@@ -63,6 +63,9 @@ from fleet_server.waves import (
 )
 
 __all__ = [
+    "EVENTS",
+    "OUTCOME_EVENTS",
+    "PROGRESS_EVENTS",
     "SCHEMA_VERSION",
     "Action",
     "AlertNeeded",

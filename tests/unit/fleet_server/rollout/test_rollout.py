@@ -373,3 +373,21 @@ def test_actions_serialise_for_logs() -> None:
     document = action_to_dict(rollout.yank(at(1))[0])
     assert document["kind"] == "halt" and "yanked" in document["reason"]
     json.dumps([action_to_dict(a) for a in make_rollout(devices(2)).start(at(0))])
+
+
+def test_example_timeline_in_the_docs_is_what_the_machine_does() -> None:
+    # docs/rollouts.md, "Example timeline": keep the two in step.
+    fleet = (devices(12, "rpi4-64", "pi") + devices(8, "jetson-orin-nano", "jet")
+             + devices(2, "rpi-zero-2w", "zero"))
+    rollout = make_rollout(fleet, profiles=("rpi4-64", "jetson-orin-nano"), seed=2026, max_failure_rate=0.05,
+                           min_success_rate=0.95)
+    waves = rollout.plan.waves
+    assert [len(w) for w in waves] == [2, 8, 10]
+    assert [sum(d.startswith("pi") for d in w) for w in waves] == [1, 5, 6]
+    assert sorted(assigned(rollout.start(at(0)))) == ["jet-006", "pi-010"]
+    assert commit(rollout, ["jet-006"], 4) + commit(rollout, ["pi-010"], 7) + rollout.tick(at(12)) == []
+    assert len(assigned(rollout.tick(at(17)))) == 8
+    assert commit(rollout, [d for d in waves[1] if d != "pi-004"], 20) == []
+    actions = rollout.device_event("pi-004", "failed", at(21), "golden agreement 0.61 < 0.99", VERSION)
+    assert actions[0] == Halt("wave 2: 1 of 8 device(s) failed (12% > max 5%)")
+    assert len(sent_back(actions)) == 10 and rollout.state is RolloutState.ROLLED_BACK
