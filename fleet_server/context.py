@@ -168,7 +168,7 @@ class ServerContext:
         return [
             ("data dir", str(c.data_dir)),
             ("database", safe_url(c.database)),
-            ("broker", self.broker_url or "(embedded, not started)"),
+            ("broker", self.broker_url or "embedded amqtt on loopback (starts with the server)"),
             ("broker for devices", self.broker_public_url or "-"),
             ("API", f"{c.server_url}/api/v1 (OpenAPI at {c.server_url}/docs)"),
             ("TUF", f"{c.server_url}/tuf/metadata/ and {c.server_url}/tuf/targets/"),
