@@ -1,6 +1,7 @@
 """The fleet server's trust layer: signing keys and the TUF repository that carries bundles.
 
-``keys``      where the online and root keys live; ``init_keys``, ``KeyStore``, ``rotate_root``
+``keys``      where the online and root keys live; ``init_keys``, ``KeyStore``, ``rotate_root``,
+              ``rotate_online_key``
 ``tuf_repo``  ``TufRepository``: targets, snapshot, timestamp signed with python-tuf
 ``errors``    ``TrustError`` and its subclasses
 
@@ -14,7 +15,14 @@ from fleet_server.trust.errors import (
     ThresholdError,
     TrustError,
 )
-from fleet_server.trust.keys import InitSummary, KeyStore, init_keys, load_root_signers, rotate_root
+from fleet_server.trust.keys import (
+    InitSummary,
+    KeyStore,
+    init_keys,
+    load_root_signers,
+    rotate_online_key,
+    rotate_root,
+)
 from fleet_server.trust.tuf_repo import TargetInfo, TufRepository
 
 __all__ = [
@@ -29,5 +37,6 @@ __all__ = [
     "TufRepository",
     "init_keys",
     "load_root_signers",
+    "rotate_online_key",
     "rotate_root",
 ]

@@ -10,10 +10,12 @@ Two stores, on purpose in two places:
   offline (an encrypted USB stick, a vault); a stolen online store then cannot re-key the fleet.
   ``root_policy.json`` beside them records the threshold chosen at init.
 
-This module does not touch TUF metadata beyond asking a ``TufRepository`` to publish a new
-root (``rotate_root``); it does not encrypt keys at rest (file permissions and moving root keys
-offline are the protection; an HSM or KMS signer can replace ``CryptoSigner`` later because
-callers only see ``securesystemslib.signer.Signer``).
+Rotation: ``rotate_root`` replaces the root keys, ``rotate_online_key`` one online role's key
+(for a lost or leaked key); both ask a ``TufRepository`` to publish a new root signed by the
+current root keys. This module does not touch TUF metadata otherwise, and does not encrypt
+keys at rest (file permissions and moving root keys offline are the protection; an HSM or
+KMS signer can replace ``CryptoSigner`` later because callers only see
+``securesystemslib.signer.Signer``).
 """
 
 from __future__ import annotations
@@ -281,13 +283,7 @@ def rotate_root(keys_dir: Path, root_keys_dir: Path, repo: TufRepository, *,
         raise KeyStoreError(f"root threshold {new_threshold} of {new_root_key_count} keys is impossible",
                             fix="use 1 <= threshold <= key count")
     _check_separate(keys_dir, root_keys_dir)
-    old_keyids, old_threshold = repo.root_keyids()
-    old_signers = load_root_signers(root_keys_dir, old_keyids)
-    if len(old_signers) < old_threshold:
-        raise ThresholdError(
-            f"root rotation needs {old_threshold} of the current root keys but only {len(old_signers)} "
-            f"are in {root_keys_dir}",
-            fix="mount the offline root key media holding the current root keys")
+    old_signers = _current_root_signers(root_keys_dir, repo)
     new_signers = [_generate_signer() for _ in range(new_root_key_count)]
     written = [_write_root_key(root_keys_dir, s) for s in new_signers]
     try:
@@ -305,4 +301,52 @@ def rotate_root(keys_dir: Path, root_keys_dir: Path, repo: TufRepository, *,
         name = f"{signer.public_key.keyid}.pem"
         os.replace(root_keys_dir / name, retired / name)
     fsync_dir(root_keys_dir)
+    return version
+
+
+def _current_root_signers(root_keys_dir: Path, repo: TufRepository) -> list[CryptoSigner]:
+    keyids, threshold = repo.root_keyids()
+    signers = load_root_signers(root_keys_dir, keyids)
+    if len(signers) < threshold:
+        raise ThresholdError(
+            f"this needs {threshold} of the current root keys but only {len(signers)} are in {root_keys_dir}",
+            fix="mount the offline root key media holding the current root keys")
+    return signers
+
+
+def rotate_online_key(keys_dir: Path, root_keys_dir: Path, repo: TufRepository, role: str) -> int:
+    """Replace the online key of ``role`` (targets, snapshot or timestamp); return the root version naming it.
+
+    For a lost or leaked online key. The new key is written to ``<role>.pem.next`` first,
+    root N+1 naming it is signed by the current root keys, then the key file is swapped
+    (the old one moves to ``keys_dir/retired/``) and the role is re-signed with it. Every
+    step is resumable: after a crash, running it again finishes the same rotation. Other
+    replicas pick the new key up from the shared key directory on their next signature.
+    """
+    keys_dir, root_keys_dir = Path(keys_dir), Path(root_keys_dir)
+    if role not in ONLINE_ROLES:
+        raise KeyStoreError(f"{role!r} is not an online role", fix=f"use one of {', '.join(ONLINE_ROLES)}; "
+                            "root keys are replaced with rotate_root")
+    _check_separate(keys_dir, root_keys_dir)
+    pending = keys_dir / f"{role}.pem.next"
+    if pending.exists():
+        signer = _load_crypto_signer(pending)  # an earlier run stopped half-way: finish it
+    else:
+        signer = _generate_signer()
+        _create_secret_file(pending, signer.private_bytes)
+    if signer.public_key.keyid in repo.role_keyids(role)[0]:
+        version = repo.root_version()
+    else:
+        root_signers = _current_root_signers(root_keys_dir, repo)
+        version = repo.publish_root(None, None, old_signers=root_signers,
+                                    role_keys={role: signer.public_key})
+    current = keys_dir / f"{role}.pem"
+    if current.exists():
+        retired = keys_dir / RETIRED_DIR
+        retired.mkdir(exist_ok=True, mode=0o700)
+        old_keyid = _load_crypto_signer(current).public_key.keyid
+        os.replace(current, retired / f"{role}-{old_keyid}.pem")
+    os.replace(pending, current)
+    fsync_dir(keys_dir)
+    repo.resign(role)
     return version

@@ -32,7 +32,7 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -188,11 +188,29 @@ class TufRepository:
 
         atomic_write_bytes(self.metadata_dir / filename, md.to_bytes(JSONSerializer(compact=False)))
 
+    def _signer(self, role: str) -> Signer:
+        """The signer for ``role``, checked against the newest root.
+
+        After another replica rotated an online key (``keys.rotate_online_key``) this one still
+        holds the old key in memory; signing with it would publish metadata every updated
+        client rejects, so reload the key store from disk once, and refuse if that is stale too.
+        """
+        allowed = self._read(f"{self._root_version()}.root.json").signed.roles[role].keyids
+        signer = self.keys.signer(role)
+        if signer.public_key.keyid not in allowed and self.keys.keys_dir is not None:
+            self.keys = KeyStore.load(self.keys.keys_dir)
+            signer = self.keys.signer(role)
+        if signer.public_key.keyid not in allowed:
+            raise RepositoryError(
+                f"the {role} key {signer.public_key.keyid[:12]}... is not one root v{self._root_version()} names",
+                fix=f"install the current {role}.pem in the key directory (a rotation may be half-finished: rerun it)")
+        return signer
+
     def _sign(self, md: Metadata[Any], role: str) -> None:
         from tuf.api.exceptions import UnsignedMetadataError
 
         try:
-            md.sign(self.keys.signer(role))
+            md.sign(self._signer(role))
         except UnsignedMetadataError as exc:
             raise RepositoryError(f"cannot sign {role} metadata: {exc}") from exc
 
@@ -233,8 +251,11 @@ class TufRepository:
         snapshot.signed.expires = now + self.expiry["snapshot"]
         self._sign(snapshot, "snapshot")
         self._write(snapshot, f"{snapshot.signed.version}.snapshot.json")
-        timestamp.signed.version += 1
         timestamp.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
+        self._publish_timestamp(now, timestamp)
+
+    def _publish_timestamp(self, now: datetime, timestamp: Metadata[Any]) -> None:
+        timestamp.signed.version += 1
         timestamp.signed.expires = now + self.expiry["timestamp"]
         self._sign(timestamp, "timestamp")
         # The commit point: until this rename, clients see the previous consistent snapshot.
@@ -379,10 +400,7 @@ class TufRepository:
             if due(snapshot) or targets_due:
                 self._publish(now, timestamp, snapshot, targets if targets_due else None)
             else:
-                timestamp.signed.version += 1
-                timestamp.signed.expires = now + self.expiry["timestamp"]
-                self._sign(timestamp, "timestamp")
-                self._write(timestamp, "timestamp.json")
+                self._publish_timestamp(now, timestamp)
             return True
 
     def expires(self) -> dict[str, datetime]:
@@ -404,37 +422,54 @@ class TufRepository:
         with self._locked():
             return self._root_version()
 
-    def root_keyids(self) -> tuple[list[str], int]:
-        """The current root role's key ids and threshold."""
+    def role_keyids(self, role: str) -> tuple[list[str], int]:
+        """The key ids and threshold the newest root gives ``role``."""
         with self._locked():
             root = self._read(f"{self._root_version()}.root.json")
-        role = root.signed.roles["root"]
-        return list(role.keyids), int(role.threshold)
+        if role not in root.signed.roles:
+            raise RepositoryError(f"unknown TUF role {role!r}", fix="use root, targets, snapshot or timestamp")
+        entry = root.signed.roles[role]
+        return list(entry.keyids), int(entry.threshold)
 
-    def publish_root(self, new_keys: Sequence[Key], threshold: int, *,
-                     old_signers: Sequence[Signer], new_signers: Sequence[Signer]) -> int:
-        """Publish root N+1 whose root role is ``new_keys``/``threshold``; return N+1.
+    def root_keyids(self) -> tuple[list[str], int]:
+        """The current root role's key ids and threshold."""
+        return self.role_keyids("root")
 
-        It must verify with root N's threshold (so clients trust it) and with its own (TUF
-        client workflow 5.3.5 checks both); otherwise nothing is written. Use
-        ``keys.rotate_root`` rather than calling this directly.
+    def publish_root(self, new_keys: Sequence[Key] | None, threshold: int | None, *,
+                     old_signers: Sequence[Signer], new_signers: Sequence[Signer] = (),
+                     role_keys: Mapping[str, Key] | None = None) -> int:
+        """Publish root N+1 and return N+1.
+
+        ``new_keys``/``threshold`` replace the root role (None keeps it); ``role_keys`` replaces
+        the single key of online roles. Root N+1 must verify with root N's threshold (so
+        clients trust it) and with its own (TUF client workflow 5.3.5 checks both); otherwise
+        nothing is written. Use ``keys.rotate_root`` / ``keys.rotate_online_key``.
         """
         from tuf.api.exceptions import UnsignedMetadataError
         from tuf.api.metadata import Metadata
 
-        if not new_keys or not 1 <= threshold <= len(new_keys):
+        if new_keys is not None and (not new_keys or threshold is None or not 1 <= threshold <= len(new_keys)):
             raise ThresholdError(f"root threshold {threshold} of {len(new_keys)} keys is impossible",
                                  fix="use 1 <= threshold <= key count")
+        for role in role_keys or {}:
+            if role not in ONLINE_ROLES:
+                raise RepositoryError(f"cannot swap the key of role {role!r} this way",
+                                      fix=f"role_keys is for {', '.join(ONLINE_ROLES)}; root keys go in new_keys")
         with self._locked():
             version = self._root_version()
             current = self._read(f"{version}.root.json")
             new: Metadata[Any] = Metadata.from_bytes(current.to_bytes())
             root = new.signed
-            for keyid in list(root.roles["root"].keyids):
-                root.revoke_key(keyid, "root")
-            for key in new_keys:
-                root.add_key(key, "root")
-            root.roles["root"].threshold = threshold
+            swaps: list[tuple[str, Sequence[Key]]] = [(r, [k]) for r, k in sorted((role_keys or {}).items())]
+            if new_keys is not None:
+                swaps.append(("root", new_keys))
+            for role, keys in swaps:
+                for keyid in list(root.roles[role].keyids):
+                    root.revoke_key(keyid, role)
+                for key in keys:
+                    root.add_key(key, role)
+            if new_keys is not None and threshold is not None:
+                root.roles["root"].threshold = threshold
             root.version = version + 1
             root.expires = self._now() + self.expiry["root"]
             new.signatures.clear()
@@ -448,3 +483,15 @@ class TufRepository:
                                      fix="provide enough of the current root keys and all the new ones") from exc
             self._write(new, f"{version + 1}.root.json")
             return version + 1
+
+    def resign(self, role: str) -> None:
+        """Sign ``role`` anew (and everything that names it), e.g. after its key was rotated."""
+        if role not in ONLINE_ROLES:
+            raise RepositoryError(f"only online roles can be re-signed, not {role!r}")
+        with self._locked():
+            timestamp, snapshot, targets = self._current()
+            now = self._now()
+            if role == "timestamp":
+                self._publish_timestamp(now, timestamp)
+            else:
+                self._publish(now, timestamp, snapshot, targets if role == "targets" else None)

@@ -13,8 +13,8 @@ import pytest
 from securesystemslib.signer import Signature, Signer
 from tuf.api.metadata import Metadata
 
-from fleet_server.trust.errors import RepositoryError, ThresholdError
-from fleet_server.trust.keys import KeyStore, rotate_root
+from fleet_server.trust.errors import KeyStoreError, RepositoryError, ThresholdError
+from fleet_server.trust.keys import KeyStore, load_root_signers, rotate_online_key, rotate_root
 from fleet_server.trust.tuf_repo import TargetInfo, TufRepository
 from tests.unit.fleet_server.trust.support import Fixture, make_repo, make_updater
 
@@ -278,3 +278,49 @@ def test_a_missing_source_file_is_a_repository_error(fx: Fixture, tmp_path: Path
     with pytest.raises(RepositoryError, match="No such file"):
         fx.repo.add_target(PATH, tmp_path / "not-there.tar.gz")
     assert _versions(fx.repo) == (1, 1, 1)
+
+
+def test_rotating_a_leaked_timestamp_key(fx: Fixture, tmp_path: Path) -> None:
+    fx.repo.add_target(PATH, BUNDLE)
+    bootstrap = fx.repo.root_json()
+    old_keyid = fx.keys.public_key("timestamp").keyid
+    rotator = TufRepository(fx.repo.repo_dir, KeyStore.load(fx.keys_dir), fx.clock)  # another replica
+    assert rotate_online_key(fx.keys_dir, fx.root_keys_dir, rotator, "timestamp") == 2
+    v2 = _md(fx.repo, "2.root.json").signed
+    new_keyid = v2.roles["timestamp"].keyids[0]
+    assert new_keyid != old_keyid
+    assert v2.roles["root"].keyids == _md(fx.repo, "1.root.json").signed.roles["root"].keyids
+    assert (fx.keys_dir / "retired" / f"timestamp-{old_keyid}.pem").exists()
+    assert not (fx.keys_dir / "timestamp.pem.next").exists()
+    ts = _md(fx.repo, "timestamp.json")
+    v2.verify_delegate("timestamp", ts.signed_bytes, ts.signatures)
+    # This replica still holds the leaked key in memory: it must switch, not publish with it.
+    fx.repo.add_target("digits/digits-2.0.0.tar.gz", b"after rotation")
+    assert fx.repo.keys.public_key("timestamp").keyid == new_keyid
+    updater = make_updater(fx.repo, tmp_path / "client", bootstrap)
+    updater.refresh()
+    assert updater.get_targetinfo("digits/digits-2.0.0.tar.gz") is not None
+
+
+def test_an_interrupted_online_rotation_finishes_when_rerun(fx: Fixture) -> None:
+    from securesystemslib.signer import CryptoSigner
+
+    # What a run that crashed after publishing root v2 leaves behind.
+    new = CryptoSigner.generate_ed25519()
+    pending = fx.keys_dir / "snapshot.pem.next"
+    pending.write_bytes(new.private_bytes)
+    pending.chmod(0o600)
+    fx.repo.publish_root(None, None, old_signers=load_root_signers(fx.root_keys_dir),
+                         role_keys={"snapshot": new.public_key})
+    with pytest.raises(RepositoryError, match="is not one root v2 names") as info:
+        fx.repo.refresh_timestamp(min_remaining=timedelta(days=30))
+    assert info.value.fix and "rerun" in info.value.fix
+    assert rotate_online_key(fx.keys_dir, fx.root_keys_dir, fx.repo, "snapshot") == 2  # no third root
+    assert KeyStore.load(fx.keys_dir).public_key("snapshot").keyid == new.public_key.keyid
+    assert fx.repo.refresh_timestamp(min_remaining=timedelta(days=30)) is True
+
+
+def test_root_is_not_an_online_role(fx: Fixture) -> None:
+    with pytest.raises(KeyStoreError, match="not an online role"):
+        rotate_online_key(fx.keys_dir, fx.root_keys_dir, fx.repo, "root")
+    assert fx.repo.root_version() == 1
