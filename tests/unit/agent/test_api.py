@@ -27,7 +27,7 @@ from agent.slots import ModelStore
 from agent.state import StateDir
 from edgefleet.bundle import read_bundle
 from edgefleet.profiles import Profile
-from tests.unit.agent.conftest import FEATURES, BundleMaker
+from tests.unit.agent.models import FEATURES, BundleMaker
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 

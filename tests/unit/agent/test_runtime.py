@@ -14,7 +14,7 @@ from agent.slots import ModelStore, Slot
 from agent.state import StateDir
 from edgefleet.bundle import read_bundle
 from edgefleet.profiles import Profile
-from tests.unit.agent.conftest import LABELS, BundleMaker, linear_probabilities
+from tests.unit.agent.models import LABELS, BundleMaker, linear_probabilities
 
 
 def staged(state: StateDir, data: bytes) -> Slot:

@@ -15,7 +15,7 @@ from agent.slots import ModelStore
 from agent.state import StateDir
 from edgefleet.bundle import read_bundle
 from edgefleet.profiles import Profile
-from tests.unit.agent.conftest import LABELS, BundleMaker, linear_probabilities
+from tests.unit.agent.models import LABELS, BundleMaker, linear_probabilities
 
 ROW = [0.1, -0.2, 0.3, 0.4]
 

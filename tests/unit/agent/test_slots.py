@@ -11,7 +11,7 @@ from agent.errors import SlotError
 from agent.slots import ModelStore
 from agent.state import StateDir
 from edgefleet.bundle import read_bundle
-from tests.unit.agent.conftest import BundleMaker
+from tests.unit.agent.models import BundleMaker
 
 
 def test_stage_extracts_a_verified_slot_named_by_the_bundle_hash(state: StateDir, linear_bundle: BundleMaker) -> None:
