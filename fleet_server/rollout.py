@@ -393,11 +393,12 @@ class Rollout:
                 f"{', '.join(profiles) or 'nothing: none matches'}",
                 fix="widen the selector, or convert the model for those profiles and push it")
         plan = plan_waves(eligible, policy.waves, seed)
+        wave_of = {d: index for index, members in enumerate(plan.waves) for d in members}
         records: dict[str, DeviceRecord] = {}
         for device in matching:
             if device.device_id in records:
                 raise RolloutConfigError(f"device {device.device_id!r} is listed twice")
-            wave = plan.wave_of(device.device_id)
+            wave = wave_of.get(device.device_id)
             status = DeviceStatus.PENDING if wave is not None else DeviceStatus.INELIGIBLE
             reason = "" if wave is not None else f"profile {device.profile} is not one the version was validated for"
             records[device.device_id] = DeviceRecord(device.device_id, device.profile, wave, status,
