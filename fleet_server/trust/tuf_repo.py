@@ -143,8 +143,8 @@ class TufRepository:
         return self.repo_dir / TARGETS_DIR
 
     @contextlib.contextmanager
-    def _locked(self, *, create: bool = False) -> Iterator[None]:
-        """Hold the repository lock; disk failures inside become ``RepositoryError``."""
+    def _locked(self, *, create: bool = False, shared: bool = False) -> Iterator[None]:
+        """Hold the repository lock (``shared`` for readers); disk failures inside become ``RepositoryError``."""
         if not create and not self.repo_dir.is_dir():
             raise RepositoryError(f"TUF repository {self.repo_dir} is missing",
                                   fix="create it first (`edgefleet keys init`), or check --data-dir")
@@ -152,7 +152,7 @@ class TufRepository:
             self.repo_dir.mkdir(parents=True, exist_ok=True)
             with open(self.repo_dir / LOCK_FILE, "a+b") as handle:
                 # flock, not lockf: a lock per open file, so threads of one replica exclude each other too.
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
                 try:
                     yield
                 finally:
@@ -368,14 +368,14 @@ class TufRepository:
 
     def target_info(self, target_path: str) -> TargetInfo | None:
         """The published info of one target, or None if the targets metadata does not list it."""
-        with self._locked():
+        with self._locked(shared=True):
             _, _, targets = self._current()
         listed = targets.signed.targets.get(target_path)
         return None if listed is None else _info(target_path, listed)
 
     def targets(self) -> list[TargetInfo]:
         """Every published target, sorted by path."""
-        with self._locked():
+        with self._locked(shared=True):
             _, _, targets = self._current()
         return [_info(p, t) for p, t in sorted(targets.signed.targets.items())]
 
@@ -405,7 +405,7 @@ class TufRepository:
 
     def expires(self) -> dict[str, datetime]:
         """When each published role expires (root included, so the server can warn about it)."""
-        with self._locked():
+        with self._locked(shared=True):
             timestamp, snapshot, targets = self._current()
             root = self._read(f"{self._root_version()}.root.json")
         return {"root": root.signed.expires, "targets": targets.signed.expires,
@@ -415,16 +415,16 @@ class TufRepository:
 
     def root_json(self) -> bytes:
         """The bytes of the newest root: what enrollment hands a device as its trust anchor."""
-        with self._locked():
+        with self._locked(shared=True):
             return (self.metadata_dir / f"{self._root_version()}.root.json").read_bytes()
 
     def root_version(self) -> int:
-        with self._locked():
+        with self._locked(shared=True):
             return self._root_version()
 
     def role_keyids(self, role: str) -> tuple[list[str], int]:
         """The key ids and threshold the newest root gives ``role``."""
-        with self._locked():
+        with self._locked(shared=True):
             root = self._read(f"{self._root_version()}.root.json")
         if role not in root.signed.roles:
             raise RepositoryError(f"unknown TUF role {role!r}", fix="use root, targets, snapshot or timestamp")
