@@ -10,7 +10,7 @@ a tuf dependency):
   connection (or a killed agent) the next attempt asks for the rest with
   ``Range: bytes=N-`` and appends only if the server answers 206 with a ``Content-Range``
   starting at N, else it starts again from byte 0;
-- progress is reported through a callback ``(url, bytes_so_far, total_or_None)``;
+- progress of a target download is reported through a callback ``(url, bytes_so_far, total_or_None)``;
 - no more than ngclient's ``max_length`` is ever accepted;
 - failures are ``tuf.api.exceptions.DownloadError`` subclasses (``SlowRetrievalError`` for
   timeouts, ``DownloadHTTPError`` for HTTP errors, ``DownloadLengthMismatchError`` for too
@@ -118,8 +118,6 @@ class ResumingFetcher(FetcherInterface):
             # read1 hands over bytes as they arrive, so a cut loses none of what already came.
             while chunk := response.read1(self.chunk_size):
                 done += len(chunk)
-                if self.progress is not None:
-                    self.progress(url, done, total)
                 yield chunk
                 if self.total_timeout is not None and self.clock() - began > self.total_timeout:
                     raise exceptions.SlowRetrievalError(
@@ -217,6 +215,9 @@ class ResumingFetcher(FetcherInterface):
                     raise exceptions.DownloadLengthMismatchError(
                         f"{url} sent more than the {max_length} bytes allowed")
                 out.write(chunk)
+                if self.progress is not None:
+                    # After the write: what progress reports is on disk for a resume.
+                    self.progress(url, received, total)
             out.flush()
             os.fsync(out.fileno())
         if total is not None and received != total:
