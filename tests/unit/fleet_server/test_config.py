@@ -1,0 +1,61 @@
+"""ServerConfig precedence (flags > env > file > defaults) and refusals that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet_server.config import ServerConfig, load_config
+from fleet_server.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "server.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config({}, env={})
+    assert config.data_dir == tmp_path / "edgefleet-data"
+    assert (config.host, config.port, config.broker_url) == ("127.0.0.1", 8080, None)
+    assert config.database == f"sqlite:///{tmp_path}/edgefleet-data/edgefleet.sqlite"
+    assert config.server_url == "http://127.0.0.1:8080"
+
+
+def test_flags_beat_env_beat_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'port = 7000\nhost = "0.0.0.0"\nbroker_url = "mqtt://file:1883"\n')
+    env = {"EDGEFLEET_PORT": "7100", "EDGEFLEET_BROKER_URL": "mqtts://env:8883"}
+    config = load_config({"port": 7200, "host": None}, env=env, config_file=path)
+    assert config.port == 7200  # flag
+    assert config.broker_url == "mqtts://env:8883"  # env over file
+    assert config.host == "0.0.0.0"  # file (the flag was not given)
+    assert config.server_url == "http://127.0.0.1:7200"  # a wildcard bind is not a URL devices can use
+
+
+def test_server_section_and_config_from_env(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\npublic_url = "https://fleet.example.com"\nmax_upload_bytes = 1024\n')
+    config = load_config({}, env={"EDGEFLEET_CONFIG": str(path)})
+    assert config.server_url == "https://fleet.example.com"
+    assert config.max_upload_bytes == 1024
+
+
+@pytest.mark.parametrize(("text", "env", "match"), [
+    ("prot = 1\n", {}, "unknown key.*prot"),
+    ("", {"EDGEFLEET_PORT": "eighty"}, r"\$EDGEFLEET_PORT.*port"),
+    ('broker_url = "http://x"\n', {}, "broker_url.*not an MQTT URL"),
+    ("port = 70000\n", {}, "port 70000 is out of range"),
+    ("enrollment_ttl_seconds = 5\n", {}, "enrollment_ttl_seconds"),
+    ("port = [\n", {}, "not valid TOML"),
+])
+def test_bad_settings_are_named(tmp_path: Path, text: str, env: dict[str, str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config({}, env=env, config_file=write(tmp_path, text))
+
+
+def test_config_is_frozen() -> None:
+    config = ServerConfig()
+    with pytest.raises(AttributeError):
+        config.port = 1  # type: ignore[misc]
