@@ -8,11 +8,9 @@ cannot pass just because nothing was sent.
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -21,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet import topics
 from fleet_server.broker_auth import mosquitto_password_hash, reload_mosquitto, write_broker_files
-from tests.support.mosquitto import MosquittoBroker, mosquitto_binary
+from tests.support.mosquitto import MosquittoBroker
 
 pytestmark = pytest.mark.mosquitto
 
@@ -67,30 +65,12 @@ class Client:
         self.mqtt.loop_stop()
 
 
-class _RootSafeBroker(MosquittoBroker):
-    """The ``mosquitto_auth`` broker, also when the tests run as root.
-
-    Started as root, Mosquitto drops to the ``mosquitto`` user and then cannot open the
-    0600 files in pytest's 0700 tmp dir ("Unable to open pwfile"); ``user root`` keeps it
-    as the file owner. Belongs in tests/support/mosquitto.py (reported); until then it lives here.
-    """
-
-    def _write_config(self) -> None:
-        super()._write_config()
-        if os.geteuid() == 0 and "\nuser " not in self.config_file.read_text():
-            with self.config_file.open("a") as config:
-                config.write("user root\n")
-
-
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    if mosquitto_binary() is None:
-        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (scripts/test does this)")
-    with _RootSafeBroker(tmp_path / "mosquitto-auth", auth=True) as started:
-        write_files(started, ["dev-a", "dev-b"])
-        assert started.proc is not None
-        reload_mosquitto(started.proc.pid)
-        yield started
+def broker(mosquitto_auth: MosquittoBroker) -> MosquittoBroker:
+    write_files(mosquitto_auth, ["dev-a", "dev-b"])
+    assert mosquitto_auth.proc is not None
+    reload_mosquitto(mosquitto_auth.proc.pid)
+    return mosquitto_auth
 
 
 def write_files(broker: MosquittoBroker, devices: list[str]) -> None:
