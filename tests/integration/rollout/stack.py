@@ -53,7 +53,7 @@ class Replica:
         self.db.dispose()
 
 
-def build_fleet(db: Database, fleet: LightFleet, signer: DirectorSigner, ids: Iterable[str], *,
+def build_fleet(db: Database, fleet: LightFleet, director_b64: str, ids: Iterable[str], *,
                 profile: str = "rpi4-64", labels: dict[str, str] | None = None, runs: dict[str, str] | None = None,
                 behaviour: Behaviour | None = None) -> list[str]:
     """Enroll devices in the DB and add a light device for each, running ``runs`` already."""
@@ -61,7 +61,7 @@ def build_fleet(db: Database, fleet: LightFleet, signer: DirectorSigner, ids: It
     for device_id in ids:
         add_device(db, device_id, profile, labels or {"site": "a"}, runs=runs)
         models = {m: (v, fake_sha(m, v)) for m, v in (runs or {}).items()}
-        fleet.add(DeviceIdentity(device_id, profile, signer.public_b64, labels=labels or {"site": "a"}),
+        fleet.add(DeviceIdentity(device_id, profile, director_b64, labels=labels or {"site": "a"}),
                   behaviour, models=models)
         made.append(device_id)
     return made

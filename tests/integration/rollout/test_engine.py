@@ -68,7 +68,7 @@ def test_failing_version_halts_at_first_wave_and_rolls_back(request: pytest.Fixt
         add_model(replica.db, "digits", "1.0.0")
         add_model(replica.db, "digits", "2.0.0")
         bad = Behaviour(per_version={"digits@2.0.0": Outcome.FAIL_HEALTH})
-        ids = build_fleet(replica.db, fleet, signer, [f"dev-{i:02d}" for i in range(20)],
+        ids = build_fleet(replica.db, fleet, signer.public_b64, [f"dev-{i:02d}" for i in range(20)],
                           runs={"digits": "1.0.0"}, behaviour=bad)
         fleet.wait_connected()
         with Recorder(mosquitto.url, DESIRED) as desired:
@@ -94,7 +94,7 @@ def test_rollout_survives_an_engine_restart(tmp_path: Path, mosquitto: Mosquitto
     url = f"sqlite:///{tmp_path}/fleet.sqlite"
     first = Replica(url, mosquitto.url, signer)
     add_model(first.db, "digits", "1.0.0")
-    ids = build_fleet(first.db, fleet, signer, [f"dev-{i:02d}" for i in range(20)])
+    ids = build_fleet(first.db, fleet, signer.public_b64, [f"dev-{i:02d}" for i in range(20)])
     fleet.wait_connected()
     # a long bake keeps the rollout in wave 1 while the server goes away
     view = first.engine.create("digits", "1.0.0", "", _policy(waves=(10.0, 100.0), bake_time=timedelta(seconds=2)))
@@ -119,7 +119,7 @@ def test_two_replicas_share_one_rollout_without_double_assignment(postgres_url: 
     b = Replica(postgres_url, mosquitto.url, signer, interval=0.05)
     try:
         add_model(a.db, "digits", "1.0.0")
-        ids = build_fleet(a.db, fleet, signer, [f"dev-{i:02d}" for i in range(24)])
+        ids = build_fleet(a.db, fleet, signer.public_b64, [f"dev-{i:02d}" for i in range(24)])
         fleet.wait_connected()
         view = a.engine.create("digits", "1.0.0", "", _policy(waves=(10.0, 50.0, 100.0),
                                                               bake_time=timedelta(seconds=0.3)))
@@ -140,8 +140,8 @@ def test_ineligible_profile_is_never_assigned_and_late_devices_join(tmp_path: Pa
     replica = Replica(f"sqlite:///{tmp_path}/fleet.sqlite", mosquitto.url, signer)
     try:
         add_model(replica.db, "digits", "1.0.0", profiles=["rpi4-64"])
-        pis = build_fleet(replica.db, fleet, signer, [f"pi-{i:02d}" for i in range(10)])
-        jetsons = build_fleet(replica.db, fleet, signer, ["jet-1", "jet-2"], profile="jetson-orin-nano")
+        pis = build_fleet(replica.db, fleet, signer.public_b64, [f"pi-{i:02d}" for i in range(10)])
+        jetsons = build_fleet(replica.db, fleet, signer.public_b64, ["jet-1", "jet-2"], profile="jetson-orin-nano")
         fleet.wait_connected()
         with Recorder(mosquitto.url, DESIRED) as desired:
             view = replica.engine.create("digits", "1.0.0", "site=a",

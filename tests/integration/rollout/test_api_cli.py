@@ -1,0 +1,131 @@
+"""``edgefleet rollouts ...`` against the real server app under uvicorn, with a real broker and light devices."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgefleet import topics
+from edgefleet.assignment import verify_assignment
+from edgefleet.cli import main
+from fleet_server.app import create_app
+from fleet_server.config import ServerConfig
+from fleet_server.rollouts_api import router
+from simulation.lightdevice import LightFleet
+from tests.integration.rollout.fleetdb import add_device, add_model
+from tests.integration.rollout.mqtt_tools import Recorder
+from tests.integration.rollout.stack import Replica, build_fleet
+from tests.support.mosquitto import MosquittoBroker, free_port
+
+TOKEN = "admin-token-for-tests"
+
+
+@dataclass
+class Server:
+    url: str
+    replica: Replica
+    director_b64: str
+
+
+@pytest.fixture
+def server(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Server]:
+    import uvicorn
+
+    port = free_port()
+    config = ServerConfig(data_dir=tmp_path / "server", port=port, admin_token=TOKEN, broker_url=mosquitto.url)
+    app = create_app(config, mqtt=False)
+    ctx = app.state.ctx
+    replica = Replica(ctx.db, mosquitto.url, ctx.keys.director)
+    # what the app factory does once it wires the rollout engine in
+    app.state.rollout_engine = replica.engine
+    app.include_router(router)
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while not uv.started:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        threading.Event().wait(0.05)
+    try:
+        yield Server(f"http://127.0.0.1:{port}", replica, ctx.keys.director.public_b64)
+    finally:
+        replica.stop()
+        uv.should_exit = True
+        thread.join(10)
+
+
+def _cli(capsys: pytest.CaptureFixture[str], server: Server, *args: str) -> tuple[int, str]:
+    code = main(["rollouts", *args, "--server", server.url, "--token", TOKEN])
+    return code, capsys.readouterr().out
+
+
+def test_cli_rolls_a_version_out_in_waves(server: Server, mosquitto: MosquittoBroker,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    db = server.replica.db
+    add_model(db, "digits", "1.0.0")
+    with LightFleet(mosquitto.url) as fleet:
+        build_fleet(db, fleet, server.director_b64, [f"dev-{i:02d}" for i in range(20)])
+        fleet.wait_connected()
+        code, out = _cli(capsys, server, "create", "digits@1.0.0", "--selector", "site=a", "--waves", "10,50,100",
+                         "--bake", "1", "--seed", "42", "--json")
+        assert code == 0
+        created = json.loads(out.strip().splitlines()[-1])
+        assert created["state"] == "running" and created["assigned"] == 2 and created["seed"] == 42
+        code, out = _cli(capsys, server, "status", created["id"], "--watch", "--interval", "0.2", "--json")
+        assert code == 0, out
+        final = json.loads(out.strip().splitlines()[-1])
+        assert final["state"] == "completed" and final["devices"] == {"committed": 20}
+        assert [w["committed"] for w in final["waves"]] == [w["size"] for w in final["waves"]]
+
+        code, out = _cli(capsys, server, "status", created["id"])
+        assert code == 0 and "completed" in out and "wave 3 started" in out
+        code, out = _cli(capsys, server, "list")
+        assert code == 0 and created["id"] in out and "digits@1.0.0" in out
+
+    # every device's signed assignment sits retained on the broker for when it reconnects
+    with Recorder(mosquitto.url, "edgefleet/v1/devices/+/desired") as rec:
+        rec.wait_for(lambda: len(rec.messages) == 20)
+        for topic, payload, retained in rec.messages:
+            device_id = topics.parse_device_topic(topic)[0]
+            doc = verify_assignment(payload, director_public_b64=server.director_b64, device_id=device_id,
+                                    last_counter=0, now=datetime.now(UTC))
+            assert retained and doc.rollout_id == created["id"] and doc.models["digits"].version == "1.0.0"
+
+
+def test_api_commands_and_refusals(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    db = server.replica.db
+    add_model(db, "digits", "1.0.0")
+    add_model(db, "digits", "0.9.0", yanked=True)
+    for i in range(4):
+        add_device(db, f"dev-{i}")
+    api = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert httpx.get(f"{server.url}/api/v1/rollouts").status_code == 401
+    assert api.get("/api/v1/rollouts/ro-0000").status_code == 404
+    bad = api.post("/api/v1/rollouts", json={"model": "digits", "version": "1.0.0", "waves": [10, 50]})
+    assert bad.status_code == 422 and "100" in bad.text
+    assert api.post("/api/v1/rollouts", json={"model": "digits", "version": "0.9.0"}).status_code == 409
+    assert api.post("/api/v1/rollouts", json={"model": "digits", "version": "1.0.0",
+                                              "selector": "site=nowhere"}).status_code == 422
+
+    # devices never answer here (no light fleet): the rollout stays in wave 1
+    code, out = _cli(capsys, server, "create", "digits@1.0.0", "--waves", "50,100", "--json")
+    rollout_id = json.loads(out)["id"]
+    again = api.post("/api/v1/rollouts", json={"model": "digits", "version": "1.0.0"})
+    assert again.status_code == 409 and "still live" in again.json()["detail"]
+    assert _cli(capsys, server, "pause", rollout_id)[1].strip() == f"rollout {rollout_id} is now paused"
+    code = main(["rollouts", "pause", rollout_id, "--server", server.url, "--token", TOKEN])
+    assert code == 1 and "cannot pause" in capsys.readouterr().err  # a second pause is refused (409)
+    assert json.loads(_cli(capsys, server, "resume", rollout_id, "--json")[1])["state"] == "running"
+    assert json.loads(_cli(capsys, server, "abort", rollout_id, "--json")[1])["state"] == "aborted"
+    rolled = json.loads(_cli(capsys, server, "rollback", rollout_id, "--json")[1])
+    # the touched devices ran nothing before, so there is nothing to roll back to: an alert, not a guess
+    assert rolled["state"] == "rolled_back" and "no_previous_version" in json.dumps(rolled["log"])
+    listed = json.loads(_cli(capsys, server, "list", "--state", "rolled_back", "--json")[1])
+    assert [v["id"] for v in listed] == [rollout_id]
