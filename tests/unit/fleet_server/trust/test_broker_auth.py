@@ -148,3 +148,17 @@ def test_reload_names_a_missing_pid_file(tmp_path: Path) -> None:
     (tmp_path / "garbage.pid").write_text("nope")
     with pytest.raises(BrokerAuthError, match="does not hold a pid"):
         reload_mosquitto(tmp_path / "garbage.pid")
+
+
+@settings(deadline=None)
+@given(st.text(max_size=30))
+def test_any_device_id_is_either_refused_or_confined(device_id: str) -> None:
+    try:
+        acl = render_acl([("u", device_id)], [])
+    except BrokerAuthError:
+        return
+    for line in acl.splitlines()[1:]:
+        if line:
+            topic = line.split()[2]
+            assert topics.parse_device_topic(topic)[0] == device_id
+            assert not set("#+/") & set(device_id)
