@@ -148,7 +148,8 @@ def test_device_without_previous_version_is_reported_not_rolled_back() -> None:
     assert "dev-000" not in sent_back(actions) and len(sent_back(actions)) == 9
 
 
-def test_offline_device_counts_as_pending_until_the_timeout_then_as_failed() -> None:
+def test_offline_device_times_out_as_failed() -> None:
+    # Until the timeout it counts as pending (in flight), not as a failure.
     rollout, first = started()
     rollout.device_offline(first[0], at(1))
     commit(rollout, first[1:], 2)
