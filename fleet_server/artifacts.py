@@ -26,7 +26,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 from edgefleet.atomic import atomic_copy
 from edgefleet.errors import EdgefleetError
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
 
 
 class ArtifactError(EdgefleetError):

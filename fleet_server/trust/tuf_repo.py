@@ -55,9 +55,9 @@ SNAPSHOT_EXPIRY = timedelta(days=7)
 TARGETS_EXPIRY = timedelta(days=90)
 ROOT_EXPIRY = timedelta(days=365)
 
-_ROOT_FILE = re.compile(r"^([1-9][0-9]*)\.root\.json$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ROOT_FILE = re.compile(r"^([1-9][0-9]*)\.root\.json\Z")
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def utcnow() -> datetime:

@@ -53,7 +53,7 @@ def test_missing_source_is_named(store: LocalArtifactStore, tmp_path: Path) -> N
     assert not store.exists(KEY)
 
 
-@pytest.mark.parametrize("key", ["", "../x", "/etc/passwd", "a/../../x", "a//b", ".hidden", "a/b/"])
+@pytest.mark.parametrize("key", ["", "../x", "/etc/passwd", "a/../../x", "a//b", ".hidden", "a/b/", "a/b\n"])
 def test_keys_cannot_leave_the_store(store: LocalArtifactStore, tmp_path: Path, key: str) -> None:
     source = tmp_path / "in"
     source.write_bytes(b"x")

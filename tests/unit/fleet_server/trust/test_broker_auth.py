@@ -61,8 +61,11 @@ def test_password_file_is_sorted_and_refuses_plaintext() -> None:
     assert render_password_file({"b": h, "a": h}) == f"a:{h}\nb:{h}\n"
     with pytest.raises(BrokerAuthError, match="not a Mosquitto \\$7\\$ hash"):
         render_password_file({"a": "plaintext"})
-    with pytest.raises(BrokerAuthError, match="not valid"):
-        render_password_file({"a:b": h})
+    for bad in ("a:b", "a\n", "a b"):
+        with pytest.raises(BrokerAuthError, match="not valid"):
+            render_password_file({bad: h})
+    with pytest.raises(BrokerAuthError, match="not a Mosquitto"):
+        render_password_file({"a": h + "\n"})
 
 
 def test_acl_gives_servers_the_prefix_and_devices_their_own_topics() -> None:
@@ -107,7 +110,7 @@ def test_every_device_gets_exactly_its_own_five_topics(ids: list[str]) -> None:
             assert access == ("read" if kind in topics.SERVER_TO_DEVICE else "write")
 
 
-@pytest.mark.parametrize("device_id", ["a/b", "+", "#", "dev a", ""])
+@pytest.mark.parametrize("device_id", ["a/b", "+", "#", "dev a", "", "dev-a\n", "dev-a\ntopic readwrite #"])
 def test_device_ids_that_could_escape_their_subtree_are_refused(device_id: str) -> None:
     with pytest.raises(BrokerAuthError, match="not valid"):
         render_acl([("user1", device_id)], [])

@@ -106,7 +106,7 @@ def test_unknown_target_has_no_info(fx: Fixture) -> None:
     assert fx.repo.targets() == []
 
 
-@pytest.mark.parametrize("bad", ["", "/abs/x.tar.gz", "a/../x.tar.gz", "a//x", "./x", "a/.hidden", "a\\b", "a/ b"])
+@pytest.mark.parametrize("bad", ["", "/abs/x.tar.gz", "a/../x.tar.gz", "a//x", "./x", "a/.hidden", "a\\b", "a/ b", "a/b.tar.gz\n"])
 def test_target_paths_that_escape_or_hide_are_refused(fx: Fixture, bad: str) -> None:
     with pytest.raises(RepositoryError, match="not a plain relative path"):
         fx.repo.add_target(bad, BUNDLE)
