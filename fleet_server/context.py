@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from edgefleet.atomic import atomic_write_bytes, atomic_write_json
 from fleet_server.config import ServerConfig
-from fleet_server.credentials import new_secret
+from fleet_server.credentials import new_secret, strip_userinfo
 from fleet_server.db import Database, safe_url
 from fleet_server.devices import BrokerAccounts, BrokerUser, Devices, UnmanagedBroker
 from fleet_server.errors import ConfigError
@@ -134,7 +135,9 @@ class ServerContext:
 
     @property
     def broker_public_url(self) -> str | None:
-        return self.config.broker_public_url or self.broker_url
+        # Never hand devices the server's own login embedded in --broker.
+        url = self.config.broker_public_url or self.broker_url
+        return None if url is None else strip_userinfo(url)
 
     def start_network(self, *, wait_connected: float = 10.0) -> None:
         from fleet_server.mqtt import FleetMqtt, PresenceIngest
@@ -149,9 +152,11 @@ class ServerContext:
         if self.config.mosquitto_dir is not None:
             self.devices.sync_broker()
         embedded = self.embedded_broker is not None
+        # Credentials in the URL (mqtt://user:pass@host) win; the embedded broker needs none.
+        own_login = not embedded and urlsplit(self.broker_url).username is None
         self.mqtt = FleetMqtt(self.broker_url, handler=PresenceIngest(self.devices, self.clock),
-                              username=None if embedded else self.config.mqtt_username,
-                              password=None if embedded else self.mqtt_password,
+                              username=self.config.mqtt_username if own_login else None,
+                              password=self.mqtt_password if own_login else None,
                               shared=not embedded).start()
         if not self.mqtt.wait_connected(wait_connected):
             log.warning("MQTT broker %s not reachable yet; the server keeps retrying", self.broker_url)
@@ -168,8 +173,8 @@ class ServerContext:
         return [
             ("data dir", str(c.data_dir)),
             ("database", safe_url(c.database)),
-            ("broker", self.broker_url or "embedded amqtt on loopback (starts with the server)"),
-            ("broker for devices", self.broker_public_url or "-"),
+            ("broker", safe_url(self.broker_url) if self.broker_url else "embedded amqtt on loopback (starts with the server)"),
+            ("broker for devices", safe_url(self.broker_public_url) if self.broker_public_url else "-"),
             ("API", f"{c.server_url}/api/v1 (OpenAPI at {c.server_url}/docs)"),
             ("TUF", f"{c.server_url}/tuf/metadata/ and {c.server_url}/tuf/targets/"),
             ("admin token file", "(from config)" if c.admin_token else str(c.admin_token_file)),

@@ -61,3 +61,22 @@ def parse_label_args(items: list[str]) -> dict[str, str]:
             raise ValueError(f"label {item!r} is not KEY=VALUE")
         labels[key] = value
     return check_labels(labels)
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def strip_userinfo(url: str) -> str:
+    """The URL without ``user:password@`` (what devices may be told about a broker)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"

@@ -35,7 +35,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from fleet_server.credentials import safe_url
 from fleet_server.errors import ConfigError, ServerError
+
+__all__ = ["Base", "Database", "DeviceRow", "EnrollmentTokenRow", "ModelRow", "normalize_url", "safe_url", "upgrade"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -172,16 +175,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password masked, for logs and errors."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
 def alembic_config(engine: Engine) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from edgefleet.topics import server_subscription
+from fleet_server.credentials import safe_url
 from fleet_server.devices import Devices
 from fleet_server.errors import BrokerError
 from fleet_server.presence import PresenceMessageError, parse_message
@@ -42,7 +43,7 @@ class FleetMqtt:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise BrokerError(f"broker URL {url!r} is not an MQTT URL", fix="use mqtt://HOST:1883 or mqtts://HOST:8883")
-        self.url = url
+        self.url = safe_url(url)  # for logs and errors: never the password
         self.host = parts.hostname
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.handler = handler

@@ -14,6 +14,8 @@ from fleet_server.credentials import (
     new_device_id,
     new_secret,
     parse_label_args,
+    safe_url,
+    strip_userinfo,
 )
 
 
@@ -48,3 +50,9 @@ def test_ttl(text: str, seconds: int) -> None:
 def test_bad_ttl(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_ttl(text)
+
+
+def test_urls_never_leak_passwords() -> None:
+    assert safe_url("mqtt://srv:secret@broker:1883") == "mqtt://srv:***@broker:1883"
+    assert strip_userinfo("mqtts://srv:secret@broker:8883/x") == "mqtts://broker:8883/x"
+    assert strip_userinfo("mqtt://broker:1883") == "mqtt://broker:1883"
