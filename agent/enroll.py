@@ -84,11 +84,11 @@ def _post_json(opener: Opener, url: str, body: Mapping[str, Any], timeout: float
         with opener(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        detail = _error_detail(exc)
+        detail, fix = _error_detail(exc)
         if exc.code in (404, 409, 410, 401, 403):
             raise EnrollmentError(f"the server refused the enrollment token (HTTP {exc.code}: {detail})",
-                                  fix="tokens are one-time and expire: get a new one with `edgefleet devices enroll`") from exc
-        raise EnrollmentError(f"enrollment failed with HTTP {exc.code}: {detail}", fix="check the server's logs") from exc
+                                  fix=fix or "tokens are one-time and expire: get a new one with `edgefleet devices enroll`") from exc
+        raise EnrollmentError(f"enrollment failed with HTTP {exc.code}: {detail}", fix=fix or "check the server's logs") from exc
     except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         raise EnrollmentError(f"cannot reach the server at {url} ({reason})",
@@ -97,14 +97,16 @@ def _post_json(opener: Opener, url: str, body: Mapping[str, Any], timeout: float
         raise EnrollmentError(f"the server at {url} did not answer JSON", fix="check that --server points at an edgefleet server") from exc
 
 
-def _error_detail(exc: urllib.error.HTTPError) -> str:
+def _error_detail(exc: urllib.error.HTTPError) -> tuple[str, str | None]:
+    """The server's message and fix from an error answer (``{"detail", "fix"}``)."""
     try:
         document = json.loads(exc.read())
     except (ValueError, OSError):
-        return exc.reason if isinstance(exc.reason, str) else "no detail"
+        return (exc.reason if isinstance(exc.reason, str) else "no detail"), None
     if isinstance(document, Mapping):
-        return str(document.get("detail") or document.get("error") or document)
-    return str(document)
+        fix = document.get("fix")
+        return str(document.get("detail") or document.get("error") or document), str(fix) if fix else None
+    return str(document), None
 
 
 def enroll(server_url: str, token: str, state: StateDir, *, hostname: str | None = None, force: bool = False,
