@@ -92,6 +92,7 @@ TUF_REFUSED = "tuf_refused"
 STAGE_FAILED = "stage_failed"
 SUPERSEDED = "superseded"
 RETRYABLE = frozenset({DOWNLOAD_FAILED})
+PROBATION_PERSIST_S = 10.0
 
 
 class UpdaterError(AgentError):
@@ -189,6 +190,7 @@ class Updater:
         self.attempted: dict[str, str] = {}
         self._bundle: Bundle | None = None
         self._session: WatchedSession | None = None
+        self._persisted_at = float("-inf")
         self._load_persisted()
 
     # -- persisted state ----------------------------------------------------------------------
@@ -223,6 +225,7 @@ class Updater:
             "attempted": dict(self.attempted),
         }
         atomic_write_json(self.state.update_file, document)
+        self._persisted_at = self.clock()
         if self.on_change is not None:
             try:
                 self.on_change()
@@ -315,6 +318,8 @@ class Updater:
                 self._resume_probation(now)
             elif m.state in (State.VERIFIED, State.STAGED):
                 self._bundle = None  # re-read and re-verify from disk in _drive
+            elif m.state is State.HEALTH_CHECK:
+                self._apply(BeginHealthCheck(now))  # a check cut short proves nothing: run it again
             if self.machine.active:
                 self._drive()
             self._advance()
@@ -402,6 +407,8 @@ class Updater:
         self._apply(Fail(now, reason, details))
         if reason not in RETRYABLE:
             self._clean_download()
+            if self.machine.target is not None:
+                self._gc(self.machine.target.model)  # a refused staged slot will never serve
 
     def _download_path(self) -> Path:
         target = self.machine.target
@@ -547,6 +554,9 @@ class Updater:
             log.warning("no serving stats for %s during probation: %s", target.model, exc)
         decision = self.probation.decide(now)
         if decision.verdict is Verdict.CONTINUE:
+            # Keep the totals across a crash, but spare SD cards an fsync on every tick.
+            if now - self._persisted_at >= PROBATION_PERSIST_S:
+                self._persist()
             return
         if decision.verdict is Verdict.COMMIT:
             self.probation = None

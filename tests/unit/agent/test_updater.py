@@ -358,3 +358,18 @@ def test_restart_after_finished_update_returns_to_idle(fleet: Fleet) -> None:
     install(fleet, "1.0.0")
     fleet.restart()
     assert fleet.update_json()["state"] == "idle" and fleet.serving_version() == "1.0.0"
+
+
+def test_probation_totals_survive_a_restart(fleet: Fleet) -> None:
+    updater = fleet.updater()
+    updater.handle_assignment(fleet.sign(fleet.push("1.0.0")))
+    fleet.traffic(3)
+    fleet.clock.t += 11
+    updater.tick()  # persisted: 3 requests so far
+    updater = fleet.restart()
+    fleet.traffic(3)  # the new process counts from zero again
+    fleet.clock.t += PROBATION.duration_s
+    updater.tick()
+    assert fleet.names()[-1] == "committed"
+    assert fleet.events[-1]["details"]["probation"] == pytest.approx(
+        {**fleet.events[-1]["details"]["probation"], "requests": 6, "restarts": 1})
