@@ -181,7 +181,7 @@ class FileEntry:
     size: int
 
     def __post_init__(self) -> None:
-        if not _SHA256.match(self.sha256) or self.size < 0:
+        if not _SHA256.fullmatch(self.sha256) or self.size < 0:
             raise ManifestError("a file entry has a malformed sha256 or size")
 
 
@@ -224,7 +224,7 @@ class Manifest:
         if not self.profiles:
             raise ManifestError("a manifest must list the profiles it was validated for")
         for name in (self.model_file, self.golden_file, self.reference_file):
-            if not _FILE.match(name):
+            if not _FILE.fullmatch(name):
                 raise ManifestError(f"file name {name!r} is not allowed in a bundle")
             if name not in self.files:
                 raise ManifestError(f"manifest does not list {name!r} in files", fix="rebuild the bundle with `edgefleet convert`")

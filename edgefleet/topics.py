@@ -19,7 +19,7 @@ _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 def check_device_id(device_id: str) -> str:
-    if not isinstance(device_id, str) or not _DEVICE_ID.match(device_id):
+    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
         # MQTT wildcards or separators in an id would let it escape its topic subtree.
         raise ValueError(f"device id {device_id!r} is not valid: use letters, digits, '-' or '_'")
     return device_id

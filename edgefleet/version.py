@@ -22,7 +22,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 def check_model_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise VersionError."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise VersionError(
             f"model name {name!r} is not valid",
             fix="use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -43,7 +43,7 @@ class ModelVersion:
 
     @classmethod
     def parse(cls, text: str) -> ModelVersion:
-        match = _SEMVER.match(text) if isinstance(text, str) else None
+        match = _SEMVER.fullmatch(text) if isinstance(text, str) else None
         if match is None:
             raise VersionError(
                 f"version {text!r} is not a semantic version",

@@ -51,3 +51,14 @@ def test_topics_and_acl() -> None:
 def test_device_ids_cannot_escape_their_subtree(bad: str) -> None:
     with pytest.raises(ValueError):
         topics.desired(bad)
+
+
+@pytest.mark.parametrize("bad", ["pi-1\n", "pi-1\ntopic readwrite #"])
+def test_trailing_newline_cannot_sneak_into_an_acl(bad: str) -> None:
+    with pytest.raises(ValueError):
+        topics.acl_lines("u", bad)
+
+
+def test_trailing_newline_is_not_a_version() -> None:
+    with pytest.raises(VersionError):
+        ModelVersion.parse("1.0.0\n")
