@@ -52,9 +52,11 @@ def _model(seed: int) -> bytes:
 
 
 def make_linear_bundle(version: str = "1.0.0", *, seed: int = 0, name: str = "iris",
-                       profiles: tuple[str, ...] = ("generic-x86_64",), allow_nan: bool = False) -> bytes:
+                       profiles: tuple[str, ...] = ("generic-x86_64",), allow_nan: bool = False,
+                       golden_seed: int | None = None) -> bytes:
+    """``golden_seed`` other than ``seed`` makes golden outputs the model disagrees with (a bad build)."""
     x = np.random.default_rng(100 + seed).normal(size=(20, len(FEATURES))).astype(np.float32)
-    probs = linear_probabilities(x, seed)
+    probs = linear_probabilities(x, seed if golden_seed is None else golden_seed)
     fields: dict[str, Any] = {
         "schema_version": 1, "name": name, "version": version, "format": "onnx", "task": "classification",
         "quantization": "none", "runtime": {"opset": 13},
