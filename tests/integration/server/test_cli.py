@@ -81,3 +81,23 @@ def test_clear_errors(capsys: pytest.CaptureFixture[str], server: RunningServer)
     code = main(["models", "list", "--server", "http://127.0.0.1:9", "--token", "x"])
     err = capsys.readouterr().err
     assert code == 1 and "cannot reach the edgefleet server at http://127.0.0.1:9" in err
+
+
+def test_keys_init_with_a_root_threshold_then_the_server_starts(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from fleet_server.app import create_app
+
+    data, root_keys = tmp_path / "data", tmp_path / "usb-stick"
+    code = main(["keys", "init", "--data-dir", str(data), "--root-keys", "3", "--root-threshold", "2",
+                 "--root-keys-dir", str(root_keys), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["root_threshold"] == 2 and len(summary["root_keyids"]) == 3
+    assert len(list(root_keys.glob("*.pem"))) == 3 and not (data / "offline-root-keys").exists()
+    # The server starts on these keys without the (offline) root keys and serves root v1 with threshold 2.
+    ctx = create_app(server_config(data), mqtt=False).state.ctx
+    root = json.loads(ctx.repo.root_json())
+    assert root["signed"]["roles"]["root"]["threshold"] == 2 and not ctx.keys_created
+    ctx.close()
+    assert main(["keys", "init", "--data-dir", str(data), "--root-keys-dir", str(root_keys)]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
