@@ -148,6 +148,7 @@ class Outcome:
     accepted: bool
     reason: str | None = None
     counter: int | None = None
+    duplicate: bool = False   # the very envelope already accepted (a retained message re-delivered)
 
 
 class Updater:
@@ -258,15 +259,25 @@ class Updater:
             raise UpdaterError(f"{self.state.assignment_file} is unreadable ({exc})",
                                fix="restore it from a backup or re-enroll; deleting it would allow replays") from exc
 
-    def _accepted(self) -> Assignment | None:
-        """The last accepted assignment (re-read from assignment.json, already verified once)."""
+    def _accepted_envelope(self) -> dict[str, Any] | None:
         try:
             document = json.loads(self.state.assignment_file.read_text(encoding="utf-8"))
-            return Assignment.from_dict(document["envelope"]["signed"])
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             log.error("assignment.json is unreadable (%s)", exc)
+            return None
+        return document if isinstance(document, dict) else None
+
+    def _accepted(self) -> Assignment | None:
+        """The last accepted assignment (re-read from assignment.json, already verified once)."""
+        document = self._accepted_envelope()
+        if document is None:
+            return None
+        try:
+            return Assignment.from_dict(document["envelope"]["signed"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("assignment.json holds no readable assignment (%s)", exc)
             return None
 
     # -- entry points -------------------------------------------------------------------------
@@ -274,6 +285,11 @@ class Updater:
         """Verify an assignment and start the updates it asks for (runs until activation)."""
         with self._lock:
             now = self.clock()
+            accepted = self._accepted_envelope()
+            if accepted is not None and _same_document(envelope, accepted.get("envelope")):
+                # The broker re-delivers the retained `desired` on every (re)connect: not a replay.
+                self._advance()
+                return Outcome(True, None, int(accepted["counter"]), duplicate=True)
             try:
                 identity = self.state.load_identity()
                 director = base64.b64encode(self.state.director_public_key()).decode()
@@ -396,8 +412,9 @@ class Updater:
 
     def _fail(self, reason: str, details: Mapping[str, Any]) -> None:
         now = self.clock()
-        if self.machine.state is State.ACTIVATED:
-            self._switch_back()  # the swap retires the failed session; serving closes it when idle
+        # The swap inside _switch_back retires the failed session; serving closes it when idle.
+        if self.machine.state is State.ACTIVATED and not self._switch_back(keep_if_alone=reason == SUPERSEDED):
+            details = {**details, "kept_serving": True}
         self._session = None
         self._bundle = None
         self.probation = None
@@ -568,8 +585,13 @@ class Updater:
         self._fail(PROBATION_FAILED, {"cause": decision.reason, "probation": dict(decision.details),
                                       "message": f"probation failed: {decision.reason}"})
 
-    def _switch_back(self) -> None:
-        """Roll the pointer back to the previous slot and serve it again."""
+    def _switch_back(self, *, keep_if_alone: bool) -> bool:
+        """Roll the pointer back to the previous slot and serve it again; False if nothing changed.
+
+        With no previous slot (a first install) the model stops serving, unless ``keep_if_alone``:
+        a model superseded in probation passed its health check and is better than no model
+        while its successor installs (which may fail).
+        """
         target = self.machine.target
         assert target is not None
         name = target.model
@@ -580,12 +602,15 @@ class Updater:
             previous = None
         if previous is not None:
             self.serving.swap(name, self.load(previous, self.profile))
-            return
+            return True
+        if keep_if_alone:
+            return False
         # First install of this model: nothing to go back to, so it stops serving.
         # ModelStore has no "deactivate"; removing the pointer is what it would do.
         pointer = self.state.models_dir / name / "active.json"
         pointer.unlink(missing_ok=True)
         self.serving.remove(name)
+        return True
 
     def _resume_probation(self, now: float) -> None:
         target = self.machine.target
@@ -622,6 +647,13 @@ class Updater:
             return
         if removed:
             log.info("removed %d old slot(s) of %s", len(removed), name)
+
+
+def _same_document(envelope: bytes, stored: Any) -> bool:
+    try:
+        return stored is not None and json.loads(envelope) == stored
+    except ValueError:
+        return False
 
 
 def _peek_counter(envelope: bytes) -> int | None:

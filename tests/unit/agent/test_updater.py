@@ -373,3 +373,24 @@ def test_probation_totals_survive_a_restart(fleet: Fleet) -> None:
     assert fleet.names()[-1] == "committed"
     assert fleet.events[-1]["details"]["probation"] == pytest.approx(
         {**fleet.events[-1]["details"]["probation"], "requests": 6, "restarts": 1})
+
+
+def test_first_install_superseded_in_probation_keeps_serving_while_its_successor_fails(fleet: Fleet) -> None:
+    updater = fleet.updater()
+    updater.handle_assignment(fleet.sign(fleet.push("1.0.0")))
+    updater.handle_assignment(fleet.sign(fleet.push("1.1.0", served_seed=99)))
+    superseded = next(e for e in fleet.events if e["reason"] == "superseded")
+    assert superseded["event"] == "rolled_back" and superseded["details"]["kept_serving"] is True
+    assert fleet.events[-1]["reason"] == "health_failed"
+    assert fleet.serving_version() == "1.0.0"  # never without a working model
+
+
+def test_redelivered_retained_assignment_is_not_a_replay(fleet: Fleet) -> None:
+    envelope = fleet.sign(fleet.push("1.0.0"))
+    fleet.updater().handle_assignment(envelope)
+    count = len(fleet.events)
+    outcome = fleet.restart().handle_assignment(envelope)  # the broker re-delivers `desired` on reconnect
+    assert outcome.accepted and outcome.duplicate and outcome.counter == 1
+    assert len(fleet.events) == count  # no `failed replayed_counter` noise
+    tampered = envelope.replace(b'"counter":1', b'"counter":5')
+    assert fleet.updater().handle_assignment(tampered).reason == "bad_signature"
