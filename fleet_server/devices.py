@@ -27,7 +27,7 @@ from sqlalchemy import select, update
 from edgefleet.profiles import Profile, load_profile, profile_names
 from fleet_server.credentials import check_labels, hash_secret, new_device_id, new_secret
 from fleet_server.db import Database, DeviceRow, EnrollmentTokenRow
-from fleet_server.errors import AuthError, GoneError, InvalidInputError, NotFoundError
+from fleet_server.errors import AuthError, GoneError, InvalidInputError, NotFoundError, ServerError
 from fleet_server.presence import PresenceUpdate
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,12 @@ class Devices:
             session.flush()
             row.device_id = device_id
             labels = dict(row.labels)
-        self.sync_broker()
+        try:
+            self.sync_broker()
+        except ServerError as exc:
+            # The token is spent and the device exists: refusing now would strand it. The next
+            # sync (any enrollment, revocation or restart) writes its account.
+            log.error("device %s enrolled but the broker accounts were not updated: %s", device_id, exc)
         log.info("enrolled device %s (profile %s, host %r)", device_id, profile.name, hostname)
         return Enrollment(device_id, profile, labels, device_id, password, api_token)
 

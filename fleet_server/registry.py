@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from edgefleet.bundle import bundle_filename, read_bundle
@@ -39,6 +39,8 @@ class TargetPublisher(Protocol):
     """The slice of ``fleet_server.trust.tuf_repo.TufRepository`` the registry uses."""
 
     def add_target(self, target_path: str, data: Path | bytes) -> Published: ...
+
+    def target_info(self, target_path: str) -> Published | None: ...
 
     def refresh_timestamp(self, *, min_remaining: timedelta) -> bool: ...
 
@@ -103,6 +105,10 @@ class Registry:
         """Validate and publish the bundle in file ``source``; return (info, created).
 
         ``created`` is False when the same bytes were already published under this name+version.
+        The database row is claimed BEFORE the TUF target is written: the unique (name, version)
+        constraint then decides between replicas racing with different bytes, and the loser
+        never touches the repository. A crash between the two leaves a row without a target,
+        which the next push of the same bytes repairs.
         """
         try:
             bundle = read_bundle(source, max_bytes=self.max_bundle_bytes)
@@ -110,35 +116,48 @@ class Registry:
             raise InvalidInputError(f"bundle: {exc.message}".replace(str(source), "upload"),
                                     fix=exc.fix or "rebuild it with `edgefleet convert`") from exc
         manifest = bundle.manifest
-        sha = bundle.sha256
+        path = target_path(manifest.name, manifest.version)
+        row = ModelRow(name=manifest.name, version=manifest.version, sha256=bundle.sha256, length=bundle.size,
+                       target_path=path, manifest=manifest.to_dict(), profiles=list(manifest.profiles),
+                       yanked=False, created_at=self.clock().replace(microsecond=0))
         with self._lock:
             existing = self._find(manifest.name, manifest.version)
+            if existing is None:
+                try:
+                    with self.db.session() as session:
+                        session.add(row)
+                except IntegrityError:
+                    existing = self._find(manifest.name, manifest.version)  # another replica won the race
+                    if existing is None:
+                        raise
             if existing is not None:
-                return self._same_or_conflict(existing, sha), False
-            path = target_path(manifest.name, manifest.version)
-            self.artifacts.put(path, source)
-            info = self.repo.add_target(path, source)
-            if info.sha256 != sha:
-                raise ConflictError(f"TUF target {path} already holds different bytes",
-                                    fix="publish this model under a new version")
-            row = ModelRow(name=manifest.name, version=manifest.version, sha256=sha, length=bundle.size,
-                           target_path=path, manifest=manifest.to_dict(), profiles=list(manifest.profiles),
-                           yanked=False, created_at=self.clock().replace(microsecond=0))
+                self._same_or_conflict(existing, bundle.sha256)
+                self._publish(existing, source)
+                return existing, False
+            info = ModelInfo.from_row(row)
             try:
+                self._publish(info, source)
+            except BaseException:
                 with self.db.session() as session:
-                    session.add(row)
-            except IntegrityError:
-                # Another replica won the race for this name+version.
-                existing = self._find(manifest.name, manifest.version)
-                if existing is None:
-                    raise
-                return self._same_or_conflict(existing, sha), False
-            return ModelInfo.from_row(row), True
+                    session.execute(delete(ModelRow).where(ModelRow.id == row.id))
+                raise
+            return info, True
+
+    def _publish(self, info: ModelInfo, source: Path) -> None:
+        """Make the TUF target match the row (a no-op when it already does)."""
+        listed = self.repo.target_info(info.target_path)
+        if listed is not None and listed.sha256 == info.sha256:
+            return
+        self.artifacts.put(info.target_path, source)
+        published = self.repo.add_target(info.target_path, source)
+        if published.sha256 != info.sha256:
+            raise ConflictError(f"TUF target {info.target_path} holds different bytes than the registry",
+                                fix="publish this model under a new version")
 
     @staticmethod
-    def _same_or_conflict(existing: ModelInfo, sha: str) -> ModelInfo:
+    def _same_or_conflict(existing: ModelInfo, sha: str) -> None:
         if existing.sha256 == sha:
-            return existing
+            return
         raise ConflictError(
             f"{existing.name}@{existing.version} is already published with different bytes "
             f"(sha256 {existing.sha256[:12]}…, this upload {sha[:12]}…)",
