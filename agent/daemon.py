@@ -9,7 +9,7 @@ systemd, so a wedged loop gets the service restarted.
 
 The update path plugs in through ``attach``: if ``agent.updater`` defines
 ``attach(daemon: Daemon) -> object | None``, it is called once the serving table and the link
-exist and before the link starts (it may set ``daemon.link.on_desired``, call
+exist and before the link starts (not at all when the daemon runs without MQTT) (it may set ``daemon.link.on_desired``, call
 ``daemon.serving.swap`` and ``daemon.publish_reported``). The returned object's ``close()``,
 if any, runs at shutdown. This module does not verify assignments or fetch bundles.
 """
@@ -162,6 +162,10 @@ class Daemon:
             log.warning("ignoring unknown command %r", name)
 
     def _attach_extensions(self) -> None:
+        if self.link is None:
+            # Updates arrive over MQTT: without a link there is nothing to attach, and not
+            # importing the update path (TUF, cryptography) keeps an offline agent ~16 MB smaller.
+            return
         try:
             updater = importlib.import_module("agent.updater")
         except ModuleNotFoundError as exc:
