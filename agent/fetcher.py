@@ -215,6 +215,7 @@ class ResumingFetcher(FetcherInterface):
                     raise exceptions.DownloadLengthMismatchError(
                         f"{url} sent more than the {max_length} bytes allowed")
                 out.write(chunk)
+                out.flush()  # into the kernel now: a SIGKILL must not take buffered bytes with it
                 if self.progress is not None:
                     # After the write: what progress reports is on disk for a resume.
                     self.progress(url, received, total)

@@ -44,6 +44,7 @@ class RangeServer:
         self.cut_after: int | None = None
         self.cuts = 0
         self.stall_after: int | None = None
+        self.stall_match = ""  # stall only paths containing this (e.g. "/targets/": metadata flows)
         self.ignore_range = False
         self.wrong_content_range = False
         self.requests: list[tuple[str, str | None]] = []
@@ -92,7 +93,7 @@ class RangeServer:
                 if cut:
                     server.cuts -= 1
                     stop = min(stop, server.cut_after - start)  # type: ignore[operator]
-                if server.stall_after is not None:
+                if server.stall_after is not None and server.stall_match in self.path:
                     self.wfile.write(body[: max(0, server.stall_after - start)])
                     self.wfile.flush()
                     server.release.wait(10)
@@ -240,3 +241,14 @@ def test_metadata_is_fetched_whole_and_never_resumed(tmp_path: Path) -> None:
     with serving() as server:
         assert ResumingFetcher(tmp_path).download_bytes(f"{server.url}/meta/timestamp.json", 100) == b'{"x": 1}'
     assert not (tmp_path / ".partial").exists()
+
+
+def test_reported_progress_is_already_on_disk(tmp_path: Path) -> None:
+    """What a SIGKILL right after a progress report leaves behind is exactly what was reported."""
+    sizes: list[tuple[int, int]] = []
+    with serving() as server:
+        url = f"{server.url}/t/{NAME}"
+        fetcher = ResumingFetcher(tmp_path, chunk_size=10_000)
+        fetcher.progress = lambda _u, done, _t: sizes.append((done, fetcher.partial_path(url).stat().st_size))
+        assert fetch(fetcher, url) == DATA
+    assert len(sizes) > 5 and all(done == on_disk for done, on_disk in sizes)
