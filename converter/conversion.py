@@ -1,0 +1,259 @@
+"""``convert``: one model in, one verified bundle out.
+
+The steps, in order: resolve the options against the firmware profile, load the source
+model and the data, build the converted model (ONNX or TFLite, quantized), run original and
+converted side by side, check the profile's tolerance and size budget, and only then write
+``OUTPUT_DIR/NAME-VERSION.tar.gz`` atomically. A miss raises ToleranceError and writes
+nothing, unless ``force``.
+
+The manifest's report holds only deterministic numbers (sizes, agreement, errors,
+accuracy), so converting twice gives the same bundle sha256; host latency is measured and
+returned in ``ConversionResult.report`` but kept out of the bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.data import Dataset, load_dataset
+from converter.errors import OptionsError, ToleranceError
+from converter.predictors import Outputs, Predictor
+from converter.quantize import CALIBRATION_METHODS
+from edgefleet import __version__
+from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
+from edgefleet.manifest import HealthCheck, Manifest
+from edgefleet.profiles import QUANTIZATIONS, Profile, load_profile
+from edgefleet.version import ModelVersion, check_model_name
+
+log = logging.getLogger(__name__)
+
+SYNTHESIZED_ROWS = 256
+SYNTHESIZED_SEED = 7
+# Steps reported to the progress callback, in order.
+STEPS = ("load", "convert", "compare", "latency", "write")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What to convert, for which profile, and how. ``None`` means "the profile's default"."""
+
+    model_path: Path
+    profile: str
+    name: str
+    version: str
+    output_dir: Path
+    format: str | None = None
+    quantize: str | None = None
+    calibration: Path | None = None
+    validation: Path | None = None
+    labels: str | None = None
+    calibration_method: str = "minmax"
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_path", Path(self.model_path))
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        for attr in ("calibration", "validation"):
+            value = getattr(self, attr)
+            if value is not None:
+                object.__setattr__(self, attr, Path(value))
+        try:
+            check_model_name(self.name)
+            ModelVersion.parse(self.version)
+        except Exception as exc:
+            raise OptionsError(str(exc)) from exc
+        if self.format is not None and self.format not in ("onnx", "tflite"):
+            raise OptionsError(f"format {self.format!r} is not known", fix="use --format onnx or --format tflite")
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise OptionsError(f"quantization {self.quantize!r} is not known", fix=f"use one of {', '.join(QUANTIZATIONS)}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise OptionsError(f"calibration method {self.calibration_method!r} is not known",
+                               fix=f"use one of {', '.join(CALIBRATION_METHODS)}")
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    bundle_path: Path
+    sha256: str
+    manifest: Manifest
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A converted model, ready to be packed: what the format-specific builders return."""
+
+    format: str
+    model_bytes: bytes
+    predictor: Predictor
+    inputs: tuple[dict[str, Any], ...]
+    outputs: tuple[dict[str, Any], ...]
+    runtime: Mapping[str, Any]
+    float_bytes: int
+
+
+def _resolve_format(options: ConvertOptions, profile: Profile, framework: str) -> str:
+    fmt = options.format
+    if fmt is None:
+        # Keras and SavedModel sources have no ONNX exporter here: TFLite is their natural target.
+        fmt = "tflite" if framework in ("keras", "savedmodel") and "tflite" in profile.allowed_formats else profile.default_format
+    if fmt not in profile.allowed_formats:
+        raise OptionsError(f"profile {profile.name} does not take {fmt} models (it allows {', '.join(profile.allowed_formats)})",
+                           fix=f"use --format {profile.allowed_formats[0]} or a profile that allows {fmt}")
+    return fmt
+
+
+def _load_data(path: Path | None, labels: str | None, width: int) -> Dataset | None:
+    if path is None:
+        return None
+    data = load_dataset(path, labels_column=labels)
+    data.check_width(width)
+    return data
+
+
+def _evaluation_rows(validation: Dataset | None, calibration: Dataset | None, width: int) -> tuple[str, Dataset]:
+    if validation is not None:
+        return "validation", validation
+    if calibration is not None:
+        return "calibration", calibration
+    # Nothing given: standard-normal rows of the right width prove the model runs, not that it is accurate.
+    rng = np.random.default_rng(SYNTHESIZED_SEED)
+    rows = rng.standard_normal((SYNTHESIZED_ROWS, width)).astype(np.float32)
+    return "synthesized", Dataset(rows, None, None, "synthesized")
+
+
+def _original_predictor(source: Any) -> Predictor:
+    from converter.predictors import EstimatorPredictor, OnnxPredictor
+
+    if source.framework == "onnx":
+        from converter.onnxgraph import graph_outputs
+
+        return OnnxPredictor(source.model.SerializeToString(),
+                             {t.name: t.role for t in graph_outputs(source.model) if t.role != "other"})
+    if source.framework in ("keras", "savedmodel"):
+        from converter.tflite import TensorflowPredictor
+
+        return TensorflowPredictor(source)
+    return EstimatorPredictor(source.model, source.task)
+
+
+def _build(fmt: str, quantize: str, source: Any, calibration: np.ndarray | None, method: str) -> Converted:
+    if fmt == "onnx":
+        from converter.onnxbuild import build_onnx
+
+        return build_onnx(source, quantize, calibration, method)
+    from converter.tflite import build_tflite
+
+    return build_tflite(source, quantize, calibration)
+
+
+def _compare(task: str, original: Outputs, converted: Outputs, labels: Any, class_labels: Any) -> dict[str, Any]:
+    from converter.proof import compare_classifier, compare_regressor
+
+    if task == "classification":
+        return compare_classifier(original, converted, class_labels, labels)
+    return compare_regressor(original, converted)
+
+
+def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None = None) -> ConversionResult:
+    """Convert ``options.model_path`` into one bundle; see the module docstring for the steps."""
+    from converter.golden import golden_document, reference_document
+    from converter.latency import measure
+    from converter.proof import tolerance_failures
+    from converter.source import load_source
+    from edgefleet.canonical import pretty_json
+
+    step = progress or (lambda _name: None)
+    profile = load_profile(options.profile)
+    step("load")
+    source = load_source(options.model_path)
+    fmt = _resolve_format(options, profile, source.framework)
+    quantize = options.quantize or profile.default_quantization
+    calibration = _load_data(options.calibration, options.labels, source.n_features)
+    validation = _load_data(options.validation, options.labels, source.n_features)
+    data_source, evaluation = _evaluation_rows(validation, calibration, source.n_features)
+    static = quantize in ("int8-static", "int8")
+    calibration_rows = calibration.features if calibration is not None else None
+    if static and calibration_rows is None and validation is not None:
+        log.warning("no --calibration given: calibrating %s on the validation rows", quantize)
+        calibration_rows = validation.features
+    step("convert")
+    converted = _build(fmt, quantize, source, calibration_rows, options.calibration_method)
+    step("compare")
+    original_predictor = _original_predictor(source)
+    original = original_predictor.predict(evaluation.features)
+    result = converted.predictor.predict(evaluation.features)
+    metrics = _compare(source.task, original, result, evaluation.labels, source.class_labels)
+    failures = tolerance_failures(source.task, metrics, len(converted.model_bytes), profile)
+    feature_names = source.feature_names or (evaluation.feature_names if evaluation.feature_names else None)
+    report: dict[str, Any] = {
+        "data": data_source,
+        "rows": evaluation.rows,
+        "format": fmt,
+        "quantization": quantize,
+        "size_before": converted.float_bytes,
+        "size_after": len(converted.model_bytes),
+        "size_ratio": round(len(converted.model_bytes) / converted.float_bytes, 4) if converted.float_bytes else None,
+        **metrics,
+        "passed": not failures,
+        "failures": failures,
+    }
+    if static:
+        report["calibration_method"] = options.calibration_method
+        report["calibration_rows"] = int(len(calibration_rows)) if calibration_rows is not None else 0
+    step("latency")
+    latency = {
+        "original": measure(original_predictor.predict, evaluation.features).to_dict(),
+        "converted": measure(converted.predictor.predict, evaluation.features).to_dict(),
+    }
+    full_report = {**report, "latency": latency, "profile": profile.name}
+    if failures and not options.force:
+        raise ToleranceError(f"the converted model misses profile {profile.name}: " + "; ".join(failures),
+                             report=full_report,
+                             fix="try a milder --quantize (int8-dynamic, fp16 or none), more or better calibration data, "
+                                 "or --force to write the bundle anyway")
+    step("write")
+    golden = golden_document(evaluation.features, original, source.task, source.class_labels)
+    reference = reference_document(evaluation.features, feature_names, original, source.task, source.class_labels)
+    inputs = [dict(spec) for spec in converted.inputs]
+    if feature_names and len(feature_names) == source.n_features:
+        inputs[0]["feature_names"] = list(feature_names)
+    manifest_fields = {
+        "schema_version": 1,
+        "name": options.name,
+        "version": options.version,
+        "format": fmt,
+        "task": source.task,
+        "quantization": quantize,
+        "runtime": dict(converted.runtime),
+        "inputs": inputs,
+        "outputs": list(converted.outputs),
+        "class_labels": list(source.class_labels) if source.class_labels is not None else None,
+        "profiles": [profile.name],
+        "source": {"framework": source.framework, "kind": source.kind, "sha256": source.sha256, "size": source.size,
+                   "file": source.path.name},
+        "report": report,
+        "health_check": HealthCheck(profile.tolerance.min_agreement, profile.tolerance.max_rel_error,
+                                    profile.latency_budget_ms).to_dict(),
+        "golden_file": "golden.json",
+        "reference_file": "reference.json",
+        "created_by": f"edgefleet {__version__} converter",
+    }
+    files = {
+        f"model.{fmt}": converted.model_bytes,
+        "golden.json": pretty_json(golden),
+        "reference.json": pretty_json(reference),
+    }
+    path = options.output_dir / bundle_filename(options.name, options.version)
+    sha256 = write_bundle(path, manifest_fields, files)
+    # Read back through the one gate every consumer uses: what we return is what they will see.
+    manifest = read_bundle(path).manifest
+    full_report["bundle"] = str(path)
+    full_report["sha256"] = sha256
+    return ConversionResult(path, sha256, manifest, full_report)

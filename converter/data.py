@@ -1,0 +1,201 @@
+"""Reading calibration and validation data: CSV, NPY, NPZ and Parquet into float32 rows.
+
+A ``Dataset`` is a 2-D float32 feature matrix, optional labels and optional feature names.
+CSV headers are detected (a first row that is not all numbers is a header). ``labels_column``
+names the label column (by header name, or by 0-based index for headerless files and NPY);
+a file that lacks it is taken as features only, so one option serves both the labelled
+validation file and an unlabelled calibration file.
+
+This module does not sample, scale or otherwise change the data: what the user gave is what
+the models see.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from converter.errors import DataError, DataShapeError
+
+SUFFIXES = (".csv", ".npy", ".npz", ".parquet")
+# NPZ archives written by numpy.savez use these names by convention; the first hit wins.
+_NPZ_FEATURES = ("X", "x", "features", "inputs", "data")
+_NPZ_LABELS = ("y", "labels", "label", "target", "targets")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Feature rows (float32, [rows, features]) with optional labels and feature names."""
+
+    features: np.ndarray
+    labels: np.ndarray | None = None
+    feature_names: tuple[str, ...] | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.features.ndim != 2 or self.features.shape[0] == 0:
+            raise DataError(f"{self.source or 'data'} must hold at least one row of features (got shape {self.features.shape})",
+                            fix="give a non-empty table with one row per sample")
+        if self.labels is not None and len(self.labels) != len(self.features):
+            raise DataError(f"{self.source}: {len(self.labels)} labels for {len(self.features)} rows")
+        if self.feature_names is not None and len(self.feature_names) != self.features.shape[1]:
+            raise DataError(f"{self.source}: {len(self.feature_names)} feature names for {self.features.shape[1]} columns")
+
+    @property
+    def width(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def rows(self) -> int:
+        return int(self.features.shape[0])
+
+    def check_width(self, expected: int) -> None:
+        """Raise DataShapeError unless the rows have ``expected`` feature columns."""
+        if self.width != expected:
+            hint = (" (is the label column still in the file? name it with --labels)" if self.width == expected + 1 else "")
+            raise DataShapeError(
+                f"{self.source} has {self.width} feature columns but the model takes {expected}{hint}",
+                fix=f"give a file with exactly {expected} feature columns, in the order the model was trained on",
+            )
+
+
+def load_dataset(path: str | Path, *, labels_column: str | None = None) -> Dataset:
+    """Read ``path`` (by suffix) into a Dataset, taking ``labels_column`` out if present."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {p} does not exist", fix="check the path given to --calibration / --validation")
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        return _load_csv(p, labels_column)
+    if suffix == ".npy":
+        return _split(_np_load(p), None, labels_column, str(p))
+    if suffix == ".npz":
+        return _load_npz(p, labels_column)
+    if suffix == ".parquet":
+        return _load_parquet(p, labels_column)
+    raise DataError(f"data file {p} has an unknown type {suffix!r}", fix=f"use one of {', '.join(SUFFIXES)}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _load_csv(path: Path, labels_column: str | None) -> Dataset:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = [r for r in csv.reader(handle) if r]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read CSV {path}: {exc}", fix="save the data as UTF-8 CSV") from exc
+    if not rows:
+        raise DataError(f"CSV {path} is empty", fix="give at least one row of data")
+    header: list[str] | None = None
+    if not all(_is_number(c) for c in rows[0]):
+        header, rows = [c.strip() for c in rows[0]], rows[1:]
+    width = len(header) if header else len(rows[0]) if rows else 0
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise DataShapeError(f"CSV {path} row {i + 1 + (header is not None)} has {len(row)} columns, expected {width}",
+                                 fix="make every row as long as the first one")
+    label_values: list[str] | None = None
+    if labels_column is not None:
+        index = _column_index(labels_column, header, width)
+        if index is not None:
+            label_values = [r[index] for r in rows]
+            rows = [r[:index] + r[index + 1:] for r in rows]
+            if header:
+                header = header[:index] + header[index + 1:]
+    try:
+        features = np.array(rows, dtype=np.float32).reshape(len(rows), -1)
+    except ValueError as exc:
+        raise DataError(f"CSV {path} holds a value that is not a number ({exc})",
+                        fix="encode categorical features as numbers, or name the label column with --labels") from exc
+    labels = _labels_array(label_values) if label_values is not None else None
+    return Dataset(features, labels, tuple(header) if header else None, str(path))
+
+
+def _column_index(column: str, header: list[str] | None, width: int) -> int | None:
+    if header is not None and column in header:
+        return header.index(column)
+    if header is None and column.isdigit() and int(column) < width:
+        return int(column)
+    return None
+
+
+def _labels_array(values: list[str]) -> np.ndarray:
+    # Numeric labels stay numbers so that they compare equal to a classifier's integer classes.
+    if all(_is_number(v) for v in values):
+        numbers = np.array([float(v) for v in values])
+        if np.all(numbers == np.round(numbers)):
+            return numbers.astype(np.int64)
+        return numbers
+    return np.array(values, dtype=object)
+
+
+def _np_load(path: Path) -> np.ndarray:
+    try:
+        return np.asarray(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} as a NumPy array: {exc}", fix="save it with numpy.save (no pickled objects)") from exc
+
+
+def _split(table: np.ndarray, labels: np.ndarray | None, labels_column: str | None, source: str) -> Dataset:
+    if table.ndim == 1:
+        table = table.reshape(1, -1)
+    if table.ndim != 2:
+        raise DataShapeError(f"{source} holds a {table.ndim}-D array", fix="give a 2-D array of [rows, features]")
+    if labels is None and labels_column is not None and labels_column.isdigit() and int(labels_column) < table.shape[1]:
+        index = int(labels_column)
+        labels = table[:, index]
+        table = np.delete(table, index, axis=1)
+    if labels is not None and np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    try:
+        features = table.astype(np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{source} holds values that are not numbers", fix="give numeric features") from exc
+    return Dataset(features, labels, None, source)
+
+
+def _load_npz(path: Path, labels_column: str | None) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: np.asarray(archive[k]) for k in archive.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} as a NumPy .npz archive: {exc}", fix="save it with numpy.savez") from exc
+    if not arrays:
+        raise DataError(f"{path} holds no arrays", fix="save the features as X (and labels as y) with numpy.savez")
+    feature_key = next((k for k in _NPZ_FEATURES if k in arrays), next(iter(arrays)))
+    label_keys = ((labels_column,) if labels_column else ()) + _NPZ_LABELS
+    label_key = next((k for k in label_keys if k in arrays and k != feature_key), None)
+    labels = arrays[label_key] if label_key else None
+    return _split(arrays[feature_key], labels, None, str(path))
+
+
+def _load_parquet(path: Path, labels_column: str | None) -> Dataset:
+    from edgefleet.extras import require
+
+    pq = require("pyarrow.parquet", "test", "reading Parquet data")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid/OSError family
+        raise DataError(f"cannot read {path} as Parquet: {exc}", fix="check the file, or give CSV/NPY instead") from exc
+    names = [str(n) for n in table.column_names]
+    labels = None
+    if labels_column is not None and labels_column in names:
+        labels = np.asarray(table.column(labels_column).to_numpy(zero_copy_only=False))
+        names.remove(labels_column)
+    try:
+        columns = [np.asarray(table.column(n).to_numpy(zero_copy_only=False), dtype=np.float32) for n in names]
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path} has a column that is not numeric ({exc})", fix="encode it as numbers or name it with --labels") from exc
+    features = np.stack(columns, axis=1) if columns else np.zeros((table.num_rows, 0), np.float32)
+    if labels is not None and np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    return Dataset(features, labels, tuple(names), str(path))

@@ -1,0 +1,157 @@
+"""Small example models trained on data that ships with scikit-learn (never a download).
+
+``write_example(directory, kind=...)`` trains a seeded model and writes it as joblib, with a
+calibration CSV (features only, from the training rows) and a validation CSV (held-out rows
+plus a ``label`` column). Used by the demo, by ``tests/support/bundles.py`` and by the
+converter's own tests. The same kind always gives the same model and files.
+
+    digits-mlp         MLPClassifier(256, 128) on digits (64 features, 10 classes)
+    digits-small-mlp   MLPClassifier(32,) on digits: quick, for tests that convert many times
+    iris-logreg        LogisticRegression on iris (4 features, 3 classes)
+    breast-cancer-rf   RandomForestClassifier (tree ensemble: ONNX only, never TFLite)
+    breast-cancer-lgbm LightGBM classifier (needs lightgbm)
+    diabetes-mlp       MLPRegressor on diabetes (10 features, regression)
+    diabetes-ridge     Ridge regression on diabetes
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.errors import OptionsError
+
+SEED = 0
+LABELS_COLUMN = "label"
+CALIBRATION_ROWS = 300
+
+
+@dataclass(frozen=True)
+class ExampleFiles:
+    model_path: Path
+    calibration_csv: Path
+    validation_csv: Path
+    labels_column: str
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return data.data, data.target, [str(n) for n in data.feature_names]
+
+
+def _iris() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    return data.data, data.target, [n.replace(" (cm)", "").replace(" ", "_") for n in data.feature_names]
+
+
+def _breast_cancer() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    return data.data, data.target, [n.replace(" ", "_") for n in data.feature_names]
+
+
+def _diabetes() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes()
+    return data.data, data.target, [str(n) for n in data.feature_names]
+
+
+def _mlp(hidden: tuple[int, ...]) -> Callable[[], Any]:
+    def make() -> Any:
+        from sklearn.neural_network import MLPClassifier
+
+        return MLPClassifier(hidden_layer_sizes=hidden, max_iter=300, random_state=SEED)
+    return make
+
+
+def _scaled(estimator: Callable[[], Any]) -> Callable[[], Any]:
+    def make() -> Any:
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), estimator())
+    return make
+
+
+def _logreg() -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=500)
+
+
+def _forest() -> Any:
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=20, max_depth=6, random_state=SEED)
+
+
+def _lgbm() -> Any:
+    from edgefleet.extras import require
+
+    lightgbm = require("lightgbm", "test", "the LightGBM example")
+    return lightgbm.LGBMClassifier(n_estimators=30, num_leaves=15, random_state=SEED, verbose=-1, n_jobs=1)
+
+
+def _mlp_regressor() -> Any:
+    from sklearn.neural_network import MLPRegressor
+
+    return MLPRegressor(hidden_layer_sizes=(32,), max_iter=2000, random_state=SEED)
+
+
+def _ridge() -> Any:
+    from sklearn.linear_model import Ridge
+
+    return Ridge(alpha=0.1)
+
+
+# kind -> (dataset loader, estimator factory)
+KINDS: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray, list[str]]], Callable[[], Any]]] = {
+    "digits-mlp": (_digits, _mlp((256, 128))),
+    "digits-small-mlp": (_digits, _mlp((32,))),
+    "iris-logreg": (_iris, _scaled(_logreg)),
+    "breast-cancer-rf": (_breast_cancer, _forest),
+    "breast-cancer-lgbm": (_breast_cancer, _lgbm),
+    "diabetes-mlp": (_diabetes, _scaled(_mlp_regressor)),
+    "diabetes-ridge": (_diabetes, _ridge),
+}
+
+
+def _write_csv(path: Path, header: list[str], rows: np.ndarray) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([repr(float(v)) if not float(v).is_integer() else str(int(v)) for v in row])
+
+
+def write_example(directory: str | Path, *, kind: str = "digits-mlp") -> ExampleFiles:
+    """Train the ``kind`` example and write model.joblib, calibration.csv and validation.csv."""
+    if kind not in KINDS:
+        raise OptionsError(f"unknown example {kind!r}", fix=f"use one of {', '.join(KINDS)}")
+    import joblib
+    from sklearn.model_selection import train_test_split
+
+    load, make = KINDS[kind]
+    features, target, names = load()
+    features = features.astype(np.float32)
+    x_train, x_val, y_train, y_val = train_test_split(features, target, test_size=0.25, random_state=SEED)
+    model = make().fit(x_train, y_train)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    files = ExampleFiles(out / f"{kind}.joblib", out / f"{kind}-calibration.csv", out / f"{kind}-validation.csv",
+                         LABELS_COLUMN)
+    joblib.dump(model, files.model_path)
+    _write_csv(files.calibration_csv, names, x_train[:CALIBRATION_ROWS])
+    _write_csv(files.validation_csv, [*names, LABELS_COLUMN], np.column_stack([x_val, y_val]))
+    return files

@@ -1,0 +1,52 @@
+"""Host latency of a predictor: single-row p50/p95 and batched throughput.
+
+The clock is injected (``time.perf_counter`` by default) so the arithmetic is testable
+without sleeping. Host numbers only say how two models compare on this machine; the
+device's own budget is checked on the device. They vary run to run, so they are reported
+but never written into the (deterministic) bundle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SINGLE_RUNS = 200
+BATCH_ROWS = 256
+BATCH_RUNS = 5
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p95_ms: float
+    batch_rows_per_s: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"p50_ms": round(self.p50_ms, 4), "p95_ms": round(self.p95_ms, 4),
+                "batch_rows_per_s": round(self.batch_rows_per_s, 1)}
+
+
+def measure(predict: Callable[[np.ndarray], Any], rows: np.ndarray, *, clock: Callable[[], float] = time.perf_counter,
+            single_runs: int = SINGLE_RUNS, batch_rows: int = BATCH_ROWS, batch_runs: int = BATCH_RUNS) -> Latency:
+    """Time ``predict`` on one row at a time (after one warm-up call) and on batches."""
+    predict(rows[:1])
+    singles = []
+    for i in range(single_runs):
+        row = rows[i % len(rows)][None, :]
+        start = clock()
+        predict(row)
+        singles.append(clock() - start)
+    batch = np.resize(rows, (batch_rows, rows.shape[1])).astype(np.float32)
+    predict(batch)
+    start = clock()
+    for _ in range(batch_runs):
+        predict(batch)
+    elapsed = clock() - start
+    ms = np.asarray(singles) * 1000.0
+    rate = batch_rows * batch_runs / elapsed if elapsed > 0 else float("inf")
+    return Latency(float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(rate))

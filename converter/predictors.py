@@ -1,0 +1,152 @@
+"""Running models side by side: one ``Predictor`` seam, one implementation per runtime.
+
+Every predictor takes float32 rows and returns ``Outputs`` in the same shape (labels,
+probabilities or regression values), so the proof compares like with like whatever ran the
+model. Quantized TFLite tensors are quantized and dequantized here: callers see real numbers.
+
+This module runs models; it does not judge them (see ``proof``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from converter.errors import ConverterError
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a model returned for a batch. Classifiers fill labels and/or probabilities."""
+
+    labels: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+    def top1(self, class_labels: Sequence[Any] | None) -> np.ndarray:
+        """The predicted class per row, from the probabilities when there are any."""
+        if self.probabilities is not None and class_labels:
+            return np.asarray(list(class_labels), dtype=object)[np.argmax(self.probabilities, axis=1)]
+        if self.labels is not None:
+            return np.asarray(self.labels, dtype=object).reshape(-1)
+        raise ConverterError("the model returned neither labels nor probabilities")
+
+    def regression(self) -> np.ndarray:
+        if self.values is None:
+            raise ConverterError("the model returned no regression value")
+        return np.asarray(self.values, dtype=np.float64).reshape(len(self.values), -1)
+
+    def take(self, rows: np.ndarray) -> Outputs:
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.asarray(a)[rows]
+        return Outputs(pick(self.labels), pick(self.probabilities), pick(self.values))
+
+
+class Predictor(Protocol):
+    def predict(self, features: np.ndarray) -> Outputs: ...
+
+
+class EstimatorPredictor:
+    """A scikit-learn-compatible estimator (also LightGBM's and XGBoost's sklearn wrappers)."""
+
+    def __init__(self, estimator: Any, task: str) -> None:
+        self.estimator = estimator
+        self.task = task
+
+    def predict(self, features: np.ndarray) -> Outputs:
+        if self.task == "regression":
+            return Outputs(values=np.asarray(self.estimator.predict(features), dtype=np.float64))
+        labels = np.asarray(self.estimator.predict(features))
+        probabilities = None
+        if hasattr(self.estimator, "predict_proba"):
+            try:
+                probabilities = np.asarray(self.estimator.predict_proba(features), dtype=np.float64)
+            except AttributeError:  # e.g. SVC(probability=False) exposes the method but refuses it
+                probabilities = None
+        return Outputs(labels=labels, probabilities=probabilities)
+
+
+class OnnxPredictor:
+    """onnxruntime on the CPU, one thread: host numbers that are fair to a small device."""
+
+    def __init__(self, model_bytes: bytes, roles: Mapping[str, str]) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ConverterError(f"onnxruntime cannot load the model: {exc}",
+                                 fix="check that the model's opset and ops are supported by onnxruntime") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.roles = dict(roles)
+
+    def predict(self, features: np.ndarray) -> Outputs:
+        names = list(self.roles)
+        results = self.session.run(names, {self.input_name: np.ascontiguousarray(features, dtype=np.float32)})
+        by_role = {self.roles[n]: np.asarray(r) for n, r in zip(names, results, strict=True)}
+        return Outputs(labels=by_role.get("label"), probabilities=by_role.get("probabilities"), values=by_role.get("value"))
+
+
+class TflitePredictor:
+    """ai_edge_litert's Interpreter; the batch dimension is resized to fit each call."""
+
+    def __init__(self, model_bytes: bytes, task: str) -> None:
+        from edgefleet.extras import require
+
+        litert = require("ai_edge_litert.interpreter", "litert", "running TFLite models")
+        try:
+            self.interpreter = litert.Interpreter(model_content=model_bytes, num_threads=1)
+        except (ValueError, RuntimeError) as exc:
+            raise ConverterError(f"LiteRT cannot load the converted model: {exc}") from exc
+        self.task = task
+        self._batch = -1
+
+    def _resize(self, rows: int) -> None:
+        if rows != self._batch:
+            detail = self.interpreter.get_input_details()[0]
+            self.interpreter.resize_tensor_input(detail["index"], [rows, int(detail["shape"][-1])], strict=False)
+            self.interpreter.allocate_tensors()
+            self._batch = rows
+
+    def predict(self, features: np.ndarray) -> Outputs:
+        self._resize(len(features))
+        detail = self.interpreter.get_input_details()[0]
+        self.interpreter.set_tensor(detail["index"], quantize(features, detail))
+        self.interpreter.invoke()
+        out = self.interpreter.get_output_details()[0]
+        result = dequantize(self.interpreter.get_tensor(out["index"]), out)
+        if self.task == "regression":
+            return Outputs(values=result)
+        return Outputs(probabilities=result)
+
+
+def _scale(detail: Mapping[str, Any]) -> tuple[float, int] | None:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if detail["dtype"] in (np.int8, np.uint8) and scale:
+        return float(scale), int(zero_point)
+    return None
+
+
+def quantize(features: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+    params = _scale(detail)
+    if params is None:
+        return np.ascontiguousarray(features, dtype=detail["dtype"])
+    scale, zero_point = params
+    info = np.iinfo(detail["dtype"])
+    q = np.clip(np.round(features / scale) + zero_point, info.min, info.max)
+    return np.ascontiguousarray(q.astype(detail["dtype"]))
+
+
+def dequantize(values: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+    params = _scale(detail)
+    if params is None:
+        return np.asarray(values, dtype=np.float32)
+    scale, zero_point = params
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)

@@ -1,0 +1,186 @@
+"""Loading the model to convert, whatever it was saved as, and saying what it is.
+
+Recognised: scikit-learn estimators and pipelines, LightGBM and XGBoost sklearn wrappers
+(joblib or pickle files), ONNX files, Keras ``.keras`` files and TF SavedModel directories.
+The result is a ``SourceModel``: framework, task, width, class labels and the file's hash,
+plus the loaded object the exporters and the original-model predictor need.
+
+Unpickling runs code from the file: a warning says so on every load. This module does not
+convert anything (see ``export`` and ``tflite``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from converter.errors import ModelNotFoundError, NotAModelError, UnsupportedOpError
+
+log = logging.getLogger(__name__)
+
+FRAMEWORKS = ("sklearn", "lightgbm", "xgboost", "onnx", "keras", "savedmodel")
+_PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle", ".sav")
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """The original model and what the converter needs to know about it."""
+
+    framework: str
+    path: Path
+    sha256: str
+    size: int
+    task: str
+    n_features: int
+    class_labels: tuple[str | int, ...] | None
+    feature_names: tuple[str, ...] | None
+    model: Any
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        if self.framework not in FRAMEWORKS:
+            raise NotAModelError(f"unknown framework {self.framework!r}")
+        if self.task not in ("classification", "regression"):
+            raise NotAModelError(f"{self.path}: task {self.task!r} is neither classification nor regression")
+        if self.n_features <= 0:
+            raise NotAModelError(f"{self.path}: the model's input width is unknown",
+                                 fix="fit the model on a 2-D array, or export it with a fixed feature dimension")
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """sha256 and size of a file, or of a directory's files (relative names and contents, sorted)."""
+    digest = hashlib.sha256()
+    if path.is_dir():
+        size = 0
+        for item in sorted(p for p in path.rglob("*") if p.is_file()):
+            data = item.read_bytes()
+            digest.update(str(item.relative_to(path)).encode() + b"\0" + hashlib.sha256(data).digest())
+            size += len(data)
+        return digest.hexdigest(), size
+    data = path.read_bytes()
+    digest.update(data)
+    return digest.hexdigest(), len(data)
+
+
+def load_source(path: str | Path) -> SourceModel:
+    p = Path(path)
+    if not p.exists():
+        raise ModelNotFoundError(f"model file {p} does not exist", fix="check the path (and the current directory)")
+    if p.is_dir():
+        if (p / "saved_model.pb").is_file():
+            from converter.tflite import load_saved_model
+
+            return load_saved_model(p)
+        raise NotAModelError(f"{p} is a directory without saved_model.pb",
+                             fix="give a model file, or a TensorFlow SavedModel directory")
+    suffix = p.suffix.lower()
+    if suffix == ".onnx":
+        return _load_onnx(p)
+    if suffix in (".keras", ".h5"):
+        from converter.tflite import load_keras
+
+        return load_keras(p)
+    return _load_pickle(p)
+
+
+def _load_onnx(path: Path) -> SourceModel:
+    import onnx
+
+    from converter.onnxgraph import graph_outputs, single_input
+
+    try:
+        model = onnx.load_model_from_string(path.read_bytes())
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf DecodeError, onnx ValidationError
+        raise NotAModelError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {exc})",
+                             fix="re-export the model (e.g. torch.onnx.export) and check it with onnx.checker") from exc
+    tensor = single_input(model, str(path))
+    outputs = graph_outputs(model)
+    task = "classification" if any(t.role in ("label", "probabilities") for t in outputs) else "regression"
+    labels = _onnx_class_labels(model, outputs) if task == "classification" else None
+    sha, size = file_digest(path)
+    return SourceModel("onnx", path, sha, size, task, tensor.shape[1], labels, None, model, kind="onnx")
+
+
+def _onnx_class_labels(model: Any, outputs: list[Any]) -> tuple[str | int, ...]:
+    from onnx import numpy_helper
+
+    # skl2onnx keeps the classes in an initializer named "classes" (ArrayFeatureExtractor's table).
+    for init in model.graph.initializer:
+        if init.name == "classes":
+            values = numpy_helper.to_array(init).reshape(-1).tolist()
+            return tuple(v.decode() if isinstance(v, bytes) else v for v in values)
+    probs = next((t for t in outputs if t.role == "probabilities"), None)
+    if probs is not None and probs.shape[-1] > 0:
+        return tuple(range(probs.shape[-1]))
+    raise NotAModelError("cannot tell the classes of this ONNX classifier",
+                         fix="export it with a probabilities output of fixed width [batch, classes]")
+
+
+def _load_pickle(path: Path) -> SourceModel:
+    import joblib
+
+    log.warning("loading %s runs code stored in the file (pickle): convert only files you trust", path)
+    try:
+        obj = joblib.load(path)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, ModuleNotFoundError, ImportError, OSError) as exc:
+        raise NotAModelError(
+            f"{path} is not a model file the converter can read ({type(exc).__name__}: {exc})",
+            fix="give a joblib/pickle file of a fitted scikit-learn, LightGBM or XGBoost estimator, "
+                "an .onnx file, a .keras file or a SavedModel directory",
+        ) from exc
+    return describe_estimator(obj, path)
+
+
+def _framework(estimator: Any) -> str:
+    module = type(_final_step(estimator)).__module__
+    if module.startswith("lightgbm"):
+        return "lightgbm"
+    if module.startswith("xgboost"):
+        return "xgboost"
+    return "sklearn"
+
+
+def _final_step(estimator: Any) -> Any:
+    steps = getattr(estimator, "steps", None)
+    return steps[-1][1] if steps else estimator
+
+
+def describe_estimator(obj: Any, path: Path) -> SourceModel:
+    """Check that ``obj`` is a fitted estimator and describe it."""
+    try:
+        from sklearn.base import is_classifier, is_regressor
+    except ImportError as exc:  # pragma: no cover - sklearn is part of the convert extra
+        raise NotAModelError("reading scikit-learn models needs scikit-learn", fix="pip install 'edgefleet[convert]'") from exc
+    if not hasattr(obj, "predict") or not hasattr(obj, "get_params"):
+        raise NotAModelError(f"{path} holds a {type(obj).__name__}, not a fitted estimator",
+                             fix="save the fitted model itself, e.g. joblib.dump(model, 'model.joblib')")
+    framework = _framework(obj)
+    if framework != "sklearn" and getattr(obj, "steps", None):
+        raise UnsupportedOpError(f"{path}: a scikit-learn Pipeline ending in a {framework} model is not supported",
+                                 op=type(_final_step(obj)).__name__,
+                                 fix=f"save the {framework} model on its own and apply the preprocessing to the data")
+    if is_classifier(obj):
+        task = "classification"
+    elif is_regressor(obj):
+        task = "regression"
+    else:
+        raise NotAModelError(f"{path} holds a {type(obj).__name__}, which is neither a classifier nor a regressor",
+                             fix="convert a fitted classifier, regressor or a Pipeline ending in one")
+    width = getattr(obj, "n_features_in_", None)
+    if width is None:
+        raise NotAModelError(f"{path} holds an unfitted {type(obj).__name__}", fix="fit the model before saving it")
+    labels = None
+    if task == "classification":
+        labels = tuple(c.item() if hasattr(c, "item") else c for c in obj.classes_)
+        labels = tuple(str(c) if not isinstance(c, (int, str)) or isinstance(c, bool) else c for c in labels)
+    names = getattr(obj, "feature_names_in_", None)
+    sha, size = file_digest(path)
+    return SourceModel(framework, path, sha, size, task, int(width), labels,
+                       tuple(str(n) for n in names) if names is not None else None, obj,
+                       kind=type(_final_step(obj)).__name__)

@@ -1,0 +1,75 @@
+"""Real bundles for tests of the agent, the server and the demo, built with the converter.
+
+    make_onnx_bundle(tmp_path)           digits MLP as ONNX for generic-x86_64
+    make_tflite_bundle(tmp_path)         digits MLP as full-int8 TFLite for rpi4-64 (needs TensorFlow)
+    make_broken_bundle(tmp_path)         converts fine, but its golden samples disagree with its model
+
+The trained example is cached per kind for the whole test session (training is the slow
+part); each call still runs a real conversion into the caller's directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+from pathlib import Path
+
+from converter import ConvertOptions, ExampleFiles, convert, write_example
+from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
+from edgefleet.canonical import pretty_json
+
+
+@functools.lru_cache(maxsize=None)
+def example(kind: str = "digits-mlp") -> ExampleFiles:
+    """The trained ``kind`` example, written once per session to a private temporary directory."""
+    return write_example(Path(tempfile.mkdtemp(prefix=f"edgefleet-example-{kind}-")), kind=kind)
+
+
+def _convert(tmp_dir: Path, *, name: str, version: str, profile: str, fmt: str, quantize: str, kind: str,
+             force: bool = False) -> Path:
+    files = example(kind)
+    result = convert(ConvertOptions(
+        model_path=files.model_path, profile=profile, name=name, version=version, output_dir=Path(tmp_dir),
+        format=fmt, quantize=quantize, calibration=files.calibration_csv, validation=files.validation_csv,
+        labels=files.labels_column, force=force,
+    ))
+    return result.bundle_path
+
+
+def make_onnx_bundle(tmp_dir: Path, *, name: str = "digits", version: str = "1.0.0", profile: str = "generic-x86_64",
+                     quantize: str = "none", kind: str = "digits-mlp") -> Path:
+    """An ONNX bundle of the ``kind`` example; returns the path of NAME-VERSION.tar.gz in ``tmp_dir``."""
+    return _convert(tmp_dir, name=name, version=version, profile=profile, fmt="onnx", quantize=quantize, kind=kind)
+
+
+def make_tflite_bundle(tmp_dir: Path, *, name: str = "digits-lite", version: str = "1.0.0", profile: str = "rpi4-64",
+                       quantize: str = "int8", kind: str = "digits-mlp") -> Path:
+    """A TFLite bundle (full int8 by default) of the ``kind`` example. Needs the tflite-convert extra."""
+    return _convert(tmp_dir, name=name, version=version, profile=profile, fmt="tflite", quantize=quantize, kind=kind)
+
+
+def make_broken_bundle(tmp_dir: Path, *, name: str = "digits-broken", version: str = "1.0.0",
+                       profile: str = "generic-x86_64", kind: str = "digits-mlp") -> Path:
+    """A well-formed bundle whose golden outputs disagree with its model on every row.
+
+    The model is the real conversion; the golden outputs are what a model with every class
+    shifted by one would say (probability columns rotated, labels moved to the next class),
+    so a device health check must fail it while every signature and hash still verifies.
+    """
+    staging = Path(tempfile.mkdtemp(prefix="edgefleet-broken-", dir=tmp_dir))
+    good = read_bundle(make_onnx_bundle(staging, name=name, version=version, profile=profile, kind=kind))
+    golden = good.golden()
+    labels = list(good.manifest.class_labels or [])
+    outputs = golden["outputs"]
+    outputs["label"] = [labels[(labels.index(v) + 1) % len(labels)] for v in outputs["label"]]
+    if "probabilities" in outputs:
+        outputs["probabilities"] = [row[-1:] + row[:-1] for row in outputs["probabilities"]]
+    files = dict(good.files)
+    files[good.manifest.golden_file] = pretty_json(golden)
+    fields = good.manifest.to_dict()
+    fields.pop("files")
+    path = Path(tmp_dir) / bundle_filename(name, version)
+    write_bundle(path, fields, files)
+    json.loads(files[good.manifest.golden_file])  # still valid JSON: only the values lie
+    return path
