@@ -1,0 +1,418 @@
+"""The telemetry batch: what a device reports every interval, and its compact wire form.
+
+Shared by the agent (which builds and encodes batches) and the fleet server (which decodes,
+stores and merges them). One batch covers one reporting interval of one device:
+
+    TelemetryBatch   device_id, seq (device-scoped, strictly increasing), ts (end of the
+                     interval, Unix seconds), interval_s, dropped (batches the device's outbox
+                     dropped since the last one it delivered), resource, models
+    ├── Resource     process cpu %, rss bytes, board temperature C (each may be unknown)
+    └── ModelRecord  per model version: count, errors by kind, latency p50/p95/p99 (ms),
+                     output counts (reference class/bin order), drift counts per feature
+                     (bin counts over the bundle's reference edges, reference feature order),
+                     feedback (labels seen, correct)
+
+Counts are for the interval only (deltas), so the server merges devices and time windows by
+adding. Wire form (``encode``/``decode``): one version byte (``WIRE_VERSION``) followed by
+zlib-compressed JSON with one- or two-letter keys; empty parts are left out. ``decode``
+refuses anything that does not follow the schema with a ``TelemetryError``, and refuses a body
+that inflates past ``MAX_BODY_BYTES`` (a compressed bomb from a hostile device).
+
+The drift arithmetic both sides agree on also lives here, in plain Python: the reference
+profile of a bundle (``ReferenceProfile``, parsed from ``reference.json``), the population
+stability index (``psi``) and its bands. Pure stdlib: no numpy, no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.errors import EdgefleetError
+from edgefleet.topics import check_device_id
+from edgefleet.version import ModelVersion, check_model_name
+
+WIRE_VERSION = 1
+MAX_BODY_BYTES = 1 << 20
+DEFAULT_INTERVAL_S = 60.0
+
+# PSI bands (docs/telemetry.md): below STABLE_BELOW stable, up to DRIFT_ABOVE moderate, above drift.
+STABLE_BELOW = 0.1
+DRIFT_ABOVE = 0.25
+PSI_EPSILON = 1e-4
+BANDS = ("stable", "moderate", "drift")
+
+
+class TelemetryError(EdgefleetError):
+    """A telemetry batch or reference profile breaks the schema, or its bytes are not a batch."""
+
+
+def _fail(message: str) -> TelemetryError:
+    return TelemetryError(message, fix="send batches built and encoded by edgefleet.telemetry of the same version")
+
+
+def _count(value: Any, what: str) -> int:
+    # numbers.Integral so numpy counters from the agent pass, turned into plain ints.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise _fail(f"{what} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _number(value: Any, what: str, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise _fail(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _counts(values: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(values, (list, tuple)):
+        raise _fail(f"{what} must be a list of counts, got {type(values).__name__}")
+    return tuple(_count(v, what) for v in values)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Resource use of the agent process at the end of the interval; None where unknown."""
+
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
+    temperature_c: float | None = None
+
+    def __post_init__(self) -> None:
+        cpu = _number(self.cpu_percent, "resource cpu_percent", allow_none=True)
+        if cpu is not None and cpu < 0:
+            raise _fail(f"resource cpu_percent must not be negative, got {cpu}")
+        if self.rss_bytes is not None:
+            object.__setattr__(self, "rss_bytes", _count(self.rss_bytes, "resource rss_bytes"))
+        temp = _number(self.temperature_c, "resource temperature_c", allow_none=True)
+        # Rounded at construction so a batch equals itself after a wire round trip.
+        object.__setattr__(self, "cpu_percent", None if cpu is None else round(cpu, 1))
+        object.__setattr__(self, "temperature_c", None if temp is None else round(temp, 1))
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Latency percentiles in milliseconds over the interval's requests."""
+
+    p50: float
+    p95: float
+    p99: float
+
+    def __post_init__(self) -> None:
+        values = [_number(v, f"latency {n}") for n, v in (("p50", self.p50), ("p95", self.p95), ("p99", self.p99))]
+        rounded = [round(float(v or 0.0), 3) for v in values]
+        if rounded[0] < 0 or not rounded[0] <= rounded[1] <= rounded[2]:
+            raise _fail(f"latency percentiles must be non-negative and p50 <= p95 <= p99, got {rounded}")
+        for name, value in zip(("p50", "p95", "p99"), rounded, strict=True):
+            object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Ground-truth labels received in the interval and how many matched the prediction."""
+
+    labels: int = 0
+    correct: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _count(self.labels, "feedback labels"))
+        object.__setattr__(self, "correct", _count(self.correct, "feedback correct"))
+        if self.correct > self.labels:
+            raise _fail(f"feedback correct ({self.correct}) exceeds labels seen ({self.labels})")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One model version's counters for one interval."""
+
+    model: str
+    version: str
+    count: int = 0
+    errors: Mapping[str, int] = field(default_factory=dict)
+    latency: Latency | None = None
+    outputs: tuple[int, ...] = ()
+    drift: tuple[tuple[int, ...], ...] = ()
+    feedback: Feedback = field(default_factory=Feedback)
+
+    def __post_init__(self) -> None:
+        try:
+            check_model_name(self.model)
+            ModelVersion.parse(self.version)
+        except EdgefleetError as exc:
+            raise _fail(f"model record: {exc.message}") from exc
+        object.__setattr__(self, "count", _count(self.count, "model record count"))
+        errors: dict[str, int] = {}
+        for kind, n in dict(self.errors).items():
+            if not isinstance(kind, str) or not kind or len(kind) > 32:
+                raise _fail(f"error kind {kind!r} must be a string of 1-32 characters")
+            errors[kind] = _count(n, f"errors[{kind}]")
+        object.__setattr__(self, "errors", dict(sorted(errors.items())))
+        object.__setattr__(self, "outputs", _counts(self.outputs, "output counts"))
+        object.__setattr__(self, "drift", tuple(_counts(f, "drift counts") for f in self.drift))
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+@dataclass(frozen=True)
+class TelemetryBatch:
+    """One device's report for one interval."""
+
+    device_id: str
+    seq: int
+    ts: float
+    interval_s: float = DEFAULT_INTERVAL_S
+    dropped: int = 0
+    resource: Resource = field(default_factory=Resource)
+    models: tuple[ModelRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            check_device_id(self.device_id)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        if "\n" in self.device_id:  # topics' pattern ends in '$', which lets one trailing newline through
+            raise _fail(f"device id {self.device_id!r} holds a newline")
+        object.__setattr__(self, "seq", _count(self.seq, "seq"))
+        object.__setattr__(self, "dropped", _count(self.dropped, "dropped"))
+        ts = _number(self.ts, "ts")
+        interval = _number(self.interval_s, "interval_s")
+        if interval is None or interval <= 0:
+            raise _fail(f"interval_s must be positive, got {interval}")
+        object.__setattr__(self, "ts", round(float(ts or 0.0), 3))
+        object.__setattr__(self, "interval_s", round(interval, 3))
+        object.__setattr__(self, "models", tuple(self.models))
+        keys = [(m.model, m.version) for m in self.models]
+        if len(set(keys)) != len(keys):
+            raise _fail("a batch lists the same model version twice")
+
+
+# ---- wire form ---------------------------------------------------------------------------
+
+def _record_to_wire(record: ModelRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": record.model, "v": record.version, "c": record.count}
+    if record.errors:
+        out["e"] = dict(record.errors)
+    if record.latency is not None:
+        out["l"] = [_short(record.latency.p50), _short(record.latency.p95), _short(record.latency.p99)]
+    if record.outputs:
+        out["o"] = list(record.outputs)
+    if record.drift:
+        out["f"] = [list(f) for f in record.drift]
+    if record.feedback.labels:
+        out["b"] = [record.feedback.labels, record.feedback.correct]
+    return out
+
+
+def _short(value: float | None) -> float | int | None:
+    # 3.0 -> 3 saves two bytes a number; JSON readers take either.
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else value
+
+
+def to_wire_dict(batch: TelemetryBatch) -> dict[str, Any]:
+    """The batch as the short-key JSON object that ``encode`` compresses."""
+    res = batch.resource
+    out: dict[str, Any] = {"d": batch.device_id, "s": batch.seq, "t": _short(batch.ts), "i": _short(batch.interval_s)}
+    if batch.dropped:
+        out["x"] = batch.dropped
+    if (res.cpu_percent, res.rss_bytes, res.temperature_c) != (None, None, None):
+        out["r"] = [_short(res.cpu_percent), res.rss_bytes, _short(res.temperature_c)]
+    if batch.models:
+        out["m"] = [_record_to_wire(m) for m in batch.models]
+    return out
+
+
+def _only(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise _fail(f"{where} has unknown key(s) {', '.join(unknown)}")
+
+
+def _need(data: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in data:
+        raise _fail(f"{where} lacks key {key!r}")
+    return data[key]
+
+
+def _record_from_wire(data: Any) -> ModelRecord:
+    if not isinstance(data, dict):
+        raise _fail("a model record is not a JSON object")
+    _only(data, {"n", "v", "c", "e", "l", "o", "f", "b"}, "model record")
+    errors = data.get("e", {})
+    if not isinstance(errors, dict):
+        raise _fail("model record errors ('e') must be an object of kind: count")
+    latency = data.get("l")
+    if latency is not None and (not isinstance(latency, list) or len(latency) != 3):
+        raise _fail("model record latency ('l') must be [p50, p95, p99]")
+    drift = data.get("f", [])
+    if not isinstance(drift, list):
+        raise _fail("model record drift ('f') must be a list of per-feature count lists")
+    feedback = data.get("b", [0, 0])
+    if not isinstance(feedback, list) or len(feedback) != 2:
+        raise _fail("model record feedback ('b') must be [labels, correct]")
+    name, version = _need(data, "n", "model record"), _need(data, "v", "model record")
+    if not isinstance(name, str) or not isinstance(version, str):
+        raise _fail("model record name ('n') and version ('v') must be strings")
+    return ModelRecord(
+        model=name, version=version, count=_need(data, "c", "model record"), errors=errors,
+        latency=None if latency is None else Latency(*latency),
+        outputs=_counts(data.get("o", []), "output counts"), drift=tuple(drift),
+        feedback=Feedback(*feedback),
+    )
+
+
+def from_wire_dict(data: Any) -> TelemetryBatch:
+    """Validate a decoded short-key object and build the batch it describes."""
+    if not isinstance(data, dict):
+        raise _fail("a telemetry batch must be a JSON object")
+    _only(data, {"d", "s", "t", "i", "x", "r", "m"}, "batch")
+    resource = data.get("r", [None, None, None])
+    if not isinstance(resource, list) or len(resource) != 3:
+        raise _fail("batch resource ('r') must be [cpu_percent, rss_bytes, temperature_c]")
+    models = data.get("m", [])
+    if not isinstance(models, list):
+        raise _fail("batch models ('m') must be a list")
+    device_id = _need(data, "d", "batch")
+    if not isinstance(device_id, str):
+        raise _fail("batch device id ('d') must be a string")
+    return TelemetryBatch(
+        device_id=device_id, seq=_need(data, "s", "batch"), ts=_need(data, "t", "batch"),
+        interval_s=_need(data, "i", "batch"), dropped=data.get("x", 0), resource=Resource(*resource),
+        models=tuple(_record_from_wire(m) for m in models),
+    )
+
+
+def encode(batch: TelemetryBatch) -> bytes:
+    """The bytes published on ``devices/{id}/telemetry``: version byte + zlib(compact JSON)."""
+    body = json.dumps(to_wire_dict(batch), separators=(",", ":"), allow_nan=False).encode()
+    return bytes([WIRE_VERSION]) + zlib.compress(body, 9)
+
+
+def decode(data: bytes) -> TelemetryBatch:
+    """Parse and validate bytes from ``encode``; raise TelemetryError on anything else."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < 2:
+        raise _fail("telemetry payload is empty or too short to be a batch")
+    raw = bytes(data)
+    if raw[0] != WIRE_VERSION:
+        raise TelemetryError(f"telemetry wire version {raw[0]} is not supported (this server reads {WIRE_VERSION})",
+                             fix="upgrade the fleet server, or the agent that sent it")
+    inflater = zlib.decompressobj()
+    try:
+        body = inflater.decompress(raw[1:], MAX_BODY_BYTES)
+    except zlib.error as exc:
+        raise _fail(f"telemetry payload is not valid zlib data ({exc})") from exc
+    if inflater.unconsumed_tail:
+        raise _fail(f"telemetry payload inflates past {MAX_BODY_BYTES} bytes")
+    if not inflater.eof:
+        raise _fail("telemetry payload is truncated")
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise _fail(f"telemetry payload is not JSON ({exc})") from exc
+    return from_wire_dict(document)
+
+
+# ---- reference profile and PSI -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class FeatureReference:
+    """One input feature's reference bins: k bins need k+1 edges; the outer bins are open-ended."""
+
+    name: str
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.edges) < 2 or len(self.counts) != len(self.edges) - 1:
+            raise TelemetryError(f"reference feature {self.name!r} has {len(self.edges)} edges and "
+                                 f"{len(self.counts)} counts: k bins need k+1 edges",
+                                 fix="rebuild the bundle with `edgefleet convert`")
+        if any(not math.isfinite(e) for e in self.edges) or any(b < a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise TelemetryError(f"reference feature {self.name!r} has edges that are not finite and sorted",
+                                 fix="rebuild the bundle with `edgefleet convert`")
+
+    @property
+    def bins(self) -> int:
+        return len(self.counts)
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """A bundle's ``reference.json``: per-feature bins and the output distribution."""
+
+    rows: int
+    features: tuple[FeatureReference, ...]
+    output_kind: str  # "classes" | "bins" | "none"
+    output_labels: tuple[Any, ...] = ()
+    output_edges: tuple[float, ...] = ()
+    output_counts: tuple[int, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReferenceProfile:
+        def bad(what: str) -> TelemetryError:
+            return TelemetryError(f"reference.json: {what}", fix="rebuild the bundle with `edgefleet convert`")
+        try:
+            features = tuple(
+                FeatureReference(str(f["name"]), tuple(float(e) for e in f["edges"]), tuple(int(c) for c in f["counts"]))
+                for f in data.get("features", [])
+            )
+            outputs = data.get("outputs") or {"kind": "none"}
+            kind = outputs.get("kind", "none")
+            labels = tuple(outputs.get("labels", ()))
+            edges = tuple(float(e) for e in outputs.get("edges", ()))
+            counts = tuple(int(c) for c in outputs.get("counts", ()))
+            rows = int(data.get("rows", 0))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise bad(f"malformed ({exc!r})") from exc
+        if kind not in ("classes", "bins", "none"):
+            raise bad(f"outputs kind {kind!r} is not classes or bins")
+        if kind == "classes" and len(labels) != len(counts):
+            raise bad(f"{len(labels)} output labels but {len(counts)} counts")
+        if kind == "bins" and len(edges) != len(counts) + 1:
+            raise bad(f"{len(edges)} output edges but {len(counts)} counts")
+        return cls(rows, features, kind, labels, edges, counts)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+
+def proportions(counts: Sequence[float], epsilon: float = PSI_EPSILON) -> list[float]:
+    """Counts as shares of their total, each at least ``epsilon`` (empty bins would make log blow up)."""
+    total = float(sum(counts))
+    if total <= 0:
+        return [1.0 / len(counts)] * len(counts) if counts else []
+    return [max(c / total, epsilon) for c in counts]
+
+
+def psi(actual: Sequence[float], expected: Sequence[float], epsilon: float = PSI_EPSILON) -> float:
+    """Population stability index of ``actual`` counts against ``expected`` counts (same bins).
+
+    PSI = sum over bins of (a - e) * ln(a / e), a and e the bins' shares, each floored at
+    ``epsilon``. Zero when the shapes agree; it grows with the shift and is symmetric.
+    """
+    if len(actual) != len(expected):
+        raise TelemetryError(f"PSI needs the same bins on both sides: {len(actual)} against {len(expected)}",
+                             fix="compare counts taken over the same reference edges")
+    if not actual or sum(actual) <= 0:
+        return 0.0
+    a, e = proportions(actual, epsilon), proportions(expected, epsilon)
+    return sum((x - y) * math.log(x / y) for x, y in zip(a, e, strict=True))
+
+
+def band(value: float) -> str:
+    """``stable`` below 0.1, ``moderate`` up to 0.25, ``drift`` above 0.25."""
+    if value < STABLE_BELOW:
+        return "stable"
+    return "moderate" if value <= DRIFT_ABOVE else "drift"
+
