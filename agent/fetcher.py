@@ -94,7 +94,7 @@ class ResumingFetcher(FetcherInterface):
     def _fetch(self, url: str) -> Iterator[bytes]:
         response = self._request(url, {})
         if response.status >= 400:
-            response.release_conn()
+            _discard(response)
             raise exceptions.DownloadHTTPError(f"GET {url} answered HTTP {response.status}", response.status)
         return self._stream(url, response, 0, None)
 
@@ -114,6 +114,7 @@ class ResumingFetcher(FetcherInterface):
                 total: int | None) -> Generator[bytes, None, None]:
         began = self.clock()
         done = start
+        finished = False
         try:
             # read1 hands over bytes as they arrive, so a cut loses none of what already came.
             while chunk := response.read1(self.chunk_size):
@@ -122,13 +123,17 @@ class ResumingFetcher(FetcherInterface):
                 if self.total_timeout is not None and self.clock() - began > self.total_timeout:
                     raise exceptions.SlowRetrievalError(
                         f"GET {url}: transfer took longer than {self.total_timeout:g} s (a stalled or trickling link)")
+            finished = True
         except urllib3.exceptions.TimeoutError as exc:
             raise exceptions.SlowRetrievalError(f"GET {url}: no data for {self.timeout.read_timeout} s") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # ProtocolError / IncompleteRead: the connection was cut before Content-Length.
             raise exceptions.DownloadError(f"GET {url}: connection lost after {done} bytes ({exc})") from exc
         finally:
-            response.release_conn()
+            if finished:
+                response.release_conn()
+            else:  # abandoned mid-body (too long, too slow, cut): the connection is not reusable
+                _discard(response)
 
     # -- target download with resume --------------------------------------------------------------
     def partial_path(self, url: str) -> Path:
@@ -187,15 +192,15 @@ class ResumingFetcher(FetcherInterface):
         if offset > 0 and response.status == 206:
             honoured, total = _check_content_range(response.headers.get("Content-Range"), offset)
             if not honoured:
-                response.release_conn()
+                _discard(response)
                 raise _Restart(f"server answered Range bytes={offset}- with Content-Range "
                                f"{response.headers.get('Content-Range')!r}")
             mode = "ab"
         elif offset > 0 and response.status == 416:
-            response.release_conn()
+            _discard(response)
             raise _Restart(f"server cannot serve bytes from {offset} (HTTP 416)")
         elif response.status >= 400:
-            response.release_conn()
+            _discard(response)
             raise exceptions.DownloadHTTPError(f"GET {url} answered HTTP {response.status}", response.status)
         else:
             if offset > 0:
@@ -205,7 +210,7 @@ class ResumingFetcher(FetcherInterface):
             total = int(length) if length and length.isdigit() else None
             mode = "wb"
         if total is not None and total > max_length:
-            response.release_conn()
+            _discard(response)
             raise exceptions.DownloadLengthMismatchError(f"{url} is {total} bytes, over the {max_length} bytes allowed")
         received = offset
         with open(partial, mode) as out, contextlib.closing(self._stream(url, response, offset, total)) as chunks:
@@ -223,6 +228,16 @@ class ResumingFetcher(FetcherInterface):
             os.fsync(out.fileno())
         if total is not None and received != total:
             raise exceptions.DownloadError(f"GET {url}: connection closed at {received} of {total} bytes")
+
+
+def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    """Drop a response whose body we will not read.
+
+    Handing its connection back to the pool with body bytes unread would make the next request
+    on it fail (urllib3 would read our leftovers as the next answer), so the connection is closed.
+    """
+    response.close()
+    response.release_conn()
 
 
 def _size(path: Path) -> int:
