@@ -1,0 +1,226 @@
+"""Building the TFLite flavour of a bundle, and reading Keras and SavedModel sources.
+
+Two roads lead to a TensorFlow SavedModel, and one converter takes it from there:
+
+    scikit-learn / ONNX  -> float ONNX -> standard-op sub-graph -> onnx2tf -> SavedModel
+    Keras .keras         -> tf.lite.TFLiteConverter.from_keras_model
+    SavedModel directory -> tf.lite.TFLiteConverter.from_saved_model
+
+Only the probabilities (classifiers) or value (regressors) output travels: ai.onnx.ml ops
+such as ArrayFeatureExtractor or TreeEnsemble* have no TFLite form, and a model that needs
+one for that output is refused with UnsupportedOpError. Quantization modes:
+
+    none          float32
+    fp16          float16 weights (dequantized at load), float32 math on CPUs
+    int8-dynamic  int8 weights, float activations (dynamic range)
+    int8 / int8-static  full integer: int8 weights, activations, input and output tensors,
+                  ranges from a representative dataset (the calibration rows, in order)
+
+TensorFlow and onnx2tf are imported only here, through ``edgefleet.extras.require`` (extra
+``tflite-convert``), with TensorFlow's logging silenced and seeds fixed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from converter.conversion import Converted
+from converter.errors import ConverterError, NotAModelError, OptionsError
+from converter.predictors import Outputs, TflitePredictor
+from converter.source import SourceModel, file_digest
+
+EXTRA = "tflite-convert"
+REPRESENTATIVE_ROWS = 300
+
+
+def _tensorflow() -> ModuleType:
+    # Must be set before TensorFlow is first imported: C++ log level and oneDNN's
+    # non-deterministic kernels (they reorder float sums between runs).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+    from edgefleet.extras import require
+
+    with _quiet_native_output():  # the first import prints absl and CUDA-stub chatter
+        tf = require("tensorflow", EXTRA, "TFLite conversion")
+    tf.get_logger().setLevel("ERROR")
+    tf.random.set_seed(0)
+    return tf
+
+
+@contextlib.contextmanager
+def _quiet_native_output() -> Iterator[None]:
+    """Silence what TensorFlow's and MLIR's C++ code writes straight to file descriptors 1 and 2."""
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+def _keras_task(width: int) -> tuple[str, tuple[str | int, ...] | None]:
+    # A softmax-style output (one column per class) is a classifier; one column is a regressor.
+    return ("classification", tuple(range(width))) if width > 1 else ("regression", None)
+
+
+def load_keras(path: Path) -> SourceModel:
+    tf = _tensorflow()
+    try:
+        model = tf.keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises ValueError, OSError or its own errors for a bad file
+        raise NotAModelError(f"{path} is not a Keras model Keras can load ({type(exc).__name__}: {exc})",
+                             fix="save it with model.save('model.keras')") from exc
+    in_shape, out_shape = tuple(model.input_shape), tuple(model.output_shape)
+    if len(in_shape) != 2 or len(out_shape) != 2 or not in_shape[1] or not out_shape[1]:
+        raise NotAModelError(f"{path} takes {in_shape} and returns {out_shape}; the converter handles "
+                             "[batch, features] -> [batch, outputs] models",
+                             fix="flatten the input, or convert the model yourself with tf.lite.TFLiteConverter")
+    task, labels = _keras_task(int(out_shape[1]))
+    sha, size = file_digest(path)
+    return SourceModel("keras", path, sha, size, task, int(in_shape[1]), labels, None, model, kind=type(model).__name__)
+
+
+def load_saved_model(path: Path) -> SourceModel:
+    tf = _tensorflow()
+    try:
+        loaded = tf.saved_model.load(str(path))
+        signature = loaded.signatures["serving_default"]
+    except Exception as exc:
+        raise NotAModelError(f"{path} is not a SavedModel with a serving_default signature ({exc})",
+                             fix="export it with tf.saved_model.save(model, path) or model.export(path)") from exc
+    inputs = list(signature.structured_input_signature[1].values())
+    outputs = list(signature.structured_outputs.values())
+    if len(inputs) != 1 or len(outputs) != 1 or inputs[0].shape.rank != 2 or outputs[0].shape.rank != 2:
+        raise NotAModelError(f"{path}: the converter handles one [batch, features] input and one [batch, outputs] output")
+    task, labels = _keras_task(int(outputs[0].shape[1]))
+    sha, size = file_digest(path)
+    return SourceModel("savedmodel", path, sha, size, task, int(inputs[0].shape[1]), labels, None, signature,
+                       kind="SavedModel")
+
+
+class TensorflowPredictor:
+    """The original Keras model or SavedModel signature, called eagerly (no ``predict`` overhead)."""
+
+    def __init__(self, source: SourceModel) -> None:
+        self.tf = _tensorflow()
+        self.source = source
+
+    def predict(self, features: np.ndarray) -> Outputs:
+        x = self.tf.constant(np.asarray(features, dtype=np.float32))
+        if self.source.framework == "keras":
+            result = self.source.model(x, training=False)
+        else:
+            result = next(iter(self.source.model(x).values()))
+        values = np.asarray(result, dtype=np.float32)
+        if self.source.task == "regression":
+            return Outputs(values=values)
+        return Outputs(probabilities=values)
+
+
+def _converter_for(tf: ModuleType, source: SourceModel, workdir: Path) -> tuple[Any, int]:
+    """A TFLiteConverter for ``source`` and the size of its float original (the report's "before")."""
+    if source.framework == "keras":
+        return tf.lite.TFLiteConverter.from_keras_model(source.model), source.size
+    if source.framework == "savedmodel":
+        return tf.lite.TFLiteConverter.from_saved_model(str(source.path)), source.size
+    import onnx
+
+    from converter.export import float_onnx
+    from converter.onnxgraph import graph_outputs, single_input, standard_subgraph
+
+    float_model = float_onnx(source)
+    role = "probabilities" if source.task == "classification" else "value"
+    wanted = next((t.name for t in graph_outputs(float_model) if t.role == role), None)
+    if wanted is None:
+        raise NotAModelError(f"{source.path} has no {role} output to convert to TFLite",
+                             fix="export classifiers with a probabilities output (ZipMap disabled)")
+    sub = standard_subgraph(float_model, single_input(float_model, str(source.path)).name, [wanted], "TFLite")
+    onnx_path = workdir / "model.onnx"
+    onnx.save_model(sub, onnx_path)
+    saved_model = workdir / "saved_model"
+    onnx2tf = _onnx2tf()
+    try:
+        with _quiet_native_output():
+            onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(saved_model),
+                            non_verbose=True, verbosity="error", copy_onnx_input_output_names_to_tflite=True)
+    except SystemExit as exc:  # onnx2tf calls sys.exit on conversion errors
+        raise ConverterError(f"onnx2tf could not convert the model (exit {exc.code})",
+                             fix="use --format onnx, or simplify the model to standard ONNX ops") from exc
+    except Exception as exc:
+        raise ConverterError(f"onnx2tf could not convert the model: {exc}", fix="use --format onnx") from exc
+    return tf.lite.TFLiteConverter.from_saved_model(str(saved_model)), len(float_model.SerializeToString())
+
+
+def _onnx2tf() -> ModuleType:
+    from edgefleet.extras import require
+
+    return require("onnx2tf", EXTRA, "ONNX to TFLite conversion")
+
+
+def _configure(tf: ModuleType, converter: Any, quantize: str, calibration: np.ndarray | None) -> None:
+    if quantize == "none":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize in ("int8", "int8-static"):
+        if calibration is None:
+            raise OptionsError(f"{quantize} TFLite quantization needs calibration data for its representative dataset",
+                               fix="pass --calibration FILE (a few hundred representative rows), or use int8-dynamic")
+        rows = np.asarray(calibration[:REPRESENTATIVE_ROWS], dtype=np.float32)
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for row in rows:
+                yield [row[None, :]]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    elif quantize != "int8-dynamic":
+        raise OptionsError(f"quantization {quantize!r} is not known for TFLite",
+                           fix="use none, fp16, int8-dynamic or int8")
+
+
+def _spec(detail: dict[str, Any], role: str) -> dict[str, Any]:
+    dtype = np.dtype(detail["dtype"]).name
+    spec: dict[str, Any] = {"name": detail["name"], "dtype": dtype, "shape": [-1, int(detail["shape"][-1])], "role": role}
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if dtype in ("int8", "uint8") and scale:
+        spec["quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
+    return spec
+
+
+def build_tflite(source: SourceModel, quantize: str, calibration: np.ndarray | None) -> Converted:
+    tf = _tensorflow()
+    with tempfile.TemporaryDirectory(prefix="edgefleet-tflite-") as tmp:
+        converter, float_bytes = _converter_for(tf, source, Path(tmp))
+        _configure(tf, converter, quantize, calibration)
+        try:
+            with _quiet_native_output():
+                data = bytes(converter.convert())
+        except Exception as exc:  # TFLite's converter raises ConverterError / RuntimeError with MLIR text
+            raise ConverterError(f"the TFLite converter failed: {str(exc).splitlines()[0] if str(exc) else exc}",
+                                 fix="try --quantize none or fp16, or --format onnx") from exc
+    predictor = TflitePredictor(data, source.task)
+    interpreter = predictor.interpreter
+    role = "probabilities" if source.task == "classification" else "value"
+    inputs = (_spec(interpreter.get_input_details()[0], "other"),)
+    outputs = (_spec(interpreter.get_output_details()[0], role),)
+    ops = sorted({op["op_name"] for op in interpreter._get_ops_details()})  # no public API lists the ops
+    runtime = {"engine": "litert", "ops": ops}
+    return Converted("tflite", data, predictor, inputs, outputs, runtime, float_bytes)
