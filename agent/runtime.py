@@ -176,6 +176,10 @@ def tflite_interpreter_class() -> tuple[Any, str]:
     """The first importable TFLite interpreter and the module it came from."""
     forced = os.environ.get("EDGEFLEET_TFLITE_RUNTIME")
     candidates = [m for m in TFLITE_MODULES if forced is None or m.split(".")[0] == forced.split(".")[0]]
+    if not candidates:
+        raise InferenceError(f"EDGEFLEET_TFLITE_RUNTIME={forced} names no known TFLite interpreter",
+                             fix="set it to ai_edge_litert, tflite_runtime or tensorflow, or unset it "
+                             "(pip install 'edgefleet[litert]' provides ai_edge_litert)")
     errors = []
     for name in candidates:
         try:

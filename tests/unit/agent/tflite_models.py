@@ -1,0 +1,99 @@
+"""Real TFLite bundles for the agent's tests, built with TensorFlow's own converter.
+
+The model is the same linear softmax classifier as tests/unit/agent/models.py (same weights,
+so golden outputs come from numpy), exported as float32 and as full-integer int8 (int8 input
+and output tensors, calibrated on sample rows). The manifest carries the int8 tensors' scale
+and zero point, read back from the converted model. Building needs TensorFlow (the
+``tflite-convert`` extra); the second test environment (scripts/test-tflite-runtime, numpy<2
+and tflite-runtime, no TensorFlow) gets the bundles prebuilt:
+
+    .venv/bin/python -m tests.unit.agent.tflite_models OUTDIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.bundle import build_bundle_bytes
+from tests.unit.agent.models import FEATURES, LABELS, linear_probabilities, linear_weights
+
+KINDS = ("float32", "int8")
+BUNDLES_ENV = "EDGEFLEET_TFLITE_BUNDLES"
+
+
+def _tflite(kind: str, seed: int) -> bytes:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    weights, bias = linear_weights(seed)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, len(FEATURES)], tf.float32, name="features")])
+    def model(x: Any) -> Any:
+        return {"probabilities": tf.nn.softmax(tf.matmul(x, weights) + bias)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
+    if kind == "int8":
+        rows = np.random.default_rng(1).normal(size=(200, len(FEATURES))).astype(np.float32)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([r[None, :]] for r in rows)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return bytes(converter.convert())
+
+
+def _quantization(model: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model)
+    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
+
+    def q(detail: dict[str, Any]) -> dict[str, Any]:
+        scale, zero = detail["quantization"]
+        return {"scale": float(scale), "zero_point": int(zero)}
+    return q(inp), q(out)
+
+
+def make_tflite_bundle(kind: str = "float32", *, version: str = "1.0.0", seed: int = 0) -> bytes:
+    model = _tflite(kind, seed)
+    dtype = "int8" if kind == "int8" else "float32"
+    in_q, out_q = _quantization(model) if kind == "int8" else (None, None)
+    x = np.random.default_rng(100 + seed).normal(size=(40, len(FEATURES))).astype(np.float32)
+    probs = linear_probabilities(x, seed)
+    fields: dict[str, Any] = {
+        "schema_version": 1, "name": "iris", "version": version, "format": "tflite", "task": "classification",
+        "quantization": "int8" if kind == "int8" else "none", "runtime": {},
+        "inputs": [{"name": "features", "dtype": dtype, "shape": [-1, len(FEATURES)],
+                    "feature_names": list(FEATURES), "quantization": in_q}],
+        "outputs": [{"name": "probabilities", "dtype": dtype, "shape": [-1, len(LABELS)], "role": "probabilities",
+                     "quantization": out_q}],
+        "class_labels": list(LABELS), "profiles": ["generic-x86_64", "rpi4-64"],
+        "health_check": {"min_agreement": 0.9, "max_rel_error": 0.1, "latency_budget_ms": 50.0},
+    }
+    golden = {"inputs": x.tolist(), "outputs": {"label": [LABELS[i] for i in probs.argmax(axis=1)],
+                                                "probabilities": probs.tolist()}}
+    files = {"model.tflite": model, "golden.json": json.dumps(golden).encode(),
+             "reference.json": json.dumps({"rows": 40, "features": []}).encode()}
+    return build_bundle_bytes(fields, files)
+
+
+def bundle_bytes(kind: str) -> bytes:
+    """A prebuilt bundle from $EDGEFLEET_TFLITE_BUNDLES, else one built now (needs TensorFlow)."""
+    prebuilt = os.environ.get(BUNDLES_ENV)
+    if prebuilt:
+        return (Path(prebuilt) / f"iris-{kind}.tar.gz").read_bytes()
+    return make_tflite_bundle(kind)
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1])
+    target.mkdir(parents=True, exist_ok=True)
+    for k in KINDS:
+        (target / f"iris-{k}.tar.gz").write_bytes(make_tflite_bundle(k))
+    print(f"wrote {', '.join(f'iris-{k}.tar.gz' for k in KINDS)} to {target}")
