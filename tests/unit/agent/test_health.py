@@ -1,8 +1,10 @@
 """The on-device health check with real ONNX bundles and real onnxruntime.
 
-tests/support/bundles.py (the converter engineer's helper) was not committed while this was
-written, so ``onnx_bundle`` below builds small but real ONNX models with the onnx helper API
-and real bundles with edgefleet.bundle; golden outputs come from numpy (the "original model").
+Two sources of bundles: the converter's (tests/support/bundles.py: a real scikit-learn MLP
+converted by edgefleet, and its broken twin whose golden samples lie), and ``onnx_bundle``
+below, which builds tiny real ONNX models with the onnx helper API in milliseconds for the
+cases a converter never produces on purpose (a regressor off by a seed, NaN weights) and for
+the updater's tests, where dozens of bundles are pushed.
 """
 
 from __future__ import annotations
@@ -136,3 +138,28 @@ def test_malformed_golden_and_crashing_model_are_reported_not_raised(tmp_path: P
     wrong_width = {"inputs": [[1.0, 2.0]], "outputs": {"label": [0]}}
     report = check_health(session, slot.manifest, wrong_width)
     assert not report.passed and report.reason == "inference_error"
+
+
+def _staged(tmp_path: Path, bundle_path: Path) -> Any:
+    bundle = read_bundle(bundle_path)
+    slot = ModelStore(StateDir(tmp_path / "state").ensure()).stage(bundle)
+    return load_session(slot, load_profile("generic-x86_64")), slot
+
+
+def test_converter_made_bundle_passes(tmp_path: Path) -> None:
+    from tests.support.bundles import make_onnx_bundle
+
+    session, slot = _staged(tmp_path, make_onnx_bundle(tmp_path))
+    report = check_health(session, slot.manifest, slot.golden())
+    assert report.passed, report.message
+    assert report.agreement is not None and report.agreement >= slot.manifest.health_check.min_agreement
+    assert report.latency_p95_ms is not None and report.latency_p95_ms < 50.0
+
+
+def test_converter_made_broken_bundle_fails_its_golden_samples(tmp_path: Path) -> None:
+    from tests.support.bundles import make_broken_bundle
+
+    session, slot = _staged(tmp_path, make_broken_bundle(tmp_path))
+    report = check_health(session, slot.manifest, slot.golden())
+    assert not report.passed and report.reason == "golden_mismatch"
+    assert report.agreement is not None and report.agreement < slot.manifest.health_check.min_agreement
