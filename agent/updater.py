@@ -186,8 +186,9 @@ class Updater:
         self.machine = UpdateMachine()
         self.probation: Probation | None = None
         self.retry_at: float | None = None
-        # model -> sha256 of the bundle last tried for it: the server re-issues the same content
-        # under new counters (half-life refresh), which must not retry a bundle that failed.
+        # model -> "sha256@rollout_id" last tried for it. The server re-issues the same content
+        # under new counters (half-life refresh), which must not retry a bundle that failed; a
+        # new rollout of that bundle (another rollout id) does get a fresh attempt.
         self.attempted: dict[str, str] = {}
         self._bundle: Bundle | None = None
         self._session: WatchedSession | None = None
@@ -349,7 +350,7 @@ class Updater:
         if assignment is None:
             return None
         for name, target in sorted(assignment.models.items()):
-            if self.attempted.get(name) == target.sha256:
+            if self.attempted.get(name) == _attempt_key(target.sha256, assignment.rollout_id):
                 continue
             active = self._active_sha(name)
             if active == target.sha256:
@@ -379,7 +380,7 @@ class Updater:
             target = self._pending()
             if target is None:
                 return  # a finished update stays reported (committed/failed/rolled_back) until the next
-            self.attempted[target.model] = target.sha256
+            self.attempted[target.model] = _attempt_key(target.sha256, target.rollout_id)
             self.retry_at = None
             self._apply(Assign(target, now))
             self._drive()
@@ -647,6 +648,10 @@ class Updater:
             return
         if removed:
             log.info("removed %d old slot(s) of %s", len(removed), name)
+
+
+def _attempt_key(sha256: str, rollout_id: str | None) -> str:
+    return f"{sha256}@{rollout_id or ''}"
 
 
 def _same_document(envelope: bytes, stored: Any) -> bool:

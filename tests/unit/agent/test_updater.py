@@ -72,12 +72,13 @@ class Fleet:
         return ModelTarget(version, path, info.sha256, info.length)
 
     def sign(self, target: ModelTarget, counter: int | None = None, device: str = DEVICE,
-             signer: DirectorSigner | None = None, expires_in: float = 3600, issued_ago: float = 0) -> bytes:
+             signer: DirectorSigner | None = None, expires_in: float = 3600, issued_ago: float = 0,
+             rollout: str = "ro-1") -> bytes:
         if counter is None:
             self.counter += 1
             counter = self.counter
         issued = datetime.fromtimestamp(self.clock() - issued_ago, UTC)
-        assignment = Assignment(device, counter, issued, issued + timedelta(seconds=expires_in), "ro-1",
+        assignment = Assignment(device, counter, issued, issued + timedelta(seconds=expires_in), rollout,
                                 {"digits": target})
         return (signer or self.director).sign(assignment)
 
@@ -192,9 +193,6 @@ def test_probation_failure_rolls_back_to_the_previous_version(fleet: Fleet) -> N
     assert last["details"]["cause"] == "latency"
     assert fleet.serving_version() == "1.0.0"
     assert ModelStore(fleet.state).active("digits").version == "1.0.0"  # type: ignore[union-attr]
-    # The server re-issues the same content under a new counter: the failed bundle is not retried.
-    updater.handle_assignment(fleet.sign(fleet.push("1.1.0", seed=1)))
-    assert fleet.names()[-1] == "rolled_back" and fleet.serving_version() == "1.0.0"
 
 
 def test_crash_loop_in_probation_rolls_back(fleet: Fleet) -> None:
@@ -394,3 +392,18 @@ def test_redelivered_retained_assignment_is_not_a_replay(fleet: Fleet) -> None:
     assert len(fleet.events) == count  # no `failed replayed_counter` noise
     tampered = envelope.replace(b'"counter":1', b'"counter":5')
     assert fleet.updater().handle_assignment(tampered).reason == "bad_signature"
+
+
+def test_failed_bundle_is_tried_again_only_by_a_new_rollout(fleet: Fleet) -> None:
+    install(fleet, "1.0.0")
+    updater = fleet.updater(probation=ProbationConfig(duration_s=30, min_requests=5, latency_budget_multiplier=1e-9))
+    target = fleet.push("1.1.0", seed=1)
+    updater.handle_assignment(fleet.sign(target))
+    fleet.traffic(20)
+    updater.tick()
+    assert fleet.names()[-1] == "rolled_back"
+    count = len(fleet.events)
+    updater.handle_assignment(fleet.sign(target))  # the same rollout, re-issued: not again
+    assert len(fleet.events) == count
+    updater.handle_assignment(fleet.sign(target, rollout="ro-2"))  # an operator's new rollout: try again
+    assert fleet.names()[count:] == LIFECYCLE and fleet.events[-1]["rollout_id"] == "ro-2"
