@@ -407,3 +407,44 @@ def test_failed_bundle_is_tried_again_only_by_a_new_rollout(fleet: Fleet) -> Non
     assert len(fleet.events) == count
     updater.handle_assignment(fleet.sign(target, rollout="ro-2"))  # an operator's new rollout: try again
     assert fleet.names()[count:] == LIFECYCLE and fleet.events[-1]["rollout_id"] == "ro-2"
+
+
+def test_attach_wires_updates_to_a_real_broker(fleet: Fleet, mosquitto: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's extension hook: `desired` in over a real Mosquitto, `events` out."""
+    from types import SimpleNamespace
+
+    from agent.link import Link
+    from agent.updater import attach
+    from edgefleet import topics
+    from tests.integration.agent.harness import Observer, eventually
+
+    monkeypatch.setenv("EDGEFLEET_UPDATE_TICK_S", "0.05")
+    identity = fleet.state.load_identity()
+    fleet.state.save_identity(Identity(DEVICE, identity.server_url, mosquitto.url, PROFILE, {},
+                                       identity.tuf_metadata_url, identity.tuf_targets_url))
+    link = Link(DEVICE, mosquitto.url)
+    reports: list[int] = []
+    daemon = SimpleNamespace(state=fleet.state, store=ModelStore(fleet.state), serving=fleet.serving,
+                             profile=load_profile(PROFILE), link=link, publish_reported=lambda: reports.append(1))
+    observer = Observer(mosquitto.port, topics.events(DEVICE))
+    ticker = attach(daemon)
+    assert ticker is not None
+    link.start()
+    try:
+        observer.publish(topics.desired(DEVICE), fleet.sign(fleet.push("1.0.0")), retain=True)
+        assert eventually(lambda: [m["event"] for m in observer.messages] == LIFECYCLE, 20), observer.messages
+        assert fleet.serving_version() == "1.0.0" and len(reports) >= len(LIFECYCLE)
+    finally:
+        ticker.close()
+        link.stop()
+        observer.close()
+
+
+def test_attach_stays_out_of_a_device_without_a_trust_root(fleet: Fleet) -> None:
+    from types import SimpleNamespace
+
+    from agent.updater import attach
+
+    fleet.state.tuf_root_file.unlink()
+    assert attach(SimpleNamespace(state=fleet.state, link=object())) is None
+    assert attach(SimpleNamespace(state=fleet.state, link=None)) is None
