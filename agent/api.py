@@ -105,14 +105,23 @@ class ApiServer:
                     socket_path: str | os.PathLike[str] | None = None) -> None:
         """Listen on ``host:port`` (``host=None`` disables TCP) and/or on a Unix socket."""
         if host is not None:
-            server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD_BYTES)
+            try:
+                server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD_BYTES)
+            except OSError as exc:
+                raise AgentError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                 fix="pick another --http-port (0 picks a free one), or stop what uses it") from exc
             self._servers.append(server)
             sockname = server.sockets[0].getsockname()
             self.tcp_address = (str(sockname[0]), int(sockname[1]))
         if socket_path is not None:
             path = Path(socket_path)
             _remove_stale_socket(path)
-            server = await asyncio.start_unix_server(self._serve, str(path), limit=MAX_HEAD_BYTES)
+            try:
+                server = await asyncio.start_unix_server(self._serve, str(path), limit=MAX_HEAD_BYTES)
+            except OSError as exc:
+                # AF_UNIX paths are limited to 107 bytes, so a deep state directory fails here.
+                raise AgentError(f"cannot listen on the Unix socket {path}: {exc.strerror or exc}",
+                                 fix="use a shorter --state-dir, or run with --no-socket") from exc
             # 0660: the agent's group may predict; other local users may not.
             os.chmod(path, 0o660)
             self._servers.append(server)

@@ -151,7 +151,7 @@ class Daemon:
         if name == "report":
             self.reload()
             if self.link is not None:
-                self.link.set_reported({**self.reported(), "requested_at": time.time()})
+                self.link.report_now()
         elif name == "log_level" and isinstance(args, dict):
             level = str(args.get("level", "INFO")).upper()
             if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -209,7 +209,7 @@ class Daemon:
             await self._shutdown()
 
     def stop(self) -> None:
-        """Ask a running daemon to stop (thread-safe only from the loop's thread)."""
+        """Ask a running daemon to stop; call it on the daemon's event loop (signals do)."""
         if self._stop is not None:
             self._stop.set()
 

@@ -168,6 +168,11 @@ class Link:
         if changed and self.connected:
             self._publish_reported()
 
+    def report_now(self) -> None:
+        """Publish the reported state again even if unchanged (the server's "report" command)."""
+        if self.connected:
+            self._publish_reported()
+
     def publish(self, kind: str, document: Mapping[str, Any], *, retain: bool = False) -> bool:
         """Publish to one of this device's outgoing topics (events, telemetry). QoS 1; paho
         queues it while offline and sends it after reconnecting. Returns False if refused."""
