@@ -206,7 +206,7 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
     }
     if static:
         report["calibration_method"] = options.calibration_method
-        report["calibration_rows"] = int(len(calibration_rows)) if calibration_rows is not None else 0
+        report["calibration_rows"] = len(calibration_rows) if calibration_rows is not None else 0
     step("latency")
     latency = {
         "original": measure(original_predictor.predict, evaluation.features).to_dict(),

@@ -22,6 +22,8 @@ INPUT_NAME = "input"
 # Opset 17 is read by onnxruntime >= 1.13, onnx2tf and every runtime a profile names.
 OPSET = 17
 ML_OPSET = 3
+# onnxmltools' LightGBM and XGBoost converters stop at opset 15 (onnxmltools 1.16).
+BOOSTING_OPSET = 15
 
 
 def float_onnx(source: SourceModel) -> onnx.ModelProto:
@@ -30,18 +32,20 @@ def float_onnx(source: SourceModel) -> onnx.ModelProto:
         model: onnx.ModelProto = source.model
         return tidy(model)
     if source.framework == "sklearn":
-        return tidy(_from_sklearn(source))
+        return _with_default_opset(tidy(_from_sklearn(source)))
     if source.framework in ("lightgbm", "xgboost"):
-        return tidy(_from_boosting(source))
+        return _with_default_opset(tidy(_from_boosting(source)))
     raise UnsupportedOpError(f"a {source.framework} model cannot be exported to ONNX here",
                              op=source.kind or source.framework,
                              fix="use --format tflite for Keras and SavedModel sources")
 
 
-def _initial_types(source: SourceModel) -> list[tuple[str, Any]]:
-    from skl2onnx.common.data_types import FloatTensorType
-
-    return [(INPUT_NAME, FloatTensorType([None, source.n_features]))]
+def _with_default_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Declare the standard domain even when only ai.onnx.ml ops are used (a lone LinearRegressor):
+    onnxruntime's quantizer refuses a model without it."""
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("", OPSET))
+    return model
 
 
 def _from_sklearn(source: SourceModel) -> onnx.ModelProto:
@@ -50,8 +54,10 @@ def _from_sklearn(source: SourceModel) -> onnx.ModelProto:
     estimator = source.model
     final = estimator.steps[-1][1] if getattr(estimator, "steps", None) else estimator
     options = {id(final): {"zipmap": False}} if source.task == "classification" else None
+    from skl2onnx.common.data_types import FloatTensorType
+
     try:
-        return to_onnx(estimator, initial_types=_initial_types(source), options=options,
+        return to_onnx(estimator, initial_types=[(INPUT_NAME, FloatTensorType([None, source.n_features]))], options=options,
                        target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET})
     except (RuntimeError, NotImplementedError, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise UnsupportedOpError(
@@ -63,12 +69,15 @@ def _from_sklearn(source: SourceModel) -> onnx.ModelProto:
 
 def _from_boosting(source: SourceModel) -> onnx.ModelProto:
     import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
 
+    # onnxmltools checks the input type's class: skl2onnx's FloatTensorType is refused.
+    initial_types = [(INPUT_NAME, FloatTensorType([None, source.n_features]))]
     try:
         if source.framework == "lightgbm":
-            return onnxmltools.convert_lightgbm(source.model, initial_types=_initial_types(source),
-                                                target_opset=OPSET, zipmap=False)
-        return onnxmltools.convert_xgboost(source.model, initial_types=_initial_types(source), target_opset=OPSET)
+            return onnxmltools.convert_lightgbm(source.model, initial_types=initial_types,
+                                                target_opset=BOOSTING_OPSET, zipmap=False)
+        return onnxmltools.convert_xgboost(source.model, initial_types=initial_types, target_opset=BOOSTING_OPSET)
     except (RuntimeError, NotImplementedError, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise NotAModelError(f"onnxmltools cannot convert this {source.framework} model: {exc}",
                              fix=f"check the {source.framework} version against onnxmltools' supported versions") from exc

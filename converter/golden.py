@@ -71,4 +71,4 @@ def reference_document(features: np.ndarray, feature_names: Sequence[str] | None
         labels = list(class_labels or [])
         predicted = [str(v) for v in original.top1(labels)]
         outputs = {"kind": "classes", "labels": labels, "counts": [predicted.count(str(c)) for c in labels]}
-    return {"rows": int(len(features)), "features": per_feature, "outputs": outputs}
+    return {"rows": len(features), "features": per_feature, "outputs": outputs}

@@ -17,7 +17,7 @@ from onnx import TensorProto
 from converter.errors import NotAModelError, UnsupportedOpError
 
 ML_DOMAIN = "ai.onnx.ml"
-_DTYPES = {
+_DTYPES: dict[int, str] = {
     TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64",
     TensorProto.INT8: "int8", TensorProto.UINT8: "uint8", TensorProto.INT32: "int32",
     TensorProto.INT64: "int64", TensorProto.STRING: "string", TensorProto.BOOL: "bool",

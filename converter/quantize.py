@@ -21,7 +21,6 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,15 +33,17 @@ if TYPE_CHECKING:
 ONNX_MODES = ("none", "fp16", "int8-dynamic", "int8-static", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 MAX_CALIBRATION_ROWS = 1024
-_CALIBRATION_BATCH = 64
 
 
 class _Rows:
-    """onnxruntime's CalibrationDataReader protocol over a float32 matrix, in fixed-size batches."""
+    """onnxruntime's CalibrationDataReader protocol: all calibration rows as one batch.
+
+    One batch, because the Entropy and Percentile calibrators stack per-batch results with
+    numpy and fail on a shorter last batch; at most MAX_CALIBRATION_ROWS rows keeps it small.
+    """
 
     def __init__(self, input_name: str, rows: np.ndarray) -> None:
-        self._batches: Iterator[np.ndarray] = iter(
-            [rows[i:i + _CALIBRATION_BATCH] for i in range(0, len(rows), _CALIBRATION_BATCH)])
+        self._batches: Iterator[np.ndarray] = iter([rows])
         self._input_name = input_name
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -58,7 +59,7 @@ def quantize_onnx(model: onnx.ModelProto, mode: str, *, input_name: str, calibra
     """Return ``model`` quantized as ``mode``; see the module docstring for the modes."""
     import onnx
 
-    from converter.onnxgraph import tidy
+    from converter.onnxgraph import ml_ops, tidy
 
     if mode not in ONNX_MODES:
         raise OptionsError(f"quantization {mode!r} is not known for ONNX", fix=f"use one of {', '.join(ONNX_MODES)}")
@@ -66,6 +67,10 @@ def quantize_onnx(model: onnx.ModelProto, mode: str, *, input_name: str, calibra
         return model
     if mode == "fp16":
         return _fp16(model)
+    if all(n.domain not in ("", "ai.onnx") for n in model.graph.node):
+        raise OptionsError(f"{mode} quantization has nothing to quantize: every op is an ai.onnx.ml op "
+                           f"({', '.join(ml_ops(model))}), which int8 quantization leaves in float32",
+                           fix="use --quantize none (or fp16 for a GPU profile)")
     with tempfile.TemporaryDirectory(prefix="edgefleet-quant-") as tmp:
         work = Path(tmp)
         source, prepared, output = work / "float.onnx", work / "prepared.onnx", work / "quantized.onnx"
@@ -119,6 +124,11 @@ def _without_float_casts(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+# Shape inference knows no types for the outputs of ai.onnx.ml ops (a Pipeline's Scaler feeding
+# a MatMul); without a default the quantizer refuses the graph. 1 is TensorProto.FLOAT.
+_EXTRA_OPTIONS = {"DefaultTensorType": 1}
+
+
 def _preprocess(source: Path, output: Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -134,7 +144,7 @@ def _dynamic(source: Path, output: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
-        quantize_dynamic(str(source), str(output), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(source), str(output), weight_type=QuantType.QInt8, extra_options=_EXTRA_OPTIONS)
     except Exception as exc:
         raise ConverterError(f"onnxruntime dynamic quantization failed: {exc}", fix="try --quantize fp16 or none") from exc
 
@@ -149,7 +159,7 @@ def _static(source: Path, output: Path, input_name: str, rows: np.ndarray, metho
     try:
         quantize_static(str(source), str(output), _Rows(input_name, rows), quant_format=QuantFormat.QDQ,
                         per_channel=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method])
+                        calibrate_method=methods[method], extra_options=_EXTRA_OPTIONS)
     except Exception as exc:
         raise ConverterError(f"onnxruntime static quantization failed: {exc}",
                              fix="check the calibration data, or try --quantize int8-dynamic") from exc

@@ -131,14 +131,11 @@ class TensorflowPredictor:
         return Outputs(probabilities=values)
 
 
-def _converter_for(tf: ModuleType, source: SourceModel, workdir: Path) -> tuple[Any, int]:
-    """A TFLiteConverter for ``source`` and the size of its float original (the report's "before")."""
-    if source.framework == "keras":
-        return tf.lite.TFLiteConverter.from_keras_model(source.model), source.size
-    if source.framework == "savedmodel":
-        return tf.lite.TFLiteConverter.from_saved_model(str(source.path)), source.size
-    import onnx
+def _standard_part(source: SourceModel) -> tuple[Any, int]:
+    """The float ONNX sub-graph TFLite can take, and the float ONNX size (the report's "before").
 
+    Checked before TensorFlow is imported, so an unsupported op fails fast.
+    """
     from converter.export import float_onnx
     from converter.onnxgraph import graph_outputs, single_input, standard_subgraph
 
@@ -149,8 +146,18 @@ def _converter_for(tf: ModuleType, source: SourceModel, workdir: Path) -> tuple[
         raise NotAModelError(f"{source.path} has no {role} output to convert to TFLite",
                              fix="export classifiers with a probabilities output (ZipMap disabled)")
     sub = standard_subgraph(float_model, single_input(float_model, str(source.path)).name, [wanted], "TFLite")
+    return sub, len(float_model.SerializeToString())
+
+
+def _converter_for(tf: ModuleType, source: SourceModel, standard_part: Any, workdir: Path) -> Any:
+    if source.framework == "keras":
+        return tf.lite.TFLiteConverter.from_keras_model(source.model)
+    if source.framework == "savedmodel":
+        return tf.lite.TFLiteConverter.from_saved_model(str(source.path))
+    import onnx
+
     onnx_path = workdir / "model.onnx"
-    onnx.save_model(sub, onnx_path)
+    onnx.save_model(standard_part, onnx_path)
     saved_model = workdir / "saved_model"
     onnx2tf = _onnx2tf()
     try:
@@ -162,7 +169,7 @@ def _converter_for(tf: ModuleType, source: SourceModel, workdir: Path) -> tuple[
                              fix="use --format onnx, or simplify the model to standard ONNX ops") from exc
     except Exception as exc:
         raise ConverterError(f"onnx2tf could not convert the model: {exc}", fix="use --format onnx") from exc
-    return tf.lite.TFLiteConverter.from_saved_model(str(saved_model)), len(float_model.SerializeToString())
+    return tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
 
 
 def _onnx2tf() -> ModuleType:
@@ -206,9 +213,11 @@ def _spec(detail: dict[str, Any], role: str) -> dict[str, Any]:
 
 
 def build_tflite(source: SourceModel, quantize: str, calibration: np.ndarray | None) -> Converted:
+    standard_part, float_bytes = (None, source.size) if source.framework in ("keras", "savedmodel") \
+        else _standard_part(source)
     tf = _tensorflow()
     with tempfile.TemporaryDirectory(prefix="edgefleet-tflite-") as tmp:
-        converter, float_bytes = _converter_for(tf, source, Path(tmp))
+        converter = _converter_for(tf, source, standard_part, Path(tmp))
         _configure(tf, converter, quantize, calibration)
         try:
             with _quiet_native_output():

@@ -1,0 +1,113 @@
+"""``edgefleet convert``: the converter's command line.
+
+Registered by ``register(sub)`` from edgefleet/cli.py. Everything heavy is imported inside
+the handler, so ``edgefleet --help`` on a device never loads skl2onnx or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = """\
+Convert a trained model into a verified bundle for one firmware profile.
+
+The converter exports the model (scikit-learn, LightGBM, XGBoost, ONNX, Keras, SavedModel) to
+ONNX or TFLite, quantizes it, runs the original and the converted model side by side on your
+validation data, and writes DIR/NAME-VERSION.tar.gz only if the result meets the profile's
+tolerance and size budget (see `edgefleet profiles show PROFILE`).
+
+quantization:
+  none          float32, as exported
+  fp16          float16 weights: half the size, for GPU profiles (Jetson)
+  int8-dynamic  int8 weights, activations quantized at run time: no calibration data needed
+  int8-static   int8 weights and activations (ONNX QDQ), ranges from --calibration data
+  int8          full-integer TFLite (int8 input and output too); for ONNX the same as int8-static
+
+examples:
+  edgefleet convert digits.joblib --profile rpi4-64 --name digits --version 1.0.0 \\
+      --quantize int8-static --calibration calib.csv --validation val.csv --labels label -o dist/
+  edgefleet convert digits.joblib --profile rpi4-64 --name digits-lite --version 1.0.0 \\
+      --format tflite --quantize int8 --calibration calib.csv -o dist/ --json
+
+Unpickling (.joblib, .pkl) runs code stored in the file: convert only models you trust.
+"""
+
+
+def register(sub: Any) -> None:
+    from edgefleet.cli import _Formatter
+
+    parser = sub.add_parser("convert", help="convert a trained model into a verified bundle for a firmware profile",
+                            description=DESCRIPTION, formatter_class=_Formatter)
+    parser.add_argument("model", type=Path, help="model file (.joblib, .pkl, .onnx, .keras) or SavedModel directory")
+    parser.add_argument("--profile", required=True, help="firmware profile name (see `edgefleet profiles list`) or .toml path")
+    parser.add_argument("--name", required=True, help="model name in the registry (lowercase, e.g. digits)")
+    parser.add_argument("--version", required=True, help="semantic version of this bundle, e.g. 1.0.0")
+    parser.add_argument("--format", choices=["onnx", "tflite"], default=None,
+                        help="output format (default: the profile's default_format; TFLite for Keras sources)")
+    parser.add_argument("--quantize", choices=["none", "fp16", "int8-dynamic", "int8-static", "int8"], default=None,
+                        help="quantization (default: the profile's default_quantization)")
+    parser.add_argument("--calibration", type=Path, default=None,
+                        help="calibration rows for static/full int8 (CSV, NPY, NPZ or Parquet)")
+    parser.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                        help="how int8-static ONNX quantization picks activation ranges")
+    parser.add_argument("--validation", type=Path, default=None,
+                        help="held-out rows to prove the converted model on (else the calibration rows)")
+    parser.add_argument("--labels", default=None, metavar="COLUMN",
+                        help="label column in the data files (name, or 0-based index without a header): "
+                             "taken out of the features and used for accuracy")
+    parser.add_argument("-o", "--output", type=Path, default=Path("."), metavar="DIR", help="directory for the bundle")
+    parser.add_argument("--force", action="store_true", help="write the bundle even if the tolerance or size budget is missed")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    parser.set_defaults(handler=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from converter.conversion import STEPS, ConvertOptions, convert
+    from converter.errors import ToleranceError
+    from edgefleet.console import Progress
+
+    options = ConvertOptions(
+        model_path=args.model, profile=args.profile, name=args.name, version=args.version, output_dir=args.output,
+        format=args.format, quantize=args.quantize, calibration=args.calibration, validation=args.validation,
+        labels=args.labels, calibration_method=args.calibration_method, force=args.force,
+    )
+    with Progress("converting", total=len(STEPS), enabled=not args.json) as progress:
+        try:
+            result = convert(options, progress=lambda _step: progress.update())
+        except ToleranceError as exc:
+            progress.close()
+            _print_report(exc.report, args.json)
+            raise
+    _print_report(result.report, args.json)
+    return 0
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    from edgefleet.console import format_kv, human_bytes, print_json, print_table
+
+    if as_json:
+        print_json(report)
+        return
+    pairs: list[tuple[str, Any]] = [
+        ("bundle", report.get("bundle", "(not written)")),
+        ("sha256", report.get("sha256")),
+        ("profile", report.get("profile")),
+        ("format", report.get("format")),
+        ("quantization", report.get("quantization")),
+        ("proved on", f"{report.get('rows')} rows of {report.get('data')} data"),
+        ("size", f"{human_bytes(report['size_before'])} -> {human_bytes(report['size_after'])} "
+                 f"({report.get('size_ratio', 0) * 100:.1f}%)"),
+    ]
+    for key in ("agreement", "accuracy_original", "accuracy_converted", "accuracy_drop", "max_abs_error",
+                "mean_abs_error", "rel_error", "calibration_method", "calibration_rows"):
+        if key in report:
+            pairs.append((key.replace("_", " "), report[key]))
+    pairs.append(("result", "passed" if report.get("passed") else "FAILED: " + "; ".join(report.get("failures", []))))
+    print(format_kv(pairs))
+    latency = report.get("latency", {})
+    if latency:
+        print()
+        print_table(["host latency", "p50 ms", "p95 ms", "batch rows/s"],
+                    [(model, t["p50_ms"], t["p95_ms"], f"{t['batch_rows_per_s']:,.0f}") for model, t in latency.items()])
