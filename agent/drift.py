@@ -66,7 +66,7 @@ class _Binner:
         for i, e in enumerate(edges):
             inner[i, : max(len(e) - 2, 0)] = e[1:-1]
         self.inner = inner
-        self.offsets = np.concatenate(([0], np.cumsum(self.bins)[:-1])).astype(np.int64)
+        self.offsets = (np.cumsum(self.bins) - self.bins).astype(np.int64)
         self.total = int(self.bins.sum())
 
     def count(self, values: np.ndarray) -> np.ndarray:
@@ -88,7 +88,7 @@ class _Binner:
         return np.bincount(flat, minlength=self.total)
 
     def split(self, flat: np.ndarray) -> list[np.ndarray]:
-        return np.split(flat, self.offsets[1:])
+        return [flat[o : o + b] for o, b in zip(self.offsets, self.bins, strict=True)]
 
 
 class DriftWindow:
@@ -132,7 +132,9 @@ class DriftWindow:
         matrix = np.asarray(rows, dtype=np.float64)
         if matrix.ndim == 1:
             matrix = matrix[None, :]
-        if matrix.ndim != 2 or matrix.shape[1] != len(self.reference.features):
+        if not self.reference.features:
+            matrix = np.zeros((0, 0))  # a bundle without input bins: outputs are still counted
+        elif matrix.ndim != 2 or matrix.shape[1] != len(self.reference.features):
             raise DriftError(f"rows of shape {list(matrix.shape)} do not fit a reference of "
                              f"{len(self.reference.features)} features",
                              fix="count the same input matrix the model ran on")

@@ -156,3 +156,11 @@ def test_cost_per_row_for_64_features_is_tiny(reference: dict[str, Any]) -> None
     per_row_us = (time.perf_counter() - start) / (50 * 256) * 1e6
     print(f"drift observe: {per_row_us:.2f} us per row of {FEATURES} features")
     assert per_row_us < 50  # generous: a shared CI core; docs/telemetry.md has the measured figure
+
+
+def test_a_reference_without_feature_bins_still_counts_outputs() -> None:
+    window = DriftWindow({"rows": 2, "features": [],
+                          "outputs": {"kind": "classes", "labels": ["a", "b"], "counts": [1, 1]}})
+    window.observe([[1.0, 2.0, 3.0]], ["b"], now=0.0)
+    assert window.scores(0.0) == []
+    assert window.take_interval() == ((), (0, 1))

@@ -1,0 +1,277 @@
+"""Per-model serving metrics and process resource use, turned into telemetry records.
+
+``Metrics`` counts, per model version and per reporting interval: inferences, errors by kind,
+latency (a log-bucketed histogram, so memory is bounded whatever the traffic and percentiles
+are within ``LatencyHistogram.RATIO`` of the truth), and ground-truth feedback. Its
+``observe`` has the signature of ``agent.serving.Observer``, so
+``table.add_observer(metrics.observe)`` wires it to the serving table. Feedback needs the
+prediction it judges: ``remember`` keeps the last ``remember_limit`` requests' predictions by
+request id, ``feedback(request_id, label)`` scores one, and ``accuracy`` is the rolling share
+correct over the last ``accuracy_window`` labels of that model version.
+
+``take_records`` closes the interval: it returns one ``edgefleet.telemetry.ModelRecord`` per
+model version seen (with drift and output counts from the matching ``DriftWindow``) and resets
+the interval counters.
+
+``ResourceReader`` reads the agent process's CPU time and RSS from ``/proc`` and the board
+temperature from ``/sys/class/thermal`` (the hottest zone; None where the board exposes none),
+with no psutil. The parsers are pure functions; the reader takes the roots and a clock so
+tests can point it at a prepared tree.
+
+It does not publish, store or decide anything: the daemon's reporter does.
+
+    AgentError (agent.errors)
+    └── FeedbackError   feedback for a request id that is unknown or has expired
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.drift import DriftWindow
+from agent.errors import AgentError
+from edgefleet.telemetry import Feedback, Latency, ModelRecord, Resource
+
+DEFAULT_ACCURACY_WINDOW = 500
+DEFAULT_REMEMBER = 10_000
+
+ModelKey = tuple[str, str]
+"""(model name, version)."""
+
+
+class FeedbackError(AgentError):
+    """Feedback names a request the agent does not remember."""
+
+
+class LatencyHistogram:
+    """Latencies in log-spaced buckets from ``LOW_MS`` up: bounded memory, ~5% percentile error."""
+
+    RATIO = 1.05
+    LOW_MS = 0.01
+    BUCKETS = 400  # 0.01 ms * 1.05**400 is about 3 hours: nothing real falls off the end
+
+    def __init__(self) -> None:
+        self.counts = [0] * (self.BUCKETS + 1)
+        self.total = 0
+        self._log_ratio = math.log(self.RATIO)
+
+    def add(self, ms: float) -> None:
+        if not ms > self.LOW_MS:  # also catches NaN
+            index = 0
+        else:
+            index = min(self.BUCKETS, 1 + int(math.log(ms / self.LOW_MS) / self._log_ratio))
+        self.counts[index] += 1
+        self.total += 1
+
+    def percentile(self, q: float) -> float | None:
+        """The ``q``-th percentile (0-100): the geometric middle of the bucket holding it."""
+        if self.total == 0:
+            return None
+        rank = max(1, math.ceil(self.total * q / 100.0))
+        seen = 0
+        for index, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                if index == 0:
+                    return self.LOW_MS
+                lower = self.LOW_MS * self.RATIO ** (index - 1)
+                return lower * math.sqrt(self.RATIO)
+        return None  # unreachable: the counts add up to total
+
+    def latency(self) -> Latency | None:
+        p50, p95, p99 = (self.percentile(q) for q in (50, 95, 99))
+        if p50 is None or p95 is None or p99 is None:
+            return None
+        return Latency(p50, p95, p99)
+
+
+@dataclass
+class _Interval:
+    count: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    labels: int = 0
+    correct: int = 0
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Rolling accuracy of one model version over its last ``labels`` feedback labels."""
+
+    model: str
+    version: str
+    labels: int
+    correct: int
+
+    @property
+    def value(self) -> float | None:
+        return self.correct / self.labels if self.labels else None
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    model: str
+    version: str
+    predictions: tuple[str, ...]
+
+
+class Metrics:
+    """Counters for every model version this agent serves. Thread-safe."""
+
+    def __init__(self, *, accuracy_window: int = DEFAULT_ACCURACY_WINDOW,
+                 remember_limit: int = DEFAULT_REMEMBER) -> None:
+        self.accuracy_window = accuracy_window
+        self.remember_limit = remember_limit
+        self._lock = threading.Lock()
+        self._interval: dict[ModelKey, _Interval] = {}
+        self._recent: dict[ModelKey, deque[bool]] = {}
+        self._requests: OrderedDict[str, _Remembered] = OrderedDict()
+
+    def _entry(self, key: ModelKey) -> _Interval:
+        entry = self._interval.get(key)
+        if entry is None:
+            entry = self._interval[key] = _Interval()
+        return entry
+
+    def observe(self, model: str, version: str, latency_ms: float, ok: bool, error_kind: str = "inference") -> None:
+        """Count one request (``agent.serving.Observer``); a failed one counts under ``error_kind``."""
+        with self._lock:
+            entry = self._entry((model, version))
+            entry.count += 1
+            entry.latency.add(latency_ms)
+            if not ok:
+                entry.errors[error_kind] += 1
+
+    def error(self, model: str, version: str, kind: str) -> None:
+        """Count an error that never reached the runtime (bad input, timeout)."""
+        with self._lock:
+            self._entry((model, version)).errors[kind] += 1
+
+    def remember(self, request_id: str, model: str, version: str, predictions: Sequence[Any]) -> None:
+        """Keep a request's predictions so that later feedback can be scored against them."""
+        with self._lock:
+            self._requests[request_id] = _Remembered(model, version, tuple(str(p) for p in predictions))
+            self._requests.move_to_end(request_id)
+            while len(self._requests) > self.remember_limit:
+                self._requests.popitem(last=False)
+
+    def feedback(self, request_id: str, label: Any, *, row: int = 0) -> bool:
+        """Score the ground-truth ``label`` of row ``row`` of an earlier request; True if it was right."""
+        with self._lock:
+            seen = self._requests.get(request_id)
+            if seen is None:
+                raise FeedbackError(f"no prediction with request id {request_id!r} is remembered",
+                                    fix=f"send feedback for one of the last {self.remember_limit} requests, "
+                                        "with the request_id the predict API returned")
+            if not 0 <= row < len(seen.predictions):
+                raise FeedbackError(f"request {request_id!r} has {len(seen.predictions)} row(s); row {row} does not exist",
+                                    fix="send the row index of the prediction the label is for")
+            # Labels compare as strings, like the drift counters do: 3 and "3" are one class.
+            correct = seen.predictions[row] == str(label)
+            key = (seen.model, seen.version)
+            entry = self._entry(key)
+            entry.labels += 1
+            entry.correct += int(correct)
+            recent = self._recent.setdefault(key, deque(maxlen=self.accuracy_window))
+            recent.append(correct)
+            return correct
+
+    def accuracy(self, model: str, version: str) -> Accuracy:
+        with self._lock:
+            recent = self._recent.get((model, version), deque())
+            return Accuracy(model, version, len(recent), sum(recent))
+
+    def accuracies(self) -> list[Accuracy]:
+        with self._lock:
+            keys = sorted(self._recent)
+        return [self.accuracy(m, v) for m, v in keys]
+
+    def take_records(self, drift: Mapping[ModelKey, DriftWindow] | None = None, *,
+                     include_features: bool = True) -> list[ModelRecord]:
+        """Close the interval: one record per model version with traffic or drift counts."""
+        drift = drift or {}
+        with self._lock:
+            taken, self._interval = self._interval, {}
+        records = []
+        for key in sorted(set(taken) | set(drift)):
+            entry = taken.get(key) or _Interval()
+            features, outputs = drift[key].take_interval(include_features=include_features) if key in drift else ((), ())
+            if not entry.count and not entry.errors and not entry.labels and not any(outputs) \
+                    and not any(any(f) for f in features):
+                continue  # an idle model costs no bytes
+            records.append(ModelRecord(
+                model=key[0], version=key[1], count=entry.count, errors=dict(entry.errors),
+                latency=entry.latency.latency(), outputs=outputs if any(outputs) else (),
+                drift=features if any(any(f) for f in features) else (),
+                feedback=Feedback(entry.labels, entry.correct),
+            ))
+        return records
+
+
+# ---- resource use from /proc and /sys ----------------------------------------------------
+
+def parse_proc_stat_cpu_ticks(text: str) -> int:
+    """utime + stime (clock ticks) from ``/proc/PID/stat``.
+
+    The command name (field 2) is in parentheses and may hold spaces or ')', so fields are
+    counted from the last ')'.
+    """
+    rest = text[text.rindex(")") + 2:].split()
+    # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return int(rest[11]) + int(rest[12])
+
+
+def parse_statm_rss(text: str, page_size: int) -> int:
+    """Resident set size in bytes from ``/proc/PID/statm`` (second field, in pages)."""
+    return int(text.split()[1]) * page_size
+
+
+def read_temperature_c(sys_root: Path) -> float | None:
+    """The hottest thermal zone in degrees C, or None where the board exposes none."""
+    readings = []
+    for zone in sorted((sys_root / "class" / "thermal").glob("thermal_zone*/temp")):
+        try:
+            readings.append(int(zone.read_text().strip()) / 1000.0)  # millidegrees
+        except (OSError, ValueError):
+            continue  # some zones refuse reads (EIO/ENODATA) on real boards
+    return max(readings) if readings else None
+
+
+class ResourceReader:
+    """CPU % since the previous read, RSS and temperature of a process, without psutil."""
+
+    def __init__(self, *, proc_root: str | Path = "/proc", sys_root: str | Path = "/sys", pid: int | str = "self",
+                 clock: Callable[[], float] = time.monotonic,
+                 ticks_per_s: int | None = None, page_size: int | None = None) -> None:
+        self.proc = Path(proc_root) / str(pid)
+        self.sys_root = Path(sys_root)
+        self._clock = clock
+        self._ticks = ticks_per_s or os.sysconf("SC_CLK_TCK")
+        self._page = page_size or os.sysconf("SC_PAGE_SIZE")
+        self._last: tuple[float, int] | None = None
+
+    def read(self) -> Resource:
+        now = self._clock()
+        cpu: float | None = None
+        rss: int | None = None
+        try:
+            ticks = parse_proc_stat_cpu_ticks((self.proc / "stat").read_text())
+        except (OSError, ValueError, IndexError):
+            ticks = None
+        if ticks is not None:
+            if self._last is not None and now > self._last[0]:
+                cpu = max(0.0, (ticks - self._last[1]) / self._ticks / (now - self._last[0]) * 100.0)
+            self._last = (now, ticks)
+        try:
+            rss = parse_statm_rss((self.proc / "statm").read_text(), self._page)
+        except (OSError, ValueError, IndexError):
+            rss = None
+        return Resource(cpu_percent=cpu, rss_bytes=rss, temperature_c=read_temperature_c(self.sys_root))

@@ -1,0 +1,139 @@
+"""Per-model metrics, feedback accuracy and resource use, with the real serving table and /proc."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.drift import DriftWindow
+from agent.metrics import (
+    FeedbackError,
+    LatencyHistogram,
+    Metrics,
+    ResourceReader,
+    parse_proc_stat_cpu_ticks,
+    read_temperature_c,
+)
+from agent.runtime import load_session
+from agent.serving import ServingTable
+from agent.slots import ModelStore
+from agent.state import StateDir
+from edgefleet import telemetry
+from edgefleet.bundle import read_bundle
+from edgefleet.profiles import Profile
+from tests.support.bundles import make_onnx_bundle
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.02, 5_000.0), min_size=1, max_size=300))
+def test_histogram_percentiles_are_within_the_bucket_ratio_of_the_truth(values: list[float]) -> None:
+    histogram = LatencyHistogram()
+    for v in values:
+        histogram.add(v)
+    for q in (50, 95, 99):
+        got = histogram.percentile(q)
+        # The nearest-rank percentile, which is what a bucket count can name.
+        truth = sorted(values)[max(1, int(np.ceil(len(values) * q / 100))) - 1]
+        assert got is not None
+        assert truth / LatencyHistogram.RATIO <= got <= truth * LatencyHistogram.RATIO
+
+
+def test_histogram_memory_is_bounded_and_extremes_are_kept() -> None:
+    histogram = LatencyHistogram()
+    for v in (0.0, float("nan"), 1e12):
+        histogram.add(v)
+    assert len(histogram.counts) == LatencyHistogram.BUCKETS + 1 and histogram.total == 3
+    assert histogram.percentile(0.1) == LatencyHistogram.LOW_MS
+
+
+def test_records_count_errors_latency_and_reset_each_interval() -> None:
+    metrics = Metrics()
+    for ms in (1.0, 2.0, 3.0, 100.0):
+        metrics.observe("digits", "1.0.0", ms, True)
+    metrics.observe("digits", "1.0.0", 5.0, False)
+    metrics.error("digits", "1.0.0", "input")
+    metrics.observe("digits", "2.0.0", 1.0, True)
+    first = {(r.model, r.version): r for r in metrics.take_records()}
+    old = first[("digits", "1.0.0")]
+    assert old.count == 5 and old.errors == {"inference": 1, "input": 1}
+    assert old.latency is not None and 2.8 < old.latency.p50 < 3.2 and 95 < old.latency.p99 < 105
+    assert first[("digits", "2.0.0")].count == 1
+    assert metrics.take_records() == []  # nothing happened since: an idle model costs no bytes
+
+
+def test_feedback_scores_the_remembered_prediction_and_accuracy_rolls() -> None:
+    metrics = Metrics(accuracy_window=4, remember_limit=3)
+    for i, label in enumerate(["cat", "dog", "cat"]):
+        metrics.remember(f"r{i}", "pets", "1.0.0", [label])
+    assert metrics.feedback("r0", "cat") is True
+    assert metrics.feedback("r1", "cat") is False
+    assert metrics.accuracy("pets", "1.0.0").value == pytest.approx(0.5)
+    metrics.remember("r3", "pets", "1.0.0", [3, 4])
+    with pytest.raises(FeedbackError, match="request id 'r0'"):
+        metrics.feedback("r0", "cat")  # forgotten: only the last 3 requests are kept
+    assert metrics.feedback("r3", "4", row=1) is True  # labels compare as strings
+    with pytest.raises(FeedbackError, match="row 2 does not exist"):
+        metrics.feedback("r3", 4, row=2)
+    for _ in range(4):
+        metrics.feedback("r2", "cat")
+    rolling = metrics.accuracy("pets", "1.0.0")
+    assert (rolling.labels, rolling.correct) == (4, 4)  # the window keeps the last 4 labels only
+    record = metrics.take_records()[0]
+    assert (record.feedback.labels, record.feedback.correct) == (7, 6)  # the interval keeps them all
+
+
+def test_serving_table_observer_and_drift_make_a_batch_that_round_trips(
+        state: StateDir, profile: Profile, tmp_path: Path) -> None:
+    # A converter-made digits bundle: 64 features, 10 classes, a real reference.json.
+    bundle = read_bundle(make_onnx_bundle(tmp_path))
+    session = load_session(ModelStore(state).stage(bundle), profile)
+    table = ServingTable()
+    table.swap("digits", session)
+    metrics = Metrics()
+    table.add_observer(metrics.observe)
+    window = DriftWindow(bundle.reference())
+    rows = np.asarray(bundle.golden()["inputs"][:8], dtype=np.float32)
+    result = table.predict("digits", rows)
+    window.observe(rows, result.predictions, now=1.0)
+    metrics.remember(result.request_id, "digits", result.version, result.predictions)
+    metrics.feedback(result.request_id, result.predictions[0])
+
+    records = metrics.take_records({("digits", bundle.manifest.version): window})
+    batch = telemetry.TelemetryBatch("dev-1", 1, 1000.0, resource=ResourceReader().read(), models=tuple(records))
+    decoded = telemetry.decode(telemetry.encode(batch))
+    assert decoded == batch
+    (record,) = decoded.models
+    assert record.count == 1 and sum(record.outputs) == 8
+    assert len(record.drift) == 64 and all(sum(f) == 8 for f in record.drift)
+    assert (record.feedback.labels, record.feedback.correct) == (1, 1)
+
+
+def test_resource_reader_reads_this_process_from_proc() -> None:
+    times = iter([0.0, 2.0])
+    reader = ResourceReader(clock=lambda: next(times))
+    first = reader.read()
+    assert first.cpu_percent is None  # CPU % needs two readings
+    sum(i * i for i in range(300_000))  # burn a little CPU between the readings
+    second = reader.read()
+    assert second.cpu_percent is not None and second.cpu_percent >= 0
+    assert second.rss_bytes is not None and second.rss_bytes > 10 * 1024 * 1024  # a Python with numpy loaded
+
+
+def test_cpu_ticks_survive_a_command_name_with_spaces_and_parentheses() -> None:
+    fields = " ".join(str(i) for i in range(3, 53))  # field n holds n
+    assert parse_proc_stat_cpu_ticks(f"1234 (odd) name)) {fields}") == 14 + 15
+    real = Path(f"/proc/{os.getpid()}/stat").read_text()
+    assert parse_proc_stat_cpu_ticks(real) >= 0
+
+
+def test_temperature_is_the_hottest_readable_zone_or_none(tmp_path: Path) -> None:
+    assert read_temperature_c(tmp_path) is None  # a board without thermal zones
+    for zone, text in (("thermal_zone0", "48312\n"), ("thermal_zone1", "61000\n"), ("thermal_zone2", "garbage")):
+        (tmp_path / "class" / "thermal" / zone).mkdir(parents=True)
+        (tmp_path / "class" / "thermal" / zone / "temp").write_text(text)
+    assert read_temperature_c(tmp_path) == 61.0
