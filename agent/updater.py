@@ -50,7 +50,6 @@ from agent.runtime import ModelSession, load_session
 from agent.slots import ModelStore, Slot
 from agent.state import StateDir
 from agent.update_machine import (
-    TERMINAL,
     Activated,
     Assign,
     BeginDownload,
@@ -61,6 +60,7 @@ from agent.update_machine import (
     Fail,
     HealthPassed,
     Input,
+    Recovery,
     Reset,
     Restart,
     Staged,
@@ -68,6 +68,7 @@ from agent.update_machine import (
     Target,
     UpdateMachine,
     Verified,
+    recovery,
     refusal,
     step,
 )
@@ -326,17 +327,19 @@ class Updater:
         with self._lock:
             now = self.clock()
             m = self.machine
-            if m.state in TERMINAL:
+            rule = recovery(m)
+            if rule is Recovery.RESET:
                 if m.state is State.FAILED and m.reason in RETRYABLE and m.target is not None:
                     self.attempted.pop(m.target.model, None)  # a restart is as good a time as any to retry
                 self.retry_at = None
                 self._apply(Reset(now))
-            elif m.state is State.ACTIVATED:
+            elif rule is Recovery.COUNT_RESTART:
                 self._resume_probation(now)
-            elif m.state in (State.VERIFIED, State.STAGED):
-                self._bundle = None  # re-read and re-verify from disk in _drive
-            elif m.state is State.HEALTH_CHECK:
+            elif rule is Recovery.REVERIFY:
+                self._bundle = None  # _drive re-reads and re-verifies the bundle or slot from disk
+            elif rule is Recovery.REDO_HEALTH_CHECK:
                 self._apply(BeginHealthCheck(now))  # a check cut short proves nothing: run it again
+            # START_DOWNLOAD and RESUME_DOWNLOAD: _drive carries on; the fetcher resumes the partial file.
             if self.machine.active:
                 self._drive()
             self._advance()
