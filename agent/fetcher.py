@@ -42,6 +42,8 @@ import urllib3
 from tuf.api import exceptions
 from tuf.ngclient.fetcher import FetcherInterface
 
+from agent.errors import AgentError
+
 log = logging.getLogger("agent.fetcher")
 
 Progress = Callable[[str, int, int | None], None]
@@ -53,6 +55,10 @@ PARTIAL_DIR = ".partial"
 def content_addressed(url: str) -> bool:
     """True when the URL's file name starts with a sha256 (a TUF consistent-snapshot target)."""
     return bool(_CONTENT_ADDRESSED.match(urlsplit(url).path.rsplit("/", 1)[-1]))
+
+
+class FetcherError(AgentError):
+    """The fetcher was configured with impossible settings. Download failures are tuf's DownloadError."""
 
 
 class _Restart(Exception):
@@ -77,7 +83,8 @@ class ResumingFetcher(FetcherInterface):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if connect_timeout <= 0 or read_timeout <= 0 or attempts < 1 or chunk_size < 1:
-            raise ValueError("timeouts and chunk_size must be positive and attempts at least 1")
+            raise FetcherError("fetcher timeouts and chunk size must be positive and attempts at least 1",
+                               fix="check the agent's download settings")
         self.downloads_dir = Path(downloads_dir)
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self.total_timeout = total_timeout

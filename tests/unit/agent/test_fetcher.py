@@ -252,3 +252,10 @@ def test_reported_progress_is_already_on_disk(tmp_path: Path) -> None:
         fetcher.progress = lambda _u, done, _t: sizes.append((done, fetcher.partial_path(url).stat().st_size))
         assert fetch(fetcher, url) == DATA
     assert len(sizes) > 5 and all(done == on_disk for done, on_disk in sizes)
+
+
+def test_impossible_settings_are_refused(tmp_path: Path) -> None:
+    from agent.fetcher import FetcherError
+
+    with pytest.raises(FetcherError, match="positive"):
+        ResumingFetcher(tmp_path, read_timeout=0)
