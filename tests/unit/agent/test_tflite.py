@@ -18,8 +18,9 @@ from agent.runtime import ModelSession, load_session, tflite_interpreter_class
 from agent.slots import ModelStore, Slot
 from agent.state import StateDir
 from edgefleet.bundle import read_bundle
-from edgefleet.profiles import Profile
+from edgefleet.profiles import Profile, load_profile
 from tests.unit.agent.models import LABELS, linear_probabilities
+from tests.unit.agent.parity import assert_reproduces_report
 from tests.unit.agent.tflite_models import bundle_bytes
 
 pytestmark = pytest.mark.tflite
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.tflite
 ROWS = np.random.default_rng(5).normal(size=(64, 4)).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=3)
 def cached(kind: str) -> bytes:
     return bundle_bytes(kind)
 
@@ -70,6 +71,12 @@ def test_golden_samples_pass_the_health_check(state: StateDir, profile: Profile,
     report = check_health(load_session(slot, profile), slot.manifest, slot.golden(), latency_runs=10)
     assert report.passed, report.message
     assert report.agreement is not None and report.agreement >= slot.manifest.health_check.min_agreement
+
+
+def test_the_converters_int8_bundle_reproduces_its_report(state: StateDir) -> None:
+    slot = staged(state, "converter")
+    assert slot.manifest.input.dtype == "int8" and slot.manifest.format == "tflite"
+    assert_reproduces_report(slot, load_session(slot, load_profile(slot.manifest.profiles[0])))
 
 
 def test_batches_of_any_size_and_one_row(state: StateDir, profile: Profile) -> None:

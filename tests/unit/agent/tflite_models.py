@@ -2,7 +2,8 @@
 
 The model is the same linear softmax classifier as tests/unit/agent/models.py (same weights,
 so golden outputs come from numpy), exported as float32 and as full-integer int8 (int8 input
-and output tensors, calibrated on sample rows). The manifest carries the int8 tensors' scale
+and output tensors, calibrated on sample rows); ``converter_bundle`` is the converter's own
+int8 TFLite bundle, for parity with its report. The manifest carries the int8 tensors' scale
 and zero point, read back from the converted model. Building needs TensorFlow (the
 ``tflite-convert`` extra); the second test environment (scripts/test-tflite-runtime, numpy<2
 and tflite-runtime, no TensorFlow) gets the bundles prebuilt:
@@ -83,17 +84,30 @@ def make_tflite_bundle(kind: str = "float32", *, version: str = "1.0.0", seed: i
     return build_bundle_bytes(fields, files)
 
 
+def converter_bundle() -> bytes:
+    """The converter's own full-int8 TFLite bundle (tests/support/bundles.py: digits MLP, rpi4-64)."""
+    import tempfile
+
+    from tests.support.bundles import make_tflite_bundle as converter_tflite
+
+    return converter_tflite(Path(tempfile.mkdtemp(prefix="edgefleet-agent-tflite-"))).read_bytes()
+
+
 def bundle_bytes(kind: str) -> bytes:
-    """A prebuilt bundle from $EDGEFLEET_TFLITE_BUNDLES, else one built now (needs TensorFlow)."""
+    """A prebuilt bundle from $EDGEFLEET_TFLITE_BUNDLES, else one built now (needs TensorFlow).
+
+    Kinds: ``float32`` and ``int8`` (the linear iris model), ``converter`` (the converter's
+    int8 digits bundle)."""
     prebuilt = os.environ.get(BUNDLES_ENV)
     if prebuilt:
-        return (Path(prebuilt) / f"iris-{kind}.tar.gz").read_bytes()
-    return make_tflite_bundle(kind)
+        return (Path(prebuilt) / f"{kind}.tar.gz").read_bytes()
+    return converter_bundle() if kind == "converter" else make_tflite_bundle(kind)
 
 
 if __name__ == "__main__":
     target = Path(sys.argv[1])
     target.mkdir(parents=True, exist_ok=True)
     for k in KINDS:
-        (target / f"iris-{k}.tar.gz").write_bytes(make_tflite_bundle(k))
-    print(f"wrote {', '.join(f'iris-{k}.tar.gz' for k in KINDS)} to {target}")
+        (target / f"{k}.tar.gz").write_bytes(make_tflite_bundle(k))
+    (target / "converter.tar.gz").write_bytes(converter_bundle())
+    print(f"wrote {', '.join(KINDS)} and converter bundles to {target}")
