@@ -1,0 +1,222 @@
+"""The telemetry batch contract: exact round trips, refusals that name the problem, and its size."""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgefleet import telemetry, topics
+from edgefleet.errors import EdgefleetError
+from edgefleet.telemetry import (
+    Feedback,
+    Latency,
+    ModelRecord,
+    ReferenceProfile,
+    Resource,
+    TelemetryBatch,
+    TelemetryError,
+    decode,
+    encode,
+)
+
+counts = st.integers(0, 10**9)
+ms = st.floats(0, 1e6, allow_nan=False)
+
+
+@st.composite
+def records(draw: st.DrawFn, name: str) -> ModelRecord:
+    lat = sorted(draw(st.lists(ms, min_size=3, max_size=3)))
+    labels = draw(counts)
+    return ModelRecord(
+        model=name, version=draw(st.sampled_from(["1.0.0", "2.1.0-rc.1", "0.0.1+b7"])), count=draw(counts),
+        errors=draw(st.dictionaries(st.sampled_from(["inference", "input", "timeout"]), counts)),
+        latency=draw(st.none() | st.just(Latency(*lat))),
+        outputs=tuple(draw(st.lists(counts, max_size=12))),
+        drift=tuple(tuple(f) for f in draw(st.lists(st.lists(counts, min_size=1, max_size=10), max_size=8))),
+        feedback=Feedback(labels, draw(st.integers(0, labels))),
+    )
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> TelemetryBatch:
+    names = draw(st.lists(st.sampled_from(["digits", "iris", "kws-2"]), unique=True, max_size=3))
+    return TelemetryBatch(
+        device_id=draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,20}", fullmatch=True)),
+        seq=draw(counts), ts=draw(st.floats(0, 4e9)), interval_s=draw(st.floats(0.5, 3600)),
+        dropped=draw(counts),
+        resource=Resource(draw(st.none() | st.floats(0, 800)), draw(st.none() | counts),
+                          draw(st.none() | st.floats(-40, 125))),
+        models=tuple(draw(records(n)) for n in names),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches())
+def test_any_valid_batch_survives_the_wire_exactly(batch: TelemetryBatch) -> None:
+    data = encode(batch)
+    assert data[0] == telemetry.WIRE_VERSION
+    assert decode(data) == batch
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_decode_to_a_batch_or_a_telemetry_error(data: bytes) -> None:
+    try:
+        decode(data)
+    except TelemetryError:
+        pass
+
+
+def _wire(document: object, version: int = telemetry.WIRE_VERSION) -> bytes:
+    return bytes([version]) + zlib.compress(json.dumps(document).encode())
+
+
+GOOD = {"d": "dev-1", "s": 1, "t": 1000.0, "i": 60}
+
+
+@pytest.mark.parametrize(("document", "problem"), [
+    ({**GOOD, "s": -1}, "seq must be a non-negative integer"),
+    ({**GOOD, "s": True}, "seq must be a non-negative integer"),
+    ({**GOOD, "d": "dev/+/#"}, "device id"),
+    ({**GOOD, "d": "dev-1\n"}, "device id"),
+    ({**GOOD, "zz": 1}, "unknown key(s) zz"),
+    ({k: v for k, v in GOOD.items() if k != "t"}, "lacks key 't'"),
+    ({**GOOD, "i": 0}, "interval_s must be positive"),
+    ({**GOOD, "m": [{"n": "digits", "v": "1.0", "c": 1}]}, "not a semantic version"),
+    ({**GOOD, "m": [{"n": "digits", "v": "1.0.0", "c": 1, "l": [3, 2, 1]}]}, "p50 <= p95 <= p99"),
+    ({**GOOD, "m": [{"n": "digits", "v": "1.0.0", "c": 1, "b": [1, 2]}]}, "exceeds labels seen"),
+    ({**GOOD, "m": [{"n": "digits", "v": "1.0.0", "c": 1, "f": [[1, -2]]}]}, "drift counts"),
+    ({**GOOD, "m": [{"n": "a", "v": "1.0.0", "c": 1}, {"n": "a", "v": "1.0.0", "c": 2}]}, "same model version twice"),
+    ({**GOOD, "r": [1, 2]}, "resource"),
+    ([1, 2], "must be a JSON object"),
+])
+def test_schema_violations_are_refused_with_the_reason(document: object, problem: str) -> None:
+    with pytest.raises(TelemetryError) as caught:
+        decode(_wire(document))
+    assert problem in str(caught.value)
+    assert isinstance(caught.value, EdgefleetError) and caught.value.fix
+
+
+def test_unknown_wire_version_names_the_upgrade() -> None:
+    with pytest.raises(TelemetryError, match="wire version 2 is not supported.*upgrade"):
+        decode(_wire(GOOD, version=2))
+
+
+def test_truncated_and_non_zlib_payloads_are_refused() -> None:
+    data = encode(TelemetryBatch("dev-1", 1, 1.0))
+    with pytest.raises(TelemetryError, match="truncated"):
+        decode(data[:-4])
+    with pytest.raises(TelemetryError, match="not valid zlib"):
+        decode(b"\x01not zlib at all")
+
+
+def test_a_compressed_bomb_is_refused_before_it_inflates() -> None:
+    bomb = bytes([telemetry.WIRE_VERSION]) + zlib.compress(b" " * (telemetry.MAX_BODY_BYTES + 10), 9)
+    assert len(bomb) < 2000
+    with pytest.raises(TelemetryError, match="inflates past"):
+        decode(bomb)
+
+
+def test_numpy_counts_from_the_agent_become_plain_ints() -> None:
+    record = ModelRecord("digits", "1.0.0", count=np.int64(3), outputs=tuple(np.array([1, 2], dtype=np.int64)))
+    assert type(record.count) is int and all(type(v) is int for v in record.outputs)
+    assert json.loads(zlib.decompress(encode(TelemetryBatch("d", 1, 1.0, models=(record,)))[1:]))["m"][0]["o"] == [1, 2]
+
+
+# ---- PSI and the reference profile --------------------------------------------------------
+
+def test_psi_is_zero_for_the_same_shape_and_grows_with_the_shift() -> None:
+    ref = [100, 200, 300, 400]
+    assert telemetry.psi([10, 20, 30, 40], ref) == pytest.approx(0.0)
+    small, big = telemetry.psi([12, 20, 30, 38], ref), telemetry.psi([40, 30, 20, 10], ref)
+    assert 0 < small < big
+    # By hand: shares a = (.4,.3,.2,.1), e = (.1,.2,.3,.4).
+    expected = sum((a - e) * math.log(a / e) for a, e in zip((.4, .3, .2, .1), (.1, .2, .3, .4), strict=True))
+    assert big == pytest.approx(expected)
+
+
+def test_psi_floors_empty_bins_instead_of_dividing_by_zero() -> None:
+    value = telemetry.psi([0, 0, 10], [5, 5, 0])
+    assert math.isfinite(value) and value > 1
+    assert telemetry.psi([0, 0, 0], [1, 2, 3]) == 0.0  # no traffic is no evidence of drift
+
+
+def test_psi_refuses_different_bins() -> None:
+    with pytest.raises(TelemetryError, match="same bins"):
+        telemetry.psi([1, 2], [1, 2, 3])
+
+
+@pytest.mark.parametrize(("value", "name"), [(0.0, "stable"), (0.0999, "stable"), (0.1, "moderate"),
+                                             (0.25, "moderate"), (0.2501, "drift")])
+def test_bands(value: float, name: str) -> None:
+    assert telemetry.band(value) == name
+
+
+def test_reference_profile_reads_the_converter_shape_and_refuses_broken_ones() -> None:
+    ref = ReferenceProfile.from_dict({
+        "rows": 10, "features": [{"name": "a", "edges": [0, 1, 2], "counts": [4, 6]}],
+        "outputs": {"kind": "classes", "labels": [0, 1], "counts": [5, 5]}})
+    assert ref.feature_names == ("a",) and ref.features[0].bins == 2 and ref.output_labels == (0, 1)
+    with pytest.raises(TelemetryError, match="k bins need k\\+1 edges"):
+        ReferenceProfile.from_dict({"features": [{"name": "a", "edges": [0, 1], "counts": [1, 2]}]})
+    with pytest.raises(TelemetryError, match="finite and sorted"):
+        ReferenceProfile.from_dict({"features": [{"name": "a", "edges": [2, 1], "counts": [1]}]})
+    with pytest.raises(TelemetryError, match="2 output labels but 1 counts"):
+        ReferenceProfile.from_dict({"outputs": {"kind": "classes", "labels": [0, 1], "counts": [1]}})
+
+
+# ---- size: what one device costs a cellular plan ------------------------------------------
+
+FEATURES, CLASSES, BINS = 64, 10, 10
+BATCHES_PER_DAY = int(86_400 / telemetry.DEFAULT_INTERVAL_S)
+
+
+def mqtt_publish_overhead(topic: str) -> int:
+    """Bytes MQTT 3.1.1 adds to one QoS 1 PUBLISH and its PUBACK (fixed header with a 2-byte
+    remaining length, topic length and name, packet id; PUBACK is 4 bytes)."""
+    return 3 + 2 + len(topic.encode()) + 2 + 4
+
+
+def day_of_telemetry(requests_per_s: float, *, drift_every: int = telemetry.DEFAULT_DRIFT_EVERY) -> tuple[int, int]:
+    """(payload bytes, payload + MQTT bytes) for one device with one 64-feature, 10-class model
+    reporting every DEFAULT_INTERVAL_S for a day, drift counts on every ``drift_every``-th batch."""
+    rng = np.random.default_rng(2026)
+    device = "dev-3f2a9c1b7e"
+    topic = topics.telemetry(device)
+    payload = 0
+    pending = np.zeros((FEATURES, BINS), dtype=np.int64)
+    for i in range(BATCHES_PER_DAY):
+        n = int(rng.poisson(requests_per_s * telemetry.DEFAULT_INTERVAL_S))
+        pending += rng.multinomial(n, [1 / BINS] * BINS, size=FEATURES)
+        drift: tuple[tuple[int, ...], ...] = ()
+        if (i + 1) % drift_every == 0:
+            drift, pending = tuple(tuple(int(c) for c in row) for row in pending), np.zeros_like(pending)
+        p50, p95, p99 = sorted(float(v) for v in rng.gamma(2.0, 0.6, 3))
+        record = ModelRecord("digits", "1.0.0", count=n, errors={"inference": 1} if i % 97 == 0 else {},
+                             latency=Latency(p50, p95, p99) if n else None,
+                             outputs=tuple(int(c) for c in rng.multinomial(n, [1 / CLASSES] * CLASSES)),
+                             drift=drift, feedback=Feedback(2, 2) if i % 5 == 0 else Feedback())
+        batch = TelemetryBatch(device, i + 1, 1_764_000_000.0 + 60 * i, dropped=0,
+                               resource=Resource(float(rng.uniform(1, 20)), 48_000_000 + int(rng.integers(0, 1 << 20)),
+                                                 float(rng.uniform(45, 60))),
+                               models=(record,))
+        payload += len(encode(batch))
+    return payload, payload + BATCHES_PER_DAY * mqtt_publish_overhead(topic)
+
+
+def test_one_device_one_model_sends_well_under_a_megabyte_a_day() -> None:
+    # Figures in docs/telemetry.md ("Size"); a change to the wire form that costs bytes shows here.
+    payload, on_the_wire = day_of_telemetry(1.0)
+    assert payload < 350_000
+    assert on_the_wire < 450_000  # well under 1 MB/day, MQTT framing included
+    busy_payload, busy_wire = day_of_telemetry(10.0)
+    assert busy_wire < 500_000
+    # Sending feature counts on every batch would be about three times as much.
+    every_batch, _ = day_of_telemetry(1.0, drift_every=1)
+    assert every_batch > 2.5 * payload
