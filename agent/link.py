@@ -36,6 +36,7 @@ from edgefleet import topics
 
 log = logging.getLogger("agent.link")
 
+MAX_QUEUED = 1000
 DesiredHandler = Callable[[bytes], None]
 CommandHandler = Callable[[dict[str, Any]], None]
 
@@ -116,6 +117,10 @@ class Link:
         client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=device_id,
                              clean_session=False, protocol=mqtt.MQTTv311)
         client.will_set(self._topic_reported, self._offline_payload(), qos=1, retain=True)
+        # QoS 1 messages published while offline wait in paho's memory until the broker is
+        # back; bound that so a device offline for weeks cannot grow without limit (durable
+        # store-and-forward of telemetry is the outbox's job, not this queue's).
+        client.max_queued_messages_set(MAX_QUEUED)
         if credentials is not None:
             client.username_pw_set(credentials.mqtt_username, credentials.mqtt_password or None)
         if self.address.tls:

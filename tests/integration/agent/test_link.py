@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.link import Backoff, Link
 from edgefleet import topics
-from tests.integration.agent.harness import Observer, eventually
+from tests.integration.agent.harness import Observer, eventually, free_port
 from tests.support.mosquitto import MosquittoBroker
 
 DEVICE = "dev-link"
@@ -110,3 +111,21 @@ def test_link_reconnects_after_the_broker_restarts(link: Link, mosquitto: Mosqui
     finally:
         observer.close()
 
+
+
+def test_events_published_while_offline_are_sent_once_connected(tmp_path: Path) -> None:
+    port = free_port()
+    # Retries come 1-2 s apart, so the observer below subscribes before the link reconnects.
+    link = Link(DEVICE, f"mqtt://127.0.0.1:{port}", backoff=Backoff(initial=2.0, maximum=2.0))
+    link.start()
+    try:
+        assert not link.wait_connected(0.3)
+        assert link.publish("events", {"device_id": DEVICE, "event": "committed"})  # no broker: queued
+        with MosquittoBroker(tmp_path / "late", port=port) as broker:
+            observer = Observer(broker.port, topics.events(DEVICE))
+            try:
+                assert eventually(lambda: observer.last() == {"device_id": DEVICE, "event": "committed"}, timeout=10)
+            finally:
+                observer.close()
+    finally:
+        link.stop()
