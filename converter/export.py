@@ -10,8 +10,6 @@ This module does not quantize (see ``quantize``) and does not handle Keras (see 
 
 from __future__ import annotations
 
-from typing import Any
-
 import onnx
 
 from converter.errors import NotAModelError, UnsupportedOpError

@@ -160,6 +160,7 @@ def _converter_for(tf: ModuleType, source: SourceModel, standard_part: Any, work
     onnx.save_model(standard_part, onnx_path)
     saved_model = workdir / "saved_model"
     onnx2tf = _onnx2tf()
+    _reset_layer_names(tf)
     try:
         with _quiet_native_output():
             onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(saved_model),
@@ -170,6 +171,20 @@ def _converter_for(tf: ModuleType, source: SourceModel, standard_part: Any, work
     except Exception as exc:
         raise ConverterError(f"onnx2tf could not convert the model: {exc}", fix="use --format onnx") from exc
     return tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+
+
+def _reset_layer_names(tf: ModuleType) -> None:
+    """Restart Keras' per-process layer counters (``model_6/tf.linalg.matmul_5``...).
+
+    onnx2tf builds a tf_keras model whose counter-numbered names end up as tensor names in
+    the .tflite file: without a reset, the second conversion in a process gives other bytes.
+    """
+    tf.keras.backend.clear_session()
+    try:
+        import tf_keras
+    except ImportError:  # onnx2tf needs tf_keras; without it conversion fails later with a clear error
+        return
+    tf_keras.backend.clear_session()
 
 
 def _onnx2tf() -> ModuleType:
