@@ -116,11 +116,18 @@ def test_any_truncation_is_a_bundle_error(cut: int) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(position=st.integers(min_value=10, max_value=len(GOOD) - 9), flip=st.integers(min_value=1, max_value=255))
-def test_any_flipped_byte_is_refused(position: int, flip: int) -> None:
+def test_any_flipped_byte_is_refused_or_changes_nothing(position: int, flip: int) -> None:
     data = bytearray(GOOD)
     data[position] ^= flip
-    with pytest.raises(BundleError):
-        read_bundle(bytes(data))
+    # A flip in deflate's padding bits leaves the content intact; that is the only way through.
+    # (The bundle's own sha256, which TUF checks before this reader runs, changes either way.)
+    try:
+        bundle = read_bundle(bytes(data))
+    except BundleError:
+        return
+    original = read_bundle(GOOD)
+    assert bundle.files == original.files and bundle.manifest == original.manifest
+    assert bundle.sha256 != original.sha256
 
 
 def test_writer_validates_manifest_before_writing(tmp_path: Path) -> None:
