@@ -128,6 +128,7 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
             await asyncio.to_thread(ctx.close)
 
     from fleet_server.api import api, health, tuf
+    from fleet_server.rollouts_api import router as rollouts_router
 
     app = FastAPI(title="edgefleet fleet server", version=__version__, lifespan=lifespan,
                   description="Model registry (TUF), device enrollment and fleet management. "
@@ -136,6 +137,7 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
     app.add_exception_handler(EdgefleetError, _error_response)
     app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes)
     app.include_router(api)
+    app.include_router(rollouts_router)
     app.include_router(tuf)
     app.include_router(health)
     return app

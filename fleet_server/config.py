@@ -46,6 +46,7 @@ class ServerConfig:
     mosquitto_pid_file: Path | None = None  # SIGHUP this Mosquitto after rewriting its files
     timestamp_refresh_seconds: float = 3600.0
     timestamp_min_remaining_seconds: float = 12 * 3600.0
+    rollout_interval_seconds: float = 5.0  # how often the rollout engine checks bake times and timeouts
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -55,8 +56,9 @@ class ServerConfig:
         if not 60 <= self.enrollment_ttl_seconds <= MAX_ENROLLMENT_TTL:
             raise ConfigError(f"enrollment_ttl_seconds {self.enrollment_ttl_seconds} is out of range",
                               fix=f"use 60 to {MAX_ENROLLMENT_TTL} seconds")
-        if self.timestamp_refresh_seconds <= 0 or self.timestamp_min_remaining_seconds <= 0:
-            raise ConfigError("timestamp refresh intervals must be positive")
+        if min(self.timestamp_refresh_seconds, self.timestamp_min_remaining_seconds, self.rollout_interval_seconds) <= 0:
+            raise ConfigError("timestamp_refresh_seconds, timestamp_min_remaining_seconds and rollout_interval_seconds "
+                              "must be positive")
         for name in ("broker_url", "broker_public_url"):
             value = getattr(self, name)
             if value is not None:
@@ -117,7 +119,7 @@ def check_broker_url(url: str, name: str = "broker_url") -> str:
 _FIELDS = {f.name: f for f in fields(ServerConfig)}
 _PATH_FIELDS = {"data_dir", "mosquitto_dir", "mosquitto_pid_file"}
 _INT_FIELDS = {"port", "max_upload_bytes", "enrollment_ttl_seconds"}
-_FLOAT_FIELDS = {"timestamp_refresh_seconds", "timestamp_min_remaining_seconds"}
+_FLOAT_FIELDS = {"timestamp_refresh_seconds", "timestamp_min_remaining_seconds", "rollout_interval_seconds"}
 ENV_PREFIX = "EDGEFLEET_"
 
 

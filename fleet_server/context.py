@@ -46,6 +46,20 @@ class Secret:
     created: bool  # True the first time: the caller shows it once
 
 
+class Fanout:
+    """One MQTT handler that calls several in order (presence first, then the rollout worker)."""
+
+    def __init__(self, handlers: list[Callable[[str, bytes], None]]) -> None:
+        self.handlers = handlers
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        for handler in list(self.handlers):
+            try:
+                handler(topic, payload)
+            except Exception:  # one consumer's bug must not starve the others
+                log.exception("MQTT handler %r failed on %s", handler, topic)
+
+
 def read_or_create_secret(path: Path, make: Callable[[], str] = new_secret) -> Secret:
     if path.exists():
         if path.stat().st_mode & 0o077:
@@ -67,6 +81,8 @@ class ServerContext:
         self.repo_created = False
         self.embedded_broker: Any = None
         self.mqtt: Any = None
+        self.rollouts: Any = None  # fleet_server.rollout_engine.RolloutEngine once the network is up
+        self.rollout_worker: Any = None
         self.broker_url: str | None = config.broker_url
         self._opened = False
 
@@ -151,13 +167,22 @@ class ServerContext:
                         "per-device ACL, use Mosquitto for a real fleet", self.broker_url)
         if self.config.mosquitto_dir is not None:
             self.devices.sync_broker()
+        from fleet_server.assignments import Assignments
+        from fleet_server.rollout_engine import RolloutEngine, RolloutWorker
+
         embedded = self.embedded_broker is not None
         # Credentials in the URL (mqtt://user:pass@host) win; the embedded broker needs none.
         own_login = not embedded and urlsplit(self.broker_url).username is None
-        self.mqtt = FleetMqtt(self.broker_url, handler=PresenceIngest(self.devices, self.clock),
+        fanout = Fanout([PresenceIngest(self.devices, self.clock)])
+        self.mqtt = FleetMqtt(self.broker_url, handler=fanout,
                               username=self.config.mqtt_username if own_login else None,
                               password=self.mqtt_password if own_login else None,
                               shared=not embedded).start()
+        # The rollout engine publishes assignments over the same connection; its worker gets
+        # every device message after presence has been stored.
+        self.rollouts = RolloutEngine(self.db, Assignments(self.db, self.keys.director, self.mqtt), clock=self.clock)
+        self.rollout_worker = RolloutWorker(self.rollouts, self.config.rollout_interval_seconds).start()
+        fanout.handlers.append(self.rollout_worker.submit)
         if not self.mqtt.wait_connected(wait_connected):
             log.warning("MQTT broker %s not reachable yet; the server keeps retrying", self.broker_url)
 
@@ -184,6 +209,10 @@ class ServerContext:
         ]
 
     def close(self) -> None:
+        if self.rollout_worker is not None:
+            self.rollout_worker.stop()
+            self.rollout_worker = None
+            self.rollouts = None
         if self.mqtt is not None:
             self.mqtt.stop()
             self.mqtt = None

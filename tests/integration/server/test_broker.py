@@ -172,3 +172,9 @@ def test_server_writes_its_own_broker_user(server: RunningServer, mosquitto_auth
     acl = (mosquitto_auth.workdir / "acl").read_text()
     assert f"user {server.config.mqtt_username}\ntopic readwrite {topics.PREFIX}/#" in acl
     assert (mosquitto_auth.workdir / "passwd").stat().st_mode & 0o777 == 0o600
+
+
+def test_rollout_engine_runs_with_the_broker(server: RunningServer) -> None:
+    response = httpx.get(f"{server.url}/api/v1/rollouts", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert server.ctx.rollouts is not None
