@@ -1,7 +1,7 @@
 """Batch prediction over files: ``edgefleet agent predict --model NAME --input F --output F``.
 
-Reads CSV (a header row of feature names is matched to the manifest's feature order; without
-one, columns are taken in order), NPY (memory-mapped) or Parquet (needs pyarrow) in chunks,
+Reads CSV (a header row of feature names is matched to the manifest's feature order and
+other columns, such as ids or labels, are skipped; without a header, columns are taken in order), NPY (memory-mapped) or Parquet (needs pyarrow) in chunks,
 runs each chunk through a session, and streams the predictions out as CSV, NPY, Parquet or
 JSON Lines, chosen by the output file's extension. Memory stays at one chunk whatever the
 file size. Every chunk goes through ``agent.inputs`` so a bad cell is reported with its row.
@@ -87,10 +87,7 @@ def _csv_columns(header: list[str], spec: TensorSpec) -> list[int] | None:
     if missing:
         raise InputError(f"the CSV header lacks feature(s) {', '.join(missing[:5])}",
                          fix=f"name the columns {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
-    extra = [h for h in position if h not in set(names)]
-    if extra:
-        raise InputError(f"the CSV has column(s) the model does not use: {', '.join(extra[:5])}",
-                         fix="drop those columns (ids and labels do not belong in the input)")
+    # Columns are picked by name, so extra ones (ids, labels) cannot shift the features: skip them.
     return [position[n] for n in names]
 
 
@@ -114,27 +111,25 @@ def _read_csv(path: Path, spec: TensorSpec, chunk_rows: int) -> tuple[int, Itera
             reader = csv.reader(handle)
             if columns is not None:
                 next(reader)
-            line = 1 if columns is not None else 0
+            done = 0  # data rows already predicted
             block: list[list[str]] = []
             for row in reader:
                 if not row:
                     continue
-                block.append([row[i] for i in columns] if columns is not None and len(row) == len(first) else row)
+                if len(row) != len(first):
+                    raise InputError(f"CSV data row {done + len(block) + 1} has {len(row)} columns, the first row has "
+                                     f"{len(first)}", fix="make every row the same width")
+                block.append([row[i] for i in columns] if columns is not None else row)
                 if len(block) == chunk_rows:
-                    yield _parse_block(block, line, spec)
-                    line += len(block)
+                    yield _parse_block(block, done, spec)
+                    done += len(block)
                     block = []
             if block:
-                yield _parse_block(block, line, spec)
+                yield _parse_block(block, done, spec)
     return total, chunks()
 
 
 def _parse_block(block: list[list[str]], first_line: int, spec: TensorSpec) -> np.ndarray:
-    width = len(block[0])
-    for i, row in enumerate(block):
-        if len(row) != width:
-            raise InputError(f"CSV data row {first_line + i + 1} has {len(row)} columns, the first has {width}",
-                             fix="make every row the same width")
     try:
         matrix = np.array(block, dtype=np.float32)
     except ValueError:

@@ -176,7 +176,7 @@ def _status(args: argparse.Namespace) -> int:
                      ("daemon", f"running (pid {daemon['pid']}, up {daemon['uptime_s']}s)" if daemon else f"not running: {reason}"),
                      ("mqtt", ("connected" if daemon["mqtt"]["connected"] else "disconnected") + f" ({daemon['mqtt']['broker']})"
                       if daemon and daemon["mqtt"]["enabled"] else "off" if daemon else None),
-                     ("api", daemon["api"] if daemon else None)]))
+                     ("api", ", ".join(f"{k} {v}" for k, v in daemon["api"].items() if v) if daemon else None)]))
     live = {m["name"]: m for m in (daemon or {}).get("models", [])}
     print()
     print_table(["model", "active", "previous", "serving", "requests", "errors", "p50 ms"],
@@ -205,8 +205,10 @@ def _install(args: argparse.Namespace) -> int:
     health = result.health
     print(f"installed {result.slot.name}@{result.slot.version} ({result.slot.sha256[:12]})"
           + (f", replacing {result.previous_version}" if result.previous_version else ""))
-    print(f"health check: agreement {health.get('agreement')}, p95 {health.get('latency_p95_ms')} ms "
-          f"(budget {health.get('latency_budget_ms')} ms)")
+    agreement, p95 = health.get("agreement"), health.get("latency_p95_ms")
+    print(f"health check passed: agreement {agreement if agreement is not None else '-'}, "
+          f"p95 latency {p95:.3f} ms (budget {health.get('latency_budget_ms')} ms)" if p95 is not None else
+          "health check passed")
     print("the running daemon now serves it" if reloaded else "start serving it with: edgefleet agent run")
     return 0
 

@@ -84,14 +84,24 @@ class Daemon:
 
     # -- reporting ------------------------------------------------------------------------------
     def _update_state(self) -> dict[str, Any]:
+        """The update path's state for ``reported``: {"state", "model", "version", "counter", "reason"}.
+
+        Read from update.json, where agent.updater keeps its machine under "machine" (with the
+        target it works on); a flat document is accepted too. Unreadable or absent: idle.
+        """
         try:
             document = json.loads(self.state.update_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {"state": "idle"}
         if not isinstance(document, dict):
             return {"state": "idle"}
-        keys = ("state", "model", "version", "counter", "reason")
-        return {k: document.get(k) for k in keys if k in document} or {"state": "idle"}
+        nested = document.get("machine")
+        machine: dict[str, Any] = nested if isinstance(nested, dict) else document
+        target: dict[str, Any] = machine["target"] if isinstance(machine.get("target"), dict) else {}
+        return {"state": machine.get("state") or "idle", "model": target.get("model", machine.get("model")),
+                "version": target.get("version", machine.get("version")),
+                "counter": target.get("counter", machine.get("counter", document.get("counter"))),
+                "reason": machine.get("reason")}
 
     def reported(self) -> dict[str, Any]:
         models = {}

@@ -86,7 +86,7 @@ def _check_values(matrix: np.ndarray, spec: TensorSpec, where: str) -> np.ndarra
 
 def _width_fix(spec: TensorSpec, width: int) -> str:
     if spec.feature_names:
-        return f"send {width} values per row in this order: {', '.join(spec.feature_names)}"
+        return f"send {width} values per row in this order: {_names_hint(spec.feature_names)}"
     return f"send {width} values per row"
 
 

@@ -59,10 +59,17 @@ def test_reported_follows_the_contract(daemon: Daemon, state: StateDir, profile:
     assert daemon.reported() == {"agent_version": "0.1.0", "profile": "generic-x86_64",
                                  "models": {"iris": {"version": "1.0.0", "sha256": result.slot.sha256}},
                                  "update": {"state": "idle"}}
-    state.update_file.write_text(json.dumps({"state": "downloading", "model": "iris", "version": "2.0.0",
-                                             "counter": 4, "reason": None, "internal": "x"}))
-    assert daemon.reported()["update"] == {"state": "downloading", "model": "iris", "version": "2.0.0",
+    state.update_file.write_text(json.dumps({"counter": 4, "attempted": {}, "machine": {
+        "state": "activated", "reason": None, "restarts": 0,
+        "target": {"model": "iris", "version": "2.0.0", "counter": 4, "rollout_id": "ro-1"}}}))
+    assert daemon.reported()["update"] == {"state": "activated", "model": "iris", "version": "2.0.0",
                                            "counter": 4, "reason": None}
+    state.update_file.write_text(json.dumps({"counter": 4, "machine": {"state": "idle", "target": None,
+                                                                       "reason": "health check failed"}}))
+    assert daemon.reported()["update"] == {"state": "idle", "model": None, "version": None, "counter": 4,
+                                           "reason": "health check failed"}
+    state.update_file.write_text("{torn")
+    assert daemon.reported()["update"] == {"state": "idle"}
 
 
 def test_log_level_command(daemon: Daemon) -> None:
