@@ -56,8 +56,8 @@ def make_broken_bundle(tmp_dir: Path, *, name: str = "digits-broken", version: s
     shifted by one would say (probability columns rotated, labels moved to the next class),
     so a device health check must fail it while every signature and hash still verifies.
     """
-    staging = Path(tempfile.mkdtemp(prefix="edgefleet-broken-", dir=tmp_dir))
-    good = read_bundle(make_onnx_bundle(staging, name=name, version=version, profile=profile, kind=kind))
+    with tempfile.TemporaryDirectory(prefix="edgefleet-broken-") as staging:
+        good = read_bundle(make_onnx_bundle(Path(staging), name=name, version=version, profile=profile, kind=kind))
     golden = good.golden()
     labels = list(good.manifest.class_labels or [])
     outputs = golden["outputs"]
