@@ -112,3 +112,18 @@ def test_without_data_a_synthesized_sample_is_used_and_reported(convert_example:
 def test_calibration_data_is_used_when_there_is_no_validation_file(convert_example: ConvertExample) -> None:
     result = convert_example(validation=None, quantize="int8-dynamic")
     assert result.report["data"] == "calibration" and result.report["rows"] == 300
+
+
+def test_xgboost_classifier_with_npy_validation(tmp_path: Path) -> None:
+    import joblib
+    import xgboost
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    model = xgboost.XGBClassifier(n_estimators=20, max_depth=3, n_jobs=1, random_state=0).fit(x.astype(np.float32), y)
+    joblib.dump(model, tmp_path / "iris.joblib")
+    np.save(tmp_path / "iris.npy", np.column_stack([x, y]).astype(np.float32))
+    result = convert(ConvertOptions(tmp_path / "iris.joblib", "generic-x86_64", "iris-xgb", "1.0.0", tmp_path / "out",
+                                    validation=tmp_path / "iris.npy", labels="4"))
+    assert result.manifest.source["framework"] == "xgboost"
+    assert result.report["agreement"] == 1.0 and result.report["accuracy_converted"] > 0.95

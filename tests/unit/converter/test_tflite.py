@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from converter import ConvertOptions, ExampleFiles, convert
+from converter import ConvertOptions, convert
 from edgefleet.bundle import read_bundle
 from tests.support.bundles import make_tflite_bundle
 from tests.unit.converter.conftest import ConvertExample
@@ -58,7 +59,7 @@ def test_mlp_to_full_int8_tflite_carries_scale_and_zero_point(tmp_path: Path) ->
     assert agree.mean() >= manifest.health_check.min_agreement
 
 
-def test_keras_model_trained_here_converts_to_int8(tmp_path: Path) -> None:
+def _iris_keras() -> tuple[Any, np.ndarray, np.ndarray]:
     import tensorflow as tf
     from sklearn.datasets import load_iris
 
@@ -69,6 +70,11 @@ def test_keras_model_trained_here_converts_to_int8(tmp_path: Path) -> None:
                                  tf.keras.layers.Dense(3, activation="softmax")])
     model.compile(optimizer=tf.keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
     model.fit(x, y, epochs=40, batch_size=32, verbose=0)
+    return model, x, y
+
+
+def test_keras_model_trained_here_converts_to_int8(tmp_path: Path) -> None:
+    model, x, y = _iris_keras()
     model.save(tmp_path / "iris.keras")
     np.save(tmp_path / "calib.npy", x[::2])
     np.savez(tmp_path / "val.npz", X=x[1::2], y=y[1::2])
@@ -80,10 +86,19 @@ def test_keras_model_trained_here_converts_to_int8(tmp_path: Path) -> None:
     assert result.report["agreement"] >= 0.95 and result.report["accuracy_converted"] >= 0.85
 
 
-def test_tflite_conversion_is_deterministic(convert_example: ConvertExample, tmp_path: Path,
-                                            digits: ExampleFiles) -> None:
+def test_tflite_conversion_is_deterministic(convert_example: ConvertExample, tmp_path: Path) -> None:
     first = convert_example("digits-small-mlp", profile="rpi4-64", format="tflite", quantize="int8",
                             output_dir=tmp_path / "a")
     second = convert_example("digits-small-mlp", profile="rpi4-64", format="tflite", quantize="int8",
                              output_dir=tmp_path / "b")
     assert first.sha256 == second.sha256
+
+
+def test_saved_model_directory_converts_with_dynamic_range(tmp_path: Path) -> None:
+    model, x, _ = _iris_keras()
+    model.export(tmp_path / "iris_saved")
+    np.save(tmp_path / "val.npy", x)
+    result = convert(ConvertOptions(tmp_path / "iris_saved", "rpi4-64", "iris", "1.0.0", tmp_path / "out",
+                                    quantize="int8-dynamic", validation=tmp_path / "val.npy"))
+    assert result.manifest.source["framework"] == "savedmodel" and result.manifest.format == "tflite"
+    assert result.report["agreement"] >= 0.97 and result.manifest.input.dtype == "float32"
