@@ -3,15 +3,16 @@
 Start-up order is chosen for offline-first: load every model's active slot (verified) into
 the serving table, start the local API, tell systemd READY, and only then start the MQTT link
 in the background. A broker or server that is down delays nothing; the link connects when
-it can. SIGTERM/SIGINT stop accepting connections, let in-flight requests finish (up to
-``shutdown_timeout_s``), publish offline and exit 0. With ``WatchdogSec`` the event loop pings
-systemd, so a wedged loop gets the service restarted.
+it can. SIGHUP re-reads the active slots. SIGTERM/SIGINT stop accepting connections, let
+in-flight requests finish (up to ``shutdown_timeout_s``), publish offline and exit 0. With
+``WatchdogSec`` the event loop pings systemd, so a wedged loop gets the service restarted.
 
 The update path plugs in through ``attach``: if ``agent.updater`` defines
 ``attach(daemon: Daemon) -> object | None``, it is called once the serving table and the link
-exist and before the link starts (not at all when the daemon runs without MQTT) (it may set ``daemon.link.on_desired``, call
-``daemon.serving.swap`` and ``daemon.publish_reported``). The returned object's ``close()``,
-if any, runs at shutdown. This module does not verify assignments or fetch bundles.
+exist, before the link starts, and not at all without MQTT. It may set
+``daemon.link.on_desired``, call ``daemon.serving.swap`` and ``daemon.publish_reported``; the
+returned object's ``close()``, if any, runs at shutdown. This module does not verify
+assignments or fetch bundles.
 """
 
 from __future__ import annotations
@@ -194,6 +195,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            # SIGHUP (systemctl reload): serve the active slots again, off the loop.
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self.reload))
         self.link = self._make_link()
         self.reload()
         self.api = ApiServer(self.serving, max_body_bytes=self.config.max_body_bytes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.slots import ModelStore
 from agent.state import StateDir
 from edgefleet import topics
 from tests.integration.agent.harness import (
@@ -143,6 +145,10 @@ def test_install_while_running_switches_what_serves(tmp_path: Path) -> None:
         assert answer["version"] == "2.0.0"
         expected = linear_probabilities(np.array([ROW], np.float32), 2)[0]
         assert answer["probabilities"][0] == pytest.approx(expected.tolist(), abs=1e-6)
+        # A pointer switched by another process is picked up on SIGHUP (systemctl reload).
+        assert ModelStore(state).rollback("iris") is not None
+        agent.proc.send_signal(signal.SIGHUP)
+        assert eventually(lambda: agent.predict([ROW]).json()["version"] == "1.0.0"), agent.log()
 
 
 def test_batch_predict_over_csv_with_the_daemon_stopped(tmp_path: Path) -> None:
