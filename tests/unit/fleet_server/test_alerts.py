@@ -9,13 +9,20 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet_server.alert_sinks import AlertDeliveryError, CommandSink, LogSink, WebhookSink, dispatch, sinks_from_config
+from fleet_server.alert_sinks import (
+    AlertDeliveryError,
+    CommandSink,
+    LogSink,
+    WebhookSink,
+    dispatch,
+    sinks_from_config,
+)
 from fleet_server.alerts import (
     AlertConfigError,
     AlertEvaluator,
@@ -190,7 +197,7 @@ def test_malformed_alert_config_is_refused_naming_the_key(table: dict[str, Any],
 # ---- sinks -------------------------------------------------------------------------------
 
 class _Receiver(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
+    received: ClassVar[list[dict[str, Any]]] = []
     status = 200
 
     def do_POST(self) -> None:
