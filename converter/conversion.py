@@ -25,6 +25,7 @@ from converter.data import Dataset, load_dataset
 from converter.errors import OptionsError, ToleranceError
 from converter.predictors import Outputs, Predictor
 from converter.quantize import CALIBRATION_METHODS
+from converter.source import SourceModel
 from edgefleet import __version__
 from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
 from edgefleet.manifest import HealthCheck, Manifest
@@ -128,7 +129,7 @@ def _evaluation_rows(validation: Dataset | None, calibration: Dataset | None, wi
     return "synthesized", Dataset(rows, None, None, "synthesized")
 
 
-def _original_predictor(source: Any) -> Predictor:
+def _original_predictor(source: SourceModel) -> Predictor:
     from converter.predictors import EstimatorPredictor, OnnxPredictor
 
     if source.framework == "onnx":
@@ -143,7 +144,7 @@ def _original_predictor(source: Any) -> Predictor:
     return EstimatorPredictor(source.model, source.task)
 
 
-def _build(fmt: str, quantize: str, source: Any, calibration: np.ndarray | None, method: str) -> Converted:
+def _build(fmt: str, quantize: str, source: SourceModel, calibration: np.ndarray | None, method: str) -> Converted:
     if fmt == "onnx":
         from converter.onnxbuild import build_onnx
 
@@ -231,7 +232,7 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
         "format": fmt,
         "task": source.task,
         "quantization": quantize,
-        "runtime": dict(converted.runtime),
+        "runtime": {**converted.runtime, "execution_providers": list(profile.execution_providers)},
         "inputs": inputs,
         "outputs": list(converted.outputs),
         "class_labels": list(source.class_labels) if source.class_labels is not None else None,
