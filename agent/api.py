@@ -68,7 +68,7 @@ def _response(status: int, body: bytes, keep_alive: bool, content_type: str = "a
 
 
 def _json_body(document: Any) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _error_body(message: str, fix: str | None) -> bytes:
@@ -185,6 +185,7 @@ class ApiServer:
 
     async def _request(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         keep_alive = False
+        method = path = "?"
         try:
             method, path, keep_alive, length, expect = _parse_head(head)
             if length > self.max_body_bytes:
@@ -201,10 +202,17 @@ class ApiServer:
             except asyncio.IncompleteReadError:
                 return False
             status, document = await self._route(method, path, body)
-            payload = _json_body(document)
+            try:
+                payload = _json_body(document)
+            except ValueError as exc:  # NaN/infinity: strict JSON clients could not parse the answer
+                raise HttpError(500, "the model produced NaN or infinity for this input",
+                                "check the model or roll it back") from exc
         except HttpError as err:
             status, payload = err.status, _error_body(err.message, err.fix)
             keep_alive = keep_alive and not err.close
+        except Exception:  # a bug must cost this request a 500, never the connection or the server
+            log.exception("%s %s failed", method, path)
+            status, payload = 500, _error_body("internal error in the agent", "see the agent's log")
         writer.write(_response(status, payload, keep_alive and not self._draining))
         if writer.transport.get_write_buffer_size() > 65536:
             await writer.drain()

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,11 +59,16 @@ class Daemon:
         self.started_at = time.time()
         self.load_failures: dict[str, str] = {}
         self._extensions: list[Any] = []
+        self._reload_lock = threading.Lock()
         self._stop: asyncio.Event | None = None
 
     # -- models ---------------------------------------------------------------------------------
     def reload(self) -> dict[str, Any]:
         """Serve each model's active slot; a model whose slot fails to load keeps what it served."""
+        with self._reload_lock:  # SIGHUP, POST /v1/reload and commands may overlap
+            return self._reload()
+
+    def _reload(self) -> dict[str, Any]:
         loaded: dict[str, str] = {}
         for name in self.store.models():
             try:

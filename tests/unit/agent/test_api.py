@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from agent.api import ApiServer
 from agent.errors import AgentError
-from agent.runtime import load_session
+from agent.runtime import ModelSession, load_session
 from agent.serving import ServingTable
 from agent.slots import ModelStore
 from agent.state import StateDir
@@ -219,3 +220,26 @@ def test_swap_while_clients_hammer_the_api_fails_no_request(api: Running, state:
     assert all(bad == [] for _, bad, _ in results)
     assert sum(ok for ok, _, _ in results) > 30
     assert set().union(*(v for _, _, v in results)) == {"1.0.0", "2.0.0"}
+
+
+class NanSession:
+    """A session whose model outputs NaN: the API must answer 500 with valid JSON, not NaN."""
+
+    def __init__(self, inner: ModelSession) -> None:
+        self.manifest, self.slot, self.providers, self.runtime = inner.manifest, inner.slot, inner.providers, inner.runtime
+
+    def run_roles(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"probabilities": np.full((len(x), 3), np.nan, np.float32), "label": np.array(["setosa"] * len(x))}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_model_answering_nan_gets_a_500_with_valid_json(api: Running) -> None:
+    real = api.table.get("iris")
+    assert real is not None
+    api.table.swap("iris", NanSession(real))
+    with api.tcp() as client:
+        response = client.post("/v1/models/iris/predict", json={"inputs": [ROW]})
+        assert response.status_code == 500 and "NaN" in response.json()["error"]
+        assert client.get("/healthz").status_code == 200
