@@ -65,6 +65,32 @@ def test_any_valid_batch_survives_the_wire_exactly(batch: TelemetryBatch) -> Non
     assert decode(data) == batch
 
 
+def _wire(document: object, version: int = telemetry.WIRE_VERSION) -> bytes:
+    return bytes([version]) + zlib.compress(json.dumps(document).encode())
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**12) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(list("dstixrmnvcelofb")), inner, max_size=6),
+    max_leaves=30,
+)
+
+
+near_batches = st.fixed_dictionaries(
+    {"d": st.just("dev-1"), "s": st.just(1), "t": st.just(1.0), "i": st.just(60)},
+    optional={"x": json_values, "r": json_values,
+              "m": st.lists(st.fixed_dictionaries({"n": st.just("digits"), "v": st.just("1.0.0"), "c": st.just(1)},
+                                                  optional={k: json_values for k in "elofb"}), max_size=2)},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values | near_batches)
+def test_any_json_document_decodes_to_a_batch_or_a_telemetry_error(document: object) -> None:
+    with contextlib.suppress(TelemetryError):
+        decode(_wire(document))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_decode_to_a_batch_or_a_telemetry_error(data: bytes) -> None:
@@ -73,8 +99,6 @@ def test_arbitrary_bytes_decode_to_a_batch_or_a_telemetry_error(data: bytes) -> 
         decode(data)
 
 
-def _wire(document: object, version: int = telemetry.WIRE_VERSION) -> bytes:
-    return bytes([version]) + zlib.compress(json.dumps(document).encode())
 
 
 GOOD = {"d": "dev-1", "s": 1, "t": 1000.0, "i": 60}
