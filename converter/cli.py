@@ -85,29 +85,10 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: dict[str, Any], as_json: bool) -> None:
-    from edgefleet.console import format_kv, human_bytes, print_json, print_table
+    from converter.report import format_report
+    from edgefleet.console import print_json
 
     if as_json:
         print_json(report)
-        return
-    pairs: list[tuple[str, Any]] = [
-        ("bundle", report.get("bundle", "(not written)")),
-        ("sha256", report.get("sha256")),
-        ("profile", report.get("profile")),
-        ("format", report.get("format")),
-        ("quantization", report.get("quantization")),
-        ("proved on", f"{report.get('rows')} rows of {report.get('data')} data"),
-        ("size", f"{human_bytes(report['size_before'])} -> {human_bytes(report['size_after'])} "
-                 f"({report.get('size_ratio', 0) * 100:.1f}%)"),
-    ]
-    for key in ("agreement", "accuracy_original", "accuracy_converted", "accuracy_drop", "max_abs_error",
-                "mean_abs_error", "rel_error", "calibration_method", "calibration_rows"):
-        if key in report:
-            pairs.append((key.replace("_", " "), report[key]))
-    pairs.append(("result", "passed" if report.get("passed") else "FAILED: " + "; ".join(report.get("failures", []))))
-    print(format_kv(pairs))
-    latency = report.get("latency", {})
-    if latency:
-        print()
-        print_table(["host latency", "p50 ms", "p95 ms", "batch rows/s"],
-                    [(model, t["p50_ms"], t["p95_ms"], f"{t['batch_rows_per_s']:,.0f}") for model, t in latency.items()])
+    else:
+        print(format_report(report))

@@ -70,3 +70,13 @@ def test_bad_input_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("edgefleet: error: model file") and "does not exist" in err
+
+
+def test_format_report_of_a_failed_conversion_lists_the_failures() -> None:
+    from converter.report import format_report
+
+    text = format_report({"rows": 10, "data": "synthesized", "size_before": 2048, "size_after": 1024,
+                          "size_ratio": 0.5, "agreement": 0.5, "passed": False,
+                          "failures": ["top-1 agreement 0.5000 is below the profile's min_agreement 0.98"]})
+    assert "(not written)" in text and "1.0 KiB (50.0%)" in text
+    assert "FAILED: top-1 agreement 0.5000" in text and "host latency" not in text
