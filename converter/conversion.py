@@ -206,8 +206,9 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
         "failures": failures,
     }
     if static:
-        report["calibration_method"] = options.calibration_method
         report["calibration_rows"] = len(calibration_rows) if calibration_rows is not None else 0
+        if fmt == "onnx":  # TFLite's converter has one calibration scheme of its own
+            report["calibration_method"] = options.calibration_method
     step("latency")
     latency = {
         "original": measure(original_predictor.predict, evaluation.features).to_dict(),

@@ -52,7 +52,8 @@ def test_mlp_to_full_int8_tflite_carries_scale_and_zero_point(tmp_path: Path) ->
     assert manifest.input.quantization is not None and manifest.input.quantization.scale > 0
     output = manifest.output("probabilities")
     assert output is not None and output.dtype == "int8" and output.quantization is not None
-    assert manifest.report["agreement"] >= 0.99
+    assert manifest.report["agreement"] >= 0.99 and manifest.report["calibration_rows"] == 300
+    assert "calibration_method" not in manifest.report  # TFLite has no choice of method
     assert manifest.report["size_after"] <= 0.35 * manifest.report["size_before"]
     golden = bundle.golden()
     agree = _litert_top1(bundle.model_bytes, golden["inputs"]) == np.asarray(golden["outputs"]["label"])
