@@ -14,7 +14,7 @@ returned in ``ConversionResult.report`` but kept out of the bundle.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,35 @@ def _compare(task: str, original: Outputs, converted: Outputs, labels: Any, clas
     return compare_regressor(original, converted)
 
 
+def _manifest_fields(options: ConvertOptions, profile: Profile, source: SourceModel, converted: Converted,
+                     quantize: str, report: Mapping[str, Any], feature_names: Sequence[str] | None) -> dict[str, Any]:
+    """The manifest as a dict without ``files`` (``write_bundle`` fills those in from the bytes)."""
+    inputs = [dict(spec) for spec in converted.inputs]
+    if feature_names and len(feature_names) == source.n_features:
+        inputs[0]["feature_names"] = list(feature_names)
+    return {
+        "schema_version": 1,
+        "name": options.name,
+        "version": options.version,
+        "format": converted.format,
+        "task": source.task,
+        "quantization": quantize,
+        "runtime": {**converted.runtime, "execution_providers": list(profile.execution_providers)},
+        "inputs": inputs,
+        "outputs": list(converted.outputs),
+        "class_labels": list(source.class_labels) if source.class_labels is not None else None,
+        "profiles": [profile.name],
+        "source": {"framework": source.framework, "kind": source.kind, "sha256": source.sha256, "size": source.size,
+                   "file": source.path.name},
+        "report": dict(report),
+        "health_check": HealthCheck(profile.tolerance.min_agreement, profile.tolerance.max_rel_error,
+                                    profile.latency_budget_ms).to_dict(),
+        "golden_file": "golden.json",
+        "reference_file": "reference.json",
+        "created_by": f"edgefleet {__version__} converter",
+    }
+
+
 def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None = None) -> ConversionResult:
     """Convert ``options.model_path`` into one bundle; see the module docstring for the steps."""
     from converter.golden import golden_document, reference_document
@@ -221,37 +250,13 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
                              fix="try a milder --quantize (int8-dynamic, fp16 or none), more or better calibration data, "
                                  "or --force to write the bundle anyway")
     step("write")
-    golden = golden_document(evaluation.features, original, source.task, source.class_labels)
-    reference = reference_document(evaluation.features, feature_names, original, source.task, source.class_labels)
-    inputs = [dict(spec) for spec in converted.inputs]
-    if feature_names and len(feature_names) == source.n_features:
-        inputs[0]["feature_names"] = list(feature_names)
-    manifest_fields = {
-        "schema_version": 1,
-        "name": options.name,
-        "version": options.version,
-        "format": fmt,
-        "task": source.task,
-        "quantization": quantize,
-        "runtime": {**converted.runtime, "execution_providers": list(profile.execution_providers)},
-        "inputs": inputs,
-        "outputs": list(converted.outputs),
-        "class_labels": list(source.class_labels) if source.class_labels is not None else None,
-        "profiles": [profile.name],
-        "source": {"framework": source.framework, "kind": source.kind, "sha256": source.sha256, "size": source.size,
-                   "file": source.path.name},
-        "report": report,
-        "health_check": HealthCheck(profile.tolerance.min_agreement, profile.tolerance.max_rel_error,
-                                    profile.latency_budget_ms).to_dict(),
-        "golden_file": "golden.json",
-        "reference_file": "reference.json",
-        "created_by": f"edgefleet {__version__} converter",
-    }
     files = {
         f"model.{fmt}": converted.model_bytes,
-        "golden.json": pretty_json(golden),
-        "reference.json": pretty_json(reference),
+        "golden.json": pretty_json(golden_document(evaluation.features, original, source.task, source.class_labels)),
+        "reference.json": pretty_json(reference_document(evaluation.features, feature_names, original, source.task,
+                                                         source.class_labels)),
     }
+    manifest_fields = _manifest_fields(options, profile, source, converted, quantize, report, feature_names)
     path = options.output_dir / bundle_filename(options.name, options.version)
     sha256 = write_bundle(path, manifest_fields, files)
     # Read back through the one gate every consumer uses: what we return is what they will see.

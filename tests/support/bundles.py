@@ -10,7 +10,9 @@ part); each call still runs a real conversion into the caller's directory.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from edgefleet.canonical import pretty_json
 @functools.cache
 def example(kind: str = "digits-mlp") -> ExampleFiles:
     """The trained ``kind`` example, written once per session to a private temporary directory."""
-    return write_example(Path(tempfile.mkdtemp(prefix=f"edgefleet-example-{kind}-")), kind=kind)
+    directory = tempfile.mkdtemp(prefix=f"edgefleet-example-{kind}-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return write_example(Path(directory), kind=kind)
 
 
 def _convert(tmp_dir: Path, *, name: str, version: str, profile: str, fmt: str, quantize: str, kind: str,
