@@ -299,8 +299,12 @@ def encode(batch: TelemetryBatch) -> bytes:
     return bytes([WIRE_VERSION]) + zlib.compress(body, 9)
 
 
-def decode(data: bytes) -> TelemetryBatch:
-    """Parse and validate bytes from ``encode``; raise TelemetryError on anything else."""
+def decode(data: bytes, *, device_id: str | None = None) -> TelemetryBatch:
+    """Parse and validate bytes from ``encode``; raise TelemetryError on anything else.
+
+    ``device_id``, when given, is the id from the topic the batch arrived on: the broker's ACL
+    vouches for the topic, not for the body, so a body naming another device is refused.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < 2:
         raise _fail("telemetry payload is empty or too short to be a batch")
     raw = bytes(data)
@@ -320,7 +324,11 @@ def decode(data: bytes) -> TelemetryBatch:
         document = json.loads(body)
     except ValueError as exc:
         raise _fail(f"telemetry payload is not JSON ({exc})") from exc
-    return from_wire_dict(document)
+    batch = from_wire_dict(document)
+    if device_id is not None and batch.device_id != device_id:
+        raise TelemetryError(f"a batch naming device {batch.device_id!r} arrived on the topic of {device_id!r}",
+                             fix="a device may report only for itself; check the agent's identity.json")
+    return batch
 
 
 # ---- reference profile and PSI -----------------------------------------------------------

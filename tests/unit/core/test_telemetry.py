@@ -127,6 +127,13 @@ def test_schema_violations_are_refused_with_the_reason(document: object, problem
     assert isinstance(caught.value, EdgefleetError) and caught.value.fix
 
 
+def test_a_batch_for_another_device_than_its_topic_is_refused() -> None:
+    data = encode(TelemetryBatch("dev-2", 1, 1.0))
+    assert decode(data, device_id="dev-2").device_id == "dev-2"
+    with pytest.raises(TelemetryError, match="naming device 'dev-2' arrived on the topic of 'dev-1'"):
+        decode(data, device_id="dev-1")
+
+
 def test_unknown_wire_version_names_the_upgrade() -> None:
     with pytest.raises(TelemetryError, match="wire version 2 is not supported.*upgrade"):
         decode(_wire(GOOD, version=2))
