@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from converter.golden import golden_document, golden_rows, reference_document
 from converter.latency import measure
@@ -85,3 +87,22 @@ def test_latency_percentiles_and_rate_from_an_injected_clock() -> None:
                      single_runs=10, batch_rows=100, batch_runs=4)
     assert result.p50_ms == pytest.approx(1.0) and result.p95_ms == pytest.approx(1.0)
     assert result.batch_rows_per_s == pytest.approx(400_000)  # 400 rows between two consecutive reads
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32), min_size=1, max_size=200))
+def test_reference_bins_always_count_every_row_with_sorted_edges(values: list[float]) -> None:
+    x = np.asarray(values, np.float32)[:, None]
+    doc = reference_document(x, ["v"], Outputs(values=x[:, 0].astype(np.float64)), "regression", None)
+    for binned in (doc["features"][0], doc["outputs"]):
+        assert sum(binned["counts"]) == len(values)
+        assert len(binned["counts"]) == len(binned["edges"]) - 1 >= 1
+        assert binned["edges"] == sorted(binned["edges"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=1, max_value=5000))
+def test_golden_rows_are_distinct_valid_indices(total: int) -> None:
+    rows = golden_rows(total)
+    assert len(rows) == min(total, 32) == len(set(rows.tolist()))
+    assert rows.min() >= 0 and rows.max() < total
