@@ -11,10 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.drift import DriftWindow
+from edgefleet import telemetry
+from edgefleet.telemetry import ReferenceProfile
 from fleet_server.alert_sinks import (
     AlertDeliveryError,
     CommandSink,
@@ -32,6 +36,7 @@ from fleet_server.alerts import (
     load_alert_config,
     read_alert_config,
 )
+from fleet_server.drift import DeviceCounts, fleet_drift
 
 DRIFT = Rule("digits-drift", "drift", threshold=0.25, resolve=0.1, match="digits@*")
 ACCURACY = Rule("digits-accuracy", "accuracy", threshold=0.8, resolve=0.85)
@@ -267,3 +272,52 @@ def test_retraining_command_failures_name_the_problem(tmp_path: Path) -> None:
         CommandSink([str(tmp_path / "no-such-retrainer")]).send(firing)
     with pytest.raises(AlertDeliveryError, match="ran past 0 s"):
         CommandSink([sys.executable, "-c", "import time; time.sleep(5)"], timeout_s=0.2).send(firing)
+
+
+# ---- from device counts to the webhook -----------------------------------------------------
+
+def test_shifted_inputs_on_some_devices_fire_one_drift_alert_then_resolve(
+        receiver: tuple[str, type[_Receiver]]) -> None:
+    """Agents' drift counters -> wire -> fleet merge by site -> rule -> webhook, over three windows."""
+    url, handler = receiver
+    rng = np.random.default_rng(11)
+    training = rng.normal(size=(3000, 4))
+    features = []
+    for i in range(4):
+        edges = np.unique(np.quantile(training[:, i], np.linspace(0, 1, 11)))
+        counts = np.bincount(np.searchsorted(edges[1:-1], training[:, i], side="right"), minlength=len(edges) - 1)
+        features.append({"name": f"f{i}", "edges": edges.tolist(), "counts": counts.tolist()})
+    reference = {"rows": 3000, "features": features}
+    sites = {"dev-a1": "a", "dev-a2": "a", "dev-b1": "b"}
+    windows = {d: DriftWindow(reference) for d in sites}
+    evaluator = AlertEvaluator([Rule("drift", "drift", threshold=0.25, resolve=0.1, match="digits@1.0.0 site=*")])
+    sinks = [WebhookSink(url)]
+    seq = 0
+
+    def window_of_traffic(now: float, shift_b: float) -> list[AlertEvent]:
+        nonlocal seq
+        devices = []
+        for device, site in sites.items():
+            x = rng.normal(size=(500, 4))
+            if site == "b":
+                x[:, 2] += shift_b
+            windows[device].observe(x, now=now)
+            drift, _ = windows[device].take_interval()
+            seq += 1
+            wire = telemetry.encode(telemetry.TelemetryBatch(device, seq, now, models=(
+                telemetry.ModelRecord("digits", "1.0.0", count=500, drift=drift),)))
+            batch = telemetry.decode(wire, device_id=device)
+            devices.append(DeviceCounts.from_records(device, "rpi4-64", {"site": site}, batch.models))
+        reports = fleet_drift("digits", "1.0.0", ReferenceProfile.from_dict(reference), devices, by="site")
+        observations = [Observation("drift", f"digits@1.0.0 {r.group}", r.max_psi) for r in reports]
+        events = evaluator.evaluate(observations, now=now)
+        assert dispatch(events, sinks) == []
+        return events
+
+    assert window_of_traffic(0.0, shift_b=0.0) == []
+    fired = window_of_traffic(60.0, shift_b=1.5)
+    assert [(e.state, e.subject) for e in fired] == [("firing", "digits@1.0.0 site=b")]
+    assert window_of_traffic(120.0, shift_b=1.4) == []  # still drifting: no second alert
+    resolved = window_of_traffic(180.0, shift_b=0.0)
+    assert [(e.state, e.subject) for e in resolved] == [("resolved", "digits@1.0.0 site=b")]
+    assert [r["body"]["state"] for r in handler.received] == ["firing", "resolved"]
