@@ -39,6 +39,7 @@ from agent.errors import AgentError
 
 DEFAULT_MAX_BYTES = 8 << 20
 DEFAULT_MAX_ROWS = 20_000
+_BUSY_TIMEOUT_S = 10.0
 
 PayloadFactory = Callable[[int, int], bytes]
 """Builds a payload from (seq, dropped): the seq it will be stored under and the drop count to report."""
@@ -93,7 +94,9 @@ class Outbox:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, one transaction per call.
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # timeout: wait for another process's write (``agent status`` reading) instead of failing.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                       timeout=_BUSY_TIMEOUT_S)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +173,35 @@ def test_delivery_is_in_order_and_every_append_is_delivered_or_counted(
     assert reported_drops + unreported == lost  # every drop is counted, once
     if len(appended) <= max_rows and sum(n for op, n in ops if op == "append") <= max_bytes:
         assert lost == 0  # under the cap nothing is lost
+
+
+_WRITER = """
+import sys
+from agent.outbox import Outbox
+box = Outbox(sys.argv[1], max_rows=50)
+while True:
+    seq = box.append(lambda seq, dropped: f"{seq}:{dropped}:".encode() + b"x" * 200)
+    if seq == 80:  # past the cap of 50: drops are happening too
+        print("past", flush=True)
+"""
+
+
+def test_sigkill_while_appending_leaves_whole_rows_and_a_seq_that_continues(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE,
+                              cwd=Path(__file__).resolve().parents[3])
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == b"past"
+        time.sleep(0.05)  # let it get into the middle of some append
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+    with Outbox(path, max_rows=50) as box:
+        entries = box.pending(1000)
+        seqs = [e.seq for e in entries]
+        assert len(seqs) <= 50 and seqs[-1] >= 80
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # contiguous: nothing torn out
+        for entry in entries:
+            seq, dropped, rest = entry.payload.split(b":", 2)
+            assert (int(seq), int(dropped), len(rest)) == (entry.seq, entry.dropped, 200)
+        assert box.append(b"after") == seqs[-1] + 1
