@@ -34,6 +34,7 @@ the server's TOML config (``load_alert_config``, format in docs/telemetry.md).
 from __future__ import annotations
 
 import fnmatch
+import math
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,9 @@ class Rule:
         if self.kind not in KINDS:
             raise _config_error(f"alert rule {self.name!r} has kind {self.kind!r}",
                                 fix=f"use one of {', '.join(KINDS)}")
+        if not all(math.isfinite(v) for v in (self.threshold, self.resolve_at, self.for_s)):
+            # TOML allows nan and inf; a NaN threshold would silently never fire.
+            raise _config_error(f"alert rule {self.name!r}: threshold, resolve and for_s must be finite numbers")
         if self.resolve is None:
             object.__setattr__(self, "resolve", self.threshold)
         resolve = float(self.resolve if self.resolve is not None else self.threshold)

@@ -6,6 +6,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +99,26 @@ def test_telemetry_batches_carry_their_own_seq_and_drop_count(tmp_path: Path) ->
                 telemetry.TelemetryBatch("dev-1", seq, 1000.0 + i, dropped=dropped)))
         decoded = [telemetry.decode(e.payload) for e in box.pending()]
         assert [(b.seq, b.dropped) for b in decoded] == [(3, 0), (4, 1)]
+
+
+def test_acks_from_another_thread_while_appending(tmp_path: Path) -> None:
+    acked: list[int] = []
+    with Outbox(tmp_path / "o.sqlite") as box:
+        done = threading.Event()
+
+        def link() -> None:  # what the MQTT thread does on PUBACKs
+            while not done.is_set() or box.pending(1):
+                for entry in box.pending(10):
+                    assert box.ack(entry.seq)
+                    acked.append(entry.seq)
+
+        thread = threading.Thread(target=link)
+        thread.start()
+        for i in range(300):
+            box.append(str(i).encode())
+        done.set()
+        thread.join(30)
+        assert box.pending() == [] and acked == list(range(1, 301))
 
 
 def test_ack_of_unknown_seq_is_false(tmp_path: Path) -> None:

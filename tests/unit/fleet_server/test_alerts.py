@@ -190,6 +190,7 @@ def test_rules_are_read_from_the_alerts_table_of_a_toml_file(tmp_path: Path) -> 
     ({"rules": [{"name": "x", "kind": "drift", "threshold": "high"}]}, "must be a number"),
     ({"rules": [{"name": "x", "kind": "drift", "threshold": 0.2}] * 2}, "used twice"),
     ({"rules": [{"name": "x", "kind": "drift", "threshold": 0.2, "retrain": True}]}, "no retrain_command"),
+    ({"rules": [{"name": "x", "kind": "drift", "threshold": float("nan")}]}, "must be finite"),
     ({"webhook": "ftp://x"}, "not an http(s) URL"),
     ({"webhok": "http://x"}, "unknown key(s) webhok"),
 ])
