@@ -9,9 +9,10 @@ A rule watches one kind of fleet value for every subject matching its glob:
     offline         number of devices offline (in a group)               above
     rollout_halted  1 while a rollout is halted, else 0                  above
 
-Subjects are strings the caller chooses and rules match with ``fnmatch``: ``digits@1.0.0``,
-``digits@1.0.0 site=b``, ``fleet``, ``rollout:42``. The server's evaluator loop builds
-``Observation``s from its stores and calls ``AlertEvaluator.evaluate(observations, now)``.
+Subjects are strings rules match with ``fnmatch``: ``digits@1.0.0``, ``digits@1.0.0 site=b``,
+``fleet``, ``rollout:42``. The server's evaluator loop builds ``Observation``s from its stores
+(``drift_observations`` and ``model_observations`` name model subjects consistently) and
+calls ``AlertEvaluator.evaluate(observations, now)``.
 
 An episode: the value crosses ``threshold`` (strictly above, or strictly below for
 ``accuracy``); if it stays across for ``for_s`` seconds the episode fires (one ``firing``
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.telemetry import DRIFT_ABOVE, STABLE_BELOW
+from fleet_server.drift import FLEET, DriftReport, Totals
 from fleet_server.errors import ConfigError
 
 KINDS: Mapping[str, str] = {
@@ -218,7 +220,7 @@ def read_alert_config(path: str | Path) -> AlertConfig:
     return load_alert_config(document)
 
 
-# ---- evaluation --------------------------------------------------------------------------
+# ---- observations -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Observation:
@@ -228,6 +230,30 @@ class Observation:
     subject: str
     value: float
 
+
+def model_subject(model: str, version: str, group: str = FLEET) -> str:
+    """``NAME@VERSION`` for the whole fleet, ``NAME@VERSION GROUP`` (e.g. ``site=b``) for a group."""
+    return f"{model}@{version}" if group == FLEET else f"{model}@{version} {group}"
+
+
+def drift_observations(reports: Iterable[DriftReport]) -> list[Observation]:
+    """One ``drift`` observation (the worst feature's PSI) per report that has data."""
+    return [Observation("drift", model_subject(r.model, r.version, r.group), r.max_psi)
+            for r in reports if r.band != "no data"]
+
+
+def model_observations(model: str, version: str, totals: Totals, group: str = FLEET) -> list[Observation]:
+    """``error_rate`` and ``accuracy`` observations of a model version, where there is data for them."""
+    subject = model_subject(model, version, group)
+    out = []
+    if totals.error_rate is not None:
+        out.append(Observation("error_rate", subject, totals.error_rate))
+    if totals.accuracy is not None:
+        out.append(Observation("accuracy", subject, totals.accuracy))
+    return out
+
+
+# ---- evaluation --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Episode:

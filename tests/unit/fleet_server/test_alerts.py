@@ -33,10 +33,12 @@ from fleet_server.alerts import (
     AlertEvent,
     Observation,
     Rule,
+    drift_observations,
     load_alert_config,
+    model_observations,
     read_alert_config,
 )
-from fleet_server.drift import DeviceCounts, fleet_drift
+from fleet_server.drift import DeviceCounts, Totals, fleet_drift
 
 DRIFT = Rule("digits-drift", "drift", threshold=0.25, resolve=0.1, match="digits@*")
 ACCURACY = Rule("digits-accuracy", "accuracy", threshold=0.8, resolve=0.85)
@@ -131,6 +133,13 @@ def test_halted_rollout_and_offline_devices() -> None:
     assert [(e.rule.name, e.state) for e in events] == [("halted", "resolved")]  # 2 is not past "above 2"
     events = evaluator.evaluate([Observation("offline", "site=a", 1)], now=120)
     assert [(e.rule.name, e.state) for e in events] == [("offline", "resolved")]
+
+
+def test_model_observations_name_subjects_and_skip_missing_data() -> None:
+    totals = Totals(count=200, errors={"inference": 3, "input": 1}, labels=10, correct=7)
+    assert model_observations("digits", "1.0.0", totals, "site=b") == [
+        Observation("error_rate", "digits@1.0.0 site=b", 0.02), Observation("accuracy", "digits@1.0.0 site=b", 0.7)]
+    assert model_observations("digits", "1.0.0", Totals()) == []
 
 
 def test_event_json_says_what_crossed_what() -> None:
@@ -310,8 +319,7 @@ def test_shifted_inputs_on_some_devices_fire_one_drift_alert_then_resolve(
             batch = telemetry.decode(wire, device_id=device)
             devices.append(DeviceCounts.from_records(device, "rpi4-64", {"site": site}, batch.models))
         reports = fleet_drift("digits", "1.0.0", ReferenceProfile.from_dict(reference), devices, by="site")
-        observations = [Observation("drift", f"digits@1.0.0 {r.group}", r.max_psi) for r in reports]
-        events = evaluator.evaluate(observations, now=now)
+        events = evaluator.evaluate(drift_observations(reports), now=now)
         assert dispatch(events, sinks) == []
         return events
 
