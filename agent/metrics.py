@@ -11,7 +11,7 @@ correct over the last ``accuracy_window`` labels of that model version.
 
 ``take_records`` closes the interval: it returns one ``edgefleet.telemetry.ModelRecord`` per
 model version seen (with drift and output counts from the matching ``DriftWindow``) and resets
-the interval counters.
+the interval counters. ``BatchComposer`` wraps that into a whole batch for the outbox.
 
 ``ResourceReader`` reads the agent process's CPU time and RSS from ``/proc`` and the board
 temperature from ``/sys/class/thermal`` (the hottest zone; None where the board exposes none),
@@ -32,13 +32,22 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from agent.drift import DriftWindow
 from agent.errors import AgentError
-from edgefleet.telemetry import Feedback, Latency, ModelRecord, Resource
+from edgefleet.telemetry import (
+    DEFAULT_DRIFT_EVERY,
+    DEFAULT_INTERVAL_S,
+    Feedback,
+    Latency,
+    ModelRecord,
+    Resource,
+    TelemetryBatch,
+    encode,
+)
 
 DEFAULT_ACCURACY_WINDOW = 500
 DEFAULT_REMEMBER = 10_000
@@ -214,6 +223,42 @@ class Metrics:
                 feedback=Feedback(entry.labels, entry.correct),
             ))
         return records
+
+
+# ---- one interval's batch ---------------------------------------------------------------------
+
+class BatchComposer:
+    """Closes an interval into a telemetry batch for ``Outbox.append``.
+
+        composer = BatchComposer(device_id, metrics, windows=lambda: drift_windows_by_version)
+        every interval_s:  outbox.append(composer.compose(time.time()))
+
+    ``compose`` takes the counters now (outside the outbox's transaction) and returns the
+    payload factory the outbox calls with the seq and drop count it assigns. Feature counts
+    go on every ``drift_every``-th batch (``edgefleet.telemetry.DEFAULT_DRIFT_EVERY``).
+    """
+
+    def __init__(self, device_id: str, metrics: Metrics, *,
+                 windows: Callable[[], Mapping[ModelKey, DriftWindow]] = dict,
+                 resource: Callable[[], Resource] | None = None,
+                 interval_s: float = DEFAULT_INTERVAL_S, drift_every: int = DEFAULT_DRIFT_EVERY) -> None:
+        if drift_every < 1:
+            raise AgentError(f"drift_every must be at least 1, got {drift_every}",
+                             fix="send feature counts on every Nth batch, N >= 1")
+        self.device_id = device_id
+        self.metrics = metrics
+        self.windows = windows
+        self.resource = resource or ResourceReader().read
+        self.interval_s = interval_s
+        self.drift_every = drift_every
+        self._composed = 0
+
+    def compose(self, now: float) -> Callable[[int, int], bytes]:
+        self._composed += 1
+        include = self._composed % self.drift_every == 0
+        records = self.metrics.take_records(self.windows(), include_features=include)
+        batch = TelemetryBatch(self.device_id, 0, now, self.interval_s, 0, self.resource(), tuple(records))
+        return lambda seq, dropped: encode(replace(batch, seq=seq, dropped=dropped))
 
 
 # ---- resource use from /proc and /sys ----------------------------------------------------

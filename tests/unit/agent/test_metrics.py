@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from agent.drift import DriftWindow
 from agent.metrics import (
+    BatchComposer,
     FeedbackError,
     LatencyHistogram,
     Metrics,
@@ -19,6 +20,7 @@ from agent.metrics import (
     parse_proc_stat_cpu_ticks,
     read_temperature_c,
 )
+from agent.outbox import Outbox
 from agent.runtime import load_session
 from agent.serving import ServingTable
 from agent.slots import ModelStore
@@ -26,6 +28,7 @@ from agent.state import StateDir
 from edgefleet import telemetry
 from edgefleet.bundle import read_bundle
 from edgefleet.profiles import Profile
+from edgefleet.telemetry import Resource
 from tests.support.bundles import make_onnx_bundle
 
 
@@ -137,3 +140,22 @@ def test_temperature_is_the_hottest_readable_zone_or_none(tmp_path: Path) -> Non
         (tmp_path / "class" / "thermal" / zone).mkdir(parents=True)
         (tmp_path / "class" / "thermal" / zone / "temp").write_text(text)
     assert read_temperature_c(tmp_path) == 61.0
+
+
+def test_composer_batches_carry_outbox_seq_and_features_every_nth(tmp_path: Path) -> None:
+    reference = {"rows": 2, "features": [{"name": "a", "edges": [0.0, 1.0, 2.0], "counts": [1, 1]}],
+                 "outputs": {"kind": "classes", "labels": ["x", "y"], "counts": [1, 1]}}
+    metrics = Metrics()
+    windows = {("m", "1.0.0"): DriftWindow(reference)}
+    composer = BatchComposer("dev-7", metrics, windows=lambda: windows, drift_every=3,
+                             resource=lambda: Resource(1.0, 1000, None))
+    with Outbox(tmp_path / "outbox.sqlite", max_rows=4) as outbox:
+        for minute in range(6):
+            metrics.observe("m", "1.0.0", 2.0, True)
+            windows[("m", "1.0.0")].observe([[0.5], [1.5]], ["x", "y"], now=minute * 60.0)
+            outbox.append(composer.compose(1000.0 + minute * 60))
+        batches = [telemetry.decode(e.payload, device_id="dev-7") for e in outbox.pending()]
+    assert [(b.seq, b.dropped) for b in batches] == [(3, 0), (4, 0), (5, 0), (6, 1)]  # seq 1 dropped by 5, reported by 6
+    assert [bool(b.models[0].drift) for b in batches] == [True, False, False, True]
+    assert batches[0].models[0].drift == ((3, 3),)  # three intervals of two rows, deferred then sent
+    assert all(b.models[0].outputs == (1, 1) and b.resource.rss_bytes == 1000 for b in batches)
