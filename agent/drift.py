@@ -108,7 +108,7 @@ class DriftWindow:
         self._labels: dict[str, int] = {str(label): i for i, label in enumerate(ref.output_labels)}
         self._out_bins = _Binner([ref.output_edges]) if ref.output_kind == "bins" else None
         self._n_out = len(ref.output_counts)
-        # bucket index -> (feature counts, output counts, rows)
+        # time bucket index -> (feature counts, output counts)
         self._ring: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._interval_features = np.zeros(self._features.total, dtype=np.int64)
         self._interval_outputs = np.zeros(self._n_out, dtype=np.int64)
