@@ -242,3 +242,19 @@ def test_admin_token_is_created_once_with_mode_0600(tmp_path: Path) -> None:
     assert json.loads(first.repo.root_json()) == json.loads(second.repo.root_json())
     first.close()
     second.close()
+
+
+def test_chunked_upload_over_the_limit_is_413_without_content_length(client: TestClient) -> None:
+    boundary = "edgefleetboundary"
+
+    def body() -> Iterator[bytes]:
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"bundle\"; filename=\"b.tar.gz\"\r\n"
+               "Content-Type: application/gzip\r\n\r\n").encode()
+        for _ in range(40):
+            yield b"x" * 16384  # 640 KiB in all, over the 200 kB limit + multipart slack
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = client.post("/api/v1/models", content=body(), headers={
+        **ADMIN, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert response.request.headers.get("content-length") is None
+    assert response.status_code == 413
