@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from converter.data import Dataset, load_dataset
-from converter.errors import OptionsError, ToleranceError
+from converter.errors import ConverterError, OptionsError, ToleranceError
 from converter.predictors import Outputs, Predictor
 from converter.quantize import CALIBRATION_METHODS
 from converter.source import SourceModel
@@ -85,6 +85,10 @@ class ConversionResult:
     manifest: Manifest
     report: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if len(self.sha256) != 64 or self.manifest.model_file not in self.manifest.files:
+            raise ConverterError(f"internal: conversion result for {self.bundle_path} is incomplete")
+
 
 @dataclass(frozen=True)
 class Converted:
@@ -97,6 +101,11 @@ class Converted:
     outputs: tuple[dict[str, Any], ...]
     runtime: Mapping[str, Any]
     float_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.format not in ("onnx", "tflite") or not self.model_bytes or len(self.inputs) != 1 or not self.outputs:
+            raise ConverterError(f"internal: the {self.format} builder returned an incomplete model",
+                                 fix="report this as a bug with the model type and options used")
 
 
 def _resolve_format(options: ConvertOptions, profile: Profile, framework: str) -> str:

@@ -123,7 +123,8 @@ def _load_csv(path: Path, labels_column: str | None) -> Dataset:
 def _column_index(column: str, header: list[str] | None, width: int) -> int | None:
     if header is not None and column in header:
         return header.index(column)
-    if header is None and column.isdigit() and int(column) < width:
+    # A 0-based index works with or without a header (a header name wins when both match).
+    if column.isdigit() and int(column) < width:
         return int(column)
     return None
 

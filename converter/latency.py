@@ -26,6 +26,10 @@ class Latency:
     p95_ms: float
     batch_rows_per_s: float
 
+    def __post_init__(self) -> None:
+        if min(self.p50_ms, self.p95_ms, self.batch_rows_per_s) < 0 or self.p95_ms < self.p50_ms:
+            raise ValueError(f"inconsistent latency figures {self}: is the injected clock monotonic?")
+
     def to_dict(self) -> dict[str, float]:
         return {"p50_ms": round(self.p50_ms, 4), "p95_ms": round(self.p95_ms, 4),
                 "batch_rows_per_s": round(self.batch_rows_per_s, 1)}

@@ -26,13 +26,18 @@ class Outputs:
     probabilities: np.ndarray | None = None
     values: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        if self.labels is None and self.probabilities is None and self.values is None:
+            raise ConverterError("the model returned none of labels, probabilities or values")
+
     def top1(self, class_labels: Sequence[Any] | None) -> np.ndarray:
         """The predicted class per row, from the probabilities when there are any."""
         if self.probabilities is not None and class_labels:
             return np.asarray(list(class_labels), dtype=object)[np.argmax(self.probabilities, axis=1)]
         if self.labels is not None:
             return np.asarray(self.labels, dtype=object).reshape(-1)
-        raise ConverterError("the model returned neither labels nor probabilities")
+        raise ConverterError("the model returned neither labels nor probabilities",
+                             fix="a classifier must output class labels or a [batch, classes] probabilities tensor")
 
     def regression(self) -> np.ndarray:
         if self.values is None:
