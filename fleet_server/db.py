@@ -192,5 +192,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(engine), revision)
     except SQLAlchemyError as exc:
-        raise ServerError(f"database migration failed on {safe_url(str(engine.url))}: {exc}",
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]  # one line for the CLI
+        raise ServerError(f"database migration failed on {safe_url(engine.url.render_as_string())}: {reason}",
                           fix="check the database is reachable and the user may create tables") from exc
