@@ -36,10 +36,8 @@ Unpickling (.joblib, .pkl) runs code stored in the file: convert only models you
 
 
 def register(sub: Any) -> None:
-    from edgefleet.cli import _Formatter
-
     parser = sub.add_parser("convert", help="convert a trained model into a verified bundle for a firmware profile",
-                            description=DESCRIPTION, formatter_class=_Formatter)
+                            description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="model file (.joblib, .pkl, .onnx, .keras) or SavedModel directory")
     parser.add_argument("--profile", required=True, help="firmware profile name (see `edgefleet profiles list`) or .toml path")
     parser.add_argument("--name", required=True, help="model name in the registry (lowercase, e.g. digits)")
@@ -48,16 +46,17 @@ def register(sub: Any) -> None:
                         help="output format (default: the profile's default_format; TFLite for Keras sources)")
     parser.add_argument("--quantize", choices=["none", "fp16", "int8-dynamic", "int8-static", "int8"], default=None,
                         help="quantization (default: the profile's default_quantization)")
-    parser.add_argument("--calibration", type=Path, default=None,
+    parser.add_argument("--calibration", type=Path, default=None, metavar="FILE",
                         help="calibration rows for static/full int8 (CSV, NPY, NPZ or Parquet)")
     parser.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax",
-                        help="how int8-static ONNX quantization picks activation ranges")
-    parser.add_argument("--validation", type=Path, default=None,
+                        help="how int8-static ONNX quantization picks activation ranges (default: minmax)")
+    parser.add_argument("--validation", type=Path, default=None, metavar="FILE",
                         help="held-out rows to prove the converted model on (else the calibration rows)")
     parser.add_argument("--labels", default=None, metavar="COLUMN",
                         help="label column in the data files (name, or 0-based index without a header): "
                              "taken out of the features and used for accuracy")
-    parser.add_argument("-o", "--output", type=Path, default=Path("."), metavar="DIR", help="directory for the bundle")
+    parser.add_argument("-o", "--output", type=Path, default=Path("."), metavar="DIR",
+                        help="directory for the bundle (default: the current directory)")
     parser.add_argument("--force", action="store_true", help="write the bundle even if the tolerance or size budget is missed")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
     parser.set_defaults(handler=_convert)
