@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--validation", type=Path, default=None, metavar="FILE",
                         help="held-out rows to prove the converted model on (else the calibration rows)")
     parser.add_argument("--labels", default=None, metavar="COLUMN",
-                        help="label column in the data files (name, or 0-based index without a header): "
+                        help="label column in the data files (header name or 0-based index): "
                              "taken out of the features and used for accuracy")
     parser.add_argument("-o", "--output", type=Path, default=Path("."), metavar="DIR",
                         help="directory for the bundle (default: the current directory)")
