@@ -25,10 +25,13 @@ or decide alerts (``fleet_server.alerts`` does).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from edgefleet.telemetry import ModelRecord, ReferenceProfile, band, psi
 from fleet_server.errors import InvalidInputError
@@ -82,12 +85,40 @@ def _same_bins(actual: Sequence[float], expected: Sequence[float]) -> None:
 
 # ---- per-device counts and merging ----------------------------------------------------------
 
-def _add(into: list[int], more: Sequence[int], what: str) -> None:
-    if len(into) != len(more):
-        raise DriftInputError(f"{what}: {len(more)} bins where {len(into)} were expected",
-                              fix="only add counts of the same model version")
-    for i, value in enumerate(more):
-        into[i] += value
+class _Sum:
+    """Adds count vectors of one ragged shape (features x their bins), flat in numpy.
+
+    Every added vector must have the shape of the first: counts over other edges belong to
+    another bundle and adding them would be meaningless.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.shape: tuple[int, ...] | None = None
+        self.flat: np.ndarray = np.zeros(0, dtype=np.int64)
+
+    def add(self, counts: Sequence[Sequence[int]], who: str) -> None:
+        if not counts:
+            return
+        shape = tuple(len(c) for c in counts)
+        if self.shape is None:
+            self.shape = shape
+            self.flat = np.zeros(sum(shape), dtype=np.int64)
+        elif shape != self.shape:
+            raise DriftInputError(f"{who} sent {self.what} over {len(shape)} x {list(shape)[:4]}... bins where "
+                                  f"{len(self.shape)} x {list(self.shape)[:4]}... were expected",
+                                  fix="only add counts of the same model version (the same reference edges)")
+        self.flat += np.fromiter(itertools.chain.from_iterable(counts), dtype=np.int64, count=len(self.flat))
+
+    def result(self) -> tuple[tuple[int, ...], ...]:
+        if self.shape is None:
+            return ()
+        values = self.flat.tolist()
+        out, start = [], 0
+        for width in self.shape:
+            out.append(tuple(values[start:start + width]))
+            start += width
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -141,8 +172,7 @@ class DeviceCounts:
         Records without drift counts (most batches: features ride on every Nth) add nothing
         to the features but still add outputs and totals.
         """
-        features: list[list[int]] | None = None
-        outputs: list[int] | None = None
+        features, outputs = _Sum("features"), _Sum("outputs")
         totals = Totals()
         seen: set[tuple[str, str]] = set()
         for record in records:
@@ -150,22 +180,10 @@ class DeviceCounts:
             if len(seen) > 1:
                 raise DriftInputError(f"device {device_id} records mix model versions {sorted(seen)}",
                                       fix="add up the records of one model version at a time")
-            if record.drift:
-                if features is None:
-                    features = [list(f) for f in record.drift]
-                else:
-                    if len(record.drift) != len(features):
-                        raise DriftInputError(f"device {device_id} sent {len(record.drift)} features, earlier {len(features)}")
-                    for i, f in enumerate(record.drift):
-                        _add(features[i], f, f"device {device_id} feature {i}")
-            if record.outputs:
-                if outputs is None:
-                    outputs = list(record.outputs)
-                else:
-                    _add(outputs, record.outputs, f"device {device_id} outputs")
+            features.add(record.drift, f"device {device_id}")
+            outputs.add([record.outputs] if record.outputs else [], f"device {device_id}")
             totals = totals + Totals.of(record)
-        return cls(device_id, profile, dict(labels), tuple(tuple(f) for f in features or ()),
-                   tuple(outputs or ()), totals)
+        return cls(device_id, profile, dict(labels), features.result(), (outputs.result() or ((),))[0], totals)
 
 
 def group_of(device: DeviceCounts, by: str | None) -> str:
@@ -191,25 +209,13 @@ class MergedCounts:
 
 
 def merge(group: str, devices: Sequence[DeviceCounts]) -> MergedCounts:
-    features: list[list[int]] = []
-    outputs: list[int] = []
+    features, outputs = _Sum("features"), _Sum("outputs")
     totals = Totals()
     for device in devices:
-        if device.features:
-            if not features:
-                features = [[0] * len(f) for f in device.features]
-            if len(device.features) != len(features):
-                raise DriftInputError(f"device {device.device_id} sent {len(device.features)} features where "
-                                      f"others sent {len(features)}",
-                                      fix="merge counts of one model version only")
-            for i, f in enumerate(device.features):
-                _add(features[i], f, f"device {device.device_id} feature {i}")
-        if device.outputs:
-            if not outputs:
-                outputs = [0] * len(device.outputs)
-            _add(outputs, device.outputs, f"device {device.device_id} outputs")
+        features.add(device.features, f"device {device.device_id}")
+        outputs.add([device.outputs] if device.outputs else [], f"device {device.device_id}")
         totals = totals + device.totals
-    return MergedCounts(group, len(devices), tuple(tuple(f) for f in features), tuple(outputs), totals)
+    return MergedCounts(group, len(devices), features.result(), (outputs.result() or ((),))[0], totals)
 
 
 def merge_by(devices: Iterable[DeviceCounts], by: str | None = None) -> dict[str, MergedCounts]:
