@@ -115,6 +115,9 @@ def test_counts_of_another_bundle_are_refused_with_the_fix() -> None:
     wrong = DeviceCounts("dev-9", "rpi4-64", {}, ((1, 2),) * 3, ())
     with pytest.raises(DriftInputError, match="reference has 8"):
         fleet_drift("digits", "1.0.0", PROFILE, [wrong])
+    other = DeviceCounts("dev-8", "rpi4-64", {}, ((1, 2, 3),) * 8, ())
+    with pytest.raises(DriftInputError, match="dev-8 sent features over 8 x"):
+        merge_by([device("dev-1", "a", 0.0, 1), other])
     with pytest.raises(DriftInputError, match="mix model versions"):
         DeviceCounts.from_records("dev-9", "p", {}, [ModelRecord("a", "1.0.0"), ModelRecord("a", "2.0.0")])
 
