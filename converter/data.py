@@ -2,7 +2,7 @@
 
 A ``Dataset`` is a 2-D float32 feature matrix, optional labels and optional feature names.
 CSV headers are detected (a first row that is not all numbers is a header). ``labels_column``
-names the label column (by header name, or by 0-based index for headerless files and NPY);
+names the label column (by header name, or by 0-based index: headerless CSV, NPY);
 a file that lacks it is taken as features only, so one option serves both the labelled
 validation file and an unlabelled calibration file.
 
