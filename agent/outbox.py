@@ -11,7 +11,8 @@ is offline for hours, or loses power, delivers everything when the link returns,
 
 * ``seq`` is device-scoped and strictly increasing. The next value is persisted with the
   rows, in the same transaction, so it survives restarts (and an outbox emptied by acks).
-* The store is bounded in bytes and rows. When an append takes it over a cap the OLDEST rows
+* The store is bounded in bytes (of payload; the file adds SQLite's page and WAL overhead)
+  and rows. When an append takes it over a cap the OLDEST rows
   are deleted. Every deletion is counted; the count is handed to the next ``append`` (the
   ``dropped`` argument of the payload factory) and then reset, so it travels in the next batch.
   A dropped row's own carried count is added too: the counts in delivered batches always add
