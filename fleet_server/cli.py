@@ -61,6 +61,7 @@ def _register_server(sub: Any) -> None:
     p.add_argument("--broker", dest="broker_url", help="MQTT broker URL mqtt[s]://HOST:PORT (default: embedded broker)")
     p.add_argument("--public-url", help="the URL devices use to reach this server")
     p.add_argument("--broker-public-url", help="the broker URL devices are given (default: --broker)")
+    p.add_argument("--broker-ca-file", type=Path, help="CA bundle to verify an mqtts:// broker (default: system CAs)")
     p.add_argument("--mosquitto-dir", type=Path, help="write Mosquitto's password and ACL files here")
     p.add_argument("--mosquitto-pid-file", type=Path, help="SIGHUP this Mosquitto after writing its files")
     p.set_defaults(handler=_server)
@@ -81,7 +82,7 @@ def _server(args: argparse.Namespace) -> int:
     from fleet_server.app import create_app
 
     config = _server_config(args, ("data_dir", "host", "port", "database_url", "broker_url", "public_url",
-                                   "broker_public_url", "mosquitto_dir", "mosquitto_pid_file"))
+                                   "broker_public_url", "broker_ca_file", "mosquitto_dir", "mosquitto_pid_file"))
     logging.getLogger("fleet_server").setLevel(min(logging.getLogger().level, logging.INFO))
     app = create_app(config)
     ctx = app.state.ctx

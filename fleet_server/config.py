@@ -36,6 +36,7 @@ class ServerConfig:
     database_url: str | None = None  # None: SQLite file data_dir/edgefleet.sqlite
     broker_url: str | None = None  # None: start the embedded amqtt broker on loopback
     broker_public_url: str | None = None  # what devices are told; default: broker_url
+    broker_ca_file: Path | None = None  # CA bundle for an mqtts:// broker; None: the system CAs
     public_url: str | None = None  # what devices use to reach this server; default http://host:port
     admin_token: str | None = None  # None: read or create data_dir/admin-token
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
@@ -117,7 +118,7 @@ def check_broker_url(url: str, name: str = "broker_url") -> str:
 
 
 _FIELDS = {f.name: f for f in fields(ServerConfig)}
-_PATH_FIELDS = {"data_dir", "mosquitto_dir", "mosquitto_pid_file"}
+_PATH_FIELDS = {"data_dir", "mosquitto_dir", "mosquitto_pid_file", "broker_ca_file"}
 _INT_FIELDS = {"port", "max_upload_bytes", "enrollment_ttl_seconds"}
 _FLOAT_FIELDS = {"timestamp_refresh_seconds", "timestamp_min_remaining_seconds", "rollout_interval_seconds"}
 ENV_PREFIX = "EDGEFLEET_"
@@ -183,7 +184,7 @@ def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] |
     values.update({k: _coerce(k, v, f"--{k.replace('_', '-')}") for k, v in flags.items()})
     data_dir = Path(values.get("data_dir", ServerConfig.data_dir)).expanduser().resolve()
     values["data_dir"] = data_dir
-    for name in ("mosquitto_dir", "mosquitto_pid_file"):
+    for name in ("mosquitto_dir", "mosquitto_pid_file", "broker_ca_file"):
         if values.get(name) is not None:
             values[name] = Path(values[name]).resolve()
     return ServerConfig(**values)

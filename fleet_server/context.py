@@ -177,7 +177,8 @@ class ServerContext:
         self.mqtt = FleetMqtt(self.broker_url, handler=fanout,
                               username=self.config.mqtt_username if own_login else None,
                               password=self.mqtt_password if own_login else None,
-                              shared=not embedded).start()
+                              shared=not embedded,
+                              ca_file=str(self.config.broker_ca_file) if self.config.broker_ca_file else None).start()
         # The rollout engine publishes assignments over the same connection; its worker gets
         # every device message after presence has been stored.
         self.rollouts = RolloutEngine(self.db, Assignments(self.db, self.keys.director, self.mqtt), clock=self.clock)
