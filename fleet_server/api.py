@@ -117,6 +117,74 @@ class EnrollRequest(_Strict):
     agent_version: str = Field(default="", max_length=64)
 
 
+class ModelOut(BaseModel):
+    name: str
+    version: str
+    sha256: str
+    length: int
+    target_path: str = Field(description="TUF target path, NAME/NAME-VERSION.tar.gz")
+    profiles: list[str]
+    yanked: bool
+    created_at: str
+
+
+class ModelDetailOut(ModelOut):
+    manifest: dict[str, Any]
+
+
+class PushOut(ModelDetailOut):
+    created: bool = Field(description="false when identical bytes were already published")
+
+
+class TokenOut(BaseModel):
+    token: str
+    profile: str
+    labels: dict[str, str]
+    expires_at: str
+    server_url: str
+    agent_command: str = Field(description="what to run on the device")
+
+
+class DeviceOut(BaseModel):
+    id: str
+    profile: str
+    labels: dict[str, str]
+    status: str = Field(description="enrolled or revoked")
+    online: bool
+    last_seen: str | None
+    hostname: str
+    agent_version: str
+    enrolled_at: str | None
+    revoked_at: str | None
+    reported: dict[str, Any] | None = Field(description="the device's last `reported` document")
+    mqtt_username: str
+    assignment_counter: int
+
+
+class EnrollmentOut(BaseModel):
+    """docs/contracts.md, "Enrollment"."""
+
+    device_id: str
+    profile: str
+    profile_toml: str
+    labels: dict[str, str]
+    broker_url: str | None
+    mqtt_username: str
+    mqtt_password: str
+    api_token: str
+    server_url: str
+    tuf_root: dict[str, Any]
+    tuf_metadata_url: str
+    tuf_targets_url: str
+    director_public_key: str = Field(description="base64 of the 32 raw Ed25519 bytes")
+
+
+class HealthOut(BaseModel):
+    status: str
+    mqtt_connected: bool
+    tuf_root_version: int
+
+
 api = APIRouter(prefix="/api/v1")
 tuf = APIRouter(prefix="/tuf", tags=["tuf"])
 health = APIRouter()
@@ -124,7 +192,7 @@ health = APIRouter()
 
 # ------------------------------------------------------------------ models
 
-@api.post("/models", tags=["models"], dependencies=Admin, status_code=201,
+@api.post("/models", tags=["models"], dependencies=Admin, status_code=201, response_model=PushOut,
           responses={200: {"description": "identical bundle already published (idempotent)"},
                      409: {"description": "name+version already published with different bytes"},
                      413: {"description": "upload over the size limit"}})
@@ -147,17 +215,17 @@ def push_model(ctx: Ctx, response: Response,
     return {**info.to_dict(), "created": created}
 
 
-@api.get("/models", tags=["models"], dependencies=Admin)
+@api.get("/models", tags=["models"], dependencies=Admin, response_model=list[ModelOut])
 def list_models(ctx: Ctx, name: Annotated[str | None, Query(pattern=MODEL_NAME)] = None) -> list[dict[str, Any]]:
     return [m.to_dict(manifest=False) for m in ctx.registry.list(name)]
 
 
-@api.get("/models/{name}/{version}", tags=["models"], dependencies=Admin)
+@api.get("/models/{name}/{version}", tags=["models"], dependencies=Admin, response_model=ModelDetailOut)
 def show_model(ctx: Ctx, name: ModelName, version: Version) -> dict[str, Any]:
     return ctx.registry.get(name, checked_version(version)).to_dict()
 
 
-@api.post("/models/{name}/{version}/yank", tags=["models"], dependencies=Admin)
+@api.post("/models/{name}/{version}/yank", tags=["models"], dependencies=Admin, response_model=ModelOut)
 def yank_model(ctx: Ctx, name: ModelName, version: Version) -> dict[str, Any]:
     """Mark a version as never assignable again. Its TUF target stays, so running devices still verify it."""
     return ctx.registry.yank(name, checked_version(version)).to_dict(manifest=False)
@@ -165,7 +233,8 @@ def yank_model(ctx: Ctx, name: ModelName, version: Version) -> dict[str, Any]:
 
 # ----------------------------------------------------------------- devices
 
-@api.post("/devices/enrollment-tokens", tags=["devices"], dependencies=Admin, status_code=201)
+@api.post("/devices/enrollment-tokens", tags=["devices"], dependencies=Admin, status_code=201,
+          response_model=TokenOut)
 def create_enrollment_token(ctx: Ctx, body: TokenRequest) -> dict[str, Any]:
     """A one-time, expiring token; the device redeems it with POST /api/v1/enroll."""
     ttl = timedelta(seconds=body.ttl_seconds or ctx.config.enrollment_ttl_seconds)
@@ -178,22 +247,22 @@ def create_enrollment_token(ctx: Ctx, body: TokenRequest) -> dict[str, Any]:
     }
 
 
-@api.get("/devices", tags=["devices"], dependencies=Admin)
+@api.get("/devices", tags=["devices"], dependencies=Admin, response_model=list[DeviceOut])
 def list_devices(ctx: Ctx, status: Annotated[str | None, Query(pattern="^(enrolled|revoked)$")] = None) -> list[dict[str, Any]]:
     return [d.to_dict() for d in ctx.devices.list(status=status)]
 
 
-@api.get("/devices/{device_id}", tags=["devices"], dependencies=Admin)
+@api.get("/devices/{device_id}", tags=["devices"], dependencies=Admin, response_model=DeviceOut)
 def show_device(ctx: Ctx, device_id: DeviceId) -> dict[str, Any]:
     return ctx.devices.get(device_id).to_dict()
 
 
-@api.patch("/devices/{device_id}/labels", tags=["devices"], dependencies=Admin)
+@api.patch("/devices/{device_id}/labels", tags=["devices"], dependencies=Admin, response_model=DeviceOut)
 def patch_labels(ctx: Ctx, device_id: DeviceId, body: LabelsPatch) -> dict[str, Any]:
     return ctx.devices.update_labels(device_id, body.labels).to_dict()
 
 
-@api.post("/devices/{device_id}/revoke", tags=["devices"], dependencies=Admin)
+@api.post("/devices/{device_id}/revoke", tags=["devices"], dependencies=Admin, response_model=DeviceOut)
 def revoke_device(ctx: Ctx, device_id: DeviceId) -> dict[str, Any]:
     """Revoke a device: its API token stops working and the broker files drop it (and Mosquitto reloads)."""
     return ctx.devices.revoke(device_id).to_dict()
@@ -201,7 +270,7 @@ def revoke_device(ctx: Ctx, device_id: DeviceId) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ device
 
-@api.post("/enroll", tags=["device"])
+@api.post("/enroll", tags=["device"], response_model=EnrollmentOut)
 def enroll(ctx: Ctx, body: EnrollRequest) -> dict[str, Any]:
     """Redeem an enrollment token (once) for the device's identity, credentials and trust bundle."""
     grant = ctx.devices.enroll(body.token, hostname=body.hostname, agent_version=body.agent_version)
@@ -216,7 +285,7 @@ def enroll(ctx: Ctx, body: EnrollRequest) -> dict[str, Any]:
     }
 
 
-@api.get("/device/self", tags=["device"])
+@api.get("/device/self", tags=["device"], response_model=DeviceOut)
 def device_self(device: Annotated[DeviceInfo, Depends(require_device)]) -> dict[str, Any]:
     """What the server knows about the calling device."""
     return device.to_dict()
@@ -248,7 +317,7 @@ def tuf_target(ctx: Ctx, target: str) -> FileResponse:
     return FileResponse(path, media_type="application/octet-stream")
 
 
-@health.get("/healthz", tags=["health"])
+@health.get("/healthz", tags=["health"], response_model=HealthOut)
 def healthz(ctx: Ctx) -> dict[str, Any]:
     mqtt = ctx.mqtt
     return {"status": "ok", "mqtt_connected": bool(mqtt is not None and mqtt.connected.is_set()),

@@ -226,7 +226,9 @@ def test_validation_errors_name_the_field(client: TestClient) -> None:
 
 
 def test_openapi_lists_the_endpoints(client: TestClient) -> None:
-    paths = client.get("/openapi.json").json()["paths"]
+    document = client.get("/openapi.json").json()
+    paths = document["paths"]
+    assert {"EnrollmentOut", "DeviceOut", "PushOut", "TokenRequest"} <= set(document["components"]["schemas"])
     for path in ("/api/v1/models", "/api/v1/enroll", "/api/v1/devices/{device_id}/revoke", "/tuf/targets/{target}"):
         assert path in paths
     assert client.get("/healthz").json()["status"] == "ok"
