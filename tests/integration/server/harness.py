@@ -1,7 +1,9 @@
 """Test helpers for the fleet server: tiny real bundles, configs, and a server running under uvicorn.
 
-``make_bundle`` builds a real ONNX bundle (scikit-learn LogisticRegression through skl2onnx,
-golden outputs from the original model) and caches it, so a test file pays the conversion once.
+``make_bundle`` builds a small real ONNX bundle (scikit-learn LogisticRegression through skl2onnx,
+golden outputs from the original model) and caches it; a ``seed`` gives different bytes for the
+same name+version, which the duplicate-push tests need. The acceptance test uses the converter's
+own bundles (tests/support/bundles.py) instead.
 ``RunningServer`` runs ``create_app`` under uvicorn in a thread on a free port, for clients that
 need a real socket (tuf.ngclient, the CLI, Range requests).
 """

@@ -12,6 +12,7 @@ from tuf.ngclient import Updater
 
 from edgefleet.cli import main
 from tests.integration.server.harness import RunningServer, make_bundle, server_config
+from tests.support.bundles import make_onnx_bundle
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
@@ -43,7 +44,8 @@ def server(tmp_path: Path, database_url: str) -> RunningServer:
 
 
 def test_ngclient_downloads_the_pushed_bundle_with_the_enrollment_root(server: RunningServer, tmp_path: Path) -> None:
-    data = make_bundle("digits", "1.0.0")
+    # The acceptance path: a bundle made by the converter, pushed, fetched with python-tuf.
+    data = make_onnx_bundle(tmp_path / "bundles", name="digits", version="1.0.0").read_bytes()
     pushed = httpx.post(f"{server.url}/api/v1/models", files={"bundle": ("b.tar.gz", data)}, headers=ADMIN)
     assert pushed.status_code == 201
     grant = _enroll(server)
