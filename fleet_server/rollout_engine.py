@@ -289,14 +289,17 @@ class RolloutEngine:
             rollout = Rollout.from_dict(row.document)
             if only_if is not None and not only_if(rollout):
                 return {}
-            wave_before = rollout.current_wave
+            wave_before, logged = rollout.current_wave, len(row.log)
             actions = step(rollout, now, session)
             if note:
                 self._log(row, now, note)
             issued = self._execute(session, row, rollout, actions, now)
             if rollout.current_wave != wave_before:
                 self._log(row, now, f"wave {rollout.current_wave + 1} started")
-            self._store(row, rollout, now)
+            document = rollout.to_dict()
+            if document != row.document or len(row.log) != logged:
+                # most ticks change nothing: leave the row (and its updated_at) alone then
+                self._store(row, rollout, now)
             view = rollout_view(row, rollout)
         self._publish(issued)
         return view

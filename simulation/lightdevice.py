@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import heapq
 import itertools
 import json
@@ -138,26 +139,47 @@ class TufTargetChecker:
     """Asks the real TUF repository (``tuf.ngclient``) for a target's hash and length.
 
     One checker serves a whole fleet: every device trusts the same root, and the point of the
-    light device is to not keep a TUF client per device.
+    light device is to not keep a TUF client per device. An ngclient ``Updater`` refreshes
+    once in its life, so each check builds a new one over the shared metadata directory;
+    answers are reused for ``cache_seconds`` so a wave of devices does not refresh a wave of
+    times.
     """
 
-    def __init__(self, root_json: bytes, metadata_url: str, metadata_dir: Path) -> None:
-        from tuf.ngclient.updater import Updater
+    def __init__(self, root_json: bytes, metadata_url: str, metadata_dir: Path, *,
+                 cache_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        from edgefleet.atomic import atomic_write_bytes
 
-        metadata_dir.mkdir(parents=True, exist_ok=True)
-        self._updater = Updater(metadata_dir=str(metadata_dir), metadata_base_url=metadata_url, bootstrap=root_json)
+        if not (metadata_dir / "root.json").exists():
+            atomic_write_bytes(metadata_dir / "root.json", root_json)
+        self._metadata_dir = metadata_dir
+        self._metadata_url = metadata_url
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._answers: dict[ModelTarget, tuple[float, str | None]] = {}
         self._lock = threading.Lock()
 
     def check(self, target: ModelTarget) -> str | None:
-        from tuf.api.exceptions import RepositoryError as TufRepositoryError
-
         with self._lock:
-            try:
-                self._updater.refresh()
-                info = self._updater.get_targetinfo(target.target_path)
-            except (TufRepositoryError, OSError) as exc:
-                log.warning("TUF refresh failed: %s", exc)
-                return "tuf_unavailable"
+            cached = self._answers.get(target)
+            if cached is not None and self._clock() - cached[0] < self._cache_seconds:
+                return cached[1]
+            answer = self._ask(target)
+            self._answers[target] = (self._clock(), answer)
+            return answer
+
+    def _ask(self, target: ModelTarget) -> str | None:
+        from tuf.api.exceptions import DownloadError
+        from tuf.api.exceptions import RepositoryError as TufRepositoryError
+        from tuf.ngclient.updater import Updater
+
+        try:
+            updater = Updater(metadata_dir=str(self._metadata_dir), metadata_base_url=self._metadata_url,
+                              bootstrap=None)
+            updater.refresh()
+            info = updater.get_targetinfo(target.target_path)
+        except (TufRepositoryError, DownloadError, OSError) as exc:
+            log.warning("TUF refresh failed: %s", exc)
+            return "tuf_unavailable"
         if info is None:
             return "tuf_unknown_target"
         if info.hashes.get("sha256") != target.sha256 or info.length != target.length:
@@ -273,10 +295,7 @@ class _Loop:
                     except BlockingIOError:
                         pass
                     continue
-                if mask & selectors.EVENT_READ:
-                    client.loop_read()
-                if mask & selectors.EVENT_WRITE and client.socket() is not None:
-                    client.loop_write()
+                self._guarded(functools.partial(self._service, client, mask))
             while True:
                 try:
                     fn = self._calls.get_nowait()
@@ -290,7 +309,14 @@ class _Loop:
             if now >= next_misc:
                 next_misc = now + _MISC_INTERVAL
                 for client in self.clients:
-                    client.loop_misc()
+                    self._guarded(client.loop_misc)
+
+    @staticmethod
+    def _service(client: Any, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            client.loop_read()
+        if mask & selectors.EVENT_WRITE and client.socket() is not None:
+            client.loop_write()
 
     @staticmethod
     def _guarded(fn: Callable[[], None]) -> None:

@@ -34,9 +34,10 @@ def fake_sha(name: str, version: str) -> str:
 
 
 def add_model(db: Database, name: str, version: str, profiles: Sequence[str] = ("rpi4-64",), *,
-              yanked: bool = False) -> None:
+              yanked: bool = False, sha256: str | None = None, length: int = 1000) -> None:
+    """A published version; the sha256 defaults to a stand-in (light devices fetch nothing)."""
     with db.session() as s:
-        s.add(ModelRow(name=name, version=version, sha256=fake_sha(name, version), length=1000,
+        s.add(ModelRow(name=name, version=version, sha256=sha256 or fake_sha(name, version), length=length,
                        target_path=f"{name}/{name}-{version}.tar.gz", manifest={}, profiles=list(profiles),
                        yanked=yanked, yanked_at=None, created_at=T0))
 

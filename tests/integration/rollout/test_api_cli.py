@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from edgefleet.cli import main
 from fleet_server.app import create_app
 from fleet_server.config import ServerConfig
 from fleet_server.rollouts_api import router
-from simulation.lightdevice import LightFleet
+from simulation.lightdevice import LightFleet, TufTargetChecker
 from tests.integration.rollout.fleetdb import add_device, add_model
 from tests.integration.rollout.mqtt_tools import Recorder
 from tests.integration.rollout.stack import Replica, build_fleet
@@ -32,6 +33,7 @@ class Server:
     url: str
     replica: Replica
     director_b64: str
+    ctx: Any
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def server(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Server]:
             raise RuntimeError("uvicorn did not start")
         threading.Event().wait(0.05)
     try:
-        yield Server(f"http://127.0.0.1:{port}", replica, ctx.keys.director.public_b64)
+        yield Server(f"http://127.0.0.1:{port}", replica, ctx.keys.director.public_b64, ctx)
     finally:
         replica.stop()
         uv.should_exit = True
@@ -129,3 +131,26 @@ def test_api_commands_and_refusals(server: Server, capsys: pytest.CaptureFixture
     assert rolled["state"] == "rolled_back" and "no_previous_version" in json.dumps(rolled["log"])
     listed = json.loads(_cli(capsys, server, "list", "--state", "rolled_back", "--json")[1])
     assert [v["id"] for v in listed] == [rollout_id]
+
+
+def test_light_devices_refuse_a_target_whose_hash_disagrees_with_tuf(server: Server, mosquitto: MosquittoBroker,
+                                                                     tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    db, repo = server.replica.db, server.ctx.repo
+    good = repo.add_target("digits/digits-1.0.0.tar.gz", b"the 1.0.0 bundle")
+    repo.add_target("digits/digits-2.0.0.tar.gz", b"the 2.0.0 bundle")
+    add_model(db, "digits", "1.0.0", sha256=good.sha256, length=good.length)
+    # the registry row disagrees with the signed TUF metadata (a tampered database)
+    add_model(db, "digits", "2.0.0", sha256="0" * 64, length=16)
+    checker = TufTargetChecker(repo.root_json(), f"{server.url}/tuf/metadata/", tmp_path / "tuf-client")
+    with LightFleet(mosquitto.url, checker=checker) as fleet:
+        build_fleet(db, fleet, server.director_b64, [f"dev-{i:02d}" for i in range(6)])
+        fleet.wait_connected()
+        first = json.loads(_cli(capsys, server, "create", "digits@1.0.0", "--waves", "50,100", "--bake", "0",
+                                "--json")[1])
+        assert _cli(capsys, server, "status", first["id"], "--watch", "--interval", "0.2")[0] == 0
+        second = json.loads(_cli(capsys, server, "create", "digits@2.0.0", "--waves", "50,100", "--bake", "0",
+                                 "--auto-rollback", "--json")[1])
+        code, out = _cli(capsys, server, "status", second["id"], "--watch", "--interval", "0.2", "--devices")
+        assert code == 1 and "rolled_back" in out and "tuf_hash_mismatch" in out
+        assert all(d.models["digits"][0] == "1.0.0" for d in fleet.devices.values())
