@@ -5,8 +5,9 @@ the database (Alembic ``upgrade head``), the signing keys (``init_keys`` with th
 ``data_dir/offline-root-keys`` and a loud warning, if there are none), the TUF repository
 (created on first start), the admin token (created once, stored 0600, reported as new so the
 CLI prints it once) and the server's own MQTT credentials. ``start_network`` then starts the
-embedded broker when no broker URL is configured, writes the broker accounts, and connects
-the MQTT ingest; ``close`` undoes it.
+embedded broker when no broker URL is configured, writes the broker accounts, connects the
+MQTT ingest and starts the rollout engine's worker (``fleet_server.rollout_engine``), which
+publishes signed assignments over the same connection; ``close`` undoes it.
 
 Services (``Registry``, ``Devices``) receive their collaborators here; none of them reads the
 config or the environment themselves.
