@@ -30,7 +30,8 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,6 +72,7 @@ LOG_LIMIT = 500
 # An action that fails a device feeds the core again; a core that kept answering with more
 # actions would be a bug, and this bound turns it into an error instead of a hang.
 _MAX_ACTION_ROUNDS = 10_000
+_BATCH = 500  # messages the worker applies per transaction at most
 
 
 def _utcnow() -> datetime:
@@ -115,6 +117,63 @@ def rollout_view(row: RolloutRow, rollout: Rollout, *, devices: bool = False) ->
     if devices:
         view["device_records"] = [rollout.devices[k].to_dict() for k in sorted(rollout.devices)]
     return view
+
+
+@dataclass(frozen=True)
+class _Input:
+    """One thing a device said, as the rollout core takes it."""
+
+    device_id: str
+    kind: str                   # "event", "online" or "offline"
+    event: str = ""
+    model: str | None = None    # None: concerns every rollout (presence)
+    version: str | None = None
+    reason: str = ""
+
+    def matters(self, rollout: Rollout) -> bool:
+        record = rollout.devices.get(self.device_id)
+        if record is None:
+            return False
+        return self.kind == "event" or record.online != (self.kind == "online")
+
+    def feed(self, rollout: Rollout, now: datetime) -> list[Action]:
+        if self.kind == "online":
+            return rollout.device_online(self.device_id, now)
+        if self.kind == "offline":
+            return rollout.device_offline(self.device_id, now)
+        return rollout.device_event(self.device_id, self.event, now, self.reason, self.version)
+
+
+def _event_inputs(device_id: str, event: Mapping[str, Any]) -> list[_Input]:
+    kind, model, version = event.get("event"), event.get("model"), event.get("version")
+    if kind not in EVENTS or not isinstance(model, str):
+        return []  # a refusal before the device trusted the document names no model: timeouts cover it
+    return [_Input(device_id, "event", str(kind), model, version if isinstance(version, str) else None,
+                   str(event.get("reason") or ""))]
+
+
+def _parse(topic: str, payload: bytes) -> list[_Input]:
+    """The rollout inputs in one ``events`` or ``reported`` message (none for anything else)."""
+    try:
+        device_id, kind = topics.parse_device_topic(topic)
+        document = json.loads(payload) if payload else None
+    except ValueError as exc:
+        log.warning("rollout engine dropped a message on %s: %s", topic, exc)
+        return []
+    if not isinstance(document, dict) or document.get("device_id", device_id) != device_id:
+        return []
+    if kind == "events":
+        return _event_inputs(device_id, document)
+    if kind != "reported" or not isinstance(document.get("online"), bool):
+        return []
+    inputs = [_Input(device_id, "online" if document["online"] else "offline")]
+    update_ = document.get("update")
+    if isinstance(update_, dict) and update_.get("state") in OUTCOME_EVENTS and isinstance(update_.get("version"), str):
+        # The retained report repeats the last outcome: it makes up for an event lost while no
+        # server was subscribed (the core ignores an outcome it already has).
+        inputs += _event_inputs(device_id, {"event": update_["state"], "model": update_.get("model"),
+                                            "version": update_["version"], "reason": update_.get("reason")})
+    return inputs
 
 
 class RolloutEngine:
@@ -196,49 +255,42 @@ class RolloutEngine:
 
     def handle_message(self, topic: str, payload: bytes) -> None:
         """MQTT handler for device ``events`` and ``reported`` messages; others are ignored."""
-        try:
-            device_id, kind = topics.parse_device_topic(topic)
-            document = json.loads(payload) if payload else None
-        except ValueError as exc:
-            log.warning("rollout engine dropped a message on %s: %s", topic, exc)
-            return
-        if not isinstance(document, dict) or document.get("device_id", device_id) != device_id:
-            return
-        if kind == "events":
-            self.device_event(device_id, document)
-        elif kind == "reported" and isinstance(document.get("online"), bool):
-            self.device_presence(device_id, bool(document["online"]))
-            update_ = document.get("update")
-            if isinstance(update_, dict) and update_.get("state") in OUTCOME_EVENTS:
-                # The retained report repeats the last outcome: it makes up for an event lost
-                # while no server was subscribed (the core ignores a repeated outcome).
-                self.device_event(device_id, {"event": update_.get("state"), "model": update_.get("model"),
-                                              "version": update_.get("version"), "reason": update_.get("reason")})
+        self.handle_messages([(topic, payload)])
+
+    def handle_messages(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Apply a batch of messages, in order, with ONE locked transaction per rollout concerned.
+
+        A wave of devices reports in bursts; taking the rollout's lock once per burst instead
+        of once per message is what keeps the engine ahead of a few hundred devices.
+        """
+        inputs = [i for topic, payload in messages for i in _parse(topic, payload)]
+        if inputs:
+            self._apply(inputs)
 
     def device_event(self, device_id: str, event: Mapping[str, Any]) -> None:
         """One lifecycle event (docs/contracts.md ``events``) to the live rollout it concerns."""
-        kind, model = event.get("event"), event.get("model")
-        if kind not in EVENTS or not isinstance(model, str):
-            return  # a refusal before the device trusted the document names no model: timeouts cover it
-        version = event.get("version") if isinstance(event.get("version"), str) else None
-        reason = str(event.get("reason") or "")
-        for rollout_id in self._live_ids(model, event.get("rollout_id")):
-            self._change(rollout_id, lambda r, now, _s: r.device_event(device_id, str(kind), now, reason, version),
-                         None, only_if=lambda r: device_id in r.devices)
+        self._apply(_event_inputs(device_id, event))
 
     def device_presence(self, device_id: str, online: bool) -> None:
-        for rollout_id in self._live_ids(None, None):
-            def differs(r: Rollout) -> bool:
-                record = r.devices.get(device_id)
-                return record is not None and record.online != online
+        self._apply([_Input(device_id, "online" if online else "offline")])
 
-            self._change(rollout_id, (lambda r, now, _s: r.device_online(device_id, now)) if online
-                         else (lambda r, now, _s: r.device_offline(device_id, now)), None, only_if=differs)
+    def _apply(self, inputs: Sequence[_Input]) -> None:
+        for rollout_id, model in self._live():
+            # By model, not by the event's rollout id: one model has at most one live rollout,
+            # and a device's assignment may carry another rollout's id (another model's, or a
+            # refresh) while it updates this model. The core filters by device and version.
+            relevant = [i for i in inputs if i.model in (None, model)]
+            if relevant:
+                self._feed(rollout_id, relevant)
+
+    def _feed(self, rollout_id: str, inputs: Sequence[_Input]) -> None:
+        self._change(rollout_id, lambda r, now, _s: [a for i in inputs for a in i.feed(r, now)], None,
+                     only_if=lambda r: any(i.matters(r) for i in inputs))
 
     def tick(self) -> int:
         """Advance every live rollout; return how many were ticked. Safe to call from every replica."""
-        live = self._live_ids(None, None)
-        for rollout_id in live:
+        live = self._live()
+        for rollout_id, _ in live:
             self._change(rollout_id, self._tick_one, None)
         return len(live)
 
@@ -255,14 +307,10 @@ class RolloutEngine:
                 actions += rollout.add_device(device, now)
         return actions + rollout.tick(now)
 
-    def _live_ids(self, model: str | None, rollout_id: Any) -> list[str]:
+    def _live(self) -> list[tuple[str, str]]:
         with self.db.session() as session:
-            query = select(RolloutRow.id).where(RolloutRow.state.in_(LIVE_STATES))
-            if model is not None:
-                query = query.where(RolloutRow.model == model)
-            ids = list(session.scalars(query.order_by(RolloutRow.id)))
-        # The agent echoes the assignment's rollout id; use it to touch one rollout, not all.
-        return [rollout_id] if isinstance(rollout_id, str) and rollout_id in ids else ids
+            return [(r.id, r.model) for r in session.execute(
+                select(RolloutRow.id, RolloutRow.model).where(RolloutRow.state.in_(LIVE_STATES)).order_by(RolloutRow.id))]
 
     def _lock(self, session: Session, rollout_id: str) -> RolloutRow | None:
         if self.db.engine.dialect.name == "sqlite":
@@ -401,13 +449,17 @@ class RolloutWorker:
     def _run(self) -> None:
         next_tick = time.monotonic() + self.interval
         while not self._stop.is_set():
+            batch: list[tuple[str, bytes]] = []
             try:
                 item = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
+                while item is not None and len(batch) < _BATCH:
+                    batch.append(item)
+                    item = self._queue.get_nowait()
             except queue.Empty:
-                item = None
+                pass
             try:
-                if item is not None:
-                    self.engine.handle_message(*item)
+                if batch:
+                    self.engine.handle_messages(batch)
                 if time.monotonic() >= next_tick and not self._stop.is_set():
                     next_tick = time.monotonic() + self.interval
                     self.engine.tick()
