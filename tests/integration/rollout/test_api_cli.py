@@ -18,11 +18,10 @@ from edgefleet.assignment import verify_assignment
 from edgefleet.cli import main
 from fleet_server.app import create_app
 from fleet_server.config import ServerConfig
-from fleet_server.rollouts_api import router
 from simulation.lightdevice import LightFleet, TufTargetChecker
 from tests.integration.rollout.fleetdb import add_device, add_model
 from tests.integration.rollout.mqtt_tools import Recorder
-from tests.integration.rollout.stack import Replica, build_fleet
+from tests.integration.rollout.stack import build_fleet
 from tests.support.mosquitto import MosquittoBroker, free_port
 
 TOKEN = "admin-token-for-tests"
@@ -31,23 +30,26 @@ TOKEN = "admin-token-for-tests"
 @dataclass
 class Server:
     url: str
-    replica: Replica
-    director_b64: str
-    ctx: Any
+    ctx: Any  # fleet_server.context.ServerContext: its db, keys, TUF repo and rollout engine
+
+    @property
+    def db(self) -> Any:
+        return self.ctx.db
+
+    @property
+    def director_b64(self) -> str:
+        return str(self.ctx.keys.director.public_b64)
 
 
 @pytest.fixture
 def server(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Server]:
+    """The real app (create_app) under uvicorn: its MQTT connection runs the rollout engine's worker."""
     import uvicorn
 
     port = free_port()
-    config = ServerConfig(data_dir=tmp_path / "server", port=port, admin_token=TOKEN, broker_url=mosquitto.url)
-    app = create_app(config, mqtt=False)
-    ctx = app.state.ctx
-    replica = Replica(ctx.db, mosquitto.url, ctx.keys.director)
-    # what the app factory does once it wires the rollout engine in
-    app.state.rollout_engine = replica.engine
-    app.include_router(router)
+    config = ServerConfig(data_dir=tmp_path / "server", port=port, admin_token=TOKEN, broker_url=mosquitto.url,
+                          rollout_interval_seconds=0.2)
+    app = create_app(config)
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -56,9 +58,9 @@ def server(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Server]:
             raise RuntimeError("uvicorn did not start")
         threading.Event().wait(0.05)
     try:
-        yield Server(f"http://127.0.0.1:{port}", replica, ctx.keys.director.public_b64, ctx)
+        assert app.state.ctx.rollouts is not None, "the app did not start its rollout engine"
+        yield Server(f"http://127.0.0.1:{port}", app.state.ctx)
     finally:
-        replica.stop()
         uv.should_exit = True
         thread.join(10)
 
@@ -70,7 +72,7 @@ def _cli(capsys: pytest.CaptureFixture[str], server: Server, *args: str) -> tupl
 
 def test_cli_rolls_a_version_out_in_waves(server: Server, mosquitto: MosquittoBroker,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    db = server.replica.db
+    db = server.db
     add_model(db, "digits", "1.0.0")
     with LightFleet(mosquitto.url) as fleet:
         build_fleet(db, fleet, server.director_b64, [f"dev-{i:02d}" for i in range(20)])
@@ -102,7 +104,7 @@ def test_cli_rolls_a_version_out_in_waves(server: Server, mosquitto: MosquittoBr
 
 
 def test_api_commands_and_refusals(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
-    db = server.replica.db
+    db = server.db
     add_model(db, "digits", "1.0.0")
     add_model(db, "digits", "0.9.0", yanked=True)
     for i in range(4):
@@ -136,7 +138,7 @@ def test_api_commands_and_refusals(server: Server, capsys: pytest.CaptureFixture
 def test_light_devices_refuse_a_target_whose_hash_disagrees_with_tuf(server: Server, mosquitto: MosquittoBroker,
                                                                      tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    db, repo = server.replica.db, server.ctx.repo
+    db, repo = server.db, server.ctx.repo
     good = repo.add_target("digits/digits-1.0.0.tar.gz", b"the 1.0.0 bundle")
     repo.add_target("digits/digits-2.0.0.tar.gz", b"the 2.0.0 bundle")
     add_model(db, "digits", "1.0.0", sha256=good.sha256, length=good.length)
