@@ -7,8 +7,9 @@ devices and a few versions fast, so they write the rows the way those services d
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from fleet_server.db import Database, DeviceRow, ModelRow
 
@@ -45,3 +46,32 @@ def add_model(db: Database, name: str, version: str, profiles: Sequence[str] = (
 def counters(db: Database) -> dict[str, int]:
     with db.session() as s:
         return {d.id: d.assignment_counter for d in s.query(DeviceRow).all()}
+
+
+class RecordingPublisher:
+    """An in-memory stand-in for the broker connection (the seam under test is the DB logic)."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.sent: list[tuple[str, bytes, bool]] = []
+        self.fail_first = fail_first
+        self._lock = threading.Lock()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        with self._lock:
+            if self.fail_first:
+                self.fail_first -= 1
+                raise ConnectionError("broker down")
+            self.sent.append((topic, payload, retain))
+
+
+class FakeClock:
+    """Time for the engine, moved by the test."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

@@ -13,23 +13,13 @@ from edgefleet import topics
 from edgefleet.assignment import DirectorSigner, verify_assignment
 from fleet_server.assignments import Assignments, IneligibleError
 from fleet_server.db import Database
-from tests.integration.rollout.fleetdb import T0, add_device, add_model, counters
-
-
-class RecordingPublisher:
-    """An in-memory stand-in for the broker connection (the seam under test is the DB logic)."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.sent: list[tuple[str, bytes, bool]] = []
-        self.fail_first = fail_first
-        self._lock = threading.Lock()
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        with self._lock:
-            if self.fail_first:
-                self.fail_first -= 1
-                raise ConnectionError("broker down")
-            self.sent.append((topic, payload, retain))
+from tests.integration.rollout.fleetdb import (
+    T0,
+    RecordingPublisher,
+    add_device,
+    add_model,
+    counters,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
