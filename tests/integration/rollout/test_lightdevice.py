@@ -110,3 +110,18 @@ def test_two_hundred_devices_share_one_thread(mosquitto: MosquittoBroker) -> Non
             rec.wait_for(lambda: sum(1 for _, p, _ in rec.messages if b'"committed"' in p) == 200, 30)
             updated_s = time.monotonic() - t1
     print(f"200 light devices: connected in {connected_s:.2f} s, 200 updates (1,400 events) in {updated_s:.2f} s")
+
+
+def test_devices_reconnect_after_a_broker_restart(mosquitto: MosquittoBroker) -> None:
+    signer = DirectorSigner.generate()
+    with LightFleet(mosquitto.url) as fleet:
+        for i in range(5):
+            fleet.add(DeviceIdentity(f"dev-r{i}", "rpi4-64", signer.public_b64))
+        fleet.wait_connected()
+        mosquitto.restart()
+        fleet.wait_for(lambda: not all(d.connected.is_set() for d in fleet.devices.values()), 5, "the drop")
+        fleet.wait_connected(15)
+        with Recorder(mosquitto.url, "edgefleet/v1/devices/+/events") as rec:
+            for i in range(5):
+                rec.publish(topics.desired(f"dev-r{i}"), _envelope(signer, f"dev-r{i}", 1, "1.0.0"), retain=True)
+            rec.wait_for(lambda: sum(1 for _, p, _ in rec.messages if b'"committed"' in p) == 5)
