@@ -195,6 +195,7 @@ class RolloutEngine:
         rollout_id = f"ro-{secrets.token_hex(6)}"
         issued: list[IssuedAssignment] = []
         with self.db.session() as session:
+            self._lock_model(session, model)
             row = session.scalars(select(ModelRow).where(ModelRow.name == model, ModelRow.version == version)
                                   ).one_or_none()
             if row is None:
@@ -311,6 +312,13 @@ class RolloutEngine:
         with self.db.session() as session:
             return [(r.id, r.model) for r in session.execute(
                 select(RolloutRow.id, RolloutRow.model).where(RolloutRow.state.in_(LIVE_STATES)).order_by(RolloutRow.id))]
+
+    def _lock_model(self, session: Session, model: str) -> None:
+        """Serialise rollout creation per model, so two replicas cannot both start one."""
+        if self.db.engine.dialect.name == "sqlite":
+            session.execute(update(ModelRow).where(ModelRow.name == model).values(name=ModelRow.name))
+        else:
+            session.execute(select(ModelRow.id).where(ModelRow.name == model).with_for_update())
 
     def _lock(self, session: Session, rollout_id: str) -> RolloutRow | None:
         if self.db.engine.dialect.name == "sqlite":

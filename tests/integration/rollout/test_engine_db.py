@@ -177,3 +177,33 @@ def test_racing_replicas_advance_each_wave_once(db: Database) -> None:
     assert set(counters(db).values()) == {1}  # nobody assigned twice by the two replicas
     for engine in replicas:
         engine.db.dispose()
+
+
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+def test_two_replicas_creating_the_same_rollout_start_only_one(db: Database) -> None:
+    from fleet_server.errors import ConflictError
+
+    signer = DirectorSigner.generate()
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(4)
+
+    def create() -> None:
+        own = Database(db.url)
+        engine = RolloutEngine(own, Assignments(own, signer, RecordingPublisher()), clock=FakeClock())
+        barrier.wait()
+        try:
+            result = engine.create("digits", "2.0.0", "", _policy())["id"]
+        except ConflictError:
+            result = "conflict"
+        with lock:
+            outcomes.append(result)
+        own.dispose()
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes).count("conflict") == 3
+    assert set(counters(db).values()) <= {0, 1}
