@@ -348,7 +348,10 @@ class LightDevice:
         self._broker = broker
         self._checker = checker
         self._wall_clock = wall_clock
-        self._generation = 0
+        self._generation = 0  # bumped to abandon scheduled steps (new assignment, lost network)
+        self._accepted: Assignment | None = None
+        self._in_flight = False
+        self._interrupted = False
         self._update: dict[str, Any] = {"state": "idle", "model": None, "version": None, "counter": None, "reason": None}
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity.device_id,
                                    protocol=mqtt.MQTTv311, clean_session=True)
@@ -391,9 +394,14 @@ class LightDevice:
             self._loop.call_later(1.0, self._reconnect)
 
     def drop(self) -> None:
-        """Lose the network without saying goodbye: the broker publishes the last will."""
+        """Lose the network without saying goodbye: the broker publishes the last will.
+
+        An update in flight stops; like an agent restarting from its persisted state, the
+        device takes it up again when it is back online (``connect``).
+        """
         self.want_online = False
-        self._generation += 1  # abandon any update in flight, as a powered-off device would
+        self._generation += 1
+        self._interrupted = self._in_flight
         sock = self._client.socket()
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
@@ -410,6 +418,9 @@ class LightDevice:
         self.connected.set()
         client.subscribe([(topics.desired(self.device_id), 1), (topics.commands(self.device_id), 1)])
         self._publish_reported()
+        if self._interrupted and self._accepted is not None:
+            self._interrupted = False
+            self._start(self._accepted, resumed=True)
 
     def _on_disconnect(self, _client: Any, _u: Any, _flags: Any, _reason: Any, _props: Any) -> None:
         self.connected.clear()
@@ -442,6 +453,10 @@ class LightDevice:
             self._send_event("failed", None, None, None, None, exc.reason)
             return
         self.last_counter = assignment.counter
+        self._accepted = assignment
+        self._start(assignment, resumed=False)
+
+    def _start(self, assignment: Assignment, *, resumed: bool) -> None:
         self._generation += 1
         steps: list[Step] = []
         for name, target in sorted(assignment.models.items()):
@@ -450,7 +465,10 @@ class LightDevice:
                 continue
             refusal = self._checker.check(target) if self._checker is not None else None
             outcome = self.behaviour.outcome_for(name, target.version)
+            if resumed and outcome is Outcome.OFFLINE:
+                outcome = Outcome.SUCCEED  # it went offline once; back now, it finishes the update
             steps += plan_update(name, current, target.version, outcome, refusal=refusal)
+        self._in_flight = bool(steps)
         self._run_steps(steps, assignment, self._generation, time.monotonic(), dict(self.models))
 
     def _run_steps(self, steps: Sequence[Step], assignment: Assignment, generation: int, started: float,
@@ -472,6 +490,7 @@ class LightDevice:
                          step.reason, {"total_ms": round((time.monotonic() - started) * 1000, 3)})
         if step.event == "assigned" or terminal:
             self._publish_reported()
+        self._in_flight = bool(rest) or step.goes_offline
         if step.goes_offline:
             self.drop()
             return

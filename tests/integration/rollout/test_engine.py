@@ -164,3 +164,28 @@ def test_ineligible_profile_is_never_assigned_and_late_devices_join(tmp_path: Pa
             replica.assignments.assign("jet-1", {"digits": "1.0.0"}, None, replica.engine.clock())
     finally:
         replica.stop()
+
+
+def test_a_device_offline_mid_rollout_catches_up_when_it_returns(tmp_path: Path, mosquitto: MosquittoBroker,
+                                                                 fleet: LightFleet, signer: DirectorSigner) -> None:
+    replica = Replica(f"sqlite:///{tmp_path}/fleet.sqlite", mosquitto.url, signer)
+    try:
+        add_model(replica.db, "digits", "1.0.0")
+        build_fleet(replica.db, fleet, signer.public_b64, [f"dev-{i:02d}" for i in range(7)])
+        build_fleet(replica.db, fleet, signer.public_b64, ["dev-flaky"], behaviour=Behaviour(default=Outcome.OFFLINE))
+        fleet.wait_connected()
+        view = replica.engine.create("digits", "1.0.0", "", _policy(waves=(50.0, 100.0), bake_time=timedelta(0)))
+
+        def flaky() -> dict[str, object]:
+            records = replica.engine.get(view["id"], devices=True)["device_records"]
+            return next(r for r in records if r["device_id"] == "dev-flaky")
+
+        # its last will reaches the engine: offline, still counted as in flight, the rollout waits
+        wait_until(lambda: flaky()["online"] is False, 10, "the engine to see dev-flaky go offline")
+        assert flaky()["status"] == "assigned" and replica.engine.get(view["id"])["state"] == "running"
+        fleet.reconnect("dev-flaky")
+        done = wait_until(lambda: (v := replica.engine.get(view["id"]))["state"] == "completed" and v, 10,
+                          "the rollout to complete once dev-flaky is back")
+        assert done["devices"] == {"committed": 8}
+    finally:
+        replica.stop()

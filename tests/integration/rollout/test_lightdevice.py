@@ -89,6 +89,10 @@ def test_offline_device_leaves_its_will_retained(mosquitto: MosquittoBroker) -> 
             rec.wait_for(lambda: bool(rec.json_on(topics.reported("dev-o"))))
             assert rec.json_on(topics.reported("dev-o"))[-1] == {"device_id": "dev-o", "online": False}
             assert rec.messages[-1][2] is True  # retained
+        # back online, it takes the interrupted update up again and finishes it
+        fleet.reconnect("dev-o")
+        fleet.wait_for(lambda: fleet.devices["dev-o"].event_names()[-1:] == ["committed"], 10, "the resumed update")
+        assert fleet.devices["dev-o"].models["digits"][0] == "1.0.0"
 
 
 def test_two_hundred_devices_share_one_thread(mosquitto: MosquittoBroker) -> None:
