@@ -38,3 +38,12 @@ def test_the_agent_cli_loads_no_runtime_until_a_handler_runs() -> None:
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                            check=True).stdout))
     assert not loaded & {"numpy", "onnxruntime", "paho", "tuf", *FORBIDDEN}
+
+
+def test_the_public_surface_is_what_we_meant_and_resolves() -> None:
+    import agent
+
+    assert agent.__all__ == ["AgentError", "ModelSession", "ModelStore", "PredictionResult", "ServingStats",
+                             "ServingTable", "Slot", "StateDir", "load_session"]
+    for name in agent.__all__:
+        assert getattr(agent, name).__name__ == name
