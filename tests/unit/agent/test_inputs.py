@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import InputError
@@ -89,12 +89,14 @@ def test_arrays_of_strings_are_refused() -> None:
         to_matrix(np.array([["1", "2", "3"]]), NAMED)
 
 
+@settings(deadline=None)  # shared CI cores: judge behaviour, not speed
 @given(st.lists(st.lists(st.floats(min_value=-1e6, max_value=1e6, width=32), min_size=3, max_size=3),
                 min_size=1, max_size=20))
 def test_any_finite_rows_round_trip(rows: list[list[float]]) -> None:
     np.testing.assert_array_equal(to_matrix({"inputs": rows}, NAMED), np.array(rows, dtype=np.float32))
 
 
+@settings(deadline=None)  # shared CI cores: judge behaviour, not speed
 @given(st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=5) | st.integers(),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
                     max_leaves=12))
