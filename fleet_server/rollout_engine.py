@@ -130,6 +130,10 @@ class _Input:
     version: str | None = None
     reason: str = ""
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("event", "online", "offline") or (self.kind == "event") != (self.event in EVENTS):
+            raise ValueError(f"not a rollout input: kind {self.kind!r}, event {self.event!r}")
+
     def matters(self, rollout: Rollout) -> bool:
         record = rollout.devices.get(self.device_id)
         if record is None:
