@@ -17,7 +17,7 @@ import pytest
 from edgefleet import topics
 from edgefleet.assignment import DirectorSigner
 from fleet_server.rollout import RolloutPolicy
-from simulation.lightdevice import Behaviour, DeviceIdentity, LightFleet, Outcome
+from simulation.lightdevice import Behaviour, DeviceIdentity, LightFleet, Outcome, SimulationError
 from tests.integration.rollout.fleetdb import add_device, add_model, counters
 from tests.integration.rollout.mqtt_tools import Recorder
 from tests.integration.rollout.stack import Replica, build_fleet, wait_until
@@ -187,5 +187,37 @@ def test_a_device_offline_mid_rollout_catches_up_when_it_returns(tmp_path: Path,
         done = wait_until(lambda: (v := replica.engine.get(view["id"]))["state"] == "completed" and v, 10,
                           "the rollout to complete once dev-flaky is back")
         assert done["devices"] == {"committed": 8}
+    finally:
+        replica.stop()
+
+
+def test_rollout_over_a_broker_that_enforces_credentials_and_acl(tmp_path: Path, mosquitto_auth: MosquittoBroker,
+                                                                 signer: DirectorSigner) -> None:
+    from fleet_server.broker_auth import mosquitto_password_hash, render_acl, render_password_file
+
+    ids = [f"dev-{i:02d}" for i in range(6)]
+    passwords = {d: f"pw-{d}" for d in ids} | {"fleet-server": "server-secret"}
+    mosquitto_auth.password_file.write_text(render_password_file(
+        {user: mosquitto_password_hash(pw, iterations=10) for user, pw in passwords.items()}))
+    mosquitto_auth.acl_file.write_text(render_acl([(d, d) for d in ids], ["fleet-server"]))
+    mosquitto_auth.reload()
+    server_url = f"mqtt://fleet-server:server-secret@127.0.0.1:{mosquitto_auth.port}"
+    replica = Replica(f"sqlite:///{tmp_path}/fleet.sqlite", server_url, signer)
+    try:
+        add_model(replica.db, "digits", "1.0.0")
+        with LightFleet(mosquitto_auth.url) as fleet:
+            for device_id in ids:
+                add_device(replica.db, device_id, labels={"site": "a"})
+                fleet.add(DeviceIdentity(device_id, "rpi4-64", signer.public_b64, device_id, passwords[device_id]))
+            # a device with a stolen id but not its password never gets on the broker
+            impostor = LightFleet(mosquitto_auth.url)
+            impostor.add(DeviceIdentity("dev-00", "rpi4-64", signer.public_b64, "dev-00", "guessed"))
+            with impostor, pytest.raises(SimulationError, match="did not connect"):
+                impostor.wait_connected(2)
+            fleet.wait_connected()
+            view = replica.engine.create("digits", "1.0.0", "", _policy(waves=(50.0, 100.0), bake_time=timedelta(0)))
+            done = wait_until(lambda: (v := replica.engine.get(view["id"]))["state"] == "completed" and v, 15,
+                              "the rollout over the authenticated broker")
+        assert done["devices"] == {"committed": 6}
     finally:
         replica.stop()
