@@ -29,6 +29,7 @@ from agent.state import StateDir
 from edgefleet.bundle import read_bundle
 from edgefleet.profiles import Profile
 from tests.unit.agent.models import FEATURES, BundleMaker
+from tests.unit.agent.tally import Tally
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 
@@ -196,6 +197,7 @@ def test_a_stale_socket_file_is_replaced_but_a_live_one_is_refused(api: Running)
 def test_swap_while_clients_hammer_the_api_fails_no_request(api: Running, state: StateDir, profile: Profile,
                                                             linear_bundle: BundleMaker) -> None:
     stop = threading.Event()
+    tally = Tally()
 
     def hammer(use_unix: bool) -> tuple[int, list[int], set[str]]:
         ok, bad, versions = 0, [], set()
@@ -207,18 +209,22 @@ def test_swap_while_clients_hammer_the_api_fails_no_request(api: Running, state:
                     versions.add(response.json()["version"])
                 else:
                     bad.append(response.status_code)
+                tally.add()
         return ok, bad, versions
 
     store = ModelStore(state)
     slots = [store.stage(read_bundle(linear_bundle(v, seed=i))) for i, v in enumerate(["1.0.0", "2.0.0"])]
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(hammer, i % 2 == 0) for i in range(4)]
+        seen = 0
         for i in range(30):
-            api.table.swap("iris", load_session(slots[i % 2], profile))
+            seen = tally.wait_for_more(seen + 1)  # requests in flight across every swap
+            api.table.swap("iris", load_session(slots[(i + 1) % 2], profile))
+        tally.wait_for_more(tally.count + 3)
         stop.set()
         results = [f.result(30) for f in futures]
     assert all(bad == [] for _, bad, _ in results)
-    assert sum(ok for ok, _, _ in results) > 30
+    assert sum(ok for ok, _, _ in results) > 60
     assert set().union(*(v for _, _, v in results)) == {"1.0.0", "2.0.0"}
 
 

@@ -16,6 +16,7 @@ from agent.state import StateDir
 from edgefleet.bundle import read_bundle
 from edgefleet.profiles import Profile
 from tests.unit.agent.models import LABELS, BundleMaker, linear_probabilities
+from tests.unit.agent.tally import Tally
 
 ROW = [0.1, -0.2, 0.3, 0.4]
 
@@ -108,6 +109,8 @@ def test_swap_under_hammering_threads_fails_no_request(state: StateDir, profile:
     versions: set[str] = set()
     failures: list[BaseException] = []
 
+    tally = Tally()
+
     def hammer() -> int:
         n = 0
         while not stop.is_set():
@@ -116,13 +119,17 @@ def test_swap_under_hammering_threads_fails_no_request(state: StateDir, profile:
                 n += 1
             except BaseException as exc:  # any failure at all is the bug
                 failures.append(exc)
+            tally.add()
         return n
 
     with ThreadPoolExecutor(4) as pool:
         counts = [pool.submit(hammer) for _ in range(4)]
+        seen = 0
         for i in range(60):
-            table.swap("iris", session(state, profile, linear_bundle(f"1.{i % 2}.0", seed=i % 2)))
+            seen = tally.wait_for_more(seen + 1)  # requests in flight across every swap
+            table.swap("iris", session(state, profile, linear_bundle(f"1.{(i + 1) % 2}.0", seed=(i + 1) % 2)))
+        tally.wait_for_more(tally.count + 3)
         stop.set()
         total = sum(c.result() for c in counts)
-    assert failures == [] and total > 60
+    assert failures == [] and total > 120
     assert versions == {"1.0.0", "1.1.0"}
