@@ -17,7 +17,7 @@ DEFAULT_STATE_DIR = os.environ.get("EDGEFLEET_STATE_DIR", "/var/lib/edgefleet")
 AGENT_HELP = """\
 The agent runs on each device. A typical first run:
 
-  edgefleet agent enroll --server http://fleet:8080 --token TOKEN --state-dir /var/lib/edgefleet
+  edgefleet agent enroll --server http://fleet:8080 --token=TOKEN --state-dir /var/lib/edgefleet
   edgefleet agent run --state-dir /var/lib/edgefleet        # or: systemctl start edgefleet-agent
   curl --unix-socket /var/lib/edgefleet/agent.sock -d '{"inputs": [[...]]}' localhost/v1/models/NAME/predict
 
@@ -45,7 +45,8 @@ def register(sub: Any) -> None:
                         description="POST the token to the server, then store identity, MQTT credentials (0600), "
                         "the director key, the firmware profile and the TUF root in the state directory.")
     p.add_argument("--server", required=True, help="fleet server URL, e.g. http://fleet:8080")
-    p.add_argument("--token", required=True, help="one-time token from `edgefleet devices enroll`")
+    p.add_argument("--token", required=True, help="one-time token from `edgefleet devices enroll` "
+                   "(write --token=TOKEN when it starts with '-')")
     p.add_argument("--hostname", help="name reported to the server (default: this machine's hostname)")
     p.add_argument("--force", action="store_true", help="enroll again even if the state directory is enrolled")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

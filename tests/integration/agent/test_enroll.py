@@ -50,7 +50,7 @@ def device(server: RunningServer, device_id: str) -> dict[str, Any]:
 def test_enroll_stores_the_trust_bundle_privately_then_the_agent_goes_online(tmp_path: Path, server: RunningServer) -> None:
     state = StateDir(tmp_path / "device")
     secret = token(server)
-    done = cli("agent", "enroll", "--server", server.url, "--token", secret, "--state-dir", str(state.path),
+    done = cli("agent", "enroll", "--server", server.url, f"--token={secret}", "--state-dir", str(state.path),
                "--hostname", "pi-17", "--json")
     assert done.returncode == 0, done.stderr
     device_id = json.loads(done.stdout)["device_id"]
@@ -69,7 +69,7 @@ def test_enroll_stores_the_trust_bundle_privately_then_the_agent_goes_online(tmp
     assert state.profile().name == "generic-x86_64"
     assert device(server, device_id)["hostname"] == "pi-17"
 
-    again = cli("agent", "enroll", "--server", server.url, "--token", secret, "--state-dir", str(tmp_path / "other"))
+    again = cli("agent", "enroll", "--server", server.url, f"--token={secret}", "--state-dir", str(tmp_path / "other"))
     assert again.returncode == 1 and "refused the enrollment token" in again.stderr and "already used" in again.stderr
 
     bundle = tmp_path / "iris.tar.gz"
@@ -85,12 +85,12 @@ def test_enroll_stores_the_trust_bundle_privately_then_the_agent_goes_online(tmp
 
 
 def test_enroll_errors_name_the_fix(tmp_path: Path, server: RunningServer) -> None:
-    unknown = cli("agent", "enroll", "--server", server.url, "--token", "not-a-token", "--state-dir", str(tmp_path / "a"))
+    unknown = cli("agent", "enroll", "--server", server.url, "--token=not-a-token", "--state-dir", str(tmp_path / "a"))
     assert unknown.returncode == 1 and "not known to the server" in unknown.stderr
-    nowhere = cli("agent", "enroll", "--server", "http://127.0.0.1:9", "--token", "x", "--state-dir", str(tmp_path / "b"))
+    nowhere = cli("agent", "enroll", "--server", "http://127.0.0.1:9", "--token=x", "--state-dir", str(tmp_path / "b"))
     assert nowhere.returncode == 1 and "cannot reach the server" in nowhere.stderr and "check --server" in nowhere.stderr
     assert not (tmp_path / "a" / "identity.json").exists()
     state = tmp_path / "c"
-    assert cli("agent", "enroll", "--server", server.url, "--token", token(server), "--state-dir", str(state)).returncode == 0
-    twice = cli("agent", "enroll", "--server", server.url, "--token", token(server), "--state-dir", str(state))
+    assert cli("agent", "enroll", "--server", server.url, f"--token={token(server)}", "--state-dir", str(state)).returncode == 0
+    twice = cli("agent", "enroll", "--server", server.url, f"--token={token(server)}", "--state-dir", str(state))
     assert twice.returncode == 1 and "already enrolled" in twice.stderr and "--force" in twice.stderr
