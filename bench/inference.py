@@ -1,0 +1,119 @@
+"""Benchmark 1, inference: the agent's local API against joblib+Flask and the raw runtime.
+
+For each model (``bench.models``) and each concurrency (1, 4, 16 clients) it measures, in
+the same run: (a) the Flask baseline (``bench.baseline``), (b) ``onnxruntime``
+``InferenceSession.run`` in this process (threads, no HTTP), (c) the real ``edgefleet agent
+run`` daemon over loopback TCP and over its Unix socket, (d) the server's cloud predict
+endpoint when the server has one. HTTP loads come from ``bench.loadgen`` (a separate
+process). Single-row requests throughout. It reports the agent's p50 overhead over raw
+``run`` and the agent/Flask throughput ratio; it never asserts a figure.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import processes
+from bench.loadgen import Target, run_load
+from bench.models import PROFILE, BenchModel, prepare
+from bench.stats import LatencySummary, ratio
+
+CONCURRENCY = (1, 4, 16)
+QUICK_CONCURRENCY = (1, 16)
+
+
+def _raw_run(model: BenchModel, row: np.ndarray, clients: int, duration_s: float) -> LatencySummary:
+    """``InferenceSession.run`` from ``clients`` threads of this process, the session configured as the agent's."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.onnx_path.read_bytes(), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    feed = {name: row.reshape(1, -1)}
+    for _ in range(20):
+        session.run(None, feed)
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    deadline = time.perf_counter() + duration_s
+
+    def client(out: list[float]) -> None:
+        while True:
+            start = time.perf_counter()
+            if start >= deadline:
+                return
+            session.run(None, feed)
+            out.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=client, args=(latencies[i],)) for i in range(clients)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return LatencySummary.of([v for per in latencies for v in per], 0, time.perf_counter() - began)
+
+
+def cloud_endpoint_available() -> bool:
+    """Whether the fleet server has a ``/api/v1/models/{name}/predict`` route (read from its source, no import)."""
+    import fleet_server
+
+    root = Path(fleet_server.__file__).parent
+    return any("/predict" in path.read_text(encoding="utf-8") for path in root.glob("*.py"))
+
+
+def _measure_model(model: BenchModel, concurrency: tuple[int, ...], duration_s: float, work: Path) -> dict[str, Any]:
+    features, _ = model.validation()
+    row = features[0]
+    body = {"inputs": [row.tolist()]}
+    results: dict[str, dict[str, Any]] = {"flask": {}, "raw_run": {}, "agent_tcp": {}, "agent_unix": {}}
+    notes: list[str] = []
+    for clients in concurrency:
+        results["raw_run"][str(clients)] = _raw_run(model, row, clients, duration_s).to_dict()
+    state = work / f"agent-{model.name}"
+    processes.install_bundle(model.bundle_path, state, PROFILE)
+    with processes.agent(state) as agent:
+        path = f"/v1/models/bench-{model.name}/predict"
+        for clients in concurrency:
+            tcp = Target(path, port=agent.port)
+            unix = Target(path, unix_socket=str(agent.socket_path))
+            results["agent_tcp"][str(clients)] = run_load(tcp, body, clients, duration_s).to_dict()
+            results["agent_unix"][str(clients)] = run_load(unix, body, clients, duration_s).to_dict()
+    with processes.flask_baseline(model.baseline_path) as (_proc, port):
+        for clients in concurrency:
+            results["flask"][str(clients)] = run_load(Target("/predict", port=port), body, clients,
+                                                      duration_s).to_dict()
+    top = str(max(concurrency))
+    summary = {
+        "baseline": f"Flask + {model.baseline_kind} model.predict",
+        "agent_unix_p50_overhead_ms": _overhead(results, "agent_unix"),
+        "agent_tcp_p50_overhead_ms": _overhead(results, "agent_tcp"),
+        f"agent_unix_over_flask_throughput_at_{top}": ratio(results["agent_unix"][top]["throughput_rps"],
+                                                            results["flask"][top]["throughput_rps"]),
+        f"agent_tcp_over_flask_throughput_at_{top}": ratio(results["agent_tcp"][top]["throughput_rps"],
+                                                           results["flask"][top]["throughput_rps"]),
+    }
+    return {"model": model.name, "results": results, "summary": summary, "notes": notes}
+
+
+def _overhead(results: dict[str, dict[str, Any]], kind: str) -> float:
+    return round(results[kind]["1"]["p50_ms"] - results["raw_run"]["1"]["p50_ms"], 4)
+
+
+def run(*, quick: bool = False, models: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The inference section of a run document."""
+    names = models or (("mlp", "forest") if quick else ("mlp", "forest", "cnn"))
+    concurrency = QUICK_CONCURRENCY if quick else CONCURRENCY
+    duration_s = 1.0 if quick else 3.0
+    section: dict[str, Any] = {"concurrency": list(concurrency), "duration_s": duration_s, "models": []}
+    section["cloud_predict"] = ("available but not measured yet" if cloud_endpoint_available()
+                                else "not available: the fleet server has no /api/v1/models/{name}/predict")
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-inference-") as tmp:
+        for name in names:
+            section["models"].append(_measure_model(prepare(name), concurrency, duration_s, Path(tmp)))
+    return section

@@ -1,0 +1,62 @@
+"""Pure statistics for the benchmarks: percentiles, throughput and ratios of measured samples.
+
+No clock and no I/O here: callers time things and hand the samples in, so this is tested alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by linear interpolation between closest ranks."""
+    if not samples:
+        raise ValueError("no samples: a percentile of nothing is undefined")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside 0-100")
+    ordered = sorted(samples)
+    position = (len(ordered) - 1) * q / 100
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Latency percentiles in milliseconds and throughput in requests/s of one load run."""
+
+    requests: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    throughput_rps: float
+
+    def __post_init__(self) -> None:
+        if self.requests < 0 or self.errors < 0 or self.throughput_rps < 0:
+            raise ValueError(f"negative counts in {self}")
+        if not self.p50_ms <= self.p95_ms <= self.p99_ms:
+            raise ValueError(f"percentiles out of order in {self}")
+
+    @classmethod
+    def of(cls, latencies_s: Sequence[float], errors: int, wall_s: float, *,
+           completed: int | None = None) -> LatencySummary:
+        """Summarize per-request latencies; throughput is ``completed`` (default: all samples) per wall second."""
+        if wall_s <= 0:
+            raise ValueError("wall time must be positive")
+        ms = [v * 1000 for v in latencies_s]
+        done = len(ms) if completed is None else completed
+        return cls(len(ms), errors, round(percentile(ms, 50), 4), round(percentile(ms, 95), 4),
+                   round(percentile(ms, 99), 4), round(done / wall_s, 1))
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"requests": self.requests, "errors": self.errors, "p50_ms": self.p50_ms, "p95_ms": self.p95_ms,
+                "p99_ms": self.p99_ms, "throughput_rps": self.throughput_rps}
+
+
+def ratio(numerator: float | None, denominator: float | None, digits: int = 2) -> float | None:
+    """``numerator / denominator`` rounded, or None when either is missing or the denominator is 0."""
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return round(numerator / denominator, digits)
