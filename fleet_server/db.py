@@ -23,6 +23,8 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
+    Index,
     Engine,
     ForeignKey,
     Integer,
@@ -38,7 +40,8 @@ from sqlalchemy.types import TypeDecorator
 from fleet_server.credentials import safe_url
 from fleet_server.errors import ConfigError, ServerError
 
-__all__ = ["Base", "Database", "DeviceRow", "EnrollmentTokenRow", "ModelRow", "normalize_url", "safe_url", "upgrade"]
+__all__ = ["AlertStateRow", "Base", "Database", "DeviceEventRow", "DeviceRow", "EnrollmentTokenRow", "ModelRow",
+           "TelemetryBatchRow", "TelemetryRecordRow", "normalize_url", "safe_url", "upgrade"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -124,6 +127,76 @@ class EnrollmentTokenRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     device_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("devices.id"), nullable=True)
+
+
+class TelemetryBatchRow(Base):
+    """One telemetry batch, stored once per (device, seq) (migration 0003, fleet_server.ingest)."""
+
+    __tablename__ = "telemetry_batches"
+    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_telemetry_batches_device_seq"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    interval_s: Mapped[float] = mapped_column(Float)
+    dropped: Mapped[int] = mapped_column(Integer, default=0)
+    cpu_percent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    temperature_c: Mapped[float | None] = mapped_column(Float, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TelemetryRecordRow(Base):
+    """One model version's counters from one batch: what the fleet views and alerts add up."""
+
+    __tablename__ = "telemetry_records"
+    __table_args__ = (UniqueConstraint("device_id", "seq", "model", "version", name="uq_telemetry_records_key"),
+                      Index("ix_telemetry_records_model_ts", "model", "version", "ts"),
+                      Index("ix_telemetry_records_device_ts", "device_id", "ts"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(128))
+    ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    count: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[dict[str, int]] = mapped_column(JSON)
+    p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p95_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outputs: Mapped[list[int]] = mapped_column(JSON)
+    drift: Mapped[list[list[int]]] = mapped_column(JSON)
+    feedback_labels: Mapped[int] = mapped_column(Integer, default=0)
+    feedback_correct: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DeviceEventRow(Base):
+    """One update-lifecycle event, stored once per (device, event_id)."""
+
+    __tablename__ = "device_events"
+    __table_args__ = (UniqueConstraint("device_id", "event_id", name="uq_device_events_device_event"),
+                      Index("ix_device_events_device_ts", "device_id", "ts"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    event: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class AlertStateRow(Base):
+    """The alert evaluator's episodes, persisted so a restart or a second replica does not fire again."""
+
+    __tablename__ = "alert_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    episodes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    evaluated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 def normalize_url(url: str) -> str:
