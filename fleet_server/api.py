@@ -243,7 +243,7 @@ def create_enrollment_token(ctx: Ctx, body: TokenRequest) -> dict[str, Any]:
     return {
         "token": token.token, "profile": token.profile, "labels": dict(token.labels),
         "expires_at": token.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "server_url": server,
-        "agent_command": f"edgefleet agent enroll --server {server} --token {token.token}",
+        "agent_command": f"edgefleet agent enroll --server {server} --token={token.token}",
     }
 
 

@@ -22,7 +22,12 @@ MAX_LABELS = 32
 
 
 def new_secret() -> str:
-    return secrets.token_urlsafe(32)
+    # A leading '-' would make `--token T` parse as an option when an operator copies the
+    # printed agent command; url-safe base64 may start with one, so draw again.
+    while True:
+        secret = secrets.token_urlsafe(32)
+        if not secret.startswith("-"):
+            return secret
 
 
 def hash_secret(secret: str) -> str:
