@@ -161,6 +161,15 @@ class DeviceOut(BaseModel):
     assignment_counter: int
 
 
+class DeviceRowOut(DeviceOut):
+    """A device in the list, with the fleet view's columns (fleet_server.fleet_views)."""
+
+    state: str = Field(description="online, offline or revoked, with the update state when not idle")
+    versions: dict[str, str] = Field(description="model -> version, as reported")
+    p95_ms: float | None = Field(description="latest p95 latency in ms (worst model) in the telemetry window")
+    drift_band: str | None = Field(description="worst drift band of the device's models in the window")
+
+
 class EnrollmentOut(BaseModel):
     """docs/contracts.md, "Enrollment"."""
 
@@ -247,9 +256,12 @@ def create_enrollment_token(ctx: Ctx, body: TokenRequest) -> dict[str, Any]:
     }
 
 
-@api.get("/devices", tags=["devices"], dependencies=Admin, response_model=list[DeviceOut])
+@api.get("/devices", tags=["devices"], dependencies=Admin, response_model=list[DeviceRowOut])
 def list_devices(ctx: Ctx, status: Annotated[str | None, Query(pattern="^(enrolled|revoked)$")] = None) -> list[dict[str, Any]]:
-    return [d.to_dict() for d in ctx.devices.list(status=status)]
+    columns = ctx.fleet_views.device_columns()
+    empty: dict[str, Any] = {"state": "unknown", "versions": {}, "p95_ms": None, "drift_band": None}
+    return [{**d.to_dict(), **(columns[d.id].to_dict() if d.id in columns else empty)}
+            for d in ctx.devices.list(status=status)]
 
 
 @api.get("/devices/{device_id}", tags=["devices"], dependencies=Admin, response_model=DeviceOut)

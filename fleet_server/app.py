@@ -48,7 +48,8 @@ class BodyLimit:
         self.default_limit = default_limit
 
     def _limit(self, scope: Scope) -> int:
-        if scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/api/v1/models":
+        path = scope.get("path", "").rstrip("/")
+        if scope.get("method") == "POST" and (path == "/api/v1/models" or path.endswith("/predict/batch")):
             return self.upload_limit
         return self.default_limit
 
@@ -128,6 +129,9 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
             await asyncio.to_thread(ctx.close)
 
     from fleet_server.api import api, health, tuf
+    from fleet_server.fleet_api import metrics_router
+    from fleet_server.fleet_api import router as fleet_router
+    from fleet_server.metrics import ApiLatency
     from fleet_server.rollouts_api import router as rollouts_router
 
     app = FastAPI(title="edgefleet fleet server", version=__version__, lifespan=lifespan,
@@ -136,7 +140,10 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
     app.state.ctx = ctx
     app.add_exception_handler(EdgefleetError, _error_response)
     app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes)
+    app.add_middleware(ApiLatency, metrics=lambda: getattr(ctx, "metrics", None))
     app.include_router(api)
+    app.include_router(fleet_router)
+    app.include_router(metrics_router)
     app.include_router(rollouts_router)
     app.include_router(tuf)
     app.include_router(health)

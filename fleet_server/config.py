@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fleet_server.alerts import AlertConfig, load_alert_config
 from fleet_server.errors import ConfigError
 
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
@@ -48,6 +49,8 @@ class ServerConfig:
     timestamp_refresh_seconds: float = 3600.0
     timestamp_min_remaining_seconds: float = 12 * 3600.0
     rollout_interval_seconds: float = 5.0  # how often the rollout engine checks bake times and timeouts
+    telemetry_window_seconds: float = 3600.0  # the window fleet views and alert rules add telemetry over
+    alerts: AlertConfig = field(default_factory=AlertConfig)  # the [alerts] table (docs/telemetry.md)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -57,9 +60,10 @@ class ServerConfig:
         if not 60 <= self.enrollment_ttl_seconds <= MAX_ENROLLMENT_TTL:
             raise ConfigError(f"enrollment_ttl_seconds {self.enrollment_ttl_seconds} is out of range",
                               fix=f"use 60 to {MAX_ENROLLMENT_TTL} seconds")
-        if min(self.timestamp_refresh_seconds, self.timestamp_min_remaining_seconds, self.rollout_interval_seconds) <= 0:
-            raise ConfigError("timestamp_refresh_seconds, timestamp_min_remaining_seconds and rollout_interval_seconds "
-                              "must be positive")
+        if min(self.timestamp_refresh_seconds, self.timestamp_min_remaining_seconds, self.rollout_interval_seconds,
+               self.telemetry_window_seconds) <= 0:
+            raise ConfigError("timestamp_refresh_seconds, timestamp_min_remaining_seconds, rollout_interval_seconds "
+                              "and telemetry_window_seconds must be positive")
         for name in ("broker_url", "broker_public_url"):
             value = getattr(self, name)
             if value is not None:
@@ -117,10 +121,12 @@ def check_broker_url(url: str, name: str = "broker_url") -> str:
     return url
 
 
-_FIELDS = {f.name: f for f in fields(ServerConfig)}
+# [alerts] is a table of its own, read by fleet_server.alerts; never a flag or variable.
+_FIELDS = {f.name: f for f in fields(ServerConfig) if f.name != "alerts"}
 _PATH_FIELDS = {"data_dir", "mosquitto_dir", "mosquitto_pid_file", "broker_ca_file"}
 _INT_FIELDS = {"port", "max_upload_bytes", "enrollment_ttl_seconds"}
-_FLOAT_FIELDS = {"timestamp_refresh_seconds", "timestamp_min_remaining_seconds", "rollout_interval_seconds"}
+_FLOAT_FIELDS = {"timestamp_refresh_seconds", "timestamp_min_remaining_seconds", "rollout_interval_seconds",
+                 "telemetry_window_seconds"}
 ENV_PREFIX = "EDGEFLEET_"
 
 
@@ -160,11 +166,14 @@ def read_config_file(path: Path) -> dict[str, Any]:
     section = document.get("server", document)
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: [server] must be a table")
-    unknown = sorted(set(section) - set(_FIELDS) - {"server"})
+    unknown = sorted(set(section) - set(_FIELDS) - {"server", "alerts"})
     if unknown:
         raise ConfigError(f"config file {path} has unknown key(s): {', '.join(unknown)}",
                           fix=f"known keys: {', '.join(sorted(_FIELDS))}")
-    return {k: _coerce(k, v, f"config file {path}") for k, v in section.items() if k in _FIELDS}
+    values: dict[str, Any] = {k: _coerce(k, v, f"config file {path}") for k, v in section.items() if k in _FIELDS}
+    if "alerts" in document:
+        values["alerts"] = load_alert_config(document)
+    return values
 
 
 def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,

@@ -7,7 +7,9 @@ the database (Alembic ``upgrade head``), the signing keys (``init_keys`` with th
 CLI prints it once) and the server's own MQTT credentials. ``start_network`` then starts the
 embedded broker when no broker URL is configured, writes the broker accounts, connects the
 MQTT ingest and starts the rollout engine's worker (``fleet_server.rollout_engine``), which
-publishes signed assignments over the same connection; ``close`` undoes it.
+publishes signed assignments over the same connection, the telemetry ingest
+(``fleet_server.ingest``) and the alert loop (``fleet_server.monitor``); ``close`` undoes it.
+The fleet views, the server-side predictor and the /metrics registry are built in ``open``.
 
 Services (``Registry``, ``Devices``) receive their collaborators here; none of them reads the
 config or the environment themselves.
@@ -84,6 +86,7 @@ class ServerContext:
         self.mqtt: Any = None
         self.rollouts: Any = None  # fleet_server.rollout_engine.RolloutEngine once the network is up
         self.rollout_worker: Any = None
+        self.ingest: Any = None  # fleet_server.ingest.TelemetryIngest once the network is up
         self.broker_url: str | None = config.broker_url
         self._opened = False
 
@@ -126,7 +129,22 @@ class ServerContext:
                                  max_bundle_bytes=config.max_upload_bytes)
         self.devices = Devices(self.db, self._broker_accounts(), server_user=self._server_user(), clock=self.clock,
                                max_token_ttl=timedelta(days=30))
+        self._open_monitoring()
         self._opened = True
+
+    def _open_monitoring(self) -> None:
+        from fleet_server.bundle_cache import BundleCache
+        from fleet_server.fleet_views import FleetViews
+        from fleet_server.metrics import Metrics
+        from fleet_server.monitor import AlertMonitor
+        from fleet_server.predict import Predictor
+
+        bundles = BundleCache(self.db, self.artifacts)
+        self.fleet_views = FleetViews(self.db, bundles, window_s=self.config.telemetry_window_seconds)
+        self.predictor = Predictor(bundles)
+        self.monitor = AlertMonitor(self.db, self.fleet_views, self.config.alerts)
+        self.metrics = Metrics(self.fleet_views, lambda: self.ingest.counts() if self.ingest is not None else None,
+                               self.monitor.episodes)
 
     def _server_mqtt_password(self) -> str:
         path = self.config.mqtt_credentials_file
@@ -157,7 +175,8 @@ class ServerContext:
         return None if url is None else strip_userinfo(url)
 
     def start_network(self, *, wait_connected: float = 10.0) -> None:
-        from fleet_server.mqtt import FleetMqtt, PresenceIngest
+        from fleet_server.ingest import TelemetryIngest, TelemetryMqtt, route_telemetry
+        from fleet_server.mqtt import PresenceIngest
 
         if self.broker_url is None:
             from fleet_server.embedded_broker import EmbeddedBroker
@@ -174,8 +193,10 @@ class ServerContext:
         embedded = self.embedded_broker is not None
         # Credentials in the URL (mqtt://user:pass@host) win; the embedded broker needs none.
         own_login = not embedded and urlsplit(self.broker_url).username is None
-        fanout = Fanout([PresenceIngest(self.devices, self.clock)])
-        self.mqtt = FleetMqtt(self.broker_url, handler=fanout,
+        self.ingest = TelemetryIngest(self.db, clock=self.clock).start()
+        fanout = Fanout([PresenceIngest(self.devices, self.clock), self.ingest])
+        # Telemetry goes to the ingest alone; reported and events to presence, ingest and the rollout worker.
+        self.mqtt = TelemetryMqtt(self.broker_url, handler=route_telemetry(self.ingest, fanout),
                               username=self.config.mqtt_username if own_login else None,
                               password=self.mqtt_password if own_login else None,
                               shared=not embedded,
@@ -185,6 +206,7 @@ class ServerContext:
         self.rollouts = RolloutEngine(self.db, Assignments(self.db, self.keys.director, self.mqtt), clock=self.clock)
         self.rollout_worker = RolloutWorker(self.rollouts, self.config.rollout_interval_seconds).start()
         fanout.handlers.append(self.rollout_worker.submit)
+        self.monitor.start()
         if not self.mqtt.wait_connected(wait_connected):
             log.warning("MQTT broker %s not reachable yet; the server keeps retrying", self.broker_url)
 
@@ -211,6 +233,8 @@ class ServerContext:
         ]
 
     def close(self) -> None:
+        if self._opened:
+            self.monitor.stop()
         if self.rollout_worker is not None:
             self.rollout_worker.stop()
             self.rollout_worker = None
@@ -218,6 +242,9 @@ class ServerContext:
         if self.mqtt is not None:
             self.mqtt.stop()
             self.mqtt = None
+        if self.ingest is not None:
+            self.ingest.stop()  # after MQTT: what was queued is still written
+            self.ingest = None
         if self.embedded_broker is not None:
             self.embedded_broker.stop()
             self.embedded_broker = None

@@ -180,6 +180,14 @@ class FleetViews:
                                     bands.get(d.id))
                 for d in devices.values()}
 
+    def inventory(self) -> list[tuple[str, dict[str, str]]]:
+        """(presence or status, versions) per device: ``online``, ``offline`` or ``revoked``."""
+        out = []
+        for d in self._devices().values():
+            state = d.status if d.status != "enrolled" else ("online" if d.online else "offline")
+            out.append((state, _versions(d)))
+        return out
+
     def model_drift(self, model: str, version: str, *, by: str | None = None, window_s: float | None = None,
                     now: float | None = None) -> dict[str, Any]:
         """Drift reports of one model version per group, and accuracy by version of the model."""
@@ -220,14 +228,15 @@ class FleetViews:
         for row in rows:
             per_version[(row.model, row.version)].append(row)
         for (model, version), version_rows in sorted(per_version.items()):
-            counts = self._device_counts(version_rows, devices)
-            out += model_observations(model, version, merge(FLEET, counts).totals)
-            reference = self.reference(model, version)
-            if reference is None:
-                continue
-            label_names = sorted({k for c in counts for k in c.labels})
             reports: list[DriftReport] = []
             try:
+                # A device sending counts over other bins must not hide the rest of the fleet's alerts.
+                counts = self._device_counts(version_rows, devices)
+                out += model_observations(model, version, merge(FLEET, counts).totals)
+                reference = self.reference(model, version)
+                if reference is None:
+                    continue
+                label_names = sorted({k for c in counts for k in c.labels})
                 for by in [None, "profile", *(f"label:{k}" for k in label_names)]:
                     reports += fleet_drift(model, version, reference, counts, by=by)
             except EdgefleetError as exc:

@@ -1,0 +1,145 @@
+"""REST routes for monitoring and the hybrid path: fleet drift, server-side predict, /metrics.
+
+    admin
+      GET  /api/v1/models/{name}/{version}/drift   ?by=profile|label:NAME&window=SECONDS
+    admin or device (Authorization: Bearer <admin token | device api token>)
+      POST /api/v1/models/{name}/predict           ?version=  JSON {"inputs": ...} or {"instances": ...}
+      POST /api/v1/models/{name}/predict/batch     ?version=  multipart field "file" (.csv or .npy) -> text/csv
+    public
+      GET  /metrics                                Prometheus text format
+
+Thin like ``fleet_server.api``: validation and the services (``FleetViews``, ``Predictor``,
+``Metrics``) do the work; errors are ``ServerError``s that ``fleet_server.app`` maps to statuses.
+The device list's extra columns are added in ``fleet_server.api.list_devices``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+from pydantic import BaseModel, Field
+
+from fleet_server.api import Bearer, Ctx, ModelName, Version, checked_version, require_admin
+from fleet_server.credentials import same_secret
+from fleet_server.errors import AuthError, InvalidInputError
+from fleet_server.predict import read_table, to_matrix
+
+router = APIRouter(prefix="/api/v1")
+metrics_router = APIRouter()
+
+MAX_WINDOW_S = 30 * 24 * 3600
+
+
+def require_admin_or_device(ctx: Ctx, credentials: Bearer) -> None:
+    if credentials is None:
+        raise AuthError("predict needs the admin token or a device's API token: send 'Authorization: Bearer <token>'",
+                        fix="set EDGEFLEET_TOKEN, or use the api_token from the device's credentials.json")
+    if not same_secret(credentials.credentials, ctx.admin_token.value):
+        ctx.devices.authenticate(credentials.credentials)
+
+
+class FeatureDriftOut(BaseModel):
+    feature: str
+    rows: int
+    psi: float
+    js: float
+    hellinger: float
+    band: str = Field(description="stable (<0.1), moderate (0.1-0.25), drift (>0.25), or no data")
+
+
+class GroupDriftOut(BaseModel):
+    model: str
+    version: str
+    group: str = Field(description="fleet, a profile name, or LABEL=VALUE")
+    devices: int
+    band: str
+    max_psi: float
+    features: list[FeatureDriftOut]
+    output: FeatureDriftOut | None
+    requests: int
+    error_rate: float | None
+    accuracy: float | None
+    labels: int
+
+
+class VersionTotalsOut(BaseModel):
+    version: str
+    devices: int
+    requests: int
+    errors: int
+    error_rate: float | None
+    labels: int = Field(description="ground-truth labels received (POST /v1/feedback on the devices)")
+    correct: int
+    accuracy: float | None
+
+
+class DriftOut(BaseModel):
+    model: str
+    version: str
+    by: str
+    window_s: float
+    since: str
+    groups: list[GroupDriftOut]
+    versions: list[VersionTotalsOut] = Field(description="every version of the model seen in the window")
+
+
+class PredictOut(BaseModel):
+    model: str
+    version: str
+    request_id: str
+    predictions: list[Any]
+    probabilities: list[list[float]] | None = None
+
+
+@router.get("/models/{name}/{version}/drift", tags=["monitoring"], dependencies=[Depends(require_admin)],
+            response_model=DriftOut)
+def model_drift(ctx: Ctx, name: ModelName, version: Version,
+                by: Annotated[str | None, Query(max_length=70, description="profile or label:NAME")] = None,
+                window: Annotated[float | None, Query(gt=0, le=MAX_WINDOW_S, description="seconds back")] = None,
+                ) -> dict[str, Any]:
+    """Per-feature PSI, Jensen-Shannon and Hellinger of a model version over the window, merged by group."""
+    return ctx.fleet_views.model_drift(name, checked_version(version), by=by, window_s=window)
+
+
+@router.post("/models/{name}/predict", tags=["predict"], dependencies=[Depends(require_admin_or_device)],
+             response_model=PredictOut, response_model_exclude_none=True)
+async def predict(ctx: Ctx, name: ModelName, request: Request,
+                  version: Annotated[str | None, Query(max_length=128)] = None) -> dict[str, Any]:
+    """Run the published bundle on the server (ONNX Runtime, CPU); same body and answer as the agent's API."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise InvalidInputError(f"the body is not JSON: {exc}", fix='send {"inputs": [[...]]}') from exc
+
+    def run() -> dict[str, Any]:
+        chosen = ctx.predictor.resolve(name, checked_version(version) if version else None)
+        spec = ctx.predictor.manifest(name, chosen).input
+        return ctx.predictor.predict(name, chosen, to_matrix(body, spec, max_rows=ctx.predictor.max_rows)).to_dict()
+
+    return await asyncio.to_thread(run)
+
+
+@router.post("/models/{name}/predict/batch", tags=["predict"], dependencies=[Depends(require_admin_or_device)],
+             response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+def predict_batch(ctx: Ctx, name: ModelName,
+                  file: Annotated[UploadFile, File(description="rows as CSV (header = feature names, optional) or .npy")],
+                  version: Annotated[str | None, Query(max_length=128)] = None) -> Response:
+    """Predict every row of an uploaded file; answers CSV: prediction, then one column per class probability."""
+    chosen = ctx.predictor.resolve(name, checked_version(version) if version else None)
+    spec = ctx.predictor.manifest(name, chosen).input
+    matrix = read_table(file.file.read(), file.filename or "upload.csv", spec, max_rows=ctx.predictor.max_rows)
+    result = ctx.predictor.predict(name, chosen, matrix)
+    return Response(result.to_csv(), media_type="text/csv",
+                    headers={"X-Edgefleet-Model": f"{name}@{chosen}", "X-Request-Id": result.request_id})
+
+
+@metrics_router.get("/metrics", tags=["monitoring"], response_class=Response,
+                    responses={200: {"content": {"text/plain": {}}}})
+def metrics(ctx: Ctx) -> Response:
+    """Prometheus metrics (text format 0.0.4)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,158 @@
+"""``/metrics`` for Prometheus: fleet gauges read at scrape time, ingest counters, API latency.
+
+Each app owns one ``CollectorRegistry`` (``Metrics.registry``), so two apps in one process (tests,
+two replicas) never share or collide on metric names. Served in Prometheus text format:
+
+    edgefleet_devices{state}                          devices online, offline, revoked
+    edgefleet_devices_running{model,version}          devices whose reported state runs that version
+    edgefleet_rollout_devices{rollout,model,version,status}   per rollout: pending/assigned/committed/failed/...
+    edgefleet_rollout_info{rollout,model,version,state}       1 per rollout, its state as a label
+    edgefleet_telemetry_received_total, _stored_total, _duplicates_total, _invalid_total, _unknown_device_total
+    edgefleet_telemetry_device_dropped_total          batches devices' outboxes dropped (their ``dropped`` fields)
+    edgefleet_telemetry_rate                          batches stored per second over the last minute
+    edgefleet_telemetry_queue                         messages waiting for the writer
+    edgefleet_events_stored_total, edgefleet_events_duplicates_total
+    edgefleet_alerts{rule,state}                      episodes pending or firing
+    edgefleet_api_request_duration_seconds{method,route,status}   histogram (ASGI middleware)
+
+The fleet gauges are read from the database at scrape time (``FleetCollector``), so every
+replica reports the same fleet; the ingest counters are this replica's own (sum them).
+Route labels are route templates (``/api/v1/devices/{device_id}``), never raw paths, so
+label cardinality stays bounded. Unauthenticated, like most exporters: it names models,
+versions, rollouts and alert rules, never device ids or secrets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fleet_server.fleet_views import FleetViews
+from fleet_server.ingest import IngestCounts
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class FleetCollector(Collector):
+    def __init__(self, views: FleetViews, ingest: Callable[[], IngestCounts | None],
+                 episodes: Callable[[], list[dict[str, Any]]]) -> None:
+        self.views = views
+        self.ingest = ingest
+        self.episodes = episodes
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._devices()
+        yield from self._rollouts()
+        yield from self._ingest()
+        alerts = GaugeMetricFamily("edgefleet_alerts", "Alert episodes by rule and state (pending, firing)",
+                                   labels=["rule", "state"])
+        for (rule, state), n in sorted(Counter((str(e.get("rule")), str(e.get("state")))
+                                               for e in self.episodes()).items()):
+            alerts.add_metric([rule, state], n)
+        yield alerts
+
+    def _devices(self) -> Iterator[Metric]:
+        inventory = self.views.inventory()
+        states = GaugeMetricFamily("edgefleet_devices", "Enrolled devices by presence, and revoked ones",
+                                   labels=["state"])
+        by_state = Counter(state for state, _ in inventory)
+        for state in ("online", "offline", "revoked"):
+            states.add_metric([state], by_state.get(state, 0))
+        yield states
+        running = GaugeMetricFamily("edgefleet_devices_running", "Devices running a model version (as reported)",
+                                    labels=["model", "version"])
+        for (model, version), n in sorted(Counter(item for _, versions in inventory
+                                                  for item in versions.items()).items()):
+            running.add_metric([model, version], n)
+        yield running
+
+    def _rollouts(self) -> Iterator[Metric]:
+        devices = GaugeMetricFamily("edgefleet_rollout_devices", "Devices of a rollout by status",
+                                    labels=["rollout", "model", "version", "status"])
+        info = GaugeMetricFamily("edgefleet_rollout_info", "One per rollout, with its state",
+                                 labels=["rollout", "model", "version", "state"])
+        for r in self.views.rollout_progress():
+            info.add_metric([r["id"], r["model"], r["version"], r["state"]], 1)
+            for status, n in sorted(r["devices"].items()):
+                devices.add_metric([r["id"], r["model"], r["version"], status], n)
+        yield devices
+        yield info
+
+    def _ingest(self) -> Iterator[Metric]:
+        counts = self.ingest()
+        if counts is None:  # the API runs without MQTT: no ingest on this replica
+            return
+        for name, value, doc in (
+            ("edgefleet_telemetry_received", counts.received, "Telemetry messages received by this replica"),
+            ("edgefleet_telemetry_stored", counts.stored, "Telemetry batches stored (first copy)"),
+            ("edgefleet_telemetry_duplicates", counts.duplicates, "Telemetry batches already stored, ignored"),
+            ("edgefleet_telemetry_invalid", counts.invalid, "Device messages refused as malformed"),
+            ("edgefleet_telemetry_unknown_device", counts.unknown_device, "Batches from unknown or revoked devices"),
+            ("edgefleet_telemetry_device_dropped", counts.device_dropped,
+             "Batches devices' outboxes dropped over their cap (sum of the dropped fields)"),
+            ("edgefleet_events_stored", counts.events_stored, "Device events stored"),
+            ("edgefleet_events_duplicates", counts.events_duplicate, "Device events already stored, ignored"),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily("edgefleet_telemetry_rate", "Telemetry batches stored per second, last minute",
+                                value=counts.rate_per_s)
+        yield GaugeMetricFamily("edgefleet_telemetry_queue", "Messages waiting for the ingest writer",
+                                value=counts.queued)
+
+
+class Metrics:
+    """The app's registry: the fleet collector plus the API latency histogram."""
+
+    def __init__(self, views: FleetViews, ingest: Callable[[], IngestCounts | None],
+                 episodes: Callable[[], list[dict[str, Any]]]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(FleetCollector(views, ingest, episodes))
+        self.api_latency = Histogram("edgefleet_api_request_duration_seconds", "REST API request latency",
+                                     ["method", "route", "status"], registry=self.registry, buckets=LATENCY_BUCKETS)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class ApiLatency:
+    """ASGI middleware timing every HTTP request into ``Metrics.api_latency``."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Callable[[], Metrics | None]) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def recording(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            metrics = self.metrics()
+            if metrics is not None:
+                route = scope.get("route")
+                # The template, not the path: /devices/{device_id} is one series, not one per device.
+                template = getattr(route, "path", None) or "unmatched"
+                metrics.api_latency.labels(scope.get("method", "?"), template, str(status[0])).observe(
+                    time.perf_counter() - start)
