@@ -1,76 +1,92 @@
-"""``edgefleet demo``: the main job, told end to end on embedded defaults.
+"""``edgefleet demo`` and ``edgefleet simulate``: the main job and the fleet simulator.
 
-Today the demo covers the converter: it trains a small model on data that ships with
-scikit-learn, converts it for two device profiles (ONNX int8 for the Raspberry Pi profile,
-TFLite for the Pi Zero) and prints each conversion report. The fleet story (server, simulated
-devices, rollouts, rollback, drift) joins as those parts land; see docs/demo.md.
+``demo`` tells the whole story (simulation/demo.py) with real processes on this machine;
+``simulate`` drives a fleet against a running server (simulation/simulate.py). Both import
+their heavy parts inside the handlers.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from edgefleet.console import print_json
+from edgefleet.console import format_table, print_json
+
+DEMO_HELP = """\
+Tell the edgefleet story with real processes on this machine:
+
+  1. train a digits classifier (scikit-learn's bundled data) and convert it: ONNX int8 for
+     rpi4-64, TFLite int8 for jetson-orin-nano; show the conversion reports
+  2. start a broker (Mosquitto if installed, enforcing the server's ACL; else embedded), the
+     fleet server (SQLite) and N `edgefleet agent` processes, each enrolled with its own token
+  3. roll out version 1 in waves while predictions flow through every device's local API
+  4. roll out a version whose golden samples disagree with its model: the first wave fails
+     its health check, the rollout halts by itself and the touched devices roll back
+  5. shift the inputs of the site=b devices, show the drift figures, then roll out a
+     retrained version 3 to the whole fleet
+
+The summary shows each step's time, devices per version and failed requests (must be 0).
+Exit status 0 only if every step turned out as described. Ctrl-C stops every process.
+
+examples:
+  edgefleet demo
+  edgefleet demo --devices 4 --json
+  edgefleet demo --data-dir ./demo --keep-running     # then look around with edgefleet rollouts list
+"""
 
 
 def register(sub: Any) -> None:
-    demo = sub.add_parser(
-        "demo",
-        help="run the edgefleet story on embedded defaults (what scripts/demo runs)",
-        description="Train a small model on scikit-learn's bundled digits data, convert it for a Raspberry Pi 4 "
-        "(ONNX, int8 static quantization) and a Pi Zero 2 W (TFLite, full int8), and show the proof that each "
-        "converted model still agrees with the original. Nothing is downloaded.",
-    )
+    demo = sub.add_parser("demo", help="run the edgefleet story on embedded defaults (what scripts/demo runs)",
+                          description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--devices", type=int, default=12, help="agent processes to start, half per profile (default 12)")
     demo.add_argument("--data-dir", type=Path, help="keep the demo's files here (default: a temporary directory)")
+    demo.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
+                      help="MQTT broker: Mosquitto from PATH, the server's embedded one, or auto (default)")
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
-    demo.add_argument("--skip-tflite", action="store_true", help="skip the TFLite conversion (no TensorFlow needed)")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="leave the server and agents running after the story until Ctrl-C")
     demo.set_defaults(handler=_run_demo)
+    from simulation.simulate import register_simulate
+
+    register_simulate(sub)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    if args.data_dir is not None:
-        args.data_dir.mkdir(parents=True, exist_ok=True)
-        return _demo_in(args.data_dir, args)
-    with tempfile.TemporaryDirectory(prefix="edgefleet-demo-") as tmp:
-        return _demo_in(Path(tmp), args)
+    from simulation.demo import Demo, DemoOptions
 
+    try:
+        options = DemoOptions(devices=args.devices, broker=args.broker)
+    except ValueError as exc:
+        from simulation.fleet import FleetError
 
-def _demo_in(workdir: Path, args: argparse.Namespace) -> int:
-    from converter import ConvertOptions, convert
-    from converter.examples import write_example
-    from converter.report import format_report
-
-    say = (lambda *_: None) if args.json else print
-    steps: list[dict[str, Any]] = []
-    started = time.monotonic()
-    say(f"edgefleet demo in {workdir}\n")
-    say("1. training an MLP classifier on scikit-learn's digits data")
-    example = write_example(workdir / "example")
-    steps.append({"step": "train", "seconds": round(time.monotonic() - started, 2)})
-    targets = [("rpi4-64", "onnx", "int8-static")]
-    if not args.skip_tflite:
-        targets.append(("rpi-zero-2w", "tflite", "int8"))
-    ok = True
-    for profile, fmt, quantize in targets:
-        t0 = time.monotonic()
-        say(f"\n2. converting for {profile}: {fmt}, {quantize}")
-        result = convert(ConvertOptions(
-            model_path=example.model_path, profile=profile, name=f"digits-{profile}", version="1.0.0",
-            output_dir=workdir / "bundles", format=fmt, quantize=quantize,
-            calibration=example.calibration_csv, validation=example.validation_csv, labels=example.labels_column,
-        ))
-        say(format_report(result.report))
-        say(f"   bundle: {result.bundle_path} (sha256 {result.sha256[:16]}...)")
-        steps.append({"step": f"convert:{profile}", "format": fmt, "quantize": quantize,
-                      "seconds": round(time.monotonic() - t0, 2), "bundle": str(result.bundle_path),
-                      "sha256": result.sha256, "report": result.report})
-    summary = {"ok": ok, "workdir": str(workdir), "seconds": round(time.monotonic() - started, 2), "steps": steps}
+        raise FleetError(str(exc), fix="e.g. edgefleet demo --devices 4") from exc
+    workdir = args.data_dir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    say = (lambda _line: None) if args.json else (lambda line: print(line, flush=True))
+    say(f"edgefleet demo in {workdir}")
+    demo = Demo(options, workdir, say)
+    demo.supervisor.handle_signals()
+    summary = demo.run(keep_running=args.keep_running)
     if args.json:
         print_json(summary)
     else:
-        print(f"\ndone in {summary['seconds']} s. Inspect a bundle with: edgefleet bundle inspect {steps[-1]['bundle']}")
-    return 0 if ok else 1
+        print(format_summary(summary))
+    if args.data_dir is None and summary["ok"]:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if summary["ok"] else 1
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    rows = [(s["step"], s["title"], "ok" if s["ok"] else "FAILED", f"{s['seconds']:.1f} s") for s in summary["steps"]]
+    lines = ["", "summary", format_table(("step", "what", "result", "time"), rows), "",
+             "devices per version: " + ", ".join(f"{k} {v}" for k, v in summary["devices_by_version"].items()),
+             f"predictions: {summary['requests']} requests, {summary['failed_requests']} failed", ""]
+    for step in summary["steps"]:
+        lines += [f"step {step['step']}: {p}" for p in step["problems"]]
+    lines.append("where to look next:")
+    lines += [f"  {hint}" for hint in summary["next"]]
+    lines.append(f"\n{'done' if summary['ok'] else 'FAILED'} in {summary['seconds']:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,349 @@
+"""The edgefleet story, end to end, with real processes (what ``edgefleet demo`` runs).
+
+1. train a digits classifier and convert it: ONNX int8 for ``rpi4-64``, TFLite int8 for
+   ``jetson-orin-nano``; show the conversion reports;
+2. start a broker (Mosquitto when installed, enforcing the server's ACL; else the server's
+   embedded one), the fleet server and N ``edgefleet agent`` processes, each enrolled with a
+   one-time token through ``edgefleet agent enroll``;
+3. roll out version 1 in waves; every device commits it; predictions start flowing through
+   every device's local API and keep flowing to the end;
+4. roll out version 2, whose golden samples disagree with its model: the first wave fails its
+   health check, the rollout halts by itself and the touched devices are sent back to 1.0.0;
+5. shift the inputs of the ``site=b`` devices and show what the fleet reports about drift,
+   then roll out version 3 (a retrained model) to the whole fleet.
+
+Every step checks that what it claims happened did happen (``Step.problems``); the run is
+``ok`` only if every step is, and failed predictions must be zero. The module deliberately
+does not re-implement any part it shows: everything goes through the real CLI commands, the
+REST API and the agents' local APIs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simulation.bundles import ONNX_TARGET, TFLITE_TARGET, DemoModels, break_golden
+from simulation.fleet import (
+    AgentProcess,
+    FleetError,
+    MosquittoProcess,
+    ServerProcess,
+    Supervisor,
+    mosquitto_binary,
+    wait_until,
+)
+from simulation.load import PredictionLoad
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    devices: int = 12
+    broker: str = "auto"            # auto | mosquitto | embedded
+    probation_s: float = 3.0
+    bake_s: float = 2.0
+    rollout_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.devices < 2:
+            raise ValueError(f"the demo needs at least 2 devices (one per profile), got {self.devices}")
+        if self.broker not in ("auto", "mosquitto", "embedded"):
+            raise ValueError(f"broker must be auto, mosquitto or embedded, got {self.broker!r}")
+
+
+@dataclass
+class Step:
+    """One step of the story: how long it took, what it found, and what did not turn out as told."""
+
+    number: int
+    title: str
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def expect(self, condition: bool, problem: str) -> bool:
+        if not condition:
+            self.problems.append(problem)
+        return condition
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.number, "title": self.title, "ok": self.ok, "seconds": round(self.seconds, 2),
+                "problems": list(self.problems), **self.details}
+
+
+class Demo:
+    """Runs the story in ``workdir``; ``run()`` returns the summary (``summary["ok"]``)."""
+
+    def __init__(self, options: DemoOptions, workdir: Path, say: Say) -> None:
+        self.options = options
+        self.workdir = Path(workdir)
+        self.say = say
+        self.supervisor = Supervisor(self.workdir / "logs")
+        self.models = DemoModels(self.workdir / "models")
+        self.steps: list[Step] = []
+        self.agents: list[AgentProcess] = []
+        self.server: ServerProcess | None = None
+        self.broker_kind = ""
+        self.load: PredictionLoad | None = None
+        self.rollouts: list[dict[str, Any]] = []
+        self._client: Any = None
+
+    # -- the story -------------------------------------------------------------------------
+
+    def run(self, *, keep_running: bool = False) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            for number, (title, action) in enumerate([
+                ("convert the model for two profiles", self._convert),
+                ("start the server and enroll the fleet", self._start_fleet),
+                ("roll out version 1 in waves", self._roll_out_v1),
+                ("roll out a broken version 2: halt and roll back", self._roll_out_v2),
+                ("drift on site=b, then version 3 to the whole fleet", self._drift_and_v3),
+            ], start=1):
+                step = Step(number, title)
+                self.steps.append(step)
+                self.say(f"\n[{number}/5] {title}")
+                t0 = time.monotonic()
+                try:
+                    action(step)
+                except FleetError as exc:
+                    step.problems.append(str(exc))
+                step.seconds = time.monotonic() - t0
+                self.say(f"      {'ok' if step.ok else 'FAILED: ' + '; '.join(step.problems)} ({step.seconds:.1f} s)")
+                if not step.ok:
+                    break
+            summary = self._summary(time.monotonic() - started)
+            if keep_running and self.server is not None:
+                self.say(f"\nstill running: server {self.server.url}, data in {self.workdir}; Ctrl-C stops everything")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
+            return summary
+        finally:
+            if self.load is not None:
+                self.load.stop()
+            if self._client is not None:
+                self._client.close()
+            self.supervisor.stop_all()
+
+    def _convert(self, step: Step) -> None:
+        from converter.report import format_report
+
+        for target in (ONNX_TARGET, TFLITE_TARGET):
+            result = self.models.convert(target, "1.0.0")
+            self.say(format_report(result.report))
+            step.expect(bool(result.report.get("passed", True)), f"{target[1]} 1.0.0 failed its conversion checks")
+        step.details["bundles"] = [{k: r[k] for k in ("model", "version", "profile", "format", "quantize", "sha256")}
+                                   for r in self.models.reports]
+
+    def _start_fleet(self, step: Step) -> None:
+        from fleet_server.client import AdminClient, ClientSettings
+
+        broker = self._choose_broker()
+        mosquitto = MosquittoProcess(self.supervisor, self.workdir / "mosquitto").start() if broker == "mosquitto" else None
+        self.server = ServerProcess(self.supervisor, self.workdir / "server", broker=mosquitto).start()
+        self.broker_kind = broker
+        self.say(f"      server {self.server.url}, broker: {broker}")
+        self._client = AdminClient(ClientSettings(self.server.url, self.server.admin_token))
+        n = self.options.devices
+        profiles = [ONNX_TARGET[0] if i % 2 == 0 else TFLITE_TARGET[0] for i in range(n)]
+        self.agents = [AgentProcess(self.supervisor, f"device-{i:02d}", self.workdir / "devices" / f"device-{i:02d}",
+                                    probation_s=self.options.probation_s) for i in range(n)]
+
+        def enroll(i: int) -> None:
+            # The site label alternates within each profile so site=b holds both kinds of device.
+            site = "a" if (i // 2) % 2 == 0 else "b"
+            grant = self._client.create_enrollment_token(profiles[i], {"site": site}, 900)
+            self.agents[i].enroll(self.server.url if self.server else "", grant["token"])  # `agent enroll`
+            self.agents[i].start()
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(enroll, range(n)))
+        for agent in self.agents:
+            agent.wait_ready()
+        wait_until(lambda: sum(d["online"] for d in self._client.list_devices()) >= n, 60,
+                   f"all {n} devices to be online at the server")
+        devices = self._client.list_devices()
+        step.expect(len(devices) == n, f"{len(devices)} devices enrolled, expected {n}")
+        step.details.update({"server_url": self.server.url, "broker": broker, "devices": n,
+                             "profiles": dict(Counter(d["profile"] for d in devices))})
+        self.say(f"      {n} agents enrolled and online: {dict(Counter(d['profile'] for d in devices))}")
+        rows = self.models.validation_rows()
+        self.load = PredictionLoad(lambda: [a.url for a in self.agents], rows).start()
+
+    def _roll_out_v1(self, step: Step) -> None:
+        self._push(self.models.reports[0]["bundle"])
+        self._push(self.models.reports[1]["bundle"])
+        started = [self._create(ONNX_TARGET, "1.0.0"), self._create(TFLITE_TARGET, "1.0.0")]
+        finished = [self._wait(r, {"completed"}) for r in started]
+        for r in finished:
+            step.expect(r["state"] == "completed", f"{r['model']}@1.0.0 rollout ended {r['state']}: {r['halt_reason']}")
+            step.expect(len(r["waves"]) >= 2, f"{r['model']}@1.0.0 rolled out in {len(r['waves'])} wave(s), not waves")
+        versions = self._wait_versions(lambda v: v == {f"{ONNX_TARGET[1]}@1.0.0", f"{TFLITE_TARGET[1]}@1.0.0"},
+                                       "every device to report 1.0.0")
+        step.expect(self._devices_on("1.0.0") == len(self.agents), f"devices by version: {versions}")
+        wait_until(lambda: self.load is not None and self.load.totals()["devices_serving"] == len(self.agents), 30,
+                   "predictions from every device")
+        time.sleep(1.0)  # let every device answer a few predictions before the broken version arrives
+        step.details.update({"rollouts": [self._brief(r) for r in finished], "devices_by_version": versions})
+        self._check_no_failed_requests(step)
+
+    def _roll_out_v2(self, step: Step) -> None:
+        broken = break_golden(Path(self.models.reports[0]["bundle"]), self.workdir / "models" / "bundles",
+                              version="2.0.0")
+        self._push(str(broken))
+        rollout = self._create(ONNX_TARGET, "2.0.0", auto_rollback=True)
+        final = self._wait(rollout, {"rolled_back", "halted", "completed", "aborted"}, devices=True)
+        step.expect(final["state"] == "rolled_back", f"the broken rollout ended {final['state']}, not rolled_back")
+        step.expect(bool(final["halt_reason"]), "the rollout did not halt by itself")
+        records = final.get("device_records", [])
+        touched = [r for r in records if r["assigned_at"]]
+        untouched = [r for r in records if not r["assigned_at"] and r["status"] != "ineligible"]
+        first_wave = [r for r in records if r["wave"] == 0]
+        step.expect(bool(touched) and all(r["wave"] == 0 for r in touched),
+                    f"devices outside the first wave were assigned 2.0.0: {[r['device_id'] for r in touched]}")
+        step.expect(all(r["status"] == "rolled_back" for r in first_wave),
+                    f"first-wave devices not sent back: {[(r['device_id'], r['status']) for r in first_wave]}")
+        reasons = sorted({str(r.get("reason")) for r in touched})
+        versions = self._wait_versions(lambda v: not any(k.endswith("@2.0.0") for k in v) and self._devices_on("1.0.0")
+                                       == len(self.agents), "every device to serve 1.0.0 again")
+        step.expect(self._devices_on("1.0.0") == len(self.agents), f"devices by version after rollback: {versions}")
+        self.say(f"      halted: {final['halt_reason']}")
+        self.say(f"      {len(touched)} touched device(s) rolled back, {len(untouched)} never saw 2.0.0")
+        step.details.update({"rollout": self._brief(final), "touched": len(touched), "untouched": len(untouched),
+                             "device_reasons": reasons, "devices_by_version": versions})
+        self._check_no_failed_requests(step)
+
+    def _drift_and_v3(self, step: Step) -> None:
+        assert self.load is not None
+        site_b = [a for i, a in enumerate(self.agents) if (i // 2) % 2 == 1]
+        self.load.shift([a.url for a in site_b])
+        self.say(f"      inputs of {len(site_b)} site=b device(s) shifted (brighter, saturated pixels)")
+        step.details["drift"] = self._drift_report(site_b)
+        for target in (ONNX_TARGET, TFLITE_TARGET):
+            self._push(str(self.models.convert(target, "3.0.0", kind="digits-small-mlp").bundle_path))
+        started = [self._create(ONNX_TARGET, "3.0.0"), self._create(TFLITE_TARGET, "3.0.0")]
+        finished = [self._wait(r, {"completed"}) for r in started]
+        for r in finished:
+            step.expect(r["state"] == "completed", f"{r['model']}@3.0.0 rollout ended {r['state']}: {r['halt_reason']}")
+        versions = self._wait_versions(lambda v: v == {f"{ONNX_TARGET[1]}@3.0.0", f"{TFLITE_TARGET[1]}@3.0.0"},
+                                       "every device to report 3.0.0")
+        step.expect(self._devices_on("3.0.0") == len(self.agents), f"devices by version: {versions}")
+        step.details.update({"rollouts": [self._brief(r) for r in finished], "devices_by_version": versions})
+        self._check_no_failed_requests(step)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _drift_report(self, shifted: list[AgentProcess]) -> dict[str, Any]:
+        """What the fleet can say about drift now: the server's drift API when it has one."""
+        assert self.server is not None
+        report: dict[str, Any] = {"shifted_devices": len(shifted)}
+        import httpx
+
+        answer = httpx.get(f"{self.server.url}/api/v1/models/{ONNX_TARGET[1]}/1.0.0/drift", params={"by": "site"},
+                           headers={"Authorization": f"Bearer {self.server.admin_token}"}, timeout=10)
+        if answer.status_code == 200:
+            report["server"] = answer.json()
+            self.say(f"      server drift report: {answer.json()}")
+        else:
+            report["server"] = None
+            report["missing"] = (f"the server has no drift report for {ONNX_TARGET[1]}@1.0.0 "
+                                 f"(GET .../drift answered {answer.status_code}); no drift alert shown")
+            self.say(f"      drift alert not shown: {report['missing']}")
+        return report
+
+    def _choose_broker(self) -> str:
+        if self.options.broker != "auto":
+            return self.options.broker
+        return "mosquitto" if mosquitto_binary() else "embedded"
+
+    def _push(self, bundle: str) -> None:
+        pushed = self._client.push_model(Path(bundle))
+        self.say(f"      pushed {pushed['name']}@{pushed['version']} ({pushed['length']} bytes)")
+
+    def _create(self, target: tuple[str, str, str, str], version: str, *, auto_rollback: bool = False) -> dict[str, Any]:
+        profile, model = target[0], target[1]
+        body = {"model": model, "version": version, "selector": f"profile={profile}", "waves": [20.0, 100.0],
+                "bake_seconds": self.options.bake_s, "max_failure_rate": 0.0, "min_success_rate": 1.0,
+                "device_timeout_seconds": 90.0, "auto_rollback": auto_rollback, "seed": 7}
+        rollout: dict[str, Any] = self._client.request("POST", "/api/v1/rollouts", json=body)
+        self.rollouts.append(rollout)
+        self.say(f"      rollout {rollout['id']}: {model}@{version} to profile={profile}, "
+                 f"waves {[w['size'] for w in rollout['waves']]}")
+        return rollout
+
+    def _wait(self, rollout: dict[str, Any], states: set[str], *, devices: bool = False) -> dict[str, Any]:
+        """Poll the rollout, printing each change of wave or state, until it reaches one of ``states``."""
+        terminal = {"completed", "rolled_back", "halted", "aborted"}
+        seen = ""
+        deadline = time.monotonic() + self.options.rollout_timeout_s
+        while True:
+            view: dict[str, Any] = self._client.request("GET", f"/api/v1/rollouts/{rollout['id']}",
+                                                        params={"devices": str(devices).lower()})
+            progress = f"{view['state']} wave {view['current_wave'] + 1 if view['current_wave'] is not None else '-'}: " \
+                       + ", ".join(f"{k} {v}" for k, v in view["devices"].items())
+            if progress != seen:
+                self.say(f"      {view['model']}@{view['version']}: {progress}")
+                seen = progress
+            if view["state"] in states or (view["state"] in terminal and view["state"] != "halted"):
+                return view
+            if time.monotonic() > deadline:
+                raise FleetError(f"rollout {view['id']} still {view['state']} after {self.options.rollout_timeout_s:.0f} s")
+            time.sleep(0.5)
+
+    def _versions(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for device in self._client.list_devices():
+            models = (device.get("reported") or {}).get("models") or {}
+            for name, info in models.items():
+                counts[f"{name}@{info.get('version')}"] += 1
+            if not models:
+                counts["(none)"] += 1
+        return dict(sorted(counts.items()))
+
+    def _devices_on(self, version: str) -> int:
+        return sum(n for ref, n in self._versions().items() if ref.endswith(f"@{version}"))
+
+    def _wait_versions(self, done: Callable[[set[str]], bool], what: str) -> dict[str, int]:
+        with contextlib.suppress(FleetError):
+            wait_until(lambda: done(set(self._versions())), 30, what, every=0.5)
+        return self._versions()
+
+    def _check_no_failed_requests(self, step: Step) -> None:
+        assert self.load is not None
+        totals = self.load.totals()
+        step.details["requests"] = totals
+        step.expect(totals["failed"] == 0, f"{totals['failed']} prediction(s) failed: {totals['failures_by_reason']}")
+
+    @staticmethod
+    def _brief(view: dict[str, Any]) -> dict[str, Any]:
+        return {"id": view["id"], "model": view["model"], "version": view["version"], "state": view["state"],
+                "halt_reason": view["halt_reason"], "waves": [w["size"] for w in view["waves"]],
+                "devices": view["devices"]}
+
+    def _summary(self, seconds: float) -> dict[str, Any]:
+        requests = self.load.totals() if self.load is not None else {"requests": 0, "failed": 0}
+        versions = self._versions() if self._client is not None and self.server is not None else {}
+        ok = len(self.steps) == 5 and all(s.ok for s in self.steps) and requests["failed"] == 0
+        url = self.server.url if self.server else None
+        return {
+            "ok": ok, "seconds": round(seconds, 2), "workdir": str(self.workdir), "broker": self.broker_kind,
+            "devices": self.options.devices, "steps": [s.to_dict() for s in self.steps],
+            "devices_by_version": versions, "requests": requests["requests"], "failed_requests": requests["failed"],
+            "rollouts": [r["id"] for r in self.rollouts], "server_url": url,
+            "next": [f"edgefleet rollouts list --server {url} --token $(cat {self.workdir}/server/admin-token)",
+                     f"edgefleet rollouts status ROLLOUT_ID --server {url}",
+                     f"logs of every process: {self.workdir}/logs/"],
+        }

@@ -1,0 +1,376 @@
+"""Real fleet processes for the demo, ``edgefleet simulate`` and the end-to-end tests.
+
+``Supervisor`` starts every child in its own process group (its own session), logs each to a
+file, and stops them all, children of children included, on ``stop_all()``, at interpreter
+exit (atexit) and on SIGTERM/SIGINT once ``handle_signals()`` is called. On top of it:
+
+- ``MosquittoProcess``: a Mosquitto with its config in a directory of ours, anonymous clients
+  refused, the password and ACL files the fleet server writes, a pid file the server SIGHUPs,
+  and persistence so retained assignments and sessions survive a broker restart;
+- ``ServerProcess``: ``edgefleet server`` on a free port, waited on until it is healthy;
+- ``AgentProcess``: ``edgefleet agent enroll`` then ``edgefleet agent run`` on its own state dir.
+
+It deliberately knows nothing of rollouts or models: the demo and the simulator drive those
+through the server's REST API, as a user would.
+
+    EdgefleetError
+    └── FleetError      a process would not start, exited early, or a wait ran out
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgefleet.errors import EdgefleetError
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
+
+
+class FleetError(EdgefleetError):
+    """A fleet process would not start, exited early, or a wait for it ran out of time."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_binary() -> str | None:
+    """The mosquitto binary on PATH or in the usual sbin directories (not on a user's PATH)."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy; FleetError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise FleetError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def edgefleet_argv(*args: str) -> list[str]:
+    """``edgefleet ARGS`` run by this interpreter, so children use the same environment."""
+    return [sys.executable, "-m", "edgefleet.cli", *args]
+
+
+class Child:
+    """One started process: its Popen, its log file and its process group."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the child's whole process group (it is the group leader)."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the group, then SIGKILL it if it has not exited after ``timeout``."""
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        # Grandchildren that outlived their parent still belong to the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+
+class Supervisor:
+    """Starts children in their own process groups and makes sure none outlives us."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._children: list[Child] = []
+        self._lock = threading.Lock()
+        atexit.register(self.stop_all)
+
+    def spawn(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              cwd: Path | None = None) -> Child:
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as out:
+            # start_new_session: the child leads its own group, so a Ctrl-C on our terminal
+            # reaches only us and we stop the children in order, and killpg reaches grandchildren.
+            proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=cwd or REPO, env={**os.environ, **(env or {})}, start_new_session=True)
+        child = Child(name, proc, log_path)
+        with self._lock:
+            self._children.append(child)
+        return child
+
+    @property
+    def children(self) -> list[Child]:
+        with self._lock:
+            return list(self._children)
+
+    def stop_all(self) -> None:
+        """Stop every child, newest first (agents before the server before the broker)."""
+        with self._lock:
+            children, self._children = list(reversed(self._children)), []
+        for child in children:
+            child.signal(signal.SIGTERM)
+        for child in children:
+            child.stop(timeout=10.0)
+
+    def handle_signals(self) -> None:
+        """Turn SIGTERM into KeyboardInterrupt, so one ``finally`` stops everything on either signal."""
+        def interrupt(_signum: int, _frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, interrupt)
+
+
+class MosquittoProcess:
+    """A Mosquitto whose password and ACL files the fleet server manages."""
+
+    def __init__(self, supervisor: Supervisor, directory: Path, *, port: int | None = None) -> None:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise FleetError("mosquitto is not installed", fix="apt-get install mosquitto, or use --broker embedded")
+        self.binary = binary
+        self.supervisor = supervisor
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.pid_file = self.directory / "mosquitto.pid"
+        self.child: Child | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def _write_config(self) -> Path:
+        for name in ("passwd", "acl"):
+            path = self.directory / name
+            if not path.exists():
+                path.write_text("")
+            path.chmod(0o600)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous false",
+            f"password_file {self.directory / 'passwd'}",
+            f"acl_file {self.directory / 'acl'}",
+            f"pid_file {self.pid_file}",
+            # Persistence keeps retained assignments and queued QoS 1 messages across a restart.
+            "persistence true",
+            f"persistence_location {self.directory}/",
+            "max_queued_messages 100000",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+        ]
+        if os.geteuid() == 0:
+            # As root Mosquitto would switch to the 'mosquitto' user, who cannot read our 0600 files.
+            lines.append("user root")
+        config = self.directory / "mosquitto.conf"
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
+    def start(self) -> MosquittoProcess:
+        config = self._write_config()
+        self.child = self.supervisor.spawn("mosquitto", [self.binary, "-c", str(config)])
+
+        def listening() -> bool:
+            if self.child is not None and not self.child.alive():
+                raise FleetError(f"mosquitto exited at start:\n{self.child.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(listening, 10, f"mosquitto to listen on port {self.port}", every=0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+            self.child = None
+
+    def restart(self, down_s: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+
+class ServerProcess:
+    """``edgefleet server`` with its data dir, on a free port, waited on until healthy."""
+
+    def __init__(self, supervisor: Supervisor, data_dir: Path, *, broker: MosquittoProcess | None = None,
+                 database_url: str | None = None, port: int | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.supervisor = supervisor
+        self.data_dir = Path(data_dir)
+        self.broker = broker
+        self.database_url = database_url
+        self.port = port or free_port()
+        self.env = {"EDGEFLEET_ROLLOUT_INTERVAL_SECONDS": "1", **(env or {})}
+        self.child: Child | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        args = ["server", "--data-dir", str(self.data_dir), "--port", str(self.port)]
+        if self.database_url:
+            args += ["--database", self.database_url]
+        if self.broker is not None:
+            args += ["--broker", self.broker.url, "--mosquitto-dir", str(self.broker.directory),
+                     "--mosquitto-pid-file", str(self.broker.pid_file)]
+        return edgefleet_argv(*args)
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        self.child = self.supervisor.spawn("server", self.argv(), env=self.env)
+        wait_until(self._healthy, timeout, f"the fleet server on {self.url} to be healthy", every=0.2)
+        return self
+
+    def _healthy(self) -> bool:
+        import httpx
+
+        if self.child is not None and not self.child.alive():
+            raise FleetError(f"the fleet server exited:\n{self.child.log_tail()}")
+        try:
+            health = httpx.get(f"{self.url}/healthz", timeout=2)
+        except httpx.TransportError:
+            return False
+        return health.status_code == 200 and bool(health.json().get("mqtt_connected"))
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin-token").read_text().strip()
+
+    def kill(self) -> None:
+        if self.child is not None:
+            self.child.kill()
+            self.child = None
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+            self.child = None
+
+
+# The agent's probation is 60 s by default; the demo and the tests shorten it through the
+# launcher (simulation/agentproc.py) until `agent run` has a setting for it.
+DEFAULT_PROBATION_S = 3.0
+
+
+class AgentProcess:
+    """One real device: enrolled with a one-time token, then ``edgefleet agent run``."""
+
+    def __init__(self, supervisor: Supervisor, name: str, state_dir: Path, *,
+                 probation_s: float | None = DEFAULT_PROBATION_S, env: Mapping[str, str] | None = None) -> None:
+        self.supervisor = supervisor
+        self.name = name
+        self.state_dir = Path(state_dir)
+        self.port = free_port()
+        self.probation_s = probation_s
+        self.env = dict(env or {})
+        self.device_id = ""
+        self.profile = ""
+        self.child: Child | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def enroll(self, server_url: str, token: str, timeout: float = 60.0) -> AgentProcess:
+        """Run ``edgefleet agent enroll`` as a user would; remember the device id it got."""
+        argv = edgefleet_argv("agent", "enroll", "--server", server_url, f"--token={token}",
+                              "--state-dir", str(self.state_dir), "--hostname", self.name, "--json")
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False,
+                                  env={**os.environ, **self.env})
+        except subprocess.TimeoutExpired as exc:
+            raise FleetError(f"{self.name}: agent enroll took over {timeout:.0f} s") from exc
+        if done.returncode != 0:
+            raise FleetError(f"{self.name}: agent enroll failed: {done.stderr.strip() or done.stdout.strip()}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        self.device_id = str(result["device_id"])
+        self.profile = str(result["profile"])
+        return self
+
+    def argv(self) -> list[str]:
+        run = ["agent", "run", "--state-dir", str(self.state_dir), "--http-port", str(self.port), "--no-socket"]
+        if self.probation_s is None:
+            return edgefleet_argv(*run)
+        return [sys.executable, "-m", "simulation.agentproc", "--probation-s", str(self.probation_s), "--", *run]
+
+    def start(self) -> AgentProcess:
+        self.child = self.supervisor.spawn(self.name, self.argv(), env=self.env)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> AgentProcess:
+        wait_until(self.healthz, timeout, f"{self.name}'s local API on {self.url}", every=0.2)
+        return self
+
+    def healthz(self) -> dict[str, Any] | None:
+        import httpx
+
+        if self.child is None or not self.child.alive():
+            tail = self.child.log_tail() if self.child else ""
+            raise FleetError(f"{self.name} is not running:\n{tail}")
+        try:
+            answer = httpx.get(f"{self.url}/healthz", timeout=2)
+        except httpx.TransportError:
+            return None
+        return dict(answer.json()) if answer.status_code == 200 else None
+
+    def kill(self) -> None:
+        if self.child is not None:
+            self.child.kill()
+            self.child = None
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+            self.child = None
