@@ -191,6 +191,20 @@ def _register_models(sub: Any, client_flags: argparse.ArgumentParser) -> None:
                                        "until they are assigned another version.")
     yank.add_argument("ref", help="NAME@VERSION")
     yank.set_defaults(handler=_models_yank)
+    drift = msub.add_parser(
+        "drift", parents=[client_flags], help="per-feature drift of a version, merged over the fleet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Add up the reference-bin counts the devices sent over the window and score each feature "
+                    "against the bundle's reference: PSI (<0.1 stable, 0.1-0.25 moderate, >0.25 drift), "
+                    "Jensen-Shannon and Hellinger (both 0-1). Also shows requests, error rate and accuracy "
+                    "(from feedback) per version of the model.",
+        epilog="examples:\n  edgefleet models drift digits@1.0.0\n  edgefleet models drift digits@1.0.0 --by label:site\n"
+               "  edgefleet models drift digits@1.0.0 --by profile --window 24h --json")
+    drift.add_argument("ref", help="NAME@VERSION")
+    drift.add_argument("--by", help="group devices: profile, or label:NAME (e.g. label:site); default the whole fleet")
+    drift.add_argument("--window", type=parse_ttl, help="how far back: 900, 15m, 1h, 7d (default: the server's, 1h)")
+    drift.add_argument("--all", action="store_true", help="list every feature, not only the 20 that drift most")
+    drift.set_defaults(handler=_models_drift)
     p.set_defaults(handler=lambda a: p.print_help() or 2)
 
 
@@ -257,6 +271,39 @@ def _models_yank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _num(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _models_drift(args: argparse.Namespace) -> int:
+    name, version = _ref(args.ref)
+    with _client(args) as client:
+        view = client.model_drift(name, version, by=args.by, window_s=args.window)
+    if args.json:
+        print_json(view)
+        return 0
+    print(f"{view['model']}@{view['version']} since {view['since']} (window {view['window_s']:.0f} s, by {view['by']})")
+    for group in view["groups"]:
+        print(f"\n{group['group']}: {group['devices']} device(s), band {group['band']}, max PSI {group['max_psi']:.3f}, "
+              f"{group['requests']} requests, accuracy {_num(group['accuracy'])}")
+        features = sorted(group["features"], key=lambda f: -f["psi"])
+        shown = features if args.all else features[:20]
+        rows = [(f["feature"], f["rows"], f"{f['psi']:.4f}", f"{f['js']:.4f}", f"{f['hellinger']:.4f}", f["band"])
+                for f in shown]
+        if group.get("output"):
+            o = group["output"]
+            rows.append(("(output)", o["rows"], f"{o['psi']:.4f}", f"{o['js']:.4f}", f"{o['hellinger']:.4f}", o["band"]))
+        print_table(["feature", "rows", "psi", "js", "hellinger", "band"], rows)
+        if len(features) > len(shown):
+            print(f"... {len(features) - len(shown)} more stable features (--all lists them)")
+    if view["versions"]:
+        print("\nby version:")
+        print_table(["version", "devices", "requests", "error rate", "labels", "accuracy"],
+                    [(v["version"], v["devices"], v["requests"], _num(v["error_rate"], 4), v["labels"],
+                      _num(v["accuracy"])) for v in view["versions"]])
+    return 0
+
+
 # ----------------------------------------------------------------- devices
 
 def _register_devices(sub: Any, client_flags: argparse.ArgumentParser) -> None:
@@ -317,8 +364,12 @@ def _device_rows(devices: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     def labels(d: dict[str, Any]) -> str:
         return ",".join(f"{k}={v}" for k, v in sorted(d["labels"].items()))
 
-    return [(d["id"], d["profile"], d["status"], "online" if d["online"] else "offline", d["last_seen"],
-             labels(d), d["hostname"]) for d in devices]
+    def versions(d: dict[str, Any]) -> str:
+        return ",".join(f"{n}@{v}" for n, v in sorted((d.get("versions") or {}).items())) or "-"
+
+    return [(d["id"], d["profile"], d.get("state") or ("online" if d["online"] else "offline"), versions(d),
+             d["last_seen"] or "-", _num(d.get("p95_ms")), d.get("drift_band") or "-", labels(d))
+            for d in devices]
 
 
 def _devices_list(args: argparse.Namespace) -> int:
@@ -327,7 +378,8 @@ def _devices_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(devices)
     else:
-        print_table(["id", "profile", "status", "presence", "last seen", "labels", "hostname"], _device_rows(devices))
+        print_table(["id", "profile", "state", "versions", "last seen", "p95 ms", "drift", "labels"],
+                    _device_rows(devices))
     return 0
 
 

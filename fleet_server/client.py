@@ -125,6 +125,15 @@ class AdminClient:
     def revoke_device(self, device_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/api/v1/devices/{device_id}/revoke"))
 
+    def model_drift(self, name: str, version: str, *, by: str | None = None,
+                    window_s: float | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if by:
+            params["by"] = by
+        if window_s is not None:
+            params["window"] = window_s
+        return dict(self.request("GET", f"/api/v1/models/{name}/{version}/drift", params=params or None))
+
 
 def _describe(response: Any) -> str:
     try:
