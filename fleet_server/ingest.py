@@ -277,15 +277,17 @@ class TelemetryIngest:
     def _write(self, items: Sequence[_Item]) -> None:
         batches: dict[tuple[str, int], TelemetryBatch] = {}
         events: dict[tuple[str, str], dict[str, Any]] = {}
-        received = 0
+        received = events_received = 0
         for kind, value in items:
             if kind == "batch":
                 received += 1
                 batches.setdefault((value.device_id, value.seq), value)
             else:
+                events_received += 1
                 events.setdefault((value["device_id"], value["event_id"]), value)
         # A duplicate inside one write never reaches the database; count it here.
         in_flight_duplicates = received - len(batches)
+        events_in_flight_duplicates = events_received - len(events)
         now = self.clock()
         with self.db.session() as session:
             ids = {d for d, _ in batches} | {d for d, _ in events}
@@ -317,7 +319,7 @@ class TelemetryIngest:
             stored=len(stored), duplicates=len(batches) - len(stored) + in_flight_duplicates,
             unknown_device=len(unknown),
             device_dropped=sum(batches[k].dropped for k in stored),
-            events_stored=events_stored, events_duplicate=len(events) - events_stored)
+            events_stored=events_stored, events_duplicate=len(events) - events_stored + events_in_flight_duplicates)
 
 
 # ---- the MQTT side ------------------------------------------------------------------------
