@@ -95,6 +95,23 @@ SUPERSEDED = "superseded"
 RETRYABLE = frozenset({DOWNLOAD_FAILED})
 PROBATION_PERSIST_S = 10.0
 
+# Fault injection for the end-to-end crash tests (tests/integration/update_path), off unless set:
+# the updater stops (bounded by EDGEFLEET_FAULT_PAUSE_S, default 60) right after update.json says
+# the named state, or right after the download has that many bytes on disk, so the test can
+# SIGKILL the process at exactly that point.
+FAULT_PAUSE_AT = "EDGEFLEET_FAULT_PAUSE_AT"
+FAULT_PAUSE_AT_BYTE = "EDGEFLEET_FAULT_PAUSE_AT_BYTE"
+FAULT_PAUSE_S = "EDGEFLEET_FAULT_PAUSE_S"
+# Probation settings for short-lived fleets (tests, walkthroughs); agent.toml has no keys for them yet.
+PROBATION_S = "EDGEFLEET_PROBATION_S"
+PROBATION_MIN_REQUESTS = "EDGEFLEET_PROBATION_MIN_REQUESTS"
+
+
+def _fault_pause(where: str) -> None:
+    seconds = float(os.environ.get(FAULT_PAUSE_S, "60"))
+    log.warning("fault injection: pausing %g s %s", seconds, where)
+    time.sleep(seconds)
+
 
 class UpdaterError(AgentError):
     """The updater cannot run: the device is not enrolled or its trust bundle is incomplete."""
@@ -194,6 +211,7 @@ class Updater:
         self._bundle: Bundle | None = None
         self._session: WatchedSession | None = None
         self._persisted_at = float("-inf")
+        self._pause_at = os.environ.get(FAULT_PAUSE_AT)
         self._load_persisted()
 
     # -- persisted state ----------------------------------------------------------------------
@@ -238,6 +256,9 @@ class Updater:
     def _apply(self, inp: Input) -> None:
         self.machine, event = step(self.machine, inp)
         self._persist()
+        if self._pause_at == self.machine.state.value:
+            self._pause_at = None
+            _fault_pause(f"after persisting {self.machine.state.value}")
         if event is not None:
             self._publish(event)
 
@@ -683,11 +704,43 @@ def attach(daemon: Any) -> _Ticker | None:
         return None
     link = daemon.link
     updater = Updater(state, daemon.store, daemon.serving, lambda doc: link.publish("events", doc),
-                      profile=daemon.profile, on_change=daemon.publish_reported)
+                      profile=daemon.profile, on_change=daemon.publish_reported,
+                      fetcher=_fault_fetcher(state), probation=_probation_from_env())
     link.on_desired = updater.handle_assignment
     ticker = _Ticker(updater, float(os.environ.get("EDGEFLEET_UPDATE_TICK_S", "1.0")))
     ticker.start()
     return ticker
+
+
+def _probation_from_env() -> ProbationConfig | None:
+    duration = os.environ.get(PROBATION_S)
+    requests = os.environ.get(PROBATION_MIN_REQUESTS)
+    if duration is None and requests is None:
+        return None
+    defaults = ProbationConfig()
+    try:
+        return ProbationConfig(duration_s=float(duration) if duration is not None else defaults.duration_s,
+                               min_requests=int(requests) if requests is not None else defaults.min_requests)
+    except ValueError as exc:
+        raise UpdaterError(f"{PROBATION_S}={duration!r} / {PROBATION_MIN_REQUESTS}={requests!r} are not numbers",
+                           fix="e.g. EDGEFLEET_PROBATION_S=5 EDGEFLEET_PROBATION_MIN_REQUESTS=10") from exc
+
+
+def _fault_fetcher(state: StateDir) -> ResumingFetcher | None:
+    """The default fetcher, or (fault injection) one that stops once N bytes of a target are on disk."""
+    raw = os.environ.get(FAULT_PAUSE_AT_BYTE)
+    if raw is None:
+        return None
+    at_byte = int(raw)
+    paused = threading.Event()
+
+    def progress(url: str, received: int, total: int | None) -> None:
+        if received >= at_byte and not paused.is_set():
+            paused.set()
+            _fault_pause(f"with {received} bytes of {url} on disk")
+
+    # Small chunks so the pause lands close to the requested byte.
+    return ResumingFetcher(state.downloads_dir, chunk_size=1024, progress=progress)
 
 
 class _Ticker:
