@@ -1,0 +1,55 @@
+"""The main job: `edgefleet demo --devices 4 --json` as a subprocess tells the whole story."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.e2e.support import REPO, edgefleet, last_json_line, processes_mentioning
+
+
+def test_demo_tells_the_whole_story_and_leaves_no_process(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    done = edgefleet("demo", "--devices", "4", "--json", "--data-dir", str(data), timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = last_json_line(done.stdout)
+    assert summary["ok"] is True
+    assert [s["ok"] for s in summary["steps"]] == [True] * 5
+    assert summary["failed_requests"] == 0 and summary["requests"] > 50
+    assert summary["devices_by_version"] == {"digits@3.0.0": 2, "digits-lite@3.0.0": 2}
+    convert, fleet, v1, v2, v3 = summary["steps"]
+    assert {(b["model"], b["profile"], b["format"]) for b in convert["bundles"]} == {
+        ("digits", "rpi4-64", "onnx"), ("digits-lite", "jetson-orin-nano", "tflite")}
+    assert fleet["profiles"] == {"rpi4-64": 2, "jetson-orin-nano": 2}
+    assert all(r["state"] == "completed" and len(r["waves"]) == 2 for r in v1["rollouts"])
+    assert v1["devices_by_version"] == {"digits@1.0.0": 2, "digits-lite@1.0.0": 2}
+    # The broken version: the first wave failed its health check, the rollout halted and rolled back.
+    assert v2["rollout"]["state"] == "rolled_back" and "failed" in v2["rollout"]["halt_reason"]
+    assert v2["touched"] == 1 and v2["untouched"] == 1
+    assert v2["devices_by_version"] == {"digits@1.0.0": 2, "digits-lite@1.0.0": 2}
+    assert all(r["state"] == "completed" for r in v3["rollouts"])
+    assert summary["broker"] == "mosquitto"  # found on this machine, so the ACL was enforced
+    assert (data / "mosquitto" / "acl").read_text().count("topic") >= 4 * 5
+    assert processes_mentioning(str(data)) == []
+
+
+def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "demo", "--devices", "2", "--data-dir", str(data)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 120
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "agents enrolled and online" in line:
+            break
+        assert time.monotonic() < deadline, "the demo never got its agents online"
+    assert len(processes_mentioning(str(data))) >= 4  # broker, server, two agents
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert processes_mentioning(str(data)) == []
