@@ -4,6 +4,7 @@
     GET  /v1/models                  what serves, with input specs and counters
     GET  /v1/models/{name}           one of them
     GET  /healthz                    liveness (200 while the process serves)
+    POST /v1/feedback                {"request_id", "label", "row"?} or a list of them -> accuracy
     GET  /v1/status                  the daemon's status document (``agent status`` reads it)
     POST /v1/reload                  re-read the active slots from the state directory
 
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError, InferenceError, InputError, ModelNotFoundError
+from agent.metrics import FeedbackError
 from agent.serving import ServingTable
 
 log = logging.getLogger("agent.api")
@@ -47,6 +49,8 @@ _DISCARD_LIMIT = 64 * 1024 * 1024
 _PREFIX = "/v1/models/"
 
 Handler = Callable[[], dict[str, Any]]
+FeedbackHandler = Callable[[list[dict[str, Any]]], dict[str, Any]]
+MAX_FEEDBACK_ITEMS = 10_000
 
 
 class HttpError(Exception):
@@ -83,13 +87,15 @@ class ApiServer:
 
     def __init__(self, serving: ServingTable, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  inline_budget_ms: float = 1.0, executor: Executor | None = None,
-                 status: Handler | None = None, reload: Handler | None = None) -> None:
+                 status: Handler | None = None, reload: Handler | None = None,
+                 feedback: FeedbackHandler | None = None) -> None:
         self.serving = serving
         self.max_body_bytes = max_body_bytes
         self.inline_budget_ms = inline_budget_ms
         self._executor = executor
         self._status = status
         self._reload = reload
+        self._feedback = feedback
         self._servers: list[asyncio.base_events.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
         self._active = 0
@@ -238,11 +244,20 @@ class ApiServer:
         if path == "/v1/status" and self._status is not None:
             _allow(method, "GET")
             return 200, await self._off_loop(self._status)
+        if path == "/v1/feedback" and self._feedback is not None:
+            _allow(method, "POST")
+            items = _feedback_items(body)
+            feedback = self._feedback
+            try:
+                return 200, await asyncio.get_running_loop().run_in_executor(self._executor, feedback, items)
+            except FeedbackError as exc:
+                raise HttpError(404, exc.message, exc.fix) from exc
         if path == "/v1/reload" and self._reload is not None:
             _allow(method, "POST")
             return 200, await self._off_loop(self._reload)
         raise HttpError(404, f"no route {path}",
-                        "use POST /v1/models/NAME/predict, GET /v1/models, GET /healthz or GET /v1/status")
+                        "use POST /v1/models/NAME/predict, POST /v1/feedback, GET /v1/models, GET /healthz "
+                        "or GET /v1/status")
 
     async def _off_loop(self, func: Callable[[], Any]) -> Any:
         try:
@@ -273,6 +288,7 @@ class ApiServer:
         try:
             payload = json.loads(body)
         except ValueError as exc:
+            self.serving.reject(name, "input")  # a bad request is an input error of the model asked
             raise HttpError(400, f"request body is not valid JSON ({exc})",
                             'send {"inputs": [[...], ...]} with Content-Type: application/json') from exc
         try:
@@ -299,6 +315,37 @@ async def _discard(reader: asyncio.StreamReader, length: int) -> None:
             if not chunk:
                 return
             length -= len(chunk)
+
+
+_FEEDBACK_FIX = ('send {"request_id": "<from the predict response>", "label": <true label>, "row": <index, '
+                 'default 0>} or a list of such objects')
+
+
+def _feedback_items(body: bytes) -> list[dict[str, Any]]:
+    """The checked items of a feedback body: one object or a list of them."""
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise HttpError(400, f"feedback body is not valid JSON ({exc})", _FEEDBACK_FIX) from exc
+    items = document if isinstance(document, list) else [document]
+    if not items or len(items) > MAX_FEEDBACK_ITEMS:
+        raise HttpError(400, f"feedback needs 1 to {MAX_FEEDBACK_ITEMS} items, got {len(items)}", _FEEDBACK_FIX)
+    for i, item in enumerate(items):
+        where = f"feedback item {i}" if isinstance(document, list) else "feedback"
+        if not isinstance(item, dict):
+            raise HttpError(400, f"{where} is not an object", _FEEDBACK_FIX)
+        unknown = set(item) - {"request_id", "label", "row"}
+        if unknown:
+            raise HttpError(400, f"{where} has unknown keys {sorted(unknown)}", _FEEDBACK_FIX)
+        if not isinstance(item.get("request_id"), str) or not item["request_id"]:
+            raise HttpError(400, f"{where} needs a request_id string", _FEEDBACK_FIX)
+        label = item.get("label")
+        if label is None or isinstance(label, (dict, list)):
+            raise HttpError(400, f"{where} needs a label (a class name or number), got {label!r}", _FEEDBACK_FIX)
+        row = item.get("row", 0)
+        if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+            raise HttpError(400, f"{where}: row must be a non-negative integer, got {row!r}", _FEEDBACK_FIX)
+    return items
 
 
 def _allow(method: str, allowed: str) -> None:

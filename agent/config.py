@@ -13,6 +13,11 @@ override the file. It holds no identity or secrets: those live in the state dire
     keepalive_s = 30              MQTT keepalive
     shutdown_timeout_s = 10       how long SIGTERM waits for in-flight requests
     log_level = "INFO"
+    telemetry = true              keep serving metrics, drift counts and feedback; report them over MQTT
+    telemetry_interval_s = 60     one telemetry batch per interval (counts are per interval)
+    telemetry_drift_every = 10    feature drift counts ride on every Nth batch (they are most of its bytes)
+    outbox_max_bytes = 8388608    STATE_DIR/outbox.sqlite caps: over either, the OLDEST batches are
+    outbox_max_rows = 20000       dropped and the count of them is reported in the next batch
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
+from edgefleet.telemetry import DEFAULT_DRIFT_EVERY, DEFAULT_INTERVAL_S
 
 DEFAULT_HTTP_PORT = 8765
 
@@ -39,12 +45,26 @@ class AgentConfig:
     keepalive_s: int = 30
     shutdown_timeout_s: float = 10.0
     log_level: str = "INFO"
+    telemetry: bool = True
+    telemetry_interval_s: float = DEFAULT_INTERVAL_S
+    telemetry_drift_every: int = DEFAULT_DRIFT_EVERY
+    outbox_max_bytes: int = 8 * 1024 * 1024
+    outbox_max_rows: int = 20_000
 
     def __post_init__(self) -> None:
         if not 0 <= self.http_port <= 65535:
             raise AgentError(f"http_port {self.http_port} is not a TCP port", fix="use 0..65535 (0 picks a free port)")
         if self.max_body_bytes <= 0 or self.max_rows <= 0 or self.keepalive_s <= 0 or self.shutdown_timeout_s < 0:
             raise AgentError("max_body_bytes, max_rows and keepalive_s must be positive")
+        if not self.telemetry_interval_s > 0:
+            raise AgentError(f"telemetry_interval_s = {self.telemetry_interval_s} must be positive",
+                             fix="e.g. telemetry_interval_s = 60 (seconds between telemetry batches)")
+        if self.telemetry_drift_every < 1:
+            raise AgentError(f"telemetry_drift_every = {self.telemetry_drift_every} must be at least 1",
+                             fix="1 sends feature drift counts on every batch, 10 (the default) on every 10th")
+        if self.outbox_max_bytes <= 0 or self.outbox_max_rows <= 0:
+            raise AgentError("outbox_max_bytes and outbox_max_rows must be positive",
+                             fix="e.g. outbox_max_bytes = 8388608 and outbox_max_rows = 20000")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise AgentError(f"log_level {self.log_level!r} is not a level", fix="use DEBUG, INFO, WARNING or ERROR")
 

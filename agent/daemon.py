@@ -7,6 +7,12 @@ it can. SIGHUP re-reads the active slots. SIGTERM/SIGINT stop accepting connecti
 in-flight requests finish (up to ``shutdown_timeout_s``), publish offline and exit 0. With
 ``WatchdogSec`` the event loop pings systemd, so a wedged loop gets the service restarted.
 
+Telemetry (``agent.reporter``): ``Metrics`` counts every call, the reporter keeps a drift
+window per served model version and remembers predictions for ``POST /v1/feedback``; with an
+identity it closes a batch into STATE_DIR/outbox.sqlite every ``telemetry_interval_s`` and,
+with a link, publishes the outbox from the link's thread. ``telemetry = false`` turns all of
+it off (the hot path then calls no observer).
+
 The update path plugs in through ``attach``: if ``agent.updater`` defines
 ``attach(daemon: Daemon) -> object | None``, it is called once the serving table and the link
 exist, before the link starts, and not at all without MQTT. It may set
@@ -34,6 +40,9 @@ from agent.api import ApiServer
 from agent.config import AgentConfig
 from agent.errors import AgentError, StateError
 from agent.link import Link
+from agent.metrics import Accuracy, FeedbackError, Metrics
+from agent.outbox import Outbox
+from agent.reporter import Reporter
 from agent.runtime import load_session
 from agent.serving import ServingTable
 from agent.slots import ModelStore
@@ -54,6 +63,8 @@ class Daemon:
         self.profile = profile or state.profile()
         self.store = ModelStore(state)
         self.serving = ServingTable(max_rows=self.config.max_rows)
+        self.metrics = Metrics()
+        self.reporter: Reporter | None = None
         self.link: Link | None = None
         self.api: ApiServer | None = None
         self.started_at = time.time()
@@ -88,6 +99,56 @@ class Daemon:
                 log.error("cannot serve model %s: %s", name, exc)
         self.publish_reported()
         return {"models": loaded, "failures": dict(self.load_failures)}
+
+    # -- telemetry ------------------------------------------------------------------------------
+    def _make_reporter(self) -> Reporter | None:
+        if not self.config.telemetry:
+            return None
+        device_id = self.state.load_identity().device_id if self.state.is_enrolled() else None
+        # Without an identity there is no device to report as: drift, metrics and feedback
+        # still work locally (status, /v1/feedback), nothing is stored to send.
+        outbox = (Outbox(self.state.path / "outbox.sqlite", max_bytes=self.config.outbox_max_bytes,
+                         max_rows=self.config.outbox_max_rows) if device_id is not None else None)
+        reporter = Reporter(self.metrics, device_id=device_id, outbox=outbox,
+                            interval_s=self.config.telemetry_interval_s,
+                            drift_every=self.config.telemetry_drift_every)
+        self.serving.add_observer(self.metrics.observe)
+        self.serving.add_request_observer(reporter.on_request)
+        self.serving.add_swap_listener(reporter.on_swap)
+        return reporter
+
+    def _connect_reporter(self, reporter: Reporter, link: Link) -> None:
+        def publish(payload: bytes) -> int | None:
+            return link.publish_bytes("telemetry", payload)
+
+        def tick() -> None:
+            reporter.pump(publish)
+
+        link.on_tick = tick
+        link.on_puback = reporter.acked
+
+    def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Score ground-truth labels of earlier requests (``POST /v1/feedback``).
+
+        Every item is tried; those naming a request this agent does not remember come back
+        under "rejected" with the reason. Raises FeedbackError when none was accepted.
+        """
+        accepted, rejected = [], []
+        for item in items:
+            try:
+                correct = self.metrics.feedback(item["request_id"], item["label"], row=item.get("row", 0))
+                accepted.append({"request_id": item["request_id"], "correct": correct})
+            except FeedbackError as exc:
+                if len(items) == 1:
+                    raise
+                rejected.append({"request_id": item["request_id"], "error": exc.message})
+        if not accepted:
+            raise FeedbackError(f"none of the {len(items)} feedback items names a remembered request: "
+                                + "; ".join(r["error"] for r in rejected[:3]),
+                                fix=f"send feedback for one of the last {self.metrics.remember_limit} requests, "
+                                    "with the request_id the predict API returned")
+        return {"accepted": accepted, "rejected": rejected,
+                "accuracy": [_accuracy(a) for a in self.metrics.accuracies()]}
 
     # -- reporting ------------------------------------------------------------------------------
     def _update_state(self) -> dict[str, Any]:
@@ -131,10 +192,14 @@ class Daemon:
             if session is None:
                 continue
             stats = self.serving.stats(name)
-            models.append({"name": name, "version": session.manifest.version, "sha256": session.slot.sha256,
+            version = session.manifest.version
+            models.append({"name": name, "version": version, "sha256": session.slot.sha256,
                            "runtime": session.runtime, "providers": list(session.providers),
-                           "requests": stats.requests, "errors": stats.errors,
-                           "latency_ms_p50": stats.percentile(50), "latency_ms_p99": stats.percentile(99)})
+                           "requests": stats.requests, "errors": stats.errors, "input_errors": stats.input_errors,
+                           "latency_ms_p50": stats.percentile(50), "latency_ms_p95": stats.percentile(95),
+                           "latency_ms_p99": stats.percentile(99),
+                           "drift": self.reporter.drift_summary(name, version) if self.reporter else None,
+                           "accuracy": _accuracy(self.metrics.accuracy(name, version))})
         return {
             "pid": os.getpid(), "agent_version": __version__, "state_dir": str(self.state.path),
             "profile": self.profile.name, "started_at": self.started_at,
@@ -144,6 +209,7 @@ class Daemon:
             "mqtt": {"enabled": self.link is not None, "connected": bool(self.link and self.link.connected),
                      "broker": f"{self.link.address.host}:{self.link.address.port}" if self.link else None},
             "models": models, "failures": dict(self.load_failures), "update": self._update_state(),
+            "telemetry": self.reporter.stats() if self.reporter else None,
         }
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -204,16 +270,22 @@ class Daemon:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             # SIGHUP (systemctl reload): serve the active slots again, off the loop.
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self.reload))
+        self.reporter = self._make_reporter()
         self.link = self._make_link()
+        if self.link is not None and self.reporter is not None:
+            self._connect_reporter(self.reporter, self.link)
         self.reload()
         self.api = ApiServer(self.serving, max_body_bytes=self.config.max_body_bytes,
-                             status=self.status, reload=self.reload)
+                             status=self.status, reload=self.reload,
+                             feedback=self.feedback if self.reporter is not None else None)
         await self.api.start(host=self.config.http_host or None, port=self.config.http_port,
                              socket_path=self.state.socket_path if self.config.unix_socket else None)
         self._attach_extensions()
         if self.link is not None:
             self.link.set_reported(self.reported())
             self.link.start()
+        if self.reporter is not None:
+            self.reporter.start()
         sdnotify.notify(f"READY=1\nSTATUS=serving {len(self.serving.names())} model(s)")
         log.info("agent ready: %s", json.dumps(self.status()["api"]))
         if ready is not None:
@@ -243,13 +315,25 @@ class Daemon:
             if callable(close):
                 with contextlib.suppress(Exception):
                     close()
+        loop = asyncio.get_running_loop()
+        if self.reporter is not None:
+            await loop.run_in_executor(None, self.reporter.stop)
         if self.link is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.link.stop)
+            await loop.run_in_executor(None, self.link.stop)
+        if self.reporter is not None and self.reporter.outbox is not None:
+            self.reporter.outbox.close()  # after the link: its thread acks until it stops
         self.serving.close()
 
     def run(self) -> int:
         asyncio.run(self.run_async())
         return 0
+
+
+def _accuracy(accuracy: Accuracy) -> dict[str, Any] | None:
+    if accuracy.value is None:
+        return None
+    return {"model": accuracy.model, "version": accuracy.version, "labels": accuracy.labels,
+            "correct": accuracy.correct, "accuracy": round(accuracy.value, 4)}
 
 
 def open_daemon(state_dir: str, config_path: str | None, *, profile: Profile | None = None,

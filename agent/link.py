@@ -13,6 +13,14 @@ inference never touches it, so the agent serves with the broker down and connect
 comes up. Incoming ``desired`` and ``commands`` messages are handed to callbacks on a separate
 dispatcher thread, so a slow handler (the update path downloading a bundle) cannot stall
 keepalives. It does not verify assignments or run commands: its callbacks' owners do.
+
+Durable delivery (the telemetry outbox) runs ON the link thread: ``on_tick`` is called after
+every network loop pass while connected, and may call ``publish_bytes``; ``on_puback(mid)``
+reports each broker acknowledgement. Publishing and acknowledging on one thread means a
+PUBACK can never arrive before the caller has recorded the mid it got (paho calls
+on_publish under its own message lock, so a second thread would also risk a lock-order
+deadlock). paho keeps unacknowledged QoS 1 messages across a reconnect and sends them again
+with the same mid, so a mid the caller recorded stays meaningful after a reconnect.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ log = logging.getLogger("agent.link")
 MAX_QUEUED = 1000
 DesiredHandler = Callable[[bytes], None]
 CommandHandler = Callable[[dict[str, Any]], None]
+TickHandler = Callable[[], None]
+PubackHandler = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,8 @@ class Link:
         self.address = BrokerAddress.parse(broker_url)
         self.on_desired = on_desired
         self.on_command = on_command
+        self.on_tick: TickHandler | None = None
+        self.on_puback: PubackHandler | None = None
         self.keepalive = keepalive
         self._mqtt = mqtt
         self._backoff = backoff or Backoff()
@@ -132,6 +144,7 @@ class Link:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         self._client = client
 
     def _offline_payload(self) -> bytes:
@@ -185,6 +198,17 @@ class Link:
         info = self._client.publish(topic, json.dumps(dict(document), sort_keys=True), qos=1, retain=retain)
         return info.rc in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN)
 
+    def publish_bytes(self, kind: str, payload: bytes) -> int | None:
+        """Publish raw bytes at QoS 1 to one of this device's outgoing topics; the message id
+        whose PUBACK ``on_puback`` will report, or None if paho refused it (queue full).
+
+        Call it from ``on_tick`` (the link thread): see the module docstring for why."""
+        topic = topics.device_topic(self.device_id, kind)
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
+            return None
+        return int(info.mid)
+
     # -- paho callbacks (on the link thread) --------------------------------------------------
     def _publish_reported(self) -> None:
         with self._lock:
@@ -213,6 +237,20 @@ class Link:
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         self._inbox.put((message.topic, bytes(message.payload)))
 
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        if self.on_puback is not None:
+            try:
+                self.on_puback(int(mid))
+            except Exception:  # paho would swallow it silently; say so instead
+                log.exception("handling the PUBACK of message %s failed", mid)
+
+    def _tick(self) -> None:
+        if self.on_tick is not None and self._connected.is_set():
+            try:
+                self.on_tick()
+            except Exception:
+                log.exception("link tick failed")
+
     # -- threads --------------------------------------------------------------------------------
     def _run(self) -> None:
         mqtt = self._mqtt
@@ -233,6 +271,7 @@ class Link:
             while not self._stop.is_set():
                 if self._client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
                     break
+                self._tick()
             self._connected.clear()
             if not self._stop.is_set():
                 self._stop.wait(self._backoff.next())

@@ -5,13 +5,23 @@ session they started with, and the old session is closed when the last of them f
 Each call takes a reference under a short lock, so a swap can never close a session under a
 running request. ``stats(name)`` exposes requests, errors and recent latencies of the session
 now serving (reset by a swap, which is what a probation watcher wants to judge the new model
-on); ``add_observer`` gives every call's outcome to telemetry.
+on). Telemetry plugs in through three hooks, all called on the request's own thread:
+
+* ``add_observer(fn)``: (model, version, latency_ms, ok) of every call that reached a model;
+* ``add_request_observer(fn)``: one ``Served`` per call, including refused input, carrying the
+  checked input matrix and the predictions of a successful one (drift counts, feedback);
+* ``add_swap_listener(fn)``: (name, session) whenever a new session starts serving, so a
+  per-version drift window can be built from that session's bundle before it answers.
+
+Observers must be cheap (they run inside the request's latency) and must not raise; an
+observer that does is logged and the request still succeeds.
 
 It does not decide when to swap (the update path and the daemon do) and does no HTTP.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -28,8 +38,32 @@ from agent.runtime import ModelSession
 
 LATENCY_WINDOW = 2048
 
+log = logging.getLogger("agent.serving")
+
 Observer = Callable[[str, str, float, bool], None]
 """Called after every prediction with (model, version, latency_ms, ok)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One call's outcome for telemetry. ``outcome`` is "ok", "input" (refused before the model
+    ran) or "inference" (the runtime failed); ``matrix`` and ``predictions`` are set when ok.
+
+    Built by the table itself, never from outside input, so it checks nothing: it is on the
+    hot path.
+    """
+
+    model: str
+    version: str
+    request_id: str
+    outcome: str
+    latency_ms: float
+    matrix: np.ndarray | None = None
+    predictions: list[Any] | None = None
+
+
+RequestObserver = Callable[[Served], None]
+SwapListener = Callable[[str, ModelSession], None]
 
 
 @dataclass(frozen=True)
@@ -95,9 +129,46 @@ class ServingTable:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._observers: list[Observer] = []
+        self._request_observers: list[RequestObserver] = []
+        self._swap_listeners: list[SwapListener] = []
 
     def add_observer(self, observer: Observer) -> None:
         self._observers.append(observer)
+
+    def add_request_observer(self, observer: RequestObserver) -> None:
+        self._request_observers.append(observer)
+
+    def add_swap_listener(self, listener: SwapListener) -> None:
+        """Call ``listener(name, session)`` for every session swapped in from now on, and for
+        those serving already (a listener added after start-up sees the current models)."""
+        with self._lock:
+            current = [(name, entry.session) for name, entry in self._entries.items()]
+            self._swap_listeners.append(listener)
+        for name, session in current:
+            self._tell_swap(listener, name, session)
+
+    @staticmethod
+    def _tell_swap(listener: SwapListener, name: str, session: ModelSession) -> None:
+        try:
+            listener(name, session)
+        except Exception:  # telemetry must never stop a model from serving
+            log.exception("swap listener failed for %s", name)
+
+    def _notify(self, served: Served) -> None:
+        for observer in self._request_observers:
+            try:
+                observer(served)
+            except Exception:
+                log.exception("request observer failed for %s@%s", served.model, served.version)
+
+    def reject(self, name: str, kind: str = "input", *, request_id: str | None = None) -> None:
+        """Count a request for ``name`` refused before it reached the table (e.g. a body that is
+        not JSON) as an error of ``kind`` against the version serving now; unknown names are
+        not counted (there is no model to blame)."""
+        with self._lock:
+            entry = self._entries.get(name)
+        if entry is not None and self._request_observers:
+            self._notify(Served(name, entry.session.manifest.version, request_id or "", kind, 0.0))
 
     def names(self) -> list[str]:
         with self._lock:
@@ -112,6 +183,10 @@ class ServingTable:
     def swap(self, name: str, session: ModelSession) -> ModelSession | None:
         """Serve ``name`` from ``session``; returns the session it replaced (closed when idle)."""
         new = _Entry(session, self._wall())
+        # Listeners run before the new session is reachable, so its first request already
+        # finds (say) its drift window; outside the lock, because they may read files.
+        for listener in list(self._swap_listeners):
+            self._tell_swap(listener, name, session)
         with self._lock:
             old = self._entries.get(name)
             if old is not None and old.session is session:
@@ -173,6 +248,7 @@ class ServingTable:
         start = self._clock()
         outcome = "error"
         manifest = entry.session.manifest
+        request_id = request_id or uuid.uuid4().hex
         try:
             try:
                 matrix = to_matrix(rows, manifest.input, max_rows=self.max_rows)
@@ -187,6 +263,9 @@ class ServingTable:
             if outcome != "input":
                 for observer in self._observers:
                     observer(name, manifest.version, latency_ms, outcome == "ok")
+            if outcome != "ok" and self._request_observers:
+                self._notify(Served(name, manifest.version, request_id,
+                                    "input" if outcome == "input" else "inference", latency_ms))
         if manifest.task == "classification":
             predictions = _jsonable(roles["label"])
             probs = roles.get("probabilities")
@@ -195,8 +274,9 @@ class ServingTable:
             if "value" not in roles:
                 raise InferenceError(f"{manifest.ref} produced no value output")
             predictions, probabilities = _jsonable(roles["value"]), None
-        return PredictionResult(name, manifest.version, request_id or uuid.uuid4().hex, predictions,
-                                probabilities, latency_ms)
+        if self._request_observers:
+            self._notify(Served(name, manifest.version, request_id, "ok", latency_ms, matrix, predictions))
+        return PredictionResult(name, manifest.version, request_id, predictions, probabilities, latency_ms)
 
     def stats(self, name: str) -> ServingStats:
         with self._lock:

@@ -1,0 +1,198 @@
+"""The daemon's telemetry reporter: serving hooks in, outbox in the middle, MQTT out.
+
+It joins the pure cores (``agent.metrics``, ``agent.drift``, ``agent.outbox``) to the daemon:
+
+* **Per request** (``on_request``, a ``ServingTable`` request observer): a successful call's
+  input matrix and predictions go to the drift window of the version that answered and are
+  remembered for feedback; a refused one counts as an error of its kind ("input").
+  ``Metrics.observe`` is a separate plain observer (counts and latency).
+* **Per swap** (``on_swap``, a swap listener): a drift window is built from the bundle's
+  ``reference.json`` for each model version when it starts serving, before its first request.
+  Windows of versions no longer serving are kept (up to ``KEEP_VERSIONS`` per model) so their
+  last counts still reach a batch.
+* **Per interval** (``close_interval``, called by its own timer thread): one batch composed by
+  ``BatchComposer`` and appended to the outbox, which assigns its seq and drop count.
+* **On the link thread** (``pump`` as ``Link.on_tick``, ``acked`` as ``Link.on_puback``):
+  pending rows are published in seq order, at most ``max_inflight`` unacknowledged at once,
+  and each is deleted from the outbox on its PUBACK. Retransmission after a reconnect is
+  paho's (it keeps unacknowledged QoS 1 messages and resends them, in order, with their mids);
+  after a restart it is the outbox's (every unacknowledged row is still there). Delivery is
+  at-least-once: the server stores each (device, seq) once.
+
+It does not decide what the numbers mean (the server does) and holds no MQTT client: the link
+is the only thing that talks to the broker. Events of the update path do not go through here
+(see docs/agent.md, "Telemetry").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.drift import DriftWindow
+from agent.metrics import BatchComposer, Metrics, ModelKey
+from agent.outbox import Outbox, OutboxError
+from agent.runtime import ModelSession
+from agent.serving import Served
+from edgefleet.telemetry import DEFAULT_DRIFT_EVERY, DEFAULT_INTERVAL_S, band
+
+log = logging.getLogger("agent.reporter")
+
+KEEP_VERSIONS = 3
+DEFAULT_MAX_INFLIGHT = 10
+
+Publisher = Callable[[bytes], int | None]
+"""Publishes one payload at QoS 1; returns the message id whose PUBACK will come, or None."""
+
+
+class Reporter:
+    """Drift windows, feedback memory and the telemetry outbox of one agent. Thread-safe."""
+
+    def __init__(self, metrics: Metrics, *, device_id: str | None = None, outbox: Outbox | None = None,
+                 interval_s: float = DEFAULT_INTERVAL_S, drift_every: int = DEFAULT_DRIFT_EVERY,
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT, monotonic: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.metrics = metrics
+        self.outbox = outbox
+        self.interval_s = interval_s
+        self.max_inflight = max_inflight
+        self._monotonic = monotonic
+        self._wall = wall_clock
+        self._lock = threading.Lock()
+        self._windows: dict[ModelKey, DriftWindow] = {}
+        self._composer = (BatchComposer(device_id, metrics, windows=self.windows, interval_s=interval_s,
+                                        drift_every=drift_every)
+                          if device_id is not None and outbox is not None else None)
+        # mid -> seq of rows handed to paho and not yet acknowledged; link thread only.
+        self._inflight: dict[int, int] = {}
+        self._more = threading.Event()  # the outbox may hold rows not yet handed to paho
+        self._more.set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.published = 0
+        self.acknowledged = 0
+
+    # -- serving hooks (request threads) ------------------------------------------------------
+    def on_swap(self, name: str, session: ModelSession) -> None:
+        key = (name, session.manifest.version)
+        with self._lock:
+            if key in self._windows:
+                return  # the same version again (a reload): keep its counts
+        window = DriftWindow(session.slot.reference())
+        with self._lock:
+            self._windows.setdefault(key, window)
+            same_model = [k for k in self._windows if k[0] == name]
+            for old in same_model[:-KEEP_VERSIONS]:  # dicts keep insertion order: oldest first
+                del self._windows[old]
+
+    def on_request(self, served: Served) -> None:
+        if served.outcome == "ok":
+            window = self._windows.get((served.model, served.version))
+            if window is not None and served.matrix is not None:
+                window.observe(served.matrix, served.predictions, now=self._monotonic())
+            if served.predictions is not None:
+                self.metrics.remember(served.request_id, served.model, served.version, served.predictions)
+        elif served.outcome != "inference":  # inference failures reach Metrics.observe already
+            self.metrics.error(served.model, served.version, served.outcome)
+
+    def windows(self) -> dict[ModelKey, DriftWindow]:
+        with self._lock:
+            return dict(self._windows)
+
+    def drift_summary(self, name: str, version: str) -> dict[str, Any] | None:
+        """The worst feature PSI over the sliding window, its band and feature, and the output PSI."""
+        window = self._windows.get((name, version))
+        if window is None:
+            return None
+        now = self._monotonic()
+        scores = window.scores(now)
+        rows = max((s.rows for s in scores), default=0)
+        if not rows:
+            return {"rows": 0, "band": None, "max_psi": None, "feature": None, "output_psi": None}
+        worst = max(scores, key=lambda s: s.psi)
+        output = window.output_score(now)
+        return {"rows": rows, "band": band(worst.psi), "max_psi": round(worst.psi, 4), "feature": worst.feature,
+                "output_psi": round(output.psi, 4) if output is not None and output.rows else None}
+
+    # -- intervals ------------------------------------------------------------------------------
+    def close_interval(self, now: float | None = None) -> int | None:
+        """Compose the interval's batch into the outbox; its seq, or None without an outbox."""
+        if self._composer is None or self.outbox is None:
+            return None
+        seq = self.outbox.append(self._composer.compose(self._wall() if now is None else now))
+        self._more.set()
+        return seq
+
+    def start(self) -> None:
+        """Close an interval every ``interval_s`` on a thread of its own."""
+        if self._composer is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="edgefleet-telemetry", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        deadline = self._monotonic() + self.interval_s
+        while not self._stop.wait(max(0.0, deadline - self._monotonic())):
+            # Deadlines, not sleeps of interval_s: a slow append does not stretch every interval.
+            deadline += self.interval_s
+            try:
+                self.close_interval()
+            except OutboxError:
+                log.exception("cannot store the telemetry batch")
+
+    def stop(self) -> None:
+        """Stop the timer and store what the running interval counted (sent on the next start)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+            try:
+                self.close_interval()
+            except OutboxError:
+                log.exception("cannot store the last telemetry batch")
+
+    # -- the link thread ------------------------------------------------------------------------
+    def pump(self, publish: Publisher) -> int:
+        """Hand pending rows to ``publish`` in seq order, keeping at most ``max_inflight``
+        unacknowledged; returns how many were handed over."""
+        if self.outbox is None or not self._more.is_set():
+            return 0
+        room = self.max_inflight - len(self._inflight)
+        if room <= 0:
+            return 0
+        self._more.clear()  # cleared before reading: an append racing with us sets it again
+        inflight = set(self._inflight.values())
+        entries = self.outbox.pending(len(inflight) + room)
+        sent = 0
+        for entry in entries:
+            if entry.seq in inflight:
+                continue
+            mid = publish(entry.payload)
+            if mid is None:  # paho's queue is full: try again on a later tick
+                self._more.set()
+                break
+            self._inflight[mid] = entry.seq
+            sent += 1
+        if len(entries) == len(inflight) + room:
+            self._more.set()  # the read was full: there may be more behind it
+        self.published += sent
+        return sent
+
+    def acked(self, mid: int) -> None:
+        seq = self._inflight.pop(mid, None)
+        if seq is None or self.outbox is None:
+            return  # an event or the reported state, not ours
+        self.outbox.ack(seq)
+        self.acknowledged += 1
+        self._more.set()
+
+    def stats(self) -> dict[str, Any]:
+        outbox = self.outbox.stats() if self.outbox is not None else None
+        return {"interval_s": self.interval_s, "in_flight": len(self._inflight), "published": self.published,
+                "acknowledged": self.acknowledged,
+                "outbox": None if outbox is None else {"rows": outbox.rows, "bytes": outbox.bytes,
+                                                        "next_seq": outbox.next_seq,
+                                                        "dropped_unreported": outbox.dropped_unreported}}
