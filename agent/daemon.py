@@ -40,9 +40,9 @@ from agent.api import ApiServer
 from agent.config import AgentConfig
 from agent.errors import AgentError, StateError
 from agent.link import Link
-from agent.metrics import Accuracy, FeedbackError, Metrics
+from agent.metrics import Metrics
 from agent.outbox import Outbox
-from agent.reporter import Reporter
+from agent.reporter import Reporter, accuracy_document
 from agent.runtime import load_session
 from agent.serving import ServingTable
 from agent.slots import ModelStore
@@ -112,9 +112,7 @@ class Daemon:
         reporter = Reporter(self.metrics, device_id=device_id, outbox=outbox,
                             interval_s=self.config.telemetry_interval_s,
                             drift_every=self.config.telemetry_drift_every)
-        self.serving.add_observer(self.metrics.observe)
-        self.serving.add_request_observer(reporter.on_request)
-        self.serving.add_swap_listener(reporter.on_swap)
+        reporter.attach(self.serving)
         return reporter
 
     def _connect_reporter(self, reporter: Reporter, link: Link) -> None:
@@ -126,29 +124,6 @@ class Daemon:
 
         link.on_tick = tick
         link.on_puback = reporter.acked
-
-    def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Score ground-truth labels of earlier requests (``POST /v1/feedback``).
-
-        Every item is tried; those naming a request this agent does not remember come back
-        under "rejected" with the reason. Raises FeedbackError when none was accepted.
-        """
-        accepted, rejected = [], []
-        for item in items:
-            try:
-                correct = self.metrics.feedback(item["request_id"], item["label"], row=item.get("row", 0))
-                accepted.append({"request_id": item["request_id"], "correct": correct})
-            except FeedbackError as exc:
-                if len(items) == 1:
-                    raise
-                rejected.append({"request_id": item["request_id"], "error": exc.message})
-        if not accepted:
-            raise FeedbackError(f"none of the {len(items)} feedback items names a remembered request: "
-                                + "; ".join(r["error"] for r in rejected[:3]),
-                                fix=f"send feedback for one of the last {self.metrics.remember_limit} requests, "
-                                    "with the request_id the predict API returned")
-        return {"accepted": accepted, "rejected": rejected,
-                "accuracy": [_accuracy(a) for a in self.metrics.accuracies()]}
 
     # -- reporting ------------------------------------------------------------------------------
     def _update_state(self) -> dict[str, Any]:
@@ -199,7 +174,7 @@ class Daemon:
                            "latency_ms_p50": stats.percentile(50), "latency_ms_p95": stats.percentile(95),
                            "latency_ms_p99": stats.percentile(99),
                            "drift": self.reporter.drift_summary(name, version) if self.reporter else None,
-                           "accuracy": _accuracy(self.metrics.accuracy(name, version))})
+                           "accuracy": accuracy_document(self.metrics.accuracy(name, version))})
         return {
             "pid": os.getpid(), "agent_version": __version__, "state_dir": str(self.state.path),
             "profile": self.profile.name, "started_at": self.started_at,
@@ -277,7 +252,7 @@ class Daemon:
         self.reload()
         self.api = ApiServer(self.serving, max_body_bytes=self.config.max_body_bytes,
                              status=self.status, reload=self.reload,
-                             feedback=self.feedback if self.reporter is not None else None)
+                             feedback=self.reporter.feedback if self.reporter is not None else None)
         await self.api.start(host=self.config.http_host or None, port=self.config.http_port,
                              socket_path=self.state.socket_path if self.config.unix_socket else None)
         self._attach_extensions()
@@ -327,13 +302,6 @@ class Daemon:
     def run(self) -> int:
         asyncio.run(self.run_async())
         return 0
-
-
-def _accuracy(accuracy: Accuracy) -> dict[str, Any] | None:
-    if accuracy.value is None:
-        return None
-    return {"model": accuracy.model, "version": accuracy.version, "labels": accuracy.labels,
-            "correct": accuracy.correct, "accuracy": round(accuracy.value, 4)}
 
 
 def open_daemon(state_dir: str, config_path: str | None, *, profile: Profile | None = None,

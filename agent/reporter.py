@@ -33,10 +33,10 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.drift import DriftWindow
-from agent.metrics import BatchComposer, Metrics, ModelKey
+from agent.metrics import Accuracy, BatchComposer, FeedbackError, Metrics, ModelKey
 from agent.outbox import Outbox, OutboxError
 from agent.runtime import ModelSession
-from agent.serving import Served
+from agent.serving import Served, ServingTable
 from edgefleet.telemetry import DEFAULT_DRIFT_EVERY, DEFAULT_INTERVAL_S, band
 
 log = logging.getLogger("agent.reporter")
@@ -75,6 +75,12 @@ class Reporter:
         self.published = 0
         self.acknowledged = 0
 
+    def attach(self, table: ServingTable) -> None:
+        """Hook metrics, drift windows and feedback memory to ``table`` (its models included)."""
+        table.add_observer(self.metrics.observe)
+        table.add_request_observer(self.on_request)
+        table.add_swap_listener(self.on_swap)
+
     # -- serving hooks (request threads) ------------------------------------------------------
     def on_swap(self, name: str, session: ModelSession) -> None:
         key = (name, session.manifest.version)
@@ -97,6 +103,31 @@ class Reporter:
                 self.metrics.remember(served.request_id, served.model, served.version, served.predictions)
         elif served.outcome != "inference":  # inference failures reach Metrics.observe already
             self.metrics.error(served.model, served.version, served.outcome)
+
+    def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Score ground-truth labels of earlier requests (``POST /v1/feedback``): items are
+        ``{"request_id", "label", "row"?}``, already checked for shape by the API.
+
+        Every item is tried; with several, those naming a request this agent does not remember
+        come back under "rejected" with the reason. Raises FeedbackError when none is accepted.
+        """
+        accepted, rejected = [], []
+        for item in items:
+            try:
+                correct = self.metrics.feedback(item["request_id"], item["label"], row=item.get("row", 0))
+            except FeedbackError as exc:
+                if len(items) == 1:
+                    raise
+                rejected.append({"request_id": item["request_id"], "error": exc.message})
+                continue
+            accepted.append({"request_id": item["request_id"], "correct": correct})
+        if not accepted:
+            raise FeedbackError(f"none of the {len(items)} feedback items names a remembered request: "
+                                + "; ".join(r["error"] for r in rejected[:3]),
+                                fix=f"send feedback for one of the last {self.metrics.remember_limit} requests, "
+                                    "with the request_id the predict API returned")
+        return {"accepted": accepted, "rejected": rejected,
+                "accuracy": [accuracy_document(a) for a in self.metrics.accuracies()]}
 
     def windows(self) -> dict[ModelKey, DriftWindow]:
         with self._lock:
@@ -196,3 +227,12 @@ class Reporter:
                 "outbox": None if outbox is None else {"rows": outbox.rows, "bytes": outbox.bytes,
                                                         "next_seq": outbox.next_seq,
                                                         "dropped_unreported": outbox.dropped_unreported}}
+
+
+def accuracy_document(accuracy: Accuracy) -> dict[str, Any] | None:
+    """Rolling accuracy as JSON; None before any label came."""
+    value = accuracy.value
+    if value is None:
+        return None
+    return {"model": accuracy.model, "version": accuracy.version, "labels": accuracy.labels,
+            "correct": accuracy.correct, "accuracy": round(value, 4)}
