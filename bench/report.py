@@ -1,0 +1,250 @@
+"""Turn a run document into what people read: terminal tables, the targets, a Markdown table.
+
+Pure functions over the JSON document ``bench.run`` writes (no timing, no I/O except
+``write_run``), so the report of ``bench/results/reference.json`` can be regenerated and
+tested without measuring anything. Missing sections and benchmarks that failed render as a
+line saying so, never as a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgefleet.atomic import atomic_write_json
+from edgefleet.console import format_table, human_bytes
+
+Doc = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+    def __post_init__(self) -> None:
+        if any(len(row) != len(self.headers) for row in self.rows):
+            raise ValueError(f"table {self.title!r}: every row needs {len(self.headers)} cells")
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    target: str
+    value: str
+    met: bool | None   # None: not measured in this run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "value": self.value, "met": self.met}
+
+
+def _section(doc: Doc, name: str) -> Mapping[str, Any] | None:
+    section = doc.get("benchmarks", {}).get(name)
+    return section if isinstance(section, Mapping) else None
+
+
+def inference_tables(section: Mapping[str, Any]) -> list[Table]:
+    tables = []
+    for model in section.get("models", []):
+        rows = []
+        for kind in ("flask", "raw_run", "agent_tcp", "agent_unix"):
+            for clients, r in model["results"].get(kind, {}).items():
+                rows.append((kind, clients, r["p50_ms"], r["p95_ms"], r["p99_ms"], r["throughput_rps"], r["errors"]))
+        rows.append(("cloud_predict", "-", None, None, None, None, section.get("cloud_predict")))
+        tables.append(Table(f"inference: {model['model']} ({model['summary']['baseline']} vs the agent)",
+                            ("path", "clients", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors"), tuple(rows)))
+    if section.get("models"):
+        top = max(section.get("concurrency", [16]))
+        summary = tuple((m["model"], m["summary"]["agent_unix_p50_overhead_ms"], m["summary"]["agent_tcp_p50_overhead_ms"],
+                         m["summary"].get(f"agent_unix_over_flask_throughput_at_{top}"),
+                         m["summary"].get(f"agent_tcp_over_flask_throughput_at_{top}")) for m in section["models"])
+        tables.append(Table("inference: agent overhead and ratios",
+                            ("model", "unix p50 over raw ms", "tcp p50 over raw ms", f"unix/flask req/s @{top}",
+                             f"tcp/flask req/s @{top}"), summary))
+    return tables
+
+
+def quantization_tables(section: Mapping[str, Any]) -> list[Table]:
+    tables = []
+    profiles = tuple(section.get("profiles", ()))
+    for model in section.get("models", []):
+        if "error" in model:
+            tables.append(Table(f"quantization: {model['model']}", ("error",), ((model["error"],),)))
+            continue
+        rows = []
+        for v in model["variants"]:
+            if "error" in v:
+                rows.append((v["format"], v["quantization"], None, None, None, None, None,
+                             *("n/a" for _ in profiles)))
+                continue
+            rows.append((v["format"], v["quantization"], human_bytes(v["bytes"]), v["size_vs_float32_onnx"],
+                         v["agreement"], v["accuracy_delta_points"], v["host_p50_ms"],
+                         *("ok" if v["profiles"][p] == "ok" else ("-" if "not allowed" in v["profiles"][p] else "miss")
+                           for p in profiles)))
+        tables.append(Table(f"quantization: {model['model']}",
+                            ("format", "quant", "size", "x f32 onnx", "agreement", "acc delta pt", "host p50 ms",
+                             *profiles), tuple(rows)))
+    return tables
+
+
+def rollout_tables(section: Mapping[str, Any]) -> list[Table]:
+    rows = []
+    for s in section.get("sizes", []):
+        if "error" in s:
+            rows.append((s["devices"], None, None, None, None, None, None, None, s["error"][:60]))
+            continue
+        rows.append((s["devices"], s["create_to_last_commit_s"], s["create_to_completed_s"], s["lost"],
+                     s["messages_per_device"], s["server_cpu_s"], s["server_peak_rss_mb"], s["database"], s["state"]))
+    return [Table("rollout scale (single 100% wave)",
+                  ("devices", "create->last commit s", "create->completed s", "lost", "msgs/device", "server CPU s",
+                   "server peak RSS MB", "db", "state"), tuple(rows))]
+
+
+def ingest_tables(section: Mapping[str, Any]) -> list[Table]:
+    if "not_measured" in section:
+        return [Table("telemetry ingest", ("status",), ((section["not_measured"],),))]
+    rows = tuple((r["setup"], None, None, None, None, None, r["error"][:80]) if "error" in r else
+                 (r["setup"], r["messages"], r["stored"], r["duplicates"], r["lost"], r["msgs_per_s"],
+                  r["publisher_msgs_per_s"]) for r in section.get("runs", []))
+    return [Table("telemetry ingest", ("setup", "sent", "stored", "duplicates", "lost", "stored msgs/s",
+                                       "publisher msgs/s"), rows)]
+
+
+def footprint_tables(section: Mapping[str, Any]) -> list[Table]:
+    rows = tuple((f["format"], f["rss_mb"], f["uss_mb"], f["idle_cpu_percent"], f["cold_start_s"])
+                 for f in section.get("formats", []))
+    tables = [Table(f"agent footprint ({section.get('model')})",
+                    ("format", "idle RSS MB", "idle USS MB", "idle CPU %", "cold start s"), rows)]
+    install = section.get("install", {})
+    if "error" in install:
+        tables.append(Table("install size", ("error",), ((install["error"],),)))
+    elif install:
+        tables.append(Table("install size (site-packages in a fresh venv)", ("what", "MB"), (
+            ("edgefleet alone (--no-deps)", install["edgefleet_only_mb"]),
+            ("edgefleet[agent]", install["edgefleet_agent_mb"]),
+            ("+ [litert] for TFLite", install["litert_extra_mb"]))))
+    return tables
+
+
+RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[Table]]] = {
+    "inference": inference_tables,
+    "quantization": quantization_tables,
+    "rollout": rollout_tables,
+    "ingest": ingest_tables,
+    "footprint": footprint_tables,
+}
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    return "not measured" if value is None else f"{value:g}{unit}"
+
+
+def targets(doc: Doc) -> list[TargetResult]:
+    """Where each of issue 8's targets stands in this run (``met`` None: not measured)."""
+    out: list[TargetResult] = []
+    inference = _section(doc, "inference")
+    models = {m["model"]: m for m in (inference or {}).get("models", [])}
+    top = max((inference or {}).get("concurrency", [16]))
+    for name in ("mlp", "forest"):
+        m = models.get(name)
+        ratio = m["summary"].get(f"agent_unix_over_flask_throughput_at_{top}") if m else None
+        out.append(TargetResult(f"agent >= 10x Flask throughput at {top} clients ({name}, Unix socket)",
+                                _fmt(ratio, "x"), None if ratio is None else ratio >= 10))
+    for name in ("mlp", "forest", "cnn"):
+        m = models.get(name)
+        overhead = m["summary"]["agent_unix_p50_overhead_ms"] if m else None
+        out.append(TargetResult(f"agent p50 overhead over raw run < 0.5 ms ({name}, Unix socket)",
+                                _fmt(overhead, " ms"), None if overhead is None else overhead < 0.5))
+    quant = {m["model"]: m for m in ((_section(doc, "quantization") or {}).get("models", []))}
+    for name in ("mlp", "cnn"):
+        row = next((v for v in quant.get(name, {}).get("variants", [])
+                    if v["format"] == "onnx" and v["quantization"] == "int8-static" and "bytes" in v), None)
+        if row is None:
+            out.append(TargetResult(f"int8-static ONNX <= 30% of float32, <= 1 point lost ({name})", "not measured", None))
+            continue
+        met = row["size_vs_float32_onnx"] <= 0.30 and row["accuracy_delta_points"] >= -1.0
+        out.append(TargetResult(f"int8-static ONNX <= 30% of float32, <= 1 point lost ({name})",
+                                f"{100 * row['size_vs_float32_onnx']:.1f}%, {row['accuracy_delta_points']:+g} pt", met))
+    sizes = {s["devices"]: s for s in (_section(doc, "rollout") or {}).get("sizes", []) if "error" not in s}
+    thousand = sizes.get(1000)
+    if thousand is None:
+        out.append(TargetResult("1,000 devices committed within 60 s of rollout create, none lost", "not measured", None))
+    else:
+        took = thousand["create_to_last_commit_s"]
+        out.append(TargetResult("1,000 devices committed within 60 s of rollout create, none lost",
+                                f"{_fmt(took, ' s')}, {thousand['lost']} lost",
+                                took is not None and took <= 60 and thousand["lost"] == 0))
+    ingest = _section(doc, "ingest") or {}
+    pg = next((r for r in ingest.get("runs", []) if r.get("setup") == "one server, postgresql" and "error" not in r),
+              None)
+    out.append(TargetResult("one server ingests >= 5,000 msgs/s into PostgreSQL, none lost",
+                            "not measured" if pg is None else f"{pg['msgs_per_s']:g} msgs/s, {pg['lost']} lost",
+                            None if pg is None else pg["msgs_per_s"] >= 5000 and pg["lost"] == 0))
+    onnx = next((f for f in (_section(doc, "footprint") or {}).get("formats", []) if f["format"] == "onnx"), None)
+    out.append(TargetResult("agent idle RSS < 100 MB with an ONNX model", _fmt(onnx and onnx["rss_mb"], " MB"),
+                            None if onnx is None else onnx["rss_mb"] < 100))
+    out.append(TargetResult("agent cold start to first prediction < 2 s", _fmt(onnx and onnx["cold_start_s"], " s"),
+                            None if onnx is None else onnx["cold_start_s"] < 2))
+    return out
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "met", False: "MISSED", None: "not measured"}[met]
+
+
+def all_tables(doc: Doc) -> list[Table]:
+    tables: list[Table] = []
+    for name, render in RENDERERS.items():
+        section = _section(doc, name)
+        if section is not None:
+            tables += render(section)
+    errors = doc.get("errors", {})
+    if errors:
+        tables.append(Table("benchmarks that failed", ("benchmark", "error"), tuple(errors.items())))
+    tables.append(Table("targets", ("target", "this run", "verdict"),
+                        tuple((t.target, t.value, _verdict(t.met)) for t in targets(doc))))
+    return tables
+
+
+def render_text(doc: Doc) -> str:
+    machine = doc.get("machine", {})
+    head = (f"edgefleet bench {'--quick ' if doc.get('quick') else ''}on {machine.get('description', '?')}, "
+            f"{doc.get('started_at', '?')}; load average before {doc.get('load_average', {}).get('before')}")
+    parts = [head]
+    for table in all_tables(doc):
+        parts.append(f"\n== {table.title}\n{format_table(table.headers, table.rows)}")
+    return "\n".join(parts) + "\n"
+
+
+def _md_cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def render_markdown(doc: Doc, *, names: Sequence[str] | None = None) -> str:
+    """The run's tables as GitHub Markdown (docs/benchmarks.md is generated from reference.json)."""
+    out = []
+    wanted = set(names) if names else None
+    for table in all_tables(doc):
+        if wanted is not None and not any(table.title.startswith(n) for n in wanted):
+            continue
+        out.append(f"#### {table.title}\n")
+        out.append("| " + " | ".join(table.headers) + " |")
+        out.append("|" + "---|" * len(table.headers))
+        out += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in table.rows]
+        out.append("")
+    return "\n".join(out)
+
+
+def write_run(doc: Doc, directory: Path) -> Path:
+    """Write the run document as ``DIRECTORY/<started_at>.json`` (atomically) and return the path."""
+    stamp = str(doc["started_at"]).replace(":", "").replace("-", "")
+    path = directory / f"{stamp}.json"
+    atomic_write_json(path, json.loads(json.dumps(doc, default=str)))
+    return path
