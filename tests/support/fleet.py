@@ -384,12 +384,13 @@ class Fleet:
         self.server.workdir.mkdir(parents=True, exist_ok=True)
         self.broker.start()
         self.server.start()
+        # Events are not retained: listen from the start so a test sees every one of them.
+        self._events = EventLog(self.broker, *self.server.mqtt_credentials())
         return self
 
     @property
     def events(self) -> EventLog:
-        if self._events is None:
-            self._events = EventLog(self.broker, *self.server.mqtt_credentials())
+        assert self._events is not None, "the fleet is not started"
         return self._events
 
     def enroll(self, name: str, *, labels: Mapping[str, str] | None = None, profile: str = "generic-x86_64",
