@@ -255,7 +255,9 @@ class Simulation:
         while time.monotonic() < deadline:
             views = [self._client.request("GET", f"/api/v1/rollouts/{r['id']}", params={"devices": "true"})
                      for r in created]
-            if all(v["state"] in TERMINAL for v in views) and not injector.is_alive():
+            # A rollout can complete with devices still in flight (min success rate < 1): wait for them too.
+            settled = all(v["state"] in TERMINAL and not v["devices"].get("assigned") for v in views)
+            if settled and not injector.is_alive():
                 break
             time.sleep(1.0)
         injector.join(timeout=30)
