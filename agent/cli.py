@@ -69,7 +69,10 @@ def register(sub: Any) -> None:
 
     p = asub.add_parser("status", help="what this device runs and how it is",
                         description="Read the state directory (identity, active and previous models) and ask the "
-                        "running daemon over its socket for live figures.")
+                        "running daemon over its socket for live figures: per model the requests and errors "
+                        "(input errors included) since it started serving, p95 latency, the worst drift band "
+                        "over the last hour (PSI < 0.1 stable, 0.1-0.25 moderate, > 0.25 drift, with the "
+                        "feature) and the rolling accuracy of the labels sent to POST /v1/feedback.")
     _state_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_status)
@@ -180,12 +183,29 @@ def _status(args: argparse.Namespace) -> int:
                      ("api", ", ".join(f"{k} {v}" for k, v in daemon["api"].items() if v) if daemon else None)]))
     live = {m["name"]: m for m in (daemon or {}).get("models", [])}
     print()
-    print_table(["model", "active", "previous", "serving", "requests", "errors", "p50 ms"],
+    print_table(["model", "active", "previous", "serving", "requests", "errors", "p95 ms", "drift", "accuracy"],
                 [(m["name"], (m.get("active") or {}).get("version"), (m.get("previous") or {}).get("version"),
-                  live.get(m["name"], {}).get("version"), live.get(m["name"], {}).get("requests"),
-                  live.get(m["name"], {}).get("errors"), live.get(m["name"], {}).get("latency_ms_p50"))
-                 for m in models])
+                  *_live_columns(live.get(m["name"]))) for m in models])
+    telemetry = (daemon or {}).get("telemetry")
+    if telemetry and telemetry.get("outbox"):
+        outbox = telemetry["outbox"]
+        print(f"\ntelemetry: every {telemetry['interval_s']}s, {telemetry['acknowledged']} batches delivered, "
+              f"{outbox['rows']} waiting in the outbox ({outbox['bytes']} bytes)"
+              + (f", {outbox['dropped_unreported']} dropped over the cap" if outbox["dropped_unreported"] else ""))
     return 0
+
+
+def _live_columns(live: dict[str, Any] | None) -> tuple[Any, ...]:
+    """serving, requests, errors, p95 ms, drift, accuracy of one model from the daemon's status."""
+    if not live:
+        return (None, None, None, None, None, None)
+    errors = (live.get("errors") or 0) + (live.get("input_errors") or 0)
+    p95 = live.get("latency_ms_p95")
+    drift = live.get("drift") or {}
+    band = f"{drift['band']} (PSI {drift['max_psi']:.2f} {drift['feature']})" if drift.get("band") else None
+    accuracy = live.get("accuracy")
+    return (live.get("version"), live.get("requests"), errors, round(p95, 3) if p95 is not None else None, band,
+            f"{accuracy['accuracy']:.1%} of {accuracy['labels']}" if accuracy else None)
 
 
 def _install(args: argparse.Namespace) -> int:
