@@ -11,15 +11,19 @@ process). Single-row requests throughout. It reports the agent's p50 overhead ov
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench import processes
+from bench import fleet, processes
+from bench.errors import BenchError
 from bench.loadgen import Target, run_load
 from bench.models import PROFILE, BenchModel, prepare
 from bench.stats import LatencySummary, ratio
@@ -64,10 +68,27 @@ def cloud_endpoint_available() -> bool:
     import fleet_server
 
     root = Path(fleet_server.__file__).parent
-    return any("/predict" in path.read_text(encoding="utf-8") for path in root.glob("*.py"))
+    return any("/models/{name}/predict" in path.read_text(encoding="utf-8") for path in root.glob("*.py"))
 
 
-def _measure_model(model: BenchModel, concurrency: tuple[int, ...], duration_s: float, work: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def _cloud(work: Path, bundles: list[Path]) -> Iterator[fleet.ServerProcess]:
+    """A real ``edgefleet server`` (SQLite, Mosquitto) with ``bundles`` pushed through ``edgefleet models push``."""
+    from tests.support.mosquitto import MosquittoBroker
+
+    with MosquittoBroker(work / "mosquitto") as broker, fleet.database(work, "sqlite") as (url, _kind), \
+            fleet.server(work / "server", broker.url, url) as srv:
+        for bundle in bundles:
+            done = subprocess.run([*processes.EDGEFLEET, "models", "push", str(bundle), "--server",
+                                   f"http://127.0.0.1:{srv.port}", "--token", srv.token, "--json"],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise BenchError(f"edgefleet models push {bundle.name} failed: {done.stderr.strip()[-400:]}")
+        yield srv
+
+
+def _measure_model(model: BenchModel, concurrency: tuple[int, ...], duration_s: float, work: Path,
+                   cloud: fleet.ServerProcess | None) -> dict[str, Any]:
     features, _ = model.validation()
     row = features[0]
     body = {"inputs": [row.tolist()]}
@@ -84,6 +105,10 @@ def _measure_model(model: BenchModel, concurrency: tuple[int, ...], duration_s: 
             unix = Target(path, unix_socket=str(agent.socket_path))
             results["agent_tcp"][str(clients)] = run_load(tcp, body, clients, duration_s).to_dict()
             results["agent_unix"][str(clients)] = run_load(unix, body, clients, duration_s).to_dict()
+    if cloud is not None:
+        target = Target(f"/api/v1/models/bench-{model.name}/predict", port=cloud.port,
+                        headers=(("Authorization", f"Bearer {cloud.token}"),))
+        results["cloud"] = {str(c): run_load(target, body, c, duration_s).to_dict() for c in concurrency}
     with processes.flask_baseline(model.baseline_path) as (_proc, port):
         for clients in concurrency:
             results["flask"][str(clients)] = run_load(Target("/predict", port=port), body, clients,
@@ -111,9 +136,14 @@ def run(*, quick: bool = False, models: tuple[str, ...] | None = None) -> dict[s
     concurrency = QUICK_CONCURRENCY if quick else CONCURRENCY
     duration_s = 1.0 if quick else 3.0
     section: dict[str, Any] = {"concurrency": list(concurrency), "duration_s": duration_s, "models": []}
-    section["cloud_predict"] = ("available but not measured yet" if cloud_endpoint_available()
-                                else "not available: the fleet server has no /api/v1/models/{name}/predict")
-    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-inference-") as tmp:
-        for name in names:
-            section["models"].append(_measure_model(prepare(name), concurrency, duration_s, Path(tmp)))
+    prepared = [prepare(name) for name in names]
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-inference-") as tmp, contextlib.ExitStack() as stack:
+        cloud = None
+        if cloud_endpoint_available():
+            section["cloud_predict"] = "measured: edgefleet server (uvicorn, one process), POST /api/v1/models/{name}/predict"
+            cloud = stack.enter_context(_cloud(Path(tmp) / "cloud", [m.bundle_path for m in prepared]))
+        else:
+            section["cloud_predict"] = "not available: the fleet server has no /api/v1/models/{name}/predict"
+        for model in prepared:
+            section["models"].append(_measure_model(model, concurrency, duration_s, Path(tmp), cloud))
     return section

@@ -33,6 +33,7 @@ class Target:
     host: str = "127.0.0.1"
     port: int = 0
     unix_socket: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -41,7 +42,8 @@ class Target:
             raise BenchError(f"port {self.port} is not a TCP port", fix="give the server's port or a unix_socket")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "host": self.host, "port": self.port, "unix_socket": self.unix_socket}
+        return {"path": self.path, "host": self.host, "port": self.port, "unix_socket": self.unix_socket,
+                "headers": [list(h) for h in self.headers]}
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -69,7 +71,7 @@ def _connection(target: Target) -> http.client.HTTPConnection:
 
 def _client(target: Target, body: bytes, deadline: float, warmup: int, out: list[float], errors: list[int],
             completed: list[int]) -> None:
-    headers = {"Content-Type": "application/json", "Connection": "keep-alive"}
+    headers = {"Content-Type": "application/json", "Connection": "keep-alive", **dict(target.headers)}
     conn = _connection(target)
     try:
         sent = 0
@@ -102,7 +104,7 @@ def _client(target: Target, body: bytes, deadline: float, warmup: int, out: list
 
 def _main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
-    target = Target(**spec["target"])
+    target = Target(**{**spec["target"], "headers": tuple(tuple(h) for h in spec["target"]["headers"])})
     body = spec["body"].encode()
     clients, duration, warmup = int(spec["clients"]), float(spec["duration_s"]), int(spec.get("warmup", 3))
     latencies: list[list[float]] = [[] for _ in range(clients)]

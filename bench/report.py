@@ -50,11 +50,10 @@ def inference_tables(section: Mapping[str, Any]) -> list[Table]:
     tables = []
     for model in section.get("models", []):
         rows = []
-        for kind in ("flask", "raw_run", "agent_tcp", "agent_unix"):
+        for kind in ("flask", "raw_run", "agent_tcp", "agent_unix", "cloud"):
             for clients, r in model["results"].get(kind, {}).items():
                 rows.append((kind, clients, r["p50_ms"], r["p95_ms"], r["p99_ms"], r["throughput_rps"], r["errors"]))
-        rows.append(("cloud_predict", "-", None, None, None, None, section.get("cloud_predict")))
-        tables.append(Table(f"inference: {model['model']} ({model['summary']['baseline']} vs the agent)",
+        tables.append(Table(f"inference: {model['model']} (baseline: {model['summary']['baseline']})",
                             ("path", "clients", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors"), tuple(rows)))
     if section.get("models"):
         top = max(section.get("concurrency", [16]))

@@ -1,0 +1,123 @@
+"""The report code of scripts/bench: tables, targets and the run document (no timing measured here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.report import Table, render_markdown, render_text, targets, write_run
+from bench.stats import LatencySummary, percentile, ratio
+
+REFERENCE = Path(__file__).resolve().parents[3] / "bench" / "results" / "reference.json"
+
+
+def _latency(p50: float, rps: float) -> dict[str, Any]:
+    return {"requests": 100, "errors": 0, "p50_ms": p50, "p95_ms": p50 * 2, "p99_ms": p50 * 3, "throughput_rps": rps}
+
+
+def _inference_model(name: str, flask_rps: float, agent_rps: float) -> dict[str, Any]:
+    results = {kind: {"1": _latency(p50, rps), "16": _latency(p50 * 10, rps)}
+               for kind, p50, rps in (("flask", 1.0, flask_rps), ("raw_run", 0.01, 1e5),
+                                      ("agent_tcp", 0.3, agent_rps), ("agent_unix", 0.2, agent_rps))}
+    return {"model": name, "results": results, "notes": [], "summary": {
+        "baseline": "Flask + joblib model.predict", "agent_unix_p50_overhead_ms": 0.19,
+        "agent_tcp_p50_overhead_ms": 0.29, "agent_unix_over_flask_throughput_at_16": ratio(agent_rps, flask_rps),
+        "agent_tcp_over_flask_throughput_at_16": ratio(agent_rps, flask_rps)}}
+
+
+def _doc() -> dict[str, Any]:
+    return {
+        "schema": 1, "quick": False, "started_at": "2026-11-25T12:00:00Z",
+        "machine": {"description": "2-core x86_64 VM"}, "load_average": {"before": [1.0, 1.0, 1.0]},
+        "errors": {"quantization": "BenchError: converter missing"},
+        "benchmarks": {
+            "inference": {"concurrency": [1, 16], "cloud_predict": "not available",
+                          "models": [_inference_model("mlp", 1000, 12000), _inference_model("forest", 200, 1000)]},
+            "rollout": {"sizes": [{"devices": 1000, "create_to_last_commit_s": 42.0, "create_to_completed_s": 45.0,
+                                   "lost": 0, "messages_per_device": 11.0, "server_cpu_s": 20.0,
+                                   "server_peak_rss_mb": 140.0, "database": "postgresql", "state": "completed"},
+                                  {"devices": 5000, "error": "TimeoutError: timed out"}]},
+            "ingest": {"not_measured": "not measured: fleet_server.ingest is missing"},
+            "footprint": {"model": "mlp", "formats": [{"format": "onnx", "rss_mb": 120.0, "uss_mb": 33.0,
+                                                       "idle_cpu_percent": 0.0, "cold_start_s": 0.2}], "install": {}},
+        },
+    }
+
+
+def _verdicts(doc: dict[str, Any]) -> dict[str, bool | None]:
+    return {t.target: t.met for t in targets(doc)}
+
+
+def test_targets_compare_each_figure_with_its_threshold() -> None:
+    verdicts = _verdicts(_doc())
+    assert verdicts["agent >= 10x Flask throughput at 16 clients (mlp, Unix socket)"] is True     # 12x
+    assert verdicts["agent >= 10x Flask throughput at 16 clients (forest, Unix socket)"] is False  # 5x
+    assert verdicts["1,000 devices committed within 60 s of rollout create, none lost"] is True
+    assert verdicts["agent idle RSS < 100 MB with an ONNX model"] is False                         # 120 MB
+    assert verdicts["agent cold start to first prediction < 2 s"] is True
+
+
+def test_a_benchmark_missing_from_the_run_is_not_measured_rather_than_met() -> None:
+    verdicts = _verdicts(_doc())
+    assert verdicts["one server ingests >= 5,000 msgs/s into PostgreSQL, none lost"] is None
+    assert verdicts["int8-static ONNX <= 30% of float32, <= 1 point lost (mlp)"] is None
+    assert verdicts["agent p50 overhead over raw run < 0.5 ms (cnn, Unix socket)"] is None
+
+
+def test_lost_devices_miss_the_rollout_target_even_when_fast() -> None:
+    doc = _doc()
+    doc["benchmarks"]["rollout"]["sizes"][0]["lost"] = 3
+    assert _verdicts(doc)["1,000 devices committed within 60 s of rollout create, none lost"] is False
+
+
+def test_text_report_shows_every_section_failures_and_targets() -> None:
+    text = render_text(_doc())
+    for title in ("== inference: mlp", "== inference: agent overhead and ratios", "== rollout scale",
+                  "== telemetry ingest", "== agent footprint", "== benchmarks that failed", "== targets"):
+        assert title in text
+    assert "TimeoutError: timed out" in text
+    assert "MISSED" in text and "not measured" in text
+
+
+def test_markdown_tables_have_a_header_separator_per_table() -> None:
+    markdown = render_markdown(_doc(), names=["rollout", "targets"])
+    assert sum(line.startswith("|---|") for line in markdown.splitlines()) == 2
+    assert "| devices | create->last commit s |" in markdown
+    assert "inference" not in markdown
+
+
+def test_run_document_is_written_as_json_named_by_its_start(tmp_path: Path) -> None:
+    path = write_run(_doc(), tmp_path)
+    assert path.name == "20261125T120000Z.json"
+    assert json.loads(path.read_text())["benchmarks"]["rollout"]["sizes"][0]["devices"] == 1000
+
+
+def test_table_rows_must_match_the_headers() -> None:
+    with pytest.raises(ValueError, match="every row needs 2 cells"):
+        Table("t", ("a", "b"), (("only one",),))
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    samples = [float(v) for v in range(1, 101)]
+    assert percentile(samples, 50) == pytest.approx(50.5)
+    assert percentile(samples, 99) == pytest.approx(99.01)
+    assert percentile([3.0], 95) == 3.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_latency_summary_counts_throughput_over_wall_time() -> None:
+    summary = LatencySummary.of([0.001] * 90 + [0.010] * 10, errors=1, wall_s=2.0, completed=120)
+    assert (summary.requests, summary.errors, summary.throughput_rps) == (100, 1, 60.0)
+    assert summary.p50_ms == pytest.approx(1.0) and summary.p99_ms == pytest.approx(10.0)
+    assert ratio(10, 0) is None and ratio(None, 3) is None and ratio(30, 4) == 7.5
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="bench/results/reference.json is made by a full scripts/bench run")
+def test_the_committed_reference_run_renders() -> None:
+    doc = json.loads(REFERENCE.read_text())
+    assert "== targets" in render_text(doc)
+    assert len(targets(doc)) == len(targets(_doc()))
