@@ -87,6 +87,19 @@ def _cloud(work: Path, bundles: list[Path]) -> Iterator[fleet.ServerProcess]:
         yield srv
 
 
+def _served(pid: int, target: Target, body: dict[str, Any], clients: int, duration_s: float) -> dict[str, Any]:
+    """One load run plus the server process's CPU time per request (psutil): a ratio the client cannot cap."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    before = proc.cpu_times()
+    summary = run_load(target, body, clients, duration_s)
+    after = proc.cpu_times()
+    cpu = (after.user + after.system) - (before.user + before.system)
+    served = summary.throughput_rps * duration_s
+    return {**summary.to_dict(), "server_cpu_us_per_request": round(1e6 * cpu / served, 1) if served else None}
+
+
 def _measure_model(model: BenchModel, concurrency: tuple[int, ...], duration_s: float, work: Path,
                    cloud: fleet.ServerProcess | None) -> dict[str, Any]:
     features, _ = model.validation()
@@ -103,16 +116,16 @@ def _measure_model(model: BenchModel, concurrency: tuple[int, ...], duration_s: 
         for clients in concurrency:
             tcp = Target(path, port=agent.port)
             unix = Target(path, unix_socket=str(agent.socket_path))
-            results["agent_tcp"][str(clients)] = run_load(tcp, body, clients, duration_s).to_dict()
-            results["agent_unix"][str(clients)] = run_load(unix, body, clients, duration_s).to_dict()
+            results["agent_tcp"][str(clients)] = _served(agent.proc.pid, tcp, body, clients, duration_s)
+            results["agent_unix"][str(clients)] = _served(agent.proc.pid, unix, body, clients, duration_s)
     if cloud is not None:
         target = Target(f"/api/v1/models/bench-{model.name}/predict", port=cloud.port,
                         headers=(("Authorization", f"Bearer {cloud.token}"),))
-        results["cloud"] = {str(c): run_load(target, body, c, duration_s).to_dict() for c in concurrency}
-    with processes.flask_baseline(model.baseline_path) as (_proc, port):
+        results["cloud"] = {str(c): _served(cloud.proc.pid, target, body, c, duration_s) for c in concurrency}
+    with processes.flask_baseline(model.baseline_path) as (flask, port):
         for clients in concurrency:
-            results["flask"][str(clients)] = run_load(Target("/predict", port=port), body, clients,
-                                                      duration_s).to_dict()
+            results["flask"][str(clients)] = _served(flask.pid, Target("/predict", port=port), body, clients,
+                                                     duration_s)
     top = str(max(concurrency))
     summary = {
         "baseline": f"Flask + {model.baseline_kind} model.predict",
@@ -122,6 +135,9 @@ def _measure_model(model: BenchModel, concurrency: tuple[int, ...], duration_s: 
                                                             results["flask"][top]["throughput_rps"]),
         f"agent_tcp_over_flask_throughput_at_{top}": ratio(results["agent_tcp"][top]["throughput_rps"],
                                                            results["flask"][top]["throughput_rps"]),
+        # Server CPU per request: how much cheaper the agent serves one request, whatever caps throughput.
+        f"flask_over_agent_unix_cpu_per_request_at_{top}": ratio(results["flask"][top]["server_cpu_us_per_request"],
+                                                                 results["agent_unix"][top]["server_cpu_us_per_request"]),
     }
     return {"model": model.name, "results": results, "summary": summary, "notes": notes}
 

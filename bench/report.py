@@ -52,17 +52,20 @@ def inference_tables(section: Mapping[str, Any]) -> list[Table]:
         rows = []
         for kind in ("flask", "raw_run", "agent_tcp", "agent_unix", "cloud"):
             for clients, r in model["results"].get(kind, {}).items():
-                rows.append((kind, clients, r["p50_ms"], r["p95_ms"], r["p99_ms"], r["throughput_rps"], r["errors"]))
+                rows.append((kind, clients, r["p50_ms"], r["p95_ms"], r["p99_ms"], r["throughput_rps"],
+                             r.get("server_cpu_us_per_request"), r["errors"]))
         tables.append(Table(f"inference: {model['model']} (baseline: {model['summary']['baseline']})",
-                            ("path", "clients", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors"), tuple(rows)))
+                            ("path", "clients", "p50 ms", "p95 ms", "p99 ms", "req/s", "server CPU µs/req", "errors"),
+                            tuple(rows)))
     if section.get("models"):
         top = max(section.get("concurrency", [16]))
         summary = tuple((m["model"], m["summary"]["agent_unix_p50_overhead_ms"], m["summary"]["agent_tcp_p50_overhead_ms"],
                          m["summary"].get(f"agent_unix_over_flask_throughput_at_{top}"),
-                         m["summary"].get(f"agent_tcp_over_flask_throughput_at_{top}")) for m in section["models"])
+                         m["summary"].get(f"agent_tcp_over_flask_throughput_at_{top}"),
+                         m["summary"].get(f"flask_over_agent_unix_cpu_per_request_at_{top}")) for m in section["models"])
         tables.append(Table("inference: agent overhead and ratios",
                             ("model", "unix p50 over raw ms", "tcp p50 over raw ms", f"unix/flask req/s @{top}",
-                             f"tcp/flask req/s @{top}"), summary))
+                             f"tcp/flask req/s @{top}", f"flask/unix CPU per req @{top}"), summary))
     return tables
 
 
