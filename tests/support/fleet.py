@@ -15,6 +15,7 @@ anything: it offers waits that raise with the logs when a wait runs out.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -413,8 +414,11 @@ class Fleet:
 
     def wait_online(self, agents: Sequence[FleetAgent], timeout: float = 20) -> None:
         for agent in agents:
-            wait_for(lambda a=agent: self.server.device(a.device_id)["online"], timeout,  # type: ignore[misc]
+            wait_for(functools.partial(self._online, agent.device_id), timeout,
                      f"the server to see {agent.name} online", every=0.2, explain=agent.log)
+
+    def _online(self, device_id: str) -> bool:
+        return bool(self.server.device(device_id)["online"])
 
     def close(self) -> None:
         if self._events is not None:
