@@ -171,7 +171,8 @@ class Supervisor:
 class MosquittoProcess:
     """A Mosquitto whose password and ACL files the fleet server manages."""
 
-    def __init__(self, supervisor: Supervisor, directory: Path, *, port: int | None = None) -> None:
+    def __init__(self, supervisor: Supervisor, directory: Path, *, port: int | None = None,
+                 extra_hosts: Sequence[str] = ()) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise FleetError("mosquitto is not installed", fix="apt-get install mosquitto, or use --broker embedded")
@@ -181,6 +182,8 @@ class MosquittoProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.pid_file = self.directory / "mosquitto.pid"
+        # Addresses besides loopback to listen on (e.g. a veth link to a device's network namespace).
+        self.extra_hosts = tuple(extra_hosts)
         self.child: Child | None = None
 
     @property
@@ -195,6 +198,7 @@ class MosquittoProcess:
             path.chmod(0o600)
         lines = [
             f"listener {self.port} 127.0.0.1",
+            *(f"listener {self.port} {host}" for host in self.extra_hosts),
             "allow_anonymous false",
             f"password_file {self.directory / 'passwd'}",
             f"acl_file {self.directory / 'acl'}",
@@ -308,12 +312,18 @@ class AgentProcess:
     """One real device: enrolled with a one-time token, then ``edgefleet agent run``."""
 
     def __init__(self, supervisor: Supervisor, name: str, state_dir: Path, *,
-                 probation_s: float | None = DEFAULT_PROBATION_S, env: Mapping[str, str] | None = None) -> None:
+                 probation_s: float | None = DEFAULT_PROBATION_S, probation_min_requests: int = 5,
+                 env: Mapping[str, str] | None = None,
+                 wrapper: Sequence[str] = (), extra_args: Sequence[str] = ()) -> None:
         self.supervisor = supervisor
+        # wrapper: argv put in front (e.g. `ip netns exec NS`); extra_args: more `agent run` flags.
+        self.wrapper = list(wrapper)
+        self.extra_args = list(extra_args)
         self.name = name
         self.state_dir = Path(state_dir)
         self.port = free_port()
         self.probation_s = probation_s
+        self.probation_min_requests = probation_min_requests
         self.env = dict(env or {})
         self.device_id = ""
         self.profile = ""
@@ -340,10 +350,12 @@ class AgentProcess:
         return self
 
     def argv(self) -> list[str]:
-        run = ["agent", "run", "--state-dir", str(self.state_dir), "--http-port", str(self.port), "--no-socket"]
+        run = ["agent", "run", "--state-dir", str(self.state_dir), "--http-port", str(self.port), "--no-socket",
+               *self.extra_args]
         if self.probation_s is None:
-            return edgefleet_argv(*run)
-        return [sys.executable, "-m", "simulation.agentproc", "--probation-s", str(self.probation_s), "--", *run]
+            return [*self.wrapper, *edgefleet_argv(*run)]
+        return [*self.wrapper, sys.executable, "-m", "simulation.agentproc", "--probation-s", str(self.probation_s),
+                "--min-requests", str(self.probation_min_requests), "--", *run]
 
     def start(self) -> AgentProcess:
         self.child = self.supervisor.spawn(self.name, self.argv(), env=self.env)
