@@ -111,3 +111,26 @@ def test_predict_refuses_unknown_models_bad_json_and_no_token(client: TestClient
     bad_csv = client.post("/api/v1/models/digits/predict/batch", files={"file": ("x.csv", b"a,b\n1,2\n")},
                           headers=ADMIN)
     assert bad_csv.status_code == 422 and "unknown feature" in bad_csv.json()["detail"]
+
+
+def test_server_and_agent_answer_the_same_on_the_same_inputs(client: TestClient, bundle: Bundle,
+                                                             tmp_path: Path) -> None:
+    """The hybrid path's promise: the cloud answer is the edge answer (agent runtime and parser)."""
+    from agent.inputs import to_matrix as agent_matrix
+    from agent.runtime import load_session
+    from agent.slots import Slot
+    from edgefleet.profiles import load_profile
+
+    rng = np.random.default_rng(7)
+    rows = rng.uniform(0, 16, size=(50, 64)).round(1)
+    names = bundle.manifest.input.feature_names or ()
+    payloads = [{"inputs": rows.tolist()}, {"instances": [dict(zip(names, r, strict=True)) for r in rows.tolist()]}]
+    session = load_session(Slot.open(bundle.extract(tmp_path / "slot")), load_profile("generic-x86_64"))
+    try:
+        for payload in payloads:
+            edge = session.run_roles(agent_matrix(payload, bundle.manifest.input))
+            cloud = client.post("/api/v1/models/digits/predict", json=payload, headers=ADMIN).json()
+            assert cloud["predictions"] == edge["label"].tolist()
+            np.testing.assert_allclose(np.asarray(cloud["probabilities"]), edge["probabilities"], atol=1e-5)
+    finally:
+        session.close()
