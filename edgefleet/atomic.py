@@ -11,8 +11,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def fsync_dir(directory: Path) -> None:
@@ -23,13 +24,15 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+@contextlib.contextmanager
+def _replacing(path: str | os.PathLike[str], mode: int) -> Iterator[BinaryIO]:
+    """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, fsync the dir."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
@@ -41,6 +44,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int =
     fsync_dir(target.parent)
 
 
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+    with _replacing(path, mode) as handle:
+        handle.write(data)
+
+
 def atomic_write_json(path: str | os.PathLike[str], document: Any, *, mode: int = 0o644) -> None:
     data = (json.dumps(document, sort_keys=True, indent=2, allow_nan=False) + "\n").encode()
     atomic_write_bytes(path, data, mode=mode)
@@ -48,19 +56,6 @@ def atomic_write_json(path: str | os.PathLike[str], document: Any, *, mode: int 
 
 def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, mode: int = 0o644) -> None:
     """Copy ``src`` to ``dst`` atomically (streamed, so large bundles do not sit in memory)."""
-    target = Path(dst)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            while chunk := inp.read(1 << 20):
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(target.parent)
+    with _replacing(dst, mode) as out, open(src, "rb") as inp:
+        while chunk := inp.read(1 << 20):
+            out.write(chunk)
