@@ -67,13 +67,18 @@ class IngestError(ServerError):
 
 # ---- pure: messages to rows -----------------------------------------------------------------
 
-def _utc(ts: float) -> datetime:
+MAX_TS = 32_503_680_000.0  # year 3000: a device clock past it is broken, and datetime would overflow
+
+
+def _utc(ts: float, what: str) -> datetime:
+    if not 0 <= ts < MAX_TS:
+        raise IngestError(f"{what} has timestamp {ts}, outside 1970-3000", fix="check the device's clock (NTP)")
     return datetime.fromtimestamp(ts, UTC)
 
 
 def batch_rows(batch: TelemetryBatch, received_at: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``telemetry_batches`` row and the ``telemetry_records`` rows of one decoded batch."""
-    at = _utc(batch.ts)
+    at = _utc(batch.ts, f"batch {batch.seq} of {batch.device_id}")
     res = batch.resource
     head = {"device_id": batch.device_id, "seq": batch.seq, "ts": at, "interval_s": batch.interval_s,
             "dropped": batch.dropped, "cpu_percent": res.cpu_percent, "rss_bytes": res.rss_bytes,
@@ -110,7 +115,7 @@ def event_row(device_id: str, payload: bytes) -> dict[str, Any]:
     if isinstance(ts, bool) or not isinstance(ts, (int, float)):
         raise IngestError(f"event {event_id} from {device_id} has no numeric ts")
     model, version = document.get("model"), document.get("version")
-    return {"device_id": device_id, "event_id": event_id, "ts": _utc(float(ts)), "event": event,
+    return {"device_id": device_id, "event_id": event_id, "ts": _utc(float(ts), f"event {event_id} from {device_id}"), "event": event,
             "model": model[:64] if isinstance(model, str) else None,
             "version": version[:128] if isinstance(version, str) else None, "document": document}
 
@@ -230,7 +235,9 @@ class TelemetryIngest:
         try:
             if kind == "telemetry":
                 self._counters.add(received=1)
-                item = ("batch", telemetry.decode(payload, device_id=device_id))
+                decoded = telemetry.decode(payload, device_id=device_id)
+                _utc(decoded.ts, f"batch {decoded.seq} of {device_id}")  # refused here, not in the writer
+                item = ("batch", decoded)
             elif kind == "events":
                 item = ("event", event_row(device_id, payload))
             else:
@@ -292,6 +299,8 @@ class TelemetryIngest:
             # The database is down or refused the rows: they are lost to this replica (see the
             # module docstring); the next batches are tried afresh.
             log.exception("storing %d telemetry/event messages failed; they are dropped", len(items))
+        except Exception:  # a bug here must not end the one writer thread: later batches still matter
+            log.exception("unexpected error storing %d telemetry/event messages; they are dropped", len(items))
         finally:
             with self._idle:
                 self._pending -= len(items)

@@ -134,3 +134,13 @@ def test_route_telemetry_sends_telemetry_to_the_ingest_alone() -> None:
     handle(topics.reported("dev-a"), b"")
     assert seen == [("ingest", topics.telemetry("dev-a")), ("others", topics.events("dev-a")),
                     ("others", topics.reported("dev-a"))]
+
+
+def test_a_batch_or_event_from_a_broken_clock_is_refused_and_the_writer_lives_on(
+        db: Database, ingest: TelemetryIngest) -> None:
+    add_device(db, "dev-a")
+    _send(ingest, "dev-a", 1, ts=1e15)
+    ingest.ingest(topics.events("dev-a"), json.dumps({"event_id": "e", "event": "x", "ts": -5}).encode())
+    _send(ingest, "dev-a", 2)
+    assert ingest.drain(30)
+    assert _count(db, TelemetryBatchRow) == 1 and ingest.counts().invalid == 2
