@@ -45,10 +45,10 @@ def golden(digits: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def validation() -> tuple[list[list[float]], list[int]]:
     """Held-out digits rows and their true labels (the converter validated the bundle on them)."""
-    with example().validation_csv.open(newline="") as handle:
+    with example("digits-mlp").validation_csv.open(newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader)
-        label = header.index(example().labels_column)
+        label = header.index(example("digits-mlp").labels_column)
         data = [[float(v) for v in row] for row in reader]
     return [[v for i, v in enumerate(row) if i != label] for row in data], [int(row[label]) for row in data]
 
@@ -202,12 +202,9 @@ def test_over_the_cap_the_oldest_batches_are_dropped_and_counted(
     try:
         predict(agent, golden["inputs"][:2])
         assert eventually(lambda: batches.rows() == 2, timeout=15)
-        # Stop with nothing in flight, so every batch is either delivered or dropped, not both.
-        assert eventually(lambda: (t := status(agent)["telemetry"])["in_flight"] == 0 and t["outbox"]["rows"] == 0,
-                          timeout=10, every=0.01)
-        broker.stop()
+        go_offline_with_nothing_in_flight(agent, broker)
         before = max(b.seq for b in batches.unique())
-        assert eventually(lambda: status(agent)["telemetry"]["outbox"]["next_seq"] > before + 12, timeout=15)
+        assert eventually(lambda: status(agent)["telemetry"]["outbox"]["next_seq"] > before + 12, timeout=30)
         broker.start()
 
         def settled() -> bool:
@@ -227,6 +224,22 @@ def test_over_the_cap_the_oldest_batches_are_dropped_and_counted(
     finally:
         agent.terminate()
         batches.close()
+
+
+def go_offline_with_nothing_in_flight(agent: AgentProcess, broker: MosquittoBroker) -> None:
+    """Stop the broker at a moment the agent has no batch in flight, so that every batch is
+    either delivered or dropped, never both (see docs/agent.md, "Telemetry": a batch paho
+    holds for resending can also be counted as dropped). On a busy machine a batch may be
+    published just as the broker goes; then start it again and retry."""
+    for _ in range(5):
+        assert eventually(lambda: (t := status(agent)["telemetry"])["in_flight"] == 0 and t["outbox"]["rows"] == 0
+                          and status(agent)["mqtt"]["connected"], timeout=20, every=0.01)
+        broker.stop()
+        assert eventually(lambda: not status(agent)["mqtt"]["connected"], timeout=20)
+        if status(agent)["telemetry"]["in_flight"] == 0:
+            return
+        broker.start()
+    raise AssertionError("could not catch the agent with nothing in flight")
 
 
 def test_shifted_inputs_show_as_drift_in_the_counts_and_the_status(

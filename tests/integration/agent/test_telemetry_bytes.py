@@ -41,10 +41,10 @@ def test_one_device_one_model_at_defaults_sends_well_under_a_megabyte_a_day(tmp_
     profile = load_profile("generic-x86_64")
     state = StateDir(tmp_path / "state").ensure()
     installed = install_bundle(state, make_onnx_bundle(tmp_path), profile)
-    with example().validation_csv.open(newline="") as handle:
+    with example("digits-mlp").validation_csv.open(newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader)
-        label = header.index(example().labels_column)
+        label = header.index(example("digits-mlp").labels_column)
         data = [[float(v) for v in row] for row in reader]
     rows = [[v for i, v in enumerate(row) if i != label] for row in data]
     truth = [int(row[label]) for row in data]
