@@ -194,9 +194,9 @@ def _register_models(sub: Any, client_flags: argparse.ArgumentParser) -> None:
     drift = msub.add_parser(
         "drift", parents=[client_flags], help="per-feature drift of a version, merged over the fleet",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Add up the reference-bin counts the devices sent over the window and score each feature "
-                    "against the bundle's reference: PSI (<0.1 stable, 0.1-0.25 moderate, >0.25 drift), "
-                    "Jensen-Shannon and Hellinger (both 0-1). Also shows requests, error rate and accuracy "
+        description="Add up the reference-bin counts the devices sent over the window and score each feature\n"
+                    "against the bundle's reference: PSI (<0.1 stable, 0.1-0.25 moderate, >0.25 drift),\n"
+                    "Jensen-Shannon and Hellinger (both 0-1). Also shows requests, error rate and accuracy\n"
                     "(from feedback) per version of the model.",
         epilog="examples:\n  edgefleet models drift digits@1.0.0\n  edgefleet models drift digits@1.0.0 --by label:site\n"
                "  edgefleet models drift digits@1.0.0 --by profile --window 24h --json")
