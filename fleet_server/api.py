@@ -11,7 +11,7 @@ a service unchecked, so it gets a 4xx naming the field, not a 500.
       GET    /api/v1/models/{name}/{version}              one version with its manifest
       POST   /api/v1/models/{name}/{version}/yank         never assign it again
       POST   /api/v1/devices/enrollment-tokens            one-time, expiring token
-      GET    /api/v1/devices                              list (?status=)
+      GET    /api/v1/devices                              list (?status=), with the fleet view's columns
       GET    /api/v1/devices/{id}
       PATCH  /api/v1/devices/{id}/labels                  {"labels": {k: v or null}}
       POST   /api/v1/devices/{id}/revoke
@@ -22,7 +22,8 @@ a service unchecked, so it gets a 4xx naming the field, not a 500.
       GET    /tuf/metadata/{file}, /tuf/targets/{path}    the TUF repository (Range supported)
       GET    /healthz
 
-This module does not start anything; ``fleet_server.app.create_app`` assembles the app.
+Fleet drift, server-side predict and /metrics are in ``fleet_server.fleet_api``. This module
+does not start anything; ``fleet_server.app.create_app`` assembles the app.
 """
 
 from __future__ import annotations
