@@ -202,7 +202,8 @@ def _live_columns(live: dict[str, Any] | None) -> tuple[Any, ...]:
     errors = (live.get("errors") or 0) + (live.get("input_errors") or 0)
     p95 = live.get("latency_ms_p95")
     drift = live.get("drift") or {}
-    band = f"{drift['band']} (PSI {drift['max_psi']:.2f} {drift['feature']})" if drift.get("band") else None
+    band = (f"{drift['band']} (PSI {drift['max_psi']:.2f} {drift['feature']})" if drift.get("band")
+            else f"{drift['rows']} rows, too few" if drift.get("rows") else None)
     accuracy = live.get("accuracy")
     return (live.get("version"), live.get("requests"), errors, round(p95, 3) if p95 is not None else None, band,
             f"{accuracy['accuracy']:.1%} of {accuracy['labels']}" if accuracy else None)

@@ -42,6 +42,9 @@ from edgefleet.telemetry import DEFAULT_DRIFT_EVERY, DEFAULT_INTERVAL_S, band
 log = logging.getLogger("agent.reporter")
 
 KEEP_VERSIONS = 3
+# PSI of a handful of rows is noise (one row puts all its mass in one bin per feature): below
+# this many rows in the window the status shows the count, not a band.
+MIN_ROWS_FOR_BAND = 50
 DEFAULT_MAX_INFLIGHT = 10
 
 Publisher = Callable[[bytes], int | None]
@@ -134,15 +137,16 @@ class Reporter:
             return dict(self._windows)
 
     def drift_summary(self, name: str, version: str) -> dict[str, Any] | None:
-        """The worst feature PSI over the sliding window, its band and feature, and the output PSI."""
+        """The worst feature PSI over the sliding window, its band and feature, and the output PSI;
+        band and scores are None until the window holds ``MIN_ROWS_FOR_BAND`` rows."""
         window = self._windows.get((name, version))
         if window is None:
             return None
         now = self._monotonic()
         scores = window.scores(now)
         rows = max((s.rows for s in scores), default=0)
-        if not rows:
-            return {"rows": 0, "band": None, "max_psi": None, "feature": None, "output_psi": None}
+        if rows < MIN_ROWS_FOR_BAND:
+            return {"rows": rows, "band": None, "max_psi": None, "feature": None, "output_psi": None}
         worst = max(scores, key=lambda s: s.psi)
         output = window.output_score(now)
         return {"rows": rows, "band": band(worst.psi), "max_psi": round(worst.psi, 4), "feature": worst.feature,
