@@ -321,3 +321,28 @@ def test_feedback_reaches_telemetry_and_accuracy_per_version(
     finally:
         agent.terminate()
         batches.close()
+
+
+def test_batches_stored_offline_survive_an_agent_restart_and_seq_never_repeats(
+        tmp_path: Path, digits: Path, golden: dict[str, Any], broker: PersistentBroker) -> None:
+    batches = Batches(broker.port)
+    agent = start_agent(tmp_path, digits, broker, telemetry_interval_s=0.3)
+    try:
+        predict(agent, golden["inputs"][:3])
+        assert eventually(lambda: batches.rows() == 3, timeout=15)
+        broker.stop()
+        predict(agent, golden["inputs"][3:10])
+        assert eventually(lambda: status(agent)["telemetry"]["outbox"]["rows"] >= 3, timeout=15)
+        assert agent.terminate() == 0  # SIGTERM also stores the interval it was counting
+        # Started again, still offline: it goes on from the stored seq, then delivers everything.
+        settings = tmp_path / "agent.toml"
+        agent = AgentProcess(agent.state_dir, "--config", str(settings)).wait_ready()
+        predict(agent, golden["inputs"][10:12])
+        broker.start()
+        assert eventually(lambda: batches.rows() == 12, timeout=30), (batches.rows(), agent.log())
+        got = batches.unique()
+        assert_in_order(got)
+        assert [b.seq for b in got] == list(range(1, len(got) + 1))
+    finally:
+        agent.terminate()
+        batches.close()
