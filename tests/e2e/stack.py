@@ -18,11 +18,14 @@ PROFILE = "rpi4-64"
 
 
 class Stack:
-    def __init__(self, root: Path, *, broker_hosts: Sequence[str] = (), server_env: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, *, broker_hosts: Sequence[str] = (), server_env: dict[str, str] | None = None,
+                 server_port: int | None = None, broker_port: int | None = None) -> None:
         self.root = root
         self.supervisor = Supervisor(root / "logs")
-        self.broker = MosquittoProcess(self.supervisor, root / "mosquitto", extra_hosts=broker_hosts).start()
-        self.server = ServerProcess(self.supervisor, root / "server", broker=self.broker, env=server_env).start()
+        self.broker = MosquittoProcess(self.supervisor, root / "mosquitto", extra_hosts=broker_hosts,
+                                       port=broker_port).start()
+        self.server = ServerProcess(self.supervisor, root / "server", broker=self.broker, env=server_env,
+                                    port=server_port).start()
         self.admin = AdminClient(ClientSettings(self.server.url, self.server.admin_token), timeout=30)
         self.agents: list[AgentProcess] = []
 
