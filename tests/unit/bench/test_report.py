@@ -116,7 +116,6 @@ def test_latency_summary_counts_throughput_over_wall_time() -> None:
     assert ratio(10, 0) is None and ratio(None, 3) is None and ratio(30, 4) == 7.5
 
 
-@pytest.mark.skipif(not REFERENCE.exists(), reason="bench/results/reference.json is made by a full scripts/bench run")
 def test_the_committed_reference_run_renders() -> None:
     doc = json.loads(REFERENCE.read_text())
     assert "== targets" in render_text(doc)
