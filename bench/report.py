@@ -51,7 +51,8 @@ def inference_tables(section: Mapping[str, Any]) -> list[Table]:
     for model in section.get("models", []):
         rows = []
         for kind in ("flask", "raw_run", "agent_tcp", "agent_unix", "cloud"):
-            for clients, r in model["results"].get(kind, {}).items():
+            # JSON keeps the client counts as sorted strings ("1", "16", "4"): order them as numbers.
+            for clients, r in sorted(model["results"].get(kind, {}).items(), key=lambda item: int(item[0])):
                 rows.append((kind, clients, r["p50_ms"], r["p95_ms"], r["p99_ms"], r["throughput_rps"],
                              r.get("server_cpu_us_per_request"), r["errors"]))
         tables.append(Table(f"inference: {model['model']} (baseline: {model['summary']['baseline']})",

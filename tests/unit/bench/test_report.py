@@ -89,6 +89,16 @@ def test_markdown_tables_have_a_header_separator_per_table() -> None:
     assert "inference" not in markdown
 
 
+def test_client_counts_are_listed_in_numeric_order_after_a_json_round_trip(tmp_path: Path) -> None:
+    doc = _doc()
+    for kind in doc["benchmarks"]["inference"]["models"][0]["results"].values():
+        kind["4"] = _latency(0.5, 10.0)
+    reloaded = json.loads(write_run(doc, tmp_path).read_text())  # sort_keys: "1", "16", "4"
+    rows = [line for line in render_markdown(reloaded, names=["inference: mlp"]).splitlines()
+            if line.startswith("| flask |")]
+    assert [row.split(" | ")[1] for row in rows] == ["1", "4", "16"]
+
+
 def test_run_document_is_written_as_json_named_by_its_start(tmp_path: Path) -> None:
     path = write_run(_doc(), tmp_path)
     assert path.name == "20261125T120000Z.json"
