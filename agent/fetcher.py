@@ -93,8 +93,11 @@ class ResumingFetcher(FetcherInterface):
         self.progress = progress
         self.resumable = resumable
         self.clock = clock
-        # Retries here would hide cuts from our own resume logic; only connects are retried once.
-        self._pool = pool or urllib3.PoolManager(retries=urllib3.Retry(total=1, connect=1, read=0, redirect=3,
+        # Body cuts are left to our own resume logic (urllib3 never retries a streamed body).
+        # Connects and the wait for the status line are retried once: after a network cut the
+        # pool still holds keep-alive connections the server has closed, and the first GET on
+        # one fails with ConnectionResetError before any byte of the answer arrived.
+        self._pool = pool or urllib3.PoolManager(retries=urllib3.Retry(total=2, connect=1, read=1, redirect=3,
                                                                         status=0, raise_on_status=False))
 
     # -- plain fetch (metadata): the interface's one abstract method ------------------------------

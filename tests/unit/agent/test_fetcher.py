@@ -259,3 +259,37 @@ def test_impossible_settings_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(FetcherError, match="positive"):
         ResumingFetcher(tmp_path, read_timeout=0)
+
+
+def test_stale_keep_alive_connection_after_a_network_cut_is_retried(tmp_path: Path) -> None:
+    """After a cut the pool holds a connection the peer reset; the next GET must not fail on it."""
+    body = b'{"x": 1}'
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    answered: list[int] = []
+
+    def serve() -> None:
+        first, _ = listener.accept()
+        first.recv(65536)
+        first.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s" % (len(body), body))
+        answered.append(1)
+        first.recv(65536)  # the second request arrives on the kept-alive connection...
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        first.close()  # ...and is answered with a reset, as a peer that lost its state would
+        second, _ = listener.accept()
+        second.recv(65536)
+        second.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        answered.append(2)
+        second.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    fetcher = ResumingFetcher(tmp_path, connect_timeout=2, read_timeout=2)
+    url = f"http://127.0.0.1:{port}/meta/timestamp.json"
+    assert fetcher.download_bytes(url, 100) == body
+    assert fetcher.download_bytes(url, 100) == body
+    thread.join(5)
+    listener.close()
+    assert answered == [1, 2]
