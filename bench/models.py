@@ -12,7 +12,6 @@ the agent installs, and the calibration/validation CSVs. This module does not ti
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from typing import Any
 import numpy as np
 
 from bench.errors import BenchError
-
-log = logging.getLogger("bench.models")
 
 CACHE = Path(__file__).resolve().parent / "results" / "cache"
 MODEL_NAMES = ("mlp", "forest", "cnn")

@@ -11,15 +11,12 @@ Tree ensembles have no TFLite path (the converter refuses them); that row says s
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
 from bench.models import BenchModel, convert_variant, prepare
-
-log = logging.getLogger("bench.quantization")
 
 PROFILES = ("rpi4-64", "jetson-orin-nano", "rpi-zero-2w")
 # (format, converter quantization); "none" is float32.
