@@ -46,6 +46,32 @@ def latency_plot(section: Mapping[str, Any], path: Path) -> Path | None:
     return path
 
 
+def cdf_plot(section: Mapping[str, Any], path: Path, clients: str = "1") -> Path | None:
+    """Single-row latency CDF per path at one concurrency (runs that kept quantiles only)."""
+    from bench.stats import QUANTILES
+
+    models = [m for m in section.get("models", [])
+              if any(r.get(clients, {}).get("quantiles_ms") for r in m["results"].values())]
+    if not models:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for kind, results in model["results"].items():
+            quantiles = results.get(clients, {}).get("quantiles_ms")
+            if quantiles:
+                ax.plot(quantiles, QUANTILES, label=kind)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"single-row latency, ms ({clients} client{'s' if clients != '1' else ''})")
+        ax.set_ylabel("percentile")
+        ax.set_title(model["model"])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def rollout_plot(section: Mapping[str, Any], path: Path) -> Path | None:
     sizes = [s for s in section.get("sizes", []) if "error" not in s]
     if not sizes:
@@ -71,6 +97,7 @@ def write_plots(doc: Mapping[str, Any], directory: Path, stem: str) -> list[Path
     made = []
     if isinstance(benchmarks.get("inference"), Mapping):
         made.append(latency_plot(benchmarks["inference"], directory / f"{stem}-latency.png"))
+        made.append(cdf_plot(benchmarks["inference"], directory / f"{stem}-latency-cdf.png"))
     if isinstance(benchmarks.get("rollout"), Mapping):
         made.append(rollout_plot(benchmarks["rollout"], directory / f"{stem}-rollout.png"))
     return [p for p in made if p is not None]

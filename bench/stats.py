@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -22,6 +23,9 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+QUANTILES = tuple(range(0, 101, 5))
+
+
 @dataclass(frozen=True)
 class LatencySummary:
     """Latency percentiles in milliseconds and throughput in requests/s of one load run."""
@@ -32,6 +36,8 @@ class LatencySummary:
     p95_ms: float
     p99_ms: float
     throughput_rps: float
+    # The distribution at every 5th percentile (0, 5, ..., 100), for the CDF plot.
+    quantiles_ms: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.requests < 0 or self.errors < 0 or self.throughput_rps < 0:
@@ -48,11 +54,12 @@ class LatencySummary:
         ms = [v * 1000 for v in latencies_s]
         done = len(ms) if completed is None else completed
         return cls(len(ms), errors, round(percentile(ms, 50), 4), round(percentile(ms, 95), 4),
-                   round(percentile(ms, 99), 4), round(done / wall_s, 1))
+                   round(percentile(ms, 99), 4), round(done / wall_s, 1),
+                   tuple(round(percentile(ms, q), 4) for q in QUANTILES))
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "errors": self.errors, "p50_ms": self.p50_ms, "p95_ms": self.p95_ms,
-                "p99_ms": self.p99_ms, "throughput_rps": self.throughput_rps}
+                "p99_ms": self.p99_ms, "throughput_rps": self.throughput_rps, "quantiles_ms": list(self.quantiles_ms)}
 
 
 def ratio(numerator: float | None, denominator: float | None, digits: int = 2) -> float | None:
