@@ -123,6 +123,8 @@ def test_latency_summary_counts_throughput_over_wall_time() -> None:
     summary = LatencySummary.of([0.001] * 90 + [0.010] * 10, errors=1, wall_s=2.0, completed=120)
     assert (summary.requests, summary.errors, summary.throughput_rps) == (100, 1, 60.0)
     assert summary.p50_ms == pytest.approx(1.0) and summary.p99_ms == pytest.approx(10.0)
+    assert len(summary.quantiles_ms) == 21 and list(summary.quantiles_ms) == sorted(summary.quantiles_ms)
+    assert summary.quantiles_ms[0] == pytest.approx(1.0) and summary.quantiles_ms[-1] == pytest.approx(10.0)
     assert ratio(10, 0) is None and ratio(None, 3) is None and ratio(30, 4) == 7.5
 
 
