@@ -7,6 +7,12 @@ baseline it is compared with, so every figure is a ratio or a distribution on th
 
 Nothing here asserts a timing: targets are reported as met or missed, never enforced.
 
+The helpers they share: ``models`` (the three benchmark models, trained and converted once,
+cached), ``loadgen`` (the load generator, always a separate process), ``baseline`` (the
+joblib+Flask app), ``processes`` (start/stop the agent and the baseline), ``fleet`` (a real
+fleet server process, its database and seeded rows), ``stats`` (pure percentiles and ratios)
+and ``run`` (the command line behind ``scripts/bench``).
+
     EdgefleetError
     └── BenchError      a benchmark could not set up what it measures
 """
