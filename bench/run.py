@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure edgefleet side by side with its baselines on this machine.",
         epilog="""\
 benchmarks:
-  inference     agent local API (TCP, Unix socket) vs joblib+Flask vs raw onnxruntime, 1/4/16 clients
+  inference     agent local API (TCP, Unix socket) vs joblib+Flask vs raw onnxruntime vs the server's
+                predict endpoint, single rows from 1/4/16 clients
   quantization  size, agreement, accuracy and host latency of every format/quantization per profile
   rollout       one rollout to 100, 1,000 and 5,000 light devices over a real Mosquitto
   ingest        telemetry messages/s stored by the server (SQLite, PostgreSQL, two replicas)
@@ -143,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
     if unknown:
         print(f"bench: unknown benchmark {', '.join(unknown)} (use any of {', '.join(BENCHMARKS)})", file=sys.stderr)
+        return 2
+    if args.reference and (args.quick or args.benchmarks):
+        print("bench: --reference needs a full run of every benchmark (drop --quick and the names)", file=sys.stderr)
         return 2
     names = args.benchmarks or list(BENCHMARKS)
     doc = run_benchmarks(names, quick=args.quick, say=_say)
