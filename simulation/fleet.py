@@ -250,8 +250,9 @@ class ServerProcess:
 
     def __init__(self, supervisor: Supervisor, data_dir: Path, *, broker: MosquittoProcess | None = None,
                  database_url: str | None = None, port: int | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, config: Path | None = None) -> None:
         self.supervisor = supervisor
+        self.config = config
         self.data_dir = Path(data_dir)
         self.broker = broker
         self.database_url = database_url
@@ -267,6 +268,8 @@ class ServerProcess:
         args = ["server", "--data-dir", str(self.data_dir), "--port", str(self.port)]
         if self.database_url:
             args += ["--database", self.database_url]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
         if self.broker is not None:
             args += ["--broker", self.broker.url, "--mosquitto-dir", str(self.broker.directory),
                      "--mosquitto-pid-file", str(self.broker.pid_file)]

@@ -31,6 +31,9 @@ def test_demo_tells_the_whole_story_and_leaves_no_process(tmp_path: Path) -> Non
     assert v2["rollout"]["state"] == "rolled_back" and "failed" in v2["rollout"]["halt_reason"]
     assert v2["touched"] == 1 and v2["untouched"] == 1
     assert v2["devices_by_version"] == {"digits@1.0.0": 2, "digits-lite@1.0.0": 2}
+    # Drift: the server scores the shifted site as drifted and the drift rule fired for it.
+    assert v3["drift"]["by_site"]["site=b"]["band"] == "drift"
+    assert any("site=b" in a["subject"] for a in v3["drift"]["alerts"])
     assert all(r["state"] == "completed" for r in v3["rollouts"])
     assert summary["broker"] == "mosquitto"  # found on this machine, so the ACL was enforced
     assert (data / "mosquitto" / "acl").read_text().count("topic") >= 4 * 5
