@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections import Counter
@@ -105,6 +106,9 @@ class Demo:
     # -- the story -------------------------------------------------------------------------
 
     def run(self, *, keep_running: bool = False) -> dict[str, Any]:
+        # The converter warns that loading a joblib file runs its code; the demo loads only the
+        # model it has just trained itself, so the warning would only bury the story.
+        logging.getLogger("converter.source").setLevel(logging.ERROR)
         started = time.monotonic()
         try:
             for number, (title, action) in enumerate([
