@@ -18,6 +18,11 @@ override the file. It holds no identity or secrets: those live in the state dire
     telemetry_drift_every = 10    feature drift counts ride on every Nth batch (they are most of its bytes)
     outbox_max_bytes = 8388608    STATE_DIR/outbox.sqlite caps: over either, the OLDEST batches are
     outbox_max_rows = 20000       dropped and the count of them is reported in the next batch
+    probation_s = 60              how long a newly activated model is watched before it is committed
+    probation_min_requests = 20   requests it must serve first (an idle device commits after 5 x probation_s)
+    probation_max_error_rate = 0.02
+    probation_max_restarts = 3    agent restarts inside probation that mean a crash loop: roll back
+    update_tick_s = 1.0           how often the update path judges probation and retries
 """
 
 from __future__ import annotations
@@ -50,8 +55,19 @@ class AgentConfig:
     telemetry_drift_every: int = DEFAULT_DRIFT_EVERY
     outbox_max_bytes: int = 8 * 1024 * 1024
     outbox_max_rows: int = 20_000
+    probation_s: float = 60.0
+    probation_min_requests: int = 20
+    probation_max_error_rate: float = 0.02
+    probation_max_restarts: int = 3
+    update_tick_s: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.probation_s < 0 or self.probation_min_requests < 0 or self.probation_max_restarts < 1:
+            raise AgentError("probation_s and probation_min_requests must be >= 0 and probation_max_restarts >= 1",
+                             fix="e.g. probation_s = 60, probation_min_requests = 20, probation_max_restarts = 3")
+        if not 0 <= self.probation_max_error_rate <= 1 or not self.update_tick_s > 0:
+            raise AgentError("probation_max_error_rate must be in [0, 1] and update_tick_s positive",
+                             fix="e.g. probation_max_error_rate = 0.02, update_tick_s = 1.0")
         if not 0 <= self.http_port <= 65535:
             raise AgentError(f"http_port {self.http_port} is not a TCP port", fix="use 0..65535 (0 picks a free port)")
         if self.max_body_bytes <= 0 or self.max_rows <= 0 or self.keepalive_s <= 0 or self.shutdown_timeout_s < 0:

@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -705,22 +705,29 @@ def attach(daemon: Any) -> _Ticker | None:
     link = daemon.link
     updater = Updater(state, daemon.store, daemon.serving, lambda doc: link.publish("events", doc),
                       profile=daemon.profile, on_change=daemon.publish_reported,
-                      fetcher=_fault_fetcher(state), probation=_probation_from_env())
+                      fetcher=_fault_fetcher(state), probation=_probation_config(daemon.config))
     link.on_desired = updater.handle_assignment
-    ticker = _Ticker(updater, float(os.environ.get("EDGEFLEET_UPDATE_TICK_S", "1.0")))
+    ticker = _Ticker(updater, float(os.environ.get("EDGEFLEET_UPDATE_TICK_S", daemon.config.update_tick_s)))
     ticker.start()
     return ticker
 
 
-def _probation_from_env() -> ProbationConfig | None:
+def _probation_config(config: Any) -> ProbationConfig:
+    """Probation settings from agent.toml; the environment (tests, the demo) may override them."""
+    defaults = ProbationConfig(duration_s=config.probation_s, min_requests=config.probation_min_requests,
+                               max_error_rate=config.probation_max_error_rate,
+                               max_restarts=config.probation_max_restarts)
+    return _probation_from_env(defaults) or defaults
+
+
+def _probation_from_env(defaults: ProbationConfig) -> ProbationConfig | None:
     duration = os.environ.get(PROBATION_S)
     requests = os.environ.get(PROBATION_MIN_REQUESTS)
     if duration is None and requests is None:
         return None
-    defaults = ProbationConfig()
     try:
-        return ProbationConfig(duration_s=float(duration) if duration is not None else defaults.duration_s,
-                               min_requests=int(requests) if requests is not None else defaults.min_requests)
+        return replace(defaults, duration_s=float(duration) if duration is not None else defaults.duration_s,
+                       min_requests=int(requests) if requests is not None else defaults.min_requests)
     except ValueError as exc:
         raise UpdaterError(f"{PROBATION_S}={duration!r} / {PROBATION_MIN_REQUESTS}={requests!r} are not numbers",
                            fix="e.g. EDGEFLEET_PROBATION_S=5 EDGEFLEET_PROBATION_MIN_REQUESTS=10") from exc

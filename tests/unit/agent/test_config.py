@@ -38,3 +38,18 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, words: str) -> None
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(AgentError, match="does not exist"):
         AgentConfig.from_toml(tmp_path / "nope.toml")
+
+
+def test_probation_settings_come_from_agent_toml_and_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.updater import _probation_config
+
+    config = AgentConfig.from_dict({"probation_s": 5.0, "probation_min_requests": 3, "probation_max_restarts": 2})
+    monkeypatch.delenv("EDGEFLEET_PROBATION_S", raising=False)
+    monkeypatch.delenv("EDGEFLEET_PROBATION_MIN_REQUESTS", raising=False)
+    probation = _probation_config(config)
+    assert (probation.duration_s, probation.min_requests, probation.max_restarts) == (5.0, 3, 2)
+    monkeypatch.setenv("EDGEFLEET_PROBATION_S", "1")
+    assert _probation_config(config).duration_s == 1.0
+    assert _probation_config(config).max_restarts == 2
+    with pytest.raises(AgentError, match="probation_max_restarts"):
+        AgentConfig.from_dict({"probation_max_restarts": 0})
