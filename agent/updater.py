@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.fetcher import ResumingFetcher
 from agent.health import check_health
@@ -703,16 +704,17 @@ def attach(daemon: Any) -> _Ticker | None:
     if daemon.link is None or not state.is_enrolled() or not state.tuf_root_file.exists():
         return None
     link = daemon.link
+    config = getattr(daemon, "config", None) or AgentConfig()
     updater = Updater(state, daemon.store, daemon.serving, lambda doc: link.publish("events", doc),
                       profile=daemon.profile, on_change=daemon.publish_reported,
-                      fetcher=_fault_fetcher(state), probation=_probation_config(daemon.config))
+                      fetcher=_fault_fetcher(state), probation=_probation_config(config))
     link.on_desired = updater.handle_assignment
-    ticker = _Ticker(updater, float(os.environ.get("EDGEFLEET_UPDATE_TICK_S", daemon.config.update_tick_s)))
+    ticker = _Ticker(updater, float(os.environ.get("EDGEFLEET_UPDATE_TICK_S", config.update_tick_s)))
     ticker.start()
     return ticker
 
 
-def _probation_config(config: Any) -> ProbationConfig:
+def _probation_config(config: AgentConfig) -> ProbationConfig:
     """Probation settings from agent.toml; the environment (tests, the demo) may override them."""
     defaults = ProbationConfig(duration_s=config.probation_s, min_requests=config.probation_min_requests,
                                max_error_rate=config.probation_max_error_rate,
