@@ -1,8 +1,12 @@
 """On-device drift: live inputs and outputs counted in the bundle's reference bins.
 
 Each served model version gets a ``DriftWindow`` built from its bundle's ``reference.json``.
-``observe(rows, outputs, now)`` runs after every prediction: it bins every feature of every
-row at once (numpy, no Python loop over rows or features) and adds the counts to
+``observe(rows, outputs, now)`` runs after every prediction. It only copies the rows into a
+preallocated buffer (and the outputs into a list): binning one row at a time costs about as much
+as the whole rest of a prediction, so rows are binned ``BUFFER_ROWS`` at a time (every feature of
+every row at once, numpy, no Python loop), when the buffer is full, when a row falls in another
+time bucket, and before any count is read. Counts are therefore always exact when read; the
+binned counts go to
 
 * a sliding window (``window_s``, kept as ``buckets`` time buckets) for local scores: per-feature
   PSI against the reference counts and its band (``edgefleet.telemetry.band``: <0.1 stable,
@@ -38,7 +42,11 @@ from edgefleet.telemetry import ReferenceProfile, band, psi
 
 DEFAULT_WINDOW_S = 3600.0
 DEFAULT_BUCKETS = 12
+# Rows held before they are binned: large enough that binning costs under a microsecond a row,
+# small enough (256 x 64 float64 = 128 KiB for the digits model) to keep per version.
+BUFFER_ROWS = 256
 _SMALL_BATCH = 16
+_SCALAR = (int, float)
 
 
 class DriftError(AgentError):
@@ -112,7 +120,14 @@ class DriftWindow:
         self._ring: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._interval_features = np.zeros(self._features.total, dtype=np.int64)
         self._interval_outputs = np.zeros(self._n_out, dtype=np.int64)
-        # Serving threads observe while the reporter takes: numpy's += is not atomic.
+        # Rows and outputs observed but not binned yet, all in the time bucket ``_held_key``.
+        self._width = len(self.reference.features)
+        self._held_rows = np.empty((BUFFER_ROWS, self._width), dtype=np.float64)
+        self._held_n = 0
+        self._held_outputs: list[Any] = []
+        self._held_key: int | None = None
+        # Serving threads observe while the reporter takes: numpy's += is not atomic, and the
+        # buffer is shared.
         self._lock = threading.Lock()
 
     @property
@@ -120,7 +135,9 @@ class DriftWindow:
         return self.reference.feature_names
 
     def _bucket(self, now: float) -> tuple[np.ndarray, np.ndarray]:
-        key = math.floor(now / self.bucket_s)
+        return self._bucket_at(math.floor(now / self.bucket_s))
+
+    def _bucket_at(self, key: int) -> tuple[np.ndarray, np.ndarray]:
         for old in [k for k in self._ring if k <= key - self._buckets]:
             del self._ring[old]
         if key not in self._ring:
@@ -128,35 +145,83 @@ class DriftWindow:
         return self._ring[key]
 
     def observe(self, rows: Any, outputs: Sequence[Any] | np.ndarray | None = None, *, now: float) -> None:
-        """Count one request's rows (rows x features, real values) and its predictions."""
-        matrix = np.asarray(rows, dtype=np.float64)
+        """Count one request's rows (rows x features, real values) and its predictions.
+
+        The rows are checked here (a misfit raises now, not when the buffer is binned); counting
+        them may wait until ``BUFFER_ROWS`` are held or a count is read.
+        """
+        if isinstance(rows, np.ndarray) and rows.dtype.kind == "f":
+            matrix = rows  # copied into the buffer (as float64) below, not here
+        else:
+            matrix = np.asarray(rows, dtype=np.float64)
         if matrix.ndim == 1:
             matrix = matrix[None, :]
-        if not self.reference.features:
-            matrix = np.zeros((0, 0))  # a bundle without input bins: outputs are still counted
-        elif matrix.ndim != 2 or matrix.shape[1] != len(self.reference.features):
+        if not self._width:
+            matrix = np.zeros((matrix.shape[0] if matrix.ndim == 2 else 1, 0))  # outputs are still counted
+        elif matrix.ndim != 2 or matrix.shape[1] != self._width:
             raise DriftError(f"rows of shape {list(matrix.shape)} do not fit a reference of "
-                             f"{len(self.reference.features)} features",
+                             f"{self._width} features",
                              fix="count the same input matrix the model ran on")
-        features = self._features.count(matrix) if matrix.shape[0] else np.zeros(self._features.total, np.int64)
-        out = self._output_counts(outputs)
+        held_outputs = self._checked_outputs(outputs)
+        key = math.floor(now / self.bucket_s)
+        n = matrix.shape[0]
         with self._lock:
-            bucket_features, bucket_outputs = self._bucket(now)
-            bucket_features += features
-            self._interval_features += features
-            if out is not None:
-                bucket_outputs += out
-                self._interval_outputs += out
+            if self._held_key != key:
+                self._bin_held()
+                self._held_key = key
+            if self._held_n + n > BUFFER_ROWS:
+                self._bin_held()
+                if n > BUFFER_ROWS:  # a large batch is binned at once; holding it would not save anything
+                    features = (self._features.count(matrix.astype(np.float64, copy=False)) if self._width
+                                else np.zeros(self._features.total, np.int64))
+                    self._add(key, features, self._output_counts(held_outputs))
+                    return
+            if self._width:
+                self._held_rows[self._held_n : self._held_n + n] = matrix
+            self._held_n += n
+            if held_outputs:
+                self._held_outputs.extend(held_outputs)
+            if self._held_n >= BUFFER_ROWS:
+                self._bin_held()
 
-    def _output_counts(self, outputs: Sequence[Any] | np.ndarray | None) -> np.ndarray | None:
+    def _checked_outputs(self, outputs: Sequence[Any] | np.ndarray | None) -> list[Any]:
+        """The outputs to hold, flat; for value bins, raises now if they are not numbers."""
         if outputs is None or self._n_out == 0:
+            return []
+        if isinstance(outputs, list) and (not outputs or type(outputs[0]) in _SCALAR or type(outputs[0]) is str):
+            flat: list[Any] = outputs  # the common case: one scalar per row, as serving gives them
+        else:
+            flat = np.asarray(outputs).reshape(-1).tolist()
+        if self._out_bins is not None and not all(type(v) in _SCALAR for v in flat):
+            flat = np.asarray(flat, dtype=np.float64).reshape(-1).tolist()  # raises on what is not a number
+        return flat
+
+    def _bin_held(self) -> None:
+        """Bin the held rows and outputs into their bucket and the interval; the caller holds the lock."""
+        if self._held_key is None or (not self._held_n and not self._held_outputs):
+            return
+        features = (self._features.count(self._held_rows[: self._held_n]) if self._width and self._held_n
+                    else np.zeros(self._features.total, np.int64))
+        self._add(self._held_key, features, self._output_counts(self._held_outputs))
+        self._held_n = 0
+        self._held_outputs = []
+
+    def _add(self, key: int, features: np.ndarray, outputs: np.ndarray | None) -> None:
+        bucket_features, bucket_outputs = self._bucket_at(key)
+        bucket_features += features
+        self._interval_features += features
+        if outputs is not None:
+            bucket_outputs += outputs
+            self._interval_outputs += outputs
+
+    def _output_counts(self, outputs: list[Any]) -> np.ndarray | None:
+        if not outputs or self._n_out == 0:
             return None
         if self._out_bins is not None:
-            values = np.asarray(outputs, dtype=np.float64).reshape(-1, 1)
-            return self._out_bins.count(values)
+            return self._out_bins.count(np.asarray(outputs, dtype=np.float64).reshape(-1, 1))
         # Labels compare as strings, as the converter counted them (ints and "3" alike).
-        index = [self._labels.get(str(v), -1) for v in np.asarray(outputs).reshape(-1).tolist()]
-        known = [i for i in index if i >= 0]
+        labels = self._labels
+        known = [i for i in (labels.get(str(v), -1) for v in outputs) if i >= 0]
         return np.bincount(np.asarray(known, dtype=np.int64), minlength=self._n_out)
 
     def window_counts(self, now: float) -> tuple[list[np.ndarray], np.ndarray]:
@@ -164,6 +229,7 @@ class DriftWindow:
         features = np.zeros(self._features.total, dtype=np.int64)
         outputs = np.zeros(self._n_out, dtype=np.int64)
         with self._lock:
+            self._bin_held()
             self._bucket(now)  # evicts expired buckets
             for f, o in self._ring.values():
                 features += f
@@ -194,6 +260,7 @@ class DriftWindow:
         accumulating for a later take, so nothing is lost when they are sent less often.
         """
         with self._lock:
+            self._bin_held()
             outputs = tuple(int(v) for v in self._interval_outputs)
             self._interval_outputs[:] = 0
             if not include_features:
