@@ -29,6 +29,7 @@ from edgefleet.manifest import TensorSpec
 
 DEFAULT_MAX_ROWS = 10_000
 _NUMBER = (int, float)
+_NUMBER_TYPES = frozenset(_NUMBER)
 
 
 def expected_width(spec: TensorSpec) -> int | None:
@@ -128,9 +129,11 @@ def _rows(value: Any, spec: TensorSpec, max_rows: int, key: str) -> np.ndarray:
         if len(row) != width:
             raise InputError(f"{key}[{i}] has {len(row)} values but {key}[0] has {width}",
                              fix="make every row the same length")
-        for j, v in enumerate(row):
-            if type(v) not in _NUMBER:
-                _number(v, spec, f"{key}[{i}][{j}]")  # raises unless it is a null the spec allows
+        # One C-level pass over the row's types; the per-value loop only runs to name a bad value.
+        if not _NUMBER_TYPES.issuperset(map(type, row)):
+            for j, v in enumerate(row):
+                if type(v) not in _NUMBER:
+                    _number(v, spec, f"{key}[{i}][{j}]")  # raises unless it is a null the spec allows
     try:
         # Values beyond float32's range become infinity here and are refused just below.
         with np.errstate(over="ignore"):
