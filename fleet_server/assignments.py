@@ -9,8 +9,12 @@ replicas therefore never issue the same counter to a device, and a failed transa
 (an ineligible model, a crash) leaves the counter where it was.
 
 Publishing is separate from issuing because the rollout engine issues inside its own
-transaction and may publish only after it commits: ``publish`` sends the envelope retained at
-QoS 1 on ``devices/{id}/desired``. ``maintain`` is the periodic pass: it re-publishes any
+transaction and may publish only after it commits: ``publish_all`` sends the envelopes retained
+at QoS 1 on ``devices/{id}/desired``, all of them first and then waits for every PUBACK against
+one deadline (when the publisher can: ``BatchPublisher``), marks the confirmed ones published
+in one UPDATE, and reads the stored counters once to re-send any device whose latest envelope
+is newer than what went out (latest wins on the retained topic). ``publish`` is the same for
+one assignment. ``maintain`` is the periodic pass: it re-publishes any
 envelope that was stored but not confirmed published (a broker outage, a replica that died
 between commit and publish) and re-issues assignments that have passed half their lifetime,
 so a device never holds an expired one.
@@ -30,22 +34,35 @@ the broker connection (a ``Publisher`` is injected).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text, select, update
+from sqlalchemy import (
+    JSON,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from edgefleet import topics
 from edgefleet.assignment import Assignment, DirectorSigner, ModelTarget
 from fleet_server.db import Base, Database, DeviceRow, ModelRow, UTCDateTime
-from fleet_server.errors import InvalidInputError, NotFoundError
+from fleet_server.errors import BrokerError, InvalidInputError, NotFoundError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = timedelta(days=7)
+PUBLISH_TIMEOUT_S = 30.0  # for a whole batch of PUBACKs; what is unconfirmed by then, maintain re-sends
+_IN_CHUNK = 1000  # ids per IN (...) list
 ENROLLED = "enrolled"  # fleet_server.devices' status for a device that may receive assignments
 
 
@@ -65,6 +82,17 @@ class Publisher(Protocol):
     """
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
+
+
+@runtime_checkable
+class BatchPublisher(Protocol):
+    """Publishes many QoS 1 messages, then waits for all acknowledgements; True per confirmed message.
+
+    ``fleet_server.mqtt.FleetMqtt`` is one. A ``Publisher`` without it is driven one message at a time.
+    """
+
+    def publish_all(self, messages: Sequence[tuple[str, bytes]], *, retain: bool = False,
+                    timeout: float = PUBLISH_TIMEOUT_S) -> list[bool]: ...
 
 
 class DeviceAssignmentRow(Base):
@@ -225,30 +253,92 @@ class Assignments:
     # -- publishing ------------------------------------------------------------------------
 
     def publish(self, issued: IssuedAssignment) -> None:
-        """Publish retained, then make sure the broker ends up holding the LATEST envelope.
+        """Publish one assignment (see ``publish_all``); BrokerError if the broker did not confirm it."""
+        if self.publish_all([issued]):
+            raise BrokerError(f"the broker did not confirm the assignment of {issued.device_id}; it stays "
+                              "stored and the periodic pass re-sends it", fix="check the broker is reachable")
+
+    def publish_all(self, issued: Iterable[IssuedAssignment]) -> list[str]:
+        """Publish many assignments at once; return the devices whose envelope the broker did not confirm.
 
         Two replicas can commit counters 5 and 6 and publish them in the opposite order; the
         broker would then retain 5, which the device refuses as a replay. So after publishing we
-        look again, and publish the stored latest if it is newer than what we sent.
+        look again, and publish the stored latest wherever it is newer than what we sent. What
+        is not confirmed stays unmarked in the database, and ``maintain`` sends it again.
         """
-        self._send(issued.device_id, issued.envelope)
-        self._mark_published(issued.device_id, issued.counter)
-        with self.db.session() as session:
-            row = session.get(DeviceAssignmentRow, issued.device_id)
-            newer = (row.counter, row.envelope.encode()) if row and row.counter > issued.counter else None
-        if newer is not None:
-            self._send(issued.device_id, newer[1])
-            self._mark_published(issued.device_id, newer[0])
+        latest: dict[str, tuple[int, bytes]] = {}
+        for item in issued:
+            if item.device_id not in latest or latest[item.device_id][0] < item.counter:
+                latest[item.device_id] = (item.counter, item.envelope)
+        return self._publish_latest(latest)
 
-    def _send(self, device_id: str, envelope: bytes) -> None:
-        self.publisher.publish(topics.desired(device_id), envelope, retain=True)
+    def _publish_latest(self, sending: Mapping[str, tuple[int, bytes]]) -> list[str]:
+        if not sending:
+            return []
+        unconfirmed = set(self._deliver(sending))
+        newer = self._newer_than({d: c for d, (c, _) in sending.items()})
+        if newer:
+            unconfirmed -= set(newer)
+            unconfirmed |= set(self._deliver(newer))
+        return sorted(unconfirmed)
 
-    def _mark_published(self, device_id: str, counter: int) -> None:
+    def _deliver(self, sending: Mapping[str, tuple[int, bytes]]) -> list[str]:
+        """Send each device's envelope, mark the confirmed ones published; return the unconfirmed devices."""
+        ids = list(sending)
+        confirmed = self._send_all([(topics.desired(d), sending[d][1]) for d in ids])
+        self._mark_published({d: sending[d][0] for d, ok in zip(ids, confirmed, strict=True) if ok})
+        return [d for d, ok in zip(ids, confirmed, strict=True) if not ok]
+
+    def _send_all(self, messages: Sequence[tuple[str, bytes]]) -> list[bool]:
+        if isinstance(self.publisher, BatchPublisher):
+            return self.publisher.publish_all(messages, retain=True, timeout=PUBLISH_TIMEOUT_S)
+        confirmed = []
+        for topic, payload in messages:
+            try:
+                self.publisher.publish(topic, payload, retain=True)
+                confirmed.append(True)
+            except (BrokerError, OSError) as exc:
+                log.warning("publishing to %s failed (%s); it will be re-sent", topic, exc)
+                confirmed.append(False)
+        return confirmed
+
+    def _newer_than(self, sent: Mapping[str, int]) -> dict[str, tuple[int, bytes]]:
+        """The stored envelopes of devices whose stored counter is above what was ``sent``."""
+        ids = list(sent)
+        newer: dict[str, tuple[int, bytes]] = {}
         with self.db.session() as session:
-            session.execute(update(DeviceAssignmentRow)
-                            .where(DeviceAssignmentRow.device_id == device_id,
-                                   DeviceAssignmentRow.published_counter < counter)
-                            .values(published_counter=counter))
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start:start + _IN_CHUNK]
+                stored = session.execute(select(DeviceAssignmentRow.device_id, DeviceAssignmentRow.counter)
+                                         .where(DeviceAssignmentRow.device_id.in_(chunk))).all()
+                behind = [d for d, counter in stored if counter > sent[d]]
+                if behind:
+                    # only the few that moved on carry their (kilobyte) envelopes back
+                    newer.update({d: (c, e.encode()) for d, c, e in session.execute(
+                        select(DeviceAssignmentRow.device_id, DeviceAssignmentRow.counter,
+                               DeviceAssignmentRow.envelope).where(DeviceAssignmentRow.device_id.in_(behind)))})
+        return newer
+
+    def _mark_published(self, confirmed: Mapping[str, int]) -> None:
+        """Raise each device's ``published_counter`` to what the broker confirmed, in one statement."""
+        if not confirmed:
+            return
+        with self.db.session() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # One statement whatever the batch size: the pairs travel as two arrays.
+                session.execute(text(
+                    "UPDATE device_assignments AS a SET published_counter = v.counter "
+                    "FROM unnest(CAST(:ids AS VARCHAR[]), CAST(:counters AS INTEGER[])) AS v(device_id, counter) "
+                    "WHERE a.device_id = v.device_id AND a.published_counter < v.counter"),
+                    {"ids": list(confirmed), "counters": list(confirmed.values())})
+                return
+            table = DeviceAssignmentRow.__table__
+            assert isinstance(table, Table)
+            session.execute(update(table)
+                            .where(table.c.device_id == bindparam("b_device"),
+                                   table.c.published_counter < bindparam("b_counter"))
+                            .values(published_counter=bindparam("b_counter")),
+                            [{"b_device": d, "b_counter": c} for d, c in confirmed.items()])
 
     def maintain(self, now: datetime) -> tuple[int, int]:
         """Re-publish unconfirmed envelopes and re-issue half-expired ones; return (republished, reissued)."""
@@ -258,21 +348,17 @@ class Assignments:
                 .where(DeviceAssignmentRow.published_counter < DeviceAssignmentRow.counter)).all()
             due = session.scalars(select(DeviceAssignmentRow.device_id)
                                   .where(DeviceAssignmentRow.refresh_after <= now)).all()
-        for device_id, counter, envelope in unpublished:
-            self._send(device_id, envelope.encode())
-            self._mark_published(device_id, counter)
-        reissued = 0
+        failed = self._deliver({d: (c, e.encode()) for d, c, e in unpublished})
+        reissued: list[IssuedAssignment] = []
         for device_id in due:
             try:
                 with self.db.session() as session:
                     row = session.get(DeviceAssignmentRow, device_id)
                     if row is None or row.refresh_after > now:
                         continue  # another replica refreshed it meanwhile
-                    issued = self.next_assignment(session, device_id, {}, row.rollout_id, now)
+                    reissued.append(self.next_assignment(session, device_id, {}, row.rollout_id, now))
             except (IneligibleError, NotFoundError) as exc:
                 # e.g. a version it runs was yanked since: re-signing would assign it again
                 log.warning("not refreshing the assignment of %s: %s", device_id, exc)
-                continue
-            self.publish(issued)
-            reissued += 1
-        return len(unpublished), reissued
+        self.publish_all(reissued)
+        return len(unpublished) - len(failed), len(reissued)

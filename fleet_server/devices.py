@@ -279,18 +279,36 @@ class Devices:
 
     def record_presence(self, update_: PresenceUpdate) -> bool:
         """Store what a device's message says about it; False if the device is unknown or revoked."""
+        return update_.device_id in self.record_presences([update_])
+
+    def record_presences(self, updates: Sequence[PresenceUpdate]) -> set[str]:
+        """Store many presence updates, in order, in ONE transaction; return the devices that took them.
+
+        The MQTT ingest batches a burst of reports and events here: one transaction per batch,
+        not per message, is what keeps presence ahead of a wave of thousands of devices.
+        """
+        ids = {u.device_id for u in updates}
+        if not ids:
+            return set()
         with self.db.session() as session:
-            row = session.get(DeviceRow, update_.device_id)
-            if row is None or row.status != ENROLLED:
-                return False
-            if row.last_seen is not None and update_.at < row.last_seen:
-                return True  # a late duplicate must not undo newer presence
-            row.last_seen = update_.at
-            if update_.online is not None:
-                row.online = update_.online
-            if update_.reported is not None:
-                row.reported = dict(update_.reported)
-                agent_version = update_.reported.get("agent_version")
-                if isinstance(agent_version, str):
-                    row.agent_version = agent_version[:64]
-            return True
+            # Locked in id order, as the rollout engine locks the devices it assigns: two
+            # transactions that each hold many device rows can then never wait on each other
+            # in a cycle (PostgreSQL would abort one as a deadlock).
+            rows = {r.id: r for r in session.scalars(
+                select(DeviceRow).where(DeviceRow.id.in_(sorted(ids)), DeviceRow.status == ENROLLED)
+                .order_by(DeviceRow.id).with_for_update())}
+            for update_ in updates:
+                row = rows.get(update_.device_id)
+                if row is None:
+                    continue
+                if row.last_seen is not None and update_.at < row.last_seen:
+                    continue  # a late duplicate must not undo newer presence
+                row.last_seen = update_.at
+                if update_.online is not None:
+                    row.online = update_.online
+                if update_.reported is not None:
+                    row.reported = dict(update_.reported)
+                    agent_version = update_.reported.get("agent_version")
+                    if isinstance(agent_version, str):
+                        row.agent_version = agent_version[:64]
+            return set(rows)

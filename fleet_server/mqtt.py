@@ -5,8 +5,14 @@ file) with the server's own credentials, reconnects by itself (paho's loop threa
 1-30 s backoff), and on every (re)connect subscribes to the devices' ``reported`` and
 ``events`` topics. With ``shared`` (the default for an external broker) it uses MQTT shared
 subscriptions, so several server replicas split the ingest instead of each handling every
-message. Each message goes to ``handler(topic, payload)``; the presence ingest
-(``PresenceIngest``) parses it (``fleet_server.presence``) and stores it (``Devices``).
+message. Each message goes to ``handler(topic, payload)`` on paho's one network thread, the
+thread that also reads the broker's PUBACKs, so a handler must be quick: the presence ingest
+(``PresenceIngest``) only parses (``fleet_server.presence``) and queues, and its own writer
+thread stores the updates in batches (``Devices.record_presences``, one transaction per batch).
+
+``publish`` waits for one message's PUBACK; ``publish_all`` sends many and then waits for all
+of them against one deadline, so a wave of assignments costs one round of broker latency
+instead of one per device.
 
 This module does not parse payloads itself and keeps no device state.
 """
@@ -14,23 +20,27 @@ This module does not parse payloads itself and keeps no device state.
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from edgefleet.topics import server_subscription
 from fleet_server.credentials import safe_url
-from fleet_server.devices import Devices
 from fleet_server.errors import BrokerError
-from fleet_server.presence import PresenceMessageError, parse_message
+from fleet_server.presence import PresenceMessageError, PresenceUpdate, parse_message
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
 INGESTED_KINDS = ("reported", "events")
+# paho keeps 20 QoS 1 messages in flight by default and queues the rest until PUBACKs come
+# back; a wave of assignments goes out faster with more in flight.
+MAX_INFLIGHT = 200
 
 
 class FleetMqtt:
@@ -61,6 +71,7 @@ class FleetMqtt:
         if parts.scheme == "mqtts":
             self._client.tls_set(ca_certs=ca_file)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -93,6 +104,35 @@ class FleetMqtt:
         if not info.is_published():
             raise BrokerError(f"publishing to {topic} timed out after {timeout:.0f}s", fix="check the broker is reachable")
 
+    def publish_all(self, messages: Sequence[tuple[str, bytes]], *, retain: bool = False,
+                    timeout: float = 30.0) -> list[bool]:
+        """Publish every (topic, payload) at QoS 1, then wait for all PUBACKs until one deadline.
+
+        Returns, per message, whether the broker confirmed it. A message not confirmed may
+        still arrive later (paho keeps it queued); the caller treats it as unsent and sends it
+        again, which the retained topic and the device's counter check make harmless.
+        """
+        from paho.mqtt.client import MQTT_ERR_SUCCESS
+
+        if not self.connected.is_set():
+            # paho would queue them all until a reconnect; the caller's periodic re-send would
+            # then pile up copies for as long as the outage lasts.
+            return [False] * len(messages)
+        infos = [self._client.publish(topic, payload, qos=1, retain=retain) for topic, payload in messages]
+        deadline = time.monotonic() + timeout
+        confirmed = []
+        for info in infos:
+            try:
+                if info.rc == MQTT_ERR_SUCCESS and not info.is_published():
+                    info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+                confirmed.append(info.rc == MQTT_ERR_SUCCESS and info.is_published())
+            except (RuntimeError, ValueError):
+                confirmed.append(False)
+        if not all(confirmed):
+            log.warning("the broker at %s confirmed %d of %d messages within %.0f s", self.url, sum(confirmed),
+                        len(confirmed), timeout)
+        return confirmed
+
     # paho runs these on its loop thread.
     def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:
         if reason_code.is_failure:
@@ -115,12 +155,35 @@ class FleetMqtt:
             log.exception("handling MQTT message on %s failed", message.topic)
 
 
-class PresenceIngest:
-    """The MQTT handler that stores device presence."""
+class PresenceStore(Protocol):
+    """Stores presence updates in order, in one transaction; ``fleet_server.devices.Devices`` is the real one."""
 
-    def __init__(self, devices: Devices, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def record_presences(self, updates: Sequence[PresenceUpdate]) -> set[str]: ...
+
+
+class PresenceIngest:
+    """The MQTT handler that stores device presence, off paho's network thread.
+
+    ``__call__`` (paho's thread) parses and queues; a writer thread, started with the first
+    message and ended after ``idle_s`` with nothing queued (so whoever wires this needs no
+    start or stop), stores up to ``max_batch`` updates per transaction. A full queue blocks
+    the caller: back-pressure on the broker rather than a dropped message. ``drain`` waits
+    until what was queued is stored (tests, shutdown).
+    """
+
+    def __init__(self, devices: PresenceStore, clock: Callable[[], datetime] = lambda: datetime.now(UTC), *,
+                 max_batch: int = 1000, queue_size: int = 20_000, idle_s: float = 2.0) -> None:
+        if max_batch < 1 or queue_size < 1 or idle_s <= 0:
+            raise ValueError("max_batch and queue_size must be >= 1 and idle_s positive")
         self.devices = devices
         self.clock = clock
+        self.max_batch = max_batch
+        self.idle_s = idle_s
+        self._queue: queue.Queue[PresenceUpdate] = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Condition()
+        self._pending = 0
 
     def __call__(self, topic: str, payload: bytes) -> None:
         try:
@@ -128,5 +191,55 @@ class PresenceIngest:
         except PresenceMessageError as exc:
             log.warning("dropped MQTT message: %s", exc)
             return
-        if update is not None and not self.devices.record_presence(update):
-            log.info("message from unknown or revoked device %s ignored", update.device_id)
+        if update is None:
+            return
+        with self._idle:
+            self._pending += 1
+        self._queue.put(update)
+        with self._lock:
+            # Under the lock that the writer also takes before it exits on an empty queue: an
+            # update is never left queued with no writer.
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="edgefleet-presence", daemon=True)
+                self._thread.start()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every update queued so far is stored (or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            try:
+                batch = [self._queue.get(timeout=self.idle_s)]
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._store(batch)
+
+    def _store(self, batch: list[PresenceUpdate]) -> None:
+        try:
+            accepted = self.devices.record_presences(batch)
+            ignored = {u.device_id for u in batch} - accepted
+            if ignored:
+                log.info("messages from %d unknown or revoked device(s) ignored", len(ignored))
+        except Exception:  # the database hiccuped: the next report or event brings presence back
+            log.exception("storing %d presence updates failed; they are dropped", len(batch))
+        finally:
+            with self._idle:
+                self._pending -= len(batch)
+                self._idle.notify_all()

@@ -5,6 +5,8 @@ load the stored ``Rollout.to_dict()`` document, feed it ONE input (a device even
 change, a tick, an operator command), execute the actions it returns (sign and store
 assignments through ``fleet_server.assignments``; record halts, completion and alerts in the
 rollout's log), store the new document, commit, and only then publish the assignments. The
+devices a change assigns are row-locked in id order first (as the presence writer locks
+them), so two transactions holding many device rows never deadlock. The
 lock is ``SELECT ... FOR UPDATE`` on PostgreSQL and, on SQLite, a no-op ``UPDATE`` that takes
 the database's single writer lock first; either way several server replicas (or threads)
 serialise on the row, so a wave is never advanced twice, and because the state lives in the
@@ -16,7 +18,12 @@ Inputs arrive from three places: ``handle_message`` (the MQTT handler for ``even
 ``reported``), ``tick`` (periodic: device timeouts, bake times, devices that enrolled or
 started matching the selector since, versions yanked since), and the operator commands the
 REST API calls. ``RolloutWorker`` runs them on one thread: queued messages, then ``tick``
-and ``Assignments.maintain`` every few seconds.
+and ``Assignments.maintain`` every few seconds. A worker also takes over the engine's
+publishing: what any change issues (an operator's ``create`` included) is handed to the
+worker's thread, which publishes it with ``Assignments.publish_all`` (every envelope sent,
+then every PUBACK awaited together), so a request returns once the change is committed, not
+once thousands of devices have been told. Without a worker the engine publishes on the
+caller's thread before returning.
 
 This module does not decide anything about waves or thresholds (the pure core does) and owns
 no broker connection (the ``Publisher`` inside ``Assignments`` is injected).
@@ -73,6 +80,7 @@ LOG_LIMIT = 500
 # actions would be a bug, and this bound turns it into an error instead of a hang.
 _MAX_ACTION_ROUNDS = 10_000
 _BATCH = 500  # messages the worker applies per transaction at most
+_LOCK_CHUNK = 1000  # device ids per locking statement
 
 
 def _utcnow() -> datetime:
@@ -188,6 +196,15 @@ class RolloutEngine:
         self.db = db
         self.assignments = assignments
         self.clock = clock
+        self._handoff: Callable[[list[IssuedAssignment]], None] | None = None
+
+    def hand_publishing_to(self, handoff: Callable[[list[IssuedAssignment]], None] | None) -> None:
+        """Let ``handoff`` publish what this engine issues from now on (None: publish inline again).
+
+        ``RolloutWorker`` calls this with its own queue: the assignments are stored and
+        committed before the hand-off, so if they never go out, ``Assignments.maintain`` sends them.
+        """
+        self._handoff = handoff
 
     # -- operator commands -----------------------------------------------------------------
 
@@ -370,12 +387,16 @@ class RolloutEngine:
         issued: dict[str, IssuedAssignment] = {}
         sent_back = 0
         rounds = 0
+        locked: set[str] = set()
         while pending:
             rounds += 1
             if rounds > _MAX_ACTION_ROUNDS:
                 raise ServerError(f"rollout {rollout.id} produced actions without end", fix="report this bug")
             action = pending.pop(0)
             if isinstance(action, AssignVersion | AssignPrevious):
+                if action.device_id not in locked:
+                    locked |= self._lock_devices(session, [a.device_id for a in [action, *pending]
+                                                           if isinstance(a, AssignVersion | AssignPrevious)])
                 version = action.version if isinstance(action, AssignVersion) else action.previous_version
                 try:
                     issued[action.device_id] = self.assignments.next_assignment(
@@ -410,13 +431,33 @@ class RolloutEngine:
     def _log(row: RolloutRow, now: datetime, message: str) -> None:
         row.log = [*(row.log or []), {"at": _iso(now), "message": message}][-LOG_LIMIT:]
 
-    def _publish(self, issued: Iterable[IssuedAssignment]) -> None:
-        for item in issued:
-            try:
-                self.assignments.publish(item)
-            except (ServerError, OSError, SQLAlchemyError) as exc:
-                # Stored and committed: the next maintain pass publishes it.
-                log.warning("publishing the assignment of %s failed (%s); it will be re-sent", item.device_id, exc)
+    def _lock_devices(self, session: Session, device_ids: Iterable[str]) -> set[str]:
+        """Row-lock ``device_ids`` in id order (PostgreSQL; SQLite's writer lock covers it already)."""
+        ids = sorted(set(device_ids))
+        if self.db.engine.dialect.name == "postgresql":
+            for start in range(0, len(ids), _LOCK_CHUNK):
+                session.execute(select(DeviceRow.id).where(DeviceRow.id.in_(ids[start:start + _LOCK_CHUNK]))
+                                .order_by(DeviceRow.id).with_for_update()).all()
+        return set(ids)
+
+    def _publish(self, issued: list[IssuedAssignment]) -> None:
+        if not issued:
+            return
+        if self._handoff is not None:
+            self._handoff(issued)
+        else:
+            self.publish_now(issued)
+
+    def publish_now(self, issued: Sequence[IssuedAssignment]) -> None:
+        """Publish stored assignments together; what fails stays stored and ``maintain`` re-sends it."""
+        try:
+            unconfirmed = self.assignments.publish_all(issued)
+        except (ServerError, OSError, SQLAlchemyError) as exc:
+            log.warning("publishing %d assignment(s) failed (%s); they will be re-sent", len(issued), exc)
+            return
+        if unconfirmed:
+            log.warning("the broker did not confirm the assignments of %d device(s) (%s...); they will be re-sent",
+                        len(unconfirmed), ", ".join(unconfirmed[:3]))
 
     def _fleet(self, session: Session, model: str) -> list[DeviceInfo]:
         """Every enrolled device with the version of ``model`` it runs (reported, else desired)."""
@@ -435,6 +476,8 @@ class RolloutWorker:
 
     ``submit`` is the MQTT handler. It only enqueues, because the engine publishes assignments
     and waits for the broker's acknowledgement, which would deadlock on paho's own loop thread.
+    The worker also publishes everything the engine issues (``RolloutEngine.hand_publishing_to``),
+    before it takes the next messages: devices are waiting for those.
     """
 
     def __init__(self, engine: RolloutEngine, interval: float = 5.0) -> None:
@@ -442,12 +485,28 @@ class RolloutWorker:
             raise ValueError("interval must be positive")
         self.engine = engine
         self.interval = interval
+        # None wakes the thread (to publish, or to stop)
         self._queue: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rollout-worker", daemon=True)
+        self._to_publish: list[IssuedAssignment] = []
+        self._publish_lock = threading.Lock()
+        engine.hand_publishing_to(self.publish)
 
     def submit(self, topic: str, payload: bytes) -> None:
         self._queue.put((topic, payload))
+
+    def publish(self, issued: list[IssuedAssignment]) -> None:
+        """Publish ``issued`` (stored and committed) on the worker's thread, soon."""
+        with self._publish_lock:
+            self._to_publish.extend(issued)
+        self._queue.put(None)
+
+    def _flush(self) -> None:
+        with self._publish_lock:
+            issued, self._to_publish = self._to_publish, []
+        if issued:
+            self.engine.publish_now(issued)
 
     def start(self) -> RolloutWorker:
         self._thread.start()
@@ -457,6 +516,7 @@ class RolloutWorker:
         self._stop.set()
         self._queue.put(None)
         self._thread.join(timeout=30)
+        self.engine.hand_publishing_to(None)
 
     def _run(self) -> None:
         next_tick = time.monotonic() + self.interval
@@ -470,11 +530,18 @@ class RolloutWorker:
             except queue.Empty:
                 pass
             try:
+                self._flush()
                 if batch:
                     self.engine.handle_messages(batch)
+                    self._flush()
                 if time.monotonic() >= next_tick and not self._stop.is_set():
                     next_tick = time.monotonic() + self.interval
                     self.engine.tick()
+                    self._flush()
                     self.engine.assignments.maintain(self.engine.clock())
             except Exception:  # the worker must outlive a database or broker hiccup
                 log.exception("rollout engine step failed; carrying on")
+        try:
+            self._flush()  # what was handed over before stop still goes out while the broker is up
+        except Exception:
+            log.exception("publishing before the rollout worker stopped failed; maintain re-sends it")

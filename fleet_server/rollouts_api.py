@@ -7,7 +7,10 @@
 
 The app factory includes ``router`` and puts the engine at ``app.state.rollout_engine`` (or
 ``ServerContext.rollouts``). Routes are plain ``def``: the engine does database transactions
-and waits for the broker, so FastAPI runs them in its thread pool, off the event loop.
+(and, without a worker, waits for the broker), so FastAPI runs them in its thread pool, off the
+event loop. With the server's rollout worker running, ``create`` and the commands return once
+the change is committed; the worker publishes the assignments right after, so the response's
+``assigned`` count means "signed and stored", not "delivered" (the devices' events say that).
 This module holds no rollout logic: it validates input and calls the engine.
 """
 

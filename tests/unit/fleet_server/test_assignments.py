@@ -13,6 +13,7 @@ from edgefleet import topics
 from edgefleet.assignment import DirectorSigner, verify_assignment
 from fleet_server.assignments import Assignments, IneligibleError
 from fleet_server.db import Database
+from fleet_server.errors import BrokerError
 from tests.integration.rollout.fleetdb import (
     T0,
     RecordingPublisher,
@@ -118,7 +119,7 @@ def test_maintain_republishes_after_a_broker_outage_and_refreshes_at_half_life(d
     service = Assignments(db, signer, pub, ttl=timedelta(hours=2))
     with db.session() as s:
         issued = service.next_assignment(s, "dev-1", {"digits": "1.0.0"}, "ro-a", T0)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(BrokerError):
         service.publish(issued)
     assert service.maintain(T0 + timedelta(minutes=5)) == (1, 0)
     assert pub.sent[-1][1] == issued.envelope
