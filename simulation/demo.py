@@ -166,12 +166,10 @@ class Demo:
         self._client = AdminClient(ClientSettings(self.server.url, self.server.admin_token))
         n = self.options.devices
         profiles = [ONNX_TARGET[0] if i % 2 == 0 else TFLITE_TARGET[0] for i in range(n)]
-        agent_config = self.workdir / "agent.toml"
         # Telemetry every second with drift counts in every batch, so step 5 sees drift within seconds.
-        agent_config.write_text("telemetry_interval_s = 1\ntelemetry_drift_every = 1\n")
+        telemetry = {"telemetry_interval_s": 1, "telemetry_drift_every": 1}
         self.agents = [AgentProcess(self.supervisor, f"device-{i:02d}", self.workdir / "devices" / f"device-{i:02d}",
-                                    probation_s=self.options.probation_s, extra_args=["--config", str(agent_config)])
-                       for i in range(n)]
+                                    probation_s=self.options.probation_s, settings=telemetry) for i in range(n)]
 
         def enroll(i: int) -> None:
             # The site label alternates within each profile so site=b holds both kinds of device.

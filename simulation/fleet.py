@@ -306,28 +306,34 @@ class ServerProcess:
             self.child = None
 
 
-# The agent's probation is 60 s by default; the demo and the tests shorten it through the
-# launcher (simulation/agentproc.py) until `agent run` has a setting for it.
+# A newly activated model is watched for 60 s (20 requests) by default; demos and tests that
+# roll out several versions in a minute shorten that through the agent's own agent.toml.
 DEFAULT_PROBATION_S = 3.0
+
+
+def agent_toml(settings: Mapping[str, float | int | bool | str]) -> str:
+    """agent.toml text for flat ``key = value`` settings (docs/agent.md lists the keys)."""
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in sorted(settings.items()))
 
 
 class AgentProcess:
     """One real device: enrolled with a one-time token, then ``edgefleet agent run``."""
 
     def __init__(self, supervisor: Supervisor, name: str, state_dir: Path, *,
-                 probation_s: float | None = DEFAULT_PROBATION_S, probation_min_requests: int = 5,
-                 env: Mapping[str, str] | None = None,
-                 wrapper: Sequence[str] = (), extra_args: Sequence[str] = ()) -> None:
+                 probation_s: float = DEFAULT_PROBATION_S, probation_min_requests: int = 5,
+                 settings: Mapping[str, float | int | bool | str] | None = None,
+                 env: Mapping[str, str] | None = None, wrapper: Sequence[str] = ()) -> None:
         self.supervisor = supervisor
-        # wrapper: argv put in front (e.g. `ip netns exec NS`); extra_args: more `agent run` flags.
-        self.wrapper = list(wrapper)
-        self.extra_args = list(extra_args)
         self.name = name
         self.state_dir = Path(state_dir)
         self.port = free_port()
-        self.probation_s = probation_s
-        self.probation_min_requests = probation_min_requests
+        # Written next to the state dir and passed with --config; settings override the probation.
+        self.settings = {"probation_s": probation_s, "probation_min_requests": probation_min_requests,
+                         "unix_socket": False, **(settings or {})}
+        self.config_file = self.state_dir.parent / f"{name}.toml"
         self.env = dict(env or {})
+        # wrapper: argv put in front of the agent's, e.g. `ip netns exec NS`.
+        self.wrapper = list(wrapper)
         self.device_id = ""
         self.profile = ""
         self.child: Child | None = None
@@ -353,14 +359,12 @@ class AgentProcess:
         return self
 
     def argv(self) -> list[str]:
-        run = ["agent", "run", "--state-dir", str(self.state_dir), "--http-port", str(self.port), "--no-socket",
-               *self.extra_args]
-        if self.probation_s is None:
-            return [*self.wrapper, *edgefleet_argv(*run)]
-        return [*self.wrapper, sys.executable, "-m", "simulation.agentproc", "--probation-s", str(self.probation_s),
-                "--min-requests", str(self.probation_min_requests), "--", *run]
+        return [*self.wrapper, *edgefleet_argv("agent", "run", "--state-dir", str(self.state_dir), "--http-port",
+                                               str(self.port), "--config", str(self.config_file))]
 
     def start(self) -> AgentProcess:
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(agent_toml(self.settings))
         self.child = self.supervisor.spawn(self.name, self.argv(), env=self.env)
         return self
 

@@ -5,8 +5,9 @@ and, per device, what the device itself reports running plus the events it sent;
 update latency (assignment to commit, p50/p95/max), failures by reason, and messages lost or
 duplicated:
 
-- **lost**: a device whose final outcome the server never learned: it runs the rollout's
-  version but the rollout does not count it committed (or the reverse);
+- **lost**: a device whose final outcome the server never learned: the rollout has a result
+  for it (committed, failed, rolled back, timed out) that disagrees with what the device runs;
+  devices still in flight (``assigned``) are counted in ``statuses``, not as lost;
 - **duplicated**: an outcome event a device published more than once for one assignment.
 
 It deliberately reads no clock, broker or server: the simulator hands it the data.
@@ -82,7 +83,8 @@ def fleet_report(rollouts: Sequence[Mapping[str, Any]], devices: Mapping[str, De
             elif status in ("failed", "timed_out", "rolled_back"):
                 reasons[str(record.get("reason") or status)] += 1
             device = devices.get(device_id)
-            if device is None or status in ("pending", "ineligible"):
+            # Still in flight (downloading, in probation): not lost, only not finished yet.
+            if device is None or status in ("pending", "ineligible", "assigned"):
                 continue
             runs_it = device.running.get(model) == version
             if runs_it != (status == "committed"):

@@ -196,7 +196,9 @@ class Simulation:
         if self.options.processes:
             for i, profile in enumerate(profiles):
                 token = self._client.create_enrollment_token(profile, labels, 900)["token"]
-                agent = AgentProcess(self.supervisor, f"sim-{i:04d}", self.workdir / "devices" / f"sim-{i:04d}")
+                # Nobody predicts through simulated devices: a 1 s probation that needs no requests.
+                agent = AgentProcess(self.supervisor, f"sim-{i:04d}", self.workdir / "devices" / f"sim-{i:04d}",
+                                     probation_s=1.0, probation_min_requests=0)
                 agent.enroll(url, token).start()
                 self.agents[agent.device_id] = agent
             for agent in self.agents.values():

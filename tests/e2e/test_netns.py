@@ -86,10 +86,8 @@ def assign_during_a_cut(stack: Stack, namespace: Namespace, tmp_path: Path) -> t
 
     Returns (device id, the 1.1.0 rollout id) once the device is back online.
     """
-    config = tmp_path / "agent.toml"
     # A short keepalive so the broker notices the cut link (and fires the last will) in seconds.
-    config.write_text("keepalive_s = 2\nunix_socket = false\n")
-    (device,) = stack.add_agents(1, wrapper=["ip", "netns", "exec", namespace.name], extra_args=["--config", str(config)])
+    (device,) = stack.add_agents(1, wrapper=["ip", "netns", "exec", namespace.name], settings={"keepalive_s": 2})
     stack.push("1.0.0")
     first = stack.rollout("1.0.0")
     stack.wait_state(first["id"], "completed", timeout=60)  # the bundle came over the veth link
