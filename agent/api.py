@@ -9,16 +9,19 @@
     POST /v1/reload                  re-read the active slots from the state directory
 
 Why not FastAPI: a device install must stay small and a prediction must cost little more
-than the runtime's own few microseconds. One request head is parsed with ``readuntil``,
-bodies need a Content-Length (413 over ``max_body_bytes``, 411 without one), connections are
-kept alive, and every error becomes a JSON ``{"error", "fix"}`` with a 4xx/5xx status: no
-input can take the server down. Inference runs on the event loop while a model's recent
-latency stays under ``inline_budget_ms`` (a thread hop would cost more than the inference)
-and in a worker thread when it is slower, so one slow model cannot stall other clients.
+than the runtime's own few microseconds. Each connection is an ``asyncio.Protocol`` (no
+streams: their futures and buffer copies cost more than the parsing), bodies need a
+Content-Length (413 over ``max_body_bytes``, 411 without one), connections are kept alive,
+and every error becomes a JSON ``{"error", "fix"}`` with a 4xx/5xx status: no input can take
+the server down. A prediction whose model's recent latency stays under ``inline_budget_ms``
+is answered inside the ``data_received`` callback, head and body in one ``transport.write``
+(a thread hop or a task would cost more than the inference); a slower one, and every other
+route that may block, runs as a task (in a worker thread where it blocks), so one slow model
+cannot stall other clients.
 
 It does not own sessions (``agent.serving``), parse model input (``agent.inputs``) or know
 about MQTT. It deliberately implements only the subset of HTTP/1.1 local clients use: no
-chunked request bodies, no pipelining beyond sequential keep-alive requests.
+chunked request bodies, and pipelined requests are answered one after another, in order.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
@@ -37,7 +40,7 @@ from typing import Any
 
 from agent.errors import AgentError, InferenceError, InputError, ModelNotFoundError
 from agent.metrics import FeedbackError
-from agent.serving import ServingTable
+from agent.serving import PredictionResult, ServingTable
 
 log = logging.getLogger("agent.api")
 
@@ -47,6 +50,7 @@ IDLE_TIMEOUT_S = 75.0
 _SLOW_BODY_BYTES = 256 * 1024
 _DISCARD_LIMIT = 64 * 1024 * 1024
 _PREFIX = "/v1/models/"
+_SUFFIX = "/predict"
 
 Handler = Callable[[], dict[str, Any]]
 FeedbackHandler = Callable[[list[dict[str, Any]]], dict[str, Any]]
@@ -64,11 +68,17 @@ class HttpError(Exception):
         self.close = close
 
 
-def _response(status: int, body: bytes, keep_alive: bool, content_type: str = "application/json") -> bytes:
-    reason = HTTPStatus(status).phrase
-    connection = "keep-alive" if keep_alive else "close"
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: {connection}\r\n\r\n").encode("latin-1") + body
+# Response heads up to the Content-Length value, built once per status: most answers are 200.
+_HEADS: dict[int, bytes] = {}
+
+
+def _response(status: int, body: bytes, keep_alive: bool) -> bytes:
+    head = _HEADS.get(status)
+    if head is None:
+        head = _HEADS[status] = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+                                 "Content-Type: application/json\r\nContent-Length: ").encode("latin-1")
+    tail = b"\r\nConnection: keep-alive\r\n\r\n" if keep_alive else b"\r\nConnection: close\r\n\r\n"
+    return b"".join((head, str(len(body)).encode(), tail, body))
 
 
 def _json_body(document: Any) -> bytes:
@@ -80,6 +90,67 @@ def _error_body(message: str, fix: str | None) -> bytes:
     if fix:
         document["fix"] = fix
     return _json_body(document)
+
+
+_NAN_ERROR = ("the model produced NaN or infinity for this input", "check the model or roll it back")
+
+
+def _encode(document: Any) -> bytes:
+    """A route's answer as JSON bytes (predictions come pre-encoded)."""
+    if isinstance(document, bytes):
+        return document
+    try:
+        return _json_body(document)
+    except ValueError as exc:  # NaN/infinity: strict JSON clients could not parse the answer
+        raise HttpError(500, *_NAN_ERROR) from exc
+
+
+class _PredictionEncoder:
+    """``PredictionResult.to_dict()`` as JSON bytes without building the dict: the constant
+    ``{"model":..,"version":..,"request_id":"`` part is encoded once per model version."""
+
+    def __init__(self) -> None:
+        self._prefixes: dict[tuple[str, str], bytes] = {}
+
+    def __call__(self, result: PredictionResult) -> bytes:
+        key = (result.model, result.version)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            if len(self._prefixes) > 64:  # versions come and go; never grow without bound
+                self._prefixes.clear()
+            prefix = self._prefixes[key] = (
+                f'{{"model":{json.dumps(result.model)},"version":{json.dumps(result.version)},"request_id":'
+            ).encode()
+        try:
+            parts = [prefix, _json_body(result.request_id), b',"predictions":', _json_body(result.predictions)]
+            if result.probabilities is not None:
+                parts += [b',"probabilities":', _json_body(result.probabilities)]
+        except ValueError as exc:  # NaN/infinity
+            raise HttpError(500, *_NAN_ERROR) from exc
+        parts.append(b"}")
+        return b"".join(parts)
+
+
+@contextlib.contextmanager
+def _predict_errors() -> Iterator[None]:
+    """The serving table's errors as the HTTP answers they deserve."""
+    try:
+        yield
+    except InputError as exc:
+        raise HttpError(exc.status, exc.message, exc.fix) from exc
+    except ModelNotFoundError as exc:
+        raise HttpError(404, exc.message, exc.fix) from exc
+    except InferenceError as exc:
+        raise HttpError(500, exc.message, exc.fix) from exc
+
+
+def _failure(exc: Exception, method: str, path: str) -> tuple[int, bytes, bool]:
+    """(status, body, close) for what a request raised."""
+    if isinstance(exc, HttpError):
+        return exc.status, _error_body(exc.message, exc.fix), exc.close
+    # A bug must cost this request a 500, never the connection or the server.
+    log.error("%s %s failed", method, path, exc_info=exc)
+    return 500, _error_body("internal error in the agent", "see the agent's log"), False
 
 
 class ApiServer:
@@ -97,11 +168,12 @@ class ApiServer:
         self._reload = reload
         self._feedback = feedback
         self._servers: list[asyncio.base_events.Server] = []
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[_Connection] = set()
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._ewma_ms: dict[str, float] = {}
+        self._encode_prediction = _PredictionEncoder()
         self.tcp_address: tuple[str, int] | None = None
         self.socket_path: Path | None = None
         self._draining = False
@@ -110,9 +182,11 @@ class ApiServer:
     async def start(self, *, host: str | None = "127.0.0.1", port: int = 0,
                     socket_path: str | os.PathLike[str] | None = None) -> None:
         """Listen on ``host:port`` (``host=None`` disables TCP) and/or on a Unix socket."""
+        loop = asyncio.get_running_loop()
         if host is not None:
             try:
-                server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD_BYTES)
+                # asyncio sets TCP_NODELAY on every accepted TCP connection itself.
+                server = await loop.create_server(lambda: _Connection(self), host, port)
             except OSError as exc:
                 raise AgentError(f"cannot listen on {host}:{port}: {exc.strerror}",
                                  fix="pick another --http-port (0 picks a free one), or stop what uses it") from exc
@@ -123,7 +197,7 @@ class ApiServer:
             path = Path(socket_path)
             _remove_stale_socket(path)
             try:
-                server = await asyncio.start_unix_server(self._serve, str(path), limit=MAX_HEAD_BYTES)
+                server = await loop.create_unix_server(lambda: _Connection(self), str(path))
             except OSError as exc:
                 # AF_UNIX paths are limited to 107 bytes, so a deep state directory fails here.
                 raise AgentError(f"cannot listen on the Unix socket {path}: {exc.strerror or exc}",
@@ -140,8 +214,8 @@ class ApiServer:
             server.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
-        for writer in list(self._writers):
-            writer.close()
+        for connection in list(self._connections):
+            connection.close()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -151,84 +225,42 @@ class ApiServer:
         if isinstance(self._executor, ThreadPoolExecutor):
             self._executor.shutdown(wait=False)
 
-    # -- connections ---------------------------------------------------------------------------
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            while not self._draining:
-                try:
-                    async with asyncio.timeout(IDLE_TIMEOUT_S):
-                        head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-                    return
-                except asyncio.LimitOverrunError:
-                    writer.write(_response(431, _error_body("request head is too large",
-                                                            f"keep headers under {MAX_HEAD_BYTES} bytes"), False))
-                    return
-                self._begin()
-                try:
-                    keep_alive = await self._request(head, reader, writer)
-                finally:
-                    self._end()
-                if not keep_alive:
-                    return
-        except Exception:  # a bug here must cost one connection, never the server
-            log.exception("connection handler failed")
-        finally:
-            self._writers.discard(writer)
-            with contextlib.suppress(Exception):
-                await writer.drain()
-            writer.close()
+    # -- requests --------------------------------------------------------------------------------
+    def _answer_now(self, method: str, path: str, body: bytes) -> tuple[int, bytes, bool] | None:
+        """(status, body, close) of a prediction that runs inline, or None for ``_answer``.
 
-    def _begin(self) -> None:
+        Only requests answered within this callback come here, so ``shutdown`` (on the same
+        loop) never has one of them in flight and they are not counted as active.
+        """
+        if method != "POST" or not path.startswith(_PREFIX) or not path.endswith(_SUFFIX):
+            return None
+        name = path[len(_PREFIX):-len(_SUFFIX)]
+        if not self._inline(name, body):
+            return None
+        try:
+            return 200, self._predicted(name, self._run_predict(name, self._decode(name, body))), False
+        except Exception as exc:
+            return _failure(exc, method, path)
+
+    async def _answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes, bool]:
+        """(status, body, close) of any request, on the loop or off it as the route needs."""
         self._active += 1
         self._idle.clear()
-
-    def _end(self) -> None:
-        self._active -= 1
-        if self._active == 0:
-            self._idle.set()
-
-    async def _request(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        keep_alive = False
-        method = path = "?"
         try:
-            method, path, keep_alive, length, expect = _parse_head(head)
-            if length > self.max_body_bytes:
-                # Read and drop a moderately oversized body so the client is reading when the
-                # 413 comes, rather than getting a reset mid-upload; a huge one just closes.
-                if length <= _DISCARD_LIMIT and not expect:
-                    await _discard(reader, length)
-                raise HttpError(413, f"request body is {length} bytes, over this agent's limit of {self.max_body_bytes}",
-                                "send fewer rows per request, or use `edgefleet agent predict` for files", close=True)
-            if expect:
-                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            try:
-                body = await reader.readexactly(length) if length else b""
-            except asyncio.IncompleteReadError:
-                return False
             status, document = await self._route(method, path, body)
-            try:
-                payload = _json_body(document)
-            except ValueError as exc:  # NaN/infinity: strict JSON clients could not parse the answer
-                raise HttpError(500, "the model produced NaN or infinity for this input",
-                                "check the model or roll it back") from exc
-        except HttpError as err:
-            status, payload = err.status, _error_body(err.message, err.fix)
-            keep_alive = keep_alive and not err.close
-        except Exception:  # a bug must cost this request a 500, never the connection or the server
-            log.exception("%s %s failed", method, path)
-            status, payload = 500, _error_body("internal error in the agent", "see the agent's log")
-        writer.write(_response(status, payload, keep_alive and not self._draining))
-        if writer.transport.get_write_buffer_size() > 65536:
-            await writer.drain()
-        return keep_alive
+            return status, _encode(document), False
+        except Exception as exc:
+            return _failure(exc, method, path)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
 
-    # -- routes --------------------------------------------------------------------------------
+
     async def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
-        if path.startswith(_PREFIX) and path.endswith("/predict"):
+        if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
             _allow(method, "POST")
-            return 200, await self._predict(path[len(_PREFIX):-len("/predict")], body)
+            return 200, await self._predict(path[len(_PREFIX):-len(_SUFFIX)], body)
         if path == "/healthz":
             _allow(method, "GET")
             return 200, {"status": "ok", "models": {n: self._version(n) for n in self.serving.names()}}
@@ -284,37 +316,204 @@ class ApiServer:
                 "requests": stats.requests, "errors": stats.errors, "input_errors": stats.input_errors,
                 "latency_ms_p50": stats.percentile(50), "latency_ms_p99": stats.percentile(99)}
 
-    async def _predict(self, name: str, body: bytes) -> dict[str, Any]:
+    # -- prediction ------------------------------------------------------------------------------
+    def _inline(self, name: str, body: bytes) -> bool:
+        return self._ewma_ms.get(name, 0.0) <= self.inline_budget_ms and len(body) < _SLOW_BODY_BYTES
+
+    def _decode(self, name: str, body: bytes) -> Any:
         try:
-            payload = json.loads(body)
+            return json.loads(body)
         except ValueError as exc:
             self.serving.reject(name, "input")  # a bad request is an input error of the model asked
             raise HttpError(400, f"request body is not valid JSON ({exc})",
                             'send {"inputs": [[...], ...]} with Content-Type: application/json') from exc
-        try:
-            if self._ewma_ms.get(name, 0.0) <= self.inline_budget_ms and len(body) < _SLOW_BODY_BYTES:
-                result = self.serving.predict(name, payload)
-            else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._executor, self.serving.predict, name, payload)
-        except InputError as exc:
-            raise HttpError(exc.status, exc.message, exc.fix) from exc
-        except ModelNotFoundError as exc:
-            raise HttpError(404, exc.message, exc.fix) from exc
-        except InferenceError as exc:
-            raise HttpError(500, exc.message, exc.fix) from exc
+
+    def _run_predict(self, name: str, payload: Any) -> PredictionResult:
+        with _predict_errors():
+            return self.serving.predict(name, payload)
+
+    def _predicted(self, name: str, result: PredictionResult) -> bytes:
         previous = self._ewma_ms.get(name, result.latency_ms)
         self._ewma_ms[name] = 0.8 * previous + 0.2 * result.latency_ms
-        return result.to_dict()
+        return self._encode_prediction(result)
+
+    async def _predict(self, name: str, body: bytes) -> bytes:
+        payload = self._decode(name, body)
+        if self._inline(name, body):  # the budget may have changed since _answer_now declined
+            return self._predicted(name, self._run_predict(name, payload))
+        with _predict_errors():
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, self.serving.predict, name, payload)
+        return self._predicted(name, result)
 
 
-async def _discard(reader: asyncio.StreamReader, length: int) -> None:
-    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-        while length > 0:
-            chunk = await reader.read(min(length, 1 << 16))
-            if not chunk:
-                return
-            length -= len(chunk)
+class _Connection(asyncio.Protocol):
+    """One client connection: bytes in, requests parsed in order, one write per answer.
+
+    A request is answered inside ``data_received`` when it can be (``_answer_now``);
+    otherwise it runs as a task and the connection holds later bytes until it is answered,
+    so pipelined answers keep their order.
+    """
+
+    def __init__(self, server: ApiServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        # The parsed head of the request whose body is awaited: (method, path, keep_alive, length).
+        self._head: tuple[str, str, bool, int] | None = None
+        self._discard = 0  # bytes of an oversized body still to drop before the 413
+        self._busy = False  # a request runs as a task
+        self._write_paused = False
+        self._eof = False
+        self._closed = False
+        self._last_active = self._loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks -------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._server._connections.add(self)
+        self._idle_timer = self._loop.call_later(IDLE_TIMEOUT_S, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server._connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_active = self._loop.time()
+        self._buffer += data
+        if not self._busy and not self._write_paused:
+            self._process()
+        elif len(self._buffer) > MAX_HEAD_BYTES + self._server.max_body_bytes and self._transport is not None:
+            self._transport.pause_reading()  # a client racing ahead of its answers waits for them
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._busy:
+            self._process()
+
+    def eof_received(self) -> bool | None:
+        # Keep the transport open: a client that half-closes after its request still gets the answer.
+        self._eof = True
+        if not self._busy:
+            self._process()
+        if not self._busy:
+            self.close()
+        return True
+
+    def close(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.close()
+
+    def _check_idle(self) -> None:
+        # One timer per connection, re-armed here, instead of a timer per request.
+        idle = self._loop.time() - self._last_active
+        if idle >= IDLE_TIMEOUT_S and not self._busy:
+            self.close()
+        elif not self._closed:
+            self._idle_timer = self._loop.call_later(max(IDLE_TIMEOUT_S - idle, 1.0), self._check_idle)
+
+    # -- requests ----------------------------------------------------------------------------------
+    def _process(self) -> None:
+        """Answer every complete request in the buffer, stopping at one that runs as a task."""
+        try:
+            while not self._closed and not self._busy and not self._write_paused:
+                if not self._step():
+                    return
+        except Exception:  # a bug here must cost one connection, never the server
+            log.exception("connection handler failed")
+            self.close()
+
+    def _step(self) -> bool:
+        """Advance by one request (or part of one); False when more bytes are needed."""
+        server = self._server
+        if self._discard:
+            dropped = min(self._discard, len(self._buffer))
+            del self._buffer[:dropped]
+            self._discard -= dropped
+            if self._discard:
+                return False
+            self._refuse_oversized()
+            return False
+        if self._head is None:
+            end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
+            if end < 0:
+                if len(self._buffer) > MAX_HEAD_BYTES:
+                    self._send(431, _error_body("request head is too large", f"keep headers under {MAX_HEAD_BYTES} bytes"),
+                               False)
+                return False
+            head = bytes(self._buffer[: end + 4])
+            del self._buffer[: end + 4]
+            try:
+                method, path, keep_alive, length, expect = _parse_head(head)
+            except HttpError as err:
+                self._send(err.status, _error_body(err.message, err.fix), False)
+                return False
+            self._head = (method, path, keep_alive, length)
+            if length > server.max_body_bytes:
+                # Read and drop a moderately oversized body so the client is reading when the
+                # 413 comes, rather than getting a reset mid-upload; a huge one just closes.
+                if length <= _DISCARD_LIMIT and not expect:
+                    self._discard = length
+                    return True
+                self._refuse_oversized()
+                return False
+            if expect and self._transport is not None:
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        method, path, keep_alive, length = self._head
+        if len(self._buffer) < length:
+            return False
+        body = bytes(self._buffer[:length])
+        del self._buffer[:length]
+        self._head = None
+        answer = server._answer_now(method, path, body)
+        if answer is not None:
+            status, payload, close = answer
+            return self._send(status, payload, keep_alive and not close)
+        self._busy = True
+        task = self._loop.create_task(server._answer(method, path, body))
+        task.add_done_callback(lambda done: self._answered(done, keep_alive))
+        return False
+
+    def _answered(self, task: asyncio.Task[tuple[int, bytes, bool]], keep_alive: bool) -> None:
+        self._busy = False
+        if task.cancelled():
+            self.close()
+            return
+        status, payload, close = task.result()  # _answer turns every exception into an answer
+        if self._send(status, payload, keep_alive and not close):
+            if self._transport is not None and not self._closed:
+                self._transport.resume_reading()
+            self._process()
+            if self._eof and not self._busy:
+                self.close()
+
+    def _refuse_oversized(self) -> None:
+        assert self._head is not None
+        length = self._head[3]
+        self._head = None
+        self._send(413, _error_body(f"request body is {length} bytes, over this agent's limit of "
+                                    f"{self._server.max_body_bytes}",
+                                    "send fewer rows per request, or use `edgefleet agent predict` for files"), False)
+
+    def _send(self, status: int, payload: bytes, keep_alive: bool) -> bool:
+        """Write one answer; close after it unless kept alive. True while the connection goes on."""
+        keep_alive = keep_alive and not self._server._draining
+        if self._transport is None or self._closed:
+            return False
+        self._transport.write(_response(status, payload, keep_alive))
+        if not keep_alive:
+            self.close()
+        return keep_alive
+
 
 
 _FEEDBACK_FIX = ('send {"request_id": "<from the predict response>", "label": <true label>, "row": <index, '

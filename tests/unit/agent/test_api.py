@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import tempfile
 import threading
@@ -249,3 +250,42 @@ def test_a_model_answering_nan_gets_a_500_with_valid_json(api: Running) -> None:
         response = client.post("/v1/models/iris/predict", json={"inputs": [ROW]})
         assert response.status_code == 500 and "NaN" in response.json()["error"]
         assert client.get("/healthz").status_code == 200
+
+
+def _request(method: str, path: str, body: bytes = b"", extra: str = "") -> bytes:
+    return (f"{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def test_pipelined_requests_are_answered_in_order_when_one_runs_off_the_loop(api: Running) -> None:
+    # /v1/status runs in a worker thread; the predict behind it must wait for it, not overtake it.
+    predict = _request("POST", "/v1/models/iris/predict", json.dumps({"inputs": [ROW]}).encode())
+    answer = api.raw(_request("GET", "/v1/status") + predict + _request("GET", "/nowhere")
+                     + _request("GET", "/healthz", extra="Connection: close\r\n"))
+    statuses = [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+    assert statuses == [200, 200, 404, 200]
+    assert answer.index(b'"pid":1') < answer.index(b'"predictions"') < answer.index(b"no route /nowhere")
+
+
+def test_a_request_trickling_in_byte_by_byte_and_a_half_close_still_get_the_answer(api: Running) -> None:
+    data = _request("POST", "/v1/models/iris/predict", json.dumps({"inputs": [ROW]}).encode())
+    host, port = api.server.tcp_address  # type: ignore[misc]
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            sock.send(data[i:i + 1])
+        sock.shutdown(socket.SHUT_WR)  # the client sends nothing more but still reads
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.count(b"HTTP/1.1") == 1
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert json.loads(body)["predictions"] == api.table.predict("iris", [ROW]).predictions
+    assert f"Content-Length: {len(body)}".encode() in head
+
+
+def test_the_prediction_body_is_the_documented_json(api: Running) -> None:
+    with api.unix() as client:
+        body = client.post("/v1/models/iris/predict", json={"inputs": [ROW, ROW]}).json()
+    assert list(body) == ["model", "version", "request_id", "predictions", "probabilities"]
+    assert (body["model"], body["version"], len(body["request_id"])) == ("iris", "1.0.0", 32)
+    assert len(body["predictions"]) == 2 and len(body["probabilities"][0]) == 3
