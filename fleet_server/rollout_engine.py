@@ -491,7 +491,6 @@ class RolloutWorker:
         self._thread = threading.Thread(target=self._run, name="rollout-worker", daemon=True)
         self._to_publish: list[IssuedAssignment] = []
         self._publish_lock = threading.Lock()
-        engine.hand_publishing_to(self.publish)
 
     def submit(self, topic: str, payload: bytes) -> None:
         self._queue.put((topic, payload))
@@ -509,6 +508,7 @@ class RolloutWorker:
             self.engine.publish_now(issued)
 
     def start(self) -> RolloutWorker:
+        self.engine.hand_publishing_to(self.publish)
         self._thread.start()
         return self
 
