@@ -227,11 +227,7 @@ class ApiServer:
 
     # -- requests --------------------------------------------------------------------------------
     def _answer_now(self, method: str, path: str, body: bytes) -> tuple[int, bytes, bool] | None:
-        """(status, body, close) of a prediction that runs inline, or None for ``_answer``.
-
-        Only requests answered within this callback come here, so ``shutdown`` (on the same
-        loop) never has one of them in flight and they are not counted as active.
-        """
+        """(status, body, close) of a prediction that runs inline, or None for ``_answer``."""
         if method != "POST" or not path.startswith(_PREFIX) or not path.endswith(_SUFFIX):
             return None
         name = path[len(_PREFIX):-len(_SUFFIX)]
@@ -244,17 +240,23 @@ class ApiServer:
 
     async def _answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes, bool]:
         """(status, body, close) of any request, on the loop or off it as the route needs."""
-        self._active += 1
-        self._idle.clear()
         try:
             status, document = await self._route(method, path, body)
             return status, _encode(document), False
         except Exception as exc:
             return _failure(exc, method, path)
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
+
+    # A request is in flight (``shutdown`` waits for it) from its head to its answer, but only
+    # one that spans callbacks is counted: one answered within a single callback cannot be seen
+    # half done by ``shutdown``, which runs on the same loop, and counting it costs every request.
+    def _begin(self) -> None:
+        self._active += 1
+        self._idle.clear()
+
+    def _end(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
 
 
     async def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
@@ -364,6 +366,7 @@ class _Connection(asyncio.Protocol):
         self._head: tuple[str, str, bool, int] | None = None
         self._discard = 0  # bytes of an oversized body still to drop before the 413
         self._busy = False  # a request runs as a task
+        self._counted = False  # this connection's request in flight is counted by the server
         self._write_paused = False
         self._eof = False
         self._closed = False
@@ -379,6 +382,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._uncount()
         self._server._connections.discard(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -440,6 +444,7 @@ class _Connection(asyncio.Protocol):
             del self._buffer[:dropped]
             self._discard -= dropped
             if self._discard:
+                self._count()
                 return False
             self._refuse_oversized()
             return False
@@ -470,6 +475,7 @@ class _Connection(asyncio.Protocol):
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         method, path, keep_alive, length = self._head
         if len(self._buffer) < length:
+            self._count()  # head read, body pending: shutdown waits for this request
             return False
         body = bytes(self._buffer[:length])
         del self._buffer[:length]
@@ -479,6 +485,7 @@ class _Connection(asyncio.Protocol):
             status, payload, close = answer
             return self._send(status, payload, keep_alive and not close)
         self._busy = True
+        self._count()
         task = self._loop.create_task(server._answer(method, path, body))
         task.add_done_callback(lambda done: self._answered(done, keep_alive))
         return False
@@ -504,8 +511,19 @@ class _Connection(asyncio.Protocol):
                                     f"{self._server.max_body_bytes}",
                                     "send fewer rows per request, or use `edgefleet agent predict` for files"), False)
 
+    def _count(self) -> None:
+        if not self._counted:
+            self._counted = True
+            self._server._begin()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._server._end()
+
     def _send(self, status: int, payload: bytes, keep_alive: bool) -> bool:
         """Write one answer; close after it unless kept alive. True while the connection goes on."""
+        self._uncount()
         keep_alive = keep_alive and not self._server._draining
         if self._transport is None or self._closed:
             return False
