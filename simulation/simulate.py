@@ -291,11 +291,25 @@ class Simulation:
                     agent = self.agents[device_id]
                     agent.stop() if action.kind == "network_down" else agent.start()
         elif action.kind == "sigkill":
-            for device_id in action.devices:
+            victims = self._updating(len(action.devices)) or list(action.devices)
+            for device_id in victims:
                 self.agents[device_id].kill()
             time.sleep(1.0)
-            for device_id in action.devices:
+            for device_id in victims:
                 self.agents[device_id].start()
+
+    def _updating(self, count: int, wait_s: float = 10.0) -> list[str]:
+        """Up to ``count`` agents the server has assigned a version that have not finished yet."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            busy = sorted(r["device_id"] for rollout in self._client.request("GET", "/api/v1/rollouts")
+                          for r in self._client.request("GET", f"/api/v1/rollouts/{rollout['id']}",
+                                                        params={"devices": "true"})["device_records"]
+                          if r["status"] == "assigned" and r["device_id"] in self.agents)
+            if busy:
+                return busy[:count]
+            time.sleep(0.05)
+        return []
 
     def _corrupt_targets(self, model: str, version: str) -> None:
         """Flip one byte in the middle of every stored copy of the target (TUF must refuse it)."""
