@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
@@ -81,8 +81,12 @@ def _response(status: int, body: bytes, keep_alive: bool) -> bytes:
     return b"".join((head, str(len(body)).encode(), tail, body))
 
 
+# One encoder for every answer: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _json_body(document: Any) -> bytes:
-    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(document).encode()
 
 
 def _error_body(message: str, fix: str | None) -> bytes:
@@ -131,17 +135,14 @@ class _PredictionEncoder:
         return b"".join(parts)
 
 
-@contextlib.contextmanager
-def _predict_errors() -> Iterator[None]:
-    """The serving table's errors as the HTTP answers they deserve."""
-    try:
-        yield
-    except InputError as exc:
-        raise HttpError(exc.status, exc.message, exc.fix) from exc
-    except ModelNotFoundError as exc:
-        raise HttpError(404, exc.message, exc.fix) from exc
-    except InferenceError as exc:
-        raise HttpError(500, exc.message, exc.fix) from exc
+def _predict_error(exc: AgentError) -> HttpError:
+    """The serving table's error as the HTTP answer it deserves (a plain function, not a context
+    manager: this sits on every prediction's path)."""
+    if isinstance(exc, InputError):
+        return HttpError(exc.status, exc.message, exc.fix)
+    if isinstance(exc, ModelNotFoundError):
+        return HttpError(404, exc.message, exc.fix)
+    return HttpError(500, exc.message, exc.fix)
 
 
 def _failure(exc: Exception, method: str, path: str) -> tuple[int, bytes, bool]:
@@ -331,8 +332,10 @@ class ApiServer:
                             'send {"inputs": [[...], ...]} with Content-Type: application/json') from exc
 
     def _run_predict(self, name: str, payload: Any) -> PredictionResult:
-        with _predict_errors():
+        try:
             return self.serving.predict(name, payload)
+        except (InputError, ModelNotFoundError, InferenceError) as exc:
+            raise _predict_error(exc) from exc
 
     def _predicted(self, name: str, result: PredictionResult) -> bytes:
         previous = self._ewma_ms.get(name, result.latency_ms)
@@ -343,9 +346,11 @@ class ApiServer:
         payload = self._decode(name, body)
         if self._inline(name, body):  # the budget may have changed since _answer_now declined
             return self._predicted(name, self._run_predict(name, payload))
-        with _predict_errors():
+        try:
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(self._executor, self.serving.predict, name, payload)
+        except (InputError, ModelNotFoundError, InferenceError) as exc:
+            raise _predict_error(exc) from exc
         return self._predicted(name, result)
 
 
