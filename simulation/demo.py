@@ -56,8 +56,9 @@ class DemoOptions:
     rollout_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
-        if self.devices < 2:
-            raise ValueError(f"the demo needs at least 2 devices (one per profile), got {self.devices}")
+        if self.devices < 4:
+            # Two per profile, so each rollout has a canary wave before the rest.
+            raise ValueError(f"the demo needs at least 4 devices (two per profile), got {self.devices}")
         if self.broker not in ("auto", "mosquitto", "embedded"):
             raise ValueError(f"broker must be auto, mosquitto or embedded, got {self.broker!r}")
 
@@ -171,12 +172,13 @@ class Demo:
         self.agents = [AgentProcess(self.supervisor, f"device-{i:02d}", self.workdir / "devices" / f"device-{i:02d}",
                                     probation_s=self.options.probation_s, settings=telemetry) for i in range(n)]
 
+        server_url = self.server.url
+
         def enroll(i: int) -> None:
             # The site label alternates within each profile so site=b holds both kinds of device.
             site = "a" if (i // 2) % 2 == 0 else "b"
             grant = self._client.create_enrollment_token(profiles[i], {"site": site}, 900)
-            self.agents[i].enroll(self.server.url if self.server else "", grant["token"])  # `agent enroll`
-            self.agents[i].start()
+            self.agents[i].enroll(server_url, grant["token"]).start()  # runs `edgefleet agent enroll`
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(enroll, range(n)))
@@ -353,7 +355,9 @@ class Demo:
             if progress != seen:
                 self.say(f"      {view['model']}@{view['version']}: {progress}")
                 seen = progress
-            if view["state"] in states or (view["state"] in terminal and view["state"] != "halted"):
+            # A halted rollout with auto-rollback is still sending devices back: wait for rolled_back.
+            if view["state"] in states or (view["state"] in terminal and not (view["state"] == "halted"
+                                                                              and view["policy"]["auto_rollback"])):
                 return view
             if time.monotonic() > deadline:
                 raise FleetError(f"rollout {view['id']} still {view['state']} after {self.options.rollout_timeout_s:.0f} s")

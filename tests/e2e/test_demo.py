@@ -42,7 +42,7 @@ def test_demo_tells_the_whole_story_and_leaves_no_process(tmp_path: Path) -> Non
 
 def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
     data = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "demo", "--devices", "2", "--data-dir", str(data)],
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "demo", "--devices", "4", "--data-dir", str(data)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 120
@@ -51,7 +51,7 @@ def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
         if "agents enrolled and online" in line:
             break
         assert time.monotonic() < deadline, "the demo never got its agents online"
-    assert len(processes_mentioning(str(data))) >= 4  # broker, server, two agents
+    assert len(processes_mentioning(str(data))) >= 6  # broker, server, four agents
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
