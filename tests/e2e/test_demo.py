@@ -9,7 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.support import REPO, edgefleet, last_json_line, processes_mentioning
+
+# The story converts a TFLite bundle and prefers Mosquitto (found on this machine).
+pytestmark = [pytest.mark.mosquitto, pytest.mark.tflite]
 
 
 def test_demo_tells_the_whole_story_and_leaves_no_process(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ import pytest
 from simulation.fleet import free_port, wait_until
 from tests.e2e.stack import Stack
 
+pytestmark = pytest.mark.mosquitto
+
 
 def ip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)

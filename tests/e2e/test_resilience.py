@@ -16,6 +16,8 @@ from agent.state import StateDir
 from simulation.fleet import ServerProcess, wait_until
 from tests.e2e.stack import Stack
 
+pytestmark = pytest.mark.mosquitto
+
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.e2e.support import edgefleet, last_json_line
+
+pytestmark = pytest.mark.mosquitto
 
 
 def test_light_fleet_through_network_loss_and_a_broker_restart_loses_nothing() -> None:
