@@ -1,10 +1,18 @@
-"""Simulated devices for large fleets: real MQTT, real signatures, no model runtime.
+"""The main job and the fleet simulator: real processes, real brokers, real devices or light ones.
 
-``simulation.lightdevice`` runs hundreds to thousands of light devices in one process. Each
-speaks the real MQTT protocol to the real broker with its own credentials, verifies the
-real director signature on its assignments, and answers with the events a real agent sends.
-It deliberately does not load models or run inference: the real agent (``agent/``) is the
-thing to use when that matters.
+    demo.py         ``edgefleet demo``: the whole story (convert, enroll, roll out, halt and roll
+                    back, drift, retrain) with real processes, checked step by step
+    simulate.py     ``edgefleet simulate``: a fleet, a rollout, injected faults, a report
+    fleet.py        the processes: Mosquitto, ``edgefleet server``, ``edgefleet agent``, and the
+                    supervisor that leaves none behind
+    faults.py       which faults, in whom, when (pure)
+    report.py       latency, failures, lost and duplicated messages (pure)
+    load.py         prediction traffic through the agents' local APIs
+    bundles.py      the demo's model versions, including one whose golden samples disagree
+    lightdevice.py  hundreds to thousands of light devices in one process: real MQTT and
+                    signatures, no model runtime
+
+The package exports the light-device API; the rest is used through the CLI.
 """
 
 from __future__ import annotations
