@@ -79,7 +79,9 @@ LOG_LIMIT = 500
 # An action that fails a device feeds the core again; a core that kept answering with more
 # actions would be a bug, and this bound turns it into an error instead of a hang.
 _MAX_ACTION_ROUNDS = 10_000
-_BATCH = 500  # messages the worker applies per transaction at most
+# Messages the worker applies per transaction at most. Each transaction loads and stores the
+# whole rollout document (every device's record), so under a backlog bigger is cheaper per message.
+_BATCH = 2000
 _LOCK_CHUNK = 1000  # device ids per locking statement
 
 
@@ -306,8 +308,11 @@ class RolloutEngine:
                 self._feed(rollout_id, relevant)
 
     def _feed(self, rollout_id: str, inputs: Sequence[_Input]) -> None:
-        self._change(rollout_id, lambda r, now, _s: [a for i in inputs for a in i.feed(r, now)], None,
-                     only_if=lambda r: any(i.matters(r) for i in inputs))
+        # Each input is checked against the state the ones before it left: a repeated "online"
+        # (every report of an updating device says so) changes nothing, and feeding it anyway
+        # would re-evaluate every wave, a pass over the whole fleet; the tick re-evaluates for time.
+        self._change(rollout_id, lambda r, now, _s: [a for i in inputs if i.matters(r) for a in i.feed(r, now)],
+                     None, only_if=lambda r: any(i.matters(r) for i in inputs))
 
     def tick(self) -> int:
         """Advance every live rollout; return how many were ticked. Safe to call from every replica."""
@@ -524,8 +529,10 @@ class RolloutWorker:
             batch: list[tuple[str, bytes]] = []
             try:
                 item = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
-                while item is not None and len(batch) < _BATCH:
+                while item is not None:
                     batch.append(item)
+                    if len(batch) >= _BATCH:
+                        break  # checked before taking the next, which would otherwise be lost
                     item = self._queue.get_nowait()
             except queue.Empty:
                 pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -160,4 +161,29 @@ def test_create_returns_once_stored_and_the_worker_publishes_the_wave_together(d
         assert [sorted(c) for c in pub.calls] == [sorted(topics.desired(d) for d in IDS)]  # one batch
     finally:
         pub.gate.set()
+        worker.stop()
+
+
+def test_the_worker_loses_no_message_when_a_batch_fills(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from fleet_server import rollout_engine
+
+    monkeypatch.setattr(rollout_engine, "_BATCH", 4)
+    engine = RolloutEngine(db, Assignments(db, DirectorSigner.generate(), PartialPublisher(set())))
+    # completed only once every device has committed
+    view = engine.create("digits", "2.0.0", "", RolloutPolicy((100.0,), bake_time=timedelta(0), min_success_rate=1.0))
+    worker = RolloutWorker(engine, interval=60)
+    for device_id in IDS:  # queued before the worker runs: it meets a full backlog
+        worker.submit(topics.events(device_id), json.dumps({"device_id": device_id, "event": "committed",
+                                                            "model": "digits", "version": "2.0.0"}).encode())
+    worker.start()
+    try:
+        pause = threading.Event()
+        for _ in range(200):
+            if engine.get(view["id"])["state"] == "completed":
+                break
+            pause.wait(0.05)
+        assert engine.get(view["id"])["devices"] == {"committed": len(IDS)}
+    finally:
         worker.stop()
