@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgefleet.errors import EdgefleetError
 from simulation.bundles import ONNX_TARGET, TFLITE_TARGET, DemoModels, break_golden
 from simulation.fleet import (
     AgentProcess,
@@ -125,7 +126,7 @@ class Demo:
                 t0 = time.monotonic()
                 try:
                     action(step)
-                except FleetError as exc:
+                except EdgefleetError as exc:  # a process, the API or a wait failed: the step did not happen
                     step.problems.append(str(exc))
                 step.seconds = time.monotonic() - t0
                 self.say(f"      {'ok' if step.ok else 'FAILED: ' + '; '.join(step.problems)} ({step.seconds:.1f} s)")
