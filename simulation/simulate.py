@@ -412,12 +412,12 @@ def register_simulate(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=2026, help="seed of the fault and wave draws")
     p.add_argument("--data-dir", type=Path, help="keep files here (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
-    p.add_argument("--network-loss", metavar="SHARE:DURATION")
-    p.add_argument("--broker-restart", metavar="AT")
-    p.add_argument("--sigkill", type=int, default=0, metavar="N")
-    p.add_argument("--corrupt-download", action="store_true")
-    p.add_argument("--slow-link", metavar="DELAY")
-    p.add_argument("--clock-skew", metavar="SHARE:OFFSET")
+    p.add_argument("--network-loss", metavar="SHARE:DURATION", help="e.g. 30%%:10s: that share loses the network")
+    p.add_argument("--broker-restart", metavar="AT", help="restart the own broker this long into the rollout")
+    p.add_argument("--sigkill", type=int, default=0, metavar="N", help="SIGKILL N updating agents (--processes)")
+    p.add_argument("--corrupt-download", action="store_true", help="alter the served bundle (--processes)")
+    p.add_argument("--slow-link", metavar="DELAY", help="extra time per update step (light devices)")
+    p.add_argument("--clock-skew", metavar="SHARE:OFFSET", help="e.g. 20%%:3600s: that share's clock is off")
     p.set_defaults(handler=_run_simulate)
 
 
