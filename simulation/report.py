@@ -7,7 +7,8 @@ duplicated:
 
 - **lost**: a device whose final outcome the server never learned: the rollout has a result
   for it (committed, failed, rolled back, timed out) that disagrees with what the device runs;
-  devices still in flight (``assigned``) are counted in ``statuses``, not as lost;
+  a device the rollout still counts in flight (``assigned``) is lost if it sent its outcome
+  (light devices keep what they sent), else ``unfinished``;
 - **duplicated**: an outcome event a device published more than once for one assignment.
 
 It deliberately reads no clock, broker or server: the simulator hands it the data.
@@ -70,6 +71,7 @@ def fleet_report(rollouts: Sequence[Mapping[str, Any]], devices: Mapping[str, De
     reasons: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
     lost: list[str] = []
+    unfinished: list[str] = []
     for view in rollouts:
         model, version = view["model"], view["version"]
         for record in view.get("device_records", []):
@@ -83,8 +85,17 @@ def fleet_report(rollouts: Sequence[Mapping[str, Any]], devices: Mapping[str, De
             elif status in ("failed", "timed_out", "rolled_back"):
                 reasons[str(record.get("reason") or status)] += 1
             device = devices.get(device_id)
-            # Still in flight (downloading, in probation): not lost, only not finished yet.
-            if device is None or status in ("pending", "ineligible", "assigned"):
+            if device is None or status in ("pending", "ineligible"):
+                continue
+            if status == "assigned":
+                # The device says it finished (it sent the outcome) but the server never counted it: lost.
+                # Without the device's events (agent processes) it is only unfinished.
+                if device.events is not None and any(
+                        e.get("event") in OUTCOMES and e.get("model") == model and e.get("version") == version
+                        for e in device.events):
+                    lost.append(device_id)
+                else:
+                    unfinished.append(device_id)
                 continue
             runs_it = device.running.get(model) == version
             if runs_it != (status == "committed"):
@@ -92,4 +103,5 @@ def fleet_report(rollouts: Sequence[Mapping[str, Any]], devices: Mapping[str, De
     duplicates = sum(duplicated_outcomes(d.events) for d in devices.values() if d.events is not None)
     return {"devices": len(devices), "statuses": dict(statuses), "update_latency": latency_stats(latencies),
             "latency_by_device": per_device, "failures_by_reason": dict(reasons),
-            "messages": {"lost": len(lost), "lost_devices": sorted(lost), "duplicated": duplicates}}
+            "messages": {"lost": len(lost), "lost_devices": sorted(lost), "duplicated": duplicates},
+            "unfinished": sorted(unfinished)}

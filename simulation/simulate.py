@@ -346,7 +346,8 @@ class Simulation:
                           "halt_reason": v["halt_reason"], "devices": v["devices"]} for v in views],
             "faults": self.fault_log, "fault_plan": self.options.faults.to_dict(),
         })
-        report["ok"] = report["messages"]["lost"] == 0
+        # Lost messages fail the run, and so do devices still without an outcome at the end.
+        report["ok"] = report["messages"]["lost"] == 0 and not report["unfinished"]
         return report
 
 
@@ -442,6 +443,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
                                f"over {latency['count']} device(s)"),
             ("failures", report["failures_by_reason"] or "none"),
             ("messages", f"{report['messages']['lost']} lost, {report['messages']['duplicated']} duplicated"),
+            ("unfinished", f"{len(report['unfinished'])} device(s) still without an outcome"),
             ("faults", "; ".join(f"{f['fault']} at {f['at_s']} s" for f in report["faults"]) or "none"),
         ]))
     if options.data_dir is None:

@@ -42,6 +42,17 @@ def test_report_counts_latency_failures_and_lost_outcomes() -> None:
     assert report["latency_by_device"] == {"a": 1.5, "b": 3.0}
 
 
+def test_in_flight_devices_are_lost_only_if_they_sent_their_outcome() -> None:
+    rollout = {"model": "m", "version": "1.0.0", "device_records": [record("a", "assigned"), record("b", "assigned"),
+                                                                     record("c", "assigned")]}
+    devices = {"a": DeviceView("a", {"m": "1.0.0"}, [event("assigned", 1), event("committed", 1)]),
+               "b": DeviceView("b", {}, [event("assigned", 1)]),
+               "c": DeviceView("c", {"m": "1.0.0"})}  # an agent process: its events are not known
+    report = fleet_report([rollout], devices)
+    assert report["messages"]["lost_devices"] == ["a"]
+    assert report["unfinished"] == ["b", "c"]
+
+
 def test_a_consistent_fleet_loses_nothing() -> None:
     rollout = {"model": "m", "version": "1.0.0",
                "device_records": [record("a", "committed", 1.0), record("b", "rolled_back", reason="probation_failed")]}
