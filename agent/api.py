@@ -100,39 +100,13 @@ _NAN_ERROR = ("the model produced NaN or infinity for this input", "check the mo
 
 
 def _encode(document: Any) -> bytes:
-    """A route's answer as JSON bytes (predictions come pre-encoded)."""
+    """A route's answer as JSON bytes (a prediction's comes already encoded)."""
     if isinstance(document, bytes):
         return document
     try:
         return _json_body(document)
     except ValueError as exc:  # NaN/infinity: strict JSON clients could not parse the answer
         raise HttpError(500, *_NAN_ERROR) from exc
-
-
-class _PredictionEncoder:
-    """``PredictionResult.to_dict()`` as JSON bytes without building the dict: the constant
-    ``{"model":..,"version":..,"request_id":"`` part is encoded once per model version."""
-
-    def __init__(self) -> None:
-        self._prefixes: dict[tuple[str, str], bytes] = {}
-
-    def __call__(self, result: PredictionResult) -> bytes:
-        key = (result.model, result.version)
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            if len(self._prefixes) > 64:  # versions come and go; never grow without bound
-                self._prefixes.clear()
-            prefix = self._prefixes[key] = (
-                f'{{"model":{json.dumps(result.model)},"version":{json.dumps(result.version)},"request_id":'
-            ).encode()
-        try:
-            parts = [prefix, _json_body(result.request_id), b',"predictions":', _json_body(result.predictions)]
-            if result.probabilities is not None:
-                parts += [b',"probabilities":', _json_body(result.probabilities)]
-        except ValueError as exc:  # NaN/infinity
-            raise HttpError(500, *_NAN_ERROR) from exc
-        parts.append(b"}")
-        return b"".join(parts)
 
 
 def _predict_error(exc: AgentError) -> HttpError:
@@ -174,7 +148,6 @@ class ApiServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._ewma_ms: dict[str, float] = {}
-        self._encode_prediction = _PredictionEncoder()
         self.tcp_address: tuple[str, int] | None = None
         self.socket_path: Path | None = None
         self._draining = False
@@ -340,7 +313,7 @@ class ApiServer:
     def _predicted(self, name: str, result: PredictionResult) -> bytes:
         previous = self._ewma_ms.get(name, result.latency_ms)
         self._ewma_ms[name] = 0.8 * previous + 0.2 * result.latency_ms
-        return self._encode_prediction(result)
+        return _encode(result.to_dict())
 
     async def _predict(self, name: str, body: bytes) -> bytes:
         payload = self._decode(name, body)
