@@ -132,6 +132,10 @@ class IssuedAssignment:
 def eligible_target(session: Session, device: DeviceRow, name: str, version: str) -> ModelTarget:
     """The TUF target for ``name@version`` if ``device`` may run it; else raise IneligibleError."""
     row = session.scalars(select(ModelRow).where(ModelRow.name == name, ModelRow.version == version)).one_or_none()
+    return _eligible(row, device, name, version)
+
+
+def _eligible(row: ModelRow | None, device: DeviceRow, name: str, version: str) -> ModelTarget:
     if row is None:
         raise IneligibleError(f"model {name}@{version} is not published", reason="unknown_version",
                               fix=f"push it first: edgefleet models push {name}-{version}.tar.gz")
@@ -144,6 +148,21 @@ def eligible_target(session: Session, device: DeviceRow, name: str, version: str
             f"not for device {device.id}'s profile {device.profile}", reason="profile_not_validated",
             fix=f"convert the model for {device.profile} and push that bundle")
     return ModelTarget(row.version, row.target_path, row.sha256, row.length)
+
+
+class _ModelCache:
+    """Model rows read once per issuing pass: a wave names one or two versions thousands of times."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.rows: dict[tuple[str, str], ModelRow | None] = {}
+
+    def target(self, device: DeviceRow, name: str, version: str) -> ModelTarget:
+        key = (name, version)
+        if key not in self.rows:
+            self.rows[key] = self.session.scalars(select(ModelRow).where(ModelRow.name == name,
+                                                                        ModelRow.version == version)).one_or_none()
+        return _eligible(self.rows[key], device, name, version)
 
 
 def _targets(data: Mapping[str, Any]) -> dict[str, ModelTarget]:
@@ -173,61 +192,107 @@ class Assignments:
         """Change ``device_id``'s desired map by ``models`` (name -> version, None removes) and sign it.
 
         Runs in ``session``'s transaction and does not commit or publish: the caller commits,
-        then calls ``publish``. Raises IneligibleError (nothing stored, counter unchanged once the
-        caller rolls back) if any model in the resulting map may not go to this device.
+        then calls ``publish``. Raises IneligibleError (nothing stored, counter unchanged) if
+        any model in the resulting map may not go to this device, NotFoundError if there is no
+        such device.
+        """
+        issued, refused = self.next_assignments(session, {device_id: models}, rollout_id, now, ttl)
+        if refused:
+            raise refused[device_id]
+        return issued[0]
+
+    def next_assignments(self, session: Session, changes: Mapping[str, Mapping[str, str | None]],
+                         rollout_id: str | None, now: datetime, ttl: timedelta | None = None
+                         ) -> tuple[list[IssuedAssignment], dict[str, IneligibleError | NotFoundError]]:
+        """``next_assignment`` for many devices at once (device -> model changes), set-based.
+
+        Returns what was issued and, per refused device, why; a refused device leaves no trace
+        (its counter and envelope unchanged) and the others are issued all the same. A wave of
+        thousands costs a handful of statements instead of several round trips per device.
         """
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         lifetime = ttl or self.ttl
-        # Check before writing anything, so a refusal leaves the transaction clean for the
-        # caller (the rollout engine goes on with its other devices).
-        self._desired_targets(session, device_id, models)
-        # The UPDATE takes the device's row lock (SQLite: the writer lock) until commit, so
-        # the map we re-read below is what the previous issuer committed, never a concurrent
-        # replica's half-way state; the re-check covers a yank that landed in between.
-        counter = session.execute(
-            update(DeviceRow).where(DeviceRow.id == device_id, DeviceRow.status == ENROLLED)
-            .values(assignment_counter=DeviceRow.assignment_counter + 1)
-            .returning(DeviceRow.assignment_counter)
-        ).scalar_one_or_none()
-        if counter is None:
-            raise IneligibleError(f"device {device_id} was revoked meanwhile and gets no assignments",
-                                  reason="device_revoked")
-        targets, current = self._desired_targets(session, device_id, models)
+        ids = sorted(changes)
+        # Lock first, then read: the maps and statuses read below are what the previous issuer
+        # committed, never a concurrent replica's half-way state, and two replicas issuing to
+        # overlapping devices queue on the locks (taken in id order: no deadlock).
+        devices = self._lock_devices(session, ids)
+        current = {r.device_id: r for start in range(0, len(ids), _IN_CHUNK) for r in session.scalars(
+            select(DeviceAssignmentRow).where(DeviceAssignmentRow.device_id.in_(ids[start:start + _IN_CHUNK]))
+            .execution_options(populate_existing=True))}
+        refused: dict[str, IneligibleError | NotFoundError] = {}
+        wanted: dict[str, dict[str, ModelTarget]] = {}
+        models = _ModelCache(session)
+        for device_id in ids:
+            try:
+                wanted[device_id] = self._desired_targets(devices.get(device_id), device_id, current.get(device_id),
+                                                          changes[device_id], models)
+            except (IneligibleError, NotFoundError) as exc:
+                refused[device_id] = exc
+        counters: dict[str, int] = {}
+        eligible = [d for d in ids if d in wanted]
+        for start in range(0, len(eligible), _IN_CHUNK):
+            counters.update({d: c for d, c in session.execute(
+                update(DeviceRow).where(DeviceRow.id.in_(eligible[start:start + _IN_CHUNK]),
+                                        DeviceRow.status == ENROLLED)
+                .values(assignment_counter=DeviceRow.assignment_counter + 1)
+                .returning(DeviceRow.id, DeviceRow.assignment_counter)
+                .execution_options(synchronize_session=False))})
         issued_at = now.astimezone(UTC).replace(microsecond=0)
-        assignment = Assignment(device_id, counter, issued_at, issued_at + lifetime, rollout_id, targets)
-        envelope = self.signer.sign(assignment)
-        row = current or DeviceAssignmentRow(device_id=device_id, published_counter=0)
-        row.counter = counter
-        row.models = _dump(targets)
-        row.rollout_id = rollout_id
-        row.envelope = envelope.decode()
-        row.issued_at = issued_at
-        row.expires_at = assignment.expires_at
-        row.refresh_after = issued_at + lifetime / 2
-        if current is None:
-            session.add(row)
+        issued = []
+        for device_id in eligible:
+            counter = counters.get(device_id)
+            if counter is None:  # cannot happen under the lock; refuse rather than sign a guess
+                refused[device_id] = IneligibleError(f"device {device_id} was revoked meanwhile and gets no "
+                                                     "assignments", reason="device_revoked")
+                continue
+            targets = wanted[device_id]
+            assignment = Assignment(device_id, counter, issued_at, issued_at + lifetime, rollout_id, targets)
+            envelope = self.signer.sign(assignment)
+            row = current.get(device_id) or DeviceAssignmentRow(device_id=device_id, published_counter=0)
+            row.counter = counter
+            row.models = _dump(targets)
+            row.rollout_id = rollout_id
+            row.envelope = envelope.decode()
+            row.issued_at = issued_at
+            row.expires_at = assignment.expires_at
+            row.refresh_after = issued_at + lifetime / 2
+            if device_id not in current:
+                session.add(row)
+            issued.append(IssuedAssignment(device_id, counter, envelope, targets, rollout_id, assignment.expires_at))
         session.flush()
-        return IssuedAssignment(device_id, counter, envelope, targets, rollout_id, assignment.expires_at)
+        return issued, refused
 
-    def _desired_targets(self, session: Session, device_id: str, models: Mapping[str, str | None]
-                         ) -> tuple[dict[str, ModelTarget], DeviceAssignmentRow | None]:
+    def _lock_devices(self, session: Session, ids: Sequence[str]) -> dict[str, DeviceRow]:
+        """Row-lock and read the devices ``ids`` (sorted) in id order."""
+        if self.db.engine.dialect.name == "sqlite" and ids:
+            # SQLite has no row locks: a write takes the database's writer lock before we read.
+            session.execute(update(DeviceRow).where(DeviceRow.id.in_(ids[:1])).values(id=DeviceRow.id)
+                            .execution_options(synchronize_session=False))
+        rows: dict[str, DeviceRow] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            rows.update({r.id: r for r in session.scalars(
+                select(DeviceRow).where(DeviceRow.id.in_(ids[start:start + _IN_CHUNK])).order_by(DeviceRow.id)
+                .with_for_update().execution_options(populate_existing=True))})
+        return rows
+
+    @staticmethod
+    def _desired_targets(device: DeviceRow | None, device_id: str, current: DeviceAssignmentRow | None,
+                         models: Mapping[str, str | None], cache: _ModelCache) -> dict[str, ModelTarget]:
         """The device's desired map changed by ``models``, every entry checked for this device."""
-        device = session.get(DeviceRow, device_id, populate_existing=True)
         if device is None:
             raise NotFoundError(f"device {device_id} is not enrolled", fix="list devices with `edgefleet devices list`")
         if device.status != ENROLLED:
             raise IneligibleError(f"device {device_id} is {device.status} and gets no assignments",
                                   reason="device_revoked")
-        current = session.get(DeviceAssignmentRow, device_id, populate_existing=True)
         wanted = {n: t.version for n, t in (_targets(current.models) if current else {}).items()}
         for name, version in models.items():
             if version is None:
                 wanted.pop(name, None)
             else:
                 wanted[name] = version
-        targets = {name: eligible_target(session, device, name, version) for name, version in sorted(wanted.items())}
-        return targets, current
+        return {name: cache.target(device, name, version) for name, version in sorted(wanted.items())}
 
     # -- convenience: issue, commit, publish ------------------------------------------------
 

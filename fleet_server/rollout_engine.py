@@ -52,7 +52,6 @@ from fleet_server.assignments import (
     ENROLLED,
     Assignments,
     DeviceAssignmentRow,
-    IneligibleError,
     IssuedAssignment,
 )
 from fleet_server.db import Base, Database, DeviceRow, ModelRow, UTCDateTime
@@ -188,6 +187,10 @@ def _parse(topic: str, payload: bytes) -> list[_Input]:
         inputs += _event_inputs(device_id, {"event": update_["state"], "model": update_.get("model"),
                                             "version": update_["version"], "reason": update_.get("reason")})
     return inputs
+
+
+def _version(action: AssignVersion | AssignPrevious) -> str:
+    return action.version if isinstance(action, AssignVersion) else action.previous_version
 
 
 class RolloutEngine:
@@ -399,21 +402,35 @@ class RolloutEngine:
                 raise ServerError(f"rollout {rollout.id} produced actions without end", fix="report this bug")
             action = pending.pop(0)
             if isinstance(action, AssignVersion | AssignPrevious):
-                if action.device_id not in locked:
-                    locked |= self._lock_devices(session, [a.device_id for a in [action, *pending]
+                # Issue the run of assignments at the front together (one device at most once per
+                # run, so each is issued against the map the one before it stored).
+                run: list[AssignVersion | AssignPrevious] = [action]
+                in_run = {action.device_id}
+                while pending:
+                    head = pending[0]
+                    if not isinstance(head, AssignVersion | AssignPrevious) or head.device_id in in_run:
+                        break
+                    run.append(head)
+                    in_run.add(head.device_id)
+                    del pending[0]
+                if not in_run <= locked:
+                    locked |= self._lock_devices(session, [a.device_id for a in [*run, *pending]
                                                            if isinstance(a, AssignVersion | AssignPrevious)])
-                version = action.version if isinstance(action, AssignVersion) else action.previous_version
-                try:
-                    issued[action.device_id] = self.assignments.next_assignment(
-                        session, action.device_id, {action.model: version}, rollout.id, now)
-                    sent_back += isinstance(action, AssignPrevious)
-                except (IneligibleError, NotFoundError) as exc:
-                    self._log(row, now, f"{action.device_id}: not assigned {action.model}@{version}: {exc.message}")
-                    if isinstance(action, AssignVersion):
+                done, refused = self.assignments.next_assignments(
+                    session, {a.device_id: {a.model: _version(a)} for a in run}, rollout.id, now)
+                issued.update({i.device_id: i for i in done})
+                for assign in run:
+                    exc = refused.get(assign.device_id)
+                    if exc is None:
+                        sent_back += isinstance(assign, AssignPrevious)
+                        continue
+                    self._log(row, now, f"{assign.device_id}: not assigned {assign.model}@{_version(assign)}: "
+                                        f"{exc.message}")
+                    if isinstance(assign, AssignVersion):
                         # The core thought the device eligible; tell it, so it counts as failed.
-                        pending += rollout.device_event(action.device_id, "failed", now,
+                        pending += rollout.device_event(assign.device_id, "failed", now,
                                                         f"not assignable: {getattr(exc, 'reason', 'unknown')}",
-                                                        action.version)
+                                                        assign.version)
             elif isinstance(action, Halt):
                 log.warning("rollout %s halted: %s", rollout.id, action.reason)
                 self._log(row, now, f"halted: {action.reason}")

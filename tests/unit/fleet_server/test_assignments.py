@@ -142,3 +142,22 @@ def test_refresh_skips_a_device_whose_version_was_yanked(db: Database) -> None:
         s.execute(update(ModelRow).where(ModelRow.version == "1.0.0").values(yanked=True))
     assert service.maintain(T0 + timedelta(hours=1, minutes=1)) == (0, 0)
     assert counters(db)["dev-1"] == 1
+
+
+def test_a_batch_issues_the_eligible_and_refuses_the_rest_without_a_trace(db: Database) -> None:
+    from fleet_server.errors import NotFoundError
+
+    signer = DirectorSigner.generate()
+    service = Assignments(db, signer, RecordingPublisher())
+    service.assign("dev-1", {"kws": "0.1.0"}, None, T0)
+    with db.session() as s:
+        issued, refused = service.next_assignments(s, {
+            "dev-1": {"digits": "1.0.0"}, "dev-jetson": {"digits": "1.0.0"}, "dev-revoked": {"digits": "1.0.0"},
+            "dev-nobody": {"digits": "1.0.0"}}, "ro-b", T0)
+    assert [(i.device_id, i.counter) for i in issued] == [("dev-1", 2)]
+    assert _verify(signer, issued[0].envelope, last=1) == {"digits": "1.0.0", "kws": "0.1.0"}  # map kept
+    assert {d: getattr(e, "reason", type(e).__name__) for d, e in refused.items()} == {
+        "dev-jetson": "profile_not_validated", "dev-revoked": "device_revoked", "dev-nobody": "NotFoundError"}
+    assert isinstance(refused["dev-nobody"], NotFoundError)
+    assert counters(db) == {"dev-1": 2, "dev-jetson": 0, "dev-revoked": 0}
+    assert service.latest_envelope("dev-1") == issued[0].envelope and service.latest_envelope("dev-jetson") is None
