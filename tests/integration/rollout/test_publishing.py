@@ -187,3 +187,42 @@ def test_the_worker_loses_no_message_when_a_batch_fills(db: Database, monkeypatc
         assert engine.get(view["id"])["devices"] == {"committed": len(IDS)}
     finally:
         worker.stop()
+
+
+def test_presence_batches_and_rollout_changes_never_deadlock_on_postgresql(postgres_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from fleet_server.devices import Devices, UnmanagedBroker
+    from fleet_server.presence import PresenceUpdate
+
+    database = Database(postgres_url)
+    database.migrate()
+    add_model(database, "digits", "2.0.0")
+    for device_id in IDS:
+        add_device(database, device_id)
+    devices = Devices(database, UnmanagedBroker())
+    engine = RolloutEngine(database, Assignments(database, DirectorSigner.generate(), PartialPublisher(set())))
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def presence() -> None:
+        # Batches in the opposite order to the rollout's waves: without one lock order for
+        # both, PostgreSQL aborts one of two such transactions as a deadlock.
+        at = datetime.now(UTC)
+        try:
+            while not done.is_set():
+                devices.record_presences([PresenceUpdate(d, at, True) for d in reversed(IDS)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=presence)
+    writer.start()
+    try:
+        for seed in range(4):
+            view = engine.create("digits", "2.0.0", "", RolloutPolicy((100.0,)), seed=seed)
+            engine.abort(view["id"])
+    finally:
+        done.set()
+        writer.join(30)
+        database.dispose()
+    assert errors == []
