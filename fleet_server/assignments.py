@@ -1,12 +1,13 @@
 """Signed per-device assignments: what each device should run, issued, stored and published.
 
-Every device has one desired model map (model name -> version). ``Assignments.next_assignment``
-changes that map, bumps the device's ``assignment_counter`` IN THE DATABASE (an
-``UPDATE ... SET assignment_counter = assignment_counter + 1 RETURNING``, which row-locks the
-device on PostgreSQL until commit and takes SQLite's single writer lock), signs the new
-document with the director key, and stores the envelope as the device's latest. Two server
-replicas therefore never issue the same counter to a device, and a failed transaction
-(an ineligible model, a crash) leaves the counter where it was.
+Every device has one desired model map (model name -> version). ``Assignments.next_assignments``
+changes the maps of many devices at once (``next_assignment``: one): it locks the devices'
+rows in id order (``SELECT ... FOR UPDATE`` on PostgreSQL, SQLite's single writer lock), reads
+their maps, checks every entry, bumps the eligible devices' ``assignment_counter`` IN THE
+DATABASE in one ``UPDATE ... SET assignment_counter = assignment_counter + 1 RETURNING``, signs
+each new document with the director key, and stores the envelopes as the devices' latest. Two
+server replicas therefore never issue the same counter to a device, and a refused device or a
+failed transaction (a crash) leaves the counter where it was.
 
 Publishing is separate from issuing because the rollout engine issues inside its own
 transaction and may publish only after it commits: ``publish_all`` sends the envelopes retained
