@@ -87,6 +87,7 @@ class ServerContext:
         self.rollouts: Any = None  # fleet_server.rollout_engine.RolloutEngine once the network is up
         self.rollout_worker: Any = None
         self.ingest: Any = None  # fleet_server.ingest.TelemetryIngest once the network is up
+        self.presence: Any = None  # fleet_server.mqtt.PresenceIngest once the network is up
         self.broker_url: str | None = config.broker_url
         self._opened = False
 
@@ -194,7 +195,8 @@ class ServerContext:
         # Credentials in the URL (mqtt://user:pass@host) win; the embedded broker needs none.
         own_login = not embedded and urlsplit(self.broker_url).username is None
         self.ingest = TelemetryIngest(self.db, clock=self.clock).start()
-        fanout = Fanout([PresenceIngest(self.devices, self.clock), self.ingest])
+        self.presence = PresenceIngest(self.devices, self.clock)
+        fanout = Fanout([self.presence, self.ingest])
         # Telemetry goes to the ingest alone; reported and events to presence, ingest and the rollout worker.
         self.mqtt = TelemetryMqtt(self.broker_url, handler=route_telemetry(self.ingest, fanout),
                               username=self.config.mqtt_username if own_login else None,
@@ -202,7 +204,7 @@ class ServerContext:
                               shared=not embedded,
                               ca_file=str(self.config.broker_ca_file) if self.config.broker_ca_file else None).start()
         # The rollout engine publishes assignments over the same connection; its worker gets
-        # every device message after presence has been stored.
+        # every device message too (presence is queued for its own batched writer).
         self.rollouts = RolloutEngine(self.db, Assignments(self.db, self.keys.director, self.mqtt), clock=self.clock)
         self.rollout_worker = RolloutWorker(self.rollouts, self.config.rollout_interval_seconds).start()
         fanout.handlers.append(self.rollout_worker.submit)
@@ -245,6 +247,9 @@ class ServerContext:
         if self.ingest is not None:
             self.ingest.stop()  # after MQTT: what was queued is still written
             self.ingest = None
+        if self.presence is not None:
+            self.presence.drain()  # before the database goes away
+            self.presence = None
         if self.embedded_broker is not None:
             self.embedded_broker.stop()
             self.embedded_broker = None
