@@ -17,22 +17,34 @@ find_python() {
     return 1
 }
 
-# ensure_venv DIR EXTRAS [PIP_ARGS...]: make DIR a venv with edgefleet[EXTRAS] installed (editable).
+# ensure_venv DIR EXTRAS [FILES...]: make DIR a venv with edgefleet[EXTRAS] installed (editable).
+# The stamp keeps the hash of pyproject.toml (and FILES) and the extras installed so far, so
+# `scripts/demo` after `scripts/test` (or the reverse) installs nothing new.
 ensure_venv() {
     local venv="$1" extras="$2"
     shift 2
     local stamp="$venv/.edgefleet-stamp"
-    local want
-    want="$(cat pyproject.toml "$@" 2>/dev/null | sha256sum | cut -c1-16)-$extras"
+    local hash have_hash have_extras
+    hash="$(cat pyproject.toml "$@" 2>/dev/null | sha256sum | cut -c1-16)"
+    have_hash="$(cut -d' ' -f1 "$stamp" 2>/dev/null || true)"
+    have_extras="$(cut -s -d' ' -f2 "$stamp" 2>/dev/null || true)"
     if [ ! -x "$venv/bin/python" ]; then
         echo "==> creating $venv" >&2
         "$(find_python)" -m venv "$venv"
+        have_hash=""
     fi
-    if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
-        echo "==> installing edgefleet[$extras] into $venv (first run only; later runs reuse it)" >&2
+    local missing="" e
+    for e in ${extras//,/ }; do
+        case ",$have_extras," in *",$e,"*) ;; *) missing="$missing $e" ;; esac
+    done
+    if [ "$have_hash" != "$hash" ] || [ -n "$missing" ]; then
+        local union
+        if [ "$have_hash" = "$hash" ] && [ -n "$have_extras" ]; then union="$have_extras,$extras"; else union="$extras"; fi
+        union="$(echo "$union" | tr ',' '\n' | sort -u | paste -sd, -)"
+        echo "==> installing edgefleet[$union] into $venv (first run only; later runs reuse it)" >&2
         "$venv/bin/python" -m pip install -q --disable-pip-version-check -U pip setuptools wheel
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
-        echo "$want" >"$stamp"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$union]"
+        echo "$hash $union" >"$stamp"
     fi
 }
 
