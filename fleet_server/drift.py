@@ -265,6 +265,12 @@ class DriftReport:
         return max((f.psi for f in self.features), default=0.0)
 
     @property
+    def rows(self) -> int:
+        """Input rows merged into the report: every row lands in one bin of each feature, so the
+        features agree; the largest is taken in case a device skipped a feature's value."""
+        return max((f.rows for f in self.features), default=0)
+
+    @property
     def band(self) -> str:
         """The worst band of any feature (``no data`` when no feature has counts)."""
         scored = [f.band for f in self.features if f.band != "no data"]
@@ -278,7 +284,7 @@ class DriftReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "version": self.version, "group": self.group, "devices": self.devices,
-            "band": self.band, "max_psi": round(self.max_psi, 6),
+            "band": self.band, "max_psi": round(self.max_psi, 6), "rows": self.rows,
             "features": [f.to_dict() for f in self.features],
             "output": self.output.to_dict() if self.output else None,
             "requests": self.totals.count, "error_rate": self.totals.error_rate, "accuracy": self.totals.accuracy,
