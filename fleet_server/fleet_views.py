@@ -12,6 +12,11 @@ observations. Three consumers:
 * ``observations``    every value the alert rules watch (drift, accuracy, error rate,
   devices offline, halted rollouts).
 
+A drift alert judges exactly the figure ``model_drift`` shows: both add the same rows (the
+window ``telemetry_window_seconds`` back from the same moment) with the same
+``_device_counts`` and score them with the same ``fleet_drift``; an observation also carries
+the rows merged into it, so the rule can ignore a group that has too few to mean anything.
+
 Read-only: it never writes, and reads the ``rollouts`` table only for its ``state`` column.
 """
 

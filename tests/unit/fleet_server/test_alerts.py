@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +29,7 @@ from fleet_server.alert_sinks import (
     sinks_from_config,
 )
 from fleet_server.alerts import (
+    DEFAULT_DRIFT_MIN_ROWS,
     AlertConfigError,
     AlertEvaluator,
     AlertEvent,
@@ -111,6 +113,38 @@ def test_missing_data_neither_fires_nor_resolves() -> None:
     assert len(evaluator.active()) == 1
 
 
+def test_drift_from_fewer_rows_than_min_rows_neither_fires_nor_resolves() -> None:
+    evaluator = AlertEvaluator([replace(DRIFT, min_rows=200)])
+    subject = "digits@1.0.0 site=a"
+    # 24 unshifted rows score a PSI of ~1.7 (the demo's false alarm): not evidence either way.
+    assert evaluator.evaluate([Observation("drift", subject, 1.7, rows=24)], now=0.0) == []
+    assert evaluator.state() == []
+    (fired,) = evaluator.evaluate([Observation("drift", subject, 0.4, rows=200)], now=60.0)
+    assert fired.state == "firing" and fired.value == 0.4
+    assert evaluator.evaluate([Observation("drift", subject, 0.01, rows=199)], now=120.0) == []
+    assert [e.subject for e in evaluator.active()] == [subject]
+    (resolved,) = evaluator.evaluate([Observation("drift", subject, 0.01, rows=450)], now=180.0)
+    assert resolved.state == "resolved"
+
+
+def test_min_rows_applies_to_drift_only_and_zero_judges_any_sample() -> None:
+    offline = Rule("down", "offline", threshold=0.5, match="fleet")
+    evaluator = AlertEvaluator([replace(DRIFT, min_rows=0), offline])
+    events = evaluator.evaluate([Observation("drift", "digits@1.0.0", 3.0, rows=10),
+                                 Observation("offline", "fleet", 2.0)], now=0.0)
+    assert sorted(e.rule.name for e in events) == ["digits-drift", "down"]
+
+
+def test_drift_observations_carry_the_rows_of_their_report() -> None:
+    reference = ReferenceProfile.from_dict({"rows": 100, "features": [
+        {"name": "f0", "edges": [0.0, 1.0, 2.0, 3.0], "counts": [30, 40, 30]}]})
+    devices = [DeviceCounts(f"d{i}", "rpi4-64", {"site": site}, ((n, 10, 10),), (), Totals())
+               for i, (site, n) in enumerate([("a", 20), ("a", 5), ("b", 7)])]
+    observations = drift_observations(fleet_drift("digits", "1.0.0", reference, devices, by="site"))
+    rows = {o.subject: o.rows for o in observations}
+    assert rows == {"digits@1.0.0 site=a": 65, "digits@1.0.0 site=b": 27}
+
+
 def test_a_restarted_evaluator_keeps_its_episodes_and_does_not_fire_again() -> None:
     first = AlertEvaluator([DRIFT])
     (fired,) = first.evaluate([Observation("drift", "digits@1.0.0", 0.4)], now=0.0)
@@ -168,6 +202,7 @@ band = "drift"
 match = "digits@*"
 for_s = 300
 retrain = true
+min_rows = 500
 
 [[alerts.rules]]
 name = "accuracy-floor"
@@ -184,6 +219,7 @@ def test_rules_are_read_from_the_alerts_table_of_a_toml_file(tmp_path: Path) -> 
     drift, accuracy = config.rules
     assert (drift.threshold, drift.resolve_at, drift.for_s, drift.retrain) == (0.25, 0.1, 300.0, True)
     assert (accuracy.direction, accuracy.threshold, accuracy.resolve_at) == ("below", 0.8, 0.85)
+    assert drift.min_rows == 500 and accuracy.min_rows == DEFAULT_DRIFT_MIN_ROWS == 200
     assert config.webhook_timeout_s == 2.0 and config.retrain_command == ("/usr/bin/env", "retrain")
     assert [s.name for s in sinks_from_config(config)] == ["log", "webhook", "retrain"]
     assert load_alert_config({}).rules == ()
@@ -200,6 +236,10 @@ def test_rules_are_read_from_the_alerts_table_of_a_toml_file(tmp_path: Path) -> 
     ({"rules": [{"name": "x", "kind": "drift", "threshold": 0.2}] * 2}, "used twice"),
     ({"rules": [{"name": "x", "kind": "drift", "threshold": 0.2, "retrain": True}]}, "no retrain_command"),
     ({"rules": [{"name": "x", "kind": "drift", "threshold": float("nan")}]}, "must be finite"),
+    ({"rules": [{"name": "x", "kind": "offline", "threshold": 1, "min_rows": 10}]}, "min_rows is only for drift"),
+    ({"rules": [{"name": "x", "kind": "drift", "threshold": 0.2, "min_rows": 50.5}]}, "min_rows must be a whole"),
+    ({"rules": [{"name": "x", "kind": "drift", "threshold": 0.2, "min_rows": True}]}, "min_rows must be a whole"),
+    ({"rules": [{"name": "x", "kind": "drift", "threshold": 0.2, "min_rows": -1}]}, "min_rows must be a whole"),
     ({"webhook": "ftp://x"}, "not an http(s) URL"),
     ({"webhok": "http://x"}, "unknown key(s) webhok"),
 ])

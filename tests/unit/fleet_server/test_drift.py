@@ -105,6 +105,15 @@ def test_fleet_psi_is_the_psi_of_the_summed_counts_the_agent_would_compute() -> 
     assert report.features[0].psi == pytest.approx(telemetry.psi(summed, REFERENCE["features"][0]["counts"]))
 
 
+def test_a_report_counts_the_rows_merged_into_it() -> None:
+    devices = [device("a1", "a", 0.0, 1), device("a2", "a", 0.0, 2), device("b1", "b", 2.0, 3)]
+    reports = {r.group: r for r in fleet_drift("digits", "1.0.0", PROFILE, devices, by="site")}
+    # 3 batches of 400 rows per device; a batch without features carries its counts to the next.
+    assert (reports["site=a"].rows, reports["site=b"].rows) == (2400, 1200)
+    assert reports["site=a"].to_dict()["rows"] == 2400
+    assert fleet_drift("digits", "1.0.0", PROFILE, [], by="site") == []
+
+
 def test_no_data_is_not_stable() -> None:
     assert fleet_drift("digits", "1.0.0", PROFILE, []) == []
     report = drift_report("digits", "1.0.0", PROFILE, merge(FLEET, []))
