@@ -80,7 +80,8 @@ def test_agents_report_drift_accuracy_and_agree_with_the_server(
         rows, truth = _validation()
         # 300 rows: with a few dozen, the worst of 64 features' PSI is noisy enough to cross 0.25 alone.
         rows, truth = rows[:300], truth[:300]
-        washed = [[16.0] * 64 for _ in range(20)]
+        # 200 rows: the drift rule judges a group only from its default min_rows (200) merged rows.
+        washed = [[16.0] * 64 for _ in range(200)]
         answers = [_predict(f"{site_a.url}/v1/models/digits/predict", rows[i:i + 30]) for i in range(0, 300, 30)]
         edge_b = _predict(f"{site_b.url}/v1/models/digits/predict", washed)
         feedback = [{"request_id": a["request_id"], "label": truth[30 * i + r], "row": r}
@@ -95,7 +96,7 @@ def test_agents_report_drift_accuracy_and_agree_with_the_server(
             groups = {g["group"]: g for g in view["groups"]}
             rows_seen = {name: max((f["rows"] for f in g["features"]), default=0) for name, g in groups.items()}
             labels = sum(v["labels"] for v in view["versions"])
-            done_ = rows_seen.get("site=a") == 300 and rows_seen.get("site=b") == 20 and labels == 60
+            done_ = rows_seen.get("site=a") == 300 and rows_seen.get("site=b") == 200 and labels == 60
             return view if done_ else None
 
         assert eventually(drift_view, timeout=30), (site_a.log()[-2000:], server.ctx.ingest.counts())
