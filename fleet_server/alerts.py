@@ -163,16 +163,13 @@ class Rule:
         if "min_rows" in data and kind != "drift":
             raise _config_error(f"alert rule {name!r}: min_rows is only for drift rules",
                                 fix="drop min_rows, or use it with kind = \"drift\"")
-        if isinstance(min_rows, bool) or not isinstance(min_rows, int):
-            raise _config_error(f"alert rule {name!r}: min_rows must be a whole number of rows, got {min_rows!r}",
-                                fix="e.g. min_rows = 200")
         match = data.get("match", "*")
         if not isinstance(match, str) or not isinstance(data.get("retrain", False), bool):
             raise _config_error(f"alert rule {name!r}: match must be a string and retrain a boolean")
         return cls(name=str(name), kind=str(kind), threshold=float(threshold),
                    resolve=None if resolve is None else float(resolve), match=match,
                    for_s=float(data.get("for_s", 0.0)), retrain=bool(data.get("retrain", False)),
-                   min_rows=min_rows)
+                   min_rows=min_rows)  # __post_init__ refuses a fraction, a bool or a negative
 
 
 @dataclass(frozen=True)
