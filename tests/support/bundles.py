@@ -17,8 +17,6 @@ import tempfile
 from pathlib import Path
 
 from converter import ConvertOptions, ExampleFiles, convert, write_example
-from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
-from edgefleet.canonical import pretty_json
 
 
 @functools.cache
@@ -60,18 +58,8 @@ def make_broken_bundle(tmp_dir: Path, *, name: str = "digits-broken", version: s
     shifted by one would say (probability columns rotated, labels moved to the next class),
     so a device health check must fail it while every signature and hash still verifies.
     """
+    from simulation.bundles import break_golden
+
     with tempfile.TemporaryDirectory(prefix="edgefleet-broken-") as staging:
-        good = read_bundle(make_onnx_bundle(Path(staging), name=name, version=version, profile=profile, kind=kind))
-    golden = good.golden()
-    labels = list(good.manifest.class_labels or [])
-    outputs = golden["outputs"]
-    outputs["label"] = [labels[(labels.index(v) + 1) % len(labels)] for v in outputs["label"]]
-    if "probabilities" in outputs:
-        outputs["probabilities"] = [row[-1:] + row[:-1] for row in outputs["probabilities"]]
-    files = dict(good.files)
-    files[good.manifest.golden_file] = pretty_json(golden)
-    fields = good.manifest.to_dict()
-    fields.pop("files")
-    path = Path(tmp_dir) / bundle_filename(name, version)
-    write_bundle(path, fields, files)
-    return path
+        good = make_onnx_bundle(Path(staging), name=name, version=version, profile=profile, kind=kind)
+        return break_golden(good, Path(tmp_dir), version=version)
