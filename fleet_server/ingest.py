@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 
 from edgefleet import telemetry, topics
 from edgefleet.telemetry import TelemetryBatch, TelemetryError
+from fleet_server.backlog import Backlog
 from fleet_server.db import (
     Database,
     DeviceEventRow,
@@ -219,8 +220,7 @@ class TelemetryIngest:
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
         self._counters = _Counters(monotonic)
         self._thread = threading.Thread(target=self._run, name="edgefleet-ingest", daemon=True)
-        self._idle = threading.Condition()
-        self._pending = 0
+        self._backlog = Backlog()
 
     # paho's thread
     def __call__(self, topic: str, payload: bytes) -> None:
@@ -246,8 +246,7 @@ class TelemetryIngest:
             self._counters.add(invalid=1)
             log.warning("dropped %s message from %s: %s", kind, device_id, exc)
             return
-        with self._idle:
-            self._pending += 1
+        self._backlog.add()
         self._queue.put(item)  # blocks when full: back-pressure on the broker, not a silent drop
 
     def start(self) -> TelemetryIngest:
@@ -261,14 +260,7 @@ class TelemetryIngest:
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every message queued so far is stored (or refused); False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-        return True
+        return self._backlog.drain(timeout)
 
     def counts(self) -> IngestCounts:
         with self._counters.lock:
@@ -302,9 +294,7 @@ class TelemetryIngest:
         except Exception:  # a bug here must not end the one writer thread: later batches still matter
             log.exception("unexpected error storing %d telemetry/event messages; they are dropped", len(items))
         finally:
-            with self._idle:
-                self._pending -= len(items)
-                self._idle.notify_all()
+            self._backlog.done(len(items))
 
     def _write(self, items: Sequence[_Item]) -> None:
         batches: dict[tuple[str, int], TelemetryBatch] = {}

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from edgefleet.topics import server_subscription
+from fleet_server.backlog import Backlog
 from fleet_server.credentials import safe_url
 from fleet_server.errors import BrokerError
 from fleet_server.presence import PresenceMessageError, PresenceUpdate, parse_message
@@ -182,8 +183,7 @@ class PresenceIngest:
         self._queue: queue.Queue[PresenceUpdate] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._idle = threading.Condition()
-        self._pending = 0
+        self._backlog = Backlog()
 
     def __call__(self, topic: str, payload: bytes) -> None:
         try:
@@ -193,8 +193,7 @@ class PresenceIngest:
             return
         if update is None:
             return
-        with self._idle:
-            self._pending += 1
+        self._backlog.add()
         self._queue.put(update)
         with self._lock:
             # Under the lock that the writer also takes before it exits on an empty queue: an
@@ -205,14 +204,7 @@ class PresenceIngest:
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every update queued so far is stored (or dropped); False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-        return True
+        return self._backlog.drain(timeout)
 
     def _run(self) -> None:
         while True:
@@ -240,6 +232,4 @@ class PresenceIngest:
         except Exception:  # the database hiccuped: the next report or event brings presence back
             log.exception("storing %d presence updates failed; they are dropped", len(batch))
         finally:
-            with self._idle:
-                self._pending -= len(batch)
-                self._idle.notify_all()
+            self._backlog.done(len(batch))
