@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,18 @@ def mosquitto_auth(tmp_path: Path) -> Iterator[MosquittoBroker]:
         pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (scripts/test does this)")
     with MosquittoBroker(tmp_path / "mosquitto-auth", auth=True) as broker:
         yield broker
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def migrated_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A fleet-server Database at the latest migration, once on SQLite and once on PostgreSQL."""
+    from fleet_server.db import Database
+
+    url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    database = Database(url)
+    database.migrate()
+    yield database
+    database.dispose()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -32,17 +31,14 @@ from tests.integration.rollout.fleetdb import (
 IDS = [f"dev-{i:02d}" for i in range(10)]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    database = Database(url)
-    database.migrate()
+@pytest.fixture
+def db(migrated_db: Database) -> Iterator[Database]:
+    database = migrated_db
     add_model(database, "digits", "1.0.0")
     add_model(database, "digits", "2.0.0")
     for device_id in IDS:
         add_device(database, device_id, runs={"digits": "1.0.0"})
     yield database
-    database.dispose()
 
 
 def _engine(db: Database, clock: FakeClock) -> tuple[RolloutEngine, RecordingPublisher, DirectorSigner]:

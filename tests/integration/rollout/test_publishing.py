@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -34,17 +33,14 @@ from tests.support.mosquitto import MosquittoBroker
 IDS = [f"dev-{i:03d}" for i in range(120)]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    database = Database(url)
-    database.migrate()
+@pytest.fixture
+def db(migrated_db: Database) -> Iterator[Database]:
+    database = migrated_db
     add_model(database, "digits", "1.0.0")
     add_model(database, "digits", "2.0.0")
     for device_id in IDS:
         add_device(database, device_id)
     yield database
-    database.dispose()
 
 
 @pytest.fixture

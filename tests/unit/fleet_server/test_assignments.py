@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -23,11 +22,9 @@ from tests.integration.rollout.fleetdb import (
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    database = Database(url)
-    database.migrate()
+@pytest.fixture
+def db(migrated_db: Database) -> Iterator[Database]:
+    database = migrated_db
     add_device(database, "dev-1")
     add_device(database, "dev-jetson", profile="jetson-orin-nano")
     add_device(database, "dev-revoked", status="revoked")
@@ -36,7 +33,6 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     add_model(database, "digits", "3.0.0", yanked=True)
     add_model(database, "kws", "0.1.0", profiles=["rpi4-64", "jetson-orin-nano"])
     yield database
-    database.dispose()
 
 
 def _verify(signer: DirectorSigner, envelope: bytes, device: str = "dev-1", last: int = 0) -> dict[str, str]:

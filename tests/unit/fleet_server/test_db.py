@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -14,13 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from fleet_server.db import Base, Database, ModelRow, normalize_url, safe_url
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
-    url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    db = Database(url)
-    db.migrate()
-    request.addfinalizer(db.dispose)
-    return db
+@pytest.fixture
+def database(migrated_db: Database) -> Database:
+    return migrated_db
 
 
 def _model(version: str = "1.0.0") -> ModelRow:
