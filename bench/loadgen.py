@@ -1,24 +1,29 @@
-"""The load generator: a separate process of client threads, each on one keep-alive connection.
+"""The load generator: separate processes, each driving its share of keep-alive connections from one event loop.
 
 ``run_load`` starts ``python -m bench.loadgen`` with the target, the request and the number
 of concurrent clients, and reads back every request's latency as JSON. Keeping the client
-in its own process means the server under test never shares a GIL with it; each client is a
-plain ``http.client`` connection (TCP or Unix socket) reused for every request, the way a
-local app talks to the agent. It deliberately does not pace requests: each client sends its
-next request when the previous answer arrives (closed loop), so throughput is what the
-server gives at that concurrency.
+in its own process means the server under test never shares a GIL with it. Each client is
+one keep-alive connection (TCP or Unix socket) reused for every request, the way a local
+app talks to the agent, and it deliberately does not pace requests: it sends its next
+request when the previous answer arrives (closed loop), so throughput is what the server
+gives at that concurrency.
+
+Why not ``http.client`` in threads: on two cores the client shares the CPU with the server
+under test, and ``http.client`` spent more CPU per request than the agent does serving it,
+so the client, not the server, set the ceiling (profiled with py-spy). Here the request is
+serialized once, every connection lives in one ``selectors`` loop, and a response is parsed
+only as far as its status line and ``Content-Length``: a few microseconds per request.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
+import selectors
 import socket
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench.errors import BenchError
@@ -45,98 +50,155 @@ class Target:
         return {"path": self.path, "host": self.host, "port": self.port, "unix_socket": self.unix_socket,
                 "headers": [list(h) for h in self.headers]}
 
+    def request_bytes(self, body: bytes) -> bytes:
+        """The whole POST, serialized once and sent as is for every request."""
+        host = "localhost" if self.unix_socket else f"{self.host}:{self.port}"
+        lines = [f"POST {self.path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
+                 f"Content-Length: {len(body)}", "Connection: keep-alive",
+                 *(f"{k}: {v}" for k, v in self.headers)]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._socket_path)
-        self.sock = sock
-
-
-def _connection(target: Target) -> http.client.HTTPConnection:
-    if target.unix_socket:
-        return _UnixConnection(target.unix_socket, 10.0)
-    conn = http.client.HTTPConnection(target.host, target.port, timeout=10.0)
-    conn.connect()
-    # Nagle would add up to 40 ms to a small request that follows a small request.
-    assert conn.sock is not None
-    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return conn
+    def connect(self) -> socket.socket:
+        if self.unix_socket:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(self.unix_socket)
+        else:
+            sock = socket.create_connection((self.host, self.port), timeout=10.0)
+            # Nagle would add up to 40 ms to a small request that follows a small request.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        return sock
 
 
-def _client(target: Target, body: bytes, deadline: float, warmup: int, out: list[float], errors: list[int],
-            completed: list[int]) -> None:
-    headers = {"Content-Type": "application/json", "Connection": "keep-alive", **dict(target.headers)}
-    conn = _connection(target)
-    try:
-        sent = 0
-        while True:
-            start = time.perf_counter()
-            if start >= deadline:
-                break
+class ResponseError(Exception):
+    """The server's bytes are not an HTTP/1.x response this client can frame."""
+
+
+def parse_head(head: bytes) -> tuple[int, int | None, bool]:
+    """Status, Content-Length (None when absent) and whether the server keeps the connection open."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise ResponseError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+    keep_alive = parts[0] == b"HTTP/1.1"
+    length: int | None = None
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip())
+        elif name == b"connection":
+            keep_alive = value.strip().lower() == b"keep-alive"
+        elif name == b"transfer-encoding":
+            raise ResponseError("chunked responses are not supported by the load generator")
+    return int(parts[1]), length, keep_alive
+
+
+@dataclass
+class _Connection:
+    """One closed-loop client: at most one request in flight on one socket."""
+
+    sock: socket.socket
+    started: float = 0.0
+    buffer: bytearray = field(default_factory=bytearray)
+    sent: int = 0
+
+    def response_complete(self) -> tuple[int, bool] | None:
+        """(status, keep_alive) once the whole response is buffered, else None."""
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        status, length, keep_alive = parse_head(bytes(self.buffer[:end]))
+        if length is None:
+            raise ResponseError("response without Content-Length")
+        if len(self.buffer) < end + 4 + length:
+            return None
+        return status, keep_alive
+
+
+def drive(target: Target, body: bytes, clients: int, duration_s: float, warmup: int = 3) -> dict[str, Any]:
+    """Run ``clients`` closed-loop connections for ``duration_s``; latencies of the requests after warm-up."""
+    request = target.request_bytes(body)
+    selector = selectors.DefaultSelector()
+    latencies: list[float] = []
+    errors = completed = 0
+
+    def send(conn: _Connection) -> None:
+        conn.buffer.clear()
+        conn.started = time.perf_counter()
+        conn.sock.sendall(request)  # small enough for the socket buffer at once
+
+    def open_connection() -> None:
+        nonlocal errors
+        try:
+            conn = _Connection(target.connect())
+        except OSError:
+            errors += 1  # the server refused a connection: that client is gone for this run
+            return
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+        send(conn)
+
+    start = time.perf_counter()
+    deadline = start + duration_s
+    for _ in range(clients):
+        open_connection()
+    while selector.get_map():
+        for key, _ in selector.select(timeout=1.0):
+            conn: _Connection = key.data
             try:
-                conn.request("POST", target.path, body, headers)
-                response = conn.getresponse()
-                response.read()
-                ok = response.status == 200
-            except (OSError, http.client.HTTPException):
-                ok = False
-                conn.close()
-                conn = _connection(target)
-            elapsed = time.perf_counter() - start
-            sent += 1
-            if ok:
-                completed.append(1)
-            if sent <= warmup:
+                chunk = conn.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionResetError("the server closed the connection")
+                conn.buffer += chunk
+                outcome = conn.response_complete()
+            except (OSError, ResponseError):
+                outcome = (0, False)
+            if outcome is None:
                 continue
-            if ok:
-                out.append(elapsed)
+            now = time.perf_counter()
+            status, keep_alive = outcome
+            conn.sent += 1
+            ok = status == 200
+            completed += ok
+            if conn.sent > warmup:
+                if ok:
+                    latencies.append(now - conn.started)
+                else:
+                    errors += 1
+            if not keep_alive:
+                selector.unregister(conn.sock)
+                conn.sock.close()
+                if now < deadline:
+                    open_connection()
+            elif now < deadline:
+                send(conn)
             else:
-                errors.append(1)
-    finally:
-        conn.close()
+                selector.unregister(conn.sock)
+                conn.sock.close()
+        if time.perf_counter() > deadline + 30:
+            break  # a server that stopped answering: what is in flight counts as lost
+    wall = time.perf_counter() - start
+    return {"latencies_s": latencies, "errors": errors, "wall_s": wall, "completed": completed}
 
 
 def _main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     target = Target(**{**spec["target"], "headers": tuple(tuple(h) for h in spec["target"]["headers"])})
-    body = spec["body"].encode()
-    clients, duration, warmup = int(spec["clients"]), float(spec["duration_s"]), int(spec.get("warmup", 3))
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[int] = []
-    completed: list[int] = []
-    start = time.perf_counter()
-    deadline = start + duration
-    threads = [threading.Thread(target=_client, args=(target, body, deadline, warmup, latencies[i], errors,
-                                                                   completed))
-               for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
-    json.dump({"latencies_s": [v for per in latencies for v in per], "errors": len(errors), "wall_s": wall,
-               "completed": len(completed)},
-              sys.stdout)
+    result = drive(target, spec["body"].encode(), int(spec["clients"]), float(spec["duration_s"]),
+                   int(spec.get("warmup", 3)))
+    json.dump(result, sys.stdout)
     return 0
-
-
 def run_load(target: Target, body: dict[str, Any], clients: int, duration_s: float, *,
              workers: int | None = None) -> LatencySummary:
     """Drive ``target`` with ``clients`` closed-loop clients for ``duration_s`` from separate processes.
 
-    The clients are spread over ``workers`` processes (default: two from 4 clients up) so that
-    one client process's GIL does not cap what a fast server can show; more than two did not
-    help on two cores (measured: 1, 2 and 4 workers gave the same agent throughput).
+    The clients are spread over ``workers`` processes (default one: a single event loop
+    costs a few microseconds per request, and on two cores a second client process only
+    takes CPU away from the server under test).
     """
     if clients < 1 or duration_s <= 0:
         raise BenchError(f"need at least one client and a positive duration (got {clients}, {duration_s})")
-    workers = max(1, min(clients, workers or (2 if clients >= 4 else 1)))
+    workers = max(1, min(clients, workers or 1))
     shares = [clients // workers + (1 if i < clients % workers else 0) for i in range(workers)]
     procs = []
     for share in shares:

@@ -52,11 +52,16 @@ def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 120
     assert proc.stdout is not None
+    seen: list[str] = []
     for line in proc.stdout:
+        seen.append(line)
         if "agents enrolled and online" in line:
             break
-        assert time.monotonic() < deadline, "the demo never got its agents online"
-    assert len(processes_mentioning(str(data))) >= 6  # broker, server, four agents
+        assert time.monotonic() < deadline, "the demo never got its agents online:\n" + "".join(seen[-40:])
+    else:
+        pytest.fail(f"the demo exited ({proc.wait()}) before its agents were online:\n" + "".join(seen[-60:]))
+    started = processes_mentioning(str(data))
+    assert len(started) >= 6, started  # broker, server, four agents
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
