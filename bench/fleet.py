@@ -23,6 +23,7 @@ from typing import Any
 
 from bench import processes
 from bench.errors import BenchError
+from simulation.fleet import free_port
 
 PROFILE = "rpi4-64"
 
@@ -74,7 +75,7 @@ def database(work: Path, kind: str = "postgresql") -> Iterator[tuple[str, str]]:
 
 @contextlib.contextmanager
 def server(data_dir: Path, broker_url: str, database_url: str) -> Iterator[ServerProcess]:
-    port = processes.free_port()
+    port = free_port()
     proc = subprocess.Popen([*processes.EDGEFLEET, "server", "--data-dir", str(data_dir), "--port", str(port),
                              "--database", database_url, "--broker", broker_url],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -19,14 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import BenchError
+from simulation.fleet import free_port
 
 EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(port: int | None, socket_path: Path | None, path: str) -> int:

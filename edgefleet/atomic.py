@@ -8,6 +8,7 @@ itself survives a power cut. A reader sees the old file or the new one, never a 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -59,3 +60,19 @@ def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, mod
     with _replacing(dst, mode) as out, open(src, "rb") as inp:
         while chunk := inp.read(1 << 20):
             out.write(chunk)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str], *, shared: bool = False) -> Iterator[None]:
+    """Hold an ``flock`` on ``path`` (created if missing): exclusive, or ``shared`` for readers.
+
+    flock, not lockf: the lock belongs to the open file, so threads of one process exclude
+    each other as well as other processes (server replicas sharing a directory). OSError
+    from opening or locking propagates for the caller to name.
+    """
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -47,16 +47,21 @@ class BrokerUser:
 
 
 class BrokerAccounts(Protocol):
-    """Makes the broker accept exactly ``users`` (and each device only on its own topics)."""
+    """Makes the broker accept exactly the users ``read_users`` returns (each device only on its own topics).
 
-    def sync(self, users: Sequence[BrokerUser]) -> None: ...
+    ``read_users`` is called while the accounts are locked, so the list written is never older
+    than one another writer wrote before it: reading first and locking only for the write let
+    two enrollments finishing together write the earlier list last, locking the newer device out.
+    """
+
+    def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None: ...
 
 
 class UnmanagedBroker:
     """For a broker whose accounts someone else manages (or the embedded one): nothing to write."""
 
-    def sync(self, users: Sequence[BrokerUser]) -> None:
-        log.debug("broker accounts are not managed by this server; %d device users not written", len(users))
+    def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None:
+        log.debug("broker accounts are not managed by this server; device users not written")
 
 
 @dataclass(frozen=True)
@@ -267,13 +272,17 @@ class Devices:
         return info
 
     def sync_broker(self) -> None:
+        self.broker.sync(self.broker_users)
+
+    def broker_users(self) -> Sequence[BrokerUser]:
+        """The server's own account, then every enrolled device's, as the registry holds them now."""
         with self.db.session() as session:
             rows = session.execute(select(DeviceRow.id, DeviceRow.mqtt_username, DeviceRow.mqtt_password_hash)
                                    .where(DeviceRow.status == ENROLLED).order_by(DeviceRow.id)).all()
         users = [BrokerUser(username, pw_hash, device_id) for device_id, username, pw_hash in rows]
         if self.server_user is not None:
             users.insert(0, self.server_user)
-        self.broker.sync(users)
+        return users
 
     # ---------------------------------------------------------- presence
 

@@ -13,10 +13,10 @@ two files: ``password_file DIR/passwd`` and ``acl_file DIR/acl``).
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgefleet.atomic import file_lock
 from fleet_server.devices import BrokerUser
 from fleet_server.errors import BrokerError
 
@@ -27,24 +27,28 @@ class MosquittoAccounts:
     def __init__(self, directory: Path, pid_file: Path | None = None) -> None:
         self.directory = Path(directory)
         self.pid_file = pid_file
-        # Two enrollments finishing together must not interleave their file writes.
-        self._lock = threading.Lock()
 
-    def sync(self, users: Sequence[BrokerUser]) -> None:
+    def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None:
         from fleet_server.broker_auth import reload_mosquitto, write_broker_files
         from fleet_server.trust.errors import BrokerAuthError
 
-        passwords = {u.username: u.password_hash for u in users}
-        devices = [(u.username, u.device_id) for u in users if u.device_id is not None]
-        servers = [u.username for u in users if u.device_id is None]
-        with self._lock:
-            try:
-                self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            # Read and write under one lock (threads and replicas alike): the files always end
+            # up holding the newest list, whatever order concurrent enrollments finish in.
+            with file_lock(self.directory / ".lock"):
+                users = read_users()
+                passwords = {u.username: u.password_hash for u in users}
+                devices = [(u.username, u.device_id) for u in users if u.device_id is not None]
+                servers = [u.username for u in users if u.device_id is None]
                 write_broker_files(self.directory, passwords=passwords, devices=devices, server_users=servers)
                 if self.pid_file is not None:
                     reload_mosquitto(self.pid_file)
-            except BrokerAuthError as exc:
-                raise BrokerError(f"broker accounts not updated: {exc.message}", fix=exc.fix) from exc
+        except BrokerAuthError as exc:
+            raise BrokerError(f"broker accounts not updated: {exc.message}", fix=exc.fix) from exc
+        except OSError as exc:
+            raise BrokerError(f"broker accounts not updated: {self.directory}: {exc}",
+                              fix="check that the Mosquitto directory is writable by the server") from exc
         if self.pid_file is None:
             log.info("wrote Mosquitto password/ACL files for %d users in %s; reload Mosquitto to apply them",
                      len(users), self.directory)

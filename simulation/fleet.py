@@ -47,10 +47,25 @@ class FleetError(EdgefleetError):
     """A fleet process would not start, exited early, or a wait for it ran out of time."""
 
 
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port that nothing listens on now and that this process has not handed out yet.
+
+    The kernel may give a port it just gave back to the next ``bind(0)``; a demo that picks the
+    ports for a broker, a server and a dozen agents before any of them binds would then start
+    two on one port, and one would die. Remembering what was handed out rules that out.
+    """
+    with _ports_lock:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 def mosquitto_binary() -> str | None:

@@ -26,7 +26,6 @@ and never sees root private keys except when ``publish_root`` is handed signers.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import os
@@ -38,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from edgefleet.atomic import atomic_write_bytes, fsync_dir
+from edgefleet.atomic import atomic_write_bytes, file_lock, fsync_dir
 from fleet_server.trust.errors import RepositoryError, ThresholdError
 from fleet_server.trust.keys import ONLINE_ROLES, KeyStore, load_root_signers, read_root_threshold
 
@@ -150,13 +149,8 @@ class TufRepository:
                                   fix="create it first (`edgefleet keys init`), or check --data-dir")
         try:
             self.repo_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.repo_dir / LOCK_FILE, "a+b") as handle:
-                # flock, not lockf: a lock per open file, so threads of one replica exclude each other too.
-                fcntl.flock(handle.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            with file_lock(self.repo_dir / LOCK_FILE, shared=shared):
+                yield
         except OSError as exc:
             raise RepositoryError(f"TUF repository {self.repo_dir}: {exc}",
                                   fix="check that the repository directory is writable and has space") from exc

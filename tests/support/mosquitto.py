@@ -9,27 +9,15 @@ sends SIGHUP so Mosquitto re-reads them, as the fleet server does in production.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
+from simulation.fleet import free_port, mosquitto_binary
 
-
-def mosquitto_binary() -> str | None:
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    return next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["MosquittoBroker", "free_port", "mosquitto_binary"]
 
 
 class MosquittoBroker:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,14 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.state import Identity, StateDir
 from edgefleet.profiles import load_profile
+from simulation.fleet import free_port
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def eventually(check: Callable[[], Any], timeout: float = 10.0, every: float = 0.05) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -23,12 +22,7 @@ import uvicorn
 from edgefleet.bundle import build_bundle_bytes
 from fleet_server.app import create_app
 from fleet_server.config import ServerConfig
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from simulation.fleet import free_port
 
 
 @functools.lru_cache(maxsize=16)

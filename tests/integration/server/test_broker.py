@@ -134,6 +134,24 @@ def test_device_touches_only_its_own_topics(server: RunningServer, mosquitto_aut
         dev_b.close()
 
 
+def test_devices_enrolling_together_can_all_connect(server: RunningServer, mosquitto_auth: MosquittoBroker) -> None:
+    # Each enrollment rewrites the password file from the registry; one that read the registry
+    # before another committed must not be the last to write, or that other device is locked out.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        grants = list(pool.map(lambda _i: enroll(server), range(16)))
+    passwd = (mosquitto_auth.workdir / "passwd").read_text()
+    assert [g["mqtt_username"] for g in grants if f"{g['mqtt_username']}:" not in passwd] == []
+    time.sleep(0.3)  # Mosquitto handles SIGHUP asynchronously
+    devices = [connect(mosquitto_auth, g) for g in grants]
+    try:
+        assert [d.connected() for d in devices] == [True] * len(grants)
+    finally:
+        for device in devices:
+            device.close()
+
+
 def test_revoked_device_cannot_connect(server: RunningServer, mosquitto_auth: MosquittoBroker) -> None:
     grant = enroll(server)
     first = connect(mosquitto_auth, grant)
