@@ -78,6 +78,7 @@ from edgefleet.atomic import atomic_write_json
 from edgefleet.bundle import Bundle, bundle_filename, read_bundle
 from edgefleet.errors import AssignmentError, EdgefleetError
 from edgefleet.manifest import Manifest
+from edgefleet.outcomes import DOWNLOAD_FAILED, RETRYABLE_REASONS
 from edgefleet.profiles import Profile
 
 log = logging.getLogger("agent.updater")
@@ -85,7 +86,6 @@ log = logging.getLogger("agent.updater")
 # Reason codes beyond AssignmentError.reason (docs/update-path.md lists them all).
 HASH_MISMATCH = "hash_mismatch"
 PROFILE_MISMATCH = "profile_mismatch"
-DOWNLOAD_FAILED = "download_failed"
 BUNDLE_INVALID = "bundle_invalid"
 HEALTH_FAILED = "health_failed"
 PROBATION_FAILED = "probation_failed"
@@ -93,7 +93,7 @@ TARGET_UNKNOWN = "target_unknown"
 TUF_REFUSED = "tuf_refused"
 STAGE_FAILED = "stage_failed"
 SUPERSEDED = "superseded"
-RETRYABLE = frozenset({DOWNLOAD_FAILED})
+RETRYABLE = RETRYABLE_REASONS  # edgefleet.outcomes: the server reads the same set
 PROBATION_PERSIST_S = 10.0
 
 # Fault injection for the end-to-end crash tests (tests/integration/update_path), off unless set:

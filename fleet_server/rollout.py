@@ -23,7 +23,8 @@ The rules (docs/rollouts.md tells them with an example timeline):
 * The rollout halts when any started wave's failures / size > ``max_failure_rate``, or when
   a wave can no longer reach ``min_success_rate`` even if all its in-flight devices commit.
   Failures are ``failed`` and ``timed_out`` devices; a device that rolled itself back in
-  probation has failed.
+  probation has failed. A ``failed`` event whose reason the device retries by itself
+  (``edgefleet.outcomes``, e.g. ``download_failed``) leaves the device in flight.
 * An assigned device that has not committed ``device_timeout`` after its assignment (offline
   or not) is ``timed_out``: a failure. A late commit still counts while the rollout runs.
 * With ``auto_rollback``, a halt moves every device the rollout touched back to its previous
@@ -43,6 +44,7 @@ state forbids, ``RolloutConfigError`` (``InvalidInputError``, HTTP 422) for bad 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
@@ -51,6 +53,7 @@ from typing import Any
 
 from edgefleet.assignment import ModelTarget
 from edgefleet.errors import EdgefleetError
+from edgefleet.outcomes import is_retryable
 from edgefleet.version import ModelVersion, check_model_name
 from fleet_server.errors import ConflictError, InvalidInputError, ServerError
 from fleet_server.waves import (
@@ -370,6 +373,17 @@ class Rollout:
         self.finished_at = finished_at
         self.yanked = yanked
         self.halt_reason = halt_reason
+        # Indexes kept in step by ``_put`` (the one place a record changes), so a device event
+        # costs O(waves), not a scan of the fleet: a wave of thousands reports one by one.
+        self._wave_members: list[dict[str, DeviceRecord]] = [{} for _ in plan.waves]
+        self._wave_counts: list[Counter[DeviceStatus]] = [Counter() for _ in plan.waves]
+        self._last_commit: list[datetime | None] = [None for _ in plan.waves]
+        self._stale_commits: set[int] = set()
+        self._assigned: set[str] = set()
+        # Never later than the earliest device timeout; may be earlier after devices finish.
+        self._timeouts_from: datetime | None = None
+        for record in self.devices.values():
+            self._index(record)
 
     # ------------------------------------------------------------------ construction
 
@@ -440,6 +454,12 @@ class Rollout:
         if kind == "committed":
             self._put(replace(record, status=DeviceStatus.COMMITTED, last_event=kind, finished_at=now,
                               reason=reason))
+        elif kind == "failed" and is_retryable(reason):
+            # The device keeps the assignment and tries again; it stays in flight (and the
+            # device timeout still bounds the wait) instead of counting against the wave.
+            if record.status is DeviceStatus.ASSIGNED:
+                self._put(replace(record, last_event=kind, reason=f"{reason}; the device retries"))
+            return []
         elif record.status is DeviceStatus.ASSIGNED:
             why = reason or ("rolled back on the device" if kind == "rolled_back" else "failed on the device")
             if kind == "rolled_back" and reason:
@@ -560,8 +580,8 @@ class Rollout:
         """When a ``tick`` could next change something (a bake ends, a device times out)."""
         if self.state not in _LIVE:
             return None
-        moments = [d.assigned_at + self.policy.device_timeout for d in self.devices.values()
-                   if d.status is DeviceStatus.ASSIGNED and d.assigned_at is not None]
+        assigned = (self.devices[d] for d in self._assigned)
+        moments = [d.assigned_at + self.policy.device_timeout for d in assigned if d.assigned_at is not None]
         if self.state is RolloutState.RUNNING:
             summary = self._summary(self.current_wave)
             if summary.last_commit_at is not None:
@@ -611,19 +631,48 @@ class Rollout:
             raise RolloutStateError(f"cannot {verb} rollout {self.id}: it is {self.state.value}", fix=why)
 
     def _put(self, record: DeviceRecord) -> None:
+        old = self.devices.get(record.device_id)
+        if old is not None:
+            self._unindex(old)
         self.devices[record.device_id] = record
+        self._index(record)
+
+    def _index(self, record: DeviceRecord) -> None:
+        if record.status is DeviceStatus.ASSIGNED:
+            self._assigned.add(record.device_id)
+            if record.assigned_at is not None:
+                due = record.assigned_at + self.policy.device_timeout
+                self._timeouts_from = due if self._timeouts_from is None else min(self._timeouts_from, due)
+        if record.wave is None:
+            return
+        self._wave_members[record.wave][record.device_id] = record
+        self._wave_counts[record.wave][record.status] += 1
+        if record.status is DeviceStatus.COMMITTED and record.finished_at is not None:
+            last = self._last_commit[record.wave]
+            self._last_commit[record.wave] = record.finished_at if last is None else max(last, record.finished_at)
+
+    def _unindex(self, record: DeviceRecord) -> None:
+        self._assigned.discard(record.device_id)
+        if record.wave is None:
+            return
+        del self._wave_members[record.wave][record.device_id]
+        self._wave_counts[record.wave][record.status] -= 1
+        if record.status is DeviceStatus.COMMITTED:
+            self._stale_commits.add(record.wave)  # the latest commit may be the one leaving
 
     def _members(self, wave: int) -> list[DeviceRecord]:
-        return [d for d in self.devices.values() if d.wave == wave]
+        return list(self._wave_members[wave].values())
 
     def _summary(self, wave: int) -> WaveSummary:
-        members = self._members(wave)
-        commits = [d.finished_at for d in members if d.status is DeviceStatus.COMMITTED and d.finished_at]
-        count = {s: sum(1 for d in members if d.status is s) for s in DeviceStatus}
-        return WaveSummary(wave, self.plan.percentages[wave], len(members), count[DeviceStatus.PENDING],
-                           count[DeviceStatus.ASSIGNED], count[DeviceStatus.COMMITTED],
+        if wave in self._stale_commits:
+            self._stale_commits.discard(wave)
+            self._last_commit[wave] = max((d.finished_at for d in self._wave_members[wave].values()
+                                           if d.status is DeviceStatus.COMMITTED and d.finished_at), default=None)
+        count = self._wave_counts[wave]
+        return WaveSummary(wave, self.plan.percentages[wave], len(self._wave_members[wave]),
+                           count[DeviceStatus.PENDING], count[DeviceStatus.ASSIGNED], count[DeviceStatus.COMMITTED],
                            count[DeviceStatus.FAILED] + count[DeviceStatus.TIMED_OUT],
-                           count[DeviceStatus.ROLLED_BACK], max(commits, default=None))
+                           count[DeviceStatus.ROLLED_BACK], self._last_commit[wave])
 
     def _begin_wave(self, wave: int, now: datetime) -> list[Action]:
         self.current_wave = wave
@@ -668,13 +717,21 @@ class Rollout:
         return []
 
     def _time_out(self, now: datetime) -> None:
-        for record in list(self.devices.values()):
-            if record.status is not DeviceStatus.ASSIGNED or record.assigned_at is None:
+        if self._timeouts_from is None or now < self._timeouts_from:
+            return
+        still: list[datetime] = []
+        for device_id in sorted(self._assigned):
+            record = self.devices[device_id]
+            if record.assigned_at is None:
                 continue
-            if now >= record.assigned_at + self.policy.device_timeout:
+            due = record.assigned_at + self.policy.device_timeout
+            if now >= due:
                 where = f"offline since {record.offline_since.isoformat()}" if record.offline_since else "online"
                 self._put(replace(record, status=DeviceStatus.TIMED_OUT, finished_at=now,
                                   reason=f"no result within the device timeout ({where})"))
+            else:
+                still.append(due)
+        self._timeouts_from = min(still, default=None)
 
     def _advance(self, now: datetime) -> list[Action]:
         summary = self._summary(self.current_wave)

@@ -164,6 +164,37 @@ def test_offline_device_times_out_as_failed() -> None:
     assert sorted(sent_back(actions)) == sorted(first)
 
 
+def test_a_download_failure_the_device_retries_keeps_it_in_flight() -> None:
+    # A network blip is not a verdict on the version: the agent retries it by itself.
+    rollout, first = started()
+    assert rollout.device_event(first[0], "failed", at(1), reason="download_failed", version=VERSION) == []
+    record = rollout.devices[first[0]]
+    assert record.status is DeviceStatus.ASSIGNED and record.last_event == "failed"
+    assert record.reason == "download_failed; the device retries"
+    summary = rollout.wave_summaries()[0]
+    assert (summary.in_flight, summary.failed, rollout.state) == (2, 0, RolloutState.RUNNING)
+    commit(rollout, first, 5)  # the retry went through
+    assert rollout.devices[first[0]].status is DeviceStatus.COMMITTED
+    assert sorted(assigned(rollout.tick(at(15)))) == sorted(rollout.plan.waves[1])
+
+
+def test_a_device_that_keeps_failing_its_download_times_out() -> None:
+    rollout, first = started()
+    commit(rollout, first[1:], 1)
+    for minute in (1, 11, 21):
+        rollout.device_event(first[0], "failed", at(minute), reason="download_failed", version=VERSION)
+    assert rollout.tick(at(29)) == [] and rollout.state is RolloutState.RUNNING
+    actions = rollout.tick(at(30))
+    assert isinstance(actions[0], Halt)
+    assert rollout.devices[first[0]].reason.startswith("no result within the device timeout (online)")
+
+
+def test_a_final_failure_reason_still_counts_at_once() -> None:
+    rollout, first = started()
+    actions = rollout.device_event(first[0], "failed", at(1), reason="health_failed", version=VERSION)
+    assert isinstance(actions[0], Halt) and rollout.devices[first[0]].reason.startswith("health_failed")
+
+
 def test_offline_device_that_returns_and_commits_in_time_is_not_failed() -> None:
     rollout, first = started()
     rollout.device_offline(first[0], at(1))

@@ -135,6 +135,14 @@ class RolloutMachine(RuleBasedStateMachine):
         device = data.draw(st.sampled_from(sorted(self.rollout.devices)))
         self._step("device_event", device, kind, self.now, "", version)
 
+    @rule(data=st.data(), reason=st.sampled_from(["download_failed", "health_failed"]))
+    def device_fails_with_a_reason(self, data: st.DataObject, reason: str) -> None:
+        device = data.draw(st.sampled_from(sorted(self.rollout.devices)))
+        before = self.rollout.devices[device]
+        self._step("device_event", device, "failed", self.now, reason, VERSION)
+        if reason == "download_failed":  # retried by the device: never a failure by itself
+            assert self.rollout.devices[device].status is before.status
+
     @rule(data=st.data())
     def in_flight_devices_commit(self, data: st.DataObject) -> None:
         in_flight = sorted(d.device_id for d in self.rollout.devices.values() if d.status.value == "assigned")
@@ -174,6 +182,19 @@ class RolloutMachine(RuleBasedStateMachine):
         assert all(d.wave is not None and d.wave <= rollout.current_wave
                    for d in rollout.devices.values() if d.touched)
         assert {d.device_id for d in rollout.devices.values() if d.touched} == self.ever_assigned
+
+    @invariant()
+    def wave_counts_agree_with_a_fresh_count(self) -> None:
+        # The core keeps per-wave counts incrementally; recount from the records themselves.
+        for summary in self.rollout.wave_summaries():
+            members = [d for d in self.rollout.devices.values() if d.wave == summary.index]
+            status = [d.status.value for d in members]
+            commits = [d.finished_at for d in members if d.status.value == "committed" and d.finished_at]
+            assert (summary.size, summary.pending, summary.in_flight, summary.committed, summary.failed,
+                    summary.rolled_back, summary.last_commit_at) == (
+                len(members), status.count("pending"), status.count("assigned"), status.count("committed"),
+                status.count("failed") + status.count("timed_out"), status.count("rolled_back"),
+                max(commits, default=None))
 
     @invariant()
     def ineligible_devices_are_never_touched(self) -> None:
