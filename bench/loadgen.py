@@ -128,10 +128,11 @@ def drive(target: Target, body: bytes, clients: int, duration_s: float, warmup: 
         conn.started = time.perf_counter()
         conn.sock.sendall(request)  # small enough for the socket buffer at once
 
-    def open_connection() -> None:
+    def open_connection(sent: int = 0) -> None:
         nonlocal errors
         try:
-            conn = _Connection(target.connect())
+            # ``sent`` carries over to the new connection: warm-up is per client, not per connection.
+            conn = _Connection(target.connect(), sent=sent)
         except OSError:
             errors += 1  # the server refused a connection: that client is gone for this run
             return
@@ -169,7 +170,7 @@ def drive(target: Target, body: bytes, clients: int, duration_s: float, warmup: 
                 selector.unregister(conn.sock)
                 conn.sock.close()
                 if now < deadline:
-                    open_connection()
+                    open_connection(conn.sent)
             elif now < deadline:
                 send(conn)
             else:

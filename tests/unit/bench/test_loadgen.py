@@ -63,8 +63,9 @@ def test_closed_loop_clients_reuse_their_connections(server: ThreadingHTTPServer
 def test_a_server_that_closes_each_connection_is_reconnected(server: ThreadingHTTPServer) -> None:
     _Echo.close_each = True
     target = Target("/predict", port=server.server_address[1])
-    result = drive(target, json.dumps({"inputs": [[1.0]]}).encode(), clients=2, duration_s=0.3, warmup=0)
+    result = drive(target, json.dumps({"inputs": [[1.0]]}).encode(), clients=2, duration_s=0.3, warmup=1)
     assert result["errors"] == 0 and result["completed"] >= 4
+    assert len(result["latencies_s"]) == result["completed"] - 2  # warm-up is per client, not per connection
     assert len(_Echo.connections) > 2
 
 
