@@ -133,11 +133,11 @@ def drive(target: Target, body: bytes, clients: int, duration_s: float, warmup: 
         try:
             # ``sent`` carries over to the new connection: warm-up is per client, not per connection.
             conn = _Connection(target.connect(), sent=sent)
+            send(conn)
         except OSError:
-            errors += 1  # the server refused a connection: that client is gone for this run
+            errors += 1  # the server refused or dropped the connection: that client is gone for this run
             return
         selector.register(conn.sock, selectors.EVENT_READ, conn)
-        send(conn)
 
     start = time.perf_counter()
     deadline = start + duration_s
@@ -172,7 +172,12 @@ def drive(target: Target, body: bytes, clients: int, duration_s: float, warmup: 
                 if now < deadline:
                     open_connection(conn.sent)
             elif now < deadline:
-                send(conn)
+                try:
+                    send(conn)
+                except OSError:  # the server went away between two requests
+                    errors += 1
+                    selector.unregister(conn.sock)
+                    conn.sock.close()
             else:
                 selector.unregister(conn.sock)
                 conn.sock.close()
