@@ -19,7 +19,7 @@ is answered inside the ``data_received`` callback, head and body in one ``transp
 route that may block, runs as a task (in a worker thread where it blocks), so one slow model
 cannot stall other clients.
 
-It does not own sessions (``agent.serving``), parse model input (``agent.inputs``) or know
+It does not own sessions (``agent.serving``), parse model input (``edgefleet.inputs``) or know
 about MQTT. It deliberately implements only the subset of HTTP/1.1 local clients use: no
 chunked request bodies, and pipelined requests are answered one after another, in order.
 """
@@ -38,9 +38,10 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from agent.errors import AgentError, InferenceError, InputError, ModelNotFoundError
+from agent.errors import AgentError, InferenceError, ModelNotFoundError
 from agent.metrics import FeedbackError
 from agent.serving import PredictionResult, ServingTable
+from edgefleet.errors import EdgefleetError, InputError
 
 log = logging.getLogger("agent.api")
 
@@ -109,7 +110,7 @@ def _encode(document: Any) -> bytes:
         raise HttpError(500, *_NAN_ERROR) from exc
 
 
-def _predict_error(exc: AgentError) -> HttpError:
+def _predict_error(exc: EdgefleetError) -> HttpError:
     """The serving table's error as the HTTP answer it deserves (a plain function, not a context
     manager: this sits on every prediction's path)."""
     if isinstance(exc, InputError):
@@ -299,7 +300,7 @@ class ApiServer:
     def _decode(self, name: str, body: bytes) -> Any:
         try:
             return json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the stack
             self.serving.reject(name, "input")  # a bad request is an input error of the model asked
             raise HttpError(400, f"request body is not valid JSON ({exc})",
                             'send {"inputs": [[...], ...]} with Content-Type: application/json') from exc

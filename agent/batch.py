@@ -4,7 +4,8 @@ Reads CSV (a header row of feature names is matched to the manifest's feature or
 other columns, such as ids or labels, are skipped; without a header, columns are taken in order), NPY (memory-mapped) or Parquet (needs pyarrow) in chunks,
 runs each chunk through a session, and streams the predictions out as CSV, NPY, Parquet or
 JSON Lines, chosen by the output file's extension. Memory stays at one chunk whatever the
-file size. Every chunk goes through ``agent.inputs`` so a bad cell is reported with its row.
+file size. Every chunk goes through ``edgefleet.inputs`` (the API's parser too) so a bad cell
+is reported with its row.
 
 It needs no daemon: the CLI loads the active slot from the state directory itself. Outputs
 are written to a temporary file and renamed at the end, so a failed run leaves no half file.
@@ -28,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from agent.errors import InputError
-from agent.inputs import to_matrix
 from agent.runtime import ModelSession
+from edgefleet import errors as core_errors
 from edgefleet.console import Progress
+from edgefleet.inputs import to_matrix
 from edgefleet.manifest import Manifest, TensorSpec
 
 DEFAULT_CHUNK_ROWS = 4096
@@ -145,7 +147,7 @@ def _parse_block(block: list[list[str]], first_line: int, spec: TensorSpec) -> n
 def _check_chunk(matrix: np.ndarray, spec: TensorSpec, first_row: int) -> np.ndarray:
     try:
         return to_matrix(matrix, spec, max_rows=len(matrix))
-    except InputError as exc:
+    except core_errors.InputError as exc:  # the shared parser raises the core class, not the agent's
         raise InputError(f"rows {first_row + 1}-{first_row + len(matrix)}: {exc.message}", fix=exc.fix) from exc
 
 

@@ -5,10 +5,15 @@
         ├── StateError          the state directory is missing, unreadable or not enrolled
         ├── SlotError           a model slot is missing, partial or altered on disk
         ├── InferenceError      a runtime could not load or run a model
-        ├── InputError          a request's input does not fit the model (the API answers 4xx)
+        ├── InputError          a batch file's input does not fit the model (also an
+        │                       edgefleet.errors.InputError, the class the request parser raises)
         ├── ModelNotFoundError  no model of that name is being served (the API answers 404)
         ├── LinkError           the MQTT link was misconfigured
         └── EnrollmentError     the server refused or could not be reached for enrollment
+
+The request parser (``edgefleet.inputs``) is shared with the server and raises the core
+``edgefleet.errors.InputError``, not this one: code that catches its refusals catches the core
+class, which this ``InputError`` derives from too.
 
 Foreign exceptions (onnxruntime, paho, urllib, OS errors) are wrapped where they enter the
 agent with ``raise ... from e`` so the CLI can print one line naming the problem and the fix.
@@ -17,6 +22,7 @@ agent with ``raise ... from e`` so the CLI can print one line naming the problem
 from __future__ import annotations
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.errors import InputError as CoreInputError
 
 
 class AgentError(EdgefleetError):
@@ -35,12 +41,8 @@ class InferenceError(AgentError):
     """A runtime could not load or run a model."""
 
 
-class InputError(AgentError):
-    """A request's input does not fit the model. ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, *, fix: str | None = None, status: int = 400) -> None:
-        self.status = status
-        super().__init__(message, fix=fix)
+class InputError(AgentError, CoreInputError):
+    """Input the agent itself refuses (batch files); ``status`` as in the core class."""
 
 
 class ModelNotFoundError(AgentError):

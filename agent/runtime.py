@@ -11,7 +11,7 @@ regressors; int8 tensors are quantized and dequantized with the manifest's scale
 point, so callers always see real numbers.
 
 Runtimes are imported inside the loaders: importing this module costs only numpy. This module
-does not validate request input (``agent.inputs``) or hold sessions for serving
+does not validate request input (``edgefleet.inputs``) or hold sessions for serving
 (``agent.serving``).
 """
 

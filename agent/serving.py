@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import InferenceError, InputError, ModelNotFoundError
-from agent.inputs import DEFAULT_MAX_ROWS, to_matrix
+from agent.errors import InferenceError, ModelNotFoundError
 from agent.runtime import ModelSession
+from edgefleet.errors import InputError
+from edgefleet.inputs import DEFAULT_MAX_ROWS, to_matrix
 
 LATENCY_WINDOW = 2048
 
@@ -260,6 +261,7 @@ class ServingTable:
         ``rows`` is a float matrix, a list of rows, one row, or a decoded request body
         (``{"inputs": ...}`` / ``{"instances": ...}``); it is checked against the manifest of
         the very session that runs it, so a swap between two input specs cannot mix them.
+        Raises ``edgefleet.errors.InputError`` (from the shared parser) for input that does not fit.
         """
         entry = self._acquire(name)
         start = self._clock()

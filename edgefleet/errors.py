@@ -5,7 +5,8 @@
     ├── ManifestError       a bundle manifest breaks the schema
     ├── BundleError         a bundle archive is malformed, truncated or tampered with
     ├── AssignmentError     a signed assignment is refused (signature, device, counter, expiry)
-    └── VersionError        a version string is not semantic
+    ├── VersionError        a version string is not semantic
+    └── InputError          a predict request's input does not fit the model (``status``: 400, 413)
 
 Every error carries a message meant for a person: what is wrong and, where one is known,
 the fix. The CLI prints ``str(error)`` as one line and exits non-zero.
@@ -48,3 +49,15 @@ class AssignmentError(EdgefleetError):
 
 class VersionError(EdgefleetError):
     """A version string is not a semantic version."""
+
+
+class InputError(EdgefleetError):
+    """A predict request's input does not fit the model's input spec (``edgefleet.inputs``).
+
+    ``status`` is the HTTP status the request deserves: 400 for a malformed input, 413 for more
+    rows than the limit. The agent's API answers it as is; the server maps it to its own classes.
+    """
+
+    def __init__(self, message: str, *, fix: str | None = None, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message, fix=fix)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from fleet_server.api import Bearer, Ctx, ModelName, Version, checked_version, require_admin
 from fleet_server.credentials import same_secret
 from fleet_server.errors import AuthError, InvalidInputError
-from fleet_server.predict import read_table, to_matrix
+from fleet_server.predict import parse_inputs, read_table
 
 router = APIRouter(prefix="/api/v1")
 metrics_router = APIRouter()
@@ -111,13 +111,13 @@ async def predict(ctx: Ctx, name: ModelName, request: Request,
     """Run the published bundle on the server (ONNX Runtime, CPU); same body and answer as the agent's API."""
     try:
         body = json.loads(await request.body())
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the stack
         raise InvalidInputError(f"the body is not JSON: {exc}", fix='send {"inputs": [[...]]}') from exc
 
     def run() -> dict[str, Any]:
         chosen = ctx.predictor.resolve(name, checked_version(version) if version else None)
         spec = ctx.predictor.manifest(name, chosen).input
-        return ctx.predictor.predict(name, chosen, to_matrix(body, spec, max_rows=ctx.predictor.max_rows)).to_dict()
+        return ctx.predictor.predict(name, chosen, parse_inputs(body, spec, max_rows=ctx.predictor.max_rows)).to_dict()
 
     return await asyncio.to_thread(run)
 

@@ -1,15 +1,15 @@
 """Server-side inference for the hybrid path: the registry's bundles run with ONNX Runtime.
 
 Devices without a model, or an operator comparing edge and cloud answers, send the same
-inputs the agent's local API takes (docs/contracts.md, "Local agent API") to
+inputs the agent's local API takes (docs/contracts.md, "Predict input") to
 ``POST /api/v1/models/{name}/predict`` and get the same answer shape back; a CSV or NPY file
 upload gets a CSV back. The server runs the very bundle the devices download (its TUF target),
 on the CPU execution provider, and keeps the last few sessions loaded (an LRU).
 
-Input parsing is the server's own (``to_matrix``): the agent's parser lives in agent/, which
-the server must not import. The rules are the agent's: rows or named features, every value a
-finite number (booleans and numeric strings are refused, ``null`` is NaN only where the input
-spec allows NaN), the spec's width, at most ``max_rows`` rows.
+Input is parsed by the agent's own parser, ``edgefleet.inputs.to_matrix`` (in the core package,
+which both sides may import), so the server accepts and refuses exactly what the agent does.
+``parse_inputs`` turns its refusals into ``PredictInputError``; ``read_table`` reads uploads
+into what that parser takes.
 
 Only ONNX bundles are served (TFLite bundles are built for devices); this module knows nothing
 of HTTP (the routes are in ``fleet_server.fleet_api``).
@@ -32,13 +32,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
+from edgefleet.errors import InputError
+from edgefleet.inputs import DEFAULT_MAX_ROWS, expected_width, to_matrix
 from edgefleet.manifest import Manifest, TensorSpec
 from fleet_server.bundle_cache import BundleCache
 from fleet_server.errors import InvalidInputError, ServerError
 
-DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_SESSIONS = 4
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_FIX = "save a 2-D numeric array: np.save(path, rows.astype('float32'))"
 
 
 class PredictInputError(InvalidInputError):
@@ -51,99 +55,80 @@ class PredictInputError(InvalidInputError):
 
 # ---- inputs (pure) ------------------------------------------------------------------------------
 
-def _width(spec: TensorSpec) -> int | None:
-    if spec.width is not None:
-        return spec.width
-    return len(spec.feature_names) if spec.feature_names else None
+def parse_inputs(payload: Any, spec: TensorSpec, *, max_rows: int = DEFAULT_MAX_ROWS,
+                 source: str | None = None) -> np.ndarray:
+    """A decoded JSON body (or an array) as checked float32 rows: ``edgefleet.inputs.to_matrix``.
 
-
-def _value(value: Any, spec: TensorSpec, where: str) -> float:
-    if value is None and spec.allow_nan:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PredictInputError(f"{where} is {value!r}, not a number", fix="send numbers (not strings or booleans)")
-    if not math.isfinite(value):
-        raise PredictInputError(f"{where} is {value!r}", fix="send finite numbers")
-    return float(value)
-
-
-def _check_rows(n: int, max_rows: int) -> None:
-    if n == 0:
-        raise PredictInputError("no rows to predict", fix='send {"inputs": [[...], ...]} with at least one row')
-    if n > max_rows:
-        raise PredictInputError(f"{n} rows is over the limit of {max_rows} a request",
-                                fix="split the request, or upload a file to .../predict/batch", status=413)
-
-
-def to_matrix(payload: Any, spec: TensorSpec, *, max_rows: int = DEFAULT_MAX_ROWS) -> np.ndarray:
-    """A JSON body (``{"inputs": rows | row}`` or ``{"instances": [{name: value}] | rows}``) as float32 rows."""
-    if not isinstance(payload, Mapping) or len(payload) != 1 or next(iter(payload)) not in ("inputs", "instances"):
-        raise PredictInputError("the body must be an object with one key, 'inputs' or 'instances'",
-                                fix='e.g. {"inputs": [[0.1, 0.2]]} or {"instances": [{"f1": 0.1, "f2": 0.2}]}')
-    key, rows = next(iter(payload.items()))
-    if not isinstance(rows, list):
-        raise PredictInputError(f"'{key}' must be a list of rows")
-    if key == "inputs" and rows and not isinstance(rows[0], (list, dict)):
-        rows = [rows]  # one row
-    _check_rows(len(rows), max_rows)
-    width = _width(spec)
-    names = spec.feature_names
-    matrix: list[list[float]] = []
-    for i, row in enumerate(rows):
-        if isinstance(row, Mapping):
-            if not names:
-                raise PredictInputError("this model's input has no feature names", fix="send rows of numbers instead")
-            unknown = sorted(set(row) - set(names))
-            missing = [n for n in names if n not in row]
-            if unknown or missing:
-                raise PredictInputError(f"row {i}: unknown feature(s) {unknown[:5]}, missing {missing[:5]}",
-                                        fix=f"the features are {list(names)[:10]}{'...' if len(names) > 10 else ''}")
-            matrix.append([_value(row[n], spec, f"row {i} feature {n!r}") for n in names])
-        elif isinstance(row, list):
-            if width is not None and len(row) != width:
-                raise PredictInputError(f"row {i} has {len(row)} values; the model takes {width}",
-                                        fix=f"send {width} numbers a row")
-            matrix.append([_value(v, spec, f"row {i} column {j}") for j, v in enumerate(row)])
-        else:
-            raise PredictInputError(f"row {i} is neither a list of numbers nor an object of features")
-    if len({len(r) for r in matrix}) > 1:
-        raise PredictInputError("rows have different lengths", fix="send the same number of values in every row")
-    return np.asarray(matrix, dtype=np.float32)
+    Its refusals become ``PredictInputError`` with the same message and fix: 413 where it says
+    413 (too many rows), else 422 like every other request this server finds unacceptable (the
+    agent answers the same refusals with 400). ``source``, an upload's file name, leads the message.
+    """
+    try:
+        return to_matrix(payload, spec, max_rows=max_rows)
+    except InputError as exc:
+        message = f"{source}: {exc.message}" if source else exc.message
+        raise PredictInputError(message, fix=exc.fix, status=413 if exc.status == 413 else 422) from exc
 
 
 def read_table(data: bytes, filename: str, spec: TensorSpec, *, max_rows: int = DEFAULT_MAX_ROWS) -> np.ndarray:
     """An uploaded ``.npy`` (2-D numeric) or CSV (a header naming the features, or bare numbers) as rows."""
-    if filename.lower().endswith(".npy") or data[:6] == b"\x93NUMPY":
-        try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise PredictInputError(f"{filename} is not a readable .npy file: {exc}") from exc
-        if array.ndim == 1:
-            array = array.reshape(1, -1)
-        if array.ndim != 2 or array.dtype.kind not in "iuf":
-            raise PredictInputError(f"{filename} holds a {array.dtype} array of {array.ndim} dimensions",
-                                    fix="save a 2-D numeric array: np.save(path, rows.astype('float32'))")
-        return to_matrix({"inputs": array.astype(np.float64).tolist()}, spec, max_rows=max_rows)
+    if filename.lower().endswith(".npy") or data[:len(_NPY_MAGIC)] == _NPY_MAGIC:
+        return parse_inputs(_npy_array(data, filename), spec, max_rows=max_rows, source=filename)
     try:
-        lines = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+        lines = [line for line in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if line]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise PredictInputError(f"{filename} is not UTF-8 CSV: {exc}", fix="upload a CSV or .npy file") from exc
-    lines = [line for line in lines if line]
     if not lines:
-        raise PredictInputError(f"{filename} is empty")
+        raise PredictInputError(f"{filename} is empty", fix="upload one row of features a line")
     header: Sequence[str] | None = None
-    if any(not _is_number(cell) for cell in lines[0]):
+    if any(cell.strip() and not _is_number(cell) for cell in lines[0]):  # empty: a missing value, not a name
         header, lines = lines[0], lines[1:]
+    rows = [[_csv_number(cell, filename, i, j) for j, cell in enumerate(line)] for i, line in enumerate(lines)]
+    if header is None:
+        return parse_inputs({"inputs": rows}, spec, max_rows=max_rows, source=filename)
+    if not spec.feature_names:
+        raise PredictInputError(f"{filename} has a header but this model's input has no feature names",
+                                fix="upload the numbers without a header, in the model's column order")
+    for i, row in enumerate(rows):
+        if len(row) != len(header):  # zip would drop the extra cells, or the missing ones would go unnamed
+            raise PredictInputError(f"{filename}: data row {i + 1} has {len(row)} cells, the header names {len(header)}",
+                                    fix="give every row one cell per header column")
+    return parse_inputs({"instances": [dict(zip(header, row, strict=True)) for row in rows]}, spec,
+                        max_rows=max_rows, source=filename)
+
+
+def _npy_array(data: bytes, filename: str) -> np.ndarray:
+    """The array of an uploaded .npy, viewed in place rather than loaded: ``np.load`` allocates
+    whatever shape the header claims before reading, so a forged 100-byte upload could ask for
+    terabytes; here the header's size must match the bytes actually sent."""
+    stream = io.BytesIO(data)
     try:
-        rows = [[float(cell) if cell.strip() not in ("", "nan", "NaN") else None for cell in line] for line in lines]
-    except ValueError as exc:
-        raise PredictInputError(f"{filename}: {exc}", fix="every cell after the header must be a number") from exc
-    if header is not None:
-        if not spec.feature_names:
-            raise PredictInputError(f"{filename} has a header but this model's input has no feature names",
-                                    fix="upload the numbers without a header, in the model's column order")
-        return to_matrix({"instances": [dict(zip(header, r, strict=False)) for r in rows]}, spec, max_rows=max_rows)
-    return to_matrix({"inputs": rows}, spec, max_rows=max_rows)
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+        else:  # 3.0 only differs for structured dtypes with non-Latin-1 names, never numeric rows
+            raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects")
+        if any(n < 0 for n in shape):
+            raise ValueError(f"its header has a negative shape {shape}")
+        array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+    except (ValueError, TypeError) as exc:  # numpy reports a malformed header or short data as these
+        raise PredictInputError(f"{filename} is not a readable .npy file: {exc}", fix=_NPY_FIX) from exc
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def _csv_number(cell: str, filename: str, row: int, column: int) -> float:
+    # An empty cell is a missing value: NaN, which the parser takes only where the spec allows NaN.
+    if not cell.strip():
+        return math.nan
+    try:
+        return float(cell)
+    except ValueError:
+        raise PredictInputError(f"{filename}: data row {row + 1}, column {column + 1} is {cell[:40]!r}, not a number",
+                                fix="every cell after the header must be a number") from None
 
 
 def _is_number(cell: str) -> bool:
@@ -247,7 +232,7 @@ class Predictor:
             raw = loaded.session.run(names, {spec.name: feed})
         except Exception as exc:  # onnxruntime's errors carry no stable type
             raise PredictInputError(f"{manifest.ref} could not run on these inputs: {str(exc).splitlines()[0]}",
-                                    fix=f"send rows of {_width(spec) or 'the model’s'} numbers") from exc
+                                    fix=f"send rows of {expected_width(spec) or 'the model’s'} numbers") from exc
         outputs = dict(zip(names, raw, strict=True))
         return self._shape(manifest, outputs, matrix.shape[0], request_id or uuid.uuid4().hex)
 

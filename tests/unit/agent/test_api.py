@@ -126,6 +126,7 @@ def test_models_healthz_and_status(api: Running) -> None:
     (json.dumps({"inputs": []}).encode(), 400, "no rows"),
     (b"[1, 2]", 400, "takes 4"),
     (b'"text"', 400, "not an object"),
+    (json.dumps({"instances": [dict.fromkeys(FEATURES, 10 ** 400)]}).encode(), 400, "too large for float32"),
 ])
 def test_bad_input_gets_a_4xx_naming_the_problem_and_the_agent_stays_up(api: Running, body: bytes, status: int,
                                                                        words: str) -> None:
@@ -134,6 +135,15 @@ def test_bad_input_gets_a_4xx_naming_the_problem_and_the_agent_stays_up(api: Run
         assert response.status_code == status, response.text
         assert words in response.json()["error"] and response.json()["fix"]
         assert client.post("/v1/models/iris/predict", json={"inputs": [ROW]}).status_code == 200  # same connection
+
+
+def test_json_nested_deeper_than_the_recursion_limit_is_a_400(api: Running) -> None:
+    # Deeper than Python's default recursion limit (json raises RecursionError); not so deep that a process
+    # which raised the limit (importing onnx2tf does) overflows the C stack: there the parser refuses it.
+    with api.tcp() as client:
+        response = client.post("/v1/models/iris/predict", content=b"[" * 5_000 + b"]" * 5_000)
+        assert response.status_code == 400 and response.json()["fix"], response.text
+        assert client.post("/v1/models/iris/predict", json={"inputs": [ROW]}).status_code == 200
 
 
 def test_http_level_errors(api: Running) -> None:

@@ -8,12 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from agent.errors import InputError, ModelNotFoundError
+from agent.errors import ModelNotFoundError
 from agent.runtime import ModelSession, load_session
 from agent.serving import ServingTable
 from agent.slots import ModelStore
 from agent.state import StateDir
 from edgefleet.bundle import read_bundle
+from edgefleet.errors import InputError
 from edgefleet.profiles import Profile
 from tests.unit.agent.models import LABELS, BundleMaker, linear_probabilities
 from tests.unit.agent.tally import Tally

@@ -1,4 +1,5 @@
-"""Request input -> float32 matrix: every accepted shape, and every bad input names its problem."""
+"""Request input -> float32 matrix (the agent's and the server's parser): every accepted shape, and every bad
+input names its problem."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.errors import InputError
-from agent.inputs import to_matrix
+from edgefleet.errors import InputError
+from edgefleet.inputs import to_matrix
 from edgefleet.manifest import TensorSpec
 
 NAMED = TensorSpec("input", "float32", (-1, 3), feature_names=("a", "b", "c"))

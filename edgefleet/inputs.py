@@ -1,6 +1,13 @@
 """Request input to a float32 matrix, checked against the model's input spec.
 
-Accepted shapes (docs/contracts.md, "Local agent API"):
+The one parser of predict input: the agent's local API (``agent.serving``) and the server's
+predict endpoint (``fleet_server.predict``) both call ``to_matrix``, so a body one accepts the
+other accepts, and a body one refuses the other refuses for the same reason. It lives in the
+core package because neither side may import the other. It needs only numpy, which the agent's
+and the server's extras install (the core's CLI never imports this module), so the agent
+install stays small.
+
+Accepted shapes (docs/contracts.md, "Predict input"):
 
     {"inputs": [[1.0, 2.0], [3.0, 4.0]]}       rows
     {"inputs": [1.0, 2.0]}                      one row
@@ -13,26 +20,32 @@ included: silently coercing them hides client bugs), NaN or infinity where the s
 allow NaN (``null`` is read as NaN where it does), an unknown or missing feature, no rows, or
 more rows than ``max_rows`` (413).
 
-Pure: no I/O, no runtime. It does not know about HTTP; the API maps ``InputError.status``.
+Pure: no I/O, no runtime. It does not know about HTTP: callers map ``InputError.status``.
 """
 
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from agent.errors import InputError
+from edgefleet.errors import InputError
 from edgefleet.manifest import TensorSpec
 
 DEFAULT_MAX_ROWS = 10_000
 _NUMBER = (int, float)
 _NUMBER_TYPES = frozenset(_NUMBER)
+# Bounded: a bad value is shown in the message, and a deeply nested or huge one must neither blow
+# the stack nor the answer's size (attributes, not keywords: Repr takes those from Python 3.12).
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 2, 4, 4, 40, 40
 
 
 def expected_width(spec: TensorSpec) -> int | None:
+    """Values per row the spec asks for (its width, else its feature count); None: any width."""
     if spec.width is not None:
         return spec.width
     return len(spec.feature_names) if spec.feature_names else None
@@ -62,8 +75,9 @@ def _check_rows_count(n: int, max_rows: int) -> None:
     if n == 0:
         raise InputError("the request holds no rows", fix="send at least one row")
     if n > max_rows:
-        raise InputError(f"the request holds {n} rows, over this agent's limit of {max_rows}",
-                         fix="split it into smaller requests, or use `edgefleet agent predict` for batch files",
+        raise InputError(f"the request holds {n} rows, over the limit of {max_rows} rows a request",
+                         fix="split it into smaller requests (on a device, `edgefleet agent predict` takes files "
+                             "of any length)",
                          status=413)
 
 
@@ -107,10 +121,13 @@ def _check_array(array: np.ndarray, spec: TensorSpec, max_rows: int) -> np.ndarr
 def _number(value: Any, spec: TensorSpec, where: str) -> float:
     # ``type(...) in`` rather than isinstance: bool is an int subclass and must be refused.
     if type(value) in _NUMBER:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer too big even for float64
+            raise InputError(f"{where} is a number too large for float32", fix="scale the features") from None
     if value is None and spec.allow_nan:
         return math.nan
-    shown = "null" if value is None else f"{type(value).__name__} {value!r}"[:60]
+    shown = "null" if value is None else f"{type(value).__name__} {_SHOW.repr(value)}"[:60]
     raise InputError(f"{where} is {shown}, not a number", fix="send every feature as a JSON number")
 
 
@@ -169,9 +186,11 @@ def _instances(value: Any, spec: TensorSpec, max_rows: int) -> np.ndarray:
             missing = [n for n in names if n not in instance]
             raise InputError(f"instances[{i}] is missing feature(s) {', '.join(map(repr, missing[:5]))}"
                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
-                             fix="send every feature the model lists (GET /v1/models shows them)")
-        for key, v in instance.items():
-            matrix[i, index[key]] = _number(v, spec, f"instances[{i}].{key}")
+                             fix=f"send every feature the model lists: {_names_hint(names)}")
+        # Values beyond float32's range become infinity here and are refused by _check_values.
+        with np.errstate(over="ignore"):
+            for key, v in instance.items():
+                matrix[i, index[key]] = _number(v, spec, f"instances[{i}].{key}")
     return _check_values(matrix, spec, "instances")
 
 
