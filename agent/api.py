@@ -521,7 +521,7 @@ def _feedback_items(body: bytes) -> list[dict[str, Any]]:
     """The checked items of a feedback body: one object or a list of them."""
     try:
         document = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the stack
         raise HttpError(400, f"feedback body is not valid JSON ({exc})", _FEEDBACK_FIX) from exc
     items = document if isinstance(document, list) else [document]
     if not items or len(items) > MAX_FEEDBACK_ITEMS:

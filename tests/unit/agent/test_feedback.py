@@ -113,6 +113,7 @@ def test_unknown_or_expired_request_id_is_a_404_naming_it(agent: Agent) -> None:
 
 @pytest.mark.parametrize(("body", "words"), [
     (b"{nope", "not valid JSON"),
+    (b"[" * 5_000 + b"]" * 5_000, "not valid JSON"),  # deeper than the recursion limit: a 400, not a 500
     (b"[]", "1 to"),
     (b'{"label": "setosa"}', "request_id"),
     (b'{"request_id": "r"}', "label"),
