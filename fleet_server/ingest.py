@@ -12,9 +12,10 @@ replica that crashes with batches still in its queue loses them (paho has alread
 exactly as a broker that restarts without persistence would; the outbox's ``dropped`` field
 counts only what the device dropped.
 
-Throughput: the MQTT callback only decodes and queues; one writer thread drains the queue and
-inserts up to ``max_batch`` batches in one transaction (multi-row inserts with RETURNING, so
-the duplicates are counted exactly). A full queue blocks the callback, which stops paho
+Throughput: the MQTT callback only routes and queues the raw bytes (paho's one network thread,
+which also sends the PUBACKs, was the bottleneck while it decoded each batch); one writer thread
+lingers up to ``linger_s`` to fill a batch, decodes, and inserts up to ``max_batch`` batches in
+one transaction (multi-row inserts with RETURNING, so the duplicates are counted exactly). A full queue blocks the callback, which stops paho
 reading and pushes back on the broker instead of dropping.
 
 Pure helpers (``batch_rows``, ``event_row``) turn decoded messages into rows; ``TelemetryIngest``
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 1000
 DEFAULT_QUEUE_SIZE = 50_000
+DEFAULT_LINGER_S = 0.05  # how long the writer waits to fill a batch once one message is queued
 RATE_WINDOW_S = 60
 MAX_EVENT_BYTES = 64 * 1024
 
@@ -199,7 +201,7 @@ def _insert_ignoring_duplicates(session: Session, table: Any, rows: Sequence[Map
     return [tuple(r) for r in session.execute(statement, arrays)]
 
 
-_Item = tuple[str, Any]  # ("batch", TelemetryBatch) | ("event", row dict)
+_Item = tuple[str, Any]  # ("telemetry", (device_id, payload bytes)) | ("event", row dict)
 
 
 class TelemetryIngest:
@@ -211,12 +213,13 @@ class TelemetryIngest:
 
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  max_batch: int = DEFAULT_MAX_BATCH, queue_size: int = DEFAULT_QUEUE_SIZE,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 linger_s: float = DEFAULT_LINGER_S, monotonic: Callable[[], float] = time.monotonic) -> None:
         if db.engine.dialect.name not in ("postgresql", "sqlite"):
             raise IngestError(f"telemetry ingest needs PostgreSQL or SQLite, not {db.engine.dialect.name}")
         self.db = db
         self.clock = clock
         self.max_batch = max_batch
+        self.linger_s = linger_s
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
         self._counters = _Counters(monotonic)
         self._thread = threading.Thread(target=self._run, name="edgefleet-ingest", daemon=True)
@@ -235,9 +238,7 @@ class TelemetryIngest:
         try:
             if kind == "telemetry":
                 self._counters.add(received=1)
-                decoded = telemetry.decode(payload, device_id=device_id)
-                _utc(decoded.ts, f"batch {decoded.seq} of {device_id}")  # refused here, not in the writer
-                item = ("batch", decoded)
+                item = ("telemetry", (device_id, payload))  # decoded by the writer, off paho's thread
             elif kind == "events":
                 item = ("event", event_row(device_id, payload))
             else:
@@ -273,9 +274,13 @@ class TelemetryIngest:
             if first is None:
                 return
             items = [first]
+            # Linger a moment for more: a write costs about the same for 10 messages as for 1,000,
+            # and writing each trickle at once took the GIL from paho's thread, which then read
+            # fewer messages, which made the writes smaller still (2,500 msgs/s instead of 9,000).
+            deadline = time.monotonic() + self.linger_s
             while len(items) < self.max_batch:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -296,14 +301,26 @@ class TelemetryIngest:
         finally:
             self._backlog.done(len(items))
 
+    def _decode(self, device_id: str, payload: bytes) -> TelemetryBatch | None:
+        try:
+            batch = telemetry.decode(payload, device_id=device_id)
+            _utc(batch.ts, f"batch {batch.seq} of {device_id}")
+        except (TelemetryError, IngestError) as exc:
+            self._counters.add(invalid=1)
+            log.warning("dropped telemetry message from %s: %s", device_id, exc)
+            return None
+        return batch
+
     def _write(self, items: Sequence[_Item]) -> None:
         batches: dict[tuple[str, int], TelemetryBatch] = {}
         events: dict[tuple[str, str], dict[str, Any]] = {}
         received = events_received = 0
         for kind, value in items:
-            if kind == "batch":
-                received += 1
-                batches.setdefault((value.device_id, value.seq), value)
+            if kind == "telemetry":
+                batch = self._decode(*value)
+                if batch is not None:
+                    received += 1
+                    batches.setdefault((batch.device_id, batch.seq), batch)
             else:
                 events_received += 1
                 events.setdefault((value["device_id"], value["event_id"]), value)
