@@ -183,7 +183,24 @@ class Supervisor:
         signal.signal(signal.SIGINT, interrupt)
 
 
-class MosquittoProcess:
+class _Supervised:
+    """A process this module started and may kill or stop (and start again)."""
+
+    child: Child | None = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.child is not None:
+            self.child.kill()
+            self.child = None
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+            self.child = None
+
+
+class MosquittoProcess(_Supervised):
     """A Mosquitto whose password and ACL files the fleet server manages."""
 
     def __init__(self, supervisor: Supervisor, directory: Path, *, port: int | None = None,
@@ -249,18 +266,13 @@ class MosquittoProcess:
         wait_until(listening, 10, f"mosquitto to listen on port {self.port}", every=0.05)
         return self
 
-    def stop(self) -> None:
-        if self.child is not None:
-            self.child.stop()
-            self.child = None
-
     def restart(self, down_s: float = 0.0) -> None:
         self.stop()
         time.sleep(down_s)
         self.start()
 
 
-class ServerProcess:
+class ServerProcess(_Supervised):
     """``edgefleet server`` with its data dir, on a free port, waited on until healthy."""
 
     def __init__(self, supervisor: Supervisor, data_dir: Path, *, broker: MosquittoProcess | None = None,
@@ -310,16 +322,6 @@ class ServerProcess:
     def admin_token(self) -> str:
         return (self.data_dir / "admin-token").read_text().strip()
 
-    def kill(self) -> None:
-        if self.child is not None:
-            self.child.kill()
-            self.child = None
-
-    def stop(self) -> None:
-        if self.child is not None:
-            self.child.stop()
-            self.child = None
-
 
 # A newly activated model is watched for 60 s (20 requests) by default; demos and tests that
 # roll out several versions in a minute shorten that through the agent's own agent.toml.
@@ -331,7 +333,7 @@ def agent_toml(settings: Mapping[str, float | int | bool | str]) -> str:
     return "".join(f"{key} = {json.dumps(value)}\n" for key, value in sorted(settings.items()))
 
 
-class AgentProcess:
+class AgentProcess(_Supervised):
     """One real device: enrolled with a one-time token, then ``edgefleet agent run``."""
 
     def __init__(self, supervisor: Supervisor, name: str, state_dir: Path, *,
@@ -399,12 +401,3 @@ class AgentProcess:
             return None
         return dict(answer.json()) if answer.status_code == 200 else None
 
-    def kill(self) -> None:
-        if self.child is not None:
-            self.child.kill()
-            self.child = None
-
-    def stop(self) -> None:
-        if self.child is not None:
-            self.child.stop()
-            self.child = None
