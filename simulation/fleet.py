@@ -400,4 +400,3 @@ class AgentProcess(_Supervised):
         except httpx.TransportError:
             return None
         return dict(answer.json()) if answer.status_code == 200 else None
-
