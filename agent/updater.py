@@ -93,7 +93,6 @@ TARGET_UNKNOWN = "target_unknown"
 TUF_REFUSED = "tuf_refused"
 STAGE_FAILED = "stage_failed"
 SUPERSEDED = "superseded"
-RETRYABLE = RETRYABLE_REASONS  # edgefleet.outcomes: the server reads the same set
 PROBATION_PERSIST_S = 10.0
 
 # Fault injection for the end-to-end crash tests (tests/integration/update_path), off unless set:
@@ -351,7 +350,7 @@ class Updater:
             m = self.machine
             rule = recovery(m)
             if rule is Recovery.RESET:
-                if m.state is State.FAILED and m.reason in RETRYABLE and m.target is not None:
+                if m.state is State.FAILED and m.reason in RETRYABLE_REASONS and m.target is not None:
                     self.attempted.pop(m.target.model, None)  # a restart is as good a time as any to retry
                 self.retry_at = None
                 self._apply(Reset(now))
@@ -397,7 +396,7 @@ class Updater:
         m = self.machine
         if m.active:
             return
-        if m.state is State.FAILED and m.reason in RETRYABLE and m.target is not None:
+        if m.state is State.FAILED and m.reason in RETRYABLE_REASONS and m.target is not None:
             if self.retry_at is not None and now < self.retry_at:
                 return
             self.attempted.pop(m.target.model, None)  # due: try the same assignment again
@@ -444,11 +443,11 @@ class Updater:
         self._session = None
         self._bundle = None
         self.probation = None
-        self.retry_at = now + self.retry_after_s if reason in RETRYABLE else None
+        self.retry_at = now + self.retry_after_s if reason in RETRYABLE_REASONS else None
         log.warning("update of %s failed: %s (%s)", self.machine.target.model if self.machine.target else "?", reason,
                     details.get("message", ""))
         self._apply(Fail(now, reason, details))
-        if reason not in RETRYABLE:
+        if reason not in RETRYABLE_REASONS:
             self._clean_download()
             if self.machine.target is not None:
                 self._gc(self.machine.target.model)  # a refused staged slot will never serve

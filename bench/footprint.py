@@ -16,7 +16,6 @@ import hashlib
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,11 +34,7 @@ TFLITE_EXTRA = "litert"
 
 
 def _predict_unix(socket_path: Path, path: str, body: bytes) -> int:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(2)
-    sock.connect(str(socket_path))
-    conn = http.client.HTTPConnection("localhost", timeout=2)
-    conn.sock = sock
+    conn = processes.unix_http(socket_path, 2)
     try:
         conn.request("POST", path, body, {"Content-Type": "application/json"})
         response = conn.getresponse()

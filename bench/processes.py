@@ -24,13 +24,19 @@ from simulation.fleet import free_port
 EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
 
 
+def unix_http(socket_path: Path, timeout: float) -> http.client.HTTPConnection:
+    """An ``http.client`` connection over the agent's Unix socket (connected now)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(str(socket_path))
+    conn = http.client.HTTPConnection("localhost", timeout=timeout)
+    conn.sock = sock
+    return conn
+
+
 def _get(port: int | None, socket_path: Path | None, path: str) -> int:
     if socket_path is not None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(1)
-        sock.connect(str(socket_path))
-        conn = http.client.HTTPConnection("localhost", timeout=1)
-        conn.sock = sock
+        conn = unix_http(socket_path, 1)
     else:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
     try:

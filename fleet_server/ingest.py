@@ -15,8 +15,9 @@ counts only what the device dropped.
 Throughput: the MQTT callback only routes and queues the raw bytes (paho's one network thread,
 which also sends the PUBACKs, was the bottleneck while it decoded each batch); one writer thread
 lingers up to ``linger_s`` to fill a batch, decodes, and inserts up to ``max_batch`` batches in
-one transaction (multi-row inserts with RETURNING, so the duplicates are counted exactly). A full queue blocks the callback, which stops paho
-reading and pushes back on the broker instead of dropping.
+one transaction (multi-row inserts with RETURNING, so the duplicates are counted exactly). A
+full queue blocks the callback, which stops paho reading and pushes back on the broker instead
+of dropping.
 
 Pure helpers (``batch_rows``, ``event_row``) turn decoded messages into rows; ``TelemetryIngest``
 owns the queue, the thread and the counters that ``/metrics`` reads. This module does not

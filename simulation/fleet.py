@@ -76,15 +76,20 @@ def mosquitto_binary() -> str | None:
     return next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    """Poll ``check`` until it returns something truthy; FleetError naming ``what`` after ``timeout``."""
+def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1, *,
+               explain: Callable[[], str] | None = None) -> Any:
+    """Poll ``check`` until it returns something truthy; FleetError naming ``what`` after ``timeout``.
+
+    ``explain`` adds what to look at (e.g. the tail of a process's log) to the error.
+    """
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise FleetError(f"timed out after {timeout:.0f} s waiting for {what}")
+            detail = f"\n{explain()}" if explain is not None else ""
+            raise FleetError(f"timed out after {timeout:g} s waiting for {what}{detail}")
         time.sleep(every)
 
 

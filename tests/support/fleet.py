@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet import topics
+from simulation.fleet import wait_until as wait_for
 from tests.support.mosquitto import MosquittoBroker, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,20 +41,6 @@ REPO = Path(__file__).resolve().parents[2]
 # Short probation and a fast update tick: a rollout wave settles in seconds, not minutes.
 FAST_AGENT_ENV = {"EDGEFLEET_PROBATION_S": "2", "EDGEFLEET_PROBATION_MIN_REQUESTS": "5",
                   "EDGEFLEET_UPDATE_TICK_S": "0.2"}
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, *, every: float = 0.1,
-             explain: Callable[[], str] | None = None) -> Any:
-    """Poll ``check`` until it returns something truthy; raise naming ``what`` when time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            detail = explain() if explain is not None else ""
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{detail}")
-        time.sleep(every)
 
 
 def _spawn(args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
