@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from edgefleet import topics
+from edgefleet import events, topics
 from edgefleet.assignment import Assignment, ModelTarget, verify_assignment
 from edgefleet.errors import AssignmentError, EdgefleetError
 
@@ -102,7 +102,8 @@ class Step:
     goes_offline: bool = False
 
 
-_HAPPY_PATH = ("assigned", "downloaded", "verified", "staged", "health_passed", "activated", "committed")
+_HAPPY_PATH = (events.ASSIGNED, events.DOWNLOADED, events.VERIFIED, events.STAGED, events.HEALTH_PASSED,
+               events.ACTIVATED, events.COMMITTED)
 
 
 def plan_update(model: str, current: str | None, target: str, outcome: Outcome, *,
@@ -114,18 +115,18 @@ def plan_update(model: str, current: str | None, target: str, outcome: Outcome, 
     ``assigned`` then ``failed`` and the current version keeps serving.
     """
     if refusal is not None:
-        return [Step("assigned", model, target, current), Step("failed", model, target, current, refusal)]
+        return [Step(events.ASSIGNED, model, target, current), Step(events.FAILED, model, target, current, refusal)]
     if outcome is Outcome.OFFLINE:
-        return [Step("assigned", model, target, current, goes_offline=True)]
+        return [Step(events.ASSIGNED, model, target, current, goes_offline=True)]
     if outcome is Outcome.FAIL_HEALTH:
         steps = [Step(e, model, target, current) for e in _HAPPY_PATH[:4]]
-        return [*steps, Step("failed", model, target, current, "health_check_failed")]
+        return [*steps, Step(events.FAILED, model, target, current, events.HEALTH_FAILED)]
     if outcome is Outcome.FAIL_PROBATION:
         steps = [Step(e, model, target, current) for e in _HAPPY_PATH[:5]]
-        steps.append(Step("activated", model, target, target))
-        return [*steps, Step("rolled_back", model, target, current, "probation_failed")]
+        steps.append(Step(events.ACTIVATED, model, target, target))
+        return [*steps, Step(events.ROLLED_BACK, model, target, current, events.PROBATION_FAILED)]
     steps = [Step(e, model, target, current) for e in _HAPPY_PATH[:5]]
-    return [*steps, Step("activated", model, target, target), Step("committed", model, target, target)]
+    return [*steps, Step(events.ACTIVATED, model, target, target), Step(events.COMMITTED, model, target, target)]
 
 
 class TargetChecker(Protocol):
@@ -450,7 +451,7 @@ class LightDevice:
                                            now=self._wall_clock())
         except AssignmentError as exc:
             self.refusals.append(exc.reason)
-            self._send_event("failed", None, None, None, None, exc.reason)
+            self._send_event(events.FAILED, None, None, None, None, exc.reason)
             return
         self.last_counter = assignment.counter
         self._accepted = assignment
@@ -483,12 +484,12 @@ class LightDevice:
             self.models[step.model] = before[step.model]
         else:
             self.models.pop(step.model, None)
-        terminal = step.event in ("committed", "failed", "rolled_back")
+        terminal = step.event in events.OUTCOME_EVENTS
         self._update = {"state": step.event, "model": step.model, "version": step.version,
                         "counter": assignment.counter, "reason": step.reason}
         self._send_event(step.event, step.model, step.version, assignment.counter, assignment.rollout_id,
                          step.reason, {"total_ms": round((time.monotonic() - started) * 1000, 3)})
-        if step.event == "assigned" or terminal:
+        if step.event == events.ASSIGNED or terminal:
             self._publish_reported()
         self._in_flight = bool(rest) or step.goes_offline
         if step.goes_offline:
@@ -500,10 +501,9 @@ class LightDevice:
 
     def _send_event(self, event: str, model: str | None, version: str | None, counter: int | None,
                     rollout_id: str | None, reason: str | None, timings: Mapping[str, float] | None = None) -> None:
-        payload = {"device_id": self.device_id, "event_id": uuid.uuid4().hex, "ts": self._wall_clock().timestamp(),
-                   "event": event, "model": model, "version": version, "counter": counter,
-                   "rollout_id": rollout_id, "reason": reason, "timings": dict(timings or {}),
-                   "details": {"simulated": True}}
+        payload = events.UpdateEvent(self.device_id, uuid.uuid4().hex, self._wall_clock().timestamp(), event, model,
+                                     version, counter, rollout_id, reason, dict(timings or {}),
+                                     {"simulated": True}).to_dict()
         self.events.append(SentEvent(time.monotonic(), payload))
         self._client.publish(topics.events(self.device_id), json.dumps(payload).encode(), qos=1)
 
