@@ -21,14 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from converter.converted import Converted
 from converter.data import Dataset, load_dataset
 from converter.errors import ConverterError, OptionsError, ToleranceError
 from converter.predictors import Outputs, Predictor
 from converter.quantize import CALIBRATION_METHODS
-from converter.source import SourceModel
+from converter.source_model import SourceModel
 from edgefleet import __version__
 from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
-from edgefleet.manifest import HealthCheck, Manifest
+from edgefleet.manifest import FORMATS, HealthCheck, Manifest
 from edgefleet.profiles import QUANTIZATIONS, Profile, load_profile
 from edgefleet.version import ModelVersion, check_model_name
 
@@ -69,7 +70,7 @@ class ConvertOptions:
             ModelVersion.parse(self.version)
         except Exception as exc:
             raise OptionsError(str(exc)) from exc
-        if self.format is not None and self.format not in ("onnx", "tflite"):
+        if self.format is not None and self.format not in FORMATS:
             raise OptionsError(f"format {self.format!r} is not known", fix="use --format onnx or --format tflite")
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             raise OptionsError(f"quantization {self.quantize!r} is not known", fix=f"use one of {', '.join(QUANTIZATIONS)}")
@@ -88,24 +89,6 @@ class ConversionResult:
     def __post_init__(self) -> None:
         if len(self.sha256) != 64 or self.manifest.model_file not in self.manifest.files:
             raise ConverterError(f"internal: conversion result for {self.bundle_path} is incomplete")
-
-
-@dataclass(frozen=True)
-class Converted:
-    """A converted model, ready to be packed: what the format-specific builders return."""
-
-    format: str
-    model_bytes: bytes
-    predictor: Predictor
-    inputs: tuple[dict[str, Any], ...]
-    outputs: tuple[dict[str, Any], ...]
-    runtime: Mapping[str, Any]
-    float_bytes: int
-
-    def __post_init__(self) -> None:
-        if self.format not in ("onnx", "tflite") or not self.model_bytes or len(self.inputs) != 1 or not self.outputs:
-            raise ConverterError(f"internal: the {self.format} builder returned an incomplete model",
-                                 fix="report this as a bug with the model type and options used")
 
 
 def _resolve_format(options: ConvertOptions, profile: Profile, framework: str) -> str:
@@ -147,7 +130,7 @@ def _original_predictor(source: SourceModel) -> Predictor:
         return OnnxPredictor(source.model.SerializeToString(),
                              {t.name: t.role for t in graph_outputs(source.model) if t.role != "other"})
     if source.framework in ("keras", "savedmodel"):
-        from converter.tflite import TensorflowPredictor
+        from converter.tf_source import TensorflowPredictor
 
         return TensorflowPredictor(source)
     return EstimatorPredictor(source.model, source.task)

@@ -5,7 +5,7 @@ Classifiers are exported with ZipMap disabled, so their outputs are a ``label`` 
 input is named ``input`` and is float32 ``[batch, n_features]``. Free-text fields are
 cleared (``onnxgraph.tidy``) so the same model always exports to the same bytes.
 
-This module does not quantize (see ``quantize``) and does not handle Keras (see ``tflite``).
+This module does not quantize (see ``quantize``) and does not handle Keras (see ``tflite`` and ``tf_source``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import onnx
 
 from converter.errors import NotAModelError, UnsupportedOpError
 from converter.onnxgraph import tidy
-from converter.source import SourceModel
+from converter.source_model import SourceModel
 
 INPUT_NAME = "input"
 # Opset 17 is read by onnxruntime >= 1.13, onnx2tf and every runtime a profile names.

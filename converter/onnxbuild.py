@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from converter.conversion import Converted
+from converter.converted import Converted
 from converter.export import float_onnx
 from converter.onnxgraph import default_opset, graph_outputs, op_domains, single_input
 from converter.predictors import OnnxPredictor
 from converter.quantize import quantize_onnx
-from converter.source import SourceModel
+from converter.source_model import SourceModel
 
 
 def build_onnx(source: SourceModel, quantize: str, calibration: np.ndarray | None, method: str) -> Converted:

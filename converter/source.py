@@ -1,8 +1,9 @@
 """Loading the model to convert, whatever it was saved as, and saying what it is.
 
-Recognised: scikit-learn estimators and pipelines, LightGBM and XGBoost sklearn wrappers
-(joblib or pickle files), ONNX files, Keras ``.keras`` files and TF SavedModel directories.
-The result is a ``SourceModel``: framework, task, width, class labels and the file's hash,
+``load_source`` recognises scikit-learn estimators and pipelines, LightGBM and XGBoost sklearn
+wrappers (joblib or pickle files) and ONNX files, read here, and Keras ``.keras`` files and TF
+SavedModel directories, handed to ``tf_source`` (which imports TensorFlow). The result is a
+``SourceModel`` (``source_model``): framework, task, width, class labels and the file's hash,
 plus the loaded object the exporters and the original-model predictor need.
 
 Unpickling runs code from the file: a warning says so on every load. This module does not
@@ -11,68 +12,24 @@ convert anything (see ``export`` and ``tflite``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from converter.errors import ModelNotFoundError, NotAModelError, UnsupportedOpError
+from converter.source_model import SourceModel, file_digest
 
 log = logging.getLogger(__name__)
 
-FRAMEWORKS = ("sklearn", "lightgbm", "xgboost", "onnx", "keras", "savedmodel")
-_PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle", ".sav")
-
-
-@dataclass(frozen=True)
-class SourceModel:
-    """The original model and what the converter needs to know about it."""
-
-    framework: str
-    path: Path
-    sha256: str
-    size: int
-    task: str
-    n_features: int
-    class_labels: tuple[str | int, ...] | None
-    feature_names: tuple[str, ...] | None
-    model: Any
-    kind: str = ""
-
-    def __post_init__(self) -> None:
-        if self.framework not in FRAMEWORKS:
-            raise NotAModelError(f"unknown framework {self.framework!r}")
-        if self.task not in ("classification", "regression"):
-            raise NotAModelError(f"{self.path}: task {self.task!r} is neither classification nor regression")
-        if self.n_features <= 0:
-            raise NotAModelError(f"{self.path}: the model's input width is unknown",
-                                 fix="fit the model on a 2-D array, or export it with a fixed feature dimension")
-
-
-def file_digest(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file, or of a directory's files (relative names and contents, sorted)."""
-    digest = hashlib.sha256()
-    if path.is_dir():
-        size = 0
-        for item in sorted(p for p in path.rglob("*") if p.is_file()):
-            data = item.read_bytes()
-            digest.update(str(item.relative_to(path)).encode() + b"\0" + hashlib.sha256(data).digest())
-            size += len(data)
-        return digest.hexdigest(), size
-    data = path.read_bytes()
-    digest.update(data)
-    return digest.hexdigest(), len(data)
-
-
 def load_source(path: str | Path) -> SourceModel:
+    """Load and describe the model at ``path``: a file by its suffix, a directory as a SavedModel."""
     p = Path(path)
     if not p.exists():
         raise ModelNotFoundError(f"model file {p} does not exist", fix="check the path (and the current directory)")
     if p.is_dir():
         if (p / "saved_model.pb").is_file():
-            from converter.tflite import load_saved_model
+            from converter.tf_source import load_saved_model
 
             return load_saved_model(p)
         raise NotAModelError(f"{p} is a directory without saved_model.pb",
@@ -81,7 +38,7 @@ def load_source(path: str | Path) -> SourceModel:
     if suffix == ".onnx":
         return _load_onnx(p)
     if suffix in (".keras", ".h5"):
-        from converter.tflite import load_keras
+        from converter.tf_source import load_keras
 
         return load_keras(p)
     return _load_pickle(p)

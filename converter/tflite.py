@@ -1,4 +1,4 @@
-"""Building the TFLite flavour of a bundle, and reading Keras and SavedModel sources.
+"""Building the TFLite flavour of a bundle.
 
 Two roads lead to a TensorFlow SavedModel, and one converter takes it from there:
 
@@ -16,14 +16,13 @@ one for that output is refused with UnsupportedOpError. Quantization modes:
     int8 / int8-static  full integer: int8 weights, activations, input and output tensors,
                   ranges from a representative dataset (the calibration rows, in order)
 
-TensorFlow and onnx2tf are imported only here, through ``edgefleet.extras.require`` (extra
-``tflite-convert``), with TensorFlow's logging silenced and seeds fixed.
+TensorFlow comes from ``tf_runtime`` (logging silenced, seeds fixed) and onnx2tf through
+``edgefleet.extras.require``, both from the extra ``tflite-convert``. Loading Keras and
+SavedModel sources is ``tf_source``'s job, not this module's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,103 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from converter.conversion import Converted
+from converter.converted import Converted
 from converter.errors import ConverterError, NotAModelError, OptionsError
-from converter.predictors import Outputs, TflitePredictor
-from converter.source import SourceModel, file_digest
+from converter.predictors import TflitePredictor
+from converter.source_model import SourceModel
+from converter.tf_runtime import EXTRA, quiet_native_output, tensorflow
 
-EXTRA = "tflite-convert"
 REPRESENTATIVE_ROWS = 300
-
-
-def _tensorflow() -> ModuleType:
-    # Must be set before TensorFlow is first imported: C++ log level and oneDNN's
-    # non-deterministic kernels (they reorder float sums between runs).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
-    from edgefleet.extras import require
-
-    with _quiet_native_output():  # the first import prints absl and CUDA-stub chatter
-        tf = require("tensorflow", EXTRA, "TFLite conversion")
-    tf.get_logger().setLevel("ERROR")
-    tf.random.set_seed(0)
-    return tf
-
-
-@contextlib.contextmanager
-def _quiet_native_output() -> Iterator[None]:
-    """Silence what TensorFlow's and MLIR's C++ code writes straight to file descriptors 1 and 2."""
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-
-
-def _keras_task(width: int) -> tuple[str, tuple[str | int, ...] | None]:
-    # A softmax-style output (one column per class) is a classifier; one column is a regressor.
-    return ("classification", tuple(range(width))) if width > 1 else ("regression", None)
-
-
-def load_keras(path: Path) -> SourceModel:
-    tf = _tensorflow()
-    try:
-        model = tf.keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises ValueError, OSError or its own errors for a bad file
-        raise NotAModelError(f"{path} is not a Keras model Keras can load ({type(exc).__name__}: {exc})",
-                             fix="save it with model.save('model.keras')") from exc
-    in_shape, out_shape = tuple(model.input_shape), tuple(model.output_shape)
-    if len(in_shape) != 2 or len(out_shape) != 2 or not in_shape[1] or not out_shape[1]:
-        raise NotAModelError(f"{path} takes {in_shape} and returns {out_shape}; the converter handles "
-                             "[batch, features] -> [batch, outputs] models",
-                             fix="flatten the input, or convert the model yourself with tf.lite.TFLiteConverter")
-    task, labels = _keras_task(int(out_shape[1]))
-    sha, size = file_digest(path)
-    return SourceModel("keras", path, sha, size, task, int(in_shape[1]), labels, None, model, kind=type(model).__name__)
-
-
-def load_saved_model(path: Path) -> SourceModel:
-    tf = _tensorflow()
-    try:
-        loaded = tf.saved_model.load(str(path))
-        signature = loaded.signatures["serving_default"]
-    except Exception as exc:
-        raise NotAModelError(f"{path} is not a SavedModel with a serving_default signature ({exc})",
-                             fix="export it with tf.saved_model.save(model, path) or model.export(path)") from exc
-    inputs = list(signature.structured_input_signature[1].values())
-    outputs = list(signature.structured_outputs.values())
-    if len(inputs) != 1 or len(outputs) != 1 or inputs[0].shape.rank != 2 or outputs[0].shape.rank != 2:
-        raise NotAModelError(f"{path}: the converter handles one [batch, features] input and one [batch, outputs] output")
-    task, labels = _keras_task(int(outputs[0].shape[1]))
-    sha, size = file_digest(path)
-    return SourceModel("savedmodel", path, sha, size, task, int(inputs[0].shape[1]), labels, None, signature,
-                       kind="SavedModel")
-
-
-class TensorflowPredictor:
-    """The original Keras model or SavedModel signature, called eagerly (no ``predict`` overhead)."""
-
-    def __init__(self, source: SourceModel) -> None:
-        self.tf = _tensorflow()
-        self.source = source
-
-    def predict(self, features: np.ndarray) -> Outputs:
-        x = self.tf.constant(np.asarray(features, dtype=np.float32))
-        if self.source.framework == "keras":
-            result = self.source.model(x, training=False)
-        else:
-            result = next(iter(self.source.model(x).values()))
-        values = np.asarray(result, dtype=np.float32)
-        if self.source.task == "regression":
-            return Outputs(values=values)
-        return Outputs(probabilities=values)
 
 
 def _standard_part(source: SourceModel) -> tuple[Any, int]:
@@ -162,7 +71,7 @@ def _converter_for(tf: ModuleType, source: SourceModel, standard_part: Any, work
     onnx2tf = _onnx2tf()
     _reset_layer_names(tf)
     try:
-        with _quiet_native_output():
+        with quiet_native_output():
             onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(saved_model),
                             non_verbose=True, verbosity="error", copy_onnx_input_output_names_to_tflite=True)
     except SystemExit as exc:  # onnx2tf calls sys.exit on conversion errors
@@ -230,12 +139,12 @@ def _spec(detail: dict[str, Any], role: str) -> dict[str, Any]:
 def build_tflite(source: SourceModel, quantize: str, calibration: np.ndarray | None) -> Converted:
     standard_part, float_bytes = (None, source.size) if source.framework in ("keras", "savedmodel") \
         else _standard_part(source)
-    tf = _tensorflow()
+    tf = tensorflow()
     with tempfile.TemporaryDirectory(prefix="edgefleet-tflite-") as tmp:
         converter = _converter_for(tf, source, standard_part, Path(tmp))
         _configure(tf, converter, quantize, calibration)
         try:
-            with _quiet_native_output():
+            with quiet_native_output():
                 data = bytes(converter.convert())
         except Exception as exc:  # TFLite's converter raises ConverterError / RuntimeError with MLIR text
             raise ConverterError(f"the TFLite converter failed: {str(exc).splitlines()[0] if str(exc) else exc}",
