@@ -549,6 +549,9 @@ def _allow(method: str, allowed: str) -> None:
         raise HttpError(405, f"method {method} is not allowed here", f"use {allowed}")
 
 
+_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
 def _parse_head(head: bytes) -> tuple[str, str, bool, int, bool]:
     """(method, path, keep_alive, content_length, expects_100_continue) of a request head."""
     try:
@@ -569,8 +572,16 @@ def _parse_head(head: bytes) -> tuple[str, str, bool, int, bool]:
     keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
     if "chunked" in headers.get("transfer-encoding", "").lower():
         raise HttpError(411, "chunked request bodies are not supported", "send a Content-Length header", close=True)
+    declared = headers.get("content-length")
+    if declared is None:
+        if method in _METHODS_WITH_BODY:
+            # Without a length the body's end is unknown (no chunked support): refuse rather than
+            # read the body as the next request.
+            raise HttpError(411, f"{method} needs a Content-Length header", "send a Content-Length header (0 for no body)",
+                            close=True)
+        declared = "0"
     try:
-        length = int(headers.get("content-length", "0"))
+        length = int(declared)
         if length < 0:
             raise ValueError(length)
     except ValueError as exc:

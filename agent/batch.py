@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import InputError
+from agent.errors import BatchInputError
 from agent.runtime import ModelSession
 from edgefleet import errors as core_errors
 from edgefleet.console import Progress
@@ -57,13 +57,13 @@ def _pyarrow(module: str, purpose: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise InputError(f"{purpose} needs pyarrow, which is not installed", fix="pip install pyarrow, or use CSV or NPY") from exc
+        raise BatchInputError(f"{purpose} needs pyarrow, which is not installed", fix="pip install pyarrow, or use CSV or NPY") from exc
 
 
 def _suffix(path: Path, allowed: Sequence[str], what: str) -> str:
     suffix = path.suffix.lower()
     if suffix not in allowed:
-        raise InputError(f"{what} file {path} has an unsupported extension {suffix or '(none)'}",
+        raise BatchInputError(f"{what} file {path} has an unsupported extension {suffix or '(none)'}",
                          fix=f"use one of: {', '.join(allowed)}")
     return suffix
 
@@ -87,7 +87,7 @@ def _csv_columns(header: list[str], spec: TensorSpec) -> list[int] | None:
     position = {name.strip(): i for i, name in enumerate(header)}
     missing = [n for n in names if n not in position]
     if missing:
-        raise InputError(f"the CSV header lacks feature(s) {', '.join(missing[:5])}",
+        raise BatchInputError(f"the CSV header lacks feature(s) {', '.join(missing[:5])}",
                          fix=f"name the columns {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
     # Columns are picked by name, so extra ones (ids, labels) cannot shift the features: skip them.
     return [position[n] for n in names]
@@ -104,7 +104,7 @@ def _read_csv(path: Path, spec: TensorSpec, chunk_rows: int) -> tuple[int, Itera
     with open(path, newline="", encoding="utf-8") as handle:
         first = next(csv.reader(handle), None)
     if first is None:
-        raise InputError(f"{path} is empty", fix="give a CSV with one row per prediction")
+        raise BatchInputError(f"{path} is empty", fix="give a CSV with one row per prediction")
     columns = _csv_columns(first, spec)
     total = _count_csv_rows(path) - (1 if columns is not None else 0)
 
@@ -119,7 +119,7 @@ def _read_csv(path: Path, spec: TensorSpec, chunk_rows: int) -> tuple[int, Itera
                 if not row:
                     continue
                 if len(row) != len(first):
-                    raise InputError(f"CSV data row {done + len(block) + 1} has {len(row)} columns, the first row has "
+                    raise BatchInputError(f"CSV data row {done + len(block) + 1} has {len(row)} columns, the first row has "
                                      f"{len(first)}", fix="make every row the same width")
                 block.append([row[i] for i in columns] if columns is not None else row)
                 if len(block) == chunk_rows:
@@ -138,7 +138,7 @@ def _parse_block(block: list[list[str]], first_line: int, spec: TensorSpec) -> n
         for i, row in enumerate(block):
             for j, cell in enumerate(row):
                 if not _is_number(cell) and not (cell == "" and spec.allow_nan):
-                    raise InputError(f"CSV data row {first_line + i + 1}, column {j + 1} is {cell!r}, not a number",
+                    raise BatchInputError(f"CSV data row {first_line + i + 1}, column {j + 1} is {cell!r}, not a number",
                                      fix="give every feature as a number") from None
         matrix = np.array([[c if c else "nan" for c in row] for row in block], dtype=np.float32)
     return _check_chunk(matrix, spec, first_line)
@@ -148,7 +148,7 @@ def _check_chunk(matrix: np.ndarray, spec: TensorSpec, first_row: int) -> np.nda
     try:
         return to_matrix(matrix, spec, max_rows=len(matrix))
     except core_errors.InputError as exc:  # the shared parser raises the core class, not the agent's
-        raise InputError(f"rows {first_row + 1}-{first_row + len(matrix)}: {exc.message}", fix=exc.fix) from exc
+        raise BatchInputError(f"rows {first_row + 1}-{first_row + len(matrix)}: {exc.message}", fix=exc.fix) from exc
 
 
 def _read_npy(path: Path, spec: TensorSpec, chunk_rows: int) -> tuple[int, Iterator[np.ndarray]]:
@@ -169,7 +169,7 @@ def _read_parquet(path: Path, spec: TensorSpec, chunk_rows: int) -> tuple[int, I
     if names:
         missing = [n for n in names if n not in handle.schema_arrow.names]
         if missing:
-            raise InputError(f"{path} lacks column(s) {', '.join(missing[:5])}", fix="name the columns after the model's features")
+            raise BatchInputError(f"{path} lacks column(s) {', '.join(missing[:5])}", fix="name the columns after the model's features")
 
     def chunks() -> Iterator[np.ndarray]:
         start = 0
@@ -290,7 +290,7 @@ def predict_file(session: ModelSession, input_path: str | os.PathLike[str], outp
     reader = _READERS[_suffix(source, INPUT_SUFFIXES, "input")]
     writer_class = _WRITERS[_suffix(target, OUTPUT_SUFFIXES, "output")]
     if not source.is_file():
-        raise InputError(f"input file {source} does not exist", fix="check --input")
+        raise BatchInputError(f"input file {source} does not exist", fix="check --input")
     manifest = session.manifest
     start = clock()
     total, chunks = reader(source, manifest.input, chunk_rows)

@@ -281,7 +281,10 @@ class ServingTable:
             self._release(entry, latency_ms, outcome)
             if outcome != "input":
                 for observer in self._observers:
-                    observer(name, manifest.version, latency_ms, outcome == "ok")
+                    try:
+                        observer(name, manifest.version, latency_ms, outcome == "ok")
+                    except Exception:  # telemetry must never fail the prediction it counts
+                        log.exception("observer failed for %s@%s", name, manifest.version)
             if outcome != "ok" and self._request_observers:
                 self._notify(Served(name, manifest.version, request_id,
                                     "input" if outcome == "input" else "inference", latency_ms))

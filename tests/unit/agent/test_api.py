@@ -164,6 +164,7 @@ def test_http_level_errors(api: Running) -> None:
     (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
     (b"POST /v1/models/iris/predict HTTP/1.1\r\nContent-Length: -5\r\n\r\n", 400),
     (b"POST /v1/models/iris/predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+    (b"POST /v1/models/iris/predict HTTP/1.1\r\nHost: x\r\n\r\n{\"inputs\": [[1, 2, 3, 4]]}", 411),
     (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431),
     (b"GET /healthz HTTP/1.1\r\nno-colon-here\r\n\r\n", 400),
 ])

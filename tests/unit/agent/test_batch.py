@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.batch import predict_file
-from agent.errors import InputError
+from agent.errors import BatchInputError
 from agent.runtime import ModelSession, load_session
 from agent.slots import ModelStore
 from agent.state import StateDir
@@ -88,14 +88,14 @@ def test_csv_without_header_takes_columns_in_order(session: ModelSession, tmp_pa
 ])
 def test_bad_csv_is_named_and_leaves_no_output(session: ModelSession, tmp_path: Path, text: str, words: str) -> None:
     (tmp_path / "in.csv").write_text(text)
-    with pytest.raises(InputError) as caught:
+    with pytest.raises(BatchInputError) as caught:
         predict_file(session, tmp_path / "in.csv", tmp_path / "out.csv", progress=False)
     assert words in caught.value.message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "state"]  # no output, no temp file
 
 
 def test_unsupported_extensions_and_missing_input(session: ModelSession, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="unsupported extension .txt"):
+    with pytest.raises(BatchInputError, match="unsupported extension .txt"):
         predict_file(session, tmp_path / "in.txt", tmp_path / "out.csv")
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(BatchInputError, match="does not exist"):
         predict_file(session, tmp_path / "in.csv", tmp_path / "out.csv")

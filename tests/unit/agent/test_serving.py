@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -75,6 +76,24 @@ def test_stats_count_requests_errors_and_latency_and_reset_on_swap(state: StateD
     assert seen == [("iris", "1.0.0", 500.0, True)]
     table.swap("iris", session(state, profile, linear_bundle("2.0.0", seed=3)))
     assert table.stats("iris").requests == 0 and table.stats("iris").version == "2.0.0"
+
+
+def test_an_observer_that_raises_is_logged_and_the_prediction_still_succeeds(
+        state: StateDir, profile: Profile, linear_bundle: BundleMaker, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[str] = []
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("telemetry bug")
+
+    table = ServingTable()
+    table.add_observer(broken)
+    table.add_observer(lambda model, *_: seen.append(model))  # observers after the broken one still run
+    table.swap("iris", session(state, profile, linear_bundle()))
+    with caplog.at_level(logging.ERROR, logger="agent.serving"):
+        result = table.predict("iris", [ROW])
+    assert result.version == "1.0.0" and seen == ["iris"]
+    assert table.stats("iris").requests == 1 and table.stats("iris").errors == 0
+    assert any("observer failed for iris@1.0.0" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
 def test_unknown_model_is_named(state: StateDir) -> None:
