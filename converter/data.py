@@ -1,10 +1,10 @@
 """Reading calibration and validation data: CSV, NPY, NPZ and Parquet into float32 rows.
 
 A ``Dataset`` is a 2-D float32 feature matrix, optional labels and optional feature names.
-CSV headers are detected (a first row that is not all numbers is a header). ``labels_column``
-names the label column (by header name, or by 0-based index: headerless CSV, NPY);
-a file that lacks it is taken as features only, so one option serves both the labelled
-validation file and an unlabelled calibration file.
+CSV headers are detected: a first row that is not all numbers (``edgefleet.cells.is_number``)
+is a header. ``labels_column`` names the label column (by header name, or by 0-based index:
+headerless CSV, NPY); a file that lacks it is taken as features only, so one option serves
+both the labelled validation file and an unlabelled calibration file.
 
 This module does not sample, scale or otherwise change the data: what the user gave is what
 the models see.
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from converter.errors import DataError, DataShapeError
+from edgefleet.cells import is_number
 
 SUFFIXES = (".csv", ".npy", ".npz", ".parquet")
 # NPZ archives written by numpy.savez use these names by convention; the first hit wins.
@@ -79,14 +80,6 @@ def load_dataset(path: str | Path, *, labels_column: str | None = None) -> Datas
     raise DataError(f"data file {p} has an unknown type {suffix!r}", fix=f"use one of {', '.join(SUFFIXES)}")
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _load_csv(path: Path, labels_column: str | None) -> Dataset:
     try:
         with path.open(newline="", encoding="utf-8") as handle:
@@ -96,7 +89,7 @@ def _load_csv(path: Path, labels_column: str | None) -> Dataset:
     if not rows:
         raise DataError(f"CSV {path} is empty", fix="give at least one row of data")
     header: list[str] | None = None
-    if not all(_is_number(c) for c in rows[0]):
+    if not all(is_number(c) for c in rows[0]):
         header, rows = [c.strip() for c in rows[0]], rows[1:]
     width = len(header) if header else len(rows[0]) if rows else 0
     for i, row in enumerate(rows):
@@ -131,7 +124,7 @@ def _column_index(column: str, header: list[str] | None, width: int) -> int | No
 
 def _labels_array(values: list[str]) -> np.ndarray:
     # Numeric labels stay numbers so that they compare equal to a classifier's integer classes.
-    if all(_is_number(v) for v in values):
+    if all(is_number(v) for v in values):
         numbers = np.array([float(v) for v in values])
         if np.all(numbers == np.round(numbers)):
             return numbers.astype(np.int64)
