@@ -31,6 +31,7 @@ import numpy as np
 from agent.errors import BatchInputError
 from agent.runtime import ModelSession
 from edgefleet import errors as core_errors
+from edgefleet.cells import is_number
 from edgefleet.console import Progress
 from edgefleet.inputs import to_matrix
 from edgefleet.manifest import Manifest, TensorSpec
@@ -69,17 +70,9 @@ def _suffix(path: Path, allowed: Sequence[str], what: str) -> str:
 
 
 # -- readers ----------------------------------------------------------------------------------------
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _csv_columns(header: list[str], spec: TensorSpec) -> list[int] | None:
     """Column order for the manifest's features, from a header row (None: no header)."""
-    if all(_is_number(cell) for cell in header):
+    if all(is_number(cell) for cell in header):
         return None
     names = spec.feature_names
     if not names:
@@ -137,7 +130,7 @@ def _parse_block(block: list[list[str]], first_line: int, spec: TensorSpec) -> n
     except ValueError:
         for i, row in enumerate(block):
             for j, cell in enumerate(row):
-                if not _is_number(cell) and not (cell == "" and spec.allow_nan):
+                if not is_number(cell) and not (cell == "" and spec.allow_nan):
                     raise BatchInputError(f"CSV data row {first_line + i + 1}, column {j + 1} is {cell!r}, not a number",
                                      fix="give every feature as a number") from None
         matrix = np.array([[c if c else "nan" for c in row] for row in block], dtype=np.float32)
