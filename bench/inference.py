@@ -68,7 +68,7 @@ def cloud_endpoint_available() -> bool:
     import fleet_server
 
     root = Path(fleet_server.__file__).parent
-    return any("/models/{name}/predict" in path.read_text(encoding="utf-8") for path in root.glob("*.py"))
+    return any("/models/{name}/predict" in path.read_text(encoding="utf-8") for path in root.rglob("*.py"))
 
 
 @contextlib.contextmanager

@@ -114,9 +114,9 @@ def _one_setup(label: str, db_kind: str, replicas: int, per_device: int, work: P
 def available() -> str | None:
     """Why the ingest cannot be measured in this checkout, or None when it can."""
     try:
-        import fleet_server.ingest  # noqa: F401
+        import fleet_server.telemetry.ingest  # noqa: F401
     except ImportError as exc:
-        return f"not measured: fleet_server.ingest is missing ({exc})"
+        return f"not measured: fleet_server.telemetry.ingest is missing ({exc})"
     return None
 
 

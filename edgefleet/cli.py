@@ -23,8 +23,8 @@ from edgefleet.errors import EdgefleetError
 _COMMAND_MODULES = (
     "edgefleet.core_commands",
     "converter.cli",
-    "fleet_server.cli",
-    "fleet_server.rollouts_cli",
+    "fleet_server.cli.admin",
+    "fleet_server.cli.rollouts",
     "agent.cli",
     "simulation.cli",
 )

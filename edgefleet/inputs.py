@@ -1,7 +1,7 @@
 """Request input to a float32 matrix, checked against the model's input spec.
 
 The one parser of predict input: the agent's local API (``agent.serving``) and the server's
-predict endpoint (``fleet_server.predict``) both call ``to_matrix``, so a body one accepts the
+predict endpoint (``fleet_server.registry.predict``) both call ``to_matrix``, so a body one accepts the
 other accepts, and a body one refuses the other refuses for the same reason. It lives in the
 core package because neither side may import the other. It needs only numpy, which the agent's
 and the server's extras install (the core's CLI never imports this module), so the agent

@@ -22,7 +22,7 @@ a service unchecked, so it gets a 4xx naming the field, not a 500.
       GET    /tuf/metadata/{file}, /tuf/targets/{path}    the TUF repository (Range supported)
       GET    /healthz
 
-Fleet drift, server-side predict and /metrics are in ``fleet_server.fleet_api``. This module
+Fleet drift, server-side predict and /metrics are in ``fleet_server.telemetry.api``. This module
 does not start anything; ``fleet_server.app.create_app`` assembles the app.
 """
 
@@ -46,8 +46,8 @@ from edgefleet.errors import VersionError
 from edgefleet.version import ModelVersion
 from fleet_server.context import ServerContext
 from fleet_server.credentials import same_secret
-from fleet_server.devices import DeviceInfo
 from fleet_server.errors import AuthError, InvalidInputError, NotFoundError
+from fleet_server.registry.devices import DeviceInfo
 
 MODEL_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -163,7 +163,7 @@ class DeviceOut(BaseModel):
 
 
 class DeviceRowOut(DeviceOut):
-    """A device in the list, with the fleet view's columns (fleet_server.fleet_views)."""
+    """A device in the list, with the fleet view's columns (fleet_server.telemetry.views)."""
 
     state: str = Field(description="online, offline or revoked, with the update state when not idle")
     versions: dict[str, str] = Field(description="model -> version, as reported")

@@ -129,10 +129,10 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
             await asyncio.to_thread(ctx.close)
 
     from fleet_server.api import api, health, tuf
-    from fleet_server.fleet_api import metrics_router
-    from fleet_server.fleet_api import router as fleet_router
-    from fleet_server.metrics import ApiLatency
-    from fleet_server.rollouts_api import router as rollouts_router
+    from fleet_server.rollouts.api import router as rollouts_router
+    from fleet_server.telemetry.api import metrics_router
+    from fleet_server.telemetry.api import router as fleet_router
+    from fleet_server.telemetry.metrics import ApiLatency
 
     app = FastAPI(title="edgefleet fleet server", version=__version__, lifespan=lifespan,
                   description="Model registry (TUF), device enrollment and fleet management. "

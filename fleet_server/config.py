@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fleet_server.alerts import AlertConfig, load_alert_config
 from fleet_server.errors import ConfigError
+from fleet_server.telemetry.alerts import AlertConfig, load_alert_config
 
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 DEFAULT_ENROLLMENT_TTL = 24 * 3600
@@ -121,7 +121,7 @@ def check_broker_url(url: str, name: str = "broker_url") -> str:
     return url
 
 
-# [alerts] is a table of its own, read by fleet_server.alerts; never a flag or variable.
+# [alerts] is a table of its own, read by fleet_server.telemetry.alerts; never a flag or variable.
 _FIELDS = {f.name: f for f in fields(ServerConfig) if f.name != "alerts"}
 _PATH_FIELDS = {"data_dir", "mosquitto_dir", "mosquitto_pid_file", "broker_ca_file"}
 _INT_FIELDS = {"port", "max_upload_bytes", "enrollment_ttl_seconds"}

@@ -6,9 +6,9 @@ the database (Alembic ``upgrade head``), the signing keys (``init_keys`` with th
 (created on first start), the admin token (created once, stored 0600, reported as new so the
 CLI prints it once) and the server's own MQTT credentials. ``start_network`` then starts the
 embedded broker when no broker URL is configured, writes the broker accounts, connects the
-MQTT ingest and starts the rollout engine's worker (``fleet_server.rollout_engine``), which
+MQTT ingest and starts the rollout engine's worker (``fleet_server.rollouts.engine``), which
 publishes signed assignments over the same connection, the telemetry ingest
-(``fleet_server.ingest``) and the alert loop (``fleet_server.monitor``); ``close`` undoes it.
+(``fleet_server.telemetry.ingest``) and the alert loop (``fleet_server.telemetry.monitor``); ``close`` undoes it.
 The fleet views, the server-side predictor and the /metrics registry are built in ``open``.
 
 Services (``Registry``, ``Devices``) receive their collaborators here; none of them reads the
@@ -27,12 +27,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edgefleet.atomic import atomic_write_bytes, atomic_write_json
+from fleet_server.broker.accounts import BrokerAccounts, BrokerUser, UnmanagedBroker
 from fleet_server.config import ServerConfig
 from fleet_server.credentials import new_secret, strip_userinfo
 from fleet_server.db import Database, safe_url
-from fleet_server.devices import BrokerAccounts, BrokerUser, Devices, UnmanagedBroker
 from fleet_server.errors import ConfigError
-from fleet_server.registry import Registry
+from fleet_server.registry.devices import Devices
+from fleet_server.registry.models import Registry
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,10 @@ class ServerContext:
         self.repo_created = False
         self.embedded_broker: Any = None
         self.mqtt: Any = None
-        self.rollouts: Any = None  # fleet_server.rollout_engine.RolloutEngine once the network is up
+        self.rollouts: Any = None  # fleet_server.rollouts.engine.RolloutEngine once the network is up
         self.rollout_worker: Any = None
-        self.ingest: Any = None  # fleet_server.ingest.TelemetryIngest once the network is up
-        self.presence: Any = None  # fleet_server.mqtt.PresenceIngest once the network is up
+        self.ingest: Any = None  # fleet_server.telemetry.ingest.TelemetryIngest once the network is up
+        self.presence: Any = None  # fleet_server.registry.presence.PresenceIngest once the network is up
         self.broker_url: str | None = config.broker_url
         self._opened = False
 
@@ -98,7 +99,7 @@ class ServerContext:
         return ctx
 
     def _open(self) -> None:
-        from fleet_server.artifacts import LocalArtifactStore
+        from fleet_server.registry.artifacts import LocalArtifactStore
         from fleet_server.trust.keys import KeyStore, init_keys
         from fleet_server.trust.tuf_repo import TufRepository
 
@@ -134,11 +135,11 @@ class ServerContext:
         self._opened = True
 
     def _open_monitoring(self) -> None:
-        from fleet_server.bundle_cache import BundleCache
-        from fleet_server.fleet_views import FleetViews
-        from fleet_server.metrics import Metrics
-        from fleet_server.monitor import AlertMonitor
-        from fleet_server.predict import Predictor
+        from fleet_server.registry.bundle_cache import BundleCache
+        from fleet_server.registry.predict import Predictor
+        from fleet_server.telemetry.metrics import Metrics
+        from fleet_server.telemetry.monitor import AlertMonitor
+        from fleet_server.telemetry.views import FleetViews
 
         bundles = BundleCache(self.db, self.artifacts)
         self.fleet_views = FleetViews(self.db, bundles, window_s=self.config.telemetry_window_seconds)
@@ -158,14 +159,14 @@ class ServerContext:
     def _server_user(self) -> BrokerUser | None:
         if self.config.mosquitto_dir is None:
             return None
-        from fleet_server.broker_auth import mosquitto_password_hash
+        from fleet_server.broker.auth import mosquitto_password_hash
 
         return BrokerUser(self.config.mqtt_username, mosquitto_password_hash(self.mqtt_password), None)
 
     def _broker_accounts(self) -> BrokerAccounts:
         if self.config.mosquitto_dir is None:
             return UnmanagedBroker()
-        from fleet_server.mosquitto import MosquittoAccounts
+        from fleet_server.broker.accounts import MosquittoAccounts
 
         return MosquittoAccounts(self.config.mosquitto_dir, self.config.mosquitto_pid_file)
 
@@ -176,11 +177,11 @@ class ServerContext:
         return None if url is None else strip_userinfo(url)
 
     def start_network(self, *, wait_connected: float = 10.0) -> None:
-        from fleet_server.ingest import TelemetryIngest, TelemetryMqtt, route_telemetry
-        from fleet_server.mqtt import PresenceIngest
+        from fleet_server.registry.presence import PresenceIngest
+        from fleet_server.telemetry.ingest import TelemetryIngest, TelemetryMqtt, route_telemetry
 
         if self.broker_url is None:
-            from fleet_server.embedded_broker import EmbeddedBroker
+            from fleet_server.broker.embedded import EmbeddedBroker
 
             self.embedded_broker = EmbeddedBroker().start()
             self.broker_url = self.embedded_broker.url
@@ -188,8 +189,8 @@ class ServerContext:
                         "per-device ACL, use Mosquitto for a real fleet", self.broker_url)
         if self.config.mosquitto_dir is not None:
             self.devices.sync_broker()
-        from fleet_server.assignments import Assignments
-        from fleet_server.rollout_engine import RolloutEngine, RolloutWorker
+        from fleet_server.rollouts.assignments import Assignments
+        from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
 
         embedded = self.embedded_broker is not None
         # Credentials in the URL (mqtt://user:pass@host) win; the embedded broker needs none.

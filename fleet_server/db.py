@@ -130,7 +130,7 @@ class EnrollmentTokenRow(Base):
 
 
 class TelemetryBatchRow(Base):
-    """One telemetry batch, stored once per (device, seq) (migration 0003, fleet_server.ingest)."""
+    """One telemetry batch, stored once per (device, seq) (migration 0003, fleet_server.telemetry.ingest)."""
 
     __tablename__ = "telemetry_batches"
     __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_telemetry_batches_device_seq"),)

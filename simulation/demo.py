@@ -157,7 +157,7 @@ class Demo:
                                    for r in self.models.reports]
 
     def _start_fleet(self, step: Step) -> None:
-        from fleet_server.client import AdminClient, ClientSettings
+        from fleet_server.cli.client import AdminClient, ClientSettings
 
         broker = self._choose_broker()
         mosquitto = MosquittoProcess(self.supervisor, self.workdir / "mosquitto").start() if broker == "mosquitto" else None

@@ -134,7 +134,7 @@ class Simulation:
     def run(self) -> dict[str, Any]:
         try:
             url, token = self._server()
-            from fleet_server.client import AdminClient, ClientSettings
+            from fleet_server.cli.client import AdminClient, ClientSettings
 
             self._client = AdminClient(ClientSettings(url, token))
             targets = list(self.options.rollouts) or self._push_models()
@@ -158,7 +158,7 @@ class Simulation:
         from simulation.fleet import MosquittoProcess, ServerProcess, mosquitto_binary
 
         if self.options.server is not None:
-            from fleet_server.client import resolve_client_settings
+            from fleet_server.cli.client import resolve_client_settings
 
             settings = resolve_client_settings(self.options.server, self.options.token)
             if not settings.token:

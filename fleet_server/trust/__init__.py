@@ -5,7 +5,7 @@
 ``tuf_repo``  ``TufRepository``: targets, snapshot, timestamp signed with python-tuf
 ``errors``    ``TrustError`` and its subclasses
 
-Broker credentials live beside it in ``fleet_server.broker_auth``. See docs/trust.md.
+Broker credentials live beside it in ``fleet_server.broker.auth``. See docs/trust.md.
 """
 
 from fleet_server.trust.errors import (

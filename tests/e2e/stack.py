@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fleet_server.client import AdminClient, ClientSettings
+from fleet_server.cli.client import AdminClient, ClientSettings
 from simulation.fleet import AgentProcess, MosquittoProcess, ServerProcess, Supervisor, wait_until
 from tests.support.bundles import make_onnx_bundle
 

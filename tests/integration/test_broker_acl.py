@@ -1,6 +1,6 @@
 """The broker ACL against a real Mosquitto: devices are confined to their own topics, revocation locks out.
 
-Files are rendered by fleet_server.broker_auth (passwords hashed by our own $7$ code, so a
+Files are rendered by fleet_server.broker.auth (passwords hashed by our own $7$ code, so a
 successful login also proves the hash format) and reloaded with ``reload_mosquitto``.
 Every "nothing arrived" check has a positive control sent after it on the same path, so it
 cannot pass just because nothing was sent.
@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet import topics
-from fleet_server.broker_auth import mosquitto_password_hash, reload_mosquitto, write_broker_files
+from fleet_server.broker.auth import mosquitto_password_hash, reload_mosquitto, write_broker_files
 from tests.support.mosquitto import MosquittoBroker
 
 pytestmark = pytest.mark.mosquitto

@@ -62,5 +62,5 @@ def downgrade() -> None:
 # registers them on fleet_server.db.Base.metadata wherever the schema is migrated, so the
 # "migrations match the ORM" comparison sees them. (Better: fleet_server.db imports them;
 # until then this keeps the two in step.)
-import fleet_server.assignments  # noqa: E402
-import fleet_server.rollout_engine  # noqa: E402, F401
+import fleet_server.rollouts.assignments  # noqa: E402
+import fleet_server.rollouts.engine  # noqa: E402, F401

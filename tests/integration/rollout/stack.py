@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from edgefleet.assignment import DirectorSigner
-from fleet_server.assignments import Assignments
+from fleet_server.broker.connection import FleetMqtt
 from fleet_server.db import Database
-from fleet_server.mqtt import FleetMqtt
-from fleet_server.rollout_engine import RolloutEngine, RolloutWorker
+from fleet_server.rollouts.assignments import Assignments
+from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
 from simulation.lightdevice import Behaviour, DeviceIdentity, LightFleet
 from tests.integration.rollout.fleetdb import add_device, fake_sha
 

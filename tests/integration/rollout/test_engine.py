@@ -16,7 +16,7 @@ import pytest
 
 from edgefleet import topics
 from edgefleet.assignment import DirectorSigner
-from fleet_server.rollout import RolloutPolicy
+from fleet_server.rollouts.machine import RolloutPolicy
 from simulation.lightdevice import Behaviour, DeviceIdentity, LightFleet, Outcome, SimulationError
 from tests.integration.rollout.fleetdb import add_device, add_model, counters
 from tests.integration.rollout.mqtt_tools import Recorder
@@ -158,7 +158,7 @@ def test_ineligible_profile_is_never_assigned_and_late_devices_join(tmp_path: Pa
         assert records["pi-late"]["joined_late"] and records["pi-late"]["status"] == "committed"
         assert set(seen) == {*pis, "pi-late"}
         # and the assignment layer refuses it even if asked directly
-        from fleet_server.assignments import IneligibleError
+        from fleet_server.rollouts.assignments import IneligibleError
 
         with pytest.raises(IneligibleError, match="validated for rpi4-64"):
             replica.assignments.assign("jet-1", {"digits": "1.0.0"}, None, replica.engine.clock())
@@ -193,7 +193,7 @@ def test_a_device_offline_mid_rollout_catches_up_when_it_returns(tmp_path: Path,
 
 def test_rollout_over_a_broker_that_enforces_credentials_and_acl(tmp_path: Path, mosquitto_auth: MosquittoBroker,
                                                                  signer: DirectorSigner) -> None:
-    from fleet_server.broker_auth import mosquitto_password_hash, render_acl, render_password_file
+    from fleet_server.broker.auth import mosquitto_password_hash, render_acl, render_password_file
 
     ids = [f"dev-{i:02d}" for i in range(6)]
     passwords = {d: f"pw-{d}" for d in ids} | {"fleet-server": "server-secret"}

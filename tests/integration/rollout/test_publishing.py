@@ -16,16 +16,16 @@ from sqlalchemy import select
 
 from edgefleet import topics
 from edgefleet.assignment import DirectorSigner
-from fleet_server.assignments import (
+from fleet_server.broker.connection import FleetMqtt
+from fleet_server.db import Database
+from fleet_server.rollouts.assignments import (
     PUBLISH_TIMEOUT_S,
     Assignments,
     DeviceAssignmentRow,
     IssuedAssignment,
 )
-from fleet_server.db import Database
-from fleet_server.mqtt import FleetMqtt
-from fleet_server.rollout import RolloutPolicy
-from fleet_server.rollout_engine import RolloutEngine, RolloutWorker
+from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
+from fleet_server.rollouts.machine import RolloutPolicy
 from tests.integration.rollout.fleetdb import T0, add_device, add_model
 from tests.integration.rollout.mqtt_tools import Recorder
 from tests.support.mosquitto import MosquittoBroker
@@ -163,7 +163,7 @@ def test_create_returns_once_stored_and_the_worker_publishes_the_wave_together(d
 def test_the_worker_loses_no_message_when_a_batch_fills(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
-    from fleet_server import rollout_engine
+    from fleet_server.rollouts import engine as rollout_engine
 
     monkeypatch.setattr(rollout_engine, "_BATCH", 4)
     engine = RolloutEngine(db, Assignments(db, DirectorSigner.generate(), PartialPublisher(set())))
@@ -188,8 +188,9 @@ def test_the_worker_loses_no_message_when_a_batch_fills(db: Database, monkeypatc
 def test_presence_batches_and_rollout_changes_never_deadlock_on_postgresql(postgres_url: str) -> None:
     from datetime import UTC, datetime
 
-    from fleet_server.devices import Devices, UnmanagedBroker
-    from fleet_server.presence import PresenceUpdate
+    from fleet_server.broker.accounts import UnmanagedBroker
+    from fleet_server.registry.devices import Devices
+    from fleet_server.registry.presence import PresenceUpdate
 
     database = Database(postgres_url)
     database.migrate()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.assignment import DirectorSigner
-from fleet_server.rollout import RolloutPolicy
+from fleet_server.rollouts.machine import RolloutPolicy
 from simulation.lightdevice import LightFleet
 from tests.integration.rollout.fleetdb import add_model, counters
 from tests.integration.rollout.stack import Replica, build_fleet, wait_until

@@ -20,7 +20,7 @@ import pytest
 
 from agent.install import install_bundle
 from edgefleet.profiles import load_profile
-from fleet_server.alerts import AlertConfig, Rule
+from fleet_server.telemetry.alerts import AlertConfig, Rule
 from tests.integration.agent.harness import AgentProcess, dev_state, eventually
 from tests.integration.server.harness import RunningServer, server_config
 from tests.integration.telemetry.conftest import Webhook

@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from edgefleet import telemetry, topics
 from edgefleet.bundle import read_bundle
 from edgefleet.cli import main
-from fleet_server.alerts import AlertConfig, Rule
-from fleet_server.monitor import AlertMonitor
+from fleet_server.telemetry.alerts import AlertConfig, Rule
+from fleet_server.telemetry.monitor import AlertMonitor
 from tests.integration.server.harness import RunningServer, server_config
 from tests.integration.telemetry.conftest import Webhook
 from tests.integration.telemetry.fleet import (

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from edgefleet import telemetry, topics
 from fleet_server.db import Database, TelemetryBatchRow
-from fleet_server.ingest import TelemetryIngest, TelemetryMqtt, route_telemetry
+from fleet_server.telemetry.ingest import TelemetryIngest, TelemetryMqtt, route_telemetry
 from tests.integration.telemetry.fleet import add_device, batch, record
 from tests.support.mosquitto import MosquittoBroker
 

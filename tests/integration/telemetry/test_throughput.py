@@ -8,7 +8,7 @@ import pytest
 
 from edgefleet import telemetry, topics
 from fleet_server.db import Database
-from fleet_server.ingest import TelemetryIngest
+from fleet_server.telemetry.ingest import TelemetryIngest
 from tests.integration.telemetry.fleet import add_device, batch, record
 
 DEVICES = 200

@@ -40,7 +40,7 @@ def _doc() -> dict[str, Any]:
                                    "lost": 0, "messages_per_device": 11.0, "server_cpu_s": 20.0,
                                    "server_peak_rss_mb": 140.0, "database": "postgresql", "state": "completed"},
                                   {"devices": 5000, "error": "TimeoutError: timed out"}]},
-            "ingest": {"not_measured": "not measured: fleet_server.ingest is missing"},
+            "ingest": {"not_measured": "not measured: fleet_server.telemetry.ingest is missing"},
             "footprint": {"model": "mlp", "formats": [{"format": "onnx", "rss_mb": 120.0, "uss_mb": 33.0,
                                                        "idle_cpu_percent": 0.0, "cold_start_s": 0.2}], "install": {}},
         },

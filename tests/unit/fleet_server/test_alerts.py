@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from agent.drift import DriftWindow
 from edgefleet import telemetry
 from edgefleet.telemetry import ReferenceProfile
-from fleet_server.alert_sinks import (
+from fleet_server.telemetry.alert_sinks import (
     AlertDeliveryError,
     CommandSink,
     LogSink,
@@ -28,7 +28,7 @@ from fleet_server.alert_sinks import (
     dispatch,
     sinks_from_config,
 )
-from fleet_server.alerts import (
+from fleet_server.telemetry.alerts import (
     DEFAULT_DRIFT_MIN_ROWS,
     AlertConfigError,
     AlertEvaluator,
@@ -40,7 +40,7 @@ from fleet_server.alerts import (
     model_observations,
     read_alert_config,
 )
-from fleet_server.drift import DeviceCounts, Totals, fleet_drift
+from fleet_server.telemetry.drift import DeviceCounts, Totals, fleet_drift
 
 DRIFT = Rule("digits-drift", "drift", threshold=0.25, resolve=0.1, match="digits@*")
 ACCURACY = Rule("digits-accuracy", "accuracy", threshold=0.8, resolve=0.85)
@@ -295,12 +295,12 @@ def test_a_failing_webhook_is_reported_and_does_not_stop_the_other_sinks(
         receiver: tuple[str, type[_Receiver]], caplog: pytest.LogCaptureFixture) -> None:
     url, handler = receiver
     handler.status = 500
-    with caplog.at_level(logging.INFO, logger="fleet_server.alerts"):
+    with caplog.at_level(logging.INFO, logger="fleet_server.telemetry.alerts"):
         failures = dispatch(drift_episode(), [WebhookSink(url), LogSink(), WebhookSink("http://127.0.0.1:9/x", timeout_s=1)])
     assert [(f.sink, f.event.state) for f in failures] == [("webhook", "firing"), ("webhook", "firing"),
                                                           ("webhook", "resolved"), ("webhook", "resolved")]
     assert "answered 500" in str(failures[0].error) and "could not be reached" in str(failures[1].error)
-    logged = [r.getMessage() for r in caplog.records if r.name == "fleet_server.alerts" and "not delivered" not in r.getMessage()]
+    logged = [r.getMessage() for r in caplog.records if r.name == "fleet_server.telemetry.alerts" and "not delivered" not in r.getMessage()]
     assert logged[0].startswith("alert digits-drift [firing]: drift of digits@1.0.0 is 0.3")
     assert logged[1].startswith("alert digits-drift [resolved]:")
 

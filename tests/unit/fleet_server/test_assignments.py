@@ -10,9 +10,9 @@ import pytest
 
 from edgefleet import topics
 from edgefleet.assignment import DirectorSigner, verify_assignment
-from fleet_server.assignments import Assignments, IneligibleError
 from fleet_server.db import Database
 from fleet_server.errors import BrokerError
+from fleet_server.rollouts.assignments import Assignments, IneligibleError
 from tests.integration.rollout.fleetdb import (
     T0,
     RecordingPublisher,

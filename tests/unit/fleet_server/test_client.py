@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_server.client import DEFAULT_SERVER, resolve_client_settings
+from fleet_server.cli.client import DEFAULT_SERVER, resolve_client_settings
 from fleet_server.errors import ClientError
 
 

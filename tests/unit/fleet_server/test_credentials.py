@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from edgefleet.topics import check_device_id
-from fleet_server.cli import parse_ttl
+from fleet_server.cli.admin import parse_ttl
 from fleet_server.credentials import (
     check_labels,
     hash_secret,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from agent.drift import DriftWindow
 from edgefleet import telemetry
 from edgefleet.telemetry import Feedback, ModelRecord, ReferenceProfile
-from fleet_server.drift import (
+from fleet_server.telemetry.drift import (
     FLEET,
     DeviceCounts,
     DriftInputError,

@@ -11,7 +11,13 @@ from sqlalchemy import func, select
 
 from edgefleet import telemetry, topics
 from fleet_server.db import Database, DeviceEventRow, TelemetryBatchRow, TelemetryRecordRow
-from fleet_server.ingest import IngestError, TelemetryIngest, batch_rows, event_row, route_telemetry
+from fleet_server.telemetry.ingest import (
+    IngestError,
+    TelemetryIngest,
+    batch_rows,
+    event_row,
+    route_telemetry,
+)
 from tests.integration.telemetry.fleet import add_device, batch, record
 
 

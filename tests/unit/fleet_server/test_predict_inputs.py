@@ -21,7 +21,7 @@ from edgefleet.bundle import read_bundle
 from edgefleet.errors import InputError
 from edgefleet.manifest import TensorSpec
 from edgefleet.profiles import load_profile
-from fleet_server.predict import PredictInputError, Prediction, parse_inputs, read_table
+from fleet_server.registry.predict import PredictInputError, Prediction, parse_inputs, read_table
 from tests.unit.agent.models import FEATURES, make_linear_bundle
 
 SPEC = TensorSpec("x", "float32", (-1, 3), feature_names=("a", "b", "c"))

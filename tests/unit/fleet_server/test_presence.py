@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgefleet import topics
-from fleet_server.presence import PresenceMessageError, parse_message
+from fleet_server.registry.presence import PresenceMessageError, parse_message
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

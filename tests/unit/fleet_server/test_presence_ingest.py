@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from edgefleet import topics
+from fleet_server.broker.accounts import UnmanagedBroker
 from fleet_server.db import Database
-from fleet_server.devices import Devices, UnmanagedBroker
-from fleet_server.mqtt import PresenceIngest
-from fleet_server.presence import PresenceUpdate
+from fleet_server.registry.devices import Devices
+from fleet_server.registry.presence import PresenceIngest, PresenceUpdate
 from tests.integration.rollout.fleetdb import add_device
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

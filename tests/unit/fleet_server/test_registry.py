@@ -12,7 +12,7 @@ import pytest
 from fleet_server.context import ServerContext
 from fleet_server.db import ModelRow
 from fleet_server.errors import ConflictError
-from fleet_server.registry import target_path
+from fleet_server.registry.models import target_path
 from tests.integration.server.harness import make_bundle, server_config
 
 

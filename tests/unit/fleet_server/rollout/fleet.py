@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from edgefleet.assignment import ModelTarget
-from fleet_server.rollout import Rollout, RolloutPolicy
-from fleet_server.waves import DeviceInfo, Selector
+from fleet_server.rollouts.machine import Rollout, RolloutPolicy
+from fleet_server.rollouts.waves import DeviceInfo, Selector
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 MODEL = "digits"

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from fleet_server.errors import ConflictError, InvalidInputError
-from fleet_server.rollout import (
+from fleet_server.rollouts.machine import (
     Action,
     AlertNeeded,
     AssignPrevious,
@@ -24,7 +24,7 @@ from fleet_server.rollout import (
     RolloutStateError,
     action_to_dict,
 )
-from fleet_server.waves import DeviceInfo
+from fleet_server.rollouts.waves import DeviceInfo
 from tests.unit.fleet_server.rollout.fleet import (
     MODEL,
     PREVIOUS,

@@ -21,7 +21,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from fleet_server.rollout import (
+from fleet_server.rollouts.machine import (
     EVENTS,
     Action,
     AlertNeeded,
@@ -33,7 +33,7 @@ from fleet_server.rollout import (
     RolloutState,
     RolloutStateError,
 )
-from fleet_server.waves import DeviceInfo, Selector
+from fleet_server.rollouts.waves import DeviceInfo, Selector
 from tests.unit.fleet_server.rollout.fleet import MODEL, PREVIOUS, T0, VERSION, target
 
 ELIGIBLE = ("rpi4-64", "rpi5")

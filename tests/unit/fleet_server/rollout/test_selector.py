@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet_server.errors import InvalidInputError
-from fleet_server.waves import DeviceInfo, Selector, SelectorError
+from fleet_server.rollouts.waves import DeviceInfo, Selector, SelectorError
 
 PI = DeviceInfo("dev-1", "rpi4-64", {"site": "a", "group": "canary", "profile": "odd"})
 JETSON = DeviceInfo("dev-2", "jetson-nano", {"site": "b"})

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet_server.waves import DeviceInfo, WavePlan, WavePlanError, parse_waves, plan_waves
+from fleet_server.rollouts.waves import DeviceInfo, WavePlan, WavePlanError, parse_waves, plan_waves
 
 PROFILES = ("rpi4-64", "rpi5", "jetson-nano")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_server.artifacts import (
+from fleet_server.registry.artifacts import (
     ArtifactError,
     ArtifactKeyError,
     ArtifactNotFoundError,

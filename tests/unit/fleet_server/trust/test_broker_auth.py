@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefleet import topics
-from fleet_server.broker_auth import (
+from fleet_server.broker.auth import (
     mosquitto_password_hash,
     reload_mosquitto,
     render_acl,

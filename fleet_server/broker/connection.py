@@ -1,4 +1,4 @@
-"""The server's MQTT connection: paho-mqtt 2, ingest of device presence, and publishing.
+"""The server's MQTT connection: paho-mqtt 2, subscribing to the devices' topics, and publishing.
 
 ``FleetMqtt`` connects to ``mqtt://`` or ``mqtts://`` (TLS with the system CAs or a given CA
 file) with the server's own credentials, reconnects by itself (paho's loop thread with a
@@ -7,8 +7,8 @@ file) with the server's own credentials, reconnects by itself (paho's loop threa
 subscriptions, so several server replicas split the ingest instead of each handling every
 message. Each message goes to ``handler(topic, payload)`` on paho's one network thread, the
 thread that also reads the broker's PUBACKs, so a handler must be quick: the presence ingest
-(``PresenceIngest``) only parses (``fleet_server.presence``) and queues, and its own writer
-thread stores the updates in batches (``Devices.record_presences``, one transaction per batch).
+(``fleet_server.registry.presence.PresenceIngest``) and the telemetry ingest
+(``fleet_server.telemetry.ingest``) only parse or route, and queue for their own writer threads.
 
 ``publish`` waits for one message's PUBACK; ``publish_all`` sends many and then waits for all
 of them against one deadline, so a wave of assignments costs one round of broker latency
@@ -20,20 +20,16 @@ This module does not parse payloads itself and keeps no device state.
 from __future__ import annotations
 
 import logging
-import queue
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from edgefleet.topics import server_subscription
-from fleet_server.backlog import Backlog
 from fleet_server.credentials import safe_url
 from fleet_server.errors import BrokerError
-from fleet_server.presence import PresenceMessageError, PresenceUpdate, parse_message
 
 log = logging.getLogger(__name__)
 
@@ -154,82 +150,3 @@ class FleetMqtt:
             self.handler(message.topic, bytes(message.payload))
         except Exception:  # one bad message must not kill paho's loop thread
             log.exception("handling MQTT message on %s failed", message.topic)
-
-
-class PresenceStore(Protocol):
-    """Stores presence updates in order, in one transaction; ``fleet_server.devices.Devices`` is the real one."""
-
-    def record_presences(self, updates: Sequence[PresenceUpdate]) -> set[str]: ...
-
-
-class PresenceIngest:
-    """The MQTT handler that stores device presence, off paho's network thread.
-
-    ``__call__`` (paho's thread) parses and queues; a writer thread, started with the first
-    message and ended after ``idle_s`` with nothing queued (so whoever wires this needs no
-    start or stop), stores up to ``max_batch`` updates per transaction. A full queue blocks
-    the caller: back-pressure on the broker rather than a dropped message. ``drain`` waits
-    until what was queued is stored (tests, shutdown).
-    """
-
-    def __init__(self, devices: PresenceStore, clock: Callable[[], datetime] = lambda: datetime.now(UTC), *,
-                 max_batch: int = 1000, queue_size: int = 20_000, idle_s: float = 2.0) -> None:
-        if max_batch < 1 or queue_size < 1 or idle_s <= 0:
-            raise ValueError("max_batch and queue_size must be >= 1 and idle_s positive")
-        self.devices = devices
-        self.clock = clock
-        self.max_batch = max_batch
-        self.idle_s = idle_s
-        self._queue: queue.Queue[PresenceUpdate] = queue.Queue(maxsize=queue_size)
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._backlog = Backlog()
-
-    def __call__(self, topic: str, payload: bytes) -> None:
-        try:
-            update = parse_message(topic, payload, self.clock())
-        except PresenceMessageError as exc:
-            log.warning("dropped MQTT message: %s", exc)
-            return
-        if update is None:
-            return
-        self._backlog.add()
-        self._queue.put(update)
-        with self._lock:
-            # Under the lock that the writer also takes before it exits on an empty queue: an
-            # update is never left queued with no writer.
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="edgefleet-presence", daemon=True)
-                self._thread.start()
-
-    def drain(self, timeout: float = 30.0) -> bool:
-        """Wait until every update queued so far is stored (or dropped); False on timeout."""
-        return self._backlog.drain(timeout)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                batch = [self._queue.get(timeout=self.idle_s)]
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._thread = None
-                        return
-                continue
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._store(batch)
-
-    def _store(self, batch: list[PresenceUpdate]) -> None:
-        try:
-            accepted = self.devices.record_presences(batch)
-            ignored = {u.device_id for u in batch} - accepted
-            if ignored:
-                log.info("messages from %d unknown or revoked device(s) ignored", len(ignored))
-        except Exception:  # the database hiccuped: the next report or event brings presence back
-            log.exception("storing %d presence updates failed; they are dropped", len(batch))
-        finally:
-            self._backlog.done(len(batch))

@@ -1,7 +1,7 @@
 """``edgefleet server``, ``edgefleet keys ...``, ``edgefleet models ...`` and ``edgefleet devices ...``.
 
 ``server`` and ``keys`` work on the local data directory; ``models`` and ``devices`` talk only
-to the REST API through ``fleet_server.client`` (so they work from any machine with the admin
+to the REST API through ``fleet_server.cli.client`` (so they work from any machine with the admin
 token). Heavy imports (FastAPI, uvicorn, SQLAlchemy, python-tuf) happen inside the handlers.
 """
 
@@ -165,7 +165,7 @@ def _keys_rotate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ models
 
 def _client(args: argparse.Namespace) -> Any:
-    from fleet_server.client import AdminClient, resolve_client_settings
+    from fleet_server.cli.client import AdminClient, resolve_client_settings
 
     return AdminClient(resolve_client_settings(args.server, args.token))
 

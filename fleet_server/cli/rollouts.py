@@ -1,6 +1,6 @@
 """``edgefleet rollouts create|status|list|pause|resume|abort|rollback``: the rollout admin commands.
 
-Every command talks only to the server's REST API (``fleet_server.client.AdminClient``), so
+Every command talks only to the server's REST API (``fleet_server.cli.client.AdminClient``), so
 it works from any machine that has the admin token. ``status --watch`` redraws a per-wave
 progress view until the rollout finishes, and exits 0 only if it completed.
 """
@@ -34,7 +34,7 @@ for are ever assigned it.
 
 def _duration(text: str) -> float:
     """``0``, ``90``, ``15m``, ``1h``, ``7d`` -> seconds (the server CLI's syntax, 0 allowed)."""
-    from fleet_server.cli import parse_ttl
+    from fleet_server.cli.admin import parse_ttl
 
     return 0.0 if text.strip().lower() in ("0", "0s", "0m", "0h") else float(parse_ttl(text))
 
@@ -108,7 +108,7 @@ def register(sub: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from fleet_server.client import AdminClient, resolve_client_settings
+    from fleet_server.cli.client import AdminClient, resolve_client_settings
 
     return AdminClient(resolve_client_settings(args.server, args.token))
 

@@ -1,8 +1,8 @@
 """Fleet views: the stored telemetry read back as per-device columns, fleet drift and alert inputs.
 
-Everything here reads the rows ``fleet_server.ingest`` stored for a time window (by the
+Everything here reads the rows ``fleet_server.telemetry.ingest`` stored for a time window (by the
 batches' own timestamps, the end of each device's interval) and hands them to the pure cores:
-``fleet_server.drift`` adds the counts and scores them, ``fleet_server.alerts`` names the
+``fleet_server.telemetry.drift`` adds the counts and scores them, ``fleet_server.telemetry.alerts`` names the
 observations. Three consumers:
 
 * ``device_columns``  state, versions, last seen, latest p95 latency, worst drift band per
@@ -35,11 +35,18 @@ from sqlalchemy import select, text
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.telemetry import Feedback, ModelRecord, ReferenceProfile
-from fleet_server.alerts import Observation, drift_observations, model_observations
-from fleet_server.bundle_cache import BundleCache
 from fleet_server.db import Database, DeviceRow, TelemetryRecordRow
-from fleet_server.drift import FLEET, DeviceCounts, DriftReport, Totals, fleet_drift, merge
 from fleet_server.errors import InvalidInputError
+from fleet_server.registry.bundle_cache import BundleCache
+from fleet_server.telemetry.alerts import Observation, drift_observations, model_observations
+from fleet_server.telemetry.drift import (
+    FLEET,
+    DeviceCounts,
+    DriftReport,
+    Totals,
+    fleet_drift,
+    merge,
+)
 
 log = logging.getLogger(__name__)
 

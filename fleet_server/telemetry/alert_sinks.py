@@ -1,9 +1,9 @@
 """Where alert events go: the log, a webhook, and a retraining command.
 
-    sinks = sinks_from_config(config)          # from fleet_server.alerts.AlertConfig
+    sinks = sinks_from_config(config)          # from fleet_server.telemetry.alerts.AlertConfig
     failures = dispatch(events, sinks)         # every sink gets every event; failures are returned
 
-* ``LogSink`` writes one line per event to the ``fleet_server.alerts`` logger (WARNING when
+* ``LogSink`` writes one line per event to the ``fleet_server.telemetry.alerts`` logger (WARNING when
   firing, INFO when resolved).
 * ``WebhookSink`` POSTs the event's JSON (``AlertEvent.to_dict``) with httpx and a timeout; a
   non-2xx answer or a network error is an ``AlertDeliveryError``.
@@ -29,10 +29,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from fleet_server.alerts import AlertConfig, AlertEvent
 from fleet_server.errors import ServerError
+from fleet_server.telemetry.alerts import AlertConfig, AlertEvent
 
-log = logging.getLogger("fleet_server.alerts")
+log = logging.getLogger("fleet_server.telemetry.alerts")
 
 
 class AlertDeliveryError(ServerError):

@@ -21,8 +21,8 @@ of dropping.
 
 Pure helpers (``batch_rows``, ``event_row``) turn decoded messages into rows; ``TelemetryIngest``
 owns the queue, the thread and the counters that ``/metrics`` reads. This module does not
-compute drift or views (``fleet_server.fleet_views``) and does not track presence
-(``fleet_server.mqtt.PresenceIngest``).
+compute drift or views (``fleet_server.telemetry.views``) and does not track presence
+(``fleet_server.registry.presence.PresenceIngest``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 from edgefleet import telemetry, topics
 from edgefleet.telemetry import TelemetryBatch, TelemetryError
 from fleet_server.backlog import Backlog
+from fleet_server.broker.connection import FleetMqtt
 from fleet_server.db import (
     Database,
     DeviceEventRow,
@@ -54,7 +55,6 @@ from fleet_server.db import (
     TelemetryRecordRow,
 )
 from fleet_server.errors import ServerError
-from fleet_server.mqtt import FleetMqtt
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class TelemetryMqtt(FleetMqtt):
     """``FleetMqtt`` that also subscribes to the devices' ``telemetry`` topics.
 
     FleetMqtt subscribes to ``reported`` and ``events`` only; a ``kinds`` argument there would
-    replace this subclass (noted for the owner of fleet_server/mqtt.py).
+    replace this subclass (noted for the owner of fleet_server/broker/connection.py).
     """
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:

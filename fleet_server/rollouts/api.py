@@ -1,4 +1,4 @@
-"""REST endpoints for rollouts (admin token), on top of ``fleet_server.rollout_engine``.
+"""REST endpoints for rollouts (admin token), on top of ``fleet_server.rollouts.engine``.
 
     POST   /api/v1/rollouts                       create and start: {model, version, selector, waves, ...}
     GET    /api/v1/rollouts                       list (?state=running)
@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_server.api import MODEL_NAME, require_admin
 from fleet_server.errors import ServerError
-from fleet_server.rollout import RolloutPolicy, RolloutState
-from fleet_server.rollout_engine import RolloutEngine
+from fleet_server.rollouts.engine import RolloutEngine
+from fleet_server.rollouts.machine import RolloutPolicy, RolloutState
 
 ROLLOUT_ID = r"^ro-[0-9a-f]{1,32}$"
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from fleet_server.api import Bearer, Ctx, ModelName, Version, checked_version, require_admin
 from fleet_server.credentials import same_secret
 from fleet_server.errors import AuthError, InvalidInputError
-from fleet_server.predict import parse_inputs, read_table
+from fleet_server.registry.predict import parse_inputs, read_table
 
 router = APIRouter(prefix="/api/v1")
 metrics_router = APIRouter()

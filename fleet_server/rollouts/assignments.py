@@ -24,7 +24,7 @@ Checked here, not only in the rollout core: a device is never assigned a model v
 is unknown, yanked, or not validated for the device's profile, and a revoked device is never
 assigned anything.
 
-This module does not decide WHO gets WHAT (``fleet_server.rollout`` does), and it does not own
+This module does not decide WHO gets WHAT (``fleet_server.rollouts.machine`` does), and it does not own
 the broker connection (a ``Publisher`` is injected).
 
     ServerError                     (fleet_server.errors)
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL = timedelta(days=7)
 PUBLISH_TIMEOUT_S = 30.0  # for a whole batch of PUBACKs; what is unconfirmed by then, maintain re-sends
 _IN_CHUNK = 1000  # ids per IN (...) list
-ENROLLED = "enrolled"  # fleet_server.devices' status for a device that may receive assignments
+ENROLLED = "enrolled"  # fleet_server.registry.devices' status for a device that may receive assignments
 
 
 class IneligibleError(InvalidInputError):
@@ -79,7 +79,7 @@ class IneligibleError(InvalidInputError):
 class Publisher(Protocol):
     """Publishes one MQTT message at QoS 1 and returns once the broker has it.
 
-    ``fleet_server.mqtt.FleetMqtt`` is the real one.
+    ``fleet_server.broker.connection.FleetMqtt`` is the real one.
     """
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
@@ -89,7 +89,7 @@ class Publisher(Protocol):
 class BatchPublisher(Protocol):
     """Publishes many QoS 1 messages, then waits for all acknowledgements; True per confirmed message.
 
-    ``fleet_server.mqtt.FleetMqtt`` is one. A ``Publisher`` without it is driven one message at a time.
+    ``fleet_server.broker.connection.FleetMqtt`` is one. A ``Publisher`` without it is driven one message at a time.
     """
 
     def publish_all(self, messages: Sequence[tuple[str, bytes]], *, retain: bool = False,

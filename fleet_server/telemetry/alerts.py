@@ -26,7 +26,7 @@ not evidence: a handful of rows scores a PSI of 1-6 on inputs that did not move 
 
 Pure: time is an argument, rules and state are values; ``state()``/``from_state`` let the
 caller persist episodes (e.g. in the database, so a restarted or second replica does not fire
-again). Delivery is ``fleet_server.alert_sinks``; the rules come from the ``[alerts]`` table of
+again). Delivery is ``fleet_server.telemetry.alert_sinks``; the rules come from the ``[alerts]`` table of
 the server's TOML config (``load_alert_config``, format in docs/telemetry.md).
 
     ServerError (fleet_server.errors)
@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.telemetry import DRIFT_ABOVE, STABLE_BELOW
-from fleet_server.drift import FLEET, DriftReport, Totals
 from fleet_server.errors import ConfigError, InvalidInputError
+from fleet_server.telemetry.drift import FLEET, DriftReport, Totals
 
 KINDS: Mapping[str, str] = {
     "drift": "above", "accuracy": "below", "error_rate": "above", "offline": "above", "rollout_halted": "above",

@@ -12,8 +12,8 @@ Delivery happens after the commit: a server that dies between the two loses thos
 (at most once, like the sinks themselves, which do not retry; the log of the surviving
 replicas still shows the state through /metrics).
 
-This module decides nothing about thresholds (``fleet_server.alerts``) and computes no drift
-(``fleet_server.fleet_views``).
+This module decides nothing about thresholds (``fleet_server.telemetry.alerts``) and computes no drift
+(``fleet_server.telemetry.views``).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from fleet_server.alert_sinks import AlertSink, dispatch, sinks_from_config
-from fleet_server.alerts import AlertConfig, AlertEvaluator, AlertEvent
 from fleet_server.db import AlertStateRow, Database
 from fleet_server.errors import ServerError
-from fleet_server.fleet_views import FleetViews
+from fleet_server.telemetry.alert_sinks import AlertSink, dispatch, sinks_from_config
+from fleet_server.telemetry.alerts import AlertConfig, AlertEvaluator, AlertEvent
+from fleet_server.telemetry.views import FleetViews
 
 log = logging.getLogger(__name__)
 

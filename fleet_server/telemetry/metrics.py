@@ -33,8 +33,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fleet_server.fleet_views import FleetViews
-from fleet_server.ingest import IngestCounts
+from fleet_server.telemetry.ingest import IngestCounts
+from fleet_server.telemetry.views import FleetViews
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

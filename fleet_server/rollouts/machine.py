@@ -1,7 +1,7 @@
 """The rollout state machine: which device gets which version when, and when to stop.
 
 A :class:`Rollout` takes a model version to the devices a selector matches, wave by wave
-(:mod:`fleet_server.waves` draws the waves). It is a pure core in the way python-tuf's
+(:mod:`fleet_server.rollouts.waves` draws the waves). It is a pure core in the way python-tuf's
 ``TrustedMetadataSet`` is: no database, broker or clock inside. Every input is a method
 call with the time passed in (``start``, ``device_event``, ``device_offline``/``online``,
 ``tick``, ``pause``, ``resume``, ``abort``, ``rollback``, ``yank``, ``add_device``); every
@@ -56,7 +56,7 @@ from edgefleet.errors import EdgefleetError
 from edgefleet.outcomes import is_retryable
 from edgefleet.version import ModelVersion, check_model_name
 from fleet_server.errors import ConflictError, InvalidInputError, ServerError
-from fleet_server.waves import (
+from fleet_server.rollouts.waves import (
     DEFAULT_WAVES,
     DeviceInfo,
     Selector,

@@ -1,9 +1,9 @@
-"""The rollout engine: drives the pure ``fleet_server.rollout.Rollout`` from the database and the broker.
+"""The rollout engine: drives the pure ``fleet_server.rollouts.machine.Rollout`` from the database and the broker.
 
 Every change to a rollout is one database transaction that holds the rollout's row lock:
 load the stored ``Rollout.to_dict()`` document, feed it ONE input (a device event, a presence
 change, a tick, an operator command), execute the actions it returns (sign and store
-assignments through ``fleet_server.assignments``; record halts, completion and alerts in the
+assignments through ``fleet_server.rollouts.assignments``; record halts, completion and alerts in the
 rollout's log), store the new document, commit, and only then publish the assignments. The
 devices a change assigns are row-locked in id order first (as the presence writer locks
 them), so two transactions holding many device rows never deadlock. The
@@ -48,15 +48,15 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from edgefleet import topics
 from edgefleet.assignment import ModelTarget
-from fleet_server.assignments import (
+from fleet_server.db import Base, Database, DeviceRow, ModelRow, UTCDateTime
+from fleet_server.errors import ConflictError, NotFoundError, ServerError
+from fleet_server.rollouts.assignments import (
     ENROLLED,
     Assignments,
     DeviceAssignmentRow,
     IssuedAssignment,
 )
-from fleet_server.db import Base, Database, DeviceRow, ModelRow, UTCDateTime
-from fleet_server.errors import ConflictError, NotFoundError, ServerError
-from fleet_server.rollout import (
+from fleet_server.rollouts.machine import (
     EVENTS,
     OUTCOME_EVENTS,
     Action,
@@ -69,7 +69,7 @@ from fleet_server.rollout import (
     RolloutPolicy,
     RolloutState,
 )
-from fleet_server.waves import DeviceInfo, Selector, new_seed
+from fleet_server.rollouts.waves import DeviceInfo, Selector, new_seed
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,9 @@
-"""Keeping a Mosquitto broker's accounts in step with the device registry.
+"""Who may talk to the broker: the ``BrokerAccounts`` seam and its two implementations.
 
-``MosquittoAccounts`` implements ``fleet_server.devices.BrokerAccounts``: it renders the
-password and ACL files with ``fleet_server.broker_auth`` into the configured directory and,
+``fleet_server.registry.devices.Devices`` calls ``BrokerAccounts.sync`` after every change to
+who may connect (enroll, revoke). ``UnmanagedBroker`` writes nothing (the embedded broker, or
+one whose accounts someone else manages). ``MosquittoAccounts`` renders the
+password and ACL files with ``fleet_server.broker.auth`` into the configured directory and,
 when a pid file is configured, sends Mosquitto SIGHUP so it re-reads them at once. Without a
 pid file the files are still written and the operator reloads Mosquitto (e.g. ``systemctl
 reload mosquitto``); the server logs that.
@@ -14,13 +16,41 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from edgefleet.atomic import file_lock
-from fleet_server.devices import BrokerUser
 from fleet_server.errors import BrokerError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerUser:
+    """One account on the broker. ``device_id`` None means the server's own, unrestricted user."""
+
+    username: str
+    password_hash: str
+    device_id: str | None
+
+
+class BrokerAccounts(Protocol):
+    """Makes the broker accept exactly the users ``read_users`` returns (each device only on its own topics).
+
+    ``read_users`` is called while the accounts are locked, so the list written is never older
+    than one another writer wrote before it: reading first and locking only for the write let
+    two enrollments finishing together write the earlier list last, locking the newer device out.
+    """
+
+    def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None: ...
+
+
+class UnmanagedBroker:
+    """For a broker whose accounts someone else manages (or the embedded one): nothing to write."""
+
+    def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None:
+        log.debug("broker accounts are not managed by this server; device users not written")
 
 
 class MosquittoAccounts:
@@ -29,7 +59,7 @@ class MosquittoAccounts:
         self.pid_file = pid_file
 
     def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None:
-        from fleet_server.broker_auth import reload_mosquitto, write_broker_files
+        from fleet_server.broker.auth import reload_mosquitto, write_broker_files
         from fleet_server.trust.errors import BrokerAuthError
 
         try:

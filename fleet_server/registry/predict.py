@@ -12,7 +12,7 @@ which both sides may import), so the server accepts and refuses exactly what the
 into what that parser takes.
 
 Only ONNX bundles are served (TFLite bundles are built for devices); this module knows nothing
-of HTTP (the routes are in ``fleet_server.fleet_api``).
+of HTTP (the routes are in ``fleet_server.telemetry.api``).
 
     ServerError (fleet_server.errors)
     └── InvalidInputError
@@ -37,8 +37,8 @@ from numpy.lib import format as npy_format
 from edgefleet.errors import InputError
 from edgefleet.inputs import DEFAULT_MAX_ROWS, expected_width, to_matrix
 from edgefleet.manifest import Manifest, TensorSpec
-from fleet_server.bundle_cache import BundleCache
 from fleet_server.errors import InvalidInputError, ServerError
+from fleet_server.registry.bundle_cache import BundleCache
 
 DEFAULT_MAX_SESSIONS = 4
 _NPY_MAGIC = b"\x93NUMPY"

@@ -20,48 +20,22 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select, update
 
 from edgefleet.profiles import Profile, load_profile, profile_names
+from fleet_server.broker.accounts import BrokerAccounts, BrokerUser
 from fleet_server.credentials import check_labels, hash_secret, new_device_id, new_secret
 from fleet_server.db import Database, DeviceRow, EnrollmentTokenRow
 from fleet_server.errors import AuthError, GoneError, InvalidInputError, NotFoundError, ServerError
-from fleet_server.presence import PresenceUpdate
+from fleet_server.registry.presence import PresenceUpdate
 
 log = logging.getLogger(__name__)
 
 ENROLLED = "enrolled"
 REVOKED = "revoked"
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-@dataclass(frozen=True)
-class BrokerUser:
-    """One account on the broker. ``device_id`` None means the server's own, unrestricted user."""
-
-    username: str
-    password_hash: str
-    device_id: str | None
-
-
-class BrokerAccounts(Protocol):
-    """Makes the broker accept exactly the users ``read_users`` returns (each device only on its own topics).
-
-    ``read_users`` is called while the accounts are locked, so the list written is never older
-    than one another writer wrote before it: reading first and locking only for the write let
-    two enrollments finishing together write the earlier list last, locking the newer device out.
-    """
-
-    def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None: ...
-
-
-class UnmanagedBroker:
-    """For a broker whose accounts someone else manages (or the embedded one): nothing to write."""
-
-    def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None:
-        log.debug("broker accounts are not managed by this server; device users not written")
 
 
 @dataclass(frozen=True)
@@ -128,7 +102,7 @@ def check_profile(name: str) -> Profile:
 
 
 def _default_password_hash(password: str) -> str:
-    from fleet_server.broker_auth import mosquitto_password_hash
+    from fleet_server.broker.auth import mosquitto_password_hash
 
     return mosquitto_password_hash(password)
 

@@ -16,7 +16,7 @@ of devices over any time window: add the counts of the batches in the window
 views and the alert rules: error rate and accuracy by version.
 
 Pure: counts in, numbers out; no database, no clock. It does not store batches (ingest does)
-or decide alerts (``fleet_server.alerts`` does).
+or decide alerts (``fleet_server.telemetry.alerts`` does).
 
     ServerError (fleet_server.errors)
     └── InvalidInputError

@@ -5,7 +5,7 @@ model and manifest; both come from the same bytes the devices download. ``Bundle
 a bundle once (``edgefleet.bundle.read_bundle`` checks it again) and keeps the last
 ``maxsize`` in memory. ``latest`` names the newest version of a model that is not yanked.
 
-It does not publish or change anything (``fleet_server.registry`` does).
+It does not publish or change anything (``fleet_server.registry.models`` does).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from sqlalchemy import select
 from edgefleet.bundle import Bundle, read_bundle
 from edgefleet.errors import BundleError
 from edgefleet.version import ModelVersion
-from fleet_server.artifacts import ArtifactError, ArtifactStore
 from fleet_server.db import Database, ModelRow
 from fleet_server.errors import NotFoundError, ServerError
+from fleet_server.registry.artifacts import ArtifactError, ArtifactStore
 
 DEFAULT_MAX_BUNDLES = 8
 

@@ -17,7 +17,7 @@ decides wave membership:
   wave picked from a hash of the seed and its id: the wave its share band falls in, or the
   current wave if that band has already gone by (:meth:`WavePlan.place`).
 
-It deliberately does no I/O and knows nothing of rollout state: :mod:`fleet_server.rollout`
+It deliberately does no I/O and knows nothing of rollout state: :mod:`fleet_server.rollouts.machine`
 keeps that. Errors are :class:`SelectorError` and :class:`WavePlanError`, both
 ``InvalidInputError`` (HTTP 422) of the fleet server's hierarchy.
 """

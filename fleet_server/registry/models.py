@@ -46,7 +46,7 @@ class TargetPublisher(Protocol):
 
 
 class BlobStore(Protocol):
-    """The slice of ``fleet_server.artifacts.ArtifactStore`` the registry uses (keeps the upload)."""
+    """The slice of ``fleet_server.registry.artifacts.ArtifactStore`` the registry uses (keeps the upload)."""
 
     def put(self, key: str, source: Path) -> None: ...
 

@@ -1,0 +1,11 @@
+"""Rollouts: a model version taken to the devices a selector matches, wave by wave.
+
+``machine``      ``Rollout``: the pure rollout state machine (no database, broker or clock)
+``waves``        selectors and seeded, stratified wave plans (pure)
+``assignments``  signed per-device assignments: issued, stored and published
+``engine``       ``RolloutEngine``: drives the machine from the database and the broker
+``api``          the ``/api/v1/rollouts`` REST routes
+
+Nothing is imported here, so importing one module does not pull in SQLAlchemy or FastAPI.
+See docs/rollouts.md.
+"""
