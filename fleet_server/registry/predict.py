@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
+from edgefleet.cells import is_number
 from edgefleet.errors import InputError
 from edgefleet.inputs import DEFAULT_MAX_ROWS, expected_width, to_matrix
 from edgefleet.manifest import Manifest, TensorSpec
@@ -81,7 +82,7 @@ def read_table(data: bytes, filename: str, spec: TensorSpec, *, max_rows: int = 
     if not lines:
         raise PredictInputError(f"{filename} is empty", fix="upload one row of features a line")
     header: Sequence[str] | None = None
-    if any(cell.strip() and not _is_number(cell) for cell in lines[0]):  # empty: a missing value, not a name
+    if any(cell.strip() and not is_number(cell) for cell in lines[0]):  # empty: a missing value, not a name
         header, lines = lines[0], lines[1:]
     rows = [[_csv_number(cell, filename, i, j) for j, cell in enumerate(line)] for i, line in enumerate(lines)]
     if header is None:
@@ -129,14 +130,6 @@ def _csv_number(cell: str, filename: str, row: int, column: int) -> float:
     except ValueError:
         raise PredictInputError(f"{filename}: data row {row + 1}, column {column + 1} is {cell[:40]!r}, not a number",
                                 fix="every cell after the header must be a number") from None
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
 
 
 # ---- running ------------------------------------------------------------------------------------
