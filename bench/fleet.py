@@ -95,7 +95,8 @@ def director_public_b64(data_dir: Path) -> str:
 
 def seed(database_url: str, ids: Sequence[str], *, model: tuple[str, str] | None = None) -> None:
     """Enrolled devices (and one published ``(name, version)``) written the way the services write them."""
-    from fleet_server.db import Database, DeviceRow, ModelRow
+    from fleet_server.db import Database
+    from fleet_server.tables import DeviceRow, ModelRow
 
     now = datetime.now(UTC)
     db = Database(database_url)

@@ -2,14 +2,15 @@
 
 There is no alembic.ini: ``fleet_server.db.alembic_config`` builds the configuration in code
 and passes the engine in ``config.attributes["engine"]``, so the server, the tests and
-``alembic`` itself all migrate the database the server is configured with.
+``alembic`` itself all migrate the database the server is configured with. The target metadata
+is ``fleet_server.tables.Base.metadata``, which holds every table of the server.
 """
 
 from __future__ import annotations
 
 from alembic import context
 
-from fleet_server.db import Base
+from fleet_server.tables import Base
 
 config = context.config
 engine = config.attributes.get("engine")

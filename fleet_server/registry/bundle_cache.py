@@ -18,9 +18,10 @@ from sqlalchemy import select
 from edgefleet.bundle import Bundle, read_bundle
 from edgefleet.errors import BundleError
 from edgefleet.version import ModelVersion
-from fleet_server.db import Database, ModelRow
+from fleet_server.db import Database
 from fleet_server.errors import NotFoundError, ServerError
 from fleet_server.registry.artifacts import ArtifactError, ArtifactStore
+from fleet_server.tables import ModelRow
 
 DEFAULT_MAX_BUNDLES = 8
 

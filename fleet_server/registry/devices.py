@@ -27,9 +27,10 @@ from sqlalchemy import select, update
 from edgefleet.profiles import Profile, load_profile, profile_names
 from fleet_server.broker.accounts import BrokerAccounts, BrokerUser
 from fleet_server.credentials import check_labels, hash_secret, new_device_id, new_secret
-from fleet_server.db import Database, DeviceRow, EnrollmentTokenRow
+from fleet_server.db import Database
 from fleet_server.errors import AuthError, GoneError, InvalidInputError, NotFoundError, ServerError
 from fleet_server.registry.presence import PresenceUpdate
+from fleet_server.tables import DeviceRow, EnrollmentTokenRow
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ from sqlalchemy.exc import IntegrityError
 from edgefleet.bundle import bundle_filename, read_bundle
 from edgefleet.errors import BundleError
 from edgefleet.version import ModelVersion
-from fleet_server.db import Database, ModelRow
+from fleet_server.db import Database
 from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
+from fleet_server.tables import ModelRow
 
 
 class Published(Protocol):

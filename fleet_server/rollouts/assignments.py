@@ -41,23 +41,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import (
-    JSON,
-    ForeignKey,
-    Integer,
-    String,
     Table,
-    Text,
     bindparam,
     select,
     text,
     update,
 )
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from edgefleet import topics
 from edgefleet.assignment import Assignment, DirectorSigner, ModelTarget
-from fleet_server.db import Base, Database, DeviceRow, ModelRow, UTCDateTime
+from fleet_server.db import Database
 from fleet_server.errors import BrokerError, InvalidInputError, NotFoundError
+from fleet_server.tables import DeviceAssignmentRow, DeviceRow, ModelRow
 
 log = logging.getLogger(__name__)
 
@@ -94,24 +90,6 @@ class BatchPublisher(Protocol):
 
     def publish_all(self, messages: Sequence[tuple[str, bytes]], *, retain: bool = False,
                     timeout: float = PUBLISH_TIMEOUT_S) -> list[bool]: ...
-
-
-class DeviceAssignmentRow(Base):
-    """The latest signed assignment of one device."""
-
-    __tablename__ = "device_assignments"
-
-    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"), primary_key=True)
-    counter: Mapped[int] = mapped_column(Integer)
-    # name -> ModelTarget.to_dict(): the desired model map this envelope signs
-    models: Mapped[dict[str, Any]] = mapped_column(JSON)
-    rollout_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    envelope: Mapped[str] = mapped_column(Text)
-    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    # half-life of the assignment: after this the periodic pass re-issues it
-    refresh_after: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    published_counter: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 @dataclass(frozen=True)

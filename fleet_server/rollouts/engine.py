@@ -42,20 +42,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, String, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from edgefleet import topics
 from edgefleet.assignment import ModelTarget
-from fleet_server.db import Base, Database, DeviceRow, ModelRow, UTCDateTime
+from fleet_server.db import Database
 from fleet_server.errors import ConflictError, NotFoundError, ServerError
-from fleet_server.rollouts.assignments import (
-    ENROLLED,
-    Assignments,
-    DeviceAssignmentRow,
-    IssuedAssignment,
-)
+from fleet_server.rollouts.assignments import ENROLLED, Assignments, IssuedAssignment
 from fleet_server.rollouts.machine import (
     EVENTS,
     OUTCOME_EVENTS,
@@ -70,6 +65,7 @@ from fleet_server.rollouts.machine import (
     RolloutState,
 )
 from fleet_server.rollouts.waves import DeviceInfo, Selector, new_seed
+from fleet_server.tables import DeviceAssignmentRow, DeviceRow, ModelRow, RolloutRow
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +82,6 @@ _LOCK_CHUNK = 1000  # device ids per locking statement
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class RolloutRow(Base):
-    """One rollout: the pure core's document, a denormalised state for listing, and a log."""
-
-    __tablename__ = "rollouts"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    model: Mapped[str] = mapped_column(String(64), index=True)
-    version: Mapped[str] = mapped_column(String(128))
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    document: Mapped[dict[str, Any]] = mapped_column(JSON)
-    log: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    next_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 def _iso(moment: datetime | None) -> str | None:

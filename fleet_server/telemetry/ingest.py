@@ -47,14 +47,9 @@ from edgefleet import telemetry, topics
 from edgefleet.telemetry import TelemetryBatch, TelemetryError
 from fleet_server.backlog import Backlog
 from fleet_server.broker.connection import FleetMqtt
-from fleet_server.db import (
-    Database,
-    DeviceEventRow,
-    DeviceRow,
-    TelemetryBatchRow,
-    TelemetryRecordRow,
-)
+from fleet_server.db import Database
 from fleet_server.errors import ServerError
+from fleet_server.tables import DeviceEventRow, DeviceRow, TelemetryBatchRow, TelemetryRecordRow
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from fleet_server.db import AlertStateRow, Database
+from fleet_server.db import Database
 from fleet_server.errors import ServerError
+from fleet_server.tables import AlertStateRow
 from fleet_server.telemetry.alert_sinks import AlertSink, dispatch, sinks_from_config
 from fleet_server.telemetry.alerts import AlertConfig, AlertEvaluator, AlertEvent
 from fleet_server.telemetry.views import FleetViews

@@ -35,9 +35,10 @@ from sqlalchemy import select, text
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.telemetry import Feedback, ModelRecord, ReferenceProfile
-from fleet_server.db import Database, DeviceRow, TelemetryRecordRow
+from fleet_server.db import Database
 from fleet_server.errors import InvalidInputError
 from fleet_server.registry.bundle_cache import BundleCache
+from fleet_server.tables import DeviceRow, TelemetryRecordRow
 from fleet_server.telemetry.alerts import Observation, drift_observations, model_observations
 from fleet_server.telemetry.drift import (
     FLEET,

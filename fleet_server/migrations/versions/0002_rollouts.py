@@ -56,11 +56,3 @@ def downgrade() -> None:
     op.drop_table("rollouts")
     op.drop_index("ix_device_assignments_refresh_after", "device_assignments")
     op.drop_table("device_assignments")
-
-
-# The ORM classes of these tables live beside the code that uses them. Importing them here
-# registers them on fleet_server.db.Base.metadata wherever the schema is migrated, so the
-# "migrations match the ORM" comparison sees them. (Better: fleet_server.db imports them;
-# until then this keeps the two in step.)
-import fleet_server.rollouts.assignments  # noqa: E402
-import fleet_server.rollouts.engine  # noqa: E402, F401

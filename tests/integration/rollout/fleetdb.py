@@ -11,7 +11,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-from fleet_server.db import Database, DeviceRow, ModelRow
+from fleet_server.db import Database
+from fleet_server.tables import DeviceRow, ModelRow
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

@@ -16,10 +16,11 @@ from sqlalchemy import update
 
 from edgefleet import topics
 from edgefleet.assignment import DirectorSigner, verify_assignment
-from fleet_server.db import Database, ModelRow
+from fleet_server.db import Database
 from fleet_server.rollouts.assignments import Assignments
 from fleet_server.rollouts.engine import RolloutEngine
 from fleet_server.rollouts.machine import RolloutPolicy
+from fleet_server.tables import ModelRow
 from tests.integration.rollout.fleetdb import (
     FakeClock,
     RecordingPublisher,

@@ -18,14 +18,10 @@ from edgefleet import topics
 from edgefleet.assignment import DirectorSigner
 from fleet_server.broker.connection import FleetMqtt
 from fleet_server.db import Database
-from fleet_server.rollouts.assignments import (
-    PUBLISH_TIMEOUT_S,
-    Assignments,
-    DeviceAssignmentRow,
-    IssuedAssignment,
-)
+from fleet_server.rollouts.assignments import PUBLISH_TIMEOUT_S, Assignments, IssuedAssignment
 from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
 from fleet_server.rollouts.machine import RolloutPolicy
+from fleet_server.tables import DeviceAssignmentRow
 from tests.integration.rollout.fleetdb import T0, add_device, add_model
 from tests.integration.rollout.mqtt_tools import Recorder
 from tests.support.mosquitto import MosquittoBroker

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edgefleet.telemetry import Feedback, Latency, ModelRecord, TelemetryBatch
-from fleet_server.db import Database, DeviceRow
+from fleet_server.db import Database
+from fleet_server.tables import DeviceRow
 
 _ids = itertools.count(1)
 

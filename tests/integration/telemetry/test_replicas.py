@@ -12,7 +12,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
 from edgefleet import telemetry, topics
-from fleet_server.db import Database, TelemetryBatchRow
+from fleet_server.db import Database
+from fleet_server.tables import TelemetryBatchRow
 from fleet_server.telemetry.ingest import TelemetryIngest, TelemetryMqtt, route_telemetry
 from tests.integration.telemetry.fleet import add_device, batch, record
 from tests.support.mosquitto import MosquittoBroker

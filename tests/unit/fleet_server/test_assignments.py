@@ -130,7 +130,7 @@ def test_maintain_republishes_after_a_broker_outage_and_refreshes_at_half_life(d
 def test_refresh_skips_a_device_whose_version_was_yanked(db: Database) -> None:
     from sqlalchemy import update
 
-    from fleet_server.db import ModelRow
+    from fleet_server.tables import ModelRow
 
     service = Assignments(db, DirectorSigner.generate(), RecordingPublisher(), ttl=timedelta(hours=2))
     service.assign("dev-1", {"digits": "1.0.0"}, None, T0)

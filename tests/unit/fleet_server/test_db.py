@@ -10,7 +10,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from fleet_server.db import Base, Database, ModelRow, normalize_url, safe_url
+from fleet_server.db import Database, normalize_url, safe_url
+from fleet_server.tables import Base, ModelRow
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from edgefleet import telemetry, topics
-from fleet_server.db import Database, DeviceEventRow, TelemetryBatchRow, TelemetryRecordRow
+from fleet_server.db import Database
+from fleet_server.tables import DeviceEventRow, TelemetryBatchRow, TelemetryRecordRow
 from fleet_server.telemetry.ingest import (
     IngestError,
     TelemetryIngest,

@@ -9,10 +9,11 @@ import pytest
 from sqlalchemy import update
 
 from fleet_server.config import load_config
-from fleet_server.db import Database, DeviceRow
+from fleet_server.db import Database
 from fleet_server.errors import ConfigError, InvalidInputError
 from fleet_server.registry.artifacts import LocalArtifactStore
 from fleet_server.registry.bundle_cache import BundleCache
+from fleet_server.tables import DeviceRow
 from fleet_server.telemetry.alerts import AlertConfig, AlertEvent, Rule
 from fleet_server.telemetry.monitor import AlertMonitor
 from fleet_server.telemetry.views import FleetViews, check_by

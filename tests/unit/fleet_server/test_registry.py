@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from fleet_server.context import ServerContext
-from fleet_server.db import ModelRow
 from fleet_server.errors import ConflictError
 from fleet_server.registry.models import target_path
+from fleet_server.tables import ModelRow
 from tests.integration.server.harness import make_bundle, server_config
 
 
