@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from edgefleet.atomic import atomic_write_bytes, atomic_write_json
@@ -34,6 +34,13 @@ from fleet_server.db import Database, safe_url
 from fleet_server.errors import ConfigError
 from fleet_server.registry.devices import Devices
 from fleet_server.registry.models import Registry
+
+if TYPE_CHECKING:  # the network side is imported when it starts, so ``open`` stays light
+    from fleet_server.broker.connection import FleetMqtt
+    from fleet_server.broker.embedded import EmbeddedBroker
+    from fleet_server.registry.presence import PresenceIngest
+    from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
+    from fleet_server.telemetry.ingest import TelemetryIngest
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +90,13 @@ class ServerContext:
         self.keys_created = False
         self.key_warnings: tuple[str, ...] = ()
         self.repo_created = False
-        self.embedded_broker: Any = None
-        self.mqtt: Any = None
-        self.rollouts: Any = None  # fleet_server.rollouts.engine.RolloutEngine once the network is up
-        self.rollout_worker: Any = None
-        self.ingest: Any = None  # fleet_server.telemetry.ingest.TelemetryIngest once the network is up
-        self.presence: Any = None  # fleet_server.registry.presence.PresenceIngest once the network is up
+        # The network side: None until ``start_network`` and again after ``close``.
+        self.embedded_broker: EmbeddedBroker | None = None
+        self.mqtt: FleetMqtt | None = None
+        self.rollouts: RolloutEngine | None = None
+        self.rollout_worker: RolloutWorker | None = None
+        self.ingest: TelemetryIngest | None = None
+        self.presence: PresenceIngest | None = None
         self.broker_url: str | None = config.broker_url
         self._opened = False
 
@@ -177,8 +185,10 @@ class ServerContext:
         return None if url is None else strip_userinfo(url)
 
     def start_network(self, *, wait_connected: float = 10.0) -> None:
+        from edgefleet.topics import DEVICE_TO_SERVER
+        from fleet_server.broker.connection import FleetMqtt
         from fleet_server.registry.presence import PresenceIngest
-        from fleet_server.telemetry.ingest import TelemetryIngest, TelemetryMqtt, route_telemetry
+        from fleet_server.telemetry.ingest import TelemetryIngest, route_telemetry
 
         if self.broker_url is None:
             from fleet_server.broker.embedded import EmbeddedBroker
@@ -199,7 +209,7 @@ class ServerContext:
         self.presence = PresenceIngest(self.devices, self.clock)
         fanout = Fanout([self.presence, self.ingest])
         # Telemetry goes to the ingest alone; reported and events to presence, ingest and the rollout worker.
-        self.mqtt = TelemetryMqtt(self.broker_url, handler=route_telemetry(self.ingest, fanout),
+        self.mqtt = FleetMqtt(self.broker_url, handler=route_telemetry(self.ingest, fanout), kinds=DEVICE_TO_SERVER,
                               username=self.config.mqtt_username if own_login else None,
                               password=self.mqtt_password if own_login else None,
                               shared=not embedded,

@@ -2,8 +2,8 @@
 
 ``FleetMqtt`` connects to ``mqtt://`` or ``mqtts://`` (TLS with the system CAs or a given CA
 file) with the server's own credentials, reconnects by itself (paho's loop thread with a
-1-30 s backoff), and on every (re)connect subscribes to the devices' ``reported`` and
-``events`` topics. With ``shared`` (the default for an external broker) it uses MQTT shared
+1-30 s backoff), and on every (re)connect subscribes to the device topics it was given
+(``kinds``: ``reported`` and ``events`` by default; the server adds ``telemetry``). With ``shared`` (the default for an external broker) it uses MQTT shared
 subscriptions, so several server replicas split the ingest instead of each handling every
 message. Each message goes to ``handler(topic, payload)`` on paho's one network thread, the
 thread that also reads the broker's PUBACKs, so a handler must be quick: the presence ingest
@@ -34,6 +34,7 @@ from fleet_server.errors import BrokerError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
+# What the rollout engine and presence need; the telemetry ingest adds "telemetry" (DEVICE_TO_SERVER).
 INGESTED_KINDS = ("reported", "events")
 # paho keeps 20 QoS 1 messages in flight by default and queues the rest until PUBACKs come
 # back; a wave of assignments goes out faster with more in flight.
@@ -43,7 +44,7 @@ MAX_INFLIGHT = 200
 class FleetMqtt:
     def __init__(self, url: str, *, handler: Handler, username: str | None = None, password: str | None = None,
                  shared: bool = True, ca_file: str | None = None, client_id: str | None = None,
-                 keepalive: int = 30) -> None:
+                 keepalive: int = 30, kinds: Sequence[str] = INGESTED_KINDS) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
@@ -55,6 +56,8 @@ class FleetMqtt:
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.handler = handler
         self.shared = shared
+        # server_subscription refuses a kind servers do not read, so a typo fails here, not silently.
+        self.subscriptions = [(server_subscription(kind, shared=shared), 1) for kind in kinds]
         self.keepalive = keepalive
         self.connected = threading.Event()
         self._stopping = False
@@ -136,7 +139,7 @@ class FleetMqtt:
             log.error("MQTT broker %s refused the server: %s", self.url, reason_code)
             return
         # Subscriptions are not kept across a clean-session reconnect, so renew them every time.
-        client.subscribe([(server_subscription(kind, shared=self.shared), 1) for kind in INGESTED_KINDS])
+        client.subscribe(self.subscriptions)
         self.connected.set()
         log.info("connected to MQTT broker %s (shared subscriptions: %s)", self.url, self.shared)
 

@@ -46,7 +46,6 @@ from sqlalchemy.orm import Session
 from edgefleet import telemetry, topics
 from edgefleet.telemetry import TelemetryBatch, TelemetryError
 from fleet_server.backlog import Backlog
-from fleet_server.broker.connection import FleetMqtt
 from fleet_server.db import Database
 from fleet_server.errors import ServerError
 from fleet_server.tables import DeviceEventRow, DeviceRow, TelemetryBatchRow, TelemetryRecordRow
@@ -353,24 +352,13 @@ class TelemetryIngest:
 
 # ---- the MQTT side ------------------------------------------------------------------------
 
-class TelemetryMqtt(FleetMqtt):
-    """``FleetMqtt`` that also subscribes to the devices' ``telemetry`` topics.
-
-    FleetMqtt subscribes to ``reported`` and ``events`` only; a ``kinds`` argument there would
-    replace this subclass (noted for the owner of fleet_server/broker/connection.py).
-    """
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if not reason_code.is_failure:
-            # Before the parent sets ``connected``, so a caller waiting on it finds all three subscribed.
-            client.subscribe(topics.server_subscription("telemetry", shared=self.shared), qos=1)
-        super()._on_connect(client, userdata, flags, reason_code, properties)
-
-
 def route_telemetry(ingest: Callable[[str, bytes], None],
                     others: Callable[[str, bytes], None]) -> Callable[[str, bytes], None]:
     """An MQTT handler sending ``telemetry`` to the ingest alone (the busiest topic skips the
-    presence and rollout handlers, which ignore it) and everything else to ``others``."""
+    presence and rollout handlers, which ignore it) and everything else to ``others``.
+
+    The connection must subscribe to ``telemetry`` too: ``FleetMqtt(..., kinds=DEVICE_TO_SERVER)``.
+    """
     suffix = "/telemetry"
 
     def handle(topic: str, payload: bytes) -> None:

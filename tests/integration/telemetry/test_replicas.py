@@ -12,9 +12,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
 from edgefleet import telemetry, topics
+from fleet_server.broker.connection import FleetMqtt
 from fleet_server.db import Database
 from fleet_server.tables import TelemetryBatchRow
-from fleet_server.telemetry.ingest import TelemetryIngest, TelemetryMqtt, route_telemetry
+from fleet_server.telemetry.ingest import TelemetryIngest, route_telemetry
 from tests.integration.telemetry.fleet import add_device, batch, record
 from tests.support.mosquitto import MosquittoBroker
 
@@ -25,8 +26,8 @@ BATCHES = 60  # per device
 class Replica:
     def __init__(self, db: Database, broker_url: str, name: str) -> None:
         self.ingest = TelemetryIngest(db).start()
-        self.mqtt = TelemetryMqtt(broker_url, handler=route_telemetry(self.ingest, lambda t, p: None), shared=True,
-                                  client_id=f"replica-{name}").start()
+        self.mqtt = FleetMqtt(broker_url, handler=route_telemetry(self.ingest, lambda t, p: None), shared=True,
+                              client_id=f"replica-{name}", kinds=topics.DEVICE_TO_SERVER).start()
 
     def stop(self) -> None:
         self.mqtt.stop()
