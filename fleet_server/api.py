@@ -47,7 +47,7 @@ from edgefleet.version import ModelVersion
 from fleet_server.context import ServerContext
 from fleet_server.credentials import same_secret
 from fleet_server.errors import AuthError, InvalidInputError, NotFoundError
-from fleet_server.registry.devices import DeviceInfo
+from fleet_server.registry.devices import DeviceRecord
 
 MODEL_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -74,7 +74,7 @@ def require_admin(ctx: Ctx, credentials: Bearer) -> None:
         raise AuthError("the admin token is wrong", fix="use the token from DATA_DIR/admin-token or the server config")
 
 
-def require_device(ctx: Ctx, credentials: Bearer) -> DeviceInfo:
+def require_device(ctx: Ctx, credentials: Bearer) -> DeviceRecord:
     if credentials is None:
         raise AuthError("this call needs the device's API token: send 'Authorization: Bearer <api_token>'",
                         fix="the agent reads it from its credentials.json")
@@ -299,7 +299,7 @@ def enroll(ctx: Ctx, body: EnrollRequest) -> dict[str, Any]:
 
 
 @api.get("/device/self", tags=["device"], response_model=DeviceOut)
-def device_self(device: Annotated[DeviceInfo, Depends(require_device)]) -> dict[str, Any]:
+def device_self(device: Annotated[DeviceRecord, Depends(require_device)]) -> dict[str, Any]:
     """What the server knows about the calling device."""
     return device.to_dict()
 

@@ -60,7 +60,13 @@ class Enrollment:
 
 
 @dataclass(frozen=True)
-class DeviceInfo:
+class DeviceRecord:
+    """One enrolled device as the registry stores it: identity, labels, presence, what it reported.
+
+    What the REST API shows for a device. Not to be confused with ``rollouts.waves.RolloutDevice``,
+    the little a rollout needs to know to place a device in a wave.
+    """
+
     id: str
     profile: str
     labels: Mapping[str, str]
@@ -76,7 +82,7 @@ class DeviceInfo:
     assignment_counter: int
 
     @classmethod
-    def from_row(cls, row: DeviceRow) -> DeviceInfo:
+    def from_row(cls, row: DeviceRow) -> DeviceRecord:
         return cls(row.id, row.profile, dict(row.labels), row.status, row.online, row.last_seen, row.hostname,
                    row.agent_version, row.enrolled_at, row.revoked_at, row.reported, row.mqtt_username,
                    row.assignment_counter)
@@ -191,29 +197,29 @@ class Devices:
 
     # ---------------------------------------------------------- devices
 
-    def authenticate(self, api_token: str) -> DeviceInfo:
+    def authenticate(self, api_token: str) -> DeviceRecord:
         with self.db.session() as session:
             row = session.scalars(select(DeviceRow).where(DeviceRow.api_token_hash == hash_secret(api_token))).first()
             if row is None or row.status != ENROLLED:
                 raise AuthError("the device token is not valid or the device was revoked",
                                 fix="re-enroll the device with a new token")
-            return DeviceInfo.from_row(row)
+            return DeviceRecord.from_row(row)
 
-    def get(self, device_id: str) -> DeviceInfo:
+    def get(self, device_id: str) -> DeviceRecord:
         with self.db.session() as session:
             row = session.get(DeviceRow, device_id)
             if row is None:
                 raise NotFoundError(f"no device {device_id!r}", fix="see `edgefleet devices list`")
-            return DeviceInfo.from_row(row)
+            return DeviceRecord.from_row(row)
 
-    def list(self, *, status: str | None = None) -> list[DeviceInfo]:
+    def list(self, *, status: str | None = None) -> list[DeviceRecord]:
         with self.db.session() as session:
             query = select(DeviceRow).order_by(DeviceRow.enrolled_at, DeviceRow.id)
             if status is not None:
                 query = query.where(DeviceRow.status == status)
-            return [DeviceInfo.from_row(r) for r in session.scalars(query)]
+            return [DeviceRecord.from_row(r) for r in session.scalars(query)]
 
-    def update_labels(self, device_id: str, changes: Mapping[str, str | None]) -> DeviceInfo:
+    def update_labels(self, device_id: str, changes: Mapping[str, str | None]) -> DeviceRecord:
         """Set each label to its value; a value of None removes the label."""
         with self.db.session() as session:
             row = session.get(DeviceRow, device_id)
@@ -229,9 +235,9 @@ class Devices:
                 row.labels = check_labels(labels)
             except ValueError as exc:
                 raise InvalidInputError(f"labels: {exc}") from exc
-            return DeviceInfo.from_row(row)
+            return DeviceRecord.from_row(row)
 
-    def revoke(self, device_id: str) -> DeviceInfo:
+    def revoke(self, device_id: str) -> DeviceRecord:
         """Revoke a device: its API token stops working and the broker no longer accepts it."""
         with self.db.session() as session:
             row = session.get(DeviceRow, device_id)
@@ -241,7 +247,7 @@ class Devices:
                 row.status = REVOKED
                 row.revoked_at = self._now()
                 row.online = False
-            info = DeviceInfo.from_row(row)
+            info = DeviceRecord.from_row(row)
         self.sync_broker()
         log.warning("revoked device %s", device_id)
         return info

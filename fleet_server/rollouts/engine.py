@@ -64,7 +64,7 @@ from fleet_server.rollouts.machine import (
     RolloutPolicy,
     RolloutState,
 )
-from fleet_server.rollouts.waves import DeviceInfo, Selector, new_seed
+from fleet_server.rollouts.waves import RolloutDevice, Selector, new_seed
 from fleet_server.tables import DeviceAssignmentRow, DeviceRow, ModelRow, RolloutRow
 
 log = logging.getLogger(__name__)
@@ -461,14 +461,14 @@ class RolloutEngine:
             log.warning("the broker did not confirm the assignments of %d device(s) (%s...); they will be re-sent",
                         len(unconfirmed), ", ".join(unconfirmed[:3]))
 
-    def _fleet(self, session: Session, model: str) -> list[DeviceInfo]:
+    def _fleet(self, session: Session, model: str) -> list[RolloutDevice]:
         """Every enrolled device with the version of ``model`` it runs (reported, else desired)."""
         desired = {r.device_id: r.models for r in session.scalars(select(DeviceAssignmentRow))}
         fleet = []
         for device in session.scalars(select(DeviceRow).where(DeviceRow.status == ENROLLED).order_by(DeviceRow.id)):
             runs = ((device.reported or {}).get("models") or {}).get(model) or desired.get(device.id, {}).get(model)
             version = runs.get("version") if isinstance(runs, dict) else None
-            fleet.append(DeviceInfo(device.id, device.profile, dict(device.labels),
+            fleet.append(RolloutDevice(device.id, device.profile, dict(device.labels),
                                     version if isinstance(version, str) else None))
         return fleet
 

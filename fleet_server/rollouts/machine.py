@@ -58,7 +58,7 @@ from edgefleet.version import ModelVersion, check_model_name
 from fleet_server.errors import ConflictError, InvalidInputError, ServerError
 from fleet_server.rollouts.waves import (
     DEFAULT_WAVES,
-    DeviceInfo,
+    RolloutDevice,
     Selector,
     WavePlan,
     check_waves,
@@ -389,7 +389,7 @@ class Rollout:
 
     @classmethod
     def create(cls, rollout_id: str, model: str, version: str, *, selector: Selector,
-               targets: Mapping[str, ModelTarget], devices: Iterable[DeviceInfo], seed: int,
+               targets: Mapping[str, ModelTarget], devices: Iterable[RolloutDevice], seed: int,
                policy: RolloutPolicy | None = None) -> Rollout:
         """A pending rollout over the ``devices`` that ``selector`` matches.
 
@@ -540,7 +540,7 @@ class Rollout:
                                 f"`edgefleet rollouts rollback {self.id}` moves them back", on_it)]
         return []
 
-    def add_device(self, device: DeviceInfo, now: datetime) -> list[Action]:
+    def add_device(self, device: RolloutDevice, now: datetime) -> list[Action]:
         """A device enrolled or started to match the selector. Others are ignored.
 
         It joins the wave :meth:`WavePlan.place` picks (the current one or a later one) and

@@ -38,7 +38,7 @@ from fleet_server.errors import InvalidInputError
 
 __all__ = [
     "DEFAULT_WAVES",
-    "DeviceInfo",
+    "RolloutDevice",
     "Selector",
     "SelectorError",
     "SelectorTerm",
@@ -77,8 +77,9 @@ def new_seed() -> int:
 
 
 @dataclass(frozen=True)
-class DeviceInfo:
-    """What wave planning and the rollout need to know about one device.
+class RolloutDevice:
+    """What wave planning and the rollout need to know about one device (the registry's full
+    record of a device is ``fleet_server.registry.devices.DeviceRecord``).
 
     ``version`` is the version of the rollout's model the device runs now (None if it runs
     none): it becomes the device's rollback target.
@@ -105,7 +106,7 @@ class DeviceInfo:
                 "labels": dict(sorted(self.labels.items())), "version": self.version}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DeviceInfo:
+    def from_dict(cls, data: Mapping[str, Any]) -> RolloutDevice:
         return cls(str(data["device_id"]), str(data["profile"]), dict(data.get("labels") or {}),
                    None if data.get("version") is None else str(data["version"]))
 
@@ -121,7 +122,7 @@ class SelectorTerm:
     values: frozenset[str]
     is_profile: bool = False
 
-    def matches(self, device: DeviceInfo) -> bool:
+    def matches(self, device: RolloutDevice) -> bool:
         if self.is_profile:
             return device.profile in self.values
         return device.labels.get(self.key) in self.values
@@ -176,7 +177,7 @@ class Selector:
     def everything(cls) -> Selector:
         return cls(frozenset())
 
-    def matches(self, device: DeviceInfo) -> bool:
+    def matches(self, device: RolloutDevice) -> bool:
         return all(term.matches(device) for term in self.terms)
 
     def __str__(self) -> str:
@@ -299,7 +300,7 @@ class WavePlan:
             raise WavePlanError(f"stored wave plan is malformed: {exc!r}") from exc
 
 
-def plan_waves(devices: Iterable[DeviceInfo], percentages: Sequence[float], seed: int) -> WavePlan:
+def plan_waves(devices: Iterable[RolloutDevice], percentages: Sequence[float], seed: int) -> WavePlan:
     """Draw the waves for ``devices`` (all of which take part) with ``seed``.
 
     The result does not depend on the order ``devices`` come in.
@@ -335,16 +336,16 @@ def plan_waves(devices: Iterable[DeviceInfo], percentages: Sequence[float], seed
     return WavePlan(seed, requested, tuple(kept), tuple(waves))
 
 
-def _by_profile(device: DeviceInfo) -> tuple[str, ...]:
+def _by_profile(device: RolloutDevice) -> tuple[str, ...]:
     return (device.profile,)
 
 
-def _by_labels(device: DeviceInfo) -> tuple[str, ...]:
+def _by_labels(device: RolloutDevice) -> tuple[str, ...]:
     return tuple(f"{k}={v}" for k, v in sorted(device.labels.items()))
 
 
-def _spread(devices: Sequence[DeviceInfo], levels: Sequence[Callable[[DeviceInfo], tuple[str, ...]]],
-            rng: random.Random) -> list[DeviceInfo]:
+def _spread(devices: Sequence[RolloutDevice], levels: Sequence[Callable[[RolloutDevice], tuple[str, ...]]],
+            rng: random.Random) -> list[RolloutDevice]:
     """A random order in which every prefix holds each stratum close to its share.
 
     Each stratum is ordered (recursively, by the next level), then its r-th of n devices gets
@@ -356,10 +357,10 @@ def _spread(devices: Sequence[DeviceInfo], levels: Sequence[Callable[[DeviceInfo
         shuffled = sorted(devices, key=lambda d: d.device_id)
         rng.shuffle(shuffled)
         return shuffled
-    strata: dict[tuple[str, ...], list[DeviceInfo]] = {}
+    strata: dict[tuple[str, ...], list[RolloutDevice]] = {}
     for device in devices:
         strata.setdefault(levels[0](device), []).append(device)
-    keyed: list[tuple[float, str, DeviceInfo]] = []
+    keyed: list[tuple[float, str, RolloutDevice]] = []
     for name in sorted(strata):
         ordered = _spread(strata[name], levels[1:], rng)
         count = len(ordered)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from edgefleet.assignment import ModelTarget
 from fleet_server.rollouts.machine import Rollout, RolloutPolicy
-from fleet_server.rollouts.waves import DeviceInfo, Selector
+from fleet_server.rollouts.waves import RolloutDevice, Selector
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 MODEL = "digits"
@@ -26,11 +26,11 @@ def target(profile: str, version: str = VERSION) -> ModelTarget:
 
 
 def devices(count: int, profile: str = "rpi4-64", prefix: str = "dev", *,
-            labels: dict[str, str] | None = None, version: str | None = PREVIOUS) -> list[DeviceInfo]:
-    return [DeviceInfo(f"{prefix}-{i:03d}", profile, dict(labels or {"site": "a"}), version) for i in range(count)]
+            labels: dict[str, str] | None = None, version: str | None = PREVIOUS) -> list[RolloutDevice]:
+    return [RolloutDevice(f"{prefix}-{i:03d}", profile, dict(labels or {"site": "a"}), version) for i in range(count)]
 
 
-def make_rollout(fleet: Sequence[DeviceInfo], *, profiles: Sequence[str] = ("rpi4-64",),
+def make_rollout(fleet: Sequence[RolloutDevice], *, profiles: Sequence[str] = ("rpi4-64",),
                  selector: str = "*", seed: int = 7, **policy: object) -> Rollout:
     settings = {"waves": (10.0, 50.0, 100.0), "bake_time": timedelta(minutes=10),
                 "max_failure_rate": 0.2, "min_success_rate": 0.8,

@@ -24,7 +24,7 @@ from fleet_server.rollouts.machine import (
     RolloutStateError,
     action_to_dict,
 )
-from fleet_server.rollouts.waves import DeviceInfo
+from fleet_server.rollouts.waves import RolloutDevice
 from tests.unit.fleet_server.rollout.fleet import (
     MODEL,
     PREVIOUS,
@@ -55,7 +55,7 @@ def join_many(rollout: Rollout, minute: float, count: int = 20) -> list[Action]:
     """Enough joiners that some land in the current wave (placement is by hash)."""
     actions: list[Action] = []
     for i in range(count):
-        actions += rollout.add_device(DeviceInfo(f"late-{i:02d}", "rpi4-64", {"site": "a"}, PREVIOUS), at(minute))
+        actions += rollout.add_device(RolloutDevice(f"late-{i:02d}", "rpi4-64", {"site": "a"}, PREVIOUS), at(minute))
     assert any(rollout.devices[f"late-{i:02d}"].wave == rollout.current_wave for i in range(count))
     return actions
 
@@ -210,7 +210,7 @@ def test_ineligible_profile_never_assigned() -> None:
     rollout = make_rollout(fleet, waves=(50.0, 100.0))
     everything = rollout.start(at(0))
     everything += commit(rollout, list(rollout.plan.waves[0]), 1) + rollout.tick(at(11))
-    everything += rollout.add_device(DeviceInfo("jet-late", "jetson-nano", {}, PREVIOUS), at(12))
+    everything += rollout.add_device(RolloutDevice("jet-late", "jetson-nano", {}, PREVIOUS), at(12))
     everything += commit(rollout, list(rollout.plan.waves[1]), 13) + rollout.tick(at(23))
     assert everything[-1] == Completed()
     assert not [d for d in assigned(everything) if d.startswith("jet")]
@@ -224,7 +224,7 @@ def test_selector_limits_who_takes_part_and_who_may_join() -> None:
     rollout = make_rollout(fleet, selector="site=a", waves=(100.0,))
     assert set(rollout.devices) == {f"dev-{i:03d}" for i in range(5)}
     rollout.start(at(0))
-    assert rollout.add_device(DeviceInfo("b-late", "rpi4-64", {"site": "b"}), at(1)) == []
+    assert rollout.add_device(RolloutDevice("b-late", "rpi4-64", {"site": "b"}), at(1)) == []
     assert "b-late" not in rollout.devices
 
 
@@ -246,11 +246,11 @@ def test_yanking_a_completed_rollout_alerts_and_stops_late_joiners() -> None:
     rollout, first = started(5, waves=(100.0,))
     commit(rollout, first, 1)
     assert rollout.tick(at(11)) == [Completed()]
-    joined = rollout.add_device(DeviceInfo("dev-late", "rpi4-64", {"site": "a"}, PREVIOUS), at(12))
+    joined = rollout.add_device(RolloutDevice("dev-late", "rpi4-64", {"site": "a"}, PREVIOUS), at(12))
     assert assigned(joined) == ["dev-late"]  # a completed rollout keeps new matching devices current
     alert = rollout.yank(at(13))
     assert isinstance(alert[0], AlertNeeded) and len(alert[0].devices) == 5
-    assert rollout.add_device(DeviceInfo("dev-later", "rpi4-64", {"site": "a"}, PREVIOUS), at(14)) == []
+    assert rollout.add_device(RolloutDevice("dev-later", "rpi4-64", {"site": "a"}, PREVIOUS), at(14)) == []
 
 
 def test_wave_passes_only_after_the_bake_time_since_its_last_commit() -> None:
@@ -305,7 +305,7 @@ def test_pause_stops_progress_but_not_safety() -> None:
     commit(rollout, first, 1)
     rollout.pause(at(2))
     assert rollout.tick(at(60)) == []
-    joined = rollout.add_device(DeviceInfo("dev-late", "rpi4-64", {"site": "a"}, PREVIOUS), at(61))
+    joined = rollout.add_device(RolloutDevice("dev-late", "rpi4-64", {"site": "a"}, PREVIOUS), at(61))
     assert joined == []
     resumed = assigned(rollout.resume(at(62)))
     assert set(rollout.plan.waves[1]) <= set(resumed)
@@ -322,14 +322,14 @@ def test_late_joiner_joins_the_current_or_a_later_wave() -> None:
     rollout.tick(at(11))  # now in wave 2 of 3
     joined = {}
     for i in range(30):
-        device = DeviceInfo(f"late-{i:02d}", "rpi4-64", {"site": "a"}, PREVIOUS)
+        device = RolloutDevice(f"late-{i:02d}", "rpi4-64", {"site": "a"}, PREVIOUS)
         got = assigned(rollout.add_device(device, at(12)))
         joined[device.device_id] = rollout.devices[device.device_id].wave
         assert (got == [device.device_id]) == (joined[device.device_id] == 1)
     assert set(joined.values()) == {1, 2}
     assert rollout.assigned_count() <= rollout.allowed_count()
     # The same device joining again changes nothing.
-    assert rollout.add_device(DeviceInfo("late-00", "rpi4-64", {"site": "a"}, PREVIOUS), at(13)) == []
+    assert rollout.add_device(RolloutDevice("late-00", "rpi4-64", {"site": "a"}, PREVIOUS), at(13)) == []
 
 
 def test_events_about_other_versions_or_unknown_devices_change_nothing() -> None:

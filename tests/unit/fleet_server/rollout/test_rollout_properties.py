@@ -33,7 +33,7 @@ from fleet_server.rollouts.machine import (
     RolloutState,
     RolloutStateError,
 )
-from fleet_server.rollouts.waves import DeviceInfo, Selector
+from fleet_server.rollouts.waves import RolloutDevice, Selector
 from tests.unit.fleet_server.rollout.fleet import MODEL, PREVIOUS, T0, VERSION, target
 
 ELIGIBLE = ("rpi4-64", "rpi5")
@@ -60,8 +60,8 @@ class RolloutMachine(RuleBasedStateMachine):
                 seed=st.integers(min_value=0, max_value=2**32), start_now=st.booleans())
     def create(self, fleet: list[tuple[str, str, str | None]], policy: RolloutPolicy, seed: int,
                start_now: bool) -> None:
-        devices = [DeviceInfo(f"d{i:02d}", p, {"site": s}, v) for i, (p, s, v) in enumerate(fleet)]
-        devices.append(DeviceInfo("d-anchor", "rpi4-64", {"site": "a"}, PREVIOUS))  # at least one eligible
+        devices = [RolloutDevice(f"d{i:02d}", p, {"site": s}, v) for i, (p, s, v) in enumerate(fleet)]
+        devices.append(RolloutDevice("d-anchor", "rpi4-64", {"site": "a"}, PREVIOUS))  # at least one eligible
         self.rollout = Rollout.create("ro-p", MODEL, VERSION, selector=Selector.everything(),
                                       targets={p: target(p) for p in ELIGIBLE}, devices=devices, seed=seed,
                                       policy=policy)
@@ -167,7 +167,7 @@ class RolloutMachine(RuleBasedStateMachine):
     def device_joins(self, device: tuple[str, str, str | None]) -> None:
         profile, site, version = device
         self.joined += 1
-        self._step("add_device", DeviceInfo(f"late{self.joined:02d}", profile, {"site": site}, version), self.now)
+        self._step("add_device", RolloutDevice(f"late{self.joined:02d}", profile, {"site": site}, version), self.now)
 
     @rule()
     def server_restarts(self) -> None:

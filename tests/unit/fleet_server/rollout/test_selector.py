@@ -7,10 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet_server.errors import InvalidInputError
-from fleet_server.rollouts.waves import DeviceInfo, Selector, SelectorError
+from fleet_server.rollouts.waves import RolloutDevice, Selector, SelectorError
 
-PI = DeviceInfo("dev-1", "rpi4-64", {"site": "a", "group": "canary", "profile": "odd"})
-JETSON = DeviceInfo("dev-2", "jetson-nano", {"site": "b"})
+PI = RolloutDevice("dev-1", "rpi4-64", {"site": "a", "group": "canary", "profile": "odd"})
+JETSON = RolloutDevice("dev-2", "jetson-nano", {"site": "b"})
 
 
 def test_label_profile_and_group_terms_all_must_match() -> None:
@@ -83,7 +83,7 @@ def test_canonical_form_parses_back_to_the_same_selector(terms: dict[str, frozen
 def test_match_is_and_of_terms_and_or_of_values(terms: dict[str, frozenset[str]], labels: dict[str, str],
                                                 profile: str) -> None:
     text = ",".join(f"{k}={'|'.join(sorted(v))}" for k, v in terms.items())
-    device = DeviceInfo("d", profile, labels)
+    device = RolloutDevice("d", profile, labels)
     expected = all((profile if k == "profile" else labels.get(k)) in v for k, v in terms.items())
     assert Selector.parse(text).matches(device) is expected
 

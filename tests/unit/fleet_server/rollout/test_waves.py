@@ -8,14 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet_server.rollouts.waves import DeviceInfo, WavePlan, WavePlanError, parse_waves, plan_waves
+from fleet_server.rollouts.waves import (
+    RolloutDevice,
+    WavePlan,
+    WavePlanError,
+    parse_waves,
+    plan_waves,
+)
 
 PROFILES = ("rpi4-64", "rpi5", "jetson-nano")
 
 
-def mixed_fleet(count: int, seed: int = 0) -> list[DeviceInfo]:
+def mixed_fleet(count: int, seed: int = 0) -> list[RolloutDevice]:
     rng = random.Random(seed)
-    return [DeviceInfo(f"dev-{i:04d}", rng.choice(PROFILES), {"site": rng.choice("ab")}) for i in range(count)]
+    return [RolloutDevice(f"dev-{i:04d}", rng.choice(PROFILES), {"site": rng.choice("ab")}) for i in range(count)]
 
 
 def test_same_seed_same_plan_and_the_seed_is_recorded() -> None:
@@ -39,8 +45,8 @@ def test_enrollment_order_does_not_decide_who_goes_first() -> None:
 
 def test_first_wave_is_spread_across_profiles_not_the_first_enrolled() -> None:
     # Fifty Pis enrolled before fifty Jetsons: the 10% wave still holds both, about evenly.
-    fleet = [DeviceInfo(f"pi-{i:02d}", "rpi4-64") for i in range(50)]
-    fleet += [DeviceInfo(f"jet-{i:02d}", "jetson-nano") for i in range(50)]
+    fleet = [RolloutDevice(f"pi-{i:02d}", "rpi4-64") for i in range(50)]
+    fleet += [RolloutDevice(f"jet-{i:02d}", "jetson-nano") for i in range(50)]
     for seed in range(20):
         first = plan_waves(fleet, (10, 100), seed).waves[0]
         assert len(first) == 10
@@ -49,8 +55,8 @@ def test_first_wave_is_spread_across_profiles_not_the_first_enrolled() -> None:
 
 
 def test_labels_are_spread_within_a_profile() -> None:
-    fleet = [DeviceInfo(f"a-{i:02d}", "rpi5", {"site": "a"}) for i in range(40)]
-    fleet += [DeviceInfo(f"b-{i:02d}", "rpi5", {"site": "b"}) for i in range(40)]
+    fleet = [RolloutDevice(f"a-{i:02d}", "rpi5", {"site": "a"}) for i in range(40)]
+    fleet += [RolloutDevice(f"b-{i:02d}", "rpi5", {"site": "b"}) for i in range(40)]
     for seed in range(20):
         first = plan_waves(fleet, (10, 100), seed).waves[0]
         assert sum(1 for d in first if d.startswith("a-")) in (3, 4, 5)
@@ -105,14 +111,14 @@ def test_late_joiner_goes_to_its_band_or_the_current_wave() -> None:
 
 _fleets = st.lists(
     st.tuples(st.sampled_from(PROFILES), st.sampled_from(("a", "b", "c"))), min_size=1, max_size=120,
-).map(lambda rows: [DeviceInfo(f"d{i}", p, {"site": s}) for i, (p, s) in enumerate(rows)])
+).map(lambda rows: [RolloutDevice(f"d{i}", p, {"site": s}) for i, (p, s) in enumerate(rows)])
 _waves = st.lists(st.floats(min_value=0.5, max_value=99.5), max_size=5).map(
     lambda ws: (*sorted(set(ws)), 100.0))
 
 
 @settings(max_examples=120, deadline=None)
 @given(_fleets, _waves, st.integers(min_value=0, max_value=2**63 - 1))
-def test_plan_covers_every_device_once_and_no_wave_is_empty(fleet: list[DeviceInfo], waves: tuple[float, ...],
+def test_plan_covers_every_device_once_and_no_wave_is_empty(fleet: list[RolloutDevice], waves: tuple[float, ...],
                                                             seed: int) -> None:
     plan = plan_waves(fleet, waves, seed)
     drawn = [d for wave in plan.waves for d in wave]
@@ -131,7 +137,7 @@ def test_plan_covers_every_device_once_and_no_wave_is_empty(fleet: list[DeviceIn
 
 @settings(max_examples=120, deadline=None)
 @given(_fleets, st.integers(min_value=0, max_value=2**32))
-def test_every_prefix_of_the_draw_holds_each_profile_near_its_share(fleet: list[DeviceInfo], seed: int) -> None:
+def test_every_prefix_of_the_draw_holds_each_profile_near_its_share(fleet: list[RolloutDevice], seed: int) -> None:
     # Systematic sampling per profile: in a prefix of m devices, profile s (n_s of N devices,
     # S profiles) has c_s with |c_s - m n_s / N| <= 1 + S n_s / N (bound derived in waves._spread).
     plan = plan_waves(fleet, (100,), seed)
