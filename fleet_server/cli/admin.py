@@ -144,7 +144,8 @@ def _keys_init(args: argparse.Namespace) -> int:
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
-    from fleet_server.trust.keys import KeyStore, rotate_root
+    from fleet_server.trust.keys import KeyStore
+    from fleet_server.trust.rotation import rotate_root
     from fleet_server.trust.tuf_repo import TufRepository
 
     config = _server_config(args, ("data_dir",))

@@ -1,4 +1,4 @@
-"""The fleet server's signing keys: where they live, how they are made, loaded and rotated.
+"""The fleet server's signing keys: where they live, how they are made and loaded.
 
 Two stores, on purpose in two places:
 
@@ -10,10 +10,9 @@ Two stores, on purpose in two places:
   offline (an encrypted USB stick, a vault); a stolen online store then cannot re-key the fleet.
   ``root_policy.json`` beside them records the threshold chosen at init.
 
-Rotation: ``rotate_root`` replaces the root keys, ``rotate_online_key`` one online role's key
-(for a lost or leaked key); both ask a ``TufRepository`` to publish a new root signed by the
-current root keys. This module does not touch TUF metadata otherwise, and does not encrypt
-keys at rest (file permissions and moving root keys offline are the protection; an HSM or
+Rotation (replacing keys and publishing a new root with them) is in ``fleet_server.trust.rotation``,
+which drives a ``TufRepository``; this module never touches TUF metadata, so ``tuf_repo`` can
+import it without a circle. It does not encrypt keys at rest (file permissions and moving root keys offline are the protection; an HSM or
 KMS signer can replace ``CryptoSigner`` later because callers only see
 ``securesystemslib.signer.Signer``).
 """
@@ -33,12 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.assignment import DirectorSigner
 from edgefleet.atomic import atomic_write_json, fsync_dir
-from fleet_server.trust.errors import KeyStoreError, ThresholdError
+from fleet_server.trust.errors import KeyStoreError
 
 if TYPE_CHECKING:
     from securesystemslib.signer import CryptoSigner, Key, Signer  # type: ignore[attr-defined]  # public API, not re-exported for mypy
-
-    from fleet_server.trust.tuf_repo import TufRepository
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +81,13 @@ class InitSummary:
         }
 
 
-def _generate_signer() -> CryptoSigner:
+def generate_signer() -> CryptoSigner:
     from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]  # public API, not re-exported for mypy
 
     return CryptoSigner.generate_ed25519()
 
 
-def _create_secret_file(path: Path, data: bytes) -> None:
+def create_secret_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a NEW file ``path`` (mode 0600), atomically and never over an old one.
 
     ``os.link`` of a fully written temp file fails if the name exists, so two racing inits
@@ -130,7 +127,7 @@ def _read_private_pem(path: Path) -> bytes:
         raise KeyStoreError(f"cannot read signing key {path}: {exc.strerror}", fix="check the file's owner") from exc
 
 
-def _load_crypto_signer(path: Path) -> CryptoSigner:
+def load_crypto_signer(path: Path) -> CryptoSigner:
     from cryptography.hazmat.primitives import serialization
     from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]  # public API, not re-exported for mypy
 
@@ -158,7 +155,7 @@ class KeyStore:
     def load(cls, keys_dir: Path) -> KeyStore:
         """Load ``<role>.pem`` for targets, snapshot, timestamp and ``director.pem`` (each must be 0600)."""
         keys_dir = Path(keys_dir)
-        signers: dict[str, Signer] = {role: _load_crypto_signer(keys_dir / f"{role}.pem") for role in ONLINE_ROLES}
+        signers: dict[str, Signer] = {role: load_crypto_signer(keys_dir / f"{role}.pem") for role in ONLINE_ROLES}
         try:
             director = DirectorSigner.from_pem(_read_private_pem(keys_dir / DIRECTOR_FILE))
         except (ValueError, TypeError) as exc:
@@ -182,16 +179,16 @@ class KeyStore:
         return self.signer(role).public_key
 
 
-def _check_separate(keys_dir: Path, root_keys_dir: Path) -> None:
+def check_separate(keys_dir: Path, root_keys_dir: Path) -> None:
     online, root = keys_dir.resolve(), root_keys_dir.resolve()
     if root == online or online in root.parents or root in online.parents:
         raise KeyStoreError(f"root key directory {root_keys_dir} must not overlap the online key directory {keys_dir}",
                             fix="give a root key directory outside data_dir/keys, e.g. ~/edgefleet-root-keys")
 
 
-def _write_root_key(root_keys_dir: Path, signer: CryptoSigner) -> Path:
+def write_root_key(root_keys_dir: Path, signer: CryptoSigner) -> Path:
     path = root_keys_dir / f"{signer.public_key.keyid}.pem"
-    _create_secret_file(path, signer.private_bytes)
+    create_secret_file(path, signer.private_bytes)
     return path
 
 
@@ -217,7 +214,7 @@ def load_root_signers(root_keys_dir: Path, keyids: Iterable[str] | None = None) 
     for path in sorted(root_keys_dir.glob("*.pem")):
         if wanted is not None and path.stem not in wanted:
             continue
-        signer = _load_crypto_signer(path)
+        signer = load_crypto_signer(path)
         if signer.public_key.keyid != path.stem:
             raise KeyStoreError(f"root key file {path.name} holds key {signer.public_key.keyid}, not {path.stem}",
                                 fix="rename the file to <keyid>.pem")
@@ -235,7 +232,7 @@ def init_keys(keys_dir: Path, root_keys_dir: Path, *, root_threshold: int = 1, r
     if root_key_count < 1 or not 1 <= root_threshold <= root_key_count:
         raise KeyStoreError(f"root threshold {root_threshold} of {root_key_count} keys is impossible",
                             fix="use 1 <= threshold <= key count, e.g. --root-threshold 2 --root-keys 3")
-    _check_separate(keys_dir, root_keys_dir)
+    check_separate(keys_dir, root_keys_dir)
     existing = [keys_dir / f"{r}.pem" for r in ONLINE_ROLES] + [keys_dir / DIRECTOR_FILE]
     existing = [p for p in existing if p.exists()]
     if root_keys_dir.is_dir():
@@ -245,17 +242,17 @@ def init_keys(keys_dir: Path, root_keys_dir: Path, *, root_threshold: int = 1, r
                             fix="keep using them, or move them away first if you really mean to start a new trust root")
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     root_keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    root_signers = [_generate_signer() for _ in range(root_key_count)]
+    root_signers = [generate_signer() for _ in range(root_key_count)]
     for signer in root_signers:
-        _write_root_key(root_keys_dir, signer)
+        write_root_key(root_keys_dir, signer)
     atomic_write_json(root_keys_dir / ROOT_POLICY_FILE, {"threshold": root_threshold}, mode=KEY_MODE)
     online: dict[str, str] = {}
     for role in ONLINE_ROLES:
-        signer = _generate_signer()
-        _create_secret_file(keys_dir / f"{role}.pem", signer.private_bytes)
+        signer = generate_signer()
+        create_secret_file(keys_dir / f"{role}.pem", signer.private_bytes)
         online[role] = signer.public_key.keyid
     director = DirectorSigner.generate()
-    _create_secret_file(keys_dir / DIRECTOR_FILE, director.private_pem())
+    create_secret_file(keys_dir / DIRECTOR_FILE, director.private_pem())
     warning = OFFLINE_WARNING.format(dir=root_keys_dir)
     log.warning(warning)
     return InitSummary(
@@ -267,86 +264,3 @@ def init_keys(keys_dir: Path, root_keys_dir: Path, *, root_threshold: int = 1, r
         director_keyid=director.keyid,
         warnings=(warning,),
     )
-
-
-def rotate_root(keys_dir: Path, root_keys_dir: Path, repo: TufRepository, *,
-                new_root_key_count: int = 1, new_threshold: int = 1) -> int:
-    """Replace the root keys: publish root N+1 signed by a threshold of the old keys AND the new ones.
-
-    Devices holding root N verify N+1 with N's keys and then with its own, so they follow
-    the chain (TUF client workflow 5.3). New key files are written before the root is
-    published (a crash between leaves only an unused key file); the old ones move to
-    ``root_keys_dir/retired/``. Returns the new root version.
-    """
-    keys_dir, root_keys_dir = Path(keys_dir), Path(root_keys_dir)
-    if new_root_key_count < 1 or not 1 <= new_threshold <= new_root_key_count:
-        raise KeyStoreError(f"root threshold {new_threshold} of {new_root_key_count} keys is impossible",
-                            fix="use 1 <= threshold <= key count")
-    _check_separate(keys_dir, root_keys_dir)
-    old_signers = _current_root_signers(root_keys_dir, repo)
-    new_signers = [_generate_signer() for _ in range(new_root_key_count)]
-    written = [_write_root_key(root_keys_dir, s) for s in new_signers]
-    try:
-        version = repo.publish_root([s.public_key for s in new_signers], new_threshold,
-                                    old_signers=old_signers, new_signers=new_signers)
-    except BaseException:
-        for path in written:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        raise
-    atomic_write_json(root_keys_dir / ROOT_POLICY_FILE, {"threshold": new_threshold}, mode=KEY_MODE)
-    retired = root_keys_dir / RETIRED_DIR
-    retired.mkdir(exist_ok=True, mode=0o700)
-    for signer in old_signers:
-        name = f"{signer.public_key.keyid}.pem"
-        os.replace(root_keys_dir / name, retired / name)
-    fsync_dir(root_keys_dir)
-    return version
-
-
-def _current_root_signers(root_keys_dir: Path, repo: TufRepository) -> list[CryptoSigner]:
-    keyids, threshold = repo.root_keyids()
-    signers = load_root_signers(root_keys_dir, keyids)
-    if len(signers) < threshold:
-        raise ThresholdError(
-            f"this needs {threshold} of the current root keys but only {len(signers)} are in {root_keys_dir}",
-            fix="mount the offline root key media holding the current root keys")
-    return signers
-
-
-def rotate_online_key(keys_dir: Path, root_keys_dir: Path, repo: TufRepository, role: str) -> int:
-    """Replace the online key of ``role`` (targets, snapshot or timestamp); return the root version naming it.
-
-    For a lost or leaked online key. The new key is written to ``<role>.pem.next`` first,
-    root N+1 naming it is signed by the current root keys, then the key file is swapped
-    (the old one moves to ``keys_dir/retired/``) and the role is re-signed with it. Every
-    step is resumable: after a crash, running it again finishes the same rotation. Other
-    replicas pick the new key up from the shared key directory on their next signature.
-    """
-    keys_dir, root_keys_dir = Path(keys_dir), Path(root_keys_dir)
-    if role not in ONLINE_ROLES:
-        raise KeyStoreError(f"{role!r} is not an online role", fix=f"use one of {', '.join(ONLINE_ROLES)}; "
-                            "root keys are replaced with rotate_root")
-    _check_separate(keys_dir, root_keys_dir)
-    pending = keys_dir / f"{role}.pem.next"
-    if pending.exists():
-        signer = _load_crypto_signer(pending)  # an earlier run stopped half-way: finish it
-    else:
-        signer = _generate_signer()
-        _create_secret_file(pending, signer.private_bytes)
-    if signer.public_key.keyid in repo.role_keyids(role)[0]:
-        version = repo.root_version()
-    else:
-        root_signers = _current_root_signers(root_keys_dir, repo)
-        version = repo.publish_root(None, None, old_signers=root_signers,
-                                    role_keys={role: signer.public_key})
-    current = keys_dir / f"{role}.pem"
-    if current.exists():
-        retired = keys_dir / RETIRED_DIR
-        retired.mkdir(exist_ok=True, mode=0o700)
-        old_keyid = _load_crypto_signer(current).public_key.keyid
-        os.replace(current, retired / f"{role}-{old_keyid}.pem")
-    os.replace(pending, current)
-    fsync_dir(keys_dir)
-    repo.resign(role)
-    return version

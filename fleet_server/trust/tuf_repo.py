@@ -185,7 +185,7 @@ class TufRepository:
     def _signer(self, role: str) -> Signer:
         """The signer for ``role``, checked against the newest root.
 
-        After another replica rotated an online key (``keys.rotate_online_key``) this one still
+        After another replica rotated an online key (``rotation.rotate_online_key``) this one still
         holds the old key in memory; signing with it would publish metadata every updated
         client rejects, so reload the key store from disk once, and refuse if that is stale too.
         """
@@ -437,7 +437,7 @@ class TufRepository:
         ``new_keys``/``threshold`` replace the root role (None keeps it); ``role_keys`` replaces
         the single key of online roles. Root N+1 must verify with root N's threshold (so
         clients trust it) and with its own (TUF client workflow 5.3.5 checks both); otherwise
-        nothing is written. Use ``keys.rotate_root`` / ``keys.rotate_online_key``.
+        nothing is written. Use ``rotation.rotate_root`` / ``rotation.rotate_online_key``.
         """
         from tuf.api.exceptions import UnsignedMetadataError
         from tuf.api.metadata import Metadata

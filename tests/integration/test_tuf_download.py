@@ -25,7 +25,8 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import Updater
 
 from edgefleet.bundle import build_bundle_bytes, read_bundle
-from fleet_server.trust.keys import KeyStore, init_keys, rotate_root
+from fleet_server.trust.keys import KeyStore, init_keys
+from fleet_server.trust.rotation import rotate_root
 from fleet_server.trust.tuf_repo import TufRepository
 
 

@@ -14,7 +14,8 @@ from securesystemslib.signer import Signature, Signer
 from tuf.api.metadata import Metadata
 
 from fleet_server.trust.errors import KeyStoreError, RepositoryError, ThresholdError
-from fleet_server.trust.keys import KeyStore, load_root_signers, rotate_online_key, rotate_root
+from fleet_server.trust.keys import KeyStore, load_root_signers
+from fleet_server.trust.rotation import rotate_online_key, rotate_root
 from fleet_server.trust.tuf_repo import TargetInfo, TufRepository
 from tests.unit.fleet_server.trust.support import Fixture, make_repo, make_updater
 
