@@ -15,6 +15,11 @@ The signature covers the canonical JSON of ``signed`` (edgefleet.canonical).
 order: envelope shape, signature, type, device id, counter (strictly higher than any
 accepted, so a replay or an old assignment is refused), expiry. Rolling back is a new
 assignment with a higher counter that names an older version.
+
+Whatever the bytes, the answer is one of those two, never another exception: NaN, Infinity
+and numbers out of float range, nesting deeper than the parser's recursion limit, strings
+that cannot be encoded, and fields of the wrong JSON type (fields are never coerced: ``true``
+is not a counter, an object is not a device id) are all ``malformed``.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from edgefleet.canonical import canonical_json
-from edgefleet.errors import AssignmentError
+from edgefleet.errors import AssignmentError, EdgefleetError
 from edgefleet.version import ModelVersion, check_model_name
 
 ASSIGNMENT_TYPE = "edgefleet-assignment"
@@ -64,7 +70,22 @@ class ModelTarget:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelTarget:
-        return cls(str(data["version"]), str(data["target_path"]), str(data["sha256"]), int(data["length"]))
+        return cls(_typed(data, "version", str), _typed(data, "target_path", str), _typed(data, "sha256", str),
+                   _typed(data, "length", int))
+
+
+def _typed(data: Mapping[str, Any], key: str, kind: type[Any]) -> Any:
+    """``data[key]`` if it is a ``kind``, else TypeError: a signed document is never coerced.
+
+    ``str(...)``/``int(...)`` would turn an object into its repr and ``true`` into 1, so a
+    document the server never wrote could still come out as an Assignment.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"expected an object holding {key!r}, got {type(data).__name__}")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{key} must be {kind.__name__}, not {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -98,13 +119,17 @@ class Assignment:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Assignment:
+        rollout_id = data.get("rollout_id")
+        if rollout_id is not None and not isinstance(rollout_id, str):
+            raise TypeError(f"rollout_id must be str or null, not {type(rollout_id).__name__}")
+        models = _typed(data, "models", Mapping)
         return cls(
-            device_id=str(data["device_id"]),
-            counter=int(data["counter"]),
-            issued_at=parse_time(str(data["issued_at"])),
-            expires_at=parse_time(str(data["expires_at"])),
-            rollout_id=None if data.get("rollout_id") is None else str(data["rollout_id"]),
-            models={str(n): ModelTarget.from_dict(t) for n, t in dict(data["models"]).items()},
+            device_id=_typed(data, "device_id", str),
+            counter=_typed(data, "counter", int),
+            issued_at=parse_time(_typed(data, "issued_at", str)),
+            expires_at=parse_time(_typed(data, "expires_at", str)),
+            rollout_id=rollout_id,
+            models={n: ModelTarget.from_dict(t) for n, t in models.items()},  # names checked in __post_init__
         )
 
 
@@ -157,6 +182,22 @@ class DirectorSigner:
         return canonical_json(envelope)
 
 
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf without passing through parse_constant
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
+
+
+def _strict_json(data: bytes) -> Any:
+    """``json.loads`` that refuses NaN and Infinity, which canonical JSON cannot sign."""
+    return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def verify_assignment(
     envelope: bytes,
     *,
@@ -173,12 +214,15 @@ def verify_assignment(
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
-        document = json.loads(envelope)
+        document = _strict_json(envelope)
         signed = document["signed"]
         signatures = document["signatures"]
         if not isinstance(signed, dict) or not isinstance(signatures, list):
             raise TypeError("signed must be an object and signatures a list")
-    except (ValueError, KeyError, TypeError) as exc:
+        # The bytes that were signed; a string the signer could not have encoded (a lone
+        # surrogate) fails here, as a malformed document rather than a UnicodeEncodeError.
+        payload = canonical_json(signed)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise AssignmentError(f"assignment is malformed: {exc}", reason="malformed") from exc
     try:
         raw = base64.b64decode(director_public_b64, validate=True)
@@ -187,7 +231,6 @@ def verify_assignment(
         raise AssignmentError("the trust bundle's director key is not a valid Ed25519 key", reason="bad_trust_bundle",
                               fix="re-enroll the device") from exc
     wanted = key_id(raw)
-    payload = canonical_json(signed)
     verified = False
     for entry in signatures:
         if not isinstance(entry, dict) or entry.get("keyid") != wanted:
@@ -204,7 +247,7 @@ def verify_assignment(
         raise AssignmentError(f"document is not an {ASSIGNMENT_TYPE} v{SPEC_VERSION}", reason="wrong_type")
     try:
         assignment = Assignment.from_dict(signed)
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, EdgefleetError) as exc:  # EdgefleetError: a bad name or version
         raise AssignmentError(f"assignment is malformed: {exc}", reason="malformed") from exc
     if assignment.device_id != device_id:
         raise AssignmentError(f"assignment names device {assignment.device_id!r}, not this device {device_id!r}",
