@@ -5,7 +5,12 @@
 The manifest is written inside the bundle as ``manifest.json`` and, once the bundle is
 published, is what the server, the agent and ``edgefleet bundle inspect`` all read.
 
-Schema version 1 (see docs/contracts.md for the prose version):
+Schema versions 1 and 2 are read (see docs/contracts.md for the prose version). Version 2
+adds three fields to an input's TensorSpec: ``kind`` ("tensor", "column" or "image"),
+``categories`` (a string column's training categories) and ``image`` (an ``ImageSpec``: layout,
+size, colour order and preprocessing). A schema-1 document may not hold them. Writers use the
+lowest schema that expresses the bundle (``Manifest.lowest_schema``), so a bundle with one 2-D
+tensor input keeps its schema-1 bytes and reads on agents that predate version 2.
 
     name, version              model name and semantic version
     format                     "onnx" | "tflite"; model_file is model.<format>
@@ -25,18 +30,28 @@ Schema version 1 (see docs/contracts.md for the prose version):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet.errors import ManifestError
 from edgefleet.version import ModelVersion, check_model_name
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest schema this edgefleet reads and writes."""
+SCHEMA_VERSIONS = (1, 2)
 FORMATS = ("onnx", "tflite")
 TASKS = ("classification", "regression")
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "string", "bool")
 ROLES = ("probabilities", "label", "value", "other")
+KINDS = ("tensor", "column", "image")
+COLUMN_DTYPES = ("float32", "int64", "bool", "string")
+IMAGE_DTYPES = ("float32", "uint8", "int8")
+LAYOUTS = ("NHWC", "NCHW")
+COLORS = ("RGB", "BGR", "GRAY")
+RESIZES = ("bilinear", "nearest", "area")
+_V1_SPEC_FIELDS = frozenset({"name", "dtype", "shape", "role", "feature_names", "quantization", "allow_nan"})
+_V2_SPEC_FIELDS = _V1_SPEC_FIELDS | {"kind", "categories", "image"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -56,11 +71,18 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
 
 
-def _only(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def _only(data: Mapping[str, Any], allowed: set[str] | frozenset[str], where: str) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ManifestError(f"manifest has unknown field(s) {', '.join(where + u for u in unknown)}",
                             fix="this bundle was written by a newer or foreign tool; rebuild it with this edgefleet")
+
+
+def _check_schema(version: int) -> None:
+    if version not in SCHEMA_VERSIONS:
+        raise ManifestError(f"manifest schema_version {version} is not supported "
+                            f"(this edgefleet reads {', '.join(map(str, SCHEMA_VERSIONS))})",
+                            fix="upgrade edgefleet on this machine")
 
 
 @dataclass(frozen=True)
@@ -83,9 +105,87 @@ class Quantization:
         return cls(float(_need(data, "scale", (int, float), where)), _need(data, "zero_point", int, where))
 
 
+def _numbers(data: Mapping[str, Any], key: str, where: str) -> tuple[float, ...]:
+    values = _need(data, key, list, where)
+    if not all(type(v) in (int, float) for v in values):
+        raise ManifestError(f"manifest field '{where}{key}' must be a list of numbers")
+    return tuple(float(v) for v in values)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How an image input is laid out and preprocessed (schema 2).
+
+    ``layout`` orders the axes after the batch (NHWC: height, width, channels). A decoded image
+    is converted to ``color``, resized to ``height`` x ``width`` with ``resize``, then each value
+    becomes ``(pixel * scale - mean[c]) / std[c]`` per channel ``c``. The preprocessing code
+    comes with image support (issue 12, slice 4); this class is the contract it will follow.
+    """
+
+    layout: str
+    height: int
+    width: int
+    channels: int
+    color: str
+    resize: str
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ManifestError(f"image layout {self.layout!r} is not known", fix=f"use one of {', '.join(LAYOUTS)}")
+        if self.height <= 0 or self.width <= 0:
+            raise ManifestError(f"image size {self.height}x{self.width} must be positive")
+        if self.channels not in (1, 3):
+            raise ManifestError(f"image channels must be 1 or 3, got {self.channels}")
+        if self.color not in COLORS:
+            raise ManifestError(f"image color {self.color!r} is not known", fix=f"use one of {', '.join(COLORS)}")
+        if (self.color == "GRAY") != (self.channels == 1):
+            raise ManifestError(f"image color {self.color} does not fit {self.channels} channel(s)",
+                                fix="use GRAY with 1 channel, RGB or BGR with 3")
+        if self.resize not in RESIZES:
+            raise ManifestError(f"image resize {self.resize!r} is not known", fix=f"use one of {', '.join(RESIZES)}")
+        if not self.scale > 0:
+            raise ManifestError(f"image scale must be positive, got {self.scale}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ManifestError(f"image mean and std need one value per channel ({self.channels})")
+        if not all(s > 0 for s in self.std):
+            raise ManifestError("image std values must be positive")
+
+    def shape(self) -> tuple[int, ...]:
+        """The tensor shape this image spec implies, batch first (-1)."""
+        if self.layout == "NHWC":
+            return (-1, self.height, self.width, self.channels)
+        return (-1, self.channels, self.height, self.width)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layout": self.layout, "height": self.height, "width": self.width, "channels": self.channels,
+                "color": self.color, "resize": self.resize, "scale": self.scale, "mean": list(self.mean),
+                "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> ImageSpec:
+        if not isinstance(data, Mapping):
+            raise ManifestError(f"manifest field '{where.rstrip('.')}' must be an object")
+        _only(data, {"layout", "height", "width", "channels", "color", "resize", "scale", "mean", "std"}, where)
+        return cls(
+            layout=_need(data, "layout", str, where), height=_need(data, "height", int, where),
+            width=_need(data, "width", int, where), channels=_need(data, "channels", int, where),
+            color=_need(data, "color", str, where), resize=_need(data, "resize", str, where),
+            scale=float(_need(data, "scale", (int, float), where)),
+            mean=_numbers(data, "mean", where), std=_numbers(data, "std", where),
+        )
+
+
 @dataclass(frozen=True)
 class TensorSpec:
-    """One model input or output. ``shape`` uses -1 for a dynamic dimension (the batch)."""
+    """One model input or output. ``shape`` uses -1 for a dynamic dimension (the batch).
+
+    ``kind`` says what an input is (schema 2): a ``tensor`` (any array; every schema-1 input),
+    a ``column`` (one tabular field, shape [-1, 1]; a string column may list the training
+    ``categories``) or an ``image`` (described by ``image``). Outputs are always tensors.
+    """
 
     name: str
     dtype: str
@@ -94,6 +194,9 @@ class TensorSpec:
     feature_names: tuple[str, ...] | None = None
     quantization: Quantization | None = None
     allow_nan: bool = False
+    kind: str = "tensor"
+    categories: tuple[str, ...] | None = None
+    image: ImageSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -109,6 +212,41 @@ class TensorSpec:
                 raise ManifestError(f"tensor {self.name!r} lists a feature name twice")
             if self.shape and self.shape[-1] not in (-1, len(self.feature_names)):
                 raise ManifestError(f"tensor {self.name!r} names {len(self.feature_names)} features but its last dimension is {self.shape[-1]}")
+        self._check_kind()
+
+    def _check_kind(self) -> None:
+        if self.kind not in KINDS:
+            raise ManifestError(f"input {self.name!r} has kind {self.kind!r}", fix=f"use one of {', '.join(KINDS)}")
+        if self.kind == "column":
+            if self.shape != (-1, 1):
+                raise ManifestError(f"column {self.name!r} has shape {list(self.shape)}; a column's shape is [-1, 1]")
+            if self.feature_names is not None:
+                raise ManifestError(f"column {self.name!r} lists feature_names; a column is one feature, named by its name")
+            if self.dtype not in COLUMN_DTYPES:
+                raise ManifestError(f"column {self.name!r} has dtype {self.dtype!r}", fix=f"use one of {', '.join(COLUMN_DTYPES)}")
+        if self.categories is not None:
+            if self.kind != "column" or self.dtype != "string":
+                raise ManifestError(f"input {self.name!r} lists categories, which only a string column may")
+            if not all(isinstance(c, str) for c in self.categories):
+                raise ManifestError(f"column {self.name!r} has a category that is not a string")
+            if len(set(self.categories)) != len(self.categories):
+                raise ManifestError(f"column {self.name!r} lists a category twice")
+        if self.kind == "image":
+            if self.image is None:
+                raise ManifestError(f"image input {self.name!r} has no image description",
+                                    fix="give layout, height, width, channels, color, resize, scale, mean and std")
+            if self.dtype not in IMAGE_DTYPES:
+                raise ManifestError(f"image {self.name!r} has dtype {self.dtype!r}", fix=f"use one of {', '.join(IMAGE_DTYPES)}")
+            if self.shape != self.image.shape():
+                raise ManifestError(f"image {self.name!r} has shape {list(self.shape)} but its {self.image.layout} "
+                                    f"description implies {list(self.image.shape())}")
+        elif self.image is not None:
+            raise ManifestError(f"input {self.name!r} has an image description but kind {self.kind!r}")
+
+    @property
+    def is_v1(self) -> bool:
+        """True when schema 1 can express this spec (no kind, categories or image of its own)."""
+        return self.kind == "tensor" and self.categories is None and self.image is None
 
     @property
     def width(self) -> int | None:
@@ -118,7 +256,7 @@ class TensorSpec:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "dtype": self.dtype,
             "shape": list(self.shape),
@@ -127,15 +265,30 @@ class TensorSpec:
             "quantization": self.quantization.to_dict() if self.quantization else None,
             "allow_nan": self.allow_nan,
         }
+        # Schema-2 fields only when set: a spec schema 1 can express keeps its schema-1 bytes.
+        if self.kind != "tensor":
+            out["kind"] = self.kind
+        if self.categories is not None:
+            out["categories"] = list(self.categories)
+        if self.image is not None:
+            out["image"] = self.image.to_dict()
+        return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str) -> TensorSpec:
+    def from_dict(cls, data: Mapping[str, Any], where: str, schema_version: int = SCHEMA_VERSION) -> TensorSpec:
         if not isinstance(data, Mapping):
             raise ManifestError(f"manifest field '{where.rstrip('.')}' must be an object")
-        _only(data, {"name", "dtype", "shape", "role", "feature_names", "quantization", "allow_nan"}, where)
+        _only(data, _V1_SPEC_FIELDS if schema_version == 1 else _V2_SPEC_FIELDS, where)
         names = data.get("feature_names")
         if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
             raise ManifestError(f"manifest field '{where}feature_names' must be a list of strings")
+        categories = data.get("categories")
+        if categories is not None and (not isinstance(categories, list) or not all(isinstance(c, str) for c in categories)):
+            raise ManifestError(f"manifest field '{where}categories' must be a list of strings")
+        kind = data.get("kind", "tensor")
+        if not isinstance(kind, str):
+            raise ManifestError(f"manifest field '{where}kind' must be str, got {type(kind).__name__}")
+        image = data.get("image")
         quant = data.get("quantization")
         shape = _need(data, "shape", list, where)
         return cls(
@@ -146,6 +299,9 @@ class TensorSpec:
             feature_names=tuple(names) if names is not None else None,
             quantization=Quantization.from_dict(quant, where + "quantization.") if quant is not None else None,
             allow_nan=bool(data.get("allow_nan", False)),
+            kind=kind,
+            categories=tuple(categories) if categories is not None else None,
+            image=ImageSpec.from_dict(image, where + "image.") if image is not None else None,
         )
 
 
@@ -212,15 +368,14 @@ class Manifest:
             ModelVersion.parse(self.version)
         except Exception as exc:
             raise ManifestError(str(exc)) from exc
-        if self.schema_version != SCHEMA_VERSION:
-            raise ManifestError(f"manifest schema_version {self.schema_version} is not supported (this edgefleet reads {SCHEMA_VERSION})",
-                                fix="upgrade edgefleet on this machine")
+        _check_schema(self.schema_version)
         if self.format not in FORMATS:
             raise ManifestError(f"manifest format {self.format!r} is not supported", fix=f"use one of {', '.join(FORMATS)}")
         if self.task not in TASKS:
             raise ManifestError(f"manifest task {self.task!r} is not supported", fix=f"use one of {', '.join(TASKS)}")
         if not self.inputs or not self.outputs:
             raise ManifestError("a manifest needs at least one input and one output")
+        self._check_specs()
         if not self.profiles:
             raise ManifestError("a manifest must list the profiles it was validated for")
         for name in (self.model_file, self.golden_file, self.reference_file):
@@ -236,6 +391,32 @@ class Manifest:
                 raise ManifestError("a classifier's manifest must list class_labels")
         elif "value" not in roles:
             raise ManifestError("a regressor's outputs need a 'value' role")
+
+    def _check_specs(self) -> None:
+        for i, spec in enumerate(self.inputs):
+            if self.schema_version == 1 and not spec.is_v1:
+                raise ManifestError(f"input {spec.name!r} (inputs[{i}]) has kind {spec.kind!r}, categories or an image "
+                                    "description, which schema_version 1 cannot hold", fix="write schema_version 2")
+            if self.schema_version >= 2 and (not spec.shape or spec.shape[0] != -1):
+                raise ManifestError(f"input {spec.name!r} has shape {list(spec.shape)}; in schema 2 every input's "
+                                    "first dimension is the batch, -1")
+        if len({spec.name for spec in self.inputs}) != len(self.inputs):
+            raise ManifestError("two inputs share a name")
+        for spec in self.outputs:
+            if not spec.is_v1:
+                raise ManifestError(f"output {spec.name!r} has kind {spec.kind!r}, categories or an image description; "
+                                    "outputs are plain tensors")
+
+    @staticmethod
+    def lowest_schema(inputs: Sequence[TensorSpec]) -> int:
+        """The lowest schema version that expresses these inputs: 1 for one 2-D tensor, else 2.
+
+        Writers use it, so every bundle schema 1 can describe keeps its schema-1 bytes (and its
+        sha256), and only new kinds of model need a schema-2 reader on the device.
+        """
+        if len(inputs) == 1 and inputs[0].is_v1 and len(inputs[0].shape) == 2:
+            return 1
+        return 2
 
     @property
     def model_file(self) -> str:
@@ -254,6 +435,15 @@ class Manifest:
 
     @property
     def input(self) -> TensorSpec:
+        """The one input of a single-input model (every schema-1 bundle the converter makes).
+
+        Raises ManifestError for a model with several inputs, so a caller that predates them
+        fails loudly instead of feeding input 0 alone.
+        """
+        if len(self.inputs) != 1:
+            names = ", ".join(repr(s.name) for s in self.inputs[:5]) + (", ..." if len(self.inputs) > 5 else "")
+            raise ManifestError(f"{self.ref} has {len(self.inputs)} inputs ({names}); use manifest.inputs",
+                                fix="this code path handles single-input models only; upgrade it to read every input")
         return self.inputs[0]
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,6 +476,8 @@ class Manifest:
                    "class_labels", "profiles", "source", "report", "health_check", "golden_file", "reference_file",
                    "files", "created_by"}
         _only(data, allowed, "")
+        schema = _need(data, "schema_version", int, "")
+        _check_schema(schema)  # before the specs: their allowed fields depend on it
         files_raw = _need(data, "files", dict, "")
         files: dict[str, FileEntry] = {}
         for fname, entry in files_raw.items():
@@ -299,15 +491,17 @@ class Manifest:
         if not all(isinstance(p, str) for p in profiles):
             raise ManifestError("manifest field 'profiles' must be a list of strings")
         return cls(
-            schema_version=_need(data, "schema_version", int, ""),
+            schema_version=schema,
             name=_need(data, "name", str, ""),
             version=_need(data, "version", str, ""),
             format=_need(data, "format", str, ""),
             task=_need(data, "task", str, ""),
             quantization=_need(data, "quantization", str, ""),
             runtime=data.get("runtime") or {},
-            inputs=tuple(TensorSpec.from_dict(t, f"inputs[{i}].") for i, t in enumerate(_need(data, "inputs", list, ""))),
-            outputs=tuple(TensorSpec.from_dict(t, f"outputs[{i}].") for i, t in enumerate(_need(data, "outputs", list, ""))),
+            inputs=tuple(TensorSpec.from_dict(t, f"inputs[{i}].", schema)
+                         for i, t in enumerate(_need(data, "inputs", list, ""))),
+            outputs=tuple(TensorSpec.from_dict(t, f"outputs[{i}].", schema)
+                          for i, t in enumerate(_need(data, "outputs", list, ""))),
             class_labels=tuple(labels) if labels is not None else None,
             profiles=tuple(profiles),
             source=data.get("source") or {},
