@@ -56,8 +56,11 @@ class InputError(EdgefleetError):
 
     ``status`` is the HTTP status the request deserves: 400 for a malformed input, 413 for more
     rows than the limit. The agent's API answers it as is; the server maps it to its own classes.
+    ``field`` names the model input or column at fault where there is one (None when the body
+    as a whole is wrong), so an answer can point at it without parsing the message.
     """
 
-    def __init__(self, message: str, *, fix: str | None = None, status: int = 400) -> None:
+    def __init__(self, message: str, *, fix: str | None = None, status: int = 400, field: str | None = None) -> None:
         self.status = status
+        self.field = field
         super().__init__(message, fix=fix)
