@@ -2,9 +2,10 @@
 
 For development and air-gapped devices. A local file gets the same gates as one the update
 path fetched, minus TUF and the signed assignment: the bundle reader's checks (schema, every
-file's sha256, size limits), the profile check (validated for this device's profile, an
-allowed format, under the profile's size limit), staging into a slot, a health check on the
-golden samples (agent.health), and only then the atomic switch of active.json.
+file's sha256, size limits; the archive within the profile's storage budget), the profile
+check (validated for this device's profile, an allowed format, under the profile's size
+limit, checked on the manifest before any file is kept), staging into a slot, a health check
+on the golden samples (agent.health), and only then the atomic switch of active.json.
 
 It does not tell a running daemon to reload (the CLI does that over the socket) and does not
 publish events.
@@ -58,9 +59,11 @@ def install_bundle(state: StateDir, source: str | os.PathLike[str] | bytes, prof
     """Check, stage, health-check and activate a bundle; returns what is now active."""
     from agent.health import check_health  # numpy-only, but keep `agent install --help` instant
 
-    bundle = read_bundle(source)
+    # The profile is checked on the manifest before any file is kept (and the archive may not
+    # exceed the device's storage budget), so a model too big for this device is never loaded.
+    bundle = read_bundle(source, max_bytes=profile.storage_budget_bytes,
+                         accept=lambda m: check_fits_profile(m, profile, m.files[m.model_file].size))
     manifest = bundle.manifest
-    check_fits_profile(manifest, profile, len(bundle.model_bytes))
     store = ModelStore(state.ensure())
     slot = store.stage(bundle)
     session = load_session(slot, profile)

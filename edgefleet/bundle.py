@@ -5,11 +5,26 @@ first member is ``manifest.json``, followed by the files the manifest lists, sor
 Member metadata is fixed (mtime 0, uid/gid 0, mode 0644, no user names) and gzip's own
 header timestamp is zeroed, so the same inputs always give the same bytes and sha256.
 
-``read_bundle`` is the one gate every consumer goes through (server on upload, agent before
-staging, ``edgefleet bundle inspect``). It refuses anything that is not exactly that shape:
-links, directories, path tricks, duplicate or unlisted members, a file whose sha256 or size
-disagrees with the manifest, truncation, or an archive bigger than ``max_bytes`` (so a hostile
-archive cannot fill a device's disk or memory).
+``read_bundle`` is the one gate every consumer goes through (agent before staging, the
+server's prediction cache); ``verify_bundle`` runs the same checks and keeps no file (server
+on upload, ``edgefleet bundle inspect``). They refuse anything that is not exactly that shape:
+links, directories, PAX and GNU extension headers, path tricks, duplicate or unlisted members,
+a file whose sha256 or size disagrees with the manifest, truncation, trailing data, or an
+archive bigger than ``max_bytes``.
+
+What a hostile archive may cost is bounded before the work, not after: the archive streams
+through the decompressor and is never expanded whole; ``manifest.json`` must come first and
+be at most ``MAX_MANIFEST_BYTES``; each member's header must give the size the manifest lists,
+and those sizes must add up to at most ``max_bytes``, before a byte of any member is read.
+Every member is hashed as it streams by and nothing is kept on the first pass;
+``read_bundle`` reads the archive a second time to keep the files only once all of them have
+matched, and its ``accept`` hook sees the manifest before any other member is read. So a gzip
+bomb, a member whose content is not what the manifest says, or a model too big for the device
+costs a megabyte or so of memory before it is refused, whatever the sizes claim. The price is
+decompressing an accepted bundle twice.
+
+It does not parse golden.json or reference.json (``Bundle.golden``/``reference`` do, on demand)
+and does not look inside the model file.
 """
 
 from __future__ import annotations
@@ -21,19 +36,27 @@ import json
 import os
 import tarfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 from edgefleet.atomic import atomic_write_bytes
 from edgefleet.canonical import pretty_json
 from edgefleet.errors import BundleError, EdgefleetError
-from edgefleet.manifest import FileEntry, Manifest
+from edgefleet.manifest import Manifest
 
 MANIFEST_NAME = "manifest.json"
 DEFAULT_MAX_BYTES = 2 * 1024**3
+MAX_MANIFEST_BYTES = 1 << 20
+"""manifest.json's size limit: a thousand class labels or feature names take a few tens of KiB,
+and parsing a megabyte of the worst JSON (``[[],[],...]``) costs Python about 25 MB."""
 BUNDLE_SUFFIX = ".tar.gz"
+_BLOCK = 512  # tar's header and padding unit
+_RECORD = 20 * _BLOCK  # tar pads the archive, end-of-archive blocks included, to a record
+_CHUNK = 1 << 20
+_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)  # not CONTTYPE or GNU sparse, which isfile() also takes
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -53,13 +76,19 @@ def bundle_filename(name: str, version: str) -> str:
 
 
 @dataclass(frozen=True)
-class Bundle:
-    """A bundle that passed every check of ``read_bundle``."""
+class BundleInfo:
+    """A bundle that passed every check of ``verify_bundle``: its manifest and the archive's hash and size."""
 
     manifest: Manifest
-    files: Mapping[str, bytes]
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class Bundle(BundleInfo):
+    """A bundle that passed every check of ``read_bundle``, with its files."""
+
+    files: Mapping[str, bytes]
 
     @property
     def model_bytes(self) -> bytes:
@@ -131,86 +160,199 @@ def write_bundle(path: str | os.PathLike[str], manifest_fields: Mapping[str, Any
     return sha256_bytes(data)
 
 
-def read_bundle(source: str | os.PathLike[str] | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Bundle:
-    """Read and fully validate a bundle from a path or from bytes."""
+def verify_bundle(source: str | os.PathLike[str] | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> BundleInfo:
+    """Check a bundle from a path or from bytes, streaming: memory stays at about a megabyte."""
+    manifest, _, sha, size = _scan(source, max_bytes, keep=False)
+    return BundleInfo(manifest=manifest, sha256=sha, size=size)
+
+
+def read_bundle(source: str | os.PathLike[str] | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                accept: Callable[[Manifest], None] | None = None) -> Bundle:
+    """Read and fully validate a bundle from a path or from bytes, and keep its files.
+
+    ``accept`` is called with the manifest as soon as it is read, before any other member is
+    read or kept; it refuses by raising (the agent checks the device's profile there, so a model
+    too big for it is never even decompressed).
+    """
+    _, _, sha, _ = _scan(source, max_bytes, keep=False, accept=accept)
+    manifest, files, again, size = _scan(source, max_bytes, keep=True)
+    if again != sha:  # only a path can change between the passes
+        raise BundleError(f"{_label(source)} changed while it was being read", fix="copy the bundle again and retry")
+    return Bundle(manifest=manifest, files=files, sha256=sha, size=size)
+
+
+def _label(source: str | os.PathLike[str] | bytes) -> str:
+    return "bundle" if isinstance(source, bytes) else str(source)
+
+
+class _Readable(Protocol):
+    """What a GzipFile and ``_Counted`` both are here."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _Counted:
+    """The raw archive as read: hashed, counted, and cut off at ``limit`` bytes."""
+
+    def __init__(self, raw: BinaryIO, limit: int, label: str) -> None:
+        self._raw = raw
+        self._limit = limit
+        self._label = label
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._raw.read(_CHUNK if size < 0 else size)
+        self.size += len(data)
+        if self.size > self._limit:  # a path that grew after its size was checked
+            raise BundleError(f"{self._label} is over the {self._limit}-byte limit")
+        self.digest.update(data)
+        return data
+
+    def seek(self, offset: int, /) -> int:
+        # GzipFile only seeks to rewind, which this one-way pass never asks of it.
+        raise io.UnsupportedOperation("the archive is read once, front to back")
+
+
+@contextmanager
+def _open(source: str | os.PathLike[str] | bytes, max_bytes: int) -> Iterator[tuple[BinaryIO, str]]:
+    label = _label(source)
     if isinstance(source, bytes):
-        data = source
-        label = "bundle"
-    else:
-        path = Path(source)
-        label = str(path)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError as exc:
-            raise BundleError(f"bundle {label} does not exist", fix="check the path") from exc
+        if len(source) > max_bytes:
+            raise BundleError(f"{label} is {len(source)} bytes, over the {max_bytes}-byte limit")
+        yield io.BytesIO(source), label
+        return
+    try:
+        handle = open(source, "rb")  # noqa: SIM115 - closed below, after the caller's with-block
+    except FileNotFoundError as exc:
+        raise BundleError(f"bundle {label} does not exist", fix="check the path") from exc
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
         if size > max_bytes:
             raise BundleError(f"bundle {label} is {size} bytes, over the {max_bytes}-byte limit")
-        data = path.read_bytes()
-    if len(data) > max_bytes:
-        raise BundleError(f"{label} is {len(data)} bytes, over the {max_bytes}-byte limit")
-    if data[:2] == b"\x1f\x8b":
+        yield handle, label
+
+
+def _scan(source: str | os.PathLike[str] | bytes, max_bytes: int, *, keep: bool,
+          accept: Callable[[Manifest], None] | None = None) -> tuple[Manifest, dict[str, bytes], str, int]:
+    """One streaming pass over the archive: (manifest, files if ``keep``, sha256, size)."""
+    with _open(source, max_bytes) as (raw, label):
+        compressed = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        counted = _Counted(raw, max_bytes, label)
         try:
-            payload = _gunzip_bounded(data, max_bytes)
+            if compressed:
+                with gzip.GzipFile(fileobj=counted, mode="rb") as stream:
+                    manifest, files = _members(stream, label, max_bytes, keep, accept)
+            else:
+                manifest, files = _members(counted, label, max_bytes, keep, accept)
+            while counted.read(_CHUNK):  # gzip stops at its trailer; anything after it is hashed too
+                pass
         except (OSError, EOFError, zlib.error) as exc:
             raise BundleError(f"{label} is truncated or not a valid gzip archive ({exc})",
                               fix="download or copy the bundle again") from exc
-    else:
-        payload = data
-    members = _read_members(payload, label)
-    if not members or next(iter(members)) != MANIFEST_NAME:
-        raise BundleError(f"{label} does not start with {MANIFEST_NAME}", fix="build bundles with `edgefleet convert`")
+        return manifest, files, counted.digest.hexdigest(), counted.size
+
+
+def _exactly(stream: _Readable, size: int, label: str) -> Iterator[bytes]:
+    """``size`` bytes from ``stream`` in chunks; a short read means the archive was cut."""
+    while size > 0:
+        chunk = stream.read(min(size, _CHUNK))
+        if not chunk:
+            raise BundleError(f"{label} is truncated", fix="download or copy the bundle again")
+        size -= len(chunk)
+        yield chunk
+
+
+def _header(stream: _Readable, label: str) -> tarfile.TarInfo | None:
+    """The next member's header, or None at the end-of-archive block."""
+    block = b"".join(_exactly(stream, _BLOCK, label))
+    if block == bytes(_BLOCK):
+        return None
     try:
-        document = json.loads(members.pop(MANIFEST_NAME))
-    except ValueError as exc:
-        raise BundleError(f"{label}: manifest.json is not valid JSON ({exc})") from exc
-    try:
-        manifest = Manifest.from_dict(document)
-    except EdgefleetError as exc:
-        raise BundleError(f"{label}: {exc}") from exc
-    _check_files(manifest.files, members, label)
-    return Bundle(manifest=manifest, files=members, sha256=sha256_bytes(data), size=len(data))
-
-
-def _gunzip_bounded(data: bytes, max_bytes: int) -> bytes:
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
-        while chunk := gz.read(1 << 20):
-            out.write(chunk)
-            if out.tell() > max_bytes:
-                raise BundleError(f"bundle expands past the {max_bytes}-byte limit (a decompression bomb?)")
-    return out.getvalue()
-
-
-def _read_members(payload: bytes, label: str) -> dict[str, bytes]:
-    members: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:") as tar:
-            for info in tar:
-                name = info.name
-                if not info.isfile():
-                    raise BundleError(f"{label}: member {name!r} is not a regular file (links and directories are refused)")
-                if "/" in name or "\\" in name or name.startswith(".") or name in members:
-                    raise BundleError(f"{label}: member name {name!r} is not allowed or appears twice")
-                handle = tar.extractfile(info)
-                if handle is None:
-                    raise BundleError(f"{label}: member {name!r} cannot be read")
-                content = handle.read()
-                if len(content) != info.size:
-                    raise BundleError(f"{label}: member {name!r} is truncated", fix="download or copy the bundle again")
-                members[name] = content
-    except tarfile.TarError as exc:
+        # frombuf parses one header block and nothing else: unlike iterating a TarFile, it never
+        # reads a PAX or GNU long-name payload, whose size the archive alone decides.
+        info = tarfile.TarInfo.frombuf(block, "utf-8", "strict")
+    except (tarfile.TarError, ValueError) as exc:
         raise BundleError(f"{label} is not a valid bundle archive ({exc})", fix="download or copy the bundle again") from exc
-    return members
+    name = info.name
+    if info.type not in _REGULAR:
+        raise BundleError(f"{label}: member {name!r} is not a regular file (links, directories and extension "
+                          "headers are refused)")
+    if "/" in name or "\\" in name or name.startswith(".") or not name:
+        raise BundleError(f"{label}: member name {name!r} is not allowed or appears twice")
+    return info
 
 
-def _check_files(listed: Mapping[str, FileEntry], members: Mapping[str, bytes], label: str) -> None:
-    for name, entry in listed.items():
-        if name not in members:
-            raise BundleError(f"{label}: {name} is listed in the manifest but missing from the archive")
-        content = members[name]
-        if len(content) != entry.size or sha256_bytes(content) != entry.sha256:
+def _content(stream: _Readable, info: tarfile.TarInfo, label: str, keep: bool) -> tuple[str, bytes]:
+    """(sha256, the bytes if ``keep`` else b"") of the member whose header was just read."""
+    digest = hashlib.sha256()
+    chunks: list[bytes] = []
+    for chunk in _exactly(stream, info.size, label):
+        digest.update(chunk)
+        if keep:
+            chunks.append(chunk)
+    for _ in _exactly(stream, -info.size % _BLOCK, label):  # padding to the next block
+        pass
+    return digest.hexdigest(), b"".join(chunks)
+
+
+def _members(stream: _Readable, label: str, max_bytes: int, keep: bool,
+             accept: Callable[[Manifest], None] | None) -> tuple[Manifest, dict[str, bytes]]:
+    # 1. manifest.json comes first, and its size is checked before it is read.
+    info = _header(stream, label)
+    if info is None or info.name != MANIFEST_NAME:
+        raise BundleError(f"{label} does not start with {MANIFEST_NAME}", fix="build bundles with `edgefleet convert`")
+    if info.size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{label}: {MANIFEST_NAME} claims {info.size} bytes, over the {MAX_MANIFEST_BYTES}-byte "
+                          "limit (a decompression bomb?)", fix="build bundles with `edgefleet convert`")
+    manifest = _manifest(_content(stream, info, label, keep=True)[1], label)
+    # 2. The listed sizes must fit the limit, and the caller accept the manifest, before any member is read.
+    listed = manifest.files
+    total = info.size + sum(entry.size for entry in listed.values())
+    if total > max_bytes:
+        raise BundleError(f"{label}: its files add up to {total} bytes, over the {max_bytes}-byte limit")
+    if accept is not None:
+        accept(manifest)
+    # 3. Each member: listed, once, the listed size by its header, the listed sha256 by its bytes.
+    files: dict[str, bytes] = {}
+    seen: set[str] = set()
+    while (info := _header(stream, label)) is not None:
+        name = info.name
+        if name in seen or name == MANIFEST_NAME:
+            raise BundleError(f"{label}: member name {name!r} is not allowed or appears twice")
+        entry = listed.get(name)
+        if entry is None:
+            raise BundleError(f"{label}: archive holds files the manifest does not list: {name}")
+        if info.size != entry.size:
+            raise BundleError(f"{label}: {name} is {info.size} bytes in the archive but {entry.size} in the manifest "
+                              "(tampered or corrupted)", fix="rebuild the bundle or fetch it again from the registry")
+        sha, data = _content(stream, info, label, keep)
+        if sha != entry.sha256:
             raise BundleError(f"{label}: {name} does not match its sha256 in the manifest (tampered or corrupted)",
                               fix="rebuild the bundle or fetch it again from the registry")
-    extra = sorted(set(members) - set(listed))
-    if extra:
-        raise BundleError(f"{label}: archive holds files the manifest does not list: {', '.join(extra)}")
+        seen.add(name)
+        if keep:
+            files[name] = data
+    missing = sorted(set(listed) - seen)
+    if missing:
+        raise BundleError(f"{label}: {missing[0]} is listed in the manifest but missing from the archive")
+    # 4. After the end-of-archive block only tar's zero padding may follow (at most a record).
+    tail = stream.read(2 * _RECORD)
+    if len(tail) > _RECORD or tail.count(0) != len(tail):
+        raise BundleError(f"{label} holds data after the end of the archive",
+                          fix="rebuild the bundle or fetch it again from the registry")
+    return manifest, files
+
+
+def _manifest(data: bytes, label: str) -> Manifest:
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{label}: manifest.json is not valid JSON ({exc})") from exc
+    try:
+        return Manifest.from_dict(document)
+    except EdgefleetError as exc:
+        raise BundleError(f"{label}: {exc}") from exc
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:  # a shape from_dict did not foresee
+        raise BundleError(f"{label}: manifest.json is malformed ({type(exc).__name__}: {exc})") from exc

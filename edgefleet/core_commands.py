@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edgefleet.bundle import read_bundle
+from edgefleet.bundle import verify_bundle
 from edgefleet.console import format_kv, human_bytes, print_json, print_table
 from edgefleet.profiles import all_profiles, load_profile
 
@@ -61,7 +61,7 @@ def _profiles_show(args: argparse.Namespace) -> int:
 
 
 def _bundle_inspect(args: argparse.Namespace) -> int:
-    bundle = read_bundle(args.file)
+    bundle = verify_bundle(args.file)  # streams: the files are checked, not kept
     m = bundle.manifest
     if args.json:
         print_json({"sha256": bundle.sha256, "size": bundle.size, "manifest": m.to_dict()})
@@ -69,7 +69,7 @@ def _bundle_inspect(args: argparse.Namespace) -> int:
     print(format_kv([
         ("model", m.ref), ("format", m.format), ("task", m.task), ("quantization", m.quantization),
         ("profiles", m.profiles), ("bundle sha256", bundle.sha256), ("bundle size", human_bytes(bundle.size)),
-        ("model size", human_bytes(len(bundle.model_bytes))),
+        ("model size", human_bytes(m.files[m.model_file].size)),
         ("inputs", [f"{t.name}:{t.dtype}{list(t.shape)}" for t in m.inputs]),
         ("outputs", [f"{t.name}:{t.dtype}{list(t.shape)}({t.role})" for t in m.outputs]),
         ("classes", m.class_labels), ("health check", m.health_check.to_dict()),

@@ -67,6 +67,12 @@ def _need(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], wher
     return value
 
 
+def _optional(data: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    """An optional top-level field: ``default`` when absent or null, else it must be a ``kind``
+    (``bundle inspect`` and the server read these as objects and strings)."""
+    return default if data.get(key) is None else _need(data, key, kind, "")
+
+
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     return kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
 
@@ -497,18 +503,18 @@ class Manifest:
             format=_need(data, "format", str, ""),
             task=_need(data, "task", str, ""),
             quantization=_need(data, "quantization", str, ""),
-            runtime=data.get("runtime") or {},
+            runtime=_optional(data, "runtime", dict, {}),
             inputs=tuple(TensorSpec.from_dict(t, f"inputs[{i}].", schema)
                          for i, t in enumerate(_need(data, "inputs", list, ""))),
             outputs=tuple(TensorSpec.from_dict(t, f"outputs[{i}].", schema)
                           for i, t in enumerate(_need(data, "outputs", list, ""))),
             class_labels=tuple(labels) if labels is not None else None,
             profiles=tuple(profiles),
-            source=data.get("source") or {},
-            report=data.get("report") or {},
+            source=_optional(data, "source", dict, {}),
+            report=_optional(data, "report", dict, {}),
             health_check=HealthCheck.from_dict(_need(data, "health_check", dict, "")),
-            golden_file=data.get("golden_file", "golden.json"),
-            reference_file=data.get("reference_file", "reference.json"),
+            golden_file=_optional(data, "golden_file", str, "golden.json"),
+            reference_file=_optional(data, "reference_file", str, "reference.json"),
             files=files,
-            created_by=data.get("created_by", ""),
+            created_by=_optional(data, "created_by", str, ""),
         )

@@ -1,7 +1,7 @@
 """The model registry: validated bundles in, TUF targets and database rows out.
 
 ``Registry.push`` is the one way a model version enters the fleet: the bytes pass
-``edgefleet.bundle.read_bundle`` (manifest schema, every member's hash), a name+version can
+``edgefleet.bundle.verify_bundle`` (manifest schema, every member's hash), a name+version can
 hold one set of bytes forever (a second upload with different bytes is a conflict, the same
 bytes again are an idempotent success), the archive is kept in the ``ArtifactStore`` and
 published as TUF target ``NAME/NAME-VERSION.tar.gz``. Yanking marks a version so it can never
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from edgefleet.bundle import bundle_filename, read_bundle
+from edgefleet.bundle import bundle_filename, verify_bundle
 from edgefleet.errors import BundleError
 from edgefleet.version import ModelVersion
 from fleet_server.db import Database
@@ -112,7 +112,7 @@ class Registry:
         which the next push of the same bytes repairs.
         """
         try:
-            bundle = read_bundle(source, max_bytes=self.max_bundle_bytes)
+            bundle = verify_bundle(source, max_bytes=self.max_bundle_bytes)  # streams; keeps no file
         except BundleError as exc:
             raise InvalidInputError(f"bundle: {exc.message}".replace(str(source), "upload"),
                                     fix=exc.fix or "rebuild it with `edgefleet convert`") from exc
