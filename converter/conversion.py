@@ -24,12 +24,12 @@ import numpy as np
 from converter.converted import Converted
 from converter.data import Dataset, load_dataset
 from converter.errors import ConverterError, OptionsError, ToleranceError
-from converter.predictors import Outputs, Predictor
+from converter.predictors import Batch, Outputs, Predictor, batch_rows
 from converter.quantize import CALIBRATION_METHODS
 from converter.source_model import SourceModel
 from edgefleet import __version__
 from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
-from edgefleet.manifest import FORMATS, HealthCheck, Manifest
+from edgefleet.manifest import FORMATS, HealthCheck, Manifest, TensorSpec
 from edgefleet.profiles import QUANTIZATIONS, Profile, load_profile
 from edgefleet.version import ModelVersion, check_model_name
 
@@ -102,23 +102,32 @@ def _resolve_format(options: ConvertOptions, profile: Profile, framework: str) -
     return fmt
 
 
-def _load_data(path: Path | None, labels: str | None, width: int) -> Dataset | None:
+def _load_data(path: Path | None, labels: str | None, source: SourceModel) -> Dataset | None:
     if path is None:
         return None
-    data = load_dataset(path, labels_column=labels)
-    data.check_width(width)
+    data = load_dataset(path, labels_column=labels, columns=source.inputs)
+    data.check_inputs(source)
     return data
 
 
-def _evaluation_rows(validation: Dataset | None, calibration: Dataset | None, width: int) -> tuple[str, Dataset]:
+def _evaluation_rows(validation: Dataset | None, calibration: Dataset | None, source: SourceModel) -> tuple[str, Dataset]:
     if validation is not None:
         return "validation", validation
     if calibration is not None:
         return "calibration", calibration
     # Nothing given: standard-normal rows of the right width prove the model runs, not that it is accurate.
     rng = np.random.default_rng(SYNTHESIZED_SEED)
-    rows = rng.standard_normal((SYNTHESIZED_ROWS, width)).astype(np.float32)
-    return "synthesized", Dataset(rows, None, None, "synthesized")
+    if source.inputs is None:
+        rows = rng.standard_normal((SYNTHESIZED_ROWS, source.n_features)).astype(np.float32)
+        return "synthesized", Dataset(rows, None, None, "synthesized")
+    # A column model: standard-normal numbers, and the training categories drawn at random.
+    columns = {spec.name: (rng.choice(np.asarray(spec.categories or ("",), dtype=object), (SYNTHESIZED_ROWS, 1))
+                           if spec.dtype == "string" else rng.standard_normal((SYNTHESIZED_ROWS, 1)).astype(spec.dtype))
+               for spec in source.inputs}
+    numeric = [spec.name for spec in source.inputs if spec.dtype != "string"]
+    features = (np.concatenate([columns[n].astype(np.float32) for n in numeric], axis=1) if numeric
+                else np.zeros((SYNTHESIZED_ROWS, 0), np.float32))
+    return "synthesized", Dataset(features, None, tuple(numeric), "synthesized", columns)
 
 
 def _original_predictor(source: SourceModel) -> Predictor:
@@ -136,7 +145,7 @@ def _original_predictor(source: SourceModel) -> Predictor:
     return EstimatorPredictor(source.model, source.task)
 
 
-def _build(fmt: str, quantize: str, source: SourceModel, calibration: np.ndarray | None, method: str) -> Converted:
+def _build(fmt: str, quantize: str, source: SourceModel, calibration: Batch | None, method: str) -> Converted:
     if fmt == "onnx":
         from converter.onnxbuild import build_onnx
 
@@ -158,10 +167,12 @@ def _manifest_fields(options: ConvertOptions, profile: Profile, source: SourceMo
                      quantize: str, report: Mapping[str, Any], feature_names: Sequence[str] | None) -> dict[str, Any]:
     """The manifest as a dict without ``files`` (``write_bundle`` fills those in from the bytes)."""
     inputs = [dict(spec) for spec in converted.inputs]
-    if feature_names and len(feature_names) == source.n_features:
+    if source.inputs is None and feature_names and len(feature_names) == source.n_features:
         inputs[0]["feature_names"] = list(feature_names)
+    specs = [TensorSpec.from_dict(spec, f"inputs[{i}].") for i, spec in enumerate(inputs)]
     return {
-        "schema_version": 1,
+        # The lowest schema that holds these inputs: a matrix model keeps its schema-1 bytes.
+        "schema_version": Manifest.lowest_schema(specs),
         "name": options.name,
         "version": options.version,
         "format": converted.format,
@@ -185,6 +196,7 @@ def _manifest_fields(options: ConvertOptions, profile: Profile, source: SourceMo
 
 def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None = None) -> ConversionResult:
     """Convert ``options.model_path`` into one bundle; see the module docstring for the steps."""
+    from converter.export import unseen_categories
     from converter.golden import golden_document, reference_document
     from converter.latency import measure
     from converter.proof import tolerance_failures
@@ -197,23 +209,26 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
     source = load_source(options.model_path)
     fmt = _resolve_format(options, profile, source.framework)
     quantize = options.quantize or profile.default_quantization
-    calibration = _load_data(options.calibration, options.labels, source.n_features)
-    validation = _load_data(options.validation, options.labels, source.n_features)
-    data_source, evaluation = _evaluation_rows(validation, calibration, source.n_features)
+    calibration = _load_data(options.calibration, options.labels, source)
+    validation = _load_data(options.validation, options.labels, source)
+    data_source, evaluation = _evaluation_rows(validation, calibration, source)
     static = quantize in ("int8-static", "int8")
-    calibration_rows = calibration.features if calibration is not None else None
+    calibration_rows = calibration.batch if calibration is not None else None
     if static and calibration_rows is None and validation is not None:
         log.warning("no --calibration given: calibrating %s on the validation rows", quantize)
-        calibration_rows = validation.features
+        calibration_rows = validation.batch
     step("convert")
     converted = _build(fmt, quantize, source, calibration_rows, options.calibration_method)
     step("compare")
     original_predictor = _original_predictor(source)
-    original = original_predictor.predict(evaluation.features)
-    result = converted.predictor.predict(evaluation.features)
+    original = original_predictor.predict(evaluation.batch)
+    result = converted.predictor.predict(evaluation.batch)
     metrics = _compare(source.task, original, result, evaluation.labels, source.class_labels)
     failures = tolerance_failures(source.task, metrics, len(converted.model_bytes), profile)
-    feature_names = source.feature_names or (evaluation.feature_names if evaluation.feature_names else None)
+    if source.inputs is not None:  # the drift reference bins the numeric columns, named by the data
+        feature_names = evaluation.feature_names
+    else:
+        feature_names = source.feature_names or (evaluation.feature_names if evaluation.feature_names else None)
     report: dict[str, Any] = {
         "data": data_source,
         "rows": evaluation.rows,
@@ -226,14 +241,17 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
         "passed": not failures,
         "failures": failures,
     }
+    unseen = unseen_categories(source)
+    if unseen is not None:
+        report["unseen_categories"] = unseen
     if static:
-        report["calibration_rows"] = len(calibration_rows) if calibration_rows is not None else 0
+        report["calibration_rows"] = batch_rows(calibration_rows) if calibration_rows is not None else 0
         if fmt == "onnx":  # TFLite's converter has one calibration scheme of its own
             report["calibration_method"] = options.calibration_method
     step("latency")
     latency = {
-        "original": measure(original_predictor.predict, evaluation.features).to_dict(),
-        "converted": measure(converted.predictor.predict, evaluation.features).to_dict(),
+        "original": measure(original_predictor.predict, evaluation.batch).to_dict(),
+        "converted": measure(converted.predictor.predict, evaluation.batch).to_dict(),
     }
     full_report = {**report, "latency": latency, "profile": profile.name}
     if failures and not options.force:
@@ -244,7 +262,7 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
     step("write")
     files = {
         f"model.{fmt}": converted.model_bytes,
-        "golden.json": pretty_json(golden_document(evaluation.features, original, source.task, source.class_labels)),
+        "golden.json": pretty_json(golden_document(evaluation.batch, original, source.task, source.class_labels)),
         "reference.json": pretty_json(reference_document(evaluation.features, feature_names, original, source.task,
                                                          source.class_labels)),
     }

@@ -30,6 +30,6 @@ class Converted:
     float_bytes: int
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS or not self.model_bytes or len(self.inputs) != 1 or not self.outputs:
+        if self.format not in FORMATS or not self.model_bytes or not self.inputs or not self.outputs:
             raise ConverterError(f"internal: the {self.format} builder returned an incomplete model",
                                  fix="report this as a bug with the model type and options used")

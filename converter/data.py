@@ -1,6 +1,11 @@
-"""Reading calibration and validation data: CSV, NPY, NPZ and Parquet into float32 rows.
+"""Reading calibration and validation data: CSV, NPY, NPZ and Parquet into float32 rows or named columns.
 
 A ``Dataset`` is a 2-D float32 feature matrix, optional labels and optional feature names.
+For a model whose inputs are named columns (a DataFrame pipeline), ``load_dataset(...,
+columns=source.inputs)`` reads CSV or Parquet with pandas, by column name, strings kept as
+strings: ``Dataset.columns`` holds one ``[rows, 1]`` array per column in the column's dtype,
+and ``features`` only the numeric columns (what the drift reference bins). Matrix models keep
+the hand-written CSV reader below, so their data, and the bundles built from it, do not change.
 CSV headers are detected: a first row that is not all numbers (``edgefleet.cells.is_number``)
 is a header. ``labels_column`` names the label column (by header name, or by 0-based index:
 headerless CSV, NPY); a file that lacks it is taken as features only, so one option serves
@@ -13,13 +18,20 @@ the models see.
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from converter.errors import DataError, DataShapeError
+from converter.predictors import Batch
 from edgefleet.cells import is_number
+from edgefleet.manifest import TensorSpec
+
+if TYPE_CHECKING:
+    from converter.source_model import SourceModel
 
 SUFFIXES = (".csv", ".npy", ".npz", ".parquet")
 # NPZ archives written by numpy.savez use these names by convention; the first hit wins.
@@ -35,6 +47,8 @@ class Dataset:
     labels: np.ndarray | None = None
     feature_names: tuple[str, ...] | None = None
     source: str = ""
+    columns: Mapping[str, np.ndarray] | None = None
+    """Column models only: input name -> [rows, 1] array in the column's dtype (strings as objects)."""
 
     def __post_init__(self) -> None:
         if self.features.ndim != 2 or self.features.shape[0] == 0:
@@ -44,6 +58,24 @@ class Dataset:
             raise DataError(f"{self.source}: {len(self.labels)} labels for {len(self.features)} rows")
         if self.feature_names is not None and len(self.feature_names) != self.features.shape[1]:
             raise DataError(f"{self.source}: {len(self.feature_names)} feature names for {self.features.shape[1]} columns")
+        for name, column in (self.columns or {}).items():
+            if column.shape != (self.rows, 1):
+                raise DataError(f"{self.source}: column {name!r} has shape {column.shape}, expected ({self.rows}, 1)")
+
+    @property
+    def batch(self) -> Batch:
+        """What a predictor takes: the columns by name for a column model, else the feature matrix."""
+        return dict(self.columns) if self.columns is not None else self.features
+
+    def check_inputs(self, source: SourceModel) -> None:
+        """Raise DataShapeError unless the data fits the model's inputs (columns or matrix width)."""
+        if source.inputs is None:
+            self.check_width(source.n_features)
+            return
+        missing = [spec.name for spec in source.inputs if self.columns is None or spec.name not in self.columns]
+        if missing:
+            raise DataShapeError(f"{self.source} has no column(s) {', '.join(map(repr, missing[:5]))}, which the model takes",
+                                 fix="give a CSV or Parquet file with a header naming every column the model was fitted on")
 
     @property
     def width(self) -> int:
@@ -63,12 +95,18 @@ class Dataset:
             )
 
 
-def load_dataset(path: str | Path, *, labels_column: str | None = None) -> Dataset:
-    """Read ``path`` (by suffix) into a Dataset, taking ``labels_column`` out if present."""
+def load_dataset(path: str | Path, *, labels_column: str | None = None,
+                 columns: Sequence[TensorSpec] | None = None) -> Dataset:
+    """Read ``path`` (by suffix) into a Dataset, taking ``labels_column`` out if present.
+
+    With ``columns`` (a column model's input specs), read those columns by name with pandas.
+    """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file {p} does not exist", fix="check the path given to --calibration / --validation")
     suffix = p.suffix.lower()
+    if columns is not None:
+        return _load_columns(p, suffix, labels_column, columns)
     if suffix == ".csv":
         return _load_csv(p, labels_column)
     if suffix == ".npy":
@@ -193,3 +231,54 @@ def _load_parquet(path: Path, labels_column: str | None) -> Dataset:
     if labels is not None and np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):
         labels = labels.astype(np.int64)
     return Dataset(features, labels, tuple(names), str(path))
+
+
+def _load_columns(path: Path, suffix: str, labels_column: str | None, specs: Sequence[TensorSpec]) -> Dataset:
+    from edgefleet.extras import require
+
+    pd = require("pandas", "convert", "reading data for a model with named columns")
+    strings = [spec.name for spec in specs if spec.dtype == "string"]
+    try:
+        if suffix == ".csv":
+            # object, not pandas' own string dtype: cells stay Python str, "01234" stays "01234".
+            as_text = {name: object for name in [*strings, *([labels_column] if labels_column else [])]}
+            frame = pd.read_csv(path, dtype=as_text)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise DataError(f"{path}: this model takes named columns, which a {suffix} file does not have",
+                            fix="give CSV (with a header) or Parquet data for a model fitted on a DataFrame")
+    except DataError:
+        raise
+    except Exception as exc:  # pandas and pyarrow raise their own ParserError/ArrowInvalid families
+        raise DataError(f"cannot read {path}: {exc}", fix="check the file, or save it again as UTF-8 CSV or Parquet") from exc
+    present = {str(c) for c in frame.columns}
+    missing = [spec.name for spec in specs if spec.name not in present]
+    if missing:
+        raise DataShapeError(f"{path} has no column(s) {', '.join(map(repr, missing[:5]))}, which the model takes",
+                             fix="give a file with a header naming every column the model was fitted on")
+    if len(frame) == 0:
+        raise DataError(f"{path} holds no rows", fix="give at least one row of data")
+    labels = None
+    if labels_column is not None and labels_column in present:
+        labels = _labels_array([str(v) for v in frame[labels_column].tolist()])
+    columns = {spec.name: _column(frame[spec.name], spec, path) for spec in specs}
+    numeric = [spec.name for spec in specs if spec.dtype != "string"]
+    features = (np.concatenate([columns[n].astype(np.float32) for n in numeric], axis=1) if numeric
+                else np.zeros((len(frame), 0), np.float32))
+    return Dataset(features, labels, tuple(numeric), str(path), columns)
+
+
+def _column(series: Any, spec: TensorSpec, path: Path) -> np.ndarray:
+    if spec.dtype == "string":
+        values = series.to_numpy(dtype=object)
+        bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+        if bad is not None:
+            raise DataError(f"{path}: column {spec.name!r} row {bad + 1} is empty or not text ({values[bad]!r})",
+                            fix="fill missing categories (e.g. with 'unknown') before converting")
+        return values.reshape(-1, 1)
+    try:
+        return np.asarray(series.to_numpy(), dtype=spec.dtype).reshape(-1, 1)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: column {spec.name!r} holds a value that is not a number ({exc})",
+                        fix=f"give numbers in {spec.name!r}, the model was fitted on a numeric column there") from exc

@@ -12,6 +12,13 @@ converter's own tests. The same kind always gives the same model and files.
     breast-cancer-lgbm LightGBM classifier (needs lightgbm)
     diabetes-mlp       MLPRegressor on diabetes (10 features, regression)
     diabetes-ridge     Ridge regression on diabetes
+    wine-pipeline      Pipeline(ColumnTransformer[StandardScaler on wine's 13 numeric columns,
+                       OneHotEncoder on a string column "region"], GradientBoostingClassifier),
+                       fitted on a pandas DataFrame (needs pandas); the CSVs have a header and
+                       "region" as text
+
+The ``region`` column is synthesised from a seeded generator, leaning on the class so it
+carries some signal; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -115,8 +122,41 @@ def _ridge() -> Any:
     return Ridge(alpha=0.1)
 
 
-# kind -> (dataset loader, estimator factory)
-KINDS: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray, list[str]]], Callable[[], Any]]] = {
+REGIONS = ("east", "north", "west")
+
+
+def _wine_frame() -> tuple[Any, np.ndarray, list[str]]:
+    from sklearn.datasets import load_wine
+
+    from edgefleet.extras import require
+
+    pd = require("pandas", "convert", "the wine-pipeline example")
+    data = load_wine()
+    names = [str(n).replace("/", "_") for n in data.feature_names]
+    frame = pd.DataFrame(data.data, columns=names)
+    rng = np.random.default_rng(SEED)
+    # Each class favours one region (60%), so the column carries signal, as a real one would.
+    weights = np.full((3, len(REGIONS)), 0.2) + 0.4 * np.eye(3)
+    frame["region"] = [REGIONS[rng.choice(len(REGIONS), p=weights[t])] for t in data.target]
+    return frame, data.target, [*names, "region"]
+
+
+def _wine_pipeline() -> Any:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.datasets import load_wine
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric = [str(n).replace("/", "_") for n in load_wine().feature_names]
+    columns = ColumnTransformer([("num", StandardScaler(), numeric),
+                                 ("cat", OneHotEncoder(handle_unknown="ignore"), ["region"])])
+    return Pipeline([("prep", columns), ("model", GradientBoostingClassifier(n_estimators=50, random_state=SEED))])
+
+
+# kind -> (dataset loader, estimator factory); a loader returns a float array, or a pandas
+# DataFrame for a model fitted on one.
+KINDS: dict[str, tuple[Callable[[], tuple[Any, np.ndarray, list[str]]], Callable[[], Any]]] = {
     "digits-mlp": (_digits, _mlp((256, 128))),
     "digits-small-mlp": (_digits, _mlp((32,))),
     "iris-logreg": (_iris, _scaled(_logreg)),
@@ -124,6 +164,7 @@ KINDS: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray, list[str]]], C
     "breast-cancer-lgbm": (_breast_cancer, _lgbm),
     "diabetes-mlp": (_diabetes, _scaled(_mlp_regressor)),
     "diabetes-ridge": (_diabetes, _ridge),
+    "wine-pipeline": (_wine_frame, _wine_pipeline),
 }
 
 
@@ -144,7 +185,9 @@ def write_example(directory: str | Path, *, kind: str = "digits-mlp") -> Example
 
     load, make = KINDS[kind]
     features, target, names = load()
-    features = features.astype(np.float32)
+    frame = not isinstance(features, np.ndarray)
+    if not frame:
+        features = features.astype(np.float32)
     x_train, x_val, y_train, y_val = train_test_split(features, target, test_size=0.25, random_state=SEED)
     model = make().fit(x_train, y_train)
     out = Path(directory)
@@ -152,6 +195,10 @@ def write_example(directory: str | Path, *, kind: str = "digits-mlp") -> Example
     files = ExampleFiles(out / f"{kind}.joblib", out / f"{kind}-calibration.csv", out / f"{kind}-validation.csv",
                          LABELS_COLUMN)
     joblib.dump(model, files.model_path)
+    if frame:  # a DataFrame model: pandas writes the text columns as text
+        x_train[:CALIBRATION_ROWS].to_csv(files.calibration_csv, index=False, lineterminator="\n")
+        x_val.assign(**{LABELS_COLUMN: y_val}).to_csv(files.validation_csv, index=False, lineterminator="\n")
+        return files
     _write_csv(files.calibration_csv, names, x_train[:CALIBRATION_ROWS])
     _write_csv(files.validation_csv, [*names, LABELS_COLUMN], np.column_stack([x_val, y_val]))
     return files

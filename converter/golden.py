@@ -1,7 +1,9 @@
 """Golden samples and the drift reference profile that travel in every bundle.
 
 ``golden_document`` picks a fixed, seeded subset of rows and records the ORIGINAL model's
-outputs for them: the device checks a staged model against these before it serves.
+outputs for them: the device checks a staged model against these before it serves. Inputs
+are a list of rows for a matrix model (schema 1) and a mapping of input name to ``[rows, 1]``
+values for a model with named columns (schema 2), strings included.
 ``reference_document`` records per-feature quantile bins and the output distribution, the
 baseline the device's drift scores compare live traffic with. Shapes: docs/contracts.md.
 
@@ -10,12 +12,12 @@ Pure functions over arrays; they neither run models nor write files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from converter.predictors import Outputs
+from converter.predictors import Batch, Outputs, batch_rows
 
 GOLDEN_ROWS = 32
 GOLDEN_SEED = 20240611
@@ -33,9 +35,9 @@ def _plain(values: np.ndarray) -> list[Any]:
     return [v.item() if hasattr(v, "item") else v for v in np.asarray(values, dtype=object).reshape(-1)]
 
 
-def golden_document(features: np.ndarray, original: Outputs, task: str,
+def golden_document(features: Batch, original: Outputs, task: str,
                     class_labels: Sequence[Any] | None) -> dict[str, Any]:
-    rows = golden_rows(len(features))
+    rows = golden_rows(batch_rows(features))
     picked = original.take(rows)
     outputs: dict[str, Any]
     if task == "regression":
@@ -44,7 +46,19 @@ def golden_document(features: np.ndarray, original: Outputs, task: str,
         outputs = {"label": _plain(picked.top1(class_labels))}
         if picked.probabilities is not None:
             outputs["probabilities"] = np.asarray(picked.probabilities, dtype=np.float64).tolist()
-    return {"inputs": np.asarray(features[rows], dtype=np.float32).tolist(), "outputs": outputs}
+    inputs: Any
+    if isinstance(features, Mapping):
+        inputs = {name: _column_values(np.asarray(column)[rows]) for name, column in features.items()}
+    else:
+        inputs = np.asarray(features[rows], dtype=np.float32).tolist()
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def _column_values(column: np.ndarray) -> list[Any]:
+    # Strings stay strings; numbers go through float32, as the converted model reads them.
+    if column.dtype == object:
+        return column.tolist()
+    return np.asarray(column, dtype=np.float32).tolist()
 
 
 def _bins(values: np.ndarray) -> tuple[list[float], list[int]]:

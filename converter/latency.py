@@ -9,11 +9,14 @@ but never written into the (deterministic) bundle.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from converter.predictors import Batch, take
+from converter.predictors import batch_rows as count_rows
 
 SINGLE_RUNS = 200
 BATCH_ROWS = 256
@@ -35,17 +38,21 @@ class Latency:
                 "batch_rows_per_s": round(self.batch_rows_per_s, 1)}
 
 
-def measure(predict: Callable[[np.ndarray], Any], rows: np.ndarray, *, clock: Callable[[], float] = time.perf_counter,
+def measure(predict: Callable[[Any], Any], rows: Batch, *, clock: Callable[[], float] = time.perf_counter,
             single_runs: int = SINGLE_RUNS, batch_rows: int = BATCH_ROWS, batch_runs: int = BATCH_RUNS) -> Latency:
-    """Time ``predict`` on one row at a time (after one warm-up call) and on batches."""
-    predict(rows[:1])
+    """Time ``predict`` on one row at a time (after one warm-up call) and on batches.
+
+    ``rows`` is a float matrix or, for a model with named columns, [n, 1] arrays by name.
+    """
+    total = count_rows(rows)
+    predict(take(rows, slice(0, 1)))
     singles = []
     for i in range(single_runs):
-        row = rows[i % len(rows)][None, :]
+        row = take(rows, slice(i % total, i % total + 1))
         start = clock()
         predict(row)
         singles.append(clock() - start)
-    batch = np.resize(rows, (batch_rows, rows.shape[1])).astype(np.float32)
+    batch = _repeated(rows, batch_rows)
     predict(batch)
     start = clock()
     for _ in range(batch_runs):
@@ -54,3 +61,10 @@ def measure(predict: Callable[[np.ndarray], Any], rows: np.ndarray, *, clock: Ca
     ms = np.asarray(singles) * 1000.0
     rate = batch_rows * batch_runs / elapsed if elapsed > 0 else float("inf")
     return Latency(float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(rate))
+
+
+def _repeated(rows: Batch, count: int) -> Batch:
+    """``count`` rows, cycling through ``rows`` (the batched-throughput input)."""
+    if isinstance(rows, Mapping):
+        return take(rows, np.arange(count) % count_rows(rows))
+    return np.resize(rows, (count, rows.shape[1])).astype(np.float32)

@@ -1,8 +1,11 @@
 """Running models side by side: one ``Predictor`` seam, one implementation per runtime.
 
-Every predictor takes float32 rows and returns ``Outputs`` in the same shape (labels,
+Every predictor takes a ``Batch`` and returns ``Outputs`` in the same shape (labels,
 probabilities or regression values), so the proof compares like with like whatever ran the
-model. Quantized TFLite tensors are quantized and dequantized here: callers see real numbers.
+model. A batch is float32 rows ``[n, features]``, or for a model with named column inputs a
+mapping of column name to ``[n, 1]`` array (strings as objects); ``batch_rows`` and ``take``
+work on both. Quantized TFLite tensors are quantized and dequantized here: callers see real
+numbers.
 
 This module runs models; it does not judge them (see ``proof``).
 """
@@ -50,8 +53,26 @@ class Outputs:
         return Outputs(pick(self.labels), pick(self.probabilities), pick(self.values))
 
 
+Batch = np.ndarray | Mapping[str, np.ndarray]
+"""Rows for a predictor: a float32 [n, features] matrix, or [n, 1] arrays by column name."""
+
+
+def batch_rows(batch: Batch) -> int:
+    """How many rows a batch holds."""
+    if isinstance(batch, Mapping):
+        return len(next(iter(batch.values())))
+    return len(batch)
+
+
+def take(batch: Batch, rows: np.ndarray | slice) -> Batch:
+    """The given rows of a batch (indices or a slice), of either form."""
+    if isinstance(batch, Mapping):
+        return {name: np.asarray(values)[rows] for name, values in batch.items()}
+    return batch[rows]
+
+
 class Predictor(Protocol):
-    def predict(self, features: np.ndarray) -> Outputs: ...
+    def predict(self, features: Batch) -> Outputs: ...
 
 
 class EstimatorPredictor:
@@ -61,7 +82,13 @@ class EstimatorPredictor:
         self.estimator = estimator
         self.task = task
 
-    def predict(self, features: np.ndarray) -> Outputs:
+    def predict(self, features: Batch) -> Outputs:
+        if isinstance(features, Mapping):
+            # A model fitted on a DataFrame selects its columns by name: give it one.
+            from edgefleet.extras import require
+
+            pd = require("pandas", "convert", "running a model fitted on a DataFrame")
+            features = pd.DataFrame({name: np.asarray(column).reshape(-1) for name, column in features.items()})
         if self.task == "regression":
             return Outputs(values=np.asarray(self.estimator.predict(features), dtype=np.float64))
         labels = np.asarray(self.estimator.predict(features))
@@ -90,13 +117,31 @@ class OnnxPredictor:
             raise ConverterError(f"onnxruntime cannot load the model: {exc}",
                                  fix="check that the model's opset and ops are supported by onnxruntime") from exc
         self.input_name = self.session.get_inputs()[0].name
+        self.input_types = {i.name: _ORT_TYPES.get(i.type, np.dtype(np.float32)) for i in self.session.get_inputs()}
         self.roles = dict(roles)
 
-    def predict(self, features: np.ndarray) -> Outputs:
+    def predict(self, features: Batch) -> Outputs:
         names = list(self.roles)
-        results = self.session.run(names, {self.input_name: np.ascontiguousarray(features, dtype=np.float32)})
+        if isinstance(features, Mapping):
+            # Only the graph's inputs: an exporter drops columns the model never reads.
+            feeds = {name: _feed(features[name], dtype) for name, dtype in self.input_types.items()}
+        else:
+            feeds = {self.input_name: np.ascontiguousarray(features, dtype=np.float32)}
+        results = self.session.run(names, feeds)
         by_role = {self.roles[n]: np.asarray(r) for n, r in zip(names, results, strict=True)}
         return Outputs(labels=by_role.get("label"), probabilities=by_role.get("probabilities"), values=by_role.get("value"))
+
+
+# onnxruntime's names for input types -> the numpy dtype it takes (strings: an object array of str).
+_ORT_TYPES: dict[str, np.dtype[Any]] = {"tensor(float)": np.dtype(np.float32), "tensor(double)": np.dtype(np.float64),
+              "tensor(int64)": np.dtype(np.int64), "tensor(bool)": np.dtype(np.bool_),
+              "tensor(string)": np.dtype(object)}
+
+
+def _feed(column: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    if dtype.kind == "O":
+        return np.asarray(column, dtype=object)
+    return np.ascontiguousarray(column, dtype=dtype)
 
 
 class TflitePredictor:
@@ -120,7 +165,9 @@ class TflitePredictor:
             self.interpreter.allocate_tensors()
             self._batch = rows
 
-    def predict(self, features: np.ndarray) -> Outputs:
+    def predict(self, features: Batch) -> Outputs:
+        if isinstance(features, Mapping):
+            raise ConverterError("internal: a TFLite model was given named columns", fix="report this as a bug")
         self._resize(len(features))
         detail = self.interpreter.get_input_details()[0]
         self.interpreter.set_tensor(detail["index"], quantize(features, detail))

@@ -4,7 +4,9 @@
 wrappers (joblib or pickle files) and ONNX files, read here, and Keras ``.keras`` files and TF
 SavedModel directories, handed to ``tf_source`` (which imports TensorFlow). The result is a
 ``SourceModel`` (``source_model``): framework, task, width, class labels and the file's hash,
-plus the loaded object the exporters and the original-model predictor need.
+plus the loaded object the exporters and the original-model predictor need. A Pipeline whose
+first step is a ColumnTransformer fitted on a DataFrame is described by its named column
+inputs (``SourceModel.inputs``: string columns with their training categories, float32 others).
 
 Unpickling runs code from the file: a warning says so on every load. This module does not
 convert anything (see ``export`` and ``tflite``).
@@ -17,8 +19,11 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from converter.errors import ModelNotFoundError, NotAModelError, UnsupportedOpError
 from converter.source_model import SourceModel, file_digest
+from edgefleet.manifest import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -140,4 +145,52 @@ def describe_estimator(obj: Any, path: Path) -> SourceModel:
     sha, size = file_digest(path)
     return SourceModel(framework, path, sha, size, task, int(width), labels,
                        tuple(str(n) for n in names) if names is not None else None, obj,
-                       kind=type(_final_step(obj)).__name__)
+                       kind=type(_final_step(obj)).__name__, inputs=_column_inputs(obj, path))
+
+
+def _column_inputs(obj: Any, path: Path) -> tuple[TensorSpec, ...] | None:
+    """One column input per DataFrame column, for a Pipeline whose first step is a
+    ColumnTransformer fitted on a DataFrame; None for every other estimator (a matrix model).
+
+    A column is a string column, with the training categories, when an encoder in its
+    transformer learned categories of object dtype; float32 otherwise. A ColumnTransformer that
+    picks columns by position, slice or callable, or passes the rest through, is refused: its
+    inputs have no names to carry.
+    """
+    steps = getattr(obj, "steps", None)
+    names = getattr(obj, "feature_names_in_", None)
+    if not steps or names is None:
+        return None
+    from sklearn.compose import ColumnTransformer
+
+    first = steps[0][1]
+    if not isinstance(first, ColumnTransformer):
+        return None
+    categories: dict[str, tuple[str, ...]] = {}
+    for step_name, transformer, columns in first.transformers_:
+        selected = [columns] if isinstance(columns, str) else columns
+        if not (isinstance(selected, (list, tuple, np.ndarray)) and all(isinstance(c, str) for c in selected)):
+            raise UnsupportedOpError(f"{path}: ColumnTransformer step {step_name!r} selects columns by "
+                                     f"{type(columns).__name__}, not by a list of names", op="ColumnTransformer",
+                                     fix="select the columns by name, e.g. ('num', StandardScaler(), ['alcohol'])")
+        if step_name == "remainder" and len(selected) and not (isinstance(transformer, str) and transformer == "drop"):
+            raise UnsupportedOpError(f"{path}: ColumnTransformer passes the remaining column(s) "
+                                     f"{', '.join(map(repr, list(selected)[:5]))} through", op="ColumnTransformer",
+                                     fix="name every column in a transformer, or use remainder='drop'")
+        learned = _learned_categories(transformer, len(selected))
+        for column, values in zip(selected, learned or [], strict=False):
+            if np.asarray(values).dtype == object:
+                categories[str(column)] = tuple(str(v) for v in values if isinstance(v, str))
+    return tuple(TensorSpec(str(n), "string", (-1, 1), kind="column", categories=categories[str(n)])
+                 if str(n) in categories else TensorSpec(str(n), "float32", (-1, 1), kind="column")
+                 for n in names)
+
+
+def _learned_categories(transformer: Any, width: int) -> list[Any] | None:
+    """``categories_`` of the encoder that reads these columns (the transformer itself, or the
+    first step of a Pipeline that has them), one array per column; None when there is none."""
+    for step in [transformer, *(s for _, s in getattr(transformer, "steps", []))]:
+        found = getattr(step, "categories_", None)
+        if found is not None and len(found) == width:
+            return list(found)
+    return None

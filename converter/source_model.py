@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.errors import NotAModelError
+from edgefleet.manifest import TensorSpec
 
 FRAMEWORKS = ("sklearn", "lightgbm", "xgboost", "onnx", "keras", "savedmodel")
 
@@ -33,6 +34,9 @@ class SourceModel:
     feature_names: tuple[str, ...] | None
     model: Any
     kind: str = ""
+    inputs: tuple[TensorSpec, ...] | None = None
+    """Named column inputs (schema 2) for a model fitted on a DataFrame that selects columns by
+    name; None for a ``[batch, n_features]`` matrix model (every other source)."""
 
     def __post_init__(self) -> None:
         if self.framework not in FRAMEWORKS:
@@ -42,6 +46,8 @@ class SourceModel:
         if self.n_features <= 0:
             raise NotAModelError(f"{self.path}: the model's input width is unknown",
                                  fix="fit the model on a 2-D array, or export it with a fixed feature dimension")
+        if self.inputs is not None and len(self.inputs) != self.n_features:
+            raise NotAModelError(f"internal: {self.path} has {len(self.inputs)} column inputs for {self.n_features} features")
 
 
 def file_digest(path: Path) -> tuple[str, int]:

@@ -11,12 +11,13 @@ anything (see ``tflite``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from converter.errors import NotAModelError
-from converter.predictors import Outputs
+from converter.predictors import Batch, Outputs
 from converter.source_model import SourceModel, file_digest
 from converter.tf_runtime import tensorflow
 
@@ -68,7 +69,9 @@ class TensorflowPredictor:
         self.tf = tensorflow()
         self.source = source
 
-    def predict(self, features: np.ndarray) -> Outputs:
+    def predict(self, features: Batch) -> Outputs:
+        if isinstance(features, Mapping):
+            raise NotAModelError("internal: a Keras model was given named columns", fix="report this as a bug")
         x = self.tf.constant(np.asarray(features, dtype=np.float32))
         if self.source.framework == "keras":
             result = self.source.model(x, training=False)

@@ -24,7 +24,7 @@ SavedModel sources is ``tf_source``'s job, not this module's.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from converter.converted import Converted
-from converter.errors import ConverterError, NotAModelError, OptionsError
-from converter.predictors import TflitePredictor
+from converter.errors import ConverterError, NotAModelError, OptionsError, UnsupportedOpError
+from converter.predictors import Batch, TflitePredictor
 from converter.source_model import SourceModel
 from converter.tf_runtime import EXTRA, quiet_native_output, tensorflow
 
@@ -136,7 +136,11 @@ def _spec(detail: dict[str, Any], role: str) -> dict[str, Any]:
     return spec
 
 
-def build_tflite(source: SourceModel, quantize: str, calibration: np.ndarray | None) -> Converted:
+def build_tflite(source: SourceModel, quantize: str, calibration: Batch | None) -> Converted:
+    if source.inputs is not None or isinstance(calibration, Mapping):
+        raise UnsupportedOpError(f"{source.path} takes named columns, which TFLite cannot: it has no string tensors, "
+                                 "and this converter builds single-input TFLite models only",
+                                 op="ColumnTransformer", fix="use --format onnx with a profile that allows ONNX")
     standard_part, float_bytes = (None, source.size) if source.framework in ("keras", "savedmodel") \
         else _standard_part(source)
     tf = tensorflow()

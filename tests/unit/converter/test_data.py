@@ -9,6 +9,7 @@ import pytest
 
 from converter.data import load_dataset
 from converter.errors import DataError, DataShapeError
+from edgefleet.manifest import TensorSpec
 
 
 def test_csv_with_header_takes_out_the_named_label_column(tmp_path: Path) -> None:
@@ -79,3 +80,41 @@ def test_missing_and_unknown_files(tmp_path: Path) -> None:
     (tmp_path / "data.xlsx").write_bytes(b"x")
     with pytest.raises(DataError, match="unknown type"):
         load_dataset(tmp_path / "data.xlsx")
+
+
+# -- named columns (a model fitted on a DataFrame) ------------------------------------------------
+def _column_specs() -> tuple[TensorSpec, ...]:
+    return (TensorSpec("zip", "string", (-1, 1), kind="column", categories=("01234",)),
+            TensorSpec("x", "float32", (-1, 1), kind="column"))
+
+
+def test_columns_are_read_by_name_with_strings_kept_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "val.csv"
+    path.write_text("label,x,zip,unused\n1,1.5,01234,q\n0,2,99,r\n")
+    data = load_dataset(path, labels_column="label", columns=_column_specs())
+    assert data.columns is not None and list(data.columns) == ["zip", "x"]
+    assert data.columns["zip"].dtype == object and data.columns["zip"].tolist() == [["01234"], ["99"]]
+    assert data.columns["x"].dtype == np.float32 and data.columns["x"].tolist() == [[1.5], [2.0]]
+    assert data.feature_names == ("x",) and data.features.tolist() == [[1.5], [2.0]]  # the numeric columns
+    assert data.labels is not None and data.labels.tolist() == [1, 0]
+    assert data.batch is not data.columns and list(data.batch) == ["zip", "x"]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("x,zip\n1,a\n2,\n", "column 'zip' row 2 is empty or not text"),
+    ("x,zip\n1,a\nnope,b\n", "column 'x' holds a value that is not a number"),
+    ("x\n1\n", "has no column(s) 'zip'"),
+    ("x,zip\n", "holds no rows"),
+])
+def test_bad_column_data_names_the_column(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "val.csv"
+    path.write_text(text)
+    with pytest.raises(DataError) as caught:
+        load_dataset(path, columns=_column_specs())
+    assert words in caught.value.message
+
+
+def test_a_column_model_needs_named_columns(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((2, 2)))
+    with pytest.raises(DataError, match="takes named columns, which a .npy file does not have"):
+        load_dataset(tmp_path / "x.npy", columns=_column_specs())
