@@ -108,6 +108,19 @@ def check_profile(name: str) -> Profile:
     return load_profile(name)
 
 
+def check_text(field: str, value: str) -> str:
+    """``value`` if it holds no control character, else a 422 naming the field and the position.
+
+    PostgreSQL refuses NUL in text outright (a 500 before this check), and control characters in
+    a hostname or version only ever mislead whoever reads the device list or the logs.
+    """
+    bad = next((i for i, c in enumerate(value) if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise InvalidInputError(f"{field}: holds the control character {value[bad]!r} at position {bad}",
+                                fix=f"send a {field} of printable characters only")
+    return value
+
+
 def _default_password_hash(password: str) -> str:
     from fleet_server.broker.auth import mosquitto_password_hash
 
@@ -148,6 +161,9 @@ class Devices:
         return EnrollmentToken(token, profile, clean, now + ttl)
 
     def enroll(self, token: str, *, hostname: str = "", agent_version: str = "") -> Enrollment:
+        # Checked before the token is spent: a refused enrollment may be retried with the same token.
+        check_text("hostname", hostname)
+        check_text("agent_version", agent_version)
         now = self._now()
         token_hash = hash_secret(token)
         device_id = new_device_id()
