@@ -9,7 +9,9 @@ on the CPU execution provider, and keeps the last few sessions loaded (an LRU).
 Input is parsed by the agent's own parser, ``edgefleet.inputs.to_matrix`` (in the core package,
 which both sides may import), so the server accepts and refuses exactly what the agent does.
 ``parse_inputs`` turns its refusals into ``PredictInputError``; ``read_table`` reads uploads
-into what that parser takes.
+into what that parser takes, streaming, with each limit applied before the work it guards (an
+.npy header's claimed size; CSV rows, values and line length counted as they are read), so a
+hostile upload costs a few MB before it is refused (issue 14).
 
 Only ONNX bundles are served (TFLite bundles are built for devices); this module knows nothing
 of HTTP (the routes are in ``fleet_server.telemetry.api``).
@@ -23,13 +25,14 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -42,8 +45,14 @@ from fleet_server.errors import InvalidInputError, ServerError
 from fleet_server.registry.bundle_cache import BundleCache
 
 DEFAULT_MAX_SESSIONS = 4
+DEFAULT_MAX_TABLE_BYTES = 32 << 20
+"""An upload's values may take at most this much memory (8M float32 or 4M float64 values),
+checked before they are read: with the conversion to float32 the parser does, a refused upload
+costs the server well under 64 MB."""
+MAX_CSV_LINE_BYTES = 1 << 20
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_FIX = "save a 2-D numeric array: np.save(path, rows.astype('float32'))"
+_SPLIT_FIX = "split it into smaller files (on a device, `edgefleet agent predict` takes files of any length)"
 
 
 class PredictInputError(InvalidInputError):
@@ -71,38 +80,32 @@ def parse_inputs(payload: Any, spec: TensorSpec, *, max_rows: int = DEFAULT_MAX_
         raise PredictInputError(message, fix=exc.fix, status=413 if exc.status == 413 else 422) from exc
 
 
-def read_table(data: bytes, filename: str, spec: TensorSpec, *, max_rows: int = DEFAULT_MAX_ROWS) -> np.ndarray:
-    """An uploaded ``.npy`` (2-D numeric) or CSV (a header naming the features, or bare numbers) as rows."""
-    if filename.lower().endswith(".npy") or data[:len(_NPY_MAGIC)] == _NPY_MAGIC:
-        return parse_inputs(_npy_array(data, filename), spec, max_rows=max_rows, source=filename)
-    try:
-        lines = [line for line in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if line]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise PredictInputError(f"{filename} is not UTF-8 CSV: {exc}", fix="upload a CSV or .npy file") from exc
-    if not lines:
-        raise PredictInputError(f"{filename} is empty", fix="upload one row of features a line")
-    header: Sequence[str] | None = None
-    if any(cell.strip() and not is_number(cell) for cell in lines[0]):  # empty: a missing value, not a name
-        header, lines = lines[0], lines[1:]
-    rows = [[_csv_number(cell, filename, i, j) for j, cell in enumerate(line)] for i, line in enumerate(lines)]
-    if header is None:
-        return parse_inputs({"inputs": rows}, spec, max_rows=max_rows, source=filename)
-    if not spec.feature_names:
-        raise PredictInputError(f"{filename} has a header but this model's input has no feature names",
-                                fix="upload the numbers without a header, in the model's column order")
-    for i, row in enumerate(rows):
-        if len(row) != len(header):  # zip would drop the extra cells, or the missing ones would go unnamed
-            raise PredictInputError(f"{filename}: data row {i + 1} has {len(row)} cells, the header names {len(header)}",
-                                    fix="give every row one cell per header column")
-    return parse_inputs({"instances": [dict(zip(header, row, strict=True)) for row in rows]}, spec,
-                        max_rows=max_rows, source=filename)
+def read_table(source: bytes | BinaryIO, filename: str, spec: TensorSpec, *, max_rows: int = DEFAULT_MAX_ROWS,
+               max_bytes: int = DEFAULT_MAX_TABLE_BYTES) -> np.ndarray:
+    """An uploaded ``.npy`` (2-D numeric) or CSV (a header naming the features, or bare numbers) as rows.
+
+    ``source`` is the upload's bytes or a seekable binary file (the route passes the spooled
+    upload itself, so the file is never read whole). Every limit is applied before the work it
+    guards: an .npy header's claimed size against the bytes sent and against ``max_bytes``, and
+    CSV is parsed a line at a time with ``max_rows`` (and ``max_bytes`` of float32 values, and
+    ``MAX_CSV_LINE_BYTES`` a line) counted as it goes, so a file over a limit is refused after
+    reading no more than the limit.
+    """
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    start = stream.tell()
+    magic = stream.read(len(_NPY_MAGIC))
+    stream.seek(start)
+    if filename.lower().endswith(".npy") or magic == _NPY_MAGIC:
+        array = _npy_array(stream, filename, spec, max_rows=max_rows, max_bytes=max_bytes)
+    else:
+        array = _csv_array(stream, filename, spec, max_rows=max_rows, max_bytes=max_bytes)
+    return parse_inputs(array, spec, max_rows=max_rows, source=filename)
 
 
-def _npy_array(data: bytes, filename: str) -> np.ndarray:
-    """The array of an uploaded .npy, viewed in place rather than loaded: ``np.load`` allocates
-    whatever shape the header claims before reading, so a forged 100-byte upload could ask for
-    terabytes; here the header's size must match the bytes actually sent."""
-    stream = io.BytesIO(data)
+def _npy_array(stream: BinaryIO, filename: str, spec: TensorSpec, *, max_rows: int, max_bytes: int) -> np.ndarray:
+    """The array of an uploaded .npy, read only once its header's claims are checked: ``np.load``
+    allocates whatever shape the header claims before reading, so a forged 330-byte upload could
+    ask for terabytes; here the claimed size must match the bytes actually sent and fit ``max_bytes``."""
     try:
         version = npy_format.read_magic(stream)
         if version == (1, 0):
@@ -113,12 +116,88 @@ def _npy_array(data: bytes, filename: str) -> np.ndarray:
             raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
         if dtype.hasobject:
             raise ValueError("it holds Python objects")
+        if dtype.itemsize == 0:
+            raise ValueError(f"its dtype {dtype} has no size")
         if any(n < 0 for n in shape):
             raise ValueError(f"its header has a negative shape {shape}")
-        array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
-    except (ValueError, TypeError) as exc:  # numpy reports a malformed header or short data as these
+        offset = stream.tell()
+        sent = stream.seek(0, io.SEEK_END) - offset
+        stream.seek(offset)
+        claimed = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, however large the claim
+        if claimed > sent:
+            raise ValueError(f"its header claims shape {shape} of {dtype}, {claimed} bytes, but {sent} bytes follow it")
+    except (ValueError, TypeError) as exc:  # numpy reports a malformed header as these
         raise PredictInputError(f"{filename} is not a readable .npy file: {exc}", fix=_NPY_FIX) from exc
+    rows = shape[0] if len(shape) > 1 else 1
+    if rows > max_rows:
+        # A zero-width array of the claimed rows costs nothing and lets the shared parser refuse
+        # it (413) in its own words, as it would the full array, before a value is read.
+        parse_inputs(np.empty((rows, 0), dtype=dtype), spec, max_rows=max_rows, source=filename)
+    if claimed > max_bytes:
+        raise PredictInputError(f"{filename}: its header claims {claimed} bytes of values (shape {shape}, {dtype}), "
+                                f"over the limit of {max_bytes} bytes an upload", fix=_SPLIT_FIX, status=413)
+    array = np.frombuffer(stream.read(claimed), dtype=dtype, count=math.prod(shape))
     return array.reshape(shape, order="F" if fortran else "C")
+
+
+def _csv_lines(stream: BinaryIO, filename: str) -> Iterator[str]:
+    """The upload's lines, decoded one at a time; a line over ``MAX_CSV_LINE_BYTES`` is refused
+    before it is decoded or split (one long line of ``1,1,1,...`` would be millions of cells)."""
+    number = 0
+    while line := stream.readline(MAX_CSV_LINE_BYTES + 1):
+        number += 1
+        if len(line) > MAX_CSV_LINE_BYTES:
+            raise PredictInputError(f"{filename}: line {number} is longer than {MAX_CSV_LINE_BYTES} bytes",
+                                    fix=f"upload one row of numbers a line, or a .npy file; {_SPLIT_FIX}", status=413)
+        try:
+            yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise PredictInputError(f"{filename} is not UTF-8 CSV: {exc}", fix="upload a CSV or .npy file") from exc
+
+
+def _csv_array(stream: BinaryIO, filename: str, spec: TensorSpec, *, max_rows: int, max_bytes: int) -> np.ndarray:
+    """CSV rows as a float32 matrix in the model's feature order, refused as soon as a limit is passed."""
+    rows = (line for line in csv.reader(_csv_lines(stream, filename)) if line)  # a blank line is no row
+    try:
+        first = next(rows, None)
+        if first is None:
+            raise PredictInputError(f"{filename} is empty", fix="upload one row of features a line")
+        header: list[str] | None = None
+        columns: list[int] | None = None
+        if any(cell.strip() and not is_number(cell) for cell in first):  # empty: a missing value, not a name
+            header = first
+            if not spec.feature_names:
+                raise PredictInputError(f"{filename} has a header but this model's input has no feature names",
+                                        fix="upload the numbers without a header, in the model's column order")
+            # The shared parser judges the names once, as it would a first instance; the rows
+            # then go by column number rather than as a dict each.
+            parse_inputs({"instances": [dict.fromkeys(header, 0.0)]}, spec, source=filename)
+            position = {name: j for j, name in enumerate(header)}  # a repeated name: the last one wins
+            columns = [position[name] for name in spec.feature_names]
+        width = len(header if header is not None else first)
+        kept: list[np.ndarray] = []
+        values = 0
+        for i, line in enumerate(itertools.chain(() if header is not None else (first,), rows)):
+            if i == max_rows:
+                raise PredictInputError(f"{filename} holds more than {max_rows} rows, over the limit of {max_rows} "
+                                        "rows a request", fix=_SPLIT_FIX, status=413)
+            if len(line) != width:
+                raise PredictInputError(
+                    f"{filename}: data row {i + 1} has {len(line)} cells, the header names {width}" if header is not None
+                    else f"{filename}: inputs[{i}] has {len(line)} values but inputs[0] has {width}",
+                    fix="give every row one cell per header column" if header is not None
+                    else "make every row the same length")
+            numbers = [_csv_number(cell, filename, i, j) for j, cell in enumerate(line)]
+            values += len(numbers)
+            if values * 4 > max_bytes:
+                raise PredictInputError(f"{filename} holds more than {max_bytes // 4} values, over the limit of "
+                                        f"{max_bytes} bytes an upload", fix=_SPLIT_FIX, status=413)
+            # float32 now, as the parser would make it (beyond its range: infinity, refused there).
+            with np.errstate(over="ignore"):
+                kept.append(np.array(numbers if columns is None else [numbers[c] for c in columns], dtype=np.float32))
+    except csv.Error as exc:
+        raise PredictInputError(f"{filename} is not a readable CSV file: {exc}", fix="upload a CSV or .npy file") from exc
+    return np.stack(kept) if kept else np.empty((0, len(columns) if columns is not None else width), dtype=np.float32)
 
 
 def _csv_number(cell: str, filename: str, row: int, column: int) -> float:

@@ -130,7 +130,7 @@ def predict_batch(ctx: Ctx, name: ModelName,
     """Predict every row of an uploaded file; answers CSV: prediction, then one column per class probability."""
     chosen = ctx.predictor.resolve(name, checked_version(version) if version else None)
     spec = ctx.predictor.manifest(name, chosen).input
-    matrix = read_table(file.file.read(), file.filename or "upload.csv", spec, max_rows=ctx.predictor.max_rows)
+    matrix = read_table(file.file, file.filename or "upload.csv", spec, max_rows=ctx.predictor.max_rows)  # streamed
     result = ctx.predictor.predict(name, chosen, matrix)
     return Response(result.to_csv(), media_type="text/csv",
                     headers={"X-Edgefleet-Model": f"{name}@{chosen}", "X-Request-Id": result.request_id})

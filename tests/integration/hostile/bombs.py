@@ -51,10 +51,11 @@ def spaces_sha256(size: int) -> str:
     return digest.hexdigest()
 
 
-def csv_over_the_row_limit(rows: int = 350_000, width: int = 3) -> bytes:
-    """About 4 MiB of numeric CSV: forty times the default 10,000-row limit."""
+def csv_over_the_row_limit(rows: int = 350_000, width: int = 3, *, header: bool = False) -> bytes:
+    """About 4 MiB of numeric CSV: thirty-five times the default 10,000-row limit."""
     line = ",".join(["1.5"] * width) + "\n"
-    return (",".join(f"f{i}" for i in range(width)) + "\n" + line * rows).encode()
+    names = ",".join(f"f{i}" for i in range(width)) + "\n" if header else ""
+    return (names + line * rows).encode()
 
 
 def forged_npy(shape: tuple[int, ...] = (2**40, 2**40)) -> bytes:
