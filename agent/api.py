@@ -284,11 +284,14 @@ class ApiServer:
             return {"name": name, "serving": False}
         m = session.manifest
         stats = self.serving.stats(name)
-        spec = m.input
+        # A model with several named inputs (columns) lists them under "inputs", with "input" null.
+        spec = m.inputs[0] if len(m.inputs) == 1 else None
+        described: dict[str, Any] = {"input": None, "inputs": [s.to_dict() for s in m.inputs]} if spec is None else {
+            "input": {"name": spec.name, "shape": list(spec.shape), "feature_names":
+                      list(spec.feature_names) if spec.feature_names else None, "allow_nan": spec.allow_nan}}
         return {"name": name, "version": m.version, "sha256": session.slot.sha256, "format": m.format,
                 "task": m.task, "runtime": session.runtime, "providers": list(session.providers),
-                "input": {"name": spec.name, "shape": list(spec.shape), "feature_names":
-                          list(spec.feature_names) if spec.feature_names else None, "allow_nan": spec.allow_nan},
+                **described,
                 "class_labels": list(m.class_labels) if m.class_labels else None,
                 "requests": stats.requests, "errors": stats.errors, "input_errors": stats.input_errors,
                 "latency_ms_p50": stats.percentile(50), "latency_ms_p99": stats.percentile(99)}

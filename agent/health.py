@@ -8,6 +8,8 @@ through it and compares with the outputs of the ORIGINAL model (golden.json):
     any model    no NaN, infinite or out-of-range output (agent.probation.output_problems)
 
 then times single-row inferences and compares their p95 with the profile's latency budget.
+Golden inputs are a list of rows (a single-input model) or, for a model with named column
+inputs, one ``[rows, 1]`` list per input name (run with ``run_feeds``).
 The ``HealthReport`` carries those figures into the ``health_passed`` or ``failed`` event:
 this is the on-device benchmark the server shows before a wave advances.
 
@@ -34,9 +36,15 @@ _WARMUP_RUNS = 3
 
 
 class HealthSession(Protocol):
-    """The one thing the health check needs from a loaded model (agent.runtime.ModelSession)."""
+    """What the health check needs from a loaded model (agent.runtime.ModelSession)."""
 
     def run_roles(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+Inputs = np.ndarray | dict[str, np.ndarray]
+"""Golden inputs: a float matrix, or arrays by input name (batch first)."""
 
 
 @dataclass(frozen=True)
@@ -77,10 +85,10 @@ def check_health(
     budget = latency_budget_ms if latency_budget_ms is not None else manifest.health_check.latency_budget_ms
     tolerance = manifest.health_check
     try:
-        inputs, expected = _golden(golden)
+        inputs, expected = _golden(golden, manifest)
     except _Failed as exc:
         return HealthReport(False, exc.reason, exc.message, 0, latency_budget_ms=budget)
-    rows = int(inputs.shape[0])
+    rows = _rows(inputs)
     agreement: float | None = None
     rel_error: float | None = None
     try:
@@ -106,20 +114,46 @@ def check_health(
     return HealthReport(passed, None if passed else "latency", message, rows, agreement, rel_error, p50, p95, budget, runs)
 
 
-def _golden(golden: Mapping[str, Any]) -> tuple[np.ndarray, Mapping[str, Any]]:
+def _golden(golden: Mapping[str, Any], manifest: Manifest) -> tuple[Inputs, Mapping[str, Any]]:
     try:
-        inputs = np.asarray(golden["inputs"], dtype=np.float32)
-        expected = golden["outputs"]
+        raw, expected = golden["inputs"], golden["outputs"]
+        if not isinstance(expected, Mapping):
+            raise TypeError("'outputs' is not an object")
+        if isinstance(raw, Mapping):
+            return _golden_feeds(raw, manifest), expected
+        inputs = np.asarray(raw, dtype=np.float32)
     except (KeyError, TypeError, ValueError) as exc:
         raise _Failed("golden_malformed", f"golden.json is malformed: {exc}") from exc
-    if inputs.ndim != 2 or inputs.shape[0] == 0 or not isinstance(expected, Mapping):
+    if inputs.ndim != 2 or inputs.shape[0] == 0:
         raise _Failed("golden_malformed", "golden.json needs a non-empty [rows, features] 'inputs' and an 'outputs' object")
     return inputs, expected
 
 
-def _run(session: HealthSession, x: np.ndarray) -> dict[str, np.ndarray]:
+def _golden_feeds(raw: Mapping[str, Any], manifest: Manifest) -> dict[str, np.ndarray]:
+    names = [spec.name for spec in manifest.inputs]
+    if sorted(raw) != sorted(names):
+        raise _Failed("golden_malformed", f"golden.json has inputs {sorted(raw)}, the manifest {sorted(names)}")
+    feeds = {spec.name: np.asarray(raw[spec.name], dtype=object if spec.dtype == "string" else np.float32)
+             for spec in manifest.inputs}
+    if len({len(v) for v in feeds.values()}) != 1 or not len(feeds[names[0]]):
+        raise _Failed("golden_malformed", "golden.json's inputs need the same, non-zero number of rows each")
+    return feeds
+
+
+def _rows(inputs: Inputs) -> int:
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else int(inputs.shape[0])
+
+
+def _row(inputs: Inputs, i: int) -> Inputs:
+    """Row ``i`` of the golden inputs as a batch of one, in the same form."""
+    if isinstance(inputs, dict):
+        return {name: values[i:i + 1] for name, values in inputs.items()}
+    return inputs[i][None, :]
+
+
+def _run(session: HealthSession, x: Inputs) -> dict[str, np.ndarray]:
     try:
-        return session.run_roles(x)
+        return session.run_feeds(x) if isinstance(x, dict) else session.run_roles(x)
     except Exception as exc:  # any runtime failure on golden data is a failed check, not a crash
         raise _Failed("inference_error", f"the model failed on the golden inputs: {exc}") from exc
 
@@ -159,14 +193,15 @@ def _rel_error(outputs: Mapping[str, np.ndarray], expected: Mapping[str, Any]) -
     return float(np.mean(np.abs(got - want)) / (std if std > 0 else 1.0))
 
 
-def _latency(session: HealthSession, inputs: np.ndarray, runs: int,
+def _latency(session: HealthSession, inputs: Inputs, runs: int,
              timer: Callable[[], float]) -> tuple[float, float, int]:
     runs = max(1, runs)
+    total = _rows(inputs)
     for i in range(_WARMUP_RUNS):  # first runs pay for lazy allocation, not for the model
-        _run(session, inputs[i % len(inputs)][None, :])
+        _run(session, _row(inputs, i % total))
     samples = np.empty(runs)
     for i in range(runs):
-        row = inputs[i % len(inputs)][None, :]
+        row = _row(inputs, i % total)
         start = timer()
         _run(session, row)
         samples[i] = (timer() - start) * 1000.0

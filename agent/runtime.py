@@ -5,6 +5,8 @@
 log line per provider this build or machine lacks; thread counts from the profile), and for
 ``tflite`` the first importable of ``ai_edge_litert``, ``tflite_runtime``, ``tensorflow.lite``
 (``$EDGEFLEET_TFLITE_RUNTIME`` names one to force). Every session answers ``run_roles(x)``
+(one ``[n, features]`` matrix, for a single-input model) and ``run_feeds(feeds)`` (one array
+per manifest input, by name: a model with named column inputs, strings as object arrays)
 with ``{"probabilities": [n, classes], "label": [n]}`` for classifiers (the label from
 ``class_labels`` by argmax when the model gives only probabilities) or ``{"value": [n]}`` for
 regressors; int8 tensors are quantized and dequantized with the manifest's scale and zero
@@ -48,6 +50,10 @@ class ModelSession(Protocol):
 
     def run_roles(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run a float matrix [n, features]; outputs keyed by role."""
+        ...
+
+    def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one array per manifest input (by name, batch first); outputs keyed by role."""
         ...
 
     def close(self) -> None: ...
@@ -115,6 +121,29 @@ def _as_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=dtype)
 
 
+# Manifest dtype -> what onnxruntime takes for it; strings are object arrays of str.
+_FEED_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64), "float16": np.dtype(np.float16),
+                "int64": np.dtype(np.int64), "bool": np.dtype(np.bool_), "string": np.dtype(object)}
+
+
+def as_feeds(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], ref: str) -> tuple[dict[str, np.ndarray], int]:
+    """The feeds in each input's dtype, checked for names, ranks and one common row count."""
+    missing = [spec.name for spec in specs if spec.name not in feeds]
+    if missing:
+        raise InferenceError(f"{ref} needs input(s) {', '.join(map(repr, missing[:5]))}, which were not given")
+    out: dict[str, np.ndarray] = {}
+    rows: int | None = None
+    for spec in specs:
+        value = np.asarray(feeds[spec.name])
+        if value.ndim != len(spec.shape) or (rows is not None and len(value) != rows):
+            raise InferenceError(f"input {spec.name!r} of {ref} has shape {list(value.shape)}, expected "
+                                 f"{list(spec.shape)} with the same rows as the other inputs")
+        rows = len(value)
+        dtype = _FEED_DTYPES.get(spec.dtype, np.dtype(np.float32))
+        out[spec.name] = np.asarray(value, dtype=object) if dtype.kind == "O" else np.ascontiguousarray(value, dtype=dtype)
+    return out, rows or 0
+
+
 # -- ONNX Runtime ---------------------------------------------------------------------------------
 class OnnxSession:
     """An ONNX Runtime session. ``run`` is thread-safe (ORT sessions are)."""
@@ -153,17 +182,28 @@ class OnnxSession:
                             provider, self.providers[0] if self.providers else CPU_PROVIDER)
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
+        unnamed = sorted({i.name for i in self._session.get_inputs()} - {s.name for s in self.manifest.inputs})
+        if len(self.manifest.inputs) > 1 and unnamed:
+            raise InferenceError(f"{self.manifest.ref}: the model takes input(s) {', '.join(map(repr, unnamed[:5]))} "
+                                 "its manifest does not list", fix="rebuild the bundle with `edgefleet convert`")
 
     def run_roles(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        matrix = _as_input(x, self.manifest.input)
+        return self._run({self._input: matrix}, matrix.shape[0])
+
+    def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        checked, rows = as_feeds(feeds, self.manifest.inputs, self.manifest.ref)
+        return self._run(checked, rows)
+
+    def _run(self, feeds: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         session = self._session
         if session is None:
             raise InferenceError(f"session for {self.manifest.ref} is closed")
-        matrix = _as_input(x, self.manifest.input)
         try:
-            values = session.run(self._outputs, {self._input: matrix})
+            values = session.run(self._outputs, feeds)
         except Exception as exc:
             raise InferenceError(f"onnxruntime failed to run {self.manifest.ref}: {exc}") from exc
-        return roles_from_outputs(self.manifest, dict(zip(self._outputs, values, strict=True)), matrix.shape[0])
+        return roles_from_outputs(self.manifest, dict(zip(self._outputs, values, strict=True)), rows)
 
     def close(self) -> None:
         self._session = None
@@ -199,6 +239,9 @@ class TFLiteSession:
     """A TFLite interpreter. Interpreters are not thread-safe, so ``run_roles`` holds a lock."""
 
     def __init__(self, slot: Slot, profile: Profile) -> None:
+        if len(slot.manifest.inputs) != 1:
+            raise InferenceError(f"{slot.manifest.ref} is a TFLite model with {len(slot.manifest.inputs)} inputs, "
+                                 "which this agent cannot run yet", fix="convert the model to ONNX for this device")
         interpreter_class, module = tflite_interpreter_class()
         self.slot = slot
         self.manifest = slot.manifest
@@ -279,6 +322,11 @@ class TFLiteSession:
             except Exception as exc:
                 raise InferenceError(f"{self.runtime} failed to run {self.manifest.ref}: {exc}") from exc
         return roles_from_outputs(self.manifest, raw, n)
+
+    def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # One input (checked at load): the feeds are that input's matrix.
+        checked, _ = as_feeds(feeds, self.manifest.inputs, self.manifest.ref)
+        return self.run_roles(checked[self.manifest.input.name])
 
     def close(self) -> None:
         with self._lock:

@@ -9,7 +9,9 @@ on). Telemetry plugs in through three hooks, all called on the request's own thr
 
 * ``add_observer(fn)``: (model, version, latency_ms, ok) of every call that reached a model;
 * ``add_request_observer(fn)``: one ``Served`` per call, including refused input, carrying the
-  checked input matrix and the predictions of a successful one (drift counts, feedback);
+  checked input (the matrix of a single-input model, else the feeds by input name) and the
+  predictions of a successful one (drift counts, feedback). Input drift of models with named
+  column inputs is not counted yet (issue 12, slice 2): their ``Served`` has no matrix;
 * ``add_swap_listener(fn)``: (name, session) whenever a new session starts serving, so a
   per-version drift window can be built from that session's bundle before it answers.
 
@@ -36,7 +38,7 @@ import numpy as np
 from agent.errors import InferenceError, ModelNotFoundError
 from agent.runtime import ModelSession
 from edgefleet.errors import InputError
-from edgefleet.inputs import DEFAULT_MAX_ROWS, to_matrix
+from edgefleet.inputs import DEFAULT_MAX_ROWS, Feeds, to_feeds
 
 LATENCY_WINDOW = 2048
 
@@ -49,7 +51,8 @@ Observer = Callable[[str, str, float, bool], None]
 @dataclass(frozen=True, slots=True)
 class Served:
     """One call's outcome for telemetry. ``outcome`` is "ok", "input" (refused before the model
-    ran) or "inference" (the runtime failed); ``matrix`` and ``predictions`` are set when ok.
+    ran) or "inference" (the runtime failed); ``predictions`` and either ``matrix`` (a model with
+    one tensor input) or ``feeds`` (named inputs, e.g. columns) are set when ok.
 
     Built by the table itself, never from outside input, so it checks nothing: it is on the
     hot path.
@@ -62,6 +65,7 @@ class Served:
     latency_ms: float
     matrix: np.ndarray | None = None
     predictions: list[Any] | None = None
+    feeds: Feeds | None = None
 
 
 RequestObserver = Callable[[Served], None]
@@ -129,6 +133,11 @@ class _RequestIds:
 
     def __call__(self) -> str:
         return f"{self._prefix}{next(self._counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
+def _single_tensor(session: ModelSession) -> bool:
+    inputs = session.manifest.inputs
+    return len(inputs) == 1 and inputs[0].kind == "tensor"
 
 
 def _jsonable(values: np.ndarray) -> list[Any]:
@@ -205,6 +214,9 @@ class ServingTable:
         # finds (say) its drift window; outside the lock, because they may read files.
         for listener in list(self._swap_listeners):
             self._tell_swap(listener, name, session)
+        if self._request_observers and not _single_tensor(session):
+            log.info("%s takes named inputs: its requests are answered but not yet counted for input drift",
+                     session.manifest.ref)
         with self._lock:
             old = self._entries.get(name)
             if old is not None and old.session is session:
@@ -259,22 +271,29 @@ class ServingTable:
         """Predict with the session serving ``name`` now.
 
         ``rows`` is a float matrix, a list of rows, one row, or a decoded request body
-        (``{"inputs": ...}`` / ``{"instances": ...}``); it is checked against the manifest of
-        the very session that runs it, so a swap between two input specs cannot mix them.
-        Raises ``edgefleet.errors.InputError`` (from the shared parser) for input that does not fit.
+        (``{"inputs": ...}`` / ``{"instances": ...}``; records by column name for a model with
+        named column inputs); it is checked against the manifest of the very session that runs
+        it, so a swap between two input specs cannot mix them. Raises
+        ``edgefleet.errors.InputError`` (from the shared parser) for input that does not fit.
         """
         entry = self._acquire(name)
         start = self._clock()
         outcome = "error"
         manifest = entry.session.manifest
         request_id = request_id or self._request_id()
+        matrix: np.ndarray | None = None
         try:
             try:
-                matrix = to_matrix(rows, manifest.input, max_rows=self.max_rows)
+                feeds = to_feeds(rows, manifest.inputs, max_rows=self.max_rows)
             except InputError:
                 outcome = "input"
                 raise
-            roles = entry.session.run_roles(matrix)
+            if _single_tensor(entry.session):
+                # One tensor input (every schema-1 bundle): the matrix path wrappers and probes know.
+                matrix = feeds[manifest.inputs[0].name]
+                roles = entry.session.run_roles(matrix)
+            else:
+                roles = entry.session.run_feeds(feeds)
             outcome = "ok"
         finally:
             latency_ms = (self._clock() - start) * 1000.0
@@ -297,7 +316,8 @@ class ServingTable:
                 raise InferenceError(f"{manifest.ref} produced no value output")
             predictions, probabilities = _jsonable(roles["value"]), None
         if self._request_observers:
-            self._notify(Served(name, manifest.version, request_id, "ok", latency_ms, matrix, predictions))
+            self._notify(Served(name, manifest.version, request_id, "ok", latency_ms, matrix, predictions,
+                                None if matrix is not None else feeds))
         return PredictionResult(name, manifest.version, request_id, predictions, probabilities, latency_ms)
 
     def stats(self, name: str) -> ServingStats:
