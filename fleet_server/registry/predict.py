@@ -6,9 +6,11 @@ inputs the agent's local API takes (docs/contracts.md, "Predict input") to
 upload gets a CSV back. The server runs the very bundle the devices download (its TUF target),
 on the CPU execution provider, and keeps the last few sessions loaded (an LRU).
 
-Input is parsed by the agent's own parser, ``edgefleet.inputs.to_matrix`` (in the core package,
-which both sides may import), so the server accepts and refuses exactly what the agent does.
-``parse_inputs`` turns its refusals into ``PredictInputError``; ``read_table`` reads uploads
+Input is parsed by the agent's own parser, ``edgefleet.inputs`` (in the core package, which
+both sides may import), so the server accepts and refuses exactly what the agent does:
+``parse_feeds`` takes a request body for any model (records by column name for a model with
+named column inputs), ``parse_inputs`` a body or an array for a one-tensor model; both turn the
+parser's refusals into ``PredictInputError``. ``read_table`` reads uploads
 into what that parser takes, streaming, with each limit applied before the work it guards (an
 .npy header's claimed size; CSV rows, values and line length counted as they are read), so a
 hostile upload costs a few MB before it is refused (issue 14).
@@ -30,7 +32,7 @@ import math
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -39,7 +41,7 @@ from numpy.lib import format as npy_format
 
 from edgefleet.cells import is_number
 from edgefleet.errors import InputError
-from edgefleet.inputs import DEFAULT_MAX_ROWS, expected_width, to_matrix
+from edgefleet.inputs import DEFAULT_MAX_ROWS, Feeds, expected_width, to_feeds, to_matrix
 from edgefleet.manifest import Manifest, TensorSpec
 from fleet_server.errors import InvalidInputError, ServerError
 from fleet_server.registry.bundle_cache import BundleCache
@@ -76,8 +78,21 @@ def parse_inputs(payload: Any, spec: TensorSpec, *, max_rows: int = DEFAULT_MAX_
     try:
         return to_matrix(payload, spec, max_rows=max_rows)
     except InputError as exc:
-        message = f"{source}: {exc.message}" if source else exc.message
-        raise PredictInputError(message, fix=exc.fix, status=413 if exc.status == 413 else 422) from exc
+        raise _refused(exc, source) from exc
+
+
+def parse_feeds(payload: Any, inputs: Sequence[TensorSpec], *, max_rows: int = DEFAULT_MAX_ROWS) -> Feeds:
+    """A decoded JSON body as one checked array per model input: ``edgefleet.inputs.to_feeds``,
+    refusals as in ``parse_inputs``. For a one-tensor model it is ``{name: parse_inputs(...)}``."""
+    try:
+        return to_feeds(payload, inputs, max_rows=max_rows)
+    except InputError as exc:
+        raise _refused(exc, None) from exc
+
+
+def _refused(exc: InputError, source: str | None) -> PredictInputError:
+    message = f"{source}: {exc.message}" if source else exc.message
+    return PredictInputError(message, fix=exc.fix, status=413 if exc.status == 413 else 422)
 
 
 def read_table(source: bytes | BinaryIO, filename: str, spec: TensorSpec, *, max_rows: int = DEFAULT_MAX_ROWS,
@@ -289,9 +304,16 @@ class Predictor:
                 self._sessions.popitem(last=False)
         return loaded
 
-    def predict(self, name: str, version: str, matrix: np.ndarray, *, request_id: str | None = None) -> Prediction:
+    def predict(self, name: str, version: str, matrix: np.ndarray | Mapping[str, np.ndarray], *,
+                request_id: str | None = None) -> Prediction:
+        """Run checked rows: a matrix for a one-tensor model, or feeds by input name (``parse_feeds``)."""
         loaded = self._load(name, version)
         manifest = loaded.manifest
+        if isinstance(matrix, Mapping):
+            if len(manifest.inputs) == 1 and manifest.inputs[0].name in matrix:
+                matrix = matrix[manifest.inputs[0].name]  # one tensor: the matrix path below
+            else:
+                return self._run_feeds(loaded, matrix, request_id)
         spec = manifest.input
         feed = matrix
         if spec.quantization is not None and spec.dtype in ("int8", "uint8"):
@@ -307,6 +329,20 @@ class Predictor:
                                     fix=f"send rows of {expected_width(spec) or 'the model’s'} numbers") from exc
         outputs = dict(zip(names, raw, strict=True))
         return self._shape(manifest, outputs, matrix.shape[0], request_id or uuid.uuid4().hex)
+
+    def _run_feeds(self, loaded: _Loaded, feeds: Mapping[str, np.ndarray], request_id: str | None) -> Prediction:
+        manifest = loaded.manifest
+        # onnxruntime takes strings as object arrays of str, every other column in its own dtype.
+        ready = {spec.name: np.asarray(feeds[spec.name], dtype=object) if spec.dtype == "string"
+                 else np.ascontiguousarray(feeds[spec.name], dtype=np.dtype(spec.dtype)) for spec in manifest.inputs}
+        names = [o.name for o in manifest.outputs]
+        try:
+            raw = loaded.session.run(names, ready)
+        except Exception as exc:  # onnxruntime's errors carry no stable type
+            raise PredictInputError(f"{manifest.ref} could not run on these inputs: {str(exc).splitlines()[0]}",
+                                    fix="send every input the model lists") from exc
+        rows = len(next(iter(ready.values())))
+        return self._shape(manifest, dict(zip(names, raw, strict=True)), rows, request_id or uuid.uuid4().hex)
 
     @staticmethod
     def _shape(manifest: Manifest, outputs: Mapping[str, Any], n: int, request_id: str) -> Prediction:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from fleet_server.api import Bearer, Ctx, ModelName, Version, checked_version, require_admin
 from fleet_server.credentials import same_secret
 from fleet_server.errors import AuthError, InvalidInputError
-from fleet_server.registry.predict import parse_inputs, read_table
+from fleet_server.registry.predict import PredictInputError, parse_feeds, read_table
 
 router = APIRouter(prefix="/api/v1")
 metrics_router = APIRouter()
@@ -116,8 +116,8 @@ async def predict(ctx: Ctx, name: ModelName, request: Request,
 
     def run() -> dict[str, Any]:
         chosen = ctx.predictor.resolve(name, checked_version(version) if version else None)
-        spec = ctx.predictor.manifest(name, chosen).input
-        return ctx.predictor.predict(name, chosen, parse_inputs(body, spec, max_rows=ctx.predictor.max_rows)).to_dict()
+        inputs = ctx.predictor.manifest(name, chosen).inputs
+        return ctx.predictor.predict(name, chosen, parse_feeds(body, inputs, max_rows=ctx.predictor.max_rows)).to_dict()
 
     return await asyncio.to_thread(run)
 
@@ -129,7 +129,12 @@ def predict_batch(ctx: Ctx, name: ModelName,
                   version: Annotated[str | None, Query(max_length=128)] = None) -> Response:
     """Predict every row of an uploaded file; answers CSV: prediction, then one column per class probability."""
     chosen = ctx.predictor.resolve(name, checked_version(version) if version else None)
-    spec = ctx.predictor.manifest(name, chosen).input
+    manifest = ctx.predictor.manifest(name, chosen)
+    if len(manifest.inputs) != 1:
+        raise PredictInputError(f"{manifest.ref} takes {len(manifest.inputs)} named inputs; batch files are read "
+                                "for one-tensor models only so far",
+                                fix=f"send its rows as records to /api/v1/models/{name}/predict")
+    spec = manifest.input
     matrix = read_table(file.file, file.filename or "upload.csv", spec, max_rows=ctx.predictor.max_rows)  # streamed
     result = ctx.predictor.predict(name, chosen, matrix)
     return Response(result.to_csv(), media_type="text/csv",
