@@ -61,6 +61,7 @@ class Dataset:
         for name, column in (self.columns or {}).items():
             if column.shape != (self.rows, 1):
                 raise DataError(f"{self.source}: column {name!r} has shape {column.shape}, expected ({self.rows}, 1)")
+        _check_finite(self.features, self.labels, self.feature_names, self.source)
 
     @property
     def batch(self) -> Batch:
@@ -93,6 +94,27 @@ class Dataset:
                 f"{self.source} has {self.width} feature columns but the model takes {expected}{hint}",
                 fix=f"give a file with exactly {expected} feature columns, in the order the model was trained on",
             )
+
+
+def _check_finite(features: np.ndarray, labels: np.ndarray | None, names: tuple[str, ...] | None, source: str) -> None:
+    """Refuse NaN and infinity, naming the first row: a bundle's inputs take finite numbers only
+    (its specs never allow NaN), so such rows prove nothing a device will see, and the original
+    model would otherwise fail on them with its own traceback (scikit-learn's "Input X contains NaN")."""
+    bad = ~np.isfinite(features)
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        where = repr(names[column]) if names else str(column + 1)
+        what = "NaN (a missing value)" if np.isnan(features[row, column]) else "infinite (or beyond float32's range)"
+        others = int(bad.any(axis=1).sum()) - 1
+        more = f", as are values in {others} more row(s)" if others else ""
+        raise DataError(f"{source or 'data'}: data row {row + 1}, column {where} is {what}{more}; "
+                        "models take finite numbers only",
+                        fix="drop or fill in the rows with missing values before converting "
+                            "(e.g. pandas: df.dropna() or df.fillna(...))")
+    if labels is not None and labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        row = int(np.flatnonzero(~np.isfinite(labels))[0])
+        raise DataError(f"{source or 'data'}: the label of data row {row + 1} is {labels[row]}",
+                        fix="drop the rows without a label before converting")
 
 
 def load_dataset(path: str | Path, *, labels_column: str | None = None,
