@@ -9,7 +9,8 @@ never leaves a half slot under its final name. The switch is the rename of activ
 (written with fsync, then the directory fsynced). Loading a slot re-checks every file's
 sha256 against its manifest: a partial or altered slot raises ``SlotError`` and never serves.
 
-This module does not load runtimes, run health checks or decide when to switch: that is
+``deactivate`` removes both pointers when a first install is rolled back and nothing is left
+to serve. This module does not load runtimes, run health checks or decide when to switch: that is
 ``agent.runtime``, the install command and the update path.
 """
 
@@ -207,6 +208,20 @@ class ModelStore:
             (directory / PREVIOUS).unlink()
         fsync_dir(directory)
         return previous
+
+    def deactivate(self, name: str) -> None:
+        """Stop pointing at any slot of ``name`` (a first install rolled back: nothing to go back to).
+
+        The slots stay on disk for ``gc``; ``models()`` no longer lists ``name``. A crash between
+        the two removals leaves at most a previous.json, which only a rollback reads, and a
+        rollback of a model with no active slot has nothing to undo.
+        """
+        directory = self._model_dir(name)
+        for which in (ACTIVE, PREVIOUS):
+            with contextlib.suppress(FileNotFoundError):
+                (directory / which).unlink()
+        if directory.is_dir():
+            fsync_dir(directory)
 
     def models(self) -> list[str]:
         """Names of the models that have an active slot."""

@@ -1,21 +1,39 @@
-"""The agent's update state machine for one model: pure, persisted, replayable.
+"""The agent's update state machine: pure, persisted as ONE record, replayable.
 
     idle ─assign─> assigned ─begin_download─> downloading ─downloaded─> downloading
       ─verified─> verified ─staged─> staged ─begin_health_check─> health_check
       ─health_passed─> health_check ─activated─> activated (probation) ─commit─> committed
+    activated ─observe─> activated              serving stats folded into probation
     any state before activated ─fail─> failed;  activated ─fail─> rolled_back
-    committed | rolled_back | failed ─assign─> assigned,  ─reset─> idle
+    committed | rolled_back | failed ─assign─> assigned      (the next update)
+    failed (retryable reason) ─retry_now─> failed             (the retry is due at once)
+    any state ─restart─> the same state, with what a restart means there:
+        activated      the restart counts toward probation's crash-loop limit
+        health_check   a check cut short proves nothing: it must pass again
+        failed         a retryable failure is due now
 
 ``step(machine, input)`` returns the next machine and the event record the transition
-produced (``None`` for the two internal steps, ``begin_download`` and
-``begin_health_check``, and for ``restart`` and ``reset``); an input the current state does not
-accept raises ``IllegalTransitionError``. ``UpdateMachine.to_dict``/``from_dict`` is the
-``update.json`` form; ``recovery`` says what the I/O layer must do after a crash in each
-state (docs/update-path.md has the table).
+produced (``None`` for ``begin_download``, ``begin_health_check``, ``observe``, ``restart``
+and ``retry_now``); an input the current state does not accept raises
+``IllegalTransitionError`` and changes nothing. ``next_work(machine)`` says which I/O the
+driver does next (its result is the next input), so the driver is a loop over this table,
+never a second copy of it. ``recovery(machine)`` names the rule a restarted agent applies in
+each state (docs/update-path.md has the table).
 
-Deliberately NOT here: the clock, the disk, the network, the model runtime and the decision
-whether probation passed (agent/probation.py). Time is an argument (seconds since the epoch)
-so tests drive it directly. Writing update.json atomically is agent/updater.py's job.
+Everything the update needs across a crash is in the one ``UpdateMachine`` record: the
+target, the phase flags, the probation totals AND its restart times, when a retryable
+failure is due, and which bundle was last tried per model. agent/updater.py writes it to
+update.json atomically once per step, so no crash can separate a counter from the decision
+that reads it (issue 19: two kills in one probation once committed instead of rolling back,
+because the restart count and the probation's copy of it were two writes).
+
+An outcome (committed, rolled_back, failed) stays until the next assignment, across
+restarts: ``report()`` is what ``reported.update`` shows, so a server that missed the
+outcome's event still reads it there.
+
+Deliberately NOT here: the clock, the disk, the network, the model runtime, and the
+judgement of probation's figures (agent/probation.py, which this record carries). Time is an
+argument (seconds since the epoch) so tests drive it directly.
 
 Errors:
 
@@ -33,6 +51,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.errors import AgentError
+from agent.probation import Probation, ProbationConfig, ProbationError, StatsSnapshot
+from edgefleet import events
+from edgefleet.events import UpdateEvent, is_retryable
 
 
 class UpdateMachineError(AgentError):
@@ -59,21 +80,45 @@ class State(enum.StrEnum):
 TERMINAL = frozenset({State.COMMITTED, State.ROLLED_BACK, State.FAILED})
 # States in which the new model has never served a request: a failure here is "failed".
 BEFORE_ACTIVATION = frozenset({State.ASSIGNED, State.DOWNLOADING, State.VERIFIED, State.STAGED, State.HEALTH_CHECK})
-# Event names exactly as docs/contracts.md lists them for the `events` topic.
-EVENTS = ("assigned", "downloaded", "verified", "staged", "health_passed", "activated", "committed", "failed",
-          "rolled_back")
+_ANY = frozenset(State)
+
+
+class Work(enum.StrEnum):
+    """The I/O the driver does next in an in-flight state; what it returns is the next input."""
+
+    BEGIN_DOWNLOAD = "begin_download"          # nothing to do: feed BeginDownload (persisted first)
+    DOWNLOAD = "download"                      # fetch through TUF: feed Downloaded
+    VERIFY = "verify"                          # read and check the bundle: feed Verified
+    STAGE = "stage"                            # extract the slot beside the active one: feed Staged
+    BEGIN_HEALTH_CHECK = "begin_health_check"  # nothing to do: feed BeginHealthCheck
+    CHECK_HEALTH = "check_health"              # golden samples on the staged slot: feed HealthPassed
+    ACTIVATE = "activate"                      # switch the pointer, then serving: feed Activated
+    WATCH = "watch"                            # probation, on the daemon's tick: Observe, then Commit or Fail
+
+
+_WORK = {State.ASSIGNED: Work.BEGIN_DOWNLOAD, State.VERIFIED: Work.STAGE, State.STAGED: Work.BEGIN_HEALTH_CHECK,
+         State.ACTIVATED: Work.WATCH}
+
+
+def next_work(machine: UpdateMachine) -> Work | None:
+    """The work the machine waits on; None when idle or finished."""
+    if machine.state is State.DOWNLOADING:
+        return Work.VERIFY if machine.downloaded else Work.DOWNLOAD
+    if machine.state is State.HEALTH_CHECK:
+        return Work.ACTIVATE if machine.health_passed else Work.CHECK_HEALTH
+    return _WORK.get(machine.state)
 
 
 class Recovery(enum.StrEnum):
-    """What the I/O layer does for a machine found in some state after a restart."""
+    """What a restarted agent does for a machine found in some state (after the Restart input)."""
 
-    NOTHING = "nothing"                  # idle
+    NOTHING = "nothing"                  # idle, committed, rolled_back, non-retryable failed: the outcome stays
     START_DOWNLOAD = "start_download"    # assigned: nothing was fetched yet
     RESUME_DOWNLOAD = "resume_download"  # downloading: Range-resume the partial file
     REVERIFY = "reverify"                # verified/staged: re-check the bundle/slot before trusting it
     REDO_HEALTH_CHECK = "redo_health_check"  # health_check: nothing served yet, run it again
-    COUNT_RESTART = "count_restart"      # activated: a restart in probation counts toward the crash loop
-    RESET = "reset"                      # committed/rolled_back/failed: the update is over, back to idle
+    RESUME_PROBATION = "resume_probation"    # activated: the restart counted; reconcile with the pointer, judge
+    RETRY = "retry"                      # failed with a retryable reason: try the same assignment again now
 
 
 _RECOVERY = {
@@ -83,15 +128,17 @@ _RECOVERY = {
     State.VERIFIED: Recovery.REVERIFY,
     State.STAGED: Recovery.REVERIFY,
     State.HEALTH_CHECK: Recovery.REDO_HEALTH_CHECK,
-    State.ACTIVATED: Recovery.COUNT_RESTART,
-    State.COMMITTED: Recovery.RESET,
-    State.ROLLED_BACK: Recovery.RESET,
-    State.FAILED: Recovery.RESET,
+    State.ACTIVATED: Recovery.RESUME_PROBATION,
+    State.COMMITTED: Recovery.NOTHING,
+    State.ROLLED_BACK: Recovery.NOTHING,
+    State.FAILED: Recovery.NOTHING,
 }
 
 
 def recovery(machine: UpdateMachine) -> Recovery:
     """The recovery rule for the state a restarted agent finds persisted."""
+    if machine.state is State.FAILED and is_retryable(machine.reason):
+        return Recovery.RETRY
     return _RECOVERY[machine.state]
 
 
@@ -113,6 +160,11 @@ class Target:
         if self.counter < 1 or self.length < 1:
             raise UpdateMachineError("an update target needs a positive counter and length")
 
+    @property
+    def attempt(self) -> str:
+        """The key of one try of this bundle: the same content re-issued by the same rollout is the same try."""
+        return attempt_key(self.sha256, self.rollout_id)
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "version": self.version, "counter": self.counter, "rollout_id": self.rollout_id,
                 "target_path": self.target_path, "sha256": self.sha256, "length": self.length}
@@ -125,12 +177,17 @@ class Target:
                    int(data["length"]))
 
 
+def attempt_key(sha256: str, rollout_id: str | None) -> str:
+    # The server re-issues the same content under new counters (half-life refresh), which must
+    # not retry a bundle that failed; a new rollout of that bundle (another id) is a new try.
+    return f"{sha256}@{rollout_id or ''}"
+
+
 @dataclass(frozen=True)
 class Event:
-    """One lifecycle event: the payload of `events` less device_id and event_id."""
+    """One lifecycle event as the machine produced it: the payload of `events` less its sender."""
 
     event: str
-    state: State
     model: str | None
     version: str | None
     counter: int | None
@@ -141,15 +198,13 @@ class Event:
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.event not in EVENTS:
-            raise UpdateMachineError(f"event {self.event!r} is not one of {', '.join(EVENTS)}")
+        if self.event not in events.EVENTS:
+            raise UpdateMachineError(f"event {self.event!r} is not one of {', '.join(events.EVENTS)}")
 
     def payload(self, device_id: str, event_id: str) -> dict[str, Any]:
-        """The JSON document published on ``devices/{id}/events`` (docs/contracts.md)."""
-        return {"device_id": device_id, "event_id": event_id, "ts": self.ts, "event": self.event,
-                "model": self.model, "version": self.version, "counter": self.counter,
-                "rollout_id": self.rollout_id, "reason": self.reason, "timings": dict(self.timings),
-                "details": dict(self.details)}
+        """The JSON document published on ``devices/{id}/events`` (edgefleet.events.UpdateEvent)."""
+        return UpdateEvent(device_id, event_id, self.ts, self.event, self.model, self.version, self.counter,
+                           self.rollout_id, self.reason, dict(self.timings), dict(self.details)).to_dict()
 
 
 def refusal(reason: str, ts: float, *, model: str | None = None, version: str | None = None,
@@ -159,7 +214,7 @@ def refusal(reason: str, ts: float, *, model: str | None = None, version: str | 
 
     A refused assignment never enters the machine: the update in progress, if any, is untouched.
     """
-    return Event("failed", State.FAILED, model, version, counter, rollout_id, reason, ts, {}, dict(details or {}))
+    return Event(events.FAILED, model, version, counter, rollout_id, reason, ts, {}, dict(details or {}))
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -208,8 +263,20 @@ class HealthPassed:
 
 @dataclass(frozen=True)
 class Activated:
+    """The new slot serves; its probation starts now with ``config`` against the profile's budget."""
+
     now: float
+    config: ProbationConfig
+    latency_budget_ms: float
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observe:
+    """A serving-stats snapshot of the model in probation."""
+
+    now: float
+    snapshot: StatsSnapshot
 
 
 @dataclass(frozen=True)
@@ -220,53 +287,58 @@ class Commit:
 
 @dataclass(frozen=True)
 class Fail:
+    """A step refused the model; a retryable reason is due again ``retry_after_s`` from now."""
+
     now: float
     reason: str
     details: Mapping[str, Any] = field(default_factory=dict)
+    retry_after_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.reason:
             raise UpdateMachineError("a failure needs a reason code")
+        if not self.retry_after_s >= 0:
+            raise UpdateMachineError("retry_after_s must be >= 0 seconds")
 
 
 @dataclass(frozen=True)
 class Restart:
-    """The agent restarted while a new model was in probation."""
+    """The agent process started again and found this machine on disk."""
 
     now: float
 
 
 @dataclass(frozen=True)
-class Reset:
-    """The update is over and reported; forget it."""
+class RetryNow:
+    """A new assignment arrived: a retryable failure need not wait for its due time."""
 
     now: float
 
 
 Input = (Assign | BeginDownload | Downloaded | Verified | Staged | BeginHealthCheck | HealthPassed | Activated
-         | Commit | Fail | Restart | Reset)
+         | Observe | Commit | Fail | Restart | RetryNow)
 
 # input type -> (states that accept it, state reached or None for "same state", event or None)
 _TABLE: dict[type, tuple[frozenset[State], State | None, str | None]] = {
-    Assign: (frozenset({State.IDLE}) | TERMINAL, State.ASSIGNED, "assigned"),
+    Assign: (frozenset({State.IDLE}) | TERMINAL, State.ASSIGNED, events.ASSIGNED),
     BeginDownload: (frozenset({State.ASSIGNED}), State.DOWNLOADING, None),
-    Downloaded: (frozenset({State.DOWNLOADING}), None, "downloaded"),
-    Verified: (frozenset({State.DOWNLOADING}), State.VERIFIED, "verified"),
-    Staged: (frozenset({State.VERIFIED}), State.STAGED, "staged"),
-    # Re-entering health_check from itself is the recovery rule: a crash mid-check redoes it.
-    BeginHealthCheck: (frozenset({State.STAGED, State.HEALTH_CHECK}), State.HEALTH_CHECK, None),
-    HealthPassed: (frozenset({State.HEALTH_CHECK}), None, "health_passed"),
-    Activated: (frozenset({State.HEALTH_CHECK}), State.ACTIVATED, "activated"),
-    Commit: (frozenset({State.ACTIVATED}), State.COMMITTED, "committed"),
+    Downloaded: (frozenset({State.DOWNLOADING}), None, events.DOWNLOADED),
+    Verified: (frozenset({State.DOWNLOADING}), State.VERIFIED, events.VERIFIED),
+    Staged: (frozenset({State.VERIFIED}), State.STAGED, events.STAGED),
+    BeginHealthCheck: (frozenset({State.STAGED}), State.HEALTH_CHECK, None),
+    HealthPassed: (frozenset({State.HEALTH_CHECK}), None, events.HEALTH_PASSED),
+    Activated: (frozenset({State.HEALTH_CHECK}), State.ACTIVATED, events.ACTIVATED),
+    Observe: (frozenset({State.ACTIVATED}), None, None),
+    Commit: (frozenset({State.ACTIVATED}), State.COMMITTED, events.COMMITTED),
     Fail: (BEFORE_ACTIVATION | {State.ACTIVATED}, None, None),  # target and event depend on the state
-    Restart: (frozenset({State.ACTIVATED}), None, None),
-    Reset: (frozenset({State.IDLE}) | TERMINAL, State.IDLE, None),
+    Restart: (_ANY, None, None),
+    RetryNow: (frozenset({State.FAILED}), None, None),
 }
 
 
 @dataclass(frozen=True)
 class UpdateMachine:
-    """The persisted state of the update of one model (or of none, when idle)."""
+    """Everything the update path keeps across a crash: the update of one model (or none) and its history."""
 
     state: State = State.IDLE
     target: Target | None = None
@@ -277,8 +349,9 @@ class UpdateMachine:
     downloaded: bool = False
     health_passed: bool = False
     slot: str | None = None
-    probation_started_at: float | None = None
-    restarts: int = 0
+    probation: Probation | None = None  # while activated: totals, restart times, latency
+    retry_at: float | None = None       # a retryable failure is due again then
+    attempted: Mapping[str, str] = field(default_factory=dict)  # model -> attempt key last tried
 
     def __post_init__(self) -> None:
         if not isinstance(self.state, State):
@@ -294,12 +367,12 @@ class UpdateMachine:
         # The safety property of the whole update path: nothing serves before its health check passed.
         if self.state in {State.ACTIVATED, State.COMMITTED} and not self.health_passed:
             raise UpdateMachineError(f"update state {self.state} without a passed health check")
-        if self.state is State.ACTIVATED and self.probation_started_at is None:
-            raise UpdateMachineError("an activated model needs the time its probation started")
+        if (self.state is State.ACTIVATED) != (self.probation is not None):
+            raise UpdateMachineError("an activated model, and only an activated one, has a probation")
         if self.state in {State.ROLLED_BACK, State.FAILED} and not self.reason:
             raise UpdateMachineError(f"update state {self.state} needs a reason")
-        if self.restarts < 0:
-            raise UpdateMachineError("restart count cannot be negative")
+        if self.retry_at is not None and not (self.state is State.FAILED and is_retryable(self.reason)):
+            raise UpdateMachineError("only a retryable failure has a retry time")
         if any(not math.isfinite(v) for v in self.timings.values()):
             raise UpdateMachineError("timings must be finite numbers")
 
@@ -307,6 +380,33 @@ class UpdateMachine:
     def active(self) -> bool:
         """True while an update is in flight (not idle, not finished)."""
         return self.state is not State.IDLE and self.state not in TERMINAL
+
+    @property
+    def restarts(self) -> int:
+        """Agent restarts counted in the probation under way (0 outside probation)."""
+        return len(self.probation.restarts) if self.probation is not None else 0
+
+    def waiting(self, now: float) -> bool:
+        """A retryable failure not yet due: the driver starts nothing before ``retry_at``."""
+        return self.state is State.FAILED and self.retry_at is not None and now < self.retry_at
+
+    def may_try(self, model: str, attempt: str) -> bool:
+        """Whether the bundle ``attempt`` names may be installed for ``model`` (ask ``waiting`` first).
+
+        A bundle is tried once per rollout, except after a retryable failure: that one is tried
+        again when due.
+        """
+        if self.attempted.get(model) != attempt:
+            return True
+        return (self.state is State.FAILED and is_retryable(self.reason) and self.target is not None
+                and self.target.model == model)
+
+    def report(self) -> dict[str, Any]:
+        """``reported.update`` (docs/contracts.md): the update in flight or the last outcome, for its counter."""
+        t = self.target
+        return {"state": self.state.value, "model": t.model if t else None, "version": t.version if t else None,
+                "counter": t.counter if t else None, "rollout_id": t.rollout_id if t else None,
+                "reason": self.reason}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -319,8 +419,9 @@ class UpdateMachine:
             "downloaded": self.downloaded,
             "health_passed": self.health_passed,
             "slot": self.slot,
-            "probation_started_at": self.probation_started_at,
-            "restarts": self.restarts,
+            "probation": self.probation.to_dict() if self.probation else None,
+            "retry_at": self.retry_at,
+            "attempted": dict(self.attempted),
         }
 
     @classmethod
@@ -329,6 +430,7 @@ class UpdateMachine:
             raise UpdateMachineError("update.json is not a JSON object", fix="delete update.json; the agent starts idle")
         try:
             target = data.get("target")
+            probation = data.get("probation")
             return cls(
                 state=State(data["state"]),
                 target=Target.from_dict(target) if target is not None else None,
@@ -339,14 +441,22 @@ class UpdateMachine:
                 downloaded=bool(data.get("downloaded", False)),
                 health_passed=bool(data.get("health_passed", False)),
                 slot=data.get("slot"),
-                probation_started_at=_opt_float(data.get("probation_started_at")),
-                restarts=int(data.get("restarts", 0)),
+                probation=Probation.from_dict(probation) if probation is not None else None,
+                retry_at=_opt_float(data.get("retry_at")),
+                attempted={str(k): str(v) for k, v in dict(data.get("attempted") or {}).items()},
             )
         except UpdateMachineError:
             raise
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, ProbationError) as exc:
             raise UpdateMachineError(f"update.json is malformed: {exc}",
                                      fix="delete update.json; the agent starts idle") from exc
+
+
+def report_of(document: Any) -> dict[str, Any]:
+    """``reported.update`` read back from a parsed update.json (idle when it holds none)."""
+    if not isinstance(document, Mapping) or not isinstance(document.get("state"), str):
+        return {"state": State.IDLE.value}
+    return {key: document.get(key) for key in UpdateMachine().report()}
 
 
 def _opt_float(value: Any) -> float | None:
@@ -366,15 +476,23 @@ def step(machine: UpdateMachine, inp: Input) -> tuple[UpdateMachine, Event | Non
             fix="this is an agent bug; the update state is left unchanged")
     now = inp.now
     if isinstance(inp, Assign):
-        nxt = UpdateMachine(state=State.ASSIGNED, target=inp.target, started_at=now, entered_at=now)
-        return nxt, _event(nxt, "assigned", now, {})
-    if isinstance(inp, Reset):
-        return UpdateMachine(), None
+        nxt = UpdateMachine(state=State.ASSIGNED, target=inp.target, started_at=now, entered_at=now,
+                            attempted={**machine.attempted, inp.target.model: inp.target.attempt})
+        return nxt, _event(nxt, events.ASSIGNED, now, {})
     if isinstance(inp, Restart):
-        return replace(machine, restarts=machine.restarts + 1), None
+        return _restarted(machine, now), None
+    if isinstance(inp, RetryNow):
+        if not is_retryable(machine.reason):
+            raise IllegalTransitionError(f"a {machine.reason} failure is not retried")
+        return replace(machine, retry_at=None), None
+    if isinstance(inp, Observe):
+        assert machine.probation is not None  # the invariant of ACTIVATED
+        return replace(machine, probation=machine.probation.observe(inp.snapshot)), None
     if isinstance(inp, Fail):
         reached = State.ROLLED_BACK if machine.state is State.ACTIVATED else State.FAILED
-        nxt = replace(_leave(machine, now), state=reached, reason=inp.reason, entered_at=now)
+        retry_at = now + inp.retry_after_s if reached is State.FAILED and is_retryable(inp.reason) else None
+        nxt = replace(_leave(machine, now), state=reached, reason=inp.reason, entered_at=now, probation=None,
+                      retry_at=retry_at)
         return nxt, _event(nxt, reached.value, now, inp.details)
     if isinstance(inp, Downloaded):
         if machine.downloaded:
@@ -385,7 +503,7 @@ def step(machine: UpdateMachine, inp: Input) -> tuple[UpdateMachine, Event | Non
             raise IllegalTransitionError("cannot verify before the download finished")
         nxt = _enter(machine, State.VERIFIED, now)
     elif isinstance(inp, Staged):
-        nxt = replace(_enter(machine, State.STAGED, now), slot=inp.slot)
+        nxt = _enter(machine, State.STAGED, now, slot=inp.slot)
     elif isinstance(inp, HealthPassed):
         if machine.health_passed:
             raise IllegalTransitionError("the health check was already reported passed")
@@ -393,20 +511,32 @@ def step(machine: UpdateMachine, inp: Input) -> tuple[UpdateMachine, Event | Non
     elif isinstance(inp, Activated):
         if not machine.health_passed:
             raise IllegalTransitionError("cannot activate a model whose health check has not passed")
-        nxt = replace(_leave(machine, now), state=State.ACTIVATED, entered_at=now, probation_started_at=now,
-                      restarts=0)
+        try:
+            probation = Probation(inp.config, started_at=now, latency_budget_ms=inp.latency_budget_ms)
+        except ProbationError as exc:
+            raise IllegalTransitionError(f"cannot start probation: {exc.message}") from exc
+        nxt = replace(_leave(machine, now), state=State.ACTIVATED, entered_at=now, probation=probation)
     elif isinstance(inp, Commit):
-        nxt = _enter(machine, State.COMMITTED, now)
+        nxt = _enter(machine, State.COMMITTED, now, probation=None)
     else:  # BeginDownload, BeginHealthCheck
         assert reached is not None
-        nxt = _enter(machine, reached, now)
-        if reached is State.HEALTH_CHECK:
-            # A redone check after a crash must pass again before activation.
-            nxt = replace(nxt, health_passed=False)
+        nxt = _enter(machine, reached, now, health_passed=False)
     if event_name is None:
         return nxt, None
     details = getattr(inp, "details", {})
     return nxt, _event(nxt, event_name, now, details)
+
+
+def _restarted(machine: UpdateMachine, now: float) -> UpdateMachine:
+    """What a restart means in each state; one record, so one write keeps all of it."""
+    if machine.state is State.ACTIVATED:
+        assert machine.probation is not None
+        return replace(machine, probation=machine.probation.restart(now))
+    if machine.state is State.HEALTH_CHECK:
+        return replace(machine, health_passed=False)  # a check cut short proves nothing: run it again
+    if machine.state is State.FAILED and machine.retry_at is not None:
+        return replace(machine, retry_at=None)  # a restart is as good a time as any to retry
+    return machine
 
 
 def _leave(machine: UpdateMachine, now: float) -> UpdateMachine:
@@ -419,8 +549,8 @@ def _leave(machine: UpdateMachine, now: float) -> UpdateMachine:
     return replace(machine, timings=timings)
 
 
-def _enter(machine: UpdateMachine, state: State, now: float) -> UpdateMachine:
-    return replace(_leave(machine, now), state=state, entered_at=now)
+def _enter(machine: UpdateMachine, state: State, now: float, **changes: Any) -> UpdateMachine:
+    return replace(_leave(machine, now), state=state, entered_at=now, **changes)
 
 
 def _event(machine: UpdateMachine, name: str, now: float, details: Mapping[str, Any]) -> Event:
@@ -429,7 +559,7 @@ def _event(machine: UpdateMachine, name: str, now: float, details: Mapping[str, 
     if machine.started_at is not None:
         timings["total_s"] = max(0.0, now - machine.started_at)
     return Event(
-        event=name, state=machine.state, model=target.model if target else None,
+        event=name, model=target.model if target else None,
         version=target.version if target else None, counter=target.counter if target else None,
         rollout_id=target.rollout_id if target else None, reason=machine.reason, ts=now, timings=timings,
         details=dict(details),

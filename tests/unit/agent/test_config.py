@@ -41,15 +41,15 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_probation_settings_come_from_agent_toml_and_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.updater import _probation_config
+    from agent.update_service import probation_config
 
     config = AgentConfig.from_dict({"probation_s": 5.0, "probation_min_requests": 3, "probation_max_restarts": 2})
     monkeypatch.delenv("EDGEFLEET_PROBATION_S", raising=False)
     monkeypatch.delenv("EDGEFLEET_PROBATION_MIN_REQUESTS", raising=False)
-    probation = _probation_config(config)
+    probation = probation_config(config)
     assert (probation.duration_s, probation.min_requests, probation.max_restarts) == (5.0, 3, 2)
     monkeypatch.setenv("EDGEFLEET_PROBATION_S", "1")
-    assert _probation_config(config).duration_s == 1.0
-    assert _probation_config(config).max_restarts == 2
+    assert probation_config(config).duration_s == 1.0
+    assert probation_config(config).max_restarts == 2
     with pytest.raises(AgentError, match="probation_max_restarts"):
         AgentConfig.from_dict({"probation_max_restarts": 0})

@@ -59,15 +59,13 @@ def test_reported_follows_the_contract(daemon: Daemon, state: StateDir, profile:
     assert daemon.reported() == {"agent_version": "0.1.0", "profile": "generic-x86_64",
                                  "models": {"iris": {"version": "1.0.0", "sha256": result.slot.sha256}},
                                  "update": {"state": "idle"}}
-    state.update_file.write_text(json.dumps({"counter": 4, "attempted": {}, "machine": {
-        "state": "activated", "reason": None, "restarts": 0,
-        "target": {"model": "iris", "version": "2.0.0", "counter": 4, "rollout_id": "ro-1"}}}))
-    assert daemon.reported()["update"] == {"state": "activated", "model": "iris", "version": "2.0.0",
-                                           "counter": 4, "reason": None}
-    state.update_file.write_text(json.dumps({"counter": 4, "machine": {"state": "idle", "target": None,
-                                                                       "reason": "health check failed"}}))
-    assert daemon.reported()["update"] == {"state": "idle", "model": None, "version": None, "counter": 4,
-                                           "reason": "health check failed"}
+    # update.json is the machine plus its flat report (agent.updater); `reported.update` is that report.
+    report = {"state": "rolled_back", "model": "iris", "version": "2.0.0", "counter": 4, "rollout_id": "ro-1",
+              "reason": "probation_failed"}
+    state.update_file.write_text(json.dumps({**report, "machine": {}}))
+    assert daemon.reported()["update"] == report
+    state.update_file.write_text(json.dumps({"machine": {}}))
+    assert daemon.reported()["update"] == {"state": "idle"}
     state.update_file.write_text("{torn")
     assert daemon.reported()["update"] == {"state": "idle"}
 

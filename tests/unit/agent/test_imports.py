@@ -48,3 +48,13 @@ def test_the_public_surface_is_what_we_meant_and_resolves() -> None:
                              "ServingTable", "Slot", "StateDir", "load_session"]
     for name in agent.__all__:
         assert getattr(agent, name).__name__ == name
+
+
+def test_a_daemon_without_mqtt_never_loads_the_update_path() -> None:
+    # agent.daemon imports agent.update_service only when it has a link: tuf and cryptography
+    # cost an offline agent 15 MB of RSS.
+    code = ("import json, sys, agent.daemon\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True).stdout))
+    assert not loaded & {"tuf", "cryptography"}, loaded & {"tuf", "cryptography"}

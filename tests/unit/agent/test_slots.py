@@ -53,6 +53,21 @@ def test_reactivating_the_active_slot_keeps_previous(state: StateDir, linear_bun
     assert store.previous("iris") == one
 
 
+def test_deactivate_stops_pointing_at_any_slot_and_gc_may_then_remove_them(state: StateDir,
+                                                                           linear_bundle: BundleMaker) -> None:
+    store = ModelStore(state)
+    one = store.stage(read_bundle(linear_bundle("1.0.0")))
+    two = store.stage(read_bundle(linear_bundle("1.1.0", seed=1)))
+    store.activate("iris", one)
+    store.activate("iris", two)
+    store.deactivate("iris")
+    assert store.active("iris") is None and store.previous("iris") is None and store.models() == []
+    assert store.rollback("iris") is None  # nothing to go back to
+    assert sorted(store.gc("iris", keep=set())) == sorted([one.sha256, two.sha256])
+    store.deactivate("iris")  # twice, or a model never installed: nothing to do
+    store.deactivate("never-installed")
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 def test_an_altered_active_slot_never_loads(state: StateDir, linear_bundle: BundleMaker, damage: str) -> None:
     store = ModelStore(state)

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.probation import ProbationConfig, StatsSnapshot
 from agent.update_machine import (
-    EVENTS,
+    TERMINAL,
     Activated,
     Assign,
     BeginDownload,
@@ -19,21 +20,30 @@ from agent.update_machine import (
     Fail,
     HealthPassed,
     IllegalTransitionError,
+    Observe,
     Recovery,
-    Reset,
     Restart,
+    RetryNow,
     Staged,
     State,
     Target,
     UpdateMachine,
     UpdateMachineError,
     Verified,
+    Work,
+    next_work,
     recovery,
     refusal,
     step,
 )
+from edgefleet.events import EVENTS
 
 TARGET = Target("digits", "1.1.0", 7, "ro-1", "digits/digits-1.1.0.tar.gz", "a" * 64, 1234)
+WATCH = ProbationConfig(duration_s=60, min_requests=5, max_restarts=2)
+
+
+def activated(now: float) -> Activated:
+    return Activated(now, WATCH, 50.0)
 
 
 def run(machine: UpdateMachine, *inputs: object) -> tuple[UpdateMachine, list[str]]:
@@ -47,7 +57,7 @@ def run(machine: UpdateMachine, *inputs: object) -> tuple[UpdateMachine, list[st
 
 def happy_path(t0: float = 100.0) -> list[object]:
     return [Assign(TARGET, t0), BeginDownload(t0 + 1), Downloaded(t0 + 4), Verified(t0 + 5), Staged(t0 + 6, "slot"),
-            BeginHealthCheck(t0 + 6), HealthPassed(t0 + 7), Activated(t0 + 7), Commit(t0 + 67)]
+            BeginHealthCheck(t0 + 6), HealthPassed(t0 + 7), activated(t0 + 7), Commit(t0 + 67)]
 
 
 def test_happy_path_emits_every_event_in_order_with_timings() -> None:
@@ -75,7 +85,7 @@ def test_failure_before_activation_is_failed_after_is_rolled_back() -> None:
 def test_cannot_activate_without_passing_health_check() -> None:
     machine, _ = run(UpdateMachine(), *happy_path()[:6])
     with pytest.raises(IllegalTransitionError, match="health check"):
-        step(machine, Activated(200))
+        step(machine, activated(200))
 
 
 def test_illegal_input_names_the_state() -> None:
@@ -86,10 +96,11 @@ def test_illegal_input_names_the_state() -> None:
 def test_redone_health_check_must_pass_again() -> None:
     machine, _ = run(UpdateMachine(), *happy_path()[:7])
     assert machine.health_passed
-    machine, _ = step(machine, BeginHealthCheck(300))
-    assert not machine.health_passed
+    machine, _ = step(machine, Restart(300))  # killed mid-check: the pass recorded before proves nothing
+    assert not machine.health_passed and machine.state is State.HEALTH_CHECK
+    assert next_work(machine) is Work.CHECK_HEALTH
     with pytest.raises(IllegalTransitionError):
-        step(machine, Activated(301))
+        step(machine, activated(301))
 
 
 def test_recovery_rule_for_every_state() -> None:
@@ -99,23 +110,68 @@ def test_recovery_rule_for_every_state() -> None:
     for inp in happy_path():
         machine, _ = step(machine, inp)  # type: ignore[arg-type]
         seen[machine.state] = recovery(machine)
-    for reason_state in (State.FAILED,):
-        failed, _ = run(UpdateMachine(), *happy_path()[:2], Fail(1, "download_failed"))
-        seen[reason_state] = recovery(failed)
+    failed, _ = run(UpdateMachine(), *happy_path()[:2], Fail(1, "hash_mismatch"))
+    seen[failed.state] = recovery(failed)
     rolled, _ = run(UpdateMachine(), *happy_path()[:8], Fail(1, "probation_failed"))
     seen[rolled.state] = recovery(rolled)
     assert seen == {
         State.IDLE: Recovery.NOTHING, State.ASSIGNED: Recovery.START_DOWNLOAD,
         State.DOWNLOADING: Recovery.RESUME_DOWNLOAD, State.VERIFIED: Recovery.REVERIFY,
         State.STAGED: Recovery.REVERIFY, State.HEALTH_CHECK: Recovery.REDO_HEALTH_CHECK,
-        State.ACTIVATED: Recovery.COUNT_RESTART, State.COMMITTED: Recovery.RESET,
-        State.FAILED: Recovery.RESET, State.ROLLED_BACK: Recovery.RESET,
+        State.ACTIVATED: Recovery.RESUME_PROBATION, State.COMMITTED: Recovery.NOTHING,
+        State.FAILED: Recovery.NOTHING, State.ROLLED_BACK: Recovery.NOTHING,
     }
+    retryable, _ = run(UpdateMachine(), *happy_path()[:2], Fail(1, "download_failed"))
+    assert recovery(retryable) is Recovery.RETRY
 
 
-def test_restart_in_probation_counts() -> None:
-    machine, _ = run(UpdateMachine(), *happy_path()[:8], Restart(150), Restart(151))
-    assert machine.restarts == 2 and machine.state is State.ACTIVATED
+def test_next_work_walks_the_happy_path() -> None:
+    works = []
+    machine = UpdateMachine()
+    for inp in happy_path():
+        works.append(next_work(machine))
+        machine, _ = step(machine, inp)  # type: ignore[arg-type]
+    assert works == [None, Work.BEGIN_DOWNLOAD, Work.DOWNLOAD, Work.VERIFY, Work.STAGE, Work.BEGIN_HEALTH_CHECK,
+                     Work.CHECK_HEALTH, Work.ACTIVATE, Work.WATCH]
+    assert next_work(machine) is None  # committed
+
+
+def test_restarts_in_probation_are_counted_in_the_one_record_that_decides() -> None:
+    machine, _ = run(UpdateMachine(), *happy_path()[:8], Restart(150))
+    assert machine.restarts == 1 and machine.state is State.ACTIVATED
+    # What was written after the first restart is what the second one starts from.
+    machine = UpdateMachine.from_dict(json.loads(json.dumps(machine.to_dict())))
+    machine, _ = step(machine, Restart(151))
+    assert machine.probation is not None and machine.probation.decide(152).reason == "crash_loop"
+
+
+def test_observe_folds_serving_stats_into_probation() -> None:
+    machine, _ = run(UpdateMachine(), *happy_path()[:8], Observe(110, StatsSnapshot(110, 3, 0)),
+                     Observe(140, StatsSnapshot(140, 8, 0)))
+    assert machine.probation is not None and machine.probation.totals.requests == 8
+    assert machine.probation.decide(167).verdict.value == "commit"
+
+
+def test_a_finished_update_stays_until_the_next_assignment_even_across_restarts() -> None:
+    committed, _ = run(UpdateMachine(), *happy_path(), Restart(200), Restart(300))
+    assert committed.state is State.COMMITTED
+    assert committed.report() == {"state": "committed", "model": "digits", "version": "1.1.0", "counter": 7,
+                                  "rollout_id": "ro-1", "reason": None}
+    nxt, events = run(committed, Assign(TARGET, 400))
+    assert nxt.state is State.ASSIGNED and events == ["assigned"]
+
+
+def test_a_retryable_failure_waits_until_due_or_a_restart_or_a_new_assignment() -> None:
+    failed, _ = run(UpdateMachine(), *happy_path()[:2], Fail(110, "download_failed", retry_after_s=60))
+    assert failed.waiting(150) and not failed.waiting(170)
+    assert failed.may_try("digits", TARGET.attempt)  # the same bundle may be tried again once due
+    assert not step(failed, Restart(120))[0].waiting(121)
+    assert not step(failed, RetryNow(120))[0].waiting(121)
+    final, _ = run(UpdateMachine(), *happy_path()[:2], Fail(110, "hash_mismatch"))
+    assert not final.waiting(111) and not final.may_try("digits", TARGET.attempt)
+    assert final.may_try("digits", "another-bundle@ro-1")
+    with pytest.raises(IllegalTransitionError, match="not retried"):
+        step(final, RetryNow(120))
 
 
 def test_corrupt_update_json_names_the_fix() -> None:
@@ -123,7 +179,10 @@ def test_corrupt_update_json_names_the_fix() -> None:
         UpdateMachine.from_dict({"state": "sideways"})
     with pytest.raises(UpdateMachineError, match="without a passed health check"):
         UpdateMachine.from_dict({"state": "activated", "target": TARGET.to_dict(), "downloaded": True,
-                                 "probation_started_at": 1.0})
+                                 "probation": None})
+    with pytest.raises(UpdateMachineError, match="has a probation"):
+        UpdateMachine.from_dict({"state": "activated", "target": TARGET.to_dict(), "downloaded": True,
+                                 "health_passed": True, "probation": None})
 
 
 def test_refusal_is_a_failed_event_with_the_reason() -> None:
@@ -140,8 +199,8 @@ def inputs(now: float) -> st.SearchStrategy[object]:
     return st.one_of(
         st.just(Assign(TARGET, now)), st.just(BeginDownload(now)), st.just(Downloaded(now, {"bytes": 1})),
         st.just(Verified(now)), st.just(Staged(now, "s")), st.just(BeginHealthCheck(now)), st.just(HealthPassed(now)),
-        st.just(Activated(now)), st.just(Commit(now)), REASONS.map(lambda r: Fail(now, r)), st.just(Restart(now)),
-        st.just(Reset(now)),
+        st.just(activated(now)), st.just(Commit(now)), REASONS.map(lambda r: Fail(now, r)), st.just(Restart(now)),
+        st.just(RetryNow(now)), st.integers(0, 50).map(lambda n: Observe(now, StatsSnapshot(now, n, n // 10))),
     )
 
 
@@ -177,6 +236,10 @@ def test_any_input_sequence_keeps_the_invariants(seq: list[object]) -> None:
             assert machine.state is expected and machine.reason == inp.reason
         if machine.state in (State.ACTIVATED, State.COMMITTED):
             assert machine.health_passed and machine.downloaded
+        if isinstance(inp, Restart) and before.state is State.ACTIVATED:
+            assert machine.restarts == before.restarts + 1  # every restart in probation counts, in this record
+        if before.state in TERMINAL and not isinstance(inp, Assign):
+            assert machine.report() == before.report()  # an outcome stays reported until the next assignment
         # update.json always reads back as the same machine, through real JSON.
         assert UpdateMachine.from_dict(json.loads(json.dumps(machine.to_dict(), allow_nan=False))) == machine
         assert all(v >= 0 for v in machine.timings.values())

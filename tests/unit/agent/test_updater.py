@@ -1,153 +1,47 @@
-"""The update path on the device, end to end in one process: a real TUF repository (fleet_server's)
-served over real HTTP, real signed assignments, real bundles, onnxruntime, slots and serving table.
+"""The updater in one process, over an in-memory TUF client: the whole update path but the network.
 
-"Kill" tests raise a BaseException at a chosen point (what SIGKILL does to the code after it) and
-start a new Updater on the same state directory, as a restarted agent would. The real-process
-SIGKILL tests over MQTT live in tests/integration/.
+Real signed assignments, real bundles, onnxruntime, slots and serving table; the repository is
+``tests.unit.agent.updates.MemoryRepository`` behind the ``TufClient`` seam, so no test here
+needs an HTTP server. The same updater against the real TUF repository over HTTP (and the real
+broker) is tests/integration/agent/test_updater_tuf.py; real processes killed with SIGKILL are
+tests/integration/update_path.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 
-from agent.fetcher import ResumingFetcher
 from agent.probation import ProbationConfig
-from agent.runtime import load_session
 from agent.serving import ServingTable
 from agent.slots import ModelStore
-from agent.state import Identity, StateDir
+from agent.update_machine import UpdateMachine
+from agent.update_service import attach
 from agent.updater import Updater
-from edgefleet.assignment import Assignment, DirectorSigner, ModelTarget
-from edgefleet.profiles import load_profile
-from fleet_server.trust.keys import KeyStore, init_keys
-from fleet_server.trust.tuf_repo import TufRepository
-from tests.unit.agent.test_fetcher import RangeServer
-from tests.unit.agent.test_health import onnx_bundle
-
-DEVICE = "dev-1"
-PROFILE = "generic-x86_64"
-PROBATION = ProbationConfig(duration_s=30, min_requests=5, max_restarts=3)
-
-
-class Killed(BaseException):
-    """Stands in for SIGKILL: nothing after the raise point runs, no except clause catches it."""
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@dataclass
-class Fleet:
-    """The server side (TUF repository over HTTP, director key) and one device's state dir."""
-
-    tmp: Path
-    repo: TufRepository
-    director: DirectorSigner
-    server: RangeServer
-    state: StateDir
-    clock: Clock = field(default_factory=Clock)
-    counter: int = 0
-    events: list[dict[str, Any]] = field(default_factory=list)
-    kill_on: str | None = None
-    serving: ServingTable = field(default_factory=ServingTable)
-
-    def push(self, version: str, **kwargs: Any) -> ModelTarget:
-        data = onnx_bundle(version, **kwargs)
-        path = f"digits/digits-{version}.tar.gz"
-        info = self.repo.add_target(path, data)
-        return ModelTarget(version, path, info.sha256, info.length)
-
-    def sign(self, target: ModelTarget, counter: int | None = None, device: str = DEVICE,
-             signer: DirectorSigner | None = None, expires_in: float = 3600, issued_ago: float = 0,
-             rollout: str = "ro-1") -> bytes:
-        if counter is None:
-            self.counter += 1
-            counter = self.counter
-        issued = datetime.fromtimestamp(self.clock() - issued_ago, UTC)
-        assignment = Assignment(device, counter, issued, issued + timedelta(seconds=expires_in), rollout,
-                                {"digits": target})
-        return (signer or self.director).sign(assignment)
-
-    def publish(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-        if event["event"] == self.kill_on:
-            self.kill_on = None
-            raise Killed(event["event"])
-
-    def updater(self, **kwargs: Any) -> Updater:
-        kwargs.setdefault("fetcher", ResumingFetcher(self.state.downloads_dir, read_timeout=2, connect_timeout=2))
-        kwargs.setdefault("probation", PROBATION)
-        return Updater(self.state, ModelStore(self.state), self.serving, self.publish, self.clock,
-                       health_latency_runs=10, **kwargs)
-
-    def restart(self, **kwargs: Any) -> Updater:
-        """A new agent process: fresh serving table loaded from the active pointers, then resume()."""
-        self.serving = ServingTable()
-        store = ModelStore(self.state)
-        for name in store.models():
-            slot = store.active(name)
-            assert slot is not None
-            self.serving.swap(name, load_session(slot, load_profile(PROFILE)))
-        updater = self.updater(**kwargs)
-        updater.resume()
-        return updater
-
-    def names(self) -> list[str]:
-        return [e["event"] for e in self.events]
-
-    def serving_version(self) -> str | None:
-        session = self.serving.get("digits")
-        return session.manifest.version if session else None
-
-    def traffic(self, n: int = 10) -> None:
-        rows = np.random.default_rng(1).normal(size=(n, 4)).astype(np.float32)
-        for row in rows:
-            self.serving.predict("digits", row.tolist())
-
-    def update_json(self) -> dict[str, Any]:
-        return json.loads(self.state.update_file.read_text())  # type: ignore[no-any-return]
+from edgefleet.assignment import DirectorSigner, ModelTarget
+from tests.unit.agent.updates import (
+    DEVICE,
+    LIFECYCLE,
+    PROBATION,
+    Fleet,
+    Killed,
+    MemoryRepository,
+    install,
+)
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    init_keys(tmp_path / "keys", tmp_path / "root-keys")
-    keys = KeyStore.load(tmp_path / "keys")
-    repo = TufRepository.create(tmp_path / "repo", keys, tmp_path / "root-keys")
-    state = StateDir(tmp_path / "state").ensure()
-    with RangeServer(root=tmp_path / "repo") as server:
-        state.save_identity(Identity(DEVICE, server.url, "", PROFILE, {}, f"{server.url}/metadata/",
-                                     f"{server.url}/targets/"))
-        state.save_director_public_key(keys.director.public_b64)
-        state.save_profile(load_profile(PROFILE).to_toml())
-        state.save_tuf_root(repo.root_json())
-        yield Fleet(tmp_path, repo, keys.director, server, state)
+def repo() -> MemoryRepository:
+    return MemoryRepository()
 
 
-def install(fleet: Fleet, version: str, **kwargs: Any) -> Updater:
-    updater = fleet.updater()
-    assert updater.handle_assignment(fleet.sign(fleet.push(version, **kwargs))).accepted
-    fleet.traffic()
-    fleet.clock.t += PROBATION.duration_s
-    updater.tick()
-    assert fleet.names()[-1] == "committed", fleet.events[-1]
-    return updater
-
-
-LIFECYCLE = ["assigned", "downloaded", "verified", "staged", "health_passed", "activated"]
+@pytest.fixture
+def fleet(tmp_path: Path, repo: MemoryRepository) -> Fleet:
+    return Fleet.create(tmp_path, repo)
 
 
 def test_good_version_goes_through_every_step_and_commits(fleet: Fleet) -> None:
@@ -245,28 +139,29 @@ def refused(fleet: Fleet, envelope: bytes, reason: str, updater: Updater | None 
     return last
 
 
-def test_assignment_hash_disagreeing_with_tuf_is_refused(fleet: Fleet) -> None:
+def test_assignment_hash_disagreeing_with_tuf_is_refused_before_any_download(fleet: Fleet,
+                                                                           repo: MemoryRepository) -> None:
     install(fleet, "1.0.0")
     real = fleet.push("1.1.0", seed=1)
     forged = ModelTarget(real.version, real.target_path, "f" * 64, real.length)
     last = refused(fleet, fleet.sign(forged), "hash_mismatch")
     assert last["details"]["tuf"]["sha256"] == real.sha256
+    assert real.target_path not in repo.downloads
 
 
-def test_tampered_bundle_on_the_server_is_refused_by_tuf(fleet: Fleet) -> None:
+def test_bytes_disagreeing_with_tuf_are_refused(fleet: Fleet, repo: MemoryRepository) -> None:
     install(fleet, "1.0.0")
     target = fleet.push("1.1.0", seed=1)
-    stored = fleet.repo.targets_dir / "digits" / f"{target.sha256}.digits-1.1.0.tar.gz"
-    data = bytearray(stored.read_bytes())
+    data = bytearray(repo.served[target.target_path])
     data[100] ^= 0xFF
-    stored.write_bytes(bytes(data))
+    repo.served[target.target_path] = bytes(data)  # a tampered file on the server
     refused(fleet, fleet.sign(target), "hash_mismatch")
 
 
 def test_bundle_for_another_profile_is_refused(fleet: Fleet) -> None:
     install(fleet, "1.0.0")
     last = refused(fleet, fleet.sign(fleet.push("1.1.0", profiles=("rpi4-64",))), "profile_mismatch")
-    assert last["details"]["device_profile"] == PROFILE
+    assert last["details"]["device_profile"] == "generic-x86_64"
 
 
 def test_version_failing_its_golden_samples_never_serves(fleet: Fleet) -> None:
@@ -282,15 +177,14 @@ def test_target_missing_from_tuf_is_refused(fleet: Fleet) -> None:
     refused(fleet, fleet.sign(ghost), "target_unknown")
 
 
-def test_failed_download_is_retried_later(fleet: Fleet) -> None:
+def test_failed_download_is_retried_later(fleet: Fleet, repo: MemoryRepository) -> None:
     install(fleet, "1.0.0")
     target = fleet.push("1.1.0", seed=1)
-    stored = fleet.repo.targets_dir / "digits" / f"{target.sha256}.digits-1.1.0.tar.gz"
-    hidden = stored.with_suffix(".hidden")
-    stored.rename(hidden)  # the server loses the file: 404
+    repo.offline = True
     updater = fleet.updater(retry_after_s=60)
     refused(fleet, fleet.sign(target), "download_failed", updater)
-    stored.parent.joinpath(hidden.name).rename(stored)
+    assert fleet.update_json()["machine"]["retry_at"] == fleet.clock.t + 60
+    repo.offline = False
     fleet.clock.t += 30
     updater.tick()
     assert fleet.names()[-1] == "failed"  # not due yet
@@ -332,30 +226,6 @@ def test_killed_after_each_step_resumes_and_never_serves_a_partial_model(fleet: 
     fleet.clock.t += PROBATION.duration_s
     updater.tick()
     assert fleet.names()[-1] == "committed" and fleet.events[-1]["version"] == "1.1.0"
-
-
-def test_killed_mid_download_resumes_with_range(fleet: Fleet) -> None:
-    install(fleet, "1.0.0")
-    target = fleet.push("1.1.0", seed=1)
-
-    def die(_url: str, done: int, _total: int | None) -> None:
-        if done >= 1000:
-            raise Killed("mid-download")
-
-    fleet.server.requests.clear()
-    with pytest.raises(Killed):
-        fleet.updater(fetcher=ResumingFetcher(fleet.state.downloads_dir, chunk_size=1000, progress=die)) \
-            .handle_assignment(fleet.sign(target))
-    assert fleet.update_json()["state"] == "downloading" and fleet.serving_version() == "1.0.0"
-    fleet.restart()
-    assert any(r == "bytes=1000-" for _, r in fleet.server.requests if "1.1.0" in _)
-    assert fleet.update_json()["state"] == "activated" and fleet.serving_version() == "1.1.0"
-
-
-def test_restart_after_finished_update_returns_to_idle(fleet: Fleet) -> None:
-    install(fleet, "1.0.0")
-    fleet.restart()
-    assert fleet.update_json()["state"] == "idle" and fleet.serving_version() == "1.0.0"
 
 
 def test_probation_totals_survive_a_restart(fleet: Fleet) -> None:
@@ -409,42 +279,112 @@ def test_failed_bundle_is_tried_again_only_by_a_new_rollout(fleet: Fleet) -> Non
     assert fleet.names()[count:] == LIFECYCLE and fleet.events[-1]["rollout_id"] == "ro-2"
 
 
-def test_attach_wires_updates_to_a_real_broker(fleet: Fleet, mosquitto: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The daemon's extension hook: `desired` in over a real Mosquitto, `events` out."""
-    from types import SimpleNamespace
-
-    from agent.link import Link
-    from agent.updater import attach
-    from edgefleet import topics
-    from tests.integration.agent.harness import Observer, eventually
-
-    monkeypatch.setenv("EDGEFLEET_UPDATE_TICK_S", "0.05")
-    identity = fleet.state.load_identity()
-    fleet.state.save_identity(Identity(DEVICE, identity.server_url, mosquitto.url, PROFILE, {},
-                                       identity.tuf_metadata_url, identity.tuf_targets_url))
-    link = Link(DEVICE, mosquitto.url)
-    reports: list[int] = []
-    daemon = SimpleNamespace(state=fleet.state, store=ModelStore(fleet.state), serving=fleet.serving,
-                             profile=load_profile(PROFILE), link=link, publish_reported=lambda: reports.append(1))
-    observer = Observer(mosquitto.port, topics.events(DEVICE))
-    ticker = attach(daemon)
-    assert ticker is not None
-    link.start()
-    try:
-        observer.publish(topics.desired(DEVICE), fleet.sign(fleet.push("1.0.0")), retain=True)
-        assert eventually(lambda: [m["event"] for m in observer.messages] == LIFECYCLE, 20), observer.messages
-        assert fleet.serving_version() == "1.0.0" and len(reports) >= len(LIFECYCLE)
-    finally:
-        ticker.close()
-        link.stop()
-        observer.close()
+def test_update_json_is_one_record_the_machine_and_the_report_of_it(fleet: Fleet) -> None:
+    fleet.updater().handle_assignment(fleet.sign(fleet.push("1.0.0")))
+    document = fleet.update_json()
+    machine = UpdateMachine.from_dict(document["machine"])
+    # Everything lives in the machine: nothing beside it but the flat report `reported.update` shows.
+    assert set(document) == {"machine", "state", "model", "version", "counter", "rollout_id", "reason"}
+    assert {k: v for k, v in document.items() if k != "machine"} == machine.report()
+    assert machine.probation is not None and machine.attempted == {"digits": machine.target.attempt}  # type: ignore[union-attr]
 
 
-def test_attach_stays_out_of_a_device_without_a_trust_root(fleet: Fleet) -> None:
-    from types import SimpleNamespace
+def test_a_kill_right_after_the_restart_is_written_still_counts_toward_the_crash_loop(fleet: Fleet) -> None:
+    """Issue 19, hole 1: with max_restarts=2, two kills inside one probation must roll back.
 
-    from agent.updater import attach
+    The first restarted process is killed right after its first write, the one that counts
+    the restart. The old updater wrote the machine's count there and probation's count (the one
+    that decides) only after reloading the slot, so this kill lost the restart and the device
+    committed.
+    """
+    probation = ProbationConfig(duration_s=30, min_requests=5, max_restarts=2)
+    install(fleet, "1.0.0")
+    fleet.updater(probation=probation).handle_assignment(fleet.sign(fleet.push("1.1.0", seed=1)))
+    assert fleet.update_json()["state"] == "activated"  # the first kill lands here, in probation
 
+    def killed_after_first_write(_machine: UpdateMachine) -> None:
+        raise Killed("right after the restart was written")
+
+    fleet.clock.t += 1
+    with pytest.raises(Killed):
+        fleet.restart(probation=probation, on_persist=killed_after_first_write)
+    assert len(fleet.update_json()["machine"]["probation"]["restarts"]) == 1
+    fleet.clock.t += 1
+    updater = fleet.restart(probation=probation)  # the second restart inside the same probation
+    last = fleet.events[-1]
+    assert (last["event"], last["details"]["cause"]) == ("rolled_back", "crash_loop"), last
+    assert fleet.serving_version() == "1.0.0"
+    fleet.traffic()
+    fleet.clock.t += probation.duration_s
+    updater.tick()
+    assert "committed" not in fleet.names()[-3:]
+
+
+def test_a_restart_keeps_the_last_outcome_for_its_counter_until_the_next_assignment(fleet: Fleet) -> None:
+    """Issue 19, hole 2 (agent side): a restart must not erase the outcome `reported` shows."""
+    install(fleet, "1.0.0")
+    fleet.restart()
+    report = {k: v for k, v in fleet.update_json().items() if k != "machine"}
+    assert report == {"state": "committed", "model": "digits", "version": "1.0.0", "counter": 1,
+                      "rollout_id": "ro-1", "reason": None}
+    assert fleet.serving_version() == "1.0.0"
+    updater = fleet.restart()  # and again: still the same outcome, nothing re-installed
+    assert fleet.update_json()["state"] == "committed" and fleet.names().count("assigned") == 1
+    updater.handle_assignment(fleet.sign(fleet.push("1.1.0", seed=1)))  # a new assignment replaces it
+    assert fleet.update_json()["state"] == "activated" and fleet.update_json()["counter"] == 2
+
+
+def test_a_rollback_stays_reported_across_a_restart_with_the_old_version_serving(fleet: Fleet) -> None:
+    install(fleet, "1.0.0")
+    updater = fleet.updater(probation=ProbationConfig(duration_s=30, min_requests=5, latency_budget_multiplier=1e-9))
+    updater.handle_assignment(fleet.sign(fleet.push("1.1.0", seed=1)))
+    fleet.traffic(20)
+    updater.tick()
+    fleet.restart()
+    document = fleet.update_json()
+    assert (document["state"], document["version"], document["counter"], document["reason"]) == \
+        ("rolled_back", "1.1.0", 2, "probation_failed")
+    assert fleet.serving_version() == "1.0.0"  # reported.models says what actually serves
+
+
+def test_a_restart_retries_a_retryable_failure_at_once(fleet: Fleet, repo: MemoryRepository) -> None:
+    install(fleet, "1.0.0")
+    target = fleet.push("1.1.0", seed=1)
+    repo.offline = True
+    refused(fleet, fleet.sign(target), "download_failed", fleet.updater(retry_after_s=3600))
+    fleet.restart(retry_after_s=3600)  # still offline: failed again, and reported so
+    assert fleet.update_json()["state"] == "failed" and fleet.names()[-2:] == ["assigned", "failed"]
+    repo.offline = False
+    fleet.restart(retry_after_s=3600)
+    assert fleet.update_json()["state"] == "activated" and fleet.serving_version() == "1.1.0"
+
+
+def test_update_json_written_before_the_record_held_everything_is_still_read(fleet: Fleet) -> None:
+    fleet.updater().handle_assignment(fleet.sign(fleet.push("1.0.0")))
+    document = fleet.update_json()
+    machine = document["machine"]
+    legacy = {**{k: v for k, v in document.items() if k != "machine"},
+              "machine": {k: v for k, v in machine.items() if k not in ("probation", "retry_at", "attempted")},
+              "probation": machine["probation"], "retry_at": None, "attempted": machine["attempted"]}
+    fleet.state.update_file.write_text(json.dumps(legacy))
+    assert fleet.updater().machine == UpdateMachine.from_dict(machine)
+    fleet.state.update_file.write_text('{"machine": {"state": "sideways"}}')
+    assert fleet.updater().machine == UpdateMachine()  # unreadable: idle, the active pointer keeps serving
+
+
+def test_attach_stays_out_of_a_device_without_a_trust_root_or_a_link(fleet: Fleet) -> None:
+    assert attach(SimpleNamespace(state=fleet.state, link=None)) is None  # type: ignore[arg-type]
     fleet.state.tuf_root_file.unlink()
-    assert attach(SimpleNamespace(state=fleet.state, link=object())) is None
-    assert attach(SimpleNamespace(state=fleet.state, link=None)) is None
+    assert attach(SimpleNamespace(state=fleet.state, link=object())) is None  # type: ignore[arg-type]
+
+
+def test_a_first_install_rolled_back_is_deactivated_in_the_store(fleet: Fleet) -> None:
+    updater = fleet.updater()
+    updater.handle_assignment(fleet.sign(fleet.push("1.0.0")))
+    fleet.serving.get("digits").bad_outputs = 1  # type: ignore[union-attr]
+    updater.tick()
+    store = ModelStore(fleet.state)
+    assert store.models() == [] and store.previous("digits") is None
+    restarted = fleet.restart()  # nothing serves after a restart either, and nothing is re-installed
+    assert fleet.serving.get("digits") is None and restarted.machine.state.value == "rolled_back"
+    assert isinstance(fleet.serving, ServingTable)

@@ -101,7 +101,13 @@ def bundle_bytes(kind: str) -> bytes:
     prebuilt = os.environ.get(BUNDLES_ENV)
     if prebuilt:
         return (Path(prebuilt) / f"{kind}.tar.gz").read_bytes()
-    return converter_bundle() if kind == "converter" else make_tflite_bundle(kind)
+    limit = sys.getrecursionlimit()
+    try:
+        return converter_bundle() if kind == "converter" else make_tflite_bundle(kind)
+    finally:
+        # The TFLite conversion raises the limit to 2**31-1 and leaves it there; a later test of deep
+        # JSON nesting (tests/unit/core) then overflows the C stack instead of raising RecursionError.
+        sys.setrecursionlimit(limit)
 
 
 if __name__ == "__main__":
