@@ -2,7 +2,7 @@
 
 ``server`` starts ``edgefleet server`` exactly as an operator would (its own process, so
 psutil can read it) against a given broker and database; ``database`` gives a fresh
-PostgreSQL schema (``tests.support.postgres``) or an SQLite file; ``seed`` writes enrolled
+PostgreSQL database (``simulation.databases``) or an SQLite file; ``seed`` writes enrolled
 devices and a published version straight into the server's tables, because enrolling 5,000
 devices one token at a time would measure enrollment, which has its own tests.
 """
@@ -23,6 +23,7 @@ from typing import Any
 
 from bench import processes
 from bench.errors import BenchError
+from simulation.databases import postgres_available, postgres_database
 from simulation.fleet import free_port
 
 PROFILE = "rpi4-64"
@@ -64,10 +65,8 @@ class ServerProcess:
 @contextlib.contextmanager
 def database(work: Path, kind: str = "postgresql") -> Iterator[tuple[str, str]]:
     """A fresh database URL and its kind; PostgreSQL falls back to SQLite when no server runs."""
-    from tests.support.postgres import postgres_available, postgres_schema
-
     if kind == "postgresql" and postgres_available():
-        with postgres_schema() as url:
+        with postgres_database(prefix="edgefleet_bench") as url:
             yield url, "postgresql"
     else:
         yield f"sqlite:///{work / 'fleet.sqlite'}", "sqlite"

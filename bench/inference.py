@@ -27,6 +27,7 @@ from bench.errors import BenchError
 from bench.loadgen import Target, run_load
 from bench.models import PROFILE, BenchModel, prepare
 from bench.stats import LatencySummary, ratio
+from simulation.fleet import MosquittoProcess
 
 CONCURRENCY = (1, 4, 16)
 QUICK_CONCURRENCY = (1, 16)
@@ -74,9 +75,7 @@ def cloud_endpoint_available() -> bool:
 @contextlib.contextmanager
 def _cloud(work: Path, bundles: list[Path]) -> Iterator[fleet.ServerProcess]:
     """A real ``edgefleet server`` (SQLite, Mosquitto) with ``bundles`` pushed through ``edgefleet models push``."""
-    from tests.support.mosquitto import MosquittoBroker
-
-    with MosquittoBroker(work / "mosquitto") as broker, fleet.database(work, "sqlite") as (url, _kind), \
+    with MosquittoProcess(None, work / "mosquitto", auth=False, persistence=False) as broker, fleet.database(work, "sqlite") as (url, _kind), \
             fleet.server(work / "server", broker.url, url) as srv:
         for bundle in bundles:
             done = subprocess.run([*processes.EDGEFLEET, "models", "push", str(bundle), "--server",

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from bench import fleet
 from bench.errors import BenchError
+from simulation.fleet import MosquittoProcess
 
 DEVICES = 100
 SETUPS = (("one server, sqlite", "sqlite", 1), ("one server, postgresql", "postgresql", 1),
@@ -86,10 +87,8 @@ def _replicas(count: int, work: Path, broker_url: str, url: str) -> Iterator[lis
 
 
 def _one_setup(label: str, db_kind: str, replicas: int, per_device: int, work: Path) -> dict[str, Any]:
-    from tests.support.mosquitto import MosquittoBroker
-
     ids = [f"ingest-{i:04d}" for i in range(DEVICES)]
-    with MosquittoBroker(work / "mosquitto") as broker, fleet.database(work, db_kind) as (url, got_kind), \
+    with MosquittoProcess(None, work / "mosquitto", auth=False, persistence=False) as broker, fleet.database(work, db_kind) as (url, got_kind), \
             _replicas(replicas, work, broker.url, url) as servers:
         fleet.seed(url, ids)
         sent = DEVICES * per_device

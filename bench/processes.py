@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import BenchError
-from simulation.fleet import free_port
+from simulation.fleet import FleetError, free_port, wait_until
 
 EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
 
@@ -50,15 +50,20 @@ def wait_http(proc: subprocess.Popen[bytes], what: str, timeout: float, *, port:
               socket_path: Path | None = None, path: str = "/healthz") -> float:
     """Poll until ``path`` answers 200; returns the seconds it took. Fails fast if the process exits."""
     start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
+
+    def answered() -> bool:
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace")[-800:] if proc.stderr else ""
             raise BenchError(f"{what} exited with status {proc.returncode} before it served: {err}")
         with contextlib.suppress(OSError, http.client.HTTPException):
-            if _get(port, socket_path, path) == 200:
-                return time.perf_counter() - start
-        time.sleep(0.01)
-    raise BenchError(f"{what} did not answer {path} within {timeout} s", fix="run it by hand and read its log")
+            return _get(port, socket_path, path) == 200
+        return False
+
+    try:
+        wait_until(answered, timeout, f"{what} to answer {path}", every=0.01)
+    except FleetError as exc:
+        raise BenchError(str(exc), fix="run it by hand and read its log") from exc
+    return time.perf_counter() - start
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from bench import fleet
 from bench.errors import BenchError
+from simulation.fleet import MosquittoProcess
 
 SIZES = (100, 1000, 5000)
 QUICK_SIZES = (100,)
@@ -103,9 +104,8 @@ class _Sampler:
 
 def _one_size(devices: int, work: Path) -> dict[str, Any]:
     from simulation.lightdevice import DeviceIdentity, LightFleet
-    from tests.support.mosquitto import MosquittoBroker
 
-    with MosquittoBroker(work / "mosquitto") as broker, fleet.database(work) as (url, db_kind), \
+    with MosquittoProcess(None, work / "mosquitto", auth=False, persistence=False) as broker, fleet.database(work) as (url, db_kind), \
             fleet.server(work / "server", broker.url, url) as srv:
         director = fleet.director_public_b64(srv.data_dir)
         ids = [f"bench-{i:05d}" for i in range(devices)]

@@ -1,12 +1,16 @@
-"""Real fleet processes for the demo, ``edgefleet simulate`` and the end-to-end tests.
+"""Real fleet processes for the demo, ``edgefleet simulate``, the benchmarks and the tests.
+
+This is the one process harness of the tree; tests and bench/ build on it rather than
+spawning and killing processes of their own, and ``wait_until`` is the one way to poll.
 
 ``Supervisor`` starts every child in its own process group (its own session), logs each to a
 file, and stops them all, children of children included, on ``stop_all()``, at interpreter
 exit (atexit) and on SIGTERM/SIGINT once ``handle_signals()`` is called. On top of it:
 
 - ``MosquittoProcess``: a Mosquitto with its config in a directory of ours, anonymous clients
-  refused, the password and ACL files the fleet server writes, a pid file the server SIGHUPs,
-  and persistence so retained assignments and sessions survive a broker restart;
+  refused (unless ``auth=False``), the password and ACL files the fleet server writes, a pid
+  file the server SIGHUPs, and persistence (unless ``persistence=False``) so retained
+  assignments and sessions survive a broker restart;
 - ``ServerProcess``: ``edgefleet server`` on a free port, waited on until it is healthy;
 - ``AgentProcess``: ``edgefleet agent enroll`` then ``edgefleet agent run`` on its own state dir.
 
@@ -58,14 +62,30 @@ def free_port() -> int:
     ports for a broker, a server and a dozen agents before any of them binds would then start
     two on one port, and one would die. Remembering what was handed out rules that out.
     """
+    slot, slots = _port_slot()
     with _ports_lock:
         while True:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = int(s.getsockname()[1])
-            if port not in _handed_out:
+            if port not in _handed_out and port % slots == slot:
                 _handed_out.add(port)
                 return port
+
+
+def _port_slot() -> tuple[int, int]:
+    """(slot, slots) from EDGEFLEET_PORT_SLOT="SLOT/SLOTS", else (0, 1).
+
+    Parallel test workers are separate processes, so the memory above cannot stop two of them
+    handing out one port; each worker takes only ports with ``port % SLOTS == SLOT`` instead.
+    """
+    raw = os.environ.get("EDGEFLEET_PORT_SLOT", "")
+    slot, _, slots = raw.partition("/")
+    try:
+        parsed = int(slot), int(slots)
+    except ValueError:
+        return 0, 1
+    return parsed if 0 <= parsed[0] < parsed[1] else (0, 1)
 
 
 def mosquitto_binary() -> str | None:
@@ -98,6 +118,13 @@ def edgefleet_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgefleet.cli", *args]
 
 
+def edgefleet_run(*args: str, env: Mapping[str, str] | None = None,
+                  timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``edgefleet ARGS`` to the end, as a user types it; its exit status is the caller's to judge."""
+    return subprocess.run(edgefleet_argv(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, check=False)
+
+
 class Child:
     """One started process: its Popen, its log file and its process group."""
 
@@ -113,11 +140,15 @@ class Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log(self) -> str:
+        """Everything the child (and its earlier runs under the same name) wrote so far."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the child's whole process group (it is the group leader)."""
@@ -206,54 +237,81 @@ class _Supervised:
 
 
 class MosquittoProcess(_Supervised):
-    """A Mosquitto whose password and ACL files the fleet server manages."""
+    """A Mosquitto with its config, password and ACL files and pid file in a directory of ours.
 
-    def __init__(self, supervisor: Supervisor, directory: Path, *, port: int | None = None,
-                 extra_hosts: Sequence[str] = ()) -> None:
+    ``auth`` (the default, as the fleet runs it) refuses anonymous clients and enforces the
+    ``passwd`` and ``acl`` files, which the fleet server writes and SIGHUPs the broker to re-read
+    (``reload()`` does the same by hand); ``auth=False`` takes anyone, for tests of one client
+    against the broker. ``persistence`` keeps retained messages and queued QoS 1 messages of
+    persistent sessions across a restart. Without a ``supervisor`` it makes its own, logging to
+    ``directory``.
+    """
+
+    def __init__(self, supervisor: Supervisor | None, directory: Path, *, port: int | None = None,
+                 extra_hosts: Sequence[str] = (), auth: bool = True, persistence: bool = True) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise FleetError("mosquitto is not installed", fix="apt-get install mosquitto, or use --broker embedded")
         self.binary = binary
-        self.supervisor = supervisor
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.supervisor = supervisor if supervisor is not None else Supervisor(self.directory)
         self.port = port or free_port()
         self.pid_file = self.directory / "mosquitto.pid"
+        self.password_file = self.directory / "passwd"
+        self.acl_file = self.directory / "acl"
+        self.config_file = self.directory / "mosquitto.conf"
         # Addresses besides loopback to listen on (e.g. a veth link to a device's network namespace).
         self.extra_hosts = tuple(extra_hosts)
+        self.auth = auth
+        self.persistence = persistence
         self.child: Child | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The running broker's process (None while stopped)."""
+        return self.child.proc if self.child is not None else None
+
+    def _private_auth_files(self) -> None:
+        # Mosquitto 2 refuses world-readable password files in some builds; keep them private.
+        for path in (self.password_file, self.acl_file):
+            if path.exists():
+                path.chmod(0o600)
+
     def _write_config(self) -> Path:
-        for name in ("passwd", "acl"):
-            path = self.directory / name
-            if not path.exists():
-                path.write_text("")
-            path.chmod(0o600)
         lines = [
             f"listener {self.port} 127.0.0.1",
             *(f"listener {self.port} {host}" for host in self.extra_hosts),
-            "allow_anonymous false",
-            f"password_file {self.directory / 'passwd'}",
-            f"acl_file {self.directory / 'acl'}",
             f"pid_file {self.pid_file}",
-            # Persistence keeps retained assignments and queued QoS 1 messages across a restart.
-            "persistence true",
-            f"persistence_location {self.directory}/",
             "max_queued_messages 100000",
+            "max_inflight_messages 0",
             "log_type error",
             "log_type warning",
             "log_type notice",
+            "log_type subscribe",
         ]
+        if self.auth:
+            for path in (self.password_file, self.acl_file):
+                if not path.exists():
+                    path.write_text("")
+            self._private_auth_files()
+            lines += ["allow_anonymous false", f"password_file {self.password_file}", f"acl_file {self.acl_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.persistence:
+            # Persistence keeps retained assignments and queued QoS 1 messages across a restart.
+            lines += ["persistence true", f"persistence_location {self.directory}/"]
+        else:
+            lines.append("persistence false")
         if os.geteuid() == 0:
             # As root Mosquitto would switch to the 'mosquitto' user, who cannot read our 0600 files.
             lines.append("user root")
-        config = self.directory / "mosquitto.conf"
-        config.write_text("\n".join(lines) + "\n")
-        return config
+        self.config_file.write_text("\n".join(lines) + "\n")
+        return self.config_file
 
     def start(self) -> MosquittoProcess:
         config = self._write_config()
@@ -268,13 +326,29 @@ class MosquittoProcess(_Supervised):
             except OSError:
                 return False
 
-        wait_until(listening, 10, f"mosquitto to listen on port {self.port}", every=0.05)
+        wait_until(listening, 10, f"mosquitto to listen on port {self.port}", every=0.02)
         return self
 
+    def reload(self) -> None:
+        """Make Mosquitto re-read its password and ACL files (SIGHUP), as the fleet server does.
+
+        Mosquitto handles the signal in its own time: a caller polls for what the new files
+        allow or refuse, never sleeps on a guess."""
+        self._private_auth_files()
+        if self.child is not None:
+            self.child.signal(signal.SIGHUP)
+
     def restart(self, down_s: float = 0.0) -> None:
+        """Stop, stay down ``down_s`` (an outage the clients must notice), start on the same port."""
         self.stop()
         time.sleep(down_s)
         self.start()
+
+    def __enter__(self) -> MosquittoProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class ServerProcess(_Supervised):
@@ -309,7 +383,9 @@ class ServerProcess(_Supervised):
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self.child = self.supervisor.spawn("server", self.argv(), env=self.env)
-        wait_until(self._healthy, timeout, f"the fleet server on {self.url} to be healthy", every=0.2)
+        child = self.child
+        wait_until(self._healthy, timeout, f"the fleet server on {self.url} to be healthy", every=0.1,
+                   explain=lambda: child.log_tail(60))
         return self
 
     def _healthy(self) -> bool:
@@ -344,7 +420,7 @@ class AgentProcess(_Supervised):
     def __init__(self, supervisor: Supervisor, name: str, state_dir: Path, *,
                  probation_s: float = DEFAULT_PROBATION_S, probation_min_requests: int = 5,
                  settings: Mapping[str, float | int | bool | str] | None = None,
-                 env: Mapping[str, str] | None = None, wrapper: Sequence[str] = ()) -> None:
+                 env: Mapping[str, str] | None = None, wrapper: Sequence[str] = (), verbose: bool = False) -> None:
         self.supervisor = supervisor
         self.name = name
         self.state_dir = Path(state_dir)
@@ -356,6 +432,7 @@ class AgentProcess(_Supervised):
         self.env = dict(env or {})
         # wrapper: argv put in front of the agent's, e.g. `ip netns exec NS`.
         self.wrapper = list(wrapper)
+        self.verbose = verbose  # -v: the agent logs each update step, which some tests read
         self.device_id = ""
         self.profile = ""
         self.child: Child | None = None
@@ -366,11 +443,9 @@ class AgentProcess(_Supervised):
 
     def enroll(self, server_url: str, token: str, timeout: float = 60.0) -> AgentProcess:
         """Run ``edgefleet agent enroll`` as a user would; remember the device id it got."""
-        argv = edgefleet_argv("agent", "enroll", "--server", server_url, f"--token={token}",
-                              "--state-dir", str(self.state_dir), "--hostname", self.name, "--json")
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False,
-                                  env={**os.environ, **self.env})
+            done = edgefleet_run("agent", "enroll", "--server", server_url, f"--token={token}", "--state-dir",
+                                 str(self.state_dir), "--hostname", self.name, "--json", env=self.env, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise FleetError(f"{self.name}: agent enroll took over {timeout:.0f} s") from exc
         if done.returncode != 0:
@@ -381,8 +456,9 @@ class AgentProcess(_Supervised):
         return self
 
     def argv(self) -> list[str]:
-        return [*self.wrapper, *edgefleet_argv("agent", "run", "--state-dir", str(self.state_dir), "--http-port",
-                                               str(self.port), "--config", str(self.config_file))]
+        verbose = ["-v"] if self.verbose else []
+        return [*self.wrapper, *edgefleet_argv(*verbose, "agent", "run", "--state-dir", str(self.state_dir),
+                                               "--http-port", str(self.port), "--config", str(self.config_file))]
 
     def start(self) -> AgentProcess:
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
@@ -390,8 +466,10 @@ class AgentProcess(_Supervised):
         self.child = self.supervisor.spawn(self.name, self.argv(), env=self.env)
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> AgentProcess:
-        wait_until(self.healthz, timeout, f"{self.name}'s local API on {self.url}", every=0.2)
+    def wait_ready(self, timeout: float = 60.0, every: float = 0.2) -> AgentProcess:
+        child = self.child
+        wait_until(self.healthz, timeout, f"{self.name}'s local API on {self.url}", every=every,
+                   explain=lambda: child.log_tail(60) if child is not None else "")
         return self
 
     def healthz(self) -> dict[str, Any] | None:

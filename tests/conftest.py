@@ -1,51 +1,105 @@
-"""Fixtures shared by the whole suite: a real Mosquitto and a real PostgreSQL schema."""
+"""Fixtures shared by the whole suite: a real Mosquitto, and real databases at the newest migration.
+
+The migrations run once per session (per xdist worker): on a PostgreSQL template database and
+on an SQLite file. Each test gets its own copy (``CREATE DATABASE ... TEMPLATE``, a file copy),
+so no test sees another's rows and none pays for the migrations again.
+
+Under pytest-xdist each worker hands out only its own share of ports (simulation.fleet's
+``free_port``), and its databases and temporary directories have names of their own.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.mosquitto import MosquittoBroker, mosquitto_binary
-from tests.support.postgres import postgres_available, postgres_schema
+from simulation.databases import (
+    migrated_postgres,
+    migrated_sqlite,
+    postgres_available,
+    postgres_database,
+    sqlite_copy,
+)
+from simulation.fleet import MosquittoProcess, mosquitto_binary
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ... under xdist
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and count.isdigit():
+        os.environ["EDGEFLEET_PORT_SLOT"] = f"{int(worker[2:])}/{count}"
+
+
+@pytest.fixture(autouse=True)
+def _recursion_limit() -> Iterator[None]:
+    # Importing onnx2tf (a TFLite conversion) sets the limit to 2**31-1 for the whole process;
+    # a later test that parses deep JSON would then overflow the C stack instead of getting a
+    # RecursionError. Each test starts from the limit the session started with.
+    limit = sys.getrecursionlimit()
+    yield
+    sys.setrecursionlimit(limit)
+
+
+def _require_mosquitto() -> None:
+    if mosquitto_binary() is None:
+        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (scripts/test does this)")
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """An anonymous Mosquitto on a free port."""
-    if mosquitto_binary() is None:
-        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (scripts/test does this)")
-    with MosquittoBroker(tmp_path / "mosquitto") as broker:
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """An anonymous Mosquitto on a free port, without persistence."""
+    _require_mosquitto()
+    with MosquittoProcess(None, tmp_path / "mosquitto", auth=False, persistence=False) as broker:
         yield broker
 
 
 @pytest.fixture
-def mosquitto_auth(tmp_path: Path) -> Iterator[MosquittoBroker]:
+def mosquitto_auth(tmp_path: Path) -> Iterator[MosquittoProcess]:
     """A Mosquitto that enforces a password file and an ACL (initially empty)."""
-    if mosquitto_binary() is None:
-        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (scripts/test does this)")
-    with MosquittoBroker(tmp_path / "mosquitto-auth", auth=True) as broker:
+    _require_mosquitto()
+    with MosquittoProcess(None, tmp_path / "mosquitto-auth", auth=True, persistence=False) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def _postgres_template() -> Iterator[str]:
+    if not postgres_available():
+        pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432 (see scripts/test for how to start it)")
+    with migrated_postgres() as name:
+        yield name
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return migrated_sqlite(tmp_path_factory.mktemp("sqlite-template") / "template.sqlite")
+
+
+@pytest.fixture
+def postgres_url(_postgres_template: str) -> Iterator[str]:
+    """A SQLAlchemy URL of a PostgreSQL database of this test's own, at the newest migration."""
+    with postgres_database(_postgres_template) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def migrated_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    """A fleet-server Database at the latest migration, once on SQLite and once on PostgreSQL."""
-    from fleet_server.db import Database
-
-    url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    database = Database(url)
-    database.migrate()
-    yield database
-    database.dispose()
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database of this test's own at the newest migration, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return sqlite_copy(request.getfixturevalue("_sqlite_template"), tmp_path / "edgefleet.sqlite")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A SQLAlchemy URL for a fresh PostgreSQL schema, dropped after the test."""
-    if not postgres_available():
-        pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432 (see scripts/test for how to start it)")
-    with postgres_schema() as url:
-        yield url
+def migrated_db(database_url: str) -> Iterator[Any]:
+    """A fleet-server Database on ``database_url``."""
+    from fleet_server.db import Database
+
+    database = Database(database_url)
+    yield database
+    database.dispose()

@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet import topics
 from fleet_server.broker.auth import mosquitto_password_hash, reload_mosquitto, write_broker_files
-from tests.support.mosquitto import MosquittoBroker
+from simulation.fleet import MosquittoProcess
 
 pytestmark = pytest.mark.mosquitto
 
@@ -30,7 +30,7 @@ WAIT = 5.0
 class Client:
     """A connected paho client whose received messages land in a queue."""
 
-    def __init__(self, broker: MosquittoBroker, username: str, password: str) -> None:
+    def __init__(self, broker: MosquittoProcess, username: str, password: str) -> None:
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.connected: queue.Queue[Any] = queue.Queue()
         self.acks: queue.Queue[Any] = queue.Queue()
@@ -66,28 +66,28 @@ class Client:
 
 
 @pytest.fixture
-def broker(mosquitto_auth: MosquittoBroker) -> MosquittoBroker:
+def broker(mosquitto_auth: MosquittoProcess) -> MosquittoProcess:
     write_files(mosquitto_auth, ["dev-a", "dev-b"])
     assert mosquitto_auth.proc is not None
     reload_mosquitto(mosquitto_auth.proc.pid)
     return mosquitto_auth
 
 
-def write_files(broker: MosquittoBroker, devices: list[str]) -> None:
+def write_files(broker: MosquittoProcess, devices: list[str]) -> None:
     users = [*devices, "server-1"]
-    write_broker_files(broker.workdir, passwords={u: mosquitto_password_hash(PASSWORDS[u]) for u in users},
+    write_broker_files(broker.directory, passwords={u: mosquitto_password_hash(PASSWORDS[u]) for u in users},
                        devices=[(d, d) for d in devices], server_users=["server-1"])
 
 
 @pytest.fixture
-def clients(broker: MosquittoBroker) -> Iterator[dict[str, Client]]:
+def clients(broker: MosquittoProcess) -> Iterator[dict[str, Client]]:
     made = {u: _connect_when_reloaded(broker, u) for u in PASSWORDS}
     yield made
     for client in made.values():
         client.close()
 
 
-def _connect_when_reloaded(broker: MosquittoBroker, username: str, *, expect_ok: bool = True) -> Client:
+def _connect_when_reloaded(broker: MosquittoProcess, username: str, *, expect_ok: bool = True) -> Client:
     """Connect, retrying until Mosquitto has re-read its files after SIGHUP (no fixed sleep)."""
     deadline = time.monotonic() + WAIT
     while True:
@@ -98,7 +98,7 @@ def _connect_when_reloaded(broker: MosquittoBroker, username: str, *, expect_ok:
         time.sleep(0.05)
 
 
-def test_our_password_hashes_log_in_and_wrong_passwords_do_not(broker: MosquittoBroker) -> None:
+def test_our_password_hashes_log_in_and_wrong_passwords_do_not(broker: MosquittoProcess) -> None:
     good = _connect_when_reloaded(broker, "dev-a")
     assert good.ok
     good.close()
@@ -143,7 +143,7 @@ def test_a_device_cannot_publish_to_its_own_desired(clients: dict[str, Client]) 
     assert server.messages.empty()
 
 
-def test_a_revoked_device_can_no_longer_connect(broker: MosquittoBroker, clients: dict[str, Client]) -> None:
+def test_a_revoked_device_can_no_longer_connect(broker: MosquittoProcess, clients: dict[str, Client]) -> None:
     a, server = clients["dev-a"], clients["server-1"]
     server.subscribe(topics.server_subscription("telemetry", shared=False))
     write_files(broker, ["dev-b"])  # revoking A is rendering the files without it

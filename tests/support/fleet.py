@@ -1,26 +1,23 @@
-"""A whole fleet in real processes, for end-to-end tests of the update path.
+"""A whole fleet in real processes for the update-path tests, on simulation/fleet.py's harness.
 
-``Fleet`` starts a real Mosquitto with authentication on (tests.support.mosquitto), then
-``edgefleet server`` as a subprocess on a free port, pointed at that broker with
-``--mosquitto-dir``/``--mosquitto-pid-file`` so the server itself writes the password and ACL
-files and SIGHUPs the broker as devices enroll. ``Fleet.enroll`` makes a one-time token over the
-REST API and runs ``edgefleet agent enroll`` like a device owner would; ``FleetAgent.start``
-runs ``edgefleet agent run`` with its own state directory and HTTP port. ``Load`` hammers every
-agent's local predict API from one thread per agent and counts what failed. Every process is
-started in its own session and killed by process group at teardown.
+``Fleet`` starts a Mosquitto with authentication on, then ``edgefleet server`` pointed at it
+with ``--mosquitto-dir``/``--mosquitto-pid-file``, so the server itself writes the password and
+ACL files and SIGHUPs the broker as devices enroll (simulation.fleet's ``MosquittoProcess`` and
+``ServerProcess``). ``Fleet.enroll`` makes a one-time token over the REST API and runs
+``edgefleet agent enroll`` as a device owner would; ``FleetAgent.start`` runs ``edgefleet agent
+run`` with its own state directory and HTTP port. ``Load`` hammers every agent's local predict
+API from one thread per agent and counts what failed.
 
-What this deliberately does not do: build bundles (tests.support.bundles does), or assert
-anything: it offers waits that raise with the logs when a wait runs out.
+What this adds to the harness is the test's view: the admin CLI and API, the agent's files,
+the device events. It spawns and kills nothing itself, builds no bundles
+(tests.support.bundles does) and asserts nothing: its waits raise with the logs.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,95 +30,50 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet import topics
+from simulation.fleet import (
+    AgentProcess,
+    MosquittoProcess,
+    ServerProcess,
+    Supervisor,
+    edgefleet_run,
+)
 from simulation.fleet import wait_until as wait_for
-from tests.support.mosquitto import MosquittoBroker, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["FAST_AGENT_ENV", "EventLog", "Fleet", "FleetAgent", "FleetServer", "Load", "cli", "fleet", "wait_for"]
 
 # Short probation and a fast update tick: a rollout wave settles in seconds, not minutes.
 FAST_AGENT_ENV = {"EDGEFLEET_PROBATION_S": "2", "EDGEFLEET_PROBATION_MIN_REQUESTS": "5",
                   "EDGEFLEET_UPDATE_TICK_S": "0.2"}
 
 
-def _spawn(args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        # A session of its own, so teardown can kill the process and anything it started.
-        return subprocess.Popen([sys.executable, "-m", "edgefleet.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-                                start_new_session=True)
-
-
-def _kill_group(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
 def cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``edgefleet ARGS`` in a fresh process, as a user types it."""
-    return subprocess.run([sys.executable, "-m", "edgefleet.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-                          check=False)
+    return edgefleet_run(*args, env=env, timeout=timeout)
 
 
-class FleetServer:
-    """``edgefleet server`` in its own process, on a data directory that outlives restarts."""
+def _read(log: Path) -> str:
+    """A process's whole log so far (its earlier runs included; it is kept after a kill)."""
+    return log.read_text(errors="replace") if log.exists() else ""
 
-    def __init__(self, workdir: Path, broker: MosquittoBroker, *, rollout_interval_s: float = 0.5) -> None:
+
+class FleetServer(ServerProcess):
+    """``edgefleet server`` on a data directory that outlives restarts, with the admin's view of it."""
+
+    def __init__(self, supervisor: Supervisor, workdir: Path, broker: MosquittoProcess, *,
+                 rollout_interval_s: float = 0.5) -> None:
+        super().__init__(supervisor, workdir / "data", broker=broker,
+                         env={"EDGEFLEET_ROLLOUT_INTERVAL_SECONDS": str(rollout_interval_s)})
         self.workdir = workdir
-        self.data_dir = workdir / "data"
-        self.broker = broker
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "server.log"
-        self.pid_file = workdir / "mosquitto.pid"
-        self.rollout_interval_s = rollout_interval_s
-        self.proc: subprocess.Popen[bytes] | None = None
         self._token: str | None = None
 
-    def start(self) -> FleetServer:
-        assert self.broker.proc is not None, "start the broker first"
-        self.pid_file.write_text(f"{self.broker.proc.pid}\n")
-        self.proc = _spawn(["server", "--data-dir", str(self.data_dir), "--port", str(self.port),
-                            "--broker", self.broker.url, "--mosquitto-dir", str(self.broker.workdir),
-                            "--mosquitto-pid-file", str(self.pid_file)], self.log_path,
-                           {"EDGEFLEET_ROLLOUT_INTERVAL_SECONDS": str(self.rollout_interval_s)})
-        wait_for(self._healthy, 60, "the fleet server to answer /healthz with MQTT connected", every=0.2,
-                 explain=self.log)
-        return self
-
-    def _healthy(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise AssertionError(f"edgefleet server exited:\n{self.log()}")
-        try:
-            health = httpx.get(f"{self.url}/healthz", timeout=2)
-        except httpx.TransportError:
-            return False
-        return health.status_code == 200 and bool(health.json().get("mqtt_connected"))
-
-    def kill(self) -> None:
-        """SIGKILL, no goodbye: what a power cut does to the server."""
-        _kill_group(self.proc)
-
-    def stop(self) -> None:
-        _kill_group(self.proc, signal.SIGTERM)
-
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return _read(self.supervisor.log_dir / "server.log")
 
     # -- admin side ----------------------------------------------------------------------------
     @property
     def token(self) -> str:
         if self._token is None:
-            self._token = (self.data_dir / "admin-token").read_text().strip()
+            self._token = self.admin_token
         return self._token
 
     @property
@@ -187,45 +139,22 @@ class FleetServer:
         return str(document["username"]), str(document["password"])
 
 
-@dataclass
-class FleetAgent:
-    """One device: a state directory and, while started, an ``edgefleet agent run`` process."""
+class FleetAgent(AgentProcess):
+    """One device: a state directory and, while started, an ``edgefleet agent run -v`` process."""
 
-    name: str
-    state_dir: Path
-    device_id: str
-    env: dict[str, str] = field(default_factory=lambda: dict(FAST_AGENT_ENV))
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.state_dir.parent / f"{self.name}.log"
+    def __init__(self, supervisor: Supervisor, name: str, state_dir: Path) -> None:
+        # The probation and tick come from FAST_AGENT_ENV, which overrides agent.toml.
+        super().__init__(supervisor, name, state_dir, verbose=True, env=FAST_AGENT_ENV)
 
     def start(self, extra_env: Mapping[str, str] | None = None, *, wait: bool = True) -> FleetAgent:
-        self.proc = _spawn(["-v", "agent", "run", "--state-dir", str(self.state_dir), "--http-port", str(self.port)],
-                           self.log_path, {**self.env, **(extra_env or {})})
+        self.env = {**FAST_AGENT_ENV, **(extra_env or {})}
+        super().start()
         if wait:
-            wait_for(self._ready, 30, f"agent {self.name} to answer on {self.url}", every=0.05, explain=self.log)
+            self.wait_ready(30, every=0.05)
         return self
 
-    def _ready(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise AssertionError(f"agent {self.name} exited:\n{self.log()}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def kill(self) -> None:
-        _kill_group(self.proc)
-
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return _read(self.supervisor.log_dir / f"{self.name}.log")
 
     def update(self) -> dict[str, Any]:
         """update.json as the agent last persisted it ({} before any update)."""
@@ -265,7 +194,7 @@ class FleetAgent:
 class EventLog:
     """Every message on every device's ``events`` topic, read as the server's own MQTT user."""
 
-    def __init__(self, broker: MosquittoBroker, username: str, password: str) -> None:
+    def __init__(self, broker: MosquittoProcess, username: str, password: str) -> None:
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         subscribed = threading.Event()
@@ -363,8 +292,9 @@ class Fleet:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.broker = MosquittoBroker(workdir / "mosquitto", auth=True)
-        self.server = FleetServer(workdir / "server", self.broker)
+        self.supervisor = Supervisor(workdir / "logs")
+        self.broker = MosquittoProcess(self.supervisor, workdir / "mosquitto", auth=True, persistence=False)
+        self.server = FleetServer(self.supervisor, workdir / "server", self.broker)
         self.agents: list[FleetAgent] = []
         self._events: EventLog | None = None
 
@@ -386,16 +316,12 @@ class Fleet:
         """Enroll a device through the real flow; ``install`` puts a bundle on it offline first."""
         state_dir = self.workdir / "agents" / name
         state_dir.parent.mkdir(parents=True, exist_ok=True)
-        token = self.server.enrollment_token(profile, labels or {})
-        done = cli("agent", "enroll", "--server", self.server.url, f"--token={token}", "--state-dir", str(state_dir))
-        if done.returncode != 0:
-            raise AssertionError(f"agent enroll failed:\n{done.stdout}{done.stderr}")
-        identity = json.loads((state_dir / "identity.json").read_text())
+        agent = FleetAgent(self.supervisor, name, state_dir)
+        agent.enroll(self.server.url, self.server.enrollment_token(profile, labels or {}))
         if install is not None:
             done = cli("agent", "install", str(install), "--state-dir", str(state_dir))
             if done.returncode != 0:
                 raise AssertionError(f"agent install failed:\n{done.stdout}{done.stderr}")
-        agent = FleetAgent(name, state_dir, str(identity["device_id"]))
         self.agents.append(agent)
         return agent
 
@@ -410,10 +336,12 @@ class Fleet:
     def close(self) -> None:
         if self._events is not None:
             self._events.close()
+        # SIGKILL the agents and the server (what a test leaves behind needs no goodbye), then
+        # stop the broker and anything else the supervisor still holds.
         for agent in self.agents:
             agent.kill()
         self.server.kill()
-        self.broker.stop()
+        self.supervisor.stop_all()
 
     def __enter__(self) -> Fleet:
         try:

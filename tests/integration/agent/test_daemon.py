@@ -16,6 +16,7 @@ import pytest
 from agent.slots import ModelStore
 from agent.state import StateDir
 from edgefleet import topics
+from simulation.fleet import MosquittoProcess
 from tests.integration.agent.harness import (
     AgentProcess,
     Observer,
@@ -24,7 +25,6 @@ from tests.integration.agent.harness import (
     eventually,
     free_port,
 )
-from tests.support.mosquitto import MosquittoBroker
 from tests.unit.agent.models import FEATURES, LABELS, linear_probabilities, make_linear_bundle
 
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -45,7 +45,7 @@ def test_started_with_the_broker_down_it_serves_and_reports_once_the_broker_is_u
     with AgentProcess(state.path) as agent:
         answer = agent.predict([ROW])  # no broker anywhere: inference must not wait on it
         assert answer.status_code == 200 and answer.json()["version"] == "1.0.0"
-        with MosquittoBroker(tmp_path / "mqtt", port=port):
+        with MosquittoProcess(None, tmp_path / "mqtt", port=port, auth=False, persistence=False):
             observer = Observer(port, topics.reported("dev-test"))
             try:
                 reported = eventually(lambda: (m := observer.last()) and m.get("online") and m, timeout=20)
@@ -62,7 +62,7 @@ def test_started_with_the_broker_down_it_serves_and_reports_once_the_broker_is_u
 
 
 def test_last_will_marks_the_device_offline_when_the_agent_is_sigkilled(tmp_path: Path,
-                                                                        mosquitto: MosquittoBroker) -> None:
+                                                                        mosquitto: MosquittoProcess) -> None:
     state = dev_state(tmp_path / "state", broker_url=mosquitto.url)
     install(state, tmp_path)
     observer = Observer(mosquitto.port, topics.reported("dev-test"))

@@ -14,21 +14,21 @@ import httpx
 import pytest
 
 from agent.state import StateDir
+from simulation.fleet import MosquittoProcess
 from tests.integration.agent.harness import AgentProcess, cli, eventually
 from tests.integration.server.harness import RunningServer, server_config
-from tests.support.mosquitto import MosquittoBroker
 from tests.unit.agent.models import make_linear_bundle
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
 
 @pytest.fixture
-def server(tmp_path: Path, mosquitto_auth: MosquittoBroker) -> Iterator[RunningServer]:
+def server(tmp_path: Path, mosquitto_auth: MosquittoProcess) -> Iterator[RunningServer]:
     assert mosquitto_auth.proc is not None
     pid_file = tmp_path / "mosquitto.pid"
     pid_file.write_text(f"{mosquitto_auth.proc.pid}\n")
     config = server_config(tmp_path / "data", f"sqlite:///{tmp_path}/fleet.sqlite", broker_url=mosquitto_auth.url,
-                           mosquitto_dir=mosquitto_auth.workdir, mosquitto_pid_file=pid_file)
+                           mosquitto_dir=mosquitto_auth.directory, mosquitto_pid_file=pid_file)
     with RunningServer(config) as running:
         assert running.ctx.mqtt.wait_connected(10), "the server could not log in to Mosquitto"
         yield running

@@ -11,8 +11,8 @@ import pytest
 
 from agent.link import Backoff, Link
 from edgefleet import topics
+from simulation.fleet import MosquittoProcess
 from tests.integration.agent.harness import Observer, eventually, free_port
-from tests.support.mosquitto import MosquittoBroker
 
 DEVICE = "dev-link"
 
@@ -40,7 +40,7 @@ def inbox() -> Inbox:
 
 
 @pytest.fixture
-def link(mosquitto: MosquittoBroker, inbox: Inbox) -> Iterator[Link]:
+def link(mosquitto: MosquittoProcess, inbox: Inbox) -> Iterator[Link]:
     running = Link(DEVICE, mosquitto.url, on_desired=inbox.on_desired, on_command=inbox.on_command,
                    backoff=Backoff(initial=0.1, maximum=0.5))
     running.set_reported({"models": {}, "update": {"state": "idle"}})
@@ -50,7 +50,7 @@ def link(mosquitto: MosquittoBroker, inbox: Inbox) -> Iterator[Link]:
     running.stop()
 
 
-def test_desired_and_commands_reach_their_callbacks(link: Link, inbox: Inbox, mosquitto: MosquittoBroker) -> None:
+def test_desired_and_commands_reach_their_callbacks(link: Link, inbox: Inbox, mosquitto: MosquittoProcess) -> None:
     server = Observer(mosquitto.port, topics.events(DEVICE))
     try:
         server.publish(topics.desired(DEVICE), b'{"signed": {}, "signatures": []}', retain=True)
@@ -66,7 +66,7 @@ def test_desired_and_commands_reach_their_callbacks(link: Link, inbox: Inbox, mo
         server.close()
 
 
-def test_reported_is_retained_republished_on_change_and_offline_on_stop(link: Link, mosquitto: MosquittoBroker) -> None:
+def test_reported_is_retained_republished_on_change_and_offline_on_stop(link: Link, mosquitto: MosquittoProcess) -> None:
     observer = Observer(mosquitto.port, topics.reported(DEVICE))
     try:
         assert eventually(lambda: (m := observer.last()) and m["online"] is True and m["update"] == {"state": "idle"})
@@ -81,7 +81,7 @@ def test_reported_is_retained_republished_on_change_and_offline_on_stop(link: Li
         observer.close()
 
 
-def test_persistent_session_delivers_what_was_sent_while_offline(mosquitto: MosquittoBroker, inbox: Inbox) -> None:
+def test_persistent_session_delivers_what_was_sent_while_offline(mosquitto: MosquittoProcess, inbox: Inbox) -> None:
     first = Link(DEVICE, mosquitto.url, on_desired=inbox.on_desired, backoff=Backoff(initial=0.1, maximum=0.5))
     first.start()
     assert first.wait_connected(10)
@@ -100,7 +100,7 @@ def test_persistent_session_delivers_what_was_sent_while_offline(mosquitto: Mosq
         second.stop()
 
 
-def test_link_reconnects_after_the_broker_restarts(link: Link, mosquitto: MosquittoBroker) -> None:
+def test_link_reconnects_after_the_broker_restarts(link: Link, mosquitto: MosquittoProcess) -> None:
     connects = link.connects
     mosquitto.restart()
     assert eventually(lambda: link.connects > connects and link.connected, timeout=15)
@@ -121,7 +121,7 @@ def test_events_published_while_offline_are_sent_once_connected(tmp_path: Path) 
     try:
         assert not link.wait_connected(0.3)
         assert link.publish("events", {"device_id": DEVICE, "event": "committed"})  # no broker: queued
-        with MosquittoBroker(tmp_path / "late", port=port) as broker:
+        with MosquittoProcess(None, tmp_path / "late", port=port, auth=False, persistence=False) as broker:
             observer = Observer(broker.port, topics.events(DEVICE))
             try:
                 assert eventually(lambda: observer.last() == {"device_id": DEVICE, "event": "committed"}, timeout=10)

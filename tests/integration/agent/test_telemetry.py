@@ -25,9 +25,9 @@ from agent.install import install_bundle
 from edgefleet import telemetry, topics
 from edgefleet.bundle import read_bundle
 from edgefleet.profiles import load_profile
+from simulation.fleet import MosquittoProcess
 from tests.integration.agent.harness import AgentProcess, cli, dev_state, eventually
 from tests.support.bundles import example, make_onnx_bundle
-from tests.support.mosquitto import MosquittoBroker
 
 DEVICE = "dev-telemetry"
 
@@ -51,17 +51,6 @@ def validation() -> tuple[list[list[float]], list[int]]:
         label = header.index(example("digits-mlp").labels_column)
         data = [[float(v) for v in row] for row in reader]
     return [[v for i, v in enumerate(row) if i != label] for row in data], [int(row[label]) for row in data]
-
-
-class PersistentBroker(MosquittoBroker):
-    """Mosquitto that keeps sessions across a restart, so a test subscriber misses nothing
-    the agent publishes while the broker is being started again."""
-
-    def _write_config(self) -> None:
-        super()._write_config()
-        text = self.config_file.read_text().replace(
-            "persistence false", f"persistence true\npersistence_location {self.workdir}/")
-        self.config_file.write_text(text)
 
 
 class Batches:
@@ -111,7 +100,7 @@ class Batches:
         self.client.loop_stop()
 
 
-def start_agent(tmp_path: Path, bundle: Path, broker: MosquittoBroker, **config: Any) -> AgentProcess:
+def start_agent(tmp_path: Path, bundle: Path, broker: MosquittoProcess, **config: Any) -> AgentProcess:
     state = dev_state(tmp_path / "state", device_id=DEVICE, broker_url=broker.url)
     install_bundle(state, bundle, load_profile("generic-x86_64"))
     settings = {"telemetry_interval_s": 0.4, "telemetry_drift_every": 1, **config}
@@ -138,13 +127,15 @@ def assert_in_order(batches: list[telemetry.TelemetryBatch]) -> None:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[PersistentBroker]:
-    with PersistentBroker(tmp_path / "mosquitto") as running:
+def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    # Persistent: sessions survive a restart, so a test subscriber misses nothing the agent
+    # publishes while the broker is being started again.
+    with MosquittoProcess(None, tmp_path / "mosquitto", auth=False, persistence=True) as running:
         yield running
 
 
 def test_batches_arrive_in_order_with_increasing_seq_and_count_every_request(
-        tmp_path: Path, digits: Path, golden: dict[str, Any], broker: PersistentBroker) -> None:
+        tmp_path: Path, digits: Path, golden: dict[str, Any], broker: MosquittoProcess) -> None:
     batches = Batches(broker.port)
     agent = start_agent(tmp_path, digits, broker)
     try:
@@ -170,7 +161,7 @@ def test_batches_arrive_in_order_with_increasing_seq_and_count_every_request(
 
 
 def test_broker_down_for_a_while_then_back_loses_nothing_under_the_cap(
-        tmp_path: Path, digits: Path, golden: dict[str, Any], broker: PersistentBroker) -> None:
+        tmp_path: Path, digits: Path, golden: dict[str, Any], broker: MosquittoProcess) -> None:
     batches = Batches(broker.port)
     agent = start_agent(tmp_path, digits, broker, telemetry_interval_s=0.3)
     try:
@@ -196,7 +187,7 @@ def test_broker_down_for_a_while_then_back_loses_nothing_under_the_cap(
 
 
 def test_over_the_cap_the_oldest_batches_are_dropped_and_counted(
-        tmp_path: Path, digits: Path, golden: dict[str, Any], broker: PersistentBroker) -> None:
+        tmp_path: Path, digits: Path, golden: dict[str, Any], broker: MosquittoProcess) -> None:
     batches = Batches(broker.port)
     agent = start_agent(tmp_path, digits, broker, telemetry_interval_s=0.25, outbox_max_rows=4)
     try:
@@ -226,7 +217,7 @@ def test_over_the_cap_the_oldest_batches_are_dropped_and_counted(
         batches.close()
 
 
-def go_offline_with_nothing_in_flight(agent: AgentProcess, broker: MosquittoBroker) -> None:
+def go_offline_with_nothing_in_flight(agent: AgentProcess, broker: MosquittoProcess) -> None:
     """Stop the broker at a moment the agent has no batch in flight, so that every batch is
     either delivered or dropped, never both (see docs/agent.md, "Telemetry": a batch paho
     holds for resending can also be counted as dropped). On a busy machine a batch may be
@@ -244,7 +235,7 @@ def go_offline_with_nothing_in_flight(agent: AgentProcess, broker: MosquittoBrok
 
 def test_shifted_inputs_show_as_drift_in_the_counts_and_the_status(
         tmp_path: Path, digits: Path, validation: tuple[list[list[float]], list[int]],
-        broker: PersistentBroker) -> None:
+        broker: MosquittoProcess) -> None:
     reference = telemetry.ReferenceProfile.from_dict(read_bundle(digits).reference())
     batches = Batches(broker.port)
     agent = start_agent(tmp_path, digits, broker)
@@ -289,7 +280,7 @@ def feature_psi(reference: telemetry.ReferenceProfile, batches: list[telemetry.T
 
 def test_feedback_reaches_telemetry_and_accuracy_per_version(
         tmp_path: Path, digits: Path, validation: tuple[list[list[float]], list[int]],
-        broker: PersistentBroker) -> None:
+        broker: MosquittoProcess) -> None:
     batches = Batches(broker.port)
     agent = start_agent(tmp_path, digits, broker)
     try:
@@ -324,7 +315,7 @@ def test_feedback_reaches_telemetry_and_accuracy_per_version(
 
 
 def test_batches_stored_offline_survive_an_agent_restart_and_seq_never_repeats(
-        tmp_path: Path, digits: Path, golden: dict[str, Any], broker: PersistentBroker) -> None:
+        tmp_path: Path, digits: Path, golden: dict[str, Any], broker: MosquittoProcess) -> None:
     batches = Batches(broker.port)
     agent = start_agent(tmp_path, digits, broker, telemetry_interval_s=0.3)
     try:

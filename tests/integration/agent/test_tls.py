@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.link import Backoff, Link
-from tests.support.mosquitto import MosquittoBroker
+from simulation.fleet import MosquittoProcess
 
 DEVICE = "dev-tls"
 
@@ -47,7 +47,7 @@ def make_pki(directory: Path, label: str) -> tuple[Path, Path, Path]:
     return paths
 
 
-class TlsBroker(MosquittoBroker):
+class TlsBroker(MosquittoProcess):
     def __init__(self, workdir: Path, ca: Path, cert: Path, key: Path) -> None:
         super().__init__(workdir)
         self.tls_files = ca, cert, key

@@ -24,12 +24,11 @@ import httpx
 import numpy as np
 import pytest
 
-from simulation.fleet import wait_until
+from simulation.databases import postgres_available, postgres_database
+from simulation.fleet import free_port, wait_until
 from tests.integration.hostile.bombs import csv_over_the_row_limit, forged_npy, write_gzip_bomb
 from tests.integration.hostile.memory import MIB, REPO, PeakWatch
 from tests.integration.server.harness import make_bundle
-from tests.support.mosquitto import free_port
-from tests.support.postgres import postgres_available, postgres_schema
 
 BOUND = 64 * MIB
 
@@ -56,7 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("server")
     port = free_port()
     log = root / "server.log"
-    with postgres_schema() as database, log.open("ab") as out:
+    with postgres_database() as database, log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "server", "--data-dir", str(root / "data"),
                                  "--port", str(port), "--database", database], stdout=out, stderr=subprocess.STDOUT,
                                 cwd=root, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)

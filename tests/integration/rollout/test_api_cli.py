@@ -18,11 +18,11 @@ from edgefleet.assignment import verify_assignment
 from edgefleet.cli import main
 from fleet_server.app import create_app
 from fleet_server.config import ServerConfig
+from simulation.fleet import MosquittoProcess, free_port
 from simulation.lightdevice import LightFleet, TufTargetChecker
 from tests.integration.rollout.fleetdb import add_device, add_model
 from tests.integration.rollout.mqtt_tools import Recorder
 from tests.integration.rollout.stack import build_fleet
-from tests.support.mosquitto import MosquittoBroker, free_port
 
 TOKEN = "admin-token-for-tests"
 
@@ -42,7 +42,7 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Server]:
+def server(tmp_path: Path, mosquitto: MosquittoProcess) -> Iterator[Server]:
     """The real app (create_app) under uvicorn: its MQTT connection runs the rollout engine's worker."""
     import uvicorn
 
@@ -70,7 +70,7 @@ def _cli(capsys: pytest.CaptureFixture[str], server: Server, *args: str) -> tupl
     return code, capsys.readouterr().out
 
 
-def test_cli_rolls_a_version_out_in_waves(server: Server, mosquitto: MosquittoBroker,
+def test_cli_rolls_a_version_out_in_waves(server: Server, mosquitto: MosquittoProcess,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     db = server.db
     add_model(db, "digits", "1.0.0")
@@ -135,7 +135,7 @@ def test_api_commands_and_refusals(server: Server, capsys: pytest.CaptureFixture
     assert [v["id"] for v in listed] == [rollout_id]
 
 
-def test_light_devices_refuse_a_target_whose_hash_disagrees_with_tuf(server: Server, mosquitto: MosquittoBroker,
+def test_light_devices_refuse_a_target_whose_hash_disagrees_with_tuf(server: Server, mosquitto: MosquittoProcess,
                                                                      tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     db, repo = server.db, server.ctx.repo

@@ -17,11 +17,11 @@ import pytest
 from edgefleet import topics
 from edgefleet.assignment import DirectorSigner
 from fleet_server.rollouts.machine import RolloutPolicy
+from simulation.fleet import MosquittoProcess
 from simulation.lightdevice import Behaviour, DeviceIdentity, LightFleet, Outcome, SimulationError
 from tests.integration.rollout.fleetdb import add_device, add_model, counters
 from tests.integration.rollout.mqtt_tools import Recorder
 from tests.integration.rollout.stack import Replica, build_fleet, wait_until
-from tests.support.mosquitto import MosquittoBroker
 
 DESIRED = "edgefleet/v1/devices/+/desired"
 
@@ -36,7 +36,7 @@ def signer() -> DirectorSigner:
 
 
 @pytest.fixture
-def fleet(mosquitto: MosquittoBroker) -> Iterator[LightFleet]:
+def fleet(mosquitto: MosquittoProcess) -> Iterator[LightFleet]:
     with LightFleet(mosquitto.url) as light:
         yield light
 
@@ -61,7 +61,7 @@ def _assigned_versions(recorder: Recorder) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_failing_version_halts_at_first_wave_and_rolls_back(request: pytest.FixtureRequest, tmp_path: Path,
-                                                            mosquitto: MosquittoBroker, fleet: LightFleet,
+                                                            mosquitto: MosquittoProcess, fleet: LightFleet,
                                                             signer: DirectorSigner, kind: str) -> None:
     replica = Replica(_url(request, tmp_path, kind), mosquitto.url, signer)
     try:
@@ -89,7 +89,7 @@ def test_failing_version_halts_at_first_wave_and_rolls_back(request: pytest.Fixt
         replica.stop()
 
 
-def test_rollout_survives_an_engine_restart(tmp_path: Path, mosquitto: MosquittoBroker, fleet: LightFleet,
+def test_rollout_survives_an_engine_restart(tmp_path: Path, mosquitto: MosquittoProcess, fleet: LightFleet,
                                             signer: DirectorSigner) -> None:
     url = f"sqlite:///{tmp_path}/fleet.sqlite"
     first = Replica(url, mosquitto.url, signer)
@@ -113,7 +113,7 @@ def test_rollout_survives_an_engine_restart(tmp_path: Path, mosquitto: Mosquitto
         second.stop()
 
 
-def test_two_replicas_share_one_rollout_without_double_assignment(postgres_url: str, mosquitto: MosquittoBroker,
+def test_two_replicas_share_one_rollout_without_double_assignment(postgres_url: str, mosquitto: MosquittoProcess,
                                                                   fleet: LightFleet, signer: DirectorSigner) -> None:
     a = Replica(postgres_url, mosquitto.url, signer, interval=0.05)
     b = Replica(postgres_url, mosquitto.url, signer, interval=0.05)
@@ -135,7 +135,7 @@ def test_two_replicas_share_one_rollout_without_double_assignment(postgres_url: 
         b.stop()
 
 
-def test_ineligible_profile_is_never_assigned_and_late_devices_join(tmp_path: Path, mosquitto: MosquittoBroker,
+def test_ineligible_profile_is_never_assigned_and_late_devices_join(tmp_path: Path, mosquitto: MosquittoProcess,
                                                                     fleet: LightFleet, signer: DirectorSigner) -> None:
     replica = Replica(f"sqlite:///{tmp_path}/fleet.sqlite", mosquitto.url, signer)
     try:
@@ -166,7 +166,7 @@ def test_ineligible_profile_is_never_assigned_and_late_devices_join(tmp_path: Pa
         replica.stop()
 
 
-def test_a_device_offline_mid_rollout_catches_up_when_it_returns(tmp_path: Path, mosquitto: MosquittoBroker,
+def test_a_device_offline_mid_rollout_catches_up_when_it_returns(tmp_path: Path, mosquitto: MosquittoProcess,
                                                                  fleet: LightFleet, signer: DirectorSigner) -> None:
     replica = Replica(f"sqlite:///{tmp_path}/fleet.sqlite", mosquitto.url, signer)
     try:
@@ -191,7 +191,7 @@ def test_a_device_offline_mid_rollout_catches_up_when_it_returns(tmp_path: Path,
         replica.stop()
 
 
-def test_rollout_over_a_broker_that_enforces_credentials_and_acl(tmp_path: Path, mosquitto_auth: MosquittoBroker,
+def test_rollout_over_a_broker_that_enforces_credentials_and_acl(tmp_path: Path, mosquitto_auth: MosquittoProcess,
                                                                  signer: DirectorSigner) -> None:
     from fleet_server.broker.auth import mosquitto_password_hash, render_acl, render_password_file
 

@@ -9,9 +9,9 @@ import pytest
 
 from edgefleet import topics
 from edgefleet.assignment import Assignment, DirectorSigner, ModelTarget
+from simulation.fleet import MosquittoProcess
 from simulation.lightdevice import Behaviour, DeviceIdentity, LightFleet, Outcome, Step, plan_update
 from tests.integration.rollout.mqtt_tools import Recorder
-from tests.support.mosquitto import MosquittoBroker
 
 HAPPY = ["assigned", "downloaded", "verified", "staged", "health_passed", "activated", "committed"]
 
@@ -36,7 +36,7 @@ def test_plan_update_scripts_each_outcome() -> None:
     assert [(s.event, s.reason) for s in refused] == [("assigned", None), ("failed", "tuf_hash_mismatch")]
 
 
-def test_device_verifies_assignment_and_reports_every_step(mosquitto: MosquittoBroker) -> None:
+def test_device_verifies_assignment_and_reports_every_step(mosquitto: MosquittoProcess) -> None:
     signer = DirectorSigner.generate()
     ident = DeviceIdentity("dev-a", "rpi4-64", signer.public_b64)
     with Recorder(mosquitto.url, "edgefleet/v1/devices/+/events", "edgefleet/v1/devices/+/reported") as rec, \
@@ -63,7 +63,7 @@ def test_device_verifies_assignment_and_reports_every_step(mosquitto: MosquittoB
     (Outcome.FAIL_HEALTH, "failed", "1.0.0"),
     (Outcome.FAIL_PROBATION, "rolled_back", "1.0.0"),
 ])
-def test_scripted_failures_keep_the_old_version(mosquitto: MosquittoBroker, outcome: Outcome, last: str,
+def test_scripted_failures_keep_the_old_version(mosquitto: MosquittoProcess, outcome: Outcome, last: str,
                                                 serving: str) -> None:
     signer = DirectorSigner.generate()
     behaviour = Behaviour(per_version={"digits@2.0.0": outcome})
@@ -77,7 +77,7 @@ def test_scripted_failures_keep_the_old_version(mosquitto: MosquittoBroker, outc
         assert "committed" not in dev.event_names()
 
 
-def test_offline_device_leaves_its_will_retained(mosquitto: MosquittoBroker) -> None:
+def test_offline_device_leaves_its_will_retained(mosquitto: MosquittoProcess) -> None:
     signer = DirectorSigner.generate()
     with LightFleet(mosquitto.url) as fleet:
         fleet.add(DeviceIdentity("dev-o", "rpi4-64", signer.public_b64), Behaviour(default=Outcome.OFFLINE))
@@ -95,7 +95,7 @@ def test_offline_device_leaves_its_will_retained(mosquitto: MosquittoBroker) -> 
         assert fleet.devices["dev-o"].models["digits"][0] == "1.0.0"
 
 
-def test_two_hundred_devices_share_one_thread(mosquitto: MosquittoBroker) -> None:
+def test_two_hundred_devices_share_one_thread(mosquitto: MosquittoProcess) -> None:
     import threading
 
     signer = DirectorSigner.generate()
@@ -117,7 +117,7 @@ def test_two_hundred_devices_share_one_thread(mosquitto: MosquittoBroker) -> Non
     print(f"200 light devices: connected in {connected_s:.2f} s, 200 updates (1,400 events) in {updated_s:.2f} s")
 
 
-def test_devices_reconnect_after_a_broker_restart(mosquitto: MosquittoBroker) -> None:
+def test_devices_reconnect_after_a_broker_restart(mosquitto: MosquittoProcess) -> None:
     signer = DirectorSigner.generate()
     with LightFleet(mosquitto.url) as fleet:
         for i in range(5):

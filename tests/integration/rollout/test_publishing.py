@@ -22,9 +22,9 @@ from fleet_server.rollouts.assignments import PUBLISH_TIMEOUT_S, Assignments, Is
 from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
 from fleet_server.rollouts.machine import RolloutPolicy
 from fleet_server.tables import DeviceAssignmentRow
+from simulation.fleet import MosquittoProcess
 from tests.integration.rollout.fleetdb import T0, add_device, add_model
 from tests.integration.rollout.mqtt_tools import Recorder
-from tests.support.mosquitto import MosquittoBroker
 
 IDS = [f"dev-{i:03d}" for i in range(120)]
 
@@ -40,7 +40,7 @@ def db(migrated_db: Database) -> Iterator[Database]:
 
 
 @pytest.fixture
-def server_mqtt(mosquitto: MosquittoBroker) -> Iterator[FleetMqtt]:
+def server_mqtt(mosquitto: MosquittoProcess) -> Iterator[FleetMqtt]:
     client = FleetMqtt(mosquitto.url, handler=lambda _t, _p: None, shared=False).start()
     assert client.wait_connected(10)
     yield client
@@ -58,7 +58,7 @@ def _issue(service: Assignments, db: Database, device_ids: Sequence[str], versio
         return [service.next_assignment(s, d, {"digits": version}, "ro-t", T0) for d in device_ids]
 
 
-def test_publish_all_confirms_every_message_from_the_broker(mosquitto: MosquittoBroker,
+def test_publish_all_confirms_every_message_from_the_broker(mosquitto: MosquittoProcess,
                                                             server_mqtt: FleetMqtt) -> None:
     messages = [(f"edgefleet/v1/devices/d{i}/desired", f"{i}".encode()) for i in range(500)]
     assert server_mqtt.publish_all(messages, retain=True, timeout=30) == [True] * 500
@@ -77,7 +77,7 @@ def test_publish_all_without_a_broker_returns_at_once_and_queues_nothing() -> No
 
 
 def test_a_wave_is_published_and_marked_in_one_pass_and_the_broker_keeps_the_latest(
-        db: Database, mosquitto: MosquittoBroker, server_mqtt: FleetMqtt) -> None:
+        db: Database, mosquitto: MosquittoProcess, server_mqtt: FleetMqtt) -> None:
     service = Assignments(db, DirectorSigner.generate(), server_mqtt)
     older = _issue(service, db, IDS, "1.0.0")
     newer = _issue(service, db, IDS[:10], "2.0.0")  # another replica moved ten devices on meanwhile

@@ -10,16 +10,16 @@ import pytest
 
 from edgefleet.assignment import DirectorSigner
 from fleet_server.rollouts.machine import RolloutPolicy
+from simulation.fleet import MosquittoProcess
 from simulation.lightdevice import LightFleet
 from tests.integration.rollout.fleetdb import add_model, counters
 from tests.integration.rollout.stack import Replica, build_fleet, wait_until
-from tests.support.mosquitto import MosquittoBroker
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_rollout_to_two_hundred_light_devices(request: pytest.FixtureRequest, tmp_path: Path,
-                                              mosquitto: MosquittoBroker, kind: str) -> None:
+                                              mosquitto: MosquittoProcess, kind: str) -> None:
     url = f"sqlite:///{tmp_path}/fleet.sqlite" if kind == "sqlite" else request.getfixturevalue("postgres_url")
     signer = DirectorSigner.generate()
     replica = Replica(url, mosquitto.url, signer)

@@ -19,8 +19,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet import topics
+from simulation.fleet import MosquittoProcess
 from tests.integration.server.harness import RunningServer, server_config
-from tests.support.mosquitto import MosquittoBroker
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
@@ -77,12 +77,12 @@ def eventually(check: Callable[[], bool], timeout: float = 8.0) -> bool:
 
 
 @pytest.fixture
-def server(tmp_path: Path, database_url: str, mosquitto_auth: MosquittoBroker) -> Iterator[RunningServer]:
+def server(tmp_path: Path, database_url: str, mosquitto_auth: MosquittoProcess) -> Iterator[RunningServer]:
     assert mosquitto_auth.proc is not None
     pid_file = tmp_path / "mosquitto.pid"
     pid_file.write_text(f"{mosquitto_auth.proc.pid}\n")
     config = server_config(tmp_path / "data", database_url, broker_url=mosquitto_auth.url,
-                           mosquitto_dir=mosquitto_auth.workdir, mosquitto_pid_file=pid_file)
+                           mosquitto_dir=mosquitto_auth.directory, mosquitto_pid_file=pid_file)
     with RunningServer(config) as running:
         assert running.ctx.mqtt.wait_connected(10), "the server could not log in to Mosquitto"
         yield running
@@ -95,7 +95,7 @@ def enroll(server: RunningServer) -> dict[str, Any]:
     return grant
 
 
-def connect(broker: MosquittoBroker, grant: dict[str, Any]) -> Device:
+def connect(broker: MosquittoProcess, grant: dict[str, Any]) -> Device:
     return Device(broker.port, grant["mqtt_username"], grant["mqtt_password"], grant["device_id"])
 
 
@@ -104,7 +104,7 @@ def device_state(server: RunningServer, device_id: str) -> dict[str, Any]:
     return state
 
 
-def test_device_touches_only_its_own_topics(server: RunningServer, mosquitto_auth: MosquittoBroker) -> None:
+def test_device_touches_only_its_own_topics(server: RunningServer, mosquitto_auth: MosquittoProcess) -> None:
     a, b = enroll(server), enroll(server)
     dev_a, dev_b = connect(mosquitto_auth, a), connect(mosquitto_auth, b)
     try:
@@ -134,14 +134,14 @@ def test_device_touches_only_its_own_topics(server: RunningServer, mosquitto_aut
         dev_b.close()
 
 
-def test_devices_enrolling_together_can_all_connect(server: RunningServer, mosquitto_auth: MosquittoBroker) -> None:
+def test_devices_enrolling_together_can_all_connect(server: RunningServer, mosquitto_auth: MosquittoProcess) -> None:
     # Each enrollment rewrites the password file from the registry; one that read the registry
     # before another committed must not be the last to write, or that other device is locked out.
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         grants = list(pool.map(lambda _i: enroll(server), range(16)))
-    passwd = (mosquitto_auth.workdir / "passwd").read_text()
+    passwd = (mosquitto_auth.directory / "passwd").read_text()
     assert [g["mqtt_username"] for g in grants if f"{g['mqtt_username']}:" not in passwd] == []
     time.sleep(0.3)  # Mosquitto handles SIGHUP asynchronously
     devices = [connect(mosquitto_auth, g) for g in grants]
@@ -152,14 +152,14 @@ def test_devices_enrolling_together_can_all_connect(server: RunningServer, mosqu
             device.close()
 
 
-def test_revoked_device_cannot_connect(server: RunningServer, mosquitto_auth: MosquittoBroker) -> None:
+def test_revoked_device_cannot_connect(server: RunningServer, mosquitto_auth: MosquittoProcess) -> None:
     grant = enroll(server)
     first = connect(mosquitto_auth, grant)
     assert first.connected()
     first.close()
     response = httpx.post(f"{server.url}/api/v1/devices/{grant['device_id']}/revoke", headers=ADMIN)
     assert response.status_code == 200
-    assert grant["mqtt_username"] not in (mosquitto_auth.workdir / "passwd").read_text()
+    assert grant["mqtt_username"] not in (mosquitto_auth.directory / "passwd").read_text()
     time.sleep(0.3)  # Mosquitto handles SIGHUP asynchronously
     again = connect(mosquitto_auth, grant)
     try:
@@ -168,7 +168,7 @@ def test_revoked_device_cannot_connect(server: RunningServer, mosquitto_auth: Mo
         again.close()
 
 
-def test_presence_from_reported_and_last_will(server: RunningServer, mosquitto_auth: MosquittoBroker) -> None:
+def test_presence_from_reported_and_last_will(server: RunningServer, mosquitto_auth: MosquittoProcess) -> None:
     grant = enroll(server)
     device_id = grant["device_id"]
     device = connect(mosquitto_auth, grant)
@@ -186,10 +186,10 @@ def test_presence_from_reported_and_last_will(server: RunningServer, mosquitto_a
     assert device_state(server, device_id)["reported"]["models"]["digits"]["version"] == "1.0.0"
 
 
-def test_server_writes_its_own_broker_user(server: RunningServer, mosquitto_auth: MosquittoBroker) -> None:
-    acl = (mosquitto_auth.workdir / "acl").read_text()
+def test_server_writes_its_own_broker_user(server: RunningServer, mosquitto_auth: MosquittoProcess) -> None:
+    acl = (mosquitto_auth.directory / "acl").read_text()
     assert f"user {server.config.mqtt_username}\ntopic readwrite {topics.PREFIX}/#" in acl
-    assert (mosquitto_auth.workdir / "passwd").stat().st_mode & 0o777 == 0o600
+    assert (mosquitto_auth.directory / "passwd").stat().st_mode & 0o777 == 0o600
 
 
 def test_rollout_engine_runs_with_the_broker(server: RunningServer) -> None:

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fleet_server.context import ServerContext
+from simulation.fleet import mosquitto_binary
 from tests.integration.server.harness import free_port, server_config
-from tests.support.mosquitto import mosquitto_binary
 
 
 def _cert(subject: str, issuer_key: ec.EllipticCurvePrivateKey | None, issuer: x509.Name | None,

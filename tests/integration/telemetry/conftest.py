@@ -14,14 +14,6 @@ import pytest
 from tests.support.bundles import make_onnx_bundle
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/edgefleet.sqlite"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture(scope="session")
 def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits MLP converted to ONNX by the real converter (once per session)."""

@@ -21,18 +21,18 @@ import pytest
 from agent.install import install_bundle
 from edgefleet.profiles import load_profile
 from fleet_server.telemetry.alerts import AlertConfig, Rule
+from simulation.fleet import MosquittoProcess
 from tests.integration.agent.harness import AgentProcess, dev_state, eventually
 from tests.integration.server.harness import RunningServer, server_config
 from tests.integration.telemetry.conftest import Webhook
 from tests.integration.telemetry.fleet import add_device
 from tests.support.bundles import example
-from tests.support.mosquitto import MosquittoBroker
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
 
 @pytest.fixture
-def server(tmp_path: Path, mosquitto: MosquittoBroker, webhook: Webhook, digits_bundle: Path) -> Iterator[RunningServer]:
+def server(tmp_path: Path, mosquitto: MosquittoProcess, webhook: Webhook, digits_bundle: Path) -> Iterator[RunningServer]:
     alerts = AlertConfig(rules=(Rule.from_dict({"name": "site-drift", "kind": "drift", "band": "drift",
                                                 "match": "digits@1.0.0 site=*"}),),
                          webhook=webhook.url, evaluate_every_s=3600)
@@ -44,7 +44,7 @@ def server(tmp_path: Path, mosquitto: MosquittoBroker, webhook: Webhook, digits_
         yield running
 
 
-def _agent(tmp_path: Path, name: str, bundle: Path, broker: MosquittoBroker) -> AgentProcess:
+def _agent(tmp_path: Path, name: str, bundle: Path, broker: MosquittoProcess) -> AgentProcess:
     state = dev_state(tmp_path / name, device_id=name, broker_url=broker.url)
     install_bundle(state, bundle, load_profile("generic-x86_64"))
     toml = tmp_path / f"{name}.toml"
@@ -69,7 +69,7 @@ def _predict(url: str, rows: list[list[float]], **headers: str) -> dict[str, Any
 
 
 def test_agents_report_drift_accuracy_and_agree_with_the_server(
-        tmp_path: Path, server: RunningServer, mosquitto: MosquittoBroker, webhook: Webhook,
+        tmp_path: Path, server: RunningServer, mosquitto: MosquittoProcess, webhook: Webhook,
         digits_bundle: Path) -> None:
     add_device(server.ctx.db, "dev-site-a", labels={"site": "a"})
     add_device(server.ctx.db, "dev-site-b", labels={"site": "b"})

@@ -28,6 +28,7 @@ from edgefleet.bundle import read_bundle
 from edgefleet.cli import main
 from fleet_server.telemetry.alerts import AlertConfig, Rule
 from fleet_server.telemetry.monitor import AlertMonitor
+from simulation.fleet import MosquittoProcess
 from tests.integration.server.harness import RunningServer, server_config
 from tests.integration.telemetry.conftest import Webhook
 from tests.integration.telemetry.fleet import (
@@ -37,14 +38,13 @@ from tests.integration.telemetry.fleet import (
     reference_counts,
     shifted_counts,
 )
-from tests.support.mosquitto import MosquittoBroker
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 WINDOW = 600.0
 
 
 @pytest.fixture
-def server(tmp_path: Path, database_url: str, mosquitto: MosquittoBroker, webhook: Webhook,
+def server(tmp_path: Path, database_url: str, mosquitto: MosquittoProcess, webhook: Webhook,
            digits_bundle: Path) -> Iterator[RunningServer]:
     alerts = AlertConfig(rules=(Rule.from_dict({"name": "site-drift", "kind": "drift", "band": "drift",
                                                 "match": "digits@1.0.0 site=*"}),
@@ -62,7 +62,7 @@ def server(tmp_path: Path, database_url: str, mosquitto: MosquittoBroker, webhoo
 class Devices:
     """Fake devices publishing real encoded batches over MQTT, with their own seq counters."""
 
-    def __init__(self, broker: MosquittoBroker) -> None:
+    def __init__(self, broker: MosquittoProcess) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fake-devices")
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
@@ -95,7 +95,7 @@ def _metrics(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ..
 
 
 def test_drift_alert_fires_once_and_resolves_and_views_show_it(
-        server: RunningServer, mosquitto: MosquittoBroker, webhook: Webhook, digits_bundle: Path,
+        server: RunningServer, mosquitto: MosquittoProcess, webhook: Webhook, digits_bundle: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     ctx = server.ctx
     reference = read_bundle(digits_bundle).reference()
@@ -193,7 +193,7 @@ def _sampled_counts(reference: dict[str, Any], rows: int, rng: np.random.Generat
 
 
 def test_drift_alert_judges_the_api_figure_and_only_once_enough_rows_are_merged(
-        server: RunningServer, mosquitto: MosquittoBroker, digits_bundle: Path) -> None:
+        server: RunningServer, mosquitto: MosquittoProcess, digits_bundle: Path) -> None:
     """Issue 6, as the demo saw it: devices on version 1 send one-second batches of ~12 rows.
 
     site=a is never shifted, site=b is. At every round the alert's observation for a group is

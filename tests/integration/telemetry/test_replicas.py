@@ -16,8 +16,8 @@ from fleet_server.broker.connection import FleetMqtt
 from fleet_server.db import Database
 from fleet_server.tables import TelemetryBatchRow
 from fleet_server.telemetry.ingest import TelemetryIngest, route_telemetry
+from simulation.fleet import MosquittoProcess
 from tests.integration.telemetry.fleet import add_device, batch, record
-from tests.support.mosquitto import MosquittoBroker
 
 DEVICES = 5
 BATCHES = 60  # per device
@@ -54,7 +54,7 @@ def _stored(db: Database) -> int:
         return int(session.scalar(select(func.count()).select_from(TelemetryBatchRow)) or 0)
 
 
-def test_two_replicas_store_every_batch_once(db: Database, mosquitto: MosquittoBroker) -> None:
+def test_two_replicas_store_every_batch_once(db: Database, mosquitto: MosquittoProcess) -> None:
     devices = [add_device(db, f"dev-{i}") for i in range(DEVICES)]
     replicas = [Replica(db, mosquitto.url, "a"), Replica(db, mosquitto.url, "b")]
     publisher = _publisher(mosquitto.port)

@@ -10,9 +10,9 @@ import onnx
 import pytest
 
 from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
+from simulation.fleet import mosquitto_binary
 from tests.support.bundles import example, make_broken_bundle, make_onnx_bundle
 from tests.support.fleet import Fleet, fleet
-from tests.support.mosquitto import mosquitto_binary
 
 MODEL = "digits"
 
