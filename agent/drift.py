@@ -20,11 +20,20 @@ Binning follows docs/contracts.md: k bins have k+1 edges and the outer bins are 
 so a value's bin is the number of inner edges at or below it (what the converter used to
 count the reference). NaN inputs are not counted for that feature.
 
+A model with named column inputs is observed by its feeds (input name -> ``[n, 1]`` array):
+each reference feature takes the column of its name. A numeric column is binned as above; a
+string column (a ``categories`` feature) is counted by category, with every value outside the
+reference's categories in the last, "unseen", count. Strings are turned into their category's
+index when observed (one dict lookup each) and then counted by the same vectorised binner, with
+edges half-way between the indices, so both kinds share the buffer, the buckets and the
+interval counters, and the telemetry stays one count list per feature.
+
 Pure: time is an argument, nothing is read or written. It does not decide when to report
 (the daemon does) and does not raise alerts (the server does).
 
     AgentError (agent.errors)
-    └── DriftError      rows or outputs do not fit the reference (wrong width, unknown kind)
+    └── DriftError      rows, feeds or outputs do not fit the reference (wrong width, a missing
+                        column, unknown kind)
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import AgentError
-from edgefleet.telemetry import ReferenceProfile, band, psi
+from edgefleet.telemetry import FeatureReference, ReferenceProfile, band, psi
 
 DEFAULT_WINDOW_S = 3600.0
 DEFAULT_BUCKETS = 12
@@ -99,6 +108,15 @@ class _Binner:
         return [flat[o : o + b] for o, b in zip(self.offsets, self.bins, strict=True)]
 
 
+def _edges(feature: FeatureReference) -> tuple[float, ...]:
+    """The bin edges a feature is counted with: its own, or for k categories k+2 edges half-way
+    between the indices 0..k (k is "unseen"), so index i lands in bin i."""
+    if feature.kind == "categories":
+        k = len(feature.categories)
+        return (-0.5, *(i + 0.5 for i in range(k)), k + 0.5)
+    return feature.edges
+
+
 class DriftWindow:
     """Reference-bin counts of one model version's traffic: a sliding window plus interval deltas."""
 
@@ -111,7 +129,11 @@ class DriftWindow:
         self.window_s = float(window_s)
         self.bucket_s = self.window_s / buckets
         self._buckets = buckets
-        self._features = _Binner([f.edges for f in self.reference.features])
+        self._features = _Binner([_edges(f) for f in self.reference.features])
+        # Per feature: category -> index for a categorical one (index len(...) is "unseen"), else None.
+        self._codes: list[dict[str, int] | None] = [
+            {c: i for i, c in enumerate(f.categories)} if f.kind == "categories" else None
+            for f in self.reference.features]
         ref = self.reference
         self._labels: dict[str, int] = {str(label): i for i, label in enumerate(ref.output_labels)}
         self._out_bins = _Binner([ref.output_edges]) if ref.output_kind == "bins" else None
@@ -145,11 +167,19 @@ class DriftWindow:
         return self._ring[key]
 
     def observe(self, rows: Any, outputs: Sequence[Any] | np.ndarray | None = None, *, now: float) -> None:
-        """Count one request's rows (rows x features, real values) and its predictions.
+        """Count one request's rows and its predictions.
 
-        The rows are checked here (a misfit raises now, not when the buffer is binned); counting
-        them may wait until ``BUFFER_ROWS`` are held or a count is read.
+        ``rows`` is the input matrix (rows x features, real values) of a one-tensor model, or the
+        feeds of a model with named inputs (a mapping of input name to ``[n, 1]`` column), which
+        are counted by reference feature name. They are checked here (a misfit raises now, not
+        when the buffer is binned); counting them may wait until ``BUFFER_ROWS`` are held or a
+        count is read.
         """
+        if isinstance(rows, Mapping):
+            rows = self._project(rows)
+        elif any(codes is not None for codes in self._codes):
+            raise DriftError("a reference with categorical features counts named columns, not a matrix",
+                             fix="observe the request's feeds (input name -> column)")
         if isinstance(rows, np.ndarray) and rows.dtype.kind == "f":
             matrix = rows  # copied into the buffer (as float64) below, not here
         else:
@@ -183,6 +213,40 @@ class DriftWindow:
                 self._held_outputs.extend(held_outputs)
             if self._held_n >= BUFFER_ROWS:
                 self._bin_held()
+
+    def _project(self, feeds: Mapping[str, Any]) -> np.ndarray:
+        """Feeds by input name as rows x reference features: numbers as they are, strings as
+        their category's index (unseen: one past the last)."""
+        features = self.reference.features
+        if not features:
+            first = next(iter(feeds.values()), None)
+            return np.zeros((0 if first is None else len(first), 0))
+        n: int | None = None
+        matrix: np.ndarray | None = None
+        for i, (feature, codes) in enumerate(zip(features, self._codes, strict=True)):
+            if feature.name not in feeds:
+                raise DriftError(f"the request has no input {feature.name!r}, which the drift reference counts",
+                                 fix="count the feeds the model ran on; the bundle's reference names its inputs")
+            column = np.asarray(feeds[feature.name])
+            if column.ndim == 2 and column.shape[1] == 1:
+                column = column[:, 0]
+            if column.ndim != 1 or (n is not None and len(column) != n):
+                raise DriftError(f"input {feature.name!r} has shape {list(np.shape(feeds[feature.name]))}; "
+                                 "drift counts one value a row in every column",
+                                 fix="count the [rows, 1] columns the model ran on")
+            if matrix is None:
+                n = len(column)
+                matrix = np.empty((n, len(features)), dtype=np.float64)
+            if codes is not None:
+                unseen = len(codes)
+                matrix[:, i] = [codes.get(v, unseen) for v in column.tolist()]
+            elif column.dtype.kind in "fiub":
+                matrix[:, i] = column
+            else:
+                raise DriftError(f"input {feature.name!r} holds {column.dtype} values; its drift feature counts numbers",
+                                 fix="count the checked feeds the model ran on")
+        assert matrix is not None
+        return matrix
 
     def _checked_outputs(self, outputs: Sequence[Any] | np.ndarray | None) -> list[Any]:
         """The outputs to hold, flat; for value bins, raises now if they are not numbers."""

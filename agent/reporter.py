@@ -3,8 +3,9 @@
 It joins the pure cores (``agent.metrics``, ``agent.drift``, ``agent.outbox``) to the daemon:
 
 * **Per request** (``on_request``, a ``ServingTable`` request observer): a successful call's
-  input matrix and predictions go to the drift window of the version that answered and are
-  remembered for feedback; a refused one counts as an error of its kind ("input").
+  input matrix (or its feeds, for a model with named inputs) and predictions go to the drift
+  window of the version that answered and are remembered for feedback; a refused one counts as
+  an error of its kind ("input").
   ``Metrics.observe`` is a separate plain observer (counts and latency).
 * **Per swap** (``on_swap``, a swap listener): a drift window is built from the bundle's
   ``reference.json`` for each model version when it starts serving, before its first request.
@@ -100,8 +101,9 @@ class Reporter:
     def on_request(self, served: Served) -> None:
         if served.outcome == "ok":
             window = self._windows.get((served.model, served.version))
-            if window is not None and served.matrix is not None:
-                window.observe(served.matrix, served.predictions, now=self._monotonic())
+            rows = served.matrix if served.matrix is not None else served.feeds  # feeds: named inputs
+            if window is not None and rows is not None:
+                window.observe(rows, served.predictions, now=self._monotonic())
             if served.predictions is not None:
                 self.metrics.remember(served.request_id, served.model, served.version, served.predictions)
         elif served.outcome != "inference":  # inference failures reach Metrics.observe already

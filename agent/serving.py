@@ -10,8 +10,7 @@ on). Telemetry plugs in through three hooks, all called on the request's own thr
 * ``add_observer(fn)``: (model, version, latency_ms, ok) of every call that reached a model;
 * ``add_request_observer(fn)``: one ``Served`` per call, including refused input, carrying the
   checked input (the matrix of a single-input model, else the feeds by input name) and the
-  predictions of a successful one (drift counts, feedback). Input drift of models with named
-  column inputs is not counted yet (issue 12, slice 2): their ``Served`` has no matrix;
+  predictions of a successful one (drift counts, feedback);
 * ``add_swap_listener(fn)``: (name, session) whenever a new session starts serving, so a
   per-version drift window can be built from that session's bundle before it answers.
 
@@ -214,9 +213,6 @@ class ServingTable:
         # finds (say) its drift window; outside the lock, because they may read files.
         for listener in list(self._swap_listeners):
             self._tell_swap(listener, name, session)
-        if self._request_observers and not _single_tensor(session):
-            log.info("%s takes named inputs: its requests are answered but not yet counted for input drift",
-                     session.manifest.ref)
         with self._lock:
             old = self._entries.get(name)
             if old is not None and old.session is session:

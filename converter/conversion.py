@@ -163,6 +163,18 @@ def _compare(task: str, original: Outputs, converted: Outputs, labels: Any, clas
     return compare_regressor(original, converted)
 
 
+def _reference(evaluation: Dataset, feature_names: Sequence[str] | None, converted: Converted, original: Outputs,
+               source: SourceModel) -> dict[str, Any]:
+    """reference.json: a column model's features are its inputs (numbers binned, strings by
+    category); a matrix model's are the matrix columns, as always."""
+    from converter.golden import column_reference_document, reference_document
+
+    if source.inputs is not None and evaluation.columns is not None:
+        specs = [TensorSpec.from_dict(dict(spec), f"inputs[{i}].") for i, spec in enumerate(converted.inputs)]
+        return column_reference_document(evaluation.columns, specs, original, source.task, source.class_labels)
+    return reference_document(evaluation.features, feature_names, original, source.task, source.class_labels)
+
+
 def _manifest_fields(options: ConvertOptions, profile: Profile, source: SourceModel, converted: Converted,
                      quantize: str, report: Mapping[str, Any], feature_names: Sequence[str] | None) -> dict[str, Any]:
     """The manifest as a dict without ``files`` (``write_bundle`` fills those in from the bytes)."""
@@ -197,7 +209,7 @@ def _manifest_fields(options: ConvertOptions, profile: Profile, source: SourceMo
 def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None = None) -> ConversionResult:
     """Convert ``options.model_path`` into one bundle; see the module docstring for the steps."""
     from converter.export import unseen_categories
-    from converter.golden import golden_document, reference_document
+    from converter.golden import golden_document
     from converter.latency import measure
     from converter.proof import tolerance_failures
     from converter.source import load_source
@@ -225,7 +237,7 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
     result = converted.predictor.predict(evaluation.batch)
     metrics = _compare(source.task, original, result, evaluation.labels, source.class_labels)
     failures = tolerance_failures(source.task, metrics, len(converted.model_bytes), profile)
-    if source.inputs is not None:  # the drift reference bins the numeric columns, named by the data
+    if source.inputs is not None:  # the numeric columns, named by the data (the manifest names every input)
         feature_names = evaluation.feature_names
     else:
         feature_names = source.feature_names or (evaluation.feature_names if evaluation.feature_names else None)
@@ -263,8 +275,7 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
     files = {
         f"model.{fmt}": converted.model_bytes,
         "golden.json": pretty_json(golden_document(evaluation.batch, original, source.task, source.class_labels)),
-        "reference.json": pretty_json(reference_document(evaluation.features, feature_names, original, source.task,
-                                                         source.class_labels)),
+        "reference.json": pretty_json(_reference(evaluation, feature_names, converted, original, source)),
     }
     manifest_fields = _manifest_fields(options, profile, source, converted, quantize, report, feature_names)
     path = options.output_dir / bundle_filename(options.name, options.version)

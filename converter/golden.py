@@ -5,7 +5,10 @@ outputs for them: the device checks a staged model against these before it serve
 are a list of rows for a matrix model (schema 1) and a mapping of input name to ``[rows, 1]``
 values for a model with named columns (schema 2), strings included.
 ``reference_document`` records per-feature quantile bins and the output distribution, the
-baseline the device's drift scores compare live traffic with. Shapes: docs/contracts.md.
+baseline the device's drift scores compare live traffic with; ``column_reference_document`` does
+the same for a model with named columns, one feature per column in input order: numeric columns
+as quantile bins, string columns as category counts (the spec's training categories, then one
+"unseen" count for values outside them). Shapes: docs/contracts.md.
 
 Pure functions over arrays; they neither run models nor write files.
 """
@@ -18,10 +21,15 @@ from typing import Any
 import numpy as np
 
 from converter.predictors import Batch, Outputs, batch_rows
+from edgefleet.manifest import TensorSpec
 
 GOLDEN_ROWS = 32
 GOLDEN_SEED = 20240611
 REFERENCE_BINS = 10
+# A string column without training categories (its encoder kept none) is described by the data's
+# most frequent values, at most this many; rarer ones count as unseen, so the reference and the
+# telemetry stay small whatever the column holds.
+MAX_REFERENCE_CATEGORIES = 64
 
 
 def golden_rows(total: int, count: int = GOLDEN_ROWS, seed: int = GOLDEN_SEED) -> np.ndarray:
@@ -70,6 +78,33 @@ def _bins(values: np.ndarray) -> tuple[list[float], list[int]]:
     return [float(e) for e in edges], [int(c) for c in counts]
 
 
+def _categories(values: np.ndarray, categories: Sequence[str] | None) -> tuple[list[str], list[int]]:
+    """Counts per category in the listed order, then the count of values outside them (unseen)."""
+    texts = [str(v) for v in np.asarray(values, dtype=object).reshape(-1)]
+    if categories:
+        names = list(categories)
+    else:
+        frequency: dict[str, int] = {}
+        for text in texts:
+            frequency[text] = frequency.get(text, 0) + 1
+        # Most frequent first, ties by name, so the same data always gives the same reference.
+        names = sorted(sorted(frequency, key=lambda c: (-frequency[c], c))[:MAX_REFERENCE_CATEGORIES])
+    index = {name: i for i, name in enumerate(names)}
+    counts = [0] * (len(names) + 1)
+    for text in texts:
+        counts[index.get(text, len(names))] += 1
+    return names, counts
+
+
+def _outputs_document(original: Outputs, task: str, class_labels: Sequence[Any] | None) -> dict[str, Any]:
+    if task == "regression":
+        edges, counts = _bins(original.regression()[:, 0])
+        return {"kind": "bins", "edges": edges, "counts": counts}
+    labels = list(class_labels or [])
+    predicted = [str(v) for v in original.top1(labels)]
+    return {"kind": "classes", "labels": labels, "counts": [predicted.count(str(c)) for c in labels]}
+
+
 def reference_document(features: np.ndarray, feature_names: Sequence[str] | None, original: Outputs,
                        task: str, class_labels: Sequence[Any] | None) -> dict[str, Any]:
     names = list(feature_names) if feature_names else [f"f{i}" for i in range(features.shape[1])]
@@ -77,12 +112,20 @@ def reference_document(features: np.ndarray, feature_names: Sequence[str] | None
     for i, name in enumerate(names):
         edges, counts = _bins(features[:, i])
         per_feature.append({"name": name, "edges": edges, "counts": counts})
-    outputs: dict[str, Any]
-    if task == "regression":
-        edges, counts = _bins(original.regression()[:, 0])
-        outputs = {"kind": "bins", "edges": edges, "counts": counts}
-    else:
-        labels = list(class_labels or [])
-        predicted = [str(v) for v in original.top1(labels)]
-        outputs = {"kind": "classes", "labels": labels, "counts": [predicted.count(str(c)) for c in labels]}
-    return {"rows": len(features), "features": per_feature, "outputs": outputs}
+    return {"rows": len(features), "features": per_feature, "outputs": _outputs_document(original, task, class_labels)}
+
+
+def column_reference_document(columns: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec], original: Outputs,
+                              task: str, class_labels: Sequence[Any] | None) -> dict[str, Any]:
+    """The reference of a model with named column inputs: one feature per input, named after it."""
+    per_feature: list[dict[str, Any]] = []
+    for spec in inputs:
+        values = np.asarray(columns[spec.name]).reshape(-1)
+        if spec.dtype == "string":
+            names, counts = _categories(values, spec.categories)
+            per_feature.append({"name": spec.name, "kind": "categories", "categories": names, "counts": counts})
+        else:
+            edges, bin_counts = _bins(values.astype(np.float64))
+            per_feature.append({"name": spec.name, "edges": edges, "counts": bin_counts})
+    rows = len(np.asarray(columns[inputs[0].name])) if inputs else 0
+    return {"rows": rows, "features": per_feature, "outputs": _outputs_document(original, task, class_labels)}

@@ -19,8 +19,10 @@ refuses anything that does not follow the schema with a ``TelemetryError``, and 
 that inflates past ``MAX_BODY_BYTES`` (a compressed bomb from a hostile device).
 
 The drift arithmetic both sides agree on also lives here, in plain Python: the reference
-profile of a bundle (``ReferenceProfile``, parsed from ``reference.json``), the population
-stability index (``psi``) and its bands. Pure stdlib: no numpy, no I/O, no clock.
+profile of a bundle (``ReferenceProfile``, parsed from ``reference.json``: numeric features as
+quantile bins, string columns as categories plus an "unseen" count), the population stability
+index (``psi``) and its bands. Either kind of feature travels as a list of counts, so the wire
+form and the server's merging do not depend on it. Pure stdlib: no numpy, no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -342,31 +344,87 @@ def decode(data: bytes, *, device_id: str | None = None) -> TelemetryBatch:
 
 # ---- reference profile and PSI -----------------------------------------------------------
 
+FEATURE_KINDS = ("bins", "categories")
+UNSEEN = "(unseen)"
+"""The name shown for a categorical feature's last bucket: values outside its categories."""
+
+
 @dataclass(frozen=True)
 class FeatureReference:
-    """One input feature's reference bins: k bins need k+1 edges; the outer bins are open-ended."""
+    """One input feature's reference counts, of one of two kinds (``FEATURE_KINDS``):
+
+    * ``bins`` (numeric): k bins need k+1 edges; the outer bins are open-ended.
+    * ``categories`` (a string column): one count per category, in the listed order, then one
+      for every value outside them ("unseen"), so k categories have k+1 counts and no edges.
+
+    Either way a feature is a list of counts, so devices send, and the server adds and scores,
+    count lists without knowing the kind.
+    """
 
     name: str
     edges: tuple[float, ...]
     counts: tuple[int, ...]
+    kind: str = "bins"
+    categories: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        def bad(what: str) -> TelemetryError:
+            return TelemetryError(f"reference feature {self.name!r} {what}", fix="rebuild the bundle with `edgefleet convert`")
+        if self.kind not in FEATURE_KINDS:
+            raise bad(f"has kind {self.kind!r}, not one of {', '.join(FEATURE_KINDS)}")
+        if any(c < 0 for c in self.counts):
+            raise bad("has a negative count")
+        if self.kind == "categories":
+            if self.edges:
+                raise bad("lists categories and edges: a categorical feature has no edges")
+            if not self.categories or len(set(self.categories)) != len(self.categories):
+                raise bad("needs at least one category, each listed once")
+            if any(not isinstance(c, str) for c in self.categories):
+                raise bad("has a category that is not a string")
+            if len(self.counts) != len(self.categories) + 1:
+                raise bad(f"has {len(self.categories)} categories and {len(self.counts)} counts: k categories "
+                          "need k+1 counts, the last for unseen values")
+            return
+        if self.categories:
+            raise bad("lists categories but is of kind bins")
         if len(self.edges) < 2 or len(self.counts) != len(self.edges) - 1:
-            raise TelemetryError(f"reference feature {self.name!r} has {len(self.edges)} edges and "
-                                 f"{len(self.counts)} counts: k bins need k+1 edges",
-                                 fix="rebuild the bundle with `edgefleet convert`")
+            raise bad(f"has {len(self.edges)} edges and {len(self.counts)} counts: k bins need k+1 edges")
         if any(not math.isfinite(e) for e in self.edges) or any(b < a for a, b in zip(self.edges, self.edges[1:], strict=False)):
-            raise TelemetryError(f"reference feature {self.name!r} has edges that are not finite and sorted",
-                                 fix="rebuild the bundle with `edgefleet convert`")
+            raise bad("has edges that are not finite and sorted")
 
     @property
     def bins(self) -> int:
         return len(self.counts)
 
+    @property
+    def bin_names(self) -> tuple[str, ...]:
+        """A label per bin: the categories then ``UNSEEN``, or each bin's ``[lo, hi)`` edges."""
+        if self.kind == "categories":
+            return (*self.categories, UNSEEN)
+        return tuple(f"[{lo:g}, {hi:g})" for lo, hi in zip(self.edges, self.edges[1:], strict=False))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureReference:
+        """One entry of ``reference.json``'s ``features``; ``kind`` defaults to ``bins`` (older bundles)."""
+        kind = data.get("kind", "bins")
+        if kind == "categories":
+            categories = data["categories"]
+            if not isinstance(categories, list):
+                raise TypeError(f"categories of {data['name']!r} are not a list")
+            return cls(str(data["name"]), (), tuple(int(c) for c in data["counts"]), "categories", tuple(categories))
+        return cls(str(data["name"]), tuple(float(e) for e in data["edges"]), tuple(int(c) for c in data["counts"]),
+                   str(kind))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "categories":
+            return {"name": self.name, "kind": "categories", "categories": list(self.categories),
+                    "counts": list(self.counts)}
+        return {"name": self.name, "edges": list(self.edges), "counts": list(self.counts)}
+
 
 @dataclass(frozen=True)
 class ReferenceProfile:
-    """A bundle's ``reference.json``: per-feature bins and the output distribution."""
+    """A bundle's ``reference.json``: per-feature bins or categories, and the output distribution."""
 
     rows: int
     features: tuple[FeatureReference, ...]
@@ -380,10 +438,7 @@ class ReferenceProfile:
         def bad(what: str) -> TelemetryError:
             return TelemetryError(f"reference.json: {what}", fix="rebuild the bundle with `edgefleet convert`")
         try:
-            features = tuple(
-                FeatureReference(str(f["name"]), tuple(float(e) for e in f["edges"]), tuple(int(c) for c in f["counts"]))
-                for f in data.get("features", [])
-            )
+            features = tuple(FeatureReference.from_dict(f) for f in data.get("features", []))
             outputs = data.get("outputs") or {"kind": "none"}
             kind = outputs.get("kind", "none")
             labels = tuple(outputs.get("labels", ()))

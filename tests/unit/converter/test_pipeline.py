@@ -16,6 +16,7 @@ from converter import ConvertOptions, DataShapeError, OptionsError, UnsupportedO
 from converter.examples import REGIONS
 from converter.source import describe_estimator
 from edgefleet.bundle import read_bundle
+from edgefleet.telemetry import ReferenceProfile
 from tests.support.bundles import example
 from tests.unit.converter.conftest import ConvertExample
 
@@ -49,8 +50,13 @@ def test_the_pipeline_converts_to_onnx_with_named_column_inputs(convert_example:
     label, probabilities = session.run(["label", "probabilities"], _feeds(session, golden["inputs"]))
     assert label.tolist() == golden["outputs"]["label"]
     np.testing.assert_allclose(probabilities, golden["outputs"]["probabilities"], atol=1e-5)
-    # The drift reference bins the numeric columns (categories come with categorical drift).
-    assert [f["name"] for f in bundle.reference()["features"]] == [n for n in names if n != "region"]
+    # The drift reference has one feature per input: numbers binned, "region" by category, unseen last.
+    reference = bundle.reference()
+    assert [f["name"] for f in reference["features"]] == names
+    counted = next(f for f in reference["features"] if f["name"] == "region")
+    assert counted["kind"] == "categories" and counted["categories"] == list(REGIONS)
+    assert sum(counted["counts"]) == 45 and counted["counts"][-1] == 0  # validation holds no unseen region
+    assert ReferenceProfile.from_dict(reference).feature_names == tuple(names)
 
 
 def test_the_pipeline_bundle_is_deterministic(convert_example: ConvertExample, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from edgefleet import telemetry, topics
 from edgefleet.errors import EdgefleetError
 from edgefleet.telemetry import (
+    FeatureReference,
     Feedback,
     Latency,
     ModelRecord,
@@ -251,3 +253,43 @@ def test_one_device_one_model_sends_well_under_a_megabyte_a_day() -> None:
     # Sending feature counts on every batch would be about three times as much.
     every_batch, _ = day_of_telemetry(1.0, drift_every=1)
     assert every_batch > 2.5 * payload
+
+
+# ---- categorical features (issue 12: string columns) ----------------------------------------
+
+def test_a_categorical_feature_has_one_count_per_category_and_one_for_unseen() -> None:
+    ref = ReferenceProfile.from_dict({
+        "rows": 10,
+        "features": [{"name": "alcohol", "edges": [0, 1, 2], "counts": [4, 6]},
+                     {"name": "region", "kind": "categories", "categories": ["east", "north", "west"],
+                      "counts": [3, 3, 4, 0]}],
+        "outputs": {"kind": "classes", "labels": [0, 1], "counts": [5, 5]}})
+    numeric, region = ref.features
+    assert numeric.kind == "bins" and region.kind == "categories"  # kind defaults to bins: older bundles read
+    assert region.bins == 4 and region.edges == () and region.bin_names == ("east", "north", "west", "(unseen)")
+    assert ref.feature_names == ("alcohol", "region")
+    assert region.to_dict() == {"name": "region", "kind": "categories", "categories": ["east", "north", "west"],
+                                "counts": [3, 3, 4, 0]}
+    assert FeatureReference.from_dict(numeric.to_dict()) == numeric
+
+
+@pytest.mark.parametrize(("feature", "problem"), [
+    ({"name": "r", "kind": "categories", "categories": ["a", "b"], "counts": [1, 2]}, "k\\+1 counts, the last for unseen"),
+    ({"name": "r", "kind": "categories", "categories": ["a", "a"], "counts": [1, 2, 0]}, "each listed once"),
+    ({"name": "r", "kind": "categories", "categories": [], "counts": [0]}, "at least one category"),
+    ({"name": "r", "kind": "categories", "categories": ["a", 1], "counts": [1, 2, 0]}, "not a string"),
+    ({"name": "r", "kind": "categories", "categories": "ab", "counts": [1, 2, 0]}, "not a list"),
+    ({"name": "r", "kind": "histogram", "edges": [0, 1], "counts": [1]}, "kind 'histogram'"),
+    ({"name": "r", "kind": "categories", "categories": ["a"], "counts": [-1, 0]}, "negative count"),
+])
+def test_a_broken_categorical_feature_is_refused_with_the_reason(feature: dict[str, Any], problem: str) -> None:
+    with pytest.raises(TelemetryError, match=problem) as caught:
+        ReferenceProfile.from_dict({"features": [feature]})
+    assert caught.value.fix == "rebuild the bundle with `edgefleet convert`"
+
+
+def test_categories_on_a_bins_feature_are_refused() -> None:
+    with pytest.raises(TelemetryError, match="lists categories but is of kind bins"):
+        FeatureReference("a", (0.0, 1.0), (1,), "bins", ("x",))
+    with pytest.raises(TelemetryError, match="categories and edges"):
+        FeatureReference("a", (0.0, 1.0), (1, 0), "categories", ("x",))
