@@ -1,11 +1,19 @@
 """Batch prediction over files: ``edgefleet agent predict --model NAME --input F --output F``.
 
-Reads CSV (a header row of feature names is matched to the manifest's feature order and
-other columns, such as ids or labels, are skipped; without a header, columns are taken in order), NPY (memory-mapped) or Parquet (needs pyarrow) in chunks,
-runs each chunk through a session, and streams the predictions out as CSV, NPY, Parquet or
-JSON Lines, chosen by the output file's extension. Memory stays at one chunk whatever the
-file size. Every chunk goes through ``edgefleet.inputs`` (the API's parser too) so a bad cell
-is reported with its row.
+For a model with one ``[batch, features]`` tensor it reads CSV (a header row of feature names is
+matched to the manifest's feature order and other columns, such as ids or labels, are skipped;
+without a header, columns are taken in order), NPY (memory-mapped) or Parquet (needs pyarrow).
+For a model with named column inputs (a DataFrame pipeline) it reads CSV with a header naming
+the columns (strings stay strings; other columns are skipped) or Parquet (needs pyarrow, with
+column types the model takes), never NPY, which has no column names. Both go in chunks through
+a session, and the predictions stream out as CSV, NPY, Parquet or JSON Lines, chosen by the
+output file's extension. Memory stays at one chunk whatever the file size. Every chunk goes
+through ``edgefleet.inputs`` (the API's parser too) so a bad cell is reported with its row.
+
+The agent's install stays small: CSV is read with the stdlib ``csv`` module (cells of named
+columns by ``edgefleet.cells.column_value``, as the server reads uploads), never pandas; Parquet
+needs pyarrow, and says so when it is missing. Models with image or N-D tensor inputs are
+refused with a message saying so.
 
 It needs no daemon: the CLI loads the active slot from the state directory itself. Outputs
 are written to a temporary file and renamed at the end, so a failed run leaves no half file.
@@ -31,9 +39,9 @@ import numpy as np
 from agent.errors import BatchInputError
 from agent.runtime import ModelSession
 from edgefleet import errors as core_errors
-from edgefleet.cells import is_number
+from edgefleet.cells import column_value, is_number
 from edgefleet.console import Progress
-from edgefleet.inputs import to_matrix
+from edgefleet.inputs import Feeds, to_feeds, to_matrix
 from edgefleet.manifest import Manifest, TensorSpec
 
 DEFAULT_CHUNK_ROWS = 4096
@@ -177,6 +185,143 @@ _READERS: dict[str, Callable[[Path, TensorSpec, int], tuple[int, Iterator[np.nda
     ".csv": _read_csv, ".npy": _read_npy, ".parquet": _read_parquet}
 
 
+# -- readers of named columns -----------------------------------------------------------------------
+def _names_hint(specs: Sequence[TensorSpec]) -> str:
+    names = [spec.name for spec in specs]
+    return ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+
+def _column_feeds(records: list[dict[str, Any]], specs: Sequence[TensorSpec], first_row: int) -> Feeds:
+    """One chunk's records through the shared parser (what the API does with a request)."""
+    try:
+        return to_feeds({"instances": records}, specs, max_rows=len(records))
+    except core_errors.InputError as exc:  # the parser counts rows from 0 within the chunk
+        raise BatchInputError(f"data rows {first_row + 1}-{first_row + len(records)}: {exc.message}",
+                              fix=exc.fix) from exc
+
+
+def _read_csv_columns(path: Path, specs: Sequence[TensorSpec], chunk_rows: int) -> tuple[int, Iterator[Feeds]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        # Rows counted by the csv module, not by lines: a quoted string may hold a newline.
+        total = sum(1 for row in reader if row)
+    if header is None:
+        raise BatchInputError(f"{path} is empty", fix="give a CSV with a header row and one row per prediction")
+    position = {name.strip(): i for i, name in enumerate(header)}
+    missing = [spec.name for spec in specs if spec.name not in position]
+    if missing:
+        raise BatchInputError(f"the CSV header lacks column(s) {', '.join(map(repr, missing[:5]))}, which the model "
+                              "takes by name",
+                              fix=f"start the file with a header row naming the columns: {_names_hint(specs)}")
+    picked = [(spec, position[spec.name]) for spec in specs]
+
+    def record(row: list[str], number: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for spec, index in picked:
+            cell = row[index]
+            try:
+                value = column_value(cell, spec.dtype)
+            except ValueError as exc:
+                raise BatchInputError(f"CSV data row {number}, column {spec.name!r} is {cell[:40]!r}, {exc}",
+                                      fix=f"give {spec.name} as {_DTYPE_WORDS.get(spec.dtype, spec.dtype)}") from None
+            if value is None and not (spec.dtype == "float32" and spec.allow_nan):
+                raise BatchInputError(f"CSV data row {number}, column {spec.name!r} is empty",
+                                      fix="fill in missing values before predicting")
+            out[spec.name] = value
+        return out
+
+    def chunks() -> Iterator[Feeds]:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            next(reader)
+            done = 0
+            block: list[dict[str, Any]] = []
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise BatchInputError(f"CSV data row {done + len(block) + 1} has {len(row)} columns, the header "
+                                          f"names {len(header)}", fix="make every row as wide as the header")
+                block.append(record(row, done + len(block) + 1))
+                if len(block) == chunk_rows:
+                    yield _column_feeds(block, specs, done)
+                    done += len(block)
+                    block = []
+            if block:
+                yield _column_feeds(block, specs, done)
+    return total, chunks()
+
+
+_DTYPE_WORDS = {"string": "text", "float32": "a number", "int64": "an integer", "bool": "true or false"}
+
+
+def _arrow_fits(pa: Any, arrow_type: Any, spec: TensorSpec) -> bool:
+    """Whether a Parquet column of ``arrow_type`` holds values the records parser takes for ``spec``."""
+    types = pa.types
+    if types.is_dictionary(arrow_type):  # pandas' category dtype is written as a dictionary
+        arrow_type = arrow_type.value_type
+    if spec.dtype == "string":
+        return bool(types.is_string(arrow_type) or types.is_large_string(arrow_type))
+    if spec.dtype == "bool":
+        return bool(types.is_boolean(arrow_type))
+    if spec.dtype == "int64":
+        return bool(types.is_integer(arrow_type))
+    return bool(types.is_integer(arrow_type) or types.is_floating(arrow_type))
+
+
+def _read_parquet_columns(path: Path, specs: Sequence[TensorSpec], chunk_rows: int) -> tuple[int, Iterator[Feeds]]:
+    pa = _pyarrow("pyarrow", "reading Parquet files")
+    pq = _pyarrow("pyarrow.parquet", "reading Parquet files")
+    handle = pq.ParquetFile(path)
+    schema = handle.schema_arrow
+    names = [spec.name for spec in specs]
+    missing = [n for n in names if n not in schema.names]
+    if missing:
+        raise BatchInputError(f"{path} lacks column(s) {', '.join(map(repr, missing[:5]))}, which the model takes by name",
+                              fix=f"name the columns {_names_hint(specs)}")
+    for spec in specs:
+        arrow_type = schema.field(spec.name).type
+        if not _arrow_fits(pa, arrow_type, spec):
+            raise BatchInputError(f"{path}: column {spec.name!r} holds {arrow_type} values, the model takes "
+                                  f"{_DTYPE_WORDS.get(spec.dtype, spec.dtype)} there",
+                                  fix=f"write {spec.name} as {spec.dtype} (pandas: df[{spec.name!r}].astype(...))")
+
+    def chunks() -> Iterator[Feeds]:
+        start = 0
+        for batch in handle.iter_batches(batch_size=chunk_rows, columns=names):
+            columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+            records = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+            yield _column_feeds(records, specs, start)
+            start += len(records)
+    return int(handle.metadata.num_rows), chunks()
+
+
+def _refuse_npy_columns(path: Path, specs: Sequence[TensorSpec], chunk_rows: int) -> tuple[int, Iterator[Feeds]]:
+    raise BatchInputError(f"{path}: an .npy array has no column names, and this model takes named columns "
+                          f"({_names_hint(specs)})",
+                          fix="give a CSV with a header row, or a Parquet file, naming the columns")
+
+
+_COLUMN_READERS: dict[str, Callable[[Path, Sequence[TensorSpec], int], tuple[int, Iterator[Feeds]]]] = {
+    ".csv": _read_csv_columns, ".npy": _refuse_npy_columns, ".parquet": _read_parquet_columns}
+
+
+def _chunks(path: Path, suffix: str, manifest: Manifest, chunk_rows: int) -> tuple[int, Iterator[np.ndarray | Feeds]]:
+    """The file's rows in chunks: matrices for a one-tensor model, feeds for named columns."""
+    inputs = manifest.inputs
+    if len(inputs) == 1 and inputs[0].kind == "tensor":
+        total, matrices = _READERS[suffix](path, inputs[0], chunk_rows)
+        return total, iter(matrices)
+    if inputs and all(spec.kind == "column" for spec in inputs):
+        total, feeds = _COLUMN_READERS[suffix](path, inputs, chunk_rows)
+        return total, iter(feeds)
+    shown = ", ".join(f"{spec.name!r} ({spec.kind}, shape {list(spec.shape)})" for spec in inputs[:4])
+    raise BatchInputError(f"{manifest.ref} takes inputs {shown}; `edgefleet agent predict` reads files for models "
+                          "with one [batch, features] tensor or with named columns only so far",
+                          fix="send this model's inputs one request at a time to the agent's API, once it reads them")
+
+
 # -- writers ----------------------------------------------------------------------------------------
 class _Writer:
     """Streams predictions to ``tmp``; subclasses per format."""
@@ -280,13 +425,13 @@ def predict_file(session: ModelSession, input_path: str | os.PathLike[str], outp
                  clock: Callable[[], float] = time.perf_counter) -> BatchSummary:
     """Predict every row of ``input_path`` into ``output_path`` (formats by extension)."""
     source, target = Path(input_path), Path(output_path)
-    reader = _READERS[_suffix(source, INPUT_SUFFIXES, "input")]
+    suffix = _suffix(source, INPUT_SUFFIXES, "input")
     writer_class = _WRITERS[_suffix(target, OUTPUT_SUFFIXES, "output")]
     if not source.is_file():
         raise BatchInputError(f"input file {source} does not exist", fix="check --input")
     manifest = session.manifest
     start = clock()
-    total, chunks = reader(source, manifest.input, chunk_rows)
+    total, chunks = _chunks(source, suffix, manifest, chunk_rows)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
     os.close(fd)
@@ -295,12 +440,15 @@ def predict_file(session: ModelSession, input_path: str | os.PathLike[str], outp
     try:
         writer = writer_class(tmp, manifest, total)
         with Progress(f"predict {manifest.ref}", total, enabled=progress) as bar:
-            for matrix in chunks:
-                roles = session.run_roles(matrix)
-                key = "label" if manifest.task == "classification" else "value"
+            key = "label" if manifest.task == "classification" else "value"
+            for chunk in chunks:
+                if isinstance(chunk, np.ndarray):
+                    roles, n = session.run_roles(chunk), len(chunk)  # the matrix path wrappers know
+                else:
+                    roles, n = session.run_feeds(chunk), len(next(iter(chunk.values())))
                 writer.write(roles[key], roles.get("probabilities"))
-                rows += len(matrix)
-                bar.update(len(matrix))
+                rows += n
+                bar.update(n)
         writer.close()
         os.replace(tmp, target)
     except BaseException:
