@@ -219,16 +219,12 @@ def _read_csv_columns(path: Path, specs: Sequence[TensorSpec], chunk_rows: int) 
     def record(row: list[str], number: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for spec, index in picked:
-            cell = row[index]
             try:
-                value = column_value(cell, spec.dtype)
+                out[spec.name] = column_value(row[index], spec.dtype, allow_nan=spec.allow_nan)
             except ValueError as exc:
-                raise BatchInputError(f"CSV data row {number}, column {spec.name!r} is {cell[:40]!r}, {exc}",
-                                      fix=f"give {spec.name} as {_DTYPE_WORDS.get(spec.dtype, spec.dtype)}") from None
-            if value is None and not (spec.dtype == "float32" and spec.allow_nan):
-                raise BatchInputError(f"CSV data row {number}, column {spec.name!r} is empty",
-                                      fix="fill in missing values before predicting")
-            out[spec.name] = value
+                raise BatchInputError(f"CSV data row {number}, column {spec.name!r} {exc}",
+                                      fix=f"give {spec.name} as {_DTYPE_WORDS.get(spec.dtype, spec.dtype)} in every "
+                                          "row (fill in missing values first)") from None
         return out
 
     def chunks() -> Iterator[Feeds]:

@@ -31,16 +31,19 @@ def is_number(cell: str) -> bool:
 _TRUE, _FALSE = frozenset({"true", "1"}), frozenset({"false", "0"})
 
 
-def column_value(cell: str, dtype: str) -> str | float | int | bool | None:
+def column_value(cell: str, dtype: str, *, allow_nan: bool = False) -> str | float | int | bool | None:
     """``cell`` of a column of ``dtype`` (a manifest dtype) as the value a JSON record would hold.
 
     A string column keeps the text as it is; a float column reads what ``is_number`` reads; an
     int64 column an integer; a bool column ``true``/``false``/``1``/``0`` (any case). An empty
-    or blank cell is a missing value: None, for every dtype (pandas reads it as missing too).
-    Raises ValueError saying what the cell is not, for the caller to name the row and column.
+    or blank cell is a missing value (pandas reads it so too): None for a float32 column that
+    allows NaN, refused for any other. Raises ValueError whose message completes "column X ..."
+    ("is empty", "is 'abc', not a number"), for the caller to name the row and column.
     """
     if not cell.strip():
-        return None
+        if dtype == "float32" and allow_nan:
+            return None
+        raise ValueError("is empty")
     if dtype == "string":
         return cell
     text = cell.strip()
@@ -49,12 +52,12 @@ def column_value(cell: str, dtype: str) -> str | float | int | bool | None:
             return True
         if text.lower() in _FALSE:
             return False
-        raise ValueError("not true or false")
+        raise ValueError(f"is {cell[:40]!r}, not true or false")
     if dtype == "int64":
         try:
             return int(text)
         except ValueError:
-            raise ValueError("not an integer") from None
+            raise ValueError(f"is {cell[:40]!r}, not an integer") from None
     if is_number(text):
         return float(text)
-    raise ValueError("not a number")
+    raise ValueError(f"is {cell[:40]!r}, not a number")
