@@ -12,8 +12,17 @@ Why not FastAPI: a device install must stay small and a prediction must cost lit
 than the runtime's own few microseconds. Each connection is an ``asyncio.Protocol`` (no
 streams: their futures and buffer copies cost more than the parsing), bodies need a
 Content-Length (413 over ``max_body_bytes``, 411 without one), connections are kept alive,
-and every error becomes a JSON ``{"error", "fix"}`` with a 4xx/5xx status: no input can take
-the server down. A prediction whose model's recent latency stays under ``inline_budget_ms``
+and every error becomes an RFC 9457 problem (``application/problem+json``: ``type``, ``title``,
+``status``, ``detail``, ``fix``; ``edgefleet.problems``) with a 4xx status, or 5xx for the
+agent's own faults: no input can take the server down.
+
+The request head is read strictly (RFC 9112), because a lenient parser and a strict proxy in
+front of it disagreeing on where a request ends is how requests are smuggled: Content-Length is
+ASCII digits only (``int()`` would also take ``1_0``, ``+10``, `` 10``), given once, and never
+beside Transfer-Encoding; header names are tokens with no space before the colon; no folded
+lines or control characters; the target is origin-form (or absolute-form). A connection that
+ends inside a request is answered 400. Text a client sent (paths, model names) is echoed
+shortened, never whole. A prediction whose model's recent latency stays under ``inline_budget_ms``
 is answered inside the ``data_received`` callback, head and body in one ``transport.write``
 (a thread hop or a task would cost more than the inference); a slower one, and every other
 route that may block, runs as a task (in a worker thread where it blocks), so one slow model
@@ -31,17 +40,20 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError, InferenceError, ModelNotFoundError
-from agent.metrics import FeedbackError
+from agent.metrics import FeedbackConflictError, FeedbackError
 from agent.serving import PredictionResult, ServingTable
 from edgefleet.errors import EdgefleetError, InputError
+from edgefleet.problems import MEDIA_TYPE, Problem, from_error
 
 log = logging.getLogger("agent.api")
 
@@ -56,17 +68,40 @@ _SUFFIX = "/predict"
 Handler = Callable[[], dict[str, Any]]
 FeedbackHandler = Callable[[list[dict[str, Any]]], dict[str, Any]]
 MAX_FEEDBACK_ITEMS = 10_000
+MAX_DETAIL = 1024
+MAX_REQUEST_ID = 128  # the agent's own are 32 hex characters
+_MAX_NAME = 64  # model names are at most 64 characters (edgefleet.version)
 
 
 class HttpError(Exception):
-    """An error answered to the client; never escapes the connection handler."""
+    """An error answered to the client as a problem document; never escapes the connection handler."""
 
-    def __init__(self, status: int, message: str, fix: str | None = None, *, close: bool = False) -> None:
+    def __init__(self, status: int, message: str, fix: str | None = None, *, close: bool = False,
+                 problem: Problem | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.fix = fix
         self.close = close
+        self.problem = problem or Problem(detail=message, status=status, fix=fix)
+
+    @classmethod
+    def of(cls, exc: EdgefleetError, status: int) -> HttpError:
+        """An edgefleet error as an answer: its type, message, fix and ``field`` go to the client.
+
+        A message longer than ``MAX_DETAIL`` is cut: messages may quote the request (a feature
+        name, a value), and an answer must not grow with what the client sent.
+        """
+        problem = from_error(exc, status=status)
+        if len(problem.detail) > MAX_DETAIL:
+            problem = replace(problem, detail=f"{problem.detail[:MAX_DETAIL]}... (cut at {MAX_DETAIL} characters)")
+        return cls(status, problem.detail, exc.fix, problem=problem)
+
+
+def shown(text: str, limit: int = 64) -> str:
+    """``text`` quoted for an error message, cut to ``limit`` characters: a client's own bytes
+    are never echoed whole (a 30 kB path must not come back in a 30 kB answer)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 # Response heads up to the Content-Length value, built once per status: most answers are 200.
@@ -76,8 +111,9 @@ _HEADS: dict[int, bytes] = {}
 def _response(status: int, body: bytes, keep_alive: bool) -> bytes:
     head = _HEADS.get(status)
     if head is None:
+        media = MEDIA_TYPE if status >= 400 else "application/json"
         head = _HEADS[status] = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-                                 "Content-Type: application/json\r\nContent-Length: ").encode("latin-1")
+                                 f"Content-Type: {media}\r\nContent-Length: ").encode("latin-1")
     tail = b"\r\nConnection: keep-alive\r\n\r\n" if keep_alive else b"\r\nConnection: close\r\n\r\n"
     return b"".join((head, str(len(body)).encode(), tail, body))
 
@@ -90,11 +126,8 @@ def _json_body(document: Any) -> bytes:
     return _ENCODER.encode(document).encode()
 
 
-def _error_body(message: str, fix: str | None) -> bytes:
-    document = {"error": message}
-    if fix:
-        document["fix"] = fix
-    return _json_body(document)
+def _error_body(error: HttpError) -> bytes:
+    return error.problem.render()
 
 
 _NAN_ERROR = ("the model produced NaN or infinity for this input", "check the model or roll it back")
@@ -110,23 +143,28 @@ def _encode(document: Any) -> bytes:
         raise HttpError(500, *_NAN_ERROR) from exc
 
 
-def _predict_error(exc: EdgefleetError) -> HttpError:
+def _predict_error(exc: EdgefleetError, name: str) -> HttpError:
     """The serving table's error as the HTTP answer it deserves (a plain function, not a context
     manager: this sits on every prediction's path)."""
     if isinstance(exc, InputError):
-        return HttpError(exc.status, exc.message, exc.fix)
+        return HttpError.of(exc, exc.status)
     if isinstance(exc, ModelNotFoundError):
-        return HttpError(404, exc.message, exc.fix)
-    return HttpError(500, exc.message, exc.fix)
+        if len(name) > _MAX_NAME:  # no model has such a name: do not echo it
+            return HttpError(404, f"no model named {shown(name)} is being served", exc.fix)
+        return HttpError.of(exc, 404)
+    return HttpError.of(exc, 500)
+
+
+_INTERNAL = HttpError(500, "internal error in the agent", "see the agent's log")
 
 
 def _failure(exc: Exception, method: str, path: str) -> tuple[int, bytes, bool]:
     """(status, body, close) for what a request raised."""
     if isinstance(exc, HttpError):
-        return exc.status, _error_body(exc.message, exc.fix), exc.close
+        return exc.status, _error_body(exc), exc.close
     # A bug must cost this request a 500, never the connection or the server.
-    log.error("%s %s failed", method, path, exc_info=exc)
-    return 500, _error_body("internal error in the agent", "see the agent's log"), False
+    log.error("%s %s failed", method, path[:200], exc_info=exc)
+    return 500, _error_body(_INTERNAL), False
 
 
 class ApiServer:
@@ -151,12 +189,20 @@ class ApiServer:
         self._ewma_ms: dict[str, float] = {}
         self.tcp_address: tuple[str, int] | None = None
         self.socket_path: Path | None = None
+        self._socket_alias: Path | None = None
         self._draining = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self, *, host: str | None = "127.0.0.1", port: int = 0,
-                    socket_path: str | os.PathLike[str] | None = None) -> None:
-        """Listen on ``host:port`` (``host=None`` disables TCP) and/or on a Unix socket."""
+                    socket_path: str | os.PathLike[str] | None = None,
+                    socket_alias: str | os.PathLike[str] | None = None) -> None:
+        """Listen on ``host:port`` (``host=None`` disables TCP) and/or on a Unix socket.
+
+        The socket is made 0660 with its directory's group, so that group may call the API and
+        other local users may not; the directory is made (0750) if missing. ``socket_alias``, if
+        given, becomes a symlink to the socket (the state directory's ``agent.sock``, where the
+        CLI looks when the socket lives in a runtime directory).
+        """
         loop = asyncio.get_running_loop()
         if host is not None:
             try:
@@ -170,17 +216,19 @@ class ApiServer:
             self.tcp_address = (str(sockname[0]), int(sockname[1]))
         if socket_path is not None:
             path = Path(socket_path)
+            _socket_dir(path.parent)
             _remove_stale_socket(path)
             try:
                 server = await loop.create_unix_server(lambda: _Connection(self), str(path))
             except OSError as exc:
                 # AF_UNIX paths are limited to 107 bytes, so a deep state directory fails here.
                 raise AgentError(f"cannot listen on the Unix socket {path}: {exc.strerror or exc}",
-                                 fix="use a shorter --state-dir, or run with --no-socket") from exc
-            # 0660: the agent's group may predict; other local users may not.
-            os.chmod(path, 0o660)
+                                 fix="use a shorter --state-dir or --socket-dir, or run with --no-socket") from exc
             self._servers.append(server)
             self.socket_path = path
+            _share_with_group(path)
+            if socket_alias is not None and Path(socket_alias) != path:
+                self._socket_alias = _link(Path(socket_alias), path)
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish (up to ``timeout``), close connections."""
@@ -197,6 +245,9 @@ class ApiServer:
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+        if self._socket_alias is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._socket_alias.unlink()
         if isinstance(self._executor, ThreadPoolExecutor):
             self._executor.shutdown(wait=False)
 
@@ -248,7 +299,7 @@ class ApiServer:
             _allow(method, "GET")
             name = path[len(_PREFIX):]
             if self.serving.get(name) is None:
-                raise HttpError(404, f"no model named {name!r} is being served", "GET /v1/models lists them")
+                raise HttpError(404, f"no model named {shown(name)} is being served", "GET /v1/models lists them")
             return 200, self._describe(name)
         if path == "/v1/status" and self._status is not None:
             _allow(method, "GET")
@@ -259,12 +310,14 @@ class ApiServer:
             feedback = self._feedback
             try:
                 return 200, await asyncio.get_running_loop().run_in_executor(self._executor, feedback, items)
+            except FeedbackConflictError as exc:
+                raise HttpError.of(exc, 409) from exc
             except FeedbackError as exc:
-                raise HttpError(404, exc.message, exc.fix) from exc
+                raise HttpError.of(exc, 404) from exc
         if path == "/v1/reload" and self._reload is not None:
             _allow(method, "POST")
             return 200, await self._off_loop(self._reload)
-        raise HttpError(404, f"no route {path}",
+        raise HttpError(404, f"no route {shown(path)}",
                         "use POST /v1/models/NAME/predict, POST /v1/feedback, GET /v1/models, GET /healthz "
                         "or GET /v1/status")
 
@@ -272,7 +325,7 @@ class ApiServer:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, func)
         except AgentError as exc:
-            raise HttpError(500, exc.message, exc.fix) from exc
+            raise HttpError.of(exc, 500) from exc
 
     def _version(self, name: str) -> str | None:
         session = self.serving.get(name)
@@ -305,14 +358,15 @@ class ApiServer:
             return json.loads(body)
         except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the stack
             self.serving.reject(name, "input")  # a bad request is an input error of the model asked
-            raise HttpError(400, f"request body is not valid JSON ({exc})",
-                            'send {"inputs": [[...], ...]} with Content-Type: application/json') from exc
+            raise HttpError.of(InputError(f"request body is not valid JSON ({exc})",
+                                          fix='send {"inputs": [[...], ...]} with Content-Type: application/json'),
+                               400) from exc
 
     def _run_predict(self, name: str, payload: Any) -> PredictionResult:
         try:
             return self.serving.predict(name, payload)
         except (InputError, ModelNotFoundError, InferenceError) as exc:
-            raise _predict_error(exc) from exc
+            raise _predict_error(exc, name) from exc
 
     def _predicted(self, name: str, result: PredictionResult) -> bytes:
         previous = self._ewma_ms.get(name, result.latency_ms)
@@ -327,7 +381,7 @@ class ApiServer:
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(self._executor, self.serving.predict, name, payload)
         except (InputError, ModelNotFoundError, InferenceError) as exc:
-            raise _predict_error(exc) from exc
+            raise _predict_error(exc, name) from exc
         return self._predicted(name, result)
 
 
@@ -384,15 +438,35 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         if not self._busy:
             self._process()
+        if self._eof and not self._busy and not self._write_paused:
+            self._end_of_input()
 
     def eof_received(self) -> bool | None:
         # Keep the transport open: a client that half-closes after its request still gets the answer.
         self._eof = True
         if not self._busy:
             self._process()
-        if not self._busy:
-            self.close()
+        if not self._busy and not self._write_paused:
+            self._end_of_input()
         return True
+
+    def _end_of_input(self) -> None:
+        """The client sent its last byte and every whole request is answered: answer a request it
+        left unfinished (a client must learn that its request was not taken), then close."""
+        if self._closed:
+            return
+        if self._discard:
+            self._discard = 0
+            self._refuse_oversized()
+        elif self._head is not None:
+            length = self._head[3]
+            self._head = None
+            self._send(400, _error_body(HttpError(
+                400, f"the connection ended after {len(self._buffer)} of the {length} body bytes its "
+                "Content-Length announced", "send the whole body, or a Content-Length that matches it")), False)
+        elif self._buffer.strip(b"\r\n"):
+            self._send(400, _error_body(_CUT_HEAD), False)
+        self.close()
 
     def close(self) -> None:
         if self._transport is not None and not self._closed:
@@ -431,18 +505,21 @@ class _Connection(asyncio.Protocol):
             self._refuse_oversized()
             return False
         if self._head is None:
+            # RFC 9112 2.2: empty lines before a request line are ignored (some clients send a
+            # CRLF after a POST body).
+            while self._buffer[:2] == b"\r\n":
+                del self._buffer[:2]
             end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
             if end < 0:
                 if len(self._buffer) > MAX_HEAD_BYTES:
-                    self._send(431, _error_body("request head is too large", f"keep headers under {MAX_HEAD_BYTES} bytes"),
-                               False)
+                    self._send(431, _error_body(_HEAD_TOO_LARGE), False)
                 return False
             head = bytes(self._buffer[: end + 4])
             del self._buffer[: end + 4]
             try:
                 method, path, keep_alive, length, expect = _parse_head(head)
             except HttpError as err:
-                self._send(err.status, _error_body(err.message, err.fix), False)
+                self._send(err.status, _error_body(err), False)
                 return False
             self._head = (method, path, keep_alive, length)
             if length > server.max_body_bytes:
@@ -482,16 +559,16 @@ class _Connection(asyncio.Protocol):
             if self._transport is not None and not self._closed:
                 self._transport.resume_reading()
             self._process()
-            if self._eof and not self._busy:
-                self.close()
+            if self._eof and not self._busy and not self._write_paused:
+                self._end_of_input()
 
     def _refuse_oversized(self) -> None:
         assert self._head is not None
         length = self._head[3]
         self._head = None
-        self._send(413, _error_body(f"request body is {length} bytes, over this agent's limit of "
-                                    f"{self._server.max_body_bytes}",
-                                    "send fewer rows per request, or use `edgefleet agent predict` for files"), False)
+        self._send(413, _error_body(HttpError(
+            413, f"request body is {length} bytes, over this agent's limit of {self._server.max_body_bytes}",
+            "send fewer rows per request, or use `edgefleet agent predict` for files")), False)
 
     def _count(self) -> None:
         if not self._counted:
@@ -535,46 +612,92 @@ def _feedback_items(body: bytes) -> list[dict[str, Any]]:
             raise HttpError(400, f"{where} is not an object", _FEEDBACK_FIX)
         unknown = set(item) - {"request_id", "label", "row"}
         if unknown:
-            raise HttpError(400, f"{where} has unknown keys {sorted(unknown)}", _FEEDBACK_FIX)
-        if not isinstance(item.get("request_id"), str) or not item["request_id"]:
-            raise HttpError(400, f"{where} needs a request_id string", _FEEDBACK_FIX)
+            raise HttpError(400, f"{where} has unknown keys {shown(', '.join(sorted(unknown)))}", _FEEDBACK_FIX)
+        request_id = item.get("request_id")
+        if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
+            raise HttpError(400, f"{where} needs a request_id string of 1 to {MAX_REQUEST_ID} characters",
+                            _FEEDBACK_FIX)
         label = item.get("label")
         if label is None or isinstance(label, (dict, list)):
-            raise HttpError(400, f"{where} needs a label (a class name or number), got {label!r}", _FEEDBACK_FIX)
+            kind = "null" if label is None else "an object" if isinstance(label, dict) else "a list"
+            raise HttpError(400, f"{where} needs a label (a class name or number), got {kind}", _FEEDBACK_FIX)
         row = item.get("row", 0)
         if isinstance(row, bool) or not isinstance(row, int) or row < 0:
-            raise HttpError(400, f"{where}: row must be a non-negative integer, got {row!r}", _FEEDBACK_FIX)
+            raise HttpError(400, f"{where}: row must be a non-negative integer, got {shown(json.dumps(row), 24)}",
+                            _FEEDBACK_FIX)
     return items
 
 
 def _allow(method: str, allowed: str) -> None:
     if method != allowed:
-        raise HttpError(405, f"method {method} is not allowed here", f"use {allowed}")
+        raise HttpError(405, f"method {shown(method, 20)} is not allowed here", f"use {allowed}")
 
 
 _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_HEAD_TOO_LARGE = HttpError(431, "request head is too large", f"keep the request line and headers under {MAX_HEAD_BYTES} bytes")
+_CUT_HEAD = HttpError(400, "the connection ended inside a request head",
+                      "end the head with an empty line (CRLF CRLF) and keep the connection open for the answer")
+# RFC 9110 5.6.2 tchar: method and header names.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A field value: visible characters, space and tab (RFC 9110 5.5); no CR, LF, NUL or other controls.
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_VERSION = re.compile(r"HTTP/([0-9])\.([0-9])")
+# Content-Length = 1*DIGIT (RFC 9110 8.6), ASCII only: int() also reads "1_0", "+10", " 10" and
+# other scripts' digits, and a proxy that reads those differently sees another request end.
+_DIGITS = re.compile(r"[0-9]+")
+_MAX_LENGTH_DIGITS = 18  # past any limit; longer is refused as too large without building the int
+# A target: origin-form "/path?query", or absolute-form "http://host/path" (RFC 9112 3.2).
+_ABSOLUTE = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
+_TARGET = re.compile(r"/[\x21-\x7e\x80-\xff]*")
+
+
+def _malformed(what: str, fix: str = "send an HTTP/1.1 request: METHOD /path HTTP/1.1, then Name: value lines") -> HttpError:
+    return HttpError(400, what, fix, close=True)
 
 
 def _parse_head(head: bytes) -> tuple[str, str, bool, int, bool]:
-    """(method, path, keep_alive, content_length, expects_100_continue) of a request head."""
-    try:
-        text = head.decode("latin-1")
-        request_line, *lines = text[:-4].split("\r\n")
-        method, target, version = request_line.split(" ")
-    except ValueError as exc:
-        raise HttpError(400, "malformed HTTP request line", close=True) from exc
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
+    """(method, path, keep_alive, content_length, expects_100_continue) of a request head.
+
+    Raises ``HttpError`` (400, 411, 505; always closing the connection) for a head that this
+    server, or a stricter one in front of it, could read differently.
+    """
+    text = head.decode("latin-1")  # every byte maps: never raises
+    request_line, *lines = text[:-4].split("\r\n")
+    parts = request_line.split(" ")
+    if len(parts) != 3:
+        raise _malformed(f"malformed request line {shown(request_line, 40)}: it needs METHOD TARGET VERSION "
+                         "separated by single spaces")
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method):
+        raise _malformed(f"malformed method {shown(method, 20)}")
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        raise _malformed(f"malformed HTTP version {shown(version, 20)}", "use HTTP/1.1")
+    if match.group(1) != "1":
         raise HttpError(505, f"{version} is not supported", "use HTTP/1.1", close=True)
+    http10 = version == "HTTP/1.0"  # HTTP/1.2 and up read as 1.1 (RFC 9110 2.5)
+    absolute = _ABSOLUTE.match(target)
+    if absolute is not None:
+        target = target[absolute.end():] or "/"
+    if not _TARGET.fullmatch(target) and not (target == "*" and method == "OPTIONS"):
+        raise _malformed(f"malformed request target {shown(target, 40)}", "send a path starting with /")
     headers: dict[str, str] = {}
     for line in lines:
         name, sep, value = line.partition(":")
-        if not sep:
-            raise HttpError(400, f"malformed header line {line[:40]!r}", close=True)
-        headers[name.strip().lower()] = value.strip()
+        if not sep or not _TOKEN.fullmatch(name):
+            # No colon, a space before it, or a folded continuation line (RFC 9112 5.1-5.2).
+            raise _malformed(f"malformed header line {shown(line, 40)}")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise _malformed(f"header {shown(name, 40)} holds a control character")
+        key = name.lower()
+        if key in ("content-length", "transfer-encoding", "host") and key in headers:
+            raise _malformed(f"the {name} header is given twice", f"send one {name} header")
+        headers[key] = value.strip(" \t")
     connection = headers.get("connection", "").lower()
-    keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        raise HttpError(411, "chunked request bodies are not supported", "send a Content-Length header", close=True)
+    keep_alive = connection == "keep-alive" if http10 else connection != "close"
+    if "transfer-encoding" in headers:
+        raise HttpError(411, "request bodies with a Transfer-Encoding (chunked or other) are not supported",
+                        "send a Content-Length header instead", close=True)
     declared = headers.get("content-length")
     if declared is None:
         if method in _METHODS_WITH_BODY:
@@ -583,14 +706,57 @@ def _parse_head(head: bytes) -> tuple[str, str, bool, int, bool]:
             raise HttpError(411, f"{method} needs a Content-Length header", "send a Content-Length header (0 for no body)",
                             close=True)
         declared = "0"
-    try:
-        length = int(declared)
-        if length < 0:
-            raise ValueError(length)
-    except ValueError as exc:
-        raise HttpError(400, "Content-Length is not a non-negative integer", close=True) from exc
+    if not _DIGITS.fullmatch(declared):
+        raise _malformed(f"Content-Length {shown(declared, 24)} is not a decimal number",
+                         "send Content-Length as plain digits 0-9, e.g. Content-Length: 42")
+    length = int(declared) if len(declared) <= _MAX_LENGTH_DIGITS else 10 ** _MAX_LENGTH_DIGITS
     path = target.split("?", 1)[0]
     return method, path, keep_alive, length, headers.get("expect", "").lower() == "100-continue"
+
+
+def _socket_dir(directory: Path) -> None:
+    """Make the socket's directory if missing: 0750, so the group it takes may reach the socket.
+
+    An existing directory keeps its owner, group and mode (systemd's RuntimeDirectory=, or the
+    state directory, whose 0700 keeps the socket to the agent's own user).
+    """
+    if directory.is_dir():
+        return
+    try:
+        directory.mkdir(mode=0o750, parents=True)
+        os.chmod(directory, 0o750)  # mkdir's mode is masked by the umask
+    except OSError as exc:
+        raise AgentError(f"cannot create the socket directory {directory}: {exc.strerror or exc}",
+                         fix="create it (e.g. systemd RuntimeDirectory=edgefleet) or pick another --socket-dir") from exc
+
+
+def _share_with_group(path: Path) -> None:
+    """0660 and the directory's group: that group may call the API, other local users may not.
+
+    bind() makes the socket with the process's group and the umask; the directory's group is
+    the one the operator chose (e.g. RuntimeDirectory= under the service's Group=).
+    """
+    os.chmod(path, 0o660)
+    group = path.parent.stat().st_gid
+    if path.stat().st_gid != group:
+        try:
+            os.chown(path, -1, group)
+        except PermissionError:  # not a member of that group: the socket keeps the agent's own
+            log.warning("cannot give %s the group of its directory (gid %d): only this user's group can call it",
+                        path, group)
+
+
+def _link(alias: Path, target: Path) -> Path | None:
+    """Point ``alias`` at ``target`` with a symlink, replacing an old link (or stale socket) there."""
+    temporary = alias.with_name(f".{alias.name}.{os.getpid()}.tmp")
+    try:
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(target)
+        os.replace(temporary, alias)  # atomic: a CLI reading the old link meanwhile sees one or the other
+    except OSError as exc:
+        log.warning("cannot link %s to the socket %s (%s): tell clients the socket's path", alias, target, exc)
+        return None
+    return alias
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -24,7 +24,7 @@ The agent runs on each device. A typical first run:
 Without a server (development): install a bundle file and serve it.
 
   edgefleet agent install digits-1.0.0.tar.gz --profile rpi4-64 --state-dir ./state
-  edgefleet agent run --state-dir ./state --no-mqtt --http-port 8765
+  edgefleet agent run --state-dir ./state --no-mqtt --http-port 8765   # --http-port: also on loopback TCP
   edgefleet agent predict --model digits --input rows.csv --output out.csv --state-dir ./state
 
 The state directory defaults to $EDGEFLEET_STATE_DIR or /var/lib/edgefleet.
@@ -54,14 +54,20 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_enroll)
 
     p = asub.add_parser("run", help="run the daemon: serve the active models, keep the MQTT link",
-                        description="Load every model's active slot, serve the local API on loopback TCP and on "
-                        "STATE_DIR/agent.sock, and connect to the broker in the background (the agent serves "
-                        "without one). SIGTERM finishes in-flight requests and exits. Under systemd "
+                        description="Load every model's active slot, serve the local API on the Unix socket "
+                        "SOCKET_DIR/agent.sock (the state directory unless --socket-dir; 0660, the directory's "
+                        "group) and, when asked for, on TCP; connect to the broker in the background (the agent "
+                        "serves without one). SIGTERM finishes in-flight requests and exits. Under systemd "
                         "(Type=notify) it reports READY and pings the watchdog.")
     _state_arg(p)
     p.add_argument("--config", help="agent.toml with daemon settings (see docs/agent.md)")
-    p.add_argument("--http-host", help="TCP address for the local API ('' disables TCP; default 127.0.0.1)")
-    p.add_argument("--http-port", type=int, help="TCP port for the local API (0 picks a free one; default 8765)")
+    p.add_argument("--tcp", action="store_true", default=None,
+                   help="also serve the local API on TCP (127.0.0.1:8765 unless --http-host/--http-port): "
+                   "any local user can then call it")
+    p.add_argument("--http-host", help="TCP address for the local API; implies --tcp ('' disables TCP)")
+    p.add_argument("--http-port", type=int, help="TCP port for the local API; implies --tcp (0 picks a free one)")
+    p.add_argument("--socket-dir", help="directory of the Unix socket, e.g. /run/edgefleet (0750): its group may "
+                   "call the API (default: the state directory, this user alone)")
     p.add_argument("--no-socket", action="store_true", help="do not serve on the Unix socket")
     p.add_argument("--no-mqtt", action="store_true", help="do not connect to the broker")
     p.add_argument("--profile", help="firmware profile when the state directory has none (development)")
@@ -141,9 +147,9 @@ def _run(args: argparse.Namespace) -> int:
 
     state = _state(args)
     profile = _profile(state, args.profile) if args.profile else None
-    daemon = open_daemon(args.state_dir, args.config, profile=profile, http_host=args.http_host,
-                         http_port=args.http_port, unix_socket=False if args.no_socket else None,
-                         mqtt=False if args.no_mqtt else None)
+    daemon = open_daemon(args.state_dir, args.config, profile=profile, tcp=args.tcp, http_host=args.http_host,
+                         http_port=args.http_port, socket_dir=args.socket_dir,
+                         unix_socket=False if args.no_socket else None, mqtt=False if args.no_mqtt else None)
     return daemon.run()
 
 

@@ -4,9 +4,16 @@ Every key is optional; an unknown key or a wrong type is an error naming the key
 (a typo would otherwise be silently ignored on a device nobody looks at). Command-line flags
 override the file. It holds no identity or secrets: those live in the state directory.
 
-    http_host = "127.0.0.1"       loopback TCP address of the local API ("" disables TCP)
+    tcp = false                   also serve on TCP (http_host:http_port): off unless asked for, since
+                                  every local user can reach a loopback port (docs/agent.md)
+    http_host = "127.0.0.1"       TCP address of the local API ("" disables TCP)
     http_port = 8765              0 picks a free port
-    unix_socket = true            also serve on STATE_DIR/agent.sock (0660)
+    unix_socket = true            serve on SOCKET_DIR/agent.sock (0660, the directory's group)
+    socket_dir = ""               where the socket lives; "" is the state directory (0700: the
+                                  agent's user alone); e.g. "/run/edgefleet" (0750) for its group
+
+A file that sets ``http_host`` or ``http_port`` without ``tcp`` asks for TCP, as the
+``--http-host``/``--http-port`` flags do; ``http_host = ""`` turns it off.
     max_body_bytes = 8388608      larger request bodies get 413
     max_rows = 10000              more rows in one request get 413
     mqtt = true                   connect to the broker when the device is enrolled
@@ -37,13 +44,16 @@ from agent.errors import AgentError
 from edgefleet.telemetry import DEFAULT_DRIFT_EVERY, DEFAULT_INTERVAL_S
 
 DEFAULT_HTTP_PORT = 8765
+SOCKET_NAME = "agent.sock"
 
 
 @dataclass(frozen=True)
 class AgentConfig:
+    tcp: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = DEFAULT_HTTP_PORT
     unix_socket: bool = True
+    socket_dir: str = ""
     max_body_bytes: int = 8 * 1024 * 1024
     max_rows: int = 10_000
     mqtt: bool = True
@@ -108,7 +118,25 @@ class AgentConfig:
                 raise AgentError(f"{source}: {key} = {value!r} should be a {type(default).__name__}",
                                  fix=f"e.g. {key} = {default!r}".replace("True", "true").replace("False", "false"))
             values[key] = value
-        return cls(**values)
+        return cls(**_tcp_asked(values))
 
     def with_overrides(self, **overrides: Any) -> AgentConfig:
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """These settings with the given ones (None: keep), e.g. from command-line flags."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **_tcp_asked(given))
+
+    @property
+    def tcp_host(self) -> str | None:
+        """The TCP address to listen on, or None when TCP is off."""
+        return self.http_host if self.tcp and self.http_host else None
+
+    def socket_file(self, state_dir: str | os.PathLike[str]) -> Path:
+        """Where the Unix socket lives: ``socket_dir/agent.sock``, by default in the state directory."""
+        return Path(self.socket_dir or state_dir) / SOCKET_NAME
+
+
+def _tcp_asked(values: dict[str, Any]) -> dict[str, Any]:
+    """Naming a TCP address or port asks for TCP (``tcp`` not given); an empty address turns it off."""
+    if "tcp" not in values and ("http_host" in values or "http_port" in values):
+        return {**values, "tcp": values.get("http_host", "127.0.0.1") != ""}
+    return values

@@ -237,8 +237,11 @@ class Daemon:
         self.api = ApiServer(self.serving, max_body_bytes=self.config.max_body_bytes,
                              status=self.status, reload=self.reload,
                              feedback=self.reporter.feedback if self.reporter is not None else None)
-        await self.api.start(host=self.config.http_host or None, port=self.config.http_port,
-                             socket_path=self.state.socket_path if self.config.unix_socket else None)
+        # TCP only when asked for (every local user reaches a loopback port); the socket where its
+        # directory's group reaches it, with STATE_DIR/agent.sock linked to it for the CLI.
+        await self.api.start(host=self.config.tcp_host, port=self.config.http_port,
+                             socket_path=self.config.socket_file(self.state.path) if self.config.unix_socket else None,
+                             socket_alias=self.state.socket_path)
         self._attach_updates()
         if self.link is not None:
             self.link.set_reported(self.reported())

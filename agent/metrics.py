@@ -21,7 +21,8 @@ tests can point it at a prepared tree.
 It does not publish, store or decide anything: the daemon's reporter does.
 
     AgentError (agent.errors)
-    └── FeedbackError   feedback for a request id that is unknown or has expired
+    └── FeedbackError           feedback for a request id that is unknown or has expired
+        └── FeedbackConflictError   that prediction already has its label (one label per row)
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ ModelKey = tuple[str, str]
 
 class FeedbackError(AgentError):
     """Feedback names a request the agent does not remember."""
+
+
+class FeedbackConflictError(FeedbackError):
+    """The prediction was labelled already: a second label would count it twice in accuracy."""
 
 
 class LatencyHistogram:
@@ -130,6 +135,7 @@ class _Remembered:
     model: str
     version: str
     predictions: tuple[str, ...]
+    labelled: set[int] = field(default_factory=set)  # rows that have their label already
 
 
 class Metrics:
@@ -176,13 +182,21 @@ class Metrics:
         """Score the ground-truth ``label`` of row ``row`` of an earlier request; True if it was right."""
         with self._lock:
             seen = self._requests.get(request_id)
+            # The id is the client's text, not ours: it is not echoed (an unknown one may be megabytes).
             if seen is None:
-                raise FeedbackError(f"no prediction with request id {request_id!r} is remembered",
+                raise FeedbackError("no prediction with that request id is remembered",
                                     fix=f"send feedback for one of the last {self.remember_limit} requests, "
                                         "with the request_id the predict API returned")
             if not 0 <= row < len(seen.predictions):
-                raise FeedbackError(f"request {request_id!r} has {len(seen.predictions)} row(s); row {row} does not exist",
+                raise FeedbackError(f"that request has {len(seen.predictions)} row(s); row {row} does not exist",
                                     fix="send the row index of the prediction the label is for")
+            if row in seen.labelled:
+                # Labelling one prediction again (a retry, a double click, a hostile client) would
+                # weigh it twice in the accuracy the fleet sees.
+                raise FeedbackConflictError(f"row {row} of that request is labelled already",
+                                            fix="send one label per prediction; a retried request that got "
+                                                "an answer was counted")
+            seen.labelled.add(row)
             # Labels compare as strings, like the drift counters do: 3 and "3" are one class.
             correct = seen.predictions[row] == str(label)
             key = (seen.model, seen.version)

@@ -88,10 +88,10 @@ def test_the_agent_answers_named_records_as_the_converter_does(tmp_path: Path) -
         bad = httpx.post(url, json={"instances": [rows[0], {**rows[1], "alcohol": "13.2"}]}, timeout=10)
         assert bad.status_code == 400
         error = bad.json()
-        assert "instances[1].alcohol is str '13.2', not a number" in error["error"] and error["fix"]
+        assert "instances[1].alcohol is str '13.2', not a number" in error["detail"] and error["fix"]
 
         number = httpx.post(url, json={"instances": [{**rows[0], "region": 3}]}, timeout=10)
-        assert number.status_code == 400 and "column 'region' takes strings" in number.json()["error"]
+        assert number.status_code == 400 and "column 'region' takes strings" in number.json()["detail"]
 
         described = httpx.get(f"{agent.url}/v1/models/wine", timeout=10).json()
         region = next(i for i in described["inputs"] if i["name"] == "region")

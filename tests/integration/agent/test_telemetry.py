@@ -297,7 +297,8 @@ def test_feedback_reaches_telemetry_and_accuracy_per_version(
                                             "correct": expected_correct, "accuracy": expected_correct / 20}]
         assert expected_correct <= 19
         missing = httpx.post(f"{agent.url}/v1/feedback", json={"request_id": "not-a-request", "label": 1}, timeout=5)
-        assert missing.status_code == 404 and "not-a-request" in missing.json()["error"]
+        assert missing.status_code == 404 and "not-a-request" not in missing.text  # an unknown id is not echoed
+        assert missing.json()["detail"] == "no prediction with that request id is remembered"
 
         def feedback() -> tuple[int, int]:
             records = [r for b in batches.unique() for r in b.models]

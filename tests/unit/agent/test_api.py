@@ -133,7 +133,10 @@ def test_bad_input_gets_a_4xx_naming_the_problem_and_the_agent_stays_up(api: Run
     with api.tcp() as client:
         response = client.post("/v1/models/iris/predict", content=body, headers={"Content-Type": "application/json"})
         assert response.status_code == status, response.text
-        assert words in response.json()["error"] and response.json()["fix"]
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert words in problem["detail"] and problem["fix"] and problem["status"] == status
+        assert problem["type"] == "urn:edgefleet:problem:input" and problem["title"]
         assert client.post("/v1/models/iris/predict", json={"inputs": [ROW]}).status_code == 200  # same connection
 
 
@@ -149,12 +152,12 @@ def test_json_nested_deeper_than_the_recursion_limit_is_a_400(api: Running) -> N
 def test_http_level_errors(api: Running) -> None:
     with api.tcp() as client:
         assert client.post("/v1/models/nope/predict", json={"inputs": [ROW]}).status_code == 404
-        assert "no model named 'nope'" in client.post("/v1/models/nope/predict", json={"inputs": [ROW]}).json()["error"]
+        assert "no model named 'nope'" in client.post("/v1/models/nope/predict", json={"inputs": [ROW]}).json()["detail"]
         assert client.get("/v1/models/iris/predict").status_code == 405
         assert client.get("/nowhere").status_code == 404
         assert client.get("/v1/models/nope").status_code == 404
         big = client.post("/v1/models/iris/predict", content=b"[" + b"1," * 40000 + b"1]")
-        assert big.status_code == 413 and "over this agent's limit" in big.json()["error"]
+        assert big.status_code == 413 and "over this agent's limit" in big.json()["detail"]
     with api.tcp() as client:
         assert client.get("/healthz").status_code == 200
 
@@ -259,7 +262,7 @@ def test_a_model_answering_nan_gets_a_500_with_valid_json(api: Running) -> None:
     api.table.swap("iris", NanSession(real))
     with api.tcp() as client:
         response = client.post("/v1/models/iris/predict", json={"inputs": [ROW]})
-        assert response.status_code == 500 and "NaN" in response.json()["error"]
+        assert response.status_code == 500 and "NaN" in response.json()["detail"]
         assert client.get("/healthz").status_code == 200
 
 
@@ -274,7 +277,7 @@ def test_pipelined_requests_are_answered_in_order_when_one_runs_off_the_loop(api
                      + _request("GET", "/healthz", extra="Connection: close\r\n"))
     statuses = [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
     assert statuses == [200, 200, 404, 200]
-    assert answer.index(b'"pid":1') < answer.index(b'"predictions"') < answer.index(b"no route /nowhere")
+    assert answer.index(b'"pid":1') < answer.index(b'"predictions"') < answer.index(b"no route '/nowhere'")
 
 
 def test_a_request_trickling_in_byte_by_byte_and_a_half_close_still_get_the_answer(api: Running) -> None:

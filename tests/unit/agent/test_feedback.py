@@ -1,8 +1,8 @@
 """Feedback and per-request telemetry through the real local API, serving table and runtime.
 
 A prediction's request_id takes a ground-truth label later (``POST /v1/feedback``); accuracy is
-kept per model version, an unknown id is a 404 naming it, and bad requests count as input
-errors of the model they were meant for.
+kept per model version, an unknown id is a 404 that does not echo it, a prediction takes one
+label (a second is a 409), and bad requests count as input errors of the model they were meant for.
 """
 
 from __future__ import annotations
@@ -88,20 +88,28 @@ def test_feedback_on_a_request_id_scores_it_and_reports_rolling_accuracy(agent: 
     body = done.json()
     assert [a["correct"] for a in body["accepted"]] == [True, True, True, False] and body["rejected"] == []
     assert body["accuracy"] == [{"model": "iris", "version": "1.0.0", "labels": 4, "correct": 3, "accuracy": 0.75}]
-    one = agent.client.post("/v1/feedback", json={"request_id": answers[0]["request_id"], "label": predicted[0][0]})
+    # Row 1 of the first request has no label yet: it takes one.
+    one = agent.client.post("/v1/feedback", json={"request_id": answers[0]["request_id"], "label": predicted[0][1],
+                                                  "row": 1})
     assert one.json()["accuracy"][0]["accuracy"] == 0.8
     records = agent.metrics.take_records()
     assert [(r.model, r.count, r.feedback.labels, r.feedback.correct) for r in records] == [("iris", 4, 5, 4)]
 
 
-def test_unknown_or_expired_request_id_is_a_404_naming_it(agent: Agent) -> None:
+def test_unknown_or_expired_request_id_is_a_404_that_does_not_echo_it(agent: Agent) -> None:
     first = agent.predict([ROW])["request_id"]
     for _ in range(agent.metrics.remember_limit):  # push the first request out of memory
         agent.predict([ROW])
-    for request_id in ("no-such-request", first):
+    for request_id in ("no-such-request", first, "x" * 128):
         answer = agent.client.post("/v1/feedback", json={"request_id": request_id, "label": LABELS[0]})
-        assert answer.status_code == 404 and request_id in answer.json()["error"], answer.text
-        assert "request_id the predict API returned" in answer.json()["fix"]
+        assert answer.status_code == 404 and answer.headers["content-type"] == "application/problem+json"
+        problem = answer.json()
+        assert "no prediction with that request id" in problem["detail"] and request_id not in answer.text
+        assert problem["type"] == "urn:edgefleet:problem:feedback" and problem["status"] == 404
+        assert "request_id the predict API returned" in problem["fix"]
+    # Longer than any request id: refused as malformed, and not echoed either.
+    huge = agent.client.post("/v1/feedback", json={"request_id": "y" * 1_000_000, "label": LABELS[0]})
+    assert huge.status_code == 400 and len(huge.content) < 1_000 and "request_id string of 1 to 128" in huge.text
     # In a list, unknown ids are rejected one by one and the known ones still count.
     known = agent.predict([ROW])["request_id"]
     mixed = agent.client.post("/v1/feedback", json=[{"request_id": "gone", "label": "x"},
@@ -109,6 +117,25 @@ def test_unknown_or_expired_request_id_is_a_404_naming_it(agent: Agent) -> None:
     assert mixed.status_code == 200
     assert [r["request_id"] for r in mixed.json()["rejected"]] == ["gone"]
     assert len(mixed.json()["accepted"]) == 1
+
+
+def test_a_prediction_takes_one_label_and_a_second_is_a_409(agent: Agent) -> None:
+    answer = agent.predict([ROW, ROW])
+    label = {"request_id": answer["request_id"], "label": answer["predictions"][0]}
+    assert agent.client.post("/v1/feedback", json=label).status_code == 200
+    for again in (label, {**label, "label": LABELS[-1]}):  # the same label, or another one
+        conflict = agent.client.post("/v1/feedback", json=again)
+        assert conflict.status_code == 409, conflict.text
+        problem = conflict.json()
+        assert problem["type"] == "urn:edgefleet:problem:feedback-conflict" and problem["status"] == 409
+        assert "labelled already" in problem["detail"] and "one label per prediction" in problem["fix"]
+    # In a list, the labelled row is rejected and the other row of the request still takes its label;
+    # a row named twice in one list counts once.
+    row1 = {**label, "row": 1}
+    mixed = agent.client.post("/v1/feedback", json=[label, row1, row1])
+    assert mixed.status_code == 200, mixed.text
+    assert len(mixed.json()["accepted"]) == 1 and len(mixed.json()["rejected"]) == 2
+    assert mixed.json()["accuracy"][0]["labels"] == 2  # not 5: no prediction counted twice
 
 
 @pytest.mark.parametrize(("body", "words"), [
@@ -123,7 +150,7 @@ def test_unknown_or_expired_request_id_is_a_404_naming_it(agent: Agent) -> None:
 ])
 def test_a_malformed_feedback_body_is_a_400_that_teaches_the_shape(agent: Agent, body: bytes, words: str) -> None:
     answer = agent.client.post("/v1/feedback", content=body, headers={"Content-Type": "application/json"})
-    assert answer.status_code == 400 and words in answer.json()["error"], answer.text
+    assert answer.status_code == 400 and words in answer.json()["detail"], answer.text
     assert "request_id" in answer.json()["fix"]
 
 

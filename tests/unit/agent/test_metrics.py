@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from agent.drift import DriftWindow
 from agent.metrics import (
     BatchComposer,
+    FeedbackConflictError,
     FeedbackError,
     LatencyHistogram,
     Metrics,
@@ -77,13 +78,16 @@ def test_feedback_scores_the_remembered_prediction_and_accuracy_rolls() -> None:
     assert metrics.feedback("r1", "cat") is False
     assert metrics.accuracy("pets", "1.0.0").value == pytest.approx(0.5)
     metrics.remember("r3", "pets", "1.0.0", [3, 4])
-    with pytest.raises(FeedbackError, match="request id 'r0'"):
+    with pytest.raises(FeedbackError, match="no prediction with that request id"):
         metrics.feedback("r0", "cat")  # forgotten: only the last 3 requests are kept
     assert metrics.feedback("r3", "4", row=1) is True  # labels compare as strings
     with pytest.raises(FeedbackError, match="row 2 does not exist"):
         metrics.feedback("r3", 4, row=2)
-    for _ in range(4):
-        metrics.feedback("r2", "cat")
+    with pytest.raises(FeedbackConflictError, match="row 1 of that request is labelled already"):
+        metrics.feedback("r3", "3", row=1)  # one label per prediction: a second never counts
+    for i in range(4):
+        metrics.remember(f"s{i}", "pets", "1.0.0", ["cat"])
+        metrics.feedback(f"s{i}", "cat")
     rolling = metrics.accuracy("pets", "1.0.0")
     assert (rolling.labels, rolling.correct) == (4, 4)  # the window keeps the last 4 labels only
     record = metrics.take_records()[0]
