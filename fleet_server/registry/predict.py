@@ -13,7 +13,12 @@ named column inputs), ``parse_inputs`` a body or an array for a one-tensor model
 parser's refusals into ``PredictInputError``. ``read_table`` reads uploads
 into what that parser takes, streaming, with each limit applied before the work it guards (an
 .npy header's claimed size; CSV rows, values and line length counted as they are read), so a
-hostile upload costs a few MB before it is refused (issue 14).
+hostile upload costs a few MB before it is refused (issue 14). ``read_feeds`` reads an upload
+for any model: ``read_table`` for a one-tensor model; for a model with named columns, CSV with
+a header naming them (the stdlib ``csv`` module, cells by ``edgefleet.cells.column_value`` as the
+agent's batch reader does, under the same limits, text counted by its bytes) or Parquet when
+pyarrow is installed (its row count and uncompressed size checked from the footer before a
+value is read). The server extra has no pandas, and needs none for this.
 
 Only ONNX bundles are served (TFLite bundles are built for devices); this module knows nothing
 of HTTP (the routes are in ``fleet_server.telemetry.api``).
@@ -39,7 +44,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.lib import format as npy_format
 
-from edgefleet.cells import is_number
+from edgefleet.cells import column_value, is_number
 from edgefleet.errors import InputError
 from edgefleet.inputs import DEFAULT_MAX_ROWS, Feeds, expected_width, to_feeds, to_matrix
 from edgefleet.manifest import Manifest, TensorSpec
@@ -224,6 +229,122 @@ def _csv_number(cell: str, filename: str, row: int, column: int) -> float:
     except ValueError:
         raise PredictInputError(f"{filename}: data row {row + 1}, column {column + 1} is {cell[:40]!r}, not a number",
                                 fix="every cell after the header must be a number") from None
+
+
+def read_feeds(source: bytes | BinaryIO, filename: str, inputs: Sequence[TensorSpec], *,
+               max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_TABLE_BYTES) -> Feeds:
+    """An uploaded file as one checked array per model input (see the module docstring).
+
+    A one-tensor model: ``{name: read_table(...)}``. Named columns: CSV with a header, or
+    Parquet (``.parquet`` or its ``PAR1`` magic); the rows become records for the shared parser,
+    so its refusals (and ``instances[i]``, the i-th data row) are the ones a JSON body gets.
+    """
+    if len(inputs) == 1 and inputs[0].kind == "tensor":
+        return {inputs[0].name: read_table(source, filename, inputs[0], max_rows=max_rows, max_bytes=max_bytes)}
+    if not inputs or not all(spec.kind == "column" for spec in inputs):
+        shown = ", ".join(f"{spec.name!r} ({spec.kind}, shape {list(spec.shape)})" for spec in inputs[:4])
+        raise PredictInputError(f"this model takes inputs {shown}, which batch uploads cannot feed yet",
+                                fix="upload files for models with one [batch, features] tensor or with named columns")
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    start = stream.tell()
+    magic = stream.read(len(_PARQUET_MAGIC))
+    stream.seek(start)
+    if filename.lower().endswith(".parquet") or magic == _PARQUET_MAGIC:
+        records = _parquet_records(stream, filename, inputs, max_rows=max_rows, max_bytes=max_bytes)
+    else:
+        records = _csv_records(stream, filename, inputs, max_rows=max_rows, max_bytes=max_bytes)
+    try:
+        return to_feeds({"instances": records}, inputs, max_rows=max_rows)
+    except InputError as exc:
+        raise _refused(exc, filename) from exc
+
+
+_PARQUET_MAGIC = b"PAR1"
+_VALUE_BYTES = 8  # what a number or a cell's bookkeeping counts against max_bytes, beside a string's own bytes
+
+
+def _columns_hint(inputs: Sequence[TensorSpec]) -> str:
+    names = [spec.name for spec in inputs]
+    return ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+
+def _csv_records(stream: BinaryIO, filename: str, inputs: Sequence[TensorSpec], *, max_rows: int,
+                 max_bytes: int) -> list[dict[str, Any]]:
+    """CSV rows of named columns as records, refused as soon as a limit is passed (as ``_csv_array``)."""
+    rows = (line for line in csv.reader(_csv_lines(stream, filename)) if line)
+    records: list[dict[str, Any]] = []
+    try:
+        header = next(rows, None)
+        if header is None:
+            raise PredictInputError(f"{filename} is empty", fix="upload a header row naming the columns, then one row a line")
+        position = {name.strip(): j for j, name in enumerate(header)}
+        missing = [spec.name for spec in inputs if spec.name not in position]
+        if missing:
+            raise PredictInputError(f"{filename}: the header lacks column(s) {', '.join(map(repr, missing[:5]))}, "
+                                    "which the model takes by name",
+                                    fix=f"start the file with a header row naming the columns: {_columns_hint(inputs)}")
+        picked = [(spec, position[spec.name]) for spec in inputs]
+        kept = 0
+        for i, line in enumerate(rows):
+            if i == max_rows:
+                raise PredictInputError(f"{filename} holds more than {max_rows} rows, over the limit of {max_rows} "
+                                        "rows a request", fix=_SPLIT_FIX, status=413)
+            if len(line) != len(header):
+                raise PredictInputError(f"{filename}: data row {i + 1} has {len(line)} cells, the header names "
+                                        f"{len(header)}", fix="give every row one cell per header column")
+            record: dict[str, Any] = {}
+            for spec, j in picked:
+                cell = line[j]
+                kept += _VALUE_BYTES + (len(cell.encode()) if spec.dtype == "string" else 0)
+                try:
+                    record[spec.name] = column_value(cell, spec.dtype, allow_nan=spec.allow_nan)
+                except ValueError as exc:
+                    raise PredictInputError(f"{filename}: data row {i + 1}, column {spec.name!r} {exc}",
+                                            fix=f"every row needs a value of {spec.dtype} in {spec.name}") from None
+            if kept > max_bytes:
+                raise PredictInputError(f"{filename} holds more than {max_bytes} bytes of values, over the limit of "
+                                        f"{max_bytes} bytes an upload", fix=_SPLIT_FIX, status=413)
+            records.append(record)
+    except csv.Error as exc:
+        raise PredictInputError(f"{filename} is not a readable CSV file: {exc}", fix="upload a CSV or Parquet file") from exc
+    return records
+
+
+def _parquet_records(stream: BinaryIO, filename: str, inputs: Sequence[TensorSpec], *, max_rows: int,
+                     max_bytes: int) -> list[dict[str, Any]]:
+    """Parquet rows of named columns as records; the footer's row count and uncompressed size are
+    checked against the limits before any value is read."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise PredictInputError(f"{filename}: reading Parquet needs pyarrow, which this server does not have",
+                                fix="upload the rows as CSV with a header, or install pyarrow on the server") from exc
+    try:
+        handle = pq.ParquetFile(stream)
+        metadata = handle.metadata
+        names = handle.schema_arrow.names
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid/OSError family for a bad file
+        raise PredictInputError(f"{filename} is not a readable Parquet file: {exc}",
+                                fix="upload a Parquet file written by pandas or pyarrow, or CSV") from exc
+    missing = [spec.name for spec in inputs if spec.name not in names]
+    if missing:
+        raise PredictInputError(f"{filename} lacks column(s) {', '.join(map(repr, missing[:5]))}, which the model "
+                                "takes by name", fix=f"name the columns {_columns_hint(inputs)}")
+    if metadata.num_rows > max_rows:
+        raise PredictInputError(f"{filename} holds {metadata.num_rows} rows, over the limit of {max_rows} rows a "
+                                "request", fix=_SPLIT_FIX, status=413)
+    size = sum(metadata.row_group(g).total_byte_size for g in range(metadata.num_row_groups))
+    if size > max_bytes:
+        raise PredictInputError(f"{filename} holds {size} bytes of values uncompressed, over the limit of {max_bytes} "
+                                "bytes an upload", fix=_SPLIT_FIX, status=413)
+    columns = [spec.name for spec in inputs]
+    try:
+        table = handle.read(columns=columns)
+    except Exception as exc:
+        raise PredictInputError(f"{filename} is not a readable Parquet file: {exc}",
+                                fix="upload a Parquet file written by pandas or pyarrow, or CSV") from exc
+    values = [table.column(name).to_pylist() for name in columns]
+    return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 # ---- running ------------------------------------------------------------------------------------

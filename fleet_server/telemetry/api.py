@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from fleet_server.api import Bearer, Ctx, ModelName, Version, checked_version, require_admin
 from fleet_server.credentials import same_secret
 from fleet_server.errors import AuthError, InvalidInputError
-from fleet_server.registry.predict import PredictInputError, parse_feeds, read_table
+from fleet_server.registry.predict import parse_feeds, read_feeds
 
 router = APIRouter(prefix="/api/v1")
 metrics_router = APIRouter()
@@ -125,18 +125,15 @@ async def predict(ctx: Ctx, name: ModelName, request: Request,
 @router.post("/models/{name}/predict/batch", tags=["predict"], dependencies=[Depends(require_admin_or_device)],
              response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 def predict_batch(ctx: Ctx, name: ModelName,
-                  file: Annotated[UploadFile, File(description="rows as CSV (header = feature names, optional) or .npy")],
+                  file: Annotated[UploadFile, File(description="rows as CSV (header = feature names, optional) or "
+                                                               ".npy; named columns: CSV with a header, or Parquet")],
                   version: Annotated[str | None, Query(max_length=128)] = None) -> Response:
     """Predict every row of an uploaded file; answers CSV: prediction, then one column per class probability."""
     chosen = ctx.predictor.resolve(name, checked_version(version) if version else None)
     manifest = ctx.predictor.manifest(name, chosen)
-    if len(manifest.inputs) != 1:
-        raise PredictInputError(f"{manifest.ref} takes {len(manifest.inputs)} named inputs; batch files are read "
-                                "for one-tensor models only so far",
-                                fix=f"send its rows as records to /api/v1/models/{name}/predict")
-    spec = manifest.input
-    matrix = read_table(file.file, file.filename or "upload.csv", spec, max_rows=ctx.predictor.max_rows)  # streamed
-    result = ctx.predictor.predict(name, chosen, matrix)
+    feeds = read_feeds(file.file, file.filename or "upload.csv", manifest.inputs,  # streamed
+                       max_rows=ctx.predictor.max_rows)
+    result = ctx.predictor.predict(name, chosen, feeds)
     return Response(result.to_csv(), media_type="text/csv",
                     headers={"X-Edgefleet-Model": f"{name}@{chosen}", "X-Request-Id": result.request_id})
 
