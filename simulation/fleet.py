@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from edgefleet.errors import EdgefleetError
 
@@ -313,7 +313,7 @@ class MosquittoProcess(_Supervised):
         self.config_file.write_text("\n".join(lines) + "\n")
         return self.config_file
 
-    def start(self) -> MosquittoProcess:
+    def start(self) -> Self:
         config = self._write_config()
         self.child = self.supervisor.spawn("mosquitto", [self.binary, "-c", str(config)])
 
@@ -344,7 +344,7 @@ class MosquittoProcess(_Supervised):
         time.sleep(down_s)
         self.start()
 
-    def __enter__(self) -> MosquittoProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -10,8 +10,11 @@ Under pytest-xdist each worker hands out only its own share of ports (simulation
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from simulation.databases import (
     sqlite_copy,
 )
 from simulation.fleet import MosquittoProcess, mosquitto_binary
+from tests.support.shared import SHARED_ENV
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,6 +37,12 @@ def pytest_configure(config: pytest.Config) -> None:
     count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
     if worker.startswith("gw") and count.isdigit():
         os.environ["EDGEFLEET_PORT_SLOT"] = f"{int(worker[2:])}/{count}"
+    elif not worker:
+        # The controller (or the only process): a directory every worker inherits through the
+        # environment, for what is built once per run (tests/support/bundles.py's examples).
+        shared = tempfile.mkdtemp(prefix="edgefleet-tests-")
+        os.environ[SHARED_ENV] = shared
+        config.add_cleanup(functools.partial(shutil.rmtree, shared, ignore_errors=True))
 
 
 @pytest.fixture(autouse=True)

@@ -4,27 +4,48 @@
     make_tflite_bundle(tmp_path)         digits MLP as full-int8 TFLite for rpi4-64 (needs TensorFlow)
     make_broken_bundle(tmp_path)         converts fine, but its golden samples disagree with its model
 
-The trained example is cached per kind for the whole test session (training is the slow
-part); each call still runs a real conversion into the caller's directory.
+The trained example is cached per kind for the whole test run (training is the slow part):
+in tests/support/shared.py's directory, made once for all pytest-xdist workers, so the first
+worker to ask trains it and the others read it; outside pytest, in a private temporary
+directory per process. Each call still runs a real conversion into the caller's directory.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from converter import ConvertOptions, ExampleFiles, convert, write_example
+from tests.support.shared import locked, shared_dir
 
 
 @functools.cache
 def example(kind: str = "digits-mlp") -> ExampleFiles:
-    """The trained ``kind`` example, written once per session to a private temporary directory."""
-    directory = tempfile.mkdtemp(prefix=f"edgefleet-example-{kind}-")
-    atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    return write_example(Path(directory), kind=kind)
+    """The trained ``kind`` example, trained once per test run and shared by every worker."""
+    shared = shared_dir()
+    if shared is None:
+        private = tempfile.mkdtemp(prefix=f"edgefleet-example-{kind}-")
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        return write_example(Path(private), kind=kind)
+    directory = shared / f"example-{kind}"
+    record = directory / "example.json"  # written last: its presence means the files are whole
+    with locked(shared / f"example-{kind}.lock"):
+        if record.exists():
+            fields = json.loads(record.read_text())
+            return ExampleFiles(model_path=Path(fields["model_path"]), calibration_csv=Path(fields["calibration_csv"]),
+                                validation_csv=Path(fields["validation_csv"]), labels_column=fields["labels_column"])
+        shutil.rmtree(directory, ignore_errors=True)  # a worker that died mid-training left a part
+        directory.mkdir()
+        files = write_example(directory, kind=kind)
+        record.write_text(json.dumps({"model_path": str(files.model_path),
+                                      "calibration_csv": str(files.calibration_csv),
+                                      "validation_csv": str(files.validation_csv),
+                                      "labels_column": files.labels_column}))
+        return files
 
 
 def _convert(tmp_dir: Path, *, name: str, version: str, profile: str, fmt: str, quantize: str, kind: str,

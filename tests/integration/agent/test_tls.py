@@ -49,18 +49,19 @@ def make_pki(directory: Path, label: str) -> tuple[Path, Path, Path]:
 
 class TlsBroker(MosquittoProcess):
     def __init__(self, workdir: Path, ca: Path, cert: Path, key: Path) -> None:
-        super().__init__(workdir)
+        super().__init__(None, workdir, auth=False, persistence=False)
         self.tls_files = ca, cert, key
 
     @property
     def url(self) -> str:
         return f"mqtts://127.0.0.1:{self.port}"
 
-    def _write_config(self) -> None:
-        super()._write_config()
+    def _write_config(self) -> Path:
+        config_file = super()._write_config()
         ca, cert, key = self.tls_files
-        with self.config_file.open("a") as config:
+        with config_file.open("a") as config:
             config.write(f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
+        return config_file
 
 
 @pytest.fixture
