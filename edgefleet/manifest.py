@@ -34,12 +34,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgefleet.errors import ManifestError
+from edgefleet.errors import ManifestError, VersionError
 from edgefleet.version import ModelVersion, check_model_name
 
 SCHEMA_VERSION = 2
 """The newest schema this edgefleet reads and writes."""
 SCHEMA_VERSIONS = (1, 2)
+AGENT_READS_SINCE: Mapping[int, str] = {1: "0.0.0", 2: "0.1.0"}
+"""The first edgefleet release whose agent reads each schema version. The server assigns a bundle
+only to a device whose reported agent_version is at least this (``agent_reads``), so an old agent
+is never sent a manifest it would refuse. Schema 2 came without a release bump (agents before and
+after it report 0.1.0): raise this entry together with ``edgefleet.__version__`` at the next
+release, so that the guard can tell them apart."""
 FORMATS = ("onnx", "tflite")
 TASKS = ("classification", "regression")
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "string", "bool")
@@ -82,6 +88,24 @@ def _only(data: Mapping[str, Any], allowed: set[str] | frozenset[str], where: st
     if unknown:
         raise ManifestError(f"manifest has unknown field(s) {', '.join(where + u for u in unknown)}",
                             fix="this bundle was written by a newer or foreign tool; rebuild it with this edgefleet")
+
+
+def agent_reads(agent_version: str, schema_version: int) -> bool:
+    """Whether an agent reporting ``agent_version`` reads manifests of ``schema_version``.
+
+    Schema 1 is read by every agent, whatever it reports. For a later schema the version must be
+    a semantic version at or above ``AGENT_READS_SINCE``: an agent that reports none, or something
+    else, is not trusted to read it.
+    """
+    since = AGENT_READS_SINCE.get(schema_version)
+    if since is None:
+        return False
+    if schema_version == 1:
+        return True
+    try:
+        return ModelVersion.parse(agent_version) >= ModelVersion.parse(since)
+    except VersionError:  # no version reported, or not a semantic one
+        return False
 
 
 def _check_schema(version: int) -> None:

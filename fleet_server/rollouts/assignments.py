@@ -21,8 +21,9 @@ between commit and publish) and re-issues assignments that have passed half thei
 so a device never holds an expired one.
 
 Checked here, not only in the rollout core: a device is never assigned a model version that
-is unknown, yanked, or not validated for the device's profile, and a revoked device is never
-assigned anything.
+is unknown, yanked, or not validated for the device's profile, nor a bundle whose manifest
+schema its reported agent version cannot read (``edgefleet.manifest.agent_reads``), and a
+revoked device is never assigned anything.
 
 This module does not decide WHO gets WHAT (``fleet_server.rollouts.machine`` does), and it does not own
 the broker connection (a ``Publisher`` is injected).
@@ -51,6 +52,7 @@ from sqlalchemy.orm import Session
 
 from edgefleet import topics
 from edgefleet.assignment import Assignment, DirectorSigner, ModelTarget
+from edgefleet.manifest import AGENT_READS_SINCE, agent_reads
 from fleet_server.db import Database
 from fleet_server.errors import BrokerError, InvalidInputError, NotFoundError
 from fleet_server.tables import DeviceAssignmentRow, DeviceRow, ModelRow
@@ -64,7 +66,7 @@ ENROLLED = "enrolled"  # fleet_server.registry.devices' status for a device that
 
 
 class IneligibleError(InvalidInputError):
-    """The device may not be assigned that model version (profile, yank, revocation)."""
+    """The device may not be assigned that model version (profile, agent too old, yank, revocation)."""
 
     def __init__(self, message: str, *, reason: str, fix: str | None = None) -> None:
         # a stable code the rollout engine records per device
@@ -126,6 +128,14 @@ def _eligible(row: ModelRow | None, device: DeviceRow, name: str, version: str) 
             f"model {name}@{version} was validated for {', '.join(row.profiles) or 'no profile'}, "
             f"not for device {device.id}'s profile {device.profile}", reason="profile_not_validated",
             fix=f"convert the model for {device.profile} and push that bundle")
+    schema = row.manifest.get("schema_version", 1) if isinstance(row.manifest, dict) else 1
+    if not agent_reads(device.agent_version, schema):
+        # An agent that predates the schema would fail the update at the manifest: say so here.
+        since = AGENT_READS_SINCE.get(schema, "?")
+        raise IneligibleError(
+            f"model {name}@{version} is a schema-{schema} bundle, which device {device.id}'s agent "
+            f"({device.agent_version or 'no version reported'}) cannot read: it needs edgefleet {since} or later",
+            reason="agent_too_old", fix=f"upgrade the agent on {device.id} to edgefleet {since} or later")
     return ModelTarget(row.version, row.target_path, row.sha256, row.length)
 
 
