@@ -670,17 +670,18 @@ def _parse_head(head: bytes) -> tuple[str, str, bool, int, bool]:
     method, target, version = parts
     if not _TOKEN.fullmatch(method):
         raise _malformed(f"malformed method {shown(method, 20)}")
-    match = _VERSION.fullmatch(version)
-    if match is None:
-        raise _malformed(f"malformed HTTP version {shown(version, 20)}", "use HTTP/1.1")
-    if match.group(1) != "1":
-        raise HttpError(505, f"{version} is not supported", "use HTTP/1.1", close=True)
-    http10 = version == "HTTP/1.0"  # HTTP/1.2 and up read as 1.1 (RFC 9110 2.5)
     absolute = _ABSOLUTE.match(target)
     if absolute is not None:
         target = target[absolute.end():] or "/"
     if not _TARGET.fullmatch(target) and not (target == "*" and method == "OPTIONS"):
         raise _malformed(f"malformed request target {shown(target, 40)}", "send a path starting with /")
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        raise _malformed(f"malformed HTTP version {shown(version, 20)}", "use HTTP/1.1")
+    # Only a well-formed request line of another major version is a 505; anything malformed is a 400.
+    if match.group(1) != "1":
+        raise HttpError(505, f"{version} is not supported", "use HTTP/1.1", close=True)
+    http10 = version == "HTTP/1.0"  # HTTP/1.2 and up read as 1.1 (RFC 9110 2.5)
     headers: dict[str, str] = {}
     for line in lines:
         name, sep, value = line.partition(":")
