@@ -217,36 +217,32 @@ class DriftWindow:
     def _project(self, feeds: Mapping[str, Any]) -> np.ndarray:
         """Feeds by input name as rows x reference features: numbers as they are, strings as
         their category's index (unseen: one past the last)."""
-        features = self.reference.features
-        if not features:
+        if not self._codes:
             first = next(iter(feeds.values()), None)
             return np.zeros((0 if first is None else len(first), 0))
-        n: int | None = None
-        matrix: np.ndarray | None = None
-        for i, (feature, codes) in enumerate(zip(features, self._codes, strict=True)):
-            if feature.name not in feeds:
+        columns: list[np.ndarray] = []
+        n = -1
+        for feature, codes in zip(self.reference.features, self._codes, strict=True):
+            column = feeds.get(feature.name)
+            if column is None:
                 raise DriftError(f"the request has no input {feature.name!r}, which the drift reference counts",
                                  fix="count the feeds the model ran on; the bundle's reference names its inputs")
-            column = np.asarray(feeds[feature.name])
-            if column.ndim == 2 and column.shape[1] == 1:
-                column = column[:, 0]
-            if column.ndim != 1 or (n is not None and len(column) != n):
-                raise DriftError(f"input {feature.name!r} has shape {list(np.shape(feeds[feature.name]))}; "
-                                 "drift counts one value a row in every column",
-                                 fix="count the [rows, 1] columns the model ran on")
-            if matrix is None:
-                n = len(column)
-                matrix = np.empty((n, len(features)), dtype=np.float64)
+            column = np.asarray(column)
+            if column.ndim == 1:
+                column = column[:, None]
+            if column.ndim != 2 or column.shape[1] != 1 or (n >= 0 and column.shape[0] != n):
+                raise DriftError(f"input {feature.name!r} has shape {list(column.shape)}; drift counts one value "
+                                 "a row in every column", fix="count the [rows, 1] columns the model ran on")
+            n = column.shape[0]
             if codes is not None:
                 unseen = len(codes)
-                matrix[:, i] = [codes.get(v, unseen) for v in column.tolist()]
-            elif column.dtype.kind in "fiub":
-                matrix[:, i] = column
-            else:
+                column = np.fromiter((codes.get(v, unseen) for v in column[:, 0].tolist()), np.float64, n)[:, None]
+            elif column.dtype.kind not in "fiub":
                 raise DriftError(f"input {feature.name!r} holds {column.dtype} values; its drift feature counts numbers",
                                  fix="count the checked feeds the model ran on")
-        assert matrix is not None
-        return matrix
+            columns.append(column)
+        # One copy into float64 for every column at once: per-column assignment cost more than the binning.
+        return np.concatenate(columns, axis=1, dtype=np.float64)
 
     def _checked_outputs(self, outputs: Sequence[Any] | np.ndarray | None) -> list[Any]:
         """The outputs to hold, flat; for value bins, raises now if they are not numbers."""
