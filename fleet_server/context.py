@@ -147,6 +147,7 @@ class ServerContext:
         from fleet_server.registry.predict import Predictor
         from fleet_server.telemetry.metrics import Metrics
         from fleet_server.telemetry.monitor import AlertMonitor
+        from fleet_server.telemetry.refusals import DeviceRefusals
         from fleet_server.telemetry.views import FleetViews
 
         bundles = BundleCache(self.db, self.artifacts)
@@ -155,6 +156,7 @@ class ServerContext:
         self.monitor = AlertMonitor(self.db, self.fleet_views, self.config.alerts)
         self.metrics = Metrics(self.fleet_views, lambda: self.ingest.counts() if self.ingest is not None else None,
                                self.monitor.episodes)
+        self.refusals = DeviceRefusals(self.db)
 
     def _server_mqtt_password(self) -> str:
         path = self.config.mqtt_credentials_file
@@ -188,7 +190,7 @@ class ServerContext:
         from edgefleet.topics import DEVICE_TO_SERVER
         from fleet_server.broker.connection import FleetMqtt
         from fleet_server.registry.presence import PresenceIngest
-        from fleet_server.telemetry.ingest import TelemetryIngest, route_telemetry
+        from fleet_server.telemetry.ingest import TelemetryIngest
 
         if self.broker_url is None:
             from fleet_server.broker.embedded import EmbeddedBroker
@@ -205,11 +207,12 @@ class ServerContext:
         embedded = self.embedded_broker is not None
         # Credentials in the URL (mqtt://user:pass@host) win; the embedded broker needs none.
         own_login = not embedded and urlsplit(self.broker_url).username is None
-        self.ingest = TelemetryIngest(self.db, clock=self.clock).start()
-        self.presence = PresenceIngest(self.devices, self.clock)
-        fanout = Fanout([self.presence, self.ingest])
-        # Telemetry goes to the ingest alone; reported and events to presence, ingest and the rollout worker.
-        self.mqtt = FleetMqtt(self.broker_url, handler=route_telemetry(self.ingest, fanout), kinds=DEVICE_TO_SERVER,
+        self.ingest = TelemetryIngest(self.db, clock=self.clock, references=self.fleet_views.reference).start()
+        self.presence = PresenceIngest(self.devices, self.clock, on_dropped=self.ingest.store_failed)
+        fanout = Fanout([self.presence])
+        # The ingest checks every device message first (issue 14) and stores telemetry and events;
+        # the reported and events messages it accepts go on to presence and the rollout worker.
+        self.mqtt = FleetMqtt(self.broker_url, handler=self.ingest.handler(fanout), kinds=DEVICE_TO_SERVER,
                               username=self.config.mqtt_username if own_login else None,
                               password=self.mqtt_password if own_login else None,
                               shared=not embedded,

@@ -9,7 +9,7 @@ JSONB; timestamps stored as UTC and handed back timezone-aware on both (``UTCDat
     registry     models, devices, enrollment_tokens
     rollouts     device_assignments (fleet_server.rollouts.assignments), rollouts (.engine)
     telemetry    telemetry_batches, telemetry_records, device_events (fleet_server.telemetry.ingest),
-                 alert_state (fleet_server.telemetry.monitor)
+                 device_refusals (fleet_server.telemetry.refusals), alert_state (fleet_server.telemetry.monitor)
 
 This module holds no engine or session (``fleet_server.db.Database`` does) and no queries:
 the modules named above own the reads and writes of their tables.
@@ -37,8 +37,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["AlertStateRow", "Base", "DeviceAssignmentRow", "DeviceEventRow", "DeviceRow", "EnrollmentTokenRow",
-           "ModelRow", "RolloutRow", "TelemetryBatchRow", "TelemetryRecordRow", "UTCDateTime"]
+__all__ = ["AlertStateRow", "Base", "DeviceAssignmentRow", "DeviceEventRow", "DeviceRefusalRow", "DeviceRow",
+           "EnrollmentTokenRow", "ModelRow", "RolloutRow", "TelemetryBatchRow", "TelemetryRecordRow", "UTCDateTime"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -184,6 +184,20 @@ class DeviceEventRow(Base):
     model: Mapped[str | None] = mapped_column(String(64), nullable=True)
     version: Mapped[str | None] = mapped_column(String(128), nullable=True)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class DeviceRefusalRow(Base):
+    """How many messages of one device, topic and reason were refused or clamped (migration 0004)."""
+
+    __tablename__ = "device_refusals"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(16), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    detail: Mapped[str] = mapped_column(String(200))
 
 
 class DeviceAssignmentRow(Base):

@@ -12,7 +12,12 @@ broker from letting one device speak for another.
 argument. ``PresenceIngest`` is the MQTT handler around it: it runs on paho's network thread,
 only parses and queues, and its own writer thread stores the updates in batches through a
 ``PresenceStore`` (``fleet_server.registry.devices.Devices.record_presences``, one transaction
-per batch). This module does not connect to the broker (``fleet_server.broker.connection``).
+per batch). If the database refuses a batch for what one update holds, the batch is split until
+only that update fails (``fleet_server.isolation``): the others are stored, in order, and the bad
+one is dropped, counted (``counts``), logged and handed to ``on_dropped`` (the server counts it
+for its device). This module does not connect to the broker (``fleet_server.broker.connection``)
+and does not check message schemas: the server's handler
+(``fleet_server.telemetry.ingest.TelemetryIngest.handler``) does that before anything arrives here.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, Protocol
 
 from edgefleet.topics import parse_device_topic
 from fleet_server.backlog import Backlog
+from fleet_server.isolation import write_isolating
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +104,21 @@ class PresenceIngest:
     """
 
     def __init__(self, devices: PresenceStore, clock: Callable[[], datetime] = lambda: datetime.now(UTC), *,
-                 max_batch: int = 1000, queue_size: int = 20_000, idle_s: float = 2.0) -> None:
+                 max_batch: int = 1000, queue_size: int = 20_000, idle_s: float = 2.0,
+                 on_dropped: Callable[[str, str, BaseException], None] | None = None) -> None:
         if max_batch < 1 or queue_size < 1 or idle_s <= 0:
             raise ValueError("max_batch and queue_size must be >= 1 and idle_s positive")
         self.devices = devices
         self.clock = clock
         self.max_batch = max_batch
         self.idle_s = idle_s
+        self.on_dropped = on_dropped  # (device_id, topic kind, error) of an update the database refused alone
         self._queue: queue.Queue[PresenceUpdate] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._backlog = Backlog()
+        self._counts_lock = threading.Lock()
+        self._counts = {"stored": 0, "dropped": 0}
 
     def __call__(self, topic: str, payload: bytes) -> None:
         try:
@@ -131,6 +141,16 @@ class PresenceIngest:
         """Wait until every update queued so far is stored (or dropped); False on timeout."""
         return self._backlog.drain(timeout)
 
+    def counts(self) -> dict[str, int]:
+        """Updates ``stored`` (taken by the store, known devices or not) and ``dropped`` since start."""
+        with self._counts_lock:
+            return dict(self._counts)
+
+    def _count(self, **deltas: int) -> None:
+        with self._counts_lock:
+            for key, n in deltas.items():
+                self._counts[key] += n
+
     def _run(self) -> None:
         while True:
             try:
@@ -149,12 +169,34 @@ class PresenceIngest:
             self._store(batch)
 
     def _store(self, batch: list[PresenceUpdate]) -> None:
+        ignored: set[str] = set()
+        stored = [0]
+
+        def record(part: Sequence[PresenceUpdate]) -> None:
+            accepted = self.devices.record_presences(part)
+            ignored.update({u.device_id for u in part} - accepted)
+            stored[0] += len(part)
+
         try:
-            accepted = self.devices.record_presences(batch)
-            ignored = {u.device_id for u in batch} - accepted
+            # Split until only the update the database refuses fails: one device's document
+            # must not cost the fleet's presence (issue 14: 137 updates lost to one).
+            for update_, error in write_isolating(batch, record):
+                self._dropped(update_, error)
+        except Exception:  # unreachable database: the next report or event brings presence back
+            log.exception("storing %d presence updates failed; they are dropped", len(batch) - stored[0])
+            self._count(dropped=len(batch) - stored[0])
+        else:
             if ignored:
                 log.info("messages from %d unknown or revoked device(s) ignored", len(ignored))
-        except Exception:  # the database hiccuped: the next report or event brings presence back
-            log.exception("storing %d presence updates failed; they are dropped", len(batch))
         finally:
+            self._count(stored=stored[0])
             self._backlog.done(len(batch))
+
+    def _dropped(self, update_: PresenceUpdate, error: BaseException) -> None:
+        log.error("the database refused the presence update of %s; dropped alone: %s", update_.device_id, error)
+        self._count(dropped=1)
+        if self.on_dropped is not None:
+            try:
+                self.on_dropped(update_.device_id, "events" if update_.online is None else "reported", error)
+            except Exception:  # counting must never stop the writer
+                log.exception("counting a dropped presence update failed")

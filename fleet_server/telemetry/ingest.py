@@ -1,4 +1,4 @@
-"""Telemetry and event ingest: MQTT messages in, rows stored exactly once per (device, sequence).
+"""Telemetry and event ingest: MQTT messages in, checked once, rows stored exactly once per (device, sequence).
 
 Delivery is at-least-once end to end: the agent's outbox publishes a batch until the broker's
 PUBACK (and again after a crash before its ack), and paho acknowledges a QoS 1 message to
@@ -12,14 +12,23 @@ replica that crashes with batches still in its queue loses them (paho has alread
 exactly as a broker that restarts without persistence would; the outbox's ``dropped`` field
 counts only what the device dropped.
 
+One device cannot hurt the others (issue 14). ``handler(others)`` is the server's one MQTT
+handler: every device message is checked by ``fleet_server.telemetry.validation`` before it is
+queued, and a refused one is counted (``refusals``) and goes nowhere: not to the writer, not to
+presence (``others``), not to the rollout engine. ``events`` and ``reported`` are checked on
+paho's thread (they are small and rare); ``telemetry`` is checked by the writer when it decodes
+the batch, still before any insert, because decoding on paho's thread made it the bottleneck
+(below). Should the database refuse a row anyway, the writer splits the write until only that
+row fails (``fleet_server.isolation``): it alone is dropped, counted (``store_failed``) and logged.
+
 Throughput: the MQTT callback only routes and queues the raw bytes (paho's one network thread,
 which also sends the PUBACKs, was the bottleneck while it decoded each batch); one writer thread
-lingers up to ``linger_s`` to fill a batch, decodes, and inserts up to ``max_batch`` batches in
-one transaction (multi-row inserts with RETURNING, so the duplicates are counted exactly). A
-full queue blocks the callback, which stops paho reading and pushes back on the broker instead
-of dropping.
+lingers up to ``linger_s`` to fill a batch, decodes and checks, and inserts up to ``max_batch``
+batches in one transaction (multi-row inserts with RETURNING, so the duplicates are counted
+exactly). A full queue blocks the callback, which stops paho reading and pushes back on the
+broker instead of dropping.
 
-Pure helpers (``batch_rows``, ``event_row``) turn decoded messages into rows; ``TelemetryIngest``
+Pure helpers (``batch_rows``, ``event_row``) turn checked messages into rows; ``TelemetryIngest``
 owns the queue, the thread and the counters that ``/metrics`` reads. This module does not
 compute drift or views (``fleet_server.telemetry.views``) and does not track presence
 (``fleet_server.registry.presence.PresenceIngest``).
@@ -32,9 +41,9 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,12 +52,27 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from edgefleet import telemetry, topics
-from edgefleet.telemetry import TelemetryBatch, TelemetryError
+from edgefleet import topics
+from edgefleet.telemetry import ReferenceProfile, TelemetryBatch
 from fleet_server.backlog import Backlog
 from fleet_server.db import Database
 from fleet_server.errors import ServerError
+from fleet_server.isolation import write_isolating
 from fleet_server.tables import DeviceEventRow, DeviceRow, TelemetryBatchRow, TelemetryRecordRow
+from fleet_server.telemetry.refusals import FaultCounter, store_faults
+from fleet_server.telemetry.validation import (
+    DEFAULT_LIMITS,
+    STORE_FAILED,
+    Fault,
+    IngestError,
+    Limits,
+    References,
+    Refused,
+    check_batch,
+    check_event,
+    check_reported,
+    decode_telemetry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,27 +80,22 @@ DEFAULT_MAX_BATCH = 1000
 DEFAULT_QUEUE_SIZE = 50_000
 DEFAULT_LINGER_S = 0.05  # how long the writer waits to fill a batch once one message is queued
 RATE_WINDOW_S = 60
-MAX_EVENT_BYTES = 64 * 1024
+MAX_EVENT_BYTES = DEFAULT_LIMITS.event_bytes
+FAULT_LOG_EVERY_S = 60.0  # one warning per device, topic and reason a minute: a hostile device must not flood the log
+
+__all__ = ["IngestCounts", "IngestError", "TelemetryIngest", "batch_rows", "event_row", "route_telemetry"]
 
 
-class IngestError(ServerError):
-    """A device message cannot be stored (malformed event, database refused the rows)."""
+# ---- pure: checked messages to rows ------------------------------------------------------------
 
+def batch_rows(batch: TelemetryBatch, received_at: datetime, *,
+               at: datetime | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``telemetry_batches`` row and the ``telemetry_records`` rows of one checked batch.
 
-# ---- pure: messages to rows -----------------------------------------------------------------
-
-MAX_TS = 32_503_680_000.0  # year 3000: a device clock past it is broken, and datetime would overflow
-
-
-def _utc(ts: float, what: str) -> datetime:
-    if not 0 <= ts < MAX_TS:
-        raise IngestError(f"{what} has timestamp {ts}, outside 1970-3000", fix="check the device's clock (NTP)")
-    return datetime.fromtimestamp(ts, UTC)
-
-
-def batch_rows(batch: TelemetryBatch, received_at: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ``telemetry_batches`` row and the ``telemetry_records`` rows of one decoded batch."""
-    at = _utc(batch.ts, f"batch {batch.seq} of {batch.device_id}")
+    ``at`` is the time to store it at (``CheckedBatch.at``: the batch's own, or the server's when
+    the device's clock was ahead); by default the batch's ``ts``.
+    """
+    at = at if at is not None else datetime.fromtimestamp(batch.ts, UTC)
     res = batch.resource
     head = {"device_id": batch.device_id, "seq": batch.seq, "ts": at, "interval_s": batch.interval_s,
             "dropped": batch.dropped, "cpu_percent": res.cpu_percent, "rss_bytes": res.rss_bytes,
@@ -92,37 +111,21 @@ def batch_rows(batch: TelemetryBatch, received_at: datetime) -> tuple[dict[str, 
     return head, records
 
 
-def event_row(device_id: str, payload: bytes) -> dict[str, Any]:
-    """The ``device_events`` row of one ``events`` message (docs/contracts.md); IngestError if unusable."""
-    if len(payload) > MAX_EVENT_BYTES:
-        raise IngestError(f"event from {device_id} is {len(payload)} bytes, over {MAX_EVENT_BYTES}")
-    try:
-        document = json.loads(payload)
-    except ValueError as exc:
-        raise IngestError(f"event from {device_id} is not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise IngestError(f"event from {device_id} is not a JSON object")
-    if document.get("device_id", device_id) != device_id:
-        raise IngestError(f"event on {device_id}'s topic claims to be from {document.get('device_id')!r}")
-    event_id, event, ts = document.get("event_id"), document.get("event"), document.get("ts")
-    if not isinstance(event_id, str) or not 0 < len(event_id) <= 64:
-        raise IngestError(f"event from {device_id} has no event_id (a string of 1-64 characters)",
-                          fix="events are stored once by (device, event_id); upgrade the agent")
-    if not isinstance(event, str) or not 0 < len(event) <= 32:
-        raise IngestError(f"event {event_id} from {device_id} has no event name")
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-        raise IngestError(f"event {event_id} from {device_id} has no numeric ts")
-    model, version = document.get("model"), document.get("version")
-    return {"device_id": device_id, "event_id": event_id, "ts": _utc(float(ts), f"event {event_id} from {device_id}"), "event": event,
-            "model": model[:64] if isinstance(model, str) else None,
-            "version": version[:128] if isinstance(version, str) else None, "document": document}
+def event_row(device_id: str, payload: bytes, now: datetime | None = None) -> dict[str, Any]:
+    """The ``device_events`` row of one ``events`` message (docs/contracts.md); ``Refused`` (an
+    IngestError) if it breaks the schema. ``now`` clamps a timestamp too far ahead."""
+    return check_event(device_id, payload, now).row
 
 
 # ---- counters ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class IngestCounts:
-    """A snapshot of the ingest counters since start (for /metrics and tests)."""
+    """A snapshot of the ingest counters since start (for /metrics and tests).
+
+    ``invalid`` counts telemetry and events refused by the checks; ``faults`` every refused or
+    flagged message by (topic, reason), ``reported`` and ``store_failed`` included.
+    """
 
     received: int
     stored: int
@@ -134,6 +137,7 @@ class IngestCounts:
     events_duplicate: int
     queued: int
     rate_per_s: float
+    faults: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 class _Counters:
@@ -162,6 +166,41 @@ class _Counters:
             while self.recent and self.recent[0][0] < horizon:
                 self.recent.popleft()
             return sum(n for _, n in self.recent) / RATE_WINDOW_S
+
+
+class _ReferenceCache:
+    """Reference profiles by (model, version) for the drift-shape check, looked up once.
+
+    A version's reference never changes, so a profile is kept (the last ``size``); an unknown
+    version is asked again after ``retry_s``, since it may be pushed after its devices report.
+    Only the writer thread calls it.
+    """
+
+    def __init__(self, lookup: References, monotonic: Callable[[], float], *, size: int = 256,
+                 retry_s: float = 60.0) -> None:
+        self.lookup = lookup
+        self.monotonic = monotonic
+        self.size = size
+        self.retry_s = retry_s
+        self._known: OrderedDict[tuple[str, str], tuple[float, ReferenceProfile | None]] = OrderedDict()
+
+    def __call__(self, model: str, version: str) -> ReferenceProfile | None:
+        key = (model, version)
+        hit = self._known.get(key)
+        now = self.monotonic()
+        if hit is not None and (hit[1] is not None or now - hit[0] < self.retry_s):
+            self._known.move_to_end(key)
+            return hit[1]
+        try:
+            reference = self.lookup(model, version)
+        except Exception:  # a broken bundle must not stop the ingest; the shape is then not checked
+            log.exception("reading the reference profile of %s@%s failed", model, version)
+            reference = None
+        self._known[key] = (now, reference)
+        self._known.move_to_end(key)
+        while len(self._known) > self.size:
+            self._known.popitem(last=False)
+        return reference
 
 
 # ---- the writer -------------------------------------------------------------------------------
@@ -196,27 +235,56 @@ def _insert_ignoring_duplicates(session: Session, table: Any, rows: Sequence[Map
     return [tuple(r) for r in session.execute(statement, arrays)]
 
 
-_Item = tuple[str, Any]  # ("telemetry", (device_id, payload bytes)) | ("event", row dict)
+@dataclass
+class _Unit:
+    """One checked message to store: a batch (its head and records) or an event."""
+
+    device_id: str
+    topic: str  # "telemetry" | "events"
+    rows: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
+    event: dict[str, Any] | None = None
+    dropped: int = 0
+
+
+@dataclass
+class _Stored:
+    batches: int = 0
+    device_dropped: int = 0
+    events: int = 0
+
+
+_Item = tuple[str, Any]  # ("telemetry", (device_id, payload bytes)) | ("event", row dict) | ("fault", Fault)
 
 
 class TelemetryIngest:
-    """The MQTT handler for ``telemetry`` and ``events`` messages, and the thread that stores them.
+    """The MQTT handler for device messages, and the thread that stores telemetry and events.
 
-    ``ingest(topic, payload)`` may be called from paho's thread; ``start``/``stop`` run the
-    writer; ``drain(timeout)`` waits until everything queued so far is committed (tests, shutdown).
+    ``handler(others)`` is the whole server's handler (checks every message, hands the accepted
+    ``reported`` and ``events`` to ``others``); ``ingest(topic, payload)`` takes ``telemetry`` and
+    ``events`` alone. Either may be called from paho's thread. ``start``/``stop`` run the writer;
+    ``drain(timeout)`` waits until everything queued so far is committed (tests, shutdown).
+    ``references(model, version)`` gives the reference profile the drift shapes are checked
+    against (``FleetViews.reference``); without it they are not.
     """
 
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  max_batch: int = DEFAULT_MAX_BATCH, queue_size: int = DEFAULT_QUEUE_SIZE,
-                 linger_s: float = DEFAULT_LINGER_S, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 linger_s: float = DEFAULT_LINGER_S, monotonic: Callable[[], float] = time.monotonic,
+                 limits: Limits = DEFAULT_LIMITS, references: References | None = None) -> None:
         if db.engine.dialect.name not in ("postgresql", "sqlite"):
             raise IngestError(f"telemetry ingest needs PostgreSQL or SQLite, not {db.engine.dialect.name}")
         self.db = db
         self.clock = clock
         self.max_batch = max_batch
         self.linger_s = linger_s
+        self.limits = limits
+        self.faults = FaultCounter()
+        self._references: References = (_ReferenceCache(references, monotonic) if references is not None
+                                         else lambda _model, _version: None)
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
         self._counters = _Counters(monotonic)
+        self._monotonic = monotonic
+        self._logged: dict[tuple[str, str, str], float] = {}
         self._thread = threading.Thread(target=self._run, name="edgefleet-ingest", daemon=True)
         self._backlog = Backlog()
 
@@ -225,25 +293,81 @@ class TelemetryIngest:
         self.ingest(topic, payload)
 
     def ingest(self, topic: str, payload: bytes) -> None:
+        """Queue one ``telemetry`` message (checked by the writer) or check and queue one ``events`` message."""
         try:
             device_id, kind = topics.parse_device_topic(topic)
         except ValueError:
             return
-        item: _Item
-        try:
+        if kind == "telemetry":
+            self._counters.add(received=1)
+            self._put(("telemetry", (device_id, payload)))  # decoded and checked by the writer, off paho's thread
+        elif kind == "events":
+            self._accept_event(device_id, payload)
+
+    def handler(self, others: Callable[[str, bytes], None]) -> Callable[[str, bytes], None]:
+        """The server's MQTT handler: ``telemetry`` to this ingest alone; ``events`` and ``reported``
+        checked here, then (if accepted) to ``others`` (presence, the rollout worker), events also
+        queued for storing. A refused message goes nowhere. Nothing else is subscribed to."""
+        def handle(topic: str, payload: bytes) -> None:
+            try:
+                device_id, kind = topics.parse_device_topic(topic)
+            except ValueError:
+                return
             if kind == "telemetry":
                 self._counters.add(received=1)
-                item = ("telemetry", (device_id, payload))  # decoded by the writer, off paho's thread
+                self._put(("telemetry", (device_id, payload)))
             elif kind == "events":
-                item = ("event", event_row(device_id, payload))
-            else:
-                return
-        except (TelemetryError, IngestError) as exc:
+                if self._accept_event(device_id, payload):
+                    others(topic, payload)
+            elif kind == "reported" and self._accept_reported(device_id, payload):
+                others(topic, payload)
+
+        return handle
+
+    def store_failed(self, device_id: str, topic: str, error: BaseException) -> None:
+        """Count a message the database refused after it passed the checks (presence's writer calls this)."""
+        self.refuse(Fault(device_id, topic, STORE_FAILED, f"{type(error).__name__}: {error}"))
+
+    def refuse(self, fault: Fault) -> None:
+        """Count ``fault`` now and queue it for its device's ``device_refusals`` row (any thread)."""
+        self._note(fault)
+        self._put(("fault", fault))
+
+    def _accept_event(self, device_id: str, payload: bytes) -> bool:
+        try:
+            checked = check_event(device_id, payload, self.clock(), self.limits)
+        except Refused as exc:
             self._counters.add(invalid=1)
-            log.warning("dropped %s message from %s: %s", kind, device_id, exc)
-            return
+            self.refuse(exc.fault)
+            return False
+        if checked.flag is not None:
+            self.refuse(checked.flag)
+        self._put(("event", checked.row))
+        return True
+
+    def _accept_reported(self, device_id: str, payload: bytes) -> bool:
+        try:
+            check_reported(device_id, payload, self.limits)
+        except Refused as exc:
+            self.refuse(exc.fault)
+            return False
+        return True
+
+    def _put(self, item: _Item) -> None:
         self._backlog.add()
         self._queue.put(item)  # blocks when full: back-pressure on the broker, not a silent drop
+
+    def _note(self, fault: Fault) -> None:
+        """Count a fault for /metrics and log it, once a minute per device, topic and reason."""
+        self.faults.add(fault)
+        key = (fault.device_id, fault.topic, fault.reason)
+        now = self._monotonic()
+        if now - self._logged.get(key, -FAULT_LOG_EVERY_S) >= FAULT_LOG_EVERY_S:
+            if len(self._logged) > 10_000:
+                self._logged.clear()
+            self._logged[key] = now
+            log.warning("%s %s message from %s: %s (%s)", "refused" if fault.refused else "flagged", fault.topic,
+                        fault.device_id, fault.detail, fault.reason)
 
     def start(self) -> TelemetryIngest:
         self._thread.start()
@@ -261,7 +385,8 @@ class TelemetryIngest:
     def counts(self) -> IngestCounts:
         with self._counters.lock:
             values = dict(self._counters.values)
-        return IngestCounts(**values, queued=self._queue.qsize(), rate_per_s=self._counters.rate())
+        return IngestCounts(**values, queued=self._queue.qsize(), rate_per_s=self._counters.rate(),
+                            faults=self.faults.snapshot())
 
     def _run(self) -> None:
         while True:
@@ -288,66 +413,112 @@ class TelemetryIngest:
         try:
             self._write(items)
         except (SQLAlchemyError, ServerError):
-            # The database is down or refused the rows: they are lost to this replica (see the
-            # module docstring); the next batches are tried afresh.
+            # The database is unreachable (a row it refuses is isolated by _write): the messages
+            # are lost to this replica (see the module docstring); the next ones are tried afresh.
             log.exception("storing %d telemetry/event messages failed; they are dropped", len(items))
         except Exception:  # a bug here must not end the one writer thread: later batches still matter
             log.exception("unexpected error storing %d telemetry/event messages; they are dropped", len(items))
         finally:
             self._backlog.done(len(items))
 
-    def _decode(self, device_id: str, payload: bytes) -> TelemetryBatch | None:
+    def _check(self, device_id: str, payload: bytes, now: datetime, faults: list[Fault]) -> _Unit | None:
+        """Decode and check one telemetry payload; the unit to store, or None (the fault is noted)."""
         try:
-            batch = telemetry.decode(payload, device_id=device_id)
-            _utc(batch.ts, f"batch {batch.seq} of {device_id}")
-        except (TelemetryError, IngestError) as exc:
+            checked = check_batch(decode_telemetry(device_id, payload), now, self.limits, self._references)
+        except Refused as exc:
             self._counters.add(invalid=1)
-            log.warning("dropped telemetry message from %s: %s", device_id, exc)
+            self._note(exc.fault)
+            faults.append(exc.fault)
             return None
-        return batch
+        if checked.flag is not None:
+            self._note(checked.flag)
+            faults.append(checked.flag)
+        return _Unit(device_id, "telemetry", batch_rows(checked.batch, now, at=checked.at),
+                     dropped=checked.batch.dropped)
 
     def _write(self, items: Sequence[_Item]) -> None:
-        batches: dict[tuple[str, int], TelemetryBatch] = {}
-        events: dict[tuple[str, str], dict[str, Any]] = {}
+        now = self.clock()
+        faults: list[Fault] = []
+        batches: dict[tuple[str, int], _Unit] = {}
+        events: dict[tuple[str, str], _Unit] = {}
         received = events_received = 0
         for kind, value in items:
             if kind == "telemetry":
-                batch = self._decode(*value)
-                if batch is not None:
+                device_id, payload = value
+                unit = self._check(device_id, payload, now, faults)
+                if unit is not None and unit.rows is not None:
                     received += 1
-                    batches.setdefault((batch.device_id, batch.seq), batch)
-            else:
+                    batches.setdefault((unit.device_id, unit.rows[0]["seq"]), unit)
+            elif kind == "event":
                 events_received += 1
-                events.setdefault((value["device_id"], value["event_id"]), value)
+                events.setdefault((value["device_id"], value["event_id"]), _Unit(value["device_id"], "events",
+                                                                                   event=value))
+            else:
+                faults.append(value)
         # A duplicate inside one write never reaches the database; count it here.
         in_flight_duplicates = received - len(batches)
         events_in_flight_duplicates = events_received - len(events)
-        now = self.clock()
+        ids = {d for d, _ in batches} | {d for d, _ in events} | {f.device_id for f in faults}
         with self.db.session() as session:
-            ids = {d for d, _ in batches} | {d for d, _ in events}
-            known = set(session.scalars(select(DeviceRow.id).where(DeviceRow.id.in_(ids), DeviceRow.status == "enrolled"))) \
-                if ids else set()
-            unknown = [k for k in batches if k[0] not in known]
-            for key in unknown:
-                del batches[key]
-            events = {k: v for k, v in events.items() if k[0] in known}
-            rows = [batch_rows(b, now) for b in batches.values()]
-            stored = {(r[0], r[1]) for r in _insert_ignoring_duplicates(
-                session, TelemetryBatchRow.__table__, [head for head, _ in rows], ("device_id", "seq"))}
-            # Only the first copy's records: a duplicate batch adds nothing, and the unique key on
-            # records would refuse its rows anyway.
-            records = [rec for head, recs in rows if (head["device_id"], head["seq"]) in stored for rec in recs]
-            _insert_ignoring_duplicates(session, TelemetryRecordRow.__table__, records,
-                                        ("device_id", "seq", "model", "version"))
-            events_stored = len(_insert_ignoring_duplicates(session, DeviceEventRow.__table__, list(events.values()),
-                                                            ("device_id", "event_id")))
+            known = set(session.scalars(select(DeviceRow.id).where(DeviceRow.id.in_(ids),
+                                                                   DeviceRow.status == "enrolled"))) if ids else set()
+        unknown = [k for k in batches if k[0] not in known]
+        units = [u for k, u in batches.items() if k[0] in known] + [u for k, u in events.items() if k[0] in known]
+        totals = _Stored()
+
+        def store(part: Sequence[_Unit]) -> None:
+            stored = self._store(part)  # counted only once its transaction has committed
+            totals.batches += stored.batches
+            totals.device_dropped += stored.device_dropped
+            totals.events += stored.events
+
+        # A row the database refuses (it passed the checks: a gap in them) costs only itself.
+        failed = write_isolating(units, store)
+        for unit, error in failed:
+            key = unit.rows[0]["seq"] if unit.rows is not None else (unit.event or {}).get("event_id")
+            log.error("the database refused %s message %r of %s; dropped alone: %s", unit.topic, key,
+                      unit.device_id, error)
+            fault = Fault(unit.device_id, unit.topic, STORE_FAILED, f"{type(error).__name__}: {error}")
+            self._note(fault)
+            faults.append(fault)
         if unknown:
             log.info("telemetry from %d unknown or revoked device(s) ignored", len({d for d, _ in unknown}))
+        failed_batches = sum(1 for unit, _ in failed if unit.rows is not None)
+        known_events = sum(1 for k in events if k[0] in known)
         self._counters.add(
-            stored=len(stored), duplicates=len(batches) - len(stored) + in_flight_duplicates,
-            unknown_device=len(unknown),
-            device_dropped=sum(batches[k].dropped for k in stored),
-            events_stored=events_stored, events_duplicate=len(events) - events_stored + events_in_flight_duplicates)
+            stored=totals.batches,
+            duplicates=len(batches) - len(unknown) - failed_batches - totals.batches + in_flight_duplicates,
+            unknown_device=len(unknown), device_dropped=totals.device_dropped, events_stored=totals.events,
+            events_duplicate=known_events - (len(failed) - failed_batches) - totals.events
+            + events_in_flight_duplicates)
+        self._store_faults([f for f in faults if f.device_id in known], now)
+
+    def _store(self, units: Sequence[_Unit]) -> _Stored:
+        """One transaction: the batches (heads, then the records of the first copies) and the events."""
+        heads = [u.rows[0] for u in units if u.rows is not None]
+        with self.db.session() as session:
+            stored = {(r[0], r[1]) for r in _insert_ignoring_duplicates(
+                session, TelemetryBatchRow.__table__, heads, ("device_id", "seq"))}
+            # Only the first copy's records: a duplicate batch adds nothing, and the unique key on
+            # records would refuse its rows anyway.
+            records = [rec for u in units if u.rows is not None and (u.device_id, u.rows[0]["seq"]) in stored
+                       for rec in u.rows[1]]
+            _insert_ignoring_duplicates(session, TelemetryRecordRow.__table__, records,
+                                        ("device_id", "seq", "model", "version"))
+            events = len(_insert_ignoring_duplicates(session, DeviceEventRow.__table__,
+                                                     [u.event for u in units if u.event is not None],
+                                                     ("device_id", "event_id")))
+        dropped = sum(u.dropped for u in units if u.rows is not None and (u.device_id, u.rows[0]["seq"]) in stored)
+        return _Stored(len(stored), dropped, events)
+
+    def _store_faults(self, faults: Sequence[Fault], now: datetime) -> None:
+        if not faults:
+            return
+        try:
+            with self.db.session() as session:
+                store_faults(session, faults, now)
+        except SQLAlchemyError:  # the counts in /metrics still have them; the device view misses them
+            log.exception("storing %d refusal counts failed", len(faults))
 
 
 # ---- the MQTT side ------------------------------------------------------------------------
@@ -355,9 +526,11 @@ class TelemetryIngest:
 def route_telemetry(ingest: Callable[[str, bytes], None],
                     others: Callable[[str, bytes], None]) -> Callable[[str, bytes], None]:
     """An MQTT handler sending ``telemetry`` to the ingest alone (the busiest topic skips the
-    presence and rollout handlers, which ignore it) and everything else to ``others``.
+    presence and rollout handlers, which ignore it) and everything else to ``others``, unchecked.
 
-    The connection must subscribe to ``telemetry`` too: ``FleetMqtt(..., kinds=DEVICE_TO_SERVER)``.
+    For a replica that stores telemetry only (tests of the ingest); the server uses
+    ``TelemetryIngest.handler``, which checks every message first. The connection must
+    subscribe to ``telemetry`` too: ``FleetMqtt(..., kinds=DEVICE_TO_SERVER)``.
     """
     suffix = "/telemetry"
 

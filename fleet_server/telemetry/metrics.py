@@ -12,14 +12,19 @@ two replicas) never share or collide on metric names. Served in Prometheus text 
     edgefleet_telemetry_rate                          batches stored per second over the last minute
     edgefleet_telemetry_queue                         messages waiting for the writer
     edgefleet_events_stored_total, edgefleet_events_duplicates_total
+    edgefleet_device_messages_refused_total{topic,reason}   device messages refused (never stored)
+    edgefleet_device_messages_clamped_total{topic,reason}   stored with the server's time (clock_ahead)
     edgefleet_alerts{rule,state}                      episodes pending or firing
     edgefleet_api_request_duration_seconds{method,route,status}   histogram (ASGI middleware)
 
 The fleet gauges are read from the database at scrape time (``FleetCollector``), so every
 replica reports the same fleet; the ingest counters are this replica's own (sum them).
 Route labels are route templates (``/api/v1/devices/{device_id}``), never raw paths, so
-label cardinality stays bounded. Unauthenticated, like most exporters: it names models,
-versions, rollouts and alert rules, never device ids or secrets.
+label cardinality stays bounded. Refusals are labelled by topic and reason, two closed sets
+(``fleet_server.telemetry.validation``), never by device: per device they are counted in the
+database and shown by ``GET /api/v1/devices/{id}`` (``fleet_server.telemetry.refusals``).
+Unauthenticated, like most exporters: it names models, versions, rollouts and alert rules,
+never device ids or secrets.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fleet_server.telemetry.ingest import IngestCounts
+from fleet_server.telemetry.refusals import totals
 from fleet_server.telemetry.views import FleetViews
 
 Scope = MutableMapping[str, Any]
@@ -96,7 +102,7 @@ class FleetCollector(Collector):
             ("edgefleet_telemetry_received", counts.received, "Telemetry messages received by this replica"),
             ("edgefleet_telemetry_stored", counts.stored, "Telemetry batches stored (first copy)"),
             ("edgefleet_telemetry_duplicates", counts.duplicates, "Telemetry batches already stored, ignored"),
-            ("edgefleet_telemetry_invalid", counts.invalid, "Device messages refused as malformed"),
+            ("edgefleet_telemetry_invalid", counts.invalid, "Telemetry and event messages refused by the checks"),
             ("edgefleet_telemetry_unknown_device", counts.unknown_device, "Batches from unknown or revoked devices"),
             ("edgefleet_telemetry_device_dropped", counts.device_dropped,
              "Batches devices' outboxes dropped over their cap (sum of the dropped fields)"),
@@ -104,6 +110,17 @@ class FleetCollector(Collector):
             ("edgefleet_events_duplicates", counts.events_duplicate, "Device events already stored, ignored"),
         ):
             yield CounterMetricFamily(name, doc, value=value)
+        refused, clamped = totals(counts.faults)
+        for name, doc, values in (
+            ("edgefleet_device_messages_refused", "Device messages refused by the ingest checks (or, for "
+             "reason store_failed, by the database), by topic and reason; never stored", refused),
+            ("edgefleet_device_messages_clamped", "Device messages stored with the server's time because "
+             "the device's clock was ahead, by topic", clamped),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["topic", "reason"])
+            for (topic, reason), n in sorted(values.items()):
+                family.add_metric([topic, reason], n)
+            yield family
         yield GaugeMetricFamily("edgefleet_telemetry_rate", "Telemetry batches stored per second, last minute",
                                 value=counts.rate_per_s)
         yield GaugeMetricFamily("edgefleet_telemetry_queue", "Messages waiting for the ingest writer",
