@@ -2,7 +2,7 @@
 
 Routes are thin: they validate input with Pydantic, call ``Registry`` / ``Devices`` and turn
 results into JSON. Services raise ``ServerError`` subclasses, which ``fleet_server.app`` maps
-to one HTTP status each, with ``{"detail": ..., "fix": ...}`` bodies; bad input never reaches
+to one HTTP status each, with problem details bodies (``edgefleet.problems``); bad input never reaches
 a service unchecked, so it gets a 4xx naming the field, not a 500.
 
     admin  (Authorization: Bearer <admin token>)
@@ -29,6 +29,7 @@ does not start anything; ``fleet_server.app.create_app`` assembles the app.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -43,7 +44,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.errors import VersionError
-from edgefleet.version import ModelVersion
+from edgefleet.version import SEMVER_PATTERN, ModelVersion
 from fleet_server.context import ServerContext
 from fleet_server.credentials import same_secret
 from fleet_server.errors import AuthError, InvalidInputError, NotFoundError
@@ -91,7 +92,7 @@ def checked_version(version: str) -> str:
 
 Admin = [Depends(require_admin)]
 ModelName = Annotated[str, PathParam(pattern=MODEL_NAME, description="model name")]
-Version = Annotated[str, PathParam(max_length=128, description="semantic version, e.g. 1.2.0")]
+Version = Annotated[str, PathParam(max_length=128, pattern=SEMVER_PATTERN, description="semantic version, e.g. 1.2.0")]
 DeviceId = Annotated[str, PathParam(pattern=DEVICE_ID, description="device id, e.g. dev-3f2a9c01b2d4")]
 
 
@@ -169,6 +170,27 @@ class DeviceRowOut(DeviceOut):
     versions: dict[str, str] = Field(description="model -> version, as reported")
     p95_ms: float | None = Field(description="latest p95 latency in ms (worst model) in the telemetry window")
     drift_band: str | None = Field(description="worst drift band of the device's models in the window")
+    problems: list[str] = Field(description="what the fleet views skipped or ignored of this device's data "
+                                            "(malformed counts, batches dated in the future, a malformed report)")
+
+
+class RefusalOut(BaseModel):
+    """One device's messages refused (or clamped) at ingest for one topic and reason (docs/telemetry.md)."""
+
+    topic: str = Field(description="telemetry, events or reported")
+    reason: str = Field(description="why, one of a closed set (docs/telemetry.md, \"Refused messages\")")
+    count: int
+    first_at: str
+    last_at: str
+    detail: str = Field(description="what was wrong with the last one, for people")
+
+
+class DeviceDetailOut(DeviceRowOut):
+    """One device, with what the ingest refused of its messages (fleet_server.telemetry.refusals)."""
+
+    refused_messages: list[RefusalOut] = Field(description="messages never stored, by topic and reason")
+    clamped_messages: list[RefusalOut] = Field(description="messages stored with the server's time: the device's "
+                                                           "clock was ahead")
 
 
 class EnrollmentOut(BaseModel):
@@ -257,17 +279,46 @@ def create_enrollment_token(ctx: Ctx, body: TokenRequest) -> dict[str, Any]:
     }
 
 
+def _finite(value: Any) -> tuple[Any, bool]:
+    """``value`` with NaN and infinities as null (JSON has neither), and whether any was replaced."""
+    if isinstance(value, float):
+        return (value, False) if math.isfinite(value) else (None, True)
+    if isinstance(value, dict):
+        items = [(k, *_finite(v)) for k, v in value.items()]
+        return {k: v for k, v, _ in items}, any(bad for _, _, bad in items)
+    if isinstance(value, list):
+        pairs = [_finite(v) for v in value]
+        return [v for v, _ in pairs], any(bad for _, bad in pairs)
+    return value, False
+
+
+def _device_row(device: DeviceRecord, columns: Any) -> dict[str, Any]:
+    """A device with the fleet view's columns; a stored ``reported`` that is not a JSON object, or
+    holds NaN (older rows, before ingest checked), is shown as far as it can be, and told."""
+    row = device.to_dict()
+    # ``columns``: a telemetry.views.DeviceColumns (not imported: the core routes stay above telemetry)
+    extra: dict[str, Any] = columns.to_dict() if columns is not None else {
+        "state": "unknown", "versions": {}, "p95_ms": None, "drift_band": None, "problems": []}
+    reported, replaced = _finite(row["reported"])
+    if reported is not None and not isinstance(reported, dict):
+        reported = None  # views already told it: "reported: a JSON list, not an object"
+    elif replaced:
+        extra["problems"] = [*extra["problems"], "reported: NaN or infinity shown as null"]
+    return {**row, "reported": reported, **extra}
+
+
 @api.get("/devices", tags=["devices"], dependencies=Admin, response_model=list[DeviceRowOut])
 def list_devices(ctx: Ctx, status: Annotated[str | None, Query(pattern="^(enrolled|revoked)$")] = None) -> list[dict[str, Any]]:
     columns = ctx.fleet_views.device_columns()
-    empty: dict[str, Any] = {"state": "unknown", "versions": {}, "p95_ms": None, "drift_band": None}
-    return [{**d.to_dict(), **(columns[d.id].to_dict() if d.id in columns else empty)}
-            for d in ctx.devices.list(status=status)]
+    return [_device_row(d, columns.get(d.id)) for d in ctx.devices.list(status=status)]
 
 
-@api.get("/devices/{device_id}", tags=["devices"], dependencies=Admin, response_model=DeviceOut)
+@api.get("/devices/{device_id}", tags=["devices"], dependencies=Admin, response_model=DeviceDetailOut)
 def show_device(ctx: Ctx, device_id: DeviceId) -> dict[str, Any]:
-    return ctx.devices.get(device_id).to_dict()
+    """One device, with the same fleet view columns as the list, and its refused messages."""
+    device = ctx.devices.get(device_id)
+    return {**_device_row(device, ctx.fleet_views.device_columns(ids=[device_id]).get(device_id)),
+            **ctx.refusals.of(device_id)}
 
 
 @api.patch("/devices/{device_id}/labels", tags=["devices"], dependencies=Admin, response_model=DeviceOut)

@@ -5,7 +5,10 @@ created on first start), so configuration mistakes fail before uvicorn binds a p
 lifespan then starts the network side (embedded broker if needed, MQTT ingest) and a task that
 re-signs the TUF timestamp (and snapshot/targets) before they expire, and stops both on exit.
 
-Also here: the mapping from ``ServerError`` classes to HTTP statuses, and a request body limit
+Also here: the one error shape (``edgefleet.problems``, RFC 9457 ``application/problem+json``)
+for every refusal: ``ServerError`` classes mapped to their HTTP statuses, FastAPI's schema
+violations (422 with ``errors``), Starlette's own 404/405/413, and a last-resort 500 that names
+no internals; the OpenAPI document says so (``fleet_server.openapi``). And a request body limit
 enforced while the body streams in (413 before a huge upload is buffered).
 """
 
@@ -14,18 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet import __version__
 from edgefleet.errors import EdgefleetError
+from edgefleet.problems import MEDIA_TYPE, TYPE_PREFIX, Problem, from_error, title_for
 from fleet_server.config import ServerConfig
 from fleet_server.context import ServerContext
 from fleet_server.errors import AuthError, ServerError
+from fleet_server.openapi import install_openapi
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +84,19 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class ProblemResponse(JSONResponse):
+    """A problem details body (``edgefleet.problems``) with its own media type."""
+
+    media_type = MEDIA_TYPE
+
+    def __init__(self, problem: Problem, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(problem.to_dict(), status_code=problem.status or 500, headers=headers)
+
+
 async def _too_large(send: Send, limit: int) -> None:
-    response = JSONResponse({"detail": f"request body is over the {limit}-byte limit",
-                             "fix": "raise max_upload_bytes in the server config, or upload a smaller bundle"},
-                            status_code=413)
+    response = ProblemResponse(Problem(f"request body is over the {limit}-byte limit", status=413,
+                                       fix="raise max_upload_bytes in the server config, or upload a smaller bundle",
+                                       type=TYPE_PREFIX + "too-large"))
     await response({"type": "http"}, _no_receive, send)
 
 
@@ -88,17 +104,63 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def _error_response(request: Request, exc: Exception) -> JSONResponse:
+def _error_response(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, EdgefleetError)
     if isinstance(exc, ServerError):
         status = exc.status_code
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return JSONResponse({"detail": exc.message, "fix": exc.fix}, status_code=status, headers=headers)
-    assert isinstance(exc, EdgefleetError)
+        return ProblemResponse(from_error(exc, status=status), headers=headers)
     # A trust or storage failure inside the server (disk full, key unreadable): not the caller's fault.
     log.error("%s %s failed: %s", request.method, request.url.path, exc)
-    return JSONResponse({"detail": exc.message, "fix": exc.fix}, status_code=500)
+    return ProblemResponse(from_error(exc, status=500))
+
+
+# Where a schema violation was found, as the ``field`` prefix: the location kind says nothing more.
+_LOCATIONS = ("body", "path", "query", "header", "cookie")
+
+
+def _field(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] in _LOCATIONS:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _validation_response(request: Request, exc: Exception) -> ProblemResponse:
+    """FastAPI's schema violations as one 422 problem: each field and what is wrong, never the input."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"field": _field(e.get("loc", ())), "detail": str(e.get("msg", "invalid"))}
+              for e in exc.errors()[:20]]  # a body can violate the schema in many places: 20 tell enough
+    detail = "; ".join(f"{e['field']}: {e['detail']}" for e in errors[:3]) or "the request does not fit the schema"
+    if len(errors) > 3:
+        detail += f"; and {len(errors) - 3} more"
+    return ProblemResponse(Problem(detail, status=422, type=TYPE_PREFIX + "validation",
+                                   fix="see the operation's schema in /openapi.json (or /docs)",
+                                   extra={"errors": errors}))
+
+
+_HTTP_FIXES = {
+    404: "check the path; the API is described at /docs",
+    405: "check the method; the API is described at /docs",
+    413: "send a smaller body (uploads: raise max_upload_bytes in the server config)",
+}
+
+
+def _http_response(request: Request, exc: Exception) -> ProblemResponse:
+    """Starlette's own refusals (no such route, wrong method, our 413) in the same shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else title_for(exc.status_code)
+    return ProblemResponse(Problem(detail, status=exc.status_code, fix=_HTTP_FIXES.get(exc.status_code)),
+                           headers=exc.headers)
+
+
+def _unexpected_response(request: Request, exc: Exception) -> ProblemResponse:
+    # A bug. The traceback goes to the log; the caller learns nothing about the internals.
+    log.error("%s %s failed with an unexpected error", request.method, request.url.path, exc_info=exc)
+    return ProblemResponse(Problem("the server failed to handle the request", status=500,
+                                   fix="retry; if it keeps failing, report it with the server's log"))
 
 
 async def _refresh_timestamps(ctx: ServerContext, interval: float) -> None:
@@ -139,6 +201,9 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
                               "Admin calls need `Authorization: Bearer <admin token>`.")
     app.state.ctx = ctx
     app.add_exception_handler(EdgefleetError, _error_response)
+    app.add_exception_handler(RequestValidationError, _validation_response)
+    app.add_exception_handler(StarletteHTTPException, _http_response)
+    app.add_exception_handler(Exception, _unexpected_response)
     app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes)
     app.add_middleware(ApiLatency, metrics=lambda: getattr(ctx, "metrics", None))
     app.include_router(api)
@@ -147,4 +212,5 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
     app.include_router(rollouts_router)
     app.include_router(tuf)
     app.include_router(health)
+    install_openapi(app)
     return app

@@ -381,20 +381,43 @@ def _devices_list(args: argparse.Namespace) -> int:
     else:
         print_table(["id", "profile", "state", "versions", "last seen", "p95 ms", "drift", "labels"],
                     _device_rows(devices))
+        troubled = [d["id"] for d in devices if d.get("problems")]
+        if troubled:
+            print(f"\n{len(troubled)} device(s) sent data the fleet views skipped ({', '.join(troubled[:3])}"
+                  f"{', ...' if len(troubled) > 3 else ''}): `edgefleet devices show ID` says what", file=sys.stderr)
     return 0
+
+
+def _reported_versions(device: dict[str, Any]) -> list[str]:
+    """NAME@VERSION per model: the server's ``versions`` column, else read from ``reported`` leniently
+    (an older server's answer; a ``models`` of another shape shows nothing rather than a traceback)."""
+    versions = device.get("versions")
+    if not isinstance(versions, dict):
+        reported = device.get("reported")
+        models = reported.get("models") if isinstance(reported, dict) else None
+        versions = {n: m.get("version") for n, m in models.items() if isinstance(m, dict)} \
+            if isinstance(models, dict) else {}
+    return [f"{n}@{v}" for n, v in sorted(versions.items())]
 
 
 def _print_device(device: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(device)
         return
-    models = (device.get("reported") or {}).get("models") or {}
-    print(format_kv([("id", device["id"]), ("profile", device["profile"]), ("status", device["status"]),
-                     ("online", device["online"]), ("last seen", device["last_seen"]),
-                     ("labels", [f"{k}={v}" for k, v in sorted(device["labels"].items())]),
-                     ("hostname", device["hostname"]), ("agent version", device["agent_version"]),
-                     ("enrolled", device["enrolled_at"]), ("revoked", device["revoked_at"]),
-                     ("models", [f"{n}@{m.get('version')}" for n, m in sorted(models.items())])]))
+    labels = device.get("labels")
+    print(format_kv([("id", device.get("id")), ("profile", device.get("profile")), ("status", device.get("status")),
+                     ("state", device.get("state")), ("online", device.get("online")),
+                     ("last seen", device.get("last_seen")),
+                     ("labels", [f"{k}={v}" for k, v in sorted(labels.items())] if isinstance(labels, dict) else []),
+                     ("hostname", device.get("hostname")), ("agent version", device.get("agent_version")),
+                     ("enrolled", device.get("enrolled_at")), ("revoked", device.get("revoked_at")),
+                     ("models", _reported_versions(device)), ("p95 ms", device.get("p95_ms")),
+                     ("drift", device.get("drift_band"))]))
+    problems = device.get("problems")
+    if isinstance(problems, list) and problems:
+        print("problems (data of this device the fleet views skipped):")
+        for line in problems:
+            print(f"  - {line}")
 
 
 def _devices_show(args: argparse.Namespace) -> int:

@@ -76,6 +76,11 @@ class VersionTotalsOut(BaseModel):
     accuracy: float | None
 
 
+class SkippedOut(BaseModel):
+    device_id: str
+    problems: list[str] = Field(description="what of the device's data was skipped or ignored, and why")
+
+
 class DriftOut(BaseModel):
     model: str
     version: str
@@ -84,6 +89,8 @@ class DriftOut(BaseModel):
     since: str
     groups: list[GroupDriftOut]
     versions: list[VersionTotalsOut] = Field(description="every version of the model seen in the window")
+    skipped: list[SkippedOut] = Field(description="devices whose data was skipped or partly ignored (malformed "
+                                                  "counts, counts over other bins, batches dated in the future)")
 
 
 class PredictOut(BaseModel):

@@ -186,6 +186,28 @@ class DeviceCounts:
         return cls(device_id, profile, dict(labels), features.result(), (outputs.result() or ((),))[0], totals)
 
 
+def misfit(record: ModelRecord, reference: ReferenceProfile | None) -> str | None:
+    """Why ``record``'s drift or output counts cannot be added to ``reference``'s (None: they fit).
+
+    The fleet views ask before adding a device's counts, so that one device sending counts over
+    other bins loses its own counts, not the whole fleet's report (``_Sum`` would refuse the
+    merge). Without a reference nothing can be scored, so no counts fit.
+    """
+    if reference is None:
+        return "the model version has no reference profile" if record.drift or record.outputs else None
+    if record.drift:
+        if len(record.drift) != len(reference.features):
+            return f"drift counts over {len(record.drift)} features where the reference has {len(reference.features)}"
+        for ref, counts in zip(reference.features, record.drift, strict=True):
+            if len(counts) != ref.bins:
+                return f"feature {ref.name!r}: drift counts over {len(counts)} bins where the reference has {ref.bins}"
+    # Output counts against a reference without outputs are not scored at all: nothing to misfit.
+    if record.outputs and reference.output_counts and len(record.outputs) != len(reference.output_counts):
+        return (f"output counts over {len(record.outputs)} classes or bins where the reference has "
+                f"{len(reference.output_counts)}")
+    return None
+
+
 def group_of(device: DeviceCounts, by: str | None) -> str:
     """The group a device falls in: ``None`` -> the whole fleet, ``"profile"`` -> its profile,
     ``"label:NAME"`` or a bare label name -> that label's value (``-`` when unset)."""

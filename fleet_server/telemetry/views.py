@@ -17,13 +17,24 @@ window ``telemetry_window_seconds`` back from the same moment) with the same
 ``_device_counts`` and score them with the same ``fleet_drift``; an observation also carries
 the rows merged into it, so the rule can ignore a group that has too few to mean anything.
 
+One device cannot break a view for the fleet (issue 14). Ingest validates what it stores, but
+rows stored before it did, or by an older server, may hold anything JSON can: every row is read
+defensively. A batch whose counts are not counts (a list where bins were expected, 2**64, a
+string) is skipped; drift or output counts over other bins than the bundle's reference are
+dropped from that batch (its requests and errors still count); batches dated after the view's
+moment (plus ``FUTURE_SKEW_S``) are not counted in any window; a ``reported`` document whose
+``models`` is not an object shows no versions. Each is told, per device, in the device's
+``problems`` column and the drift view's ``skipped`` list, and never fails the view.
+
 Read-only: it never writes, and reads the ``rollouts`` table only for its ``state`` column.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,10 +42,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from edgefleet.errors import EdgefleetError
-from edgefleet.telemetry import Feedback, ModelRecord, ReferenceProfile
+from edgefleet.telemetry import Feedback, ModelRecord, ReferenceProfile, TelemetryError
 from fleet_server.db import Database
 from fleet_server.errors import InvalidInputError
 from fleet_server.registry.bundle_cache import BundleCache
@@ -47,12 +58,21 @@ from fleet_server.telemetry.drift import (
     Totals,
     fleet_drift,
     merge,
+    misfit,
 )
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_S = 3600.0
 BAND_ORDER = ("no data", "stable", "moderate", "drift")
+# Batches dated later than this after the view's moment are not counted (a device clock may run
+# a little ahead; one set to the year 2999 must not add its requests to every window).
+FUTURE_SKEW_S = 300.0
+# The largest count a view adds. A batch counts one interval of one device: 2**40 requests is
+# far beyond any, and sums of many such stay inside int64 (numpy adds the drift bins in int64).
+MAX_COUNT = 2**40
+# Problems told per device: enough to see what is wrong, bounded however much a device sends.
+MAX_PROBLEMS = 5
 
 
 def check_by(by: str | None) -> str | None:
@@ -74,10 +94,32 @@ class DeviceColumns:
     versions: Mapping[str, str]
     p95_ms: float | None
     drift_band: str | None
+    problems: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "versions": dict(self.versions), "p95_ms": self.p95_ms,
-                "drift_band": self.drift_band}
+                "drift_band": self.drift_band, "problems": list(self.problems)}
+
+
+class Problems:
+    """What a view skipped or ignored, per device: at most ``MAX_PROBLEMS`` lines each, and a count."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, list[str]] = defaultdict(list)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, device_id: str, line: str) -> None:
+        self.counts[device_id] += 1
+        if len(self.lines[device_id]) < MAX_PROBLEMS and line not in self.lines[device_id]:
+            self.lines[device_id].append(line)
+
+    def of(self, device_id: str) -> tuple[str, ...]:
+        lines = self.lines.get(device_id, [])
+        more = self.counts.get(device_id, 0) - len(lines)
+        return (*lines, f"... and {more} more") if more > 0 else tuple(lines)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [{"device_id": d, "problems": list(self.of(d))} for d in sorted(self.lines)]
 
 
 @dataclass(frozen=True)
@@ -87,29 +129,87 @@ class _Device:
     labels: Mapping[str, str]
     online: bool
     status: str
-    reported: Mapping[str, Any] | None
+    reported: Any  # a JSON object as the agent sends it; anything JSON can be in older rows
 
 
-def _record(row: Any) -> ModelRecord:
-    return ModelRecord(model=row.model, version=row.version, count=row.count, errors=row.errors or {},
-                       outputs=tuple(row.outputs or ()), drift=tuple(tuple(f) for f in row.drift or ()),
-                       feedback=Feedback(row.feedback_labels, row.feedback_correct))
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _too_large(record: ModelRecord) -> bool:
+    return (record.count > MAX_COUNT or any(n > MAX_COUNT for n in record.errors.values())
+            or any(n > MAX_COUNT for n in record.outputs) or record.feedback.labels > MAX_COUNT
+            or any(n > MAX_COUNT for counts in record.drift for n in counts))
+
+
+def _record(row: Any, problems: Problems) -> ModelRecord | None:
+    """The stored row as a checked ``ModelRecord``, or None (and a problem told) if it is not one."""
+    where = f"{row.model}@{row.version}: a batch of {row.ts:%Y-%m-%dT%H:%M:%SZ} was skipped"
+    drift = row.drift or ()
+    if not isinstance(drift, (list, tuple)) or not all(isinstance(f, (list, tuple)) for f in drift):
+        problems.add(row.device_id, f"{where}: its drift counts are not a list of per-feature lists")
+        return None
+    try:
+        record = ModelRecord(model=row.model, version=row.version, count=row.count, errors=row.errors or {},
+                             outputs=tuple(row.outputs or ()), drift=tuple(tuple(f) for f in drift),
+                             feedback=Feedback(row.feedback_labels or 0, row.feedback_correct or 0))
+    except (TelemetryError, TypeError, ValueError) as exc:  # Type/ValueError: dict() or tuple() of a non-list
+        problems.add(row.device_id, f"{where}: {getattr(exc, 'message', None) or _shown(exc)}")
+        return None
+    if _too_large(record):
+        problems.add(row.device_id, f"{where}: a count is over {MAX_COUNT}")
+        return None
+    return record
+
+
+def _fitted(device_id: str, record: ModelRecord, reference: ReferenceProfile | None,
+            problems: Problems) -> ModelRecord:
+    """The record with the counts the reference cannot score dropped (its totals still count)."""
+    reason = misfit(record, reference)
+    if reason is not None:
+        if reference is not None:  # without a reference nothing is scored: nothing to tell
+            problems.add(device_id, f"{record.model}@{record.version}: {reason}: those counts were ignored")
+        return dataclasses.replace(record, drift=(), outputs=())
+    if record.outputs and (reference is None or not reference.output_counts):
+        return dataclasses.replace(record, outputs=())  # never scored; kept out of the merge
+    return record
 
 
 def _state(device: _Device) -> str:
     if device.status != "enrolled":
         return device.status
-    update = (device.reported or {}).get("update")
+    update = device.reported.get("update") if isinstance(device.reported, Mapping) else None
     phase = update.get("state") if isinstance(update, Mapping) else None
     presence = "online" if device.online else "offline"
-    return presence if not isinstance(phase, str) or phase in ("", "idle") else f"{presence}/{phase}"
+    return presence if not isinstance(phase, str) or phase in ("", "idle") else f"{presence}/{phase[:32]}"
 
 
-def _versions(device: _Device) -> dict[str, str]:
-    models = (device.reported or {}).get("models")
-    if not isinstance(models, Mapping):
+def _versions(device: _Device, problems: Problems | None = None) -> dict[str, str]:
+    """Model -> version as reported; a ``reported`` or ``models`` of another shape shows none."""
+    def tell(line: str) -> None:
+        if problems is not None:
+            problems.add(device.id, line)
+
+    if device.reported is None:
         return {}
-    return {str(n): str(m.get("version")) for n, m in sorted(models.items()) if isinstance(m, Mapping)}
+    if not isinstance(device.reported, Mapping):
+        tell(f"reported: a JSON {type(device.reported).__name__}, not an object: ignored")
+        return {}
+    models = device.reported.get("models")
+    if models is None:
+        return {}
+    if not isinstance(models, Mapping):
+        tell(f"reported.models: a JSON {type(models).__name__}, not an object of model -> version: ignored")
+        return {}
+    versions = {}
+    for name, entry in sorted(models.items(), key=lambda item: str(item[0])):
+        version = entry.get("version") if isinstance(entry, Mapping) else None
+        if not isinstance(name, str) or len(name) > 64 or not isinstance(version, str) or len(version) > 128:
+            tell(f"reported.models[{_shown(name)}]: no version string: ignored")
+            continue
+        versions[name] = version
+    return versions
 
 
 class FleetViews:
@@ -122,9 +222,14 @@ class FleetViews:
 
     # ---- loading ----------------------------------------------------------------------
 
+    def _moment(self, now: float | None) -> float:
+        return self.clock() if now is None else now
+
     def _since(self, now: float | None, window_s: float | None) -> datetime:
-        moment = self.clock() if now is None else now
-        return datetime.fromtimestamp(moment - (window_s or self.window_s), UTC)
+        return datetime.fromtimestamp(self._moment(now) - (window_s or self.window_s), UTC)
+
+    def _until(self, now: float | None) -> datetime:
+        return datetime.fromtimestamp(self._moment(now) + FUTURE_SKEW_S, UTC)
 
     def _devices(self, ids: Iterable[str] | None = None) -> dict[str, _Device]:
         with self.db.session() as session:
@@ -135,16 +240,31 @@ class FleetViews:
             return {r.id: _Device(r.id, r.profile, dict(r.labels or {}), bool(r.online), r.status, r.reported)
                     for r in session.execute(query)}
 
-    def _rows(self, since: datetime, model: str | None = None, version: str | None = None) -> list[Any]:
+    def _rows(self, since: datetime, until: datetime, model: str | None = None,
+              devices: Iterable[str] | None = None) -> list[Any]:
         t = TelemetryRecordRow
         query = select(t.device_id, t.model, t.version, t.ts, t.count, t.errors, t.p95_ms, t.outputs, t.drift,
-                       t.feedback_labels, t.feedback_correct).where(t.ts >= since).order_by(t.ts)
+                       t.feedback_labels, t.feedback_correct).where(t.ts >= since, t.ts <= until).order_by(t.ts)
         if model is not None:
             query = query.where(t.model == model)
-        if version is not None:
-            query = query.where(t.version == version)
+        if devices is not None:
+            query = query.where(t.device_id.in_(list(devices)))
         with self.db.session() as session:
             return list(session.execute(query))
+
+    def _future(self, until: datetime, problems: Problems, model: str | None = None,
+                devices: Iterable[str] | None = None) -> None:
+        """Tell each device whose batches are dated after ``until``: they count in no window."""
+        t = TelemetryRecordRow
+        query = select(t.device_id, func.count()).where(t.ts > until).group_by(t.device_id)
+        if model is not None:
+            query = query.where(t.model == model)
+        if devices is not None:
+            query = query.where(t.device_id.in_(list(devices)))
+        with self.db.session() as session:
+            for device_id, n in session.execute(query):
+                problems.add(device_id, f"{n} telemetry batch(es) dated after {until:%Y-%m-%dT%H:%M:%SZ} "
+                                        "(a clock far ahead?) are not counted")
 
     def reference(self, model: str, version: str) -> ReferenceProfile | None:
         try:
@@ -153,44 +273,68 @@ class FleetViews:
             log.debug("no reference for %s@%s: %s", model, version, exc)
             return None
 
-    @staticmethod
-    def _device_counts(rows: Sequence[Any], devices: Mapping[str, _Device]) -> list[DeviceCounts]:
-        per_device: dict[str, list[ModelRecord]] = defaultdict(list)
+    def _by_model_version(self, rows: Sequence[Any], devices: Mapping[str, _Device], problems: Problems,
+                          *, fit: bool = True) -> dict[tuple[str, str], list[tuple[str, ModelRecord]]]:
+        """The checked records of known devices per (model, version); with ``fit``, counts the
+        version's reference cannot score are dropped (``_fitted``)."""
+        out: dict[tuple[str, str], list[tuple[str, ModelRecord]]] = defaultdict(list)
+        references: dict[tuple[str, str], ReferenceProfile | None] = {}
         for row in rows:
-            if row.device_id in devices:
-                per_device[row.device_id].append(_record(row))
-        return [DeviceCounts.from_records(d, devices[d].profile, devices[d].labels, records)
-                for d, records in sorted(per_device.items())]
+            if row.device_id not in devices:
+                continue
+            record = _record(row, problems)
+            if record is None:
+                continue
+            key = (record.model, record.version)
+            if fit:
+                if key not in references:
+                    references[key] = self.reference(*key)
+                record = _fitted(row.device_id, record, references[key], problems)
+            out[key].append((row.device_id, record))
+        return out
+
+    @staticmethod
+    def _device_counts(records: Sequence[tuple[str, ModelRecord]],
+                       devices: Mapping[str, _Device]) -> list[DeviceCounts]:
+        per_device: dict[str, list[ModelRecord]] = defaultdict(list)
+        for device_id, record in records:
+            per_device[device_id].append(record)
+        return [DeviceCounts.from_records(d, devices[d].profile, devices[d].labels, device_records)
+                for d, device_records in sorted(per_device.items())]
 
     # ---- views --------------------------------------------------------------------------
 
-    def device_columns(self, *, now: float | None = None) -> dict[str, DeviceColumns]:
-        """Per device: state, versions, latest p95 (worst model), worst drift band over the window."""
-        devices = self._devices()
-        rows = self._rows(self._since(now, None))
+    def device_columns(self, *, now: float | None = None, ids: Iterable[str] | None = None) -> dict[str, DeviceColumns]:
+        """Per device: state, versions, latest p95 (worst model), worst drift band over the window,
+        and the problems its data had (what the views skipped). ``ids``: only these devices."""
+        devices = self._devices(ids)
+        problems = Problems()
+        until = self._until(now)
+        rows = self._rows(self._since(now, None), until, devices=None if ids is None else list(devices))
+        self._future(until, problems, devices=None if ids is None else list(devices))
         latest_p95: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
-        by_version: dict[tuple[str, str], list[Any]] = defaultdict(list)
         for row in rows:  # ordered by ts: the last p95 seen per model is the latest
-            if row.p95_ms is not None:
-                latest_p95[row.device_id][(row.model, row.version)] = row.p95_ms
-            if row.drift:
-                by_version[(row.model, row.version)].append(row)
+            p95 = row.p95_ms
+            if isinstance(p95, (int, float)) and math.isfinite(p95) and 0 <= p95 < 1e9:
+                latest_p95[row.device_id][(row.model, row.version)] = float(p95)
         bands: dict[str, str] = {}
-        for (model, version), version_rows in by_version.items():
-            reference = self.reference(model, version)
+        for (model, version), records in self._by_model_version(rows, devices, problems).items():
+            with_drift = [(d, r) for d, r in records if r.drift]
+            reference = self.reference(model, version) if with_drift else None
             if reference is None:
                 continue
-            for counts in self._device_counts(version_rows, devices):
+            for counts in self._device_counts(with_drift, devices):
                 try:
                     band = fleet_drift(model, version, reference, [counts])[0].band
-                except EdgefleetError as exc:
-                    log.debug("drift of %s on %s@%s not scored: %s", counts.device_id, model, version, exc)
+                except EdgefleetError as exc:  # fitted counts do fit: kept so no view fails on a surprise
+                    problems.add(counts.device_id, f"{model}@{version}: drift not scored: {exc.message}")
                     continue
                 current = bands.get(counts.device_id, "no data")
                 bands[counts.device_id] = max(current, band, key=BAND_ORDER.index)
-        return {d.id: DeviceColumns(_state(d), _versions(d),
+        versions = {d.id: _versions(d, problems) for d in devices.values()}
+        return {d.id: DeviceColumns(_state(d), versions[d.id],
                                     max(latest_p95[d.id].values()) if latest_p95.get(d.id) else None,
-                                    bands.get(d.id))
+                                    bands.get(d.id), problems.of(d.id))
                 for d in devices.values()}
 
     def inventory(self) -> list[tuple[str, dict[str, str]]]:
@@ -203,29 +347,34 @@ class FleetViews:
 
     def model_drift(self, model: str, version: str, *, by: str | None = None, window_s: float | None = None,
                     now: float | None = None) -> dict[str, Any]:
-        """Drift reports of one model version per group, and accuracy by version of the model."""
+        """Drift reports of one model version per group, accuracy by version of the model, and the
+        devices whose data was skipped (``skipped``)."""
         by = check_by(by)
         reference = self.reference(model, version)  # NotFound for an unknown model propagates below
         if reference is None:
             self.bundles.get(model, version)
             raise InvalidInputError(f"{model}@{version} has no usable reference profile for drift",
                                     fix="convert the model with `edgefleet convert`, which writes reference.json")
-        since = self._since(now, window_s)
-        rows = self._rows(since, model)
+        since, until = self._since(now, window_s), self._until(now)
+        rows = self._rows(since, until, model)
         devices = self._devices({r.device_id for r in rows})
-        reports = fleet_drift(model, version, reference,
-                              self._device_counts([r for r in rows if r.version == version], devices), by=by)
+        problems = Problems()
+        self._future(until, problems, model)
+        records = self._by_model_version(rows, devices, problems)
+        reports = fleet_drift(model, version, reference, self._device_counts(records.get((model, version), []), devices),
+                              by=by)
         return {"model": model, "version": version, "by": by or FLEET, "window_s": window_s or self.window_s,
                 "since": since.strftime("%Y-%m-%dT%H:%M:%SZ"), "groups": [r.to_dict() for r in reports],
-                "versions": self._by_version(rows, devices)}
+                "versions": self._by_version(records), "skipped": problems.to_list()}
 
-    def _by_version(self, rows: Sequence[Any], devices: Mapping[str, _Device]) -> list[dict[str, Any]]:
+    @staticmethod
+    def _by_version(records: Mapping[tuple[str, str], Sequence[tuple[str, ModelRecord]]]) -> list[dict[str, Any]]:
         totals: dict[str, Totals] = defaultdict(Totals)
         members: dict[str, set[str]] = defaultdict(set)
-        for row in rows:
-            if row.device_id in devices:
-                totals[row.version] = totals[row.version] + Totals.of(_record(row))
-                members[row.version].add(row.device_id)
+        for (_, version), version_records in records.items():
+            for device_id, record in version_records:
+                totals[version] = totals[version] + Totals.of(record)
+                members[version].add(device_id)
         return [{"version": v, "devices": len(members[v]), "requests": t.count, "errors": t.error_count,
                  "error_rate": t.error_rate, "labels": t.labels, "correct": t.correct, "accuracy": t.accuracy}
                 for v, t in sorted(totals.items())]
@@ -234,17 +383,14 @@ class FleetViews:
 
     def observations(self, *, now: float | None = None) -> list[Observation]:
         """Every value the alert rules watch, as of ``now``."""
-        rows = self._rows(self._since(now, None))
+        rows = self._rows(self._since(now, None), self._until(now))
         devices = self._devices()
+        problems = Problems()
         out: list[Observation] = []
-        per_version: dict[tuple[str, str], list[Any]] = defaultdict(list)
-        for row in rows:
-            per_version[(row.model, row.version)].append(row)
-        for (model, version), version_rows in sorted(per_version.items()):
+        for (model, version), records in sorted(self._by_model_version(rows, devices, problems).items()):
             reports: list[DriftReport] = []
             try:
-                # A device sending counts over other bins must not hide the rest of the fleet's alerts.
-                counts = self._device_counts(version_rows, devices)
+                counts = self._device_counts(records, devices)
                 out += model_observations(model, version, merge(FLEET, counts).totals)
                 reference = self.reference(model, version)
                 if reference is None:
@@ -252,10 +398,12 @@ class FleetViews:
                 label_names = sorted({k for c in counts for k in c.labels})
                 for by in [None, "profile", *(f"label:{k}" for k in label_names)]:
                     reports += fleet_drift(model, version, reference, counts, by=by)
-            except EdgefleetError as exc:
+            except EdgefleetError as exc:  # fitted counts do fit: kept so one surprise loses one version only
                 log.warning("drift of %s@%s not scored: %s", model, version, exc)
                 continue
             out += drift_observations(reports)
+        if problems.counts:
+            log.debug("alert inputs skipped data of %d device(s): %s", len(problems.counts), problems.to_list()[:3])
         out += self._offline(devices.values())
         out += self._rollouts()
         return out

@@ -220,9 +220,27 @@ def test_validation_errors_name_the_field(client: TestClient) -> None:
     response = client.post("/api/v1/devices/enrollment-tokens", json={"profile": "rpi4-64", "ttl_seconds": -5},
                            headers=ADMIN)
     assert response.status_code == 422
-    assert any(err["loc"][-1] == "ttl_seconds" for err in response.json()["detail"])
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["type"] == "urn:edgefleet:problem:validation" and problem["status"] == 422
+    assert problem["detail"].startswith("ttl_seconds:") and problem["fix"]
+    assert [err["field"] for err in problem["errors"]] == ["ttl_seconds"]
+    assert "-5" not in problem["detail"]  # the input is never echoed
     response = client.get("/api/v1/models/digits/not-a-version", headers=ADMIN)
     assert response.status_code == 422 and response.json()["detail"].startswith("version:")
+
+
+def test_every_refusal_is_a_problem_document(client: TestClient) -> None:
+    """One error shape (RFC 9457 + fix) for our own errors, routing 404/405 and auth."""
+    answers = [client.get("/api/v1/models/nope/1.0.0", headers=ADMIN), client.get("/no/such/route"),
+               client.put("/healthz"), client.get("/api/v1/models")]
+    for response, status in zip(answers, [404, 404, 405, 401], strict=True):
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert set(problem) >= {"type", "title", "status", "detail", "fix"} and problem["status"] == status
+    assert answers[0].json()["type"] == "urn:edgefleet:problem:not-found"
+    assert answers[3].headers["www-authenticate"] == "Bearer"
 
 
 def test_openapi_lists_the_endpoints(client: TestClient) -> None:
@@ -232,6 +250,21 @@ def test_openapi_lists_the_endpoints(client: TestClient) -> None:
     for path in ("/api/v1/models", "/api/v1/enroll", "/api/v1/devices/{device_id}/revoke", "/tuf/targets/{target}"):
         assert path in paths
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_openapi_documents_problems_not_fastapi_validation_errors(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+    assert {"type", "title", "status", "detail", "fix"} <= set(schemas["Problem"]["required"])
+    show = document["paths"]["/api/v1/models/{name}/{version}"]["get"]
+    for status in ("401", "404", "422", "4XX", "5XX"):
+        assert show["responses"][status]["content"] == {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    version = next(p for p in show["parameters"] if p["name"] == "version")
+    assert version["schema"]["pattern"].startswith("^(0|[1-9][0-9]*)")
+    push = document["paths"]["/api/v1/models"]["post"]["responses"]
+    assert "application/problem+json" in push["409"]["content"] and "413" in push
 
 
 def test_admin_token_is_created_once_with_mode_0600(tmp_path: Path) -> None:
