@@ -12,6 +12,10 @@ a tuf dependency):
   starting at N, else it starts again from byte 0;
 - progress of a target download is reported through a callback ``(url, bytes_so_far, total_or_None)``;
 - no more than ngclient's ``max_length`` is ever accepted;
+- with a ``credential`` (the device's API token), every request carries
+  ``Authorization: Bearer <token>``: a fleet whose models are confidential serves targets to
+  enrolled devices only (the server's ``private_targets``; docs/security.md). urllib3 drops the
+  header on a redirect to another host, so it goes to the fleet server alone;
 - failures are ``tuf.api.exceptions.DownloadError`` subclasses (``SlowRetrievalError`` for
   timeouts, ``DownloadHTTPError`` for HTTP errors, ``DownloadLengthMismatchError`` for too
   much data) so ngclient and the updater handle them like any download failure.
@@ -81,6 +85,7 @@ class ResumingFetcher(FetcherInterface):
         resumable: Callable[[str], bool] = content_addressed,
         pool: urllib3.PoolManager | None = None,
         clock: Callable[[], float] = time.monotonic,
+        credential: str | None = None,
     ) -> None:
         if connect_timeout <= 0 or read_timeout <= 0 or attempts < 1 or chunk_size < 1:
             raise FetcherError("fetcher timeouts and chunk size must be positive and attempts at least 1",
@@ -93,6 +98,7 @@ class ResumingFetcher(FetcherInterface):
         self.progress = progress
         self.resumable = resumable
         self.clock = clock
+        self.credential = credential
         # Body cuts are left to our own resume logic (urllib3 never retries a streamed body).
         # Connects and the wait for the status line are retried once: after a network cut the
         # pool still holds keep-alive connections the server has closed, and the first GET on
@@ -109,6 +115,8 @@ class ResumingFetcher(FetcherInterface):
         return self._stream(url, response, 0, None)
 
     def _request(self, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        if self.credential:
+            headers = {**headers, "Authorization": f"Bearer {self.credential}"}
         try:
             return self._pool.request("GET", url, headers=headers, preload_content=False, timeout=self.timeout)
         except urllib3.exceptions.MaxRetryError as exc:

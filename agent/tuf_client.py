@@ -96,6 +96,12 @@ class NgclientTuf:
             raise TufRefusedError(f"{state.tuf_root_file} does not exist: this device has no TUF root",
                                   fix="enroll the device (edgefleet agent enroll)")
         state.downloads_dir.mkdir(parents=True, exist_ok=True)
+        fetcher = fetcher or ResumingFetcher(state.downloads_dir)
+        # The device's API token rides on every request (metadata too: the same server), so a
+        # fleet with private targets serves this device; read per client, so a re-enrolled
+        # device's new token is used from its next attempt.
+        credentials = state.load_credentials()
+        fetcher.credential = credentials.api_token if credentials is not None and credentials.api_token else None
         # bootstrap=None: the root.json in the state dir (from enrollment, then updated in place by
         # ngclient as the server rotates root) is the trust anchor.
         with _tuf_errors():
@@ -104,7 +110,7 @@ class NgclientTuf:
                 metadata_base_url=identity.tuf_metadata_url or f"{base}/tuf/metadata/",
                 target_dir=str(state.downloads_dir),
                 target_base_url=identity.tuf_targets_url or f"{base}/tuf/targets/",
-                fetcher=fetcher or ResumingFetcher(state.downloads_dir), bootstrap=None)
+                fetcher=fetcher, bootstrap=None)
         self._infos: dict[str, TargetFile] = {}
 
     def target(self, target_path: str) -> TargetFacts | None:

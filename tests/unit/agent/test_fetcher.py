@@ -36,6 +36,7 @@ class RangeServer:
     (``cuts`` times). ``stall_after``: stop sending at this offset until released.
     ``ignore_range``: answer 200 with the whole file. ``wrong_content_range``: answer 206 from byte 0.
     ``root``: serve files from a directory too (a TUF repository's metadata and targets).
+    ``token``: answer 401 to a request without ``Authorization: Bearer <token>`` (private targets).
     """
 
     def __init__(self, files: dict[str, bytes] | None = None, root: Path | None = None) -> None:
@@ -47,6 +48,8 @@ class RangeServer:
         self.stall_match = ""  # stall only paths containing this (e.g. "/targets/": metadata flows)
         self.ignore_range = False
         self.wrong_content_range = False
+        self.token: str | None = None
+        self.authorizations: list[str | None] = []
         self.requests: list[tuple[str, str | None]] = []
         self.release = threading.Event()
         server = self
@@ -59,6 +62,12 @@ class RangeServer:
 
             def do_GET(self) -> None:
                 server.requests.append((self.path, self.headers.get("Range")))
+                server.authorizations.append(self.headers.get("Authorization"))
+                if server.token is not None and self.headers.get("Authorization") != f"Bearer {server.token}":
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 data = server.lookup(self.path)
                 if data is None:
                     self.send_response(404)
@@ -293,3 +302,19 @@ def test_stale_keep_alive_connection_after_a_network_cut_is_retried(tmp_path: Pa
     thread.join(5)
     listener.close()
     assert answered == [1, 2]
+
+
+def test_the_credential_rides_on_every_request_and_without_it_a_private_target_is_refused(tmp_path: Path) -> None:
+    with serving(token="device-token", cut_after=100_000, cuts=1) as server:
+        fetcher = ResumingFetcher(tmp_path, credential="device-token")
+        with fetcher.download_file(f"{server.url}/t/{NAME}", len(DATA)) as handle:
+            assert handle.read() == DATA
+        assert fetcher.fetch(f"{server.url}/meta/timestamp.json").__next__() == b'{"x": 1}'
+        # The cut download resumed with a Range request: it carried the credential too.
+        assert [r for _, r in server.requests] == [None, "bytes=100000-", None]
+        assert server.authorizations == ["Bearer device-token"] * 3
+        anonymous = ResumingFetcher(tmp_path / "anonymous")
+        with pytest.raises(exceptions.DownloadHTTPError) as refused, \
+                anonymous.download_file(f"{server.url}/t/{NAME}", len(DATA)):
+            pass
+        assert refused.value.status_code == 401 and server.authorizations[-1] is None
