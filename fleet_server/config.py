@@ -50,6 +50,9 @@ class ServerConfig:
     timestamp_min_remaining_seconds: float = 12 * 3600.0
     rollout_interval_seconds: float = 5.0  # how often the rollout engine checks bake times and timeouts
     telemetry_window_seconds: float = 3600.0  # the window fleet views and alert rules add telemetry over
+    # Confidential models: /tuf/targets/ serves enrolled devices only (their API token as Bearer);
+    # TUF metadata stays public (docs/security.md).
+    private_targets: bool = False
     alerts: AlertConfig = field(default_factory=AlertConfig)  # the [alerts] table (docs/telemetry.md)
 
     def __post_init__(self) -> None:
@@ -127,6 +130,8 @@ _PATH_FIELDS = {"data_dir", "mosquitto_dir", "mosquitto_pid_file", "broker_ca_fi
 _INT_FIELDS = {"port", "max_upload_bytes", "enrollment_ttl_seconds"}
 _FLOAT_FIELDS = {"timestamp_refresh_seconds", "timestamp_min_remaining_seconds", "rollout_interval_seconds",
                  "telemetry_window_seconds"}
+_BOOL_FIELDS = {"private_targets"}
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 ENV_PREFIX = "EDGEFLEET_"
 
 
@@ -148,6 +153,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             return float(value)
+        if name in _BOOL_FIELDS:
+            # A TOML boolean, or a word from an environment variable (EDGEFLEET_PRIVATE_TARGETS=true).
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+                return _BOOL_WORDS[value.strip().lower()]
+            raise ConfigError(f"{source}: {name} = {value!r} is not a boolean", fix="use true or false")
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {name} = {value!r} is not a valid {'number' if name not in _PATH_FIELDS else 'path'}",
                           fix="check the value") from exc
