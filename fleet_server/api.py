@@ -19,7 +19,9 @@ a service unchecked, so it gets a 4xx naming the field, not a 500.
       POST   /api/v1/enroll                               token in the body (docs/contracts.md)
       GET    /api/v1/device/self                          Authorization: Bearer <api token>
     public, read-only
-      GET    /tuf/metadata/{file}, /tuf/targets/{path}    the TUF repository (Range supported)
+      GET    /tuf/metadata/{file}, /tuf/targets/{path}    the TUF repository (Range supported);
+                                                          with private_targets, targets need a device's
+                                                          API token (Bearer)
       GET    /healthz
 
 Fleet drift, server-side predict and /metrics are in ``fleet_server.telemetry.api``. This module
@@ -375,8 +377,16 @@ def tuf_metadata(ctx: Ctx, filename: str) -> FileResponse:
 
 
 @tuf.get("/targets/{target:path}")
-def tuf_target(ctx: Ctx, target: str) -> FileResponse:
-    """A target file under its consistent-snapshot name. Honors Range, so downloads resume."""
+def tuf_target(ctx: Ctx, target: str, credentials: Bearer) -> FileResponse:
+    """A target file under its consistent-snapshot name. Honors Range, so downloads resume.
+
+    With ``private_targets`` on, only an enrolled device may download (its API token as Bearer;
+    a revoked device's token is refused), checked before the path, so anonymous callers cannot
+    probe which models exist either. The metadata stays public: it names hashes and lengths, and
+    TUF needs it before a device can judge any target.
+    """
+    if ctx.config.private_targets:
+        require_device(ctx, credentials)
     path = _inside(ctx.repo.targets_dir, target, _SEGMENT)
     return FileResponse(path, media_type="application/octet-stream")
 
