@@ -10,6 +10,7 @@ Settings come from agent.toml (``AgentConfig``); the environment may override a 
 short-lived fleets (tests, walkthroughs) that agent.toml has no keys for yet:
 
     EDGEFLEET_PROBATION_S, EDGEFLEET_PROBATION_MIN_REQUESTS   probation duration and traffic
+    EDGEFLEET_PROBATION_MAX_RESTARTS                          restarts in probation that roll back
     EDGEFLEET_UPDATE_TICK_S                                   the tick interval
 
 Fault injection for the end-to-end crash tests (tests/integration/update_path), off unless set:
@@ -47,6 +48,7 @@ log = logging.getLogger("agent.update_service")
 
 PROBATION_S = "EDGEFLEET_PROBATION_S"
 PROBATION_MIN_REQUESTS = "EDGEFLEET_PROBATION_MIN_REQUESTS"
+PROBATION_MAX_RESTARTS = "EDGEFLEET_PROBATION_MAX_RESTARTS"
 UPDATE_TICK_S = "EDGEFLEET_UPDATE_TICK_S"
 FAULT_PAUSE_AT = "EDGEFLEET_FAULT_PAUSE_AT"
 FAULT_PAUSE_AT_BYTE = "EDGEFLEET_FAULT_PAUSE_AT_BYTE"
@@ -131,13 +133,14 @@ def probation_config(config: AgentConfig) -> ProbationConfig:
                                max_restarts=config.probation_max_restarts)
     duration = os.environ.get(PROBATION_S)
     requests = os.environ.get(PROBATION_MIN_REQUESTS)
-    if duration is None and requests is None:
-        return defaults
+    restarts = os.environ.get(PROBATION_MAX_RESTARTS)
     try:
         return replace(defaults, duration_s=float(duration) if duration is not None else defaults.duration_s,
-                       min_requests=int(requests) if requests is not None else defaults.min_requests)
+                       min_requests=int(requests) if requests is not None else defaults.min_requests,
+                       max_restarts=int(restarts) if restarts is not None else defaults.max_restarts)
     except ValueError as exc:
-        raise UpdaterError(f"{PROBATION_S}={duration!r} / {PROBATION_MIN_REQUESTS}={requests!r} are not numbers",
+        raise UpdaterError(f"{PROBATION_S}={duration!r}, {PROBATION_MIN_REQUESTS}={requests!r} and "
+                           f"{PROBATION_MAX_RESTARTS}={restarts!r} must be numbers",
                            fix="e.g. EDGEFLEET_PROBATION_S=5 EDGEFLEET_PROBATION_MIN_REQUESTS=10") from exc
 
 

@@ -337,7 +337,9 @@ class Updater:
         with self._lock:
             now = self.clock()
             self._apply(Restart(now))
-            if recovery(self.machine) is Recovery.RESUME_PROBATION:
+            rule = recovery(self.machine)
+            log.info("resuming after a restart: update state %s, recovery %s", self.machine.state, rule)
+            if rule is Recovery.RESUME_PROBATION:
                 self._resume_probation(now)
             # Every other rule is the machine's next work: resume the download, re-verify the
             # bundle or slot from disk (nothing is cached in a new process), redo the check.
