@@ -4,7 +4,12 @@ Each package registers its own subcommands (``register(subparsers)`` in its ``cl
 and imports its heavy libraries only inside the handlers, so ``edgefleet agent ...`` on a
 Raspberry Pi never loads TensorFlow or SQLAlchemy. Every ``EdgefleetError`` becomes one line
 on stderr naming the problem and the fix, with exit status 2 for usage problems and 1 for
-failures.
+failures. With ``--json`` that line is a problem document instead (``edgefleet.problems``, the
+REST API's error shape; a refusal from the server keeps the server's ``status`` and ``type``),
+so a script reads results from stdout and errors from stderr, both as JSON.
+
+No input makes the command print a traceback: an exception that is not an ``EdgefleetError``
+is a bug, told in one line (``-vv`` prints its traceback) with exit status 1.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from edgefleet import __version__
 from edgefleet.errors import EdgefleetError
+from edgefleet.problems import TYPE_PREFIX, Problem, from_error
 
 # (module, what it adds); a module whose optional import fails is skipped, not fatal.
 _COMMAND_MODULES = (
@@ -48,8 +56,24 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     pass
 
 
+class UsageError(EdgefleetError):
+    """The command line does not parse: ``parser`` is the (sub)command's parser, for its usage."""
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+        super().__init__(message, fix=f"see `{parser.prog} --help`")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised for ``main`` to report (as JSON with ``--json``)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgefleet", description=DESCRIPTION, formatter_class=_Formatter)
+    # Subparsers inherit the parser class, so every subcommand's usage errors come here too.
+    parser = _Parser(prog="edgefleet", description=DESCRIPTION, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
@@ -64,9 +88,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _problem(exc: EdgefleetError) -> Problem:
+    """The error as a problem document; a server's refusal carries the server's own (``problem``)."""
+    carried = getattr(exc, "problem", None)
+    return carried if isinstance(carried, Problem) else from_error(exc)
+
+
+def _report(exc: EdgefleetError, as_json: bool) -> None:
+    if as_json:
+        sys.stderr.write(_problem(exc).render().decode() + "\n")
+    elif isinstance(exc, UsageError):
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+    else:
+        print(f"edgefleet: error: {exc}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Known before parsing, so that a command line that does not parse is told as JSON too.
+    as_json = "--json" in words[:words.index("--")] if "--" in words else "--json" in words
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(words)
+    except UsageError as exc:
+        _report(exc, as_json)
+        return 2
+    as_json = bool(getattr(args, "json", False))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=int(os.environ.get("EDGEFLEET_LOG_LEVEL", level)),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,8 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(handler(args) or 0)
+    except UsageError as exc:
+        _report(exc, as_json)
+        return 2
     except EdgefleetError as exc:
-        print(f"edgefleet: error: {exc}", file=sys.stderr)
+        _report(exc, as_json)
         return 1
     except KeyboardInterrupt:
         print("edgefleet: interrupted", file=sys.stderr)
@@ -87,6 +138,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a bug, not bad input: one line, the traceback only when asked for
+        if args.verbose >= 2:
+            traceback.print_exc()
+        bug = Problem(f"an unexpected error: {type(exc).__name__}: {str(exc)[:200]}", type=TYPE_PREFIX + "internal",
+                      fix="this is a bug in edgefleet: run again with -vv for the traceback and report it")
+        if as_json:
+            sys.stderr.write(bug.render().decode() + "\n")
+        else:
+            print(f"edgefleet: error: {bug.detail} (fix: {bug.fix})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

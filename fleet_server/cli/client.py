@@ -1,7 +1,8 @@
 """The admin client: the CLI's only way to the server, over the REST API with httpx.
 
 ``AdminClient`` turns every failure into one ``ClientError`` that names the problem and the
-fix: server unreachable, token missing or wrong, or the server's own ``detail``/``fix``.
+fix: server unreachable, token missing or wrong, or the server's own problem document
+(``RefusedError``, which keeps it whole: ``edgefleet ... --json`` prints it as the server sent it).
 ``resolve_client_settings`` finds the server URL and token: flags, then ``EDGEFLEET_SERVER`` /
 ``EDGEFLEET_TOKEN``, then ``~/.config/edgefleet/cli.toml`` (``server = "..."``, ``token = "..."``).
 
@@ -10,6 +11,7 @@ No server code is imported here, so the CLI on an operator's laptop needs only h
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,10 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefleet.problems import Problem
 from fleet_server.errors import ClientError
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 CONFIG_FILE = Path("~/.config/edgefleet/cli.toml")
+
+
+class RefusedError(ClientError):
+    """The server answered with an error; ``problem`` is its answer (docs/api.md, "Errors")."""
+
+    def __init__(self, message: str, *, problem: Problem, fix: str | None = None) -> None:
+        self.problem = problem
+        super().__init__(message, fix=fix)
 
 
 @dataclass(frozen=True)
@@ -74,14 +85,19 @@ class AdminClient:
         except httpx.TransportError as exc:
             raise ClientError(f"cannot reach the edgefleet server at {self.settings.server} ({type(exc).__name__})",
                               fix="start it with `edgefleet server`, or pass --server URL / set EDGEFLEET_SERVER") from exc
-        if response.status_code == 401:
-            if not self.settings.token:
-                raise ClientError("no admin token given",
-                                  fix="pass --token, set EDGEFLEET_TOKEN, or put token = \"...\" in ~/.config/edgefleet/cli.toml")
-            raise ClientError("the server refused the admin token",
-                              fix="use the token from the server's DATA_DIR/admin-token")
         if response.status_code >= 400:
-            raise ClientError(_describe(response), fix=_fix(response))
+            problem = _problem(response)
+            fix: str | None
+            if response.status_code == 401 and not self.settings.token:
+                message, fix = "no admin token given", \
+                    "pass --token, set EDGEFLEET_TOKEN, or put token = \"...\" in ~/.config/edgefleet/cli.toml"
+            elif response.status_code == 401:
+                message, fix = "the server refused the admin token", "use the token from the server's DATA_DIR/admin-token"
+            else:
+                message, fix = f"{problem.detail} ({response.status_code})", problem.fix
+            if response.status_code == 401:  # the CLI knows better than the server where its token came from
+                problem = dataclasses.replace(problem, detail=message, fix=fix)
+            raise RefusedError(message, fix=fix, problem=problem)
         try:
             return response.json()
         except ValueError as exc:
@@ -135,22 +151,13 @@ class AdminClient:
         return dict(self.request("GET", f"/api/v1/models/{name}/{version}/drift", params=params or None))
 
 
-def _describe(response: Any) -> str:
+def _problem(response: Any) -> Problem:
+    """The server's error answer as a problem; a body that is not one is described, not trusted."""
     try:
         body = response.json()
     except ValueError:
-        return f"the server answered {response.status_code}: {response.text[:200]}"
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, list):  # FastAPI validation errors: name each field
-        parts = [f"{'.'.join(str(p) for p in item.get('loc', [])[1:])}: {item.get('msg')}" for item in detail]
-        return f"the server refused the request ({response.status_code}): " + "; ".join(parts)
-    return f"{detail or response.reason_phrase} ({response.status_code})"
-
-
-def _fix(response: Any) -> str | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    fix = body.get("fix") if isinstance(body, dict) else None
-    return str(fix) if fix else None
+        body = None
+    if not isinstance(body, dict):
+        return Problem(f"the server answered {response.status_code}: {response.text[:200]}",
+                       status=response.status_code if 100 <= response.status_code <= 599 else None)
+    return Problem.from_dict(body, status=response.status_code)
