@@ -2,6 +2,7 @@
 
 ``machine``      ``Rollout``: the pure rollout state machine (no database, broker or clock)
 ``waves``        selectors and seeded, stratified wave plans (pure)
+``reports``      a device's ``reported`` document read for rollouts: what it serves, its last outcome (pure)
 ``assignments``  signed per-device assignments: issued, stored and published
 ``engine``       ``RolloutEngine``: drives the machine from the database and the broker
 ``api``          the ``/api/v1/rollouts`` REST routes

@@ -3,8 +3,10 @@
 A :class:`Rollout` takes a model version to the devices a selector matches, wave by wave
 (:mod:`fleet_server.rollouts.waves` draws the waves). It is a pure core in the way python-tuf's
 ``TrustedMetadataSet`` is: no database, broker or clock inside. Every input is a method
-call with the time passed in (``start``, ``device_event``, ``device_offline``/``online``,
-``tick``, ``pause``, ``resume``, ``abort``, ``rollback``, ``yank``, ``add_device``); every
+call with the time passed in (``start``, ``device_event``, ``device_reported``,
+``device_offline``/``online``, ``tick``, ``pause``, ``resume``, ``abort``, ``rollback``, ``yank``,
+``add_device``, and ``assignment_issued``, which records the counter an assignment went out
+under); every
 output is a list of :data:`Action` values the I/O layer carries out (sign and publish an
 assignment, record a halt, raise an alert). ``to_dict``/``from_dict`` is the whole state, so
 an engine keeps it as JSON in the database, loads it under a row lock, calls one method,
@@ -27,6 +29,14 @@ The rules (docs/rollouts.md tells them with an example timeline):
   (``edgefleet.outcomes``, e.g. ``download_failed``) leaves the device in flight.
 * An assigned device that has not committed ``device_timeout`` after its assignment (offline
   or not) is ``timed_out``: a failure. A late commit still counts while the rollout runs.
+* A device's ``reported`` document (``device_reported``: on every (re)connect, and the engine
+  replays the stored and retained ones when a server starts) is reconciled with its record:
+  the last outcome it reports for this version, from an assignment counter no older than
+  the one this rollout sent it, counts as that outcome's event would; a device that SERVES
+  the version with no update of the model in flight has committed it. A device last
+  reported serving the version is never timed out (it is in probation, which ends by itself),
+  and one that had timed out is in flight again: so nobody who runs the version is counted
+  failed, or rolled back, because its outcome's event was lost (issue 19).
 * With ``auto_rollback``, a halt moves every device the rollout touched back to its previous
   version (``AssignPrevious``); a device that had none gets nothing and is reported in an
   ``AlertNeeded``.
@@ -56,6 +66,7 @@ from edgefleet.errors import EdgefleetError
 from edgefleet.outcomes import is_retryable
 from edgefleet.version import ModelVersion, check_model_name
 from fleet_server.errors import ConflictError, InvalidInputError, ServerError
+from fleet_server.rollouts.reports import DeviceReport
 from fleet_server.rollouts.waves import (
     DEFAULT_WAVES,
     RolloutDevice,
@@ -76,6 +87,7 @@ __all__ = [
     "AssignVersion",
     "Completed",
     "DeviceRecord",
+    "DeviceReport",
     "DeviceStatus",
     "Halt",
     "Rollout",
@@ -269,6 +281,8 @@ class DeviceRecord:
     finished_at: datetime | None = None     # committed, failed or timed out
     offline_since: datetime | None = None
     rolled_back_at: datetime | None = None
+    serves: str | None = None         # the version of the model its last online report served
+    counter: int | None = None        # the assignment counter this rollout's version went out under
 
     @property
     def touched(self) -> bool:
@@ -281,18 +295,23 @@ class DeviceRecord:
                 "online": self.online, "joined_late": self.joined_late, "last_event": self.last_event,
                 "reason": self.reason, "assigned_at": _time(self.assigned_at),
                 "finished_at": _time(self.finished_at), "offline_since": _time(self.offline_since),
-                "rolled_back_at": _time(self.rolled_back_at)}
+                "rolled_back_at": _time(self.rolled_back_at), "serves": self.serves, "counter": self.counter}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DeviceRecord:
         wave = data["wave"]
+        # serves and counter came later: documents stored before them read as unknown.
+        serves, counter = data.get("serves"), data.get("counter")
+        if isinstance(counter, bool) or not (counter is None or isinstance(counter, int)):
+            raise ValueError(f"counter {counter!r} is not an integer")
         return cls(str(data["device_id"]), str(data["profile"]), None if wave is None else int(wave),
                    DeviceStatus(data["status"]),
                    None if data["previous_version"] is None else str(data["previous_version"]),
                    bool(data["online"]), bool(data["joined_late"]),
                    None if data["last_event"] is None else str(data["last_event"]), str(data["reason"]),
                    _parse_time(data["assigned_at"]), _parse_time(data["finished_at"]),
-                   _parse_time(data["offline_since"]), _parse_time(data["rolled_back_at"]))
+                   _parse_time(data["offline_since"]), _parse_time(data["rolled_back_at"]),
+                   None if serves is None else str(serves), counter)
 
 
 @dataclass(frozen=True)
@@ -467,6 +486,81 @@ class Rollout:
             self._put(replace(record, status=DeviceStatus.FAILED, last_event=kind, finished_at=now, reason=why))
         return self._evaluate(now)
 
+    def device_reported(self, device_id: str, report: DeviceReport, now: datetime) -> list[Action]:
+        """A device's ``reported`` document: presence, the version it serves, its last outcome.
+
+        The device's record learns whether it is online and (from an online report) which
+        version of the model it serves; then, if the report proves an outcome for this
+        rollout's version (``reported_outcome``), it counts as that outcome's event would.
+        Feeding the same report again changes nothing, so the engine may replay stored and
+        retained reports whenever it starts.
+        """
+        now = _check_now(now)
+        record = self.devices.get(device_id)
+        if record is None:
+            return []
+        if not report.online:
+            return self.device_offline(device_id, now)
+        seen = self._seen(record, report)
+        if seen != record:
+            self._put(seen)
+        outcome = self.reported_outcome(device_id, report)
+        if outcome is not None:
+            kind, reason = outcome
+            return self.device_event(device_id, kind, now, reason, self.version)
+        return self._evaluate(now)
+
+    def reported_outcome(self, device_id: str, report: DeviceReport) -> tuple[str, str] | None:
+        """The outcome event (kind, reason) ``report`` proves for a device still in flight, if any.
+
+        Only an assigned or timed-out device of this rollout takes one. Its report proves
+
+        * the outcome it reports for this version (committed, failed, rolled_back), unless the
+          counter the outcome was reached under is older than the one this rollout's
+          assignment went out under (then it is about an earlier assignment);
+        * ``committed``, when it serves this version and no update of the model is in flight:
+          an agent that already runs the bundle it is assigned installs nothing and sends no
+          event, and one restarted after its commit may have lost the event.
+        """
+        record = self.devices.get(device_id)
+        if record is None or record.status not in (DeviceStatus.ASSIGNED, DeviceStatus.TIMED_OUT) \
+                or not report.online:
+            return None
+        update = report.update_of(self.model)
+        if update is not None and update.finished and update.version == self.version and (
+                record.counter is None or update.counter is None or update.counter >= record.counter):
+            return update.state, update.reason
+        if report.serves(self.model) == self.version and (update is None or not update.in_flight):
+            return "committed", f"serves {self.version} (from its report)"
+        return None
+
+    def report_changes(self, device_id: str, report: DeviceReport) -> bool:
+        """Whether ``device_reported`` would change anything (the engine's look before it locks)."""
+        record = self.devices.get(device_id)
+        if record is None:
+            return False
+        if not report.online:
+            return record.online
+        return self._seen(record, report) != record or self.reported_outcome(device_id, report) is not None
+
+    def assignment_issued(self, device_id: str, counter: int) -> None:
+        """This rollout's assignment reached the device under ``counter`` (the engine signed it).
+
+        An outcome reported for an older counter is then not about this rollout's assignment.
+        """
+        record = self.devices.get(device_id)
+        if record is not None and record.status is DeviceStatus.ASSIGNED and record.counter != counter:
+            self._put(replace(record, counter=counter))
+
+    def _seen(self, record: DeviceRecord, report: DeviceReport) -> DeviceRecord:
+        """``record`` after an online report: online, and serving what the report says."""
+        seen = replace(record, online=True, offline_since=None, serves=report.serves(self.model))
+        if seen.status is DeviceStatus.TIMED_OUT and seen.serves == self.version and self.state in _LIVE:
+            # It runs the version (its probation is under way): in flight again, not a failure.
+            seen = replace(seen, status=DeviceStatus.ASSIGNED, finished_at=None,
+                           reason=f"serves {self.version}: in probation after its timeout")
+        return seen
+
     def device_offline(self, device_id: str, now: datetime) -> list[Action]:
         """The broker reported the device gone (its last will). It keeps its place and timer."""
         now = _check_now(now)
@@ -581,7 +675,8 @@ class Rollout:
         if self.state not in _LIVE:
             return None
         assigned = (self.devices[d] for d in self._assigned)
-        moments = [d.assigned_at + self.policy.device_timeout for d in assigned if d.assigned_at is not None]
+        moments = [d.assigned_at + self.policy.device_timeout for d in assigned
+                   if d.assigned_at is not None and d.serves != self.version]
         if self.state is RolloutState.RUNNING:
             summary = self._summary(self.current_wave)
             if summary.last_commit_at is not None:
@@ -640,7 +735,7 @@ class Rollout:
     def _index(self, record: DeviceRecord) -> None:
         if record.status is DeviceStatus.ASSIGNED:
             self._assigned.add(record.device_id)
-            if record.assigned_at is not None:
+            if record.assigned_at is not None and record.serves != self.version:  # never times out
                 due = record.assigned_at + self.policy.device_timeout
                 self._timeouts_from = due if self._timeouts_from is None else min(self._timeouts_from, due)
         if record.wave is None:
@@ -722,8 +817,8 @@ class Rollout:
         still: list[datetime] = []
         for device_id in sorted(self._assigned):
             record = self.devices[device_id]
-            if record.assigned_at is None:
-                continue
+            if record.assigned_at is None or record.serves == self.version:
+                continue  # a device that runs the version is in probation, which ends by itself
             due = record.assigned_at + self.policy.device_timeout
             if now >= due:
                 where = f"offline since {record.offline_since.isoformat()}" if record.offline_since else "online"

@@ -2,14 +2,17 @@
 
 Hypothesis drives a rollout with everything the engine can feed it, in any order: starts,
 device events for any version, devices going offline and coming back, time passing, pause,
-resume, abort, rollback, yank, devices joining, and restarts (a round trip through the JSON
-the engine stores). After every step:
+resume, abort, rollback, yank, devices joining, `reported` documents of every shape the
+contract allows (what a device serves, its update in flight or its last outcome, for any
+counter), and restarts (a round trip through the JSON the engine stores). After every step:
 
 * never more devices assigned than the waves started so far hold;
 * no device is sent the version twice, nor one whose profile the version was not validated for;
 * after a halt, abort, rollback or yank: no AssignVersion ever again;
 * a halt with auto-rollback sends every touched device its previous version (or reports it);
-* a copy restored from ``to_dict`` at any point answers every later step identically.
+* a copy restored from ``to_dict`` at any point answers every later step identically;
+* a device whose last online report served the version is never timed out (issue 19);
+* a report fed a second time changes nothing (the engine replays reports when it starts).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from fleet_server.rollouts.machine import (
     RolloutState,
     RolloutStateError,
 )
+from fleet_server.rollouts.reports import DeviceReport, ReportedUpdate
 from fleet_server.rollouts.waves import RolloutDevice, Selector
 from tests.unit.fleet_server.rollout.fleet import MODEL, PREVIOUS, T0, VERSION, target
 
@@ -49,6 +53,20 @@ _policy = st.builds(
     min_success_rate=st.sampled_from([0.3, 0.8, 1.0]),
     device_timeout=st.sampled_from([timedelta(minutes=10), timedelta(minutes=30)]),
     auto_rollback=st.booleans(),
+)
+_update = st.one_of(st.none(), st.builds(
+    ReportedUpdate,
+    state=st.sampled_from(["downloading", "activated", "committed", "committed", "failed", "rolled_back"]),
+    model=st.sampled_from([MODEL, MODEL, "other"]),
+    version=st.sampled_from([VERSION, VERSION, PREVIOUS, None]),
+    counter=st.one_of(st.none(), st.integers(min_value=0, max_value=12)),
+    reason=st.sampled_from(["", "download_failed", "health_failed", "probation_failed"]),
+))
+_report = st.one_of(
+    st.just(DeviceReport(False)),  # the last will
+    st.builds(DeviceReport, online=st.just(True),
+              models=st.sampled_from([{}, {MODEL: VERSION}, {MODEL: PREVIOUS}, {MODEL: VERSION, "other": "1.0.0"}]),
+              update=_update),
 )
 
 
@@ -125,7 +143,38 @@ class RolloutMachine(RuleBasedStateMachine):
     @rule(minutes=st.sampled_from([0.5, 3, 6, 11, 25, 40]))
     def time_passes(self, minutes: float) -> None:
         self.now += timedelta(minutes=minutes)
+        before = {d: r.status for d, r in self.rollout.devices.items()}
         self._step("tick", self.now)
+        for device, record in self.rollout.devices.items():
+            if record.status.value == "timed_out" and before.get(device) is not record.status:
+                assert record.serves != VERSION, f"{device} serves {VERSION} yet timed out"
+
+    @rule(data=st.data(), report=_report)
+    def device_reports(self, data: st.DataObject, report: DeviceReport) -> None:
+        device = data.draw(st.sampled_from(sorted(self.rollout.devices)))
+        self._step("device_reported", device, report, self.now)
+        if report.online:
+            assert self.rollout.devices[device].serves == report.serves(MODEL)
+        # Replayed (a restarted engine reads the stored and retained reports again): no change.
+        before = self.rollout.to_dict()
+        assert self._step("device_reported", device, report, self.now) == []
+        assert self.rollout.to_dict() == before
+
+    @rule(data=st.data())
+    def in_flight_devices_enter_probation(self, data: st.DataObject) -> None:
+        # What the hole-2 sequence looks like to the core: the device serves the version and
+        # watches it; its outcome may never arrive as an event.
+        in_flight = sorted(d.device_id for d in self.rollout.devices.values()
+                           if d.status.value in ("assigned", "timed_out"))
+        probation = DeviceReport(True, {MODEL: VERSION}, ReportedUpdate("activated", MODEL, VERSION, None))
+        for device in data.draw(st.lists(st.sampled_from(in_flight), unique=True) if in_flight else st.just([])):
+            self._step("device_reported", device, probation, self.now)
+
+    @rule(data=st.data(), counter=st.integers(min_value=1, max_value=12))
+    def assignment_goes_out(self, data: st.DataObject, counter: int) -> None:
+        in_flight = sorted(d.device_id for d in self.rollout.devices.values() if d.status.value == "assigned")
+        if in_flight:
+            self._step("assignment_issued", data.draw(st.sampled_from(in_flight)), counter)
 
     # Outcomes are drawn with commits most likely, and the commands that end a rollout are
     # rare, so that runs get past the first wave often enough for the invariants to bite.
