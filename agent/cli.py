@@ -71,6 +71,8 @@ def register(sub: Any) -> None:
     p.add_argument("--no-socket", action="store_true", help="do not serve on the Unix socket")
     p.add_argument("--no-mqtt", action="store_true", help="do not connect to the broker")
     p.add_argument("--profile", help="firmware profile when the state directory has none (development)")
+    p.add_argument("--json", action="store_true",
+                   help="report a failure to start (bad config, socket in use) as a JSON problem document")
     p.set_defaults(handler=_run)
 
     p = asub.add_parser("status", help="what this device runs and how it is",
