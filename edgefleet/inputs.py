@@ -77,10 +77,15 @@ def to_matrix(payload: Any, spec: TensorSpec, *, max_rows: int = DEFAULT_MAX_ROW
             return _rows(payload["inputs"], spec, max_rows, "inputs")
         if keys == {"instances"}:
             return _instances(payload["instances"], spec, max_rows)
-        unknown = sorted(keys - {"inputs", "instances"})
-        raise InputError(
-            f"request body has {'unknown field(s) ' + ', '.join(map(repr, unknown)) if unknown else 'both inputs and instances'}",
-            fix='send {"inputs": [[...], ...]} or {"instances": [{"feature": value, ...}]}')
+        unknown = sorted(map(str, keys - {"inputs", "instances"}))
+        if not keys:
+            what = "no 'inputs' and no 'instances': the rows to predict are missing"
+        elif unknown:
+            what = "unknown field(s) " + ", ".join(repr(k[:40]) for k in unknown[:5])
+        else:
+            what = "both 'inputs' and 'instances': send one of them"
+        raise InputError(f"request body has {what}",
+                         fix='send {"inputs": [[...], ...]} or {"instances": [{"feature": value, ...}]}')
     if isinstance(payload, list):
         return _rows(payload, spec, max_rows, "inputs")
     raise InputError(f"request body is a JSON {type(payload).__name__}, not an object",
@@ -251,7 +256,9 @@ def _records(payload: Any, columns: Sequence[TensorSpec], max_rows: int) -> Feed
     fix = f'send {{"instances": [{{"{names[0]}": ..., ...}}, ...]}} naming every column: {_names_hint(names)}'
     if not isinstance(payload, Mapping) or set(payload) != {"instances"}:
         what = (f"a JSON object with field(s) {', '.join(map(repr, sorted(map(str, payload))[:5]))}"
-                if isinstance(payload, Mapping) else f"a {type(payload).__name__}")
+                if isinstance(payload, Mapping) and payload
+                else "an empty JSON object: the records are missing" if isinstance(payload, Mapping)
+                else f"a {type(payload).__name__}")
         raise InputError(f"this model takes named columns as records under 'instances'; the request body is {what}",
                          fix=fix)
     instances = payload["instances"]

@@ -49,6 +49,8 @@ def test_null_is_nan_only_where_the_spec_allows_it() -> None:
 @pytest.mark.parametrize("payload, words", [
     ({"inputs": [[1, 2, 3]], "extra": 1}, "unknown field(s) 'extra'"),
     ({"rows": [[1, 2, 3]]}, "unknown field(s) 'rows'"),
+    ({}, "no 'inputs' and no 'instances': the rows to predict are missing"),
+    ({"inputs": [[1, 2, 3]], "instances": []}, "both 'inputs' and 'instances'"),
     ("1,2,3", "not an object"),
     ({"inputs": "1,2,3"}, "'inputs' must be a list"),
     ({"inputs": [[1, 2]]}, "have 2 values per row but model input 'x' takes 3"),
