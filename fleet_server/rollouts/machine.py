@@ -26,7 +26,7 @@ The rules (docs/rollouts.md tells them with an example timeline):
   a wave can no longer reach ``min_success_rate`` even if all its in-flight devices commit.
   Failures are ``failed`` and ``timed_out`` devices; a device that rolled itself back in
   probation has failed. A ``failed`` event whose reason the device retries by itself
-  (``edgefleet.outcomes``, e.g. ``download_failed``) leaves the device in flight.
+  (``edgefleet.events``, e.g. ``download_failed``) leaves the device in flight.
 * An assigned device that has not committed ``device_timeout`` after its assignment (offline
   or not) is ``timed_out``: a failure. A late commit still counts while the rollout runs.
 * A device's ``reported`` document (``device_reported``: on every (re)connect, and the engine
@@ -63,7 +63,7 @@ from typing import Any
 
 from edgefleet.assignment import ModelTarget
 from edgefleet.errors import EdgefleetError
-from edgefleet.outcomes import is_retryable
+from edgefleet.events import EVENTS, OUTCOME_EVENTS, PROGRESS_EVENTS, is_retryable
 from edgefleet.version import ModelVersion, check_model_name
 from fleet_server.errors import ConflictError, InvalidInputError, ServerError
 from fleet_server.rollouts.reports import DeviceReport
@@ -134,11 +134,6 @@ class DeviceStatus(StrEnum):
     TIMED_OUT = "timed_out"      # no result within device_timeout: counts as failed
     INELIGIBLE = "ineligible"    # its profile is not one the version was validated for
 
-
-# Device lifecycle events (docs/contracts.md, `events` topic). Only the outcomes change status.
-PROGRESS_EVENTS = frozenset({"assigned", "downloaded", "verified", "staged", "health_passed", "activated"})
-OUTCOME_EVENTS = frozenset({"committed", "failed", "rolled_back"})
-EVENTS = PROGRESS_EVENTS | OUTCOME_EVENTS
 
 _LIVE = (RolloutState.RUNNING, RolloutState.PAUSED)
 _FAILURES = (DeviceStatus.FAILED, DeviceStatus.TIMED_OUT)
