@@ -14,7 +14,7 @@ This module does not sign anything itself (``TufRepository`` does), and knows no
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from edgefleet.bundle import bundle_filename, verify_bundle
 from edgefleet.errors import BundleError
+from edgefleet.profiles import profile_names
 from edgefleet.version import ModelVersion
 from fleet_server.db import Database
 from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
@@ -86,6 +87,17 @@ class ModelInfo:
         return data
 
 
+def _check_profiles(profiles: Sequence[str]) -> None:
+    """Refuse a bundle no device of this server could ever be assigned: it names no known profile."""
+    known = profile_names()
+    if not set(profiles) & set(known):
+        shown = ", ".join(repr(p[:64]) for p in list(profiles)[:5]) or "none"
+        raise InvalidInputError(f"profiles: this server knows none of the bundle's firmware profiles ({shown}), "
+                                "so no device could be assigned it",
+                                fix=f"convert the model for one of: {', '.join(known)} (or add the profile's TOML "
+                                    "to firmware_profiles/ on the server)")
+
+
 def _sort_key(info: ModelInfo) -> tuple[str, ModelVersion]:
     return info.name, ModelVersion.parse(info.version)
 
@@ -124,6 +136,7 @@ class Registry:
         with self._lock:
             existing = self._find(manifest.name, manifest.version)
             if existing is None:
+                _check_profiles(manifest.profiles)  # an identical bundle published before stays idempotent
                 try:
                     with self.db.session() as session:
                         session.add(row)

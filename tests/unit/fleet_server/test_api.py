@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from edgefleet.bundle import build_bundle_bytes, read_bundle
 from fleet_server.app import create_app
 from tests.integration.server.harness import make_bundle, server_config
 
@@ -58,6 +59,19 @@ def enroll(client: TestClient) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     grant: dict[str, Any] = response.json()
     return grant
+
+
+def test_a_bundle_for_no_profile_this_server_knows_is_refused(client: TestClient) -> None:
+    original = read_bundle(make_bundle("digits", "1.0.0"))
+    fields = {**{k: v for k, v in original.manifest.to_dict().items() if k != "files"}, "profiles": ["no-such-board"]}
+    response = push(client, build_bundle_bytes(fields, original.files))
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["detail"].startswith("profiles: this server knows none") and "'no-such-board'" in problem["detail"]
+    assert "rpi4-64" in problem["fix"]
+    assert client.get("/api/v1/models", headers=ADMIN).json() == []
+    fields["profiles"] = ["no-such-board", "rpi4-64"]  # one known profile is enough
+    assert push(client, build_bundle_bytes(fields, original.files)).status_code == 201
 
 
 def test_push_then_list_and_show(client: TestClient) -> None:
