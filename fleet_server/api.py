@@ -361,12 +361,14 @@ def device_self(device: Annotated[DeviceRecord, Depends(require_device)]) -> dic
 
 def _inside(root: Path, relative: str, pattern: re.Pattern[str]) -> Path:
     segments = relative.split("/")
+    # The caller's path is echoed shortened: a 404 must not hand back whatever was sent, whole.
+    shown = repr(relative) if len(relative) <= 80 else f"{relative[:60]!r}... ({len(relative)} characters)"
     # Checked before touching the disk: no '..', no hidden files (the repository's lock and temp files).
     if not all(pattern.match(s) for s in segments):
-        raise NotFoundError(f"{relative!r} is not in the TUF repository")
+        raise NotFoundError(f"{shown} is not in the TUF repository")
     path = (root / relative).resolve()
     if not path.is_relative_to(root.resolve()) or not path.is_file():
-        raise NotFoundError(f"{relative!r} is not in the TUF repository")
+        raise NotFoundError(f"{shown} is not in the TUF repository")
     return path
 
 

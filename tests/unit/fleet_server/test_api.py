@@ -257,6 +257,12 @@ def test_every_refusal_is_a_problem_document(client: TestClient) -> None:
     assert answers[3].headers["www-authenticate"] == "Bearer"
 
 
+def test_a_404_does_not_echo_a_long_path_whole(client: TestClient) -> None:
+    sent = "x" * 5000
+    response = client.get(f"/tuf/targets/{sent}")
+    assert response.status_code == 404 and len(response.text) < 400 and "5000 characters" in response.json()["detail"]
+
+
 def test_openapi_lists_the_endpoints(client: TestClient) -> None:
     document = client.get("/openapi.json").json()
     paths = document["paths"]
