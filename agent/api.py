@@ -22,7 +22,9 @@ ASCII digits only (``int()`` would also take ``1_0``, ``+10``, `` 10``), given o
 beside Transfer-Encoding; header names are tokens with no space before the colon; no folded
 lines or control characters; the target is origin-form (or absolute-form). A connection that
 ends inside a request is answered 400. Text a client sent (paths, model names) is echoed
-shortened, never whole. A prediction whose model's recent latency stays under ``inline_budget_ms``
+shortened, never whole.
+
+A prediction whose model's recent latency stays under ``inline_budget_ms``
 is answered inside the ``data_received`` callback, head and body in one ``transport.write``
 (a thread hop or a task would cost more than the inference); a slower one, and every other
 route that may block, runs as a task (in a worker thread where it blocks), so one slow model
@@ -245,9 +247,11 @@ class ApiServer:
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
-        if self._socket_alias is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._socket_alias.unlink()
+        if self._socket_alias is not None and self.socket_path is not None:
+            # Only our own link: another agent may have taken the name over since.
+            with contextlib.suppress(OSError):
+                if os.readlink(self._socket_alias) == str(self.socket_path.absolute()):
+                    self._socket_alias.unlink()
         if isinstance(self._executor, ThreadPoolExecutor):
             self._executor.shutdown(wait=False)
 
@@ -752,7 +756,7 @@ def _link(alias: Path, target: Path) -> Path | None:
     temporary = alias.with_name(f".{alias.name}.{os.getpid()}.tmp")
     try:
         temporary.unlink(missing_ok=True)
-        temporary.symlink_to(target)
+        temporary.symlink_to(target.absolute())  # a relative target would resolve from the link's directory
         os.replace(temporary, alias)  # atomic: a CLI reading the old link meanwhile sees one or the other
     except OSError as exc:
         log.warning("cannot link %s to the socket %s (%s): tell clients the socket's path", alias, target, exc)
