@@ -34,7 +34,14 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.drift import DriftWindow
-from agent.metrics import Accuracy, BatchComposer, FeedbackError, Metrics, ModelKey
+from agent.metrics import (
+    Accuracy,
+    BatchComposer,
+    FeedbackConflictError,
+    FeedbackError,
+    Metrics,
+    ModelKey,
+)
 from agent.outbox import Outbox, OutboxError
 from agent.runtime import ModelSession
 from agent.serving import Served, ServingTable
@@ -114,18 +121,26 @@ class Reporter:
         ``{"request_id", "label", "row"?}``, already checked for shape by the API.
 
         Every item is tried; with several, those naming a request this agent does not remember
-        come back under "rejected" with the reason. Raises FeedbackError when none is accepted.
+        come back under "rejected" with the reason, as do rows labelled already (one label per
+        prediction). Raises FeedbackError when none is accepted: FeedbackConflictError when every
+        item was a second label.
         """
         accepted, rejected = [], []
+        conflicts = 0
         for item in items:
             try:
                 correct = self.metrics.feedback(item["request_id"], item["label"], row=item.get("row", 0))
             except FeedbackError as exc:
                 if len(items) == 1:
                     raise
+                conflicts += isinstance(exc, FeedbackConflictError)
                 rejected.append({"request_id": item["request_id"], "error": exc.message})
                 continue
             accepted.append({"request_id": item["request_id"], "correct": correct})
+        if not accepted and conflicts == len(items):
+            raise FeedbackConflictError(f"all {len(items)} feedback items label predictions that are labelled already",
+                                        fix="send one label per prediction; a retried request that got an answer "
+                                            "was counted")
         if not accepted:
             raise FeedbackError(f"none of the {len(items)} feedback items names a remembered request: "
                                 + "; ".join(r["error"] for r in rejected[:3]),

@@ -136,6 +136,9 @@ def test_a_prediction_takes_one_label_and_a_second_is_a_409(agent: Agent) -> Non
     assert mixed.status_code == 200, mixed.text
     assert len(mixed.json()["accepted"]) == 1 and len(mixed.json()["rejected"]) == 2
     assert mixed.json()["accuracy"][0]["labels"] == 2  # not 5: no prediction counted twice
+    # A list of nothing but second labels is a conflict too, not "unknown request".
+    again = agent.client.post("/v1/feedback", json=[label, row1])
+    assert again.status_code == 409 and again.json()["type"] == "urn:edgefleet:problem:feedback-conflict"
 
 
 @pytest.mark.parametrize(("body", "words"), [
