@@ -64,6 +64,8 @@ def _register_server(sub: Any) -> None:
     p.add_argument("--broker-ca-file", type=Path, help="CA bundle to verify an mqtts:// broker (default: system CAs)")
     p.add_argument("--mosquitto-dir", type=Path, help="write Mosquitto's password and ACL files here")
     p.add_argument("--mosquitto-pid-file", type=Path, help="SIGHUP this Mosquitto after writing its files")
+    p.add_argument("--private-targets", action="store_true", default=None,
+                   help="confidential models: serve /tuf/targets/ to enrolled devices only (docs/security.md)")
     p.set_defaults(handler=_server)
 
 
@@ -82,7 +84,8 @@ def _server(args: argparse.Namespace) -> int:
     from fleet_server.app import create_app
 
     config = _server_config(args, ("data_dir", "host", "port", "database_url", "broker_url", "public_url",
-                                   "broker_public_url", "broker_ca_file", "mosquitto_dir", "mosquitto_pid_file"))
+                                   "broker_public_url", "broker_ca_file", "mosquitto_dir", "mosquitto_pid_file",
+                                   "private_targets"))
     logging.getLogger("fleet_server").setLevel(min(logging.getLogger().level, logging.INFO))
     app = create_app(config)
     ctx = app.state.ctx

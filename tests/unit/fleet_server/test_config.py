@@ -59,3 +59,17 @@ def test_config_is_frozen() -> None:
     config = ServerConfig()
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+def test_private_targets_from_file_env_and_flag(tmp_path: Path) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text("private_targets = true\n")
+    assert load_config(env={}).private_targets is False
+    assert load_config(env={}, config_file=config).private_targets is True
+    assert load_config(env={"EDGEFLEET_PRIVATE_TARGETS": "no"}, config_file=config).private_targets is False
+    assert load_config({"private_targets": True}, env={"EDGEFLEET_PRIVATE_TARGETS": "false"}).private_targets is True
+    with pytest.raises(ConfigError, match="private_targets = 'maybe' is not a boolean"):
+        load_config(env={"EDGEFLEET_PRIVATE_TARGETS": "maybe"})
+    config.write_text('private_targets = "yes please"\n')
+    with pytest.raises(ConfigError, match="is not a boolean"):
+        load_config(env={}, config_file=config)
