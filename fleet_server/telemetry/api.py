@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
+from edgefleet.version import SEMVER_PATTERN
 from fleet_server.api import Bearer, Ctx, ModelName, Version, checked_version, require_admin
 from fleet_server.credentials import same_secret
 from fleet_server.errors import AuthError, InvalidInputError
@@ -31,6 +32,8 @@ router = APIRouter(prefix="/api/v1")
 metrics_router = APIRouter()
 
 MAX_WINDOW_S = 30 * 24 * 3600
+OptionalVersion = Annotated[str | None, Query(max_length=128, pattern=SEMVER_PATTERN,
+                                              description="semantic version (default: the newest not yanked)")]
 
 
 def require_admin_or_device(ctx: Ctx, credentials: Bearer) -> None:
@@ -111,10 +114,21 @@ def model_drift(ctx: Ctx, name: ModelName, version: Version,
     return ctx.fleet_views.model_drift(name, checked_version(version), by=by, window_s=window)
 
 
+# The route reads the body itself (one parser with the agent: edgefleet.inputs), so FastAPI
+# cannot see it: documented here, so the OpenAPI document (and schemathesis) know it.
+_ROWS = {"type": "array", "description": "rows: lists of numbers, or records {column: value}"}
+PREDICT_BODY = {"required": True, "content": {"application/json": {"schema": {"anyOf": [
+    {"type": "object", "properties": {"inputs": _ROWS}, "required": ["inputs"], "additionalProperties": False},
+    {"type": "object", "properties": {"instances": _ROWS}, "required": ["instances"], "additionalProperties": False},
+    {**_ROWS, "description": "a bare list of rows"},
+], "description": "docs/contracts.md, 'Predict input'"}}}}
+
+
 @router.post("/models/{name}/predict", tags=["predict"], dependencies=[Depends(require_admin_or_device)],
-             response_model=PredictOut, response_model_exclude_none=True)
+             response_model=PredictOut, response_model_exclude_none=True,
+             openapi_extra={"requestBody": PREDICT_BODY})
 async def predict(ctx: Ctx, name: ModelName, request: Request,
-                  version: Annotated[str | None, Query(max_length=128)] = None) -> dict[str, Any]:
+                  version: OptionalVersion = None) -> dict[str, Any]:
     """Run the published bundle on the server (ONNX Runtime, CPU); same body and answer as the agent's API."""
     try:
         body = json.loads(await request.body())
@@ -134,7 +148,7 @@ async def predict(ctx: Ctx, name: ModelName, request: Request,
 def predict_batch(ctx: Ctx, name: ModelName,
                   file: Annotated[UploadFile, File(description="rows as CSV (header = feature names, optional) or "
                                                                ".npy; named columns: CSV with a header, or Parquet")],
-                  version: Annotated[str | None, Query(max_length=128)] = None) -> Response:
+                  version: OptionalVersion = None) -> Response:
     """Predict every row of an uploaded file; answers CSV: prediction, then one column per class probability."""
     chosen = ctx.predictor.resolve(name, checked_version(version) if version else None)
     manifest = ctx.predictor.manifest(name, chosen)
