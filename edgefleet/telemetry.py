@@ -358,7 +358,9 @@ class FeatureReference:
       for every value outside them ("unseen"), so k categories have k+1 counts and no edges.
 
     Either way a feature is a list of counts, so devices send, and the server adds and scores,
-    count lists without knowing the kind.
+    count lists without knowing the kind. A ``bins`` feature may summarise a tensor input
+    (``edgefleet.summaries``): ``input`` names the input and ``statistic`` what of each sample
+    is binned (``window.mean``: the mean of each window).
     """
 
     name: str
@@ -366,6 +368,8 @@ class FeatureReference:
     counts: tuple[int, ...]
     kind: str = "bins"
     categories: tuple[str, ...] = ()
+    input: str | None = None
+    statistic: str | None = None
 
     def __post_init__(self) -> None:
         def bad(what: str) -> TelemetryError:
@@ -387,6 +391,8 @@ class FeatureReference:
             return
         if self.categories:
             raise bad("lists categories but is of kind bins")
+        if (self.input is None) != (self.statistic is None):
+            raise bad("names an input without a statistic, or a statistic without an input")
         if len(self.edges) < 2 or len(self.counts) != len(self.edges) - 1:
             raise bad(f"has {len(self.edges)} edges and {len(self.counts)} counts: k bins need k+1 edges")
         if any(not math.isfinite(e) for e in self.edges) or any(b < a for a, b in zip(self.edges, self.edges[1:], strict=False)):
@@ -412,14 +418,19 @@ class FeatureReference:
             if not isinstance(categories, list):
                 raise TypeError(f"categories of {data['name']!r} are not a list")
             return cls(str(data["name"]), (), tuple(int(c) for c in data["counts"]), "categories", tuple(categories))
+        source, statistic = data.get("input"), data.get("statistic")
         return cls(str(data["name"]), tuple(float(e) for e in data["edges"]), tuple(int(c) for c in data["counts"]),
-                   str(kind))
+                   str(kind), input=None if source is None else str(source),
+                   statistic=None if statistic is None else str(statistic))
 
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "categories":
             return {"name": self.name, "kind": "categories", "categories": list(self.categories),
                     "counts": list(self.counts)}
-        return {"name": self.name, "edges": list(self.edges), "counts": list(self.counts)}
+        out: dict[str, Any] = {"name": self.name, "edges": list(self.edges), "counts": list(self.counts)}
+        if self.input is not None:
+            out["input"], out["statistic"] = self.input, self.statistic
+        return out
 
 
 @dataclass(frozen=True)
