@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fleet_server.broker.connection import check_replica_id
 from fleet_server.errors import ConfigError
 from fleet_server.telemetry.alerts import AlertConfig, load_alert_config
 
@@ -44,6 +45,9 @@ class ServerConfig:
     enrollment_ttl_seconds: int = DEFAULT_ENROLLMENT_TTL
     mqtt_username: str = "edgefleet-server"
     mqtt_password: str | None = None  # None: read or create data_dir/server-mqtt.json
+    # This replica's own, stable MQTT client id (a persistent session on an external broker);
+    # None: read or create data_dir/replica-id. Every replica needs a different one.
+    replica_id: str | None = None
     mosquitto_dir: Path | None = None  # where to write Mosquitto's password and ACL files
     mosquitto_pid_file: Path | None = None  # SIGHUP this Mosquitto after rewriting its files
     timestamp_refresh_seconds: float = 3600.0
@@ -67,6 +71,8 @@ class ServerConfig:
                self.telemetry_window_seconds) <= 0:
             raise ConfigError("timestamp_refresh_seconds, timestamp_min_remaining_seconds, rollout_interval_seconds "
                               "and telemetry_window_seconds must be positive")
+        if self.replica_id is not None:
+            check_replica_id(self.replica_id)
         for name in ("broker_url", "broker_public_url"):
             value = getattr(self, name)
             if value is not None:

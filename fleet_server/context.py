@@ -188,7 +188,7 @@ class ServerContext:
 
     def start_network(self, *, wait_connected: float = 10.0) -> None:
         from edgefleet.topics import DEVICE_TO_SERVER
-        from fleet_server.broker.connection import FleetMqtt
+        from fleet_server.broker.connection import FleetMqtt, replica_client_id
         from fleet_server.registry.presence import PresenceIngest
         from fleet_server.telemetry.ingest import TelemetryIngest
 
@@ -216,10 +216,15 @@ class ServerContext:
                               username=self.config.mqtt_username if own_login else None,
                               password=self.mqtt_password if own_login else None,
                               shared=not embedded,
-                              ca_file=str(self.config.broker_ca_file) if self.config.broker_ca_file else None).start()
+                              ca_file=str(self.config.broker_ca_file) if self.config.broker_ca_file else None,
+                              # a session that outlives a restart (issue 19); the embedded broker dies with us
+                              client_id=None if embedded else replica_client_id(self.config.data_dir,
+                                                                                self.config.replica_id),
+                              persistent=not embedded).start()
         # The rollout engine publishes assignments over the same connection; its worker gets
         # every device message too (presence is queued for its own batched writer).
-        self.rollouts = RolloutEngine(self.db, Assignments(self.db, self.keys.director, self.mqtt), clock=self.clock)
+        self.rollouts = RolloutEngine(self.db, Assignments(self.db, self.keys.director, self.mqtt), clock=self.clock,
+                                      reports=None if embedded else self.mqtt)
         self.rollout_worker = RolloutWorker(self.rollouts, self.config.rollout_interval_seconds).start()
         fanout.handlers.append(self.rollout_worker.submit)
         self.monitor.start()

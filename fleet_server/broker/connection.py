@@ -14,22 +14,47 @@ thread that also reads the broker's PUBACKs, so a handler must be quick: the pre
 of them against one deadline, so a wave of assignments costs one round of broker latency
 instead of one per device.
 
+**A session that outlives the server.** With ``persistent`` (the server uses it on an
+external broker) the client connects with ``clean_session`` false (MQTT 3.1.1, as the agents
+do: docs/contracts.md) under a client id that stays the same across the server's restarts,
+so the broker keeps its subscriptions while it is down and queues the QoS 1 ``events``,
+``reported`` and ``telemetry`` published meanwhile, then delivers them when it returns
+(issue 19: an outcome reached while the server was down was never learned). Each replica
+needs its own id: ``replica_client_id`` reads it from ``replica_id`` in the config, else
+from ``DATA_DIR/replica-id``, written once with a random id on first start. Mosquitto
+deals a shared subscription's messages round-robin to the group's sessions, offline ones
+included, so a replica that is down holds its share until it returns. Limits: the broker
+keeps a session's queue in memory (on disk too with ``persistence true``) and up to its
+``max_queued_messages`` (Mosquitto: 1000 by default; raise it for the server's user), and
+paho acknowledges a message when the handler returns, before the writers behind it store
+it, so a server killed with messages in its queues loses those; the rollout engine makes up
+for that by re-reading the devices' reports when it starts (``retained``).
+
+``retained`` reads the retained message of each topic named, over a second, short-lived
+clean session (shared subscriptions never get retained messages): the rollout engine reads
+the retained ``reported`` of every device in flight when it starts.
+
 This module does not parse payloads itself and keeps no device state.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from edgefleet.topics import server_subscription
+from edgefleet.atomic import atomic_write_bytes
+from edgefleet.topics import PREFIX, server_subscription
 from fleet_server.credentials import safe_url
-from fleet_server.errors import BrokerError
+from fleet_server.errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +64,49 @@ INGESTED_KINDS = ("reported", "events")
 # paho keeps 20 QoS 1 messages in flight by default and queues the rest until PUBACKs come
 # back; a wave of assignments goes out faster with more in flight.
 MAX_INFLIGHT = 200
+CLIENT_ID_PREFIX = "edgefleet-server-"
+REPLICA_ID_FILE = "replica-id"
+# A replica id goes into the MQTT client id: letters, digits, '.', '_', '-' (64 at most).
+REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_RETAINED_CHUNK = 500  # topic filters per SUBSCRIBE when reading retained messages
+
+
+def check_replica_id(value: str, where: str = "replica_id") -> str:
+    if not REPLICA_ID.fullmatch(value):
+        raise ConfigError(f"{where} {value!r} is not a replica id",
+                          fix="use 1-64 letters, digits, '.', '_' or '-', e.g. fleet-a")
+    return value
+
+
+def replica_client_id(data_dir: Path, replica_id: str | None = None) -> str:
+    """The MQTT client id of this server replica: the same at every start, its own among replicas.
+
+    ``replica_id`` (the config's) wins; else ``data_dir/replica-id``, created on first start
+    with the host name and a random suffix. Two replicas must never share one: the broker
+    would hand the session to whichever connected last and drop the other, over and over,
+    so a data directory copied to start a second replica needs its replica-id file deleted
+    (or ``replica_id`` set).
+    """
+    if replica_id is None:
+        path = data_dir / REPLICA_ID_FILE
+        try:
+            replica_id = path.read_text(encoding="utf-8").strip()
+            check_replica_id(replica_id, f"{path} holds")
+        except FileNotFoundError:
+            host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40].strip("-") or "server"
+            replica_id = f"{host}-{secrets.token_hex(4)}"
+            atomic_write_bytes(path, f"{replica_id}\n".encode())
+            log.info("this server replica's id is %s (kept in %s)", replica_id, path)
+    return CLIENT_ID_PREFIX + check_replica_id(replica_id)
 
 
 class FleetMqtt:
     def __init__(self, url: str, *, handler: Handler, username: str | None = None, password: str | None = None,
                  shared: bool = True, ca_file: str | None = None, client_id: str | None = None,
-                 keepalive: int = 30, kinds: Sequence[str] = INGESTED_KINDS) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
+                 keepalive: int = 30, kinds: Sequence[str] = INGESTED_KINDS, persistent: bool = False) -> None:
+        if persistent and not client_id:
+            raise BrokerError("a persistent MQTT session needs a stable client id",
+                              fix="pass client_id=replica_client_id(data_dir)")
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise BrokerError(f"broker URL {url!r} is not an MQTT URL", fix="use mqtt://HOST:1883 or mqtts://HOST:8883")
@@ -61,20 +120,30 @@ class FleetMqtt:
         self.keepalive = keepalive
         self.connected = threading.Event()
         self._stopping = False
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                   client_id=client_id or f"edgefleet-server-{secrets.token_hex(4)}",
-                                   protocol=MQTTProtocolVersion.MQTTv311, clean_session=True)
-        username = username or (unquote(parts.username) if parts.username else None)
-        password = password or (unquote(parts.password) if parts.password else None)
-        if username:
-            self._client.username_pw_set(username, password)
-        if parts.scheme == "mqtts":
-            self._client.tls_set(ca_certs=ca_file)
+        self.persistent = persistent
+        self.client_id = client_id or f"{CLIENT_ID_PREFIX}{secrets.token_hex(4)}"
+        self._username = username or (unquote(parts.username) if parts.username else None)
+        self._password = password or (unquote(parts.password) if parts.password else None)
+        self._tls = parts.scheme == "mqtts"
+        self._ca_file = ca_file
+        self._client = self._new_client(self.client_id, clean_session=not persistent)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+
+    def _new_client(self, client_id: str, *, clean_session: bool) -> Any:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=MQTTProtocolVersion.MQTTv311, clean_session=clean_session)
+        if self._username:
+            client.username_pw_set(self._username, self._password)
+        if self._tls:
+            client.tls_set(ca_certs=self._ca_file)
+        return client
 
     def start(self) -> FleetMqtt:
         try:
@@ -133,15 +202,82 @@ class FleetMqtt:
                         len(confirmed), timeout)
         return confirmed
 
+    def retained(self, topic_names: Sequence[str], timeout: float = 30.0) -> dict[str, bytes]:
+        """The retained message of each topic named (topics with none are absent), as the broker holds them now.
+
+        Read over a second connection with a clean session of its own, so nothing stays
+        subscribed afterwards and the messages bypass ``handler``. The subscriptions are QoS 0
+        (no in-flight window can hold a retained message back), in chunks, and a last
+        SUBSCRIBE to a topic nobody publishes marks the end: a broker sends a subscription's
+        retained messages right after its SUBACK (Mosquitto does), so all of them have come
+        once that last SUBACK has. BrokerError if the broker cannot be reached in ``timeout``.
+        """
+        if not topic_names:
+            return {}
+        found: dict[str, bytes] = {}
+        acked: set[int] = set()
+        changed = threading.Condition()
+        outcome: list[Any] = []
+        sync_id = f"{self.client_id}-sync-{secrets.token_hex(3)}"
+        client = self._new_client(sync_id, clean_session=True)
+
+        def on_connect(_c: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+            with changed:
+                outcome.append(reason_code)
+                changed.notify_all()
+
+        def on_message(_c: Any, _u: Any, message: Any) -> None:
+            if message.retain and message.payload:
+                found[message.topic] = bytes(message.payload)
+
+        def on_subscribe(_c: Any, _u: Any, mid: int, _codes: Any, _p: Any) -> None:
+            with changed:
+                acked.add(mid)
+                changed.notify_all()
+
+        client.on_connect, client.on_message, client.on_subscribe = on_connect, on_message, on_subscribe
+        deadline = time.monotonic() + timeout
+
+        def wait(done: Callable[[], bool], what: str) -> None:
+            with changed:
+                if not changed.wait_for(done, max(0.0, deadline - time.monotonic())):
+                    raise BrokerError(f"reading retained messages from {self.url}: no {what} within {timeout:g} s",
+                                      fix="check the broker is reachable")
+
+        try:
+            client.connect(self.host, self.port, keepalive=self.keepalive)
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot connect to the MQTT broker at {self.url}: {exc}") from exc
+        client.loop_start()
+        try:
+            wait(lambda: bool(outcome), "CONNACK")
+            if outcome[0].is_failure:
+                raise BrokerError(f"MQTT broker {self.url} refused the server: {outcome[0]}")
+            names = list(dict.fromkeys(topic_names))
+            chunks = [names[i:i + _RETAINED_CHUNK] for i in range(0, len(names), _RETAINED_CHUNK)]
+            for chunk in [*chunks, [f"{PREFIX}/servers/{sync_id}/end"]]:
+                result, mid = client.subscribe([(name, 0) for name in chunk])
+                if result != 0:
+                    raise BrokerError(f"subscribing at {self.url} failed (paho code {result})",
+                                      fix="check the broker is reachable")
+                wait(functools.partial(acked.__contains__, mid), "SUBACK")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return found
+
     # paho runs these on its loop thread.
-    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:
+    def _on_connect(self, client: Any, _userdata: Any, flags: Any, reason_code: Any, _properties: Any) -> None:
         if reason_code.is_failure:
             log.error("MQTT broker %s refused the server: %s", self.url, reason_code)
             return
-        # Subscriptions are not kept across a clean-session reconnect, so renew them every time.
+        # Renewed on every connect: a clean session keeps none, and a persistent one the broker
+        # dropped (restarted without persistence, or expired it) must not leave us deaf.
         client.subscribe(self.subscriptions)
         self.connected.set()
-        log.info("connected to MQTT broker %s (shared subscriptions: %s)", self.url, self.shared)
+        log.info("connected to MQTT broker %s as %s (shared subscriptions: %s, persistent session: %s, "
+                 "session resumed: %s)", self.url, self.client_id, self.shared, self.persistent,
+                 bool(getattr(flags, "session_present", False)))
 
     def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:
         self.connected.clear()

@@ -18,7 +18,24 @@ Inputs arrive from three places: ``handle_message`` (the MQTT handler for ``even
 ``reported``), ``tick`` (periodic: device timeouts, bake times, devices that enrolled or
 started matching the selector since, versions yanked since), and the operator commands the
 REST API calls. ``RolloutWorker`` runs them on one thread: queued messages, then ``tick``
-and ``Assignments.maintain`` every few seconds. A worker also takes over the engine's
+and ``Assignments.maintain`` every few seconds.
+
+Every ``reported`` document is reconciled with the device's record (the core's
+``device_reported``: the last outcome it reports, the version it serves), so an outcome
+whose event was lost is learned from the report. Reports are replayed on three more
+occasions, because a server that was down, or died with messages in its queues (paho has
+acknowledged them to the broker by then), may have missed both the event and the report:
+
+* ``reconcile`` (the worker's first step, retried each tick until it succeeds): for every
+  device still in flight in a live rollout, the report stored in the database, then the one
+  the broker retains (``RetainedReports``, read by ``FleetMqtt.retained`` over a separate
+  short-lived connection, since shared subscriptions never get retained messages);
+* right after a device is assigned: its stored report, so a device that already serves the
+  version commits at once instead of timing out (its agent installs nothing, sends nothing).
+
+A report whose shape is not the contract's (``models`` a list, a counter that is a string)
+is skipped for reconciliation, counted in ``malformed_reports`` and logged once per device;
+its presence still counts. A worker also takes over the engine's
 publishing: what any change issues (an operator's ``create`` included) is handed to the
 worker's thread, which publishes it with ``Assignments.publish_all`` (every envelope sent,
 then every PUBACK awaited together), so a request returns once the change is committed, not
@@ -40,7 +57,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -53,7 +70,6 @@ from fleet_server.errors import ConflictError, NotFoundError, ServerError
 from fleet_server.rollouts.assignments import ENROLLED, Assignments, IssuedAssignment
 from fleet_server.rollouts.machine import (
     EVENTS,
-    OUTCOME_EVENTS,
     Action,
     AlertNeeded,
     AssignPrevious,
@@ -64,6 +80,7 @@ from fleet_server.rollouts.machine import (
     RolloutPolicy,
     RolloutState,
 )
+from fleet_server.rollouts.reports import DeviceReport, ReportError, parse_reported
 from fleet_server.rollouts.waves import RolloutDevice, Selector, new_seed
 from fleet_server.tables import DeviceAssignmentRow, DeviceRow, ModelRow, RolloutRow
 
@@ -78,6 +95,7 @@ _MAX_ACTION_ROUNDS = 10_000
 # whole rollout document (every device's record), so under a backlog bigger is cheaper per message.
 _BATCH = 2000
 _LOCK_CHUNK = 1000  # device ids per locking statement
+RETAINED_TIMEOUT_S = 30.0  # for reading the retained reports of the devices in flight
 
 
 def _utcnow() -> datetime:
@@ -108,28 +126,40 @@ def rollout_view(row: RolloutRow, rollout: Rollout, *, devices: bool = False) ->
     return view
 
 
+class RetainedReports(Protocol):
+    """Reads the retained message of each topic named (absent: none retained); ``FleetMqtt`` is the real one."""
+
+    def retained(self, topic_names: Sequence[str], timeout: float) -> dict[str, bytes]: ...
+
+
 @dataclass(frozen=True)
 class _Input:
     """One thing a device said, as the rollout core takes it."""
 
     device_id: str
-    kind: str                   # "event", "online" or "offline"
+    kind: str                   # "event", "report", "online" or "offline"
     event: str = ""
-    model: str | None = None    # None: concerns every rollout (presence)
+    model: str | None = None    # None: concerns every rollout (presence, reports)
     version: str | None = None
     reason: str = ""
+    report: DeviceReport | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("event", "online", "offline") or (self.kind == "event") != (self.event in EVENTS):
+        if self.kind not in ("event", "report", "online", "offline") or (self.kind == "event") != (self.event in EVENTS) \
+                or (self.kind == "report") != (self.report is not None):
             raise ValueError(f"not a rollout input: kind {self.kind!r}, event {self.event!r}")
 
     def matters(self, rollout: Rollout) -> bool:
         record = rollout.devices.get(self.device_id)
         if record is None:
             return False
+        if self.report is not None:
+            return rollout.report_changes(self.device_id, self.report)
         return self.kind == "event" or record.online != (self.kind == "online")
 
     def feed(self, rollout: Rollout, now: datetime) -> list[Action]:
+        if self.report is not None:
+            return rollout.device_reported(self.device_id, self.report, now)
         if self.kind == "online":
             return rollout.device_online(self.device_id, now)
         if self.kind == "offline":
@@ -145,28 +175,21 @@ def _event_inputs(device_id: str, event: Mapping[str, Any]) -> list[_Input]:
                    str(event.get("reason") or ""))]
 
 
-def _parse(topic: str, payload: bytes) -> list[_Input]:
-    """The rollout inputs in one ``events`` or ``reported`` message (none for anything else)."""
-    try:
-        device_id, kind = topics.parse_device_topic(topic)
-        document = json.loads(payload) if payload else None
-    except ValueError as exc:
-        log.warning("rollout engine dropped a message on %s: %s", topic, exc)
-        return []
-    if not isinstance(document, dict) or document.get("device_id", device_id) != device_id:
-        return []
-    if kind == "events":
-        return _event_inputs(device_id, document)
-    if kind != "reported" or not isinstance(document.get("online"), bool):
-        return []
-    inputs = [_Input(device_id, "online" if document["online"] else "offline")]
-    update_ = document.get("update")
-    if isinstance(update_, dict) and update_.get("state") in OUTCOME_EVENTS and isinstance(update_.get("version"), str):
-        # The retained report repeats the last outcome: it makes up for an event lost while no
-        # server was subscribed (the core ignores an outcome it already has).
-        inputs += _event_inputs(device_id, {"event": update_["state"], "model": update_.get("model"),
-                                            "version": update_["version"], "reason": update_.get("reason")})
-    return inputs
+def _served(reported: Any, model: str) -> str | None:
+    """The version of ``model`` a stored ``reported`` document says the device serves, whatever its shape."""
+    models = reported.get("models") if isinstance(reported, Mapping) else None
+    entry = models.get(model) if isinstance(models, Mapping) else None
+    version = entry.get("version") if isinstance(entry, Mapping) else None
+    return version if isinstance(version, str) else None
+
+
+def _stored_messages(device_id: str, reported: Any, online: bool) -> list[tuple[str, bytes]]:
+    """The ``reported`` messages a stored report stands for: it, then the last will if the device left since."""
+    topic = topics.reported(device_id)
+    messages = [(topic, json.dumps(reported).encode())] if isinstance(reported, dict) else []
+    if not online:
+        messages.append((topic, json.dumps({"device_id": device_id, "online": False}).encode()))
+    return messages
 
 
 def _version(action: AssignVersion | AssignPrevious) -> str:
@@ -177,10 +200,13 @@ class RolloutEngine:
     """Creates rollouts and feeds them inputs, one locked transaction per rollout change."""
 
     def __init__(self, db: Database, assignments: Assignments, *,
-                 clock: Callable[[], datetime] = _utcnow) -> None:
+                 clock: Callable[[], datetime] = _utcnow, reports: RetainedReports | None = None) -> None:
         self.db = db
         self.assignments = assignments
         self.clock = clock
+        self.reports = reports
+        self.malformed_reports = 0  # reported documents skipped for their shape (docs/contracts.md)
+        self._malformed_devices: set[str] = set()  # logged once each
         self._handoff: Callable[[list[IssuedAssignment]], None] | None = None
 
     def hand_publishing_to(self, handoff: Callable[[list[IssuedAssignment]], None] | None) -> None:
@@ -270,9 +296,38 @@ class RolloutEngine:
         A wave of devices reports in bursts; taking the rollout's lock once per burst instead
         of once per message is what keeps the engine ahead of a few hundred devices.
         """
-        inputs = [i for topic, payload in messages for i in _parse(topic, payload)]
+        inputs = [i for topic, payload in messages for i in self._parse(topic, payload)]
         if inputs:
             self._apply(inputs)
+
+    def _parse(self, topic: str, payload: bytes) -> list[_Input]:
+        """The rollout inputs in one ``events`` or ``reported`` message (none for anything else)."""
+        try:
+            device_id, kind = topics.parse_device_topic(topic)
+            document = json.loads(payload) if payload else None
+        except ValueError as exc:
+            log.warning("rollout engine dropped a message on %s: %s", topic, exc)
+            return []
+        if not isinstance(document, dict) or document.get("device_id", device_id) != device_id:
+            return []
+        if kind == "events":
+            return _event_inputs(device_id, document)
+        if kind != "reported":
+            return []
+        try:
+            report = parse_reported(document)
+        except ReportError as exc:
+            self._malformed(device_id, exc)
+            online = document.get("online")  # its presence still counts
+            return [_Input(device_id, "online" if online else "offline")] if isinstance(online, bool) else []
+        return [_Input(device_id, "report", report=report)]
+
+    def _malformed(self, device_id: str, exc: ReportError) -> None:
+        self.malformed_reports += 1
+        if device_id not in self._malformed_devices:
+            self._malformed_devices.add(device_id)
+            log.warning("device %s reports a malformed document (%s); its rollout outcome is taken from its "
+                        "events only", device_id, exc.message)
 
     def device_event(self, device_id: str, event: Mapping[str, Any]) -> None:
         """One lifecycle event (docs/contracts.md ``events``) to the live rollout it concerns."""
@@ -296,6 +351,48 @@ class RolloutEngine:
         # would re-evaluate every wave, a pass over the whole fleet; the tick re-evaluates for time.
         self._change(rollout_id, lambda r, now, _s: [a for i in inputs if i.matters(r) for a in i.feed(r, now)],
                      None, only_if=lambda r: any(i.matters(r) for i in inputs))
+
+    def reconcile(self) -> bool:
+        """Replay the last reports of every device in flight in a live rollout; False: try again later.
+
+        First the report stored in the database (it also holds devices that are offline now: the
+        broker retains their last will instead), then the one the broker retains, when this
+        engine has a ``RetainedReports``. A server runs this once when it starts: whatever its
+        predecessor missed or lost in its queues is in one of the two. Replaying a report the
+        rollout already took changes nothing.
+        """
+        in_flight = self._in_flight()
+        if not in_flight:
+            return True
+        stored: list[tuple[str, bytes]] = []
+        with self.db.session() as session:
+            ids = sorted(in_flight)
+            for start in range(0, len(ids), _LOCK_CHUNK):
+                for device_id, reported, online in session.execute(
+                        select(DeviceRow.id, DeviceRow.reported, DeviceRow.online)
+                        .where(DeviceRow.id.in_(ids[start:start + _LOCK_CHUNK]))):
+                    stored += _stored_messages(device_id, reported, online)
+        if stored:
+            self.handle_messages(stored)
+        if self.reports is None:
+            return True
+        try:
+            retained = self.reports.retained([topics.reported(d) for d in sorted(in_flight)], RETAINED_TIMEOUT_S)
+        except ServerError as exc:
+            log.warning("reading the retained reports of %d device(s) in flight failed (%s); trying again",
+                        len(in_flight), exc)
+            return False
+        self.handle_messages(sorted(retained.items()))
+        log.info("reconciled %d device(s) in flight from %d stored and %d retained report(s)", len(in_flight),
+                 len(stored), len(retained))
+        return True
+
+    def _in_flight(self) -> set[str]:
+        """Devices assigned (or timed out) in a live rollout: those whose outcome may be unknown."""
+        with self.db.session() as session:
+            rows = session.scalars(select(RolloutRow).where(RolloutRow.state.in_(LIVE_STATES)))
+            return {d["device_id"] for row in rows for d in row.document.get("devices", ())
+                    if d.get("status") in ("assigned", "timed_out")}
 
     def tick(self) -> int:
         """Advance every live rollout; return how many were ticked. Safe to call from every replica."""
@@ -399,6 +496,8 @@ class RolloutEngine:
                 done, refused = self.assignments.next_assignments(
                     session, {a.device_id: {a.model: _version(a)} for a in run}, rollout.id, now)
                 issued.update({i.device_id: i for i in done})
+                sent = {a.device_id for a in run if isinstance(a, AssignVersion)}
+                pending += self._assigned(session, rollout, [i for i in done if i.device_id in sent], now)
                 for assign in run:
                     exc = refused.get(assign.device_id)
                     if exc is None:
@@ -422,6 +521,33 @@ class RolloutEngine:
         if sent_back:
             self._log(row, now, f"rolled back: {sent_back} device(s) sent their previous version")
         return list(issued.values())
+
+    def _assigned(self, session: Session, rollout: Rollout, issued: Sequence[IssuedAssignment],
+                  now: datetime) -> list[Action]:
+        """Tell the core under which counter each device got the version, and replay its stored report.
+
+        A device that already serves the version installs nothing and reports nothing new: its
+        stored report is the only news of its outcome there will be.
+        """
+        for assignment in issued:
+            rollout.assignment_issued(assignment.device_id, assignment.counter)
+        ids = [a.device_id for a in issued]
+        actions: list[Action] = []
+        for start in range(0, len(ids), _LOCK_CHUNK):
+            for device_id, reported, online in session.execute(
+                    select(DeviceRow.id, DeviceRow.reported, DeviceRow.online)
+                    .where(DeviceRow.id.in_(ids[start:start + _LOCK_CHUNK]))):
+                if _served(reported, rollout.model) != rollout.version:
+                    continue  # the usual case, decided without parsing the whole report
+                try:
+                    report = parse_reported(reported)
+                except ReportError as exc:
+                    self._malformed(device_id, exc)
+                    continue
+                actions += rollout.device_reported(device_id, report, now)
+                if not online:
+                    actions += rollout.device_offline(device_id, now)
+        return actions
 
     def _store(self, row: RolloutRow, rollout: Rollout, now: datetime) -> None:
         row.document = rollout.to_dict()
@@ -466,15 +592,14 @@ class RolloutEngine:
         desired = {r.device_id: r.models for r in session.scalars(select(DeviceAssignmentRow))}
         fleet = []
         for device in session.scalars(select(DeviceRow).where(DeviceRow.status == ENROLLED).order_by(DeviceRow.id)):
-            runs = ((device.reported or {}).get("models") or {}).get(model) or desired.get(device.id, {}).get(model)
-            version = runs.get("version") if isinstance(runs, dict) else None
-            fleet.append(RolloutDevice(device.id, device.profile, dict(device.labels),
-                                    version if isinstance(version, str) else None))
+            # A malformed stored report (models as a list...) counts as no report: the desired map decides.
+            version = _served(device.reported, model) or _served({"models": desired.get(device.id)}, model)
+            fleet.append(RolloutDevice(device.id, device.profile, dict(device.labels), version))
         return fleet
 
 
 class RolloutWorker:
-    """The engine's thread: handles queued MQTT messages in order and ticks every ``interval`` s.
+    """The engine's thread: reconciles at start, handles queued MQTT messages in order, ticks every ``interval`` s.
 
     ``submit`` is the MQTT handler. It only enqueues, because the engine publishes assignments
     and waits for the broker's acknowledgement, which would deadlock on paho's own loop thread.
@@ -520,8 +645,17 @@ class RolloutWorker:
         self._thread.join(timeout=30)
         self.engine.hand_publishing_to(None)
 
+    def _reconcile(self) -> bool:
+        try:
+            return self.engine.reconcile()
+        except Exception:  # a database hiccup at start: the next tick tries again
+            log.exception("reconciling the devices in flight failed; trying again at the next tick")
+            return False
+
     def _run(self) -> None:
         next_tick = time.monotonic() + self.interval
+        # Before anything else: what a predecessor missed while it was down, or lost in its queues.
+        reconciled = self._reconcile()
         while not self._stop.is_set():
             batch: list[tuple[str, bytes]] = []
             try:
@@ -543,6 +677,8 @@ class RolloutWorker:
                     self.engine.tick()
                     self._flush()
                     self.engine.assignments.maintain(self.engine.clock())
+                    if not reconciled:
+                        reconciled = self._reconcile()
             except Exception:  # the worker must outlive a database or broker hiccup
                 log.exception("rollout engine step failed; carrying on")
         try:

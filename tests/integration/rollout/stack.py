@@ -1,8 +1,10 @@
 """Server replicas and light fleets for rollout tests, wired the way the server wires them.
 
 ``Replica`` is one fleet-server replica's rollout side: the real ``FleetMqtt`` connection (shared
-subscriptions) hands device messages to a ``RolloutWorker``, whose ``RolloutEngine`` issues
-assignments through ``Assignments``, which publishes over the same connection.
+subscriptions; a persistent session when given a ``client_id``, as the server does on an
+external broker) hands device messages to a ``RolloutWorker``, whose ``RolloutEngine`` issues
+assignments through ``Assignments``, which publishes over the same connection, and reads the
+retained reports over it when it starts.
 """
 
 from __future__ import annotations
@@ -22,17 +24,19 @@ from tests.integration.rollout.fleetdb import add_device, fake_sha
 
 
 class Replica:
-    def __init__(self, db: Database | str, broker_url: str, signer: DirectorSigner, *, interval: float = 0.2) -> None:
+    def __init__(self, db: Database | str, broker_url: str, signer: DirectorSigner, *, interval: float = 0.2,
+                 client_id: str | None = None) -> None:
         self.db = db if isinstance(db, Database) else Database(db)
         self.db.migrate()
         self._worker: RolloutWorker | None = None
         self._early: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
-        self.mqtt = FleetMqtt(broker_url, handler=self._dispatch, shared=True).start()
+        self.mqtt = FleetMqtt(broker_url, handler=self._dispatch, shared=True, client_id=client_id,
+                              persistent=client_id is not None).start()
         if not self.mqtt.wait_connected(10):
             raise RuntimeError("replica could not connect to the broker")
         self.assignments = Assignments(self.db, signer, self.mqtt)
-        self.engine = RolloutEngine(self.db, self.assignments)
+        self.engine = RolloutEngine(self.db, self.assignments, reports=self.mqtt)
         worker = RolloutWorker(self.engine, interval).start()
         with self._lock:
             self._worker = worker
