@@ -63,7 +63,15 @@ class Slot:
         return self.path / self.manifest.model_file
 
     def golden(self) -> dict[str, Any]:
-        return self._json(self.manifest.golden_file)
+        name = self.manifest.golden_file
+        if name.endswith(".npz"):  # tensor inputs (edgefleet.golden)
+            from edgefleet.golden import read_golden
+
+            try:
+                return read_golden(name, (self.path / name).read_bytes())
+            except (OSError, EdgefleetError) as exc:
+                raise SlotError(f"slot {self.path}: {name} is unreadable ({exc})") from exc
+        return self._json(name)
 
     def reference(self) -> dict[str, Any]:
         return self._json(self.manifest.reference_file)

@@ -95,8 +95,16 @@ class Bundle(BundleInfo):
         return self.files[self.manifest.model_file]
 
     def golden(self) -> dict[str, Any]:
-        """Golden samples: ``{"inputs": rows, "outputs": {role: values}}`` from the ORIGINAL model."""
-        return _json_member(self.files, self.manifest.golden_file)
+        """Golden samples: ``{"inputs": rows, "outputs": {role: values}}`` from the ORIGINAL model
+        (golden.json, or golden.npz for tensor inputs: ``edgefleet.golden``)."""
+        name = self.manifest.golden_file
+        if name.endswith(".npz"):
+            from edgefleet.golden import read_golden  # numpy, only for bundles that need it
+
+            if name not in self.files:
+                raise BundleError(f"bundle member {name} is missing")
+            return read_golden(name, self.files[name])
+        return _json_member(self.files, name)
 
     def reference(self) -> dict[str, Any]:
         """Reference profile for drift: per-feature bin edges and counts, output distribution."""
