@@ -160,3 +160,23 @@ def test_nan_in_a_stored_report_is_shown_as_null(tmp_path: Path) -> None:
         devices = {d["id"]: d for d in httpx.get(f"{server.url}/api/v1/devices", headers=ADMIN).json()}
     assert devices["bad"]["reported"]["cpu"] is None and devices["bad"]["reported"]["t"] == [None]
     assert "NaN or infinity" in devices["bad"]["problems"][-1]
+
+
+@pytest.mark.parametrize("models", [["poison"], "poison@1.0.0"], ids=["list", "string"])
+def test_a_reported_models_of_another_shape_does_not_fail_rollouts(tmp_path: Path, database_url: str,
+                                                                   models: Any) -> None:
+    # With the embedded broker, so the rollout engine runs: POST /rollouts reads every device's report.
+    with RunningServer(server_config(tmp_path / "data", database_url)) as server:
+        assert httpx.post(f"{server.url}/api/v1/models", headers=ADMIN,
+                          files={"bundle": ("b.tar.gz", _bundle(), "application/gzip")}).status_code == 201
+        with server.ctx.db.session() as session:
+            _device(session, "good", {"online": True, "models": {}})
+            _device(session, "bad", {"online": True, "models": models})
+            session.commit()
+        created = httpx.post(f"{server.url}/api/v1/rollouts", headers=ADMIN,
+                             json={"model": MODEL, "version": VERSION, "waves": [100], "seed": 1})
+        assert created.status_code == 201, created.text
+        assert server.ctx.rollouts.tick() == 1  # a tick reads the reports again, and does not fail
+        shown = httpx.get(f"{server.url}/api/v1/rollouts/{created.json()['id']}", headers=ADMIN)
+        assert shown.status_code == 200, shown.text
+        assert httpx.get(f"{server.url}/api/v1/devices", headers=ADMIN).status_code == 200
