@@ -7,20 +7,32 @@ core package because neither side may import the other. It needs only numpy, whi
 and the server's extras install (the core's CLI never imports this module), so the agent
 install stays small.
 
-``to_feeds(payload, manifest.inputs)`` returns one array per model input, batch first. For a
-model with one tensor input (every schema-1 bundle) that is ``to_matrix`` below, unchanged.
-For a model whose inputs are columns (schema 2: a DataFrame pipeline), the body is records
-by column name, and each column becomes an ``[n, 1]`` array of its dtype:
+``to_feeds(payload, manifest.inputs)`` returns one array per model input, batch first. The
+payload is a decoded JSON body, an array, or a ``Body`` (bytes and their media type) that is
+not JSON. Three families of model, three families of body (docs/contracts.md, "Predict input"):
 
-    {"instances": [{"alcohol": 13.2, "region": "east"}, ...]}
+* **One 2-D tensor** (every schema-1 bundle): ``to_matrix`` below, unchanged; also
+  ``{"inputs": {name: rows}}``, and a binary body holding the matrix.
+* **Named columns** (schema 2, a DataFrame pipeline): records by column name, each column an
+  ``[n, 1]`` array of its dtype::
 
-A numeric column takes JSON numbers (``null`` as NaN where the column has ``allow_nan``), an
-int64 column integers, a bool column true/false, a string column strings. A category the model
-never saw is accepted: answering it is the model's business, counting it is drift's. Image and
-N-D tensor bodies are not read yet (issue 12, later slices): such a model is refused with a
-message saying so.
+      {"instances": [{"alcohol": 13.2, "region": "east"}, ...]}
 
-``to_matrix`` accepts these shapes for one 2-D float input (docs/contracts.md, "Predict input"):
+  A numeric column takes JSON numbers (``null`` as NaN where the column has ``allow_nan``), an
+  int64 column integers, a bool column true/false, a string column strings. A category the
+  model never saw is accepted: answering it is the model's business, counting it is drift's.
+* **N-D tensors** (schema 2: images as arrays, audio and sensor windows, several named inputs):
+  ``{"inputs": {name: nested lists, ...}}`` (one input may also come as ``{"inputs": nested}``),
+  or a binary body: ``application/x-npy`` (one input), ``application/x-npz`` (one array per
+  input name) or ``application/octet-stream`` with ``X-Edgefleet-Shape: 2,3,32,32`` and
+  ``X-Edgefleet-Dtype: float32`` headers (one input, raw little-endian values in C order).
+  Each array must have the input's shape (a fixed dimension exactly, the batch any length; one
+  sample without the batch axis is a batch of one) and values its dtype takes: numbers for a
+  float input (and for an int8/uint8 input that carries a quantization: the runtime quantizes
+  real values), integers in range for an integer input, booleans for a bool input. A refusal
+  names the input (``InputError.field``) and the shape it expects.
+
+``to_matrix`` accepts these shapes for one 2-D float input:
 
     {"inputs": [[1.0, 2.0], [3.0, 4.0]]}       rows
     {"inputs": [1.0, 2.0]}                      one row
@@ -31,17 +43,24 @@ A bare list or a numpy array is taken as ``inputs``. Everything else raises ``In
 naming the problem and the fix: wrong width, a non-number (booleans and numeric strings
 included: silently coercing them hides client bugs), NaN or infinity where the spec does not
 allow NaN (``null`` is read as NaN where it does), an unknown or missing feature, no rows, or
-more rows than ``max_rows`` (413).
+more rows than ``max_rows`` (413). A binary body of a media type this parser does not read is
+a 415; a malformed one (a forged .npy header, a shape header that does not match the bytes) a
+400. Binary bodies are read without pickle and only after their claimed sizes are checked
+against the bytes actually sent.
 
 Pure: no I/O, no runtime. It does not know about HTTP: callers map ``InputError.status``
-(and may show ``InputError.field``, the input or column at fault).
+(and may show ``InputError.field``, the input or column at fault), and build a ``Body`` from
+a request's Content-Type and ``X-Edgefleet-*`` headers (``Body.from_headers``).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import reprlib
+import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -235,20 +254,363 @@ def _check_fields(instance: Mapping[Any, Any], i: int, index: Mapping[str, int],
                          fix=f"send every feature the model lists: {_names_hint(names)}", field=missing[0])
 
 
-def to_feeds(payload: Any, inputs: Sequence[TensorSpec], *, max_rows: int = DEFAULT_MAX_ROWS) -> Feeds:
-    """Turn a request body (already JSON-decoded) into one checked array per model input.
+@dataclass(frozen=True)
+class Body:
+    """A request body that is not (yet) decoded: its bytes, media type and the headers that
+    describe a raw tensor. ``media_type`` is lower-case without parameters; ``params`` holds
+    the Content-Type's parameters (a multipart boundary)."""
 
-    One tensor input: ``{name: to_matrix(payload, spec)}``, the same bodies, arrays and messages
-    as always. Column inputs: records by column name (module docstring).
+    data: bytes
+    media_type: str
+    shape: str | None = None
+    dtype: str | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_headers(cls, data: bytes, content_type: str | None, headers: Mapping[str, str] | None = None) -> Body:
+        """A body from its Content-Type and headers (names lower-case: ``x-edgefleet-shape``...)."""
+        media, _, rest = (content_type or JSON).partition(";")
+        params = {}
+        for part in rest.split(";"):
+            key, sep, value = part.partition("=")
+            if sep:
+                params[key.strip().lower()] = value.strip().strip('"')
+        headers = headers or {}
+        return cls(data, media.strip().lower() or JSON, headers.get(SHAPE_HEADER), headers.get(DTYPE_HEADER), params)
+
+
+JSON = "application/json"
+NPY = "application/x-npy"
+NPZ = "application/x-npz"
+RAW = "application/octet-stream"
+SHAPE_HEADER = "x-edgefleet-shape"
+DTYPE_HEADER = "x-edgefleet-dtype"
+TENSOR_MEDIA_TYPES = (JSON, NPY, NPZ, RAW)
+RAW_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")
+MAX_NPZ_BYTES = 256 << 20
+"""What the arrays of one .npz body may take once unpacked: a zip's members may be compressed,
+so its own size bounds nothing; each member's declared size is checked before it is read."""
+
+
+def is_json(media_type: str) -> bool:
+    """Whether a body of this media type is JSON (``application/json``, ``+json`` types, text/json)."""
+    return media_type in (JSON, "text/json") or media_type.endswith("+json")
+
+
+def to_feeds(payload: Any, inputs: Sequence[TensorSpec], *, max_rows: int = DEFAULT_MAX_ROWS) -> Feeds:
+    """Turn a request body (decoded JSON, an array, or a ``Body``) into one checked array per model input.
+
+    One 2-D tensor input: ``{name: to_matrix(payload, spec)}``, the same bodies, arrays and
+    messages as always. Column inputs: records by column name. Other inputs: N-D tensors by
+    input name (module docstring).
     """
-    if len(inputs) == 1 and inputs[0].kind == "tensor":
+    if isinstance(payload, Body):
+        payload = _read_body(payload, inputs)
+    if is_matrix(inputs):
         spec = inputs[0]
+        if isinstance(payload, Mapping) and set(payload) == {"inputs"} and isinstance(payload["inputs"], Mapping):
+            payload = _by_name(payload["inputs"], inputs, "inputs")[spec.name]
+        elif _arrays(payload):
+            payload = _by_name(payload, inputs, "the archive")[spec.name]
         return {spec.name: to_matrix(payload, spec, max_rows=max_rows)}
     if inputs and all(spec.kind == "column" for spec in inputs):
+        if isinstance(payload, np.ndarray) or _arrays(payload):
+            raise InputError("this model takes named columns, which a binary array body cannot carry",
+                             fix='send JSON records: {"instances": [{"column": value, ...}, ...]}', status=415)
         return _records(payload, inputs, max_rows)
-    shown = ", ".join(f"{spec.name!r} ({spec.kind}, shape {list(spec.shape)})" for spec in inputs[:4])
-    raise InputError(f"this model takes inputs {shown}, which this edgefleet cannot read from a request yet",
-                     fix="serve a model whose inputs are one [batch, features] tensor or named columns")
+    if any(spec.kind == "column" for spec in inputs) or any(spec.dtype == "string" for spec in inputs):
+        shown = ", ".join(f"{spec.name!r} ({spec.kind}, {spec.dtype})" for spec in inputs[:4])
+        raise InputError(f"this model takes inputs {shown}, which this edgefleet cannot read from a request",
+                         fix="serve a model whose inputs are tensors, or named columns only")
+    return _tensors(payload, inputs, max_rows)
+
+
+def is_matrix(inputs: Sequence[TensorSpec]) -> bool:
+    """One 2-D tensor input of real numbers (float, or an integer input that carries a
+    quantization): the ``[batch, features]`` matrix every schema-1 bundle takes."""
+    if len(inputs) != 1 or inputs[0].kind != "tensor" or len(inputs[0].shape) != 2:
+        return False
+    return array_dtype(inputs[0]).kind == "f"
+
+
+def _arrays(payload: Any) -> bool:
+    return isinstance(payload, Mapping) and bool(payload) and all(isinstance(v, np.ndarray) for v in payload.values())
+
+
+def _by_name(values: Mapping[Any, Any], inputs: Sequence[TensorSpec], where: str) -> Mapping[str, Any]:
+    """``values`` keyed by exactly the model's input names; a missing or unknown one is named."""
+    names = [spec.name for spec in inputs]
+    unknown = sorted(str(k) for k in values if k not in names)
+    if unknown:
+        raise InputError(f"{where} names unknown input(s) {', '.join(map(repr, unknown[:5]))}",
+                         fix=f"name the model's inputs: {_inputs_hint(inputs)}", field=unknown[0])
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise InputError(f"{where} lacks input(s) {', '.join(map(repr, missing[:5]))}",
+                         fix=f"send every input the model takes: {_inputs_hint(inputs)}", field=missing[0])
+    return values
+
+
+def _inputs_hint(inputs: Sequence[TensorSpec]) -> str:
+    shown = ", ".join(f"{spec.name} {shape_text(spec.shape)}" for spec in inputs[:6])
+    return shown + (f", ... ({len(inputs)} in all)" if len(inputs) > 6 else "")
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """A spec's shape as a person reads it: the batch (and any dynamic dimension) as ``n``."""
+    return "[" + ", ".join("n" if d == -1 else str(d) for d in shape) + "]"
+
+
+# -- N-D tensors ------------------------------------------------------------------------------------
+
+_TENSOR_FIX = 'send {"inputs": {"<input>": [...], ...}}, an .npz body with one array per input, or .npy for one input'
+
+
+def _tensors(payload: Any, inputs: Sequence[TensorSpec], max_rows: int) -> Feeds:
+    if isinstance(payload, np.ndarray) or (isinstance(payload, list) and len(inputs) == 1):
+        if len(inputs) != 1:
+            raise InputError(f"this model takes {len(inputs)} inputs ({_inputs_hint(inputs)}); one array feeds one",
+                             fix="send an .npz body with one array per input name, or JSON "
+                                 '{"inputs": {"<input>": [...], ...}}')
+        values: Mapping[str, Any] = {inputs[0].name: payload}
+    elif _arrays(payload):
+        values = _by_name(payload, inputs, "the archive")
+    elif isinstance(payload, Mapping) and set(payload) == {"inputs"}:
+        named = payload["inputs"]
+        if isinstance(named, list) and len(inputs) == 1:
+            values = {inputs[0].name: named}
+        elif isinstance(named, Mapping):
+            values = _by_name(named, inputs, "inputs")
+        else:
+            raise InputError(f"'inputs' must be an object of arrays by input name, got {type(named).__name__}",
+                             fix=_TENSOR_FIX)
+    else:
+        what = (f"a JSON object with field(s) {', '.join(map(repr, sorted(map(str, payload))[:5]))}"
+                if isinstance(payload, Mapping) else f"a {type(payload).__name__}")
+        raise InputError(f"this model takes tensors ({_inputs_hint(inputs)}); the request body is {what}", fix=_TENSOR_FIX)
+    feeds = {spec.name: _tensor(values[spec.name], spec, max_rows) for spec in inputs}
+    rows = {name: len(array) for name, array in feeds.items()}
+    if len(set(rows.values())) > 1:
+        shown = ", ".join(f"{name} {n}" for name, n in rows.items())
+        raise InputError(f"the inputs hold different numbers of rows ({shown})",
+                         fix="send the same number of samples for every input")
+    return feeds
+
+
+def array_dtype(spec: TensorSpec) -> np.dtype[Any]:
+    """The dtype the parser hands on for a tensor input: float32 for a float input and for an
+    integer one that carries a quantization (real values; the runtime quantizes them), else the
+    input's own dtype."""
+    if spec.dtype.startswith("float") or (spec.quantization is not None and spec.dtype in ("int8", "uint8")):
+        return np.dtype(np.float32)
+    return np.dtype(spec.dtype)
+
+
+def _tensor(value: Any, spec: TensorSpec, max_rows: int) -> np.ndarray:
+    """One input's value (nested lists or an array) as a checked array of its shape and dtype."""
+    target = array_dtype(spec)
+    name = spec.name
+    array = _from_array(value, spec, target) if isinstance(value, np.ndarray) else _from_nested(value, spec, target)
+    if array.ndim == len(spec.shape) - 1 and _fits(array.shape, spec.shape[1:]):
+        array = array[None, ...]  # one sample: a batch of one
+    if array.ndim != len(spec.shape) or not _fits(array.shape, spec.shape):
+        raise InputError(f"input {name!r} has shape {list(array.shape)} but the model takes {shape_text(spec.shape)}",
+                         fix=f"send {name} as an array of shape {shape_text(spec.shape)} (n samples)", field=name)
+    _check_rows_count(array.shape[0], max_rows)
+    if target.kind == "f":
+        bad = _not_accepted(array, spec)
+        if bad is not None:
+            index, what = bad
+            raise InputError(f"input {name!r} at {list(index)} is {what}, which this model does not accept",
+                             fix="send finite numbers", field=name)
+    return array
+
+
+def _fits(shape: Sequence[int], wanted: Sequence[int]) -> bool:
+    return len(shape) == len(wanted) and all(w == -1 or s == w for s, w in zip(shape, wanted, strict=True))
+
+
+def _takes(spec: TensorSpec, target: np.dtype[Any]) -> str:
+    if target.kind == "f":
+        return "numbers"
+    if target.kind == "b":
+        return "booleans"
+    info = np.iinfo(target)
+    return f"integers from {info.min} to {info.max} ({spec.dtype})"
+
+
+def _from_array(array: np.ndarray, spec: TensorSpec, target: np.dtype[Any]) -> np.ndarray:
+    """A binary body's array in the dtype the input takes: numbers widen or narrow to a float
+    input; an integer or bool input takes only integers (in range) or booleans."""
+    name = spec.name
+    kind = array.dtype.kind
+    refused = (kind not in "fiu") if target.kind == "f" else (kind != "b") if target.kind == "b" else (kind not in "iu")
+    if refused:
+        raise InputError(f"input {name!r} was sent as {array.dtype} values; it takes {_takes(spec, target)}",
+                         fix=f"send {name} as {target.name if target.kind != 'f' else 'float32'} values", field=name)
+    if target.kind in "iu" and array.size:
+        _check_range(int(array.min()), int(array.max()), spec, target)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes infinity, refused by the caller
+        return np.ascontiguousarray(array, dtype=target)
+
+
+def _check_range(low: int, high: int, spec: TensorSpec, target: np.dtype[Any]) -> None:
+    info = np.iinfo(target)
+    if low < info.min or high > info.max:
+        bad = low if low < info.min else high
+        raise InputError(f"input {spec.name!r} holds {bad}, outside {spec.dtype}'s range {info.min} to {info.max}",
+                         fix=f"send {spec.name} as {_takes(spec, target)}", field=spec.name)
+
+
+_FLOAT_TYPES = frozenset({int, float})
+_FLOAT_OR_NULL = frozenset({int, float, type(None)})
+
+
+def _from_nested(value: Any, spec: TensorSpec, target: np.dtype[Any]) -> np.ndarray:
+    """JSON nested lists as an array in the input's dtype. Types are checked with one pass over
+    the values (``set(map(type, ...))``): a bool among numbers, a string, or a list where a number
+    belongs (rows of different lengths) is refused, never coerced."""
+    name = spec.name
+    if not isinstance(value, list):
+        raise InputError(f"input {name!r} is a JSON {type(value).__name__}, not an array",
+                         fix=f"send {name} as nested lists of shape {shape_text(spec.shape)}", field=name)
+    try:
+        cells = np.array(value, dtype=object)
+    except ValueError as exc:  # numpy refuses some ragged nestings outright
+        raise InputError(f"input {name!r} is ragged: its lists differ in length ({exc})",
+                         fix=f"send {name} as nested lists of shape {shape_text(spec.shape)}", field=name) from None
+    flat = cells.reshape(-1).tolist()
+    types = set(map(type, flat))
+    allowed = (_FLOAT_OR_NULL if spec.allow_nan else _FLOAT_TYPES) if target.kind == "f" else \
+        frozenset({bool}) if target.kind == "b" else frozenset({int})
+    if not types <= allowed:
+        at = next(i for i, v in enumerate(flat) if type(v) not in allowed)  # by type: True == 1
+        odd = flat[at]
+        index = [int(i) for i in np.unravel_index(at, cells.shape)]
+        what = "a list where a number belongs (are its lists of different lengths?)" if type(odd) is list else _shown(odd)
+        raise InputError(f"input {name!r} at {index} is {what}; it takes {_takes(spec, target)}",
+                         fix=f"send {name} as nested lists of {_takes(spec, target)}, shape {shape_text(spec.shape)}",
+                         field=name)
+    if target.kind == "b":
+        return cells.astype(np.bool_)
+    try:
+        if target.kind == "f":
+            if type(None) in types:
+                cells[np.fromiter((v is None for v in flat), np.bool_, len(flat)).reshape(cells.shape)] = math.nan
+            with np.errstate(over="ignore"):
+                return cells.astype(np.float64).astype(np.float32)
+        wide = cells.astype(np.int64)
+    except OverflowError:  # an integer beyond int64 (or float64)
+        raise InputError(f"input {name!r} holds a number too large for {spec.dtype}", fix="send smaller values",
+                         field=name) from None
+    if wide.size:
+        _check_range(int(wide.min()), int(wide.max()), spec, target)
+    return wide.astype(target)
+
+
+# -- binary bodies ----------------------------------------------------------------------------------
+
+def _read_body(body: Body, inputs: Sequence[TensorSpec]) -> Any:
+    """A ``Body`` as what ``to_feeds`` takes: decoded JSON, one array, or arrays by name."""
+    media = body.media_type
+    if is_json(media):
+        import json
+
+        try:
+            return json.loads(body.data)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the stack
+            raise InputError(f"request body is not valid JSON ({exc})",
+                             fix="send JSON with Content-Type: application/json") from exc
+    if media == NPY:
+        return read_npy(body.data, "the .npy body")
+    if media == NPZ:
+        return read_npz(body.data, "the .npz body")
+    if media == RAW:
+        return read_raw(body.data, body.shape, body.dtype)
+    raise InputError(f"request bodies of type {media[:60]!r} are not read here",
+                     fix=f"send one of {', '.join(TENSOR_MEDIA_TYPES)}", status=415)
+
+
+def read_npy(data: bytes, where: str) -> np.ndarray:
+    """The array of an .npy file's bytes, read only once its header's claims are checked:
+    ``np.load`` allocates whatever shape a header claims, so a forged header could ask for
+    terabytes; here the claimed size must be exactly the bytes that follow the header."""
+    from numpy.lib import format as npy_format
+
+    stream = io.BytesIO(data)
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+        else:  # 3.0 differs only for structured dtypes with non-Latin-1 names, never plain numbers
+            raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
+        if dtype.hasobject or dtype.fields is not None or dtype.itemsize == 0:
+            raise ValueError(f"its dtype {dtype} is not plain numbers")
+        if any(n < 0 for n in shape):
+            raise ValueError(f"its header has a negative shape {shape}")
+        offset = stream.tell()
+        claimed = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, whatever the claim
+        if claimed != len(data) - offset:
+            raise ValueError(f"its header claims shape {list(shape)} of {dtype}, {claimed} bytes, "
+                             f"but {len(data) - offset} bytes follow it")
+    except (ValueError, TypeError, EOFError) as exc:  # numpy reports a malformed header as these
+        raise InputError(f"{where} is not a readable .npy array: {exc}",
+                         fix="save the array with numpy.save (no pickled objects)") from None
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def read_npz(data: bytes, where: str, *, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
+    """The arrays of an .npz archive's bytes by name (``numpy.savez``: member ``NAME.npy``), each
+    read by ``read_npy``; the members' declared sizes are checked against ``max_bytes`` first."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise InputError(f"{where} is not a readable .npz archive: {exc}",
+                         fix="save the arrays with numpy.savez(path, name=array, ...)") from None
+    if not members:
+        raise InputError(f"{where} holds no arrays", fix="save one array per input name with numpy.savez")
+    total = sum(m.file_size for m in members)
+    if total > max_bytes:
+        raise InputError(f"{where} unpacks to {total} bytes, over the limit of {max_bytes}",
+                         fix="send fewer samples per request", status=413)
+    arrays: dict[str, np.ndarray] = {}
+    for member in members:
+        name = member.filename[:-4] if member.filename.endswith(".npy") else member.filename
+        try:
+            raw = archive.read(member)
+        except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
+            raise InputError(f"{where}: member {member.filename[:60]!r} cannot be read: {exc}",
+                             fix="save the arrays with numpy.savez or numpy.savez_compressed") from None
+        if len(raw) != member.file_size:
+            raise InputError(f"{where}: member {member.filename[:60]!r} is not the size its entry declares",
+                             fix="save the arrays with numpy.savez")
+        arrays[name] = read_npy(raw, f"{where}: member {member.filename[:60]!r}")
+    return arrays
+
+
+def read_raw(data: bytes, shape: str | None, dtype: str | None) -> np.ndarray:
+    """Raw little-endian values in C order, described by the ``X-Edgefleet-Shape`` (comma-separated
+    dimensions, e.g. ``2,3,32,32``) and ``X-Edgefleet-Dtype`` (e.g. ``float32``) headers."""
+    fix = ("send X-Edgefleet-Shape: d0,d1,... and X-Edgefleet-Dtype: one of "
+           f"{', '.join(RAW_DTYPES)} with the raw little-endian bytes (C order)")
+    if shape is None or dtype is None:
+        raise InputError("a raw tensor body needs X-Edgefleet-Shape and X-Edgefleet-Dtype headers", fix=fix)
+    if dtype.strip().lower() not in RAW_DTYPES:
+        raise InputError(f"X-Edgefleet-Dtype {dtype[:24]!r} is not one of {', '.join(RAW_DTYPES)}", fix=fix)
+    parts = [p.strip() for p in shape.split(",")]
+    if not parts or len(parts) > 8 or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):
+        raise InputError(f"X-Edgefleet-Shape {shape[:40]!r} is not a list of dimensions like 2,3,32,32", fix=fix)
+    dims = [int(p) for p in parts]
+    kind = np.dtype(dtype.strip().lower()).newbyteorder("<")
+    claimed = math.prod(dims) * kind.itemsize
+    if claimed != len(data):
+        raise InputError(f"X-Edgefleet-Shape {dims} of {kind.name} needs {claimed} bytes, the body has {len(data)}",
+                         fix=fix)
+    return np.frombuffer(data, dtype=kind).reshape(dims)
 
 
 def _records(payload: Any, columns: Sequence[TensorSpec], max_rows: int) -> Feeds:
