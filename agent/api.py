@@ -1,6 +1,6 @@
 """The local real-time API: a small asyncio HTTP/1.1 server on loopback TCP and a Unix socket.
 
-    POST /v1/models/{name}/predict   {"inputs": ...} | {"instances": ...} -> predictions
+    POST /v1/models/{name}/predict   {"inputs": ...} | {"instances": ...} | .npy/.npz/raw tensor -> predictions
     GET  /v1/models                  what serves, with input specs and counters
     GET  /v1/models/{name}           one of them
     GET  /healthz                    liveness (200 while the process serves)
@@ -55,6 +55,7 @@ from agent.errors import AgentError, InferenceError, ModelNotFoundError
 from agent.metrics import FeedbackConflictError, FeedbackError
 from agent.serving import PredictionResult, ServingTable
 from edgefleet.errors import EdgefleetError, InputError
+from edgefleet.inputs import DTYPE_HEADER, SHAPE_HEADER, Body, is_json
 from edgefleet.problems import MEDIA_TYPE, Problem, from_error
 
 log = logging.getLogger("agent.api")
@@ -256,7 +257,8 @@ class ApiServer:
             self._executor.shutdown(wait=False)
 
     # -- requests --------------------------------------------------------------------------------
-    def _answer_now(self, method: str, path: str, body: bytes) -> tuple[int, bytes, bool] | None:
+    def _answer_now(self, method: str, path: str, body: bytes,
+                    media: dict[str, str] | None = None) -> tuple[int, bytes, bool] | None:
         """(status, body, close) of a prediction that runs inline, or None for ``_answer``."""
         if method != "POST" or not path.startswith(_PREFIX) or not path.endswith(_SUFFIX):
             return None
@@ -264,14 +266,15 @@ class ApiServer:
         if not self._inline(name, body):
             return None
         try:
-            return 200, self._predicted(name, self._run_predict(name, self._decode(name, body))), False
+            return 200, self._predicted(name, self._run_predict(name, self._decode(name, body, media))), False
         except Exception as exc:
             return _failure(exc, method, path)
 
-    async def _answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes, bool]:
+    async def _answer(self, method: str, path: str, body: bytes,
+                      media: dict[str, str] | None = None) -> tuple[int, bytes, bool]:
         """(status, body, close) of any request, on the loop or off it as the route needs."""
         try:
-            status, document = await self._route(method, path, body)
+            status, document = await self._route(method, path, body, media)
             return status, _encode(document), False
         except Exception as exc:
             return _failure(exc, method, path)
@@ -289,10 +292,10 @@ class ApiServer:
             self._idle.set()
 
 
-    async def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    async def _route(self, method: str, path: str, body: bytes, media: dict[str, str] | None = None) -> tuple[int, Any]:
         if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
             _allow(method, "POST")
-            return 200, await self._predict(path[len(_PREFIX):-len(_SUFFIX)], body)
+            return 200, await self._predict(path[len(_PREFIX):-len(_SUFFIX)], body, media)
         if path == "/healthz":
             _allow(method, "GET")
             return 200, {"status": "ok", "models": {n: self._version(n) for n in self.serving.names()}}
@@ -357,7 +360,11 @@ class ApiServer:
     def _inline(self, name: str, body: bytes) -> bool:
         return self._ewma_ms.get(name, 0.0) <= self.inline_budget_ms and len(body) < _SLOW_BODY_BYTES
 
-    def _decode(self, name: str, body: bytes) -> Any:
+    def _decode(self, name: str, body: bytes, media: dict[str, str] | None = None) -> Any:
+        content_type = (media or {}).get("content-type")
+        if content_type is not None and not is_json(content_type.partition(";")[0].strip().lower()):
+            # A binary tensor body (.npy, .npz, raw): the shared parser reads it against the model's inputs.
+            return Body.from_headers(body, content_type, media)
         try:
             return json.loads(body)
         except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the stack
@@ -377,8 +384,8 @@ class ApiServer:
         self._ewma_ms[name] = 0.8 * previous + 0.2 * result.latency_ms
         return _encode(result.to_dict())
 
-    async def _predict(self, name: str, body: bytes) -> bytes:
-        payload = self._decode(name, body)
+    async def _predict(self, name: str, body: bytes, media: dict[str, str] | None = None) -> bytes:
+        payload = self._decode(name, body, media)
         if self._inline(name, body):  # the budget may have changed since _answer_now declined
             return self._predicted(name, self._run_predict(name, payload))
         try:
@@ -403,7 +410,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         # The parsed head of the request whose body is awaited: (method, path, keep_alive, length).
-        self._head: tuple[str, str, bool, int] | None = None
+        self._head: tuple[str, str, bool, int, dict[str, str]] | None = None
         self._discard = 0  # bytes of an oversized body still to drop before the 413
         self._busy = False  # a request runs as a task
         self._counted = False  # this connection's request in flight is counted by the server
@@ -521,11 +528,11 @@ class _Connection(asyncio.Protocol):
             head = bytes(self._buffer[: end + 4])
             del self._buffer[: end + 4]
             try:
-                method, path, keep_alive, length, expect = _parse_head(head)
+                method, path, keep_alive, length, expect, media = _read_head(head)
             except HttpError as err:
                 self._send(err.status, _error_body(err), False)
                 return False
-            self._head = (method, path, keep_alive, length)
+            self._head = (method, path, keep_alive, length, media)
             if length > server.max_body_bytes:
                 # Read and drop a moderately oversized body so the client is reading when the
                 # 413 comes, rather than getting a reset mid-upload; a huge one just closes.
@@ -536,20 +543,20 @@ class _Connection(asyncio.Protocol):
                 return False
             if expect and self._transport is not None:
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        method, path, keep_alive, length = self._head
+        method, path, keep_alive, length, media = self._head
         if len(self._buffer) < length:
             self._count()  # head read, body pending: shutdown waits for this request
             return False
         body = bytes(self._buffer[:length])
         del self._buffer[:length]
         self._head = None
-        answer = server._answer_now(method, path, body)
+        answer = server._answer_now(method, path, body, media)
         if answer is not None:
             status, payload, close = answer
             return self._send(status, payload, keep_alive and not close)
         self._busy = True
         self._count()
-        task = self._loop.create_task(server._answer(method, path, body))
+        task = self._loop.create_task(server._answer(method, path, body, media))
         task.add_done_callback(lambda done: self._answered(done, keep_alive))
         return False
 
@@ -660,7 +667,16 @@ def _malformed(what: str, fix: str = "send an HTTP/1.1 request: METHOD /path HTT
 
 
 def _parse_head(head: bytes) -> tuple[str, str, bool, int, bool]:
-    """(method, path, keep_alive, content_length, expects_100_continue) of a request head.
+    """(method, path, keep_alive, content_length, expects_100_continue) of a request head (``_read_head``)."""
+    return _read_head(head)[:5]  # type: ignore[return-value]
+
+
+# The headers a prediction's body is read with (edgefleet.inputs.Body): its media type, and a raw tensor's shape and dtype.
+_MEDIA_HEADERS = ("content-type", SHAPE_HEADER, DTYPE_HEADER)
+
+
+def _read_head(head: bytes) -> tuple[str, str, bool, int, bool, dict[str, str]]:
+    """(method, path, keep_alive, content_length, expects_100_continue, media headers) of a request head.
 
     Raises ``HttpError`` (400, 411, 505; always closing the connection) for a head that this
     server, or a stricter one in front of it, could read differently.
@@ -716,7 +732,8 @@ def _parse_head(head: bytes) -> tuple[str, str, bool, int, bool]:
                          "send Content-Length as plain digits 0-9, e.g. Content-Length: 42")
     length = int(declared) if len(declared) <= _MAX_LENGTH_DIGITS else 10 ** _MAX_LENGTH_DIGITS
     path = target.split("?", 1)[0]
-    return method, path, keep_alive, length, headers.get("expect", "").lower() == "100-continue"
+    media = {key: headers[key] for key in _MEDIA_HEADERS if key in headers}
+    return method, path, keep_alive, length, headers.get("expect", "").lower() == "100-continue", media
 
 
 def _socket_dir(directory: Path) -> None:

@@ -28,6 +28,12 @@ index when observed (one dict lookup each) and then counted by the same vectoris
 edges half-way between the indices, so both kinds share the buffer, the buckets and the
 interval counters, and the telemetry stays one count list per feature.
 
+A tensor input (an image array, an audio or sensor window) is counted by per-sample summary
+statistics (``edgefleet.summaries``: mean, std, min, max of each sample): the reference's
+features that name an ``input`` and a ``statistic`` take that statistic of that input's samples,
+computed once per input and request, then binned like any number. A one-matrix model too wide
+to bin per feature is summarised the same way, its matrix being its one input.
+
 Pure: time is an argument, nothing is read or written. It does not decide when to report
 (the daemon does) and does not raise alerts (the server does).
 
@@ -47,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import AgentError
+from edgefleet.summaries import TENSOR_STATISTICS, statistics
 from edgefleet.telemetry import FeatureReference, ReferenceProfile, band, psi
 
 DEFAULT_WINDOW_S = 3600.0
@@ -134,6 +141,15 @@ class DriftWindow:
         self._codes: list[dict[str, int] | None] = [
             {c: i for i, c in enumerate(f.categories)} if f.kind == "categories" else None
             for f in self.reference.features]
+        # Input name -> the statistics its summary features count, in first-seen order.
+        self._summaries: dict[str, list[str]] = {}
+        for f in self.reference.features:
+            if f.input is not None and f.statistic is not None:
+                if f.statistic not in TENSOR_STATISTICS:
+                    raise DriftError(f"reference feature {f.name!r} counts statistic {f.statistic!r}, which this agent "
+                                     f"does not compute ({', '.join(TENSOR_STATISTICS)})",
+                                     fix="upgrade the agent, or rebuild the bundle with this edgefleet")
+                self._summaries.setdefault(f.input, []).append(f.statistic)
         ref = self.reference
         self._labels: dict[str, int] = {str(label): i for i, label in enumerate(ref.output_labels)}
         self._out_bins = _Binner([ref.output_edges]) if ref.output_kind == "bins" else None
@@ -177,6 +193,11 @@ class DriftWindow:
         """
         if isinstance(rows, Mapping):
             rows = self._project(rows)
+        elif self._summaries:
+            if len(self._summaries) != 1:
+                raise DriftError("a reference summarising several inputs counts named feeds, not a matrix",
+                                 fix="observe the request's feeds (input name -> array)")
+            rows = self._project({next(iter(self._summaries)): np.asarray(rows)})
         elif any(codes is not None for codes in self._codes):
             raise DriftError("a reference with categorical features counts named columns, not a matrix",
                              fix="observe the request's feeds (input name -> column)")
@@ -222,7 +243,17 @@ class DriftWindow:
             return np.zeros((0 if first is None else len(first), 0))
         columns: list[np.ndarray] = []
         n = -1
+        summarised = self._summarise(feeds)
         for feature, codes in zip(self.reference.features, self._codes, strict=True):
+            if feature.input is not None and feature.statistic is not None:
+                stats, names = summarised[feature.input]
+                summary = stats[:, names.index(feature.statistic)][:, None]
+                if n >= 0 and summary.shape[0] != n:
+                    raise DriftError(f"input {feature.input!r} holds {summary.shape[0]} samples, the other inputs {n}",
+                                     fix="count the feeds the model ran on")
+                n = summary.shape[0]
+                columns.append(summary)
+                continue
             column = feeds.get(feature.name)
             if column is None:
                 raise DriftError(f"the request has no input {feature.name!r}, which the drift reference counts",
@@ -243,6 +274,23 @@ class DriftWindow:
             columns.append(column)
         # One copy into float64 for every column at once: per-column assignment cost more than the binning.
         return np.concatenate(columns, axis=1, dtype=np.float64)
+
+    def _summarise(self, feeds: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, list[str]]]:
+        """Each summarised input's statistics, ``[samples, statistics]``, computed once per request."""
+        out: dict[str, tuple[np.ndarray, list[str]]] = {}
+        for name, wanted in self._summaries.items():
+            samples = feeds.get(name)
+            if samples is None:
+                raise DriftError(f"the request has no input {name!r}, which the drift reference summarises",
+                                 fix="count the feeds the model ran on; the bundle's reference names its inputs")
+            samples = np.asarray(samples)
+            if samples.ndim < 1 or samples.dtype.kind not in "fiub":
+                raise DriftError(f"input {name!r} holds {samples.dtype} values of shape {list(samples.shape)}; "
+                                 "its drift features summarise numbers", fix="count the checked feeds the model ran on")
+            if samples.ndim == 1:
+                samples = samples[:, None]
+            out[name] = (statistics(samples, wanted), wanted)
+        return out
 
     def _checked_outputs(self, outputs: Sequence[Any] | np.ndarray | None) -> list[Any]:
         """The outputs to hold, flat; for value bins, raises now if they are not numbers."""

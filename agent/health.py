@@ -8,8 +8,9 @@ through it and compares with the outputs of the ORIGINAL model (golden.json):
     any model    no NaN, infinite or out-of-range output (agent.probation.output_problems)
 
 then times single-row inferences and compares their p95 with the profile's latency budget.
-Golden inputs are a list of rows (a single-input model) or, for a model with named column
-inputs, one ``[rows, 1]`` list per input name (run with ``run_feeds``).
+Golden inputs are a list of rows (a single-input model) or, for a model with named inputs, one
+array per input name (run with ``run_feeds``): ``[rows, 1]`` lists of a column model's
+golden.json, or the N-D arrays of a tensor model's golden.npz (``edgefleet.golden``).
 The ``HealthReport`` carries those figures into the ``health_passed`` or ``failed`` event:
 this is the on-device benchmark the server shows before a wave advances.
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from agent.errors import AgentError
 from agent.probation import output_problems
+from edgefleet.inputs import array_dtype
 from edgefleet.manifest import Manifest
 
 DEFAULT_LATENCY_RUNS = 50
@@ -133,7 +135,8 @@ def _golden_feeds(raw: Mapping[str, Any], manifest: Manifest) -> dict[str, np.nd
     names = [spec.name for spec in manifest.inputs]
     if sorted(raw) != sorted(names):
         raise _Failed("golden_malformed", f"golden.json has inputs {sorted(raw)}, the manifest {sorted(names)}")
-    feeds = {spec.name: np.asarray(raw[spec.name], dtype=object if spec.dtype == "string" else np.float32)
+    # In the dtype a request's parser gives (edgefleet.inputs): golden.npz keeps uint8 images uint8.
+    feeds = {spec.name: np.asarray(raw[spec.name], dtype=object if spec.dtype == "string" else array_dtype(spec))
              for spec in manifest.inputs}
     if len({len(v) for v in feeds.values()}) != 1 or not len(feeds[names[0]]):
         raise _Failed("golden_malformed", "golden.json's inputs need the same, non-zero number of rows each")

@@ -121,13 +121,23 @@ def _as_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=dtype)
 
 
-# Manifest dtype -> what onnxruntime takes for it; strings are object arrays of str.
-_FEED_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64), "float16": np.dtype(np.float16),
-                "int64": np.dtype(np.int64), "bool": np.dtype(np.bool_), "string": np.dtype(object)}
+# Manifest dtype -> what a runtime takes for it; strings are object arrays of str.
+_FEED_DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype(np.float32), "float64": np.dtype(np.float64), "float16": np.dtype(np.float16),
+    "int64": np.dtype(np.int64), "int32": np.dtype(np.int32), "int8": np.dtype(np.int8), "uint8": np.dtype(np.uint8),
+    "bool": np.dtype(np.bool_), "string": np.dtype(object)}
+
+
+def _feed_dtype(spec: TensorSpec) -> np.dtype[Any]:
+    # An int8/uint8 input with a scale and zero point takes real values: the session quantizes them.
+    if spec.quantization is not None and spec.dtype in ("int8", "uint8"):
+        return np.dtype(np.float32)
+    return _FEED_DTYPES.get(spec.dtype, np.dtype(np.float32))
 
 
 def as_feeds(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], ref: str) -> tuple[dict[str, np.ndarray], int]:
-    """The feeds in each input's dtype, checked for names, ranks and one common row count."""
+    """The feeds in each input's dtype (real values for a quantized input), checked for names,
+    ranks and one common row count."""
     missing = [spec.name for spec in specs if spec.name not in feeds]
     if missing:
         raise InferenceError(f"{ref} needs input(s) {', '.join(map(repr, missing[:5]))}, which were not given")
@@ -139,7 +149,7 @@ def as_feeds(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], ref: 
             raise InferenceError(f"input {spec.name!r} of {ref} has shape {list(value.shape)}, expected "
                                  f"{list(spec.shape)} with the same rows as the other inputs")
         rows = len(value)
-        dtype = _FEED_DTYPES.get(spec.dtype, np.dtype(np.float32))
+        dtype = _feed_dtype(spec)
         out[spec.name] = np.asarray(value, dtype=object) if dtype.kind == "O" else np.ascontiguousarray(value, dtype=dtype)
     return out, rows or 0
 
@@ -236,12 +246,14 @@ def tflite_interpreter_class() -> tuple[Any, str]:
 
 
 class TFLiteSession:
-    """A TFLite interpreter. Interpreters are not thread-safe, so ``run_roles`` holds a lock."""
+    """A TFLite interpreter. Interpreters are not thread-safe, so every run holds a lock.
+
+    Each manifest input is matched to an interpreter input by name, else by position (converters
+    rename tensors: onnx2tf writes e.g. ``serving_default_input:0``); a batch resizes every input's
+    first dimension, and a model whose batch cannot be resized runs one sample at a time.
+    """
 
     def __init__(self, slot: Slot, profile: Profile) -> None:
-        if len(slot.manifest.inputs) != 1:
-            raise InferenceError(f"{slot.manifest.ref} is a TFLite model with {len(slot.manifest.inputs)} inputs, "
-                                 "which this agent cannot run yet", fix="convert the model to ONNX for this device")
         interpreter_class, module = tflite_interpreter_class()
         self.slot = slot
         self.manifest = slot.manifest
@@ -253,15 +265,21 @@ class TFLiteSession:
         except Exception as exc:
             raise InferenceError(f"{module} cannot load {self.manifest.ref}: {exc}", fix="rebuild the bundle") from exc
         self._lock = threading.Lock()
-        self._in = self._interp.get_input_details()[0]
-        self._batch = int(self._in["shape"][0]) if len(self._in["shape"]) else 1
-        self._out_details = self._match_outputs(self._interp.get_output_details())
+        details = self._interp.get_input_details()
+        if len(details) != len(self.manifest.inputs):
+            raise InferenceError(f"{self.manifest.ref}: the TFLite model takes {len(details)} input(s), its manifest "
+                                 f"lists {len(self.manifest.inputs)}", fix="rebuild the bundle with `edgefleet convert`")
+        self._ins = self._match(self.manifest.inputs, details)
+        first = self._ins[0][1]["shape"]
+        self._batch = int(first[0]) if len(first) else 1
+        self._out_details = self._match(self.manifest.outputs, self._interp.get_output_details())
 
-    def _match_outputs(self, details: list[dict[str, Any]]) -> list[tuple[TensorSpec, dict[str, Any]]]:
+    @staticmethod
+    def _match(specs: Sequence[TensorSpec], details: list[dict[str, Any]]) -> list[tuple[TensorSpec, dict[str, Any]]]:
         # Converters rename tensors (onnx2tf writes e.g. "Identity"); match by name, else by order.
         by_name = {d["name"]: d for d in details}
         pairs = []
-        for i, spec in enumerate(self.manifest.outputs):
+        for i, spec in enumerate(specs):
             detail = by_name.get(spec.name) or (details[i] if i < len(details) else None)
             if detail is not None:
                 pairs.append((spec, detail))
@@ -276,24 +294,27 @@ class TFLiteSession:
     def _resize(self, n: int) -> bool:
         if n == self._batch:
             return True
-        shape = [n, *(int(d) for d in self._in["shape"][1:])]
         try:
-            self._interp.resize_tensor_input(self._in["index"], shape, strict=False)
+            for _, detail in self._ins:
+                shape = [n, *(int(d) for d in detail["shape"][1:])]
+                self._interp.resize_tensor_input(detail["index"], shape, strict=False)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError):
             return False
         self._batch = n
         return True
 
-    def _invoke(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        dtype = np.dtype(self._in["dtype"])
-        if dtype.kind in "iu":
-            q = self._quant(self.manifest.input, self._in)
-            if q is None:
-                raise InferenceError(f"{self.manifest.ref} has an integer input without a scale and zero point",
-                                     fix="rebuild the bundle with the input's quantization in the manifest")
-            x = quantize(x, q, dtype)
-        self._interp.set_tensor(self._in["index"], np.ascontiguousarray(x, dtype=dtype))
+    def _invoke(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for spec, detail in self._ins:
+            x = feeds[spec.name]
+            dtype = np.dtype(detail["dtype"])
+            if dtype.kind in "iu" and x.dtype.kind == "f":
+                q = self._quant(spec, detail)
+                if q is None:
+                    raise InferenceError(f"{self.manifest.ref} has an integer input without a scale and zero point",
+                                         fix="rebuild the bundle with the input's quantization in the manifest")
+                x = quantize(x, q, dtype)
+            self._interp.set_tensor(detail["index"], np.ascontiguousarray(x, dtype=dtype))
         self._interp.invoke()
         raw = {}
         for spec, detail in self._out_details:
@@ -306,27 +327,28 @@ class TFLiteSession:
 
     def run_roles(self, x: np.ndarray) -> dict[str, np.ndarray]:
         matrix = _as_input(x, TensorSpec(self.manifest.input.name, "float32", (-1, -1)))
-        n = matrix.shape[0]
+        return self._run({self.manifest.input.name: matrix}, matrix.shape[0])
+
+    def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        checked, rows = as_feeds(feeds, self.manifest.inputs, self.manifest.ref)
+        return self._run(checked, rows)
+
+    def _run(self, feeds: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
         with self._lock:
             if self._interp is None:
                 raise InferenceError(f"session for {self.manifest.ref} is closed")
             try:
                 if self._resize(n):
-                    raw = self._invoke(matrix)
-                else:  # a fixed-batch model: one row at a time
+                    raw = self._invoke(feeds)
+                else:  # a fixed-batch model: one sample at a time
                     self._resize(1)
-                    parts = [self._invoke(matrix[i:i + 1]) for i in range(n)]
+                    parts = [self._invoke({name: x[i:i + 1] for name, x in feeds.items()}) for i in range(n)]
                     raw = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
             except InferenceError:
                 raise
             except Exception as exc:
                 raise InferenceError(f"{self.runtime} failed to run {self.manifest.ref}: {exc}") from exc
         return roles_from_outputs(self.manifest, raw, n)
-
-    def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # One input (checked at load): the feeds are that input's matrix.
-        checked, _ = as_feeds(feeds, self.manifest.inputs, self.manifest.ref)
-        return self.run_roles(checked[self.manifest.input.name])
 
     def close(self) -> None:
         with self._lock:

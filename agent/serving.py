@@ -37,7 +37,7 @@ import numpy as np
 from agent.errors import InferenceError, ModelNotFoundError
 from agent.runtime import ModelSession
 from edgefleet.errors import InputError
-from edgefleet.inputs import DEFAULT_MAX_ROWS, Feeds, to_feeds
+from edgefleet.inputs import DEFAULT_MAX_ROWS, Feeds, is_matrix, to_feeds
 
 LATENCY_WINDOW = 2048
 
@@ -135,8 +135,8 @@ class _RequestIds:
 
 
 def _single_tensor(session: ModelSession) -> bool:
-    inputs = session.manifest.inputs
-    return len(inputs) == 1 and inputs[0].kind == "tensor"
+    # One [batch, features] matrix (every schema-1 bundle): the run_roles path wrappers and probes know.
+    return is_matrix(session.manifest.inputs)
 
 
 def _jsonable(values: np.ndarray) -> list[Any]:
@@ -266,10 +266,11 @@ class ServingTable:
     def predict(self, name: str, rows: Any, *, request_id: str | None = None) -> PredictionResult:
         """Predict with the session serving ``name`` now.
 
-        ``rows`` is a float matrix, a list of rows, one row, or a decoded request body
+        ``rows`` is a float matrix, a list of rows, one row, a decoded request body
         (``{"inputs": ...}`` / ``{"instances": ...}``; records by column name for a model with
-        named column inputs); it is checked against the manifest of the very session that runs
-        it, so a swap between two input specs cannot mix them. Raises
+        named column inputs; arrays by input name for N-D tensors), or an
+        ``edgefleet.inputs.Body`` (a binary body: .npy, .npz, raw); it is checked against the
+        manifest of the very session that runs it, so a swap between two input specs cannot mix them. Raises
         ``edgefleet.errors.InputError`` (from the shared parser) for input that does not fit.
         """
         entry = self._acquire(name)
