@@ -26,17 +26,19 @@ from converter.data import Dataset, load_dataset
 from converter.errors import ConverterError, OptionsError, ToleranceError
 from converter.predictors import Batch, Outputs, Predictor, batch_rows
 from converter.quantize import CALIBRATION_METHODS
-from converter.source_model import SourceModel
+from converter.source_model import SourceModel, has_tensor_inputs
 from edgefleet import __version__
 from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
 from edgefleet.manifest import FORMATS, HealthCheck, Manifest, TensorSpec
 from edgefleet.profiles import QUANTIZATIONS, Profile, load_profile
+from edgefleet.summaries import MAX_BINNED_FEATURES
 from edgefleet.version import ModelVersion, check_model_name
 
 log = logging.getLogger(__name__)
 
 SYNTHESIZED_ROWS = 256
 SYNTHESIZED_SEED = 7
+SYNTHESIZED_MAX_BYTES = 64 << 20  # made-up tensor samples: fewer rows (at least 8) where samples are large
 # Steps reported to the progress callback, in order.
 STEPS = ("load", "convert", "compare", "latency", "write")
 
@@ -117,6 +119,8 @@ def _evaluation_rows(validation: Dataset | None, calibration: Dataset | None, so
         return "calibration", calibration
     # Nothing given: standard-normal rows of the right width prove the model runs, not that it is accurate.
     rng = np.random.default_rng(SYNTHESIZED_SEED)
+    if has_tensor_inputs(source):
+        return "synthesized", _synthesized_tensors(source, rng)
     if source.inputs is None:
         rows = rng.standard_normal((SYNTHESIZED_ROWS, source.n_features)).astype(np.float32)
         return "synthesized", Dataset(rows, None, None, "synthesized")
@@ -128,6 +132,32 @@ def _evaluation_rows(validation: Dataset | None, calibration: Dataset | None, so
     features = (np.concatenate([columns[n].astype(np.float32) for n in numeric], axis=1) if numeric
                 else np.zeros((SYNTHESIZED_ROWS, 0), np.float32))
     return "synthesized", Dataset(features, None, tuple(numeric), "synthesized", columns)
+
+
+def _synthesized_tensors(source: SourceModel, rng: np.random.Generator) -> Dataset:
+    """Random samples for each tensor input: standard normal numbers, integers of the dtype's
+    range (0 or 1 for int32/int64: an index could overrun an embedding), random booleans."""
+    assert source.inputs is not None
+    dynamic = [spec for spec in source.inputs if -1 in spec.shape[1:]]
+    if dynamic:
+        raise OptionsError(f"{source.path}: input {dynamic[0].name!r} has shape {list(dynamic[0].shape)}, with a dynamic "
+                           "dimension besides the batch, so no samples can be made up for it",
+                           fix="give --validation (or --calibration) data: an .npz file with one array per input name")
+    sample_bytes = sum(int(np.prod(spec.shape[1:])) * 4 for spec in source.inputs)
+    rows = max(8, min(SYNTHESIZED_ROWS, SYNTHESIZED_MAX_BYTES // max(sample_bytes, 1)))
+    arrays: dict[str, np.ndarray] = {}
+    for spec in source.inputs:
+        shape = (rows, *spec.shape[1:])
+        if spec.dtype.startswith("float"):
+            arrays[spec.name] = rng.standard_normal(shape).astype(np.float32)
+        elif spec.dtype == "bool":
+            arrays[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        elif spec.dtype in ("int8", "uint8"):
+            info = np.iinfo(np.dtype(spec.dtype))
+            arrays[spec.name] = rng.integers(info.min, int(info.max) + 1, shape).astype(spec.dtype)
+        else:
+            arrays[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
+    return Dataset(np.zeros((rows, 0), np.float32), None, None, "synthesized", arrays)
 
 
 def _original_predictor(source: SourceModel) -> Predictor:
@@ -167,24 +197,49 @@ def _reference(evaluation: Dataset, feature_names: Sequence[str] | None, convert
                source: SourceModel) -> dict[str, Any]:
     """reference.json: a column model's features are its inputs (numbers binned, strings by
     category); a matrix model's are the matrix columns, as always."""
-    from converter.golden import column_reference_document, reference_document
+    from converter.golden import (
+        column_reference_document,
+        reference_document,
+        summary_reference_document,
+    )
 
+    if has_tensor_inputs(source) and evaluation.columns is not None:
+        return summary_reference_document(evaluation.columns, original, source.task, source.class_labels)
+    if source.inputs is None and evaluation.width > MAX_BINNED_FEATURES:  # a wide window: summarised
+        return summary_reference_document({converted.inputs[0]["name"]: evaluation.features}, original, source.task,
+                                          source.class_labels)
     if source.inputs is not None and evaluation.columns is not None:
         specs = [TensorSpec.from_dict(dict(spec), f"inputs[{i}].") for i, spec in enumerate(converted.inputs)]
         return column_reference_document(evaluation.columns, specs, original, source.task, source.class_labels)
     return reference_document(evaluation.features, feature_names, original, source.task, source.class_labels)
 
 
+def _golden(evaluation: Dataset, converted: Converted, original: Outputs, source: SourceModel) -> tuple[str, bytes]:
+    """The golden file's name and bytes: golden.npz for tensor inputs and wide windows (compact,
+    in the inputs' dtypes), golden.json for every other model (its bytes as always)."""
+    from converter.golden import golden_document, golden_npz
+    from edgefleet.canonical import pretty_json
+    from edgefleet.golden import NPZ_NAME
+
+    if has_tensor_inputs(source) and evaluation.columns is not None:
+        return NPZ_NAME, golden_npz(evaluation.columns, original, source.task, source.class_labels)
+    if source.inputs is None and evaluation.width > MAX_BINNED_FEATURES:
+        return NPZ_NAME, golden_npz({converted.inputs[0]["name"]: evaluation.features}, original, source.task,
+                                    source.class_labels)
+    return "golden.json", pretty_json(golden_document(evaluation.batch, original, source.task, source.class_labels))
+
+
 def _manifest_fields(options: ConvertOptions, profile: Profile, source: SourceModel, converted: Converted,
-                     quantize: str, report: Mapping[str, Any], feature_names: Sequence[str] | None) -> dict[str, Any]:
+                     quantize: str, report: Mapping[str, Any], feature_names: Sequence[str] | None,
+                     golden_name: str) -> dict[str, Any]:
     """The manifest as a dict without ``files`` (``write_bundle`` fills those in from the bytes)."""
     inputs = [dict(spec) for spec in converted.inputs]
     if source.inputs is None and feature_names and len(feature_names) == source.n_features:
         inputs[0]["feature_names"] = list(feature_names)
     specs = [TensorSpec.from_dict(spec, f"inputs[{i}].") for i, spec in enumerate(inputs)]
     return {
-        # The lowest schema that holds these inputs: a matrix model keeps its schema-1 bytes.
-        "schema_version": Manifest.lowest_schema(specs),
+        # The lowest schema that holds these inputs (and golden.npz): a matrix model keeps its schema-1 bytes.
+        "schema_version": max(Manifest.lowest_schema(specs), 2 if golden_name.endswith(".npz") else 1),
         "name": options.name,
         "version": options.version,
         "format": converted.format,
@@ -200,7 +255,7 @@ def _manifest_fields(options: ConvertOptions, profile: Profile, source: SourceMo
         "report": dict(report),
         "health_check": HealthCheck(profile.tolerance.min_agreement, profile.tolerance.max_rel_error,
                                     profile.latency_budget_ms).to_dict(),
-        "golden_file": "golden.json",
+        "golden_file": golden_name,
         "reference_file": "reference.json",
         "created_by": f"edgefleet {__version__} converter",
     }
@@ -209,7 +264,6 @@ def _manifest_fields(options: ConvertOptions, profile: Profile, source: SourceMo
 def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None = None) -> ConversionResult:
     """Convert ``options.model_path`` into one bundle; see the module docstring for the steps."""
     from converter.export import unseen_categories
-    from converter.golden import golden_document
     from converter.latency import measure
     from converter.proof import tolerance_failures
     from converter.source import load_source
@@ -272,12 +326,13 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
                              fix="try a milder --quantize (int8-dynamic, fp16 or none), more or better calibration data, "
                                  "or --force to write the bundle anyway")
     step("write")
+    golden_name, golden = _golden(evaluation, converted, original, source)
     files = {
         f"model.{fmt}": converted.model_bytes,
-        "golden.json": pretty_json(golden_document(evaluation.batch, original, source.task, source.class_labels)),
+        golden_name: golden,
         "reference.json": pretty_json(_reference(evaluation, feature_names, converted, original, source)),
     }
-    manifest_fields = _manifest_fields(options, profile, source, converted, quantize, report, feature_names)
+    manifest_fields = _manifest_fields(options, profile, source, converted, quantize, report, feature_names, golden_name)
     path = options.output_dir / bundle_filename(options.name, options.version)
     sha256 = write_bundle(path, manifest_fields, files)
     # Read back through the one gate every consumer uses: what we return is what they will see.

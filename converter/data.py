@@ -13,6 +13,12 @@ both the labelled validation file and an unlabelled calibration file.
 
 This module does not sample, scale or otherwise change the data: what the user gave is what
 the models see.
+
+For a model with named tensor inputs (an ONNX model with N-D or several inputs), the data is
+NPY (one input) or NPZ (one array per input name, plus the labels under ``--labels`` or a
+conventional name such as ``y``): ``Dataset.columns`` holds the arrays by input name, checked
+by the same parser as a device's requests (``edgefleet.inputs.to_feeds``: shapes, dtypes,
+finite values), and ``features`` is empty.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ class Dataset:
     feature_names: tuple[str, ...] | None = None
     source: str = ""
     columns: Mapping[str, np.ndarray] | None = None
-    """Column models only: input name -> [rows, 1] array in the column's dtype (strings as objects)."""
+    """Models with named inputs only: input name -> [rows, 1] array in the column's dtype (strings
+    as objects), or [rows, ...] array of a tensor input."""
 
     def __post_init__(self) -> None:
         if self.features.ndim != 2 or self.features.shape[0] == 0:
@@ -59,8 +66,8 @@ class Dataset:
         if self.feature_names is not None and len(self.feature_names) != self.features.shape[1]:
             raise DataError(f"{self.source}: {len(self.feature_names)} feature names for {self.features.shape[1]} columns")
         for name, column in (self.columns or {}).items():
-            if column.shape != (self.rows, 1):
-                raise DataError(f"{self.source}: column {name!r} has shape {column.shape}, expected ({self.rows}, 1)")
+            if column.ndim < 2 or column.shape[0] != self.rows:
+                raise DataError(f"{self.source}: input {name!r} has shape {column.shape}, expected ({self.rows}, ...)")
         _check_finite(self.features, self.labels, self.feature_names, self.source)
 
     @property
@@ -127,6 +134,8 @@ def load_dataset(path: str | Path, *, labels_column: str | None = None,
     if not p.is_file():
         raise DataError(f"data file {p} does not exist", fix="check the path given to --calibration / --validation")
     suffix = p.suffix.lower()
+    if columns is not None and any(spec.kind != "column" for spec in columns):
+        return _load_tensors(p, suffix, labels_column, columns)
     if columns is not None:
         return _load_columns(p, suffix, labels_column, columns)
     if suffix == ".csv":
@@ -304,3 +313,44 @@ def _column(series: Any, spec: TensorSpec, path: Path) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise DataError(f"{path}: column {spec.name!r} holds a value that is not a number ({exc})",
                         fix=f"give numbers in {spec.name!r}, the model was fitted on a numeric column there") from exc
+
+
+def _load_tensors(path: Path, suffix: str, labels_column: str | None, specs: Sequence[TensorSpec]) -> Dataset:
+    """NPY (a model with one input) or NPZ (one array per input name, labels under their own name)."""
+    from edgefleet.errors import InputError
+    from edgefleet.inputs import to_feeds
+
+    names = [spec.name for spec in specs]
+    labels = None
+    if suffix == ".npy":
+        if len(specs) != 1:
+            raise DataShapeError(f"{path} holds one array but the model takes {len(specs)} inputs ({', '.join(names)})",
+                                 fix="save one array per input name in an .npz file: numpy.savez(path, "
+                                     + ", ".join(f"{n}=..." for n in names[:4]) + ", y=labels)")
+        arrays = {names[0]: _np_load(path)}
+    elif suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                stored = {k: np.asarray(archive[k]) for k in archive.files}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path} as a NumPy .npz archive: {exc}", fix="save it with numpy.savez") from exc
+        label_key = next((k for k in ((labels_column,) if labels_column else ()) + _NPZ_LABELS
+                          if k in stored and k not in names), None)
+        labels = stored.pop(label_key) if label_key else None
+        if len(specs) == 1 and names[0] not in stored:  # one input: its array may go by a conventional name
+            key = next((k for k in _NPZ_FEATURES if k in stored), None)
+            if key is not None:
+                stored[names[0]] = stored.pop(key)
+        arrays = stored
+    else:
+        raise DataError(f"{path}: this model takes tensors ({', '.join(names)}), which a {suffix} file does not hold",
+                        fix="give an .npy file (one input) or an .npz file with one array per input name")
+    if labels is not None and np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    rows = {name: len(a) if a.ndim else 0 for name, a in arrays.items() if name in names}
+    try:
+        feeds = to_feeds(arrays, specs, max_rows=max(max(rows.values(), default=1), 1))
+    except InputError as exc:  # the refusal a device would give these samples, with the file's name
+        raise DataShapeError(f"{path}: {exc.message}", fix=exc.fix) from exc
+    n = len(next(iter(feeds.values())))
+    return Dataset(np.zeros((n, 0), np.float32), labels, None, str(path), feeds)

@@ -4,11 +4,15 @@
 outputs for them: the device checks a staged model against these before it serves. Inputs
 are a list of rows for a matrix model (schema 1) and a mapping of input name to ``[rows, 1]``
 values for a model with named columns (schema 2), strings included.
+A model with tensor inputs keeps them in ``golden.npz`` (``golden_npz``, ``edgefleet.golden``),
+each input in its own dtype, with fewer samples where they are large (``GOLDEN_MAX_BYTES``).
 ``reference_document`` records per-feature quantile bins and the output distribution, the
 baseline the device's drift scores compare live traffic with; ``column_reference_document`` does
 the same for a model with named columns, one feature per column in input order: numeric columns
 as quantile bins, string columns as category counts (the spec's training categories, then one
-"unseen" count for values outside them). Shapes: docs/contracts.md.
+"unseen" count for values outside them). ``summary_reference_document`` describes tensor inputs
+by per-sample summary statistics (``edgefleet.summaries``), one binned feature per input and
+statistic, named ``INPUT.STATISTIC``. Shapes: docs/contracts.md.
 
 Pure functions over arrays; they neither run models nor write files.
 """
@@ -21,9 +25,15 @@ from typing import Any
 import numpy as np
 
 from converter.predictors import Batch, Outputs, batch_rows
+from edgefleet.golden import encode
 from edgefleet.manifest import TensorSpec
+from edgefleet.summaries import TENSOR_STATISTICS, feature_name, statistics
 
 GOLDEN_ROWS = 32
+# golden.npz of a tensor model keeps at most about this many bytes of inputs (and at least
+# GOLDEN_MIN_ROWS samples): 32 audio windows of 16,000 float32 would be 2 MB in every bundle.
+GOLDEN_MAX_BYTES = 1 << 20
+GOLDEN_MIN_ROWS = 4
 GOLDEN_SEED = 20240611
 REFERENCE_BINS = 10
 # A string column without training categories (its encoder kept none) is described by the data's
@@ -43,17 +53,21 @@ def _plain(values: np.ndarray) -> list[Any]:
     return [v.item() if hasattr(v, "item") else v for v in np.asarray(values, dtype=object).reshape(-1)]
 
 
-def golden_document(features: Batch, original: Outputs, task: str,
-                    class_labels: Sequence[Any] | None) -> dict[str, Any]:
-    rows = golden_rows(batch_rows(features))
-    picked = original.take(rows)
+def _golden_outputs(picked: Outputs, task: str, class_labels: Sequence[Any] | None) -> dict[str, Any]:
     outputs: dict[str, Any]
     if task == "regression":
-        outputs = {"value": picked.regression().reshape(len(rows), -1)[:, 0].tolist()}
+        outputs = {"value": picked.regression().reshape(len(picked.regression()), -1)[:, 0].tolist()}
     else:
         outputs = {"label": _plain(picked.top1(class_labels))}
         if picked.probabilities is not None:
             outputs["probabilities"] = np.asarray(picked.probabilities, dtype=np.float64).tolist()
+    return outputs
+
+
+def golden_document(features: Batch, original: Outputs, task: str,
+                    class_labels: Sequence[Any] | None) -> dict[str, Any]:
+    rows = golden_rows(batch_rows(features))
+    outputs = _golden_outputs(original.take(rows), task, class_labels)
     inputs: Any
     if isinstance(features, Mapping):
         inputs = {name: _column_values(np.asarray(column)[rows]) for name, column in features.items()}
@@ -129,3 +143,29 @@ def column_reference_document(columns: Mapping[str, np.ndarray], inputs: Sequenc
             per_feature.append({"name": spec.name, "edges": edges, "counts": bin_counts})
     rows = len(np.asarray(columns[inputs[0].name])) if inputs else 0
     return {"rows": rows, "features": per_feature, "outputs": _outputs_document(original, task, class_labels)}
+
+
+def golden_npz(arrays: Mapping[str, np.ndarray], original: Outputs, task: str,
+               class_labels: Sequence[Any] | None) -> bytes:
+    """golden.npz for a model with tensor inputs: seeded samples in their own dtype, and the
+    original model's outputs for them."""
+    total = batch_rows(arrays)
+    sample_bytes = sum(int(np.asarray(a)[:1].nbytes) for a in arrays.values()) or 1
+    count = max(GOLDEN_MIN_ROWS, min(GOLDEN_ROWS, GOLDEN_MAX_BYTES // sample_bytes))
+    rows = golden_rows(total, count)
+    inputs = {name: np.asarray(values)[rows] for name, values in arrays.items()}
+    return encode(inputs, _golden_outputs(original.take(rows), task, class_labels))
+
+
+def summary_reference_document(arrays: Mapping[str, np.ndarray], original: Outputs, task: str,
+                               class_labels: Sequence[Any] | None) -> dict[str, Any]:
+    """The reference of a model with tensor inputs: each input's per-sample statistics, binned."""
+    per_feature: list[dict[str, Any]] = []
+    for name, values in arrays.items():
+        summary = statistics(np.asarray(values), TENSOR_STATISTICS)
+        for j, statistic in enumerate(TENSOR_STATISTICS):
+            edges, counts = _bins(summary[:, j])
+            per_feature.append({"name": feature_name(name, statistic), "edges": edges, "counts": counts,
+                                "input": name, "statistic": statistic})
+    return {"rows": batch_rows(arrays), "features": per_feature,
+            "outputs": _outputs_document(original, task, class_labels)}

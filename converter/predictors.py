@@ -2,9 +2,9 @@
 
 Every predictor takes a ``Batch`` and returns ``Outputs`` in the same shape (labels,
 probabilities or regression values), so the proof compares like with like whatever ran the
-model. A batch is float32 rows ``[n, features]``, or for a model with named column inputs a
-mapping of column name to ``[n, 1]`` array (strings as objects); ``batch_rows`` and ``take``
-work on both. Quantized TFLite tensors are quantized and dequantized here: callers see real
+model. A batch is float32 rows ``[n, features]``, or for a model with named inputs a mapping of
+input name to array: ``[n, 1]`` columns (strings as objects) or N-D tensors ``[n, ...]``;
+``batch_rows`` and ``take`` work on both. Quantized TFLite tensors are quantized and dequantized here: callers see real
 numbers.
 
 This module runs models; it does not judge them (see ``proof``).
@@ -133,9 +133,10 @@ class OnnxPredictor:
 
 
 # onnxruntime's names for input types -> the numpy dtype it takes (strings: an object array of str).
-_ORT_TYPES: dict[str, np.dtype[Any]] = {"tensor(float)": np.dtype(np.float32), "tensor(double)": np.dtype(np.float64),
-              "tensor(int64)": np.dtype(np.int64), "tensor(bool)": np.dtype(np.bool_),
-              "tensor(string)": np.dtype(object)}
+_ORT_TYPES: dict[str, np.dtype[Any]] = {
+    "tensor(float)": np.dtype(np.float32), "tensor(double)": np.dtype(np.float64), "tensor(float16)": np.dtype(np.float16),
+    "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32), "tensor(int8)": np.dtype(np.int8),
+    "tensor(uint8)": np.dtype(np.uint8), "tensor(bool)": np.dtype(np.bool_), "tensor(string)": np.dtype(object)}
 
 
 def _feed(column: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:

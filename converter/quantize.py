@@ -13,7 +13,8 @@ op. An "int8" bundle that is the float32 model, a little larger (or one whose Co
 squeezed through int8 for no gain), would mislead whoever picks it.
 
 Calibration data comes as feeds, one array per graph input (one ``[rows, features]`` matrix
-for most models; one ``[rows, 1]`` array per column for a DataFrame pipeline).
+for most models; one ``[rows, 1]`` array per column for a DataFrame pipeline; one N-D array per
+named input, e.g. an image and a metadata vector), read by one CalibrationDataReader.
 
 Static quantization uses ``per_channel=False``: onnxruntime 1.32 crashes in
 ``_adjust_weight_scale_for_int32_bias`` with per-channel weights on skl2onnx MLPs (see
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 ONNX_MODES = ("none", "fp16", "int8-dynamic", "int8-static", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 MAX_CALIBRATION_ROWS = 1024
+MAX_CALIBRATION_BYTES = 256 << 20
+CALIBRATION_BATCH_BYTES = 16 << 20
 
 
 # Ops whose weights int8 quantization shrinks. A model without one (tree ensembles, DataFrame
@@ -54,16 +57,28 @@ QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantiz
 
 
 class _Rows:
-    """onnxruntime's CalibrationDataReader protocol: all calibration rows as one batch.
+    """onnxruntime's CalibrationDataReader protocol over feeds (one array per graph input).
 
-    One batch, because the Entropy and Percentile calibrators stack per-batch results with
-    numpy and fail on a shorter last batch; at most MAX_CALIBRATION_ROWS rows keeps it small.
+    Small calibration sets (every matrix model's) go as one batch. Large samples (images, audio
+    windows) go in batches of ``CALIBRATION_BATCH_BYTES``, all of the same size (the rows past the
+    last whole batch are left out), because the Entropy and Percentile calibrators stack
+    per-batch results with numpy and fail on a shorter last batch; the calibrator's memory then
+    grows with a batch, not with the whole set. At most MAX_CALIBRATION_ROWS rows, and
+    MAX_CALIBRATION_BYTES of them, in file order.
     """
 
     def __init__(self, feeds: Mapping[str, np.ndarray]) -> None:
-        batch = {name: np.ascontiguousarray(v, dtype=np.float32) if v.dtype.kind == "f" else v
-                 for name, v in feeds.items()}
-        self._batches: Iterator[dict[str, np.ndarray]] = iter([batch])
+        arrays = {name: np.ascontiguousarray(v, dtype=np.float32) if v.dtype.kind == "f" else v
+                  for name, v in feeds.items()}
+        total = min(len(v) for v in arrays.values()) if arrays else 0
+        sample = max(sum(int(v[:1].nbytes) for v in arrays.values()), 1)
+        rows = min(total, max(1, MAX_CALIBRATION_BYTES // sample))
+        size = max(1, CALIBRATION_BATCH_BYTES // sample)
+        if rows <= size:
+            batches = [{name: v[:rows] for name, v in arrays.items()}]
+        else:
+            batches = [{name: v[i:i + size] for name, v in arrays.items()} for i in range(0, rows - size + 1, size)]
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)

@@ -6,7 +6,9 @@ SavedModel directories, handed to ``tf_source`` (which imports TensorFlow). The 
 ``SourceModel`` (``source_model``): framework, task, width, class labels and the file's hash,
 plus the loaded object the exporters and the original-model predictor need. A Pipeline whose
 first step is a ColumnTransformer fitted on a DataFrame is described by its named column
-inputs (``SourceModel.inputs``: string columns with their training categories, float32 others).
+inputs (``SourceModel.inputs``: string columns with their training categories, float32 others);
+an ONNX file with several inputs, or one that is not ``[batch, features]``, by its named tensor
+inputs (shapes as exported, the first dimension a dynamic batch).
 
 Unpickling runs code from the file: a warning says so on every load. This module does not
 convert anything (see ``export`` and ``tflite``).
@@ -52,7 +54,7 @@ def load_source(path: str | Path) -> SourceModel:
 def _load_onnx(path: Path) -> SourceModel:
     import onnx
 
-    from converter.onnxgraph import graph_outputs, single_input
+    from converter.onnxgraph import graph_inputs, graph_outputs, single_input
 
     try:
         model = onnx.load_model_from_string(path.read_bytes())
@@ -60,12 +62,34 @@ def _load_onnx(path: Path) -> SourceModel:
     except Exception as exc:  # protobuf DecodeError, onnx ValidationError
         raise NotAModelError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {exc})",
                              fix="re-export the model (e.g. torch.onnx.export) and check it with onnx.checker") from exc
-    tensor = single_input(model, str(path))
     outputs = graph_outputs(model)
     task = "classification" if any(t.role in ("label", "probabilities") for t in outputs) else "regression"
     labels = _onnx_class_labels(model, outputs) if task == "classification" else None
     sha, size = file_digest(path)
+    try:
+        tensor = single_input(model, str(path))
+    except NotAModelError:  # several inputs, or N-D ones: named tensor inputs (schema 2)
+        inputs = _tensor_inputs(graph_inputs(model), path)
+        return SourceModel("onnx", path, sha, size, task, len(inputs), labels, None, model, kind="onnx", inputs=inputs)
     return SourceModel("onnx", path, sha, size, task, tensor.shape[1], labels, None, model, kind="onnx")
+
+
+def _tensor_inputs(graph: list[Any], path: Path) -> tuple[TensorSpec, ...]:
+    """The graph's inputs as named tensor specs, batch first. A fixed batch dimension (an export
+    without dynamic axes) is refused: the device batches requests, and the graph would refuse."""
+    specs = []
+    for tensor in graph:
+        if tensor.dtype == "string":
+            raise UnsupportedOpError(f"{path} takes a string tensor {tensor.name!r} of shape {list(tensor.shape)}",
+                                     op="string tensor", fix="take strings as [batch, 1] columns (a DataFrame pipeline)")
+        if not tensor.shape or tensor.shape[0] != -1:
+            raise NotAModelError(f"{path}: input {tensor.name!r} has shape {list(tensor.shape)}, whose first dimension "
+                                 "is not a dynamic batch", fix="export with a dynamic batch axis, e.g. torch.onnx.export("
+                                 f"..., dynamic_axes={{{tensor.name!r}: {{0: 'batch'}}}})")
+        specs.append(TensorSpec(tensor.name, tensor.dtype, tensor.shape))
+    if not specs:
+        raise NotAModelError(f"{path} takes no inputs", fix="export a model with at least one input")
+    return tuple(specs)
 
 
 def _onnx_class_labels(model: Any, outputs: list[Any]) -> tuple[str | int, ...]:

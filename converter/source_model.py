@@ -35,8 +35,9 @@ class SourceModel:
     model: Any
     kind: str = ""
     inputs: tuple[TensorSpec, ...] | None = None
-    """Named column inputs (schema 2) for a model fitted on a DataFrame that selects columns by
-    name; None for a ``[batch, n_features]`` matrix model (every other source)."""
+    """Named inputs (schema 2): columns for a model fitted on a DataFrame that selects columns by
+    name, tensors for an ONNX model with several or N-D inputs (``n_features`` then counts the
+    inputs); None for a ``[batch, n_features]`` matrix model (every other source)."""
 
     def __post_init__(self) -> None:
         if self.framework not in FRAMEWORKS:
@@ -46,7 +47,7 @@ class SourceModel:
         if self.n_features <= 0:
             raise NotAModelError(f"{self.path}: the model's input width is unknown",
                                  fix="fit the model on a 2-D array, or export it with a fixed feature dimension")
-        if self.inputs is not None and len(self.inputs) != self.n_features:
+        if self.inputs is not None and len(self.inputs) != self.n_features:  # one feature a column, or a count of inputs
             raise NotAModelError(f"internal: {self.path} has {len(self.inputs)} column inputs for {self.n_features} features")
 
 
@@ -63,3 +64,8 @@ def file_digest(path: Path) -> tuple[str, int]:
     data = path.read_bytes()
     digest.update(data)
     return digest.hexdigest(), len(data)
+
+
+def has_tensor_inputs(source: SourceModel) -> bool:
+    """Whether the source takes named tensors (N-D or several inputs), not a matrix or columns."""
+    return source.inputs is not None and any(spec.kind != "column" for spec in source.inputs)

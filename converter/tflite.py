@@ -137,10 +137,17 @@ def _spec(detail: dict[str, Any], role: str) -> dict[str, Any]:
 
 
 def build_tflite(source: SourceModel, quantize: str, calibration: Batch | None) -> Converted:
-    if source.inputs is not None or isinstance(calibration, Mapping):
+    if source.inputs is not None and all(spec.kind == "column" for spec in source.inputs):
         raise UnsupportedOpError(f"{source.path} takes named columns, which TFLite cannot: it has no string tensors, "
                                  "and this converter builds single-input TFLite models only",
                                  op="ColumnTransformer", fix="use --format onnx with a profile that allows ONNX")
+    if source.inputs is not None or isinstance(calibration, Mapping):
+        # onnx2tf turns NCHW inputs into NHWC ones: the bundle's inputs would no longer be the source's.
+        shown = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in (source.inputs or ())[:4])
+        raise UnsupportedOpError(f"{source.path} takes named tensor inputs ({shown}); this converter takes ONNX "
+                                 "models to TFLite only when they have one [batch, features] input",
+                                 op="N-D input", fix="use --format onnx with a profile that allows ONNX "
+                                 "(e.g. rpi4-64, generic-x86_64), or start from the Keras model for TFLite")
     standard_part, float_bytes = (None, source.size) if source.framework in ("keras", "savedmodel") \
         else _standard_part(source)
     tf = tensorflow()

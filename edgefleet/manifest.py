@@ -10,7 +10,8 @@ adds three fields to an input's TensorSpec: ``kind`` ("tensor", "column" or "ima
 ``categories`` (a string column's training categories) and ``image`` (an ``ImageSpec``: layout,
 size, colour order and preprocessing). A schema-1 document may not hold them. Writers use the
 lowest schema that expresses the bundle (``Manifest.lowest_schema``), so a bundle with one 2-D
-tensor input keeps its schema-1 bytes and reads on agents that predate version 2.
+tensor input keeps its schema-1 bytes and reads on agents that predate version 2. Golden
+samples in ``golden.npz`` (``edgefleet.golden``: tensor inputs, wide windows) need schema 2 too.
 
     name, version              model name and semantic version
     format                     "onnx" | "tflite"; model_file is model.<format>
@@ -406,6 +407,10 @@ class Manifest:
         if not self.inputs or not self.outputs:
             raise ManifestError("a manifest needs at least one input and one output")
         self._check_specs()
+        if self.schema_version == 1 and self.golden_file.endswith(".npz"):
+            # A schema-1 reader (an agent before schema 2) reads golden samples as JSON only.
+            raise ManifestError(f"golden_file {self.golden_file!r} is an .npz archive, which schema_version 1 "
+                                "cannot hold", fix="write schema_version 2")
         if not self.profiles:
             raise ManifestError("a manifest must list the profiles it was validated for")
         for name in (self.model_file, self.golden_file, self.reference_file):

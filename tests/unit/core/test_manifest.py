@@ -116,6 +116,16 @@ def test_a_v1_document_with_a_v2_field_is_refused() -> None:
         dataclasses.replace(_v2(ALCOHOL), schema_version=1)
 
 
+def test_golden_npz_needs_schema_2() -> None:
+    manifest = _manifest()
+    with pytest.raises(ManifestError, match="golden_file 'golden.npz' is an .npz archive, which schema_version 1"):
+        dataclasses.replace(manifest, golden_file="golden.npz",
+                            files={**manifest.files, "golden.npz": manifest.files[manifest.golden_file]})
+    v2 = dataclasses.replace(manifest, schema_version=2, golden_file="golden.npz",
+                             files={**manifest.files, "golden.npz": manifest.files[manifest.golden_file]})
+    assert Manifest.from_dict(v2.to_dict()).golden_file == "golden.npz"
+
+
 def test_a_v1_shaped_spec_writes_v1_bytes() -> None:
     v1 = _manifest()
     spec = TensorSpec.from_dict(v1.to_dict()["inputs"][0], "inputs[0].", 2)
