@@ -10,7 +10,9 @@ Input is parsed by the agent's own parser, ``edgefleet.inputs`` (in the core pac
 both sides may import), so the server accepts and refuses exactly what the agent does:
 ``parse_feeds`` takes a request body for any model (records by column name for a model with
 named column inputs), ``parse_inputs`` a body or an array for a one-tensor model; both turn the
-parser's refusals into ``PredictInputError``. ``read_table`` reads uploads
+parser's refusals into ``PredictInputError``; a binary body (.npy, .npz, raw little-endian with
+``X-Edgefleet-Shape``/``X-Edgefleet-Dtype``) comes as an ``edgefleet.inputs.Body``, read by the
+same parser. ``read_table`` reads uploads
 into what that parser takes, streaming, with each limit applied before the work it guards (an
 .npy header's claimed size; CSV rows, values and line length counted as they are read), so a
 hostile upload costs a few MB before it is refused (issue 14). ``read_feeds`` reads an upload
@@ -18,7 +20,8 @@ for any model: ``read_table`` for a one-tensor model; for a model with named col
 a header naming them (the stdlib ``csv`` module, cells by ``edgefleet.cells.column_value`` as the
 agent's batch reader does, under the same limits, text counted by its bytes) or Parquet when
 pyarrow is installed (its row count and uncompressed size checked from the footer before a
-value is read). The server extra has no pandas, and needs none for this.
+value is read); for a model with tensor inputs, .npy (one input) or .npz (one array per input
+name), read whole under ``max_bytes``. The server extra has no pandas, and needs none for this.
 
 Only ONNX bundles are served (TFLite bundles are built for devices); this module knows nothing
 of HTTP (the routes are in ``fleet_server.telemetry.api``).
@@ -46,7 +49,18 @@ from numpy.lib import format as npy_format
 
 from edgefleet.cells import column_value, is_number
 from edgefleet.errors import InputError
-from edgefleet.inputs import DEFAULT_MAX_ROWS, Feeds, expected_width, to_feeds, to_matrix
+from edgefleet.inputs import (
+    DEFAULT_MAX_ROWS,
+    NPY,
+    NPZ,
+    Body,
+    Feeds,
+    expected_width,
+    is_matrix,
+    shape_text,
+    to_feeds,
+    to_matrix,
+)
 from edgefleet.manifest import Manifest, TensorSpec
 from fleet_server.errors import InvalidInputError, ServerError
 from fleet_server.registry.bundle_cache import BundleCache
@@ -97,7 +111,7 @@ def parse_feeds(payload: Any, inputs: Sequence[TensorSpec], *, max_rows: int = D
 
 def _refused(exc: InputError, source: str | None) -> PredictInputError:
     message = f"{source}: {exc.message}" if source else exc.message
-    return PredictInputError(message, fix=exc.fix, status=413 if exc.status == 413 else 422)
+    return PredictInputError(message, fix=exc.fix, status=exc.status if exc.status in (413, 415) else 422)
 
 
 def read_table(source: bytes | BinaryIO, filename: str, spec: TensorSpec, *, max_rows: int = DEFAULT_MAX_ROWS,
@@ -239,8 +253,10 @@ def read_feeds(source: bytes | BinaryIO, filename: str, inputs: Sequence[TensorS
     Parquet (``.parquet`` or its ``PAR1`` magic); the rows become records for the shared parser,
     so its refusals (and ``instances[i]``, the i-th data row) are the ones a JSON body gets.
     """
-    if len(inputs) == 1 and inputs[0].kind == "tensor":
+    if is_matrix(inputs):
         return {inputs[0].name: read_table(source, filename, inputs[0], max_rows=max_rows, max_bytes=max_bytes)}
+    if inputs and all(spec.kind != "column" for spec in inputs):
+        return _tensor_upload(source, filename, inputs, max_rows=max_rows, max_bytes=max_bytes)
     if not inputs or not all(spec.kind == "column" for spec in inputs):
         shown = ", ".join(f"{spec.name!r} ({spec.kind}, shape {list(spec.shape)})" for spec in inputs[:4])
         raise PredictInputError(f"this model takes inputs {shown}, which batch uploads cannot feed yet",
@@ -255,6 +271,28 @@ def read_feeds(source: bytes | BinaryIO, filename: str, inputs: Sequence[TensorS
         records = _csv_records(stream, filename, inputs, max_rows=max_rows, max_bytes=max_bytes)
     try:
         return to_feeds({"instances": records}, inputs, max_rows=max_rows)
+    except InputError as exc:
+        raise _refused(exc, filename) from exc
+
+
+def _tensor_upload(source: bytes | BinaryIO, filename: str, inputs: Sequence[TensorSpec], *, max_rows: int,
+                   max_bytes: int) -> Feeds:
+    """An uploaded .npy (one input) or .npz (one array per input name) for a model with tensor
+    inputs, read whole only when it fits ``max_bytes``, then checked by the shared parser (whose
+    readers check .npy headers and .npz member sizes before allocating)."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PredictInputError(f"{filename} is over the limit of {max_bytes} bytes an upload", fix=_SPLIT_FIX,
+                                status=413)
+    media = NPZ if filename.lower().endswith(".npz") or data[:4] == b"PK\x03\x04" else NPY
+    if media == NPY and not data.startswith(_NPY_MAGIC):
+        shown = ", ".join(f"{spec.name} {shape_text(spec.shape)}" for spec in inputs[:4])
+        raise PredictInputError(f"{filename}: this model takes tensors ({shown}), which only an .npy or .npz upload "
+                                "can feed", fix="upload an .npz file with one array per input name (numpy.savez), "
+                                "or an .npy file for a model with one input")
+    try:
+        return to_feeds(Body(data, media), inputs, max_rows=max_rows)
     except InputError as exc:
         raise _refused(exc, filename) from exc
 

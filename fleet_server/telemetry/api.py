@@ -3,7 +3,7 @@
     admin
       GET  /api/v1/models/{name}/{version}/drift   ?by=profile|label:NAME&window=SECONDS
     admin or device (Authorization: Bearer <admin token | device api token>)
-      POST /api/v1/models/{name}/predict           ?version=  JSON {"inputs": ...} or {"instances": ...}
+      POST /api/v1/models/{name}/predict           ?version=  JSON {"inputs": ...} or {"instances": ...}, .npy/.npz/raw
       POST /api/v1/models/{name}/predict/batch     ?version=  multipart field "file" (.csv or .npy) -> text/csv
     public
       GET  /metrics                                Prometheus text format
@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
+from edgefleet.inputs import DTYPE_HEADER, SHAPE_HEADER, Body, is_json
 from edgefleet.version import SEMVER_PATTERN
 from fleet_server.api import Bearer, Ctx, ModelName, Version, checked_version, require_admin
 from fleet_server.credentials import same_secret
@@ -130,10 +131,18 @@ PREDICT_BODY = {"required": True, "content": {"application/json": {"schema": {"a
 async def predict(ctx: Ctx, name: ModelName, request: Request,
                   version: OptionalVersion = None) -> dict[str, Any]:
     """Run the published bundle on the server (ONNX Runtime, CPU); same body and answer as the agent's API."""
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the stack
-        raise InvalidInputError(f"the body is not JSON: {exc}", fix='send {"inputs": [[...]]}') from exc
+    raw = await request.body()
+    content_type = request.headers.get("content-type")
+    body: Any
+    if content_type is not None and not is_json(content_type.partition(";")[0].strip().lower()):
+        # A binary tensor body (.npy, .npz, raw): the shared parser reads it against the model's inputs.
+        body = Body.from_headers(raw, content_type, {k: request.headers[k] for k in (SHAPE_HEADER, DTYPE_HEADER)
+                                                     if k in request.headers})
+    else:
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the stack
+            raise InvalidInputError(f"the body is not JSON: {exc}", fix='send {"inputs": [[...]]}') from exc
 
     def run() -> dict[str, Any]:
         chosen = ctx.predictor.resolve(name, checked_version(version) if version else None)

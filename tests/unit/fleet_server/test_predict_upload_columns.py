@@ -135,5 +135,5 @@ def test_a_model_with_image_or_tensor_inputs_is_refused_in_words() -> None:
     from edgefleet.manifest import TensorSpec
 
     tensors = (TensorSpec("window", "float32", (-1, 16000)), TensorSpec("meta", "float32", (-1, 4)))
-    with pytest.raises(PredictInputError, match="batch uploads cannot feed yet"):
+    with pytest.raises(PredictInputError, match="rows.csv: this model takes tensors .* which only an .npy or .npz upload"):
         read_feeds(b"a,b\n", "rows.csv", tensors)
