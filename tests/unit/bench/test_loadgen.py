@@ -55,8 +55,10 @@ def test_closed_loop_clients_reuse_their_connections(server: ThreadingHTTPServer
     target = Target("/predict", port=server.server_address[1])
     result = drive(target, json.dumps({"inputs": [[1.0, 2.0]]}).encode(), clients=3, duration_s=0.5, warmup=2)
     assert result["errors"] == 0
-    assert result["completed"] >= 3 * 3 and len(result["latencies_s"]) == result["completed"] - 3 * 2
+    assert result["answered_ok"] >= 3 * 3 and len(result["latencies_s"]) == result["answered_ok"] - 3 * 2
     assert all(v > 0 for v in result["latencies_s"])
+    # The throughput window holds only answers after every client's warm-up.
+    assert 0 < result["completed"] <= len(result["latencies_s"]) and 0 < result["wall_s"] <= 0.5 + 0.1
     assert len(_Echo.connections) == 3  # one keep-alive connection per client, never re-opened
 
 
@@ -64,8 +66,8 @@ def test_a_server_that_closes_each_connection_is_reconnected(server: ThreadingHT
     _Echo.close_each = True
     target = Target("/predict", port=server.server_address[1])
     result = drive(target, json.dumps({"inputs": [[1.0]]}).encode(), clients=2, duration_s=0.3, warmup=1)
-    assert result["errors"] == 0 and result["completed"] >= 4
-    assert len(result["latencies_s"]) == result["completed"] - 2  # warm-up is per client, not per connection
+    assert result["errors"] == 0 and result["answered_ok"] >= 4
+    assert len(result["latencies_s"]) == result["answered_ok"] - 2  # warm-up is per client, not per connection
     assert len(_Echo.connections) > 2
 
 
@@ -82,7 +84,36 @@ def test_a_refused_connection_is_an_error_not_a_crash() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     result = drive(Target("/x", port=port), b"{}", clients=2, duration_s=0.1)
-    assert result == {"latencies_s": [], "errors": 2, "wall_s": result["wall_s"], "completed": 0}
+    assert result == {"latencies_s": [], "errors": 2, "wall_s": result["wall_s"], "completed": 0, "answered_ok": 0,
+                      "warmup_s": result["warmup_s"]}
+
+
+class _Slow(_Echo):
+    """Answers a client's first request after a pause: a server paying for its warm-up."""
+
+    seen: ClassVar[set[int]] = set()
+
+    def do_POST(self) -> None:
+        port = self.client_address[1]
+        if port not in type(self).seen:
+            type(self).seen.add(port)
+            threading.Event().wait(0.3)  # the server side of the test: a slow first answer
+        super().do_POST()
+
+
+def test_warm_up_answers_are_left_out_of_the_throughput_window() -> None:
+    _Slow.seen = set()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        result = drive(Target("/predict", port=httpd.server_address[1]), json.dumps({"inputs": [[1.0]]}).encode(),
+                       clients=2, duration_s=0.3, warmup=1)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert result["warmup_s"] >= 0.3           # the window opened after the slow first answers
+    assert result["wall_s"] <= 0.3 + 0.05      # and it lasted the duration, not the warm-up too
+    assert result["completed"] > 0 and max(result["latencies_s"]) < 0.3
 
 
 def test_the_request_is_serialized_with_its_headers() -> None:
