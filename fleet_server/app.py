@@ -1,7 +1,8 @@
 """The FastAPI application: ``create_app(config) -> FastAPI``.
 
 ``create_app`` opens the ``ServerContext`` at once (database migrated, keys and TUF repository
-created on first start), so configuration mistakes fail before uvicorn binds a port. The
+created on first start, Mosquitto's password and ACL files written when the server manages
+them), so configuration mistakes fail before uvicorn binds a port. The
 lifespan then starts the network side (embedded broker if needed, MQTT ingest) and a task that
 re-signs the TUF timestamp (and snapshot/targets) before they expire, and stops both on exit.
 
@@ -176,6 +177,12 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
                clock: Callable[[], datetime] | None = None) -> FastAPI:
     """Build the app. ``mqtt=False`` serves the API without any broker (tests, offline registry)."""
     ctx = context or ServerContext.open(config, clock=clock or (lambda: datetime.now(UTC)))
+    if mqtt and config.mosquitto_dir is not None:
+        # Mosquitto refuses to start without its password and ACL files: write them now, before
+        # the server needs the broker (which it then retries until it is up), and so that a
+        # directory the server cannot write is one line from the CLI, not a traceback from
+        # uvicorn's lifespan (issue 17).
+        ctx.devices.sync_broker()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -191,9 +198,12 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
             await asyncio.to_thread(ctx.close)
 
     from fleet_server.api import api, health, tuf
+    from fleet_server.console import install_console
     from fleet_server.rollouts.api import router as rollouts_router
+    from fleet_server.rollouts.preview import router as rollout_preview_router
     from fleet_server.telemetry.api import metrics_router
     from fleet_server.telemetry.api import router as fleet_router
+    from fleet_server.telemetry.history import router as history_router
     from fleet_server.telemetry.metrics import ApiLatency
 
     app = FastAPI(title="edgefleet fleet server", version=__version__, lifespan=lifespan,
@@ -209,8 +219,11 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
     app.include_router(api)
     app.include_router(fleet_router)
     app.include_router(metrics_router)
+    app.include_router(history_router)
+    app.include_router(rollout_preview_router)  # before /rollouts/{rollout_id}, which would take "preview"
     app.include_router(rollouts_router)
     app.include_router(tuf)
     app.include_router(health)
+    install_console(app, ctx, config)
     install_openapi(app)
     return app

@@ -6,7 +6,9 @@ one whose accounts someone else manages). ``MosquittoAccounts`` renders the
 password and ACL files with ``fleet_server.broker.auth`` into the configured directory and,
 when a pid file is configured, sends Mosquitto SIGHUP so it re-reads them at once. Without a
 pid file the files are still written and the operator reloads Mosquitto (e.g. ``systemctl
-reload mosquitto``); the server logs that.
+reload mosquitto``); the server logs that. A pid file that does not exist yet, or names no
+running process, means Mosquitto has not started: the files are written, a warning says so,
+and Mosquitto reads them when it starts (issue 17: server and broker start in either order).
 
 This module does not start or configure Mosquitto itself (its mosquitto.conf must name the
 two files: ``password_file DIR/passwd`` and ``acl_file DIR/acl``).
@@ -59,7 +61,11 @@ class MosquittoAccounts:
         self.pid_file = pid_file
 
     def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None:
-        from fleet_server.broker.auth import reload_mosquitto, write_broker_files
+        from fleet_server.broker.auth import (
+            MosquittoNotRunning,
+            reload_mosquitto,
+            write_broker_files,
+        )
         from fleet_server.trust.errors import BrokerAuthError
 
         try:
@@ -73,7 +79,12 @@ class MosquittoAccounts:
                 servers = [u.username for u in users if u.device_id is None]
                 write_broker_files(self.directory, passwords=passwords, devices=devices, server_users=servers)
                 if self.pid_file is not None:
-                    reload_mosquitto(self.pid_file)
+                    try:
+                        reload_mosquitto(self.pid_file)
+                    except MosquittoNotRunning as exc:
+                        log.warning("wrote Mosquitto password/ACL files for %d users in %s; Mosquitto is not "
+                                    "running (%s), it reads them when it starts", len(users), self.directory,
+                                    exc.message)
         except BrokerAuthError as exc:
             raise BrokerError(f"broker accounts not updated: {exc.message}", fix=exc.fix) from exc
         except OSError as exc:

@@ -35,6 +35,10 @@ from fleet_server.trust.errors import BrokerAuthError
 PASSWORD_FILE = "passwd"
 ACL_FILE = "acl"
 SALT_BYTES = 12  # what mosquitto_passwd 2.x uses
+# Owner read/write, group read: Mosquitto runs as its own user in the group that owns the
+# directory (docs/deployment.md: `install -d -g mosquitto -m 2750`, setgid so new files take
+# that group); 0600 left Mosquitto unable to read what the server wrote (issue 17).
+FILE_MODE = 0o640
 DEFAULT_ITERATIONS = 101  # mosquitto_passwd 2.x's default for sha512-pbkdf2
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}\Z")
@@ -130,7 +134,7 @@ def write_broker_files(
     passwords: Mapping[str, str],
     devices: Iterable[tuple[str, str]],
     server_users: Iterable[str],
-    mode: int = 0o600,
+    mode: int = FILE_MODE,
     password_file: str = PASSWORD_FILE,
     acl_file: str = ACL_FILE,
 ) -> BrokerFiles:
@@ -138,8 +142,8 @@ def write_broker_files(
 
     ``passwords`` maps every username (devices and server users) to its ``$7$`` hash; a user
     with a password but no ACL entry, or the reverse, is refused so that a revoked device
-    cannot linger in one file. ``mode`` must let the broker's user read the files (0600 when
-    it runs as the same user, 0640 with a shared group otherwise).
+    cannot linger in one file. ``mode`` must let the broker's user read the files: 0640 (the
+    default) with a shared group, 0600 when it runs as the same user.
     """
     devices = list(devices)
     server_users = list(server_users)
@@ -161,12 +165,17 @@ def write_broker_files(
     return files
 
 
+class MosquittoNotRunning(BrokerAuthError):
+    """Nothing to reload: no pid file, or no process with its pid. Mosquitto reads the files when it starts."""
+
+
 def _read_pid(pid_file: Path) -> int:
     try:
         return int(Path(pid_file).read_text().strip())
     except FileNotFoundError as exc:
-        raise BrokerAuthError(f"Mosquitto pid file {pid_file} does not exist",
-                              fix="set pid_file in mosquitto.conf and point the server at it") from exc
+        raise MosquittoNotRunning(f"Mosquitto pid file {pid_file} does not exist (Mosquitto not started yet?)",
+                                  fix="start Mosquitto (it reads the files when it starts); check pid_file in "
+                                      "mosquitto.conf names the same path") from exc
     except ValueError as exc:
         raise BrokerAuthError(f"Mosquitto pid file {pid_file} does not hold a pid", fix="restart Mosquitto") from exc
 
@@ -174,7 +183,9 @@ def _read_pid(pid_file: Path) -> int:
 def reload_mosquitto(target: Path | int) -> int:
     """Send SIGHUP to Mosquitto (a pid, or the path of its pid file) and return the pid.
 
-    Refuses a pid whose process is not Mosquitto: a stale pid file must not make us hang up
+    ``MosquittoNotRunning`` (a ``BrokerAuthError``) when there is no pid file or no such
+    process: the caller may go on, since Mosquitto reads the files when it starts. Refuses a
+    pid whose process is not Mosquitto: a stale pid file must not make us hang up
     an unrelated process (SIGHUP ends most programs).
     """
     pid = target if isinstance(target, int) else _read_pid(target)
@@ -185,14 +196,14 @@ def reload_mosquitto(target: Path | int) -> int:
     except FileNotFoundError:
         name = None if Path("/proc/self").exists() else "mosquitto"  # no procfs (macOS): cannot check
     if name is None:
-        raise BrokerAuthError(f"no process {pid} is running", fix="start Mosquitto, or fix the pid file")
+        raise MosquittoNotRunning(f"no process {pid} is running", fix="start Mosquitto, or fix the pid file")
     if "mosquitto" not in name:
         raise BrokerAuthError(f"process {pid} is {name!r}, not Mosquitto; refusing to send it SIGHUP",
                               fix="fix the pid file (stale?)")
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError as exc:
-        raise BrokerAuthError(f"no process {pid} is running", fix="start Mosquitto, or fix the pid file") from exc
+        raise MosquittoNotRunning(f"no process {pid} is running", fix="start Mosquitto, or fix the pid file") from exc
     except PermissionError as exc:
         raise BrokerAuthError(f"not allowed to signal Mosquitto (pid {pid})",
                               fix="run the server as the broker's user, or reload it with systemctl reload mosquitto") from exc

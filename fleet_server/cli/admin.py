@@ -66,6 +66,9 @@ def _register_server(sub: Any) -> None:
     p.add_argument("--mosquitto-pid-file", type=Path, help="SIGHUP this Mosquitto after writing its files")
     p.add_argument("--private-targets", action="store_true", default=None,
                    help="confidential models: serve /tuf/targets/ to enrolled devices only (docs/security.md)")
+    p.add_argument("--init-only", action="store_true",
+                   help="create what a first start creates (database, keys, TUF repository, admin token, "
+                        "Mosquitto's passwd and acl) and exit: run once at install so Mosquitto can start first")
     p.set_defaults(handler=_server)
 
 
@@ -89,14 +92,24 @@ def _server(args: argparse.Namespace) -> int:
     logging.getLogger("fleet_server").setLevel(min(logging.getLogger().level, logging.INFO))
     app = create_app(config)
     ctx = app.state.ctx
+    if getattr(args, "init_only", False):
+        _report_first_start(ctx, config)
+        ctx.close()
+        print(f"initialised {config.data_dir}" + (f" and the Mosquitto files in {config.mosquitto_dir}"
+                                                  if config.mosquitto_dir else ""), file=sys.stderr)
+        return 0
+    _report_first_start(ctx, config)
+    print(format_kv(ctx.describe()), file=sys.stderr)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    return 0
+
+
+def _report_first_start(ctx: Any, config: Any) -> None:
     for warning in ctx.key_warnings:
         print(f"\n!!! WARNING: {warning}\n", file=sys.stderr)
     if ctx.admin_token.created:
         print(f"admin token (shown once; also in {config.admin_token_file}, mode 0600):\n\n    {ctx.admin_token.value}\n\n"
               f"use it with: export EDGEFLEET_TOKEN={ctx.admin_token.value}", file=sys.stderr)
-    print(format_kv(ctx.describe()), file=sys.stderr)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
-    return 0
 
 
 # -------------------------------------------------------------------- keys

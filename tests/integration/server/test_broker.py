@@ -189,7 +189,7 @@ def test_presence_from_reported_and_last_will(server: RunningServer, mosquitto_a
 def test_server_writes_its_own_broker_user(server: RunningServer, mosquitto_auth: MosquittoProcess) -> None:
     acl = (mosquitto_auth.directory / "acl").read_text()
     assert f"user {server.config.mqtt_username}\ntopic readwrite {topics.PREFIX}/#" in acl
-    assert (mosquitto_auth.directory / "passwd").stat().st_mode & 0o777 == 0o600
+    assert (mosquitto_auth.directory / "passwd").stat().st_mode & 0o777 == 0o640  # Mosquitto's group reads it
 
 
 def test_rollout_engine_runs_with_the_broker(server: RunningServer) -> None:
