@@ -41,6 +41,8 @@ class ServerConfig:
     broker_ca_file: Path | None = None  # CA bundle for an mqtts:// broker; None: the system CAs
     public_url: str | None = None  # what devices use to reach this server; default http://host:port
     admin_token: str | None = None  # None: read or create data_dir/admin-token
+    # The console's read-only login (docs/console.md); None: only the admin token logs in.
+    viewer_token: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     enrollment_ttl_seconds: int = DEFAULT_ENROLLMENT_TTL
     mqtt_username: str = "edgefleet-server"
@@ -71,6 +73,12 @@ class ServerConfig:
                self.telemetry_window_seconds) <= 0:
             raise ConfigError("timestamp_refresh_seconds, timestamp_min_remaining_seconds, rollout_interval_seconds "
                               "and telemetry_window_seconds must be positive")
+        if self.viewer_token is not None and len(self.viewer_token) < 16:
+            raise ConfigError("viewer_token is shorter than 16 characters",
+                              fix="use a long random value, e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'")
+        if self.viewer_token is not None and self.viewer_token == self.admin_token:
+            raise ConfigError("viewer_token equals admin_token: the viewer would be an admin",
+                              fix="give the viewer a token of its own")
         if self.replica_id is not None:
             check_replica_id(self.replica_id)
         for name in ("broker_url", "broker_public_url"):
