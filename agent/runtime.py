@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -38,6 +39,8 @@ log = logging.getLogger("agent.runtime")
 CPU_PROVIDER = "CPUExecutionProvider"
 TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
 _ROLES = ("probabilities", "label", "value")
+# TFLite's converter names a signature's tensors "serving_default_NAME:0".
+_SIGNATURE_NAME = re.compile(r"^serving_default_|:\d+$")
 
 
 class ModelSession(Protocol):
@@ -276,8 +279,11 @@ class TFLiteSession:
 
     @staticmethod
     def _match(specs: Sequence[TensorSpec], details: list[dict[str, Any]]) -> list[tuple[TensorSpec, dict[str, Any]]]:
-        # Converters rename tensors (onnx2tf writes e.g. "Identity"); match by name, else by order.
+        # Converters rename tensors: TFLite's own converter writes "serving_default_NAME:0" for a
+        # signature input, onnx2tf e.g. "Identity". Match by name (either form), else by order:
+        # with several inputs the order of a .tflite file's inputs need not be the signature's.
         by_name = {d["name"]: d for d in details}
+        by_name.update({_SIGNATURE_NAME.sub("", d["name"]): d for d in details if _SIGNATURE_NAME.search(d["name"])})
         pairs = []
         for i, spec in enumerate(specs):
             detail = by_name.get(spec.name) or (details[i] if i < len(details) else None)
