@@ -9,7 +9,7 @@ Nothing here asserts a timing: targets are reported as met or missed, never enfo
 
 The helpers they share: ``models`` (the three benchmark models, trained and converted once,
 cached), ``loadgen`` (the load generator, always a separate process), ``baseline`` (the
-joblib+Flask app), ``processes`` (start/stop the agent and the baseline), ``fleet`` (a real
+joblib+Flask app), ``peers`` (FastAPI and Flask over onnxruntime, the competent peers), ``processes`` (start/stop the agent and the baseline), ``fleet`` (a real
 fleet server process, its database and seeded rows), ``stats`` (pure percentiles and ratios)
 and ``run`` (the command line behind ``scripts/bench``).
 

@@ -1,6 +1,6 @@
 """The baseline the agent is compared with: the plain Flask app people write today.
 
-``python -m bench.baseline MODEL_FILE PORT`` loads a pickled scikit-learn model with joblib
+``python -m bench.baseline MODEL_FILE PORT|unix://PATH`` loads a pickled scikit-learn model with joblib
 (or a Keras model with ``keras.models.load_model``) and answers ``POST /predict``
 ``{"inputs": [[...]]}`` with ``model.predict`` on every request, served by werkzeug's real
 threaded server. It is deliberately not tuned: no batching, no ONNX, no worker pool beyond
@@ -48,11 +48,14 @@ def make_app(model_file: str) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    model_file, port = argv[0], int(argv[1])
+    model_file, where = argv[0], argv[1]
     app = make_app(model_file)
     # Access logging per request would slow the baseline down for a reason unrelated to it.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    app.run(host="127.0.0.1", port=port, threaded=True)
+    if where.startswith("unix://"):  # werkzeug serves a Unix socket given as the host
+        app.run(host=where, port=0, threaded=True)
+    else:
+        app.run(host="127.0.0.1", port=int(where), threaded=True)
     return 0
 
 

@@ -1,22 +1,36 @@
-"""Benchmark 1, inference: the agent's local API against joblib+Flask and the raw runtime.
+"""Benchmark 1, inference: the agent's local API against competent peers and the raw runtime.
 
-For each model (``bench.models``) and each concurrency (1, 4, 16 clients) it measures, in
-the same run: (a) the Flask baseline (``bench.baseline``), (b) ``onnxruntime``
-``InferenceSession.run`` in this process (threads, no HTTP), (c) the real ``edgefleet agent
-run`` daemon over loopback TCP and over its Unix socket, (d) the server's cloud predict
-endpoint when the server has one. HTTP loads come from ``bench.loadgen`` (a separate
-process). Single-row requests throughout. It reports the agent's p50 overhead over raw
-``run`` and the agent/Flask throughput ratio; it never asserts a figure.
+For each model (``bench.models``) and each concurrency it measures, in the same run, with
+every server up at once:
+
+    raw_run       ``InferenceSession.run`` from N threads of this process (no HTTP): the limit
+    agent_unix    the real ``edgefleet agent run`` daemon over its Unix socket
+    agent_tcp     the same daemon over loopback TCP
+    fastapi_unix  FastAPI + uvicorn (uvloop, httptools, one worker) + onnxruntime (``bench.peers``)
+    fastapi_tcp   the same peer over loopback TCP
+    flask_ort     Flask + onnxruntime, Unix socket (``bench.peers``)
+    flask         the seed's Flask + joblib/Keras ``model.predict``, Unix socket (``bench.baseline``)
+    cloud         the fleet server's predict endpoint, TCP (full runs only, when it has one)
+
+Honesty rules (issue 15): every peer runs the bundle's own model file with the agent's session
+options and gives the agent's response content; every ratio divides two paths over the same
+transport (``PAIRS``); each (path, clients) is measured ``repeats`` times, the paths in an
+order rotated every repeat (``schedule``) so that drift in the machine's load spreads over all
+of them; figures are the median with min and max; the load generator's warm-up answers are
+out of the throughput; the generator gets its own core and the servers the others
+(``processes.split_cores``) where there are two or more. Single-row requests throughout. The
+headline is the agent against the strongest peer. It never asserts a figure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,42 +40,85 @@ from bench import fleet, processes
 from bench.errors import BenchError
 from bench.loadgen import Target, run_load
 from bench.models import PROFILE, BenchModel, prepare
-from bench.stats import LatencySummary, ratio
+from bench.stats import LatencySummary, combine_repeats, spread
 from simulation.fleet import MosquittoProcess
 
-CONCURRENCY = (1, 4, 16)
-QUICK_CONCURRENCY = (1, 16)
+CONCURRENCY = (1, 16, 64)
+REPEATS = 5
+# The issue-15 goals are read at these client counts.
+RATIO_AT = 16
+TAIL_AT = 64
+
+PATHS = ("raw_run", "agent_unix", "agent_tcp", "fastapi_unix", "fastapi_tcp", "flask_ort", "flask")
+# (agent path, peer path): the same transport on both sides of every ratio.
+PAIRS = (("agent_unix", "fastapi_unix"), ("agent_tcp", "fastapi_tcp"), ("agent_unix", "flask_ort"),
+         ("agent_unix", "flask"))
+PEERS = {"fastapi_unix": "FastAPI + uvicorn + onnxruntime", "fastapi_tcp": "FastAPI + uvicorn + onnxruntime",
+         "flask_ort": "Flask + onnxruntime"}
+WARMUP = 3  # answers per client the load generator leaves out
 
 
-def _raw_run(model: BenchModel, row: np.ndarray, clients: int, duration_s: float) -> LatencySummary:
-    """``InferenceSession.run`` from ``clients`` threads of this process, the session configured as the agent's."""
-    import onnxruntime as ort
+def schedule(paths: Sequence[str], concurrency: Sequence[int], repeats: int) -> list[tuple[int, int, str]]:
+    """(repeat, clients, path) in the order to measure: every repeat visits each concurrency,
+    and within it every path, starting one path later than the repeat before (rotated), so
+    no path always runs first (cold) or last (after the heaviest load)."""
+    order = []
+    for repeat in range(repeats):
+        for clients in concurrency:
+            shift = repeat % len(paths)
+            order += [(repeat, clients, path) for path in (*paths[shift:], *paths[:shift])]
+    return order
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.onnx_path.read_bytes(), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    feed = {name: row.reshape(1, -1)}
-    for _ in range(20):
-        session.run(None, feed)
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    deadline = time.perf_counter() + duration_s
 
-    def client(out: list[float]) -> None:
-        while True:
-            start = time.perf_counter()
-            if start >= deadline:
-                return
+class _RawRun:
+    """``InferenceSession.run`` from threads of this process with the agent's session options."""
+
+    def __init__(self, model: BenchModel, row: np.ndarray, cores: processes.Cores) -> None:
+        import onnxruntime as ort
+
+        from bench.peers import session_options
+
+        self.cores = cores
+        with self._pinned():  # onnxruntime's pool threads start here and keep this affinity
+            self.session = ort.InferenceSession(model.onnx_path.read_bytes(), session_options(PROFILE),
+                                                providers=["CPUExecutionProvider"])
+        self.feed = {self.session.get_inputs()[0].name: row.reshape(1, -1)}
+
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[None]:
+        if not self.cores:
+            yield
+            return
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.cores)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, before)
+
+    def __call__(self, clients: int, duration_s: float) -> dict[str, Any]:
+        session, feed = self.session, self.feed
+        for _ in range(20):
             session.run(None, feed)
-            out.append(time.perf_counter() - start)
+        latencies: list[list[float]] = [[] for _ in range(clients)]
+        deadline = time.perf_counter() + duration_s
 
-    threads = [threading.Thread(target=client, args=(latencies[i],)) for i in range(clients)]
-    began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return LatencySummary.of([v for per in latencies for v in per], 0, time.perf_counter() - began)
+        def client(out: list[float]) -> None:
+            while True:
+                start = time.perf_counter()
+                if start >= deadline:
+                    return
+                session.run(None, feed)
+                out.append(time.perf_counter() - start)
+
+        with self._pinned():  # threads inherit the creating thread's affinity
+            threads = [threading.Thread(target=client, args=(latencies[i],)) for i in range(clients)]
+            began = time.perf_counter()
+            for thread in threads:
+                thread.start()
+        for thread in threads:
+            thread.join()
+        return LatencySummary.of([v for per in latencies for v in per], 0, time.perf_counter() - began).to_dict()
 
 
 def cloud_endpoint_available() -> bool:
@@ -86,79 +143,141 @@ def _cloud(work: Path, bundles: list[Path]) -> Iterator[fleet.ServerProcess]:
         yield srv
 
 
-def _served(pid: int, target: Target, body: dict[str, Any], clients: int, duration_s: float) -> dict[str, Any]:
+def _served(pid: int, target: Target, body: dict[str, Any], clients: int, duration_s: float,
+            cores: processes.Cores) -> dict[str, Any]:
     """One load run plus the server process's CPU time per request (psutil): a ratio the client cannot cap."""
     import psutil
 
     proc = psutil.Process(pid)
     before = proc.cpu_times()
-    summary = run_load(target, body, clients, duration_s)
+    summary = run_load(target, body, clients, duration_s, cpus=cores)
     after = proc.cpu_times()
     cpu = (after.user + after.system) - (before.user + before.system)
-    served = summary.throughput_rps * duration_s
+    # The CPU covers the warm-up answers too, so they count in the denominator here.
+    served = summary.requests + clients * WARMUP
     return {**summary.to_dict(), "server_cpu_us_per_request": round(1e6 * cpu / served, 1) if served else None}
 
 
-def _measure_model(model: BenchModel, concurrency: tuple[int, ...], duration_s: float, work: Path,
+def _ratios(runs: dict[str, dict[int, list[dict[str, Any]]]], concurrency: Sequence[int]) -> dict[str, Any]:
+    """Per pair and client count: agent/peer throughput of the same repeat, as min/median/max."""
+    out: dict[str, Any] = {}
+    for agent, peer in PAIRS:
+        if peer not in runs:
+            continue
+        out[f"{agent}/{peer}"] = {str(c): spread([a["throughput_rps"] / p["throughput_rps"]
+                                                   for a, p in zip(runs[agent][c], runs[peer][c], strict=True)
+                                                   if p["throughput_rps"]]) for c in concurrency}
+    return out
+
+
+def _overhead(runs: dict[str, dict[int, list[dict[str, Any]]]], kind: str) -> dict[str, float] | None:
+    """The agent's p50 at one client over raw ``run``'s, repeat by repeat."""
+    if 1 not in runs[kind]:
+        return None
+    return spread([a["p50_ms"] - r["p50_ms"] for a, r in zip(runs[kind][1], runs["raw_run"][1], strict=True)])
+
+
+def _summary(model: BenchModel, runs: dict[str, dict[int, list[dict[str, Any]]]], results: dict[str, Any],
+             concurrency: Sequence[int]) -> dict[str, Any]:
+    ratios = _ratios(runs, concurrency)
+    at = str(RATIO_AT) if RATIO_AT in concurrency else str(max(concurrency))
+    # The strongest peer: the highest median throughput at RATIO_AT clients, whatever its stack.
+    peers = [p for p in ("fastapi_unix", "flask_ort", "flask") if p in results]
+    strongest = max(peers, key=lambda p: results[p][at]["throughput_rps"])
+    unix_overhead, tcp_overhead = _overhead(runs, "agent_unix"), _overhead(runs, "agent_tcp")
+    tail = results["agent_unix"].get(str(TAIL_AT))
+
+    def median(key: str) -> float | None:
+        value = ratios.get(key, {}).get(at)
+        return None if value is None else round(value["median"], 2)
+
+    return {
+        "baseline": f"Flask + {model.baseline_kind} model.predict",
+        "peer": PEERS["fastapi_unix"],
+        "ratio_at": int(at),
+        "agent_unix_p50_overhead_ms": unix_overhead and unix_overhead["median"],
+        "agent_unix_p50_overhead_ms_range": unix_overhead,
+        "agent_tcp_p50_overhead_ms": tcp_overhead and tcp_overhead["median"],
+        "agent_tcp_p50_overhead_ms_range": tcp_overhead,
+        f"agent_unix_over_fastapi_throughput_at_{at}": median("agent_unix/fastapi_unix"),
+        f"agent_tcp_over_fastapi_throughput_at_{at}": median("agent_tcp/fastapi_tcp"),
+        f"agent_unix_over_flask_ort_throughput_at_{at}": median("agent_unix/flask_ort"),
+        f"agent_unix_over_flask_throughput_at_{at}": median("agent_unix/flask"),
+        "headline": {"peer": strongest, "pair": f"agent_unix/{strongest}", "clients": int(at),
+                     "ratio": ratios[f"agent_unix/{strongest}"][at]},
+        f"agent_unix_p99_ms_at_{TAIL_AT}": tail and tail["p99_ms"],
+        f"agent_unix_p99_ms_at_{TAIL_AT}_range": tail and tail["p99_range"],
+        "ratios": ratios,
+    }
+
+
+def _measure_model(model: BenchModel, concurrency: Sequence[int], duration_s: float, repeats: int, work: Path,
                    cloud: fleet.ServerProcess | None) -> dict[str, Any]:
     features, _ = model.validation()
     row = features[0]
     body = {"inputs": [row.tolist()]}
-    results: dict[str, dict[str, Any]] = {"flask": {}, "raw_run": {}, "agent_tcp": {}, "agent_unix": {}}
-    notes: list[str] = []
-    for clients in concurrency:
-        results["raw_run"][str(clients)] = _raw_run(model, row, clients, duration_s).to_dict()
+    server_cores, load_cores = processes.split_cores()
     state = work / f"agent-{model.name}"
     processes.install_bundle(model.bundle_path, state, PROFILE)
-    with processes.agent(state) as agent:
-        path = f"/v1/models/bench-{model.name}/predict"
-        for clients in concurrency:
-            tcp = Target(path, port=agent.port)
-            unix = Target(path, unix_socket=str(agent.socket_path))
-            results["agent_tcp"][str(clients)] = _served(agent.proc.pid, tcp, body, clients, duration_s)
-            results["agent_unix"][str(clients)] = _served(agent.proc.pid, unix, body, clients, duration_s)
-    if cloud is not None:
-        target = Target(f"/api/v1/models/bench-{model.name}/predict", port=cloud.port,
-                        headers=(("Authorization", f"Bearer {cloud.token}"),))
-        results["cloud"] = {str(c): _served(cloud.proc.pid, target, body, c, duration_s) for c in concurrency}
-    with processes.flask_baseline(model.baseline_path) as (flask, port):
-        for clients in concurrency:
-            results["flask"][str(clients)] = _served(flask.pid, Target("/predict", port=port), body, clients,
-                                                     duration_s)
-    top = str(max(concurrency))
-    summary = {
-        "baseline": f"Flask + {model.baseline_kind} model.predict",
-        "agent_unix_p50_overhead_ms": _overhead(results, "agent_unix"),
-        "agent_tcp_p50_overhead_ms": _overhead(results, "agent_tcp"),
-        f"agent_unix_over_flask_throughput_at_{top}": ratio(results["agent_unix"][top]["throughput_rps"],
-                                                            results["flask"][top]["throughput_rps"]),
-        f"agent_tcp_over_flask_throughput_at_{top}": ratio(results["agent_tcp"][top]["throughput_rps"],
-                                                           results["flask"][top]["throughput_rps"]),
-        # Server CPU per request: how much cheaper the agent serves one request, whatever caps throughput.
-        f"flask_over_agent_unix_cpu_per_request_at_{top}": ratio(results["flask"][top]["server_cpu_us_per_request"],
-                                                                 results["agent_unix"][top]["server_cpu_us_per_request"]),
-    }
-    return {"model": model.name, "results": results, "summary": summary, "notes": notes}
+    paths = list(PATHS) + (["cloud"] if cloud is not None else [])
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {p: {c: [] for c in concurrency} for p in paths}
+    raw = _RawRun(model, row, server_cores)
+    with contextlib.ExitStack() as stack:
+        agent = stack.enter_context(processes.agent(state, cores=server_cores))
+        sockets = work / f"sockets-{model.name}"
+        sockets.mkdir()
+        fastapi_unix, _ = stack.enter_context(processes.peer("fastapi", model.bundle_path, socket_path=sockets / "fastapi",
+                                                             cores=server_cores))
+        fastapi_tcp, fastapi_port = stack.enter_context(processes.peer("fastapi", model.bundle_path, cores=server_cores))
+        flask_ort, _ = stack.enter_context(processes.peer("flask", model.bundle_path, socket_path=sockets / "flask-ort",
+                                                          cores=server_cores))
+        flask, _ = stack.enter_context(processes.flask_baseline(model.baseline_path, socket_path=sockets / "flask",
+                                                                cores=server_cores))
+        predict = f"/v1/models/bench-{model.name}/predict"
+        targets: dict[str, tuple[int, Target]] = {
+            "agent_unix": (agent.proc.pid, Target(predict, unix_socket=str(agent.socket_path))),
+            "agent_tcp": (agent.proc.pid, Target(predict, port=agent.port)),
+            "fastapi_unix": (fastapi_unix.pid, Target("/predict", unix_socket=str(sockets / "fastapi"))),
+            "fastapi_tcp": (fastapi_tcp.pid, Target("/predict", port=fastapi_port)),
+            "flask_ort": (flask_ort.pid, Target("/predict", unix_socket=str(sockets / "flask-ort"))),
+            "flask": (flask.pid, Target("/predict", unix_socket=str(sockets / "flask"))),
+        }
+        if cloud is not None:
+            processes.pin_process(cloud.proc.pid, server_cores)
+            targets["cloud"] = (cloud.proc.pid, Target(f"/api/v1/models/bench-{model.name}/predict", port=cloud.port,
+                                                       headers=(("Authorization", f"Bearer {cloud.token}"),)))
+        for _repeat, clients, path in schedule(paths, concurrency, repeats):
+            if path == "raw_run":
+                runs[path][clients].append(raw(clients, duration_s))
+            else:
+                pid, target = targets[path]
+                runs[path][clients].append(_served(pid, target, body, clients, duration_s, load_cores))
+    results = {p: {str(c): combine_repeats(runs[p][c]) for c in concurrency} for p in paths}
+    return {"model": model.name, "results": results, "summary": _summary(model, runs, results, concurrency),
+            "notes": []}
 
 
-def _overhead(results: dict[str, dict[str, Any]], kind: str) -> float:
-    return round(results[kind]["1"]["p50_ms"] - results["raw_run"]["1"]["p50_ms"], 4)
-
-
-def run(*, quick: bool = False, models: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The inference section of a run document."""
-    names = models or (("mlp", "forest") if quick else ("mlp", "forest", "cnn"))
-    concurrency = QUICK_CONCURRENCY if quick else CONCURRENCY
-    duration_s = 1.0 if quick else 3.0
-    section: dict[str, Any] = {"concurrency": list(concurrency), "duration_s": duration_s, "models": []}
+def run(*, quick: bool = False, models: tuple[str, ...] | None = None, repeats: int = REPEATS) -> dict[str, Any]:
+    """The inference section of a run document (``--quick``: the MLP only, short windows, no cloud)."""
+    names = models or (("mlp",) if quick else ("mlp", "forest", "cnn"))
+    duration_s = 0.3 if quick else 1.5
+    server_cores, load_cores = processes.split_cores()
+    section: dict[str, Any] = {
+        "concurrency": list(CONCURRENCY), "duration_s": duration_s, "repeats": repeats, "warmup_per_client": WARMUP,
+        "order": "rotated per repeat", "pairs": [list(p) for p in PAIRS],
+        "pinning": (f"servers on cores {sorted(server_cores)}, load generator on {sorted(load_cores)}"
+                    if server_cores and load_cores else "none (one core)"),
+        "models": []}
     prepared = [prepare(name) for name in names]
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-inference-") as tmp, contextlib.ExitStack() as stack:
         cloud = None
-        if cloud_endpoint_available():
+        if quick:
+            section["cloud_predict"] = "not measured in --quick"
+        elif cloud_endpoint_available():
             section["cloud_predict"] = "measured: edgefleet server (uvicorn, one process), POST /api/v1/models/{name}/predict"
             cloud = stack.enter_context(_cloud(Path(tmp) / "cloud", [m.bundle_path for m in prepared]))
         else:
             section["cloud_predict"] = "not available: the fleet server has no /api/v1/models/{name}/predict"
         for model in prepared:
-            section["models"].append(_measure_model(model, concurrency, duration_s, Path(tmp), cloud))
+            section["models"].append(_measure_model(model, CONCURRENCY, duration_s, repeats, Path(tmp), cloud))
     return section

@@ -1,8 +1,11 @@
-"""Start and stop the servers the benchmarks measure: the agent daemon and the Flask baseline.
+"""Start and stop the servers the benchmarks measure: the agent daemon, the Flask baseline, the peers.
 
 Each runs as its own OS process started exactly as a user would (``edgefleet agent run``,
-``python -m bench.baseline``), so ``psutil`` can read its RSS and CPU and the load generator
-never shares a process with it. Readiness is polled over HTTP; no sleeping on a guess.
+``python -m bench.baseline``, ``python -m bench.peers``), so ``psutil`` can read its RSS and
+CPU and the load generator never shares a process with it. Readiness is polled over HTTP; no
+sleeping on a guess. ``split_cores`` gives the servers and the load generator disjoint cores
+where there are two or more; a server started with ``cores`` is pinned before it runs a line
+of Python, so every thread it starts (onnxruntime's pool, executors) inherits the pinning.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,35 @@ from bench.errors import BenchError
 from simulation.fleet import FleetError, free_port, wait_until
 
 EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
+
+Cores = frozenset[int] | None
+
+
+def split_cores() -> tuple[Cores, Cores]:
+    """(server cores, load generator cores): the last usable core for the generator, the rest
+    for the servers under test; (None, None) on one core, where pinning would only serialize."""
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        return None, None
+    return frozenset(usable[:-1]), frozenset(usable[-1:])
+
+
+def _pinned(cores: Cores) -> Callable[[], None] | None:
+    if not cores:
+        return None
+
+    def pin() -> None:  # runs in the child between fork and exec
+        os.sched_setaffinity(0, cores)
+    return pin
+
+
+def pin_process(pid: int, cores: Cores) -> None:
+    """Pin every thread of a running process (one started by someone else, e.g. the fleet server)."""
+    if not cores:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cores)
 
 
 def unix_http(socket_path: Path, timeout: float) -> http.client.HTTPConnection:
@@ -92,13 +124,14 @@ def install_bundle(bundle: Path, state_dir: Path, profile: str) -> None:
 
 
 @contextlib.contextmanager
-def agent(state_dir: Path, *, timeout: float = 60.0) -> Iterator[AgentProcess]:
+def agent(state_dir: Path, *, timeout: float = 60.0, cores: Cores = None) -> Iterator[AgentProcess]:
     """``edgefleet agent run --no-mqtt`` on a free port and ``STATE_DIR/agent.sock``."""
     port = free_port()
     env = {**os.environ, "EDGEFLEET_LOG_LEVEL": "40"}
     start = time.perf_counter()
     proc = subprocess.Popen([*EDGEFLEET, "agent", "run", "--state-dir", str(state_dir), "--no-mqtt",
-                             "--http-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                             "--http-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=_pinned(cores))
     try:
         wait_http(proc, "edgefleet agent run", timeout, port=port)
         yield AgentProcess(proc, port, state_dir / "agent.sock", time.perf_counter() - start)
@@ -107,12 +140,30 @@ def agent(state_dir: Path, *, timeout: float = 60.0) -> Iterator[AgentProcess]:
 
 
 @contextlib.contextmanager
-def flask_baseline(model_file: Path, *, timeout: float = 120.0) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.baseline", str(model_file), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def flask_baseline(model_file: Path, *, timeout: float = 120.0, socket_path: Path | None = None,
+                   cores: Cores = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The joblib/Keras Flask baseline on a free TCP port, or on ``socket_path`` (then the port is 0)."""
+    port = 0 if socket_path else free_port()
+    where = f"unix://{socket_path}" if socket_path else str(port)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.baseline", str(model_file), where],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_pinned(cores))
     try:
-        wait_http(proc, "the Flask baseline", timeout, port=port)
+        wait_http(proc, "the Flask baseline", timeout, port=port or None, socket_path=socket_path)
+        yield proc, port
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def peer(kind: str, bundle: Path, *, socket_path: Path | None = None, timeout: float = 60.0,
+         cores: Cores = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``python -m bench.peers KIND BUNDLE`` on a free TCP port or on ``socket_path`` (port 0)."""
+    port = 0 if socket_path else free_port()
+    where = ["--uds", str(socket_path)] if socket_path else ["--port", str(port)]
+    proc = subprocess.Popen([sys.executable, "-m", "bench.peers", kind, str(bundle), *where],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_pinned(cores))
+    try:
+        wait_http(proc, f"the {kind} peer", timeout, port=port or None, socket_path=socket_path)
         yield proc, port
     finally:
         stop(proc)

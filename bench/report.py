@@ -46,27 +46,50 @@ def _section(doc: Doc, name: str) -> Mapping[str, Any] | None:
     return section if isinstance(section, Mapping) else None
 
 
+def _range(r: Mapping[str, Any] | None) -> str | None:
+    """``min-max`` of a repeated figure (None where the run kept no range: one repeat, old documents)."""
+    if not r:
+        return None
+    return f"{r['min']:.4g}-{r['max']:.4g}"
+
+
 def inference_tables(section: Mapping[str, Any]) -> list[Table]:
     tables = []
+    repeats = section.get("repeats", 1)
     for model in section.get("models", []):
         rows = []
-        for kind in ("flask", "raw_run", "agent_tcp", "agent_unix", "cloud"):
+        for kind, by_clients in model["results"].items():
             # JSON keeps the client counts as sorted strings ("1", "16", "4"): order them as numbers.
-            for clients, r in sorted(model["results"].get(kind, {}).items(), key=lambda item: int(item[0])):
-                rows.append((kind, clients, r["p50_ms"], r["p95_ms"], r["p99_ms"], r["throughput_rps"],
+            for clients, r in sorted(by_clients.items(), key=lambda item: int(item[0])):
+                rows.append((kind, clients, r["p50_ms"], _range(r.get("p50_range")), r["p99_ms"],
+                             _range(r.get("p99_range")), r["throughput_rps"], _range(r.get("throughput_range")),
                              r.get("server_cpu_us_per_request"), r["errors"]))
-        tables.append(Table(f"inference: {model['model']} (baseline: {model['summary']['baseline']})",
-                            ("path", "clients", "p50 ms", "p95 ms", "p99 ms", "req/s", "server CPU µs/req", "errors"),
-                            tuple(rows)))
+        tables.append(Table(f"inference: {model['model']} (median of {repeats}; baseline: {model['summary']['baseline']})",
+                            ("path", "clients", "p50 ms", "p50 range", "p99 ms", "p99 range", "req/s", "req/s range",
+                             "server CPU µs/req", "errors"), tuple(rows)))
+    ratio_rows = []
+    for model in section.get("models", []):
+        for pair, by_clients in model["summary"].get("ratios", {}).items():
+            for clients, r in sorted(by_clients.items(), key=lambda item: int(item[0])):
+                if r:
+                    ratio_rows.append((model["model"], pair, clients, r["median"], r["min"], r["max"]))
+    if ratio_rows:
+        tables.append(Table("inference: throughput ratios, same transport on both sides (per repeat)",
+                            ("model", "agent/peer", "clients", "median", "min", "max"), tuple(ratio_rows)))
     if section.get("models"):
-        top = max(section.get("concurrency", [16]))
-        summary = tuple((m["model"], m["summary"]["agent_unix_p50_overhead_ms"], m["summary"]["agent_tcp_p50_overhead_ms"],
-                         m["summary"].get(f"agent_unix_over_flask_throughput_at_{top}"),
-                         m["summary"].get(f"agent_tcp_over_flask_throughput_at_{top}"),
-                         m["summary"].get(f"flask_over_agent_unix_cpu_per_request_at_{top}")) for m in section["models"])
-        tables.append(Table("inference: agent overhead and ratios",
-                            ("model", "unix p50 over raw ms", "tcp p50 over raw ms", f"unix/flask req/s @{top}",
-                             f"tcp/flask req/s @{top}", f"flask/unix CPU per req @{top}"), summary))
+        summary = []
+        for m in section["models"]:
+            s = m["summary"]
+            at = s.get("ratio_at", max(section.get("concurrency", [16])))
+            head = s.get("headline") or {}
+            summary.append((m["model"], s["agent_unix_p50_overhead_ms"], _range(s.get("agent_unix_p50_overhead_ms_range")),
+                            s["agent_tcp_p50_overhead_ms"], head.get("peer"),
+                            head.get("ratio", {}).get("median") if head.get("ratio") else
+                            s.get(f"agent_unix_over_flask_throughput_at_{at}"),
+                            _range(head.get("ratio")), s.get("agent_unix_p99_ms_at_64")))
+        tables.append(Table("inference: agent overhead and headline",
+                            ("model", "unix p50 over raw ms", "range", "tcp p50 over raw ms", "strongest peer",
+                             "agent/strongest req/s @16", "range", "agent unix p99 ms @64"), tuple(summary)))
     return tables
 
 
@@ -146,15 +169,28 @@ def _fmt(value: float | None, unit: str = "") -> str:
 
 
 def targets(doc: Doc) -> list[TargetResult]:
-    """Where each of issue 8's targets stands in this run (``met`` None: not measured)."""
+    """Where each of issue 8's and issue 15's targets stands in this run (``met`` None: not measured)."""
     out: list[TargetResult] = []
     inference = _section(doc, "inference")
     models = {m["model"]: m for m in (inference or {}).get("models", [])}
-    top = max((inference or {}).get("concurrency", [16]))
+    mlp = models.get("mlp")
+    summary = mlp["summary"] if mlp else {}
+    fastapi = summary.get("agent_unix_over_fastapi_throughput_at_16")
+    out.append(TargetResult("agent >= 3x the FastAPI + onnxruntime peer's throughput at 16 clients "
+                            "(mlp, Unix socket both, median of repeats)", _fmt(fastapi, "x"),
+                            None if fastapi is None else fastapi >= 3))
+    overhead = summary.get("agent_unix_p50_overhead_ms") if "ratios" in summary else None
+    out.append(TargetResult("agent p50 overhead over raw run <= 0.1 ms at 1 client (mlp, Unix socket)",
+                            _fmt(overhead, " ms"), None if overhead is None else overhead <= 0.1))
+    tail = summary.get("agent_unix_p99_ms_at_64")
+    out.append(TargetResult("agent p99 <= 5 ms at 64 clients (mlp, Unix socket)", _fmt(tail, " ms"),
+                            None if tail is None else tail <= 5))
+    out.append(TargetResult("image model with PNG decoding: the same figures against the same peer",
+                            "not measured", None))
     for name in ("mlp", "forest"):
         m = models.get(name)
-        ratio = m["summary"].get(f"agent_unix_over_flask_throughput_at_{top}") if m else None
-        out.append(TargetResult(f"agent >= 10x Flask throughput at {top} clients ({name}, Unix socket)",
+        ratio = m["summary"].get("agent_unix_over_flask_throughput_at_16") if m else None
+        out.append(TargetResult(f"agent >= 10x Flask + joblib throughput at 16 clients ({name}, Unix socket)",
                                 _fmt(ratio, "x"), None if ratio is None else ratio >= 10))
     for name in ("mlp", "forest", "cnn"):
         m = models.get(name)

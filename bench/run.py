@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure edgefleet side by side with its baselines on this machine.",
         epilog="""\
 benchmarks:
-  inference     agent local API (TCP, Unix socket) vs joblib+Flask vs raw onnxruntime vs the server's
-                predict endpoint, single rows from 1/4/16 clients
+  inference     agent local API (TCP, Unix socket) vs FastAPI+uvicorn+onnxruntime, Flask+onnxruntime,
+                Flask+joblib, raw onnxruntime (and the server's predict endpoint): single rows from
+                1/16/64 clients, 5 repeats in rotated order, ratios over the same transport
   quantization  size, agreement, accuracy and host latency of every format/quantization per profile
   rollout       one rollout to 100, 1,000 and 5,000 light devices over a real Mosquitto
   ingest        telemetry messages/s stored by the server (SQLite, PostgreSQL, two replicas)

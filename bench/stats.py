@@ -67,3 +67,32 @@ def ratio(numerator: float | None, denominator: float | None, digits: int = 2) -
     if numerator is None or denominator is None or denominator == 0:
         return None
     return round(numerator / denominator, digits)
+
+
+def spread(values: Sequence[float | None]) -> dict[str, float] | None:
+    """``{"min", "median", "max"}`` of repeated measurements (None values skipped; None if none left)."""
+    present = sorted(v for v in values if v is not None)
+    if not present:
+        return None
+    return {"min": round(present[0], 4), "median": round(percentile(present, 50), 4), "max": round(present[-1], 4)}
+
+
+def combine_repeats(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One row from repeated load runs of the same path and concurrency.
+
+    Each figure (p50, p95, p99, throughput, server CPU) is the median of the repeats, and its
+    range is kept beside it (``throughput_rps_range`` etc.). Medians of each percentile keep
+    their order (p50 <= p95 <= p99 in every run, so in the medians too). The latency
+    distribution (``quantiles_ms``) is that of the run with the median throughput.
+    """
+    if not runs:
+        raise ValueError("no runs to combine")
+    out: dict[str, Any] = {"repeats": len(runs), "requests": sum(r["requests"] for r in runs),
+                           "errors": sum(r["errors"] for r in runs)}
+    for key in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps", "server_cpu_us_per_request"):
+        summary = spread([r.get(key) for r in runs])
+        out[key] = None if summary is None else summary["median"]
+        out[f"{key.removesuffix('_ms').removesuffix('_rps')}_range"] = summary
+    by_rate = sorted(runs, key=lambda r: r["throughput_rps"])
+    out["quantiles_ms"] = list(by_rate[len(by_rate) // 2].get("quantiles_ms", []))
+    return out
