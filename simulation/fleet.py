@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -65,19 +66,34 @@ def free_port() -> int:
     slot, slots = _port_slot()
     with _ports_lock:
         while True:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = int(s.getsockname()[1])
-            if port not in _handed_out and port % slots == slot:
+            port = _bindable(0) if slots == 1 else _bindable(_SHARED_LOW + slots * random.randrange(
+                (_SHARED_HIGH - _SHARED_LOW) // slots) + slot)
+            if port and port not in _handed_out:
                 _handed_out.add(port)
                 return port
+
+
+# Below Linux's default ephemeral range (32768-60999), so no client socket is given one of them.
+_SHARED_LOW, _SHARED_HIGH = 20000, 32768
+
+
+def _bindable(port: int) -> int:
+    """``port`` (or the kernel's pick for 0) if it can be bound on loopback now, else 0."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+        return int(s.getsockname()[1])
 
 
 def _port_slot() -> tuple[int, int]:
     """(slot, slots) from EDGEFLEET_PORT_SLOT="SLOT/SLOTS", else (0, 1).
 
     Parallel test workers are separate processes, so the memory above cannot stop two of them
-    handing out one port; each worker takes only ports with ``port % SLOTS == SLOT`` instead.
+    handing out one port; each worker takes only ports with ``port % SLOTS == SLOT`` instead,
+    picked from 20000-32767. (Not by filtering ``bind(0)``: Linux gives bind() ports of one
+    parity only, so a worker waiting for the other parity would wait forever.)
     """
     raw = os.environ.get("EDGEFLEET_PORT_SLOT", "")
     slot, _, slots = raw.partition("/")

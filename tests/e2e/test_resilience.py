@@ -4,6 +4,7 @@ and `edgefleet agent` processes, and breaks one of them mid-rollout."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.state import StateDir
-from simulation.fleet import ServerProcess, wait_until
+from simulation.fleet import FleetError, ServerProcess, wait_until
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.mosquitto
@@ -47,7 +48,12 @@ def test_offline_agents_catch_up_when_they_return(stack: Stack) -> None:
     wait_until(lambda: stack.online() == 2, 30, "the server to see the device offline")
     rollout = stack.rollout("1.0.0")
     wait_until(lambda: stack.view(rollout["id"])["devices"].get("committed", 0) == 2, 60, "the online devices")
-    time.sleep(2.0)
+    # For 2 s (several rollout ticks) the wave must neither finish nor fail the absent device:
+    # polled throughout, so a change at any moment in that window is seen.
+    with pytest.raises(FleetError):
+        wait_until(lambda: (v := stack.view(rollout["id"]))["state"] != "running"
+                   or {r["device_id"]: r["status"] for r in v["device_records"]}[away.device_id] != "assigned",
+                   2.0, "the rollout to move on without the offline device", every=0.1)
     view = stack.view(rollout["id"])
     assert view["state"] == "running"  # the offline device holds the wave; it is not failed
     assert {r["device_id"]: r["status"] for r in view["device_records"]}[away.device_id] == "assigned"
@@ -64,7 +70,7 @@ def test_server_sigkilled_mid_rollout_finishes_from_its_database(stack: Stack) -
     assert stack.server.child is not None
     stack.server.child.signal(signal.SIGKILL)
     stack.server.child.proc.wait(10)
-    time.sleep(1.0)
+    wait_until(lambda: not listening(stack.server.port), 10, "the killed server's port to close")
     # Same data dir, database and port: everything it knows comes from disk.
     stack.server = ServerProcess(stack.supervisor, stack.server.data_dir, broker=stack.broker,
                                  port=stack.server.port).start()
@@ -84,7 +90,9 @@ def test_revoked_device_can_no_longer_connect(stack: Stack) -> None:
         try:
             client.connect("127.0.0.1", stack.broker.port, keepalive=5)
             client.loop_start()
-            ok = bool(wait_until_or_false(client.is_connected, 3))
+            ok = bool(wait_until(client.is_connected, 3, "the probe to connect", every=0.05))
+        except FleetError:
+            ok = False
         finally:
             client.disconnect()
             client.loop_stop()
@@ -95,14 +103,15 @@ def test_revoked_device_can_no_longer_connect(stack: Stack) -> None:
     wait_until(lambda: not connects(), 15, "the broker to refuse the revoked device's credentials")
     # The agent itself is cut off too: the server marks it offline and it never comes back.
     wait_until(lambda: stack.online() == 0, 60, "the revoked agent to be offline")
-    time.sleep(3.0)
+    # It stays offline: polled for 3 s, so a reconnect at any moment in that window is seen.
+    with pytest.raises(FleetError):
+        wait_until(lambda: stack.online() != 0, 3.0, "the revoked agent to come back", every=0.1)
     assert stack.online() == 0
 
 
-def wait_until_or_false(check: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
-        time.sleep(0.05)
-    return False
+    except OSError:
+        return False
