@@ -12,8 +12,9 @@ through ``edgefleet.inputs`` (the API's parser too) so a bad cell is reported wi
 
 The agent's install stays small: CSV is read with the stdlib ``csv`` module (cells of named
 columns by ``edgefleet.cells.column_value``, as the server reads uploads), never pandas; Parquet
-needs pyarrow, and says so when it is missing. Models with image or N-D tensor inputs are
-refused with a message saying so.
+needs pyarrow, and says so when it is missing. For a model with N-D or several tensor inputs it
+reads NPY (one input, memory-mapped) or NPZ (one array per input name, as ``numpy.savez`` writes
+them); a one-tensor model reads NPZ too.
 
 It needs no daemon: the CLI loads the active slot from the state directory itself. Outputs
 are written to a temporary file and renamed at the end, so a failed run leaves no half file.
@@ -41,11 +42,11 @@ from agent.runtime import ModelSession
 from edgefleet import errors as core_errors
 from edgefleet.cells import column_value, is_number
 from edgefleet.console import Progress
-from edgefleet.inputs import Feeds, to_feeds, to_matrix
+from edgefleet.inputs import Feeds, is_matrix, to_feeds, to_matrix
 from edgefleet.manifest import Manifest, TensorSpec
 
 DEFAULT_CHUNK_ROWS = 4096
-INPUT_SUFFIXES = (".csv", ".npy", ".parquet")
+INPUT_SUFFIXES = (".csv", ".npy", ".npz", ".parquet")
 OUTPUT_SUFFIXES = (".csv", ".npy", ".parquet", ".jsonl")
 
 
@@ -300,22 +301,67 @@ def _refuse_npy_columns(path: Path, specs: Sequence[TensorSpec], chunk_rows: int
 
 
 _COLUMN_READERS: dict[str, Callable[[Path, Sequence[TensorSpec], int], tuple[int, Iterator[Feeds]]]] = {
-    ".csv": _read_csv_columns, ".npy": _refuse_npy_columns, ".parquet": _read_parquet_columns}
+    ".csv": _read_csv_columns, ".npy": _refuse_npy_columns, ".npz": _refuse_npy_columns,
+    ".parquet": _read_parquet_columns}
+
+
+def _read_tensors(path: Path, specs: Sequence[TensorSpec], chunk_rows: int) -> tuple[int, Iterator[Feeds]]:
+    """NPY (one input, memory-mapped) or NPZ (one array per input name) in chunks of samples, each
+    checked by the shared parser (shapes, dtypes, values), a refusal naming the chunk's samples."""
+    names = [spec.name for spec in specs]
+    try:
+        if path.suffix.lower() == ".npy":
+            if len(specs) != 1:
+                raise BatchInputError(f"{path} holds one array and {names[0]!r} is one of {len(specs)} inputs "
+                                      f"({_names_hint(specs)})", fix="give an .npz file with one array per input name "
+                                      "(numpy.savez(path, " + ", ".join(f"{n}=..." for n in names[:4]) + "))")
+            arrays = {names[0]: np.load(path, mmap_mode="r", allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {k: np.asarray(archive[k]) for k in archive.files}
+    except (OSError, ValueError) as exc:
+        raise BatchInputError(f"cannot read {path}: {exc}", fix="save it with numpy.save or numpy.savez") from exc
+    unknown = [k for k in arrays if k not in names]
+    missing = [n for n in names if n not in arrays]
+    if unknown or missing:
+        raise BatchInputError(f"{path} holds array(s) {', '.join(map(repr, sorted(arrays)))}; the model takes "
+                              f"{_names_hint(specs)}", fix="name one array after each input (numpy.savez(path, name=array))")
+    total = min(len(a) if a.ndim else 0 for a in arrays.values())
+    if len({len(a) if a.ndim else 0 for a in arrays.values()}) > 1:
+        raise BatchInputError(f"{path}: the arrays hold different numbers of samples",
+                              fix="give every input the same number of samples")
+
+    def chunks() -> Iterator[Feeds]:
+        for start in range(0, total, chunk_rows):
+            part = {name: np.asarray(a[start:start + chunk_rows]) for name, a in arrays.items()}
+            try:
+                yield to_feeds(part, specs, max_rows=chunk_rows)
+            except core_errors.InputError as exc:
+                raise BatchInputError(f"samples {start + 1}-{start + len(next(iter(part.values())))}: {exc.message}",
+                                      fix=exc.fix) from exc
+    return total, chunks()
 
 
 def _chunks(path: Path, suffix: str, manifest: Manifest, chunk_rows: int) -> tuple[int, Iterator[np.ndarray | Feeds]]:
     """The file's rows in chunks: matrices for a one-tensor model, feeds for named columns."""
     inputs = manifest.inputs
-    if len(inputs) == 1 and inputs[0].kind == "tensor":
+    if is_matrix(inputs) and suffix != ".npz":
         total, matrices = _READERS[suffix](path, inputs[0], chunk_rows)
         return total, iter(matrices)
     if inputs and all(spec.kind == "column" for spec in inputs):
         total, feeds = _COLUMN_READERS[suffix](path, inputs, chunk_rows)
         return total, iter(feeds)
+    if inputs and all(spec.kind != "column" for spec in inputs):
+        if suffix not in (".npy", ".npz"):
+            raise BatchInputError(f"{manifest.ref} takes tensors ({_names_hint(inputs)}), which a {suffix} file "
+                                  "does not hold", fix="give an .npz file with one array per input name, or .npy "
+                                  "for a model with one input")
+        total, feeds = _read_tensors(path, inputs, chunk_rows)
+        return total, iter(feeds)
     shown = ", ".join(f"{spec.name!r} ({spec.kind}, shape {list(spec.shape)})" for spec in inputs[:4])
-    raise BatchInputError(f"{manifest.ref} takes inputs {shown}; `edgefleet agent predict` reads files for models "
-                          "with one [batch, features] tensor or with named columns only so far",
-                          fix="send this model's inputs one request at a time to the agent's API, once it reads them")
+    raise BatchInputError(f"{manifest.ref} takes inputs {shown}; `edgefleet agent predict` cannot read files for "
+                          "a model mixing named columns and tensors",
+                          fix="send this model's inputs one request at a time to the agent's API")
 
 
 # -- writers ----------------------------------------------------------------------------------------

@@ -141,9 +141,9 @@ def test_a_model_with_other_inputs_is_refused_in_words_not_with_a_manifest_error
         session: ModelSession, tmp_path: Path) -> None:
     tensors = (TensorSpec("window", "float32", (-1, 16000)), TensorSpec("meta", "float32", (-1, 4)))
     manifest = dataclasses.replace(session.manifest, inputs=tensors)
-    with pytest.raises(BatchInputError, match=r"takes inputs 'window' \(tensor, shape \[-1, 16000\]\), 'meta'.*"
-                                              "reads files for models with one \\[batch, features\\] tensor or with "
-                                              "named columns") as caught:
+    # Tensor models read .npy/.npz now (tests/unit/agent/test_batch_tensors.py); a CSV is refused in words.
+    with pytest.raises(BatchInputError, match=r"takes tensors \(window, meta\), which a \.csv file does not hold"
+                       ) as caught:
         predict_file(_ManifestOnly(manifest), write_csv(tmp_path / "in.csv"), tmp_path / "out.csv",  # type: ignore[arg-type]
                      progress=False)
     assert caught.value.fix
