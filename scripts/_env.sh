@@ -60,6 +60,16 @@ require_services() {
         fi
     fi
     export PATH="$PATH:/usr/sbin"
+    # The console's browser tests (tests/e2e/console) drive Debian's chromium through chromium-driver.
+    if [ ! -x /usr/bin/chromium ] || [ ! -e /usr/bin/chromedriver ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "==> installing chromium and chromium-driver with apt-get (the console's browser tests)" >&2
+            apt-get install -y -q chromium chromium-driver >&2 || { apt-get update -q >&2 && apt-get install -y -q chromium chromium-driver >&2; }
+        else
+            echo "the console's browser tests need Debian's chromium; install it with: sudo apt-get install -y chromium chromium-driver" >&2
+            exit 1
+        fi
+    fi
     if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
         if [ "$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null 2>&1; then
             echo "==> starting PostgreSQL" >&2

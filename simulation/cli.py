@@ -34,7 +34,7 @@ Exit status 0 only if every step turned out as described. Ctrl-C stops every pro
 examples:
   edgefleet demo
   edgefleet demo --devices 4 --json
-  edgefleet demo --data-dir ./demo --keep-running     # then look around with edgefleet rollouts list
+  edgefleet demo --data-dir ./demo --keep             # then look around in the console, or edgefleet rollouts list
 """
 
 
@@ -46,8 +46,9 @@ def register(sub: Any) -> None:
     demo.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
                       help="MQTT broker: Mosquitto from PATH, the server's embedded one, or auto (default)")
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
-    demo.add_argument("--keep-running", action="store_true",
-                      help="leave the server and agents running after the story until Ctrl-C")
+    demo.add_argument("--keep", "--keep-running", dest="keep_running", action="store_true",
+                      help="leave the server and agents running after the story until Ctrl-C, and print "
+                           "the web console's URL and how to log in")
     demo.set_defaults(handler=_run_demo)
     from simulation.simulate import register_simulate
 

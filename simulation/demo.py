@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import secrets
 import sys
 import time
 from collections import Counter
@@ -104,6 +105,7 @@ class Demo:
         self.load: PredictionLoad | None = None
         self.rollouts: list[dict[str, Any]] = []
         self._client: Any = None
+        self.viewer_token = secrets.token_urlsafe(18)  # the console's read-only login, printed with --keep
 
     # -- the story -------------------------------------------------------------------------
 
@@ -135,6 +137,10 @@ class Demo:
             summary = self._summary(time.monotonic() - started)
             if keep_running and self.server is not None:
                 self.say(f"\nstill running: server {self.server.url}, data in {self.workdir}; Ctrl-C stops everything")
+                self.say(f"web console: {self.server.url}/console/\n"
+                         f"  log in with the admin token: {self.server.admin_token}\n"
+                         f"  (also in {self.server.data_dir / 'admin-token'}), or read-only with the viewer token: "
+                         f"{self.viewer_token}")
                 with contextlib.suppress(KeyboardInterrupt):
                     while True:
                         time.sleep(3600)
@@ -272,6 +278,7 @@ class Demo:
         sink = f"import sys; open({str(self.alerts_file)!r}, 'a').write(sys.stdin.read().strip() + '\\n')"
         config = self.workdir / "server.toml"
         config.write_text(
+            f"viewer_token = \"{self.viewer_token}\"\n\n"  # the console's read-only login (docs/console.md)
             "[alerts]\nevaluate_every_s = 1\n"
             f"retrain_command = [{json.dumps(sys.executable)}, \"-c\", {json.dumps(sink)}]\n\n"
             "[[alerts.rules]]\nname = \"input-drift\"\nkind = \"drift\"\nband = \"drift\"\n"
