@@ -24,11 +24,14 @@ lines or control characters; the target is origin-form (or absolute-form). A con
 ends inside a request is answered 400. Text a client sent (paths, model names) is echoed
 shortened, never whole.
 
-A prediction whose model's recent latency stays under ``inline_budget_ms``
-is answered inside the ``data_received`` callback, head and body in one ``transport.write``
-(a thread hop or a task would cost more than the inference); a slower one, and every other
-route that may block, runs as a task (in a worker thread where it blocks), so one slow model
-cannot stall other clients.
+A prediction whose model's recent CPU cost per call (``time.thread_time``, not wall time,
+which preemption inflates on a busy device) stays under ``inline_budget_ms`` is answered
+inside the ``data_received`` callback, head and body in one ``transport.write`` (a thread hop
+or a task would cost more than the inference); a costlier one, and every other route that may
+block, runs as a task (in a worker thread where it blocks), so one slow model cannot stall
+other clients. Inline predictions that arrive together (read in the same loop iteration) are
+micro-batched (``agent.batcher``): one runtime run for all their rows, answered behind the
+callbacks ready now; a lone request runs at once, as it would without batching.
 
 It does not own sessions (``agent.serving``), parse model input (``edgefleet.inputs``) or know
 about MQTT. It deliberately implements only the subset of HTTP/1.1 local clients use: no
@@ -44,6 +47,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
@@ -51,6 +55,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from agent.batcher import Decision, MicroBatcher, loop_others_ready
 from agent.errors import AgentError, InferenceError, ModelNotFoundError
 from agent.metrics import FeedbackConflictError, FeedbackError
 from agent.serving import PredictionResult, ServingTable
@@ -69,6 +74,7 @@ _PREFIX = "/v1/models/"
 _SUFFIX = "/predict"
 
 Handler = Callable[[], dict[str, Any]]
+Reply = Callable[[int, bytes, bool], None]  # (status, body, close) of a request answered later
 FeedbackHandler = Callable[[list[dict[str, Any]]], dict[str, Any]]
 MAX_FEEDBACK_ITEMS = 10_000
 MAX_DETAIL = 1024
@@ -176,8 +182,10 @@ class ApiServer:
     def __init__(self, serving: ServingTable, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  inline_budget_ms: float = 1.0, executor: Executor | None = None,
                  status: Handler | None = None, reload: Handler | None = None,
-                 feedback: FeedbackHandler | None = None) -> None:
+                 feedback: FeedbackHandler | None = None, batching: bool = True) -> None:
         self.serving = serving
+        self.batching = batching
+        self._batcher: MicroBatcher[Any, PredictionResult | Exception] | None = None
         self.max_body_bytes = max_body_bytes
         self.inline_budget_ms = inline_budget_ms
         self._executor = executor
@@ -207,6 +215,9 @@ class ApiServer:
         CLI looks when the socket lives in a runtime directory).
         """
         loop = asyncio.get_running_loop()
+        if self.batching and self._batcher is None:
+            self._batcher = MicroBatcher(self.serving.predict_many, others_ready=loop_others_ready(loop),
+                                         schedule=loop.call_soon)
         if host is not None:
             try:
                 # asyncio sets TCP_NODELAY on every accepted TCP connection itself.
@@ -257,16 +268,38 @@ class ApiServer:
             self._executor.shutdown(wait=False)
 
     # -- requests --------------------------------------------------------------------------------
-    def _answer_now(self, method: str, path: str, body: bytes,
-                    media: dict[str, str] | None = None) -> tuple[int, bytes, bool] | None:
-        """(status, body, close) of a prediction that runs inline, or None for ``_answer``."""
+    def _answer_now(self, method: str, path: str, body: bytes, media: dict[str, str] | None = None,
+                    reply: Reply | None = None) -> tuple[int, bytes, bool] | bool | None:
+        """(status, body, close) of a prediction that runs inline, None for ``_answer``, or
+        True when it joined a micro-batch: ``reply`` is then called with its answer."""
         if method != "POST" or not path.startswith(_PREFIX) or not path.endswith(_SUFFIX):
             return None
         name = path[len(_PREFIX):-len(_SUFFIX)]
         if not self._inline(name, body):
             return None
         try:
-            return 200, self._predicted(name, self._run_predict(name, self._decode(name, body, media))), False
+            payload = self._decode(name, body, media)
+            if reply is not None and self._batcher is not None:
+                def deliver(outcome: PredictionResult | Exception) -> None:
+                    reply(*self._batched(name, outcome, method, path))
+                if self._batcher.submit(name, payload, deliver, _rows(payload)) is not Decision.ALONE:
+                    return True
+            cpu = time.thread_time()
+            result = self._run_predict(name, payload)
+            self._cost(name, time.thread_time() - cpu)
+            return 200, self._predicted(name, result), False
+        except Exception as exc:
+            return _failure(exc, method, path)
+
+    def _batched(self, name: str, outcome: PredictionResult | Exception, method: str,
+                 path: str) -> tuple[int, bytes, bool]:
+        """The answer of one request of a micro-batch."""
+        try:
+            if isinstance(outcome, (InputError, ModelNotFoundError, InferenceError)):
+                raise _predict_error(outcome, name) from outcome
+            if isinstance(outcome, Exception):
+                raise outcome
+            return 200, self._predicted(name, outcome), False
         except Exception as exc:
             return _failure(exc, method, path)
 
@@ -360,6 +393,13 @@ class ApiServer:
     def _inline(self, name: str, body: bytes) -> bool:
         return self._ewma_ms.get(name, 0.0) <= self.inline_budget_ms and len(body) < _SLOW_BODY_BYTES
 
+    def _cost(self, name: str, cpu_s: float) -> None:
+        """Fold one call's CPU seconds (``time.thread_time``: this thread's, so time spent
+        preempted does not count) into the model's average that decides inline or executor."""
+        ms = cpu_s * 1000.0
+        previous = self._ewma_ms.get(name, ms)
+        self._ewma_ms[name] = 0.8 * previous + 0.2 * ms
+
     def _decode(self, name: str, body: bytes, media: dict[str, str] | None = None) -> Any:
         content_type = (media or {}).get("content-type")
         if content_type is not None and not is_json(content_type.partition(";")[0].strip().lower()):
@@ -380,17 +420,26 @@ class ApiServer:
             raise _predict_error(exc, name) from exc
 
     def _predicted(self, name: str, result: PredictionResult) -> bytes:
-        previous = self._ewma_ms.get(name, result.latency_ms)
-        self._ewma_ms[name] = 0.8 * previous + 0.2 * result.latency_ms
         return _encode(result.to_dict())
+
+    def _timed_predict(self, name: str, payload: Any) -> PredictionResult:
+        """``serving.predict`` in a worker thread, its CPU cost measured on that thread."""
+        cpu = time.thread_time()
+        try:
+            return self.serving.predict(name, payload)
+        finally:
+            self._cost(name, time.thread_time() - cpu)
 
     async def _predict(self, name: str, body: bytes, media: dict[str, str] | None = None) -> bytes:
         payload = self._decode(name, body, media)
         if self._inline(name, body):  # the budget may have changed since _answer_now declined
-            return self._predicted(name, self._run_predict(name, payload))
+            cpu = time.thread_time()
+            result = self._run_predict(name, payload)
+            self._cost(name, time.thread_time() - cpu)
+            return self._predicted(name, result)
         try:
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, self.serving.predict, name, payload)
+            result = await loop.run_in_executor(self._executor, self._timed_predict, name, payload)
         except (InputError, ModelNotFoundError, InferenceError) as exc:
             raise _predict_error(exc, name) from exc
         return self._predicted(name, result)
@@ -412,7 +461,9 @@ class _Connection(asyncio.Protocol):
         # The parsed head of the request whose body is awaited: (method, path, keep_alive, length).
         self._head: tuple[str, str, bool, int, dict[str, str]] | None = None
         self._discard = 0  # bytes of an oversized body still to drop before the 413
-        self._busy = False  # a request runs as a task
+        self._busy = False  # a request runs as a task or waits in a micro-batch
+        self._answering = False  # inside _answer_now: a micro-batch's answer is kept in _early
+        self._early: tuple[int, bytes, bool] | None = None
         self._counted = False  # this connection's request in flight is counted by the server
         self._write_paused = False
         self._eof = False
@@ -550,8 +601,18 @@ class _Connection(asyncio.Protocol):
         body = bytes(self._buffer[:length])
         del self._buffer[:length]
         self._head = None
-        answer = server._answer_now(method, path, body, media)
-        if answer is not None:
+        self._answering, self._early = True, None
+        try:
+            answer = server._answer_now(method, path, body, media, lambda status, payload, close: self._reply(status, payload, close, keep_alive))
+        finally:
+            self._answering = False
+        if answer is True and self._early is not None:
+            answer = self._early  # its batch ran before _answer_now returned (it filled up)
+        if answer is True:  # joined a micro-batch: _reply answers it when the batch has run
+            self._busy = True
+            self._count()
+            return False
+        if isinstance(answer, tuple):
             status, payload, close = answer
             return self._send(status, payload, keep_alive and not close)
         self._busy = True
@@ -561,11 +622,23 @@ class _Connection(asyncio.Protocol):
         return False
 
     def _answered(self, task: asyncio.Task[tuple[int, bytes, bool]], keep_alive: bool) -> None:
-        self._busy = False
         if task.cancelled():
+            self._busy = False
             self.close()
             return
-        status, payload, close = task.result()  # _answer turns every exception into an answer
+        self._finish(*task.result(), keep_alive)  # _answer turns every exception into an answer
+
+    def _reply(self, status: int, payload: bytes, close: bool, keep_alive: bool) -> None:
+        """The answer of a micro-batched request: kept for ``_step`` when its batch ran inside
+        this very request's callback, else sent now."""
+        if self._answering:
+            self._early = (status, payload, close)
+        else:
+            self._finish(status, payload, close, keep_alive)
+
+    def _finish(self, status: int, payload: bytes, close: bool, keep_alive: bool) -> None:
+        """Send the answer of the request that ran off this callback, then go on with the buffer."""
+        self._busy = False
         if self._send(status, payload, keep_alive and not close):
             if self._transport is not None and not self._closed:
                 self._transport.resume_reading()
@@ -606,6 +679,16 @@ class _Connection(asyncio.Protocol):
 
 _FEEDBACK_FIX = ('send {"request_id": "<from the predict response>", "label": <true label>, "row": <index, '
                  'default 0>} or a list of such objects')
+
+
+def _rows(payload: Any) -> int:
+    """How many rows a decoded JSON body carries, cheaply (1 when it is not a list of rows): a
+    batch is bounded by rows."""
+    if isinstance(payload, dict):
+        payload = payload.get("inputs", payload.get("instances"))
+    if isinstance(payload, list) and payload and isinstance(payload[0], list):
+        return len(payload)
+    return 1
 
 
 def _feedback_items(body: bytes) -> list[dict[str, Any]]:

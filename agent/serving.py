@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.batcher import run_merged
 from agent.errors import InferenceError, ModelNotFoundError
 from agent.runtime import ModelSession
 from edgefleet.errors import InputError
@@ -239,14 +240,14 @@ class ServingTable:
         entry.retired = True
         return entry.inflight == 0
 
-    def _acquire(self, name: str) -> _Entry:
+    def _acquire(self, name: str, calls: int = 1) -> _Entry:
         with self._lock:
             entry = self._entries.get(name)
             if entry is None:
                 known = ", ".join(sorted(self._entries)) or "none"
                 raise ModelNotFoundError(f"no model named {name!r} is being served (serving: {known})",
                                          fix="install one with `edgefleet agent install BUNDLE` or check the name")
-            entry.inflight += 1
+            entry.inflight += calls
             return entry
 
     def _release(self, entry: _Entry, latency_ms: float, outcome: str) -> None:
@@ -304,6 +305,10 @@ class ServingTable:
             if outcome != "ok" and self._request_observers:
                 self._notify(Served(name, manifest.version, request_id,
                                     "input" if outcome == "input" else "inference", latency_ms))
+        return self._result(name, manifest, request_id, roles, latency_ms, matrix, feeds)
+
+    def _result(self, name: str, manifest: Any, request_id: str, roles: dict[str, np.ndarray], latency_ms: float,
+                matrix: np.ndarray | None, feeds: Feeds) -> PredictionResult:
         if manifest.task == "classification":
             predictions = _jsonable(roles["label"])
             probs = roles.get("probabilities")
@@ -316,6 +321,61 @@ class ServingTable:
             self._notify(Served(name, manifest.version, request_id, "ok", latency_ms, matrix, predictions,
                                 None if matrix is not None else feeds))
         return PredictionResult(name, manifest.version, request_id, predictions, probabilities, latency_ms)
+
+    def predict_many(self, name: str, payloads: list[Any]) -> list[PredictionResult | Exception]:
+        """``predict`` for several requests at once, with one runtime run for all their rows
+        where the model takes one matrix (micro-batching, ``agent.batcher``); otherwise each
+        runs on its own. One outcome per payload, in order: its result, or the exception
+        ``predict`` would have raised for it (an ``InputError``, an ``InferenceError``), so a
+        bad request fails alone. Counters and observers see one call per payload.
+        """
+        entry = self._acquire(name, len(payloads))
+        manifest = entry.session.manifest
+        single = _single_tensor(entry.session)
+        start = self._clock()
+        outcomes: list[PredictionResult | Exception | None] = [None] * len(payloads)
+        ran: list[tuple[int, np.ndarray | None, Feeds, dict[str, np.ndarray] | Exception]] = []
+        matrices: list[tuple[int, np.ndarray, Feeds]] = []
+        for i, payload in enumerate(payloads):
+            try:
+                feeds = to_feeds(payload, manifest.inputs, max_rows=self.max_rows)
+            except InputError as exc:
+                outcomes[i] = exc
+                self._release(entry, (self._clock() - start) * 1000.0, "input")
+                if self._request_observers:
+                    self._notify(Served(name, manifest.version, self._request_id(), "input", 0.0))
+                continue
+            if single:
+                matrices.append((i, feeds[manifest.inputs[0].name], feeds))
+                continue
+            try:
+                ran.append((i, None, feeds, entry.session.run_feeds(feeds)))
+            except Exception as exc:
+                ran.append((i, None, feeds, exc))
+        if matrices:
+            merged = run_merged(entry.session.run_roles, [m for _, m, _ in matrices])
+            ran += [(i, m, f, roles) for (i, m, f), roles in zip(matrices, merged, strict=True)]
+        latency_ms = (self._clock() - start) * 1000.0
+        for i, matrix, feeds, roles in ran:
+            request_id = self._request_id()
+            ok = not isinstance(roles, Exception)
+            self._release(entry, latency_ms, "ok" if ok else "error")
+            for observer in self._observers:
+                try:
+                    observer(name, manifest.version, latency_ms, ok)
+                except Exception:  # telemetry must never fail the prediction it counts
+                    log.exception("observer failed for %s@%s", name, manifest.version)
+            if isinstance(roles, Exception):
+                if self._request_observers:
+                    self._notify(Served(name, manifest.version, request_id, "inference", latency_ms))
+                outcomes[i] = roles if isinstance(roles, InferenceError) else InferenceError(
+                    f"{manifest.ref} failed to run: {roles}")
+                continue
+            try:
+                outcomes[i] = self._result(name, manifest, request_id, roles, latency_ms, matrix, feeds)
+            except InferenceError as exc:
+                outcomes[i] = exc
+        return [o if o is not None else InferenceError(f"{manifest.ref}: no outcome") for o in outcomes]
 
     def stats(self, name: str) -> ServingStats:
         with self._lock:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import json
+import re
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.api import ApiServer
 from agent.batcher import BatchPolicy, Decision, MicroBatcher, decide, merge, run_merged, split
+from agent.runtime import load_session
+from agent.serving import ServingTable
+from agent.slots import ModelStore
+from agent.state import StateDir
+from edgefleet.bundle import read_bundle
+from edgefleet.profiles import load_profile
+from tests.unit.agent.models import make_linear_bundle
 
 
 class _Loop:
@@ -191,3 +206,76 @@ def test_policy_refuses_waits_that_would_hold_requests() -> None:
         BatchPolicy(max_wait_s=0.5)
     with pytest.raises(ValueError, match="max_rows"):
         BatchPolicy(max_rows=0)
+
+
+# -- through the real API: a burst of requests on many connections, one of them bad ----------------
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[ApiServer, Path]]:
+    state = StateDir(tmp_path / "state").ensure()
+    table = ServingTable(max_rows=100)
+    table.swap("m", load_session(ModelStore(state).stage(read_bundle(make_linear_bundle())),
+                                 load_profile("generic-x86_64")))
+    server = ApiServer(table)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    short = Path(tempfile.mkdtemp(prefix="ef-", dir="/tmp"))  # AF_UNIX paths stay under 108 bytes
+    asyncio.run_coroutine_threadsafe(server.start(host=None, socket_path=short / "a.sock"), loop).result(5)
+    yield server, short / "a.sock"
+    asyncio.run_coroutine_threadsafe(server.shutdown(2), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def _post(row: list[float]) -> bytes:
+    body = json.dumps({"inputs": [row]}).encode()
+    return (f"POST /v1/models/m/predict HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _read_answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(head.split()[1]), json.loads(rest[:length])
+
+
+def test_a_burst_through_the_api_answers_every_connection_with_its_own_rows(served: tuple[ApiServer, Path]) -> None:
+    server, path = served
+    rows = [[float(i), 1.0 + i / 10, 2.0, 0.5] for i in range(24)]
+    rows[7] = [1.0, 2.0]  # one bad request: the wrong number of features
+    alone = {}
+    with socket.socket(socket.AF_UNIX) as one:
+        one.connect(str(path))
+        for i, row in enumerate(rows):
+            one.sendall(_post(row))
+            alone[i] = _read_answer(one)
+    for _ in range(5):  # several bursts: whether they merge depends on the scheduler, the answers must not
+        socks = []
+        for _ in rows:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(10)
+            sock.connect(str(path))
+            socks.append(sock)
+        try:
+            for sock, row in zip(socks, rows, strict=True):
+                sock.sendall(_post(row))
+            for i, sock in enumerate(socks):
+                status, body = _read_answer(sock)
+                assert status == alone[i][0], (i, body)
+                if i == 7:
+                    assert status == 400 and "4" in body["detail"]
+                else:
+                    assert body["predictions"] == alone[i][1]["predictions"]
+                    assert body["probabilities"][0] == pytest.approx(alone[i][1]["probabilities"][0])
+        finally:
+            for sock in socks:
+                sock.close()
+    assert server._batcher is not None and sum(server._batcher.decisions.values()) > 0
+    # How many joined a batch is the scheduler's business; print it for whoever reads -s output.
+    print("batcher decisions:", {d.value: n for d, n in server._batcher.decisions.items()})
