@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
+
+from simulation.fleet import wait_until
 
 
 class Recorder:
@@ -44,11 +45,8 @@ class Recorder:
             return [json.loads(p) for t, p, _ in self.messages if t == topic and p]
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met in {timeout} s")
-            time.sleep(0.02)
+        wait_until(predicate, timeout, "a condition on the recorded messages", every=0.02,
+                   explain=lambda: f"{len(self.messages)} messages recorded")
 
     def close(self) -> None:
         self._client.disconnect()

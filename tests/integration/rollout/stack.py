@@ -10,9 +10,7 @@ retained reports over it when it starts.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from edgefleet.assignment import DirectorSigner
 from fleet_server.broker.connection import FleetMqtt
@@ -69,14 +67,3 @@ def build_fleet(db: Database, fleet: LightFleet, director_b64: str, ids: Iterabl
                   behaviour, models=models)
         made.append(device_id)
     return made
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)

@@ -17,11 +17,11 @@ import pytest
 from edgefleet import topics
 from edgefleet.assignment import DirectorSigner
 from fleet_server.rollouts.machine import RolloutPolicy
-from simulation.fleet import MosquittoProcess
+from simulation.fleet import MosquittoProcess, wait_until
 from simulation.lightdevice import Behaviour, DeviceIdentity, LightFleet, Outcome, SimulationError
 from tests.integration.rollout.fleetdb import add_device, add_model, counters
 from tests.integration.rollout.mqtt_tools import Recorder
-from tests.integration.rollout.stack import Replica, build_fleet, wait_until
+from tests.integration.rollout.stack import Replica, build_fleet
 
 DESIRED = "edgefleet/v1/devices/+/desired"
 

@@ -10,10 +10,10 @@ import pytest
 
 from edgefleet.assignment import DirectorSigner
 from fleet_server.rollouts.machine import RolloutPolicy
-from simulation.fleet import MosquittoProcess
+from simulation.fleet import MosquittoProcess, wait_until
 from simulation.lightdevice import LightFleet
 from tests.integration.rollout.fleetdb import add_model, counters
-from tests.integration.rollout.stack import Replica, build_fleet, wait_until
+from tests.integration.rollout.stack import Replica, build_fleet
 
 
 @pytest.mark.slow

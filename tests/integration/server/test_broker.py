@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet import topics
-from simulation.fleet import MosquittoProcess
+from simulation.fleet import MosquittoProcess, wait_until
 from tests.integration.server.harness import RunningServer, server_config
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
@@ -36,7 +36,9 @@ class Device:
         self.client.username_pw_set(username, password)
         self.client.will_set(topics.reported(device_id), json.dumps({"device_id": device_id, "online": False}),
                              qos=1, retain=True)
+        self.subacks: set[int] = set()
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda _c, _u, mid, _r, _p: self.subacks.add(mid)
         self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
         self.client.connect("127.0.0.1", port, keepalive=5)
         self.client.loop_start()
@@ -50,7 +52,9 @@ class Device:
         return not self.reason.is_failure
 
     def subscribe(self, topic: str) -> None:
-        self.client.subscribe(topic, qos=1)
+        """Subscribe and wait for the SUBACK: from then on the broker routes the topic to us."""
+        _, mid = self.client.subscribe(topic, qos=1)
+        wait_until(lambda: mid in self.subacks, 5, f"the SUBACK for {topic}", every=0.01)
 
     def publish(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
         self.client.publish(topic, json.dumps(payload), qos=1, retain=retain).wait_for_publish(5)
@@ -65,15 +69,6 @@ class Device:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 8.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 @pytest.fixture
@@ -99,6 +94,15 @@ def connect(broker: MosquittoProcess, grant: dict[str, Any]) -> Device:
     return Device(broker.port, grant["mqtt_username"], grant["mqtt_password"], grant["device_id"])
 
 
+def connects(broker: MosquittoProcess, grant: dict[str, Any]) -> bool:
+    """Whether a fresh connection with ``grant``'s credentials is accepted now."""
+    device = connect(broker, grant)
+    try:
+        return device.connected()
+    finally:
+        device.close()
+
+
 def device_state(server: RunningServer, device_id: str) -> dict[str, Any]:
     state: dict[str, Any] = httpx.get(f"{server.url}/api/v1/devices/{device_id}", headers=ADMIN).json()
     return state
@@ -113,20 +117,18 @@ def test_device_touches_only_its_own_topics(server: RunningServer, mosquitto_aut
         dev_a.subscribe(topics.desired(b["device_id"]))
         dev_a.subscribe(topics.desired(a["device_id"]))
         dev_b.subscribe(topics.desired(b["device_id"]))
-        time.sleep(0.3)
         server.ctx.mqtt.publish(topics.desired(b["device_id"]), b'{"for": "b"}', retain=True)
         server.ctx.mqtt.publish(topics.desired(a["device_id"]), b'{"for": "a"}', retain=True)
-        assert eventually(lambda: (topics.desired(b["device_id"]), b'{"for": "b"}') in dev_b.messages)
-        assert eventually(lambda: (topics.desired(a["device_id"]), b'{"for": "a"}') in dev_a.messages)
+        wait_until(lambda: (topics.desired(b["device_id"]), b'{"for": "b"}') in dev_b.messages, 8, "B's desired")
+        wait_until(lambda: (topics.desired(a["device_id"]), b'{"for": "a"}') in dev_a.messages, 8, "A's desired")
         assert all(topic != topics.desired(b["device_id"]) for topic, _ in dev_a.messages)
         # A writing B's telemetry is dropped by the broker; B's own write arrives.
         observer = Device(mosquitto_auth.port, server.config.mqtt_username, server.ctx.mqtt_password, "observer")
         assert observer.connected()
         observer.subscribe(f"{topics.PREFIX}/devices/+/telemetry")
-        time.sleep(0.3)
         dev_a.publish(topics.telemetry(b["device_id"]), {"device_id": b["device_id"], "seq": 1, "forged": True})
         dev_b.publish(topics.telemetry(b["device_id"]), {"device_id": b["device_id"], "seq": 2})
-        assert eventually(lambda: any(b'"seq": 2' in p for _, p in observer.messages))
+        wait_until(lambda: any(b'"seq": 2' in p for _, p in observer.messages), 8, "B's own telemetry")
         assert not any(b"forged" in p for _, p in observer.messages)
         observer.close()
     finally:
@@ -143,7 +145,8 @@ def test_devices_enrolling_together_can_all_connect(server: RunningServer, mosqu
         grants = list(pool.map(lambda _i: enroll(server), range(16)))
     passwd = (mosquitto_auth.directory / "passwd").read_text()
     assert [g["mqtt_username"] for g in grants if f"{g['mqtt_username']}:" not in passwd] == []
-    time.sleep(0.3)  # Mosquitto handles SIGHUP asynchronously
+    # Mosquitto handles SIGHUP asynchronously: poll until it has re-read the files.
+    wait_until(lambda: all(connects(mosquitto_auth, g) for g in grants), 10, "every enrolled device to connect")
     devices = [connect(mosquitto_auth, g) for g in grants]
     try:
         assert [d.connected() for d in devices] == [True] * len(grants)
@@ -160,7 +163,8 @@ def test_revoked_device_cannot_connect(server: RunningServer, mosquitto_auth: Mo
     response = httpx.post(f"{server.url}/api/v1/devices/{grant['device_id']}/revoke", headers=ADMIN)
     assert response.status_code == 200
     assert grant["mqtt_username"] not in (mosquitto_auth.directory / "passwd").read_text()
-    time.sleep(0.3)  # Mosquitto handles SIGHUP asynchronously
+    # Mosquitto handles SIGHUP asynchronously: poll until it has re-read the files.
+    wait_until(lambda: not connects(mosquitto_auth, grant), 10, "the broker to refuse the revoked device")
     again = connect(mosquitto_auth, grant)
     try:
         assert not again.connected()
@@ -177,12 +181,12 @@ def test_presence_from_reported_and_last_will(server: RunningServer, mosquitto_a
         "device_id": device_id, "online": True, "agent_version": "0.1.0", "profile": "rpi4-64",
         "models": {"digits": {"version": "1.0.0", "sha256": "0" * 64}}, "update": {"state": "idle"}, "ts": 1,
     }, retain=True)
-    assert eventually(lambda: device_state(server, device_id)["online"] is True)
+    wait_until(lambda: device_state(server, device_id)["online"] is True, 8, "the device online")
     state = device_state(server, device_id)
     assert state["reported"]["models"]["digits"]["version"] == "1.0.0"
     assert state["agent_version"] == "0.1.0" and state["last_seen"] is not None
     device.crash()
-    assert eventually(lambda: device_state(server, device_id)["online"] is False, timeout=15)
+    wait_until(lambda: device_state(server, device_id)["online"] is False, 15, "the last will to mark it offline")
     assert device_state(server, device_id)["reported"]["models"]["digits"]["version"] == "1.0.0"
 
 
