@@ -10,6 +10,7 @@ import argparse
 import os
 from typing import Any
 
+from edgefleet import logs
 from edgefleet.console import format_kv, print_json, print_table
 
 DEFAULT_STATE_DIR = os.environ.get("EDGEFLEET_STATE_DIR", "/var/lib/edgefleet")
@@ -152,6 +153,8 @@ def _run(args: argparse.Namespace) -> int:
     daemon = open_daemon(args.state_dir, args.config, profile=profile, tcp=args.tcp, http_host=args.http_host,
                          http_port=args.http_port, socket_dir=args.socket_dir,
                          unix_socket=False if args.no_socket else None, mqtt=False if args.no_mqtt else None)
+    # agent.toml's log_level, now that it is read (-v and $EDGEFLEET_LOG_LEVEL still win).
+    logs.configure(getattr(args, "verbose", 0), level=daemon.config.log_level, log_format=logs.format_flag(args))
     return daemon.run()
 
 

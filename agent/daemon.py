@@ -45,7 +45,7 @@ from agent.serving import ServingTable
 from agent.slots import ModelStore
 from agent.state import StateDir
 from agent.update_machine import report_of
-from edgefleet import __version__
+from edgefleet import __version__, logs
 from edgefleet.profiles import Profile
 
 if TYPE_CHECKING:
@@ -229,6 +229,8 @@ class Daemon:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             # SIGHUP (systemctl reload): serve the active slots again, off the loop.
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self.reload))
+        if self.state.is_enrolled():
+            logs.set_context(device_id=self.state.load_identity().device_id)  # on every line (JSON or text)
         self.reporter = self._make_reporter()
         self.link = self._make_link()
         if self.link is not None and self.reporter is not None:

@@ -42,6 +42,7 @@ from agent.state import StateDir
 from agent.tuf_client import ngclient_factory
 from agent.update_machine import UpdateMachine
 from agent.updater import Updater, UpdaterError
+from edgefleet import logs
 from edgefleet.profiles import Profile
 
 log = logging.getLogger("agent.update_service")
@@ -109,7 +110,10 @@ def attach(daemon: DaemonParts) -> UpdateService | None:
         return None
     pause_after = _pause_after_state()
 
+    story = UpdateStory()
+
     def persisted(machine: UpdateMachine) -> None:
+        story.persisted(machine)
         daemon.publish_reported()
         pause_after(machine)
 
@@ -124,6 +128,34 @@ def attach(daemon: DaemonParts) -> UpdateService | None:
     service = UpdateService(updater, float(os.environ.get(UPDATE_TICK_S, daemon.config.update_tick_s)))
     service.start()
     return service
+
+
+class UpdateStory:
+    """One INFO line per state an update enters (issue 17): ``update of wine 1.1.0: downloading``.
+
+    The updater persists many times within one state (probation totals, retries); only a new
+    state, or a new target in the same state, makes a line. The fields (model, version,
+    rollout id) go with the record, so the JSON log carries them as keys.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or log
+        self._last: tuple[str, str | None] | None = None
+
+    def persisted(self, machine: UpdateMachine) -> None:
+        target = machine.target
+        key = (machine.state.value, target.attempt if target is not None else None)
+        if key == self._last:
+            return
+        self._last = key
+        if target is None:
+            return  # idle with nothing in hand: nothing to tell
+        line = f"update of {target.model} {target.version}: {machine.state.value}"
+        if machine.reason:
+            line += f" ({machine.reason})"
+        level = logging.WARNING if machine.state.value in ("failed", "rolled_back") else logging.INFO
+        self.log.log(level, line, extra=logs.fields(model=target.model, version=target.version,
+                                                    rollout_id=target.rollout_id))
 
 
 def probation_config(config: AgentConfig) -> ProbationConfig:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from edgefleet import __version__
+from edgefleet import __version__, logs
 from edgefleet.errors import EdgefleetError
 from edgefleet.problems import TYPE_PREFIX, Problem, from_error
 
@@ -75,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Subparsers inherit the parser class, so every subcommand's usage errors come here too.
     parser = _Parser(prog="edgefleet", description=DESCRIPTION, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    _add_log_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name in _COMMAND_MODULES:
         try:
@@ -85,7 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that part of edgefleet is not built in this checkout
             raise
         module.register(sub)
+    _add_log_flags_below(parser)
     return parser
+
+
+def _add_log_flags(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # Below the top level the flags write to their own dests with no default: argparse copies a
+    # subcommand's namespace over its parent's, so a default there would erase `edgefleet -v ...`.
+    below = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("-v", "--verbose", action="count", dest="verbose" if top else "sub_verbose",
+                        help="more log output (-vv for debug)", **({"default": 0} if top else below))
+    parser.add_argument("--log-format", choices=logs.FORMATS, dest="log_format" if top else "sub_log_format",
+                        help=f"text lines, or one JSON object per line (also ${logs.FORMAT_ENV})",
+                        **({"default": None} if top else below))
+
+
+def _add_log_flags_below(parser: argparse.ArgumentParser) -> None:
+    """``-v`` and ``--log-format`` after every subcommand too: ``edgefleet agent run -v`` (issue 17)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                if not any("--log-format" in a.option_strings for a in child._actions):
+                    _add_log_flags(child)
+                _add_log_flags_below(child)
 
 
 def _problem(exc: EdgefleetError) -> Problem:
@@ -115,9 +136,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(exc, as_json)
         return 2
     as_json = bool(getattr(args, "json", False))
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=int(os.environ.get("EDGEFLEET_LOG_LEVEL", level)),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.verbose = logs.verbosity(args)
+    try:
+        logs.configure(args.verbose, log_format=logs.format_flag(args))
+    except EdgefleetError as exc:
+        _report(exc, as_json)
+        return 2
+    try:
+        return _dispatch(parser, args, as_json)
+    finally:
+        logs.restore()  # a caller running main() in-process keeps its own logging
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, as_json: bool) -> int:
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

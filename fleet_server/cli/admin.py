@@ -89,7 +89,10 @@ def _server(args: argparse.Namespace) -> int:
     config = _server_config(args, ("data_dir", "host", "port", "database_url", "broker_url", "public_url",
                                    "broker_public_url", "broker_ca_file", "mosquitto_dir", "mosquitto_pid_file",
                                    "private_targets"))
-    logging.getLogger("fleet_server").setLevel(min(logging.getLogger().level, logging.INFO))
+    # The server tells what it does at INFO even without -v; uvicorn's start-up lines too, and its
+    # access log only with -v (its loggers have no level of their own: log_level=None below).
+    for name in ("fleet_server", "uvicorn.error"):
+        logging.getLogger(name).setLevel(min(logging.getLogger().level, logging.INFO))
     app = create_app(config)
     ctx = app.state.ctx
     if getattr(args, "init_only", False):
@@ -100,7 +103,9 @@ def _server(args: argparse.Namespace) -> int:
         return 0
     _report_first_start(ctx, config)
     print(format_kv(ctx.describe()), file=sys.stderr)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    # log_config=None: uvicorn's loggers propagate to edgefleet's one handler (edgefleet.logs), in
+    # its format, instead of uvicorn printing "INFO:     ..." lines of its own.
+    uvicorn.run(app, host=config.host, port=config.port, log_config=None, log_level=None)
     return 0
 
 
