@@ -130,9 +130,38 @@ def _response(status: int, body: bytes, keep_alive: bool) -> bytes:
 # One encoder for every answer: json.dumps with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
+try:  # orjson (edgefleet[agent], 0.4 MB, about +2 MB RSS) encodes an answer 25x faster, decodes 10x
+    import orjson
+
+    _fast_dumps: Callable[[Any], bytes] | None = orjson.dumps
+    _fast_loads: Callable[[bytes], Any] | None = orjson.loads
+except ImportError:  # the standard library alone gives the same answers, slower
+    _fast_dumps = _fast_loads = None
+
 
 def _json_body(document: Any) -> bytes:
+    if _fast_dumps is not None:
+        try:
+            out = _fast_dumps(document)
+        except TypeError:  # what orjson does not take (integers over 64 bits): the standard encoder
+            pass
+        else:
+            # orjson writes NaN and infinity as null; the standard encoder refuses them, and a
+            # document with a null in it is re-encoded so that NaN is still refused (a 500).
+            if b"null" not in out:
+                return out
     return _ENCODER.encode(document).encode()
+
+
+def _loads(body: bytes) -> Any:
+    """A JSON body: orjson first; whatever it refuses (NaN literals, UTF-16, huge integers, deep
+    nesting) goes to ``json.loads``, so accepting and refusing stay the standard library's."""
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(body)
+        except ValueError:  # orjson.JSONDecodeError is a ValueError
+            pass
+    return json.loads(body)
 
 
 def _error_body(error: HttpError) -> bytes:
@@ -406,7 +435,7 @@ class ApiServer:
             # A binary tensor body (.npy, .npz, raw): the shared parser reads it against the model's inputs.
             return Body.from_headers(body, content_type, media)
         try:
-            return json.loads(body)
+            return _loads(body)
         except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the stack
             self.serving.reject(name, "input")  # a bad request is an input error of the model asked
             raise HttpError.of(InputError(f"request body is not valid JSON ({exc})",
