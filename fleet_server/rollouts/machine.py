@@ -63,7 +63,7 @@ from typing import Any
 
 from edgefleet.assignment import ModelTarget
 from edgefleet.errors import EdgefleetError
-from edgefleet.events import EVENTS, OUTCOME_EVENTS, PROGRESS_EVENTS, is_retryable
+from edgefleet.events import COMMITTED, EVENTS, OUTCOME_EVENTS, PROGRESS_EVENTS, is_retryable
 from edgefleet.version import ModelVersion, check_model_name
 from fleet_server.errors import ConflictError, InvalidInputError, ServerError
 from fleet_server.rollouts.reports import DeviceReport
@@ -526,7 +526,7 @@ class Rollout:
                 record.counter is None or update.counter is None or update.counter >= record.counter):
             return update.state, update.reason
         if report.serves(self.model) == self.version and (update is None or not update.in_flight):
-            return "committed", f"serves {self.version} (from its report)"
+            return COMMITTED, f"serves {self.version} (from its report)"
         return None
 
     def report_changes(self, device_id: str, report: DeviceReport) -> bool:

@@ -26,13 +26,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.events import OUTCOME_EVENTS
 from fleet_server.errors import ServerError
 
-__all__ = ["FINISHED", "IDLE", "DeviceReport", "ReportError", "ReportedUpdate", "parse_reported"]
+__all__ = ["IDLE", "DeviceReport", "ReportError", "ReportedUpdate", "parse_reported"]
 
+# The agent's update state before its first update; the states that end an update are the
+# outcome events (edgefleet.events.OUTCOME_EVENTS), which a restarted agent keeps reporting.
 IDLE = "idle"
-# The update states that end an update: the outcome a restarted agent keeps reporting.
-FINISHED = frozenset({"committed", "failed", "rolled_back"})
 
 
 class ReportError(ServerError):
@@ -52,7 +53,7 @@ class ReportedUpdate:
     @property
     def finished(self) -> bool:
         """The update ended (committed, failed, rolled_back): ``state`` is its outcome."""
-        return self.state in FINISHED
+        return self.state in OUTCOME_EVENTS
 
     @property
     def in_flight(self) -> bool:
