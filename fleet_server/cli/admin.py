@@ -239,8 +239,15 @@ _MODEL_HEADERS = ["name", "version", "size", "sha256", "profiles", "yanked", "cr
 
 
 def _models_push(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        result = client.push_model(args.bundle)
+    from edgefleet.console import Progress
+
+    # edgefleet.console.Progress draws only on a terminal: --json and redirected stderr stay quiet.
+    with Progress(f"pushing {Path(args.bundle).name}", None, enabled=not args.json) as bar, _client(args) as client:
+        def sent(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.done)
+
+        result = client.push_model(args.bundle, progress=sent if bar.enabled else None)
     if args.json:
         print_json(result)
     else:

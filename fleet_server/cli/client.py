@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from edgefleet.problems import Problem
 from fleet_server.errors import ClientError
@@ -57,6 +57,33 @@ def resolve_client_settings(server: str | None = None, token: str | None = None,
     chosen_server = server or env.get("EDGEFLEET_SERVER") or file_values.get("server") or DEFAULT_SERVER
     chosen_token = token or env.get("EDGEFLEET_TOKEN") or file_values.get("token")
     return ClientSettings(str(chosen_server).rstrip("/"), str(chosen_token) if chosen_token else None)
+
+
+class ProgressReader:
+    """A file opened for upload that reports how many bytes have been read from it.
+
+    httpx streams a multipart file in 64 KiB reads (after a ``seek(0)``) and sizes it with
+    ``fileno()``/``fstat``, so those are passed through; the count follows the position.
+    """
+
+    def __init__(self, handle: BinaryIO, report: Callable[[int, int], None]) -> None:
+        self._handle = handle
+        self._report = report
+        self.total = os.fstat(handle.fileno()).st_size
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        self._report(self._handle.tell(), self.total)
+        return chunk
 
 
 class AdminClient:
@@ -105,11 +132,13 @@ class AdminClient:
                               fix="check --server") from exc
 
     # The endpoints, one method each.
-    def push_model(self, bundle: Path) -> dict[str, Any]:
+    def push_model(self, bundle: Path, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Upload a bundle; ``progress(sent, total)`` is called as httpx reads each chunk of it."""
         try:
             with open(bundle, "rb") as handle:
+                body: Any = handle if progress is None else ProgressReader(handle, progress)
                 result: dict[str, Any] = self.request(
-                    "POST", "/api/v1/models", files={"bundle": (bundle.name, handle, "application/gzip")})
+                    "POST", "/api/v1/models", files={"bundle": (bundle.name, body, "application/gzip")})
         except FileNotFoundError as exc:
             raise ClientError(f"bundle {bundle} does not exist", fix="check the path") from exc
         return result
