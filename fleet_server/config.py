@@ -47,8 +47,8 @@ class ServerConfig:
     enrollment_ttl_seconds: int = DEFAULT_ENROLLMENT_TTL
     mqtt_username: str = "edgefleet-server"
     mqtt_password: str | None = None  # None: read or create data_dir/server-mqtt.json
-    # This replica's own, stable MQTT client id (a persistent session on an external broker);
-    # None: read or create data_dir/replica-id. Every replica needs a different one.
+    # This replica's own MQTT client id, the same at every start (a persistent session on an
+    # external broker); None: HOSTNAME-PORT. Every replica needs a different one.
     replica_id: str | None = None
     mosquitto_dir: Path | None = None  # where to write Mosquitto's password and ACL files
     mosquitto_pid_file: Path | None = None  # SIGHUP this Mosquitto after rewriting its files

@@ -218,8 +218,8 @@ class ServerContext:
                               shared=not embedded,
                               ca_file=str(self.config.broker_ca_file) if self.config.broker_ca_file else None,
                               # a session that outlives a restart (issue 19); the embedded broker dies with us
-                              client_id=None if embedded else replica_client_id(self.config.data_dir,
-                                                                                self.config.replica_id),
+                              client_id=None if embedded else replica_client_id(self.config.replica_id,
+                                                                                self.config.port),
                               persistent=not embedded).start()
         # The rollout engine publishes assignments over the same connection; its worker gets
         # every device message too (presence is queued for its own batched writer).

@@ -20,10 +20,14 @@ do: docs/contracts.md) under a client id that stays the same across the server's
 so the broker keeps its subscriptions while it is down and queues the QoS 1 ``events``,
 ``reported`` and ``telemetry`` published meanwhile, then delivers them when it returns
 (issue 19: an outcome reached while the server was down was never learned). Each replica
-needs its own id: ``replica_client_id`` reads it from ``replica_id`` in the config, else
-from ``DATA_DIR/replica-id``, written once with a random id on first start. Mosquitto
-deals a shared subscription's messages round-robin to the group's sessions, offline ones
-included, so a replica that is down holds its share until it returns. Limits: the broker
+needs its own id, the same at every start: ``replica_client_id`` takes ``replica_id`` from
+the config, else the host name and the HTTP port (two replicas on one host listen on two
+ports). Not a file in the data directory: replicas may share that directory (the TUF
+repository must be shared), and two replicas under one id would knock each other off the
+broker at every reconnect. Mosquitto deals a shared subscription's messages round-robin to
+the group's sessions, offline ones included, so a replica that is down holds its share until
+it returns, and one gone for good holds it until the broker expires its session
+(``persistent_client_expiration``). Limits: the broker
 keeps a session's queue in memory (on disk too with ``persistence true``) and up to its
 ``max_queued_messages`` (Mosquitto: 1000 by default; raise it for the server's user), and
 paho acknowledges a message when the handler returns, before the writers behind it store
@@ -47,11 +51,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from edgefleet.atomic import atomic_write_bytes
 from edgefleet.topics import PREFIX, server_subscription
 from fleet_server.credentials import safe_url
 from fleet_server.errors import BrokerError, ConfigError
@@ -65,7 +67,6 @@ INGESTED_KINDS = ("reported", "events")
 # back; a wave of assignments goes out faster with more in flight.
 MAX_INFLIGHT = 200
 CLIENT_ID_PREFIX = "edgefleet-server-"
-REPLICA_ID_FILE = "replica-id"
 # A replica id goes into the MQTT client id: letters, digits, '.', '_', '-' (64 at most).
 REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _RETAINED_CHUNK = 500  # topic filters per SUBSCRIBE when reading retained messages
@@ -78,25 +79,18 @@ def check_replica_id(value: str, where: str = "replica_id") -> str:
     return value
 
 
-def replica_client_id(data_dir: Path, replica_id: str | None = None) -> str:
+def replica_client_id(replica_id: str | None, port: int) -> str:
     """The MQTT client id of this server replica: the same at every start, its own among replicas.
 
-    ``replica_id`` (the config's) wins; else ``data_dir/replica-id``, created on first start
-    with the host name and a random suffix. Two replicas must never share one: the broker
-    would hand the session to whichever connected last and drop the other, over and over,
-    so a data directory copied to start a second replica needs its replica-id file deleted
-    (or ``replica_id`` set).
+    ``replica_id`` (the config's) wins; else ``HOSTNAME-PORT``, which stays put for a server
+    on a host with a fixed name (a VM, a systemd unit, a Kubernetes StatefulSet) and differs
+    between replicas. Where the host name changes at every start (a plain container), set
+    ``replica_id``: a new id at each start would leave the old session's share of messages
+    queued for a client that never returns.
     """
     if replica_id is None:
-        path = data_dir / REPLICA_ID_FILE
-        try:
-            replica_id = path.read_text(encoding="utf-8").strip()
-            check_replica_id(replica_id, f"{path} holds")
-        except FileNotFoundError:
-            host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40].strip("-") or "server"
-            replica_id = f"{host}-{secrets.token_hex(4)}"
-            atomic_write_bytes(path, f"{replica_id}\n".encode())
-            log.info("this server replica's id is %s (kept in %s)", replica_id, path)
+        host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:48].strip("-_") or "server"
+        replica_id = f"{host}-{port}"
     return CLIENT_ID_PREFIX + check_replica_id(replica_id)
 
 
@@ -106,7 +100,7 @@ class FleetMqtt:
                  keepalive: int = 30, kinds: Sequence[str] = INGESTED_KINDS, persistent: bool = False) -> None:
         if persistent and not client_id:
             raise BrokerError("a persistent MQTT session needs a stable client id",
-                              fix="pass client_id=replica_client_id(data_dir)")
+                              fix="pass client_id=replica_client_id(config.replica_id, config.port)")
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise BrokerError(f"broker URL {url!r} is not an MQTT URL", fix="use mqtt://HOST:1883 or mqtts://HOST:8883")

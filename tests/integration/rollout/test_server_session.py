@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -58,22 +56,13 @@ def publish_events(mosquitto: MosquittoProcess, count: int, prefix: str) -> list
     return ids
 
 
-@pytest.fixture
-def data_dirs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    dirs = (tmp_path / "replica-a", tmp_path / "replica-b")
-    for directory in dirs:
-        directory.mkdir()
-    yield dirs
-
-
-def test_events_published_while_the_server_is_down_arrive_when_it_returns(
-        mosquitto: MosquittoProcess, data_dirs: tuple[Path, Path]) -> None:
+def test_events_published_while_the_server_is_down_arrive_when_it_returns(mosquitto: MosquittoProcess) -> None:
     first = Inbox()
-    server = connect(mosquitto, first, replica_client_id(data_dirs[0]), persistent=True)
+    server = connect(mosquitto, first, replica_client_id(None, 8080), persistent=True)
     server.stop()  # the server goes away; its session stays with the broker
     sent = publish_events(mosquitto, 12, "while-down")
     again = Inbox()
-    restarted = connect(mosquitto, again, replica_client_id(data_dirs[0]), persistent=True)  # same id, from its data dir
+    restarted = connect(mosquitto, again, replica_client_id(None, 8080), persistent=True)  # the same id again
     try:
         wait_until(lambda: again.events() == sent, 10, "the events published while the server was down",
                    explain=lambda: str(again.events()))
@@ -98,10 +87,10 @@ def test_a_clean_session_under_a_random_id_loses_them_as_the_old_server_did(mosq
 
 
 def test_two_replicas_keep_their_own_ids_and_between_them_receive_everything_once(
-        mosquitto: MosquittoProcess, data_dirs: tuple[Path, Path]) -> None:
-    ids = [replica_client_id(d) for d in data_dirs]
+        mosquitto: MosquittoProcess) -> None:
+    ids = [replica_client_id(None, port) for port in (8080, 8081)]  # two replicas on one host
     assert ids[0] != ids[1]
-    assert [replica_client_id(d) for d in data_dirs] == ids  # stable across starts
+    assert [replica_client_id(None, port) for port in (8080, 8081)] == ids  # stable across starts
     inboxes = [Inbox(), Inbox()]
     replicas = [connect(mosquitto, inbox, client_id, persistent=True) for inbox, client_id in zip(inboxes, ids,
                                                                                                    strict=True)]
@@ -120,14 +109,13 @@ def test_two_replicas_keep_their_own_ids_and_between_them_receive_everything_onc
     assert back[0].events() and back[1].events()  # the shared subscription dealt to both sessions
 
 
-def test_the_replica_id_comes_from_the_config_or_the_data_dir(tmp_path: Path) -> None:
-    assert replica_client_id(tmp_path, "fleet-a") == "edgefleet-server-fleet-a"
-    assert not (tmp_path / "replica-id").exists()  # a configured id writes nothing
-    made = replica_client_id(tmp_path)
-    assert made == "edgefleet-server-" + (tmp_path / "replica-id").read_text().strip()
-    (tmp_path / "replica-id").write_text("two words\n")
-    with pytest.raises(ConfigError, match="replica-id holds"):
-        replica_client_id(tmp_path)
+def test_the_replica_id_comes_from_the_config_else_the_host_and_port() -> None:
+    assert replica_client_id("fleet-a", 8080) == "edgefleet-server-fleet-a"
+    made = replica_client_id(None, 8443)
+    assert made.startswith("edgefleet-server-") and made.endswith("-8443")
+    assert made == replica_client_id(None, 8443) != replica_client_id(None, 8444)
+    with pytest.raises(ConfigError, match="not a replica id"):
+        replica_client_id("two words", 8080)
 
 
 def test_a_persistent_session_needs_a_client_id(mosquitto: MosquittoProcess) -> None:
@@ -153,3 +141,13 @@ def test_retained_reads_the_retained_message_of_each_topic_named(mosquitto: Mosq
     assert set(found) == expected
     assert all(json.loads(found[topics.reported(d)])["device_id"] == d for d in devices[:5])
     assert inbox.messages == []  # read on a connection of its own, never through the handler
+
+
+def test_a_bad_replica_id_in_the_config_is_refused_with_a_fix() -> None:
+    from fleet_server.config import load_config
+
+    assert load_config({"replica_id": "fleet-a"}, env={}).replica_id == "fleet-a"
+    assert load_config(env={"EDGEFLEET_REPLICA_ID": "fleet-b"}).replica_id == "fleet-b"
+    with pytest.raises(ConfigError, match="not a replica id") as refused:
+        load_config({"replica_id": "fleet/a"}, env={})
+    assert refused.value.fix
