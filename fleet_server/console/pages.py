@@ -88,7 +88,7 @@ _BODIES: Mapping[str, str] = {
   <label>Bake time (s) <input id="r-bake" type="number" min="0" value="60"></label>
   <label>Max failure rate <input id="r-maxfail" type="number" step="0.01" min="0" max="0.99" value="0.05"></label>
   <label>Device timeout (s) <input id="r-timeout" type="number" min="1" value="600"></label>
-  <label><input id="r-autorollback" type="checkbox"> roll back automatically on halt</label>
+  <label class="check"><input id="r-autorollback" type="checkbox"> roll back automatically on halt</label>
   <button id="r-create">Create rollout</button>
   <p id="r-error" class="error"></p>
 </form></section>

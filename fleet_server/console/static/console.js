@@ -160,7 +160,7 @@ async function devicesPage() {
       if (state && st !== state) return false;
       if (profile && d.profile !== profile) return false;
       if (lk && (lv === undefined ? !(lk in d.labels) : d.labels[lk] !== lv)) return false;
-      const hay = [d.id, labelsText(d.labels), JSON.stringify(d.versions || {})].join(" ").toLowerCase();
+      const hay = [d.id, d.hostname, labelsText(d.labels), JSON.stringify(d.versions || {})].join(" ").toLowerCase();
       return !text || hay.includes(text);
     });
     $("device-count").textContent = shown.length + " of " + devices.length + " devices";
@@ -405,13 +405,23 @@ async function driftPage() {
       : "no telemetry for this version in the window";
     document.body.dataset.maxPsi = group ? String(group.max_psi) : "";
     if (group && psi) {
+      if (!psi.data.datasets.length) {
+        psi.data.datasets.push({ label: "max PSI", data: [], borderColor: "#111827", borderWidth: 3 });
+      }
       for (const f of group.features) {
         if (!psi.data.datasets.find((d) => d.label === f.feature)) {
           const i = psi.data.datasets.length;
-          psi.data.datasets.push({ label: f.feature, data: psi.data.labels.map(() => null), borderColor: COLORS[i % COLORS.length] });
+          psi.data.datasets.push({ label: f.feature, data: psi.data.labels.map(() => null), borderColor: COLORS[i % COLORS.length],
+                                   borderWidth: 1, pointRadius: 0 });
         }
       }
-      push(psi, now, psi.data.datasets.map((d) => { const f = group.features.find((x) => x.feature === d.label); return f ? f.psi : null; }));
+      // Many features (an image has dozens): the legend names the max line only; hover names the rest.
+      psi.options.plugins.legend.labels.filter = (item) => psi.data.datasets.length <= 9 || item.datasetIndex === 0;
+      push(psi, now, psi.data.datasets.map((d, i) => {
+        if (i === 0) return group.max_psi;
+        const f = group.features.find((x) => x.feature === d.label);
+        return f ? f.psi : null;
+      }));
     }
     if (group) push(quality, now, [group.output ? group.output.psi : null, group.accuracy]);
     push(alertsChart, now, [alerts.firing]);
