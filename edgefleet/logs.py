@@ -192,7 +192,6 @@ def configure(verbosity: int = 0, *, level: str | int | None = None, log_format:
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)
     root.setLevel(chosen)
-    logging.captureWarnings(True)  # Python warnings (e.g. from a runtime's wrapper) in the same format
     quiet_runtimes()
     return chosen
 
