@@ -260,7 +260,7 @@ def _measure_model(model: BenchModel, concurrency: Sequence[int], duration_s: fl
 def run(*, quick: bool = False, models: tuple[str, ...] | None = None, repeats: int = REPEATS) -> dict[str, Any]:
     """The inference section of a run document (``--quick``: the MLP only, short windows, no cloud)."""
     names = models or (("mlp",) if quick else ("mlp", "forest", "cnn"))
-    duration_s = 0.3 if quick else 1.5
+    duration_s = 0.2 if quick else 1.5
     server_cores, load_cores = processes.split_cores()
     section: dict[str, Any] = {
         "concurrency": list(CONCURRENCY), "duration_s": duration_s, "repeats": repeats, "warmup_per_client": WARMUP,
