@@ -214,19 +214,38 @@ def _reference(evaluation: Dataset, feature_names: Sequence[str] | None, convert
     return reference_document(evaluation.features, feature_names, original, source.task, source.class_labels)
 
 
+def _compact_golden(evaluation: Dataset, source: SourceModel) -> bool:
+    """golden.npz (compact, inputs in their own dtypes) for tensor inputs and wide windows."""
+    return (has_tensor_inputs(source) and evaluation.columns is not None) or \
+        (source.inputs is None and evaluation.width > MAX_BINNED_FEATURES)
+
+
 def _golden(evaluation: Dataset, converted: Converted, original: Outputs, source: SourceModel) -> tuple[str, bytes]:
-    """The golden file's name and bytes: golden.npz for tensor inputs and wide windows (compact,
-    in the inputs' dtypes), golden.json for every other model (its bytes as always)."""
+    """The golden file's name and bytes: golden.npz where ``_compact_golden``, golden.json for
+    every other model (its bytes as always)."""
     from converter.golden import golden_document, golden_npz
     from edgefleet.canonical import pretty_json
     from edgefleet.golden import NPZ_NAME
 
-    if has_tensor_inputs(source) and evaluation.columns is not None:
-        return NPZ_NAME, golden_npz(evaluation.columns, original, source.task, source.class_labels)
-    if source.inputs is None and evaluation.width > MAX_BINNED_FEATURES:
-        return NPZ_NAME, golden_npz({converted.inputs[0]["name"]: evaluation.features}, original, source.task,
-                                    source.class_labels)
+    if _compact_golden(evaluation, source):
+        arrays = evaluation.columns if evaluation.columns is not None else \
+            {converted.inputs[0]["name"]: evaluation.features}
+        return NPZ_NAME, golden_npz(arrays, original, source.task, source.class_labels)
     return "golden.json", pretty_json(golden_document(evaluation.batch, original, source.task, source.class_labels))
+
+
+def _golden_failures(evaluation: Dataset, source: SourceModel, original: Outputs, converted: Outputs,
+                     profile: Profile) -> list[str]:
+    """How the converted model misses the profile's tolerance on the golden samples alone: a
+    device's health check runs exactly those, so a bundle that passes on the whole validation set
+    but misses here would be refused by every device (1 wrong label of 32 is 0.969 agreement)."""
+    from converter.golden import golden_indices
+    from converter.proof import tolerance_failures
+
+    rows = golden_indices(evaluation.batch, compact=_compact_golden(evaluation, source))
+    metrics = _compare(source.task, original.take(rows), converted.take(rows), None, source.class_labels)
+    return [f"on the bundle's {len(rows)} golden samples, which a device's health check runs, {failure}"
+            for failure in tolerance_failures(source.task, metrics, 0, profile)]
 
 
 def _manifest_fields(options: ConvertOptions, profile: Profile, source: SourceModel, converted: Converted,
@@ -291,6 +310,8 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
     result = converted.predictor.predict(evaluation.batch)
     metrics = _compare(source.task, original, result, evaluation.labels, source.class_labels)
     failures = tolerance_failures(source.task, metrics, len(converted.model_bytes), profile)
+    if not failures:
+        failures = _golden_failures(evaluation, source, original, result, profile)
     if source.inputs is not None:  # the numeric columns, named by the data (the manifest names every input)
         feature_names = evaluation.feature_names
     else:

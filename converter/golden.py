@@ -145,14 +145,22 @@ def column_reference_document(columns: Mapping[str, np.ndarray], inputs: Sequenc
     return {"rows": rows, "features": per_feature, "outputs": _outputs_document(original, task, class_labels)}
 
 
+def golden_indices(features: Batch, *, compact: bool) -> np.ndarray:
+    """The rows the golden file keeps: ``golden_rows``, fewer for a compact (golden.npz) file of
+    large samples. The converter checks its converted model on exactly these, as a device will."""
+    total = batch_rows(features)
+    if not compact:
+        return golden_rows(total)
+    arrays = features.values() if isinstance(features, Mapping) else [features]
+    sample_bytes = sum(int(np.asarray(a)[:1].nbytes) for a in arrays) or 1
+    return golden_rows(total, max(GOLDEN_MIN_ROWS, min(GOLDEN_ROWS, GOLDEN_MAX_BYTES // sample_bytes)))
+
+
 def golden_npz(arrays: Mapping[str, np.ndarray], original: Outputs, task: str,
                class_labels: Sequence[Any] | None) -> bytes:
     """golden.npz for a model with tensor inputs: seeded samples in their own dtype, and the
     original model's outputs for them."""
-    total = batch_rows(arrays)
-    sample_bytes = sum(int(np.asarray(a)[:1].nbytes) for a in arrays.values()) or 1
-    count = max(GOLDEN_MIN_ROWS, min(GOLDEN_ROWS, GOLDEN_MAX_BYTES // sample_bytes))
-    rows = golden_rows(total, count)
+    rows = golden_indices(arrays, compact=True)
     inputs = {name: np.asarray(values)[rows] for name, values in arrays.items()}
     return encode(inputs, _golden_outputs(original.take(rows), task, class_labels))
 

@@ -43,7 +43,7 @@ def image_and_metadata(path: Path, seed: int = 0) -> Path:
     inits = [
         _init("conv.weight", rng.normal(0, 0.3, (channels, 3, 3, 3)).astype(np.float32)),
         _init("conv.bias", rng.normal(0, 0.1, (channels,)).astype(np.float32)),
-        _init("fc.weight", rng.normal(0, 0.5, (channels + META_WIDTH, 4)).astype(np.float32)),
+        _init("fc.weight", rng.normal(0, 2.0, (channels + META_WIDTH, 4)).astype(np.float32)),
         _init("fc.bias", rng.normal(0, 0.1, (4,)).astype(np.float32)),
     ]
     nodes = [

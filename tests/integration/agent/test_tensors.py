@@ -30,7 +30,7 @@ from tests.support.tensor_models import (
 @functools.cache
 def bundles() -> dict[str, Path]:
     d = Path(tempfile.mkdtemp(prefix="edgefleet-agent-tensors-"))
-    image = save_samples(d / "image.npz", image_samples(64))
+    image = save_samples(d / "image.npz", image_samples(200))
     audio = save_samples(d / "audio.npz", window_samples(40))
     return {
         "vision": convert(ConvertOptions(image_and_metadata(d / "vision.onnx"), "generic-x86_64", "vision", "1.0.0", d,
