@@ -1,4 +1,4 @@
-"""``edgefleet demo`` and ``edgefleet simulate``: the main job and the fleet simulator.
+"""``edgefleet demo``, ``edgefleet simulate`` and ``edgefleet break-bundle``: the main job, the fleet simulator, and a bad release to rehearse with.
 
 ``demo`` tells the whole story (simulation/demo.py) with real processes on this machine;
 ``simulate`` drives a fleet against a running server (simulation/simulate.py). Both import
@@ -50,9 +50,37 @@ def register(sub: Any) -> None:
                       help="leave the server and agents running after the story until Ctrl-C, and print "
                            "the web console's URL and how to log in")
     demo.set_defaults(handler=_run_demo)
+    broken = sub.add_parser(
+        "break-bundle", help="copy a classifier bundle as a new version whose golden outputs are wrong (drills)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write a copy of BUNDLE as VERSION with every golden output moved one class along: the model "
+                    "and the archive stay well formed and it signs and verifies like any other, but a device's "
+                    "health check fails it. For rehearsing a bad release (docs/walkthrough.md), never for a fleet "
+                    "you care about.",
+        epilog="example:\n  edgefleet break-bundle dist/digits-1.0.0.tar.gz --version 2.0.0 -o dist/")
+    broken.add_argument("bundle", type=Path, help="a classifier bundle made by `edgefleet convert`")
+    broken.add_argument("--version", required=True, help="the version of the broken copy, e.g. 2.0.0")
+    broken.add_argument("-o", "--output", type=Path, default=Path("."), help="directory to write it to (default .)")
+    broken.set_defaults(handler=_break_bundle)
     from simulation.simulate import register_simulate
 
     register_simulate(sub)
+
+
+def _break_bundle(args: argparse.Namespace) -> int:
+    from edgefleet.errors import BundleError
+    from edgefleet.version import ModelVersion
+    from simulation.bundles import break_golden
+
+    ModelVersion.parse(args.version)  # a VersionError names the fix before anything is read
+    if not args.bundle.is_file():
+        raise BundleError(f"bundle {args.bundle} does not exist", fix="pass a .tar.gz made by `edgefleet convert`")
+    try:
+        path = break_golden(args.bundle, args.output, version=args.version)
+    except ValueError as exc:
+        raise BundleError(str(exc), fix="break a classifier bundle (its golden outputs are class labels)") from exc
+    print(path)
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
