@@ -34,11 +34,15 @@ class BundleCache:
         self._lock = threading.Lock()
         self._bundles: OrderedDict[tuple[str, str], Bundle] = OrderedDict()
 
+    def published(self, name: str) -> list[str]:
+        """Every version of ``name`` that is not yanked."""
+        with self.db.session() as session:
+            return list(session.scalars(select(ModelRow.version).where(ModelRow.name == name,
+                                                                       ModelRow.yanked.is_(False))))
+
     def latest(self, name: str) -> str:
         """The newest version of ``name`` that is not yanked."""
-        with self.db.session() as session:
-            versions = list(session.scalars(select(ModelRow.version).where(ModelRow.name == name,
-                                                                           ModelRow.yanked.is_(False))))
+        versions = self.published(name)
         if not versions:
             raise NotFoundError(f"model {name!r} has no published version that is not yanked",
                                 fix="see `edgefleet models list`, or push one with `edgefleet models push`")

@@ -38,9 +38,10 @@ import io
 import itertools
 import math
 import threading
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -429,6 +430,10 @@ class _Loaded:
                               fix="convert the model again with `edgefleet convert`") from exc
 
 
+# A predict without ?version= reads the devices' reports at most this often per model.
+SERVED_TTL_S = 5.0
+
+
 class Predictor:
     """Loads bundles from the registry on demand and runs them; thread-safe (ORT sessions are)."""
 
@@ -439,9 +444,27 @@ class Predictor:
         self.max_rows = max_rows
         self._lock = threading.Lock()
         self._sessions: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
+        self._served: dict[str, tuple[float, Mapping[str, int]]] = {}
 
-    def resolve(self, name: str, version: str | None) -> str:
-        return version or self.bundles.latest(name)
+    def resolve(self, name: str, version: str | None,
+                fleet: Callable[[], Iterable[Mapping[str, Any] | None]] | None = None) -> str:
+        """``version``, else what the fleet serves (``fleet_server.registry.served``; ``fleet`` gives the
+        devices' reports, read at most every ``SERVED_TTL_S`` seconds per model)."""
+        if version:
+            return version
+        from fleet_server.registry.served import default_version, served_counts
+
+        served: Mapping[str, int] = {}
+        if fleet is not None:
+            now = time.monotonic()
+            with self._lock:
+                cached = self._served.get(name)
+            if cached is None or now - cached[0] > SERVED_TTL_S:
+                cached = (now, served_counts(fleet(), name))
+                with self._lock:
+                    self._served[name] = cached
+            served = cached[1]
+        return default_version(name, served=served, published=self.bundles.published(name))
 
     def manifest(self, name: str, version: str) -> Manifest:
         return self._load(name, version).manifest

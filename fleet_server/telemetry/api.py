@@ -3,7 +3,7 @@
     admin
       GET  /api/v1/models/{name}/{version}/drift   ?by=profile|label:NAME&window=SECONDS
     admin or device (Authorization: Bearer <admin token | device api token>)
-      POST /api/v1/models/{name}/predict           ?version=  JSON {"inputs": ...} or {"instances": ...}, .npy/.npz/raw
+      POST /api/v1/models/{name}/predict           ?version=  (default: what the fleet serves) JSON {"inputs": ...} or {"instances": ...}, .npy/.npz/raw
       POST /api/v1/models/{name}/predict/batch     ?version=  multipart field "file" (.csv or .npy) -> text/csv
     public
       GET  /metrics                                Prometheus text format
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
@@ -28,6 +29,9 @@ from fleet_server.api import Bearer, Ctx, ModelName, Version, checked_version, r
 from fleet_server.credentials import same_secret
 from fleet_server.errors import AuthError, InvalidInputError
 from fleet_server.registry.predict import parse_feeds, read_feeds
+
+if TYPE_CHECKING:
+    from fleet_server.context import ServerContext
 
 router = APIRouter(prefix="/api/v1")
 metrics_router = APIRouter()
@@ -125,6 +129,11 @@ PREDICT_BODY = {"required": True, "content": {"application/json": {"schema": {"a
 ], "description": "docs/contracts.md, 'Predict input'"}}}}
 
 
+def _reports(ctx: ServerContext) -> Callable[[], list[Mapping[str, Any] | None]]:
+    """The reports of the enrolled devices: what the fleet serves, for a predict without ?version=."""
+    return lambda: [d.reported for d in ctx.devices.list() if d.revoked_at is None]
+
+
 @router.post("/models/{name}/predict", tags=["predict"], dependencies=[Depends(require_admin_or_device)],
              response_model=PredictOut, response_model_exclude_none=True,
              openapi_extra={"requestBody": PREDICT_BODY})
@@ -145,7 +154,7 @@ async def predict(ctx: Ctx, name: ModelName, request: Request,
             raise InvalidInputError(f"the body is not JSON: {exc}", fix='send {"inputs": [[...]]}') from exc
 
     def run() -> dict[str, Any]:
-        chosen = ctx.predictor.resolve(name, checked_version(version) if version else None)
+        chosen = ctx.predictor.resolve(name, checked_version(version) if version else None, fleet=_reports(ctx))
         inputs = ctx.predictor.manifest(name, chosen).inputs
         return ctx.predictor.predict(name, chosen, parse_feeds(body, inputs, max_rows=ctx.predictor.max_rows)).to_dict()
 
@@ -159,7 +168,7 @@ def predict_batch(ctx: Ctx, name: ModelName,
                                                                ".npy; named columns: CSV with a header, or Parquet")],
                   version: OptionalVersion = None) -> Response:
     """Predict every row of an uploaded file; answers CSV: prediction, then one column per class probability."""
-    chosen = ctx.predictor.resolve(name, checked_version(version) if version else None)
+    chosen = ctx.predictor.resolve(name, checked_version(version) if version else None, fleet=_reports(ctx))
     manifest = ctx.predictor.manifest(name, chosen)
     feeds = read_feeds(file.file, file.filename or "upload.csv", manifest.inputs,  # streamed
                        max_rows=ctx.predictor.max_rows)

@@ -129,7 +129,9 @@ def test_write_broker_files_writes_both_privately(tmp_path: Path) -> None:
                                server_users=["srv"])
     assert files.password_file.read_text() == render_password_file({"dev-a": h, "srv": h})
     assert files.acl_file.read_text() == render_acl([("dev-a", "dev-a")], ["srv"])
-    assert stat.S_IMODE(files.password_file.stat().st_mode) == 0o600
+    # Readable by the broker's group (it may run as another user), never by others.
+    for path in (files.password_file, files.acl_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
