@@ -2,7 +2,9 @@
 
 ``load_session(slot, profile)`` picks the runtime by the bundle's format: ONNX Runtime for
 ``onnx`` (execution providers from the profile, in order, falling back down the list with one
-log line per provider this build or machine lacks; thread counts from the profile), and for
+log line per provider this build or machine lacks; thread counts from the profile, except that
+a small CPU model runs on one intra-op thread where one is as fast, measured at load time:
+``agent.threads``), and for
 ``tflite`` the first importable of ``ai_edge_litert``, ``tflite_runtime``, ``tensorflow.lite``
 (``$EDGEFLEET_TFLITE_RUNTIME`` names one to force). Every session answers ``run_roles(x)``
 (one ``[n, features]`` matrix, for a single-input model) and ``run_feeds(feeds)`` (one array
@@ -29,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from agent import threads
 from agent.errors import InferenceError
 from agent.slots import Slot
 from edgefleet.manifest import Manifest, Quantization, TensorSpec
@@ -175,19 +178,25 @@ class OnnxSession:
         for provider in missing:
             log.warning("execution provider %s is not available in this onnxruntime build; falling back to %s",
                         provider, _next_usable(profile.execution_providers, usable, provider))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = profile.intra_op_threads
-        options.inter_op_num_threads = profile.inter_op_threads
-        options.log_severity_level = 3  # ORT's own provider warnings would duplicate ours
-        # Requests arrive one row at a time with gaps between them: spinning intra-op workers
-        # burn 6-74 us of CPU after every run (measured) that the device's API thread needs.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self._session = ort.InferenceSession(str(slot.model_path), sess_options=options, providers=usable)
-        except Exception as exc:  # onnxruntime raises its own unexported exception types
-            raise InferenceError(f"onnxruntime cannot load {self.manifest.ref}: {exc}",
-                                 fix="check that the bundle was built for this profile (edgefleet bundle inspect)") from exc
+        def build(intra_op_threads: int) -> Any:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = intra_op_threads
+            options.inter_op_num_threads = profile.inter_op_threads
+            options.log_severity_level = 3  # ORT's own provider warnings would duplicate ours
+            # Requests arrive one row at a time with gaps between them: spinning intra-op workers
+            # burn 6-74 us of CPU after every run (measured) that the device's API thread needs.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            try:
+                return ort.InferenceSession(str(slot.model_path), sess_options=options, providers=usable)
+            except Exception as exc:  # onnxruntime raises its own unexported exception types
+                raise InferenceError(f"onnxruntime cannot load {self.manifest.ref}: {exc}",
+                                     fix="check that the bundle was built for this profile (edgefleet bundle inspect)") from exc
+
+        self._session = build(profile.intra_op_threads)
+        self.intra_op_threads = profile.intra_op_threads
         self.providers = tuple(self._session.get_providers())
+        if profile.intra_op_threads > 1 and self.providers == (CPU_PROVIDER,):
+            self._tune_threads(build)
         for provider in usable:
             if provider not in self.providers:
                 # Present in the build but unusable here (no GPU, no driver): ORT dropped it.
@@ -199,6 +208,34 @@ class OnnxSession:
         if len(self.manifest.inputs) > 1 and unnamed:
             raise InferenceError(f"{self.manifest.ref}: the model takes input(s) {', '.join(map(repr, unnamed[:5]))} "
                                  "its manifest does not list", fix="rebuild the bundle with `edgefleet convert`")
+
+    def _tune_threads(self, build: Any) -> None:
+        """Serve with one intra-op thread where that runs a single row as fast (``agent.threads``)."""
+        if self.slot.model_path.stat().st_size > threads.MAX_TUNED_BYTES:
+            return
+        feeds = threads.sample_feeds([(i.name, i.type, i.shape) for i in self._session.get_inputs()])
+        if feeds is None:
+            return
+        single = build(1)
+
+        def timed(session: Any) -> float:
+            outputs = self._outputs_of(session)
+            return threads.seconds_per_run(lambda: session.run(outputs, feeds))
+
+        try:
+            seconds = {1: timed(single), self.intra_op_threads: timed(self._session)}
+        except Exception:  # a model that refuses zeros: keep the profile's setting
+            log.debug("intra-op thread measurement failed for %s", self.manifest.ref, exc_info=True)
+            return
+        chosen = threads.choose(seconds)
+        log.info("%s: %d intra-op thread(s) (single row: %.1f us with 1, %.1f us with %d)", self.manifest.ref,
+                 chosen, 1e6 * seconds[1], 1e6 * seconds[self.intra_op_threads], self.intra_op_threads)
+        if chosen == 1:
+            self._session, self.intra_op_threads = single, 1
+
+    @staticmethod
+    def _outputs_of(session: Any) -> list[str]:
+        return [o.name for o in session.get_outputs()]
 
     def run_roles(self, x: np.ndarray) -> dict[str, np.ndarray]:
         matrix = _as_input(x, self.manifest.input)
