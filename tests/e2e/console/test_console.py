@@ -62,6 +62,14 @@ def page(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pag
         driver.quit()
 
 
+def _as_admin(stack: Stack, page: Page) -> None:
+    """Log in unless the previous test left an admin session (so each test also runs alone, with -k)."""
+    page.open("/console/")
+    page.wait(lambda: page.path.startswith(("/console/login", "/console/")), "a console page")
+    if page.path.startswith("/console/login"):
+        page.login(stack.server.admin_token)
+
+
 def _on(stack: Stack, version: str) -> int:
     return sum(1 for v in stack.versions().values() if v == version)
 
@@ -86,6 +94,7 @@ def test_login_page_refuses_a_wrong_token_then_shows_the_fleet(stack: Stack, pag
 
 
 def test_create_a_rollout_from_the_form_and_watch_it_advance_without_reloading(stack: Stack, page: Page) -> None:
+    _as_admin(stack, page)
     page.open("/console/rollouts")
     page.wait_text("#rollouts-table", "completed")
     page.wait(lambda: page.find("#r-model").get_attribute("value") == "digits", "the model list")
@@ -131,6 +140,7 @@ def test_create_a_rollout_from_the_form_and_watch_it_advance_without_reloading(s
 
 
 def test_broken_version_halts_with_its_reason_and_is_rolled_back_from_the_page(stack: Stack, page: Page) -> None:
+    _as_admin(stack, page)
     page.open("/console/rollouts")
     page.wait(lambda: page.find("#r-model").get_attribute("value") == "digits", "the model list")
     Select(page.find("#r-version")).select_by_visible_text("2.0.0")
@@ -164,6 +174,7 @@ def test_broken_version_halts_with_its_reason_and_is_rolled_back_from_the_page(s
 
 
 def test_models_page_shows_sizes_and_the_conversion_proof(stack: Stack, page: Page) -> None:
+    _as_admin(stack, page)
     page.open("/console/models")
     table = page.wait_text("#models-table", "2.0.0")
     assert "1.0.0" in table and "1.1.0" in table and "KiB" in table
@@ -174,14 +185,16 @@ def test_models_page_shows_sizes_and_the_conversion_proof(stack: Stack, page: Pa
 
 
 def test_drift_chart_moves_after_the_inputs_shift(stack: Stack, page: Page) -> None:
+    _as_admin(stack, page)
     from sklearn.datasets import load_digits
 
     rows = load_digits().data[:300].tolist()
     load = PredictionLoad(lambda: [a.url for a in stack.agents], rows, rate_per_s=60.0).start()
     try:
         page.open("/console/drift")
-        page.wait(lambda: "1.1.0" in page.text("#d-version"), "the version list")
-        Select(page.find("#d-version")).select_by_visible_text("1.1.0")  # what every device serves now
+        serving = max(set(stack.versions().values()) - {None}, key=lambda v: _on(stack, str(v)))
+        page.wait(lambda: str(serving) in page.text("#d-version"), "the version list")
+        Select(page.find("#d-version")).select_by_visible_text(str(serving))  # what the devices serve now
         window = page.find("#d-window")
         window.clear()
         window.send_keys("20")
@@ -192,17 +205,18 @@ def test_drift_chart_moves_after_the_inputs_shift(stack: Stack, page: Page) -> N
             shown = page.find("body").get_attribute("data-max-psi") or ""
             return float(shown) if shown else -1.0
 
-        page.wait(lambda: 0 <= psi() < 0.25, "a stable PSI before the shift", timeout=90)
+        # A few hundred rows of unshifted inputs score a max PSI (over 64 pixels) of 0.1-0.45 by chance.
+        page.wait(lambda: 0 <= psi() < 0.5, "an unshifted PSI before the shift", timeout=90)
         before = psi()
         points_before = page.driver.execute_script(
             "return Chart.getChart('chart-psi').data.labels.length")
         load.shift([a.url for a in stack.agents])
-        page.wait(lambda: psi() > 0.25, "the PSI to cross the drift band after the shift", timeout=120)
+        page.wait(lambda: psi() > 1.0, "the PSI to rise far into the drift band after the shift", timeout=120)
         page.wait_text("#drift-table", "drift")
         series = page.driver.execute_script(
             "const c = Chart.getChart('chart-psi');"
             "return c.data.datasets.map(d => Math.max(...d.data.filter(v => v !== null)));")
-        assert max(series) > 0.25 > before, (before, series)
+        assert max(series) > 1.0 > 0.5 > before, (before, series)
         assert page.driver.execute_script("return Chart.getChart('chart-psi').data.labels.length") > points_before
         page.screenshot("drift")
     finally:
@@ -210,6 +224,7 @@ def test_drift_chart_moves_after_the_inputs_shift(stack: Stack, page: Page) -> N
 
 
 def test_devices_page_filters_and_a_device_is_revoked_behind_a_confirmation(stack: Stack, page: Page) -> None:
+    _as_admin(stack, page)
     page.open("/console/devices")
     page.wait_text("#device-count", "3 of 3 devices")
     page.find("#f-text").send_keys(stack.agents[1].device_id)
