@@ -204,9 +204,12 @@ def _csv_array(stream: BinaryIO, filename: str, spec: TensorSpec, *, max_rows: i
             if not spec.feature_names:
                 raise PredictInputError(f"{filename} has a header but this model's input has no feature names",
                                         fix="upload the numbers without a header, in the model's column order")
-            # The shared parser judges the names once, as it would a first instance; the rows
-            # then go by column number rather than as a dict each.
-            parse_inputs({"instances": [dict.fromkeys(header, 0.0)]}, spec, source=filename)
+            # Columns the model does not take (ids, a label) are skipped, as `edgefleet agent
+            # predict` skips them. The shared parser judges the names the model does take once, as
+            # it would a first instance (a missing one is named there); the rows then go by
+            # column number rather than as a dict each.
+            known = set(spec.feature_names)
+            parse_inputs({"instances": [dict.fromkeys((n for n in header if n in known), 0.0)]}, spec, source=filename)
             position = {name: j for j, name in enumerate(header)}  # a repeated name: the last one wins
             columns = [position[name] for name in spec.feature_names]
         width = len(header if header is not None else first)
@@ -222,14 +225,15 @@ def _csv_array(stream: BinaryIO, filename: str, spec: TensorSpec, *, max_rows: i
                     else f"{filename}: inputs[{i}] has {len(line)} values but inputs[0] has {width}",
                     fix="give every row one cell per header column" if header is not None
                     else "make every row the same length")
-            numbers = [_csv_number(cell, filename, i, j) for j, cell in enumerate(line)]
+            used = range(len(line)) if columns is None else columns
+            numbers = [_csv_number(line[j], filename, i, j) for j in used]
             values += len(numbers)
             if values * 4 > max_bytes:
                 raise PredictInputError(f"{filename} holds more than {max_bytes // 4} values, over the limit of "
                                         f"{max_bytes} bytes an upload", fix=_SPLIT_FIX, status=413)
             # float32 now, as the parser would make it (beyond its range: infinity, refused there).
             with np.errstate(over="ignore"):
-                kept.append(np.array(numbers if columns is None else [numbers[c] for c in columns], dtype=np.float32))
+                kept.append(np.array(numbers, dtype=np.float32))
     except csv.Error as exc:
         raise PredictInputError(f"{filename} is not a readable CSV file: {exc}", fix="upload a CSV or .npy file") from exc
     return np.stack(kept) if kept else np.empty((0, len(columns) if columns is not None else width), dtype=np.float32)

@@ -111,7 +111,30 @@ def test_predict_refuses_unknown_models_bad_json_and_no_token(client: TestClient
     assert client.post("/api/v1/models/digits/predict", json={"inputs": [[0.0] * 64]}).status_code == 401
     bad_csv = client.post("/api/v1/models/digits/predict/batch", files={"file": ("x.csv", b"a,b\n1,2\n")},
                           headers=ADMIN)
-    assert bad_csv.status_code == 422 and "unknown feature" in bad_csv.json()["detail"]
+    assert bad_csv.status_code == 422 and "missing feature" in bad_csv.json()["detail"]
+
+
+def test_batch_csv_skips_columns_the_model_does_not_take_as_the_agent_does(client: TestClient, bundle: Bundle,
+                                                                            tmp_path: Path) -> None:
+    """An id and a (string) label column beside the features: skipped by name on both sides (issue 17)."""
+    from agent.batch import _chunks  # the agent's batch reader: `edgefleet agent predict`
+
+    rows = np.asarray(bundle.golden()["inputs"], dtype=np.float32)[:10]
+    names = list(bundle.manifest.input.feature_names or ())
+    header = ["id", *reversed(names), "label"]
+    lines = [",".join(header)] + [",".join([f"r{i}", *(str(v) for v in reversed(row)), "cat"])
+                                  for i, row in enumerate(rows.tolist())]
+    upload = ("\n".join(lines) + "\n").encode()
+    answer = client.post("/api/v1/models/digits/predict/batch", files={"file": ("labelled.csv", upload)},
+                         headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    labels, _ = _direct(bundle, rows)
+    assert [int(line.split(",")[0]) for line in answer.text.strip().splitlines()[1:]] == labels
+    path = tmp_path / "labelled.csv"
+    path.write_bytes(upload)
+    total, chunks = _chunks(path, ".csv", bundle.manifest, 1000)
+    assert total == 10
+    np.testing.assert_array_equal(np.concatenate(list(chunks)), rows)  # the same features, the same order
 
 
 def test_a_bare_list_of_rows_is_accepted_like_the_agent_does(client: TestClient) -> None:
