@@ -32,6 +32,16 @@ not JSON. Three families of model, three families of body (docs/contracts.md, "P
   real values), integers in range for an integer input, booleans for a bool input. A refusal
   names the input (``InputError.field``) and the shape it expects.
 
+* **Images** (schema 2, an input of kind ``image``): ``image/png`` or ``image/jpeg`` (a model
+  whose one input is an image; one image), or ``multipart/form-data`` (several images, one part
+  each; for a model with several inputs, image parts named after the image input and a part per
+  other input, JSON nested lists or .npy). Each image goes through ``edgefleet.images`` (decode
+  with a pixel bound, colour, resize, scale/mean/std, layout, dtype): the same code the converter
+  ran on its calibration and validation images. The preprocessed array still feeds an image
+  input as a tensor (JSON, .npy). Not an image, a damaged one, the wrong size where the input
+  does not resize, an unknown part or a missing input: 400 naming the input; too many pixels or
+  parts: 413; an image for a model without an image input: 415.
+
 ``to_matrix`` accepts these shapes for one 2-D float input:
 
     {"inputs": [[1.0, 2.0], [3.0, 4.0]]}       rows
@@ -66,6 +76,8 @@ from typing import Any
 import numpy as np
 
 from edgefleet.errors import InputError
+from edgefleet.images import MEDIA_TYPES as IMAGE_MEDIA_TYPES
+from edgefleet.images import is_image_media, normalize, pixels, sniff
 from edgefleet.manifest import TensorSpec
 
 DEFAULT_MAX_ROWS = 10_000
@@ -285,7 +297,10 @@ NPZ = "application/x-npz"
 RAW = "application/octet-stream"
 SHAPE_HEADER = "x-edgefleet-shape"
 DTYPE_HEADER = "x-edgefleet-dtype"
+MULTIPART = "multipart/form-data"
 TENSOR_MEDIA_TYPES = (JSON, NPY, NPZ, RAW)
+MEDIA_TYPES = (*TENSOR_MEDIA_TYPES, *IMAGE_MEDIA_TYPES, MULTIPART)
+"""Every request body type this parser reads; images and multipart only for image inputs."""
 RAW_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")
 MAX_NPZ_BYTES = 256 << 20
 """What the arrays of one .npz body may take once unpacked: a zip's members may be compressed,
@@ -305,6 +320,8 @@ def to_feeds(payload: Any, inputs: Sequence[TensorSpec], *, max_rows: int = DEFA
     input name (module docstring).
     """
     if isinstance(payload, Body):
+        if is_image_media(payload.media_type) or payload.media_type == MULTIPART:
+            return _image_body(payload, inputs, max_rows)
         payload = _read_body(payload, inputs)
     if is_matrix(inputs):
         spec = inputs[0]
@@ -528,7 +545,11 @@ def _read_body(body: Body, inputs: Sequence[TensorSpec]) -> Any:
     if media == RAW:
         return read_raw(body.data, body.shape, body.dtype)
     raise InputError(f"request bodies of type {media[:60]!r} are not read here",
-                     fix=f"send one of {', '.join(TENSOR_MEDIA_TYPES)}", status=415)
+                     fix=f"send one of {', '.join(_media_for(inputs))}", status=415)
+
+
+def _media_for(inputs: Sequence[TensorSpec]) -> tuple[str, ...]:
+    return MEDIA_TYPES if any(spec.kind == "image" for spec in inputs) else TENSOR_MEDIA_TYPES
 
 
 def read_npy(data: bytes, where: str) -> np.ndarray:
@@ -683,3 +704,145 @@ def _column(values: list[Any], spec: TensorSpec) -> np.ndarray:
 def _names_hint(names: Sequence[str]) -> str:
     shown = ", ".join(names[:8])
     return shown + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+
+# -- images -----------------------------------------------------------------------------------------
+
+MAX_PARTS = 1_024
+"""Parts a multipart body may hold (besides the rows limit): each is parsed and may be decoded."""
+_MULTIPART_FIX = ("send multipart/form-data with one part per image, named after the image input, and one part per "
+                  "other input (JSON nested lists or .npy), e.g. curl -F image=@a.png -F 'metadata=[[0.1, ...]]'")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a multipart/form-data body: its form name, media type and bytes."""
+
+    name: str
+    media_type: str
+    data: bytes
+    filename: str | None = None
+
+
+def image_feeds(images: Mapping[str, Sequence[bytes]], inputs: Sequence[TensorSpec],
+                others: Mapping[str, Any] | None = None, *, max_rows: int = DEFAULT_MAX_ROWS) -> Feeds:
+    """Feeds from PNG/JPEG images by image input name (each run through ``edgefleet.images``) and,
+    for a model with other inputs, their values by name (nested lists or arrays, as in
+    ``{"inputs": {...}}``). Batch mode and the multipart parser both end here."""
+    specs = {spec.name: spec for spec in inputs}
+    values: dict[str, Any] = dict(others or {})
+    for name, sent in images.items():
+        spec = specs.get(name)
+        if spec is None or spec.kind != "image" or spec.image is None:
+            takes = _image_inputs(inputs)
+            raise InputError(f"input {name!r} was sent as images, but "
+                             + (f"it is not one of this model's inputs ({_inputs_hint(inputs)})" if spec is None
+                                else f"it is a {spec.kind} {shape_text(spec.shape)}, not an image input"),
+                             fix=(f"send images for {', '.join(map(repr, takes))}" if takes
+                                  else "send tensors; this model was converted without an image input "
+                                       "(edgefleet convert --image INPUT declares one)"),
+                             status=415 if not takes else 400, field=name)
+        _check_rows_count(len(sent), max_rows)
+        where = f"the image for {name!r}"
+        batch = np.stack([pixels(data, spec.image, where=f"{where} {i}" if len(sent) > 1 else where, field=name)
+                          for i, data in enumerate(sent)])
+        values[name] = normalize(batch, spec.image, array_dtype(spec))
+    return _tensors({"inputs": values}, inputs, max_rows)
+
+
+def _image_inputs(inputs: Sequence[TensorSpec]) -> list[str]:
+    return [spec.name for spec in inputs if spec.kind == "image"]
+
+
+def _image_body(body: Body, inputs: Sequence[TensorSpec], max_rows: int) -> Feeds:
+    """An image/png or image/jpeg body (a model with one input, an image), or a multipart body."""
+    takes = _image_inputs(inputs)
+    if not takes:
+        raise InputError(f"this model takes no image input ({_inputs_hint(inputs)}), so a {body.media_type} body "
+                         "cannot feed it", fix=f"send one of {', '.join(TENSOR_MEDIA_TYPES)}; an image input is "
+                         "declared when the model is converted (edgefleet convert --image INPUT)", status=415)
+    if body.media_type != MULTIPART:
+        if len(inputs) != 1:
+            raise InputError(f"this model takes {len(inputs)} inputs ({_inputs_hint(inputs)}); one image body feeds "
+                             "one of them", fix=_MULTIPART_FIX)
+        return image_feeds({takes[0]: [body.data]}, inputs, max_rows=max_rows)
+    parts = read_multipart(body.data, body.params.get("boundary"), max_parts=min(MAX_PARTS, max_rows + len(inputs)))
+    names = {spec.name for spec in inputs}
+    images: dict[str, list[bytes]] = {}
+    others: dict[str, Any] = {}
+    for i, part in enumerate(parts):
+        name = part.name
+        is_image = is_image_media(part.media_type) or sniff(part.data) is not None
+        if name not in names and is_image and len(takes) == 1:
+            name = takes[0]  # a model with one image input takes images under any part name (curl -F file=@a.png)
+        if name not in names:
+            raise InputError(f"multipart part {i} is named {part.name[:40]!r}, which is not one of this model's inputs "
+                             f"({_inputs_hint(inputs)})", fix=_MULTIPART_FIX, field=part.name[:40])
+        if name in takes:
+            images.setdefault(name, []).append(part.data)
+        elif name in others:
+            raise InputError(f"input {name!r} was sent in two parts; an input that is not an image is sent once",
+                             fix="send its samples as one array (nested lists or .npy)", field=name)
+        else:
+            others[name] = _part_value(part, name)
+    if not images and not others:
+        raise InputError("the multipart body holds no parts", fix=_MULTIPART_FIX)
+    return image_feeds(images, inputs, others, max_rows=max_rows)
+
+
+def _part_value(part: Part, name: str) -> Any:
+    """A part feeding a tensor input: .npy bytes, or JSON nested lists (any other media type)."""
+    if part.media_type == NPY or part.data.startswith(b"\x93NUMPY"):
+        return read_npy(part.data, f"part {name!r}")
+    import json
+
+    try:
+        return json.loads(part.data)
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"part {name!r} is neither .npy nor JSON ({exc})",
+                         fix=f"send {name} as JSON nested lists or as .npy (Content-Type: {NPY})", field=name) from None
+
+
+def read_multipart(data: bytes, boundary: str | None, *, max_parts: int = MAX_PARTS) -> list[Part]:
+    """The parts of a multipart/form-data body (RFC 7578): split on CRLF ``--boundary`` exactly,
+    each part's headers read for its form name (Content-Disposition) and media type. A body
+    without a boundary, a part without a name, or a missing closing delimiter is refused (400);
+    more than ``max_parts`` parts is a 413, judged before any part is decoded."""
+    if not boundary or len(boundary) > 70:
+        raise InputError("a multipart body needs a boundary parameter in its Content-Type (at most 70 characters)",
+                         fix=_MULTIPART_FIX)
+    delimiter = b"\r\n--" + boundary.encode("latin-1", "replace")
+    sections = (b"\r\n" + data).split(delimiter)
+    # sections[0] is the preamble; the last one starts with "--" (the closing delimiter).
+    if len(sections) < 2 or not sections[-1].startswith(b"--"):
+        raise InputError("the multipart body is cut short: its closing boundary is missing", fix=_MULTIPART_FIX)
+    if len(sections) - 2 > max_parts:
+        raise InputError(f"the multipart body holds {len(sections) - 2} parts, over the limit of {max_parts}",
+                         fix="send fewer images per request", status=413)
+    parts = []
+    for i, section in enumerate(sections[1:-1]):
+        head, sep, content = section.partition(b"\r\n\r\n")
+        if not sep or (head and not head.startswith(b"\r\n")):
+            raise InputError(f"multipart part {i} has no blank line after its headers", fix=_MULTIPART_FIX)
+        headers: dict[str, str] = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            key, colon, value = line.partition(":")
+            if colon:
+                headers[key.strip().lower()] = value.strip()
+        name = _disposition(headers.get("content-disposition", ""), "name")
+        if name is None:
+            raise InputError(f"multipart part {i} has no name (Content-Disposition: form-data; name=...)",
+                             fix=_MULTIPART_FIX)
+        media = headers.get("content-type", "application/octet-stream").partition(";")[0].strip().lower()
+        parts.append(Part(name, media, content, _disposition(headers.get("content-disposition", ""), "filename")))
+    return parts
+
+
+def _disposition(value: str, key: str) -> str | None:
+    """A parameter of a Content-Disposition header (quoted or not)."""
+    for item in value.split(";")[1:]:
+        k, eq, v = item.strip().partition("=")
+        if eq and k.strip().lower() == key:
+            v = v.strip()
+            return v[1:-1] if len(v) >= 2 and v[0] == v[-1] == '"' else v
+    return None

@@ -56,7 +56,7 @@ COLUMN_DTYPES = ("float32", "int64", "bool", "string")
 IMAGE_DTYPES = ("float32", "uint8", "int8")
 LAYOUTS = ("NHWC", "NCHW")
 COLORS = ("RGB", "BGR", "GRAY")
-RESIZES = ("bilinear", "nearest", "area")
+RESIZES = ("bilinear", "nearest", "area", "none")
 _V1_SPEC_FIELDS = frozenset({"name", "dtype", "shape", "role", "feature_names", "quantization", "allow_nan"})
 _V2_SPEC_FIELDS = _V1_SPEC_FIELDS | {"kind", "categories", "image"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -148,9 +148,9 @@ class ImageSpec:
     """How an image input is laid out and preprocessed (schema 2).
 
     ``layout`` orders the axes after the batch (NHWC: height, width, channels). A decoded image
-    is converted to ``color``, resized to ``height`` x ``width`` with ``resize``, then each value
-    becomes ``(pixel * scale - mean[c]) / std[c]`` per channel ``c``. The preprocessing code
-    comes with image support (issue 12, slice 4); this class is the contract it will follow.
+    is converted to ``color``, resized to ``height`` x ``width`` with ``resize`` (``none``: an
+    image of another size is refused), then each value becomes ``(pixel * scale - mean[c]) /
+    std[c]`` per channel ``c``. ``edgefleet.images`` is the one implementation of these steps.
     """
 
     layout: str
