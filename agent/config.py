@@ -22,7 +22,7 @@ A file that sets ``http_host`` or ``http_port`` without ``tcp`` asks for TCP, as
     log_level = "INFO"
     telemetry = true              keep serving metrics, drift counts and feedback; report them over MQTT
     telemetry_interval_s = 60     one telemetry batch per interval (counts are per interval)
-    telemetry_drift_every = 10    feature drift counts ride on every Nth batch (they are most of its bytes)
+    telemetry_drift_every = 1     feature drift counts ride on every Nth batch (1: the server is at most one interval behind)
     outbox_max_bytes = 8388608    STATE_DIR/outbox.sqlite caps: over either, the OLDEST batches are
     outbox_max_rows = 20000       dropped and the count of them is reported in the next batch
     probation_s = 60              how long a newly activated model is watched before it is committed
@@ -87,7 +87,7 @@ class AgentConfig:
                              fix="e.g. telemetry_interval_s = 60 (seconds between telemetry batches)")
         if self.telemetry_drift_every < 1:
             raise AgentError(f"telemetry_drift_every = {self.telemetry_drift_every} must be at least 1",
-                             fix="1 sends feature drift counts on every batch, 10 (the default) on every 10th")
+                             fix="1 (the default) sends feature drift counts on every batch, 10 on every 10th (a third of the bytes)")
         if self.outbox_max_bytes <= 0 or self.outbox_max_rows <= 0:
             raise AgentError("outbox_max_bytes and outbox_max_rows must be positive",
                              fix="e.g. outbox_max_bytes = 8388608 and outbox_max_rows = 20000")

@@ -304,6 +304,12 @@ def _num(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "none in the window"
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
 def _models_drift(args: argparse.Namespace) -> int:
     name, version = _ref(args.ref)
     with _client(args) as client:
@@ -315,6 +321,7 @@ def _models_drift(args: argparse.Namespace) -> int:
     for group in view["groups"]:
         print(f"\n{group['group']}: {group['devices']} device(s), band {group['band']}, max PSI {group['max_psi']:.3f}, "
               f"{group['requests']} requests, accuracy {_num(group['accuracy'])}")
+        print(f"  newest batch {_age(group.get('age_s'))}, newest feature counts {_age(group.get('features_age_s'))}")
         features = sorted(group["features"], key=lambda f: -f["psi"])
         shown = features if args.all else features[:20]
         rows = [(f["feature"], f["rows"], f"{f['psi']:.4f}", f"{f['js']:.4f}", f"{f['hellinger']:.4f}", f["band"])

@@ -71,6 +71,11 @@ class GroupDriftOut(BaseModel):
     error_rate: float | None
     accuracy: float | None
     labels: int
+    as_of: str | None = Field(None, description="the group's newest batch in the window (UTC)")
+    age_s: float | None = Field(None, description="seconds from that batch to the server's now")
+    features_as_of: str | None = Field(None, description="the group's newest batch carrying feature counts "
+                                                         "(devices may send them on every Nth batch)")
+    features_age_s: float | None = Field(None, description="seconds from that batch to the server's now")
 
 
 class VersionTotalsOut(BaseModel):
@@ -95,6 +100,7 @@ class DriftOut(BaseModel):
     by: str
     window_s: float
     since: str
+    now: str | None = Field(None, description="the server's clock when the view was made (UTC)")
     groups: list[GroupDriftOut]
     versions: list[VersionTotalsOut] = Field(description="every version of the model seen in the window")
     skipped: list[SkippedOut] = Field(description="devices whose data was skipped or partly ignored (malformed "

@@ -57,6 +57,7 @@ from fleet_server.telemetry.drift import (
     DriftReport,
     Totals,
     fleet_drift,
+    group_of,
     merge,
     misfit,
 )
@@ -212,6 +213,41 @@ def _versions(device: _Device, problems: Problems | None = None) -> dict[str, st
     return versions
 
 
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class _Fresh:
+    """How old a drift group's figures are: its newest batch, and its newest batch with feature counts."""
+
+    batch: float | None = None
+    features: float | None = None
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        def age(ts: float | None) -> float | None:
+            return None if ts is None else round(max(0.0, now - ts), 1)
+
+        return {"as_of": None if self.batch is None else _iso(self.batch), "age_s": age(self.batch),
+                "features_as_of": None if self.features is None else _iso(self.features),
+                "features_age_s": age(self.features)}
+
+
+def _freshness(rows: Sequence[Any], counts: Sequence[DeviceCounts], by: str | None) -> dict[str, _Fresh]:
+    """Per drift group, the newest batch and the newest batch carrying feature counts (rows of one
+    model version; a device that sends features on every Nth batch has older feature figures)."""
+    group = {c.device_id: group_of(c, by) for c in counts}
+    fresh: dict[str, _Fresh] = {}
+    for row in rows:
+        name = group.get(row.device_id)
+        if name is None:
+            continue
+        ts = row.ts.replace(tzinfo=UTC).timestamp() if row.ts.tzinfo is None else row.ts.timestamp()
+        old = fresh.get(name, _Fresh())
+        fresh[name] = _Fresh(max(ts, old.batch or ts), max(ts, old.features or ts) if row.drift else old.features)
+    return fresh
+
+
 class FleetViews:
     def __init__(self, db: Database, bundles: BundleCache, *, window_s: float = DEFAULT_WINDOW_S,
                  clock: Callable[[], float] = time.time) -> None:
@@ -361,10 +397,13 @@ class FleetViews:
         problems = Problems()
         self._future(until, problems, model)
         records = self._by_model_version(rows, devices, problems)
-        reports = fleet_drift(model, version, reference, self._device_counts(records.get((model, version), []), devices),
-                              by=by)
+        counts = self._device_counts(records.get((model, version), []), devices)
+        reports = fleet_drift(model, version, reference, counts, by=by)
+        fresh = _freshness([r for r in rows if r.model == model and r.version == version], counts, by)
+        moment = self._moment(now)
         return {"model": model, "version": version, "by": by or FLEET, "window_s": window_s or self.window_s,
-                "since": since.strftime("%Y-%m-%dT%H:%M:%SZ"), "groups": [r.to_dict() for r in reports],
+                "since": since.strftime("%Y-%m-%dT%H:%M:%SZ"), "now": _iso(moment),
+                "groups": [r.to_dict() | fresh.get(r.group, _Fresh()).to_dict(moment) for r in reports],
                 "versions": self._by_version(records), "skipped": problems.to_list()}
 
     @staticmethod

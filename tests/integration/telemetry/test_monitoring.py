@@ -251,3 +251,31 @@ def test_drift_alert_judges_the_api_figure_and_only_once_enough_rows_are_merged(
         assert round(fired[0][1], 6) == fired[0][2] > 0.25
     finally:
         devices.close()
+
+
+def test_the_drift_view_says_how_old_each_groups_figures_are(server: RunningServer, mosquitto: MosquittoProcess,
+                                                            digits_bundle: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17: each group carries its newest batch and its newest batch with feature counts,
+    as times and ages, so a view of a device that sends features on every Nth batch says so."""
+    reference = read_bundle(digits_bundle).reference()
+    for device, site in (("dev-a1", "a"), ("dev-b1", "b")):
+        add_device(server.ctx.db, device, labels={"site": site}, models={"digits": "1.0.0"})
+    devices = Devices(mosquitto)
+    t0 = time.time()
+    try:
+        devices.send("dev-a1", t0 - 100, record(count=12, drift=reference_counts(reference)))
+        devices.send("dev-a1", t0 - 10, record(count=12))  # no feature counts on this one
+        devices.send("dev-b1", t0 - 50, record(count=12, drift=reference_counts(reference)))
+        _wait_stored(server, devices.sent)
+    finally:
+        devices.close()
+    view = server.ctx.fleet_views.model_drift("digits", "1.0.0", by="site", now=t0)
+    ages = {g["group"]: (g["age_s"], g["features_age_s"]) for g in view["groups"]}
+    assert ages == {"site=a": (10.0, 100.0), "site=b": (50.0, 50.0)}
+    assert {g["group"]: g["as_of"] for g in view["groups"]}["site=b"] == datetime.fromtimestamp(
+        t0 - 50, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert main(["models", "drift", "digits@1.0.0", "--by", "label:site", "--window", "600", "--server", server.url,
+                 "--token", "test-admin-token"]) == 0
+    printed = capsys.readouterr().out
+    assert "newest batch" in printed and "newest feature counts" in printed and " s ago" in printed, printed
