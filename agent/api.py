@@ -6,6 +6,7 @@
     GET  /healthz                    liveness (200 while the process serves)
     POST /v1/feedback                {"request_id", "label", "row"?} or a list of them -> accuracy
     GET  /v1/status                  the daemon's status document (``agent status`` reads it)
+    GET  /metrics                    Prometheus text format (``agent.prometheus``)
     POST /v1/reload                  re-read the active slots from the state directory
 
 Why not FastAPI: a device install must stay small and a prediction must cost little more
@@ -117,8 +118,28 @@ def shown(text: str, limit: int = 64) -> str:
 _HEADS: dict[int, bytes] = {}
 
 
+class MediaBody(bytes):
+    """An answer body that is not JSON (``/metrics``): its bytes, and its ``media`` type."""
+
+    media: str
+
+    @classmethod
+    def of(cls, body: bytes, media: str) -> MediaBody:
+        typed = cls(body)
+        typed.media = media
+        return typed
+
+
+MetricsHandler = Callable[[], MediaBody]
+
+
 def _response(status: int, body: bytes, keep_alive: bool) -> bytes:
-    head = _HEADS.get(status)
+    head: bytes | None
+    if type(body) is MediaBody:  # rare (a scrape): the JSON answers keep their prebuilt heads
+        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {body.media}\r\n"
+                "Content-Length: ").encode("latin-1")
+    else:
+        head = _HEADS.get(status)
     if head is None:
         media = MEDIA_TYPE if status >= 400 else "application/json"
         head = _HEADS[status] = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
@@ -211,7 +232,8 @@ class ApiServer:
     def __init__(self, serving: ServingTable, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  inline_budget_ms: float = 1.0, executor: Executor | None = None,
                  status: Handler | None = None, reload: Handler | None = None,
-                 feedback: FeedbackHandler | None = None, batching: bool = True) -> None:
+                 feedback: FeedbackHandler | None = None, metrics: MetricsHandler | None = None,
+                 batching: bool = True) -> None:
         self.serving = serving
         self.batching = batching
         self._batcher: MicroBatcher[Any, PredictionResult | Exception] | None = None
@@ -221,6 +243,7 @@ class ApiServer:
         self._status = status
         self._reload = reload
         self._feedback = feedback
+        self._metrics = metrics
         self._servers: list[asyncio.base_events.Server] = []
         self._connections: set[_Connection] = set()
         self._active = 0
@@ -386,9 +409,12 @@ class ApiServer:
         if path == "/v1/reload" and self._reload is not None:
             _allow(method, "POST")
             return 200, await self._off_loop(self._reload)
+        if path == "/metrics" and self._metrics is not None:
+            _allow(method, "GET")
+            return 200, await self._off_loop(self._metrics)  # drift scores are numpy work: off the loop
         raise HttpError(404, f"no route {shown(path)}",
-                        "use POST /v1/models/NAME/predict, POST /v1/feedback, GET /v1/models, GET /healthz "
-                        "or GET /v1/status")
+                        "use POST /v1/models/NAME/predict, POST /v1/feedback, GET /v1/models, GET /healthz, "
+                        "GET /v1/status or GET /metrics")
 
     async def _off_loop(self, func: Callable[[], Any]) -> Any:
         try:

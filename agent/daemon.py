@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent import sdnotify
-from agent.api import ApiServer
+from agent.api import ApiServer, MediaBody
 from agent.config import AgentConfig
 from agent.errors import AgentError, StateError
 from agent.link import Link
@@ -179,6 +179,22 @@ class Daemon:
             "telemetry": self.reporter.stats() if self.reporter else None,
         }
 
+    def prometheus(self) -> MediaBody:
+        """``GET /metrics``: the serving counters, drift and accuracy in Prometheus text format."""
+        from agent import prometheus  # only when scraped
+
+        serving = {}
+        for name in self.serving.names():
+            session = self.serving.get(name)
+            if session is not None:
+                serving[name] = session.manifest.version
+        reporter = self.reporter
+        drift = ({key: reporter.drift_summary(*key) for key in reporter.windows()} if reporter is not None else {})
+        outbox = reporter.outbox.stats().rows if reporter is not None and reporter.outbox is not None else None
+        families = prometheus.agent_families(serving=serving, totals=self.metrics.totals(),
+                                             accuracies=self.metrics.accuracies(), drift=drift, outbox_rows=outbox)
+        return MediaBody.of(prometheus.render(families), prometheus.CONTENT_TYPE)
+
     # -- lifecycle ------------------------------------------------------------------------------
     def _make_link(self) -> Link | None:
         if not self.config.mqtt:
@@ -238,7 +254,8 @@ class Daemon:
         self.reload()
         self.api = ApiServer(self.serving, max_body_bytes=self.config.max_body_bytes,
                              status=self.status, reload=self.reload,
-                             feedback=self.reporter.feedback if self.reporter is not None else None)
+                             feedback=self.reporter.feedback if self.reporter is not None else None,
+                             metrics=self.prometheus)
         # TCP only when asked for (every local user reaches a loopback port); the socket where its
         # directory's group reaches it, with STATE_DIR/agent.sock linked to it for the CLI.
         await self.api.start(host=self.config.tcp_host, port=self.config.http_port,

@@ -9,6 +9,12 @@ prediction it judges: ``remember`` keeps the last ``remember_limit`` requests' p
 request id, ``feedback(request_id, label)`` scores one, and ``accuracy`` is the rolling share
 correct over the last ``accuracy_window`` labels of that model version.
 
+Beside the interval, ``Metrics`` keeps running totals per model version since the process
+started (``totals``): requests, errors by kind, latency in the contract's fixed buckets
+(``edgefleet.telemetry.LATENCY_BUCKETS_S``) and feedback, for the agent's Prometheus ``/metrics``
+(``agent.prometheus``). They are kept for the last ``KEEP_VERSIONS`` versions of each model, so
+a device that went through many updates does not grow a series per version forever.
+
 ``take_records`` closes the interval: it returns one ``edgefleet.telemetry.ModelRecord`` per
 model version seen (with drift and output counts from the matching ``DriftWindow``) and resets
 the interval counters. ``BatchComposer`` wraps that into a whole batch for the outbox.
@@ -42,16 +48,22 @@ from agent.errors import AgentError
 from edgefleet.telemetry import (
     DEFAULT_DRIFT_EVERY,
     DEFAULT_INTERVAL_S,
+    LATENCY_BUCKETS_S,
     Feedback,
     Latency,
     ModelRecord,
     Resource,
     TelemetryBatch,
     encode,
+    latency_bucket,
+    trim_buckets,
 )
 
 DEFAULT_ACCURACY_WINDOW = 500
 DEFAULT_REMEMBER = 10_000
+# Versions of one model whose running totals are kept (the reporter keeps as many drift windows).
+KEEP_VERSIONS = 3
+_BUCKETS = len(LATENCY_BUCKETS_S) + 1
 
 ModelKey = tuple[str, str]
 """(model name, version)."""
@@ -107,13 +119,42 @@ class LatencyHistogram:
         return Latency(p50, p95, p99)
 
 
+def _no_buckets() -> list[int]:
+    return [0] * _BUCKETS
+
+
 @dataclass
 class _Interval:
     count: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    buckets: list[int] = field(default_factory=_no_buckets)
     labels: int = 0
     correct: int = 0
+
+
+@dataclass
+class _Running:
+    requests: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    buckets: list[int] = field(default_factory=_no_buckets)
+    latency_s: float = 0.0
+    labels: int = 0
+    correct: int = 0
+
+
+@dataclass(frozen=True)
+class Totals:
+    """One model version's counts since the agent started (a copy: it does not change after)."""
+
+    model: str
+    version: str
+    requests: int
+    errors: Mapping[str, int]
+    buckets: tuple[int, ...]  # per LATENCY_BUCKETS_S bucket, the overflow last; not cumulative
+    latency_s: float  # sum of the requests' latencies
+    labels: int
+    correct: int
 
 
 @dataclass(frozen=True)
@@ -147,6 +188,7 @@ class Metrics:
         self.remember_limit = remember_limit
         self._lock = threading.Lock()
         self._interval: dict[ModelKey, _Interval] = {}
+        self._running: dict[ModelKey, _Running] = {}
         self._recent: dict[ModelKey, deque[bool]] = {}
         self._requests: OrderedDict[str, _Remembered] = OrderedDict()
 
@@ -156,19 +198,38 @@ class Metrics:
             entry = self._interval[key] = _Interval()
         return entry
 
+    def _total(self, key: ModelKey) -> _Running:
+        total = self._running.get(key)
+        if total is None:
+            total = self._running[key] = _Running()
+            same_model = [k for k in self._running if k[0] == key[0]]
+            for old in same_model[:-KEEP_VERSIONS]:  # dicts keep insertion order: oldest first
+                del self._running[old]
+        return total
+
     def observe(self, model: str, version: str, latency_ms: float, ok: bool, error_kind: str = "inference") -> None:
         """Count one request (``agent.serving.Observer``); a failed one counts under ``error_kind``."""
+        bucket = latency_bucket(latency_ms / 1000.0)
         with self._lock:
-            entry = self._entry((model, version))
+            key = (model, version)
+            entry = self._entry(key)
             entry.count += 1
             entry.latency.add(latency_ms)
+            entry.buckets[bucket] += 1
+            total = self._total(key)
+            total.requests += 1
+            total.buckets[bucket] += 1
+            if latency_ms == latency_ms:  # NaN would poison the sum for good
+                total.latency_s += latency_ms / 1000.0
             if not ok:
                 entry.errors[error_kind] += 1
+                total.errors[error_kind] += 1
 
     def error(self, model: str, version: str, kind: str) -> None:
         """Count an error that never reached the runtime (bad input, timeout)."""
         with self._lock:
             self._entry((model, version)).errors[kind] += 1
+            self._total((model, version)).errors[kind] += 1
 
     def remember(self, request_id: str, model: str, version: str, predictions: Sequence[Any]) -> None:
         """Keep a request's predictions so that later feedback can be scored against them."""
@@ -203,6 +264,9 @@ class Metrics:
             entry = self._entry(key)
             entry.labels += 1
             entry.correct += int(correct)
+            total = self._total(key)
+            total.labels += 1
+            total.correct += int(correct)
             recent = self._recent.setdefault(key, deque(maxlen=self.accuracy_window))
             recent.append(correct)
             return correct
@@ -216,6 +280,12 @@ class Metrics:
         with self._lock:
             keys = sorted(self._recent)
         return [self.accuracy(m, v) for m, v in keys]
+
+    def totals(self) -> list[Totals]:
+        """Running totals per model version since start (the last ``KEEP_VERSIONS`` of each model)."""
+        with self._lock:
+            return [Totals(m, v, t.requests, dict(t.errors), tuple(t.buckets), t.latency_s, t.labels, t.correct)
+                    for (m, v), t in sorted(self._running.items())]
 
     def take_records(self, drift: Mapping[ModelKey, DriftWindow] | None = None, *,
                      include_features: bool = True) -> list[ModelRecord]:
@@ -234,7 +304,7 @@ class Metrics:
                 model=key[0], version=key[1], count=entry.count, errors=dict(entry.errors),
                 latency=entry.latency.latency(), outputs=outputs if any(outputs) else (),
                 drift=features if any(any(f) for f in features) else (),
-                feedback=Feedback(entry.labels, entry.correct),
+                feedback=Feedback(entry.labels, entry.correct), latency_buckets=trim_buckets(entry.buckets),
             ))
         return records
 

@@ -8,7 +8,8 @@ stores and merges them). One batch covers one reporting interval of one device:
                      dropped since the last one it delivered), resource, models
     ├── Resource     process cpu %, rss bytes, board temperature C (each may be unknown)
     └── ModelRecord  per model version: count, errors by kind, latency p50/p95/p99 (ms),
-                     output counts (reference class/bin order), drift counts per feature
+                     latency counts in the fixed ``LATENCY_BUCKETS_S`` buckets (for Prometheus
+                     histograms), output counts (reference class/bin order), drift counts per feature
                      (bin counts over the bundle's reference edges, reference feature order),
                      feedback (labels seen, correct)
 
@@ -27,6 +28,7 @@ form and the server's merging do not depend on it. Pure stdlib: no numpy, no I/O
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import numbers
@@ -48,6 +50,12 @@ DEFAULT_INTERVAL_S = 60.0
 # link may send them on every Nth batch, accumulated: counted in full, sent less often.
 DEFAULT_DRIFT_EVERY = 1
 
+# Upper bounds (seconds) of the latency buckets a record counts its requests in (``latency_buckets``),
+# plus one overflow bucket above the last: the buckets of the Prometheus histograms on the server's
+# and the agent's /metrics. Fixed in the contract, so every device's counts add up bucket by bucket;
+# from 0.1 ms (an ONNX Runtime call on a desktop CPU) to 10 s (a large model on a busy Pi).
+LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                     1.0, 2.5, 5.0, 10.0)
 # PSI bands (docs/telemetry.md): below STABLE_BELOW stable, up to DRIFT_ABOVE moderate, above drift.
 STABLE_BELOW = 0.1
 DRIFT_ABOVE = 0.25
@@ -156,6 +164,9 @@ class ModelRecord:
     outputs: tuple[int, ...] = ()
     drift: tuple[tuple[int, ...], ...] = ()
     feedback: Feedback = field(default_factory=Feedback)
+    latency_buckets: tuple[int, ...] = ()
+    """Requests per ``LATENCY_BUCKETS_S`` bucket (not cumulative; the last, if present, counts
+    those above the last bound), trailing empty buckets left out; empty, or adding up to ``count``."""
 
     def __post_init__(self) -> None:
         try:
@@ -172,6 +183,12 @@ class ModelRecord:
         object.__setattr__(self, "errors", dict(sorted(errors.items())))
         object.__setattr__(self, "outputs", _counts(self.outputs, "output counts"))
         object.__setattr__(self, "drift", tuple(_counts(f, "drift counts") for f in self.drift))
+        buckets = _counts(self.latency_buckets, "latency bucket counts")
+        if len(buckets) > len(LATENCY_BUCKETS_S) + 1:
+            raise _fail(f"latency bucket counts are {len(buckets)}, over the {len(LATENCY_BUCKETS_S) + 1} buckets")
+        if buckets and sum(buckets) != self.count:
+            raise _fail(f"latency bucket counts add up to {sum(buckets)}, not to the record's count {self.count}")
+        object.__setattr__(self, "latency_buckets", trim_buckets(buckets))
 
     @property
     def error_count(self) -> int:
@@ -209,6 +226,20 @@ class TelemetryBatch:
             raise _fail("a batch lists the same model version twice")
 
 
+def latency_bucket(seconds: float) -> int:
+    """The index of the ``LATENCY_BUCKETS_S`` bucket a latency falls in (upper bounds inclusive, as
+    Prometheus's ``le``); ``len(LATENCY_BUCKETS_S)`` above the last bound or for NaN."""
+    return bisect.bisect_left(LATENCY_BUCKETS_S, seconds) if seconds == seconds else len(LATENCY_BUCKETS_S)
+
+
+def trim_buckets(counts: Sequence[int]) -> tuple[int, ...]:
+    """Bucket counts without their trailing zeros (what travels)."""
+    end = len(counts)
+    while end and not counts[end - 1]:
+        end -= 1
+    return tuple(counts[:end])
+
+
 # ---- wire form ---------------------------------------------------------------------------
 
 def _record_to_wire(record: ModelRecord) -> dict[str, Any]:
@@ -223,6 +254,8 @@ def _record_to_wire(record: ModelRecord) -> dict[str, Any]:
         out["f"] = [list(f) for f in record.drift]
     if record.feedback.labels:
         out["b"] = [record.feedback.labels, record.feedback.correct]
+    if record.latency_buckets:
+        out["h"] = list(record.latency_buckets)
     return out
 
 
@@ -261,7 +294,7 @@ def _need(data: Mapping[str, Any], key: str, where: str) -> Any:
 def _record_from_wire(data: Any) -> ModelRecord:
     if not isinstance(data, dict):
         raise _fail("a model record is not a JSON object")
-    _only(data, {"n", "v", "c", "e", "l", "o", "f", "b"}, "model record")
+    _only(data, {"n", "v", "c", "e", "l", "o", "f", "b", "h"}, "model record")
     errors = data.get("e", {})
     if not isinstance(errors, dict):
         raise _fail("model record errors ('e') must be an object of kind: count")
@@ -281,7 +314,7 @@ def _record_from_wire(data: Any) -> ModelRecord:
         model=name, version=version, count=_need(data, "c", "model record"), errors=errors,
         latency=None if latency is None else Latency(*latency),
         outputs=_counts(data.get("o", []), "output counts"), drift=tuple(drift),
-        feedback=Feedback(*feedback),
+        feedback=Feedback(*feedback), latency_buckets=_counts(data.get("h", []), "latency bucket counts"),
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 AGENT = Path(__file__).resolve().parents[3] / "agent"
 SHARED_PARSER = AGENT.parent / "edgefleet" / "inputs.py"  # the agent's request parser lives in the core
 FORBIDDEN = ("fleet_server", "converter", "tensorflow", "sqlalchemy", "fastapi", "uvicorn", "sklearn", "onnx",
-             "httpx", "pydantic", "alembic", "psycopg")
+             "httpx", "pydantic", "alembic", "psycopg", "prometheus_client")
 
 
 def test_no_agent_module_imports_the_server_or_the_converter() -> None:
