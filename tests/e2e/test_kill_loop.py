@@ -35,8 +35,8 @@ samples fail (the health check refuses it). After each iteration, once the rollo
 
 `test_every_kind_of_kill_once` runs each kind of plan once (in scripts/test);
 `test_kill_loop` runs ITERATIONS seeded iterations per seed (marked slow: 2 seeds x 30 take
-several minutes here). More seeds: EDGEFLEET_KILL_LOOP_SEEDS=1,2,3 EDGEFLEET_KILL_LOOP_ITERATIONS=50
-.venv/bin/python -m pytest -m slow tests/e2e/test_kill_loop.py.
+several minutes here), run by `scripts/bench --slow-tests tests/e2e/test_kill_loop.py`. More
+seeds: EDGEFLEET_KILL_LOOP_SEEDS=1,2,3 EDGEFLEET_KILL_LOOP_ITERATIONS=50 in front of that.
 """
 
 from __future__ import annotations
