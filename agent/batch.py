@@ -16,6 +16,11 @@ needs pyarrow, and says so when it is missing. For a model with N-D or several t
 reads NPY (one input, memory-mapped) or NPZ (one array per input name, as ``numpy.savez`` writes
 them); a one-tensor model reads NPZ too.
 
+For a model whose one input is an image (``kind: image``) the input may be a folder: every PNG
+and JPEG under it, in sorted path order, decoded and preprocessed by the shared parser
+(``edgefleet.inputs.image_feeds``: the API's own path), in chunks of at most 64 MB of tensors;
+CSV, JSON Lines and Parquet outputs then lead with a ``file`` column (the path in the folder).
+
 It needs no daemon: the CLI loads the active slot from the state directory itself. Outputs
 are written to a temporary file and renamed at the end, so a failed run leaves no half file.
 """
@@ -42,7 +47,8 @@ from agent.runtime import ModelSession
 from edgefleet import errors as core_errors
 from edgefleet.cells import column_value, is_number
 from edgefleet.console import Progress
-from edgefleet.inputs import Feeds, is_matrix, to_feeds, to_matrix
+from edgefleet.images import SUFFIXES as IMAGE_SUFFIXES
+from edgefleet.inputs import Feeds, image_feeds, is_matrix, to_feeds, to_matrix
 from edgefleet.manifest import Manifest, TensorSpec
 
 DEFAULT_CHUNK_ROWS = 4096
@@ -342,6 +348,53 @@ def _read_tensors(path: Path, specs: Sequence[TensorSpec], chunk_rows: int) -> t
     return total, chunks()
 
 
+IMAGE_CHUNK_BYTES = 64 << 20
+"""Preprocessed images held at once: a chunk of 4,096 224x224 RGB images would be 2.4 GB of float32."""
+
+
+def _read_images(path: Path, manifest: Manifest, chunk_rows: int) -> tuple[int, Iterator[tuple[Feeds, list[str]]]]:
+    """A folder of PNG/JPEG images (sorted by path, subfolders included) for a model whose one input
+    is an image: each chunk decoded and preprocessed by the shared parser (``edgefleet.inputs.
+    image_feeds``, the API's), with the files' paths relative to the folder."""
+    inputs = manifest.inputs
+    if len(inputs) != 1 or inputs[0].kind != "image" or inputs[0].image is None:
+        raise BatchInputError(f"{path} is a folder, which `edgefleet agent predict` reads as images; {manifest.ref} "
+                              f"takes {_names_hint(inputs)}, not one image input",
+                              fix="give a file (CSV, Parquet, NPY or NPZ) for this model")
+    spec = inputs[0]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BatchInputError(f"{path} holds no PNG or JPEG files", fix="give a folder of .png, .jpg or .jpeg images")
+    image = spec.image
+    assert image is not None  # checked above
+    per_chunk = max(1, min(chunk_rows, IMAGE_CHUNK_BYTES // (image.height * image.width * image.channels * 4)))
+
+    def chunks() -> Iterator[tuple[Feeds, list[str]]]:
+        for start in range(0, len(files), per_chunk):
+            part = files[start:start + per_chunk]
+            names = [str(p.relative_to(path)) for p in part]
+            try:
+                sent = [p.read_bytes() for p in part]
+            except OSError as exc:
+                raise BatchInputError(f"cannot read {exc.filename}: {exc.strerror}", fix="check the folder") from exc
+            try:
+                yield image_feeds({spec.name: sent}, inputs, max_rows=len(sent)), names
+            except core_errors.InputError as exc:
+                at = _image_at(exc.message, names)
+                raise BatchInputError(f"{at}{exc.message}", fix=exc.fix) from exc
+    return len(files), chunks()
+
+
+def _image_at(message: str, names: list[str]) -> str:
+    """The file a refusal of image N of a chunk is about, to prefix the message with."""
+    import re
+
+    found = re.search(r"image for '[^']*' (\d+)", message)
+    if found is not None and int(found.group(1)) < len(names):
+        return f"{names[int(found.group(1))]}: "
+    return f"{names[0]}: " if len(names) == 1 else ""
+
+
 def _chunks(path: Path, suffix: str, manifest: Manifest, chunk_rows: int) -> tuple[int, Iterator[np.ndarray | Feeds]]:
     """The file's rows in chunks: matrices for a one-tensor model, feeds for named columns."""
     inputs = manifest.inputs
@@ -372,7 +425,7 @@ class _Writer:
         self.tmp, self.manifest, self.total = tmp, manifest, total
         self.labels = [str(c) for c in manifest.class_labels] if manifest.class_labels else []
 
-    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
+    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None, files: list[str] | None = None) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -386,16 +439,17 @@ class _CsvWriter(_Writer):
         self.csv = csv.writer(self.handle)
         self.header = False
 
-    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
+    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None, files: list[str] | None = None) -> None:
         if not self.header:
             probs = [f"p_{label}" for label in self.labels] if probabilities is not None else []
-            self.csv.writerow(["prediction", *probs])
+            self.csv.writerow([*(["file"] if files is not None else []), "prediction", *probs])
             self.header = True
+        lead = [[f] for f in files] if files is not None else [[] for _ in range(len(predictions))]
         if probabilities is None:
-            self.csv.writerows([p] for p in predictions.tolist())
+            self.csv.writerows([*k, p] for k, p in zip(lead, predictions.tolist(), strict=True))
         else:
-            self.csv.writerows([p, *(f"{v:.6g}" for v in row)]
-                               for p, row in zip(predictions.tolist(), probabilities.tolist(), strict=True))
+            self.csv.writerows([*k, p, *(f"{v:.6g}" for v in row)]
+                               for k, p, row in zip(lead, predictions.tolist(), probabilities.tolist(), strict=True))
 
     def close(self) -> None:
         self.handle.flush()
@@ -404,10 +458,12 @@ class _CsvWriter(_Writer):
 
 
 class _JsonlWriter(_CsvWriter):
-    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
+    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None, files: list[str] | None = None) -> None:
         probs = probabilities.tolist() if probabilities is not None else [None] * len(predictions)
-        for p, row in zip(predictions.tolist(), probs, strict=True):
-            record: dict[str, Any] = {"prediction": p}
+        names: list[str | None] = list(files) if files is not None else [None] * len(predictions)
+        for name, p, row in zip(names, predictions.tolist(), probs, strict=True):
+            record: dict[str, Any] = {"file": name} if name is not None else {}
+            record["prediction"] = p
             if row is not None:
                 record["probabilities"] = row
             self.handle.write(json.dumps(record) + "\n")
@@ -421,7 +477,7 @@ class _NpyWriter(_Writer):
         self.array: Any = None
         self.at = 0
 
-    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
+    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None, files: list[str] | None = None) -> None:
         if self.array is None:
             dtype = predictions.dtype if predictions.dtype.kind in "iuf" else np.dtype(f"<U{max(map(len, self.labels or ['x']))}")
             self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=(self.total,))
@@ -443,8 +499,9 @@ class _ParquetWriter(_Writer):
         self.pq = _pyarrow("pyarrow.parquet", "writing Parquet files")
         self.writer: Any = None
 
-    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
-        columns = {"prediction": predictions.tolist()}
+    def write(self, predictions: np.ndarray, probabilities: np.ndarray | None, files: list[str] | None = None) -> None:
+        columns: dict[str, Any] = {"file": files} if files is not None else {}
+        columns["prediction"] = predictions.tolist()
         if probabilities is not None:
             for i, label in enumerate(self.labels):
                 columns[f"p_{label}"] = probabilities[:, i]
@@ -467,13 +524,19 @@ def predict_file(session: ModelSession, input_path: str | os.PathLike[str], outp
                  clock: Callable[[], float] = time.perf_counter) -> BatchSummary:
     """Predict every row of ``input_path`` into ``output_path`` (formats by extension)."""
     source, target = Path(input_path), Path(output_path)
-    suffix = _suffix(source, INPUT_SUFFIXES, "input")
     writer_class = _WRITERS[_suffix(target, OUTPUT_SUFFIXES, "output")]
-    if not source.is_file():
-        raise BatchInputError(f"input file {source} does not exist", fix="check --input")
     manifest = session.manifest
     start = clock()
-    total, chunks = _chunks(source, suffix, manifest, chunk_rows)
+    chunks: Iterator[tuple[np.ndarray | Feeds, list[str] | None]]
+    if source.is_dir():  # a folder of images
+        total, images = _read_images(source, manifest, chunk_rows)
+        chunks = iter(images)
+    else:
+        suffix = _suffix(source, INPUT_SUFFIXES, "input")
+        if not source.is_file():
+            raise BatchInputError(f"input file {source} does not exist", fix="check --input")
+        total, parts = _chunks(source, suffix, manifest, chunk_rows)
+        chunks = ((part, None) for part in parts)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
     os.close(fd)
@@ -483,12 +546,12 @@ def predict_file(session: ModelSession, input_path: str | os.PathLike[str], outp
         writer = writer_class(tmp, manifest, total)
         with Progress(f"predict {manifest.ref}", total, enabled=progress) as bar:
             key = "label" if manifest.task == "classification" else "value"
-            for chunk in chunks:
+            for chunk, files in chunks:
                 if isinstance(chunk, np.ndarray):
                     roles, n = session.run_roles(chunk), len(chunk)  # the matrix path wrappers know
                 else:
                     roles, n = session.run_feeds(chunk), len(next(iter(chunk.values())))
-                writer.write(roles[key], roles.get("probabilities"))
+                writer.write(roles[key], roles.get("probabilities"), files)
                 rows += n
                 bar.update(n)
         writer.close()

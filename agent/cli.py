@@ -101,7 +101,8 @@ def register(sub: Any) -> None:
                         "--output (CSV, NPY, Parquet or JSONL by extension). Works with the daemon stopped. "
                         "A CSV header row is matched to the model's feature names.")
     p.add_argument("--model", required=True, help="model name (see `edgefleet agent status`)")
-    p.add_argument("--input", required=True, help="input file: .csv, .npy or .parquet")
+    p.add_argument("--input", required=True, help="input file (.csv, .parquet, .npy, .npz) or, for an image model, "
+                   "a folder of PNG/JPEG images")
     p.add_argument("--output", required=True, help="output file: .csv, .npy, .parquet or .jsonl")
     p.add_argument("--chunk-rows", type=int, default=4096, help="rows per inference call")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

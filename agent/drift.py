@@ -28,7 +28,10 @@ index when observed (one dict lookup each) and then counted by the same vectoris
 edges half-way between the indices, so both kinds share the buffer, the buckets and the
 interval counters, and the telemetry stays one count list per feature.
 
-A tensor input (an image array, an audio or sensor window) is counted by per-sample summary
+An image input (``images``: its ImageSpec by input name, from the manifest) is counted by image
+statistics (``edgefleet.images.image_statistics``: brightness, contrast, saturation and the mean
+of each channel, over the pixels the tensor the model ran on came from), the function the
+converter used for the reference. A tensor input (an image array, an audio or sensor window) is counted by per-sample summary
 statistics (``edgefleet.summaries``: mean, std, min, max of each sample): the reference's
 features that name an ``input`` and a ``statistic`` take that statistic of that input's samples,
 computed once per input and request, then binned like any number. A one-matrix model too wide
@@ -53,6 +56,8 @@ from typing import Any
 import numpy as np
 
 from agent.errors import AgentError
+from edgefleet.images import IMAGE_STATISTICS, image_statistics
+from edgefleet.manifest import ImageSpec
 from edgefleet.summaries import TENSOR_STATISTICS, statistics
 from edgefleet.telemetry import FeatureReference, ReferenceProfile, band, psi
 
@@ -128,7 +133,7 @@ class DriftWindow:
     """Reference-bin counts of one model version's traffic: a sliding window plus interval deltas."""
 
     def __init__(self, reference: ReferenceProfile | Mapping[str, Any], *, window_s: float = DEFAULT_WINDOW_S,
-                 buckets: int = DEFAULT_BUCKETS) -> None:
+                 buckets: int = DEFAULT_BUCKETS, images: Mapping[str, ImageSpec] | None = None) -> None:
         self.reference = reference if isinstance(reference, ReferenceProfile) else ReferenceProfile.from_dict(reference)
         if window_s <= 0 or buckets < 1:
             raise DriftError(f"drift window of {window_s} s in {buckets} buckets is not usable",
@@ -143,9 +148,15 @@ class DriftWindow:
             for f in self.reference.features]
         # Input name -> the statistics its summary features count, in first-seen order.
         self._summaries: dict[str, list[str]] = {}
+        self._images = dict(images or {})
         for f in self.reference.features:
             if f.input is not None and f.statistic is not None:
-                if f.statistic not in TENSOR_STATISTICS:
+                if f.statistic in IMAGE_STATISTICS and f.statistic not in TENSOR_STATISTICS:
+                    if f.input not in self._images:
+                        raise DriftError(f"reference feature {f.name!r} counts image statistic {f.statistic!r} of "
+                                         f"input {f.input!r}, whose image description was not given",
+                                         fix="build the window with images= from the manifest's image inputs")
+                elif f.statistic not in TENSOR_STATISTICS:
                     raise DriftError(f"reference feature {f.name!r} counts statistic {f.statistic!r}, which this agent "
                                      f"does not compute ({', '.join(TENSOR_STATISTICS)})",
                                      fix="upgrade the agent, or rebuild the bundle with this edgefleet")
@@ -289,7 +300,9 @@ class DriftWindow:
                                  "its drift features summarise numbers", fix="count the checked feeds the model ran on")
             if samples.ndim == 1:
                 samples = samples[:, None]
-            out[name] = (statistics(samples, wanted), wanted)
+            image = self._images.get(name)
+            out[name] = (image_statistics(samples, image, wanted) if image is not None else statistics(samples, wanted),
+                         wanted)
         return out
 
     def _checked_outputs(self, outputs: Sequence[Any] | np.ndarray | None) -> list[Any]:

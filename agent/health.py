@@ -10,7 +10,9 @@ through it and compares with the outputs of the ORIGINAL model (golden.json):
 then times single-row inferences and compares their p95 with the profile's latency budget.
 Golden inputs are a list of rows (a single-input model) or, for a model with named inputs, one
 array per input name (run with ``run_feeds``): ``[rows, 1]`` lists of a column model's
-golden.json, or the N-D arrays of a tensor model's golden.npz (``edgefleet.golden``).
+golden.json, or the N-D arrays of a tensor model's golden.npz (``edgefleet.golden``). An image
+input's golden samples are 8-bit pixels, preprocessed here by ``edgefleet.images.normalize``
+as a request's PNG would be.
 The ``HealthReport`` carries those figures into the ``health_passed`` or ``failed`` event:
 this is the on-device benchmark the server shows before a wave advances.
 
@@ -30,8 +32,9 @@ import numpy as np
 
 from agent.errors import AgentError
 from agent.probation import output_problems
+from edgefleet.images import normalize
 from edgefleet.inputs import array_dtype
-from edgefleet.manifest import Manifest
+from edgefleet.manifest import Manifest, TensorSpec
 
 DEFAULT_LATENCY_RUNS = 50
 _WARMUP_RUNS = 3
@@ -136,11 +139,24 @@ def _golden_feeds(raw: Mapping[str, Any], manifest: Manifest) -> dict[str, np.nd
     if sorted(raw) != sorted(names):
         raise _Failed("golden_malformed", f"golden.json has inputs {sorted(raw)}, the manifest {sorted(names)}")
     # In the dtype a request's parser gives (edgefleet.inputs): golden.npz keeps uint8 images uint8.
-    feeds = {spec.name: np.asarray(raw[spec.name], dtype=object if spec.dtype == "string" else array_dtype(spec))
+    feeds = {spec.name: _replayed(raw[spec.name], spec) if spec.image is not None else
+             np.asarray(raw[spec.name], dtype=object if spec.dtype == "string" else array_dtype(spec))
              for spec in manifest.inputs}
     if len({len(v) for v in feeds.values()}) != 1 or not len(feeds[names[0]]):
         raise _Failed("golden_malformed", "golden.json's inputs need the same, non-zero number of rows each")
     return feeds
+
+
+def _replayed(pixels: Any, spec: TensorSpec) -> np.ndarray:
+    """An image input's golden samples are 8-bit pixels: preprocessed here as a request's images
+    are (``edgefleet.images.normalize``), so the check runs the device's own preprocessing."""
+    assert spec.image is not None
+    values = np.asarray(pixels)
+    wanted = (spec.image.height, spec.image.width, spec.image.channels)
+    if values.dtype != np.uint8 or values.ndim != 4 or values.shape[1:] != wanted:
+        raise _Failed("golden_malformed", f"golden samples of image input {spec.name!r} are {values.dtype} of shape "
+                                          f"{list(values.shape)}, not 8-bit pixels [n, {', '.join(map(str, wanted))}]")
+    return normalize(values, spec.image, array_dtype(spec))
 
 
 def _rows(inputs: Inputs) -> int:

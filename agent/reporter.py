@@ -98,7 +98,8 @@ class Reporter:
         with self._lock:
             if key in self._windows:
                 return  # the same version again (a reload): keep its counts
-        window = DriftWindow(session.slot.reference())
+        images = {spec.name: spec.image for spec in session.manifest.inputs if spec.image is not None}
+        window = DriftWindow(session.slot.reference(), images=images)
         with self._lock:
             self._windows.setdefault(key, window)
             same_model = [k for k in self._windows if k[0] == name]

@@ -30,6 +30,8 @@ examples:
       --quantize int8-static --calibration calib.csv --validation val.csv --labels label -o dist/
   edgefleet convert digits.joblib --profile rpi4-64 --name digits-lite --version 1.0.0 \\
       --format tflite --quantize int8 --calibration calib.csv -o dist/ --json
+  edgefleet convert camera.onnx --profile jetson-orin-nano --name camera --version 1.0.0 \\
+      --image image --image-spec image.toml --validation photos/ -o dist/
 
 Unpickling (.joblib, .pkl) runs code stored in the file: convert only models you trust.
 """
@@ -55,6 +57,13 @@ def register(sub: Any) -> None:
     parser.add_argument("--labels", default=None, metavar="COLUMN",
                         help="label column in the data files (header name or 0-based index): "
                              "taken out of the features and used for accuracy")
+    parser.add_argument("--image", action="append", default=[], metavar="INPUT",
+                        help="treat this model input as an image (layout and size from its shape, RGB or GRAY, "
+                             "bilinear resize, scale 1/255): data may then be a folder of PNG/JPEG images (labels "
+                             "from subfolder names), and devices take image/png, image/jpeg and multipart bodies")
+    parser.add_argument("--image-spec", type=Path, default=None, metavar="FILE",
+                        help="TOML file with one table per image input ([image] color, resize, scale, mean, std, "
+                             "layout, height, width): see docs/converter.md")
     parser.add_argument("-o", "--output", type=Path, default=Path("."), metavar="DIR",
                         help="directory for the bundle (default: the current directory)")
     parser.add_argument("--force", action="store_true", help="write the bundle even if the tolerance or size budget is missed")
@@ -65,12 +74,14 @@ def register(sub: Any) -> None:
 def _convert(args: argparse.Namespace) -> int:
     from converter.conversion import STEPS, ConvertOptions, convert
     from converter.errors import ToleranceError
+    from converter.image_inputs import read_declarations
     from edgefleet.console import Progress
 
     options = ConvertOptions(
         model_path=args.model, profile=args.profile, name=args.name, version=args.version, output_dir=args.output,
         format=args.format, quantize=args.quantize, calibration=args.calibration, validation=args.validation,
         labels=args.labels, calibration_method=args.calibration_method, force=args.force,
+        images=read_declarations(args.image, args.image_spec),
     )
     with Progress("converting", total=len(STEPS), enabled=not args.json) as progress:
         try:

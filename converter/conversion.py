@@ -24,6 +24,8 @@ import numpy as np
 from converter.converted import Converted
 from converter.data import Dataset, load_dataset
 from converter.errors import ConverterError, OptionsError, ToleranceError
+from converter.image_inputs import image_specs
+from converter.image_inputs import tensors as image_tensors
 from converter.predictors import Batch, Outputs, Predictor, batch_rows
 from converter.quantize import CALIBRATION_METHODS
 from converter.source_model import SourceModel, has_tensor_inputs
@@ -59,6 +61,8 @@ class ConvertOptions:
     labels: str | None = None
     calibration_method: str = "minmax"
     force: bool = False
+    images: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Image inputs declared by name, with their ImageSpec fields (``converter.image_inputs``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_path", Path(self.model_path))
@@ -146,9 +150,14 @@ def _synthesized_tensors(source: SourceModel, rng: np.random.Generator) -> Datas
     sample_bytes = sum(int(np.prod(spec.shape[1:])) * 4 for spec in source.inputs)
     rows = max(8, min(SYNTHESIZED_ROWS, SYNTHESIZED_MAX_BYTES // max(sample_bytes, 1)))
     arrays: dict[str, np.ndarray] = {}
+    pixels: dict[str, np.ndarray] = {}
     for spec in source.inputs:
         shape = (rows, *spec.shape[1:])
-        if spec.dtype.startswith("float"):
+        if spec.image is not None:  # an image input: random 8-bit pixels, preprocessed as a device would
+            image = spec.image
+            pixels[spec.name] = rng.integers(0, 256, (rows, image.height, image.width, image.channels)).astype(np.uint8)
+            arrays.update(image_tensors({spec.name: pixels[spec.name]}, {spec.name: spec}))
+        elif spec.dtype.startswith("float"):
             arrays[spec.name] = rng.standard_normal(shape).astype(np.float32)
         elif spec.dtype == "bool":
             arrays[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
@@ -157,7 +166,7 @@ def _synthesized_tensors(source: SourceModel, rng: np.random.Generator) -> Datas
             arrays[spec.name] = rng.integers(info.min, int(info.max) + 1, shape).astype(spec.dtype)
         else:
             arrays[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
-    return Dataset(np.zeros((rows, 0), np.float32), None, None, "synthesized", arrays)
+    return Dataset(np.zeros((rows, 0), np.float32), None, None, "synthesized", arrays, pixels or None)
 
 
 def _original_predictor(source: SourceModel) -> Predictor:
@@ -204,7 +213,8 @@ def _reference(evaluation: Dataset, feature_names: Sequence[str] | None, convert
     )
 
     if has_tensor_inputs(source) and evaluation.columns is not None:
-        return summary_reference_document(evaluation.columns, original, source.task, source.class_labels)
+        images = {name: spec.image for name, spec in image_specs(source.inputs).items() if spec.image is not None}
+        return summary_reference_document(evaluation.columns, original, source.task, source.class_labels, images)
     if source.inputs is None and evaluation.width > MAX_BINNED_FEATURES:  # a wide window: summarised
         return summary_reference_document({converted.inputs[0]["name"]: evaluation.features}, original, source.task,
                                           source.class_labels)
@@ -223,14 +233,18 @@ def _compact_golden(evaluation: Dataset, source: SourceModel) -> bool:
 def _golden(evaluation: Dataset, converted: Converted, original: Outputs, source: SourceModel) -> tuple[str, bytes]:
     """The golden file's name and bytes: golden.npz where ``_compact_golden``, golden.json for
     every other model (its bytes as always)."""
-    from converter.golden import golden_document, golden_npz
+    from converter.golden import golden_document, golden_indices, golden_npz
     from edgefleet.canonical import pretty_json
     from edgefleet.golden import NPZ_NAME
 
     if _compact_golden(evaluation, source):
         arrays = evaluation.columns if evaluation.columns is not None else \
             {converted.inputs[0]["name"]: evaluation.features}
-        return NPZ_NAME, golden_npz(arrays, original, source.task, source.class_labels)
+        # The rows the converter checked (chosen by the tensors' size); an image input keeps its
+        # 8-bit pixels, which a device's health check preprocesses again (edgefleet.images).
+        rows = golden_indices(evaluation.batch, compact=True)
+        return NPZ_NAME, golden_npz({**arrays, **(evaluation.pixels or {})}, original, source.task,
+                                    source.class_labels, rows=rows)
     return "golden.json", pretty_json(golden_document(evaluation.batch, original, source.task, source.class_labels))
 
 
@@ -255,6 +269,7 @@ def _manifest_fields(options: ConvertOptions, profile: Profile, source: SourceMo
     inputs = [dict(spec) for spec in converted.inputs]
     if source.inputs is None and feature_names and len(feature_names) == source.n_features:
         inputs[0]["feature_names"] = list(feature_names)
+    _carry_images(inputs, source)
     specs = [TensorSpec.from_dict(spec, f"inputs[{i}].") for i, spec in enumerate(inputs)]
     return {
         # The lowest schema that holds these inputs (and golden.npz): a matrix model keeps its schema-1 bytes.
@@ -280,9 +295,25 @@ def _manifest_fields(options: ConvertOptions, profile: Profile, source: SourceMo
     }
 
 
+def _carry_images(inputs: list[dict[str, Any]], source: SourceModel) -> None:
+    """Declared image inputs described as images in the manifest, whatever builder made the model
+    (an exporter that describes its inputs afresh would drop the declaration)."""
+    images = image_specs(source.inputs)
+    by_name = {spec["name"]: spec for spec in inputs}
+    for name, spec in images.items():
+        built = by_name.get(name)
+        if built is None:
+            raise ConverterError(f"image input {name!r} is not among the converted model's inputs "
+                                 f"({', '.join(by_name)})", fix="convert to a format that keeps the input's name "
+                                 "(--format onnx), or report this as a bug")
+        if built.get("kind") != "image":
+            built.update(kind="image", image=spec.image.to_dict() if spec.image else None, shape=list(spec.shape))
+
+
 def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None = None) -> ConversionResult:
     """Convert ``options.model_path`` into one bundle; see the module docstring for the steps."""
     from converter.export import unseen_categories
+    from converter.image_inputs import declare
     from converter.latency import measure
     from converter.proof import tolerance_failures
     from converter.source import load_source
@@ -291,7 +322,7 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
     step = progress or (lambda _name: None)
     profile = load_profile(options.profile)
     step("load")
-    source = load_source(options.model_path)
+    source = declare(load_source(options.model_path), options.images)
     fmt = _resolve_format(options, profile, source.framework)
     quantize = options.quantize or profile.default_quantization
     calibration = _load_data(options.calibration, options.labels, source)

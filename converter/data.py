@@ -18,7 +18,9 @@ For a model with named tensor inputs (an ONNX model with N-D or several inputs),
 NPY (one input) or NPZ (one array per input name, plus the labels under ``--labels`` or a
 conventional name such as ``y``): ``Dataset.columns`` holds the arrays by input name, checked
 by the same parser as a device's requests (``edgefleet.inputs.to_feeds``: shapes, dtypes,
-finite values), and ``features`` is empty.
+finite values), and ``features`` is empty. An image input (``converter.image_inputs``) also takes
+a folder of PNG/JPEG images (labels from subfolder names); its arrays are kept as 8-bit pixels
+in ``Dataset.pixels`` and preprocessed by ``edgefleet.images`` into ``columns``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from converter.errors import DataError, DataShapeError
+from converter.image_inputs import as_pixels, image_specs, load_image_folder
+from converter.image_inputs import tensors as image_tensors
 from converter.predictors import Batch
 from edgefleet.cells import is_number
 from edgefleet.manifest import TensorSpec
@@ -56,6 +60,9 @@ class Dataset:
     columns: Mapping[str, np.ndarray] | None = None
     """Models with named inputs only: input name -> [rows, 1] array in the column's dtype (strings
     as objects), or [rows, ...] array of a tensor input."""
+    pixels: Mapping[str, np.ndarray] | None = None
+    """Image inputs only: input name -> 8-bit pixels [rows, height, width, channels], of which the
+    input's array in ``columns`` is the preprocessed form (``converter.image_inputs``)."""
 
     def __post_init__(self) -> None:
         if self.features.ndim != 2 or self.features.shape[0] == 0:
@@ -131,6 +138,8 @@ def load_dataset(path: str | Path, *, labels_column: str | None = None,
     With ``columns`` (a column model's input specs), read those columns by name with pandas.
     """
     p = Path(path)
+    if p.is_dir() and columns is not None and any(spec.kind == "image" for spec in columns):
+        return _load_image_folder(p, columns)
     if not p.is_file():
         raise DataError(f"data file {p} does not exist", fix="check the path given to --calibration / --validation")
     suffix = p.suffix.lower()
@@ -347,10 +356,21 @@ def _load_tensors(path: Path, suffix: str, labels_column: str | None, specs: Seq
                         fix="give an .npy file (one input) or an .npz file with one array per input name")
     if labels is not None and np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):
         labels = labels.astype(np.int64)
+    images = image_specs(specs)
+    pixels = {name: as_pixels(name, arrays[name], spec, str(path)) for name, spec in images.items() if name in arrays}
+    arrays = {**arrays, **image_tensors(pixels, images)}  # what a device makes of these pixels
     rows = {name: len(a) if a.ndim else 0 for name, a in arrays.items() if name in names}
     try:
         feeds = to_feeds(arrays, specs, max_rows=max(max(rows.values(), default=1), 1))
     except InputError as exc:  # the refusal a device would give these samples, with the file's name
         raise DataShapeError(f"{path}: {exc.message}", fix=exc.fix) from exc
     n = len(next(iter(feeds.values())))
-    return Dataset(np.zeros((n, 0), np.float32), labels, None, str(path), feeds)
+    return Dataset(np.zeros((n, 0), np.float32), labels, None, str(path), feeds, pixels or None)
+
+
+def _load_image_folder(path: Path, specs: Sequence[TensorSpec]) -> Dataset:
+    """A folder of PNG/JPEG images for a model whose one input is an image (labels: subfolder names)."""
+    pixels, names, n = load_image_folder(path, specs)
+    labels = _labels_array(names) if names is not None else None
+    return Dataset(np.zeros((n, 0), np.float32), labels, None, str(path), image_tensors(pixels, image_specs(specs)),
+                   pixels)

@@ -26,7 +26,8 @@ import numpy as np
 
 from converter.predictors import Batch, Outputs, batch_rows
 from edgefleet.golden import encode
-from edgefleet.manifest import TensorSpec
+from edgefleet.images import image_statistics, statistic_names
+from edgefleet.manifest import ImageSpec, TensorSpec
 from edgefleet.summaries import TENSOR_STATISTICS, feature_name, statistics
 
 GOLDEN_ROWS = 32
@@ -157,21 +158,28 @@ def golden_indices(features: Batch, *, compact: bool) -> np.ndarray:
 
 
 def golden_npz(arrays: Mapping[str, np.ndarray], original: Outputs, task: str,
-               class_labels: Sequence[Any] | None) -> bytes:
-    """golden.npz for a model with tensor inputs: seeded samples in their own dtype, and the
-    original model's outputs for them."""
-    rows = golden_indices(arrays, compact=True)
+               class_labels: Sequence[Any] | None, *, rows: np.ndarray | None = None) -> bytes:
+    """golden.npz for a model with tensor inputs: seeded samples in their own dtype (an image
+    input's as 8-bit pixels), and the original model's outputs for them. ``rows``: the samples to
+    keep (default ``golden_indices`` of ``arrays``)."""
+    rows = golden_indices(arrays, compact=True) if rows is None else rows
     inputs = {name: np.asarray(values)[rows] for name, values in arrays.items()}
     return encode(inputs, _golden_outputs(original.take(rows), task, class_labels))
 
 
 def summary_reference_document(arrays: Mapping[str, np.ndarray], original: Outputs, task: str,
-                               class_labels: Sequence[Any] | None) -> dict[str, Any]:
-    """The reference of a model with tensor inputs: each input's per-sample statistics, binned."""
+                               class_labels: Sequence[Any] | None,
+                               images: Mapping[str, ImageSpec] | None = None) -> dict[str, Any]:
+    """The reference of a model with tensor inputs: each input's per-sample statistics, binned;
+    an image input's are image statistics (``edgefleet.images.image_statistics``: brightness,
+    contrast, saturation, channel means) of the tensors the model ran on."""
     per_feature: list[dict[str, Any]] = []
     for name, values in arrays.items():
-        summary = statistics(np.asarray(values), TENSOR_STATISTICS)
-        for j, statistic in enumerate(TENSOR_STATISTICS):
+        image = (images or {}).get(name)
+        names = statistic_names(image) if image is not None else TENSOR_STATISTICS
+        summary = (image_statistics(np.asarray(values), image, names) if image is not None
+                   else statistics(np.asarray(values), TENSOR_STATISTICS))
+        for j, statistic in enumerate(names):
             edges, counts = _bins(summary[:, j])
             per_feature.append({"name": feature_name(name, statistic), "edges": edges, "counts": counts,
                                 "input": name, "statistic": statistic})
