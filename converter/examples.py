@@ -19,6 +19,13 @@ converter's own tests. The same kind always gives the same model and files.
 
 The ``region`` column is synthesised from a seeded generator, leaning on the class so it
 carries some signal; nothing is downloaded.
+
+``write_image_example(directory)`` trains the image model (needs TensorFlow, extra
+``tflite-convert``): a small Keras CNN on the digits upscaled to 32x32 RGB (``digit_images``:
+each 8x8 digit made an 8-bit image, enlarged 4x, grey in all three channels, then read as
+``pixel / 255``, so a PNG of it reads back to the same array), input ``image`` of shape
+``(None, 32, 32, 3)``, ten classes. It writes ``digits-cnn.keras``, ``digits-cnn-calibration.npz``
+(training images, no labels) and ``digits-cnn-validation.npz`` (held-out images and ``y``).
 """
 
 from __future__ import annotations
@@ -174,6 +181,68 @@ def _write_csv(path: Path, header: list[str], rows: np.ndarray) -> None:
         writer.writerow(header)
         for row in rows:
             writer.writerow([repr(float(v)) if not float(v).is_integer() else str(int(v)) for v in row])
+
+
+IMAGE_SIZE = 32
+IMAGE_INPUT = "image"
+IMAGE_EPOCHS = 4
+
+
+def digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """The digits as ``[n, 32, 32, 3]`` float32 images in [0, 1] (multiples of 1/255) and their labels."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    pixels = np.round(data.images / 16.0 * 255.0).astype(np.uint8)  # 8x8, 0..16 -> 8-bit grey
+    scale = IMAGE_SIZE // pixels.shape[1]
+    large = pixels.repeat(scale, axis=1).repeat(scale, axis=2)  # nearest-neighbour upscaling
+    rgb = np.repeat(large[..., None], 3, axis=3)
+    return (rgb.astype(np.float32) / np.float32(255.0)), data.target.astype(np.int64)
+
+
+def _digits_cnn() -> Any:
+    from converter.tf_runtime import keras as keras3
+
+    keras = keras3()
+    keras.utils.set_random_seed(SEED)
+    layers = keras.layers
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name=IMAGE_INPUT)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(64, activation="relu")(x)
+    outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="digits_cnn")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    return model
+
+
+@dataclass(frozen=True)
+class ImageExampleFiles:
+    model_path: Path
+    calibration_npz: Path
+    validation_npz: Path
+    labels_key: str
+
+
+def write_image_example(directory: str | Path) -> ImageExampleFiles:
+    """Train the digits CNN and write digits-cnn.keras with calibration and validation .npz files."""
+    from sklearn.model_selection import train_test_split
+
+    images, target = digit_images()
+    x_train, x_val, y_train, y_val = train_test_split(images, target, test_size=0.25, random_state=SEED)
+    model = _digits_cnn()
+    model.fit(x_train, y_train, epochs=IMAGE_EPOCHS, batch_size=32, verbose=0, shuffle=True)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    files = ImageExampleFiles(out / "digits-cnn.keras", out / "digits-cnn-calibration.npz",
+                              out / "digits-cnn-validation.npz", "y")
+    model.save(files.model_path)
+    np.savez(files.calibration_npz, **{IMAGE_INPUT: x_train[:CALIBRATION_ROWS]})
+    np.savez(files.validation_npz, **{IMAGE_INPUT: x_val, "y": y_val})
+    return files
 
 
 def write_example(directory: str | Path, *, kind: str = "digits-mlp") -> ExampleFiles:

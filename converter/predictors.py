@@ -146,7 +146,12 @@ def _feed(column: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
 
 
 class TflitePredictor:
-    """ai_edge_litert's Interpreter; the batch dimension is resized to fit each call."""
+    """ai_edge_litert's Interpreter; the batch dimension is resized to fit each call.
+
+    A matrix model takes a ``[n, features]`` array. A model with named tensor inputs takes them by
+    name, matched to the interpreter's inputs through the file's ``serving_default`` signature
+    (TensorFlow's converter keeps the Keras input names there), else by position.
+    """
 
     def __init__(self, model_bytes: bytes, task: str) -> None:
         from edgefleet.extras import require
@@ -159,19 +164,39 @@ class TflitePredictor:
         self.task = task
         self._batch = -1
 
+    def input_details(self) -> dict[str, dict[str, Any]]:
+        """The interpreter's input details by signature input name (positional names without one)."""
+        details = self.interpreter.get_input_details()
+        by_index = {d["index"]: d for d in details}
+        signatures = self.interpreter.get_signature_list()
+        if len(signatures) == 1:
+            runner_inputs = self.interpreter.get_signature_runner(next(iter(signatures))).get_input_details()
+            if len(runner_inputs) == len(details):
+                return {name: by_index[d["index"]] for name, d in runner_inputs.items()}
+        return {d["name"]: d for d in details}
+
     def _resize(self, rows: int) -> None:
         if rows != self._batch:
-            detail = self.interpreter.get_input_details()[0]
-            self.interpreter.resize_tensor_input(detail["index"], [rows, int(detail["shape"][-1])], strict=False)
+            for detail in self.interpreter.get_input_details():
+                shape = [rows, *(int(d) for d in detail["shape"][1:])]
+                self.interpreter.resize_tensor_input(detail["index"], shape, strict=False)
             self.interpreter.allocate_tensors()
             self._batch = rows
 
     def predict(self, features: Batch) -> Outputs:
+        self._resize(batch_rows(features))
         if isinstance(features, Mapping):
-            raise ConverterError("internal: a TFLite model was given named columns", fix="report this as a bug")
-        self._resize(len(features))
-        detail = self.interpreter.get_input_details()[0]
-        self.interpreter.set_tensor(detail["index"], quantize(features, detail))
+            details = self.input_details()
+            if len(features) == len(details) and set(features) != set(details):  # positional: the input order
+                details = dict(zip(features, self.interpreter.get_input_details(), strict=True))
+            for name, detail in details.items():
+                if name not in features:
+                    raise ConverterError(f"internal: the TFLite model takes an input {name!r} the data lacks",
+                                         fix="report this as a bug")
+                self.interpreter.set_tensor(detail["index"], quantize(np.asarray(features[name]), detail))
+        else:
+            detail = self.interpreter.get_input_details()[0]
+            self.interpreter.set_tensor(detail["index"], quantize(features, detail))
         self.interpreter.invoke()
         out = self.interpreter.get_output_details()[0]
         result = dequantize(self.interpreter.get_tensor(out["index"]), out)

@@ -1,7 +1,7 @@
 """TensorFlow in the converter's process: imported through the extra, quietly and deterministically.
 
 ``tf_source`` (loading and calling Keras and SavedModel sources) and ``tflite`` (building
-TFLite models) both get TensorFlow from ``tensorflow()`` here, so the environment that makes
+TFLite models) both get TensorFlow from ``tensorflow()`` here, and Keras 3 from ``keras()``, so the environment that makes
 conversions repeatable is set once, before the first import, whichever of them runs first.
 ``quiet_native_output`` silences what TensorFlow's and MLIR's C++ code writes straight to file
 descriptors 1 and 2, process-wide.
@@ -33,6 +33,20 @@ def tensorflow() -> ModuleType:
     tf.get_logger().setLevel("ERROR")
     tf.random.set_seed(0)
     return tf
+
+
+def keras() -> ModuleType:
+    """Keras 3 (the pinned ``keras``), whatever ``tf.keras`` points at.
+
+    onnx2tf sets ``TF_USE_LEGACY_KERAS=1`` when imported, and from then on ``tf.keras`` in that
+    process is tf_keras (Keras 2), which cannot read a Keras 3 ``.keras`` file (it fails on the
+    InputLayer). Sources are loaded, trained and exported with Keras 3 itself.
+    """
+    tensorflow()
+    from edgefleet.extras import require
+
+    with quiet_native_output():
+        return require("keras", EXTRA, "reading Keras models")
 
 
 @contextlib.contextmanager

@@ -6,6 +6,12 @@ Two roads lead to a TensorFlow SavedModel, and one converter takes it from there
     Keras .keras         -> tf.lite.TFLiteConverter.from_keras_model
     SavedModel directory -> tf.lite.TFLiteConverter.from_saved_model
 
+Keras and SavedModel sources may have N-D and several named inputs (images, sensor windows, an
+image with a metadata vector): the bundle's inputs keep the source's names and shapes, matched
+to the .tflite file's inputs through its signature; int8 inputs carry their scale and zero point.
+ONNX and scikit-learn sources take one ``[batch, features]`` input only (onnx2tf would turn an
+NCHW input into an NHWC one, and the bundle's inputs would no longer be the source's).
+
 Only the probabilities (classifiers) or value (regressors) output travels: ai.onnx.ml ops
 such as ArrayFeatureExtractor or TreeEnsemble* have no TFLite form, and a model that needs
 one for that output is refused with UnsupportedOpError. Quantization modes:
@@ -16,6 +22,9 @@ one for that output is refused with UnsupportedOpError. Quantization modes:
     int8 / int8-static  full integer: int8 weights, activations, input and output tensors,
                   ranges from a representative dataset (the calibration rows, in order)
 
+The report's "before" size is the float32 ONNX model for the onnx2tf road, and the float32
+TFLite model (converted once more when quantizing) for Keras and SavedModel sources.
+
 TensorFlow comes from ``tf_runtime`` (logging silenced, seeds fixed) and onnx2tf through
 ``edgefleet.extras.require``, both from the extra ``tflite-convert``. Loading Keras and
 SavedModel sources is ``tf_source``'s job, not this module's.
@@ -24,7 +33,8 @@ SavedModel sources is ``tf_source``'s job, not this module's.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -102,7 +112,28 @@ def _onnx2tf() -> ModuleType:
     return require("onnx2tf", EXTRA, "ONNX to TFLite conversion")
 
 
-def _configure(tf: ModuleType, converter: Any, quantize: str, calibration: np.ndarray | None) -> None:
+def _representative(calibration: Batch) -> Callable[[], Iterator[list[np.ndarray] | dict[str, np.ndarray]]]:
+    """TensorFlow's representative dataset: the first ``REPRESENTATIVE_ROWS`` samples, one at a time,
+    in order (a list for a matrix model; by signature input name for named tensor inputs)."""
+    if isinstance(calibration, Mapping):
+        arrays = {name: np.asarray(values[:REPRESENTATIVE_ROWS]) for name, values in calibration.items()}
+        arrays = {name: values.astype(np.float32) if values.dtype.kind == "f" else values
+                  for name, values in arrays.items()}
+        rows = min(len(values) for values in arrays.values())
+
+        def by_name() -> Iterator[dict[str, np.ndarray]]:
+            for i in range(rows):
+                yield {name: values[i:i + 1] for name, values in arrays.items()}
+        return by_name
+    matrix = np.asarray(calibration[:REPRESENTATIVE_ROWS], dtype=np.float32)
+
+    def in_order() -> Iterator[list[np.ndarray]]:
+        for row in matrix:
+            yield [row[None, :]]
+    return in_order
+
+
+def _configure(tf: ModuleType, converter: Any, quantize: str, calibration: Batch | None) -> None:
     if quantize == "none":
         return
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -111,14 +142,9 @@ def _configure(tf: ModuleType, converter: Any, quantize: str, calibration: np.nd
     elif quantize in ("int8", "int8-static"):
         if calibration is None:
             raise OptionsError(f"{quantize} TFLite quantization needs calibration data for its representative dataset",
-                               fix="pass --calibration FILE (a few hundred representative rows), or use int8-dynamic")
-        rows = np.asarray(calibration[:REPRESENTATIVE_ROWS], dtype=np.float32)
-
-        def representative() -> Iterator[list[np.ndarray]]:
-            for row in rows:
-                yield [row[None, :]]
-
-        converter.representative_dataset = representative
+                               fix="pass --calibration FILE (a few hundred representative rows, or samples in an "
+                                   ".npy/.npz file for N-D inputs), or use int8-dynamic")
+        converter.representative_dataset = _representative(calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
@@ -127,13 +153,44 @@ def _configure(tf: ModuleType, converter: Any, quantize: str, calibration: np.nd
                            fix="use none, fp16, int8-dynamic or int8")
 
 
-def _spec(detail: dict[str, Any], role: str) -> dict[str, Any]:
+def _spec(detail: dict[str, Any], role: str, name: str | None = None,
+          shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """A manifest spec for an interpreter tensor: a matrix model's ``[-1, width]`` under the
+    tensor's own name, or a named input's name and shape (as the source declares them)."""
     dtype = np.dtype(detail["dtype"]).name
-    spec: dict[str, Any] = {"name": detail["name"], "dtype": dtype, "shape": [-1, int(detail["shape"][-1])], "role": role}
+    spec: dict[str, Any] = {"name": name or detail["name"], "dtype": dtype,
+                            "shape": list(shape) if shape is not None else [-1, int(detail["shape"][-1])], "role": role}
     scale, zero_point = detail.get("quantization", (0.0, 0))
     if dtype in ("int8", "uint8") and scale:
         spec["quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
     return spec
+
+
+def _input_specs(source: SourceModel, predictor: TflitePredictor) -> tuple[dict[str, Any], ...]:
+    if source.inputs is None:
+        return (_spec(predictor.interpreter.get_input_details()[0], "other"),)
+    details = predictor.input_details()
+    if set(details) != {spec.name for spec in source.inputs}:
+        raise ConverterError(f"the TFLite model's inputs {sorted(details)} are not the source's "
+                             f"{[spec.name for spec in source.inputs]}",
+                             fix="give the model's inputs distinct names (keras.Input(name=...)) and convert again")
+    return tuple(_spec(details[spec.name], "other", spec.name, spec.shape) for spec in source.inputs)
+
+
+def _convert(tf: ModuleType, source: SourceModel, standard_part: Any, workdir: Path, quantize: str,
+             calibration: Batch | None) -> bytes:
+    workdir.mkdir()
+    converter = _converter_for(tf, source, standard_part, workdir)
+    _configure(tf, converter, quantize, calibration)
+    try:
+        with quiet_native_output(), warnings.catch_warnings():
+            # "Statistics for quantized inputs were expected": the int8 input's range comes from the
+            # representative dataset, as intended.
+            warnings.simplefilter("ignore", UserWarning)
+            return bytes(converter.convert())
+    except Exception as exc:  # TFLite's converter raises ConverterError / RuntimeError with MLIR text
+        raise ConverterError(f"the TFLite converter failed: {str(exc).splitlines()[0] if str(exc) else exc}",
+                             fix="try --quantize none or fp16, or --format onnx") from exc
 
 
 def build_tflite(source: SourceModel, quantize: str, calibration: Batch | None) -> Converted:
@@ -141,29 +198,27 @@ def build_tflite(source: SourceModel, quantize: str, calibration: Batch | None) 
         raise UnsupportedOpError(f"{source.path} takes named columns, which TFLite cannot: it has no string tensors, "
                                  "and this converter builds single-input TFLite models only",
                                  op="ColumnTransformer", fix="use --format onnx with a profile that allows ONNX")
-    if source.inputs is not None or isinstance(calibration, Mapping):
+    tensorflow_source = source.framework in ("keras", "savedmodel")
+    if not tensorflow_source and (source.inputs is not None or isinstance(calibration, Mapping)):
         # onnx2tf turns NCHW inputs into NHWC ones: the bundle's inputs would no longer be the source's.
         shown = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in (source.inputs or ())[:4])
         raise UnsupportedOpError(f"{source.path} takes named tensor inputs ({shown}); this converter takes ONNX "
                                  "models to TFLite only when they have one [batch, features] input",
                                  op="N-D input", fix="use --format onnx with a profile that allows ONNX "
                                  "(e.g. rpi4-64, generic-x86_64), or start from the Keras model for TFLite")
-    standard_part, float_bytes = (None, source.size) if source.framework in ("keras", "savedmodel") \
-        else _standard_part(source)
+    standard_part, float_bytes = (None, 0) if tensorflow_source else _standard_part(source)
     tf = tensorflow()
     with tempfile.TemporaryDirectory(prefix="edgefleet-tflite-") as tmp:
-        converter = _converter_for(tf, source, standard_part, Path(tmp))
-        _configure(tf, converter, quantize, calibration)
-        try:
-            with quiet_native_output():
-                data = bytes(converter.convert())
-        except Exception as exc:  # TFLite's converter raises ConverterError / RuntimeError with MLIR text
-            raise ConverterError(f"the TFLite converter failed: {str(exc).splitlines()[0] if str(exc) else exc}",
-                                 fix="try --quantize none or fp16, or --format onnx") from exc
+        data = _convert(tf, source, standard_part, Path(tmp) / "quantized", quantize, calibration)
+        if tensorflow_source:
+            # The report's "before" is the float32 TFLite model: a .keras file also holds the
+            # optimizer's state (three times the weights after Adam), a SavedModel its graph twice.
+            float_bytes = len(data) if quantize == "none" else \
+                len(_convert(tf, source, None, Path(tmp) / "float32", "none", None))
     predictor = TflitePredictor(data, source.task)
     interpreter = predictor.interpreter
     role = "probabilities" if source.task == "classification" else "value"
-    inputs = (_spec(interpreter.get_input_details()[0], "other"),)
+    inputs = _input_specs(source, predictor)
     outputs = (_spec(interpreter.get_output_details()[0], role),)
     ops = sorted({op["op_name"] for op in interpreter._get_ops_details()})  # no public API lists the ops
     runtime = {"engine": "litert", "ops": ops}
