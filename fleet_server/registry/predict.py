@@ -21,7 +21,9 @@ a header naming them (the stdlib ``csv`` module, cells by ``edgefleet.cells.colu
 agent's batch reader does, under the same limits, text counted by its bytes) or Parquet when
 pyarrow is installed (its row count and uncompressed size checked from the footer before a
 value is read); for a model with tensor inputs, .npy (one input) or .npz (one array per input
-name), read whole under ``max_bytes``. The server extra has no pandas, and needs none for this.
+name), read whole under ``max_bytes``. ``read_images`` reads an upload of images for a model whose
+one input is an image (``is_image_upload``: a zipped folder, or one PNG/JPEG), through the
+shared parser's ``image_feeds``. The server extra has no pandas, and needs none for this.
 
 Only ONNX bundles are served (TFLite bundles are built for devices); this module knows nothing
 of HTTP (the routes are in ``fleet_server.telemetry.api``).
@@ -37,9 +39,11 @@ import csv
 import io
 import itertools
 import math
+import re
 import threading
 import time
 import uuid
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +54,7 @@ from numpy.lib import format as npy_format
 
 from edgefleet.cells import column_value, is_number
 from edgefleet.errors import InputError
+from edgefleet.images import SUFFIXES as IMAGE_SUFFIXES
 from edgefleet.inputs import (
     DEFAULT_MAX_ROWS,
     NPY,
@@ -57,6 +62,7 @@ from edgefleet.inputs import (
     Body,
     Feeds,
     expected_width,
+    image_feeds,
     is_matrix,
     shape_text,
     to_feeds,
@@ -302,6 +308,77 @@ def _tensor_upload(source: bytes | BinaryIO, filename: str, inputs: Sequence[Ten
         raise _refused(exc, filename) from exc
 
 
+IMAGE_UPLOAD_SUFFIXES = (".zip", *IMAGE_SUFFIXES)
+
+
+def is_image_upload(filename: str, inputs: Sequence[TensorSpec]) -> bool:
+    """Whether an upload is read as images: a model with an image input, and a .zip (a zipped folder)
+    or a single .png/.jpg/.jpeg file."""
+    return any(spec.kind == "image" for spec in inputs) and filename.lower().endswith(IMAGE_UPLOAD_SUFFIXES)
+
+
+def read_images(source: bytes | BinaryIO, filename: str, inputs: Sequence[TensorSpec], *,
+                max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_TABLE_BYTES) -> tuple[Feeds, list[str]]:
+    """An uploaded folder of images (a .zip: every PNG/JPEG member, sorted by path, through the
+    shared parser's ``image_feeds``, as `edgefleet agent predict FOLDER` reads one) or one image, for
+    a model whose one input is an image; with the members' paths. The archive's member count and
+    declared sizes are checked against ``max_rows`` and ``max_bytes`` before a member is inflated,
+    and each member's inflated size against its declaration (a zip bomb costs nothing)."""
+    images = [spec for spec in inputs if spec.kind == "image"]
+    if len(inputs) != 1 or len(images) != 1:
+        raise PredictInputError(f"{filename}: an upload of images feeds a model whose one input is an image; this "
+                                f"model takes {', '.join(f'{s.name} {shape_text(s.shape)}' for s in inputs[:4])}",
+                                fix="send each request to POST /models/NAME/predict as multipart/form-data, one "
+                                    "part per image and per other input")
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PredictInputError(f"{filename} is over the limit of {max_bytes} bytes an upload", fix=_SPLIT_FIX,
+                                status=413)
+    if filename.lower().endswith(".zip"):
+        names, sent = _zipped_images(data, filename, max_rows=max_rows, max_bytes=max_bytes)
+    else:
+        names, sent = [filename], [data]
+    try:
+        return image_feeds({images[0].name: sent}, inputs, max_rows=max_rows), names
+    except InputError as exc:
+        found = re.search(r"image for '[^']*' (\d+)", exc.message)
+        at = names[int(found.group(1))] if found is not None and int(found.group(1)) < len(names) else \
+            names[0] if len(names) == 1 else None
+        raise _refused(exc, f"{filename}: {at}" if at and at != filename else filename) from exc
+
+
+def _zipped_images(data: bytes, filename: str, *, max_rows: int, max_bytes: int) -> tuple[list[str], list[bytes]]:
+    fix = "zip a folder of .png, .jpg or .jpeg images (zip -r photos.zip photos/)"
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in archive.infolist() if not m.is_dir() and m.filename.lower().endswith(IMAGE_SUFFIXES)
+                   and not m.filename.startswith("__MACOSX/") and not m.filename.rsplit("/", 1)[-1].startswith("._")]
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise PredictInputError(f"{filename} is not a readable .zip archive: {exc}", fix=fix) from None
+    if not members:
+        raise PredictInputError(f"{filename} holds no PNG or JPEG images", fix=fix)
+    if len(members) > max_rows:
+        raise PredictInputError(f"{filename} holds {len(members)} images, over the limit of {max_rows} an upload",
+                                fix=_SPLIT_FIX, status=413)
+    if sum(m.file_size for m in members) > max_bytes:
+        raise PredictInputError(f"{filename} unpacks to more than {max_bytes} bytes of images", fix=_SPLIT_FIX,
+                                status=413)
+    members.sort(key=lambda m: m.filename)
+    sent = []
+    for member in members:
+        try:
+            with archive.open(member) as handle:
+                raw = handle.read(member.file_size + 1)
+        except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, RuntimeError, OSError) as exc:
+            raise PredictInputError(f"{filename}: member {member.filename[:80]!r} cannot be read: {exc}", fix=fix) from None
+        if len(raw) != member.file_size:
+            raise PredictInputError(f"{filename}: member {member.filename[:80]!r} is not the size its entry declares",
+                                    fix=fix)
+        sent.append(raw)
+    return [m.filename for m in members], sent
+
+
 _PARQUET_MAGIC = b"PAR1"
 _VALUE_BYTES = 8  # what a number or a cell's bookkeeping counts against max_bytes, beside a string's own bytes
 
@@ -408,15 +485,19 @@ class Prediction:
             out["probabilities"] = self.probabilities
         return out
 
-    def to_csv(self) -> str:
+    def to_csv(self, files: Sequence[str] | None = None) -> str:
+        """The answer as CSV: prediction, then one column per class probability; ``files`` (an
+        upload of images) leads each row with the image's path."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        header = ["prediction"]
+        header = ["file"] if files is not None else []
+        header += ["prediction"]
         if self.probabilities is not None:
             header += [f"p_{label}" for label in (self.labels or range(len(self.probabilities[0])))]
         writer.writerow(header)
         for i, value in enumerate(self.predictions):
-            writer.writerow([value, *(self.probabilities[i] if self.probabilities is not None else [])])
+            writer.writerow([*([files[i]] if files is not None else []), value,
+                             *(self.probabilities[i] if self.probabilities is not None else [])])
         return buffer.getvalue()
 
 

@@ -28,7 +28,7 @@ from edgefleet.version import SEMVER_PATTERN
 from fleet_server.api import Bearer, Ctx, ModelName, Version, checked_version, require_admin
 from fleet_server.credentials import same_secret
 from fleet_server.errors import AuthError, InvalidInputError
-from fleet_server.registry.predict import parse_feeds, read_feeds
+from fleet_server.registry.predict import is_image_upload, parse_feeds, read_feeds, read_images
 
 if TYPE_CHECKING:
     from fleet_server.context import ServerContext
@@ -132,7 +132,14 @@ PREDICT_BODY = {"required": True, "content": {"application/json": {"schema": {"a
     {"type": "object", "properties": {"inputs": _ROWS}, "required": ["inputs"], "additionalProperties": False},
     {"type": "object", "properties": {"instances": _ROWS}, "required": ["instances"], "additionalProperties": False},
     {**_ROWS, "description": "a bare list of rows"},
-], "description": "docs/contracts.md, 'Predict input'"}}}}
+], "description": "docs/contracts.md, 'Predict input'"}},
+    # Image inputs (issue 12): one image, or several (and a model's other inputs) as form parts.
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "additionalProperties": {"type": "string", "format": "binary"},
+                                       "description": "one part per image, named after the image input; other "
+                                                      "inputs as JSON or .npy parts named after them"}},
+}}
 
 
 def _reports(ctx: ServerContext) -> Callable[[], list[Mapping[str, Any] | None]]:
@@ -171,15 +178,21 @@ async def predict(ctx: Ctx, name: ModelName, request: Request,
              response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 def predict_batch(ctx: Ctx, name: ModelName,
                   file: Annotated[UploadFile, File(description="rows as CSV (header = feature names, optional) or "
-                                                               ".npy; named columns: CSV with a header, or Parquet")],
+                                                               ".npy; named columns: CSV with a header, or Parquet; "
+                                                               "tensors: .npy/.npz; an image model: a .zip of PNG/JPEG "
+                                                               "images (a zipped folder) or one image")],
                   version: OptionalVersion = None) -> Response:
     """Predict every row of an uploaded file; answers CSV: prediction, then one column per class probability."""
     chosen = ctx.predictor.resolve(name, checked_version(version) if version else None, fleet=_reports(ctx))
     manifest = ctx.predictor.manifest(name, chosen)
-    feeds = read_feeds(file.file, file.filename or "upload.csv", manifest.inputs,  # streamed
-                       max_rows=ctx.predictor.max_rows)
+    filename = file.filename or "upload.csv"
+    files: list[str] | None = None
+    if is_image_upload(filename, manifest.inputs):  # a zipped folder of images: rows lead with their paths
+        feeds, files = read_images(file.file, filename, manifest.inputs, max_rows=ctx.predictor.max_rows)
+    else:
+        feeds = read_feeds(file.file, filename, manifest.inputs, max_rows=ctx.predictor.max_rows)  # streamed
     result = ctx.predictor.predict(name, chosen, feeds)
-    return Response(result.to_csv(), media_type="text/csv",
+    return Response(result.to_csv(files), media_type="text/csv",
                     headers={"X-Edgefleet-Model": f"{name}@{chosen}", "X-Request-Id": result.request_id})
 
 
