@@ -207,7 +207,8 @@ class ServerContext:
         embedded = self.embedded_broker is not None
         # Credentials in the URL (mqtt://user:pass@host) win; the embedded broker needs none.
         own_login = not embedded and urlsplit(self.broker_url).username is None
-        self.ingest = TelemetryIngest(self.db, clock=self.clock, references=self.fleet_views.reference).start()
+        self.ingest = TelemetryIngest(self.db, clock=self.clock, references=self.fleet_views.reference,
+                                      on_stored=self.metrics.model_counters.add).start()
         self.presence = PresenceIngest(self.devices, self.clock, on_dropped=self.ingest.store_failed)
         fanout = Fanout([self.presence])
         # The ingest checks every device message first (issue 14) and stores telemetry and events;

@@ -53,7 +53,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from edgefleet import topics
-from edgefleet.telemetry import ReferenceProfile, TelemetryBatch
+from edgefleet.telemetry import ModelRecord, ReferenceProfile, TelemetryBatch
 from fleet_server.backlog import Backlog
 from fleet_server.db import Database
 from fleet_server.errors import ServerError
@@ -244,6 +244,7 @@ class _Unit:
     rows: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
     event: dict[str, Any] | None = None
     dropped: int = 0
+    records: tuple[ModelRecord, ...] = ()
 
 
 @dataclass
@@ -251,6 +252,7 @@ class _Stored:
     batches: int = 0
     device_dropped: int = 0
     events: int = 0
+    records: list[ModelRecord] = field(default_factory=list)
 
 
 _Item = tuple[str, Any]  # ("telemetry", (device_id, payload bytes)) | ("event", row dict) | ("fault", Fault)
@@ -264,13 +266,16 @@ class TelemetryIngest:
     ``events`` alone. Either may be called from paho's thread. ``start``/``stop`` run the writer;
     ``drain(timeout)`` waits until everything queued so far is committed (tests, shutdown).
     ``references(model, version)`` gives the reference profile the drift shapes are checked
-    against (``FleetViews.reference``); without it they are not.
+    against (``FleetViews.reference``); without it they are not. ``on_stored(records)`` is called
+    on the writer thread with the model records of the batches just committed, first copies only
+    (the per-model counters of ``/metrics``).
     """
 
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  max_batch: int = DEFAULT_MAX_BATCH, queue_size: int = DEFAULT_QUEUE_SIZE,
                  linger_s: float = DEFAULT_LINGER_S, monotonic: Callable[[], float] = time.monotonic,
-                 limits: Limits = DEFAULT_LIMITS, references: References | None = None) -> None:
+                 limits: Limits = DEFAULT_LIMITS, references: References | None = None,
+                 on_stored: Callable[[Sequence[ModelRecord]], None] | None = None) -> None:
         if db.engine.dialect.name not in ("postgresql", "sqlite"):
             raise IngestError(f"telemetry ingest needs PostgreSQL or SQLite, not {db.engine.dialect.name}")
         self.db = db
@@ -279,6 +284,7 @@ class TelemetryIngest:
         self.linger_s = linger_s
         self.limits = limits
         self.faults = FaultCounter()
+        self.on_stored = on_stored
         self._references: References = (_ReferenceCache(references, monotonic) if references is not None
                                          else lambda _model, _version: None)
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
@@ -434,7 +440,7 @@ class TelemetryIngest:
             self._note(checked.flag)
             faults.append(checked.flag)
         return _Unit(device_id, "telemetry", batch_rows(checked.batch, now, at=checked.at),
-                     dropped=checked.batch.dropped)
+                     dropped=checked.batch.dropped, records=checked.batch.models)
 
     def _write(self, items: Sequence[_Item]) -> None:
         now = self.clock()
@@ -471,6 +477,11 @@ class TelemetryIngest:
             totals.batches += stored.batches
             totals.device_dropped += stored.device_dropped
             totals.events += stored.events
+            if self.on_stored is not None and stored.records:
+                try:
+                    self.on_stored(stored.records)
+                except Exception:  # counting for /metrics must never lose a write
+                    log.exception("counting %d stored records failed", len(stored.records))
 
         # A row the database refuses (it passed the checks: a gap in them) costs only itself.
         failed = write_isolating(units, store)
@@ -508,8 +519,8 @@ class TelemetryIngest:
             events = len(_insert_ignoring_duplicates(session, DeviceEventRow.__table__,
                                                      [u.event for u in units if u.event is not None],
                                                      ("device_id", "event_id")))
-        dropped = sum(u.dropped for u in units if u.rows is not None and (u.device_id, u.rows[0]["seq"]) in stored)
-        return _Stored(len(stored), dropped, events)
+        first = [u for u in units if u.rows is not None and (u.device_id, u.rows[0]["seq"]) in stored]
+        return _Stored(len(stored), sum(u.dropped for u in first), events, [r for u in first for r in u.records])
 
     def _store_faults(self, faults: Sequence[Fault], now: datetime) -> None:
         if not faults:

@@ -7,6 +7,10 @@ two replicas) never share or collide on metric names. Served in Prometheus text 
     edgefleet_devices_running{model,version}          devices whose reported state runs that version
     edgefleet_rollout_devices{rollout,model,version,status}   per rollout: pending/assigned/committed/failed/...
     edgefleet_rollout_info{rollout,model,version,state}       1 per rollout, its state as a label
+                                                      (rollouts not finished, and the last 5 finished)
+    edgefleet_model_...{model,version,...}            per model version: predictions, errors, latency
+                                                      histogram, feedback, drift PSI per group, devices
+                                                      per state (``fleet_server.telemetry.model_metrics``)
     edgefleet_telemetry_received_total, _stored_total, _duplicates_total, _invalid_total, _unknown_device_total
     edgefleet_telemetry_device_dropped_total          batches devices' outboxes dropped (their ``dropped`` fields)
     edgefleet_telemetry_rate                          batches stored per second over the last minute
@@ -39,6 +43,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fleet_server.telemetry.ingest import IngestCounts
+from fleet_server.telemetry.model_metrics import (
+    GAUGE_TTL_S,
+    ModelCounters,
+    ModelGauges,
+    RegistryVersions,
+    gauges_of,
+    registry_versions,
+)
 from fleet_server.telemetry.refusals import totals
 from fleet_server.telemetry.views import FleetViews
 
@@ -128,12 +140,20 @@ class FleetCollector(Collector):
 
 
 class Metrics:
-    """The app's registry: the fleet collector plus the API latency histogram."""
+    """The app's registry: the fleet collector, the per model version series
+    (``fleet_server.telemetry.model_metrics``) and the API latency histogram.
+
+    ``model_counters.add`` is what the ingest calls with the records it stored.
+    """
 
     def __init__(self, views: FleetViews, ingest: Callable[[], IngestCounts | None],
-                 episodes: Callable[[], list[dict[str, Any]]]) -> None:
+                 episodes: Callable[[], list[dict[str, Any]]], *, gauge_ttl_s: float = GAUGE_TTL_S) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(FleetCollector(views, ingest, episodes))
+        self.model_counters = ModelCounters(RegistryVersions(lambda: registry_versions(views.db)))
+        self.registry.register(self.model_counters)
+        self.registry.register(ModelGauges(lambda: gauges_of(views.version_figures(), views.version_states()),
+                                           ttl_s=gauge_ttl_s))
         self.api_latency = Histogram("edgefleet_api_request_duration_seconds", "REST API request latency",
                                      ["method", "route", "status"], registry=self.registry, buckets=LATENCY_BUCKETS)
 

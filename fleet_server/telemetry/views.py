@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.telemetry import Feedback, ModelRecord, ReferenceProfile, TelemetryError
@@ -74,6 +74,12 @@ FUTURE_SKEW_S = 300.0
 MAX_COUNT = 2**40
 # Problems told per device: enough to see what is wrong, bounded however much a device sends.
 MAX_PROBLEMS = 5
+# Rollout states that do not change any more (fleet_server.rollouts.machine, read here as text:
+# telemetry does not import the rollout engine); /metrics keeps the last few of them.
+FINISHED_ROLLOUT_STATES = frozenset({"completed", "aborted", "rolled_back"})
+KEEP_FINISHED_ROLLOUTS = 5
+# Update states in which nothing is in flight (the agent's update machine: idle, or an outcome kept).
+SETTLED_PHASES = frozenset({"idle", "committed", "rolled_back", "failed"})
 
 
 def check_by(by: str | None) -> str | None:
@@ -85,6 +91,16 @@ def check_by(by: str | None) -> str | None:
     if by == "profile" or (name and len(name) <= 63 and name.replace("-", "").replace("_", "").replace(".", "").isalnum()):
         return by if by == "profile" else f"label:{name}"
     raise InvalidInputError(f"by: {by!r} is not a grouping", fix="use by=profile or by=label:NAME, e.g. label:site")
+
+
+@dataclass(frozen=True)
+class VersionFigures:
+    """One model version over the window: its totals, and its drift reports as (by, report)."""
+
+    model: str
+    version: str
+    totals: Totals
+    reports: tuple[tuple[str, DriftReport], ...]
 
 
 @dataclass(frozen=True)
@@ -420,32 +436,65 @@ class FleetViews:
 
     # ---- alert inputs -------------------------------------------------------------------
 
+    def version_figures(self, *, now: float | None = None) -> list[VersionFigures]:
+        """Per model version with telemetry in the window: its totals and its drift reports for the
+        fleet, by profile and by every label name (the alert rules' inputs, and the gauges of
+        ``/metrics``)."""
+        rows = self._rows(self._since(now, None), self._until(now))
+        devices = self._devices()
+        return self._figures(rows, devices)
+
+    def _figures(self, rows: Sequence[Any], devices: Mapping[str, _Device]) -> list[VersionFigures]:
+        problems = Problems()
+        out: list[VersionFigures] = []
+        for (model, version), records in sorted(self._by_model_version(rows, devices, problems).items()):
+            try:
+                counts = self._device_counts(records, devices)
+                totals = merge(FLEET, counts).totals
+            except EdgefleetError as exc:
+                log.warning("drift of %s@%s not scored: %s", model, version, exc)
+                continue
+            reports: list[tuple[str, DriftReport]] = []
+            try:
+                reference = self.reference(model, version)
+                if reference is not None:
+                    label_names = sorted({k for c in counts for k in c.labels})
+                    for by in [None, "profile", *(f"label:{k}" for k in label_names)]:
+                        reports += [(by or FLEET, r) for r in fleet_drift(model, version, reference, counts, by=by)]
+            except EdgefleetError as exc:  # fitted counts do fit: kept so one surprise loses one version only
+                log.warning("drift of %s@%s not scored: %s", model, version, exc)
+                reports = []
+            out.append(VersionFigures(model, version, totals, tuple(reports)))
+        if problems.counts:
+            log.debug("alert inputs skipped data of %d device(s): %s", len(problems.counts), problems.to_list()[:3])
+        return out
+
     def observations(self, *, now: float | None = None) -> list[Observation]:
         """Every value the alert rules watch, as of ``now``."""
         rows = self._rows(self._since(now, None), self._until(now))
         devices = self._devices()
-        problems = Problems()
         out: list[Observation] = []
-        for (model, version), records in sorted(self._by_model_version(rows, devices, problems).items()):
-            reports: list[DriftReport] = []
-            try:
-                counts = self._device_counts(records, devices)
-                out += model_observations(model, version, merge(FLEET, counts).totals)
-                reference = self.reference(model, version)
-                if reference is None:
-                    continue
-                label_names = sorted({k for c in counts for k in c.labels})
-                for by in [None, "profile", *(f"label:{k}" for k in label_names)]:
-                    reports += fleet_drift(model, version, reference, counts, by=by)
-            except EdgefleetError as exc:  # fitted counts do fit: kept so one surprise loses one version only
-                log.warning("drift of %s@%s not scored: %s", model, version, exc)
-                continue
-            out += drift_observations(reports)
-        if problems.counts:
-            log.debug("alert inputs skipped data of %d device(s): %s", len(problems.counts), problems.to_list()[:3])
+        for figures in self._figures(rows, devices):
+            out += model_observations(figures.model, figures.version, figures.totals)
+            out += drift_observations(r for _, r in figures.reports)
         out += self._offline(devices.values())
         out += self._rollouts()
         return out
+
+    def version_states(self) -> dict[tuple[str, str, str], int]:
+        """Enrolled devices per (model, version they report, state): ``online``, ``updating``
+        (online with an update in flight) or ``offline``. Revoked devices are not counted."""
+        out: dict[tuple[str, str, str], int] = defaultdict(int)
+        for d in self._devices().values():
+            if d.status != "enrolled":
+                continue
+            state = "offline"
+            if d.online:
+                phase = _state(d).partition("/")[2]
+                state = "updating" if phase and phase not in SETTLED_PHASES else "online"
+            for model, version in _versions(d).items():
+                out[(model, version, state)] += 1
+        return dict(sorted(out.items()))
 
     @staticmethod
     def _offline(devices: Iterable[_Device]) -> list[Observation]:
@@ -464,12 +513,20 @@ class FleetViews:
         return [Observation("rollout_halted", f"rollout:{rid}", 1.0 if state == "halted" else 0.0)
                 for rid, state in rows]
 
-    def rollout_progress(self) -> list[dict[str, Any]]:
-        """Per rollout: model, version, state and device counts by status (for /metrics)."""
+    def rollout_progress(self, *, keep_finished: int = KEEP_FINISHED_ROLLOUTS) -> list[dict[str, Any]]:
+        """Per rollout: model, version, state and device counts by status (for /metrics). Every
+        rollout not finished, and the last ``keep_finished`` finished ones: a fleet that rolls out
+        every day must not keep a series per rollout forever."""
         with self.db.session() as session:
-            rows = session.execute(text("SELECT id, model, version, state, document FROM rollouts")).all()
+            listed = session.execute(text("SELECT id, state, updated_at FROM rollouts")).all()
+            finished = sorted((r for r in listed if r[1] in FINISHED_ROLLOUT_STATES),
+                              key=lambda r: (str(r[2]), r[0]), reverse=True)[:keep_finished]
+            ids = [r[0] for r in listed if r[1] not in FINISHED_ROLLOUT_STATES] + [r[0] for r in finished]
+            rows = session.execute(text("SELECT id, model, version, state, document FROM rollouts "
+                                        "WHERE id IN :ids").bindparams(bindparam("ids", expanding=True)),
+                                   {"ids": ids}).all() if ids else []
         out = []
-        for rid, model, version, state, document in rows:
+        for rid, model, version, state, document in sorted(rows):
             if isinstance(document, str):  # SQLite hands raw JSON text to a text() query
                 document = json.loads(document)
             doc = document if isinstance(document, Mapping) else {}
