@@ -10,7 +10,7 @@ and the agent over every request's samples to count them: one function on both s
 two can never disagree on what "mean" means.
 
 Pure numpy, no I/O. It does not bin (the converter and ``agent.drift`` do) and knows nothing of
-images' own statistics (``edgefleet.preprocess``).
+images' own statistics (``edgefleet.images.image_statistics``).
 """
 
 from __future__ import annotations
