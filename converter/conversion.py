@@ -100,7 +100,8 @@ class ConversionResult:
 def _resolve_format(options: ConvertOptions, profile: Profile, framework: str) -> str:
     fmt = options.format
     if fmt is None:
-        # Keras and SavedModel sources have no ONNX exporter here: TFLite is their natural target.
+        # TFLite is a Keras or SavedModel source's natural target (TensorFlow's own converter);
+        # ONNX (Keras' export through tf2onnx) when asked for, or where the profile takes no TFLite.
         fmt = "tflite" if framework in ("keras", "savedmodel") and "tflite" in profile.allowed_formats else profile.default_format
     if fmt not in profile.allowed_formats:
         raise OptionsError(f"profile {profile.name} does not take {fmt} models (it allows {', '.join(profile.allowed_formats)})",

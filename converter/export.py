@@ -10,7 +10,7 @@ raise: a device must answer, not fail (``unseen_categories`` says so for the rep
 Free-text fields are cleared (``onnxgraph.tidy``) so the same model always exports to the
 same bytes.
 
-This module does not quantize (see ``quantize``) and does not handle Keras (see ``tflite`` and ``tf_source``).
+Keras models are exported by Keras itself (``keras_onnx``). This module does not quantize (see ``quantize``).
 """
 
 from __future__ import annotations
@@ -38,9 +38,12 @@ def float_onnx(source: SourceModel) -> onnx.ModelProto:
         return _with_default_opset(tidy(_from_sklearn(source)))
     if source.framework in ("lightgbm", "xgboost"):
         return _with_default_opset(tidy(_from_boosting(source)))
+    if source.framework in ("keras", "savedmodel"):
+        from converter.keras_onnx import keras_onnx
+
+        return _with_default_opset(tidy(keras_onnx(source)))
     raise UnsupportedOpError(f"a {source.framework} model cannot be exported to ONNX here",
-                             op=source.kind or source.framework,
-                             fix="use --format tflite for Keras and SavedModel sources")
+                             op=source.kind or source.framework, fix="use --format tflite")
 
 
 def _with_default_opset(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -18,7 +18,7 @@ from agent.runtime import load_session
 from agent.slots import ModelStore
 from agent.state import StateDir
 from converter import ConversionResult, ConvertOptions, convert
-from converter.errors import NotAModelError
+from converter.errors import NotAModelError, UnsupportedOpError
 from converter.predictors import TflitePredictor
 from edgefleet.bundle import read_bundle
 from edgefleet.golden import NPZ_NAME
@@ -33,6 +33,7 @@ from tests.support.keras_models import (
     two_outputs,
     window_samples,
 )
+from tests.support.tensor_models import save_samples
 
 pytestmark = pytest.mark.tflite
 PROFILE = "generic-x86_64"
@@ -87,7 +88,7 @@ def test_the_same_cnn_and_data_give_the_same_tflite_bundle(tmp_path: Path) -> No
 
 def test_image_and_metadata_keep_their_names_through_full_int8(tmp_path: Path) -> None:
     model = image_and_metadata(tmp_path / "two.keras")
-    np.savez(tmp_path / "val.npz", **image_and_metadata_samples(300, seed=2))
+    save_samples(tmp_path / "val.npz", image_and_metadata_samples(300, seed=2))
     result = convert(ConvertOptions(model, PROFILE, "two-inputs", "1.0.0", tmp_path / "out", format="tflite",
                                     quantize="int8", validation=tmp_path / "val.npz"))
     inputs = {spec.name: spec for spec in result.manifest.inputs}
@@ -126,3 +127,68 @@ def test_models_without_one_batch_output_or_with_a_fixed_batch_are_refused(tmp_p
             convert(ConvertOptions(path, PROFILE, "refused", "1.0.0", tmp_path / "out", format="tflite"))
         assert message in caught.value.message and fix in (caught.value.fix or "")
     assert not (tmp_path / "out").exists()
+
+
+# Keras -> ONNX: Keras 3's model.export(format="onnx") through tf2onnx (converter.keras_onnx).
+
+
+def test_cnn_to_onnx_int8_static_agrees_shrinks_and_passes_the_health_check(tmp_path: Path) -> None:
+    result = cnn(tmp_path, "onnx", "int8-static")
+    manifest, report = result.manifest, result.report
+    assert manifest.format == "onnx" and manifest.source["framework"] == "keras"
+    assert [(s.name, s.dtype, s.shape) for s in manifest.inputs] == [("image", "float32", (-1, 32, 32, 3))]
+    assert [(o.name, o.role) for o in manifest.outputs] == [("probabilities", "probabilities")]
+    assert report["agreement"] >= 0.98 and report["size_ratio"] <= 0.30 and report["passed"]
+    assert report["calibration_method"] == "minmax" and manifest.runtime["domains"] == ["ai.onnx"]
+    check = health(result)
+    assert check.passed and check.agreement is not None and check.agreement >= 0.98
+
+
+@pytest.mark.parametrize("quantize", ["none", "fp16", "int8-dynamic"])
+def test_cnn_to_onnx_other_variants_pass(tmp_path: Path, quantize: str) -> None:
+    result = cnn(tmp_path, "onnx", quantize)
+    assert result.report["agreement"] >= 0.99 and result.report["passed"]
+    assert result.report["size_ratio"] <= {"none": 1.0, "fp16": 0.55, "int8-dynamic": 0.30}[quantize]
+    assert health(result).passed
+
+
+def test_the_same_cnn_gives_the_same_onnx_bundle(tmp_path: Path) -> None:
+    # tf2onnx numbers tensors with per-process counters; the export renames them by position.
+    first = cnn(tmp_path / "a", "onnx", "int8-static")
+    second = cnn(tmp_path / "b", "onnx", "int8-static")
+    assert first.sha256 == second.sha256
+
+
+def test_a_keras_model_on_an_onnx_only_profile_goes_to_onnx(tmp_path: Path) -> None:
+    files = image_example()
+    result = convert(ConvertOptions(files.model_path, "jetson-nano", "digits-cnn", "1.0.0", tmp_path,
+                                    validation=files.validation_npz, labels=files.labels_key))
+    assert result.manifest.format == "onnx" and result.manifest.quantization == "fp16" and result.report["passed"]
+
+
+def test_image_and_metadata_to_onnx_int8_static_by_name(tmp_path: Path) -> None:
+    model = image_and_metadata(tmp_path / "two.keras")
+    save_samples(tmp_path / "val.npz", image_and_metadata_samples(300, seed=2))
+    result = convert(ConvertOptions(model, PROFILE, "two-inputs", "1.0.0", tmp_path / "out", format="onnx",
+                                    quantize="int8-static", validation=tmp_path / "val.npz"))
+    assert [(s.name, s.dtype, s.shape) for s in result.manifest.inputs] == [
+        ("image", "float32", (-1, 16, 16, 3)), ("metadata", "float32", (-1, 4))]
+    assert result.report["agreement"] >= 0.97 and health(result).passed
+
+
+def test_saved_models_export_to_onnx_with_one_input_and_are_refused_with_two(tmp_path: Path) -> None:
+    from converter.tf_runtime import keras
+
+    window = keras().models.load_model(sensor_window(tmp_path / "window.keras"))
+    window.export(tmp_path / "window_saved", verbose=False)
+    np.save(tmp_path / "windows.npy", window_samples(100, seed=2)["window"])
+    result = convert(ConvertOptions(tmp_path / "window_saved", PROFILE, "window", "1.0.0", tmp_path / "out",
+                                    format="onnx", quantize="none", validation=tmp_path / "windows.npy"))
+    assert result.manifest.source["framework"] == "savedmodel" and result.report["max_abs_error"] < 1e-4
+    assert [(s.name, s.shape) for s in result.manifest.inputs] == [("window", (-1, 64, 3))]
+    assert health(result).passed
+    two = keras().models.load_model(image_and_metadata(tmp_path / "two.keras"))
+    two.export(tmp_path / "two_saved", verbose=False)
+    with pytest.raises(UnsupportedOpError) as caught:
+        convert(ConvertOptions(tmp_path / "two_saved", PROFILE, "two", "1.0.0", tmp_path / "out2", format="onnx"))
+    assert "SavedModel with 2 inputs" in caught.value.message and "--format tflite" in (caught.value.fix or "")
