@@ -70,6 +70,16 @@ require_services() {
             exit 1
         fi
     fi
+    # The Prometheus rules in docker/monitoring are run by promtool beside the built-in alert rules.
+    if ! command -v promtool >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "==> installing prometheus (for promtool) with apt-get (the alert rules' tests)" >&2
+            apt-get install -y -q --no-install-recommends prometheus >&2 || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends prometheus >&2; }
+        else
+            echo "the alert rules' tests need promtool; install it with: sudo apt-get install -y --no-install-recommends prometheus (or: brew install prometheus)" >&2
+            exit 1
+        fi
+    fi
     if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
         if [ "$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null 2>&1; then
             echo "==> starting PostgreSQL" >&2

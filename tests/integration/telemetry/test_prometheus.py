@@ -4,7 +4,8 @@ Two real agent processes serve the converter-made digits bundle and report throu
 Mosquitto: the one at site a sees held-out digits and gets feedback, the one at site b sees
 washed-out images (every pixel 16). The scrape must count their requests and latency buckets,
 carry the feedback accuracy, the devices per version and state, and a drift gauge per group that
-equals the drift API's figure (the one a drift alert judges). The second test feeds encoded
+equals the drift API's figure (the one a drift alert judges); the Grafana dashboard and the
+Prometheus rules in docker/monitoring must query only series these scrapes expose. The second test feeds encoded
 batches from fake devices to show the bounds: no series for a version the registry does not
 hold, and only the last finished rollouts.
 """
@@ -30,6 +31,7 @@ from tests.integration.agent.harness import eventually
 from tests.integration.server.harness import RunningServer, server_config
 from tests.integration.telemetry.fleet import add_device, batch, record
 from tests.integration.telemetry.test_agents_to_server import _agent, _predict, _validation
+from tests.support.monitoring import dashboard_queries, exposed, metric_names, rule_queries
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -115,6 +117,16 @@ def test_real_agents_telemetry_becomes_per_version_counters_histograms_and_gauge
             if line.startswith("# TYPE edgefleet_model") and line.endswith(" counter"):
                 assert line.split()[2].endswith("_total"), line
         assert "dev-site" not in body
+
+        # the Grafana dashboard and the Prometheus rules query only what the server and agents expose
+        agent_scrape = httpx.get(f"{site_a.url}/metrics", timeout=5).text
+        offered = exposed(body) | exposed(agent_scrape)
+        for query in dashboard_queries() + rule_queries():
+            assert metric_names(query) <= offered, (query, metric_names(query) - offered)
+        assert {n for q in dashboard_queries() for n in metric_names(q)} >= {
+            "edgefleet_model_predictions_total", "edgefleet_model_errors_total", "edgefleet_model_devices",
+            "edgefleet_model_latency_seconds_bucket", "edgefleet_model_drift_psi_max",
+            "edgefleet_model_feedback_accuracy_ratio", "edgefleet_agent_latency_seconds_bucket"}
     finally:
         for agent in agents:
             if agent.proc.poll() is None:
