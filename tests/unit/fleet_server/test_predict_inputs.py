@@ -103,7 +103,7 @@ def test_csv_with_or_without_header_and_npy_read_as_rows() -> None:
     (b"\xff\xfe", "x.csv", "not UTF-8 CSV", 422),
     (b"a,b,c\n", "x.csv", "x.csv: the request holds no rows", 422),
     (b"a,b,c\n1,2,3,4\n", "x.csv", "data row 1 has 4 cells, the header names 3", 422),
-    (b"a,b,d\n1,2,3\n", "x.csv", "x.csv: instances[0] has unknown feature(s) 'd'", 422),
+    (b"a,b,d\n1,2,3\n", "x.csv", "x.csv: instances[0] is missing feature(s) 'c'", 422),  # 'd' is skipped, as the agent does
     (b"1,2,3\n1,x,3\n", "x.csv", "data row 2, column 2 is 'x', not a number", 422),
     (b"1,2,3\n1,2\n", "x.csv", "x.csv: inputs[1] has 2 values", 422),
     (b"1,,3\n", "x.csv", "NaN (or null)", 422),
