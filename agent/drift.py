@@ -5,8 +5,10 @@ Each served model version gets a ``DriftWindow`` built from its bundle's ``refer
 preallocated buffer (and the outputs into a list): binning one row at a time costs about as much
 as the whole rest of a prediction, so rows are binned ``BUFFER_ROWS`` at a time (every feature of
 every row at once, numpy, no Python loop), when the buffer is full, when a row falls in another
-time bucket, and before any count is read. Counts are therefore always exact when read; the
-binned counts go to
+time bucket, and before any count is read. Counts are therefore always exact when read.
+``observe_many`` takes several requests at once (the reporter queues served calls and hands them
+over in bulk): each run of them in one time bucket is joined and observed once. The binned
+counts go to
 
 * a sliding window (``window_s``, kept as ``buckets`` time buckets) for local scores: per-feature
   PSI against the reference counts and its band (``edgefleet.telemetry.band``: <0.1 stable,
@@ -129,6 +131,34 @@ def _edges(feature: FeatureReference) -> tuple[float, ...]:
     return feature.edges
 
 
+def _joined(run: Sequence[tuple[Any, Sequence[Any] | np.ndarray | None, float]]
+            ) -> tuple[Any, list[Any]] | None:
+    """Several requests' rows and outputs as one request's: matrices stacked, feeds stacked by
+    input name, outputs in one flat list; None where they cannot be joined as they are (then
+    each is observed alone, which also says which one does not fit)."""
+    first = run[0][0]
+    outputs: list[Any] = []
+    for _rows, out, _now in run:
+        if out is None:
+            continue
+        if not isinstance(out, list):
+            return None
+        outputs += out
+    try:
+        if isinstance(first, np.ndarray):
+            if first.ndim != 2 or not all(type(r) is np.ndarray and r.ndim == 2 for r, _, _ in run):
+                return None
+            return np.concatenate([r for r, _, _ in run]), outputs
+        if isinstance(first, Mapping):
+            names = list(first)
+            if not all(isinstance(r, Mapping) and list(r) == names for r, _, _ in run):
+                return None
+            return {name: np.concatenate([np.asarray(r[name]) for r, _, _ in run]) for name in names}, outputs
+    except (ValueError, TypeError):  # shapes or kinds that do not stack
+        return None
+    return None
+
+
 class DriftWindow:
     """Reference-bin counts of one model version's traffic: a sliding window plus interval deltas."""
 
@@ -245,6 +275,40 @@ class DriftWindow:
                 self._held_outputs.extend(held_outputs)
             if self._held_n >= BUFFER_ROWS:
                 self._bin_held()
+
+    def observe_many(self, items: Sequence[tuple[Any, Sequence[Any] | np.ndarray | None, float]]
+                     ) -> list[tuple[int, Exception]]:
+        """``observe`` for several requests' (rows, outputs, now), in bulk: each run of items in
+        one time bucket is joined (matrices or feeds by input name concatenated, outputs put in
+        one list) and observed once, so the checks, the lock and the copy into the buffer are
+        paid once per run instead of once per request. A run that cannot be joined, or whose
+        joined rows do not fit, is observed item by item; the items that do not fit come back
+        with their error (a ``DriftError``, or whatever numpy raised), by index, and the others
+        are counted.
+        """
+        failed: list[tuple[int, Exception]] = []
+        start = 0
+        while start < len(items):
+            key = math.floor(items[start][2] / self.bucket_s)
+            end = start + 1
+            while end < len(items) and math.floor(items[end][2] / self.bucket_s) == key:
+                end += 1
+            run = items[start:end]
+            joined = _joined(run) if len(run) > 1 else None
+            if joined is not None:
+                try:
+                    self.observe(joined[0], joined[1], now=run[-1][2])
+                    start = end
+                    continue
+                except Exception:  # checks come before any count: nothing was counted
+                    pass  # one of them does not fit: find which, one by one
+            for offset, (rows, outputs, now) in enumerate(run):
+                try:
+                    self.observe(rows, outputs, now=now)
+                except Exception as exc:  # one misfit must not cost the others their counts
+                    failed.append((start + offset, exc))
+            start = end
+        return failed
 
     def _project(self, feeds: Mapping[str, Any]) -> np.ndarray:
         """Feeds by input name as rows x reference features: numbers as they are, strings as

@@ -15,6 +15,12 @@ started (``totals``): requests, errors by kind, latency in the contract's fixed 
 (``agent.prometheus``). They are kept for the last ``KEEP_VERSIONS`` versions of each model, so
 a device that went through many updates does not grow a series per version forever.
 
+``observe`` is on every request's path, so it only appends the latency to a queue of its model
+version (a ``deque`` append: no lock, no arithmetic); the queues are folded into the counters in
+bulk, with numpy, every ``FOLD_EVERY`` requests and before anything is read (``take_records``,
+``totals``), so every read is exact and nothing is lost. Failures are rare and are counted at
+once (their latency goes through the queue like any other).
+
 ``take_records`` closes the interval: it returns one ``edgefleet.telemetry.ModelRecord`` per
 model version seen (with drift and output counts from the matching ``DriftWindow``) and resets
 the interval counters. ``BatchComposer`` wraps that into a whole batch for the outbox.
@@ -43,6 +49,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agent.drift import DriftWindow
 from agent.errors import AgentError
 from edgefleet.telemetry import (
@@ -55,7 +63,6 @@ from edgefleet.telemetry import (
     Resource,
     TelemetryBatch,
     encode,
-    latency_bucket,
     trim_buckets,
 )
 
@@ -64,6 +71,10 @@ DEFAULT_REMEMBER = 10_000
 # Versions of one model whose running totals are kept (the reporter keeps as many drift windows).
 KEEP_VERSIONS = 3
 _BUCKETS = len(LATENCY_BUCKETS_S) + 1
+_BOUNDS_S = np.asarray(LATENCY_BUCKETS_S, dtype=np.float64)
+# Latencies queued per model version before the observing thread folds them into the counters:
+# a fold costs a few numpy calls, so 1,024 of them make it well under a microsecond a request.
+FOLD_EVERY = 1024
 
 ModelKey = tuple[str, str]
 """(model name, version)."""
@@ -96,6 +107,20 @@ class LatencyHistogram:
             index = min(self.BUCKETS, 1 + int(math.log(ms / self.LOW_MS) / self._log_ratio))
         self.counts[index] += 1
         self.total += 1
+
+    def add_many(self, ms: np.ndarray) -> None:
+        """``add`` for every value of ``ms`` (float64, milliseconds), vectorised."""
+        if not len(ms):
+            return
+        index = np.zeros(len(ms), dtype=np.int64)
+        above = ms > self.LOW_MS  # False for NaN, as in add
+        # In floats until clipped: infinity (which add's int() refuses) lands in the last bucket.
+        steps = np.trunc(np.log(ms[above] / self.LOW_MS) / self._log_ratio)
+        index[above] = np.minimum(float(self.BUCKETS), 1.0 + steps).astype(np.int64)
+        for i, n in enumerate(np.bincount(index, minlength=self.BUCKETS + 1).tolist()):
+            if n:
+                self.counts[i] += n
+        self.total += len(ms)
 
     def percentile(self, q: float) -> float | None:
         """The ``q``-th percentile (0-100): the geometric middle of the bucket holding it."""
@@ -171,12 +196,13 @@ class Accuracy:
         return self.correct / self.labels if self.labels else None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Remembered:
+    # Not frozen, and no set until a label comes: one is made per request, 10,000 are kept.
     model: str
     version: str
-    predictions: tuple[str, ...]
-    labelled: set[int] = field(default_factory=set)  # rows that have their label already
+    predictions: Sequence[Any]  # as served; compared as strings when feedback comes
+    labelled: set[int] | None = None  # rows that have their label already
 
 
 class Metrics:
@@ -191,6 +217,10 @@ class Metrics:
         self._running: dict[ModelKey, _Running] = {}
         self._recent: dict[ModelKey, deque[bool]] = {}
         self._requests: OrderedDict[str, _Remembered] = OrderedDict()
+        # Latencies (ms) observed and not folded yet, per model version. Appends take no lock
+        # (deque.append is atomic) and a fold pops exactly the items it counts, so an append
+        # racing with a fold is counted by the next one, never lost.
+        self._queued: dict[ModelKey, deque[float]] = {}
 
     def _entry(self, key: ModelKey) -> _Interval:
         entry = self._interval.get(key)
@@ -208,22 +238,51 @@ class Metrics:
         return total
 
     def observe(self, model: str, version: str, latency_ms: float, ok: bool, error_kind: str = "inference") -> None:
-        """Count one request (``agent.serving.Observer``); a failed one counts under ``error_kind``."""
-        bucket = latency_bucket(latency_ms / 1000.0)
-        with self._lock:
-            key = (model, version)
-            entry = self._entry(key)
-            entry.count += 1
-            entry.latency.add(latency_ms)
-            entry.buckets[bucket] += 1
-            total = self._total(key)
-            total.requests += 1
-            total.buckets[bucket] += 1
-            if latency_ms == latency_ms:  # NaN would poison the sum for good
-                total.latency_s += latency_ms / 1000.0
-            if not ok:
-                entry.errors[error_kind] += 1
-                total.errors[error_kind] += 1
+        """Count one request (``agent.serving.Observer``); a failed one counts under ``error_kind``.
+
+        The request's path: one append to its version's queue; the counting happens in bulk
+        (``_fold``), every ``FOLD_EVERY`` requests or when a count is read.
+        """
+        key = (model, version)
+        queue = self._queued.get(key)
+        if queue is None:
+            with self._lock:
+                queue = self._queued.setdefault(key, deque())
+        if not ok:  # rare: counted now, under the lock (its latency is queued like any other)
+            with self._lock:
+                self._entry(key).errors[error_kind] += 1
+                self._total(key).errors[error_kind] += 1
+        queue.append(latency_ms)
+        # The second test catches a queue a fold let go (its version's totals were dropped)
+        # between our lookup and our append: folded now, so that latency is not lost.
+        if len(queue) >= FOLD_EVERY or self._queued.get(key) is not queue:
+            with self._lock:
+                self._fold((key, queue))
+
+    def _fold(self, extra: tuple[ModelKey, deque[float]] | None = None) -> None:
+        """Count every queued latency (and ``extra``'s) into the interval and the running totals;
+        the caller holds the lock. Per version: one histogram update, one bucket count, one sum."""
+        for key, queue in [*self._queued.items(), *([extra] if extra is not None else [])]:
+            n = len(queue)
+            if not n:
+                continue
+            # popleft, not a copy-and-clear: an append racing with this fold stays for the next.
+            ms = np.fromiter((queue.popleft() for _ in range(n)), dtype=np.float64, count=n)
+            entry, total = self._entry(key), self._total(key)
+            entry.count += n
+            entry.latency.add_many(ms)
+            seconds = ms / 1000.0
+            # searchsorted(side="left") is latency_bucket's bisect_left; NaN sorts past the last bound.
+            buckets = np.bincount(np.searchsorted(_BOUNDS_S, seconds, side="left"), minlength=_BUCKETS).tolist()
+            for i, c in enumerate(buckets):
+                if c:
+                    entry.buckets[i] += c
+                    total.buckets[i] += c
+            total.requests += n
+            total.latency_s += float(seconds[np.isfinite(seconds)].sum())  # NaN would poison the sum for good
+        # Queues of versions whose totals were let go (KEEP_VERSIONS) go too, once empty.
+        for key in [k for k, q in self._queued.items() if not q and k not in self._running]:
+            del self._queued[key]
 
     def error(self, model: str, version: str, kind: str) -> None:
         """Count an error that never reached the runtime (bad input, timeout)."""
@@ -233,11 +292,20 @@ class Metrics:
 
     def remember(self, request_id: str, model: str, version: str, predictions: Sequence[Any]) -> None:
         """Keep a request's predictions so that later feedback can be scored against them."""
+        self.remember_many([(request_id, model, version, predictions)])
+
+    def remember_many(self, items: Sequence[tuple[str, str, str, Sequence[Any]]]) -> None:
+        """``remember`` for (request_id, model, version, predictions) items, under one lock. The
+        predictions are kept as given (turned into strings only when feedback scores them): the
+        caller hands over a list it no longer changes."""
         with self._lock:
-            self._requests[request_id] = _Remembered(model, version, tuple(str(p) for p in predictions))
-            self._requests.move_to_end(request_id)
-            while len(self._requests) > self.remember_limit:
-                self._requests.popitem(last=False)
+            requests = self._requests
+            for request_id, model, version, predictions in items:
+                if request_id in requests:
+                    requests.move_to_end(request_id)
+                requests[request_id] = _Remembered(model, version, predictions)
+            while len(requests) > self.remember_limit:
+                requests.popitem(last=False)
 
     def feedback(self, request_id: str, label: Any, *, row: int = 0) -> bool:
         """Score the ground-truth ``label`` of row ``row`` of an earlier request; True if it was right."""
@@ -251,6 +319,8 @@ class Metrics:
             if not 0 <= row < len(seen.predictions):
                 raise FeedbackError(f"that request has {len(seen.predictions)} row(s); row {row} does not exist",
                                     fix="send the row index of the prediction the label is for")
+            if seen.labelled is None:
+                seen.labelled = set()
             if row in seen.labelled:
                 # Labelling one prediction again (a retry, a double click, a hostile client) would
                 # weigh it twice in the accuracy the fleet sees.
@@ -259,7 +329,7 @@ class Metrics:
                                                 "an answer was counted")
             seen.labelled.add(row)
             # Labels compare as strings, like the drift counters do: 3 and "3" are one class.
-            correct = seen.predictions[row] == str(label)
+            correct = str(seen.predictions[row]) == str(label)
             key = (seen.model, seen.version)
             entry = self._entry(key)
             entry.labels += 1
@@ -284,6 +354,7 @@ class Metrics:
     def totals(self) -> list[Totals]:
         """Running totals per model version since start (the last ``KEEP_VERSIONS`` of each model)."""
         with self._lock:
+            self._fold()
             return [Totals(m, v, t.requests, dict(t.errors), tuple(t.buckets), t.latency_s, t.labels, t.correct)
                     for (m, v), t in sorted(self._running.items())]
 
@@ -292,6 +363,7 @@ class Metrics:
         """Close the interval: one record per model version with traffic or drift counts."""
         drift = drift or {}
         with self._lock:
+            self._fold()
             taken, self._interval = self._interval, {}
         records = []
         for key in sorted(set(taken) | set(drift)):

@@ -2,11 +2,16 @@
 
 It joins the pure cores (``agent.metrics``, ``agent.drift``, ``agent.outbox``) to the daemon:
 
-* **Per request** (``on_request``, a ``ServingTable`` request observer): a successful call's
-  input matrix (or its feeds, for a model with named inputs) and predictions go to the drift
-  window of the version that answered and are remembered for feedback; a refused one counts as
-  an error of its kind ("input").
-  ``Metrics.observe`` is a separate plain observer (counts and latency).
+* **Per request** (``on_request``, a ``ServingTable`` request observer): a successful call is
+  queued with the time it was served (one ``deque`` append: this runs inside the request's
+  latency); a refused one counts as an error of its kind ("input") at once.
+  ``Metrics.observe`` is a separate plain observer (counts and latency), queued the same way.
+* **In bulk** (``fold``): the queued calls' input matrices (or feeds, for a model with named
+  inputs) and predictions go to the drift window of the version that answered, joined into
+  one observation per window and time bucket (``DriftWindow.observe_many``), and their
+  predictions are remembered for feedback under one lock. A fold runs on the serving thread
+  that queues the ``FOLD_EVERY``-th call, and before every read: the interval's batch, the
+  drift summary, feedback (a request's id is known for feedback as soon as it is answered).
 * **Per swap** (``on_swap``, a swap listener): a drift window is built from the bundle's
   ``reference.json`` for each model version when it starts serving, before its first request.
   Windows of versions no longer serving are kept (up to ``KEEP_VERSIONS`` per model) so their
@@ -30,10 +35,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from agent.drift import DriftWindow
+from agent.drift import DriftError, DriftWindow
 from agent.metrics import (
     Accuracy,
     BatchComposer,
@@ -54,6 +60,10 @@ KEEP_VERSIONS = 3
 # this many rows in the window the status shows the count, not a band.
 MIN_ROWS_FOR_BAND = 50
 DEFAULT_MAX_INFLIGHT = 10
+# Served calls queued before the serving thread folds them into the drift windows and the
+# feedback memory: enough rows that the joined observation costs well under a microsecond a
+# row, few enough (256 x one row of the digits model, about 200 KiB) to hold.
+FOLD_EVERY = 256
 
 Publisher = Callable[[bytes], int | None]
 """Publishes one payload at QoS 1; returns the message id whose PUBACK will come, or None."""
@@ -74,6 +84,11 @@ class Reporter:
         self._wall = wall_clock
         self._lock = threading.Lock()
         self._windows: dict[ModelKey, DriftWindow] = {}
+        # Successful calls and when they were served, not folded yet (appends take no lock; a
+        # fold pops exactly what it counts). Folds hold _fold_lock, so a read that folds first
+        # also waits for a fold running elsewhere: it never misses a call answered before it.
+        self._served: deque[tuple[Served, float]] = deque()
+        self._fold_lock = threading.Lock()
         self._composer = (BatchComposer(device_id, metrics, windows=self.windows, interval_s=interval_s,
                                         drift_every=drift_every)
                           if device_id is not None and outbox is not None else None)
@@ -108,14 +123,44 @@ class Reporter:
 
     def on_request(self, served: Served) -> None:
         if served.outcome == "ok":
-            window = self._windows.get((served.model, served.version))
-            rows = served.matrix if served.matrix is not None else served.feeds  # feeds: named inputs
-            if window is not None and rows is not None:
-                window.observe(rows, served.predictions, now=self._monotonic())
-            if served.predictions is not None:
-                self.metrics.remember(served.request_id, served.model, served.version, served.predictions)
+            queue = self._served
+            queue.append((served, self._monotonic()))
+            # Not blocking: a reader folding now takes this call too, or the next one will.
+            if len(queue) >= FOLD_EVERY and self._fold_lock.acquire(blocking=False):
+                try:
+                    self._fold()
+                finally:
+                    self._fold_lock.release()
         elif served.outcome != "inference":  # inference failures reach Metrics.observe already
             self.metrics.error(served.model, served.version, served.outcome)
+
+    def fold(self) -> None:
+        """Count every call queued so far into the drift windows and the feedback memory."""
+        with self._fold_lock:
+            self._fold()
+
+    def _fold(self) -> None:
+        """``fold`` with ``_fold_lock`` held."""
+        queue = self._served
+        n = len(queue)
+        if not n:
+            return
+        taken = [queue.popleft() for _ in range(n)]
+        remembered = [(s.request_id, s.model, s.version, s.predictions) for s, _ in taken if s.predictions is not None]
+        self.metrics.remember_many(remembered)
+        observed: dict[ModelKey, list[tuple[Any, Any, float]]] = {}
+        for served, now in taken:
+            rows = served.matrix if served.matrix is not None else served.feeds  # feeds: named inputs
+            if rows is not None:
+                observed.setdefault((served.model, served.version), []).append((rows, served.predictions, now))
+        for key, items in observed.items():
+            window = self._windows.get(key)
+            if window is None:
+                continue
+            for _index, exc in window.observe_many(items):
+                # What a misfit cost before bulk counting too: that request's drift counts, logged.
+                log.error("drift window of %s@%s could not count a request: %s", key[0], key[1], exc,
+                          exc_info=None if isinstance(exc, DriftError) else exc)
 
     def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Score ground-truth labels of earlier requests (``POST /v1/feedback``): items are
@@ -126,6 +171,7 @@ class Reporter:
         prediction). Raises FeedbackError when none is accepted: FeedbackConflictError when every
         item was a second label.
         """
+        self.fold()  # a request answered a moment ago is remembered before its label is scored
         accepted, rejected = [], []
         conflicts = 0
         for item in items:
@@ -151,6 +197,8 @@ class Reporter:
                 "accuracy": [accuracy_document(a) for a in self.metrics.accuracies()]}
 
     def windows(self) -> dict[ModelKey, DriftWindow]:
+        """The drift windows by model version, every call served so far counted in them."""
+        self.fold()
         with self._lock:
             return dict(self._windows)
 
@@ -160,6 +208,7 @@ class Reporter:
         window = self._windows.get((name, version))
         if window is None:
             return None
+        self.fold()
         now = self._monotonic()
         scores = window.scores(now)
         rows = max((s.rows for s in scores), default=0)

@@ -264,6 +264,19 @@ class ServingTable:
         if close_now:
             entry.session.close()
 
+    def _release_many(self, entry: _Entry, latency_ms: float, oks: list[bool]) -> None:
+        """``_release`` of a micro-batch's calls that reached the model, under one lock."""
+        if not oks:
+            return
+        with self._lock:
+            entry.inflight -= len(oks)
+            entry.requests += len(oks)
+            entry.errors += oks.count(False)
+            entry.latencies.extend([latency_ms] * len(oks))
+            close_now = entry.retired and entry.inflight == 0
+        if close_now:
+            entry.session.close()
+
     def predict(self, name: str, rows: Any, *, request_id: str | None = None) -> PredictionResult:
         """Predict with the session serving ``name`` now.
 
@@ -356,10 +369,10 @@ class ServingTable:
             merged = run_merged(entry.session.run_roles, [m for _, m, _ in matrices])
             ran += [(i, m, f, roles) for (i, m, f), roles in zip(matrices, merged, strict=True)]
         latency_ms = (self._clock() - start) * 1000.0
+        self._release_many(entry, latency_ms, [not isinstance(roles, Exception) for _, _, _, roles in ran])
         for i, matrix, feeds, roles in ran:
             request_id = self._request_id()
             ok = not isinstance(roles, Exception)
-            self._release(entry, latency_ms, "ok" if ok else "error")
             for observer in self._observers:
                 try:
                     observer(name, manifest.version, latency_ms, ok)

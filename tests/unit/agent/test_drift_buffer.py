@@ -100,3 +100,23 @@ def test_value_bins_refuse_outputs_that_are_not_numbers() -> None:
     window.observe([[0.5]], [0.9], now=0.0)
     _, outputs = window.take_interval()
     assert outputs == (0, 1)
+
+
+def test_observe_many_counts_what_one_by_one_observes_count(reference: dict[str, Any]) -> None:
+    rng = np.random.default_rng(8)
+    bulk = DriftWindow(reference, window_s=120.0, buckets=12)  # 10 s buckets
+    single = DriftWindow(reference, window_s=120.0, buckets=12)
+    items: list[tuple[Any, Any, float]] = []
+    for i in range(300):
+        rows = rng.normal(scale=1.5, size=(1 + i % 4, FEATURES)).astype(np.float32)
+        items.append((rows, rng.integers(0, CLASSES, len(rows)).tolist(), 3.0 + i * 0.1))  # spans 3 buckets
+    odd = (np.zeros((1, FEATURES - 1)), [1], items[150][2])  # does not fit: fails alone
+    failed = bulk.observe_many([*items[:150], odd, *items[150:]])
+    assert [(index, type(exc)) for index, exc in failed] == [(150, DriftError)]
+    for rows, outputs, now in items:
+        single.observe(rows, outputs, now=now)
+    for now in (10.0, 25.0, 33.0, 140.0):
+        got, want = bulk.window_counts(now), single.window_counts(now)
+        assert [c.tolist() for c in got[0]] == [c.tolist() for c in want[0]]
+        assert got[1].tolist() == want[1].tolist()
+    assert bulk.take_interval() == single.take_interval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from agent.drift import DriftWindow
 from agent.metrics import (
+    FOLD_EVERY,
     BatchComposer,
     FeedbackConflictError,
     FeedbackError,
@@ -163,3 +165,65 @@ def test_composer_batches_carry_outbox_seq_and_features_every_nth(tmp_path: Path
     assert [bool(b.models[0].drift) for b in batches] == [True, False, False, True]
     assert batches[0].models[0].drift == ((3, 3),)  # three intervals of two rows, deferred then sent
     assert all(b.models[0].outputs == (1, 1) and b.resource.rss_bytes == 1000 for b in batches)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.floats(0.0, 1e9), st.sampled_from([0.0, 0.01, float("nan"), float("inf"), -1.0])),
+                max_size=200))
+def test_histogram_add_many_counts_what_add_counts_one_by_one(values: list[float]) -> None:
+    one_by_one, in_bulk = LatencyHistogram(), LatencyHistogram()
+    for v in values:
+        if v != float("inf"):  # add's int() refuses infinity; add_many puts it in the last bucket
+            one_by_one.add(v)
+    in_bulk.add_many(np.asarray([v for v in values if v != float("inf")], dtype=np.float64))
+    assert in_bulk.counts == one_by_one.counts and in_bulk.total == one_by_one.total
+    infinite = LatencyHistogram()
+    infinite.add_many(np.asarray([float("inf")]))
+    assert infinite.counts[-1] == 1
+
+
+def test_observe_queues_and_every_read_counts_all_of_it_exactly() -> None:
+    # Fewer than FOLD_EVERY calls are only queued; the read folds them. More fold on the way.
+    metrics = Metrics()
+    latencies = [0.05 * (i % 300) for i in range(FOLD_EVERY * 2 + 17)]
+    for i, ms in enumerate(latencies):
+        metrics.observe("digits", "1.0.0", ms, ok=i % 100 != 7)
+    expected = [0] * (len(telemetry.LATENCY_BUCKETS_S) + 1)
+    for ms in latencies:
+        expected[telemetry.latency_bucket(ms / 1000.0)] += 1
+    (total,) = metrics.totals()
+    assert total.requests == len(latencies) and list(total.buckets) == expected
+    assert total.errors == {"inference": sum(1 for i in range(len(latencies)) if i % 100 == 7)}
+    assert total.latency_s == pytest.approx(sum(latencies) / 1000.0)
+    (record,) = metrics.take_records()
+    assert record.count == len(latencies) and sum(record.latency_buckets) == len(latencies)
+    assert record.errors == total.errors
+
+
+def test_observers_on_many_threads_lose_no_count_while_records_are_taken() -> None:
+    metrics = Metrics()
+    threads, per_thread = 8, FOLD_EVERY + 333
+    taken: list[int] = []
+    done = threading.Event()
+
+    def observe() -> None:
+        for i in range(per_thread):
+            metrics.observe("digits", "1.0.0", 0.1 + (i % 7), True)
+
+    def take() -> None:  # the reporter's interval, racing with the serving threads
+        while not done.is_set():
+            taken.extend(r.count for r in metrics.take_records())
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    workers = [threading.Thread(target=observe) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    taker.join()
+    taken.extend(r.count for r in metrics.take_records())
+    assert sum(taken) == threads * per_thread
+    (total,) = metrics.totals()
+    assert total.requests == threads * per_thread and sum(total.buckets) == threads * per_thread
