@@ -31,7 +31,7 @@ edges half-way between the indices, so both kinds share the buffer, the buckets 
 interval counters, and the telemetry stays one count list per feature.
 
 An image input (``images``: its ImageSpec by input name, from the manifest) is counted by image
-statistics (``edgefleet.images.image_statistics``: brightness, contrast, saturation and the mean
+statistics (``edgefleet.images.image_statistics``: brightness, contrast, saturation, intensity histograms and the mean
 of each channel, over the pixels the tensor the model ran on came from), the function the
 converter used for the reference. A tensor input (an image array, an audio or sensor window) is counted by per-sample summary
 statistics (``edgefleet.summaries``: mean, std, min, max of each sample): the reference's

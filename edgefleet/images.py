@@ -58,10 +58,23 @@ _MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"))
 _FIX = "send PNG or JPEG bytes (Content-Type: image/png or image/jpeg)"
 # Luma weights of ITU-R 601-2, the ones Pillow's RGB -> L conversion uses.
 _LUMA = np.array([0.299, 0.587, 0.114])
-IMAGE_STATISTICS_RGB = ("brightness", "contrast", "saturation", "mean.R", "mean.G", "mean.B")
-IMAGE_STATISTICS_GRAY = ("brightness", "contrast")
-IMAGE_STATISTICS = IMAGE_STATISTICS_RGB
-"""Every statistic ``image_statistics`` knows; a GRAY input has only brightness and contrast."""
+# Per-channel intensity histograms as per-image statistics: ``hist.C.k`` is the share of the
+# image's pixels whose channel C lies in the k-th quarter of 0-255. Each image is one row of
+# each, so the server merges them as it merges any feature (a histogram of pixel counts would
+# count thousands of "rows" per image), and drift over them sees a shifted, clipped or
+# washed-out histogram that a mean can miss. Quarters keep it to 4 features a channel.
+HISTOGRAM_BINS = 4
+
+
+def _histogram_names(channels: str) -> tuple[str, ...]:
+    return tuple(f"hist.{c}.{k}" for c in channels for k in range(HISTOGRAM_BINS))
+
+
+IMAGE_STATISTICS_RGB = ("brightness", "contrast", "saturation", "mean.R", "mean.G", "mean.B",
+                        *_histogram_names("RGB"))
+IMAGE_STATISTICS_GRAY = ("brightness", "contrast", *_histogram_names("L"))
+IMAGE_STATISTICS = IMAGE_STATISTICS_RGB + _histogram_names("L")
+"""Every statistic ``image_statistics`` knows (``statistic_names`` gives those of one colour mode)."""
 
 
 def sniff(data: bytes) -> str | None:
@@ -205,9 +218,10 @@ def statistic_names(spec: ImageSpec) -> tuple[str, ...]:
 def image_statistics(tensor: np.ndarray, spec: ImageSpec, names: Sequence[str] | None = None) -> np.ndarray:
     """``[n, len(names)]`` float64: each image's statistics over its pixels (0-255, clipped):
     ``brightness`` (mean luma), ``contrast`` (standard deviation of luma), ``saturation`` (mean HSV
-    saturation, 0-1) and ``mean.R``/``mean.G``/``mean.B`` (mean of each channel, in RGB terms
-    whatever the input's colour order). ``tensor`` is what the model ran on (``normalize``'s
-    output), taken back to pixels with ``restore``."""
+    saturation, 0-1), ``mean.R``/``mean.G``/``mean.B`` (mean of each channel, in RGB terms
+    whatever the input's colour order) and ``hist.C.k`` (the share of pixels with channel C, or
+    luma L for GRAY, in the k-th of ``HISTOGRAM_BINS`` equal ranges of 0-255). ``tensor`` is what
+    the model ran on (``normalize``'s output), taken back to pixels with ``restore``."""
     wanted = tuple(names) if names is not None else statistic_names(spec)
     known = statistic_names(spec)
     unknown = [n for n in wanted if n not in known]
@@ -230,6 +244,12 @@ def image_statistics(tensor: np.ndarray, spec: ImageSpec, names: Sequence[str] |
             high, low = flat.max(axis=2), flat.min(axis=2)
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[:, j] = np.where(high > 0, (high - low) / np.where(high > 0, high, 1.0), 0.0).mean(axis=1)
+        elif name.startswith("hist."):
+            _, channel, k = name.split(".")
+            plane = luma if channel == "L" else flat[:, :, "RGB".index(channel)]
+            width = 256.0 / HISTOGRAM_BINS
+            quarter = np.minimum((plane // width).astype(np.int64), HISTOGRAM_BINS - 1)
+            out[:, j] = (quarter == int(k)).mean(axis=1)
         else:
             out[:, j] = flat[:, :, "RGB".index(name[-1])].mean(axis=1)
     return out

@@ -93,7 +93,8 @@ def test_the_bundle_describes_the_image_and_keeps_golden_pixels() -> None:
     assert golden["inputs"]["image"].dtype == np.uint8 and golden["inputs"]["image"].shape == (32, 32, 32, 3)
     reference = json.loads(loaded.files["reference.json"])
     assert [f["name"] for f in reference["features"]] == [
-        "image.brightness", "image.contrast", "image.saturation", "image.mean.R", "image.mean.G", "image.mean.B"]
+        "image.brightness", "image.contrast", "image.saturation", "image.mean.R", "image.mean.G", "image.mean.B",
+        *(f"image.hist.{c}.{k}" for c in "RGB" for k in range(4))]
     assert loaded.manifest.report["accuracy_original"] is not None  # labels from the subfolders
 
 

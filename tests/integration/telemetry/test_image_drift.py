@@ -1,7 +1,8 @@
 """A brightness shift on one site's images fires the drift alert for that site only (issue 12, slice 4).
 
 The converter makes an image bundle from a folder of 200 pictures (--image, a reference of image
-statistics: brightness, contrast, saturation and the channel means); two real agent processes
+statistics: brightness, contrast, saturation, the channel means and per-channel intensity
+histograms); two real agent processes
 serve it, connected to a real server through a real Mosquitto. Site a's camera sends fresh
 pictures of the same kind as PNG; site b's sends the same kind of pictures 80 levels brighter
 (an exposure fault). The server's drift view by site shows site b drifting on brightness, and
@@ -113,7 +114,8 @@ def test_a_brightness_shift_at_one_site_fires_the_drift_alert_for_that_site_only
         groups = {g["group"]: g for g in view["groups"]}
         features = {f["feature"]: f for f in groups["site=b"]["features"]}
         assert set(features) == {"image.brightness", "image.contrast", "image.saturation", "image.mean.R",
-                                 "image.mean.G", "image.mean.B"}
+                                 "image.mean.G", "image.mean.B",
+                                 *(f"image.hist.{c}.{k}" for c in "RGB" for k in range(4))}
         assert groups["site=b"]["band"] == "drift" and features["image.brightness"]["band"] == "drift"
         assert groups["site=a"]["band"] != "drift", groups["site=a"]
         assert groups["site=a"]["max_psi"] < 0.25 < features["image.brightness"]["psi"]

@@ -16,6 +16,7 @@ from PIL import Image
 
 from edgefleet.errors import InputError
 from edgefleet.images import (
+    HISTOGRAM_BINS,
     decode,
     image_statistics,
     normalize,
@@ -178,7 +179,28 @@ def test_image_statistics_see_a_brightness_shift_the_same_from_any_layout() -> N
     brighter = image_statistics(normalize(batch + 50, RGB), RGB)
     assert (brighter[:, 0] > plain[:, 0] + 45).all()  # brightness
     np.testing.assert_allclose(brighter[:, 1], plain[:, 1], atol=1e-3)  # contrast unchanged
-    assert plain.shape == (6, 6) and (plain[:, 2] >= 0).all() and (plain[:, 2] <= 1).all()
+    assert plain.shape == (6, 18) and (plain[:, 2] >= 0).all() and (plain[:, 2] <= 1).all()
+
+
+def test_intensity_histograms_give_each_channels_pixel_shares_per_quarter() -> None:
+    names = [f"hist.{c}.{k}" for c in "RGB" for k in range(HISTOGRAM_BINS)]
+    picture = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    picture[0, :, :, 0] = 10          # red all in the first quarter
+    picture[0, :4, :, 1] = 100        # green: half in the second quarter, half in the first
+    picture[0, :, :, 2] = 255         # blue all in the last (255 is in it, not past it)
+    shares = image_statistics(normalize(picture, RGB), RGB, names).reshape(3, HISTOGRAM_BINS)
+    np.testing.assert_allclose(shares, [[1, 0, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 0, 1]], atol=1e-9)
+    batch = RNG.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    every = image_statistics(normalize(batch, RGB), RGB, names).reshape(5, 3, HISTOGRAM_BINS)
+    np.testing.assert_allclose(every.sum(axis=2), 1.0)  # each channel's pixels, all counted once
+    washed_out = image_statistics(normalize(np.clip(batch.astype(int) + 128, 0, 255).astype(np.uint8), RGB), RGB,
+                                  names).reshape(5, 3, HISTOGRAM_BINS)
+    assert (washed_out[:, :, 3] > every[:, :, 3]).all() and (washed_out[:, :, :2] == 0).all()
+    grey = ImageSpec("NHWC", 8, 8, 1, "GRAY", "bilinear", 1 / 255, (0.0,), (1.0,))
+    grey_shares = image_statistics(normalize(picture[..., :1], grey), grey, [f"hist.L.{k}" for k in range(4)])
+    np.testing.assert_allclose(grey_shares, [[1, 0, 0, 0]])
+    with pytest.raises(ValueError, match="hist.L.0"):
+        image_statistics(normalize(picture, RGB), RGB, ["hist.L.0"])  # an RGB input's histograms are per channel
 
 
 # -- the shared parser's image bodies ---------------------------------------------------------------
