@@ -15,6 +15,7 @@ from typing import Any
 
 from edgefleet.console import format_kv, format_table, print_json, print_table
 from edgefleet.version import parse_model_ref
+from fleet_server.errors import NotFoundError
 
 LIVE = ("pending", "running", "paused")
 
@@ -82,12 +83,16 @@ def register(sub: Any) -> None:
                         help="an assigned device with no result after this counts as failed (default 30m)")
     create.add_argument("--auto-rollback", action="store_true", help="on a halt, send touched devices back to their previous version")
     create.add_argument("--seed", type=int, help="seed of the wave draw (default: random; it is recorded)")
+    create.add_argument("--watch", action="store_true",
+                        help="then redraw its status until it finishes, as 'status --watch' (exit 0 only if it completed)")
+    create.add_argument("--devices", action="store_true", help="with --watch, also list every device's status")
+    create.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch (default 2)")
     create.set_defaults(handler=_create)
 
     status = rsub.add_parser("status", parents=[flags], help="per-wave progress of one rollout",
                              description="Show a rollout's waves (assigned, committed, failed) and its log. With "
                                          "--watch, redraw until it finishes; the exit status is 0 only if it completed.")
-    status.add_argument("rollout_id", metavar="ID")
+    status.add_argument("rollout_id", metavar="ID", help="a rollout id, or 'latest' for the newest one")
     status.add_argument("--watch", action="store_true", help="keep redrawing until the rollout finishes")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch (default 2)")
     status.add_argument("--devices", action="store_true", help="also list every device's status")
@@ -123,6 +128,8 @@ def _create(args: argparse.Namespace) -> int:
     }
     with _client(args) as client:
         view = client.request("POST", "/api/v1/rollouts", json=body)
+        if args.watch:
+            return _watch(client, view["id"], args)
     if args.json:
         print_json(view)
     else:
@@ -133,25 +140,38 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    path = f"/api/v1/rollouts/{args.rollout_id}"
-    params = {"devices": "true"} if args.devices else None
     with _client(args) as client:
-        view = client.request("GET", path, params=params)
-        if not args.watch:
+        rollout_id = args.rollout_id
+        if rollout_id == "latest":
+            views = client.request("GET", "/api/v1/rollouts")
+            if not views:
+                raise NotFoundError("there is no rollout yet", fix="start one with `edgefleet rollouts create MODEL@VERSION`")
+            rollout_id = max(views, key=lambda v: v["created_at"])["id"]
+        if args.watch:
+            return _watch(client, rollout_id, args)
+        _show(client.request("GET", f"/api/v1/rollouts/{rollout_id}", params=_params(args)), args)
+        return 0
+
+
+def _params(args: argparse.Namespace) -> dict[str, str] | None:
+    return {"devices": "true"} if args.devices else None
+
+
+def _watch(client: Any, rollout_id: str, args: argparse.Namespace) -> int:
+    """Redraw the rollout until it leaves the live states; 0 only if it completed."""
+    path = f"/api/v1/rollouts/{rollout_id}"
+    interactive = sys.stdout.isatty() and not args.json
+    last: Any = None
+    while True:
+        view = client.request("GET", path, params=_params(args))
+        if view != last:
+            if interactive:
+                sys.stdout.write("\x1b[H\x1b[J")  # redraw in place
             _show(view, args)
-            return 0
-        interactive = sys.stdout.isatty() and not args.json
-        last: Any = None
-        while True:
-            if view != last:
-                if interactive:
-                    sys.stdout.write("\x1b[H\x1b[J")  # redraw in place
-                _show(view, args)
-                last = view
-            if view["state"] not in LIVE:
-                return 0 if view["state"] == "completed" else 1
-            time.sleep(max(0.1, args.interval))
-            view = client.request("GET", path, params=params)
+            last = view
+        if view["state"] not in LIVE:
+            return 0 if view["state"] == "completed" else 1
+        time.sleep(max(0.1, args.interval))
 
 
 def _show(view: Mapping[str, Any], args: argparse.Namespace) -> None:

@@ -148,11 +148,14 @@ def test_light_devices_refuse_a_target_whose_hash_disagrees_with_tuf(server: Ser
     with LightFleet(mosquitto.url, checker=checker) as fleet:
         build_fleet(db, fleet, server.director_b64, [f"dev-{i:02d}" for i in range(6)])
         fleet.wait_connected()
-        first = json.loads(_cli(capsys, server, "create", "digits@1.0.0", "--waves", "50,100", "--bake", "0",
-                                "--json")[1])
-        assert _cli(capsys, server, "status", first["id"], "--watch", "--interval", "0.2")[0] == 0
+        code = main(["rollouts", "status", "latest", "--server", server.url, "--token", TOKEN])
+        assert code == 1 and "there is no rollout yet" in capsys.readouterr().err
+        # create --watch: started and watched in one command, no id to copy (docs/walkthrough.md)
+        code, out = _cli(capsys, server, "create", "digits@1.0.0", "--waves", "50,100", "--bake", "0", "--watch",
+                         "--interval", "0.2")
+        assert code == 0 and "completed" in out and "committed 6" in out
         second = json.loads(_cli(capsys, server, "create", "digits@2.0.0", "--waves", "50,100", "--bake", "0",
                                  "--auto-rollback", "--json")[1])
-        code, out = _cli(capsys, server, "status", second["id"], "--watch", "--interval", "0.2", "--devices")
-        assert code == 1 and "rolled_back" in out and "tuf_hash_mismatch" in out
+        code, out = _cli(capsys, server, "status", "latest", "--watch", "--interval", "0.2", "--devices")
+        assert code == 1 and second["id"] in out and "rolled_back" in out and "tuf_hash_mismatch" in out
         assert all(d.models["digits"][0] == "1.0.0" for d in fleet.devices.values())
