@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from edgefleet.errors import InputError
@@ -211,3 +211,33 @@ def test_to_feeds_is_to_matrix_for_one_2d_tensor(width: int, named: bool, allow_
     feeds = to_feeds(payload, (spec,))
     assert list(feeds) == ["input"]
     np.testing.assert_array_equal(feeds["input"], expected)
+
+
+_VALUE = (st.floats() | st.floats(width=32) | st.sampled_from([1e39, -3.5e38, 3.4028234663852886e38, 1e308])
+          | st.integers() | st.sampled_from([2**64, 10**400, -(2**63)]) | st.booleans() | st.none()
+          | st.text(max_size=3) | st.lists(st.floats(), max_size=2))
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.data(), st.integers(1, 4), st.booleans(), st.integers(1, 5))
+def test_the_plain_rows_path_answers_as_the_full_path_or_leaves_it_the_body(
+        data: st.DataObject, width: int, allow_nan: bool, max_rows: int) -> None:
+    # Every {"inputs": [[...]]} body goes through _plain_rows first; whatever it takes must be what
+    # the full path (_rows: type checks, errstate, isfinite) would have made of it, bit for bit.
+    from types import MappingProxyType
+
+    from edgefleet.inputs import _plain_rows
+
+    good = st.floats(-1e6, 1e6) | st.integers(-(10**6), 10**6)
+    value = data.draw(st.sampled_from([good, _VALUE]))  # mostly plausible rows, or anything at all
+    row = st.lists(value, min_size=width, max_size=width) | st.lists(_VALUE, max_size=5)
+    rows = data.draw(st.lists(row, max_size=6) | row)
+    spec = TensorSpec("input", "float32", (-1, width), allow_nan=allow_nan)
+    payload = {"inputs": rows}
+    plain = _plain_rows(payload, spec, max_rows)
+    event("plain path" if plain is not None else "full path")
+    if plain is None:
+        return
+    full = to_matrix(MappingProxyType(payload), spec, max_rows=max_rows)  # not a dict: the full path
+    assert plain.dtype == full.dtype and plain.shape == full.shape
+    np.testing.assert_array_equal(plain, full)
