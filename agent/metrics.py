@@ -196,13 +196,10 @@ class Accuracy:
         return self.correct / self.labels if self.labels else None
 
 
-@dataclass(slots=True)
-class _Remembered:
-    # Not frozen, and no set until a label comes: one is made per request, 10,000 are kept.
-    model: str
-    version: str
-    predictions: Sequence[Any]  # as served; compared as strings when feedback comes
-    labelled: set[int] | None = None  # rows that have their label already
+_Remembered = tuple[str, str, tuple[Any, ...]]
+"""(model, version, predictions as served) of one request. A tuple of plain values, which the
+garbage collector stops tracking: 10,000 of them are kept, and tracked objects make every full
+collection longer (the labels given so far are apart, in ``Metrics._labelled``)."""
 
 
 class Metrics:
@@ -217,6 +214,7 @@ class Metrics:
         self._running: dict[ModelKey, _Running] = {}
         self._recent: dict[ModelKey, deque[bool]] = {}
         self._requests: OrderedDict[str, _Remembered] = OrderedDict()
+        self._labelled: dict[str, set[int]] = {}  # request id -> its rows that have their label
         # Latencies (ms) observed and not folded yet, per model version. Appends take no lock
         # (deque.append is atomic) and a fold pops exactly the items it counts, so an append
         # racing with a fold is counted by the next one, never lost.
@@ -296,16 +294,16 @@ class Metrics:
 
     def remember_many(self, items: Sequence[tuple[str, str, str, Sequence[Any]]]) -> None:
         """``remember`` for (request_id, model, version, predictions) items, under one lock. The
-        predictions are kept as given (turned into strings only when feedback scores them): the
-        caller hands over a list it no longer changes."""
+        predictions are kept as served, turned into strings only when feedback scores them."""
         with self._lock:
-            requests = self._requests
+            requests, labelled = self._requests, self._labelled
             for request_id, model, version, predictions in items:
-                if request_id in requests:
+                if request_id in requests:  # the same id again: a new prediction, no label yet
                     requests.move_to_end(request_id)
-                requests[request_id] = _Remembered(model, version, predictions)
+                    labelled.pop(request_id, None)
+                requests[request_id] = (model, version, tuple(predictions))
             while len(requests) > self.remember_limit:
-                requests.popitem(last=False)
+                labelled.pop(requests.popitem(last=False)[0], None)
 
     def feedback(self, request_id: str, label: Any, *, row: int = 0) -> bool:
         """Score the ground-truth ``label`` of row ``row`` of an earlier request; True if it was right."""
@@ -316,21 +314,21 @@ class Metrics:
                 raise FeedbackError("no prediction with that request id is remembered",
                                     fix=f"send feedback for one of the last {self.remember_limit} requests, "
                                         "with the request_id the predict API returned")
-            if not 0 <= row < len(seen.predictions):
-                raise FeedbackError(f"that request has {len(seen.predictions)} row(s); row {row} does not exist",
+            model, version, predictions = seen
+            if not 0 <= row < len(predictions):
+                raise FeedbackError(f"that request has {len(predictions)} row(s); row {row} does not exist",
                                     fix="send the row index of the prediction the label is for")
-            if seen.labelled is None:
-                seen.labelled = set()
-            if row in seen.labelled:
+            rows = self._labelled.setdefault(request_id, set())
+            if row in rows:
                 # Labelling one prediction again (a retry, a double click, a hostile client) would
                 # weigh it twice in the accuracy the fleet sees.
                 raise FeedbackConflictError(f"row {row} of that request is labelled already",
                                             fix="send one label per prediction; a retried request that got "
                                                 "an answer was counted")
-            seen.labelled.add(row)
+            rows.add(row)
             # Labels compare as strings, like the drift counters do: 3 and "3" are one class.
-            correct = str(seen.predictions[row]) == str(label)
-            key = (seen.model, seen.version)
+            correct = str(predictions[row]) == str(label)
+            key = (model, version)
             entry = self._entry(key)
             entry.labels += 1
             entry.correct += int(correct)
