@@ -634,7 +634,7 @@ class _Connection(asyncio.Protocol):
             head = bytes(self._buffer[: end + 4])
             del self._buffer[: end + 4]
             try:
-                method, path, keep_alive, length, expect, media = _read_head(head)
+                method, path, keep_alive, length, expect, media = _head_of(head)
             except HttpError as err:
                 self._send(err.status, _error_body(err), False)
                 return False
@@ -872,6 +872,28 @@ def _read_head(head: bytes) -> tuple[str, str, bool, int, bool, dict[str, str]]:
     path = target.split("?", 1)[0]
     media = {key: headers[key] for key in _MEDIA_HEADERS if key in headers}
     return method, path, keep_alive, length, headers.get("expect", "").lower() == "100-continue", media
+
+
+# Heads already read, by their bytes: a local client sends the same head again and again (same
+# path, headers and, for a fixed-width model, often the same Content-Length), and reading one
+# strictly costs a dozen regular expressions. Only short heads, and emptied when full, so a
+# client sending ever new heads costs at most _HEAD_CACHE x _HEAD_CACHE_BYTES (128 KiB).
+_HEAD_CACHE = 256
+_HEAD_CACHE_BYTES = 512
+_heads_read: dict[bytes, tuple[str, str, bool, int, bool, dict[str, str]]] = {}
+
+
+def _head_of(head: bytes) -> tuple[str, str, bool, int, bool, dict[str, str]]:
+    """``_read_head``, remembered for short heads (a pure function of the bytes; a head it
+    refuses raises every time). The media dict is shared between requests: callers only read it."""
+    read = _heads_read.get(head)
+    if read is None:
+        read = _read_head(head)
+        if len(head) <= _HEAD_CACHE_BYTES:
+            if len(_heads_read) >= _HEAD_CACHE:
+                _heads_read.clear()
+            _heads_read[head] = read
+    return read
 
 
 def _socket_dir(directory: Path) -> None:

@@ -27,6 +27,7 @@ models or encode answers; the caller's ``run_batch`` does.
 from __future__ import annotations
 
 import enum
+import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,9 +77,9 @@ def decide(policy: BatchPolicy, *, queued: int, waited_s: float, others_ready: b
 
 def merge(matrices: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
     """One matrix holding every request's rows, and the row offset where each request ends."""
-    offsets = list(np.cumsum([len(m) for m in matrices]))
+    offsets = list(itertools.accumulate(len(m) for m in matrices))  # numpy's cumsum costs more on a few ints
     merged = matrices[0] if len(matrices) == 1 else np.concatenate(matrices, axis=0)
-    return merged, [int(o) for o in offsets]
+    return merged, offsets
 
 
 def split(roles: Roles, offsets: Sequence[int]) -> list[dict[str, np.ndarray]]:

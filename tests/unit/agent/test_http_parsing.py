@@ -308,3 +308,19 @@ def test_a_request_cut_short_by_the_client_is_answered_400(agent: Agent) -> None
                         (b"GET /healthz HTTP/1.1\r\nHost: x", "ended inside a request head")]:
         [(status, _, body)] = _responses(agent.exchange(sent)[0])
         assert status == 400 and words in json.loads(body)["detail"]
+
+
+def test_remembered_heads_answer_as_a_fresh_read_and_stay_bounded() -> None:
+    from agent import api
+
+    good = b"POST /v1/models/m/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n"
+    bad = b"POST /v1/models/m/predict HTTP/1.1\r\nContent-Length: 1_2\r\n\r\n"
+    assert api._head_of(good) == api._read_head(good) == api._head_of(good)
+    for _ in range(2):  # a refused head is refused every time, never remembered as good
+        with pytest.raises(HttpError, match="not a decimal number"):
+            api._head_of(bad)
+    for n in range(3 * api._HEAD_CACHE):  # a client sending ever new heads
+        api._head_of(b"GET /healthz HTTP/1.1\r\nX-N: %d\r\n\r\n" % n)
+        assert len(api._heads_read) <= api._HEAD_CACHE
+    long = b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * api._HEAD_CACHE_BYTES + b"\r\n\r\n"
+    assert api._head_of(long)[1] == "/healthz" and long not in api._heads_read
