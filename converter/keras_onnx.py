@@ -94,7 +94,8 @@ def keras_onnx(source: SourceModel) -> onnx.ModelProto:
 
 def canonical(model: onnx.ModelProto, output_name: str) -> onnx.ModelProto:
     """``model`` with deterministic names: its one output ``output_name``, every other tensor
-    ``t<i>``, initializers ``w<i>`` and nodes ``n<i>_<Op>`` in graph order, dynamic dimensions
+    ``t<i>`` and nodes ``n<i>_<Op>`` in graph order, initializers ``w<i>`` in order of first use
+    (and listed so), dynamic dimensions
     ``batch`` (the first) or ``d<axis>``; value_info dropped (it only carries the old names).
     Graph inputs keep their names: they are the bundle's inputs."""
     out = onnx.ModelProto()
@@ -105,16 +106,28 @@ def canonical(model: onnx.ModelProto, output_name: str) -> onnx.ModelProto:
                              fix="report this as a bug")
     names = {value.name: value.name for value in graph.input}
     names[graph.output[0].name] = output_name
-    for i, init in enumerate(graph.initializer):
-        names.setdefault(init.name, f"w{i}")
+    # Initializers by first use: tf2onnx lists them in an order that changes from process to
+    # process (string hashing), and shares equal constants (a Clip's 0 and 6) between nodes.
+    initializers = {init.name for init in graph.initializer}
+    used = [name for node in graph.node for name in node.input if name in initializers]
+    first_use: dict[str, int] = {}
+    for name in [*used, *(init.name for init in graph.initializer)]:
+        if name not in names and name not in first_use:
+            first_use[name] = len(first_use)
+            names[name] = f"w{first_use[name]}"
+    order = sorted(graph.initializer, key=lambda init: first_use.get(init.name, -1))
     counter = 0
     for node in graph.node:
         for name in node.output:
             if name and name not in names:
                 names[name] = f"t{counter}"
                 counter += 1
-    for init in graph.initializer:
-        init.name = names[init.name]
+    sorted_inits = [onnx.TensorProto() for _ in order]
+    for target, init in zip(sorted_inits, order, strict=True):
+        target.CopyFrom(init)
+        target.name = names[init.name]
+    del graph.initializer[:]
+    graph.initializer.extend(sorted_inits)
     for i, node in enumerate(graph.node):
         node.name = f"n{i}_{node.op_type}"
         node.input[:] = [names.get(name, name) if name else name for name in node.input]
