@@ -82,14 +82,19 @@ def inference_tables(section: Mapping[str, Any]) -> list[Table]:
             s = m["summary"]
             at = s.get("ratio_at", max(section.get("concurrency", [16])))
             head = s.get("headline") or {}
+            # The limit: raw InferenceSession.run from as many threads as clients, in-process (no HTTP).
+            limit = m["results"].get("raw_run", {}).get(str(at), {}).get("throughput_rps")
+            agent = m["results"].get("agent_unix", {}).get(str(at), {}).get("throughput_rps")
             summary.append((m["model"], s["agent_unix_p50_overhead_ms"], _range(s.get("agent_unix_p50_overhead_ms_range")),
                             s["agent_tcp_p50_overhead_ms"], head.get("peer"),
                             head.get("ratio", {}).get("median") if head.get("ratio") else
                             s.get(f"agent_unix_over_flask_throughput_at_{at}"),
-                            _range(head.get("ratio")), s.get("agent_unix_p99_ms_at_64")))
+                            _range(head.get("ratio")), s.get("agent_unix_p99_ms_at_64"), limit,
+                            f"{100 * agent / limit:.0f}%" if agent and limit else None))
         tables.append(Table("inference: agent overhead and headline",
                             ("model", "unix p50 over raw ms", "range", "tcp p50 over raw ms", "strongest peer",
-                             "agent/strongest req/s @16", "range", "agent unix p99 ms @64"), tuple(summary)))
+                             "agent/strongest req/s @16", "range", "agent unix p99 ms @64",
+                             "limit: raw run req/s, 16 threads", "agent unix @16 of the limit"), tuple(summary)))
     return tables
 
 
@@ -110,7 +115,8 @@ def quantization_tables(section: Mapping[str, Any]) -> list[Table]:
                          v["agreement"], v["accuracy_delta_points"], v["host_p50_ms"],
                          *("ok" if v["profiles"][p] == "ok" else ("-" if "not allowed" in v["profiles"][p] else "miss")
                            for p in profiles)))
-        tables.append(Table(f"quantization: {model['model']}",
+        note = f" ({model['note']})" if model.get("note") else ""
+        tables.append(Table(f"quantization: {model['model']}{note}",
                             ("format", "quant", "size", "x f32 onnx", "agreement", "acc delta pt", "host p50 ms",
                              *profiles), tuple(rows)))
     return tables
@@ -155,12 +161,28 @@ def footprint_tables(section: Mapping[str, Any]) -> list[Table]:
     return tables
 
 
+def console_tables(section: Mapping[str, Any]) -> list[Table]:
+    rows: list[tuple[Any, ...]] = []
+    for s in section.get("sizes", []):
+        if "error" in s:
+            rows.append((s["devices"], None, None, None, None, s["error"][:80]))
+            continue
+        for page, figures in s["pages"].items():
+            slowest = max(figures["calls_median_ms"].items(), key=lambda item: item[1])
+            rows.append((s["devices"], page, figures["median_ms"], figures["max_ms"], f"{slowest[0]} {slowest[1]} ms",
+                         s["database"]))
+    title = (f"console pages: server time, shell + API calls ({section.get('batches_per_device')} telemetry "
+             "batches per device in the window)")
+    return [Table(title, ("devices", "page", "median ms", "worst ms", "slowest call (median)", "db"), tuple(rows))]
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[Table]]] = {
     "inference": inference_tables,
     "quantization": quantization_tables,
     "rollout": rollout_tables,
     "ingest": ingest_tables,
     "footprint": footprint_tables,
+    "console": console_tables,
 }
 
 
@@ -222,6 +244,12 @@ def targets(doc: Doc) -> list[TargetResult]:
     out.append(TargetResult("one server ingests >= 5,000 msgs/s into PostgreSQL, none lost",
                             "not measured" if pg is None else f"{pg['msgs_per_s']:g} msgs/s, {pg['lost']} lost",
                             None if pg is None else pg["msgs_per_s"] >= 5000 and pg["lost"] == 0))
+    console = {s["devices"]: s for s in (_section(doc, "console") or {}).get("sizes", []) if "error" not in s}
+    for page in ("fleet", "devices"):
+        figures = console.get(10000, {}).get("pages", {}).get(page)
+        out.append(TargetResult(f"console {page} page rendered by the server in < 300 ms at 10,000 devices",
+                                _fmt(figures and figures["median_ms"], " ms (median)"),
+                                None if figures is None else figures["median_ms"] < 300))
     onnx = next((f for f in (_section(doc, "footprint") or {}).get("formats", []) if f["format"] == "onnx"), None)
     out.append(TargetResult("agent idle RSS < 100 MB with an ONNX model", _fmt(onnx and onnx["rss_mb"], " MB"),
                             None if onnx is None else onnx["rss_mb"] < 100))

@@ -181,3 +181,13 @@ def test_the_committed_reference_run_renders() -> None:
     doc = json.loads(REFERENCE.read_text())
     assert "== targets" in render_text(doc)
     assert len(targets(doc)) == len(targets(_doc()))
+
+
+def test_the_headline_table_shows_the_limit_raw_run_from_16_threads() -> None:
+    from bench.report import inference_tables
+
+    section = _doc()["benchmarks"]["inference"]
+    (headline,) = [t for t in inference_tables(section) if t.title == "inference: agent overhead and headline"]
+    limit = headline.headers.index("limit: raw run req/s, 16 threads")
+    mlp = next(row for row in headline.rows if row[0] == "mlp")
+    assert mlp[limit] == 1e5 and mlp[limit + 1] == "12%"  # the agent's 12,000 req/s of the raw 100,000
