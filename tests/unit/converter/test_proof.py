@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from converter.golden import golden_document, golden_rows, reference_document
-from converter.latency import measure
+from converter.latency import MIN_SINGLE_RUNS, measure
 from converter.predictors import Outputs
 from converter.proof import compare_classifier, compare_regressor, tolerance_failures
 from edgefleet.profiles import load_profile
@@ -87,6 +87,20 @@ def test_latency_percentiles_and_rate_from_an_injected_clock() -> None:
                      single_runs=10, batch_rows=100, batch_runs=4)
     assert result.p50_ms == pytest.approx(1.0) and result.p95_ms == pytest.approx(1.0)
     assert result.batch_rows_per_s == pytest.approx(400_000)  # 400 rows between two consecutive reads
+
+
+def test_single_row_runs_stop_once_they_have_taken_the_budget() -> None:
+    ticks = itertools.count(step=0.1)  # every clock read advances 100 ms: a slow original
+    calls: list[int] = []
+
+    def predict(rows: np.ndarray) -> None:
+        calls.append(len(rows))
+
+    result = measure(predict, np.zeros((3, 2), np.float32), clock=lambda: next(ticks), single_runs=200,
+                     batch_rows=10, batch_runs=2, single_budget_s=1.0)
+    # 1 s of single runs is 10 of them, but never fewer than MIN_SINGLE_RUNS; then the batches.
+    assert calls.count(1) == 1 + MIN_SINGLE_RUNS and calls.count(10) == 1 + 2
+    assert result.p50_ms == pytest.approx(100.0)
 
 
 @settings(max_examples=60, deadline=None)
