@@ -66,17 +66,29 @@ class ModelSession(Protocol):
 
 
 def load_session(slot: Slot, profile: Profile) -> ModelSession:
-    """Load a verified slot with the runtime its format needs, configured by the profile."""
+    """Load a verified slot with the runtime its format needs, configured by the profile.
+
+    A model with an image input also gets the image decoders warmed up (``edgefleet.images.warm_up``),
+    so its first request is not the one that pays for importing them, inside probation's p95.
+    """
     fmt = slot.manifest.format
+    session: ModelSession
     if fmt == "onnx":
         if profile.runtime != "onnxruntime":
             log.info("profile %s prefers %s but %s is an ONNX bundle: using onnxruntime",
                      profile.name, profile.runtime, slot.manifest.ref)
-        return OnnxSession(slot, profile)
-    if fmt == "tflite":
-        return TFLiteSession(slot, profile)
-    raise InferenceError(f"{slot.manifest.ref} has format {fmt!r}, which this agent cannot run",
-                         fix="convert the model to onnx or tflite")
+        session = OnnxSession(slot, profile)
+    elif fmt == "tflite":
+        session = TFLiteSession(slot, profile)
+    else:
+        raise InferenceError(f"{slot.manifest.ref} has format {fmt!r}, which this agent cannot run",
+                             fix="convert the model to onnx or tflite")
+    for spec in slot.manifest.inputs:
+        if spec.image is not None:
+            from edgefleet.images import warm_up
+
+            warm_up(spec.image)
+    return session
 
 
 def choose_providers(requested: Sequence[str], available: Sequence[str]) -> tuple[list[str], list[str]]:

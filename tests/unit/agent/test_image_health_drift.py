@@ -6,6 +6,8 @@ converter counted the reference, and needs the image spec to do so."""
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -62,3 +64,24 @@ def test_the_drift_window_counts_validation_images_as_the_reference_does() -> No
     window.observe({"image": brighter}, now=3.0)
     scores = {s.feature: s for s in window.scores(4.0)}
     assert scores["image.brightness"].band == "drift"
+
+
+def test_loading_an_image_model_warms_up_the_decoders_before_its_first_request(tmp_path: Path) -> None:
+    # A fresh interpreter, as an agent is: Pillow's decoders are imported by load_session, not by
+    # the first picture a client sends (which probation would count against the latency budget).
+    slot = ModelStore(StateDir(tmp_path / "state").ensure()).stage(read_bundle(bundle()))
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from agent.runtime import load_session\n"
+        "from agent.slots import ModelStore\n"
+        "from agent.state import StateDir\n"
+        "from edgefleet.profiles import load_profile\n"
+        "before = 'PIL.PngImagePlugin' in sys.modules\n"
+        f"slot = ModelStore(StateDir(Path({str(tmp_path / 'state')!r}))).slot({slot.name!r}, {slot.sha256!r})\n"
+        "load_session(slot, load_profile('generic-x86_64')).close()\n"
+        "print(before, 'PIL.PngImagePlugin' in sys.modules, 'PIL.JpegImagePlugin' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[3])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["False", "True", "True"]
