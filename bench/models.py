@@ -4,10 +4,17 @@
     forest  scikit-learn RandomForestClassifier, 100 trees, on breast cancer
     cnn     a tiny Keras conv net on the 8x8 digits (Conv 8x3x3, ReLU, Dense 10, softmax), also
             written as an equivalent ONNX graph built with ``onnx.helper`` from the trained weights
-            (the converter has no Keras-to-ONNX path; the ONNX copy is what the agent serves)
+            (built before the converter could export Keras to ONNX, and kept so that runs compare;
+            the ONNX copy is what the agent serves)
 
 Each comes with its baseline file (joblib or .keras), its float32 ONNX model, a float32 bundle
-the agent installs, and the calibration/validation CSVs. This module does not time anything.
+the agent installs, and the calibration/validation CSVs.
+
+The quantization benchmark also converts ``mobilenetv2`` (``prepare_mobilenet``):
+``keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(96, 96, 3))``, seeded
+random weights (nothing downloaded), with seeded random images in [-1, 1] (MobileNetV2's input
+range) as calibration and validation ``.npy`` files. Random weights make its agreement figures
+mean little; its sizes and latencies are real. This module does not time anything.
 """
 
 from __future__ import annotations
@@ -192,3 +199,47 @@ def convert_variant(model: BenchModel, profile: str, fmt: str, quantize: str, ou
     examples = _cached_examples(model.validation_csv.parent, model.name)
     return _convert(source, f"bench-{model.name}", examples, out, profile=profile, fmt=fmt, quantize=quantize,
                     force=True)
+
+
+MOBILENET = "mobilenetv2"
+MOBILENET_SHAPE = (96, 96, 3)
+MOBILENET_CALIBRATION_ROWS = 64
+MOBILENET_VALIDATION_ROWS = 128
+
+
+@dataclass(frozen=True)
+class KerasFiles:
+    """A Keras model for the quantization benchmark and its data (.npy images, no labels)."""
+
+    name: str
+    keras_path: Path
+    calibration_npy: Path
+    validation_npy: Path
+
+
+def prepare_mobilenet(cache: Path = CACHE) -> KerasFiles:
+    """Build (first time only) MobileNetV2 0.35 at 96x96 with random weights, and its images."""
+    work = cache / MOBILENET
+    files = KerasFiles(MOBILENET, work / "mobilenetv2.keras", work / "calibration.npy", work / "validation.npy")
+    if files.keras_path.exists() and files.validation_npy.exists():
+        return files
+    from converter.tf_runtime import keras
+
+    work.mkdir(parents=True, exist_ok=True)
+    k = keras()
+    k.utils.set_random_seed(SEED)
+    model = k.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=MOBILENET_SHAPE)
+    rng = np.random.default_rng(SEED)
+    np.save(files.calibration_npy, rng.uniform(-1, 1, (MOBILENET_CALIBRATION_ROWS, *MOBILENET_SHAPE)).astype(np.float32))
+    np.save(files.validation_npy, rng.uniform(-1, 1, (MOBILENET_VALIDATION_ROWS, *MOBILENET_SHAPE)).astype(np.float32))
+    model.save(files.keras_path)  # last: its presence means the files are whole
+    return files
+
+
+def convert_keras_variant(files: KerasFiles, profile: str, fmt: str, quantize: str, out: Path) -> Any:
+    """Convert a Keras benchmark model for a profile/format/quantization (``force``: report, do not refuse)."""
+    from converter import ConvertOptions, convert
+
+    return convert(ConvertOptions(files.keras_path, profile, f"bench-{files.name}", "1.0.0", out, format=fmt,
+                                  quantize=quantize, calibration=files.calibration_npy,
+                                  validation=files.validation_npy, force=True))

@@ -7,16 +7,29 @@ on the profile, so per profile (rpi4-64, jetson-orin-nano, rpi-zero-2w) the tabl
 variants the profile allows and whether each meets that profile's tolerance and size budget.
 Host latency is the converter's single-row p50 on this machine, not on the device.
 Tree ensembles have no TFLite path (the converter refuses them); that row says so.
+
+Beside the three benchmark models, a full run converts MobileNetV2 (alpha 0.35, 96x96, random
+weights: ``bench.models.prepare_mobilenet``) from Keras to every variant, for its sizes and host
+latencies; with random weights its agreement means little (the table says so). ``--quick``
+leaves it out (about three minutes of conversions).
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.models import BenchModel, convert_variant, prepare
+from bench.models import (
+    MOBILENET,
+    BenchModel,
+    convert_keras_variant,
+    convert_variant,
+    prepare,
+    prepare_mobilenet,
+)
 
 PROFILES = ("rpi4-64", "jetson-orin-nano", "rpi-zero-2w")
 # (format, converter quantization); "none" is float32.
@@ -24,14 +37,18 @@ VARIANTS = (("onnx", "none"), ("onnx", "fp16"), ("onnx", "int8-dynamic"), ("onnx
             ("tflite", "none"), ("tflite", "int8"))
 # A profile that allows both formats, used to build every variant once.
 BUILD_PROFILE = "generic-x86_64"
+RANDOM_WEIGHTS_NOTE = "random weights: agreement means little; sizes and latencies are real"
+
+# Converts one model to (format, quantization) into a directory, returning the ConversionResult.
+Build = Callable[[str, str, Path], Any]
 
 
-def _variant(model: BenchModel, fmt: str, quantize: str, out: Path) -> dict[str, Any]:
+def _variant(build: Build, fmt: str, quantize: str, out: Path) -> dict[str, Any]:
     from converter.errors import ConverterError
 
     row: dict[str, Any] = {"format": fmt, "quantization": "float32" if quantize == "none" else quantize}
     try:
-        report = convert_variant(model, BUILD_PROFILE, fmt, quantize, out / f"{fmt}-{quantize}").report
+        report = build(fmt, quantize, out / f"{fmt}-{quantize}").report
     except ConverterError as exc:
         return {**row, "error": str(exc)}
     original, converted = report.get("accuracy_original"), report.get("accuracy_converted")
@@ -59,7 +76,14 @@ def _fit(row: dict[str, Any], task_metrics: dict[str, Any], profile_name: str) -
 
 def _model_rows(model: BenchModel, variants: tuple[tuple[str, str], ...], profiles: tuple[str, ...],
                 work: Path) -> dict[str, Any]:
-    rows = [_variant(model, fmt, quantize, work / model.name) for fmt, quantize in variants]
+    def build(fmt: str, quantize: str, out: Path) -> Any:
+        return convert_variant(model, BUILD_PROFILE, fmt, quantize, out)
+    return _rows(model.name, build, variants, profiles, work / model.name)
+
+
+def _rows(name: str, build: Build, variants: tuple[tuple[str, str], ...], profiles: tuple[str, ...],
+          work: Path) -> dict[str, Any]:
+    rows = [_variant(build, fmt, quantize, work) for fmt, quantize in variants]
     float_bytes = next((r["bytes"] for r in rows if r["format"] == "onnx" and r["quantization"] == "float32"), None)
     for row in rows:
         if "bytes" in row:
@@ -69,12 +93,22 @@ def _model_rows(model: BenchModel, variants: tuple[tuple[str, str], ...], profil
         else:
             metrics = {}
         row["profiles"] = {p: _fit(row, metrics, p) for p in profiles}
-    return {"model": model.name, "variants": rows}
+    return {"model": name, "variants": rows}
+
+
+def _mobilenet_rows(work: Path) -> dict[str, Any]:
+    files = prepare_mobilenet()
+
+    def build(fmt: str, quantize: str, out: Path) -> Any:
+        return convert_keras_variant(files, BUILD_PROFILE, fmt, quantize, out)
+    return {**_rows(MOBILENET, build, VARIANTS, PROFILES, work / MOBILENET), "note": RANDOM_WEIGHTS_NOTE}
 
 
 def _one_model(name: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-quant-") as tmp:
         try:
+            if name == MOBILENET:
+                return _mobilenet_rows(Path(tmp))
             return _model_rows(prepare(name), VARIANTS, PROFILES, Path(tmp))
         except BenchError as exc:
             return {"model": name, "error": str(exc)}
@@ -85,7 +119,7 @@ def run(*, quick: bool = False, models: tuple[str, ...] | None = None) -> dict[s
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    names = models or (("mlp",) if quick else ("mlp", "forest", "cnn"))
+    names = models or (("mlp",) if quick else ("mlp", "forest", "cnn", MOBILENET))
     section: dict[str, Any] = {"profiles": list(PROFILES), "models": []}
     for name in names:
         # One fresh process per model: once onnx2tf has loaded tf_keras (an sklearn model's TFLite
