@@ -63,6 +63,15 @@ def test_too_few_latency_samples_say_nothing() -> None:
     assert p.decide(1005).verdict is Verdict.CONTINUE
 
 
+def test_one_slow_request_among_twenty_is_within_p95_but_not_among_fifteen() -> None:
+    one_slow = [1.0] * 19 + [50.0]  # one request preempted: 5% of 20, which p95 tolerates
+    assert start().observe(StatsSnapshot(1005, requests=20, errors=0, latencies_ms=one_slow)).decide(1005).verdict \
+        is Verdict.CONTINUE
+    # Fewer than 20 samples are not judged at all (their p95 would be that one request).
+    few = start().observe(StatsSnapshot(1005, requests=15, errors=0, latencies_ms=one_slow[5:]))
+    assert few.p95_ms is None and few.decide(1005).verdict is Verdict.CONTINUE
+
+
 def test_bad_output_rolls_back() -> None:
     decision = start().observe(StatsSnapshot(1005, requests=30, errors=0, bad_outputs=1)).decide(1005)
     assert decision.reason == "bad_outputs"
