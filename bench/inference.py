@@ -45,6 +45,9 @@ from simulation.fleet import MosquittoProcess
 
 CONCURRENCY = (1, 16, 64)
 REPEATS = 5
+# --quick is a smoke check that must finish in 3 minutes on a busy 2-core machine: 3 repeats
+# still give a min/median/max; the reference keeps the issue's 5.
+QUICK_REPEATS = 3
 # The issue-15 goals are read at these client counts.
 RATIO_AT = 16
 TAIL_AT = 64
@@ -257,8 +260,9 @@ def _measure_model(model: BenchModel, concurrency: Sequence[int], duration_s: fl
             "notes": []}
 
 
-def run(*, quick: bool = False, models: tuple[str, ...] | None = None, repeats: int = REPEATS) -> dict[str, Any]:
-    """The inference section of a run document (``--quick``: the MLP only, short windows, no cloud)."""
+def run(*, quick: bool = False, models: tuple[str, ...] | None = None, repeats: int | None = None) -> dict[str, Any]:
+    """The inference section of a run document (``--quick``: the MLP only, short windows, 3 repeats, no cloud)."""
+    repeats = repeats or (QUICK_REPEATS if quick else REPEATS)
     names = models or (("mlp",) if quick else ("mlp", "forest", "cnn"))
     duration_s = 0.2 if quick else 1.5
     server_cores, load_cores = processes.split_cores()
