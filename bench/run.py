@@ -29,7 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # benchmark name -> module; imported per benchmark so that `bench footprint` never loads TensorFlow.
 MODULES = {"inference": "bench.inference", "quantization": "bench.quantization", "rollout": "bench.rollout_scale",
-           "ingest": "bench.ingest", "footprint": "bench.footprint"}
+           "ingest": "bench.ingest", "footprint": "bench.footprint", "console": "bench.console"}
 
 
 def _runner(name: str) -> Callable[[bool], dict[str, Any]]:
@@ -111,6 +111,7 @@ benchmarks:
   rollout       one rollout to 100, 1,000 and 5,000 light devices over a real Mosquitto
   ingest        telemetry messages/s stored by the server (SQLite, PostgreSQL, two replicas)
   footprint     agent RSS and CPU at idle, cold start, install size of edgefleet[agent]
+  console       server time to render the console's fleet and devices pages at 1,000 and 10,000 devices
 
 examples:
   scripts/bench --quick                 every benchmark, small (under 3 minutes)

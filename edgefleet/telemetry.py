@@ -93,10 +93,15 @@ def _number(value: Any, what: str, *, allow_none: bool = False) -> float | None:
     return float(value)
 
 
+_INT_ONLY = {int}
+
+
 def _counts(values: Any, what: str) -> tuple[int, ...]:
     if not isinstance(values, (list, tuple)):
         raise _fail(f"{what} must be a list of counts, got {type(values).__name__}")
-    if all(type(v) is int and v >= 0 for v in values):
+    # map/min run in C: a 64-feature batch holds hundreds of counts, and the server's views read
+    # thousands of rows per request (issue 16: the console's device page).
+    if (values and set(map(type, values)) == _INT_ONLY and min(values) >= 0) or not values:
         return tuple(values)
     return tuple(_count(v, what) for v in values)
 

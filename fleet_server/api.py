@@ -294,7 +294,7 @@ def _finite(value: Any) -> tuple[Any, bool]:
     return value, False
 
 
-def _device_row(device: DeviceRecord, columns: Any) -> dict[str, Any]:
+def device_row(device: DeviceRecord, columns: Any) -> dict[str, Any]:
     """A device with the fleet view's columns; a stored ``reported`` that is not a JSON object, or
     holds NaN (older rows, before ingest checked), is shown as far as it can be, and told."""
     row = device.to_dict()
@@ -312,14 +312,14 @@ def _device_row(device: DeviceRecord, columns: Any) -> dict[str, Any]:
 @api.get("/devices", tags=["devices"], dependencies=Admin, response_model=list[DeviceRowOut])
 def list_devices(ctx: Ctx, status: Annotated[str | None, Query(pattern="^(enrolled|revoked)$")] = None) -> list[dict[str, Any]]:
     columns = ctx.fleet_views.device_columns()
-    return [_device_row(d, columns.get(d.id)) for d in ctx.devices.list(status=status)]
+    return [device_row(d, columns.get(d.id)) for d in ctx.devices.list(status=status)]
 
 
 @api.get("/devices/{device_id}", tags=["devices"], dependencies=Admin, response_model=DeviceDetailOut)
 def show_device(ctx: Ctx, device_id: DeviceId) -> dict[str, Any]:
     """One device, with the same fleet view columns as the list, and its refused messages."""
     device = ctx.devices.get(device_id)
-    return {**_device_row(device, ctx.fleet_views.device_columns(ids=[device_id]).get(device_id)),
+    return {**device_row(device, ctx.fleet_views.device_columns(ids=[device_id]).get(device_id)),
             **ctx.refusals.of(device_id)}
 
 

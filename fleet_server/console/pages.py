@@ -59,7 +59,9 @@ _BODIES: Mapping[str, str] = {
   <input id="f-label" placeholder="label key=value">
 </form>
 <p id="device-count" class="muted"></p>
-<table id="devices-table"></table>""",
+<table id="devices-table"></table>
+<p class="pager"><button id="page-prev" type="button">Previous</button>
+  <button id="page-next" type="button">Next</button></p>""",
     "device": """
 <h1>Device <span id="device-id"></span> <span id="device-state" class="badge"></span></h1>
 <div class="grid2">

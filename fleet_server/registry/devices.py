@@ -228,11 +228,13 @@ class Devices:
                 raise NotFoundError(f"no device {device_id!r}", fix="see `edgefleet devices list`")
             return DeviceRecord.from_row(row)
 
-    def list(self, *, status: str | None = None) -> list[DeviceRecord]:
+    def list(self, *, status: str | None = None, ids: Sequence[str] | None = None) -> list[DeviceRecord]:
         with self.db.session() as session:
             query = select(DeviceRow).order_by(DeviceRow.enrolled_at, DeviceRow.id)
             if status is not None:
                 query = query.where(DeviceRow.status == status)
+            if ids is not None:
+                query = query.where(DeviceRow.id.in_(list(ids)))
             return [DeviceRecord.from_row(r) for r in session.scalars(query)]
 
     def update_labels(self, device_id: str, changes: Mapping[str, str | None]) -> DeviceRecord:

@@ -5,6 +5,8 @@
     admin or device (Authorization: Bearer <admin token | device api token>)
       POST /api/v1/models/{name}/predict           ?version=  (default: what the fleet serves) JSON {"inputs": ...} or {"instances": ...}, .npy/.npz/raw
       POST /api/v1/models/{name}/predict/batch     ?version=  multipart field "file" (.csv or .npy) -> text/csv
+      GET  /api/v1/fleet/summary                   devices online/offline/revoked per profile and label, versions
+      GET  /api/v1/fleet/devices                   ?q=&state=&profile=&label=&offset=&limit= one page, with columns
     public
       GET  /metrics                                Prometheus text format
 
@@ -25,10 +27,20 @@ from pydantic import BaseModel, Field
 
 from edgefleet.inputs import DTYPE_HEADER, SHAPE_HEADER, Body, is_json
 from edgefleet.version import SEMVER_PATTERN
-from fleet_server.api import Bearer, Ctx, ModelName, Version, checked_version, require_admin
+from fleet_server.api import (
+    Bearer,
+    Ctx,
+    DeviceRowOut,
+    ModelName,
+    Version,
+    checked_version,
+    device_row,
+    require_admin,
+)
 from fleet_server.credentials import same_secret
 from fleet_server.errors import AuthError, InvalidInputError
 from fleet_server.registry.predict import is_image_upload, parse_feeds, read_feeds, read_images
+from fleet_server.telemetry.listing import DeviceQuery, select, summarize
 
 if TYPE_CHECKING:
     from fleet_server.context import ServerContext
@@ -203,3 +215,73 @@ def metrics(ctx: Ctx) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST
 
     return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+# ------------------------------------------------------------------ the console's fleet pages
+
+class FleetCountOut(BaseModel):
+    online: int
+    offline: int
+
+
+class ProfileCountOut(FleetCountOut):
+    profile: str
+
+
+class LabelCountOut(FleetCountOut):
+    label: str = Field(description="key=value")
+
+
+class VersionCountOut(BaseModel):
+    model: str
+    version: str
+    devices: int = Field(description="enrolled devices reporting this version")
+
+
+class FleetSummaryOut(BaseModel):
+    """Counts for the console's fleet page (fleet_server.telemetry.listing)."""
+
+    devices: dict[str, int] = Field(description="online, offline, revoked")
+    total: int
+    profiles: list[ProfileCountOut]
+    labels: list[LabelCountOut] = Field(description="the 200 labels with the most devices")
+    labels_left_out: int
+    versions: list[VersionCountOut]
+
+
+class DevicePageOut(BaseModel):
+    """One page of the filtered device list (the console's devices page)."""
+
+    total: int = Field(description="every device")
+    matched: int = Field(description="devices matching the filters")
+    offset: int
+    limit: int
+    profiles: list[str] = Field(description="every profile in the fleet, for a filter")
+    devices: list[DeviceRowOut]
+
+
+
+@router.get("/fleet/summary", tags=["devices"], dependencies=[Depends(require_admin)], response_model=FleetSummaryOut)
+def fleet_summary(ctx: Ctx) -> dict[str, Any]:
+    """Devices online, offline and revoked, overall, per profile and per label, and the versions in
+    service: the console's fleet page, without reading any telemetry."""
+    return summarize(ctx.fleet_views.listed())
+
+
+@router.get("/fleet/devices", tags=["devices"], dependencies=[Depends(require_admin)], response_model=DevicePageOut)
+def device_page(ctx: Ctx, q: Annotated[str, Query(max_length=200)] = "",
+                state: Annotated[str, Query(pattern="^(|online|offline|revoked)$")] = "",
+                profile: Annotated[str, Query(max_length=64)] = "", label: Annotated[str, Query(max_length=200)] = "",
+                offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
+    """One page of the devices matching the filters (sorted by id), with the list's telemetry
+    columns for that page only: ``q`` is a substring of the id, hostname, a label or a version,
+    ``label`` is ``key`` or ``key=value``. ``matched`` counts every match, ``total`` every device."""
+    listed = ctx.fleet_views.listed()
+    page, matched = select(listed, DeviceQuery(q=q, state=state, profile=profile, label=label, offset=offset,
+                                               limit=limit))
+    ids = [d.id for d in page]
+    columns = ctx.fleet_views.device_columns(ids=ids) if ids else {}
+    records = {d.id: d for d in ctx.devices.list(ids=ids)} if ids else {}
+    return {"total": len(listed), "matched": matched, "offset": offset, "limit": limit,
+            "profiles": sorted({d.profile for d in listed}),
+            "devices": [device_row(records[i], columns.get(i)) for i in ids if i in records]}

@@ -93,7 +93,6 @@ function chart(id, config) {
   return new Chart(el, config);
 }
 
-const isOnline = (d) => d.status !== "revoked" && String(d.state).startsWith("online");
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
 
 /* ------------------------------------------------------------------ fleet */
@@ -103,38 +102,23 @@ async function fleetPage() {
     { label: "online", data: [], backgroundColor: "#16a34a" }, { label: "offline", data: [], backgroundColor: "#9ca3af" }] },
     options: { scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: { precision: 0 } } } } });
   poll(async () => {
-    const [devices, alerts, rollouts] = await Promise.all([api("devices"), api("alerts"), api("rollouts")]);
-    const live = devices.filter((d) => d.status !== "revoked");
-    const online = live.filter(isOnline).length;
+    // Counts from the server (GET /api/v1/fleet/summary): the page never fetches every device.
+    const [fleet, alerts, rollouts] = await Promise.all([api("fleet/summary"), api("alerts"), api("rollouts")]);
     $("fleet-cards").replaceChildren(
-      h("div", { class: "card", id: "card-online" }, h("b", {}, online), " online"),
-      h("div", { class: "card", id: "card-offline" }, h("b", {}, live.length - online), " offline"),
-      h("div", { class: "card", id: "card-revoked" }, h("b", {}, devices.length - live.length), " revoked"),
+      h("div", { class: "card", id: "card-online" }, h("b", {}, fleet.devices.online), " online"),
+      h("div", { class: "card", id: "card-offline" }, h("b", {}, fleet.devices.offline), " offline"),
+      h("div", { class: "card", id: "card-revoked" }, h("b", {}, fleet.devices.revoked), " revoked"),
       h("div", { class: "card" + (alerts.firing ? " alarm" : ""), id: "card-alerts" }, h("b", {}, alerts.firing), " alerts firing"));
-    const groups = (key) => {
-      const out = new Map();
-      for (const d of live) for (const g of key(d)) {
-        const c = out.get(g) || { online: 0, offline: 0 };
-        c[isOnline(d) ? "online" : "offline"] += 1;
-        out.set(g, c);
-      }
-      return [...out.entries()].sort();
-    };
-    const byProfile = groups((d) => [d.profile]);
-    table($("by-profile"), ["profile", "online", "offline"], byProfile.map(([g, c]) => [g, c.online, c.offline]));
-    table($("by-label"), ["label", "online", "offline"],
-      groups((d) => Object.entries(d.labels).map(([k, v]) => k + "=" + v)).map(([g, c]) => [g, c.online, c.offline]));
+    const byProfile = fleet.profiles.map((p) => [p.profile, p.online, p.offline]);
+    table($("by-profile"), ["profile", "online", "offline"], byProfile);
+    table($("by-label"), ["label", "online", "offline"], fleet.labels.map((l) => [l.label, l.online, l.offline]));
     if (profiles) {
       profiles.data.labels = byProfile.map(([g]) => g);
-      profiles.data.datasets[0].data = byProfile.map(([, c]) => c.online);
-      profiles.data.datasets[1].data = byProfile.map(([, c]) => c.offline);
+      profiles.data.datasets[0].data = byProfile.map(([, on]) => on);
+      profiles.data.datasets[1].data = byProfile.map(([, , off]) => off);
       profiles.update();
     }
-    const versions = new Map();
-    for (const d of live) for (const [m, v] of Object.entries(d.versions || {})) {
-      versions.set(m + "@" + v, (versions.get(m + "@" + v) || 0) + 1);
-    }
-    table($("versions"), ["model@version", "devices"], [...versions.entries()].sort().map(([k, n]) => [k, n]),
+    table($("versions"), ["model@version", "devices"], fleet.versions.map((v) => [v.model + "@" + v.version, v.devices]),
       "no device reports a model yet");
     table($("alerts"), ["rule", "subject", "value", "since"],
       alerts.episodes.filter((e) => e.state === "firing").map((e) =>
@@ -149,35 +133,44 @@ async function fleetPage() {
 /* ------------------------------------------------------------------ devices */
 
 async function devicesPage() {
-  let devices = [];
-  const render = () => {
-    const text = $("f-text").value.trim().toLowerCase();
-    const state = $("f-state").value;
-    const profile = $("f-profile").value;
-    const [lk, lv] = $("f-label").value.split("=").map((s) => s.trim());
-    const shown = devices.filter((d) => {
-      const st = d.status === "revoked" ? "revoked" : (isOnline(d) ? "online" : "offline");
-      if (state && st !== state) return false;
-      if (profile && d.profile !== profile) return false;
-      if (lk && (lv === undefined ? !(lk in d.labels) : d.labels[lk] !== lv)) return false;
-      const hay = [d.id, d.hostname, labelsText(d.labels), JSON.stringify(d.versions || {})].join(" ").toLowerCase();
-      return !text || hay.includes(text);
-    });
-    $("device-count").textContent = shown.length + " of " + devices.length + " devices";
+  // One page of the filtered list from the server (GET /api/v1/fleet/devices): the filters run
+  // there, and only the page's devices get their telemetry columns.
+  const PAGE_SIZE = 50;
+  let offset = 0;
+  let asked = 0;
+  const query = () => {
+    const q = new URLSearchParams({ offset: String(offset), limit: String(PAGE_SIZE) });
+    const text = $("f-text").value.trim();
+    if (text) q.set("q", text);
+    if ($("f-state").value) q.set("state", $("f-state").value);
+    if ($("f-profile").value) q.set("profile", $("f-profile").value);
+    if ($("f-label").value.trim()) q.set("label", $("f-label").value.trim());
+    return q.toString();
+  };
+  const refresh = async () => {
+    const ticket = ++asked;
+    const page = await api("fleet/devices?" + query());
+    if (ticket !== asked) return;  // a newer filter was asked for meanwhile: its answer wins
+    const known = new Set([...$("f-profile").options].map((o) => o.value));
+    for (const p of page.profiles) if (!known.has(p)) $("f-profile").append(h("option", {}, p));
+    const last = Math.min(page.offset + page.devices.length, page.matched);
+    $("device-count").textContent = page.matched + " of " + page.total + " devices" +
+      (page.matched > page.devices.length ? " (" + (page.matched ? page.offset + 1 : 0) + "-" + last + " shown)" : "");
+    $("page-prev").disabled = page.offset === 0;
+    $("page-next").disabled = last >= page.matched;
     table($("devices-table"), ["device", "state", "profile", "labels", "models", "p95 ms", "drift", "last seen"],
-      shown.map((d) => ({ attrs: { "data-device": d.id }, cells: [
+      page.devices.map((d) => ({ attrs: { "data-device": d.id }, cells: [
         h("a", { href: "/console/devices/" + d.id }, d.id), badge(d.state), d.profile, labelsText(d.labels),
         Object.entries(d.versions || {}).map(([m, v]) => m + "@" + v).join(", "), fmt(d.p95_ms, 2),
         d.drift_band || "–", d.last_seen || "–"] })));
   };
-  for (const id of ["f-text", "f-state", "f-profile", "f-label"]) $(id).addEventListener("input", render);
+  let timer = null;
+  const filtered = () => { offset = 0; clearTimeout(timer); timer = setTimeout(() => refresh().catch(console.error), 150); };
+  for (const id of ["f-text", "f-state", "f-profile", "f-label"]) $(id).addEventListener("input", filtered);
   $("filters").addEventListener("submit", (e) => e.preventDefault());
-  poll(async () => {
-    devices = await api("devices");
-    const known = new Set([...$("f-profile").options].map((o) => o.value));
-    for (const p of new Set(devices.map((d) => d.profile))) if (!known.has(p)) $("f-profile").append(h("option", {}, p));
-    render();
-  });
+  $("page-prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE_SIZE); refresh(); });
+  $("page-next").addEventListener("click", () => { offset += PAGE_SIZE; refresh(); });
+  poll(refresh);
 }
 
 async function devicePage() {

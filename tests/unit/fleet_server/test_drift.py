@@ -15,6 +15,7 @@ from edgefleet import telemetry
 from edgefleet.telemetry import Feedback, ModelRecord, ReferenceProfile
 from fleet_server.telemetry.drift import (
     FLEET,
+    BandScorer,
     DeviceCounts,
     DriftInputError,
     drift_report,
@@ -151,3 +152,19 @@ def test_js_and_hellinger_are_bounded_and_symmetric(pairs: list[tuple[int, int]]
         value = measure(p, q)
         assert 0.0 <= value <= 1.0
         assert value == pytest.approx(measure(q, p), abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 50), min_size=10, max_size=10), min_size=FEATURES, max_size=FEATURES),
+       st.integers(0, FEATURES))
+def test_the_device_list_s_numpy_band_is_the_report_s_band(counts: list[list[int]], empty: int) -> None:
+    widths = [f.bins for f in PROFILE.features]
+    features = tuple(tuple(([0] * w) if i < empty else (c * 2)[:w]) for i, (c, w) in enumerate(zip(counts, widths,
+                                                                                                    strict=True)))
+    merged = merge(FLEET, [DeviceCounts("d", "p", {}, features, ())])
+    assert BandScorer(PROFILE).band(features) == drift_report("m", "1.0.0", PROFILE, merged).band
+
+
+def test_the_numpy_band_refuses_counts_of_another_shape() -> None:
+    with pytest.raises(DriftInputError):
+        BandScorer(PROFILE).band(((1, 2),))
