@@ -18,11 +18,14 @@ from edgefleet.console import format_table, print_json
 DEMO_HELP = """\
 Tell the edgefleet story with real processes on this machine:
 
-  1. train a digits classifier (scikit-learn's bundled data) and convert it: ONNX int8 for
-     rpi4-64, TFLite int8 for jetson-orin-nano; show the conversion reports
+  1. train the models (scikit-learn's bundled data) and convert them: for rpi4-64 a digits
+     classifier (ONNX int8) and a DataFrame pipeline with a string column (ONNX); for
+     jetson-orin-nano the digits classifier (TFLite int8) and a camera CNN on 32x32 RGB
+     pictures (TFLite full int8); show the conversion reports
   2. start a broker (Mosquitto if installed, enforcing the server's ACL; else embedded), the
      fleet server (SQLite) and N `edgefleet agent` processes, each enrolled with its own token
-  3. roll out version 1 in waves while predictions flow through every device's local API
+  3. roll out version 1 in waves while predictions flow through every device's local API:
+     rows to the digits models, named records to the pipeline, PNG pictures to the camera
   4. roll out a version whose golden samples disagree with its model: the first wave fails
      its health check, the rollout halts by itself and the touched devices roll back
   5. shift the inputs of the site=b devices, show the drift figures, then roll out a
@@ -112,7 +115,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows = [(s["step"], s["title"], "ok" if s["ok"] else "FAILED", f"{s['seconds']:.1f} s") for s in summary["steps"]]
     lines = ["", "summary", format_table(("step", "what", "result", "time"), rows), "",
              "devices per version: " + ", ".join(f"{k} {v}" for k, v in summary["devices_by_version"].items()),
-             f"predictions: {summary['requests']} requests, {summary['failed_requests']} failed", ""]
+             f"predictions: {summary['requests']} requests, {summary['failed_requests']} failed"
+             + "".join(f"; {name} {m['ok']} {m['form']}" for name, m in summary.get("requests_by_model", {}).items()),
+             ""]
     for step in summary["steps"]:
         lines += [f"step {step['step']}: {p}" for p in step["problems"]]
     lines.append("where to look next:")

@@ -1,16 +1,19 @@
 """The edgefleet story, end to end, with real processes (what ``edgefleet demo`` runs).
 
-1. train a digits classifier and convert it: ONNX int8 for ``rpi4-64``, TFLite int8 for
-   ``jetson-orin-nano``; show the conversion reports;
+1. train the models and convert them (``simulation.bundles``): for ``rpi4-64`` a digits
+   classifier as ONNX int8 and a DataFrame pipeline with a string column as ONNX; for
+   ``jetson-orin-nano`` the digits classifier as TFLite int8 and a camera CNN on 32x32 RGB
+   pictures as TFLite full int8; show the conversion reports;
 2. start a broker (Mosquitto when installed, enforcing the server's ACL; else the server's
    embedded one), the fleet server and N ``edgefleet agent`` processes, each enrolled with a
    one-time token through ``edgefleet agent enroll``;
-3. roll out version 1 in waves; every device commits it; predictions start flowing through
-   every device's local API and keep flowing to the end;
+3. roll out version 1 of the four models in waves; every device commits both of its models;
+   predictions start flowing through every device's local API and keep flowing to the end: rows
+   to the digits models, named records to the pipeline, PNG pictures to the camera model;
 4. roll out version 2, whose golden samples disagree with its model: the first wave fails its
    health check, the rollout halts by itself and the touched devices are sent back to 1.0.0;
 5. shift the inputs of the ``site=b`` devices and show what the fleet reports about drift,
-   then roll out version 3 (a retrained model) to the whole fleet.
+   then roll out version 3 (a retrained digits model) to the whole fleet.
 
 Every step checks that what it claims happened did happen (``Step.problems``); the run is
 ``ok`` only if every step is, and failed predictions must be zero. The module deliberately
@@ -34,7 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import EdgefleetError
-from simulation.bundles import ONNX_TARGET, TFLITE_TARGET, DemoModels, break_golden
+from simulation.bundles import (
+    IMAGE_KIND,
+    IMAGE_TARGET,
+    ONNX_TARGET,
+    PIPELINE_KIND,
+    PIPELINE_TARGET,
+    TFLITE_TARGET,
+    DemoModels,
+    break_golden,
+)
 from simulation.fleet import (
     AgentProcess,
     FleetError,
@@ -44,9 +56,20 @@ from simulation.fleet import (
     mosquitto_binary,
     wait_until,
 )
-from simulation.load import PredictionLoad
+from simulation.load import PredictionLoad, image_requests, record_requests
 
 Say = Callable[[str], None]
+Target = tuple[str, str, str, str]
+# What version 1 ships: (target, the example it is trained from). Each device gets two models.
+RELEASE_1: tuple[tuple[Target, str], ...] = (
+    (ONNX_TARGET, "digits-mlp"), (PIPELINE_TARGET, PIPELINE_KIND),
+    (TFLITE_TARGET, "digits-mlp"), (IMAGE_TARGET, IMAGE_KIND),
+)
+
+
+def profile_of(device: int) -> str:
+    """Devices alternate between the two profiles (device-00 is a Raspberry Pi)."""
+    return ONNX_TARGET[0] if device % 2 == 0 else TFLITE_TARGET[0]
 
 
 @dataclass(frozen=True)
@@ -116,7 +139,7 @@ class Demo:
         started = time.monotonic()
         try:
             for number, (title, action) in enumerate([
-                ("convert the model for two profiles", self._convert),
+                ("convert the models for two profiles", self._convert),
                 ("start the server and enroll the fleet", self._start_fleet),
                 ("roll out version 1 in waves", self._roll_out_v1),
                 ("roll out a broken version 2: halt and roll back", self._roll_out_v2),
@@ -155,12 +178,12 @@ class Demo:
     def _convert(self, step: Step) -> None:
         from converter.report import format_report
 
-        for target in (ONNX_TARGET, TFLITE_TARGET):
-            result = self.models.convert(target, "1.0.0")
+        for target, kind in RELEASE_1:
+            result = self.models.convert(target, "1.0.0", kind=kind)
             self.say(format_report(result.report))
             step.expect(bool(result.report.get("passed", True)), f"{target[1]} 1.0.0 failed its conversion checks")
-        step.details["bundles"] = [{k: r[k] for k in ("model", "version", "profile", "format", "quantize", "sha256")}
-                                   for r in self.models.reports]
+        step.details["bundles"] = [{k: r[k] for k in ("model", "version", "profile", "format", "quantize", "inputs",
+                                                      "sha256")} for r in self.models.reports]
 
     def _start_fleet(self, step: Step) -> None:
         from fleet_server.cli.client import AdminClient, ClientSettings
@@ -173,7 +196,7 @@ class Demo:
         self.say(f"      server {self.server.url}, broker: {broker}")
         self._client = AdminClient(ClientSettings(self.server.url, self.server.admin_token))
         n = self.options.devices
-        profiles = [ONNX_TARGET[0] if i % 2 == 0 else TFLITE_TARGET[0] for i in range(n)]
+        profiles = [profile_of(i) for i in range(n)]
         # Telemetry every second with drift counts in every batch, so step 5 sees drift within seconds.
         telemetry = {"telemetry_interval_s": 1, "telemetry_drift_every": 1}
         self.agents = [AgentProcess(self.supervisor, f"device-{i:02d}", self.workdir / "devices" / f"device-{i:02d}",
@@ -198,23 +221,33 @@ class Demo:
         step.details.update({"server_url": self.server.url, "broker": broker, "devices": n,
                              "profiles": dict(Counter(d["profile"] for d in devices))})
         self.say(f"      {n} agents enrolled and online: {dict(Counter(d['profile'] for d in devices))}")
-        rows = self.models.validation_rows()
-        self.load = PredictionLoad(lambda: [a.url for a in self.agents], rows, rate_per_s=60.0).start()
+        # Rows to the digits models; named records to the pipeline (site=b's will name a region the
+        # model never saw); PNG pictures to the camera model (site=b's over-exposed).
+        # All of each validation set, so an unshifted site's inputs look like the drift reference.
+        sources = {PIPELINE_TARGET[1]: record_requests(self.models.validation_records(), column="region",
+                                                       unseen="south"),
+                   IMAGE_TARGET[1]: image_requests(self.models.validation_pixels())}
+        self.load = PredictionLoad(lambda: [a.url for a in self.agents], self.models.validation_rows(),
+                                   sources=sources, rate_per_s=60.0).start()
 
     def _roll_out_v1(self, step: Step) -> None:
-        self._push(self.models.reports[0]["bundle"])
-        self._push(self.models.reports[1]["bundle"])
-        started = [self._create(ONNX_TARGET, "1.0.0"), self._create(TFLITE_TARGET, "1.0.0")]
+        for report in self.models.reports:
+            self._push(report["bundle"])
+        started = [self._create(target, "1.0.0") for target, _ in RELEASE_1]
         finished = [self._wait(r, {"completed"}) for r in started]
         for r in finished:
             step.expect(r["state"] == "completed", f"{r['model']}@1.0.0 rollout ended {r['state']}: {r['halt_reason']}")
             step.expect(len(r["waves"]) >= 2, f"{r['model']}@1.0.0 rolled out in {len(r['waves'])} wave(s), not waves")
-        versions = self._wait_versions(lambda v: v == {f"{ONNX_TARGET[1]}@1.0.0", f"{TFLITE_TARGET[1]}@1.0.0"},
-                                       "every device to report 1.0.0")
-        step.expect(self._devices_on("1.0.0") == len(self.agents), f"devices by version: {versions}")
-        wait_until(lambda: self.load is not None and self.load.totals()["devices_serving"] == len(self.agents), 30,
-                   "predictions from every device")
+        expected = self._expected_versions({target[1]: "1.0.0" for target, _ in RELEASE_1})
+        versions = self._wait_versions(expected, "every device to report 1.0.0 of both its models")
+        step.expect(versions == expected, f"devices by version: {versions}, expected {expected}")
+        served = sum(expected.values())  # (device, model) pairs
+        wait_until(lambda: self.load is not None and self.load.totals()["models_answering"] == served, 30,
+                   "predictions from every model on every device")
         time.sleep(1.0)  # let every device answer a few predictions before the broken version arrives
+        by_model = self.load.totals()["by_model"] if self.load is not None else {}
+        for name, figures in by_model.items():
+            self.say(f"      {name}: {figures['ok']} predictions answered ({figures['form']})")
         step.details.update({"rollouts": [self._brief(r) for r in finished], "devices_by_version": versions})
         self._check_no_failed_requests(step)
 
@@ -235,9 +268,9 @@ class Demo:
         step.expect(all(r["status"] == "rolled_back" for r in first_wave),
                     f"first-wave devices not sent back: {[(r['device_id'], r['status']) for r in first_wave]}")
         reasons = sorted({str(r.get("reason")) for r in touched})
-        versions = self._wait_versions(lambda v: not any(k.endswith("@2.0.0") for k in v) and self._devices_on("1.0.0")
-                                       == len(self.agents), "every device to serve 1.0.0 again")
-        step.expect(self._devices_on("1.0.0") == len(self.agents), f"devices by version after rollback: {versions}")
+        expected = self._expected_versions({target[1]: "1.0.0" for target, _ in RELEASE_1})
+        versions = self._wait_versions(expected, "every device to serve 1.0.0 again")
+        step.expect(versions == expected, f"devices by version after rollback: {versions}")
         self.say(f"      halted: {final['halt_reason']}")
         self.say(f"      {len(touched)} touched device(s) rolled back, {len(untouched)} never saw 2.0.0")
         step.details.update({"rollout": self._brief(final), "touched": len(touched), "untouched": len(untouched),
@@ -248,7 +281,8 @@ class Demo:
         assert self.load is not None
         site_b = [a for i, a in enumerate(self.agents) if (i // 2) % 2 == 1]
         self.load.shift([a.url for a in site_b])
-        self.say(f"      inputs of {len(site_b)} site=b device(s) shifted (brighter, saturated pixels)")
+        self.say(f"      inputs of {len(site_b)} site=b device(s) shifted (brighter, saturated pixels and pictures; "
+                 f"records from a region the pipeline never saw)")
         step.details["drift"] = self._drift_report(step, site_b)
         for target in (ONNX_TARGET, TFLITE_TARGET):
             self._push(str(self.models.convert(target, "3.0.0", kind="digits-small-mlp").bundle_path))
@@ -256,9 +290,10 @@ class Demo:
         finished = [self._wait(r, {"completed"}) for r in started]
         for r in finished:
             step.expect(r["state"] == "completed", f"{r['model']}@3.0.0 rollout ended {r['state']}: {r['halt_reason']}")
-        versions = self._wait_versions(lambda v: v == {f"{ONNX_TARGET[1]}@3.0.0", f"{TFLITE_TARGET[1]}@3.0.0"},
-                                       "every device to report 3.0.0")
-        step.expect(self._devices_on("3.0.0") == len(self.agents), f"devices by version: {versions}")
+        expected = self._expected_versions({PIPELINE_TARGET[1]: "1.0.0", IMAGE_TARGET[1]: "1.0.0",
+                                            ONNX_TARGET[1]: "3.0.0", TFLITE_TARGET[1]: "3.0.0"})
+        versions = self._wait_versions(expected, "every device to report 3.0.0 of its digits model")
+        step.expect(versions == expected, f"devices by version: {versions}, expected {expected}")
         step.details.update({"rollouts": [self._brief(r) for r in finished], "devices_by_version": versions})
         self._check_no_failed_requests(step)
 
@@ -291,9 +326,9 @@ class Demo:
         events = [json.loads(line) for line in self.alerts_file.read_text().splitlines() if line.strip()]
         return [e for e in events if e.get("state") == "firing"]
 
-    def _site_drift(self) -> dict[str, Any]:
-        """The server's drift report for version 1 of the ONNX model, grouped by site."""
-        answer: dict[str, Any] = self._client.request("GET", f"/api/v1/models/{ONNX_TARGET[1]}/1.0.0/drift",
+    def _site_drift(self, model: str = ONNX_TARGET[1]) -> dict[str, Any]:
+        """The server's drift report for version 1 of ``model``, grouped by site."""
+        answer: dict[str, Any] = self._client.request("GET", f"/api/v1/models/{model}/1.0.0/drift",
                                                       params={"by": "site"})
         return answer
 
@@ -320,6 +355,13 @@ class Demo:
                      f"over {figures['requests']} predictions")
         for alert in alerts:
             self.say(f"      ALERT {alert.get('message')}")
+        # The other models' figures as they stand (shown, not waited for: the alert rule is the digits').
+        for model in (IMAGE_TARGET[1], PIPELINE_TARGET[1]):
+            figures_by_site = self._groups(self._site_drift(model))
+            report[f"{model}_by_site"] = figures_by_site
+            for site, figures in sorted(figures_by_site.items()):
+                self.say(f"      {model}@1.0.0 {site}: max PSI {figures['max_psi']} ({figures['band']}) "
+                         f"over {figures['requests']} predictions")
         step.expect(groups.get("site=b", {}).get("band") == "drift",
                     f"the server does not score site=b as drifted within 45 s: {groups}")
         step.expect(any("site=b" in str(a.get("subject")) for a in alerts),
@@ -381,12 +423,14 @@ class Demo:
                 counts["(none)"] += 1
         return dict(sorted(counts.items()))
 
-    def _devices_on(self, version: str) -> int:
-        return sum(n for ref, n in self._versions().items() if ref.endswith(f"@{version}"))
+    def _expected_versions(self, versions: dict[str, str]) -> dict[str, int]:
+        """``model@version`` -> devices, for every model of ``versions`` on every device of its profile."""
+        profiles = Counter(profile_of(i) for i in range(len(self.agents)))
+        return dict(sorted((f"{target[1]}@{versions[target[1]]}", profiles[target[0]]) for target, _ in RELEASE_1))
 
-    def _wait_versions(self, done: Callable[[set[str]], bool], what: str) -> dict[str, int]:
+    def _wait_versions(self, expected: dict[str, int], what: str) -> dict[str, int]:
         with contextlib.suppress(FleetError):
-            wait_until(lambda: done(set(self._versions())), 30, what, every=0.5)
+            wait_until(lambda: self._versions() == expected, 30, what, every=0.5)
         return self._versions()
 
     def _check_no_failed_requests(self, step: Step) -> None:
@@ -402,7 +446,7 @@ class Demo:
                 "devices": view["devices"]}
 
     def _summary(self, seconds: float) -> dict[str, Any]:
-        requests = self.load.totals() if self.load is not None else {"requests": 0, "failed": 0}
+        requests = self.load.totals() if self.load is not None else {"requests": 0, "failed": 0, "by_model": {}}
         versions = self._versions() if self._client is not None and self.server is not None else {}
         ok = len(self.steps) == 5 and all(s.ok for s in self.steps) and requests["failed"] == 0
         url = self.server.url if self.server else None
@@ -410,6 +454,7 @@ class Demo:
             "ok": ok, "seconds": round(seconds, 2), "workdir": str(self.workdir), "broker": self.broker_kind,
             "devices": self.options.devices, "steps": [s.to_dict() for s in self.steps],
             "devices_by_version": versions, "requests": requests["requests"], "failed_requests": requests["failed"],
+            "requests_by_model": requests["by_model"],
             "rollouts": [r["id"] for r in self.rollouts], "server_url": url,
             "next": [f"edgefleet rollouts list --server {url} --token $(cat {self.workdir}/server/admin-token)",
                      f"edgefleet rollouts status ROLLOUT_ID --server {url}",

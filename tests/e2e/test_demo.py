@@ -25,17 +25,28 @@ def test_demo_tells_the_whole_story_and_leaves_no_process(tmp_path: Path) -> Non
     assert summary["ok"] is True
     assert [s["ok"] for s in summary["steps"]] == [True] * 5
     assert summary["failed_requests"] == 0 and summary["requests"] > 50
-    assert summary["devices_by_version"] == {"digits@3.0.0": 2, "digits-lite@3.0.0": 2}
+    # Each device serves two models: the digits and a pipeline on the Pis, the digits and a camera on the Jetsons.
+    assert summary["devices_by_version"] == {"digits@3.0.0": 2, "digits-lite@3.0.0": 2, "wine@1.0.0": 2,
+                                             "camera@1.0.0": 2}
     convert, fleet, v1, v2, v3 = summary["steps"]
-    assert {(b["model"], b["profile"], b["format"]) for b in convert["bundles"]} == {
-        ("digits", "rpi4-64", "onnx"), ("digits-lite", "jetson-orin-nano", "tflite")}
+    assert {(b["model"], b["profile"], b["format"], b["quantize"], b["inputs"]) for b in convert["bundles"]} == {
+        ("digits", "rpi4-64", "onnx", "int8-static", "tensor"), ("wine", "rpi4-64", "onnx", "none", "columns"),
+        ("digits-lite", "jetson-orin-nano", "tflite", "int8", "tensor"),
+        ("camera", "jetson-orin-nano", "tflite", "int8", "image")}
+    # Every model answered in its own form: PNG pictures to the camera, named records to the pipeline.
+    by_model = summary["requests_by_model"]
+    assert {name: m["form"] for name, m in by_model.items()} == {
+        "digits": "rows", "digits-lite": "rows", "wine": "records", "camera": "image/png"}
+    assert all(m["ok"] > 0 and m["failed"] == 0 for m in by_model.values()), by_model
     assert fleet["profiles"] == {"rpi4-64": 2, "jetson-orin-nano": 2}
     assert all(r["state"] == "completed" and len(r["waves"]) == 2 for r in v1["rollouts"])
-    assert v1["devices_by_version"] == {"digits@1.0.0": 2, "digits-lite@1.0.0": 2}
+    assert {r["model"] for r in v1["rollouts"]} == {"digits", "digits-lite", "wine", "camera"}
+    assert v1["devices_by_version"] == {"digits@1.0.0": 2, "digits-lite@1.0.0": 2, "wine@1.0.0": 2,
+                                        "camera@1.0.0": 2}
     # The broken version: the first wave failed its health check, the rollout halted and rolled back.
     assert v2["rollout"]["state"] == "rolled_back" and "failed" in v2["rollout"]["halt_reason"]
     assert v2["touched"] == 1 and v2["untouched"] == 1
-    assert v2["devices_by_version"] == {"digits@1.0.0": 2, "digits-lite@1.0.0": 2}
+    assert v2["devices_by_version"] == v1["devices_by_version"]
     # Drift: the server scores the shifted site as drifted and the drift rule fired for it.
     assert v3["drift"]["by_site"]["site=b"]["band"] == "drift"
     assert any("site=b" in a["subject"] for a in v3["drift"]["alerts"])
