@@ -192,3 +192,14 @@ def test_saved_models_export_to_onnx_with_one_input_and_are_refused_with_two(tmp
     with pytest.raises(UnsupportedOpError) as caught:
         convert(ConvertOptions(tmp_path / "two_saved", PROFILE, "two", "1.0.0", tmp_path / "out2", format="onnx"))
     assert "SavedModel with 2 inputs" in caught.value.message and "--format tflite" in (caught.value.fix or "")
+
+
+def test_a_declared_image_input_stays_an_image_through_full_int8(tmp_path: Path) -> None:
+    # --image image: the digits are multiples of 1/255, so the .npz tensors go back to 8-bit pixels exactly.
+    result = cnn(tmp_path, "tflite", "int8", images={"image": {}})
+    (spec,) = result.manifest.inputs
+    assert spec.kind == "image" and spec.dtype == "int8" and spec.image is not None
+    assert (spec.image.layout, spec.image.height, spec.image.channels) == ("NHWC", 32, 3)
+    assert result.report["agreement"] >= 0.98 and result.report["size_ratio"] <= 0.30
+    assert read_bundle(result.bundle_path).golden()["inputs"]["image"].dtype == np.uint8  # pixels, compact
+    assert health(result).passed
