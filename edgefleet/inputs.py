@@ -344,6 +344,9 @@ MAX_NPZ_BYTES = 256 << 20
 so its own size bounds nothing; each member's declared size is checked before it is read."""
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
 def is_json(media_type: str) -> bool:
     """Whether a body of this media type is JSON (``application/json``, ``+json`` types, text/json)."""
     return media_type in (JSON, "text/json") or media_type.endswith("+json")
@@ -585,6 +588,10 @@ def _read_body(body: Body, inputs: Sequence[TensorSpec]) -> Any:
         return read_npz(body.data, "the .npz body")
     if media == RAW:
         return read_raw(body.data, body.shape, body.dtype)
+    if media == FORM:  # what `curl -d` sends unless told otherwise
+        raise InputError("a form-encoded body (application/x-www-form-urlencoded, curl -d's default) is not read here",
+                         fix="send JSON with Content-Type: application/json (curl: add -H 'Content-Type: application/json')",
+                         status=415)
     raise InputError(f"request bodies of type {media[:60]!r} are not read here",
                      fix=f"send one of {', '.join(_media_for(inputs))}", status=415)
 

@@ -146,6 +146,7 @@ def test_the_agent_answers_png_jpeg_multipart_and_npy_as_the_model_in_process(tm
             (url, png_claiming(30_000, 2_000), "image/png", 413, "is 30000x2000 pixels, over the limit"),
             (vision, png, "image/png", 400, "takes 2 inputs"),
             (url, b"{}", "text/plain", 415, "not read here"),
+            (url, b"{}", "application/x-www-form-urlencoded", 415, "curl -d's default"),  # the fix names the header
         ]
         for target, data, media, status, words in refusals:
             answer = httpx.post(target, content=data, headers={"Content-Type": media}, timeout=30)

@@ -165,6 +165,7 @@ def test_too_many_samples_is_413() -> None:
     (Body.from_headers(b"\0" * 12, "application/octet-stream", {"x-edgefleet-shape": "-3", "x-edgefleet-dtype": "int8"}),
      "is not a list of dimensions", 400),
     (Body.from_headers(b"GIF89a", "image/gif"), "request bodies of type 'image/gif' are not read here", 415),
+    (Body.from_headers(b'{"inputs": [[1]]}', "application/x-www-form-urlencoded"), "curl -d's default", 415),
     (Body.from_headers(b"{", "application/json; charset=utf-8"), "request body is not valid JSON", 400),
 ])
 def test_a_malformed_binary_body_is_refused_before_it_is_read(body: Body, words: str, status: int) -> None:
