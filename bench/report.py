@@ -165,15 +165,15 @@ def console_tables(section: Mapping[str, Any]) -> list[Table]:
     rows: list[tuple[Any, ...]] = []
     for s in section.get("sizes", []):
         if "error" in s:
-            rows.append((s["devices"], None, None, None, None, s["error"][:80]))
+            rows.append((s["devices"], None, None, None, None, None, s["error"][:80]))
             continue
         for page, figures in s["pages"].items():
             slowest = max(figures["calls_median_ms"].items(), key=lambda item: item[1])
-            rows.append((s["devices"], page, figures["median_ms"], figures["max_ms"], f"{slowest[0]} {slowest[1]} ms",
-                         s["database"]))
+            rows.append((s["devices"], page, figures["median_ms"], figures["max_ms"], figures.get("first_ms"),
+                         f"{slowest[0]} {slowest[1]} ms", s["database"]))
     title = (f"console pages: server time, shell + API calls ({section.get('batches_per_device')} telemetry "
              "batches per device in the window)")
-    return [Table(title, ("devices", "page", "median ms", "worst ms", "slowest call (median)", "db"), tuple(rows))]
+    return [Table(title, ("devices", "page", "median ms", "worst ms", "first load ms", "slowest call (median)", "db"), tuple(rows))]
 
 
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[Table]]] = {
