@@ -227,8 +227,10 @@ class Demo:
         sources = {PIPELINE_TARGET[1]: record_requests(self.models.validation_records(), column="region",
                                                        unseen="south"),
                    IMAGE_TARGET[1]: image_requests(self.models.validation_pixels())}
+        # 90 requests/s, two in three to the digits models: they keep the 60/s they had as the only
+        # models (the drift rule needs 200 shifted rows before it fires), the new ones get 30/s.
         self.load = PredictionLoad(lambda: [a.url for a in self.agents], self.models.validation_rows(),
-                                   sources=sources, rate_per_s=60.0).start()
+                                   sources=sources, row_weight=2, rate_per_s=90.0).start()
 
     def _roll_out_v1(self, step: Step) -> None:
         for report in self.models.reports:

@@ -45,15 +45,19 @@ class Body:
 @dataclass(frozen=True)
 class RequestSource:
     """What the load sends to one model: the form (``rows``, ``records``, ``image/png``) and the
-    bodies it cycles through, as they are and as a drifted site sends them."""
+    bodies it cycles through, as they are and as a drifted site sends them. ``weight``: the model's
+    turns in each round of a device's models (2 gets twice the requests of a model of weight 1)."""
 
     form: str
     bodies: Sequence[Body]
     shifted: Sequence[Body]
+    weight: int = 1
 
     def __post_init__(self) -> None:
         if not self.bodies or len(self.bodies) != len(self.shifted):
             raise ValueError(f"a {self.form} request source needs bodies, as many shifted as not")
+        if self.weight < 1:
+            raise ValueError(f"a request source's weight must be at least 1, got {self.weight}")
 
 
 def _json(value: Any) -> Body:
@@ -65,10 +69,10 @@ def drifted(row: Sequence[float]) -> list[float]:
     return [min(16.0, v * 1.5 + 6.0) for v in row]
 
 
-def row_requests(rows: Sequence[Sequence[float]]) -> RequestSource:
+def row_requests(rows: Sequence[Sequence[float]], *, weight: int = 1) -> RequestSource:
     """One row of numbers per request, ``{"inputs": [row]}``."""
     return RequestSource(ROWS, [_json({"inputs": [list(r)]}) for r in rows],
-                         [_json({"inputs": [drifted(r)]}) for r in rows])
+                         [_json({"inputs": [drifted(r)]}) for r in rows], weight)
 
 
 def record_requests(records: Sequence[Mapping[str, Any]], *, column: str, unseen: str) -> RequestSource:
@@ -103,6 +107,7 @@ class DeviceLoad:
     answered: Counter[str] = field(default_factory=Counter)   # model -> requests answered
     reasons: Counter[str] = field(default_factory=Counter)
     shifted: bool = False
+    turns: tuple[str, ...] = ()   # models in the order they are asked, each as often as its weight
     turn: int = 0
 
     @property
@@ -112,22 +117,23 @@ class DeviceLoad:
 
     def copy(self) -> DeviceLoad:
         return DeviceLoad(self.url, self.models, self.ok, self.failed, Counter(self.versions), Counter(self.answered),
-                          Counter(self.reasons), self.shifted, self.turn)
+                          Counter(self.reasons), self.shifted, self.turns, self.turn)
 
 
 class PredictionLoad:
     """One background thread predicting through every device's local API.
 
-    ``rows`` are sent to every model without a source of its own in ``sources`` (by name).
+    ``rows`` are sent to every model without a source of its own in ``sources`` (by name), with
+    ``row_weight`` turns each round. ``rate_per_s`` is all requests together.
     """
 
     def __init__(self, urls: Callable[[], Sequence[str]], rows: Sequence[Sequence[float]], *,
-                 sources: Mapping[str, RequestSource] | None = None,
+                 sources: Mapping[str, RequestSource] | None = None, row_weight: int = 1,
                  rate_per_s: float = 30.0, healthz_every_s: float = 1.0) -> None:
         if not rows:
             raise ValueError("PredictionLoad needs at least one input row")
         self._urls = urls
-        self._default = row_requests(rows)
+        self._default = row_requests(rows, weight=row_weight)
         self._sources = dict(sources or {})
         self._pause = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
         self._healthz_every_s = healthz_every_s
@@ -200,7 +206,7 @@ class PredictionLoad:
                     if not device.models:
                         continue
                     with self._lock:
-                        model = device.models[device.turn % len(device.models)]
+                        model = device.turns[device.turn % len(device.turns)]
                         device.turn += 1
                     key = (model, device.shifted)
                     if key not in turns:
@@ -217,8 +223,11 @@ class PredictionLoad:
 
         with contextlib.suppress(httpx.HTTPError, ValueError):
             models = client.get("/healthz").json().get("models") or {}
+            # Each model as many times as its weight: the order of a device's turns.
+            turns = tuple(m for m in sorted(models) for _ in range(self.source(m).weight))
             with self._lock:
                 device.models = tuple(sorted(models))
+                device.turns = turns
 
     def _predict(self, client: Any, device: DeviceLoad, model: str, body: Body) -> None:
         import httpx
