@@ -57,7 +57,7 @@ def adapt(block: str, server_port: int, agent_ports: list[int]) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.timeout(540)
+@pytest.mark.timeout(960)
 def test_the_walkthrough_runs_as_written(tmp_path: Path) -> None:
     blocks = bash_blocks(WALKTHROUGH.read_text())
     assert len(blocks) >= 9, "the walkthrough's bash blocks were not found"
@@ -77,7 +77,7 @@ def test_the_walkthrough_runs_as_written(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "EDGEFLEET_SERVER": f"http://127.0.0.1:{server_port}"}
     env.pop("EDGEFLEET_TOKEN", None)
     done = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=480, check=False)
+                          timeout=900, check=False)
     out = done.stdout + done.stderr
     logs = "".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("*.log")) if p.name != "predictions.log")
     assert "Traceback" not in out + logs, out[-4000:] + logs[-4000:]
