@@ -71,7 +71,7 @@ import reprlib
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -600,25 +600,36 @@ def _media_for(inputs: Sequence[TensorSpec]) -> tuple[str, ...]:
     return MEDIA_TYPES if any(spec.kind == "image" for spec in inputs) else TENSOR_MEDIA_TYPES
 
 
+def npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """An .npy stream's (shape, Fortran order, dtype), the stream left at the first value; a
+    ValueError names what is wrong with the header. Only plain numbers pass (no pickled objects,
+    no structured or empty dtypes, no negative dimensions); the caller checks the claimed size
+    against what it has, before anything is allocated."""
+    from numpy.lib import format as npy_format
+
+    version = npy_format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+    else:  # 3.0 differs only for structured dtypes with non-Latin-1 names, never plain numbers
+        raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
+    if dtype.hasobject or dtype.fields is not None:
+        raise ValueError(f"its dtype {dtype} is not plain numbers")
+    if dtype.itemsize == 0:
+        raise ValueError(f"its dtype {dtype} has no size")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"its header has a negative shape {shape}")
+    return tuple(shape), bool(fortran), dtype
+
+
 def read_npy(data: bytes, where: str) -> np.ndarray:
     """The array of an .npy file's bytes, read only once its header's claims are checked:
     ``np.load`` allocates whatever shape a header claims, so a forged header could ask for
     terabytes; here the claimed size must be exactly the bytes that follow the header."""
-    from numpy.lib import format as npy_format
-
     stream = io.BytesIO(data)
     try:
-        version = npy_format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
-        else:  # 3.0 differs only for structured dtypes with non-Latin-1 names, never plain numbers
-            raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
-        if dtype.hasobject or dtype.fields is not None or dtype.itemsize == 0:
-            raise ValueError(f"its dtype {dtype} is not plain numbers")
-        if any(n < 0 for n in shape):
-            raise ValueError(f"its header has a negative shape {shape}")
+        shape, fortran, dtype = npy_header(stream)
         offset = stream.tell()
         claimed = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, whatever the claim
         if claimed != len(data) - offset:

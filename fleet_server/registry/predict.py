@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
-from numpy.lib import format as npy_format
 
 from edgefleet.cells import column_value, is_number
 from edgefleet.errors import InputError
@@ -64,6 +63,7 @@ from edgefleet.inputs import (
     expected_width,
     image_feeds,
     is_matrix,
+    npy_header,
     shape_text,
     to_feeds,
     to_matrix,
@@ -148,19 +148,7 @@ def _npy_array(stream: BinaryIO, filename: str, spec: TensorSpec, *, max_rows: i
     allocates whatever shape the header claims before reading, so a forged 330-byte upload could
     ask for terabytes; here the claimed size must match the bytes actually sent and fit ``max_bytes``."""
     try:
-        version = npy_format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
-        else:  # 3.0 only differs for structured dtypes with non-Latin-1 names, never numeric rows
-            raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
-        if dtype.hasobject:
-            raise ValueError("it holds Python objects")
-        if dtype.itemsize == 0:
-            raise ValueError(f"its dtype {dtype} has no size")
-        if any(n < 0 for n in shape):
-            raise ValueError(f"its header has a negative shape {shape}")
+        shape, fortran, dtype = npy_header(stream)
         offset = stream.tell()
         sent = stream.seek(0, io.SEEK_END) - offset
         stream.seek(offset)
