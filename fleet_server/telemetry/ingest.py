@@ -299,36 +299,34 @@ class TelemetryIngest:
         self.ingest(topic, payload)
 
     def ingest(self, topic: str, payload: bytes) -> None:
-        """Queue one ``telemetry`` message (checked by the writer) or check and queue one ``events`` message."""
-        try:
-            device_id, kind = topics.parse_device_topic(topic)
-        except ValueError:
-            return
-        if kind == "telemetry":
-            self._counters.add(received=1)
-            self._put(("telemetry", (device_id, payload)))  # decoded and checked by the writer, off paho's thread
-        elif kind == "events":
-            self._accept_event(device_id, payload)
+        """Queue one ``telemetry`` message (checked by the writer), or check and queue one ``events``
+        message (a ``reported`` one is checked, and stored by presence, not here)."""
+        self._take(topic, payload)
 
     def handler(self, others: Callable[[str, bytes], None]) -> Callable[[str, bytes], None]:
         """The server's MQTT handler: ``telemetry`` to this ingest alone; ``events`` and ``reported``
         checked here, then (if accepted) to ``others`` (presence, the rollout worker), events also
         queued for storing. A refused message goes nowhere. Nothing else is subscribed to."""
         def handle(topic: str, payload: bytes) -> None:
-            try:
-                device_id, kind = topics.parse_device_topic(topic)
-            except ValueError:
-                return
-            if kind == "telemetry":
-                self._counters.add(received=1)
-                self._put(("telemetry", (device_id, payload)))
-            elif kind == "events":
-                if self._accept_event(device_id, payload):
-                    others(topic, payload)
-            elif kind == "reported" and self._accept_reported(device_id, payload):
+            if self._take(topic, payload):
                 others(topic, payload)
 
         return handle
+
+    def _take(self, topic: str, payload: bytes) -> bool:
+        """Queue or check one message; True for an ``events`` or ``reported`` message that passed
+        its checks (the ones others may act on)."""
+        try:
+            device_id, kind = topics.parse_device_topic(topic)
+        except ValueError:
+            return False
+        if kind == "telemetry":
+            self._counters.add(received=1)
+            self._put(("telemetry", (device_id, payload)))  # decoded and checked by the writer, off paho's thread
+            return False
+        if kind == "events":
+            return self._accept_event(device_id, payload)
+        return kind == "reported" and self._accept_reported(device_id, payload)
 
     def store_failed(self, device_id: str, topic: str, error: BaseException) -> None:
         """Count a message the database refused after it passed the checks (presence's writer calls this)."""
