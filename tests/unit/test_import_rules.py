@@ -36,6 +36,7 @@ FLEET_SERVER_LAYERS = {
     "telemetry": {"registry", "broker", "trust"},
     "rollouts": set(),
     "cli": {"trust"},
+    "console": set(),  # a client of /api/v1 only (issue 16): no second path to the database
     "migrations": set(),
 }
 
