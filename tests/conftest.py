@@ -4,6 +4,9 @@ The migrations run once per session (per xdist worker): on a PostgreSQL template
 on an SQLite file. Each test gets its own copy (``CREATE DATABASE ... TEMPLATE``, a file copy),
 so no test sees another's rows and none pays for the migrations again.
 
+The longest tests are handed out first (``pytest_collection_modifyitems``, for xdist's
+``--dist loadgroup``).
+
 Under pytest-xdist each worker hands out only its own share of ports (simulation.fleet's
 ``free_port``), and its databases and temporary directories have names of their own.
 """
@@ -43,6 +46,66 @@ def pytest_configure(config: pytest.Config) -> None:
         shared = tempfile.mkdtemp(prefix="edgefleet-tests-")
         os.environ[SHARED_ENV] = shared
         config.add_cleanup(functools.partial(shutil.rmtree, shared, ignore_errors=True))
+
+
+# Paths whose tests take tens of seconds to minutes each (real fleets, rollouts with probation
+# windows, whole scripts), longest first as measured on the 2-core CI machine. Tests outside
+# them take a second or less, so only these need a place in the order.
+LONG_FIRST = (
+    "tests/e2e/test_walkthrough.py",
+    "tests/e2e/test_demo.py",
+    "tests/e2e/test_kill_loop.py",
+    "tests/e2e/",
+    "tests/integration/update_path/",
+    "tests/integration/server/test_openapi_fuzz.py",
+    "tests/unit/agent/test_tflite.py",
+)
+
+
+def _long_rank(item: pytest.Item) -> int:
+    return next((rank for rank, prefix in enumerate(LONG_FIRST) if item.nodeid.startswith(prefix)), len(LONG_FIRST))
+
+
+def _shares_module_fixtures(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)  # pytest's; absent on non-function items
+    if info is None:
+        return False
+    return any(defs[-1].scope in ("module", "class", "package") for defs in info.name2fixturedefs.values() if defs)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Schedule for pytest-xdist (scripts/test runs ``--dist loadgroup``): long tests first.
+
+    The run lasts as long as its busiest worker, so a minutes-long test handed out last keeps
+    one worker busy after the others are done. xdist hands out the tests in this order, and a
+    worker holds the test it runs and the next ones; so each long test is followed by a short
+    test, and no long test queues behind another while a worker runs short ones.
+
+    The tests of a module with module-scoped fixtures (a fleet, a trained model) form one
+    xdist group, run by one worker in a row, so those fixtures are built once; every other
+    test is scheduled alone. A stable sort, the same in every worker, as xdist requires.
+    """
+    for item in items:
+        if _shares_module_fixtures(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    ranked = sorted(items, key=_long_rank)  # stable: collection order within a rank
+    long = [item for item in ranked if _long_rank(item) < len(LONG_FIRST)]
+    fillers = [item for item in ranked if _long_rank(item) == len(LONG_FIRST) and not _shares_module_fixtures(item)]
+    ordered: list[pytest.Item] = []
+    fill = iter(fillers)
+    for index, item in enumerate(long):
+        ordered.append(item)
+        following = long[index + 1] if index + 1 < len(long) else None
+        if following is not None and _shares_module_fixtures(item) and following.path == item.path:
+            continue  # a group stays in one piece, also without xdist (-n 0)
+        filler = next(fill, None)
+        if filler is not None:
+            ordered.append(filler)
+    used = set(map(id, ordered))
+    ordered += [item for item in ranked if _long_rank(item) == len(LONG_FIRST) and id(item) not in used]
+    assert len(ordered) == len(items)
+    items[:] = ordered
 
 
 @pytest.fixture(autouse=True)
