@@ -20,6 +20,13 @@ of them; figures are the median with min and max; the load generator's warm-up a
 out of the throughput; the generator gets its own core and the servers the others
 (``processes.split_cores``) where there are two or more. Single-row requests throughout. The
 headline is the agent against the strongest peer. It never asserts a figure.
+
+The ``image`` model (``bench.models.prepare_image``, the typed-inputs work's digits CNN) is
+measured with decoding in the path: each request is one 32x32 RGB PNG of a held-out digit
+(``Content-Type: image/png``), sent to the agent and to the FastAPI peer only (no Flask rows),
+and the peer decodes and preprocesses it with ``edgefleet.images.preprocess`` and the bundle's
+``ImageSpec``, the agent's own code, so both do the same work. Its raw run is ``run`` on the
+already preprocessed tensor, so its overhead figure is decoding plus HTTP (``image_workload``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +46,8 @@ import numpy as np
 
 from bench import fleet, processes
 from bench.errors import BenchError
-from bench.loadgen import Target, run_load
-from bench.models import PROFILE, BenchModel, prepare
+from bench.loadgen import Body, Target, run_load
+from bench.models import IMAGE_MODEL, PROFILE, BenchModel, ImageBenchModel, prepare, prepare_image
 from bench.stats import LatencySummary, combine_repeats, spread
 from simulation.fleet import MosquittoProcess
 
@@ -74,18 +82,19 @@ def schedule(paths: Sequence[str], concurrency: Sequence[int], repeats: int) -> 
 
 
 class _RawRun:
-    """``InferenceSession.run`` from threads of this process with the agent's session options."""
+    """``InferenceSession.run`` from threads of this process with the agent's session options, on ``feed``
+    (one row, or the preprocessed picture for the image model: no decoding, no HTTP)."""
 
-    def __init__(self, model: BenchModel, row: np.ndarray, cores: processes.Cores) -> None:
+    def __init__(self, onnx_path: Path, feed: np.ndarray, cores: processes.Cores) -> None:
         import onnxruntime as ort
 
         from bench.peers import session_options
 
         self.cores = cores
         with self._pinned():  # onnxruntime's pool threads start here and keep this affinity
-            self.session = ort.InferenceSession(model.onnx_path.read_bytes(), session_options(PROFILE),
+            self.session = ort.InferenceSession(onnx_path.read_bytes(), session_options(PROFILE),
                                                 providers=["CPUExecutionProvider"])
-        self.feed = {self.session.get_inputs()[0].name: row.reshape(1, -1)}
+        self.feed = {self.session.get_inputs()[0].name: feed}
 
     @contextlib.contextmanager
     def _pinned(self) -> Iterator[None]:
@@ -146,7 +155,7 @@ def _cloud(work: Path, bundles: list[Path]) -> Iterator[fleet.ServerProcess]:
         yield srv
 
 
-def _served(pid: int, target: Target, body: dict[str, Any], clients: int, duration_s: float,
+def _served(pid: int, target: Target, body: Body, clients: int, duration_s: float,
             cores: processes.Cores) -> dict[str, Any]:
     """One load run plus the server process's CPU time per request (psutil): a ratio the client cannot cap."""
     import psutil
@@ -161,11 +170,14 @@ def _served(pid: int, target: Target, body: dict[str, Any], clients: int, durati
     return {**summary.to_dict(), "server_cpu_us_per_request": round(1e6 * cpu / served, 1) if served else None}
 
 
-def _ratios(runs: dict[str, dict[int, list[dict[str, Any]]]], concurrency: Sequence[int]) -> dict[str, Any]:
-    """Per pair and client count: agent/peer throughput of the same repeat, as min/median/max."""
+Runs = dict[str, dict[int, list[dict[str, Any]]]]
+
+
+def _ratios(runs: Runs, concurrency: Sequence[int]) -> dict[str, Any]:
+    """Per pair measured in this run and client count: agent/peer throughput of the same repeat, as min/median/max."""
     out: dict[str, Any] = {}
     for agent, peer in PAIRS:
-        if peer not in runs:
+        if peer not in runs or agent not in runs:
             continue
         out[f"{agent}/{peer}"] = {str(c): spread([a["throughput_rps"] / p["throughput_rps"]
                                                    for a, p in zip(runs[agent][c], runs[peer][c], strict=True)
@@ -173,29 +185,31 @@ def _ratios(runs: dict[str, dict[int, list[dict[str, Any]]]], concurrency: Seque
     return out
 
 
-def _overhead(runs: dict[str, dict[int, list[dict[str, Any]]]], kind: str) -> dict[str, float] | None:
-    """The agent's p50 at one client over raw ``run``'s, repeat by repeat."""
-    if 1 not in runs[kind]:
+def _overhead(runs: Runs, kind: str) -> dict[str, float] | None:
+    """The agent's p50 at one client over raw ``run``'s, repeat by repeat (None: not measured)."""
+    if kind not in runs or "raw_run" not in runs or 1 not in runs[kind]:
         return None
     return spread([a["p50_ms"] - r["p50_ms"] for a, r in zip(runs[kind][1], runs["raw_run"][1], strict=True)])
 
 
-def _summary(model: BenchModel, runs: dict[str, dict[int, list[dict[str, Any]]]], results: dict[str, Any],
-             concurrency: Sequence[int]) -> dict[str, Any]:
+def summarize(baseline: str, runs: Runs, results: dict[str, Any], concurrency: Sequence[int]) -> dict[str, Any]:
+    """The figures the goals read, from one model's repeats (pure). A path this model was not
+    measured on (the image model has no Flask rows; ``--quick`` leaves out 64 clients for it)
+    gives None, never a made-up figure."""
     ratios = _ratios(runs, concurrency)
     at = str(RATIO_AT) if RATIO_AT in concurrency else str(max(concurrency))
     # The strongest peer: the highest median throughput at RATIO_AT clients, whatever its stack.
     peers = [p for p in ("fastapi_unix", "flask_ort", "flask") if p in results]
-    strongest = max(peers, key=lambda p: results[p][at]["throughput_rps"])
+    strongest: str | None = max(peers, key=lambda p: results[p][at]["throughput_rps"]) if peers else None
     unix_overhead, tcp_overhead = _overhead(runs, "agent_unix"), _overhead(runs, "agent_tcp")
-    tail = results["agent_unix"].get(str(TAIL_AT))
+    tail = results.get("agent_unix", {}).get(str(TAIL_AT))
 
     def median(key: str) -> float | None:
         value = ratios.get(key, {}).get(at)
         return None if value is None else round(value["median"], 2)
 
     return {
-        "baseline": f"Flask + {model.baseline_kind} model.predict",
+        "baseline": baseline,
         "peer": PEERS["fastapi_unix"],
         "ratio_at": int(at),
         "agent_unix_p50_overhead_ms": unix_overhead and unix_overhead["median"],
@@ -206,64 +220,126 @@ def _summary(model: BenchModel, runs: dict[str, dict[int, list[dict[str, Any]]]]
         f"agent_tcp_over_fastapi_throughput_at_{at}": median("agent_tcp/fastapi_tcp"),
         f"agent_unix_over_flask_ort_throughput_at_{at}": median("agent_unix/flask_ort"),
         f"agent_unix_over_flask_throughput_at_{at}": median("agent_unix/flask"),
-        "headline": {"peer": strongest, "pair": f"agent_unix/{strongest}", "clients": int(at),
-                     "ratio": ratios[f"agent_unix/{strongest}"][at]},
+        "headline": None if strongest is None else {
+            "peer": strongest, "pair": f"agent_unix/{strongest}", "clients": int(at),
+            "ratio": ratios.get(f"agent_unix/{strongest}", {}).get(at)},
         f"agent_unix_p99_ms_at_{TAIL_AT}": tail and tail["p99_ms"],
         f"agent_unix_p99_ms_at_{TAIL_AT}_range": tail and tail["p99_range"],
         "ratios": ratios,
     }
 
 
-def _measure_model(model: BenchModel, concurrency: Sequence[int], duration_s: float, repeats: int, work: Path,
-                   cloud: fleet.ServerProcess | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Workload:
+    """One model as the inference benchmark measures it: what every path is sent and which paths run."""
+
+    name: str
+    bundle_path: Path
+    onnx_path: Path
+    feed: np.ndarray           # raw run's input: one row, or the preprocessed picture
+    body: Body                 # every HTTP path's request: a JSON document, or PNG bytes
+    content_type: str
+    paths: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    baseline: str              # the summary's baseline line
+    baseline_path: Path | None = None  # the Flask baseline's model file (the ``flask`` path)
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.paths if p not in (*PATHS, "cloud")]
+        if unknown or "raw_run" not in self.paths:
+            raise BenchError(f"paths {list(self.paths)} must hold raw_run and only known paths "
+                             f"({', '.join(PATHS)}, cloud)")
+        if "flask" in self.paths and self.baseline_path is None:
+            raise BenchError(f"{self.name}: the flask path needs the baseline's model file")
+
+
+def tabular_workload(model: BenchModel, *, cloud: bool) -> Workload:
+    """A rows model (mlp, forest, cnn): one held-out row per request as JSON, every path."""
     features, _ = model.validation()
     row = features[0]
-    body = {"inputs": [row.tolist()]}
+    return Workload(model.name, model.bundle_path, model.onnx_path, row.reshape(1, -1), {"inputs": [row.tolist()]},
+                    "application/json", (*PATHS, *(("cloud",) if cloud else ())), CONCURRENCY,
+                    f"Flask + {model.baseline_kind} model.predict", model.baseline_path)
+
+
+def image_paths(quick: bool) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The image model's paths and client counts: against the FastAPI peer only (no Flask rows);
+    ``--quick`` keeps the Unix socket pair at 1 and 16 clients (the p50 and ratio goals) to stay
+    inside its 3 minutes, so the 64-client p99 is read from full runs only."""
+    if quick:
+        return ("raw_run", "agent_unix", "fastapi_unix"), (1, RATIO_AT)
+    return ("raw_run", "agent_unix", "agent_tcp", "fastapi_unix", "fastapi_tcp"), CONCURRENCY
+
+
+def image_workload(model: ImageBenchModel, *, quick: bool) -> Workload:
+    """The image model: one held-out 32x32 RGB PNG a request (``image/png``) to the agent and the
+    FastAPI peer, both decoding it with ``edgefleet.images``; raw run gets the preprocessed tensor,
+    so the overhead over it is the decoding plus HTTP."""
+    from edgefleet.images import preprocess
+
+    png = model.png()
+    paths, concurrency = image_paths(quick)
+    return Workload(model.name, model.bundle_path, model.onnx_path, preprocess([png], model.spec()), png,
+                    "image/png", paths, concurrency, "none (FastAPI peer only; both decode the PNG)")
+
+
+def _measure_model(load: Workload, duration_s: float, repeats: int, work: Path,
+                   cloud: fleet.ServerProcess | None) -> dict[str, Any]:
     server_cores, load_cores = processes.split_cores()
-    state = work / f"agent-{model.name}"
-    processes.install_bundle(model.bundle_path, state, PROFILE)
-    paths = list(PATHS) + (["cloud"] if cloud is not None else [])
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {p: {c: [] for c in concurrency} for p in paths}
-    raw = _RawRun(model, row, server_cores)
+    state = work / f"agent-{load.name}"
+    processes.install_bundle(load.bundle_path, state, PROFILE)
+    paths = [p for p in load.paths if p != "cloud" or cloud is not None]
+    runs: Runs = {p: {c: [] for c in load.concurrency} for p in paths}
+    raw = _RawRun(load.onnx_path, load.feed, server_cores)
+    kind = load.content_type
     with contextlib.ExitStack() as stack:
         agent = stack.enter_context(processes.agent(state, cores=server_cores))
-        sockets = work / f"sockets-{model.name}"
+        sockets = work / f"sockets-{load.name}"
         sockets.mkdir()
-        fastapi_unix, _ = stack.enter_context(processes.peer("fastapi", model.bundle_path, socket_path=sockets / "fastapi",
-                                                             cores=server_cores))
-        fastapi_tcp, fastapi_port = stack.enter_context(processes.peer("fastapi", model.bundle_path, cores=server_cores))
-        flask_ort, _ = stack.enter_context(processes.peer("flask", model.bundle_path, socket_path=sockets / "flask-ort",
-                                                          cores=server_cores))
-        flask, _ = stack.enter_context(processes.flask_baseline(model.baseline_path, socket_path=sockets / "flask",
-                                                                cores=server_cores))
-        predict = f"/v1/models/bench-{model.name}/predict"
+        predict = f"/v1/models/bench-{load.name}/predict"
         targets: dict[str, tuple[int, Target]] = {
-            "agent_unix": (agent.proc.pid, Target(predict, unix_socket=str(agent.socket_path))),
-            "agent_tcp": (agent.proc.pid, Target(predict, port=agent.port)),
-            "fastapi_unix": (fastapi_unix.pid, Target("/predict", unix_socket=str(sockets / "fastapi"))),
-            "fastapi_tcp": (fastapi_tcp.pid, Target("/predict", port=fastapi_port)),
-            "flask_ort": (flask_ort.pid, Target("/predict", unix_socket=str(sockets / "flask-ort"))),
-            "flask": (flask.pid, Target("/predict", unix_socket=str(sockets / "flask"))),
+            "agent_unix": (agent.proc.pid, Target(predict, unix_socket=str(agent.socket_path), content_type=kind)),
+            "agent_tcp": (agent.proc.pid, Target(predict, port=agent.port, content_type=kind)),
         }
-        if cloud is not None:
+        # Only the servers this model is measured against are started (each holds a session and CPU).
+        if "fastapi_unix" in paths:
+            proc, _ = stack.enter_context(processes.peer("fastapi", load.bundle_path, socket_path=sockets / "fastapi",
+                                                         cores=server_cores))
+            targets["fastapi_unix"] = (proc.pid, Target("/predict", unix_socket=str(sockets / "fastapi"),
+                                                        content_type=kind))
+        if "fastapi_tcp" in paths:
+            proc, port = stack.enter_context(processes.peer("fastapi", load.bundle_path, cores=server_cores))
+            targets["fastapi_tcp"] = (proc.pid, Target("/predict", port=port, content_type=kind))
+        if "flask_ort" in paths:
+            proc, _ = stack.enter_context(processes.peer("flask", load.bundle_path, socket_path=sockets / "flask-ort",
+                                                         cores=server_cores))
+            targets["flask_ort"] = (proc.pid, Target("/predict", unix_socket=str(sockets / "flask-ort"),
+                                                     content_type=kind))
+        if "flask" in paths and load.baseline_path is not None:
+            proc, _ = stack.enter_context(processes.flask_baseline(load.baseline_path, socket_path=sockets / "flask",
+                                                                   cores=server_cores))
+            targets["flask"] = (proc.pid, Target("/predict", unix_socket=str(sockets / "flask"), content_type=kind))
+        if cloud is not None and "cloud" in paths:
             processes.pin_process(cloud.proc.pid, server_cores)
-            targets["cloud"] = (cloud.proc.pid, Target(f"/api/v1/models/bench-{model.name}/predict", port=cloud.port,
-                                                       headers=(("Authorization", f"Bearer {cloud.token}"),)))
-        for _repeat, clients, path in schedule(paths, concurrency, repeats):
+            targets["cloud"] = (cloud.proc.pid, Target(f"/api/v1/models/bench-{load.name}/predict", port=cloud.port,
+                                                       headers=(("Authorization", f"Bearer {cloud.token}"),),
+                                                       content_type=kind))
+        for _repeat, clients, path in schedule(paths, load.concurrency, repeats):
             if path == "raw_run":
                 runs[path][clients].append(raw(clients, duration_s))
             else:
                 pid, target = targets[path]
-                runs[path][clients].append(_served(pid, target, body, clients, duration_s, load_cores))
-    results = {p: {str(c): combine_repeats(runs[p][c]) for c in concurrency} for p in paths}
-    return {"model": model.name, "results": results, "summary": _summary(model, runs, results, concurrency),
-            "notes": []}
+                runs[path][clients].append(_served(pid, target, load.body, clients, duration_s, load_cores))
+    results = {p: {str(c): combine_repeats(runs[p][c]) for c in load.concurrency} for p in paths}
+    return {"model": load.name, "content_type": kind, "concurrency": list(load.concurrency), "results": results,
+            "summary": summarize(load.baseline, runs, results, load.concurrency), "notes": []}
 
 
 def run(*, quick: bool = False, models: tuple[str, ...] | None = None, repeats: int | None = None) -> dict[str, Any]:
-    """The inference section of a run document (``--quick``: the MLP only, short windows, 3 repeats, no cloud)."""
+    """The inference section of a run document (``--quick``: the MLP and the image model only,
+    short windows, 3 repeats, no cloud; the image model at 1 and 16 clients, Unix socket)."""
     repeats = repeats or (QUICK_REPEATS if quick else REPEATS)
-    names = models or (("mlp",) if quick else ("mlp", "forest", "cnn"))
+    names = models or (("mlp", IMAGE_MODEL) if quick else ("mlp", "forest", "cnn", IMAGE_MODEL))
     duration_s = 0.2 if quick else 1.5
     server_cores, load_cores = processes.split_cores()
     section: dict[str, Any] = {
@@ -272,16 +348,20 @@ def run(*, quick: bool = False, models: tuple[str, ...] | None = None, repeats: 
         "pinning": (f"servers on cores {sorted(server_cores)}, load generator on {sorted(load_cores)}"
                     if server_cores and load_cores else "none (one core)"),
         "models": []}
-    prepared = [prepare(name) for name in names]
+    tabular = [prepare(name) for name in names if name != IMAGE_MODEL]
+    image = prepare_image() if IMAGE_MODEL in names else None
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-inference-") as tmp, contextlib.ExitStack() as stack:
         cloud = None
         if quick:
             section["cloud_predict"] = "not measured in --quick"
         elif cloud_endpoint_available():
             section["cloud_predict"] = "measured: edgefleet server (uvicorn, one process), POST /api/v1/models/{name}/predict"
-            cloud = stack.enter_context(_cloud(Path(tmp) / "cloud", [m.bundle_path for m in prepared]))
+            cloud = stack.enter_context(_cloud(Path(tmp) / "cloud", [m.bundle_path for m in tabular]))
         else:
             section["cloud_predict"] = "not available: the fleet server has no /api/v1/models/{name}/predict"
-        for model in prepared:
-            section["models"].append(_measure_model(model, CONCURRENCY, duration_s, repeats, Path(tmp), cloud))
+        loads = [tabular_workload(m, cloud=cloud is not None) for m in tabular]
+        if image is not None:
+            loads.append(image_workload(image, quick=quick))
+        for load in loads:
+            section["models"].append(_measure_model(load, duration_s, repeats, Path(tmp), cloud))
     return section

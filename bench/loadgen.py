@@ -24,6 +24,7 @@ test for the same core.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import selectors
@@ -31,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,28 +42,33 @@ from bench.stats import LatencySummary
 
 @dataclass(frozen=True)
 class Target:
-    """Where to send: ``host:port`` over TCP, or a Unix socket path (``host`` then names the Host header)."""
+    """Where to send: ``host:port`` over TCP, or a Unix socket path (``host`` then names the Host header).
+    ``content_type`` is the body's media type (``image/png`` for a picture)."""
 
     path: str
     host: str = "127.0.0.1"
     port: int = 0
     unix_socket: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "application/json"
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
             raise BenchError(f"request path {self.path!r} must start with '/'", fix="use e.g. /v1/models/m/predict")
         if self.unix_socket is None and not 0 < self.port < 65536:
             raise BenchError(f"port {self.port} is not a TCP port", fix="give the server's port or a unix_socket")
+        if not self.content_type or any(c in self.content_type for c in "\r\n"):
+            raise BenchError(f"content type {self.content_type!r} cannot be a header value",
+                             fix="use a media type such as application/json or image/png")
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "host": self.host, "port": self.port, "unix_socket": self.unix_socket,
-                "headers": [list(h) for h in self.headers]}
+                "headers": [list(h) for h in self.headers], "content_type": self.content_type}
 
     def request_bytes(self, body: bytes) -> bytes:
         """The whole POST, serialized once and sent as is for every request."""
         host = "localhost" if self.unix_socket else f"{self.host}:{self.port}"
-        lines = [f"POST {self.path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
+        lines = [f"POST {self.path} HTTP/1.1", f"Host: {host}", f"Content-Type: {self.content_type}",
                  f"Content-Length: {len(body)}", "Connection: keep-alive",
                  *(f"{k}: {v}" for k, v in self.headers)]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
@@ -76,6 +83,24 @@ class Target:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         return sock
+
+
+Body = Mapping[str, Any] | bytes
+"""A request body: a JSON document, or bytes sent as they are (a PNG picture)."""
+
+
+def encode_body(body: Body) -> dict[str, str]:
+    """The body as it travels to the generator process in its JSON spec: JSON text, or bytes in base64."""
+    if isinstance(body, bytes):
+        return {"body_b64": base64.b64encode(body).decode("ascii")}
+    return {"body": json.dumps(body)}
+
+
+def decode_body(spec: Mapping[str, Any]) -> bytes:
+    """The bytes to send, from a spec ``encode_body`` wrote into."""
+    if "body_b64" in spec:
+        return base64.b64decode(spec["body_b64"], validate=True)
+    return str(spec["body"]).encode()
 
 
 class ResponseError(Exception):
@@ -221,11 +246,11 @@ def _main(argv: list[str]) -> int:
     if spec.get("cpus"):
         os.sched_setaffinity(0, set(spec["cpus"]))
     target = Target(**{**spec["target"], "headers": tuple(tuple(h) for h in spec["target"]["headers"])})
-    result = drive(target, spec["body"].encode(), int(spec["clients"]), float(spec["duration_s"]),
+    result = drive(target, decode_body(spec), int(spec["clients"]), float(spec["duration_s"]),
                    int(spec.get("warmup", 3)))
     json.dump(result, sys.stdout)
     return 0
-def run_load(target: Target, body: dict[str, Any], clients: int, duration_s: float, *,
+def run_load(target: Target, body: Body, clients: int, duration_s: float, *,
              workers: int | None = None, cpus: frozenset[int] | None = None) -> LatencySummary:
     """Drive ``target`` with ``clients`` closed-loop clients for ``duration_s`` from separate processes.
 
@@ -240,7 +265,7 @@ def run_load(target: Target, body: dict[str, Any], clients: int, duration_s: flo
     shares = [clients // workers + (1 if i < clients % workers else 0) for i in range(workers)]
     procs = []
     for share in shares:
-        spec = {"target": target.to_dict(), "body": json.dumps(body), "clients": share, "duration_s": duration_s,
+        spec = {"target": target.to_dict(), **encode_body(body), "clients": share, "duration_s": duration_s,
                 "cpus": sorted(cpus) if cpus else None}
         procs.append(subprocess.Popen([sys.executable, "-m", "bench.loadgen", json.dumps(spec)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))

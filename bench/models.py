@@ -10,6 +10,13 @@
 Each comes with its baseline file (joblib or .keras), its float32 ONNX model, a float32 bundle
 the agent installs, and the calibration/validation CSVs.
 
+The inference benchmark also serves ``image`` (``prepare_image``): the typed-inputs work's digits
+CNN (``converter.examples.write_image_example``: Keras, input ``image`` ``(None, 32, 32, 3)``, the
+digits enlarged to 32x32 RGB, ten classes), converted to a float32 ONNX bundle with that input
+declared an image (``images={"image": {}}``, what ``edgefleet convert --image image`` does), so
+the agent answers ``Content-Type: image/png`` bodies with it. Its requests are PNG pictures of
+held-out digits (``ImageBenchModel.png``).
+
 The quantization benchmark also converts ``mobilenetv2`` (``prepare_mobilenet``):
 ``keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(96, 96, 3))``, seeded
 random weights (nothing downloaded), with seeded random images in [-1, 1] (MobileNetV2's input
@@ -23,11 +30,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.errors import BenchError
+
+if TYPE_CHECKING:
+    from edgefleet.manifest import ImageSpec
 
 CACHE = Path(__file__).resolve().parent / "results" / "cache"
 MODEL_NAMES = ("mlp", "forest", "cnn")
@@ -199,6 +209,71 @@ def convert_variant(model: BenchModel, profile: str, fmt: str, quantize: str, ou
     examples = _cached_examples(model.validation_csv.parent, model.name)
     return _convert(source, f"bench-{model.name}", examples, out, profile=profile, fmt=fmt, quantize=quantize,
                     force=True)
+
+
+IMAGE_MODEL = "image"
+
+
+@dataclass(frozen=True)
+class ImageBenchModel:
+    """The image benchmark model: its float32 ONNX file and bundle, and its held-out pictures."""
+
+    name: str
+    onnx_path: Path            # float32 ONNX: what the raw runtime runs
+    bundle_path: Path          # float32 ONNX bundle, input declared an image: what the agent serves
+    validation_npz: Path       # held-out pictures (``image``: [n, 32, 32, 3] in [0, 1]) and labels (``y``)
+
+    def spec(self) -> ImageSpec:
+        """The bundle's ImageSpec: how the agent (and the peer) decode and preprocess a picture."""
+        from edgefleet.bundle import read_bundle
+
+        spec = read_bundle(self.bundle_path).manifest.inputs[0].image
+        if spec is None:
+            raise BenchError(f"{self.bundle_path.name} has no image input",
+                             fix=f"delete {self.bundle_path.parent.parent} so that it is converted again")
+        return spec
+
+    def pixels(self, index: int = 0) -> np.ndarray:
+        """Held-out picture ``index`` as 8-bit RGB pixels ``[32, 32, 3]`` (as a camera would store it)."""
+        with np.load(self.validation_npz) as data:
+            return picture_pixels(data["image"][index])
+
+    def png(self, index: int = 0) -> bytes:
+        """Held-out picture ``index`` as the PNG bytes a request carries."""
+        from edgefleet.images import encode_png
+
+        return encode_png(self.pixels(index))
+
+
+def picture_pixels(image: np.ndarray) -> np.ndarray:
+    """An example picture in [0, 1] (multiples of 1/255) back to the 8-bit pixels it was made from."""
+    values = np.asarray(image, dtype=np.float64)
+    if values.ndim != 3 or values.shape[2] not in (1, 3):
+        raise BenchError(f"a picture must be [height, width, 1 or 3], got {list(values.shape)}")
+    return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+
+
+def prepare_image(cache: Path = CACHE) -> ImageBenchModel:
+    """Train the digits CNN and convert it (first time only: TensorFlow, a few seconds of training);
+    later calls reuse the cached files."""
+    from converter import ConvertOptions, convert
+    from edgefleet.bundle import read_bundle
+
+    work = cache / IMAGE_MODEL
+    data = work / "data"
+    bundle = work / "bundles" / f"bench-{IMAGE_MODEL}-1.0.0.tar.gz"
+    validation = data / "digits-cnn-validation.npz"
+    if not bundle.exists():
+        from converter.examples import write_image_example
+
+        files = write_image_example(data)
+        convert(ConvertOptions(files.model_path, PROFILE, f"bench-{IMAGE_MODEL}", "1.0.0", work / "bundles",
+                               format="onnx", quantize="none", calibration=files.calibration_npz,
+                               validation=files.validation_npz, labels=files.labels_key, images={"image": {}}))
+    onnx_path = work / "model.onnx"
+    if not onnx_path.exists():
+        onnx_path.write_bytes(read_bundle(bundle).model_bytes)
+    return ImageBenchModel(IMAGE_MODEL, onnx_path, bundle, validation)
 
 
 MOBILENET = "mobilenetv2"

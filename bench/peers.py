@@ -12,7 +12,12 @@ Both build their ``InferenceSession`` with the agent's options for the bench pro
 (``session_options``: intra-op and inter-op threads, no spinning) and answer with the agent's
 response content (model, version, request_id, predictions, probabilities), so the only
 difference left is the serving stack. They check the rows' shape and nothing else, as such an
-app would. Nothing here times anything; ``bench.inference`` does.
+app would. A bundle whose input is declared an image (the bench's ``image`` model) is asked
+with one PNG/JPEG picture per request as the body, as the agent is (``Content-Type:
+image/png``); the peer then decodes and preprocesses it with ``edgefleet.images.preprocess``
+and the bundle's own ``ImageSpec``, the very code the agent runs, so the decoding work on both
+sides is the same and only the serving stack differs. Nothing here times anything;
+``bench.inference`` does.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ import numpy as np
 
 # At module level: FastAPI resolves the route's annotations (strings here) in this module's globals.
 from fastapi import FastAPI, Request, Response
+
+from edgefleet.errors import InputError
+from edgefleet.images import preprocess
 
 KINDS = ("fastapi", "flask")
 
@@ -78,15 +86,23 @@ class Predictor:
                                             providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.features = self.session.get_inputs()[0].shape[1]
+        # An image input: the body is the picture's bytes, preprocessed as the agent does.
+        self.image = manifest.inputs[0].image if manifest.inputs[0].kind == "image" else None
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._prefix = os.urandom(8).hex()
         self._ids = itertools.count()
 
     def __call__(self, body: bytes) -> bytes | None:
-        """The answer, or None for rows of the wrong shape (a 422)."""
-        rows = np.asarray(loads(body)["inputs"], dtype=np.float32)
-        if rows.ndim != 2 or rows.shape[1] != self.features:
-            return None
+        """The answer, or None for rows of the wrong shape or a picture that is not one (a 422)."""
+        if self.image is not None:
+            try:
+                rows = preprocess([body], self.image)
+            except InputError:
+                return None
+        else:
+            rows = np.asarray(loads(body)["inputs"], dtype=np.float32)
+            if rows.ndim != 2 or rows.shape[1] != self.features:
+                return None
         values = self.session.run(self.outputs, {self.input: rows})
         if len(values) >= 2:  # scikit-learn classifiers: label, then probabilities
             labels, probabilities = values[0], values[1]

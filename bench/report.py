@@ -207,8 +207,7 @@ def targets(doc: Doc) -> list[TargetResult]:
     tail = summary.get("agent_unix_p99_ms_at_64")
     out.append(TargetResult("agent p99 <= 5 ms at 64 clients (mlp, Unix socket)", _fmt(tail, " ms"),
                             None if tail is None else tail <= 5))
-    out.append(TargetResult("image model with PNG decoding: the same figures against the same peer",
-                            "not measured", None))
+    out += _image_targets(models.get("image"))
     for name in ("mlp", "forest"):
         m = models.get(name)
         ratio = m["summary"].get("agent_unix_over_flask_throughput_at_16") if m else None
@@ -256,6 +255,28 @@ def targets(doc: Doc) -> list[TargetResult]:
     out.append(TargetResult("agent cold start to first prediction < 2 s", _fmt(onnx and onnx["cold_start_s"], " s"),
                             None if onnx is None else onnx["cold_start_s"] < 2))
     return out
+
+
+IMAGE_GOAL = "image goal (PNG decoded in the path, peer decodes the same way)"
+
+
+def _image_targets(model: Mapping[str, Any] | None) -> list[TargetResult]:
+    """Issue 15's image goal: the MLP's three figures and thresholds on the image model, each
+    path decoding one PNG a request. The thresholds are the MLP's, kept although decoding costs
+    more than 0.1 ms by itself: the verdict then says missed rather than moving the bar."""
+    summary = model["summary"] if model else {}
+    fastapi = summary.get("agent_unix_over_fastapi_throughput_at_16")
+    overhead = summary.get("agent_unix_p50_overhead_ms")
+    tail = summary.get("agent_unix_p99_ms_at_64")
+    return [
+        TargetResult(f"{IMAGE_GOAL}: agent >= 3x the FastAPI + onnxruntime peer's throughput at 16 clients "
+                     "(image, Unix socket both, median of repeats)", _fmt(fastapi, "x"),
+                     None if fastapi is None else fastapi >= 3),
+        TargetResult(f"{IMAGE_GOAL}: agent p50 overhead over raw run (on the decoded tensor) <= 0.1 ms at 1 client "
+                     "(image, Unix socket)", _fmt(overhead, " ms"), None if overhead is None else overhead <= 0.1),
+        TargetResult(f"{IMAGE_GOAL}: agent p99 <= 5 ms at 64 clients (image, Unix socket)", _fmt(tail, " ms"),
+                     None if tail is None else tail <= 5),
+    ]
 
 
 def _verdict(met: bool | None) -> str:
