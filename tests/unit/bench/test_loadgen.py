@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.loadgen import ResponseError, Target, drive, parse_head
+from bench.errors import BenchError
+from bench.loadgen import ResponseError, Target, decode_body, drive, encode_body, parse_head
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -121,6 +122,28 @@ def test_the_request_is_serialized_with_its_headers() -> None:
     head, body = raw.split(b"\r\n\r\n")
     assert head.splitlines()[0] == b"POST /p HTTP/1.1" and body == b'{"a":1}'
     assert b"Content-Length: 7" in head and b"Authorization: Bearer t" in head and b"Host: 127.0.0.1:8080" in head
+
+
+def test_a_picture_is_sent_with_its_content_type() -> None:
+    png = b"\x89PNG\r\n\x1a\n\x00\xff"
+    raw = Target("/p", unix_socket="/tmp/s", content_type="image/png").request_bytes(png)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert body == png and b"Content-Type: image/png" in head and b"Content-Length: 10" in head
+    assert b"Content-Type: application/json" in Target("/p", port=1).request_bytes(b"{}")
+    with pytest.raises(BenchError, match="header value"):
+        Target("/p", port=1, content_type="image/png\r\nX-Injected: 1")
+
+
+@given(body=st.binary(max_size=2048))
+def test_bytes_bodies_reach_the_generator_process_unchanged(body: bytes) -> None:
+    spec = json.loads(json.dumps(encode_body(body)))  # as it travels on the generator's command line
+    assert decode_body(spec) == body
+
+
+@given(document=st.dictionaries(st.text(max_size=5), st.lists(st.floats(allow_nan=False, allow_infinity=False))))
+def test_json_bodies_reach_the_generator_process_as_json(document: dict[str, list[float]]) -> None:
+    spec = json.loads(json.dumps(encode_body(document)))
+    assert json.loads(decode_body(spec)) == document
 
 
 @given(status=st.integers(100, 599), length=st.none() | st.integers(0, 10**9), version=st.sampled_from(["1.0", "1.1"]),

@@ -72,6 +72,22 @@ def test_targets_compare_each_figure_with_its_threshold() -> None:
     assert verdicts["agent cold start to first prediction < 2 s"] is True
 
 
+def test_the_image_goal_is_read_from_the_image_model_with_the_mlp_thresholds() -> None:
+    from bench.report import IMAGE_GOAL
+
+    def image_verdicts(doc: dict[str, Any]) -> list[bool | None]:
+        return [t.met for t in targets(doc) if t.target.startswith(IMAGE_GOAL)]
+
+    doc = _doc()
+    assert image_verdicts(doc) == [None, None, None]  # no image model in this run: not measured
+    image = _inference_model("image", 1, 3300, fastapi_rps=1000)  # 3.3x, overhead 0.09 ms, p99 7.5 ms
+    doc["benchmarks"]["inference"]["models"].append(image)
+    assert image_verdicts(doc) == [True, True, False]
+    image["summary"].update(agent_unix_over_fastapi_throughput_at_16=0.2, agent_unix_p50_overhead_ms=0.57,
+                            agent_unix_p99_ms_at_64=None)  # a --quick run: no 64 clients for the image model
+    assert image_verdicts(doc) == [False, False, None]
+
+
 def test_a_benchmark_missing_from_the_run_is_not_measured_rather_than_met() -> None:
     verdicts = _verdicts(_doc())
     assert verdicts["one server ingests >= 5,000 msgs/s into PostgreSQL, none lost"] is None
