@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 benchmarks:
   inference     agent local API (TCP, Unix socket) vs FastAPI+uvicorn+onnxruntime, Flask+onnxruntime,
                 Flask+joblib, raw onnxruntime (and the server's predict endpoint): single rows from
-                1/16/64 clients, 5 repeats in rotated order, ratios over the same transport
+                1/16/64 clients, 5 repeats in rotated order, ratios over the same transport; an image
+                model asked with PNG bodies against the FastAPI peer decoding them the same way
   quantization  size, agreement, accuracy and host latency of every format/quantization per profile
   rollout       one rollout to 100, 1,000 and 5,000 light devices over a real Mosquitto
   ingest        telemetry messages/s stored by the server (SQLite, PostgreSQL, two replicas)
