@@ -40,9 +40,10 @@ def pytest_configure(config: pytest.Config) -> None:
     count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
     if worker.startswith("gw") and count.isdigit():
         os.environ["EDGEFLEET_PORT_SLOT"] = f"{int(worker[2:])}/{count}"
-    elif not worker:
+    elif not worker and not os.environ.get(SHARED_ENV):
         # The controller (or the only process): a directory every worker inherits through the
         # environment, for what is built once per run (tests/support/bundles.py's examples).
+        # scripts/test makes its own, kept for its second pass (scripts/test-tflite-runtime).
         shared = tempfile.mkdtemp(prefix="edgefleet-tests-")
         os.environ[SHARED_ENV] = shared
         config.add_cleanup(functools.partial(shutil.rmtree, shared, ignore_errors=True))

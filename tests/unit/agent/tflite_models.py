@@ -9,6 +9,8 @@ and zero point, read back from the converted model. Building needs TensorFlow (t
 and tflite-runtime, no TensorFlow) gets the bundles prebuilt:
 
     .venv/bin/python -m tests.unit.agent.tflite_models OUTDIR
+
+which takes them from $EDGEFLEET_TEST_SHARED when the main test run left them there.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.bundle import build_bundle_bytes
+from tests.support.shared import locked, shared_dir
 from tests.unit.agent.models import FEATURES, LABELS, linear_probabilities, linear_weights
 
 KINDS = ("float32", "int8")
@@ -94,13 +97,29 @@ def converter_bundle() -> bytes:
 
 
 def bundle_bytes(kind: str) -> bytes:
-    """A prebuilt bundle from $EDGEFLEET_TFLITE_BUNDLES, else one built now (needs TensorFlow).
+    """A prebuilt bundle from $EDGEFLEET_TFLITE_BUNDLES, else the test run's shared one, else one built now.
 
     Kinds: ``float32`` and ``int8`` (the linear iris model), ``converter`` (the converter's
-    int8 digits bundle)."""
+    int8 digits bundle). In a test run (tests/support/shared.py) each kind is built once, by
+    the first worker that asks, and kept for the run: scripts/test keeps that directory until
+    scripts/test-tflite-runtime has taken the same bundles, so the second pass converts nothing."""
     prebuilt = os.environ.get(BUNDLES_ENV)
     if prebuilt:
         return (Path(prebuilt) / f"{kind}.tar.gz").read_bytes()
+    shared = shared_dir()
+    if shared is None:
+        return _build(kind)
+    path = shared / "agent-tflite-bundles" / f"{kind}.tar.gz"
+    with locked(shared / "agent-tflite-bundles.lock"):
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            partial = path.with_suffix(".part")
+            partial.write_bytes(_build(kind))
+            partial.rename(path)  # whole or absent
+        return path.read_bytes()
+
+
+def _build(kind: str) -> bytes:
     limit = sys.getrecursionlimit()
     try:
         return converter_bundle() if kind == "converter" else make_tflite_bundle(kind)
@@ -113,7 +132,6 @@ def bundle_bytes(kind: str) -> bytes:
 if __name__ == "__main__":
     target = Path(sys.argv[1])
     target.mkdir(parents=True, exist_ok=True)
-    for k in KINDS:
-        (target / f"{k}.tar.gz").write_bytes(make_tflite_bundle(k))
-    (target / "converter.tar.gz").write_bytes(converter_bundle())
+    for k in (*KINDS, "converter"):
+        (target / f"{k}.tar.gz").write_bytes(bundle_bytes(k))
     print(f"wrote {', '.join(KINDS)} and converter bundles to {target}")
