@@ -69,6 +69,7 @@ log = logging.getLogger("agent.api")
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_HEAD_BYTES = 32 * 1024
 IDLE_TIMEOUT_S = 75.0
+_DECODED_OFF_LOOP = ("image/", "multipart/")
 _SLOW_BODY_BYTES = 256 * 1024
 _DISCARD_LIMIT = 64 * 1024 * 1024
 _PREFIX = "/v1/models/"
@@ -327,7 +328,7 @@ class ApiServer:
         if method != "POST" or not path.startswith(_PREFIX) or not path.endswith(_SUFFIX):
             return None
         name = path[len(_PREFIX):-len(_SUFFIX)]
-        if not self._inline(name, body):
+        if not self._inline(name, body, media):
             return None
         try:
             payload = self._decode(name, body, media)
@@ -445,7 +446,11 @@ class ApiServer:
                 "latency_ms_p50": stats.percentile(50), "latency_ms_p99": stats.percentile(99)}
 
     # -- prediction ------------------------------------------------------------------------------
-    def _inline(self, name: str, body: bytes) -> bool:
+    def _inline(self, name: str, body: bytes, media: dict[str, str] | None = None) -> bool:
+        if media is not None and media.get("content-type", "").lstrip().lower().startswith(_DECODED_OFF_LOOP):
+            # Decoding a picture (zlib, JPEG) releases the GIL: on worker threads several run at
+            # once, while inline they queue behind each other on the one loop thread.
+            return False
         return self._ewma_ms.get(name, 0.0) <= self.inline_budget_ms and len(body) < _SLOW_BODY_BYTES
 
     def _cost(self, name: str, cpu_s: float) -> None:
@@ -487,7 +492,7 @@ class ApiServer:
 
     async def _predict(self, name: str, body: bytes, media: dict[str, str] | None = None) -> bytes:
         payload = self._decode(name, body, media)
-        if self._inline(name, body):  # the budget may have changed since _answer_now declined
+        if self._inline(name, body, media):  # the budget may have changed since _answer_now declined
             cpu = time.thread_time()
             result = self._run_predict(name, payload)
             self._cost(name, time.thread_time() - cpu)
