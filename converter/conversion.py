@@ -311,6 +311,24 @@ def _carry_images(inputs: list[dict[str, Any]], source: SourceModel) -> None:
             built.update(kind="image", image=spec.image.to_dict() if spec.image else None, shape=list(spec.shape))
 
 
+def _advice(fmt: str, converted: Converted, profile: Profile, calibration: bool) -> list[Any]:
+    """Which quantizations suit this model on this profile (``converter.advice``), from the op
+    types of the ONNX model built (a TFLite model's are not read: every mode is judged to apply)."""
+    from converter.advice import quantization_advice
+
+    ops: set[str] = set()
+    ml: list[str] = []
+    if fmt == "onnx":
+        import onnx
+
+        from converter.onnxgraph import ml_ops
+
+        model = onnx.load_model_from_string(converted.model_bytes)
+        ops = {n.op_type for n in model.graph.node}
+        ml = ml_ops(model)
+    return quantization_advice(fmt, ops, ml, profile, calibration=calibration)
+
+
 def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None = None) -> ConversionResult:
     """Convert ``options.model_path`` into one bundle; see the module docstring for the steps."""
     from converter.export import unseen_categories
@@ -372,7 +390,9 @@ def convert(options: ConvertOptions, *, progress: Callable[[str], None] | None =
         "original": measure(original_predictor.predict, evaluation.batch).to_dict(),
         "converted": measure(converted.predictor.predict, evaluation.batch).to_dict(),
     }
-    full_report = {**report, "latency": latency, "profile": profile.name}
+    full_report = {**report, "latency": latency, "profile": profile.name,
+                   # advice, not proof: kept out of the manifest's report like the latency
+                   "quantizations": [a.to_dict() for a in _advice(fmt, converted, profile, calibration_rows is not None)]}
     if failures and not options.force:
         raise ToleranceError(f"the converted model misses profile {profile.name}: " + "; ".join(failures),
                              report=full_report,

@@ -33,6 +33,10 @@ def format_report(report: Mapping[str, Any]) -> str:
     failures = list(report.get("failures", []))
     pairs.append(("result", "passed" if report.get("passed") else "FAILED: " + "; ".join(failures)))
     text = format_kv(pairs)
+    advice = report.get("quantizations") or []
+    if advice:
+        suited = [(a["quantization"], "yes" if a["suits"] else "no", a["why"]) for a in advice]
+        text += "\n\n" + format_table(["quantization", "suits", "why (this model on this profile)"], suited)
     latency = report.get("latency") or {}
     if latency:
         rows = [(model, t["p50_ms"], t["p95_ms"], f"{t['batch_rows_per_s']:,.0f}") for model, t in latency.items()]
