@@ -4,8 +4,8 @@ The migrations run once per session (per xdist worker): on a PostgreSQL template
 on an SQLite file. Each test gets its own copy (``CREATE DATABASE ... TEMPLATE``, a file copy),
 so no test sees another's rows and none pays for the migrations again.
 
-The longest tests are handed out first (``pytest_collection_modifyitems``, for xdist's
-``--dist loadgroup``).
+The longest tests are handed out first (``pytest_collection_modifyitems`` and
+``pytest_xdist_make_scheduler``).
 
 Under pytest-xdist each worker hands out only its own share of ports (simulation.fleet's
 ``free_port``), and its databases and temporary directories have names of their own.
@@ -14,6 +14,7 @@ Under pytest-xdist each worker hands out only its own share of ports (simulation
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import sys
@@ -32,7 +33,7 @@ from simulation.databases import (
     sqlite_copy,
 )
 from simulation.fleet import MosquittoProcess, mosquitto_binary
-from tests.support.shared import SHARED_ENV
+from tests.support.shared import SHARED_ENV, shared_dir
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,22 +75,27 @@ def _shares_module_fixtures(item: pytest.Item) -> bool:
     return any(defs[-1].scope in ("module", "class", "package") for defs in info.name2fixturedefs.values() if defs)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
+GROUPS_FILE = "xdist-module-groups.json"  # in tests/support/shared.py's directory
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Schedule for pytest-xdist (scripts/test runs ``--dist loadgroup``): long tests first.
+    """The order pytest-xdist hands the tests out in (``LongFirstScheduling`` below): long tests first.
 
     The run lasts as long as its busiest worker, so a minutes-long test handed out last keeps
-    one worker busy after the others are done. xdist hands out the tests in this order, and a
-    worker holds the test it runs and the next ones; so each long test is followed by a short
-    test, and no long test queues behind another while a worker runs short ones.
+    one worker busy after the others are done. A worker holds the test it runs and the next
+    one, so each long test is followed by a short one: no long test queues behind another
+    while a worker runs short ones. A stable sort, the same in every worker, as xdist requires.
 
-    The tests of a module with module-scoped fixtures (a fleet, a trained model) form one
-    xdist group, run by one worker in a row, so those fixtures are built once; every other
-    test is scheduled alone. A stable sort, the same in every worker, as xdist requires.
+    A module with module-scoped fixtures (a fleet, a trained model; and its tests may build on
+    each other, as the console's do) runs on one worker, in order: the workers name those
+    modules in the shared directory for the scheduler, which sees only test ids.
     """
-    for item in items:
-        if _shares_module_fixtures(item):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    grouped = sorted({item.nodeid.split("::", 1)[0] for item in items if _shares_module_fixtures(item)})
+    shared = shared_dir()
+    if shared is not None and os.environ.get("PYTEST_XDIST_WORKER"):
+        partial = shared / f"{GROUPS_FILE}.{os.environ['PYTEST_XDIST_WORKER']}"
+        partial.write_text(json.dumps(grouped))
+        partial.replace(shared / GROUPS_FILE)  # every worker writes the same list, whole
     ranked = sorted(items, key=_long_rank)  # stable: collection order within a rank
     long = [item for item in ranked if _long_rank(item) < len(LONG_FIRST)]
     fillers = [item for item in ranked if _long_rank(item) == len(LONG_FIRST) and not _shares_module_fixtures(item)]
@@ -99,7 +105,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         ordered.append(item)
         following = long[index + 1] if index + 1 < len(long) else None
         if following is not None and _shares_module_fixtures(item) and following.path == item.path:
-            continue  # a group stays in one piece, also without xdist (-n 0)
+            continue  # a group stays in one piece
         filler = next(fill, None)
         if filler is not None:
             ordered.append(filler)
@@ -107,6 +113,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ordered += [item for item in ranked if _long_rank(item) == len(LONG_FIRST) and id(item) not in used]
     assert len(ordered) == len(items)
     items[:] = ordered
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's; absent where xdist is not installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's load scheduling by work units: one test each, or a whole module that must stay together.
+
+    (xdist's own ``--dist loadgroup`` does this with marks, but under pytest 9 its groups are
+    silently ignored: it renames items through an attribute pytest no longer reads.)
+    """
+    if config.getoption("dist") != "load":  # -n's default; a --dist asked for by name is taken as asked
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LongFirstScheduling(LoadScopeScheduling):
+        grouped: frozenset[str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.grouped is None:
+                shared = shared_dir()
+                listed = shared / GROUPS_FILE if shared is not None else None
+                if listed is None or not listed.exists():
+                    raise RuntimeError(f"the workers left no {GROUPS_FILE} in {shared}: tests/conftest.py writes it")
+                self.grouped = frozenset(json.loads(listed.read_text()))
+            module = nodeid.split("::", 1)[0]
+            return module if module in self.grouped else nodeid
+
+    return LongFirstScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)
