@@ -17,11 +17,12 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from converter.quantize import QUANTIZED_OPS, WEIGHTED_OPS
 from edgefleet.profiles import Profile
 
-# Ops whose weights int8 quantization rewrites, in float or already-quantized form.
-WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulInteger", "QLinearMatMul", "ConvInteger",
-                        "QLinearConv", "DequantizeLinear"})
+# What int8 quantizes, in float form or already quantized: the quantizer's own lists, so the
+# advice and the refusal ("nothing to quantize") can never disagree.
+WEIGHT_OPS = WEIGHTED_OPS | QUANTIZED_OPS
 CONV_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"})
 ONNX_MODES = ("none", "fp16", "int8-dynamic", "int8-static")
 TFLITE_MODES = ("none", "fp16", "int8-dynamic", "int8")
@@ -58,7 +59,8 @@ def quantization_advice(fmt: str, ops: Collection[str], ml_ops: Collection[str],
                                            "saves size, not time"))
     int8 = "int8-static" if fmt == "onnx" else "int8"
     if known and not weights:
-        why = ("nothing to quantize: int8 rewrites the weights of MatMul, Gemm and Conv ops and this model has none"
+        why = ("nothing to quantize: int8 rewrites the weights of MatMul, Gemm, Conv and recurrent ops and this "
+               "model has none"
                + (f" ({', '.join(sorted(ml_ops)[:3])} stay float32)" if ml_ops else ""))
         advice += [Advice("int8-dynamic", False, why), Advice(int8, False, why)]
         return advice

@@ -48,3 +48,8 @@ def test_the_conversion_report_carries_and_prints_the_advice(tmp_path: Path) -> 
     assert set(advice) == {"none", "fp16", "int8-dynamic", "int8-static"} and advice["int8-static"]["suits"]
     printed = format_report(result.report)
     assert "suits" in printed and "int8-static" in printed
+
+
+def test_the_advice_and_the_quantizer_agree_on_what_int8_can_quantize() -> None:
+    # An LSTM has weights the quantizer rewrites: the advice must not call it "nothing to quantize".
+    assert suits(quantization_advice("onnx", {"LSTM", "Softmax"}, [], PI, calibration=True))["int8-static"]
