@@ -71,6 +71,7 @@ from edgefleet.inputs import (
 from edgefleet.manifest import Manifest, TensorSpec
 from fleet_server.errors import InvalidInputError, ServerError
 from fleet_server.registry.bundle_cache import BundleCache
+from fleet_server.registry.served import default_version, served_counts
 
 DEFAULT_MAX_SESSIONS = 4
 DEFAULT_MAX_TABLE_BYTES = 32 << 20
@@ -525,8 +526,6 @@ class Predictor:
         devices' reports, read at most every ``SERVED_TTL_S`` seconds per model)."""
         if version:
             return version
-        from fleet_server.registry.served import default_version, served_counts
-
         served: Mapping[str, int] = {}
         if fleet is not None:
             now = time.monotonic()
