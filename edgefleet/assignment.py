@@ -9,6 +9,19 @@ form mirrors TUF's envelope so it reads familiar::
                                       "sha256": "...", "length": 1234}}},
      "signatures": [{"keyid": "<sha256 of the raw public key>", "sig": "<hex>"}]}
 
+A model entry may carry a ``candidate`` (issue 18, docs/contracts.md "Shadow and canary"): a
+second version the device stages BESIDE the serving one and runs on live traffic without
+switching to it, either mirrored off the response path (``mode`` ``shadow``, ``sample`` the
+share of requests mirrored, 0 < sample <= 1) or answering a share of requests (``mode``
+``canary``, 0 < share < 1)::
+
+    "digits": {"version": "1.0.0", ..., "candidate": {"version": "1.1.0", "target_path": "...",
+               "sha256": "...", "length": 1234, "mode": "shadow", "sample": 1.0}}
+
+``version`` stays the serving version, so an agent that does not know ``candidate`` never
+switches to it. A candidate entry is strict: the field of the other mode, an unknown key or a
+candidate naming the serving version is ``malformed``.
+
 The signature covers the canonical JSON of ``signed`` (edgefleet.canonical).
 ``verify_assignment`` is pure: bytes, a key, the device's state and the time in; an
 ``Assignment`` or an ``AssignmentError`` with a stable ``reason`` code out. It checks, in
@@ -40,6 +53,10 @@ from edgefleet.version import ModelVersion, check_model_name
 ASSIGNMENT_TYPE = "edgefleet-assignment"
 SPEC_VERSION = 1
 
+SHADOW = "shadow"
+CANARY = "canary"
+CANDIDATE_MODES = (SHADOW, CANARY)
+
 
 def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -49,14 +66,107 @@ def parse_time(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
+_CANDIDATE_KEYS = frozenset({"version", "target_path", "sha256", "length", "mode", "sample", "share"})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A version a device runs beside the serving one without switching to it (issue 18).
+
+    ``target`` is the candidate's TUF target, checked like any other; ``mode`` is ``shadow``
+    (``sample``: the share of live requests mirrored to it off the response path, 0 < sample
+    <= 1, every answer from the serving version) or ``canary`` (``share``: the share of live
+    requests it answers, 0 < share < 1). The field of the other mode is None. Build one with
+    ``Candidate.shadow(...)`` or ``Candidate.canary(...)``.
+    """
+
+    target: ModelTarget
+    mode: str
+    sample: float | None = None
+    share: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, ModelTarget):
+            raise TypeError("a candidate's target is a ModelTarget")
+        if self.target.candidate is not None:
+            raise ValueError("a candidate cannot carry a candidate of its own")
+        if self.mode == SHADOW:
+            if self.share is not None:
+                raise ValueError("a shadow candidate has a sample, not a share")
+            object.__setattr__(self, "sample", _fraction(self.sample, "sample", upper_inclusive=True))
+        elif self.mode == CANARY:
+            if self.sample is not None:
+                raise ValueError("a canary candidate has a share, not a sample")
+            object.__setattr__(self, "share", _fraction(self.share, "share", upper_inclusive=False))
+        else:
+            raise ValueError(f"candidate mode {self.mode!r} is not one of {', '.join(CANDIDATE_MODES)}")
+
+    @classmethod
+    def shadow(cls, target: ModelTarget, sample: float = 1.0) -> Candidate:
+        """Mirror ``sample`` of the live requests to ``target``; it never answers."""
+        return cls(target, SHADOW, sample=sample)
+
+    @classmethod
+    def canary(cls, target: ModelTarget, share: float) -> Candidate:
+        """Let ``target`` answer ``share`` of the live requests."""
+        return cls(target, CANARY, share=share)
+
+    @property
+    def version(self) -> str:
+        return self.target.version
+
+    @property
+    def rate(self) -> float:
+        """The share of live requests the candidate sees: ``sample`` (shadow) or ``share`` (canary)."""
+        value = self.sample if self.mode == SHADOW else self.share
+        assert value is not None  # __post_init__ set the one of this mode
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {**self.target.to_dict(), "mode": self.mode}
+        if self.mode == SHADOW:
+            out["sample"] = self.sample
+        else:
+            out["share"] = self.share
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"candidate must be an object, not {type(data).__name__}")
+        unknown = sorted(set(data) - _CANDIDATE_KEYS)
+        if unknown:
+            raise ValueError(f"candidate has unknown key(s) {', '.join(map(str, unknown))}")
+        mode = _typed(data, "mode", str)
+        sample, share = data.get("sample"), data.get("share")
+        if mode == SHADOW and sample is None:
+            raise ValueError("a shadow candidate needs its sample")
+        if mode == CANARY and share is None:
+            raise ValueError("a canary candidate needs its share")
+        return cls(ModelTarget.from_dict(data), mode, sample=sample, share=share)
+
+
+def _fraction(value: Any, what: str, *, upper_inclusive: bool) -> float:
+    """``value`` as a float in (0, 1] or (0, 1); TypeError for a bool or a non-number (never coerced)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"candidate {what} must be a number, not {type(value).__name__}")
+    number = float(value)
+    if not (0.0 < number < 1.0 or (upper_inclusive and number == 1.0)):
+        bound = "1]" if upper_inclusive else "1)"
+        raise ValueError(f"candidate {what} {value!r} is outside (0, {bound}")
+    return number
+
+
 @dataclass(frozen=True)
 class ModelTarget:
-    """One model named by an assignment: the version and the TUF target that carries it."""
+    """One model named by an assignment: the version and the TUF target that carries it, and
+    optionally a ``candidate`` to run beside it (shadow or canary) without switching."""
 
     version: str
     target_path: str
     sha256: str
     length: int
+    candidate: Candidate | None = None
 
     def __post_init__(self) -> None:
         ModelVersion.parse(self.version)
@@ -64,14 +174,33 @@ class ModelTarget:
             raise ValueError("sha256 must be 64 lowercase hex digits")
         if self.length <= 0 or not self.target_path or ".." in self.target_path.split("/"):
             raise ValueError("target_path and length must be set and sane")
+        if self.candidate is not None:
+            if not isinstance(self.candidate, Candidate):
+                raise TypeError("candidate must be a Candidate")
+            if ModelVersion.parse(self.candidate.version) == ModelVersion.parse(self.version):
+                raise ValueError(f"the candidate names the serving version {self.version}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "target_path": self.target_path, "sha256": self.sha256, "length": self.length}
+        out: dict[str, Any] = {"version": self.version, "target_path": self.target_path, "sha256": self.sha256,
+                               "length": self.length}
+        if self.candidate is not None:
+            out["candidate"] = self.candidate.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelTarget:
+        # A present "candidate" must be an object: null is not "no candidate" (the server never writes it).
+        candidate = Candidate.from_dict(data["candidate"]) if isinstance(data, Mapping) and "candidate" in data else None
         return cls(_typed(data, "version", str), _typed(data, "target_path", str), _typed(data, "sha256", str),
-                   _typed(data, "length", int))
+                   _typed(data, "length", int), candidate)
+
+    def serving(self) -> ModelTarget:
+        """This entry without its candidate: what serves."""
+        return ModelTarget(self.version, self.target_path, self.sha256, self.length)
+
+    def with_candidate(self, candidate: Candidate | None) -> ModelTarget:
+        """This serving entry with ``candidate`` (None: withdraw it)."""
+        return ModelTarget(self.version, self.target_path, self.sha256, self.length, candidate)
 
 
 def _typed(data: Mapping[str, Any], key: str, kind: type[Any]) -> Any:

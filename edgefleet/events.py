@@ -8,6 +8,13 @@ tests/unit/core/test_events.py finds.
     assigned ─ downloaded ─ verified ─ staged ─ health_passed ─ activated      (progress)
     committed | failed | rolled_back                                            (outcomes)
 
+A candidate (an assignment entry's ``candidate``, issue 18) goes the same way to
+``health_passed``, then ``shadowing`` (progress: it runs beside the serving version, in shadow
+or canary mode, and is never activated) instead of ``activated``; its events name the
+candidate's version. A candidate refused or lost is a ``failed`` event with a reason (e.g.
+``memory_budget``: a second model does not fit the profile's RAM); the serving version is
+untouched either way.
+
 A ``failed`` or ``rolled_back`` event carries a reason code (docs/update-path.md, "Reasons").
 A few reasons are about the way to the bundle, not the bundle: the agent retries those by
 itself (``RETRYABLE_REASONS``), so the rollout core must not count them against a wave while
@@ -39,15 +46,17 @@ DOWNLOADED = "downloaded"
 VERIFIED = "verified"
 STAGED = "staged"
 HEALTH_PASSED = "health_passed"
+SHADOWING = "shadowing"
 ACTIVATED = "activated"
 COMMITTED = "committed"
 FAILED = "failed"
 ROLLED_BACK = "rolled_back"
 
-PROGRESS_EVENTS: frozenset[str] = frozenset({ASSIGNED, DOWNLOADED, VERIFIED, STAGED, HEALTH_PASSED, ACTIVATED})
+PROGRESS_EVENTS: frozenset[str] = frozenset({ASSIGNED, DOWNLOADED, VERIFIED, STAGED, HEALTH_PASSED, SHADOWING,
+                                             ACTIVATED})
 OUTCOME_EVENTS: frozenset[str] = frozenset({COMMITTED, FAILED, ROLLED_BACK})
-EVENTS: tuple[str, ...] = (ASSIGNED, DOWNLOADED, VERIFIED, STAGED, HEALTH_PASSED, ACTIVATED, COMMITTED, FAILED,
-                           ROLLED_BACK)
+EVENTS: tuple[str, ...] = (ASSIGNED, DOWNLOADED, VERIFIED, STAGED, HEALTH_PASSED, SHADOWING, ACTIVATED, COMMITTED,
+                           FAILED, ROLLED_BACK)
 
 # --- reason codes -------------------------------------------------------------------------------
 # An assignment refused before any update starts (edgefleet.assignment.verify_assignment).
@@ -69,12 +78,15 @@ STAGE_FAILED = "stage_failed"
 HEALTH_FAILED = "health_failed"
 PROBATION_FAILED = "probation_failed"
 SUPERSEDED = "superseded"
+# A candidate (shadow or canary) refused or lost; the serving version keeps serving.
+MEMORY_BUDGET = "memory_budget"      # a second model does not fit the profile's ram_mb
+CANDIDATE_FAILED = "candidate_failed"  # the candidate could not be loaded or resumed after a restart
 
 REFUSAL_REASONS: frozenset[str] = frozenset({BAD_SIGNATURE, WRONG_DEVICE, REPLAYED_COUNTER, EXPIRED, MALFORMED,
                                              WRONG_TYPE, BAD_TRUST_BUNDLE})
 UPDATE_REASONS: frozenset[str] = frozenset({TARGET_UNKNOWN, HASH_MISMATCH, TUF_REFUSED, DOWNLOAD_FAILED,
                                             BUNDLE_INVALID, PROFILE_MISMATCH, STAGE_FAILED, HEALTH_FAILED,
-                                            PROBATION_FAILED, SUPERSEDED})
+                                            PROBATION_FAILED, SUPERSEDED, MEMORY_BUDGET, CANDIDATE_FAILED})
 REASONS: frozenset[str] = REFUSAL_REASONS | UPDATE_REASONS
 
 # The agent keeps the assignment after these and tries again (after ``retry_after_s``, or at
@@ -153,10 +165,10 @@ def _opt_str(value: Any) -> str | None:
 
 
 __all__ = [
-    "ACTIVATED", "ASSIGNED", "BAD_SIGNATURE", "BAD_TRUST_BUNDLE", "BUNDLE_INVALID", "COMMITTED", "DOWNLOADED",
-    "DOWNLOAD_FAILED", "EVENTS", "EXPIRED", "FAILED", "HASH_MISMATCH", "HEALTH_FAILED", "HEALTH_PASSED", "MALFORMED",
-    "OUTCOME_EVENTS", "PROBATION_FAILED", "PROFILE_MISMATCH", "PROGRESS_EVENTS", "REASONS", "REFUSAL_REASONS",
-    "REPLAYED_COUNTER", "RETRYABLE_REASONS", "ROLLED_BACK", "STAGED", "STAGE_FAILED", "SUPERSEDED", "TARGET_UNKNOWN",
+    "ACTIVATED", "ASSIGNED", "BAD_SIGNATURE", "BAD_TRUST_BUNDLE", "BUNDLE_INVALID", "CANDIDATE_FAILED", "COMMITTED",
+    "DOWNLOADED", "DOWNLOAD_FAILED", "EVENTS", "EXPIRED", "FAILED", "HASH_MISMATCH", "HEALTH_FAILED", "HEALTH_PASSED",
+    "MALFORMED", "MEMORY_BUDGET", "OUTCOME_EVENTS", "PROBATION_FAILED", "PROFILE_MISMATCH", "PROGRESS_EVENTS", "REASONS", "REFUSAL_REASONS",
+    "REPLAYED_COUNTER", "RETRYABLE_REASONS", "ROLLED_BACK", "SHADOWING", "STAGED", "STAGE_FAILED", "SUPERSEDED", "TARGET_UNKNOWN",
     "TUF_REFUSED", "UPDATE_REASONS", "VERIFIED", "WRONG_DEVICE", "WRONG_TYPE", "EventError", "UpdateEvent",
     "is_retryable",
 ]

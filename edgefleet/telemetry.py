@@ -7,11 +7,16 @@ stores and merges them). One batch covers one reporting interval of one device:
                      interval, Unix seconds), interval_s, dropped (batches the device's outbox
                      dropped since the last one it delivered), resource, models
     ├── Resource     process cpu %, rss bytes, board temperature C (each may be unknown)
-    └── ModelRecord  per model version: count, errors by kind, latency p50/p95/p99 (ms),
-                     latency counts in the fixed ``LATENCY_BUCKETS_S`` buckets (for Prometheus
-                     histograms), output counts (reference class/bin order), drift counts per feature
-                     (bin counts over the bundle's reference edges, reference feature order),
-                     feedback (labels seen, correct)
+    ├── ModelRecord  per model version: count, errors by kind, latency p50/p95/p99 (ms),
+    │                latency counts in the fixed ``LATENCY_BUCKETS_S`` buckets (for Prometheus
+    │                histograms), output counts (reference class/bin order), drift counts per feature
+    │                (bin counts over the bundle's reference edges, reference feature order),
+    │                feedback (labels seen, correct)
+    └── ShadowRecord per (model, candidate version) in a shadow stage (issue 18): requests compared
+                     (both versions answered), agreed, skipped (shed under load), candidate errors,
+                     the sum of relative errors (regressors), latency buckets of both versions over
+                     the compared requests. ``shadow_figures`` adds records up; ``bucket_quantile``
+                     reads a percentile off bucket counts.
 
 Counts are for the interval only (deltas), so the server merges devices and time windows by
 adding. Wire form (``encode``/``decode``): one version byte (``WIRE_VERSION``) followed by
@@ -201,6 +206,123 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
+class ShadowRecord:
+    """One candidate's shadow figures for one interval (issue 18; ``sh`` on the wire).
+
+    ``version`` is the candidate's version, ``serving`` the version that answered. Of the
+    requests mirrored to the candidate, ``compared`` got an answer from both, ``agreed`` of those
+    agreed (classifiers: the same top-1 class; regressors: relative error within the bundle's
+    health tolerance), ``errors`` failed on the candidate; ``skipped`` were sampled but shed
+    because the device was busy (never compared). ``rel_error_sum`` is the sum of the compared
+    requests' relative errors |b - a| / max(|a|, eps) for a regressor (None for a classifier),
+    so the mean adds up across devices. ``serving_buckets``/``candidate_buckets`` count the
+    compared requests' latencies in ``LATENCY_BUCKETS_S`` (like ``ModelRecord.latency_buckets``:
+    trailing zeros trimmed; empty, or adding up to ``compared``).
+    """
+
+    model: str
+    version: str
+    serving: str
+    compared: int = 0
+    agreed: int = 0
+    skipped: int = 0
+    errors: int = 0
+    rel_error_sum: float | None = None
+    serving_buckets: tuple[int, ...] = ()
+    candidate_buckets: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            check_model_name(self.model)
+            candidate, serving = ModelVersion.parse(self.version), ModelVersion.parse(self.serving)
+        except EdgefleetError as exc:
+            raise _fail(f"shadow record: {exc.message}") from exc
+        if candidate == serving:
+            raise _fail(f"shadow record: the candidate {self.version} is the serving version")
+        for name in ("compared", "agreed", "skipped", "errors"):
+            object.__setattr__(self, name, _count(getattr(self, name), f"shadow record {name}"))
+        if self.agreed > self.compared:
+            raise _fail(f"shadow record: agreed ({self.agreed}) exceeds compared ({self.compared})")
+        rel = _number(self.rel_error_sum, "shadow record rel_error_sum", allow_none=True)
+        if rel is not None and rel < 0:
+            raise _fail(f"shadow record rel_error_sum must not be negative, got {rel}")
+        object.__setattr__(self, "rel_error_sum", None if rel is None else round(rel, 6))
+        for name in ("serving_buckets", "candidate_buckets"):
+            buckets = _counts(getattr(self, name), f"shadow record {name}")
+            if len(buckets) > len(LATENCY_BUCKETS_S) + 1:
+                raise _fail(f"shadow record {name} are {len(buckets)}, over the {len(LATENCY_BUCKETS_S) + 1} buckets")
+            if buckets and sum(buckets) != self.compared:
+                raise _fail(f"shadow record {name} add up to {sum(buckets)}, not to compared {self.compared}")
+            object.__setattr__(self, name, trim_buckets(buckets))
+
+    @property
+    def agreement(self) -> float | None:
+        """Agreed over compared; None before any comparison."""
+        return self.agreed / self.compared if self.compared else None
+
+    @property
+    def mean_rel_error(self) -> float | None:
+        """Mean relative error over the compared requests (regressors); None for a classifier."""
+        if self.rel_error_sum is None or not self.compared:
+            return None
+        return self.rel_error_sum / self.compared
+
+
+def _add_buckets(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    size = max(len(a), len(b))
+    return tuple((a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(size))
+
+
+def shadow_figures(records: Sequence[ShadowRecord]) -> ShadowRecord:
+    """Records of one (model, candidate, serving) added up: devices and intervals merge by adding.
+
+    Raises TelemetryError for an empty list or records of different models or versions. A
+    record without buckets (``compared`` 0) adds nothing to the others' buckets.
+    """
+    if not records:
+        raise _fail("shadow_figures needs at least one record")
+    first = records[0]
+    keys = {(r.model, r.version, r.serving) for r in records}
+    if len(keys) != 1:
+        raise TelemetryError(f"shadow records of different models or versions cannot be added: {sorted(keys)}",
+                             fix="group the records by (model, version, serving) first")
+    rel: float | None = None
+    if any(r.rel_error_sum is not None for r in records):
+        rel = sum(r.rel_error_sum or 0.0 for r in records)
+    serving: tuple[int, ...] = ()
+    candidate: tuple[int, ...] = ()
+    for r in records:
+        serving, candidate = _add_buckets(serving, r.serving_buckets), _add_buckets(candidate, r.candidate_buckets)
+    compared = sum(r.compared for r in records)
+    # A record without buckets but with comparisons would break "buckets add up to compared".
+    if sum(serving) != compared:
+        serving = ()
+    if sum(candidate) != compared:
+        candidate = ()
+    return ShadowRecord(first.model, first.version, first.serving, compared, sum(r.agreed for r in records),
+                        sum(r.skipped for r in records), sum(r.errors for r in records), rel, serving, candidate)
+
+
+def bucket_quantile(counts: Sequence[int], q: float) -> float | None:
+    """The upper bound (seconds) of the ``LATENCY_BUCKETS_S`` bucket holding quantile ``q`` (0-1).
+
+    None without counts; ``math.inf`` when it falls in the overflow bucket. A bucket's upper
+    bound, as Prometheus's ``histogram_quantile`` would at worst: coarse (the buckets are about
+    2.5x apart), but the same on every side, so a ratio of two versions' p99s is fair.
+    """
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for index, n in enumerate(counts):
+        seen += n
+        if seen >= rank and n:
+            return LATENCY_BUCKETS_S[index] if index < len(LATENCY_BUCKETS_S) else math.inf
+    return math.inf if len(counts) > len(LATENCY_BUCKETS_S) else LATENCY_BUCKETS_S[len(counts) - 1]
+
+
+@dataclass(frozen=True)
 class TelemetryBatch:
     """One device's report for one interval."""
 
@@ -211,6 +333,7 @@ class TelemetryBatch:
     dropped: int = 0
     resource: Resource = field(default_factory=Resource)
     models: tuple[ModelRecord, ...] = ()
+    shadow: tuple[ShadowRecord, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -229,6 +352,10 @@ class TelemetryBatch:
         keys = [(m.model, m.version) for m in self.models]
         if len(set(keys)) != len(keys):
             raise _fail("a batch lists the same model version twice")
+        object.__setattr__(self, "shadow", tuple(self.shadow))
+        shadow_keys = [(r.model, r.version) for r in self.shadow]
+        if len(set(shadow_keys)) != len(shadow_keys):
+            raise _fail("a batch lists the same candidate twice in its shadow records")
 
 
 def latency_bucket(seconds: float) -> int:
@@ -264,6 +391,22 @@ def _record_to_wire(record: ModelRecord) -> dict[str, Any]:
     return out
 
 
+def _shadow_to_wire(record: ShadowRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": record.model, "v": record.version, "a": record.serving, "c": record.compared,
+                           "g": record.agreed}
+    if record.skipped:
+        out["k"] = record.skipped
+    if record.errors:
+        out["e"] = record.errors
+    if record.rel_error_sum is not None:
+        out["r"] = _short(record.rel_error_sum)
+    if record.serving_buckets:
+        out["hs"] = list(record.serving_buckets)
+    if record.candidate_buckets:
+        out["hc"] = list(record.candidate_buckets)
+    return out
+
+
 def _short(value: float | None) -> float | int | None:
     # 3.0 -> 3 saves two bytes a number; JSON readers take either.
     if value is None:
@@ -281,6 +424,8 @@ def to_wire_dict(batch: TelemetryBatch) -> dict[str, Any]:
         out["r"] = [_short(res.cpu_percent), res.rss_bytes, _short(res.temperature_c)]
     if batch.models:
         out["m"] = [_record_to_wire(m) for m in batch.models]
+    if batch.shadow:
+        out["sh"] = [_shadow_to_wire(r) for r in batch.shadow]
     return out
 
 
@@ -323,24 +468,42 @@ def _record_from_wire(data: Any) -> ModelRecord:
     )
 
 
+def _shadow_from_wire(data: Any) -> ShadowRecord:
+    if not isinstance(data, dict):
+        raise _fail("a shadow record is not a JSON object")
+    _only(data, {"n", "v", "a", "c", "g", "k", "e", "r", "hs", "hc"}, "shadow record")
+    name, version, serving = (_need(data, k, "shadow record") for k in ("n", "v", "a"))
+    if not all(isinstance(x, str) for x in (name, version, serving)):
+        raise _fail("shadow record name ('n'), version ('v') and serving version ('a') must be strings")
+    return ShadowRecord(
+        model=name, version=version, serving=serving, compared=_need(data, "c", "shadow record"),
+        agreed=_need(data, "g", "shadow record"), skipped=data.get("k", 0), errors=data.get("e", 0),
+        rel_error_sum=data.get("r"), serving_buckets=_counts(data.get("hs", []), "shadow serving buckets ('hs')"),
+        candidate_buckets=_counts(data.get("hc", []), "shadow candidate buckets ('hc')"),
+    )
+
+
 def from_wire_dict(data: Any) -> TelemetryBatch:
     """Validate a decoded short-key object and build the batch it describes."""
     if not isinstance(data, dict):
         raise _fail("a telemetry batch must be a JSON object")
-    _only(data, {"d", "s", "t", "i", "x", "r", "m"}, "batch")
+    _only(data, {"d", "s", "t", "i", "x", "r", "m", "sh"}, "batch")
     resource = data.get("r", [None, None, None])
     if not isinstance(resource, list) or len(resource) != 3:
         raise _fail("batch resource ('r') must be [cpu_percent, rss_bytes, temperature_c]")
     models = data.get("m", [])
     if not isinstance(models, list):
         raise _fail("batch models ('m') must be a list")
+    shadow = data.get("sh", [])
+    if not isinstance(shadow, list):
+        raise _fail("batch shadow records ('sh') must be a list")
     device_id = _need(data, "d", "batch")
     if not isinstance(device_id, str):
         raise _fail("batch device id ('d') must be a string")
     return TelemetryBatch(
         device_id=device_id, seq=_need(data, "s", "batch"), ts=_need(data, "t", "batch"),
         interval_s=_need(data, "i", "batch"), dropped=data.get("x", 0), resource=Resource(*resource),
-        models=tuple(_record_from_wire(m) for m in models),
+        models=tuple(_record_from_wire(m) for m in models), shadow=tuple(_shadow_from_wire(r) for r in shadow),
     )
 
 

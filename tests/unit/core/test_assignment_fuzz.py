@@ -125,3 +125,22 @@ def test_any_bytes_give_an_assignment_or_a_refusal(parts: list[bytes]) -> None:
         _verify(b"".join(parts))
     except AssignmentError as exc:
         assert exc.reason in {"malformed", "bad_signature", "wrong_type"}
+
+
+CANDIDATE_PATHS = st.sampled_from([("models", "digits", "candidate"), *(("models", "digits", "candidate", k) for k in
+                                   ("version", "target_path", "sha256", "length", "mode", "sample", "share", "extra"))])
+WITH_CANDIDATE = GOOD.to_dict()
+WITH_CANDIDATE["models"]["digits"]["candidate"] = {"version": "1.3.0", "target_path": "digits/digits-1.3.0.tar.gz",
+                                                   "sha256": "cd" * 32, "length": 99, "mode": "shadow", "sample": 0.5}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=CANDIDATE_PATHS, value=JSON_VALUES)
+def test_any_candidate_field_value_gives_an_assignment_or_a_refusal(path: tuple[str, ...], value: Any) -> None:
+    try:
+        accepted = _verify(_sign_raw(_replace(WITH_CANDIDATE, path, value)))
+    except AssignmentError as exc:
+        assert exc.reason == "malformed"
+        return
+    assert accepted == Assignment.from_dict(accepted.to_dict())
+    assert accepted.models["digits"].version == "1.2.0"  # whatever the candidate, the serving version is unchanged

@@ -22,6 +22,7 @@ from edgefleet.telemetry import (
     ModelRecord,
     ReferenceProfile,
     Resource,
+    ShadowRecord,
     TelemetryBatch,
     TelemetryError,
     decode,
@@ -50,6 +51,21 @@ def records(draw: st.DrawFn, name: str) -> ModelRecord:
 
 
 @st.composite
+def shadows(draw: st.DrawFn, name: str) -> ShadowRecord:
+    compared = draw(st.integers(0, 10**6))
+    def buckets() -> tuple[int, ...]:
+        if not compared or not draw(st.booleans()):
+            return ()
+        cut = sorted(draw(st.lists(st.integers(0, compared), min_size=1, max_size=len(telemetry.LATENCY_BUCKETS_S))))
+        return tuple(b - a for a, b in zip([0, *cut], [*cut, compared], strict=True))
+    return ShadowRecord(
+        model=name, version=draw(st.sampled_from(["1.1.0", "2.0.0-rc.1"])), serving="1.0.0", compared=compared,
+        agreed=draw(st.integers(0, compared)), skipped=draw(counts), errors=draw(counts),
+        rel_error_sum=draw(st.none() | st.floats(0, 1e6)), serving_buckets=buckets(), candidate_buckets=buckets(),
+    )
+
+
+@st.composite
 def batches(draw: st.DrawFn) -> TelemetryBatch:
     names = draw(st.lists(st.sampled_from(["digits", "iris", "kws-2"]), unique=True, max_size=3))
     return TelemetryBatch(
@@ -59,6 +75,8 @@ def batches(draw: st.DrawFn) -> TelemetryBatch:
         resource=Resource(draw(st.none() | st.floats(0, 800)), draw(st.none() | counts),
                           draw(st.none() | st.floats(-40, 125))),
         models=tuple(draw(records(n)) for n in names),
+        shadow=tuple(draw(shadows(n)) for n in draw(st.lists(st.sampled_from(["digits", "iris"]), unique=True,
+                                                             max_size=2))),
     )
 
 
@@ -85,7 +103,11 @@ near_batches = st.fixed_dictionaries(
     {"d": st.just("dev-1"), "s": st.just(1), "t": st.just(1.0), "i": st.just(60)},
     optional={"x": json_values, "r": json_values,
               "m": st.lists(st.fixed_dictionaries({"n": st.just("digits"), "v": st.just("1.0.0"), "c": st.just(1)},
-                                                  optional={k: json_values for k in "elofb"}), max_size=2)},
+                                                  optional={k: json_values for k in "elofb"}), max_size=2),
+              "sh": st.lists(st.fixed_dictionaries({"n": st.just("digits"), "v": st.just("1.1.0"), "a": st.just("1.0.0"),
+                                                   "c": st.just(2), "g": st.just(1)},
+                                                  optional={k: json_values for k in ("k", "e", "r", "hs", "hc")}),
+                             max_size=2)},
 )
 
 
@@ -107,6 +129,7 @@ def test_arbitrary_bytes_decode_to_a_batch_or_a_telemetry_error(data: bytes) -> 
 
 
 GOOD = {"d": "dev-1", "s": 1, "t": 1000.0, "i": 60}
+SH = {"n": "digits", "v": "1.1.0", "a": "1.0.0", "c": 10, "g": 9}
 
 
 @pytest.mark.parametrize(("document", "problem"), [
@@ -123,6 +146,21 @@ GOOD = {"d": "dev-1", "s": 1, "t": 1000.0, "i": 60}
     ({**GOOD, "m": [{"n": "digits", "v": "1.0.0", "c": 1, "f": [[1, -2]]}]}, "drift counts"),
     ({**GOOD, "m": [{"n": "a", "v": "1.0.0", "c": 1}, {"n": "a", "v": "1.0.0", "c": 2}]}, "same model version twice"),
     ({**GOOD, "r": [1, 2]}, "resource"),
+    ({**GOOD, "sh": {}}, "shadow records ('sh') must be a list"),
+    ({**GOOD, "sh": [[1]]}, "shadow record is not a JSON object"),
+    ({**GOOD, "sh": [{**SH, "zz": 1}]}, "unknown key(s) zz"),
+    ({**GOOD, "sh": [{k: v for k, v in SH.items() if k != "a"}]}, "lacks key 'a'"),
+    ({**GOOD, "sh": [{**SH, "a": 1}]}, "must be strings"),
+    ({**GOOD, "sh": [{**SH, "v": "1.0.0"}]}, "is the serving version"),
+    ({**GOOD, "sh": [{**SH, "v": "1.1"}]}, "not a semantic version"),
+    ({**GOOD, "sh": [{**SH, "g": 11}]}, "agreed (11) exceeds compared (10)"),
+    ({**GOOD, "sh": [{**SH, "k": -1}]}, "skipped must be a non-negative integer"),
+    ({**GOOD, "sh": [{**SH, "e": 1.5}]}, "errors must be a non-negative integer"),
+    ({**GOOD, "sh": [{**SH, "r": -0.5}]}, "rel_error_sum must not be negative"),
+    ({**GOOD, "sh": [{**SH, "r": "x"}]}, "rel_error_sum must be a finite number"),
+    ({**GOOD, "sh": [{**SH, "hs": [1, 2]}]}, "add up to 3, not to compared 10"),
+    ({**GOOD, "sh": [{**SH, "hc": [1] * 18}]}, "over the 17 buckets"),
+    ({**GOOD, "sh": [SH, SH]}, "same candidate twice"),
     ([1, 2], "must be a JSON object"),
 ])
 def test_schema_violations_are_refused_with_the_reason(document: object, problem: str) -> None:
@@ -321,3 +359,31 @@ def test_latency_buckets_add_up_to_the_count_travel_trimmed_and_are_bounded() ->
                                                  (10.5, 16), (float("nan"), 16)])
 def test_a_latency_falls_in_the_bucket_whose_upper_bound_holds_it(seconds: float, bucket: int) -> None:
     assert telemetry.latency_bucket(seconds) == bucket
+
+
+def test_shadow_records_travel_compactly_and_add_up_across_devices() -> None:
+    one = ShadowRecord("digits", "1.1.0", "1.0.0", compared=4, agreed=3, skipped=2, errors=1,
+                       serving_buckets=(0, 4), candidate_buckets=(0, 0, 4))
+    two = ShadowRecord("digits", "1.1.0", "1.0.0", compared=6, agreed=6, serving_buckets=(0, 6), candidate_buckets=(0, 6))
+    batch = TelemetryBatch("dev-1", 1, 1000.0, shadow=(one,))
+    assert decode(encode(batch)) == batch
+    assert telemetry.to_wire_dict(batch)["sh"] == [{"n": "digits", "v": "1.1.0", "a": "1.0.0", "c": 4, "g": 3, "k": 2,
+                                                    "e": 1, "hs": [0, 4], "hc": [0, 0, 4]}]
+    total = telemetry.shadow_figures([one, two])
+    assert (total.compared, total.agreed, total.skipped, total.errors) == (10, 9, 2, 1)
+    assert total.serving_buckets == (0, 10) and total.candidate_buckets == (0, 6, 4)
+    assert total.agreement == 0.9 and total.mean_rel_error is None
+    with pytest.raises(TelemetryError, match="different models or versions"):
+        telemetry.shadow_figures([one, ShadowRecord("digits", "1.2.0", "1.0.0")])
+    regressor = ShadowRecord("price", "2.0.0", "1.0.0", compared=4, agreed=4, rel_error_sum=0.2)
+    assert regressor.mean_rel_error == pytest.approx(0.05)
+
+
+def test_a_percentile_is_read_off_the_buckets_as_the_upper_bound_of_its_bucket() -> None:
+    bounds = telemetry.LATENCY_BUCKETS_S
+    assert telemetry.bucket_quantile((), 0.5) is None
+    assert telemetry.bucket_quantile((0, 0, 10), 0.99) == bounds[2]
+    assert telemetry.bucket_quantile((0, 98, 0, 2), 0.5) == bounds[1]
+    assert telemetry.bucket_quantile((0, 98, 0, 2), 0.99) == bounds[3]
+    assert telemetry.bucket_quantile((1,) + (0,) * len(bounds) + (0,), 0.5) == bounds[0]
+    assert telemetry.bucket_quantile((0,) * len(bounds) + (3,), 0.5) == math.inf
