@@ -37,6 +37,22 @@ The rules (docs/rollouts.md tells them with an example timeline):
   reported serving the version is never timed out (it is in probation, which ends by itself),
   and one that had timed out is in flight again: so nobody who runs the version is counted
   failed, or rolled back, because its outcome's event was lost (issue 19).
+* With a stage in the policy (``RolloutPolicy.stage``: shadow or canary,
+  :mod:`fleet_server.rollouts.stage`), a wave starts by sending its members the version as a
+  CANDIDATE beside the one they serve (``AssignCandidate``; status ``candidate``). A member
+  that serves no version of the model has nothing to compare against: it waits (``pending``)
+  and is assigned with the promotion; a wave where no member serves an earlier version skips
+  its stage. The stage opens once ``min_success_rate`` of the candidate's devices report
+  ``shadowing``; when its time is over the engine hands in the wave's figures
+  (``stage_figures``) and the verdict decides: pass, and every member is assigned the version
+  the usual way (``AssignVersion``: commit, bake, next wave, whose stage runs again); fail or
+  too few requests, and the rollout halts with the figures as its reason. A device in the
+  stage that already reports ``shadowing`` never times out (it waits on the stage, not on
+  itself); one that fails the candidate (``memory_budget``, ``health_failed``) is a failure of
+  its wave like any other.
+* Whenever the rollout stops (halt, abort, rollback, yank), every device still holding the
+  candidate gets it withdrawn (``WithdrawCandidate``: the serving version with no candidate;
+  status ``withdrawn``), auto_rollback or not: a stage no rollout drives must not run on.
 * With ``auto_rollback``, a halt moves every device the rollout touched back to its previous
   version (``AssignPrevious``); a device that had none gets nothing and is reported in an
   ``AlertNeeded``.
@@ -63,10 +79,28 @@ from typing import Any
 
 from edgefleet.assignment import ModelTarget
 from edgefleet.errors import EdgefleetError
-from edgefleet.events import COMMITTED, EVENTS, OUTCOME_EVENTS, PROGRESS_EVENTS, is_retryable
+from edgefleet.events import (
+    COMMITTED,
+    EVENTS,
+    OUTCOME_EVENTS,
+    PROGRESS_EVENTS,
+    SHADOWING,
+    is_retryable,
+)
 from edgefleet.version import ModelVersion, check_model_name
 from fleet_server.errors import ConflictError, InvalidInputError, ServerError
 from fleet_server.rollouts.reports import DeviceReport
+from fleet_server.rollouts.stage import (
+    CanaryPolicy,
+    Figures,
+    ShadowPolicy,
+    StagePolicy,
+    Verdict,
+    VerdictCode,
+    figures_from_dict,
+    judge,
+    stage_from_dict,
+)
 from fleet_server.rollouts.waves import (
     DEFAULT_WAVES,
     RolloutDevice,
@@ -83,6 +117,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Action",
     "AlertNeeded",
+    "AssignCandidate",
     "AssignPrevious",
     "AssignVersion",
     "Completed",
@@ -96,7 +131,9 @@ __all__ = [
     "RolloutPolicy",
     "RolloutState",
     "RolloutStateError",
+    "StageState",
     "WaveSummary",
+    "WithdrawCandidate",
     "action_to_dict",
 ]
 
@@ -133,10 +170,16 @@ class DeviceStatus(StrEnum):
     ROLLED_BACK = "rolled_back"  # sent back to its previous version by this rollout
     TIMED_OUT = "timed_out"      # no result within device_timeout: counts as failed
     INELIGIBLE = "ineligible"    # its profile is not one the version was validated for
+    CANDIDATE = "candidate"      # sent the version as a candidate beside its serving one (shadow/canary stage)
+    WITHDRAWN = "withdrawn"      # its candidate was withdrawn when the rollout stopped: serves its previous version
 
 
 _LIVE = (RolloutState.RUNNING, RolloutState.PAUSED)
 _FAILURES = (DeviceStatus.FAILED, DeviceStatus.TIMED_OUT)
+_SENT = (DeviceStatus.ASSIGNED, DeviceStatus.CANDIDATE)          # waiting on the device
+_IN_FLIGHT = (*_SENT, DeviceStatus.TIMED_OUT)                     # an outcome may still come
+# The agent's reported ``update.state`` while a candidate's stage runs (docs/contracts.md).
+_STAGE_STATES = frozenset({"shadow", "canary"})
 
 
 # --------------------------------------------------------------------------- actions
@@ -188,7 +231,34 @@ class AlertNeeded:
     kind: str = field(default="alert", init=False)
 
 
-Action = AssignVersion | AssignPrevious | Halt | Completed | AlertNeeded
+@dataclass(frozen=True)
+class AssignCandidate:
+    """Sign and publish an assignment: ``serving_version`` serves, ``target`` runs beside it as a candidate.
+
+    ``mode`` is ``shadow`` (``rate``: the share of requests mirrored) or ``canary`` (``rate``:
+    the share answered by the candidate).
+    """
+
+    device_id: str
+    model: str
+    serving_version: str
+    target: ModelTarget
+    mode: str
+    rate: float
+    kind: str = field(default="assign_candidate", init=False)
+
+
+@dataclass(frozen=True)
+class WithdrawCandidate:
+    """Sign and publish an assignment naming ``serving_version`` with no candidate."""
+
+    device_id: str
+    model: str
+    serving_version: str
+    kind: str = field(default="withdraw_candidate", init=False)
+
+
+Action = AssignVersion | AssignPrevious | AssignCandidate | WithdrawCandidate | Halt | Completed | AlertNeeded
 
 
 def action_to_dict(action: Action) -> dict[str, Any]:
@@ -213,6 +283,7 @@ class RolloutPolicy:
     min_success_rate: float = 0.95
     device_timeout: timedelta = timedelta(minutes=30)
     auto_rollback: bool = False
+    stage: StagePolicy | None = None   # a shadow or canary stage before each wave switches
 
     def __post_init__(self) -> None:
         try:
@@ -230,17 +301,23 @@ class RolloutPolicy:
         if not 0 < self.min_success_rate <= 1:
             raise RolloutConfigError(f"min success rate {self.min_success_rate} must be in (0, 1]",
                                      fix="use e.g. --min-success-rate 0.95 (95%)")
+        if self.stage is not None and not isinstance(self.stage, ShadowPolicy | CanaryPolicy):
+            raise RolloutConfigError(f"a rollout stage is a ShadowPolicy or a CanaryPolicy, not {self.stage!r}",
+                                     fix="use --shadow DURATION or --canary SHARE")
 
     def to_dict(self) -> dict[str, Any]:
         return {"waves": list(self.waves), "bake_time_s": _seconds(self.bake_time),
                 "max_failure_rate": self.max_failure_rate, "min_success_rate": self.min_success_rate,
-                "device_timeout_s": _seconds(self.device_timeout), "auto_rollback": self.auto_rollback}
+                "device_timeout_s": _seconds(self.device_timeout), "auto_rollback": self.auto_rollback,
+                "stage": None if self.stage is None else self.stage.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutPolicy:
+        # "stage" came with issue 18: a policy stored before it has none.
         return cls(tuple(float(w) for w in data["waves"]), timedelta(seconds=float(data["bake_time_s"])),
                    float(data["max_failure_rate"]), float(data["min_success_rate"]),
-                   timedelta(seconds=float(data["device_timeout_s"])), bool(data["auto_rollback"]))
+                   timedelta(seconds=float(data["device_timeout_s"])), bool(data["auto_rollback"]),
+                   stage_from_dict(data.get("stage")))
 
 
 # --------------------------------------------------------------------------- per device
@@ -309,6 +386,68 @@ class DeviceRecord:
                    None if serves is None else str(serves), counter)
 
 
+# How often the engine gathers a running stage's figures for the status views (the verdict
+# takes the first figures gathered once the stage time is over, whenever that is).
+STAGE_FIGURES_EVERY = timedelta(seconds=15)
+
+
+@dataclass(frozen=True)
+class StageState:
+    """One wave's shadow or canary stage: when it began and opened, its latest figures, its verdict."""
+
+    wave: int
+    mode: str
+    started_at: datetime
+    sent: int = 0                          # devices sent the candidate
+    opened_at: datetime | None = None      # enough of them report ``shadowing``: the stage clock runs
+    figures: Mapping[str, Any] | None = None
+    figures_at: datetime | None = None
+    verdict: str | None = None             # a VerdictCode value once decided
+    reason: str = ""
+    decided_at: datetime | None = None
+
+    @property
+    def decided(self) -> bool:
+        return self.verdict is not None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict in (VerdictCode.PASSED.value, VerdictCode.SKIPPED.value)
+
+    def ends_at(self, policy: StagePolicy) -> datetime | None:
+        return None if self.opened_at is None else self.opened_at + policy.duration
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"wave": self.wave, "mode": self.mode, "started_at": _time(self.started_at), "sent": self.sent,
+                "opened_at": _time(self.opened_at), "figures": None if self.figures is None else dict(self.figures),
+                "figures_at": _time(self.figures_at), "verdict": self.verdict, "reason": self.reason,
+                "decided_at": _time(self.decided_at)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageState:
+        started = _parse_time(data["started_at"])
+        if started is None:
+            raise ValueError("a stage has no start time")
+        figures = data.get("figures")
+        figures_from_dict(figures)  # it must parse
+        return cls(int(data["wave"]), str(data["mode"]), started, int(data["sent"]), _parse_time(data["opened_at"]),
+                   None if figures is None else dict(figures), _parse_time(data["figures_at"]),
+                   None if data["verdict"] is None else VerdictCode(data["verdict"]).value, str(data["reason"]),
+                   _parse_time(data["decided_at"]))
+
+
+@dataclass(frozen=True)
+class StageQuery:
+    """What figures the engine should gather for the running stage (``Rollout.stage_query``)."""
+
+    wave: int
+    mode: str
+    model: str
+    version: str
+    device_ids: tuple[str, ...]
+    since: datetime
+
+
 @dataclass(frozen=True)
 class WaveSummary:
     """Counts for one wave, for ``rollouts status`` and for the pass/fail rules."""
@@ -322,6 +461,10 @@ class WaveSummary:
     failed: int
     rolled_back: int
     last_commit_at: datetime | None
+    candidate: int = 0                 # holding the candidate in the stage
+    shadowing: int = 0                 # of those, reporting ``shadowing``
+    withdrawn: int = 0
+    stage: StageState | None = None
 
     @property
     def failure_rate(self) -> float:
@@ -335,7 +478,9 @@ class WaveSummary:
         return {"index": self.index, "percent": self.percent, "size": self.size, "pending": self.pending,
                 "in_flight": self.in_flight, "committed": self.committed, "failed": self.failed,
                 "rolled_back": self.rolled_back, "last_commit_at": _time(self.last_commit_at),
-                "failure_rate": self.failure_rate, "success_rate": self.success_rate}
+                "failure_rate": self.failure_rate, "success_rate": self.success_rate, "candidate": self.candidate,
+                "shadowing": self.shadowing, "withdrawn": self.withdrawn,
+                "stage": None if self.stage is None else self.stage.to_dict()}
 
 
 # --------------------------------------------------------------------------- the machine
@@ -356,7 +501,7 @@ class Rollout:
                  devices: Mapping[str, DeviceRecord], state: RolloutState = RolloutState.PENDING,
                  current_wave: int = 0, wave_started_at: datetime | None = None,
                  started_at: datetime | None = None, finished_at: datetime | None = None,
-                 yanked: bool = False, halt_reason: str = "") -> None:
+                 yanked: bool = False, halt_reason: str = "", stages: Iterable[StageState] = ()) -> None:
         if not rollout_id:
             raise RolloutConfigError("a rollout needs an id")
         check_model_name(model)
@@ -387,11 +532,15 @@ class Rollout:
         self.finished_at = finished_at
         self.yanked = yanked
         self.halt_reason = halt_reason
+        self.stages: dict[int, StageState] = {s.wave: s for s in stages}
+        if any(not 0 <= w < len(plan.waves) for w in self.stages):
+            raise RolloutConfigError("a stage belongs to a wave the plan does not have")
         # Indexes kept in step by ``_put`` (the one place a record changes), so a device event
         # costs O(waves), not a scan of the fleet: a wave of thousands reports one by one.
         self._wave_members: list[dict[str, DeviceRecord]] = [{} for _ in plan.waves]
         self._wave_counts: list[Counter[DeviceStatus]] = [Counter() for _ in plan.waves]
         self._last_commit: list[datetime | None] = [None for _ in plan.waves]
+        self._shadowing: list[int] = [0 for _ in plan.waves]
         self._stale_commits: set[int] = set()
         self._assigned: set[str] = set()
         # Never later than the earliest device timeout; may be earlier after devices finish.
@@ -460,21 +609,25 @@ class Rollout:
         record = self.devices.get(device_id)
         if record is None or (version is not None and version != self.version):
             return []
-        if record.status not in (DeviceStatus.ASSIGNED, DeviceStatus.TIMED_OUT):
+        if record.status not in _IN_FLIGHT:
             return []
         if kind in PROGRESS_EVENTS:
-            self._put(replace(record, last_event=kind))
-            return []
+            if record.last_event != kind:
+                self._put(replace(record, last_event=kind))
+            # A device reaching the stage may open it.
+            return self._evaluate(now) if kind == SHADOWING and record.status is DeviceStatus.CANDIDATE else []
+        if kind == "committed" and record.status is DeviceStatus.CANDIDATE:
+            return []  # a candidate is never activated, so this commit is about an older assignment
         if kind == "committed":
             self._put(replace(record, status=DeviceStatus.COMMITTED, last_event=kind, finished_at=now,
                               reason=reason))
         elif kind == "failed" and is_retryable(reason):
             # The device keeps the assignment and tries again; it stays in flight (and the
             # device timeout still bounds the wait) instead of counting against the wave.
-            if record.status is DeviceStatus.ASSIGNED:
+            if record.status in _SENT:
                 self._put(replace(record, last_event=kind, reason=f"{reason}; the device retries"))
             return []
-        elif record.status is DeviceStatus.ASSIGNED:
+        elif record.status in _SENT:
             why = reason or ("rolled back on the device" if kind == "rolled_back" else "failed on the device")
             if kind == "rolled_back" and reason:
                 why = f"rolled back on the device: {reason}"
@@ -503,6 +656,9 @@ class Rollout:
         if outcome is not None:
             kind, reason = outcome
             return self.device_event(device_id, kind, now, reason, self.version)
+        if self._reports_stage(seen, report):
+            # its ``shadowing`` event was lost: the report's update state says the stage runs
+            return self.device_event(device_id, SHADOWING, now, "", self.version)
         return self._evaluate(now)
 
     def reported_outcome(self, device_id: str, report: DeviceReport) -> tuple[str, str] | None:
@@ -518,8 +674,7 @@ class Rollout:
           event, and one restarted after its commit may have lost the event.
         """
         record = self.devices.get(device_id)
-        if record is None or record.status not in (DeviceStatus.ASSIGNED, DeviceStatus.TIMED_OUT) \
-                or not report.online:
+        if record is None or record.status not in _IN_FLIGHT or not report.online:
             return None
         update = report.update_of(self.model)
         if update is not None and update.finished and update.version == self.version and (
@@ -536,7 +691,15 @@ class Rollout:
             return False
         if not report.online:
             return record.online
-        return self._seen(record, report) != record or self.reported_outcome(device_id, report) is not None
+        return self._seen(record, report) != record or self.reported_outcome(device_id, report) is not None \
+            or self._reports_stage(record, report)
+
+    def _reports_stage(self, record: DeviceRecord, report: DeviceReport) -> bool:
+        """Whether a candidate device not yet known to shadow reports its stage running (update state shadow/canary)."""
+        if record.status is not DeviceStatus.CANDIDATE or record.last_event == SHADOWING or not report.online:
+            return False
+        update = report.update_of(self.model)
+        return update is not None and update.version == self.version and update.state in _STAGE_STATES
 
     def assignment_issued(self, device_id: str, counter: int) -> None:
         """This rollout's assignment reached the device under ``counter`` (the engine signed it).
@@ -544,7 +707,7 @@ class Rollout:
         An outcome reported for an older counter is then not about this rollout's assignment.
         """
         record = self.devices.get(device_id)
-        if record is not None and record.status is DeviceStatus.ASSIGNED and record.counter != counter:
+        if record is not None and record.status in _SENT and record.counter != counter:
             self._put(replace(record, counter=counter))
 
     def _seen(self, record: DeviceRecord, report: DeviceReport) -> DeviceRecord:
@@ -598,7 +761,7 @@ class Rollout:
         self.state = RolloutState.ABORTED
         self.finished_at = _check_now(now)
         self.halt_reason = reason
-        return []
+        return self._withdraw(self.finished_at, "the rollout was aborted")
 
     def rollback(self, now: datetime, reason: str = "rolled back by an operator") -> list[Action]:
         """Send every device this rollout touched back to its previous version."""
@@ -666,17 +829,53 @@ class Rollout:
         return sum(1 for d in self.devices.values() if d.wave is not None and d.wave <= self.current_wave)
 
     def next_deadline(self) -> datetime | None:
-        """When a ``tick`` could next change something (a bake ends, a device times out)."""
+        """When a ``tick`` could next change something (a bake or a stage ends, a device times out)."""
         if self.state not in _LIVE:
             return None
         assigned = (self.devices[d] for d in self._assigned)
         moments = [d.assigned_at + self.policy.device_timeout for d in assigned
-                   if d.assigned_at is not None and d.serves != self.version]
+                   if d.assigned_at is not None and self._may_time_out(d)]
         if self.state is RolloutState.RUNNING:
             summary = self._summary(self.current_wave)
             if summary.last_commit_at is not None:
                 moments.append(summary.last_commit_at + self.policy.bake_time)
+            stage = self.stages.get(self.current_wave)
+            if stage is not None and not stage.decided and self.policy.stage is not None:
+                ends = stage.ends_at(self.policy.stage)
+                if ends is not None:
+                    moments.append(ends)
         return min(moments, default=None)
+
+    def stage_query(self, now: datetime) -> StageQuery | None:
+        """The figures the engine should gather now for the current wave's running stage, if any.
+
+        While the stage runs, every ``STAGE_FIGURES_EVERY`` (for the status views); once its
+        time is over, at once (the verdict needs figures gathered after the end).
+        """
+        now = _check_now(now)
+        stage = self.stages.get(self.current_wave)
+        if self.state not in _LIVE or stage is None or stage.decided or self.policy.stage is None:
+            return None
+        ends = stage.ends_at(self.policy.stage)
+        due = ends is not None and now >= ends and (stage.figures_at is None or stage.figures_at < ends)
+        if not due and stage.figures_at is not None and now < stage.figures_at + STAGE_FIGURES_EVERY:
+            return None
+        members = tuple(sorted(self._wave_members[self.current_wave]))
+        return StageQuery(self.current_wave, stage.mode, self.model, self.version, members, stage.started_at)
+
+    def stage_figures(self, wave: int, figures: Figures, now: datetime) -> list[Action]:
+        """The figures of wave ``wave``'s stage, gathered at ``now``; once its time is over they decide it.
+
+        Pass: every member of the wave is assigned the version (the usual commit and bake follow).
+        Fail (agreement, latency, accuracy, or too few requests or labels): the rollout halts
+        with the figures as its reason, and the candidate is withdrawn.
+        """
+        now = _check_now(now)
+        stage = self.stages.get(wave)
+        if stage is None or stage.decided or self.policy.stage is None or figures.kind != stage.mode:
+            return []
+        self.stages[wave] = replace(stage, figures=figures.to_dict(), figures_at=now)
+        return self._evaluate(now)
 
     # ------------------------------------------------------------------ persistence
 
@@ -690,6 +889,7 @@ class Rollout:
             "started_at": _time(self.started_at), "finished_at": _time(self.finished_at),
             "yanked": self.yanked, "halt_reason": self.halt_reason,
             "devices": [self.devices[k].to_dict() for k in sorted(self.devices)],
+            "stages": [self.stages[w].to_dict() for w in sorted(self.stages)],
         }
 
     @classmethod
@@ -707,7 +907,9 @@ class Rollout:
                 devices={r.device_id: r for r in records}, state=RolloutState(data["state"]),
                 current_wave=int(data["current_wave"]), wave_started_at=_parse_time(data["wave_started_at"]),
                 started_at=_parse_time(data["started_at"]), finished_at=_parse_time(data["finished_at"]),
-                yanked=bool(data["yanked"]), halt_reason=str(data["halt_reason"]))
+                yanked=bool(data["yanked"]), halt_reason=str(data["halt_reason"]),
+                # stages came with issue 18: documents stored before have none
+                stages=[StageState.from_dict(s) for s in data.get("stages", ())])
         except (KeyError, TypeError, ValueError, EdgefleetError) as exc:
             if isinstance(exc, RolloutDataError):
                 raise
@@ -727,16 +929,29 @@ class Rollout:
         self.devices[record.device_id] = record
         self._index(record)
 
+    def _may_time_out(self, record: DeviceRecord) -> bool:
+        """Whether the device timeout runs for an assigned device.
+
+        Not for one that serves the version (it is in probation, which ends by itself), nor
+        for a candidate that reports its stage running (it waits on the stage, not on itself).
+        """
+        if record.assigned_at is None or record.serves == self.version:
+            return False
+        return not (record.status is DeviceStatus.CANDIDATE and record.last_event == SHADOWING)
+
     def _index(self, record: DeviceRecord) -> None:
-        if record.status is DeviceStatus.ASSIGNED:
+        if record.status in _SENT:
             self._assigned.add(record.device_id)
-            if record.assigned_at is not None and record.serves != self.version:  # never times out
+            if self._may_time_out(record):
+                assert record.assigned_at is not None
                 due = record.assigned_at + self.policy.device_timeout
                 self._timeouts_from = due if self._timeouts_from is None else min(self._timeouts_from, due)
         if record.wave is None:
             return
         self._wave_members[record.wave][record.device_id] = record
         self._wave_counts[record.wave][record.status] += 1
+        if record.status is DeviceStatus.CANDIDATE and record.last_event == SHADOWING:
+            self._shadowing[record.wave] += 1
         if record.status is DeviceStatus.COMMITTED and record.finished_at is not None:
             last = self._last_commit[record.wave]
             self._last_commit[record.wave] = record.finished_at if last is None else max(last, record.finished_at)
@@ -747,6 +962,8 @@ class Rollout:
             return
         del self._wave_members[record.wave][record.device_id]
         self._wave_counts[record.wave][record.status] -= 1
+        if record.status is DeviceStatus.CANDIDATE and record.last_event == SHADOWING:
+            self._shadowing[record.wave] -= 1
         if record.status is DeviceStatus.COMMITTED:
             self._stale_commits.add(record.wave)  # the latest commit may be the one leaving
 
@@ -762,18 +979,31 @@ class Rollout:
         return WaveSummary(wave, self.plan.percentages[wave], len(self._wave_members[wave]),
                            count[DeviceStatus.PENDING], count[DeviceStatus.ASSIGNED], count[DeviceStatus.COMMITTED],
                            count[DeviceStatus.FAILED] + count[DeviceStatus.TIMED_OUT],
-                           count[DeviceStatus.ROLLED_BACK], self._last_commit[wave])
+                           count[DeviceStatus.ROLLED_BACK], self._last_commit[wave], count[DeviceStatus.CANDIDATE],
+                           self._shadowing[wave], count[DeviceStatus.WITHDRAWN], self.stages.get(wave))
 
     def _begin_wave(self, wave: int, now: datetime) -> list[Action]:
         self.current_wave = wave
         self.wave_started_at = now
-        return self._assign_wave(wave, now)
+        if self.policy.stage is not None:
+            self.stages[wave] = StageState(wave, self.policy.stage.mode, now)
+        actions = self._assign_wave(wave, now)
+        stage = self.stages.get(wave)
+        if stage is not None and not stage.decided and not stage.sent:
+            # Nobody to compare against: the members waiting for the stage are assigned now.
+            self.stages[wave] = replace(stage, verdict=VerdictCode.SKIPPED.value, decided_at=now,
+                                        reason=f"no device of wave {wave + 1} serves an earlier version of "
+                                               f"{self.model} to compare against")
+            actions += self._assign_wave(wave, now)
+        return actions
 
     def _assign_wave(self, wave: int, now: datetime) -> list[Action]:
         # Every path that sends the version goes through here, so the guards live here.
         if self.yanked or self.state not in (RolloutState.RUNNING, RolloutState.COMPLETED) \
                 or wave > self.current_wave:
             return []
+        stage = self.stages.get(wave)
+        staging = self.policy.stage is not None and stage is not None and not stage.decided
         actions: list[Action] = []
         for record in sorted(self._members(wave), key=lambda d: d.device_id):
             if record.status is not DeviceStatus.PENDING:
@@ -783,8 +1013,75 @@ class Rollout:
                 self._put(replace(record, wave=None, status=DeviceStatus.INELIGIBLE,
                                   reason=f"profile {record.profile} is not one the version was validated for"))
                 continue
+            if staging and record.previous_version != self.version:
+                assert stage is not None and self.policy.stage is not None
+                if record.previous_version is None:
+                    continue  # serves nothing to compare against: assigned when the stage passes
+                self._put(replace(record, status=DeviceStatus.CANDIDATE, assigned_at=now))
+                rate = self.policy.stage.sample if isinstance(self.policy.stage, ShadowPolicy) \
+                    else self.policy.stage.share
+                actions.append(AssignCandidate(record.device_id, self.model, record.previous_version, target,
+                                               self.policy.stage.mode, rate))
+                stage = replace(stage, sent=stage.sent + 1)
+                self.stages[wave] = stage
+                continue
             self._put(replace(record, status=DeviceStatus.ASSIGNED, assigned_at=now))
             actions.append(AssignVersion(record.device_id, self.model, self.version, target))
+        return actions
+
+    def _stage_step(self, now: datetime) -> list[Action]:
+        """Open the current wave's stage once enough devices run it; decide it once its time is over."""
+        wave = self.current_wave
+        stage, policy = self.stages.get(wave), self.policy.stage
+        if stage is None or stage.decided or policy is None:
+            return []
+        if stage.opened_at is None:
+            summary = self._summary(wave)
+            waiting = summary.candidate - summary.shadowing
+            if not summary.shadowing or (summary.shadowing < self.policy.min_success_rate * stage.sent and waiting):
+                return []
+            stage = replace(stage, opened_at=now)
+            self.stages[wave] = stage
+        ends = stage.ends_at(policy)
+        figures = figures_from_dict(stage.figures)
+        if ends is None or now < ends or stage.figures_at is None or stage.figures_at < ends or figures is None:
+            return []  # the engine hands in figures gathered after the end (stage_query says when)
+        verdict: Verdict = judge(policy, figures, wave)
+        self.stages[wave] = replace(stage, verdict=verdict.code.value, reason=verdict.reason, decided_at=now)
+        if not verdict.passed:
+            return self._halt(verdict.reason, now)
+        return self._promote(wave, now)
+
+    def _promote(self, wave: int, now: datetime) -> list[Action]:
+        """The stage passed: every candidate of the wave is assigned the version, then those that waited."""
+        actions: list[Action] = []
+        for record in sorted(self._members(wave), key=lambda d: d.device_id):
+            if record.status is not DeviceStatus.CANDIDATE:
+                continue
+            self._put(replace(record, status=DeviceStatus.ASSIGNED, assigned_at=now, last_event=None, counter=None,
+                              reason=""))
+            actions.append(AssignVersion(record.device_id, self.model, self.version, self.targets[record.profile]))
+        return actions + self._assign_wave(wave, now)
+
+    def _withdraw(self, now: datetime, why: str) -> list[Action]:
+        """Withdraw the candidate from every device that still holds it in its assignment.
+
+        Those are the devices sent it in a wave whose stage did not pass: in the stage still,
+        or failed or timed out there (their assignment still names the candidate).
+        """
+        actions: list[Action] = []
+        for wave, stage in sorted(self.stages.items()):
+            if stage.passed:
+                continue
+            for record in sorted(self._members(wave), key=lambda d: d.device_id):
+                holds = record.status is DeviceStatus.CANDIDATE or (
+                    record.status in _FAILURES and record.touched and record.previous_version not in (None, self.version))
+                if not holds or record.previous_version is None:
+                    continue
+                before = f"{record.reason}; " if record.reason else ""
+                self._put(replace(record, status=DeviceStatus.WITHDRAWN, finished_at=record.finished_at or now,
+                                  reason=f"{before}candidate withdrawn: {why}"))
+                actions.append(WithdrawCandidate(record.device_id, self.model, record.previous_version))
         return actions
 
     def _evaluate(self, now: datetime) -> list[Action]:
@@ -798,12 +1095,15 @@ class Rollout:
             if summary.failure_rate > self.policy.max_failure_rate:
                 return self._halt(f"wave {wave + 1}: {summary.failed} of {summary.size} device(s) failed "
                                   f"({summary.failure_rate:.0%} > max {self.policy.max_failure_rate:.0%})", now)
-            reachable = (summary.committed + summary.in_flight + summary.pending) / summary.size
+            reachable = (summary.committed + summary.in_flight + summary.pending + summary.candidate) / summary.size
             if reachable < self.policy.min_success_rate:
                 return self._halt(f"wave {wave + 1} can no longer reach the {self.policy.min_success_rate:.0%} "
                                   f"success rate: {summary.failed} of {summary.size} device(s) failed", now)
         if self.state is RolloutState.RUNNING:
-            return self._advance(now)
+            staged = self._stage_step(now)
+            if self.state is not RolloutState.RUNNING:
+                return staged  # the stage failed: halted
+            return staged + self._advance(now)
         return []
 
     def _time_out(self, now: datetime) -> None:
@@ -812,8 +1112,9 @@ class Rollout:
         still: list[datetime] = []
         for device_id in sorted(self._assigned):
             record = self.devices[device_id]
-            if record.assigned_at is None or record.serves == self.version:
-                continue  # a device that runs the version is in probation, which ends by itself
+            if not self._may_time_out(record):
+                continue  # in probation, or waiting on its stage: both end by themselves
+            assert record.assigned_at is not None
             due = record.assigned_at + self.policy.device_timeout
             if now >= due:
                 where = f"offline since {record.offline_since.isoformat()}" if record.offline_since else "online"
@@ -827,6 +1128,8 @@ class Rollout:
         summary = self._summary(self.current_wave)
         if not summary.size or summary.success_rate < self.policy.min_success_rate:
             return []
+        if summary.stage is not None and not summary.stage.passed:
+            return []
         if summary.last_commit_at is None or now < summary.last_commit_at + self.policy.bake_time:
             return []
         if self.current_wave + 1 >= len(self.plan.waves):
@@ -839,7 +1142,7 @@ class Rollout:
         self.state = RolloutState.HALTED
         self.halt_reason = reason
         self.finished_at = now
-        actions: list[Action] = [Halt(reason)]
+        actions: list[Action] = [Halt(reason), *self._withdraw(now, f"the rollout halted: {reason}")]
         if self.policy.auto_rollback:
             actions += self._roll_back(now)
         return actions
@@ -847,11 +1150,11 @@ class Rollout:
     def _roll_back(self, now: datetime) -> list[Action]:
         self.state = RolloutState.ROLLED_BACK
         self.finished_at = self.finished_at or now
-        actions: list[Action] = []
+        actions: list[Action] = self._withdraw(now, "the rollout was rolled back")
         stranded: list[str] = []
         for record in sorted(self.devices.values(), key=lambda d: d.device_id):
-            if not record.touched or record.status is DeviceStatus.ROLLED_BACK:
-                continue
+            if not record.touched or record.status in (DeviceStatus.ROLLED_BACK, DeviceStatus.WITHDRAWN):
+                continue  # a withdrawn device never left its previous version
             if record.previous_version is None:
                 stranded.append(record.device_id)
                 continue

@@ -12,7 +12,10 @@ counter), and restarts (a round trip through the JSON the engine stores). After 
 * a halt with auto-rollback sends every touched device its previous version (or reports it);
 * a copy restored from ``to_dict`` at any point answers every later step identically;
 * a device whose last online report served the version is never timed out (issue 19);
-* a report fed a second time changes nothing (the engine replays reports when it starts).
+* a report fed a second time changes nothing (the engine replays reports when it starts);
+* with a shadow or canary stage (issue 18): no device is assigned the version before its
+  wave's stage passed (unless it already serves it), and a stopped rollout leaves no device
+  holding the candidate (each got a ``WithdrawCandidate``).
 """
 
 from __future__ import annotations
@@ -28,15 +31,19 @@ from fleet_server.rollouts.machine import (
     EVENTS,
     Action,
     AlertNeeded,
+    AssignCandidate,
     AssignPrevious,
     AssignVersion,
+    DeviceStatus,
     Halt,
     Rollout,
     RolloutPolicy,
     RolloutState,
     RolloutStateError,
+    WithdrawCandidate,
 )
 from fleet_server.rollouts.reports import DeviceReport, ReportedUpdate
+from fleet_server.rollouts.stage import CanaryFigures, CanaryPolicy, ShadowFigures, ShadowPolicy
 from fleet_server.rollouts.waves import RolloutDevice, Selector
 from tests.unit.fleet_server.rollout.fleet import MODEL, PREVIOUS, T0, VERSION, target
 
@@ -53,6 +60,8 @@ _policy = st.builds(
     min_success_rate=st.sampled_from([0.3, 0.8, 1.0]),
     device_timeout=st.sampled_from([timedelta(minutes=10), timedelta(minutes=30)]),
     auto_rollback=st.booleans(),
+    stage=st.sampled_from([None, None, ShadowPolicy(timedelta(minutes=10), 0.98, min_requests=10),
+                           CanaryPolicy(0.1, timedelta(minutes=10), min_labels=10)]),
 )
 _update = st.one_of(st.none(), st.builds(
     ReportedUpdate,
@@ -86,6 +95,8 @@ class RolloutMachine(RuleBasedStateMachine):
         self.twin = self._restored()
         self.now = T0
         self.ever_assigned: set[str] = set()
+        self.ever_touched: set[str] = set()
+        self.withdrawn: set[str] = set()
         self.stopped = False
         self.joined = 0
         if start_now:
@@ -119,20 +130,35 @@ class RolloutMachine(RuleBasedStateMachine):
                 assert not self.rollout.yanked
                 assert action.device_id not in self.ever_assigned, f"{action.device_id} assigned twice"
                 self.ever_assigned.add(action.device_id)
-                profile = self.rollout.devices[action.device_id].profile
-                assert profile in ELIGIBLE and action.target == target(profile)
+                self.ever_touched.add(action.device_id)
+                record = self.rollout.devices[action.device_id]
+                assert record.profile in ELIGIBLE and action.target == target(record.profile)
+                stage = self.rollout.stages.get(record.wave) if record.wave is not None else None
+                assert stage is None or stage.passed or record.previous_version == VERSION, \
+                    f"{action.device_id} switched before its wave's stage passed"
+            elif isinstance(action, AssignCandidate):
+                assert not was_stopped and not self.rollout.yanked
+                assert action.device_id not in self.ever_touched, f"{action.device_id} sent the candidate twice"
+                self.ever_touched.add(action.device_id)
+                assert action.serving_version == PREVIOUS and action.target.version == VERSION
+            elif isinstance(action, WithdrawCandidate):
+                assert action.device_id in self.ever_touched and action.device_id not in self.ever_assigned
+                assert action.device_id not in self.withdrawn
+                self.withdrawn.add(action.device_id)
             elif isinstance(action, AssignPrevious):
                 record = self.rollout.devices[action.device_id]
                 assert record.previous_version == action.previous_version == PREVIOUS
-                assert action.device_id in self.ever_assigned
+                assert action.device_id in self.ever_touched and action.device_id not in self.withdrawn
         halts = [a for a in actions if isinstance(a, Halt)]
         if halts and self.rollout.policy.auto_rollback:
-            sent_back = {a.device_id for a in actions if isinstance(a, AssignPrevious)}
+            sent_back = {a.device_id for a in actions if isinstance(a, AssignPrevious | WithdrawCandidate)}
             stranded = {d for a in actions if isinstance(a, AlertNeeded) for d in a.devices}
-            assert sent_back | stranded == self.ever_assigned
+            assert sent_back | stranded == self.ever_touched
             assert not sent_back & stranded
         if self.rollout.state in STOPPED:
             self.stopped = True
+            holding = [d for d, r in self.rollout.devices.items() if r.status is DeviceStatus.CANDIDATE]
+            assert not holding, f"{holding} still hold the candidate of a stopped rollout"
 
     # ------------------------------------------------------------------ rules
 
@@ -218,6 +244,24 @@ class RolloutMachine(RuleBasedStateMachine):
         self.joined += 1
         self._step("add_device", RolloutDevice(f"late{self.joined:02d}", profile, {"site": site}, version), self.now)
 
+    @rule(data=st.data())
+    def candidates_run_their_stage(self, data: st.DataObject) -> None:
+        holding = sorted(d.device_id for d in self.rollout.devices.values() if d.status.value == "candidate")
+        for device in data.draw(st.lists(st.sampled_from(holding), unique=True) if holding else st.just([])):
+            self._step("device_event", device, "shadowing", self.now, "", VERSION)
+
+    @rule(passing=st.booleans())
+    def stage_figures_arrive(self, passing: bool) -> None:
+        query = self.rollout.stage_query(self.now)
+        if query is None:
+            return
+        figures: ShadowFigures | CanaryFigures
+        if query.mode == "shadow":
+            figures = ShadowFigures(100, 100 if passing else 50)
+        else:
+            figures = CanaryFigures(100, 90, 100, 95 if passing else 40)
+        self._step("stage_figures", query.wave, figures, self.now)
+
     @rule()
     def server_restarts(self) -> None:
         self.twin = self._restored()
@@ -230,7 +274,7 @@ class RolloutMachine(RuleBasedStateMachine):
         assert rollout.assigned_count() <= rollout.allowed_count()
         assert all(d.wave is not None and d.wave <= rollout.current_wave
                    for d in rollout.devices.values() if d.touched)
-        assert {d.device_id for d in rollout.devices.values() if d.touched} == self.ever_assigned
+        assert {d.device_id for d in rollout.devices.values() if d.touched} == self.ever_touched
 
     @invariant()
     def wave_counts_agree_with_a_fresh_count(self) -> None:
@@ -239,11 +283,13 @@ class RolloutMachine(RuleBasedStateMachine):
             members = [d for d in self.rollout.devices.values() if d.wave == summary.index]
             status = [d.status.value for d in members]
             commits = [d.finished_at for d in members if d.status.value == "committed" and d.finished_at]
+            shadowing = [d for d in members if d.status.value == "candidate" and d.last_event == "shadowing"]
             assert (summary.size, summary.pending, summary.in_flight, summary.committed, summary.failed,
-                    summary.rolled_back, summary.last_commit_at) == (
+                    summary.rolled_back, summary.last_commit_at, summary.candidate, summary.shadowing,
+                    summary.withdrawn) == (
                 len(members), status.count("pending"), status.count("assigned"), status.count("committed"),
                 status.count("failed") + status.count("timed_out"), status.count("rolled_back"),
-                max(commits, default=None))
+                max(commits, default=None), status.count("candidate"), len(shadowing), status.count("withdrawn"))
 
     @invariant()
     def ineligible_devices_are_never_touched(self) -> None:
