@@ -9,6 +9,7 @@ JSONB; timestamps stored as UTC and handed back timezone-aware on both (``UTCDat
     registry     models, devices, enrollment_tokens
     rollouts     device_assignments (fleet_server.rollouts.assignments), rollouts (.engine)
     telemetry    telemetry_batches, telemetry_records, device_events (fleet_server.telemetry.ingest),
+                 shadow_records (fleet_server.telemetry.shadow; read by fleet_server.rollouts.figures),
                  device_refusals (fleet_server.telemetry.refusals), alert_state (fleet_server.telemetry.monitor)
 
 This module holds no engine or session (``fleet_server.db.Database`` does) and no queries:
@@ -38,7 +39,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = ["AlertStateRow", "Base", "DeviceAssignmentRow", "DeviceEventRow", "DeviceRefusalRow", "DeviceRow",
-           "EnrollmentTokenRow", "ModelRow", "RolloutRow", "TelemetryBatchRow", "TelemetryRecordRow", "UTCDateTime"]
+           "EnrollmentTokenRow", "ModelRow", "RolloutRow", "ShadowRecordRow", "TelemetryBatchRow", "TelemetryRecordRow",
+           "UTCDateTime"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -167,6 +169,29 @@ class TelemetryRecordRow(Base):
     drift: Mapped[list[list[int]]] = mapped_column(JSON)
     feedback_labels: Mapped[int] = mapped_column(Integer, default=0)
     feedback_correct: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ShadowRecordRow(Base):
+    """One candidate's shadow figures from one batch (the batch's ``sh``, migration 0005, issue 18)."""
+
+    __tablename__ = "shadow_records"
+    __table_args__ = (UniqueConstraint("device_id", "seq", "model", "version", name="uq_shadow_records_key"),
+                      Index("ix_shadow_records_model_ts", "model", "version", "ts"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(128))    # the candidate's
+    serving: Mapped[str] = mapped_column(String(128))    # the version that answered
+    ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    compared: Mapped[int] = mapped_column(BigInteger)
+    agreed: Mapped[int] = mapped_column(BigInteger)
+    skipped: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    relative_error_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    serving_buckets: Mapped[list[int]] = mapped_column(JSON)
+    candidate_buckets: Mapped[list[int]] = mapped_column(JSON)
 
 
 class DeviceEventRow(Base):

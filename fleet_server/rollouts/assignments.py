@@ -20,6 +20,13 @@ envelope that was stored but not confirmed published (a broker outage, a replica
 between commit and publish) and re-issues assignments that have passed half their lifetime,
 so a device never holds an expired one.
 
+A desired entry may carry a candidate beside the serving version (issue 18, a rollout's shadow
+or canary stage): pass a :class:`WithCandidate` instead of a version string. The candidate is
+checked for the device like the serving version, and it stays in the device's map through
+refreshes and changes of other models, until an entry for its model is given again: a plain
+version string (the promotion to the candidate, or the withdrawal back to the serving version)
+replaces the whole entry, candidate included.
+
 Checked here, not only in the rollout core: a device is never assigned a model version that
 is unknown, yanked, or not validated for the device's profile, nor a bundle whose manifest
 schema its reported agent version cannot read (``edgefleet.manifest.agent_reads``), and a
@@ -51,7 +58,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from edgefleet import topics
-from edgefleet.assignment import Assignment, DirectorSigner, ModelTarget
+from edgefleet.assignment import SHADOW, Assignment, Candidate, DirectorSigner, ModelTarget
 from edgefleet.manifest import AGENT_READS_SINCE, agent_reads
 from fleet_server.db import Database
 from fleet_server.errors import BrokerError, InvalidInputError, NotFoundError
@@ -92,6 +99,19 @@ class BatchPublisher(Protocol):
 
     def publish_all(self, messages: Sequence[tuple[str, bytes]], *, retain: bool = False,
                     timeout: float = PUBLISH_TIMEOUT_S) -> list[bool]: ...
+
+
+@dataclass(frozen=True)
+class WithCandidate:
+    """A desired entry: ``version`` serves, ``candidate`` runs beside it (``mode`` shadow or canary at ``rate``)."""
+
+    version: str
+    candidate: str
+    mode: str
+    rate: float
+
+
+Wanted = str | WithCandidate  # what a desired entry names: a version, or a version with a candidate
 
 
 @dataclass(frozen=True)
@@ -154,6 +174,23 @@ class _ModelCache:
         return _eligible(self.rows[key], device, name, version)
 
 
+def _wanted(target: ModelTarget) -> Wanted:
+    """What a stored entry names, so a refresh re-checks (and keeps) its candidate too."""
+    candidate = target.candidate
+    if candidate is None:
+        return target.version
+    return WithCandidate(target.version, candidate.version, candidate.mode, candidate.rate)
+
+
+def _resolve(cache: _ModelCache, device: DeviceRow, name: str, entry: Wanted) -> ModelTarget:
+    if isinstance(entry, str):
+        return cache.target(device, name, entry)
+    serving = cache.target(device, name, entry.version)
+    beside = cache.target(device, name, entry.candidate)
+    candidate = Candidate.shadow(beside, entry.rate) if entry.mode == SHADOW else Candidate.canary(beside, entry.rate)
+    return serving.with_candidate(candidate)
+
+
 def _targets(data: Mapping[str, Any]) -> dict[str, ModelTarget]:
     return {str(n): ModelTarget.from_dict(t) for n, t in data.items()}
 
@@ -176,7 +213,7 @@ class Assignments:
 
     # -- issuing (inside the caller's transaction) -----------------------------------------
 
-    def next_assignment(self, session: Session, device_id: str, models: Mapping[str, str | None],
+    def next_assignment(self, session: Session, device_id: str, models: Mapping[str, Wanted | None],
                         rollout_id: str | None, now: datetime, ttl: timedelta | None = None) -> IssuedAssignment:
         """Change ``device_id``'s desired map by ``models`` (name -> version, None removes) and sign it.
 
@@ -190,7 +227,7 @@ class Assignments:
             raise refused[device_id]
         return issued[0]
 
-    def next_assignments(self, session: Session, changes: Mapping[str, Mapping[str, str | None]],
+    def next_assignments(self, session: Session, changes: Mapping[str, Mapping[str, Wanted | None]],
                          rollout_id: str | None, now: datetime, ttl: timedelta | None = None
                          ) -> tuple[list[IssuedAssignment], dict[str, IneligibleError | NotFoundError]]:
         """``next_assignment`` for many devices at once (device -> model changes), set-based.
@@ -268,24 +305,24 @@ class Assignments:
 
     @staticmethod
     def _desired_targets(device: DeviceRow | None, device_id: str, current: DeviceAssignmentRow | None,
-                         models: Mapping[str, str | None], cache: _ModelCache) -> dict[str, ModelTarget]:
-        """The device's desired map changed by ``models``, every entry checked for this device."""
+                         models: Mapping[str, Wanted | None], cache: _ModelCache) -> dict[str, ModelTarget]:
+        """The device's desired map changed by ``models``, every entry (and candidate) checked for this device."""
         if device is None:
             raise NotFoundError(f"device {device_id} is not enrolled", fix="list devices with `edgefleet devices list`")
         if device.status != ENROLLED:
             raise IneligibleError(f"device {device_id} is {device.status} and gets no assignments",
                                   reason="device_revoked")
-        wanted = {n: t.version for n, t in (_targets(current.models) if current else {}).items()}
+        wanted: dict[str, Wanted] = {n: _wanted(t) for n, t in (_targets(current.models) if current else {}).items()}
         for name, version in models.items():
             if version is None:
                 wanted.pop(name, None)
             else:
                 wanted[name] = version
-        return {name: cache.target(device, name, version) for name, version in sorted(wanted.items())}
+        return {name: _resolve(cache, device, name, entry) for name, entry in sorted(wanted.items())}
 
     # -- convenience: issue, commit, publish ------------------------------------------------
 
-    def assign(self, device_id: str, models: Mapping[str, str | None], rollout_id: str | None,
+    def assign(self, device_id: str, models: Mapping[str, Wanted | None], rollout_id: str | None,
                now: datetime, ttl: timedelta | None = None) -> IssuedAssignment:
         """Issue in a transaction of its own, commit, then publish."""
         with self.db.session() as session:

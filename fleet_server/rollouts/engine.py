@@ -42,6 +42,13 @@ then every PUBACK awaited together), so a request returns once the change is com
 once thousands of devices have been told. Without a worker the engine publishes on the
 caller's thread before returning.
 
+A rollout with a shadow or canary stage (issue 18) asks, on each tick, for its running stage's
+figures (``Rollout.stage_query``); the engine reads them from the database
+(``fleet_server.rollouts.figures.gather``: the wave's shadow records, or its feedback per
+version) and hands them in (``Rollout.stage_figures``), in the same locked transaction; the
+core decides. Candidates go out as assignments whose entry carries a ``candidate``
+(``Assignments`` with ``WithCandidate``), and are withdrawn with a plain entry of the serving version.
+
 This module does not decide anything about waves or thresholds (the pure core does) and owns
 no broker connection (the ``Publisher`` inside ``Assignments`` is injected).
 """
@@ -67,11 +74,19 @@ from edgefleet import topics
 from edgefleet.assignment import ModelTarget
 from fleet_server.db import Database
 from fleet_server.errors import ConflictError, NotFoundError, ServerError
-from fleet_server.rollouts.assignments import ENROLLED, Assignments, IssuedAssignment
+from fleet_server.rollouts.assignments import (
+    ENROLLED,
+    Assignments,
+    IssuedAssignment,
+    Wanted,
+    WithCandidate,
+)
+from fleet_server.rollouts.figures import gather
 from fleet_server.rollouts.machine import (
     EVENTS,
     Action,
     AlertNeeded,
+    AssignCandidate,
     AssignPrevious,
     AssignVersion,
     Completed,
@@ -79,6 +94,7 @@ from fleet_server.rollouts.machine import (
     Rollout,
     RolloutPolicy,
     RolloutState,
+    WithdrawCandidate,
 )
 from fleet_server.rollouts.reports import DeviceReport, ReportError, parse_reported
 from fleet_server.rollouts.waves import RolloutDevice, Selector, new_seed
@@ -192,8 +208,25 @@ def _stored_messages(device_id: str, reported: Any, online: bool) -> list[tuple[
     return messages
 
 
-def _version(action: AssignVersion | AssignPrevious) -> str:
-    return action.version if isinstance(action, AssignVersion) else action.previous_version
+_Assigning = AssignVersion | AssignPrevious | AssignCandidate | WithdrawCandidate
+
+
+def _wanted(action: _Assigning) -> Wanted:
+    """The desired entry an assigning action names."""
+    if isinstance(action, AssignVersion):
+        return action.version
+    if isinstance(action, AssignPrevious):
+        return action.previous_version
+    if isinstance(action, AssignCandidate):
+        return WithCandidate(action.serving_version, action.target.version, action.mode, action.rate)
+    return action.serving_version
+
+
+def _named(action: _Assigning) -> str:
+    wanted = _wanted(action)
+    if isinstance(wanted, WithCandidate):
+        return f"{wanted.version} with candidate {wanted.candidate} ({wanted.mode})"
+    return wanted
 
 
 class RolloutEngine:
@@ -392,7 +425,7 @@ class RolloutEngine:
         with self.db.session() as session:
             rows = session.scalars(select(RolloutRow).where(RolloutRow.state.in_(LIVE_STATES)))
             return {d["device_id"] for row in rows for d in row.document.get("devices", ())
-                    if d.get("status") in ("assigned", "timed_out")}
+                    if d.get("status") in ("assigned", "candidate", "timed_out")}
 
     def tick(self) -> int:
         """Advance every live rollout; return how many were ticked. Safe to call from every replica."""
@@ -412,7 +445,11 @@ class RolloutEngine:
         for device in self._fleet(session, rollout.model):
             if device.device_id not in rollout.devices:
                 actions += rollout.add_device(device, now)
-        return actions + rollout.tick(now)
+        actions += rollout.tick(now)
+        query = rollout.stage_query(now)
+        if query is not None:
+            actions += rollout.stage_figures(query.wave, gather(session, query), now)
+        return actions
 
     def _live(self) -> list[tuple[str, str]]:
         with self.db.session() as session:
@@ -452,12 +489,14 @@ class RolloutEngine:
             if only_if is not None and not only_if(rollout):
                 return {}
             wave_before, logged = rollout.current_wave, len(row.log)
+            stages_before = dict(rollout.stages)
             actions = step(rollout, now, session)
             if note:
                 self._log(row, now, note)
             issued = self._execute(session, row, rollout, actions, now)
             if rollout.current_wave != wave_before:
                 self._log(row, now, f"wave {rollout.current_wave + 1} started")
+            self._log_stages(row, now, stages_before, rollout)
             document = rollout.to_dict()
             if document != row.document or len(row.log) != logged:
                 # most ticks change nothing: leave the row (and its updated_at) alone then
@@ -470,7 +509,7 @@ class RolloutEngine:
                  now: datetime) -> list[IssuedAssignment]:
         pending = list(actions)
         issued: dict[str, IssuedAssignment] = {}
-        sent_back = 0
+        sent_back = withdrawn = 0
         rounds = 0
         locked: set[str] = set()
         while pending:
@@ -478,38 +517,43 @@ class RolloutEngine:
             if rounds > _MAX_ACTION_ROUNDS:
                 raise ServerError(f"rollout {rollout.id} produced actions without end", fix="report this bug")
             action = pending.pop(0)
-            if isinstance(action, AssignVersion | AssignPrevious):
+            if isinstance(action, _Assigning):
                 # Issue the run of assignments at the front together (one device at most once per
                 # run, so each is issued against the map the one before it stored).
-                run: list[AssignVersion | AssignPrevious] = [action]
+                run: list[_Assigning] = [action]
                 in_run = {action.device_id}
                 while pending:
                     head = pending[0]
-                    if not isinstance(head, AssignVersion | AssignPrevious) or head.device_id in in_run:
+                    if not isinstance(head, _Assigning) or head.device_id in in_run:
                         break
                     run.append(head)
                     in_run.add(head.device_id)
                     del pending[0]
                 if not in_run <= locked:
                     locked |= self._lock_devices(session, [a.device_id for a in [*run, *pending]
-                                                           if isinstance(a, AssignVersion | AssignPrevious)])
+                                                           if isinstance(a, _Assigning)])
                 done, refused = self.assignments.next_assignments(
-                    session, {a.device_id: {a.model: _version(a)} for a in run}, rollout.id, now)
+                    session, {a.device_id: {a.model: _wanted(a)} for a in run}, rollout.id, now)
                 issued.update({i.device_id: i for i in done})
                 sent = {a.device_id for a in run if isinstance(a, AssignVersion)}
                 pending += self._assigned(session, rollout, [i for i in done if i.device_id in sent], now)
+                candidates = {a.device_id for a in run if isinstance(a, AssignCandidate)}
+                for candidate in done:
+                    if candidate.device_id in candidates:
+                        rollout.assignment_issued(candidate.device_id, candidate.counter)
                 for assign in run:
                     exc = refused.get(assign.device_id)
                     if exc is None:
                         sent_back += isinstance(assign, AssignPrevious)
+                        withdrawn += isinstance(assign, WithdrawCandidate)
                         continue
-                    self._log(row, now, f"{assign.device_id}: not assigned {assign.model}@{_version(assign)}: "
+                    self._log(row, now, f"{assign.device_id}: not assigned {assign.model}@{_named(assign)}: "
                                         f"{exc.message}")
-                    if isinstance(assign, AssignVersion):
+                    if isinstance(assign, AssignVersion | AssignCandidate):
                         # The core thought the device eligible; tell it, so it counts as failed.
                         pending += rollout.device_event(assign.device_id, "failed", now,
                                                         f"not assignable: {getattr(exc, 'reason', 'unknown')}",
-                                                        assign.version)
+                                                        rollout.version)
             elif isinstance(action, Halt):
                 log.warning("rollout %s halted: %s", rollout.id, action.reason)
                 self._log(row, now, f"halted: {action.reason}")
@@ -520,7 +564,18 @@ class RolloutEngine:
                 self._log(row, now, f"alert {action.topic}: {action.message}")
         if sent_back:
             self._log(row, now, f"rolled back: {sent_back} device(s) sent their previous version")
+        if withdrawn:
+            self._log(row, now, f"candidate withdrawn from {withdrawn} device(s): they serve their previous version")
         return list(issued.values())
+
+    def _log_stages(self, row: RolloutRow, now: datetime, before: Mapping[int, Any], rollout: Rollout) -> None:
+        """Log each stage that opened or was decided in this change (the status view's log)."""
+        for wave, stage in sorted(rollout.stages.items()):
+            old = before.get(wave)
+            if stage.opened_at is not None and (old is None or old.opened_at is None):
+                self._log(row, now, f"wave {wave + 1}: {stage.mode} stage running on {stage.sent} device(s)")
+            if stage.decided and (old is None or not old.decided):
+                self._log(row, now, f"wave {wave + 1}: {stage.mode} stage {stage.verdict}: {stage.reason}")
 
     def _assigned(self, session: Session, rollout: Rollout, issued: Sequence[IssuedAssignment],
                   now: datetime) -> list[Action]:

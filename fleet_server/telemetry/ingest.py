@@ -60,6 +60,7 @@ from fleet_server.errors import ServerError
 from fleet_server.isolation import write_isolating
 from fleet_server.tables import DeviceEventRow, DeviceRow, TelemetryBatchRow, TelemetryRecordRow
 from fleet_server.telemetry.refusals import FaultCounter, store_faults
+from fleet_server.telemetry.shadow import shadow_rows, store_shadow
 from fleet_server.telemetry.validation import (
     DEFAULT_LIMITS,
     STORE_FAILED,
@@ -245,6 +246,7 @@ class _Unit:
     event: dict[str, Any] | None = None
     dropped: int = 0
     records: tuple[ModelRecord, ...] = ()
+    shadow: list[dict[str, Any]] = field(default_factory=list)  # shadow_records rows (issue 18)
 
 
 @dataclass
@@ -437,8 +439,9 @@ class TelemetryIngest:
         if checked.flag is not None:
             self._note(checked.flag)
             faults.append(checked.flag)
-        return _Unit(device_id, "telemetry", batch_rows(checked.batch, now, at=checked.at),
-                     dropped=checked.batch.dropped, records=checked.batch.models)
+        rows = batch_rows(checked.batch, now, at=checked.at)
+        return _Unit(device_id, "telemetry", rows, dropped=checked.batch.dropped, records=checked.batch.models,
+                     shadow=shadow_rows(checked.batch, rows[0]["ts"]))
 
     def _write(self, items: Sequence[_Item]) -> None:
         now = self.clock()
@@ -514,6 +517,8 @@ class TelemetryIngest:
                        for rec in u.rows[1]]
             _insert_ignoring_duplicates(session, TelemetryRecordRow.__table__, records,
                                         ("device_id", "seq", "model", "version"))
+            store_shadow(session, [r for u in units if u.rows is not None and (u.device_id, u.rows[0]["seq"]) in stored
+                                   for r in u.shadow])
             events = len(_insert_ignoring_duplicates(session, DeviceEventRow.__table__,
                                                      [u.event for u in units if u.event is not None],
                                                      ("device_id", "event_id")))

@@ -20,7 +20,14 @@ from fleet_server.rollouts.machine import (
 )
 from fleet_server.rollouts.reports import DeviceReport, ReportedUpdate
 from fleet_server.rollouts.stage import CanaryFigures, CanaryPolicy, ShadowFigures, ShadowPolicy
-from tests.unit.fleet_server.rollout.fleet import MODEL, PREVIOUS, VERSION, at, devices, make_rollout
+from tests.unit.fleet_server.rollout.fleet import (
+    MODEL,
+    PREVIOUS,
+    VERSION,
+    at,
+    devices,
+    make_rollout,
+)
 
 SHADOW = ShadowPolicy(timedelta(minutes=30), 0.98, min_requests=100)
 GOOD = ShadowFigures(1000, 995, 0, 0, None, (0, 0, 0, 100), (0, 0, 0, 100), 2)
