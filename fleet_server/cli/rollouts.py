@@ -23,6 +23,8 @@ _CREATE_EPILOG = """\
 examples:
   edgefleet rollouts create digits@1.2.0 --selector 'site=berlin' --waves 1,10,50,100 --bake 10m
   edgefleet rollouts create digits@1.2.0 --selector 'profile=rpi4-64|rpi5' --auto-rollback
+  edgefleet rollouts create digits@1.2.0 --shadow 30m --min-agreement 0.98 --max-latency-ratio 1.5
+  edgefleet rollouts create digits@1.2.0 --canary 10% --canary-for 1h --min-labels 200 --max-accuracy-drop 0.01
   edgefleet rollouts status ro-3f2a9c01b2d4 --watch
 
 A wave passes when at least --min-success-rate of its devices committed and --bake has gone by
@@ -30,6 +32,28 @@ since the last of them did; the rollout halts as soon as more than --max-failure
 failed (or timed out after --device-timeout), and with --auto-rollback sends every device it
 touched back to the version it ran before. Only devices whose profile the bundle was validated
 for are ever assigned it.
+
+Golden samples (checked on every device before a version serves) prove the bundle still matches
+the model it was converted from, on the data of conversion time. They cannot prove that a new
+version behaves on the inputs a site sees today. For that, give each wave a stage first:
+
+  --shadow DURATION   each device of the wave runs the new version BESIDE the one it serves and
+                      mirrors live requests to it off the response path: every answer still comes
+                      from the serving version. After DURATION the wave switches only if the new
+                      version agreed on --min-agreement of the requests (top-1 class; a regressor
+                      within its health-check tolerance) over at least --min-shadow-requests, with
+                      its p99 latency at most --max-latency-ratio times the serving one's.
+  --canary SHARE      the new version answers SHARE (e.g. 10%) of live requests, its answers tagged
+                      with its version; feedback labels (POST /v1/feedback on the device) are kept
+                      per version. After --canary-for, the wave switches only if the new version's
+                      accuracy is at least the serving one's minus --max-accuracy-drop, with at least
+                      --min-labels labels for each.
+
+Otherwise the rollout halts with the figures as the reason (e.g. "shadow agreement 0.61 < 0.98
+over 1,204 requests on wave 1") and the candidate is withdrawn; too few requests or labels when
+the stage time is over halts too (rerun with a longer stage or a lower minimum). A device that
+cannot hold a second model in its profile's memory refuses the stage (reason memory_budget).
+docs/rollouts.md tells when to use which.
 """
 
 
@@ -55,6 +79,103 @@ def _rate(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1 (0.05 means 5%)")
     return value
+
+
+def _share(text: str) -> float:
+    """``10%`` or ``0.1`` -> 0.1 (a share of live requests)."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share: use e.g. 10% or 0.1") from exc
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share above 0 and at most 100% (10% or 0.1)")
+    return value
+
+
+def _positive_duration(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration: use e.g. 30m")
+    return seconds
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number: use e.g. 500") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text.rstrip("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a ratio: use e.g. 1.5 (or 1.5x)") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1 (the candidate's p99 over the serving p99)")
+    return value
+
+
+def _stage_flags(create: argparse.ArgumentParser) -> None:
+    shadow = create.add_argument_group("shadow stage (each wave compares the new version on live requests first)")
+    shadow.add_argument("--shadow", type=_positive_duration, metavar="DURATION",
+                        help="run each wave's devices in shadow for DURATION (e.g. 30m) before they switch")
+    shadow.add_argument("--min-agreement", type=_rate, metavar="X",
+                        help="share of mirrored requests the new version must agree on (default 0.98)")
+    shadow.add_argument("--max-latency-ratio", type=_ratio, metavar="R",
+                        help="its p99 latency at most R times the serving version's (default 1.5)")
+    shadow.add_argument("--shadow-sample", type=_share, metavar="S",
+                        help="share of live requests mirrored to it: 1.0 or 100%% is all (default 1.0)")
+    shadow.add_argument("--min-shadow-requests", type=_count, metavar="N",
+                        help="requests a wave must compare, else the rollout halts (default 100)")
+    canary = create.add_argument_group("canary stage (each wave lets the new version answer a share first)")
+    canary.add_argument("--canary", type=_share, metavar="SHARE",
+                        help="the share of live requests the new version answers, e.g. 10%% or 0.1")
+    canary.add_argument("--canary-for", type=_positive_duration, metavar="DURATION",
+                        help="how long each wave's canary runs (default 30m)")
+    canary.add_argument("--min-labels", type=_count, metavar="N",
+                        help="feedback labels needed for each version, else the rollout halts (default 100)")
+    canary.add_argument("--max-accuracy-drop", type=_rate, metavar="X",
+                        help="how much less accurate than the serving version it may be (default 0)")
+
+
+_SHADOW_ONLY = ("min_agreement", "max_latency_ratio", "shadow_sample", "min_shadow_requests")
+_CANARY_ONLY = ("canary_for", "min_labels", "max_accuracy_drop")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def stage_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``shadow``/``canary`` part of the create body; UsageError for flags that do not go together."""
+    from fleet_server.errors import InvalidInputError
+
+    if args.shadow is not None and args.canary is not None:
+        raise InvalidInputError("--shadow and --canary cannot be combined: a rollout runs one stage per wave",
+                                fix="pick one: --shadow compares without changing an answer; --canary lets the new "
+                                    "version answer a share and judges it on feedback labels")
+    for mode, names in (("shadow", _SHADOW_ONLY), ("canary", _CANARY_ONLY)):
+        given = [_flag(n) for n in names if getattr(args, n) is not None]
+        if given and getattr(args, mode) is None:
+            raise InvalidInputError(f"{', '.join(given)} only apply with --{mode}",
+                                    fix=f"add --{mode} {'30m' if mode == 'shadow' else '10%'}, or drop them")
+    if args.shadow is not None:
+        shadow = {"seconds": args.shadow, "min_agreement": args.min_agreement, "max_latency_ratio": args.max_latency_ratio,
+                  "sample": args.shadow_sample, "min_requests": args.min_shadow_requests}
+        return {"shadow": {k: v for k, v in shadow.items() if v is not None}}
+    if args.canary is not None:
+        if args.canary >= 1:
+            raise InvalidInputError(f"--canary {args.canary:.0%} would let the new version answer every request",
+                                    fix="a canary is a share below 100%, e.g. --canary 10%; to switch, drop --canary")
+        canary = {"share": args.canary, "seconds": args.canary_for, "min_labels": args.min_labels,
+                  "max_accuracy_drop": args.max_accuracy_drop}
+        return {"canary": {k: v for k, v in canary.items() if v is not None}}
+    return {}
 
 
 def register(sub: Any) -> None:
@@ -83,6 +204,7 @@ def register(sub: Any) -> None:
                         help="an assigned device with no result after this counts as failed (default 30m)")
     create.add_argument("--auto-rollback", action="store_true", help="on a halt, send touched devices back to their previous version")
     create.add_argument("--seed", type=int, help="seed of the wave draw (default: random; it is recorded)")
+    _stage_flags(create)
     create.add_argument("--watch", action="store_true",
                         help="then redraw its status until it finishes, as 'status --watch' (exit 0 only if it completed)")
     create.add_argument("--devices", action="store_true", help="with --watch, also list every device's status")
@@ -124,7 +246,7 @@ def _create(args: argparse.Namespace) -> int:
         "model": model, "version": version, "selector": args.selector, "waves": args.waves,
         "bake_seconds": args.bake, "max_failure_rate": args.max_failure_rate,
         "min_success_rate": args.min_success_rate, "device_timeout_seconds": args.device_timeout,
-        "auto_rollback": args.auto_rollback, "seed": args.seed,
+        "auto_rollback": args.auto_rollback, "seed": args.seed, **stage_body(args),
     }
     with _client(args) as client:
         view = client.request("POST", "/api/v1/rollouts", json=body)
@@ -197,19 +319,63 @@ def render(view: Mapping[str, Any]) -> str:
         ("policy", f"bake {policy['bake_time_s']:g}s, max failure {policy['max_failure_rate']:g}, "
                    f"min success {policy['min_success_rate']:g}, device timeout {policy['device_timeout_s']:g}s, "
                    f"auto-rollback {'on' if policy['auto_rollback'] else 'off'}"),
+        ("stage", _stage_policy(policy.get("stage"))),
         ("devices", ", ".join(f"{k} {v}" for k, v in view["devices"].items())),
         ("halt reason", view["halt_reason"] or None),
     ])
     rows = []
+    staged = policy.get("stage") is not None
     for wave in view["waves"]:
         marker = ">" if wave["index"] == view["current_wave"] and view["state"] in LIVE else " "
         done = wave["committed"] + wave["failed"] + wave["rolled_back"]
         bar = "#" * round(10 * done / wave["size"]) if wave["size"] else ""
-        rows.append((f"{marker}{wave['index'] + 1}", f"{wave['percent']:g}%", wave["size"], wave["pending"],
-                     wave["in_flight"], wave["committed"], wave["failed"], wave["rolled_back"], f"[{bar:<10}]"))
-    table = format_table(["wave", "share", "size", "pending", "assigned", "committed", "failed", "rolled back", ""], rows)
+        row = (f"{marker}{wave['index'] + 1}", f"{wave['percent']:g}%", wave["size"], wave["pending"],
+               wave["in_flight"], wave["committed"], wave["failed"], wave["rolled_back"], f"[{bar:<10}]")
+        rows.append((*row, stage_cell(wave)) if staged else row)
+    headers = ["wave", "share", "size", "pending", "assigned", "committed", "failed", "rolled back", ""]
+    table = format_table([*headers, "stage"] if staged else headers, rows)
     lines = [f"  {entry['at']}  {entry['message']}" for entry in view.get("log", [])[-8:]]
     return "\n".join([header, "", table, "", "log:", *lines])
+
+
+def _stage_policy(stage: Mapping[str, Any] | None) -> str | None:
+    if not stage:
+        return None
+    if stage.get("mode") == "shadow":
+        return (f"shadow {stage['duration_s']:g}s per wave at sample {stage['sample']:g}: agreement >= "
+                f"{stage['min_agreement']:g}, p99 <= {stage['max_latency_ratio']:g}x serving, "
+                f">= {stage['min_requests']:,} requests")
+    return (f"canary {stage['share']:.0%} for {stage['duration_s']:g}s per wave: accuracy >= serving - "
+            f"{stage['max_accuracy_drop']:g}, >= {stage['min_labels']:,} labels per version")
+
+
+def _num(value: Any, form: str = ".3f") -> str:
+    return "-" if value is None else format(value, form)
+
+
+def stage_cell(wave: Mapping[str, Any]) -> str:
+    """One wave's stage in a few words: its state, then its figures (``rollouts status``, the console)."""
+    stage = wave.get("stage")
+    if not stage:
+        return ""
+    if stage.get("verdict"):
+        state = stage["verdict"].replace("_", " ")
+    elif stage.get("opened_at"):
+        state = f"running on {wave.get('shadowing', 0)}/{stage.get('sent', 0)}"
+    else:
+        state = f"starting: {wave.get('shadowing', 0)}/{stage.get('sent', 0)} ready"
+    figures = stage.get("figures") or {}
+    if not figures:
+        return state
+    if figures.get("kind") == "shadow":
+        ratio = figures.get("latency_ratio")
+        return (f"{state}: agreement {_num(figures.get('agreement'))} over {figures.get('requests', 0):,} req, "
+                f"p99 {_num(figures.get('candidate_p99_ms'), '.2f')}/{_num(figures.get('serving_p99_ms'), '.2f')} ms"
+                + (f" ({ratio:.2f}x)" if ratio is not None else "")
+                + (f", {figures['skipped']:,} skipped" if figures.get("skipped") else "")
+                + (f", {figures['errors']:,} errors" if figures.get("errors") else ""))
+    return (f"{state}: accuracy {_num(figures.get('candidate_accuracy'))} ({figures.get('candidate_labels', 0):,} "
+            f"labels) vs {_num(figures.get('serving_accuracy'))} ({figures.get('serving_labels', 0):,})")
 
 
 def _list(args: argparse.Namespace) -> int:

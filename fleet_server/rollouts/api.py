@@ -1,6 +1,7 @@
 """REST endpoints for rollouts (admin token), on top of ``fleet_server.rollouts.engine``.
 
-    POST   /api/v1/rollouts                       create and start: {model, version, selector, waves, ...}
+    POST   /api/v1/rollouts                       create and start: {model, version, selector, waves, ...,
+                                                  shadow: {...} | canary: {...}} (a stage before each wave switches)
     GET    /api/v1/rollouts                       list (?state=running)
     GET    /api/v1/rollouts/{id}                  one rollout: per-wave counts, log (?devices=true: per device)
     POST   /api/v1/rollouts/{id}/pause|resume|abort|rollback
@@ -26,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet_server.api import MODEL_NAME, require_admin
 from fleet_server.errors import ServerError
 from fleet_server.rollouts.engine import RolloutEngine
-from fleet_server.rollouts.machine import RolloutPolicy, RolloutState
+from fleet_server.rollouts.machine import RolloutConfigError, RolloutPolicy, RolloutState
+from fleet_server.rollouts.stage import CanaryPolicy, ShadowPolicy, StagePolicy
 
 ROLLOUT_ID = r"^ro-[0-9a-f]{1,32}$"
 
@@ -51,6 +53,36 @@ Engine = Annotated[RolloutEngine, Depends(rollout_engine)]
 RolloutId = Annotated[str, PathParam(pattern=ROLLOUT_ID, description="rollout id, e.g. ro-3f2a9c01b2d4")]
 
 
+class ShadowStage(BaseModel):
+    """Each wave first mirrors live requests to the candidate beside the serving version (docs/rollouts.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(gt=0, le=30 * 86400, description="how long each wave's shadow stage runs")
+    min_agreement: float = Field(0.98, gt=0, le=1, description="share of requests the candidate must agree on")
+    max_latency_ratio: float = Field(1.5, ge=1, le=1000, description="candidate p99 at most this times the serving p99")
+    sample: float = Field(1.0, gt=0, le=1, description="share of live requests mirrored to the candidate")
+    min_requests: int = Field(100, ge=1, le=10**12, description="requests needed per wave, else the rollout halts")
+
+    def policy(self) -> ShadowPolicy:
+        return ShadowPolicy(timedelta(seconds=self.seconds), self.min_agreement, self.max_latency_ratio, self.sample,
+                            self.min_requests)
+
+
+class CanaryStage(BaseModel):
+    """Each wave first lets the candidate answer a share of live requests; feedback decides (docs/rollouts.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share: float = Field(gt=0, lt=1, description="share of live requests the candidate answers, e.g. 0.1")
+    seconds: float = Field(1800.0, gt=0, le=30 * 86400, description="how long each wave's canary stage runs")
+    min_labels: int = Field(100, ge=1, le=10**12, description="feedback labels needed per arm, else the rollout halts")
+    max_accuracy_drop: float = Field(0.0, ge=0, le=1, description="how much less accurate the candidate may be")
+
+    def policy(self) -> CanaryPolicy:
+        return CanaryPolicy(self.share, timedelta(seconds=self.seconds), self.min_labels, self.max_accuracy_drop)
+
+
 class CreateRollout(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,11 +97,23 @@ class CreateRollout(BaseModel):
     device_timeout_seconds: float = Field(1800.0, gt=0, le=30 * 86400)
     auto_rollback: bool = False
     seed: int | None = Field(None, ge=0, lt=2**63)
+    shadow: ShadowStage | None = None
+    canary: CanaryStage | None = None
 
     def policy(self) -> RolloutPolicy:
+        stage: StagePolicy | None = None
+        if self.shadow is not None and self.canary is not None:
+            raise RolloutConfigError("a rollout runs one stage per wave: shadow or canary, not both",
+                                     fix="pick one: shadow compares the candidate on live requests without "
+                                         "changing an answer; canary lets it answer a share and judges it on "
+                                         "feedback labels")
+        if self.shadow is not None:
+            stage = self.shadow.policy()
+        elif self.canary is not None:
+            stage = self.canary.policy()
         return RolloutPolicy(tuple(self.waves), timedelta(seconds=self.bake_seconds), self.max_failure_rate,
                              self.min_success_rate, timedelta(seconds=self.device_timeout_seconds),
-                             self.auto_rollback)
+                             self.auto_rollback, stage)
 
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"], dependencies=[Depends(require_admin)])
@@ -87,7 +131,7 @@ def list_rollouts(engine: Engine, state: Annotated[RolloutState | None, Query()]
     return engine.list_rollouts(state=None if state is None else state.value)
 
 
-@router.get("/{rollout_id}", summary="one rollout with per-wave progress and its log")
+@router.get("/{rollout_id}", summary="one rollout with per-wave progress (and shadow/canary figures) and its log")
 def show_rollout(engine: Engine, rollout_id: RolloutId, devices: bool = False) -> dict[str, Any]:
     return engine.get(rollout_id, devices=devices)
 

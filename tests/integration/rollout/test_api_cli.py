@@ -159,3 +159,36 @@ def test_light_devices_refuse_a_target_whose_hash_disagrees_with_tuf(server: Ser
         code, out = _cli(capsys, server, "status", "latest", "--watch", "--interval", "0.2", "--devices")
         assert code == 1 and second["id"] in out and "rolled_back" in out and "tuf_hash_mismatch" in out
         assert all(d.models["digits"][0] == "1.0.0" for d in fleet.devices.values())
+
+
+def test_a_staged_rollout_through_the_cli_and_the_api(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    db = server.db
+    add_model(db, "digits", "1.0.0")
+    add_model(db, "digits", "2.0.0")
+    for i in range(4):
+        add_device(db, f"dev-{i}", runs={"digits": "1.0.0"})
+    api = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"})
+    both = api.post("/api/v1/rollouts", json={"model": "digits", "version": "2.0.0", "shadow": {"seconds": 60},
+                                              "canary": {"share": 0.1}})
+    assert both.status_code == 422 and "pick one" in both.text
+    assert api.post("/api/v1/rollouts", json={"model": "digits", "version": "2.0.0",
+                                              "shadow": {"seconds": 60, "min_agreement": 1.5}}).status_code == 422
+    # flags of one stage without it, and both stages, are refused before the server is asked
+    for flags, says in ((["--min-agreement", "0.9"], "only apply with --shadow"),
+                        (["--shadow", "1m", "--canary", "10%"], "cannot be combined"),
+                        (["--canary", "100%"], "answer every request")):
+        code = main(["rollouts", "create", "digits@2.0.0", *flags, "--server", server.url, "--token", TOKEN])
+        assert code != 0 and says in capsys.readouterr().err
+
+    code, out = _cli(capsys, server, "create", "digits@2.0.0", "--waves", "50,100", "--shadow", "30m",
+                     "--min-agreement", "0.95", "--shadow-sample", "50%", "--min-shadow-requests", "1,000", "--json")
+    created = json.loads(out)
+    assert code == 0 and created["policy"]["stage"] == {
+        "mode": "shadow", "duration_s": 1800.0, "min_agreement": 0.95, "max_latency_ratio": 1.5, "sample": 0.5,
+        "min_requests": 1000}
+    assert created["waves"][0]["stage"]["sent"] == 2 and created["waves"][0]["candidate"] == 2
+    code, out = _cli(capsys, server, "status", created["id"])
+    assert "shadow 1800s per wave at sample 0.5" in out and "starting: 0/2 ready" in out
+    aborted = json.loads(_cli(capsys, server, "abort", created["id"], "--json")[1])
+    assert aborted["devices"] == {"pending": 2, "withdrawn": 2}
+    assert "candidate withdrawn from 2 device(s)" in json.dumps(aborted["log"])
