@@ -198,6 +198,7 @@ def _status(args: argparse.Namespace) -> int:
     print_table(["model", "active", "previous", "serving", "requests", "errors", "p95 ms", "drift", "accuracy"],
                 [(m["name"], (m.get("active") or {}).get("version"), (m.get("previous") or {}).get("version"),
                   *_live_columns(live.get(m["name"]))) for m in models])
+    _print_stage(daemon)
     telemetry = (daemon or {}).get("telemetry")
     if telemetry and telemetry.get("outbox"):
         outbox = telemetry["outbox"]
@@ -205,6 +206,24 @@ def _status(args: argparse.Namespace) -> int:
               f"{outbox['rows']} waiting in the outbox ({outbox['bytes']} bytes)"
               + (f", {outbox['dropped_unreported']} dropped over the cap" if outbox["dropped_unreported"] else ""))
     return 0
+
+
+def _print_stage(daemon: dict[str, Any] | None) -> None:
+    """A candidate's stage (shadow or canary, issue 18): the update state and the live figures."""
+    update = (daemon or {}).get("update") or {}
+    if update.get("state") in ("shadow", "canary"):
+        print(f"\nstage: {update['state']} of {update.get('model')} {update.get('version')} "
+              f"(assignment {update.get('counter')}, rollout {update.get('rollout_id') or '-'})")
+    candidates = (daemon or {}).get("candidates") or []
+    if not candidates:
+        return
+    print()
+    print_table(["model", "mode", "candidate", "serving", "rate", "compared", "agreed", "agreement", "skipped",
+                 "errors", "answered"],
+                [(c["model"], c["mode"], c["version"], c["serving"], c.get("sample", c.get("share")),
+                  c.get("compared"), c.get("agreed"),
+                  f"{c['agreement']:.1%}" if c.get("agreement") is not None else None,
+                  c.get("skipped"), c.get("errors"), c.get("requests")) for c in candidates])
 
 
 def _live_columns(live: dict[str, Any] | None) -> tuple[Any, ...]:

@@ -176,6 +176,7 @@ class Daemon:
             "mqtt": {"enabled": self.link is not None, "connected": bool(self.link and self.link.connected),
                      "broker": f"{self.link.address.host}:{self.link.address.port}" if self.link else None},
             "models": models, "failures": dict(self.load_failures), "update": self._update_state(),
+            "candidates": self.serving.candidates(),
             "telemetry": self.reporter.stats() if self.reporter else None,
         }
 
@@ -192,7 +193,8 @@ class Daemon:
         drift = ({key: reporter.drift_summary(*key) for key in reporter.windows()} if reporter is not None else {})
         outbox = reporter.outbox.stats().rows if reporter is not None and reporter.outbox is not None else None
         families = prometheus.agent_families(serving=serving, totals=self.metrics.totals(),
-                                             accuracies=self.metrics.accuracies(), drift=drift, outbox_rows=outbox)
+                                             accuracies=self.metrics.accuracies(), drift=drift, outbox_rows=outbox,
+                                             shadow=self.serving.shadow_totals())
         return MediaBody.of(prometheus.render(families), prometheus.CONTENT_TYPE)
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from edgefleet.telemetry import (
     Latency,
     ModelRecord,
     Resource,
+    ShadowRecord,
     TelemetryBatch,
     encode,
     trim_buckets,
@@ -390,12 +391,14 @@ class BatchComposer:
     ``compose`` takes the counters now (outside the outbox's transaction) and returns the
     payload factory the outbox calls with the seq and drop count it assigns. Feature counts
     go on every ``drift_every``-th batch (``edgefleet.telemetry.DEFAULT_DRIFT_EVERY``).
+    ``shadow`` closes the interval's shadow records (``ServingTable.take_shadow_records``).
     """
 
     def __init__(self, device_id: str, metrics: Metrics, *,
                  windows: Callable[[], Mapping[ModelKey, DriftWindow]] = dict,
                  resource: Callable[[], Resource] | None = None,
-                 interval_s: float = DEFAULT_INTERVAL_S, drift_every: int = DEFAULT_DRIFT_EVERY) -> None:
+                 interval_s: float = DEFAULT_INTERVAL_S, drift_every: int = DEFAULT_DRIFT_EVERY,
+                 shadow: Callable[[], Sequence[ShadowRecord]] = tuple) -> None:
         if drift_every < 1:
             raise AgentError(f"drift_every must be at least 1, got {drift_every}",
                              fix="send feature counts on every Nth batch, N >= 1")
@@ -405,13 +408,15 @@ class BatchComposer:
         self.resource = resource or ResourceReader().read
         self.interval_s = interval_s
         self.drift_every = drift_every
+        self.shadow = shadow
         self._composed = 0
 
     def compose(self, now: float) -> Callable[[int, int], bytes]:
         self._composed += 1
         include = self._composed % self.drift_every == 0
         records = self.metrics.take_records(self.windows(), include_features=include)
-        batch = TelemetryBatch(self.device_id, 0, now, self.interval_s, 0, self.resource(), tuple(records))
+        batch = TelemetryBatch(self.device_id, 0, now, self.interval_s, 0, self.resource(), tuple(records),
+                               tuple(self.shadow()))
         return lambda seq, dropped: encode(replace(batch, seq=seq, dropped=dropped))
 
 

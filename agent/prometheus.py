@@ -11,6 +11,14 @@
     edgefleet_agent_drift_psi_max{model,version}                worst feature PSI over the window
     edgefleet_agent_drift_output_psi{model,version}             PSI of the predicted classes over the window
     edgefleet_agent_outbox_rows                                 telemetry batches waiting for the broker
+    edgefleet_agent_shadow_compared_total{model,version,serving}  mirrored requests both versions answered
+    edgefleet_agent_shadow_agreed_total{model,version,serving}    ... on which the candidate agreed
+    edgefleet_agent_shadow_skipped_total{model,version,serving}   sampled requests shed under load
+    edgefleet_agent_shadow_errors_total{model,version,serving}    mirrored requests the candidate failed
+    edgefleet_agent_shadow_agreement_ratio{model,version,serving} agreed / compared (0-1)
+
+The shadow families (issue 18) exist while a candidate is in a shadow stage: ``version`` is
+the candidate's, ``serving`` the version that answered; they count from the stage's start.
 
 Counters run from the agent's start (``agent.metrics.Metrics.totals``); the drift gauges are the
 figures ``edgefleet agent status`` shows (``Reporter.drift_summary``), present only once the
@@ -31,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.metrics import Accuracy, Totals
+from agent.shadow import ShadowTotals
 from edgefleet.telemetry import LATENCY_BUCKETS_S
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -92,7 +101,7 @@ def _histogram(family: Family, labels: Labels, buckets: Sequence[int], total_s: 
 
 def agent_families(*, serving: Mapping[str, str], totals: Sequence[Totals], accuracies: Sequence[Accuracy],
                    drift: Mapping[tuple[str, str], Mapping[str, Any] | None],
-                   outbox_rows: int | None) -> list[Family]:
+                   outbox_rows: int | None, shadow: Sequence[ShadowTotals] = ()) -> list[Family]:
     """The families of ``/metrics``: ``serving`` is model -> version serving now, ``drift`` the
     reporter's ``drift_summary`` per (model, version)."""
     info = Family(PREFIX + "serving", "gauge", "1 for each model version this agent serves now")
@@ -134,8 +143,31 @@ def agent_families(*, serving: Mapping[str, str], totals: Sequence[Totals], accu
         if summary.get("output_psi") is not None:
             output.add(labels, summary["output_psi"])
     families = [info, predictions, errors, latency, labels_total, correct_total, accuracy, rows, psi, output]
+    if shadow:
+        families += _shadow_families(shadow)
     if outbox_rows is not None:
         outbox = Family(PREFIX + "outbox_rows", "gauge", "Telemetry batches stored and not yet acknowledged")
         outbox.add({}, outbox_rows)
         families.append(outbox)
     return families
+
+
+def _shadow_families(shadow: Sequence[ShadowTotals]) -> list[Family]:
+    compared = Family(PREFIX + "shadow_compared_total", "counter",
+                      "Requests mirrored to a shadow candidate that both versions answered")
+    agreed = Family(PREFIX + "shadow_agreed_total", "counter",
+                    "Mirrored requests on which the candidate agreed with the serving version")
+    skipped = Family(PREFIX + "shadow_skipped_total", "counter",
+                     "Requests sampled for the shadow candidate but shed because the agent was busy")
+    errors = Family(PREFIX + "shadow_errors_total", "counter", "Mirrored requests the shadow candidate failed on")
+    ratio = Family(PREFIX + "shadow_agreement_ratio", "gauge",
+                   "Share of the compared requests on which the candidate agreed (0-1)")
+    for t in sorted(shadow, key=lambda t: (t.model, t.version)):
+        labels = {"model": t.model, "version": t.version, "serving": t.serving}
+        compared.add(labels, t.compared)
+        agreed.add(labels, t.agreed)
+        skipped.add(labels, t.skipped)
+        errors.add(labels, t.errors)
+        if t.agreement is not None:
+            ratio.add(labels, t.agreement)
+    return [compared, agreed, skipped, errors, ratio]

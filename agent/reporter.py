@@ -106,6 +106,8 @@ class Reporter:
         table.add_observer(self.metrics.observe)
         table.add_request_observer(self.on_request)
         table.add_swap_listener(self.on_swap)
+        if self._composer is not None:
+            self._composer.shadow = table.take_shadow_records  # `sh`: each candidate's shadow figures
 
     # -- serving hooks (request threads) ------------------------------------------------------
     def on_swap(self, name: str, session: ModelSession) -> None:

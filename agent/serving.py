@@ -17,6 +17,18 @@ on). Telemetry plugs in through three hooks, all called on the request's own thr
 Observers must be cheap (they run inside the request's latency) and must not raise; an
 observer that does is logged and the request still succeeds.
 
+A model may have a CANDIDATE beside the session that serves it (issue 18; agent/updater.py
+starts and ends it):
+
+* ``start_shadow(name, mirror)``: after the serving session answered a request, the request's
+  checked input and answer are offered to the ``agent.mirror.Mirror`` (a sampling draw and a
+  non-blocking put); the candidate runs on the mirror's own thread and NEVER answers.
+* ``start_canary(name, session, share)``: ``share`` of the requests (independent draws) are
+  answered by the candidate; its answers carry its version, and observers see its version, so
+  its counts, latency, drift and feedback are its own, apart from the serving version's.
+* ``end_candidate(name)`` stops either; the shadow figures of an ended stage stay for the next
+  ``take_shadow_records``.
+
 It does not decide when to swap (the update path and the daemon do) and does no HTTP.
 """
 
@@ -36,9 +48,12 @@ import numpy as np
 
 from agent.batcher import run_merged
 from agent.errors import InferenceError, ModelNotFoundError
+from agent.mirror import Mirror
 from agent.runtime import ModelSession
+from agent.shadow import Sampler, ShadowTally, ShadowTotals
 from edgefleet.errors import InputError
 from edgefleet.inputs import DEFAULT_MAX_ROWS, Feeds, is_matrix, to_feeds
+from edgefleet.telemetry import ShadowRecord
 
 LATENCY_WINDOW = 2048
 
@@ -120,6 +135,13 @@ class _Entry:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
 
+@dataclass
+class _Canary:
+    entry: _Entry
+    sampler: Sampler
+    serving_version: str
+
+
 class _RequestIds:
     """32 hex characters per call, unique within this process and across restarts.
 
@@ -158,6 +180,73 @@ class ServingTable:
         self._request_observers: list[RequestObserver] = []
         self._swap_listeners: list[SwapListener] = []
         self._request_id = _RequestIds()
+        # Candidates (issue 18). Read without the lock on the request path (a dict lookup is
+        # atomic); changed under it.
+        self._shadow: dict[str, Mirror] = {}
+        self._canary: dict[str, _Canary] = {}
+        self._ended: list[ShadowTally] = []  # tallies of ended stages, until their last interval is taken
+
+    # -- candidates -------------------------------------------------------------------------------
+    def start_shadow(self, name: str, mirror: Mirror) -> None:
+        """Mirror ``name``'s served requests to ``mirror`` (whose candidate never answers)."""
+        self.end_candidate(name)
+        with self._lock:
+            self._shadow[name] = mirror
+
+    def start_canary(self, name: str, session: ModelSession, share: float, *,
+                     draw: Callable[[], float] | None = None) -> None:
+        """Let ``session`` answer ``share`` of ``name``'s requests, under its own version."""
+        self.end_candidate(name)
+        for listener in list(self._swap_listeners):  # its drift window exists before its first answer
+            self._tell_swap(listener, name, session)
+        with self._lock:
+            serving = self._entries.get(name)
+            version = serving.session.manifest.version if serving is not None else ""
+            self._canary[name] = _Canary(_Entry(session, self._wall()), Sampler(share, draw), version)
+
+    def end_candidate(self, name: str) -> None:
+        """Stop the shadow or canary of ``name``, if any; its candidate session is closed once idle."""
+        with self._lock:
+            mirror = self._shadow.pop(name, None)
+            canary = self._canary.pop(name, None)
+            close_now = canary is not None and self._retire(canary.entry)
+            if mirror is not None:
+                self._ended.append(mirror.tally)
+        if mirror is not None:
+            mirror.stop()
+        if close_now and canary is not None:
+            canary.entry.session.close()
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """The candidate of each model that has one: mode, versions, rate, and the shadow totals."""
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            shadows = dict(self._shadow)
+            canaries = dict(self._canary)
+        for name, mirror in sorted(shadows.items()):
+            out.append({"model": name, "mode": "shadow", "version": mirror.version, "serving": mirror.serving_version,
+                        "sample": mirror.sampler.rate, "queued": mirror.pending(), **{
+                            k: v for k, v in mirror.tally.totals().to_dict().items()
+                            if k in ("compared", "agreed", "skipped", "errors", "agreement")}})
+        for name, canary in sorted(canaries.items()):
+            entry = canary.entry
+            out.append({"model": name, "mode": "canary", "version": entry.session.manifest.version,
+                        "serving": canary.serving_version, "share": canary.sampler.rate,
+                        "requests": entry.requests, "errors": entry.errors})
+        return out
+
+    def take_shadow_records(self) -> list[ShadowRecord]:
+        """Close the shadow interval of every candidate (those of ended stages a last time)."""
+        with self._lock:
+            tallies = [m.tally for m in self._shadow.values()] + self._ended
+            self._ended = []
+        return [r for r in (t.take() for t in tallies) if r is not None]
+
+    def shadow_totals(self) -> list[ShadowTotals]:
+        """Running shadow figures of the candidates in a shadow stage now."""
+        with self._lock:
+            mirrors = list(self._shadow.values())
+        return [m.tally.totals() for m in mirrors]
 
     def add_observer(self, observer: Observer) -> None:
         self._observers.append(observer)
@@ -225,6 +314,7 @@ class ServingTable:
         return old.session if old else None
 
     def remove(self, name: str) -> None:
+        self.end_candidate(name)
         with self._lock:
             old = self._entries.pop(name, None)
             close_now = old is not None and self._retire(old)
@@ -232,7 +322,7 @@ class ServingTable:
             old.session.close()
 
     def close(self) -> None:
-        for name in self.names():
+        for name in {*self.names(), *self._shadow, *self._canary}:
             self.remove(name)
 
     @staticmethod
@@ -240,15 +330,25 @@ class ServingTable:
         entry.retired = True
         return entry.inflight == 0
 
-    def _acquire(self, name: str, calls: int = 1) -> _Entry:
+    def _acquire(self, name: str, calls: int = 1, *, canary: bool = False) -> _Entry:
+        """The entry that runs the call(s): the serving session's, or the canary's when asked for
+        and still there (a canary ended between the draw and here leaves the call to the serving one)."""
         with self._lock:
             entry = self._entries.get(name)
             if entry is None:
                 known = ", ".join(sorted(self._entries)) or "none"
                 raise ModelNotFoundError(f"no model named {name!r} is being served (serving: {known})",
                                          fix="install one with `edgefleet agent install BUNDLE` or check the name")
+            if canary:
+                arm = self._canary.get(name)
+                if arm is not None:
+                    entry = arm.entry
             entry.inflight += calls
             return entry
+
+    def _canary_pick(self, name: str) -> bool:
+        arm = self._canary.get(name)
+        return arm is not None and arm.sampler()
 
     def _release(self, entry: _Entry, latency_ms: float, outcome: str) -> None:
         with self._lock:
@@ -287,7 +387,7 @@ class ServingTable:
         manifest of the very session that runs it, so a swap between two input specs cannot mix them. Raises
         ``edgefleet.errors.InputError`` (from the shared parser) for input that does not fit.
         """
-        entry = self._acquire(name)
+        entry = self._acquire(name, canary=self._canary_pick(name))
         start = self._clock()
         outcome = "error"
         manifest = entry.session.manifest
@@ -333,6 +433,10 @@ class ServingTable:
         if self._request_observers:
             self._notify(Served(name, manifest.version, request_id, "ok", latency_ms, matrix, predictions,
                                 None if matrix is not None else feeds))
+        mirror = self._shadow.get(name)
+        if mirror is not None and mirror.serving_version == manifest.version:
+            # After the answer is made, before it is sent: a draw and a non-blocking put (agent.mirror).
+            mirror.offer(matrix, None if matrix is not None else feeds, predictions, latency_ms)
         return PredictionResult(name, manifest.version, request_id, predictions, probabilities, latency_ms)
 
     def predict_many(self, name: str, payloads: list[Any]) -> list[PredictionResult | Exception]:
@@ -340,9 +444,24 @@ class ServingTable:
         where the model takes one matrix (micro-batching, ``agent.batcher``); otherwise each
         runs on its own. One outcome per payload, in order: its result, or the exception
         ``predict`` would have raised for it (an ``InputError``, an ``InferenceError``), so a
-        bad request fails alone. Counters and observers see one call per payload.
+        bad request fails alone. Counters and observers see one call per payload. With a canary,
+        each payload is drawn on its own, and the candidate's share runs as a batch of its own.
         """
-        entry = self._acquire(name, len(payloads))
+        if name not in self._canary:
+            return self._predict_many(name, self._acquire(name, len(payloads)), payloads)
+        picks = [self._canary_pick(name) for _ in payloads]
+        outcomes: list[PredictionResult | Exception] = [InferenceError(f"{name}: no outcome")] * len(payloads)
+        for arm in (False, True):
+            indices = [i for i, pick in enumerate(picks) if pick is arm]
+            if indices:
+                entry = self._acquire(name, len(indices), canary=arm)
+                for i, outcome in zip(indices, self._predict_many(name, entry, [payloads[i] for i in indices]),
+                                      strict=True):
+                    outcomes[i] = outcome
+        return outcomes
+
+    def _predict_many(self, name: str, entry: _Entry, payloads: list[Any]) -> list[PredictionResult | Exception]:
+        """``predict_many`` on one entry, acquired for ``len(payloads)`` calls."""
         manifest = entry.session.manifest
         single = _single_tensor(entry.session)
         start = self._clock()

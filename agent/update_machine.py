@@ -6,6 +6,13 @@
     activated ─observe─> activated              serving stats folded into probation
     any state before activated ─fail─> failed;  activated ─fail─> rolled_back
     committed | rolled_back | failed ─assign─> assigned      (the next update)
+
+    A CANDIDATE target (an assignment entry's ``candidate``: shadow or canary, issue 18) goes
+    the same way to a passed health check, then never activates:
+    health_check ─stage_started─> shadow | canary        (beside the serving version; `shadowing`)
+    shadow | canary ─fail─> failed                         (withdrawn, superseded, lost)
+    shadow | canary ─assign─> assigned                     (promotion: the same bundle, as the version)
+    shadow | canary ─restart─> health_check                (the staged slot is checked and loaded again)
     failed (retryable reason) ─retry_now─> failed             (the retry is due at once)
     any state ─restart─> the same state, with what a restart means there:
         activated      the restart counts toward probation's crash-loop limit
@@ -72,11 +79,16 @@ class State(enum.StrEnum):
     STAGED = "staged"
     HEALTH_CHECK = "health_check"
     ACTIVATED = "activated"
+    SHADOW = "shadow"    # a candidate mirrored off the response path (never answers)
+    CANARY = "canary"    # a candidate answering a share of the requests
     COMMITTED = "committed"
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
 
 
+# A candidate's stage: it runs beside the serving version, which stays active throughout.
+STAGE_STATES = frozenset({State.SHADOW, State.CANARY})
+_STAGE_OF_MODE = {"shadow": State.SHADOW, "canary": State.CANARY}
 TERMINAL = frozenset({State.COMMITTED, State.ROLLED_BACK, State.FAILED})
 # States in which the new model has never served a request: a failure here is "failed".
 BEFORE_ACTIVATION = frozenset({State.ASSIGNED, State.DOWNLOADING, State.VERIFIED, State.STAGED, State.HEALTH_CHECK})
@@ -93,6 +105,7 @@ class Work(enum.StrEnum):
     BEGIN_HEALTH_CHECK = "begin_health_check"  # nothing to do: feed BeginHealthCheck
     CHECK_HEALTH = "check_health"              # golden samples on the staged slot: feed HealthPassed
     ACTIVATE = "activate"                      # switch the pointer, then serving: feed Activated
+    START_STAGE = "start_stage"                # a candidate: serve it beside the active one: feed StageStarted
     WATCH = "watch"                            # probation, on the daemon's tick: Observe, then Commit or Fail
 
 
@@ -105,7 +118,9 @@ def next_work(machine: UpdateMachine) -> Work | None:
     if machine.state is State.DOWNLOADING:
         return Work.VERIFY if machine.downloaded else Work.DOWNLOAD
     if machine.state is State.HEALTH_CHECK:
-        return Work.ACTIVATE if machine.health_passed else Work.CHECK_HEALTH
+        if not machine.health_passed:
+            return Work.CHECK_HEALTH
+        return Work.START_STAGE if machine.target is not None and machine.target.mode else Work.ACTIVATE
     return _WORK.get(machine.state)
 
 
@@ -129,6 +144,8 @@ _RECOVERY = {
     State.STAGED: Recovery.REVERIFY,
     State.HEALTH_CHECK: Recovery.REDO_HEALTH_CHECK,
     State.ACTIVATED: Recovery.RESUME_PROBATION,
+    State.SHADOW: Recovery.REDO_HEALTH_CHECK,  # Restart already moved it back to health_check
+    State.CANARY: Recovery.REDO_HEALTH_CHECK,
     State.COMMITTED: Recovery.NOTHING,
     State.ROLLED_BACK: Recovery.NOTHING,
     State.FAILED: Recovery.NOTHING,
@@ -144,7 +161,11 @@ def recovery(machine: UpdateMachine) -> Recovery:
 
 @dataclass(frozen=True)
 class Target:
-    """What is being installed: one model of one accepted assignment."""
+    """What is being installed: one model of one accepted assignment.
+
+    ``mode`` (``shadow`` | ``canary``) and ``rate`` (its sample or share) are set for a
+    candidate, which is staged and run beside the serving version and never activated.
+    """
 
     model: str
     version: str
@@ -153,28 +174,51 @@ class Target:
     target_path: str
     sha256: str
     length: int
+    mode: str | None = None
+    rate: float | None = None
 
     def __post_init__(self) -> None:
         if not self.model or not self.version or not self.target_path:
             raise UpdateMachineError("an update target needs a model, a version and a target path")
         if self.counter < 1 or self.length < 1:
             raise UpdateMachineError("an update target needs a positive counter and length")
+        if self.mode is not None and (self.mode not in _STAGE_OF_MODE or self.rate is None
+                                      or not 0.0 < self.rate <= 1.0):
+            raise UpdateMachineError(f"a candidate target needs a mode (shadow or canary) and a rate in (0, 1], "
+                                     f"not {self.mode!r} and {self.rate!r}")
+        if self.mode is None and self.rate is not None:
+            raise UpdateMachineError("a rate belongs to a candidate target only")
 
     @property
     def attempt(self) -> str:
-        """The key of one try of this bundle: the same content re-issued by the same rollout is the same try."""
-        return attempt_key(self.sha256, self.rollout_id)
+        """The key of one try of this bundle: the same content re-issued by the same rollout is the same try.
+
+        A candidate's try is its own, so the promotion of a candidate that passed its stage (the
+        same bundle, the same rollout) is a new try, and so is a canary after a shadow stage.
+        """
+        key = attempt_key(self.sha256, self.rollout_id)
+        return f"{key}#{self.mode}" if self.mode else key
+
+    @property
+    def stage(self) -> State | None:
+        """The state a candidate's stage runs in (None for an ordinary update)."""
+        return _STAGE_OF_MODE[self.mode] if self.mode else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "version": self.version, "counter": self.counter, "rollout_id": self.rollout_id,
-                "target_path": self.target_path, "sha256": self.sha256, "length": self.length}
+        out: dict[str, Any] = {"model": self.model, "version": self.version, "counter": self.counter,
+                               "rollout_id": self.rollout_id, "target_path": self.target_path, "sha256": self.sha256,
+                               "length": self.length}
+        if self.mode is not None:
+            out["mode"], out["rate"] = self.mode, self.rate
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Target:
         rollout = data.get("rollout_id")
+        mode, rate = data.get("mode"), data.get("rate")
         return cls(str(data["model"]), str(data["version"]), int(data["counter"]),
                    None if rollout is None else str(rollout), str(data["target_path"]), str(data["sha256"]),
-                   int(data["length"]))
+                   int(data["length"]), None if mode is None else str(mode), None if rate is None else float(rate))
 
 
 def attempt_key(sha256: str, rollout_id: str | None) -> str:
@@ -272,6 +316,14 @@ class Activated:
 
 
 @dataclass(frozen=True)
+class StageStarted:
+    """A candidate that passed its health check runs beside the serving version (shadow or canary)."""
+
+    now: float
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Observe:
     """A serving-stats snapshot of the model in probation."""
 
@@ -316,11 +368,11 @@ class RetryNow:
 
 
 Input = (Assign | BeginDownload | Downloaded | Verified | Staged | BeginHealthCheck | HealthPassed | Activated
-         | Observe | Commit | Fail | Restart | RetryNow)
+         | StageStarted | Observe | Commit | Fail | Restart | RetryNow)
 
 # input type -> (states that accept it, state reached or None for "same state", event or None)
 _TABLE: dict[type, tuple[frozenset[State], State | None, str | None]] = {
-    Assign: (frozenset({State.IDLE}) | TERMINAL, State.ASSIGNED, events.ASSIGNED),
+    Assign: (frozenset({State.IDLE}) | TERMINAL | STAGE_STATES, State.ASSIGNED, events.ASSIGNED),
     BeginDownload: (frozenset({State.ASSIGNED}), State.DOWNLOADING, None),
     Downloaded: (frozenset({State.DOWNLOADING}), None, events.DOWNLOADED),
     Verified: (frozenset({State.DOWNLOADING}), State.VERIFIED, events.VERIFIED),
@@ -328,9 +380,10 @@ _TABLE: dict[type, tuple[frozenset[State], State | None, str | None]] = {
     BeginHealthCheck: (frozenset({State.STAGED}), State.HEALTH_CHECK, None),
     HealthPassed: (frozenset({State.HEALTH_CHECK}), None, events.HEALTH_PASSED),
     Activated: (frozenset({State.HEALTH_CHECK}), State.ACTIVATED, events.ACTIVATED),
+    StageStarted: (frozenset({State.HEALTH_CHECK}), None, events.SHADOWING),  # shadow or canary: the target's mode
     Observe: (frozenset({State.ACTIVATED}), None, None),
     Commit: (frozenset({State.ACTIVATED}), State.COMMITTED, events.COMMITTED),
-    Fail: (BEFORE_ACTIVATION | {State.ACTIVATED}, None, None),  # target and event depend on the state
+    Fail: (BEFORE_ACTIVATION | {State.ACTIVATED} | STAGE_STATES, None, None),  # target and event depend on the state
     Restart: (_ANY, None, None),
     RetryNow: (frozenset({State.FAILED}), None, None),
 }
@@ -361,12 +414,17 @@ class UpdateMachine:
                 raise UpdateMachineError("an idle update machine has no target")
         elif self.target is None:
             raise UpdateMachineError(f"update state {self.state} needs a target")
-        if self.state in {State.VERIFIED, State.STAGED, State.HEALTH_CHECK, State.ACTIVATED, State.COMMITTED} \
-                and not self.downloaded:
+        if self.state in {State.VERIFIED, State.STAGED, State.HEALTH_CHECK, State.ACTIVATED, State.COMMITTED,
+                          *STAGE_STATES} and not self.downloaded:
             raise UpdateMachineError(f"update state {self.state} without a finished download")
         # The safety property of the whole update path: nothing serves before its health check passed.
-        if self.state in {State.ACTIVATED, State.COMMITTED} and not self.health_passed:
+        if self.state in {State.ACTIVATED, State.COMMITTED, *STAGE_STATES} and not self.health_passed:
             raise UpdateMachineError(f"update state {self.state} without a passed health check")
+        # A candidate never becomes the active version; the stage it runs in is the one its mode names.
+        if self.target is not None and self.target.mode and self.state in {State.ACTIVATED, State.COMMITTED}:
+            raise UpdateMachineError(f"a candidate ({self.target.mode}) is never {self.state}")
+        if self.state in STAGE_STATES and (self.target is None or self.target.stage is not self.state):
+            raise UpdateMachineError(f"update state {self.state} needs a candidate target of that mode")
         if (self.state is State.ACTIVATED) != (self.probation is not None):
             raise UpdateMachineError("an activated model, and only an activated one, has a probation")
         if self.state in {State.ROLLED_BACK, State.FAILED} and not self.reason:
@@ -464,7 +522,8 @@ def _opt_float(value: Any) -> float | None:
 
 
 _PHASE_OF = {State.DOWNLOADING: "download_s", State.VERIFIED: "verify_s", State.STAGED: "stage_s",
-             State.HEALTH_CHECK: "health_check_s", State.ACTIVATED: "probation_s", State.ASSIGNED: "queue_s"}
+             State.HEALTH_CHECK: "health_check_s", State.ACTIVATED: "probation_s", State.ASSIGNED: "queue_s",
+             State.SHADOW: "shadow_s", State.CANARY: "canary_s"}
 
 
 def step(machine: UpdateMachine, inp: Input) -> tuple[UpdateMachine, Event | None]:
@@ -476,6 +535,15 @@ def step(machine: UpdateMachine, inp: Input) -> tuple[UpdateMachine, Event | Non
             fix="this is an agent bug; the update state is left unchanged")
     now = inp.now
     if isinstance(inp, Assign):
+        if machine.state in STAGE_STATES:
+            # Only the promotion of the candidate in its stage: the same bundle, now as the version.
+            current = machine.target
+            assert current is not None
+            if inp.target.mode is not None or inp.target.sha256 != current.sha256 \
+                    or inp.target.model != current.model:
+                raise IllegalTransitionError(
+                    "during a stage only the promotion of its candidate may be assigned",
+                    fix="this is an agent bug; end the stage with a failure (superseded) first")
         nxt = UpdateMachine(state=State.ASSIGNED, target=inp.target, started_at=now, entered_at=now,
                             attempted={**machine.attempted, inp.target.model: inp.target.attempt})
         return nxt, _event(nxt, events.ASSIGNED, now, {})
@@ -508,9 +576,16 @@ def step(machine: UpdateMachine, inp: Input) -> tuple[UpdateMachine, Event | Non
         if machine.health_passed:
             raise IllegalTransitionError("the health check was already reported passed")
         nxt = replace(machine, health_passed=True)
+    elif isinstance(inp, StageStarted):
+        target = machine.target
+        if not machine.health_passed or target is None or target.stage is None:
+            raise IllegalTransitionError("only a candidate whose health check passed starts a stage")
+        nxt = replace(_leave(machine, now), state=target.stage, entered_at=now)
     elif isinstance(inp, Activated):
         if not machine.health_passed:
             raise IllegalTransitionError("cannot activate a model whose health check has not passed")
+        if machine.target is not None and machine.target.mode:
+            raise IllegalTransitionError("a candidate is never activated; it is promoted by a new assignment")
         try:
             probation = Probation(inp.config, started_at=now, latency_budget_ms=inp.latency_budget_ms)
         except ProbationError as exc:
@@ -534,6 +609,10 @@ def _restarted(machine: UpdateMachine, now: float) -> UpdateMachine:
         return replace(machine, probation=machine.probation.restart(now))
     if machine.state is State.HEALTH_CHECK:
         return replace(machine, health_passed=False)  # a check cut short proves nothing: run it again
+    if machine.state in STAGE_STATES:
+        # The candidate lived in the dead process only (the active pointer never moved): check the
+        # staged slot and load it again, then the stage goes on (a new `shadowing` event).
+        return _enter(machine, State.HEALTH_CHECK, now, health_passed=False)
     if machine.state is State.FAILED and machine.retry_at is not None:
         return replace(machine, retry_at=None)  # a restart is as good a time as any to retry
     return machine

@@ -12,6 +12,7 @@ short-lived fleets (tests, walkthroughs) that agent.toml has no keys for yet:
     EDGEFLEET_PROBATION_S, EDGEFLEET_PROBATION_MIN_REQUESTS   probation duration and traffic
     EDGEFLEET_PROBATION_MAX_RESTARTS                          restarts in probation that roll back
     EDGEFLEET_UPDATE_TICK_S                                   the tick interval
+    EDGEFLEET_CANDIDATE_RAM_SHARE                             a candidate's memory budget (share of ram_mb)
 
 Fault injection for the end-to-end crash tests (tests/integration/update_path), off unless set:
 the updater pauses (for EDGEFLEET_FAULT_PAUSE_S, default 60) right after update.json says the
@@ -51,6 +52,7 @@ PROBATION_S = "EDGEFLEET_PROBATION_S"
 PROBATION_MIN_REQUESTS = "EDGEFLEET_PROBATION_MIN_REQUESTS"
 PROBATION_MAX_RESTARTS = "EDGEFLEET_PROBATION_MAX_RESTARTS"
 UPDATE_TICK_S = "EDGEFLEET_UPDATE_TICK_S"
+CANDIDATE_RAM_SHARE = "EDGEFLEET_CANDIDATE_RAM_SHARE"
 FAULT_PAUSE_AT = "EDGEFLEET_FAULT_PAUSE_AT"
 FAULT_PAUSE_AT_BYTE = "EDGEFLEET_FAULT_PAUSE_AT_BYTE"
 FAULT_PAUSE_S = "EDGEFLEET_FAULT_PAUSE_S"
@@ -119,7 +121,9 @@ def attach(daemon: DaemonParts) -> UpdateService | None:
 
     updater = Updater(state, daemon.store, daemon.serving, lambda doc: link.publish("events", doc),
                       tuf=ngclient_factory(state, _fetcher(state)), profile=daemon.profile,
-                      on_persist=persisted, probation=probation_config(daemon.config))
+                      on_persist=persisted, probation=probation_config(daemon.config),
+                      candidate_ram_share=float(os.environ.get(CANDIDATE_RAM_SHARE, daemon.config.candidate_ram_share)),
+                      shadow_queue_size=daemon.config.shadow_queue_size)
 
     def desired(envelope: bytes) -> None:
         updater.handle_assignment(envelope)  # a refusal is reported as a `failed` event by the updater

@@ -14,6 +14,22 @@ names the I/O to do, the method for it returns the machine's next input, ``step`
     activate   switch (ModelStore.activate, then ServingTable.swap)
     watch      probation on ``tick(now)``: commit, or roll back to the previous slot
 
+A model entry with a ``candidate`` (issue 18) is a candidate target once the entry's version
+serves: the same download, verify and stage, then the memory budget for a second model
+(agent/memory.py: estimated before loading, measured after; ``memory_budget`` if it does not
+fit), the health check, and instead of activate:
+
+    start stage   shadow: a ``Mirror`` (agent/mirror.py) on the candidate, loaded single-threaded;
+                  canary: the candidate answers ``share`` of the requests (ServingTable); the
+                  active pointer never moves, so whatever happens the serving version serves
+
+The stage runs until an assignment ends it: the same candidate again keeps it; the candidate's
+bundle as the entry's version (promotion) ends it and starts that bundle's ordinary update,
+which finds the verified download (TUF's cached target) and the staged slot and reuses them;
+anything else (withdrawal, another bundle) fails it with ``superseded`` and drops its slot.
+A restart in a stage checks the staged slot and loads it again (a new ``shadowing`` event), or
+fails with the reason. One update runs at a time: while a stage runs, another model's update waits.
+
 Each step's machine is written to update.json atomically, once, before its event is
 published through ``publish_event(dict)``; the record holds everything the update needs
 (probation totals and restarts included), so a crash loses at most unwritten probation
@@ -34,13 +50,14 @@ layout and the probation/health judgements themselves.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,12 +66,17 @@ import numpy as np
 
 from agent.errors import AgentError
 from agent.health import check_health
+from agent.memory import DEFAULT_RAM_SHARE, check_after_load, check_before_load
+from agent.metrics import ResourceReader
+from agent.mirror import DEFAULT_QUEUE_SIZE, Mirror
 from agent.probation import ProbationConfig, StatsSnapshot, Verdict, output_problems
 from agent.runtime import ModelSession, load_session
+from agent.shadow import ShadowTally
 from agent.slots import ModelStore, Slot
 from agent.state import StateDir
 from agent.tuf_client import TufClientError, TufClientFactory, ngclient_factory
 from agent.update_machine import (
+    STAGE_STATES,
     Activated,
     Assign,
     BeginDownload,
@@ -70,6 +92,7 @@ from agent.update_machine import (
     Restart,
     RetryNow,
     Staged,
+    StageStarted,
     State,
     Target,
     UpdateMachine,
@@ -87,8 +110,10 @@ from edgefleet.bundle import Bundle, bundle_filename, read_bundle
 from edgefleet.errors import AssignmentError, EdgefleetError
 from edgefleet.events import (
     BUNDLE_INVALID,
+    CANDIDATE_FAILED,
     HASH_MISMATCH,
     HEALTH_FAILED,
+    MEMORY_BUDGET,
     PROBATION_FAILED,
     PROFILE_MISMATCH,
     STAGE_FAILED,
@@ -114,6 +139,9 @@ class Serving(Protocol):
 
     def swap(self, name: str, session: ModelSession) -> ModelSession | None: ...
     def remove(self, name: str) -> None: ...
+    def start_shadow(self, name: str, mirror: Mirror) -> None: ...
+    def start_canary(self, name: str, session: ModelSession, share: float) -> None: ...
+    def end_candidate(self, name: str) -> None: ...
     def get(self, name: str) -> ModelSession | None: ...
     def stats(self, name: str) -> Any: ...
 
@@ -184,6 +212,9 @@ class Updater:
         on_persist: Callable[[UpdateMachine], Any] | None = None,
         retry_after_s: float = 60.0,
         health_latency_runs: int = 50,
+        candidate_ram_share: float = DEFAULT_RAM_SHARE,
+        shadow_queue_size: int = DEFAULT_QUEUE_SIZE,
+        rss: Callable[[], int | None] | None = None,
     ) -> None:
         self.state = state_dir
         self.store = store
@@ -197,6 +228,9 @@ class Updater:
         self.on_persist = on_persist
         self.retry_after_s = retry_after_s
         self.health_latency_runs = health_latency_runs
+        self.candidate_ram_share = candidate_ram_share
+        self.shadow_queue_size = shadow_queue_size
+        self.rss = rss or (lambda: ResourceReader().read().rss_bytes)
         self._lock = threading.RLock()
         self.machine = self._load()
         self._bundle: Bundle | None = None
@@ -212,6 +246,7 @@ class Updater:
             Work.BEGIN_HEALTH_CHECK: lambda: BeginHealthCheck(self.clock()),
             Work.CHECK_HEALTH: self._check_health,
             Work.ACTIVATE: self._activate,
+            Work.START_STAGE: self._start_stage,
         }
 
     # -- the persisted record -----------------------------------------------------------------
@@ -318,7 +353,9 @@ class Updater:
                               {"counter": assignment.counter, "envelope": json.loads(envelope), "accepted_at": now})
             if self.machine.state is State.FAILED and is_retryable(self.machine.reason):
                 self._apply(RetryNow(now))
-            if self.machine.active and not self._still_wanted(assignment):
+            if self.machine.state in STAGE_STATES:
+                self._stage_assignment(assignment, now)
+            elif self.machine.active and not self._still_wanted(assignment):
                 log.info("a newer assignment supersedes the update in progress")
                 self._fail(SUPERSEDED, {"message": f"assignment {assignment.counter} names another bundle"})
             self._advance(now)
@@ -368,9 +405,35 @@ class Updater:
         for name, model in sorted(assignment.models.items()):
             target = Target(name, model.version, assignment.counter, assignment.rollout_id, model.target_path,
                             model.sha256, model.length)
-            if self.machine.may_try(name, target.attempt) and self._active_sha(name) != model.sha256:
-                return target
+            if self._active_sha(name) != model.sha256:
+                if self.machine.may_try(name, target.attempt):
+                    return target
+                continue
+            # The entry's version serves: its candidate, if any, is staged beside it.
+            candidate = _candidate_target(assignment, name)
+            if candidate is not None and self.machine.may_try(name, candidate.attempt):
+                return candidate
         return None
+
+    def _stage_assignment(self, assignment: Assignment, now: float) -> None:
+        """A new assignment during a stage: keep it, promote its candidate, or end it (superseded)."""
+        target = self._target()
+        wanted = _candidate_target(assignment, target.model)
+        if wanted is not None and wanted.sha256 == target.sha256 and wanted.mode == target.mode:
+            return  # the same candidate (a re-issued assignment): the stage goes on
+        entry = assignment.models.get(target.model)
+        if entry is not None and entry.candidate is None and entry.sha256 == target.sha256:
+            # Promotion: the stage ends here and the same bundle installs as the version; its
+            # download (TUF's cached target) and staged slot are reused by the ordinary update.
+            log.info("candidate %s@%s promoted: installing it", target.model, target.version)
+            self.serving.end_candidate(target.model)
+            self._apply(Assign(Target(target.model, entry.version, assignment.counter, assignment.rollout_id,
+                                      entry.target_path, entry.sha256, entry.length), now))
+            self._drive()
+            return
+        log.info("the candidate %s@%s is withdrawn", target.model, target.version)
+        self._fail(SUPERSEDED, {"message": f"assignment {assignment.counter} no longer names candidate "
+                                           f"{target.model}@{target.version}"})
 
     def _active_sha(self, name: str) -> str | None:
         try:
@@ -380,10 +443,16 @@ class Updater:
         return slot.sha256 if slot else None
 
     def _still_wanted(self, assignment: Assignment) -> bool:
-        """Whether the new assignment still names the bundle being installed."""
+        """Whether the new assignment still names the bundle being installed (as a candidate of
+        the same mode, for a candidate)."""
         target = self.machine.target
-        wanted = assignment.models.get(target.model) if target else None
-        return wanted is not None and target is not None and wanted.sha256 == target.sha256
+        if target is None:
+            return False
+        if target.mode is not None:
+            wanted = _candidate_target(assignment, target.model)
+            return wanted is not None and wanted.sha256 == target.sha256 and wanted.mode == target.mode
+        entry = assignment.models.get(target.model)
+        return entry is not None and entry.sha256 == target.sha256
 
     # -- the update of one model --------------------------------------------------------------
     def _drive(self) -> None:
@@ -399,6 +468,8 @@ class Updater:
 
     def _fail(self, reason: str, details: Mapping[str, Any]) -> None:
         now = self.clock()
+        if self._target().mode is not None:
+            self.serving.end_candidate(self._target().model)  # the serving version was never touched
         # The swap inside _switch_back retires the failed session; serving closes it when idle.
         if self.machine.state is State.ACTIVATED and not self._switch_back(keep_if_alone=reason == SUPERSEDED):
             details = {**details, "kept_serving": True}
@@ -434,10 +505,17 @@ class Updater:
                 raise _Refused(HASH_MISMATCH, "the assignment's sha256/length disagree with TUF's targets metadata",
                                {"assignment": {"sha256": target.sha256, "length": target.length},
                                 "tuf": {"sha256": facts.sha256, "length": facts.length}})
-            tuf.download(target.target_path, self._download_path())
+            # A candidate promoted after its stage left its verified download here: checked against
+            # the TUF facts just refreshed, it is not fetched again.
+            reused = _holds(self._download_path(), target.sha256, target.length)
+            if not reused:
+                tuf.download(target.target_path, self._download_path())
         except TufClientError as exc:
             raise _Refused(exc.reason, exc.message) from exc
-        return Downloaded(self.clock(), {"bytes": target.length, "seconds": round(self.clock() - began, 3)})
+        details: dict[str, Any] = {"bytes": target.length, "seconds": round(self.clock() - began, 3)}
+        if reused:
+            details["reused"] = True
+        return Downloaded(self.clock(), details)
 
     def _verify(self) -> Verified:
         self._verify_bundle()
@@ -480,8 +558,16 @@ class Updater:
             slot = self.store.slot(target.model, target.sha256)  # verifies every file again
         except AgentError as exc:
             raise _Refused(BUNDLE_INVALID, f"the staged slot failed re-verification: {exc}") from exc
+        memory: dict[str, Any] | None = None
+        rss_before = self.rss() if target.mode is not None else None
+        if target.mode is not None:
+            memory = self._check_memory_before(slot, rss_before)
+        profile = self.profile
+        if target.mode == "shadow":
+            # Single-threaded: its runs stay on the mirror's low-priority thread (agent/mirror.py).
+            profile = replace(profile, intra_op_threads=1, inter_op_threads=1)
         try:
-            session = self.load(slot, self.profile)
+            session = self.load(slot, profile)
         except AgentError as exc:
             raise _Refused(HEALTH_FAILED, f"the runtime cannot load the model: {exc}", {"cause": "load_error"}) from exc
         report = check_health(session, slot.manifest, slot.golden(), latency_budget_ms=self.profile.latency_budget_ms,
@@ -489,8 +575,67 @@ class Updater:
         if not report.passed:
             session.close()
             raise _Refused(HEALTH_FAILED, report.message, {"cause": report.reason, "health": report.to_dict()})
+        if target.mode is not None:
+            # Measured after the golden samples ran: ONNX Runtime allocates its arenas on first use.
+            memory = self._check_memory_after(session, rss_before) or memory
         self._checked = (slot, session)
-        return HealthPassed(self.clock(), {"health": report.to_dict()})
+        details: dict[str, Any] = {"health": report.to_dict()}
+        if memory is not None:
+            details["memory"] = memory
+        return HealthPassed(self.clock(), details)
+
+    # -- a candidate's stage ------------------------------------------------------------------
+    def _check_memory_before(self, slot: Slot, rss: int | None) -> dict[str, Any] | None:
+        """Refuse a candidate whose estimated cost breaks the budget, before loading it."""
+        if rss is None:
+            log.warning("cannot read the agent's RSS: the memory budget is checked after loading only")
+            return None
+        verdict = check_before_load(rss, slot.model_path.stat().st_size, ram_mb=self.profile.ram_mb,
+                                    share=self.candidate_ram_share)
+        if not verdict.fits:
+            raise _Refused(MEMORY_BUDGET, f"{verdict.message} ({self.candidate_ram_share:g} of the "
+                                          f"{self.profile.name} profile's {self.profile.ram_mb} MB)",
+                           {"memory": verdict.to_dict(), "ram_mb": self.profile.ram_mb,
+                            "fix": "convert a smaller model (int8), or raise candidate_ram_share in agent.toml"})
+        return verdict.to_dict()
+
+    def _check_memory_after(self, session: ModelSession, rss_before: int | None) -> dict[str, Any] | None:
+        """Unload and refuse a candidate whose MEASURED cost breaks the budget."""
+        rss_after = self.rss()
+        if rss_before is None or rss_after is None:
+            return None
+        verdict = check_after_load(rss_before, rss_after, ram_mb=self.profile.ram_mb, share=self.candidate_ram_share)
+        if not verdict.fits:
+            session.close()
+            raise _Refused(MEMORY_BUDGET, f"{verdict.message} ({self.candidate_ram_share:g} of the "
+                                          f"{self.profile.name} profile's {self.profile.ram_mb} MB)",
+                           {"memory": verdict.to_dict(), "ram_mb": self.profile.ram_mb,
+                            "fix": "convert a smaller model (int8), or raise candidate_ram_share in agent.toml"})
+        return verdict.to_dict()
+
+    def _start_stage(self) -> StageStarted:
+        """Run the checked candidate beside the serving version: mirrored (shadow) or answering (canary)."""
+        if self._checked is None:  # only a bug gets here (a restart clears the passed check)
+            self._check_health()
+        assert self._checked is not None
+        (_slot, session), self._checked = self._checked, None
+        target = self._target()
+        assert target.mode is not None and target.rate is not None
+        serving = self.serving.get(target.model)
+        if serving is None:
+            session.close()
+            raise _Refused(CANDIDATE_FAILED, f"{target.model} serves nothing to compare the candidate with")
+        serving_version = serving.manifest.version
+        if target.mode == "shadow":
+            tally = ShadowTally(target.model, target.version, serving_version, "shadow")
+            self.serving.start_shadow(target.model, Mirror(session, tally, sample=target.rate,
+                                                           queue_size=self.shadow_queue_size))
+            details: dict[str, Any] = {"mode": "shadow", "sample": target.rate}
+        else:
+            self.serving.start_canary(target.model, session, target.rate)
+            details = {"mode": "canary", "share": target.rate}
+        log.info("%s of %s@%s beside %s", target.mode, target.model, target.version, serving_version)
+        return StageStarted(self.clock(), {**details, "serving_version": serving_version})
 
     def _activate(self) -> Activated:
         if self._checked is None:  # only a bug gets here (a restart clears the passed check)
@@ -594,6 +739,30 @@ class Updater:
             return
         if removed:
             log.info("removed %d old slot(s) of %s", len(removed), name)
+
+
+def _holds(path: Path, sha256: str, length: int) -> bool:
+    """Whether ``path`` holds exactly the bytes of that hash and length."""
+    try:
+        if path.stat().st_size != length:
+            return False
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return False
+    return digest.hexdigest() == sha256
+
+
+def _candidate_target(assignment: Assignment, name: str) -> Target | None:
+    """The candidate of ``name``'s entry as an update target, or None."""
+    entry = assignment.models.get(name)
+    if entry is None or entry.candidate is None:
+        return None
+    c = entry.candidate
+    return Target(name, c.version, assignment.counter, assignment.rollout_id, c.target.target_path,
+                  c.target.sha256, c.target.length, c.mode, c.rate)
 
 
 def _same_document(envelope: bytes, stored: Any) -> bool:

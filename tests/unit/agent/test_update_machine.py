@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from agent.probation import ProbationConfig, StatsSnapshot
 from agent.update_machine import (
+    STAGE_STATES,
     TERMINAL,
     Activated,
     Assign,
@@ -25,6 +26,7 @@ from agent.update_machine import (
     Restart,
     RetryNow,
     Staged,
+    StageStarted,
     State,
     Target,
     UpdateMachine,
@@ -39,6 +41,9 @@ from agent.update_machine import (
 from edgefleet.events import EVENTS
 
 TARGET = Target("digits", "1.1.0", 7, "ro-1", "digits/digits-1.1.0.tar.gz", "a" * 64, 1234)
+SHADOW_B = Target("digits", "1.2.0", 8, "ro-2", "digits/digits-1.2.0.tar.gz", "b" * 64, 999, "shadow", 0.5)
+CANARY_B = Target("digits", "1.2.0", 8, "ro-2", "digits/digits-1.2.0.tar.gz", "b" * 64, 999, "canary", 0.1)
+PROMOTE_B = Target("digits", "1.2.0", 9, "ro-2", "digits/digits-1.2.0.tar.gz", "b" * 64, 999)
 WATCH = ProbationConfig(duration_s=60, min_requests=5, max_restarts=2)
 
 
@@ -192,12 +197,14 @@ def test_refusal_is_a_failed_event_with_the_reason() -> None:
 
 # --- properties ---------------------------------------------------------------------------------
 
-REASONS = st.sampled_from(["download_failed", "hash_mismatch", "health_failed", "probation_failed", "superseded"])
+REASONS = st.sampled_from(["download_failed", "hash_mismatch", "health_failed", "probation_failed", "superseded",
+                           "memory_budget"])
 
 
 def inputs(now: float) -> st.SearchStrategy[object]:
     return st.one_of(
-        st.just(Assign(TARGET, now)), st.just(BeginDownload(now)), st.just(Downloaded(now, {"bytes": 1})),
+        st.just(Assign(TARGET, now)), st.just(Assign(SHADOW_B, now)), st.just(Assign(CANARY_B, now)),
+        st.just(Assign(PROMOTE_B, now)), st.just(StageStarted(now)), st.just(BeginDownload(now)), st.just(Downloaded(now, {"bytes": 1})),
         st.just(Verified(now)), st.just(Staged(now, "s")), st.just(BeginHealthCheck(now)), st.just(HealthPassed(now)),
         st.just(activated(now)), st.just(Commit(now)), REASONS.map(lambda r: Fail(now, r)), st.just(Restart(now)),
         st.just(RetryNow(now)), st.integers(0, 50).map(lambda n: Observe(now, StatsSnapshot(now, n, n // 10))),
@@ -236,6 +243,13 @@ def test_any_input_sequence_keeps_the_invariants(seq: list[object]) -> None:
             assert machine.state is expected and machine.reason == inp.reason
         if machine.state in (State.ACTIVATED, State.COMMITTED):
             assert machine.health_passed and machine.downloaded
+            assert machine.target is not None and machine.target.mode is None, "a candidate became the version"
+        if machine.state in STAGE_STATES:
+            assert machine.health_passed and health_passed_since_assign, "a stage without a passed health check"
+        if isinstance(inp, Restart) and before.state in STAGE_STATES:
+            assert machine.state is State.HEALTH_CHECK and not machine.health_passed
+        if isinstance(inp, Assign) and before.state in STAGE_STATES:
+            assert before.target is not None and inp.target.sha256 == before.target.sha256 and inp.target.mode is None
         if isinstance(inp, Restart) and before.state is State.ACTIVATED:
             assert machine.restarts == before.restarts + 1  # every restart in probation counts, in this record
         if before.state in TERMINAL and not isinstance(inp, Assign):
@@ -243,3 +257,68 @@ def test_any_input_sequence_keeps_the_invariants(seq: list[object]) -> None:
         # update.json always reads back as the same machine, through real JSON.
         assert UpdateMachine.from_dict(json.loads(json.dumps(machine.to_dict(), allow_nan=False))) == machine
         assert all(v >= 0 for v in machine.timings.values())
+
+
+# --- candidates (issue 18) ----------------------------------------------------------------------
+
+def candidate_path(target: Target = SHADOW_B, t0: float = 100.0) -> list[object]:
+    return [Assign(target, t0), BeginDownload(t0 + 1), Downloaded(t0 + 2), Verified(t0 + 3), Staged(t0 + 4, "slot"),
+            BeginHealthCheck(t0 + 4), HealthPassed(t0 + 5)]
+
+
+def test_a_candidate_runs_its_stage_after_its_health_check_and_never_activates() -> None:
+    machine, _ = run(UpdateMachine(), *candidate_path())
+    assert next_work(machine) is Work.START_STAGE
+    with pytest.raises(IllegalTransitionError, match="never activated"):
+        step(machine, activated(106))
+    machine, event = step(machine, StageStarted(106, {"mode": "shadow", "sample": 0.5}))
+    assert machine.state is State.SHADOW and next_work(machine) is None
+    assert event is not None and event.event == "shadowing" and event.version == "1.2.0"
+    assert event.details == {"mode": "shadow", "sample": 0.5}
+    assert machine.report()["state"] == "shadow" and machine.report()["version"] == "1.2.0"
+    canary, _ = run(UpdateMachine(), *candidate_path(CANARY_B), StageStarted(106))
+    assert canary.state is State.CANARY and canary.report()["state"] == "canary"
+    assert UpdateMachine.from_dict(json.loads(json.dumps(canary.to_dict()))) == canary
+
+
+def test_an_ordinary_update_never_starts_a_stage() -> None:
+    machine, _ = run(UpdateMachine(), *happy_path()[:7])
+    with pytest.raises(IllegalTransitionError, match="only a candidate"):
+        step(machine, StageStarted(107))
+
+
+def test_a_stage_ends_failed_with_the_reason_or_by_promoting_the_same_bundle() -> None:
+    staged, _ = run(UpdateMachine(), *candidate_path(), StageStarted(106))
+    withdrawn, event = step(staged, Fail(200, "superseded"))
+    assert withdrawn.state is State.FAILED and event is not None and event.event == "failed"
+    assert withdrawn.timings["shadow_s"] == pytest.approx(94.0)
+    promoted, event = step(staged, Assign(PROMOTE_B, 300))
+    assert promoted.state is State.ASSIGNED and event is not None and event.version == "1.2.0"
+    assert staged.may_try("digits", PROMOTE_B.attempt)  # a new try: the candidate's was its own
+    with pytest.raises(IllegalTransitionError, match="promotion"):
+        step(staged, Assign(TARGET, 300))  # another bundle: end the stage first
+
+
+def test_memory_budget_refusal_is_a_failed_candidate_with_the_reason() -> None:
+    machine, events = run(UpdateMachine(), *candidate_path()[:6], Fail(105, "memory_budget", {"message": "no"}))
+    assert machine.state is State.FAILED and machine.reason == "memory_budget" and events[-1] == "failed"
+    assert recovery(machine) is Recovery.NOTHING  # not retried: the model's size does not change
+
+
+def test_a_restart_in_a_stage_checks_and_loads_the_candidate_again() -> None:
+    staged, _ = run(UpdateMachine(), *candidate_path(), StageStarted(106))
+    machine, event = step(staged, Restart(400))
+    assert event is None and machine.state is State.HEALTH_CHECK and not machine.health_passed
+    assert recovery(machine) is Recovery.REDO_HEALTH_CHECK and next_work(machine) is Work.CHECK_HEALTH
+    machine, _ = run(machine, HealthPassed(401), StageStarted(402))
+    assert machine.state is State.SHADOW
+
+
+def test_a_candidate_target_checks_its_mode_and_rate() -> None:
+    with pytest.raises(UpdateMachineError, match="mode"):
+        Target("digits", "1.2.0", 8, None, "d/d.tar.gz", "b" * 64, 9, "blue", 0.5)
+    with pytest.raises(UpdateMachineError, match="rate"):
+        Target("digits", "1.2.0", 8, None, "d/d.tar.gz", "b" * 64, 9, "canary", 0.0)
+    with pytest.raises(UpdateMachineError, match="candidate target only"):
+        Target("digits", "1.2.0", 8, None, "d/d.tar.gz", "b" * 64, 9, None, 0.5)
+    assert SHADOW_B.attempt != CANARY_B.attempt != PROMOTE_B.attempt
