@@ -8,6 +8,9 @@ two replicas) never share or collide on metric names. Served in Prometheus text 
     edgefleet_rollout_devices{rollout,model,version,status}   per rollout: pending/assigned/committed/failed/...
     edgefleet_rollout_info{rollout,model,version,state}       1 per rollout, its state as a label
                                                       (rollouts not finished, and the last 5 finished)
+    edgefleet_rollout_stage{rollout,wave,mode,figure}   a wave's shadow/canary figures (issue 18): figure is
+                                                      one of STAGE_FIGURES (agreement, requests, p99s...)
+    edgefleet_rollout_stage_state{rollout,wave,mode,state}    1 per staged wave: starting, running or its verdict
     edgefleet_model_...{model,version,...}            per model version: predictions, errors, latency
                                                       histogram, feedback, drift PSI per group, devices
                                                       per state (``fleet_server.telemetry.model_metrics``)
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -59,6 +62,24 @@ Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+# The figures of a stage exported per wave: a closed set, so the label stays bounded. Latencies
+# leave in seconds (Prometheus' unit), the stored figures keep milliseconds.
+STAGE_FIGURES = ("requests", "compared", "agreed", "skipped", "errors", "agreement", "latency_ratio",
+                 "serving_p50_ms", "serving_p99_ms", "candidate_p50_ms", "candidate_p99_ms", "serving_labels",
+                 "serving_correct", "candidate_labels", "candidate_correct", "serving_accuracy", "candidate_accuracy")
+
+
+def stage_figures(figures: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
+    """(figure, value) pairs of a stored stage's figures, latencies in seconds; unknown values left out."""
+    for name in STAGE_FIGURES:
+        value = figures.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if name.endswith("_ms"):
+                yield name[:-3] + "_seconds", value / 1000
+            else:
+                yield name, float(value)
 
 
 class FleetCollector(Collector):
@@ -99,12 +120,24 @@ class FleetCollector(Collector):
                                     labels=["rollout", "model", "version", "status"])
         info = GaugeMetricFamily("edgefleet_rollout_info", "One per rollout, with its state",
                                  labels=["rollout", "model", "version", "state"])
+        stage = GaugeMetricFamily("edgefleet_rollout_stage", "A wave's shadow or canary figures (ratios, counts, "
+                                  "seconds)", labels=["rollout", "wave", "mode", "figure"])
+        stage_state = GaugeMetricFamily("edgefleet_rollout_stage_state", "1 per staged wave, its stage state",
+                                        labels=["rollout", "wave", "mode", "state"])
         for r in self.views.rollout_progress():
             info.add_metric([r["id"], r["model"], r["version"], r["state"]], 1)
             for status, n in sorted(r["devices"].items()):
                 devices.add_metric([r["id"], r["model"], r["version"], status], n)
+            for s in r.get("stages", ()):
+                labels = [r["id"], str(int(s.get("wave", 0)) + 1), str(s.get("mode"))]
+                state = s.get("verdict") or ("running" if s.get("opened_at") else "starting")
+                stage_state.add_metric([*labels, str(state)], 1)
+                for name, value in stage_figures(s.get("figures") or {}):
+                    stage.add_metric([*labels, name], value)
         yield devices
         yield info
+        yield stage
+        yield stage_state
 
     def _ingest(self) -> Iterator[Metric]:
         counts = self.ingest()

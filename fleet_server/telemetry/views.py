@@ -560,7 +560,8 @@ class FleetViews:
                 for rid, state in rows]
 
     def rollout_progress(self, *, keep_finished: int = KEEP_FINISHED_ROLLOUTS) -> list[dict[str, Any]]:
-        """Per rollout: model, version, state and device counts by status (for /metrics). Every
+        """Per rollout: model, version, state, device counts by status and its waves' shadow/canary
+        stages as stored (``fleet_server.rollouts.machine.StageState.to_dict``) (for /metrics). Every
         rollout not finished, and the last ``keep_finished`` finished ones: a fleet that rolls out
         every day must not keep a series per rollout forever."""
         with self.db.session() as session:
@@ -580,5 +581,6 @@ class FleetViews:
             for device in doc.get("devices", []) or []:
                 if isinstance(device, Mapping):
                     statuses[str(device.get("status"))] += 1
-            out.append({"id": rid, "model": model, "version": version, "state": state, "devices": dict(statuses)})
+            out.append({"id": rid, "model": model, "version": version, "state": state, "devices": dict(statuses),
+                        "stages": [st for st in doc.get("stages", []) or [] if isinstance(st, Mapping)]})
         return out

@@ -166,13 +166,24 @@ def test_series_stay_bounded_unknown_versions_and_old_rollouts_make_none(
                                  "updated_at) VALUES (:id, 'digits', '1.0.0', 'completed', :doc, '[]', :at, :at)"),
                             {"id": f"done-{i}", "doc": json.dumps({"devices": []}),
                              "at": f"2026-11-{10 + i:02d} 12:00:00+00:00"})
+        # a live rollout in its wave 1 shadow stage (issue 18): one series per figure of a closed set
+        stage = {"wave": 0, "mode": "shadow", "started_at": "2026-11-01T12:00:00+00:00", "sent": 2,
+                 "opened_at": "2026-11-01T12:01:00+00:00", "verdict": None, "reason": "", "decided_at": None,
+                 "figures_at": "2026-11-01T12:02:00+00:00",
+                 "figures": {"kind": "shadow", "requests": 1204, "agreement": 0.61, "candidate_p99_ms": 2.5,
+                             "serving_p99_ms": None, "device_id_list": ["dev-1"], "serving_buckets": [1, 2]}}
         session.execute(text("INSERT INTO rollouts (id, model, version, state, document, log, created_at, updated_at) "
                              "VALUES ('live', 'digits', '1.0.0', 'running', :doc, '[]', :at, :at)"),
-                        {"doc": json.dumps({"devices": []}), "at": "2026-11-01 12:00:00+00:00"})
+                        {"doc": json.dumps({"devices": [], "stages": [stage]}), "at": "2026-11-01 12:00:00+00:00"})
     samples, _, body = scrape(server)
     assert samples[("edgefleet_model_predictions_total", DIGITS)] == 3
     assert "9.9.9" not in body
     shown = sorted({dict(labels)["rollout"] for name, labels in samples if name == "edgefleet_rollout_info"})
     newest = [f"done-{i}" for i in range(3, KEEP_FINISHED_ROLLOUTS + 3)]
     assert shown == sorted([*newest, "live"])
+    wave = (("mode", "shadow"), ("rollout", "live"), ("wave", "1"))
+    figures = {dict(labels)["figure"]: value for (name, labels), value in samples.items()
+               if name == "edgefleet_rollout_stage"}
+    assert figures == {"requests": 1204, "agreement": 0.61, "candidate_p99_seconds": 0.0025}
+    assert samples[("edgefleet_rollout_stage_state", tuple(sorted((*wave, ("state", "running")))))] == 1
     assert samples[("edgefleet_model_devices", (("model", "digits"), ("state", "online"), ("version", "1.0.0")))] == 1
