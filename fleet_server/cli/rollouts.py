@@ -331,7 +331,7 @@ def render(view: Mapping[str, Any]) -> str:
         bar = "#" * round(10 * done / wave["size"]) if wave["size"] else ""
         row = (f"{marker}{wave['index'] + 1}", f"{wave['percent']:g}%", wave["size"], wave["pending"],
                wave["in_flight"], wave["committed"], wave["failed"], wave["rolled_back"], f"[{bar:<10}]")
-        rows.append((*row, stage_cell(wave)) if staged else row)
+        rows.append((*row, wave.get("stage_summary") or "") if staged else row)
     headers = ["wave", "share", "size", "pending", "assigned", "committed", "failed", "rolled back", ""]
     table = format_table([*headers, "stage"] if staged else headers, rows)
     lines = [f"  {entry['at']}  {entry['message']}" for entry in view.get("log", [])[-8:]]
@@ -347,35 +347,6 @@ def _stage_policy(stage: Mapping[str, Any] | None) -> str | None:
                 f">= {stage['min_requests']:,} requests")
     return (f"canary {stage['share']:.0%} for {stage['duration_s']:g}s per wave: accuracy >= serving - "
             f"{stage['max_accuracy_drop']:g}, >= {stage['min_labels']:,} labels per version")
-
-
-def _num(value: Any, form: str = ".3f") -> str:
-    return "-" if value is None else format(value, form)
-
-
-def stage_cell(wave: Mapping[str, Any]) -> str:
-    """One wave's stage in a few words: its state, then its figures (``rollouts status``, the console)."""
-    stage = wave.get("stage")
-    if not stage:
-        return ""
-    if stage.get("verdict"):
-        state = stage["verdict"].replace("_", " ")
-    elif stage.get("opened_at"):
-        state = f"running on {wave.get('shadowing', 0)}/{stage.get('sent', 0)}"
-    else:
-        state = f"starting: {wave.get('shadowing', 0)}/{stage.get('sent', 0)} ready"
-    figures = stage.get("figures") or {}
-    if not figures:
-        return state
-    if figures.get("kind") == "shadow":
-        ratio = figures.get("latency_ratio")
-        return (f"{state}: agreement {_num(figures.get('agreement'))} over {figures.get('requests', 0):,} req, "
-                f"p99 {_num(figures.get('candidate_p99_ms'), '.2f')}/{_num(figures.get('serving_p99_ms'), '.2f')} ms"
-                + (f" ({ratio:.2f}x)" if ratio is not None else "")
-                + (f", {figures['skipped']:,} skipped" if figures.get("skipped") else "")
-                + (f", {figures['errors']:,} errors" if figures.get("errors") else ""))
-    return (f"{state}: accuracy {_num(figures.get('candidate_accuracy'))} ({figures.get('candidate_labels', 0):,} "
-            f"labels) vs {_num(figures.get('serving_accuracy'))} ({figures.get('serving_labels', 0):,})")
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -97,6 +97,7 @@ from fleet_server.rollouts.machine import (
     WithdrawCandidate,
 )
 from fleet_server.rollouts.reports import DeviceReport, ReportError, parse_reported
+from fleet_server.rollouts.stage import summary as stage_summary
 from fleet_server.rollouts.waves import RolloutDevice, Selector, new_seed
 from fleet_server.tables import DeviceAssignmentRow, DeviceRow, ModelRow, RolloutRow
 
@@ -133,13 +134,19 @@ def rollout_view(row: RolloutRow, rollout: Rollout, *, devices: bool = False) ->
         "policy": rollout.policy.to_dict(), "seed": rollout.plan.seed, "profiles": sorted(rollout.targets),
         "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at),
         "started_at": _iso(rollout.started_at), "finished_at": _iso(rollout.finished_at),
-        "waves": [s.to_dict() for s in rollout.wave_summaries()],
+        "waves": [_wave_view(s.to_dict()) for s in rollout.wave_summaries()],
         "devices": dict(sorted(counts.items())), "assigned": rollout.assigned_count(),
         "log": list(row.log[-50:]),
     }
     if devices:
         view["device_records"] = [rollout.devices[k].to_dict() for k in sorted(rollout.devices)]
     return view
+
+
+def _wave_view(wave: dict[str, Any]) -> dict[str, Any]:
+    if wave.get("stage") is not None:
+        wave["stage_summary"] = stage_summary(wave)
+    return wave
 
 
 class RetainedReports(Protocol):

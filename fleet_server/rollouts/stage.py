@@ -66,6 +66,7 @@ __all__ = [
     "judge_shadow",
     "quantile",
     "stage_from_dict",
+    "summary",
 ]
 
 SHADOW = "shadow"
@@ -424,3 +425,38 @@ def judge(policy: StagePolicy, figures: Figures, wave: int) -> Verdict:
     if isinstance(policy, CanaryPolicy) and isinstance(figures, CanaryFigures):
         return judge_canary(policy, figures, wave)
     raise ValueError(f"{type(figures).__name__} cannot judge a {policy.mode} stage")
+
+
+# --------------------------------------------------------------------------- words
+
+
+def _num(value: Any, form: str = ".3f") -> str:
+    return "-" if value is None else format(value, form)
+
+
+def summary(wave: Mapping[str, Any]) -> str:
+    """A wave's stage in a few words, from its status view (``WaveSummary.to_dict``): state, then figures.
+
+    The API puts it in each wave as ``stage_summary``, so ``rollouts status`` and the console show the same words.
+    """
+    stage = wave.get("stage")
+    if not stage:
+        return ""
+    if stage.get("verdict"):
+        state = stage["verdict"].replace("_", " ")
+    elif stage.get("opened_at"):
+        state = f"running on {wave.get('shadowing', 0)}/{stage.get('sent', 0)}"
+    else:
+        state = f"starting: {wave.get('shadowing', 0)}/{stage.get('sent', 0)} ready"
+    figures = stage.get("figures") or {}
+    if not figures:
+        return state
+    if figures.get("kind") == "shadow":
+        ratio = figures.get("latency_ratio")
+        return (f"{state}: agreement {_num(figures.get('agreement'))} over {figures.get('requests', 0):,} req, "
+                f"p99 {_num(figures.get('candidate_p99_ms'), '.2f')}/{_num(figures.get('serving_p99_ms'), '.2f')} ms"
+                + (f" ({ratio:.2f}x)" if ratio is not None else "")
+                + (f", {figures['skipped']:,} skipped" if figures.get("skipped") else "")
+                + (f", {figures['errors']:,} errors" if figures.get("errors") else ""))
+    return (f"{state}: accuracy {_num(figures.get('candidate_accuracy'))} ({figures.get('candidate_labels', 0):,} "
+            f"labels) vs {_num(figures.get('serving_accuracy'))} ({figures.get('serving_labels', 0):,})")

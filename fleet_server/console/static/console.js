@@ -338,9 +338,13 @@ async function rolloutPage() {
       states.data.datasets[0].data = counts.map(([, n]) => n);
       states.update();
     }
-    table($("rollout-waves"), ["wave", "%", "size", "pending", "in flight", "committed", "failed", "rolled back", "failure rate"],
-      r.waves.map((w) => ({ attrs: { class: w.index === r.current_wave ? "current" : "" }, cells: [
-        w.index + 1, w.percent, w.size, w.pending, w.in_flight, w.committed, w.failed, w.rolled_back, pct(w.failure_rate)] })));
+    // A shadow or canary stage (issue 18): one more column, the server's own words for each wave's stage.
+    const staged = Boolean(r.policy.stage);
+    table($("rollout-waves"), ["wave", "%", "size", "pending", "in flight", "committed", "failed", "rolled back", "failure rate",
+      ...(staged ? [r.policy.stage.mode] : [])],
+      r.waves.map((w) => ({ attrs: { class: w.index === r.current_wave ? "current" : "", "data-stage": (w.stage || {}).verdict || "" },
+        cells: [w.index + 1, w.percent, w.size, w.pending, w.in_flight, w.committed, w.failed, w.rolled_back, pct(w.failure_rate),
+          ...(staged ? [w.stage_summary || ""] : [])] })));
     const failed = (r.device_records || []).filter((d) => ["failed", "rolled_back", "timed_out"].includes(d.status) || d.reason);
     table($("rollout-failures"), ["device", "wave", "status", "last event", "reason"], failed.map((d) => [
       h("a", { href: "/console/devices/" + d.device_id }, d.device_id), d.wave + 1, d.status, d.last_event || "", d.reason || ""]),

@@ -22,6 +22,7 @@ from fleet_server.rollouts.stage import (
     judge_shadow,
     quantile,
     stage_from_dict,
+    summary,
 )
 
 SHADOW = ShadowPolicy(timedelta(minutes=30), 0.98, max_latency_ratio=1.5, min_requests=100)
@@ -177,3 +178,15 @@ def test_canary_verdict_follows_the_accuracies(sl: int, sc: int, cl: int, cc: in
 def test_figures_of_the_other_mode_cannot_judge() -> None:
     with pytest.raises(ValueError, match="cannot judge"):
         judge(SHADOW, CanaryFigures(), 0)
+
+
+def test_the_summary_says_the_state_then_the_figures() -> None:
+    figures = shadow(1204, 734, serving=FAST, candidate=FAST)
+    stage = {"sent": 4, "opened_at": "2026-12-07T12:00:00+00:00", "verdict": None, "figures": figures.to_dict()}
+    assert summary({"shadowing": 3, "stage": stage}) == \
+        "running on 3/4: agreement 0.610 over 1,204 req, p99 0.99/0.99 ms (1.00x)"
+    assert summary({"shadowing": 0, "stage": {**stage, "opened_at": None, "figures": None}}) == "starting: 0/4 ready"
+    canary = CanaryFigures(serving_labels=200, serving_correct=180, candidate_labels=60, candidate_correct=30)
+    assert summary({"stage": {**stage, "verdict": "less_accurate", "figures": canary.to_dict()}}) == \
+        "less accurate: accuracy 0.500 (60 labels) vs 0.900 (200)"
+    assert summary({"stage": None}) == ""
