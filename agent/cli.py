@@ -7,6 +7,7 @@ Registered by edgefleet.cli. Handlers import the runtimes and the daemon lazily,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any
 
@@ -198,7 +199,7 @@ def _status(args: argparse.Namespace) -> int:
     print_table(["model", "active", "previous", "serving", "requests", "errors", "p95 ms", "drift", "accuracy"],
                 [(m["name"], (m.get("active") or {}).get("version"), (m.get("previous") or {}).get("version"),
                   *_live_columns(live.get(m["name"]))) for m in models])
-    _print_stage(daemon)
+    _print_stage(daemon, state.update_file)
     telemetry = (daemon or {}).get("telemetry")
     if telemetry and telemetry.get("outbox"):
         outbox = telemetry["outbox"]
@@ -208,9 +209,16 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_stage(daemon: dict[str, Any] | None) -> None:
-    """A candidate's stage (shadow or canary, issue 18): the update state and the live figures."""
-    update = (daemon or {}).get("update") or {}
+def _print_stage(daemon: dict[str, Any] | None, update_file: Any) -> None:
+    """A candidate's stage (shadow or canary, issue 18): the update state (from update.json when
+    no daemon answers) and, from a running daemon, the live figures."""
+    update = (daemon or {}).get("update")
+    if update is None:
+        try:
+            update = json.loads(update_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            update = {}
+    update = update if isinstance(update, dict) else {}
     if update.get("state") in ("shadow", "canary"):
         print(f"\nstage: {update['state']} of {update.get('model')} {update.get('version')} "
               f"(assignment {update.get('counter')}, rollout {update.get('rollout_id') or '-'})")
