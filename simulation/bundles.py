@@ -12,7 +12,11 @@ demo fleet; nothing is downloaded (scikit-learn's bundled digits and wine data):
 
 ``break_golden`` makes the demo's version 2: a bundle that passes conversion, signing and every
 hash check but whose golden samples disagree with its model, so a device's health check must
-refuse it. It deliberately does not push anything to a server.
+refuse it. ``train_shifted_digits`` makes the opposite case (issue 18): the same digits MLP
+trained on shifted data (inverted pictures, as from a camera whose exposure changed), whose
+golden samples come from that data, so it passes every health check, while on the live digits
+a site sends it disagrees with the serving version on most requests: only a shadow stage
+catches it. It deliberately does not push anything to a server.
 """
 
 from __future__ import annotations
@@ -80,6 +84,42 @@ def train_camera_cnn(directory: Path) -> CameraFiles:
     model.save(files.model_path)
     np.savez(files.calibration_npz, **{IMAGE_INPUT: x_train[:200]})
     np.savez(files.validation_npz, **{IMAGE_INPUT: x_val, files.labels_key: y_val})
+    return files
+
+
+SHIFT_MAX = 16.0  # the digits' pixel range is 0..16: a shifted picture is SHIFT_MAX - pixel
+
+
+def train_shifted_digits(directory: Path) -> Any:
+    """Train converter.examples' digits MLP on inverted digits; write its model and shifted CSVs.
+
+    Returns converter's ``ExampleFiles`` (model, calibration and validation CSVs of the
+    inverted pictures), ready for ``converter.convert``: the bundle's golden samples are the
+    model's own answers on inverted pictures, so a device's health check passes.
+    """
+    import csv
+
+    import joblib
+    from sklearn.model_selection import train_test_split
+
+    from converter import ExampleFiles
+    from converter.examples import CALIBRATION_ROWS, KINDS, LABELS_COLUMN, SEED
+
+    load, make = KINDS["digits-mlp"]
+    features, target, names = load()
+    shifted = (SHIFT_MAX - np.asarray(features, dtype=np.float32)).astype(np.float32)
+    x_train, x_val, y_train, y_val = train_test_split(shifted, target, test_size=0.25, random_state=SEED)
+    model = make().fit(x_train, y_train)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = ExampleFiles(directory / "digits-shifted.joblib", directory / "digits-shifted-calibration.csv",
+                         directory / "digits-shifted-validation.csv", LABELS_COLUMN)
+    joblib.dump(model, files.model_path)
+    for path, header, rows in ((files.calibration_csv, names, x_train[:CALIBRATION_ROWS]),
+                               (files.validation_csv, [*names, LABELS_COLUMN], np.column_stack([x_val, y_val]))):
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows([[str(int(v)) if float(v).is_integer() else repr(float(v)) for v in row] for row in rows])
     return files
 
 

@@ -3,6 +3,8 @@
     make_onnx_bundle(tmp_path)           digits MLP as ONNX for generic-x86_64
     make_tflite_bundle(tmp_path)         digits MLP as full-int8 TFLite for rpi4-64 (needs TensorFlow)
     make_broken_bundle(tmp_path)         converts fine, but its golden samples disagree with its model
+    make_shifted_bundle(tmp_path)        the digits MLP trained on inverted digits: passes its golden
+                                         samples, disagrees with make_onnx_bundle's on live digits
 
 The trained example is cached per kind for the whole test run (training is the slow part):
 in tests/support/shared.py's directory, made once for all pytest-xdist workers, so the first
@@ -84,3 +86,25 @@ def make_broken_bundle(tmp_dir: Path, *, name: str = "digits-broken", version: s
     with tempfile.TemporaryDirectory(prefix="edgefleet-broken-") as staging:
         good = make_onnx_bundle(Path(staging), name=name, version=version, profile=profile, kind=kind)
         return break_golden(good, Path(tmp_dir), version=version)
+
+
+@functools.cache
+def _shifted_example() -> ExampleFiles:
+    """The shifted digits model, trained once per test run (per worker: it takes a second or two)."""
+    from simulation.bundles import train_shifted_digits
+
+    private = tempfile.mkdtemp(prefix="edgefleet-example-shifted-")
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    files: ExampleFiles = train_shifted_digits(Path(private))
+    return files
+
+
+def make_shifted_bundle(tmp_dir: Path, *, name: str = "digits", version: str = "2.0.0",
+                        profile: str = "generic-x86_64") -> Path:
+    """An ONNX bundle of the digits MLP trained on inverted digits (a version "trained on shifted data")."""
+    files = _shifted_example()
+    result = convert(ConvertOptions(
+        model_path=files.model_path, profile=profile, name=name, version=version, output_dir=Path(tmp_dir),
+        format="onnx", quantize="none", calibration=files.calibration_csv, validation=files.validation_csv,
+        labels=files.labels_column))
+    return result.bundle_path
