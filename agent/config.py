@@ -17,6 +17,8 @@ A file that sets ``http_host`` or ``http_port`` without ``tcp`` asks for TCP, as
     max_body_bytes = 8388608      larger request bodies get 413
     max_rows = 10000              more rows in one request get 413
     mqtt = true                   connect to the broker when the device is enrolled
+    broker_url = ""               the brokers to use instead of the ones enrollment gave (identity.json),
+                                  several separated by ',' and tried in turn: "mqtt://a:1883,b:1883"
     keepalive_s = 30              MQTT keepalive
     shutdown_timeout_s = 10       how long SIGTERM waits for in-flight requests
     log_level = "INFO"
@@ -41,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
+from edgefleet.brokers import parse_broker_urls
+from edgefleet.errors import BrokerUrlError
 from edgefleet.telemetry import DEFAULT_DRIFT_EVERY, DEFAULT_INTERVAL_S
 
 DEFAULT_HTTP_PORT = 8765
@@ -57,6 +61,7 @@ class AgentConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     max_rows: int = 10_000
     mqtt: bool = True
+    broker_url: str = ""
     keepalive_s: int = 30
     shutdown_timeout_s: float = 10.0
     log_level: str = "INFO"
@@ -99,6 +104,11 @@ class AgentConfig:
         if self.outbox_max_bytes <= 0 or self.outbox_max_rows <= 0:
             raise AgentError("outbox_max_bytes and outbox_max_rows must be positive",
                              fix="e.g. outbox_max_bytes = 8388608 and outbox_max_rows = 20000")
+        if self.broker_url:
+            try:
+                parse_broker_urls(self.broker_url)
+            except BrokerUrlError as exc:
+                raise AgentError(f"broker_url: {exc.message}", fix=exc.fix) from exc
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise AgentError(f"log_level {self.log_level!r} is not a level", fix="use DEBUG, INFO, WARNING or ERROR")
 

@@ -205,10 +205,11 @@ class Daemon:
             log.warning("not enrolled: serving local models only, without MQTT")
             return None
         identity = self.state.load_identity()
-        if not identity.broker_url:
+        brokers = self.config.broker_url or identity.broker_url  # agent.toml's list wins (failover)
+        if not brokers:
             log.warning("identity.json names no broker: running without MQTT")
             return None
-        link = Link(identity.device_id, identity.broker_url, credentials=self.state.load_credentials(),
+        link = Link(identity.device_id, brokers, credentials=self.state.load_credentials(),
                     ca_file=self.state.ca_file, keepalive=self.config.keepalive_s,
                     on_command=self._on_command)
         return link

@@ -2,7 +2,7 @@
 
 ``POST {server}/api/v1/enroll`` with ``{"token", "hostname", "agent_version"}`` (contract in
 docs/contracts.md) answers the device id, its firmware profile, MQTT credentials, the API
-token, the TUF root and the director's public key. ``parse_enrollment`` checks that answer
+token, the TUF root, the director's public key and the brokers (``broker_urls``, failover order). ``parse_enrollment`` checks that answer
 (pure); ``enroll`` does the request with urllib (the device install carries no HTTP library)
 and writes the state directory: secrets 0600, every file atomically, identity.json last, so
 an interrupted enrollment never looks enrolled.
@@ -23,6 +23,8 @@ from typing import Any
 from agent.errors import EnrollmentError, StateError
 from agent.state import Credentials, Identity, StateDir, decode_director_key
 from edgefleet import __version__
+from edgefleet.brokers import join_broker_urls, parse_broker_urls
+from edgefleet.errors import BrokerUrlError
 
 ENROLL_PATH = "/api/v1/enroll"
 
@@ -63,10 +65,11 @@ def parse_enrollment(document: Any, server_url: str) -> Enrollment:
         raise EnrollmentError("the server's enrollment answer has malformed 'labels'")
     key = text("director_public_key")
     base = text("server_url", required=False) or server_url.rstrip("/")
+    brokers = _brokers(document)
     try:
         decode_director_key(key, "director_public_key")
         identity = Identity(
-            device_id=text("device_id"), server_url=base, broker_url=text("broker_url", required=False),
+            device_id=text("device_id"), server_url=base, broker_url=brokers,
             profile=text("profile"), labels={str(k): str(v) for k, v in labels.items()},
             tuf_metadata_url=text("tuf_metadata_url", required=False) or f"{base}/tuf/metadata/",
             tuf_targets_url=text("tuf_targets_url", required=False) or f"{base}/tuf/targets/")
@@ -75,6 +78,20 @@ def parse_enrollment(document: Any, server_url: str) -> Enrollment:
     credentials = Credentials(mqtt_username=text("mqtt_username"), mqtt_password=text("mqtt_password", required=False),
                               api_token=text("api_token", required=False))
     return Enrollment(identity, credentials, text("profile_toml"), dict(root), key)
+
+
+def _brokers(document: Mapping[str, Any]) -> str:
+    """``broker_urls`` (every node, failover order) or, from a server before it, ``broker_url``;
+    stored in identity.json's ``broker_url`` as one comma-separated string (``edgefleet.brokers``)."""
+    listed = document.get("broker_urls")
+    value: Any = listed if listed else document.get("broker_url")
+    if value in (None, ""):
+        return ""
+    try:
+        return join_broker_urls(parse_broker_urls(value))
+    except BrokerUrlError as exc:
+        raise EnrollmentError(f"the server's enrollment answer has a bad broker list: {exc.message}",
+                              fix="set broker_public_url on the server (docs/deployment.md)") from exc
 
 
 def _post_json(opener: Opener, url: str, body: Mapping[str, Any], timeout: float) -> Any:

@@ -8,7 +8,11 @@ dies; ``reported`` is published retained on every connect and whenever it change
 ``mqtts://`` URLs turn TLS on (CA from the state directory's ca.pem, else the system's).
 
 The link runs its own thread and reconnects with jittered exponential backoff (``Backoff``,
-pure, so it is tested without sleeping). Nothing waits on it: ``start()`` returns at once and
+pure, so it is tested without sleeping). Given several brokers (``mqtt://a:1883,b:1883``, or a
+list: ``edgefleet.brokers``) it moves to the next one at every failed or lost connection, so a
+dead node costs one backoff step; its persistent session (client id = device id) carries on
+there where the nodes share sessions (a cluster), and starts afresh on an independent broker,
+where the retained ``desired`` still reaches it. Nothing waits on it: ``start()`` returns at once and
 inference never touches it, so the agent serves with the broker down and connects when it
 comes up. Incoming ``desired`` and ``commands`` messages are handed to callbacks on a separate
 dispatcher thread, so a slow handler (the update path downloading a bundle) cannot stall
@@ -32,15 +36,15 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from agent.errors import LinkError
 from agent.state import Credentials
 from edgefleet import topics
+from edgefleet.brokers import BrokerAddress, Rotation, parse_broker_urls
+from edgefleet.errors import BrokerUrlError
 
 log = logging.getLogger("agent.link")
 
@@ -51,24 +55,12 @@ TickHandler = Callable[[], None]
 PubackHandler = Callable[[int], None]
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise LinkError(f"broker URL {url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]",
-                            fix="re-enroll the device or set broker_url in identity.json")
-        tls = parts.scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as exc:
-            raise LinkError(f"broker URL {url!r} has a bad port") from exc
-        return cls(parts.hostname, port, tls)
+def parse_brokers(urls: str | Sequence[str]) -> tuple[BrokerAddress, ...]:
+    """The brokers of ``urls`` (a list, or ``mqtt://a:1883,b:1883``); LinkError naming the bad item."""
+    try:
+        return parse_broker_urls(urls)
+    except BrokerUrlError as exc:
+        raise LinkError(exc.message, fix=f"{exc.fix}; set broker_url in agent.toml or re-enroll the device") from exc
 
 
 class Backoff:
@@ -96,7 +88,7 @@ class Backoff:
 class Link:
     """The MQTT link of one device. ``start()``/``stop()``; callbacks may be set before start."""
 
-    def __init__(self, device_id: str, broker_url: str, *, credentials: Credentials | None = None,
+    def __init__(self, device_id: str, broker_url: str | Sequence[str], *, credentials: Credentials | None = None,
                  ca_file: Path | None = None, keepalive: int = 30, backoff: Backoff | None = None,
                  on_desired: DesiredHandler | None = None, on_command: CommandHandler | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -105,7 +97,7 @@ class Link:
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.device_id = topics.check_device_id(device_id)
-        self.address = BrokerAddress.parse(broker_url)
+        self.rotation = Rotation(parse_brokers(broker_url))
         self.on_desired = on_desired
         self.on_command = on_command
         self.on_tick: TickHandler | None = None
@@ -135,7 +127,7 @@ class Link:
         client.max_queued_messages_set(MAX_QUEUED)
         if credentials is not None:
             client.username_pw_set(credentials.mqtt_username, credentials.mqtt_password or None)
-        if self.address.tls:
+        if self.rotation.current.tls:  # one scheme for every broker (edgefleet.brokers)
             try:
                 client.tls_set(ca_certs=str(ca_file) if ca_file and ca_file.exists() else None)
             except (OSError, ValueError) as exc:
@@ -151,6 +143,11 @@ class Link:
         return json.dumps({"device_id": self.device_id, "online": False}, sort_keys=True).encode()
 
     # -- public -------------------------------------------------------------------------------
+    @property
+    def address(self) -> BrokerAddress:
+        """The broker connected to now, or tried next."""
+        return self.rotation.current
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -254,19 +251,14 @@ class Link:
     # -- threads --------------------------------------------------------------------------------
     def _run(self) -> None:
         mqtt = self._mqtt
-        first = True
         while not self._stop.is_set():
+            address = self.address
             try:
-                if first:
-                    first = False
-                    self._client.connect(self.address.host, self.address.port, keepalive=self.keepalive)
-                else:
-                    self._client.reconnect()
+                # connect(), not reconnect(): it may be another node than last time. paho keeps
+                # the unacknowledged QoS 1 messages either way and sends them on the new link.
+                self._client.connect(address.host, address.port, keepalive=self.keepalive)
             except (OSError, ValueError) as exc:
-                delay = self._backoff.next()
-                log.info("broker %s:%s unreachable (%s); retrying in %.1fs",
-                         self.address.host, self.address.port, exc, delay)
-                self._stop.wait(delay)
+                self._next_broker(f"unreachable ({exc})")
                 continue
             while not self._stop.is_set():
                 if self._client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
@@ -274,8 +266,21 @@ class Link:
                 self._tick()
             self._connected.clear()
             if not self._stop.is_set():
-                self._stop.wait(self._backoff.next())
+                self._next_broker("lost or refused the connection")
         self._goodbye()
+
+    def _next_broker(self, why: str) -> None:
+        """Wait one jittered backoff step, then try the next broker of the list (the same if only one).
+
+        Rotating at every failure means a dead node costs one step, never the whole backoff
+        ladder; the ladder grows only while every node fails, and resets at the next CONNACK.
+        """
+        delay = self._backoff.next()
+        failed = self.address
+        following = self.rotation.failed()
+        log.info("broker %s:%s %s; trying %s:%s in %.1fs", failed.host, failed.port, why,
+                 following.host, following.port, delay)
+        self._stop.wait(delay)
 
     def _goodbye(self) -> None:
         if not self._client.is_connected():

@@ -6,6 +6,7 @@
     ├── BundleError         a bundle archive is malformed, truncated or tampered with
     ├── AssignmentError     a signed assignment is refused (signature, device, counter, expiry)
     ├── VersionError        a version string is not semantic
+    ├── BrokerUrlError      a broker URL (or a list of them) cannot be parsed
     └── InputError          a predict request's input does not fit the model (``status``: 400, 413)
 
 Every error carries a message meant for a person: what is wrong and, where one is known,
@@ -49,6 +50,10 @@ class AssignmentError(EdgefleetError):
 
 class VersionError(EdgefleetError):
     """A version string is not a semantic version."""
+
+
+class BrokerUrlError(EdgefleetError):
+    """A broker URL, or one item of a list of them, is not ``mqtt[s]://HOST[:PORT]`` (``edgefleet.brokers``)."""
 
 
 class InputError(EdgefleetError):

@@ -202,7 +202,9 @@ class EnrollmentOut(BaseModel):
     profile: str
     profile_toml: str
     labels: dict[str, str]
-    broker_url: str | None
+    broker_url: str | None = Field(description="the first of broker_urls, for agents that read one broker")
+    broker_urls: list[str] = Field(default_factory=list,
+                                   description="every broker node, in the order to try them (failover)")
     mqtt_username: str
     mqtt_password: str
     api_token: str
@@ -213,10 +215,19 @@ class EnrollmentOut(BaseModel):
     director_public_key: str = Field(description="base64 of the 32 raw Ed25519 bytes")
 
 
+class HealthProblemOut(BaseModel):
+    reason: str = Field(description="deaf: the subscription delivers nothing, not even the server's own probe; "
+                                    "silent: devices are enrolled and none has sent anything for a while")
+    detail: str
+    fix: str
+
+
 class HealthOut(BaseModel):
-    status: str
+    status: str = Field(description="ok, or degraded when the ingest receives nothing (see problems); "
+                                    "the API still serves either way")
     mqtt_connected: bool
     tuf_root_version: int
+    problems: list[HealthProblemOut] = Field(default_factory=list)
 
 
 api = APIRouter(prefix="/api/v1")
@@ -330,7 +341,7 @@ def patch_labels(ctx: Ctx, device_id: DeviceId, body: LabelsPatch) -> dict[str, 
 
 @api.post("/devices/{device_id}/revoke", tags=["devices"], dependencies=Admin, response_model=DeviceOut)
 def revoke_device(ctx: Ctx, device_id: DeviceId) -> dict[str, Any]:
-    """Revoke a device: its API token stops working and the broker files drop it (and Mosquitto reloads)."""
+    """Revoke a device: its API token stops working and the broker drops its account and its live session."""
     return ctx.devices.revoke(device_id).to_dict()
 
 
@@ -343,7 +354,7 @@ def enroll(ctx: Ctx, body: EnrollRequest) -> dict[str, Any]:
     server = ctx.config.server_url
     return {
         "device_id": grant.device_id, "profile": grant.profile.name, "profile_toml": grant.profile.to_toml(),
-        "labels": dict(grant.labels), "broker_url": ctx.broker_public_url,
+        "labels": dict(grant.labels), "broker_url": ctx.broker_public_url, "broker_urls": ctx.broker_public_urls,
         "mqtt_username": grant.mqtt_username, "mqtt_password": grant.mqtt_password, "api_token": grant.api_token,
         "server_url": server, "tuf_root": json.loads(ctx.repo.root_json()),
         "tuf_metadata_url": f"{server}/tuf/metadata/", "tuf_targets_url": f"{server}/tuf/targets/",
@@ -396,5 +407,7 @@ def tuf_target(ctx: Ctx, target: str, credentials: Bearer) -> FileResponse:
 @health.get("/healthz", tags=["health"], response_model=HealthOut)
 def healthz(ctx: Ctx) -> dict[str, Any]:
     mqtt = ctx.mqtt
-    return {"status": "ok", "mqtt_connected": bool(mqtt is not None and mqtt.connected.is_set()),
-            "tuf_root_version": ctx.repo.root_version()}
+    problems = ctx.ingest_problems() or []
+    return {"status": "degraded" if problems else "ok",
+            "mqtt_connected": bool(mqtt is not None and mqtt.connected.is_set()),
+            "tuf_root_version": ctx.repo.root_version(), "problems": problems}

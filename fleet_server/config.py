@@ -59,6 +59,13 @@ class ServerConfig:
     # Confidential models: /tuf/targets/ serves enrolled devices only (their API token as Bearer);
     # TUF metadata stays public (docs/security.md).
     private_targets: bool = False
+    # Loud failure (issue 13, fleet_server.telemetry.liveness): /healthz says "degraded" when devices
+    # are enrolled and none has sent anything for this long (0: never), or when the server's own
+    # probe, published every probe_interval_seconds (0: never), has not come back through its
+    # subscription within probe_deadline_seconds.
+    ingest_silence_seconds: float = 900.0
+    probe_interval_seconds: float = 5.0
+    probe_deadline_seconds: float = 20.0
     alerts: AlertConfig = field(default_factory=AlertConfig)  # the [alerts] table (docs/telemetry.md)
 
     def __post_init__(self) -> None:
@@ -73,6 +80,9 @@ class ServerConfig:
                self.telemetry_window_seconds) <= 0:
             raise ConfigError("timestamp_refresh_seconds, timestamp_min_remaining_seconds, rollout_interval_seconds "
                               "and telemetry_window_seconds must be positive")
+        if min(self.ingest_silence_seconds, self.probe_interval_seconds) < 0 or self.probe_deadline_seconds <= 0:
+            raise ConfigError("ingest_silence_seconds and probe_interval_seconds must be 0 (off) or positive, "
+                              "probe_deadline_seconds positive", fix="e.g. 900, 5 and 20 (the defaults)")
         if self.viewer_token is not None and len(self.viewer_token) < 16:
             raise ConfigError("viewer_token is shorter than 16 characters",
                               fix="use a long random value, e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'")
@@ -143,7 +153,8 @@ _FIELDS = {f.name: f for f in fields(ServerConfig) if f.name != "alerts"}
 _PATH_FIELDS = {"data_dir", "mosquitto_dir", "mosquitto_pid_file", "broker_ca_file"}
 _INT_FIELDS = {"port", "max_upload_bytes", "enrollment_ttl_seconds"}
 _FLOAT_FIELDS = {"timestamp_refresh_seconds", "timestamp_min_remaining_seconds", "rollout_interval_seconds",
-                 "telemetry_window_seconds"}
+                 "telemetry_window_seconds", "ingest_silence_seconds", "probe_interval_seconds",
+                 "probe_deadline_seconds"}
 _BOOL_FIELDS = {"private_targets"}
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 ENV_PREFIX = "EDGEFLEET_"

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the network side is imported when it starts, so ``open`` st
     from fleet_server.registry.presence import PresenceIngest
     from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
     from fleet_server.telemetry.ingest import TelemetryIngest
+    from fleet_server.telemetry.liveness import LivenessMonitor
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class ServerContext:
         self.rollout_worker: RolloutWorker | None = None
         self.ingest: TelemetryIngest | None = None
         self.presence: PresenceIngest | None = None
+        self.liveness: LivenessMonitor | None = None
         self.broker_url: str | None = config.broker_url
         self._opened = False
 
@@ -155,8 +157,12 @@ class ServerContext:
         self.predictor = Predictor(bundles)
         self.monitor = AlertMonitor(self.db, self.fleet_views, self.config.alerts)
         self.metrics = Metrics(self.fleet_views, lambda: self.ingest.counts() if self.ingest is not None else None,
-                               self.monitor.episodes)
+                               self.monitor.episodes, liveness=self.ingest_problems)
         self.refusals = DeviceRefusals(self.db)
+
+    def ingest_problems(self) -> list[dict[str, str]] | None:
+        """Why this replica receives nothing (``fleet_server.telemetry.liveness``); None without MQTT."""
+        return None if self.liveness is None else [p.to_dict() for p in self.liveness.problems()]
 
     def _server_mqtt_password(self) -> str:
         path = self.config.mqtt_credentials_file
@@ -210,10 +216,12 @@ class ServerContext:
         self.ingest = TelemetryIngest(self.db, clock=self.clock, references=self.fleet_views.reference,
                                       on_stored=self.metrics.model_counters.add).start()
         self.presence = PresenceIngest(self.devices, self.clock, on_dropped=self.ingest.store_failed)
-        fanout = Fanout([self.presence])
+        fanout = Fanout([])
         # The ingest checks every device message first (issue 14) and stores telemetry and events;
         # the reported and events messages it accepts go on to presence and the rollout worker.
-        self.mqtt = FleetMqtt(self.broker_url, handler=self.ingest.handler(fanout), kinds=DEVICE_TO_SERVER,
+        # Manual acks (issue 13): a message is acked once stored, so a crash loses none.
+        self.mqtt = FleetMqtt(self.broker_url, handler=self.ingest.handler(fanout, presence=self.presence),
+                              kinds=DEVICE_TO_SERVER, manual_ack=True,
                               username=self.config.mqtt_username if own_login else None,
                               password=self.mqtt_password if own_login else None,
                               shared=not embedded,
@@ -229,8 +237,32 @@ class ServerContext:
         self.rollout_worker = RolloutWorker(self.rollouts, self.config.rollout_interval_seconds).start()
         fanout.handlers.append(self.rollout_worker.submit)
         self.monitor.start()
+        self._start_liveness()
         if not self.mqtt.wait_connected(wait_connected):
             log.warning("MQTT broker %s not reachable yet; the server keeps retrying", self.broker_url)
+
+    def _start_liveness(self) -> None:
+        from fleet_server.telemetry.liveness import LivenessConfig, LivenessMonitor, probe_topic
+
+        mqtt, ingest = self.mqtt, self.ingest
+        assert mqtt is not None and ingest is not None
+        c = self.config
+        self.liveness = LivenessMonitor(
+            LivenessConfig(c.ingest_silence_seconds, c.probe_interval_seconds, c.probe_deadline_seconds),
+            probe_topic=probe_topic(mqtt.client_id),
+            publish=lambda topic, payload: mqtt.publish(topic, payload, timeout=min(10.0, c.probe_deadline_seconds)),
+            connected=mqtt.connected.is_set,
+            last_delivery=lambda: mqtt.last_delivery,
+            last_device_message=lambda: ingest.last_message_at, enrolled=self._enrolled_count).start()
+
+    def _enrolled_count(self) -> int:
+        from sqlalchemy import func, select
+
+        from fleet_server.tables import DeviceRow
+
+        with self.db.session() as session:
+            return int(session.scalar(select(func.count()).select_from(DeviceRow)
+                                      .where(DeviceRow.status == "enrolled")) or 0)
 
     def refresh_timestamp(self) -> bool:
         refreshed = self.registry.refresh_timestamp(timedelta(seconds=self.config.timestamp_min_remaining_seconds))
@@ -257,6 +289,9 @@ class ServerContext:
     def close(self) -> None:
         if self._opened:
             self.monitor.stop()
+        if self.liveness is not None:
+            self.liveness.stop()
+            self.liveness = None
         if self.rollout_worker is not None:
             self.rollout_worker.stop()
             self.rollout_worker = None
@@ -268,7 +303,7 @@ class ServerContext:
             self.ingest.stop()  # after MQTT: what was queued is still written
             self.ingest = None
         if self.presence is not None:
-            self.presence.drain()  # before the database goes away
+            self.presence.stop()  # drained before the database goes away
             self.presence = None
         if self.embedded_broker is not None:
             self.embedded_broker.stop()

@@ -1,8 +1,14 @@
-"""Who may talk to the broker: the ``BrokerAccounts`` seam and its two implementations.
+"""Who may talk to the broker: the ``BrokerAccounts`` seam and its implementations.
 
-``fleet_server.registry.devices.Devices`` calls ``BrokerAccounts.sync`` after every change to
-who may connect (enroll, revoke). ``UnmanagedBroker`` writes nothing (the embedded broker, or
-one whose accounts someone else manages). ``MosquittoAccounts`` renders the
+``fleet_server.registry.devices.Devices`` calls ``BrokerAccounts.enrolled`` and ``revoked``
+after each change to who may connect, and ``sync`` when the server starts. Each backend picks
+what it needs: ``MosquittoAccounts`` re-renders everything from ``read_users``; the
+dynamic-security backend (``fleet_server.broker.dynsec.DynsecAccounts``, chosen with
+``broker_accounts = "mosquitto-dynsec"``) changes the one account, over MQTT, and reconciles
+the whole list only in ``sync``. ``UnmanagedBroker`` writes nothing (the embedded broker, or
+one whose accounts someone else manages).
+
+``MosquittoAccounts`` (``broker_accounts = "mosquitto-files"``) renders the
 password and ACL files with ``fleet_server.broker.auth`` into the configured directory and,
 when a pid file is configured, sends Mosquitto SIGHUP so it re-reads them at once. Without a
 pid file the files are still written and the operator reloads Mosquitto (e.g. ``systemctl
@@ -37,22 +43,37 @@ class BrokerUser:
     device_id: str | None
 
 
+ReadUsers = Callable[[], Sequence[BrokerUser]]
+
+
 class BrokerAccounts(Protocol):
     """Makes the broker accept exactly the users ``read_users`` returns (each device only on its own topics).
 
     ``read_users`` is called while the accounts are locked, so the list written is never older
     than one another writer wrote before it: reading first and locking only for the write let
     two enrollments finishing together write the earlier list last, locking the newer device out.
+    ``enrolled`` gets the new device's clear password (a backend that cannot take a hash needs
+    it; it must never be logged nor stored); ``revoked`` must also end the device's live session.
     """
 
-    def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None: ...
+    def sync(self, read_users: ReadUsers) -> None: ...
+
+    def enrolled(self, user: BrokerUser, password: str, read_users: ReadUsers) -> None: ...
+
+    def revoked(self, user: BrokerUser, read_users: ReadUsers) -> None: ...
 
 
 class UnmanagedBroker:
     """For a broker whose accounts someone else manages (or the embedded one): nothing to write."""
 
-    def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None:
+    def sync(self, read_users: ReadUsers) -> None:
         log.debug("broker accounts are not managed by this server; device users not written")
+
+    def enrolled(self, user: BrokerUser, password: str, read_users: ReadUsers) -> None:
+        self.sync(read_users)
+
+    def revoked(self, user: BrokerUser, read_users: ReadUsers) -> None:
+        self.sync(read_users)
 
 
 class MosquittoAccounts:
@@ -60,7 +81,13 @@ class MosquittoAccounts:
         self.directory = Path(directory)
         self.pid_file = pid_file
 
-    def sync(self, read_users: Callable[[], Sequence[BrokerUser]]) -> None:
+    def enrolled(self, user: BrokerUser, password: str, read_users: ReadUsers) -> None:
+        self.sync(read_users)  # the whole files again: O(fleet) per enrollment (scripts/bench accounts)
+
+    def revoked(self, user: BrokerUser, read_users: ReadUsers) -> None:
+        self.sync(read_users)  # Mosquitto 2 drops the live session of a user gone from the files on reload
+
+    def sync(self, read_users: ReadUsers) -> None:
         from fleet_server.broker.auth import (
             MosquittoNotRunning,
             reload_mosquitto,

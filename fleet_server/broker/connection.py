@@ -51,7 +51,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from edgefleet.topics import PREFIX, server_subscription
@@ -61,6 +61,10 @@ from fleet_server.errors import BrokerError, ConfigError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
+Ack = Callable[[], None]
+# With ``manual_ack`` the handler is given the message's ack as a third argument, to call once
+# the message is safely stored (or deliberately dropped): ``fleet_server.telemetry.ingest``.
+AckingHandler = Callable[[str, bytes, Ack], None]
 # What the rollout engine and presence need; the telemetry ingest adds "telemetry" (DEVICE_TO_SERVER).
 INGESTED_KINDS = ("reported", "events")
 # paho keeps 20 QoS 1 messages in flight by default and queues the rest until PUBACKs come
@@ -95,9 +99,10 @@ def replica_client_id(replica_id: str | None, port: int) -> str:
 
 
 class FleetMqtt:
-    def __init__(self, url: str, *, handler: Handler, username: str | None = None, password: str | None = None,
-                 shared: bool = True, ca_file: str | None = None, client_id: str | None = None,
-                 keepalive: int = 30, kinds: Sequence[str] = INGESTED_KINDS, persistent: bool = False) -> None:
+    def __init__(self, url: str, *, handler: Handler | AckingHandler, username: str | None = None,
+                 password: str | None = None, shared: bool = True, ca_file: str | None = None,
+                 client_id: str | None = None, keepalive: int = 30, kinds: Sequence[str] = INGESTED_KINDS,
+                 persistent: bool = False, manual_ack: bool = False) -> None:
         if persistent and not client_id:
             raise BrokerError("a persistent MQTT session needs a stable client id",
                               fix="pass client_id=replica_client_id(config.replica_id, config.port)")
@@ -108,6 +113,7 @@ class FleetMqtt:
         self.host = parts.hostname
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.handler = handler
+        self.manual_ack = manual_ack
         self.shared = shared
         # server_subscription refuses a kind servers do not read, so a typo fails here, not silently.
         self.subscriptions = [(server_subscription(kind, shared=shared), 1) for kind in kinds]
@@ -120,19 +126,25 @@ class FleetMqtt:
         self._password = password or (unquote(parts.password) if parts.password else None)
         self._tls = parts.scheme == "mqtts"
         self._ca_file = ca_file
-        self._client = self._new_client(self.client_id, clean_session=not persistent)
+        self._generation = 0  # one more at every CONNACK: an ack from before a reconnect is not sent
+        self._ack_lock = threading.Lock()
+        self._unacked = 0  # delivered on this connection, not yet acked (manual_ack)
+        self._delivered = 0
+        self.last_delivery: float | None = None  # time.monotonic() of the last message handed to the handler
+        self._client = self._new_client(self.client_id, clean_session=not persistent, manual_ack=manual_ack)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
 
-    def _new_client(self, client_id: str, *, clean_session: bool) -> Any:
+    def _new_client(self, client_id: str, *, clean_session: bool, manual_ack: bool = False) -> Any:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=MQTTProtocolVersion.MQTTv311, clean_session=clean_session)
+                             protocol=MQTTProtocolVersion.MQTTv311, clean_session=clean_session,
+                             manual_ack=manual_ack)
         if self._username:
             client.username_pw_set(self._username, self._password)
         if self._tls:
@@ -267,6 +279,9 @@ class FleetMqtt:
             return
         # Renewed on every connect: a clean session keeps none, and a persistent one the broker
         # dropped (restarted without persistence, or expired it) must not leave us deaf.
+        with self._ack_lock:
+            self._generation += 1
+            self._unacked = 0  # the broker redelivers what was not acked on the old connection
         client.subscribe(self.subscriptions)
         self.connected.set()
         log.info("connected to MQTT broker %s as %s (shared subscriptions: %s, persistent session: %s, "
@@ -279,7 +294,51 @@ class FleetMqtt:
             log.warning("disconnected from MQTT broker %s (%s); reconnecting", self.url, reason_code)
 
     def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        self.last_delivery = time.monotonic()
+        if not self.manual_ack:
+            try:
+                cast(Handler, self.handler)(message.topic, bytes(message.payload))
+            except Exception:  # one bad message must not kill paho's loop thread
+                log.exception("handling MQTT message on %s failed", message.topic)
+            return
+        ack = self._acker(message.mid, message.qos)
         try:
-            self.handler(message.topic, bytes(message.payload))
-        except Exception:  # one bad message must not kill paho's loop thread
-            log.exception("handling MQTT message on %s failed", message.topic)
+            cast(AckingHandler, self.handler)(message.topic, bytes(message.payload), ack)
+        except Exception:
+            # A handler that failed will never ack: ack here, or the message would sit in the
+            # broker's in-flight window until a reconnect, and then fail again (a poison pill).
+            log.exception("handling MQTT message on %s failed; acknowledged and dropped", message.topic)
+            ack()
+
+    def _acker(self, mid: int, qos: int) -> Ack:
+        """The one-shot ack of one delivered message, valid on this connection only.
+
+        paho's ``ack`` only queues the PUBACK for its loop thread, so any thread may call it. An
+        ack from before a reconnect is not sent: the broker redelivers that message on the new
+        connection under the same packet id, and it may have reused the id since; the copy
+        redelivered is stored as a duplicate (ignored) and acked then.
+        """
+        with self._ack_lock:
+            generation = self._generation
+            self._unacked += 1
+            self._delivered += 1
+        done = False
+
+        def ack() -> None:
+            nonlocal done
+            with self._ack_lock:
+                if done:
+                    return
+                done = True
+                if generation != self._generation:
+                    return
+                self._unacked -= 1
+            if qos > 0:
+                self._client.ack(mid, qos)
+
+        return ack
+
+    def ack_counts(self) -> tuple[int, int]:
+        """(messages delivered since start, delivered on this connection and not acked yet)."""
+        with self._ack_lock:
+            return self._delivered, self._unacked

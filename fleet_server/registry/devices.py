@@ -5,9 +5,10 @@ redeems it once (``enroll``) and receives its id, MQTT credentials and API token
 spent by one conditional UPDATE (``used_at IS NULL AND expires_at > now``), so two devices racing
 with the same token cannot both win, on SQLite or PostgreSQL. Only hashes of tokens are stored.
 
-After every change to who may connect (enroll, revoke) the broker's accounts are re-synced
-through the ``BrokerAccounts`` seam (Mosquitto password/ACL files, or nothing for a broker the
-server does not manage).
+After every change to who may connect (enroll, revoke) the broker's accounts are told through
+the ``BrokerAccounts`` seam (``enrolled``/``revoked``: Mosquitto's dynamic-security plugin
+changes that one account, the password/ACL files are rendered again whole, a broker the server
+does not manage gets nothing); ``sync_broker`` reconciles all of them at start.
 
 This module knows nothing of HTTP or MQTT transport; presence arrives as parsed
 ``PresenceUpdate`` values from the MQTT ingest.
@@ -168,6 +169,7 @@ class Devices:
         token_hash = hash_secret(token)
         device_id = new_device_id()
         password, api_token = new_secret(), new_secret()
+        user = BrokerUser(device_id, self.hash_password(password), device_id)
         with self.db.session() as session:
             spent = session.execute(
                 update(EnrollmentTokenRow)
@@ -183,7 +185,7 @@ class Devices:
             session.add(DeviceRow(
                 id=device_id, profile=row.profile, labels=dict(row.labels), hostname=hostname[:255],
                 agent_version=agent_version[:64], mqtt_username=device_id,
-                mqtt_password_hash=self.hash_password(password), api_token_hash=hash_secret(api_token),
+                mqtt_password_hash=user.password_hash, api_token_hash=hash_secret(api_token),
                 status=ENROLLED, online=False, last_seen=None, reported=None, assignment_counter=0,
                 enrolled_at=now, revoked_at=None,
             ))
@@ -191,10 +193,11 @@ class Devices:
             row.device_id = device_id
             labels = dict(row.labels)
         try:
-            self.sync_broker()
+            self.broker.enrolled(user, password, self.broker_users)
         except ServerError as exc:
-            # The token is spent and the device exists: refusing now would strand it. The next
-            # sync (any enrollment, revocation or restart) writes its account.
+            # The token is spent and the device exists: refusing now would strand it. With the
+            # files, the next sync (any enrollment, revocation or restart) writes its account;
+            # with dynamic security, the node that missed it is named at the next reconcile.
             log.error("device %s enrolled but the broker accounts were not updated: %s", device_id, exc)
         log.info("enrolled device %s (profile %s, host %r)", device_id, profile.name, hostname)
         return Enrollment(device_id, profile, labels, device_id, password, api_token)
@@ -266,7 +269,8 @@ class Devices:
                 row.revoked_at = self._now()
                 row.online = False
             info = DeviceRecord.from_row(row)
-        self.sync_broker()
+            user = BrokerUser(row.mqtt_username, row.mqtt_password_hash, row.id)
+        self.broker.revoked(user, self.broker_users)
         log.warning("revoked device %s", device_id)
         return info
 

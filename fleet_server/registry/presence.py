@@ -15,7 +15,10 @@ only parses and queues, and its own writer thread stores the updates in batches 
 per batch). If the database refuses a batch for what one update holds, the batch is split until
 only that update fails (``fleet_server.isolation``): the others are stored, in order, and the bad
 one is dropped, counted (``counts``), logged and handed to ``on_dropped`` (the server counts it
-for its device). This module does not connect to the broker (``fleet_server.broker.connection``)
+for its device). An update that comes with an ``ack`` (the server's manual acks, issue 13: a
+``reported`` message) is acked once its transaction has committed, or once it is dropped for
+what it holds; while the database is unreachable the writer tries again with a backoff and
+acks nothing, so the broker keeps the message. This module does not connect to the broker (``fleet_server.broker.connection``)
 and does not check message schemas: the server's handler
 (``fleet_server.telemetry.ingest.TelemetryIngest.handler``) does that before anything arrives here.
 """
@@ -33,11 +36,13 @@ from typing import Any, Protocol
 
 from edgefleet.topics import parse_device_topic
 from fleet_server.backlog import Backlog
-from fleet_server.isolation import write_isolating
+from fleet_server.isolation import is_transient, write_isolating
 
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 256 * 1024
+RETRY_MAX_S = 30.0  # the longest wait between two tries of a batch the database could not take
+Ack = Callable[[], None]
 
 
 class PresenceMessageError(ValueError):
@@ -113,23 +118,26 @@ class PresenceIngest:
         self.max_batch = max_batch
         self.idle_s = idle_s
         self.on_dropped = on_dropped  # (device_id, topic kind, error) of an update the database refused alone
-        self._queue: queue.Queue[PresenceUpdate] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[tuple[PresenceUpdate, Ack | None]] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._backlog = Backlog()
         self._counts_lock = threading.Lock()
         self._counts = {"stored": 0, "dropped": 0}
+        self._stopping = threading.Event()
 
-    def __call__(self, topic: str, payload: bytes) -> None:
+    def __call__(self, topic: str, payload: bytes, ack: Ack | None = None) -> None:
         try:
             update = parse_message(topic, payload, self.clock())
         except PresenceMessageError as exc:
             log.warning("dropped MQTT message: %s", exc)
-            return
+            update = None
         if update is None:
+            if ack is not None:
+                ack()
             return
         self._backlog.add()
-        self._queue.put(update)
+        self._queue.put((update, ack))
         with self._lock:
             # Under the lock that the writer also takes before it exits on an empty queue: an
             # update is never left queued with no writer.
@@ -140,6 +148,12 @@ class PresenceIngest:
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every update queued so far is stored (or dropped); False on timeout."""
         return self._backlog.drain(timeout)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Drain, and give up retrying a batch the database cannot take (it stays unacked)."""
+        drained = self.drain(timeout)
+        self._stopping.set()
+        return drained
 
     def counts(self) -> dict[str, int]:
         """Updates ``stored`` (taken by the store, known devices or not) and ``dropped`` since start."""
@@ -168,9 +182,11 @@ class PresenceIngest:
                     break
             self._store(batch)
 
-    def _store(self, batch: list[PresenceUpdate]) -> None:
+    def _store(self, entries: list[tuple[PresenceUpdate, Ack | None]]) -> None:
+        batch = [update_ for update_, _ in entries]
         ignored: set[str] = set()
         stored = [0]
+        acked = True
 
         def record(part: Sequence[PresenceUpdate]) -> None:
             accepted = self.devices.record_presences(part)
@@ -178,19 +194,37 @@ class PresenceIngest:
             stored[0] += len(part)
 
         try:
-            # Split until only the update the database refuses fails: one device's document
-            # must not cost the fleet's presence (issue 14: 137 updates lost to one).
-            for update_, error in write_isolating(batch, record):
-                self._dropped(update_, error)
-        except Exception:  # unreachable database: the next report or event brings presence back
+            delay = 0.5
+            while True:
+                stored[0] = 0  # a retry writes the whole batch again, in order: the same end state
+                try:
+                    # Split until only the update the database refuses fails: one device's document
+                    # must not cost the fleet's presence (issue 14: 137 updates lost to one).
+                    for update_, error in write_isolating(batch, record):
+                        self._dropped(update_, error)
+                    break
+                except Exception as exc:
+                    if not is_transient(exc) or self._stopping.is_set():
+                        raise
+                    # Unreachable database: try the rest again, unacked, so the broker keeps them.
+                    log.warning("storing %d presence updates failed (%s); trying again in %.1f s",
+                                len(batch) - stored[0], exc, delay)
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+        except Exception as exc:
             log.exception("storing %d presence updates failed; they are dropped", len(batch) - stored[0])
             self._count(dropped=len(batch) - stored[0])
+            acked = not is_transient(exc)  # stopping: leave them to the broker's redelivery
         else:
             if ignored:
                 log.info("messages from %d unknown or revoked device(s) ignored", len(ignored))
         finally:
             self._count(stored=stored[0])
             self._backlog.done(len(batch))
+        if acked:
+            for _, ack in entries:
+                if ack is not None:
+                    ack()
 
     def _dropped(self, update_: PresenceUpdate, error: BaseException) -> None:
         log.error("the database refused the presence update of %s; dropped alone: %s", update_.device_id, error)

@@ -1,16 +1,26 @@
 """Telemetry and event ingest: MQTT messages in, checked once, rows stored exactly once per (device, sequence).
 
-Delivery is at-least-once end to end: the agent's outbox publishes a batch until the broker's
-PUBACK (and again after a crash before its ack), and paho acknowledges a QoS 1 message to
-the broker as soon as the callback returns, before anything is committed here. So the same
-batch can arrive twice (a re-sent outbox row, a replica that died holding a queue) and the
-database decides: ``telemetry_batches`` has a unique (device_id, seq), ``device_events`` a
-unique (device_id, event_id), and every insert is ``INSERT ... ON CONFLICT DO NOTHING``. Two
-replicas sharing the load through a ``$share/edgefleet/...`` subscription, a restart, or a
-duplicate sent on purpose therefore all end as one row. What this design does not cover: a
-replica that crashes with batches still in its queue loses them (paho has already acked them),
-exactly as a broker that restarts without persistence would; the outbox's ``dropped`` field
-counts only what the device dropped.
+Delivery is at-least-once end to end, and nothing is acknowledged before it is stored (issue
+13). The agent's outbox publishes a batch until the broker's PUBACK (and again after a crash
+before its ack). The server's connection runs with manual acks
+(``FleetMqtt(manual_ack=True)``): the handler is given each message's ack, and this module
+calls it only once the transaction that stores the message has committed (telemetry and
+events here; a ``reported`` message once presence has stored it), or once the message is
+refused for good (a failed check, an unknown device). A server killed with messages queued
+therefore loses none: the broker still holds them as in flight on the server's persistent
+session and delivers them again when it reconnects. So the same batch can arrive twice (a
+re-sent outbox row, a redelivery after a crash) and the database decides:
+``telemetry_batches`` has a unique (device_id, seq), ``device_events`` a unique (device_id,
+event_id), and every insert is ``INSERT ... ON CONFLICT DO NOTHING``. Two replicas sharing the
+load through a ``$share/edgefleet/...`` subscription, a restart, or a duplicate sent on purpose
+therefore all end as one row. While the database is unreachable the writer retries the same
+write with a backoff and acks nothing: its queue fills, the handler blocks, and the broker
+holds the rest. The outbox's ``dropped`` field counts only what the device dropped.
+
+The server's own liveness probes (``fleet_server.telemetry.liveness``) arrive on a device topic
+its subscription covers; they are acked and go nowhere else. Every other message is counted
+by kind (``counts().by_kind``: the per-replica ``edgefleet_device_messages_total{kind}``), and
+the time of the last one is kept for the silence check.
 
 One device cannot hurt the others (issue 14). ``handler(others)`` is the server's one MQTT
 handler: every device message is checked by ``fleet_server.telemetry.validation`` before it is
@@ -45,7 +55,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -57,8 +67,9 @@ from edgefleet.telemetry import ModelRecord, ReferenceProfile, TelemetryBatch
 from fleet_server.backlog import Backlog
 from fleet_server.db import Database
 from fleet_server.errors import ServerError
-from fleet_server.isolation import write_isolating
+from fleet_server.isolation import is_transient, write_isolating
 from fleet_server.tables import DeviceEventRow, DeviceRow, TelemetryBatchRow, TelemetryRecordRow
+from fleet_server.telemetry.liveness import is_probe
 from fleet_server.telemetry.refusals import FaultCounter, store_faults
 from fleet_server.telemetry.shadow import shadow_rows, store_shadow
 from fleet_server.telemetry.validation import (
@@ -82,9 +93,19 @@ DEFAULT_QUEUE_SIZE = 50_000
 DEFAULT_LINGER_S = 0.05  # how long the writer waits to fill a batch once one message is queued
 RATE_WINDOW_S = 60
 MAX_EVENT_BYTES = DEFAULT_LIMITS.event_bytes
+RETRY_MAX_S = 30.0  # the longest wait between two tries of a write the database could not take
 FAULT_LOG_EVERY_S = 60.0  # one warning per device, topic and reason a minute: a hostile device must not flood the log
 
-__all__ = ["IngestCounts", "IngestError", "TelemetryIngest", "batch_rows", "event_row", "route_telemetry"]
+__all__ = ["Ack", "Consumer", "IngestCounts", "IngestError", "TelemetryIngest", "batch_rows", "event_row",
+           "route_telemetry"]
+
+Ack = Callable[[], None]
+
+
+class Consumer(Protocol):
+    """A handler that may take the message's ack (``PresenceIngest``): it then calls it once stored."""
+
+    def __call__(self, topic: str, payload: bytes, ack: Ack | None = None) -> None: ...
 
 
 # ---- pure: checked messages to rows ------------------------------------------------------------
@@ -139,6 +160,7 @@ class IngestCounts:
     queued: int
     rate_per_s: float
     faults: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    by_kind: Mapping[str, int] = field(default_factory=dict)  # device messages taken, by topic kind
 
 
 class _Counters:
@@ -147,6 +169,7 @@ class _Counters:
         self.lock = threading.Lock()
         self.values = dict.fromkeys(("received", "stored", "duplicates", "invalid", "unknown_device",
                                      "device_dropped", "events_stored", "events_duplicate"), 0)
+        self.by_kind = dict.fromkeys(topics.DEVICE_TO_SERVER, 0)
         self.recent: deque[tuple[float, int]] = deque()  # (second, batches stored in it)
 
     def add(self, **deltas: int) -> None:
@@ -257,7 +280,26 @@ class _Stored:
     records: list[ModelRecord] = field(default_factory=list)
 
 
-_Item = tuple[str, Any]  # ("telemetry", (device_id, payload bytes)) | ("event", row dict) | ("fault", Fault)
+# ("telemetry", (device_id, payload bytes), ack) | ("event", row dict, ack) | ("fault", Fault, None)
+_Item = tuple[str, Any, Ack | None]
+
+
+@dataclass
+class _Prepared:
+    """One write's messages, decoded and checked: what ``_commit`` stores (and may store again)."""
+
+    batches: dict[tuple[str, int], _Unit]
+    events: dict[tuple[str, str], _Unit]
+    faults: list[Fault]
+    in_flight_duplicates: int
+    events_in_flight_duplicates: int
+    now: datetime
+
+
+def _ack_all(items: Sequence[_Item]) -> None:
+    for _kind, _value, ack in items:
+        if ack is not None:
+            ack()
 
 
 class TelemetryIngest:
@@ -265,7 +307,8 @@ class TelemetryIngest:
 
     ``handler(others)`` is the whole server's handler (checks every message, hands the accepted
     ``reported`` and ``events`` to ``others``); ``ingest(topic, payload)`` takes ``telemetry`` and
-    ``events`` alone. Either may be called from paho's thread. ``start``/``stop`` run the writer;
+    ``events`` alone. Either may be called from paho's thread; with an ``ack`` (manual acks) it is
+    called once the message is stored or refused for good, never before. ``start``/``stop`` run the writer;
     ``drain(timeout)`` waits until everything queued so far is committed (tests, shutdown).
     ``references(model, version)`` gives the reference profile the drift shapes are checked
     against (``FleetViews.reference``); without it they are not. ``on_stored(records)`` is called
@@ -295,40 +338,72 @@ class TelemetryIngest:
         self._logged: dict[tuple[str, str, str], float] = {}
         self._thread = threading.Thread(target=self._run, name="edgefleet-ingest", daemon=True)
         self._backlog = Backlog()
+        self._stopping = threading.Event()
+        # time.monotonic() of the last device message taken (probes excluded): the silence check.
+        self.last_message_at: float | None = None
 
     # paho's thread
-    def __call__(self, topic: str, payload: bytes) -> None:
-        self.ingest(topic, payload)
+    def __call__(self, topic: str, payload: bytes, ack: Ack | None = None) -> None:
+        self.ingest(topic, payload, ack)
 
-    def ingest(self, topic: str, payload: bytes) -> None:
+    def ingest(self, topic: str, payload: bytes, ack: Ack | None = None) -> None:
         """Queue one ``telemetry`` message (checked by the writer), or check and queue one ``events``
-        message (a ``reported`` one is checked, and stored by presence, not here)."""
-        self._take(topic, payload)
+        message (a ``reported`` one is checked, and stored by presence, not here: acked at once)."""
+        if self._take(topic, payload, ack) == "reported" and ack is not None:
+            ack()
 
-    def handler(self, others: Callable[[str, bytes], None]) -> Callable[[str, bytes], None]:
+    def handler(self, others: Callable[[str, bytes], None], *,
+                presence: Consumer | None = None) -> Callable[[str, bytes, Ack | None], None]:
         """The server's MQTT handler: ``telemetry`` to this ingest alone; ``events`` and ``reported``
-        checked here, then (if accepted) to ``others`` (presence, the rollout worker), events also
-        queued for storing. A refused message goes nowhere. Nothing else is subscribed to."""
-        def handle(topic: str, payload: bytes) -> None:
-            if self._take(topic, payload):
-                others(topic, payload)
+        checked here, then (if accepted) to ``presence`` and ``others`` (the rollout worker), events
+        also queued for storing. A refused message goes nowhere. Nothing else is subscribed to.
+
+        With acks (``FleetMqtt(manual_ack=True)``): telemetry and events are acked by the writer after
+        their commit, a ``reported`` message by ``presence`` once it has stored it (at once without
+        ``presence``), a refused message at once.
+        """
+        def handle(topic: str, payload: bytes, ack: Ack | None = None) -> None:
+            taken = self._take(topic, payload, ack)
+            if taken is None:
+                return
+            if presence is not None:
+                # Only a reported message waits for presence's commit; an event's liveness may be lost.
+                presence(topic, payload, ack if taken == "reported" else None)
+            elif taken == "reported" and ack is not None:
+                ack()
+            others(topic, payload)
 
         return handle
 
-    def _take(self, topic: str, payload: bytes) -> bool:
-        """Queue or check one message; True for an ``events`` or ``reported`` message that passed
-        its checks (the ones others may act on)."""
+    def _take(self, topic: str, payload: bytes, ack: Ack | None) -> str | None:
+        """Queue or check one message. The kind of an ``events`` or ``reported`` message that passed
+        its checks (the ones others may act on: its ack is theirs, or, for an event, the writer's);
+        None for the rest, whose ack is the writer's (telemetry) or done here (refused, a probe)."""
         try:
             device_id, kind = topics.parse_device_topic(topic)
         except ValueError:
-            return False
+            if ack is not None:
+                ack()
+            return None
+        if is_probe(device_id):  # our own liveness probe: it arrived, which was its whole job
+            if ack is not None:
+                ack()
+            return None
+        self.last_message_at = self._monotonic()
         if kind == "telemetry":
             self._counters.add(received=1)
-            self._put(("telemetry", (device_id, payload)))  # decoded and checked by the writer, off paho's thread
-            return False
-        if kind == "events":
-            return self._accept_event(device_id, payload)
-        return kind == "reported" and self._accept_reported(device_id, payload)
+            self._counters.by_kind[kind] += 1  # (paho's thread alone writes by_kind)
+            self._put(("telemetry", (device_id, payload), ack))  # decoded and checked by the writer
+            return None
+        if kind in self._counters.by_kind:
+            self._counters.by_kind[kind] += 1
+        accepted = (self._accept_event(device_id, payload, ack) if kind == "events"
+                    else kind == "reported" and self._accept_reported(device_id, payload))
+        if not accepted:
+            if ack is not None:
+                ack()
+            return None
+        return kind
 
     def store_failed(self, device_id: str, topic: str, error: BaseException) -> None:
         """Count a message the database refused after it passed the checks (presence's writer calls this)."""
@@ -337,9 +412,9 @@ class TelemetryIngest:
     def refuse(self, fault: Fault) -> None:
         """Count ``fault`` now and queue it for its device's ``device_refusals`` row (any thread)."""
         self._note(fault)
-        self._put(("fault", fault))
+        self._put(("fault", fault, None))
 
-    def _accept_event(self, device_id: str, payload: bytes) -> bool:
+    def _accept_event(self, device_id: str, payload: bytes, ack: Ack | None = None) -> bool:
         try:
             checked = check_event(device_id, payload, self.clock(), self.limits)
         except Refused as exc:
@@ -348,7 +423,7 @@ class TelemetryIngest:
             return False
         if checked.flag is not None:
             self.refuse(checked.flag)
-        self._put(("event", checked.row))
+        self._put(("event", checked.row, ack))
         return True
 
     def _accept_reported(self, device_id: str, payload: bytes) -> bool:
@@ -380,6 +455,7 @@ class TelemetryIngest:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()  # a write retrying against an unreachable database gives up, unacked
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout)
@@ -392,7 +468,7 @@ class TelemetryIngest:
         with self._counters.lock:
             values = dict(self._counters.values)
         return IngestCounts(**values, queued=self._queue.qsize(), rate_per_s=self._counters.rate(),
-                            faults=self.faults.snapshot())
+                            faults=self.faults.snapshot(), by_kind=dict(self._counters.by_kind))
 
     def _run(self) -> None:
         while True:
@@ -416,16 +492,35 @@ class TelemetryIngest:
             self._write_safely(items)
 
     def _write_safely(self, items: list[_Item]) -> None:
+        """Store ``items`` and ack them; while the database is unreachable, try again (acking nothing)."""
         try:
-            self._write(items)
+            prepared = self._prepare(items)
+            delay = 0.5
+            while True:
+                try:
+                    self._commit(prepared)
+                    break
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    if self._stopping.is_set():
+                        # Not acked: the broker delivers these again to the next start.
+                        log.warning("stopping with %d telemetry/event messages unstored; the broker keeps them",
+                                    len(items))
+                        return
+                    log.warning("storing %d telemetry/event messages failed (%s); trying again in %.1f s",
+                                len(items), exc, delay)
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
         except (SQLAlchemyError, ServerError):
-            # The database is unreachable (a row it refuses is isolated by _write): the messages
-            # are lost to this replica (see the module docstring); the next ones are tried afresh.
+            # A failure that is not about the connection, nor about one row (those are isolated
+            # by _commit): acked and dropped, since the same write would fail again at every redelivery.
             log.exception("storing %d telemetry/event messages failed; they are dropped", len(items))
         except Exception:  # a bug here must not end the one writer thread: later batches still matter
             log.exception("unexpected error storing %d telemetry/event messages; they are dropped", len(items))
         finally:
             self._backlog.done(len(items))
+        _ack_all(items)
 
     def _check(self, device_id: str, payload: bytes, now: datetime, faults: list[Fault]) -> _Unit | None:
         """Decode and check one telemetry payload; the unit to store, or None (the fault is noted)."""
@@ -444,12 +539,17 @@ class TelemetryIngest:
                      shadow=shadow_rows(checked.batch, rows[0]["ts"]))
 
     def _write(self, items: Sequence[_Item]) -> None:
+        """Check and store ``items`` once (no retry, no acks): tests and benchmarks of the writer."""
+        self._commit(self._prepare(items))
+
+    def _prepare(self, items: Sequence[_Item]) -> _Prepared:
+        """Decode and check every message of one write (each refusal counted once, here)."""
         now = self.clock()
         faults: list[Fault] = []
         batches: dict[tuple[str, int], _Unit] = {}
         events: dict[tuple[str, str], _Unit] = {}
         received = events_received = 0
-        for kind, value in items:
+        for kind, value, _ack in items:
             if kind == "telemetry":
                 device_id, payload = value
                 unit = self._check(device_id, payload, now, faults)
@@ -463,8 +563,15 @@ class TelemetryIngest:
             else:
                 faults.append(value)
         # A duplicate inside one write never reaches the database; count it here.
-        in_flight_duplicates = received - len(batches)
-        events_in_flight_duplicates = events_received - len(events)
+        return _Prepared(batches, events, faults, received - len(batches), events_received - len(events), now)
+
+    def _commit(self, prepared: _Prepared) -> None:
+        """Store one prepared write. Raises if the database is unreachable; a retry then stores again
+        what a first half may have stored already, which the inserts' ON CONFLICT make harmless."""
+        batches, events, now = prepared.batches, prepared.events, prepared.now
+        faults = list(prepared.faults)
+        in_flight_duplicates = prepared.in_flight_duplicates
+        events_in_flight_duplicates = prepared.events_in_flight_duplicates
         ids = {d for d, _ in batches} | {d for d, _ in events} | {f.device_id for f in faults}
         with self.db.session() as session:
             known = set(session.scalars(select(DeviceRow.id).where(DeviceRow.id.in_(ids),

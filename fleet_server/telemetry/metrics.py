@@ -19,6 +19,13 @@ two replicas) never share or collide on metric names. Served in Prometheus text 
     edgefleet_telemetry_rate                          batches stored per second over the last minute
     edgefleet_telemetry_queue                         messages waiting for the writer
     edgefleet_events_stored_total, edgefleet_events_duplicates_total
+    edgefleet_device_messages_total{kind}             device messages this replica took (telemetry, events,
+                                                      reported; probes not): with shared subscriptions the
+                                                      replicas' counts add up to what the devices sent
+    edgefleet_ingest_problem{reason}                  1 while the ingest receives nothing: deaf (the
+                                                      subscription delivers not even the server's probe) or
+                                                      silent (devices enrolled, none heard from); /healthz
+                                                      says why and the fix (``fleet_server.telemetry.liveness``)
     edgefleet_device_messages_refused_total{topic,reason}   device messages refused (never stored)
     edgefleet_device_messages_clamped_total{topic,reason}   stored with the server's time (clock_ahead)
     edgefleet_alerts{rule,state}                      episodes pending or firing
@@ -46,6 +53,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fleet_server.telemetry.ingest import IngestCounts
+from fleet_server.telemetry.liveness import REASONS
 from fleet_server.telemetry.model_metrics import (
     GAUGE_TTL_S,
     ModelCounters,
@@ -84,15 +92,26 @@ def stage_figures(figures: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
 
 class FleetCollector(Collector):
     def __init__(self, views: FleetViews, ingest: Callable[[], IngestCounts | None],
-                 episodes: Callable[[], list[dict[str, Any]]]) -> None:
+                 episodes: Callable[[], list[dict[str, Any]]],
+                 liveness: Callable[[], list[dict[str, str]] | None] = lambda: None) -> None:
         self.views = views
         self.ingest = ingest
         self.episodes = episodes
+        self.liveness = liveness
 
     def collect(self) -> Iterator[Metric]:
         yield from self._devices()
         yield from self._rollouts()
         yield from self._ingest()
+        problems = self.liveness()
+        if problems is not None:  # None: no MQTT on this replica
+            family = GaugeMetricFamily("edgefleet_ingest_problem", "1 while the ingest receives nothing, by reason "
+                                       "(deaf: not even the server's own probe; silent: no device heard from)",
+                                       labels=["reason"])
+            now = {p["reason"] for p in problems}
+            for reason in REASONS:
+                family.add_metric([reason], 1 if reason in now else 0)
+            yield family
         alerts = GaugeMetricFamily("edgefleet_alerts", "Alert episodes by rule and state (pending, firing)",
                                    labels=["rule", "state"])
         for (rule, state), n in sorted(Counter((str(e.get("rule")), str(e.get("state")))
@@ -155,6 +174,11 @@ class FleetCollector(Collector):
             ("edgefleet_events_duplicates", counts.events_duplicate, "Device events already stored, ignored"),
         ):
             yield CounterMetricFamily(name, doc, value=value)
+        kinds = CounterMetricFamily("edgefleet_device_messages", "Device messages this replica took, by topic kind "
+                                    "(replicas sharing a subscription: sum them)", labels=["kind"])
+        for kind, n in sorted(counts.by_kind.items()):
+            kinds.add_metric([kind], n)
+        yield kinds
         refused, clamped = totals(counts.faults)
         for name, doc, values in (
             ("edgefleet_device_messages_refused", "Device messages refused by the ingest checks (or, for "
@@ -180,9 +204,10 @@ class Metrics:
     """
 
     def __init__(self, views: FleetViews, ingest: Callable[[], IngestCounts | None],
-                 episodes: Callable[[], list[dict[str, Any]]], *, gauge_ttl_s: float = GAUGE_TTL_S) -> None:
+                 episodes: Callable[[], list[dict[str, Any]]], *, gauge_ttl_s: float = GAUGE_TTL_S,
+                 liveness: Callable[[], list[dict[str, str]] | None] = lambda: None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(FleetCollector(views, ingest, episodes))
+        self.registry.register(FleetCollector(views, ingest, episodes, liveness))
         self.model_counters = ModelCounters(RegistryVersions(lambda: registry_versions(views.db)))
         self.registry.register(self.model_counters)
         self.registry.register(ModelGauges(lambda: gauges_of(views.version_figures(), views.version_states()),

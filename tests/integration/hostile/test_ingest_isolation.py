@@ -71,13 +71,13 @@ def _count(db: Database, table: Any, device_id: str) -> int:
 def test_a_row_the_database_refuses_is_dropped_alone(db: Database) -> None:
     running = TelemetryIngest(db, clock=lambda: NOW, linger_s=2.0)  # one write takes everything below
     sizes: list[int] = []
-    write = running._write
+    prepare = running._prepare
 
-    def recording(items: Sequence[Any]) -> None:
+    def recording(items: Sequence[Any]) -> Any:
         sizes.append(len(items))
-        write(items)
+        return prepare(items)
 
-    running._write = recording  # type: ignore[method-assign]
+    running._prepare = recording  # type: ignore[method-assign]
     running.start()
     try:
         for seq in range(1, 41):

@@ -160,13 +160,13 @@ def test_the_writer_lingers_to_fill_a_batch_then_writes_what_it_has(db: Database
     add_device(db, "dev-a")
     running = TelemetryIngest(db, max_batch=10, linger_s=1.0)
     sizes: list[int] = []
-    write = running._write
+    prepare = running._prepare
 
-    def counting(items: Sequence[Any]) -> None:
+    def counting(items: Sequence[Any]) -> Any:
         sizes.append(len(items))
-        write(items)
+        return prepare(items)
 
-    running._write = counting  # type: ignore[method-assign]
+    running._prepare = counting  # type: ignore[method-assign]
     running.start()
     try:
         for seq in range(25):  # all queued well within the linger time

@@ -110,22 +110,35 @@ def test_writer_stops_when_idle_and_starts_again_with_the_next_message(devices: 
     assert devices.get("dev-01").online is False
 
 
-def test_a_failing_store_drops_the_batch_and_the_writer_carries_on(devices: Devices) -> None:
+def test_an_unreachable_database_is_tried_again_and_the_update_acked_only_once_stored(devices: Devices) -> None:
+    """Issue 13: an update whose write failed for want of a database is not dropped (nor acked,
+    so the broker would deliver it again after a crash): the writer tries again."""
+    acked: list[str] = []
+
     class Flaky:
         calls = 0
 
         def record_presences(self, updates: Sequence[PresenceUpdate]) -> set[str]:
             self.calls += 1
             if self.calls == 1:
+                assert acked == []  # nothing acked before the store
                 raise ConnectionError("database went away")
             return devices.record_presences(updates)
 
     ingest = PresenceIngest(Flaky(), clock=lambda: NOW)
-    ingest(*_reported("dev-00"))
+    ingest(*_reported("dev-00"), lambda: acked.append("dev-00"))
     assert ingest.drain(10)
-    ingest(*_reported("dev-01"))
+    ingest(*_reported("dev-01"), lambda: acked.append("dev-01"))
     assert ingest.drain(10)
-    assert devices.get("dev-00").last_seen is None and devices.get("dev-01").last_seen == NOW
+    assert devices.get("dev-00").last_seen == NOW and devices.get("dev-01").last_seen == NOW
+    assert acked == ["dev-00", "dev-01"]
+
+
+def test_an_update_refused_for_what_it_holds_is_dropped_and_acked(devices: Devices) -> None:
+    acked: list[str] = []
+    ingest = PresenceIngest(devices, clock=lambda: NOW)
+    ingest("edgefleet/v1/devices/dev-00/reported", b"not json", lambda: acked.append("bad"))
+    assert acked == ["bad"]  # never queued: acked at once, or it would come back at every reconnect
 
 
 @pytest.mark.parametrize("bad", [{"max_batch": 0}, {"queue_size": 0}, {"idle_s": 0}])

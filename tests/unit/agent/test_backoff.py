@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import LinkError
-from agent.link import Backoff, BrokerAddress
+from agent.link import Backoff, parse_brokers
+from edgefleet.brokers import BrokerAddress
 
 
 def test_delays_grow_exponentially_to_the_cap_and_reset() -> None:
@@ -47,11 +48,29 @@ def test_bad_backoff_settings_are_refused() -> None:
     ("mqtts://fleet.example.com:9999", "fleet.example.com", 9999, True),
 ])
 def test_broker_urls(url: str, host: str, port: int, tls: bool) -> None:
-    assert BrokerAddress.parse(url) == BrokerAddress(host, port, tls)
+    assert parse_brokers(url) == (BrokerAddress(host, port, tls),)
 
 
 @pytest.mark.parametrize("url", ["http://broker", "broker:1883", "mqtt://", "mqtt://host:notaport"])
 def test_bad_broker_urls_name_the_fix(url: str) -> None:
     with pytest.raises(LinkError) as caught:
-        BrokerAddress.parse(url)
-    assert url in caught.value.message
+        parse_brokers(url)
+    assert url in caught.value.message and caught.value.fix
+
+
+def test_several_brokers_in_one_string_the_later_ones_may_omit_the_scheme() -> None:
+    assert parse_brokers("mqtt://a:1,b:2, mqtt://c") == (BrokerAddress("a", 1, False), BrokerAddress("b", 2, False),
+                                                         BrokerAddress("c", 1883, False))
+    assert parse_brokers(["mqtts://a", "b:8884"]) == (BrokerAddress("a", 8883, True), BrokerAddress("b", 8884, True))
+
+
+@pytest.mark.parametrize(("urls", "named"), [
+    ("mqtt://a:1,b:x", "b:x"),  # issue 13: this was "bad port" for the whole string
+    ("mqtt://a:1,,b:2", "empty item"),
+    ("mqtts://a,mqtt://b", "mixes TLS"),
+    ("mqtt://a/path", "path"),
+])
+def test_a_bad_item_in_a_broker_list_is_named(urls: str, named: str) -> None:
+    with pytest.raises(LinkError) as caught:
+        parse_brokers(urls)
+    assert named in caught.value.message and "agent.toml" in (caught.value.fix or "")
