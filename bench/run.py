@@ -29,7 +29,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # benchmark name -> module; imported per benchmark so that `bench footprint` never loads TensorFlow.
 MODULES = {"inference": "bench.inference", "quantization": "bench.quantization", "rollout": "bench.rollout_scale",
-           "ingest": "bench.ingest", "footprint": "bench.footprint", "console": "bench.console"}
+           "ingest": "bench.ingest", "footprint": "bench.footprint", "console": "bench.console",
+           "shadow": "bench.shadow"}
 
 
 def _runner(name: str) -> Callable[[bool], dict[str, Any]]:
@@ -113,6 +114,7 @@ benchmarks:
   ingest        telemetry messages/s stored by the server (SQLite, PostgreSQL, two replicas)
   footprint     agent RSS and CPU at idle, cold start, install size of edgefleet[agent]
   console       server time to render the console's fleet and devices pages at 1,000 and 10,000 devices
+  shadow        served p50/p99 of two agents, one with a shadow candidate mirroring every request (issue 18)
 
 examples:
   scripts/bench --quick                 every benchmark, small (under 3 minutes)
