@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from edgefleet.brokers import parse_broker_urls
+from edgefleet.errors import BrokerUrlError
 from fleet_server.broker.connection import check_replica_id
 from fleet_server.errors import ConfigError
 from fleet_server.telemetry.alerts import AlertConfig, load_alert_config
 
+BROKER_ACCOUNTS = ("mosquitto-files", "mosquitto-dynsec", "unmanaged")
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 DEFAULT_ENROLLMENT_TTL = 24 * 3600
 MAX_ENROLLMENT_TTL = 30 * 24 * 3600
@@ -50,6 +53,11 @@ class ServerConfig:
     # This replica's own MQTT client id, the same at every start (a persistent session on an
     # external broker); None: HOSTNAME-PORT. Every replica needs a different one.
     replica_id: str | None = None
+    # Who keeps the devices' broker accounts (docs/deployment.md "Broker accounts"):
+    # "mosquitto-files" (mosquitto_dir's password and ACL files, rewritten whole), "mosquitto-dynsec"
+    # (Mosquitto's dynamic-security plugin, one account changed per enrollment over MQTT) or
+    # "unmanaged". None: "mosquitto-files" when mosquitto_dir is set, else "unmanaged".
+    broker_accounts: str | None = None
     mosquitto_dir: Path | None = None  # where to write Mosquitto's password and ACL files
     mosquitto_pid_file: Path | None = None  # SIGHUP this Mosquitto after rewriting its files
     timestamp_refresh_seconds: float = 3600.0
@@ -115,10 +123,26 @@ class ServerConfig:
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+        if self.broker_accounts is not None and self.broker_accounts not in BROKER_ACCOUNTS:
+            raise ConfigError(f"broker_accounts {self.broker_accounts!r} is not known",
+                              fix=f"use one of: {', '.join(BROKER_ACCOUNTS)}")
+        if self.accounts == "mosquitto-files" and self.mosquitto_dir is None:
+            raise ConfigError("broker_accounts = \"mosquitto-files\" needs mosquitto_dir",
+                              fix="set mosquitto_dir to the directory Mosquitto's password_file and acl_file are in")
+        if self.accounts == "mosquitto-dynsec" and self.broker_url is None:
+            raise ConfigError("broker_accounts = \"mosquitto-dynsec\" needs broker_url (an external Mosquitto)",
+                              fix="set broker_url, e.g. mqtt://127.0.0.1:1883")
 
     @property
     def root_keys_dir(self) -> Path:
         return self.data_dir / "offline-root-keys"
+    @property
+    def accounts(self) -> str:
+        """The broker accounts backend in effect (``broker_accounts`` or what its default means)."""
+        if self.broker_accounts is not None:
+            return self.broker_accounts
+        return "mosquitto-files" if self.mosquitto_dir is not None else "unmanaged"
+
 
     @property
     def tuf_dir(self) -> Path:
@@ -138,13 +162,11 @@ class ServerConfig:
 
 
 def check_broker_url(url: str, name: str = "broker_url") -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"{name} {url!r} is not an MQTT URL", fix="write it as mqtt://HOST:1883 or mqtts://HOST:8883")
+    """``url``, one broker or several separated by commas (``mqtt://a:1883,b:1883``: failover, in order)."""
     try:
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError as exc:
-        raise ConfigError(f"{name} {url!r} has a bad port", fix="write it as mqtt://HOST:1883") from exc
+        parse_broker_urls(url)
+    except BrokerUrlError as exc:
+        raise ConfigError(f"{name}: {exc.message}", fix=exc.fix) from exc
     return url
 
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from edgefleet.atomic import atomic_write_bytes, atomic_write_json
 from fleet_server.broker.accounts import BrokerAccounts, BrokerUser, UnmanagedBroker
 from fleet_server.config import ServerConfig
-from fleet_server.credentials import new_secret, strip_userinfo
+from fleet_server.credentials import new_secret
 from fleet_server.db import Database, safe_url
 from fleet_server.errors import ConfigError
 from fleet_server.registry.devices import Devices
@@ -173,24 +173,46 @@ class ServerContext:
         return password
 
     def _server_user(self) -> BrokerUser | None:
-        if self.config.mosquitto_dir is None:
-            return None
+        if self.config.accounts != "mosquitto-files":
+            return None  # dynamic security: the server's own client is made by the bootstrap recipe
         from fleet_server.broker.auth import mosquitto_password_hash
 
         return BrokerUser(self.config.mqtt_username, mosquitto_password_hash(self.mqtt_password), None)
 
     def _broker_accounts(self) -> BrokerAccounts:
-        if self.config.mosquitto_dir is None:
-            return UnmanagedBroker()
-        from fleet_server.broker.accounts import MosquittoAccounts
+        config = self.config
+        if config.accounts == "mosquitto-dynsec":
+            from edgefleet.brokers import parse_broker_urls
+            from fleet_server.broker.dynsec import DynsecAccounts
 
-        return MosquittoAccounts(self.config.mosquitto_dir, self.config.mosquitto_pid_file)
+            assert config.broker_url is not None  # ServerConfig checks it
+            login = urlsplit(config.broker_url.split(",")[0])
+            return DynsecAccounts(parse_broker_urls(config.broker_url),
+                                  unquote(login.username) if login.username else config.mqtt_username,
+                                  unquote(login.password) if login.password else self.mqtt_password,
+                                  ca_file=str(config.broker_ca_file) if config.broker_ca_file else None)
+        if config.accounts == "mosquitto-files" and config.mosquitto_dir is not None:
+            from fleet_server.broker.accounts import MosquittoAccounts
+
+            return MosquittoAccounts(config.mosquitto_dir, config.mosquitto_pid_file)
+        return UnmanagedBroker()
+
+    @property
+    def broker_public_urls(self) -> list[str]:
+        """Every broker devices are told of, in the order they try them (failover; docs/contracts.md)."""
+        # Never hand devices the server's own login embedded in --broker.
+        url = self.config.broker_public_url or self.broker_url
+        if url is None:
+            return []
+        from edgefleet.brokers import parse_broker_urls
+
+        return [address.url for address in parse_broker_urls(url)]  # host and port only, never a login
 
     @property
     def broker_public_url(self) -> str | None:
-        # Never hand devices the server's own login embedded in --broker.
-        url = self.config.broker_public_url or self.broker_url
-        return None if url is None else strip_userinfo(url)
+        """The first of ``broker_public_urls`` (what agents before the list read)."""
+        urls = self.broker_public_urls
+        return urls[0] if urls else None
 
     def start_network(self, *, wait_connected: float = 10.0) -> None:
         from edgefleet.topics import DEVICE_TO_SERVER
@@ -205,7 +227,7 @@ class ServerContext:
             self.broker_url = self.embedded_broker.url
             log.warning("no --broker given: started the embedded MQTT broker (amqtt) at %s; it enforces no "
                         "per-device ACL, use Mosquitto for a real fleet", self.broker_url)
-        if self.config.mosquitto_dir is not None:
+        if self.config.accounts != "unmanaged":
             self.devices.sync_broker()
         from fleet_server.rollouts.assignments import Assignments
         from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
@@ -283,7 +305,7 @@ class ServerContext:
             ("admin token file", "(from config)" if c.admin_token else str(c.admin_token_file)),
             ("online keys", str(c.keys_dir)),
             ("root keys", str(c.root_keys_dir)),
-            ("mosquitto files", str(c.mosquitto_dir) if c.mosquitto_dir else "(not managed)"),
+            ("broker accounts", c.accounts + (f" in {c.mosquitto_dir}" if c.accounts == "mosquitto-files" else "")),
         ]
 
     def close(self) -> None:
@@ -313,3 +335,6 @@ class ServerContext:
             self.db.dispose()
 
 
+        close_accounts = getattr(self.devices.broker, "close", None) if self._opened else None
+        if close_accounts is not None:
+            close_accounts()  # the dynamic-security admin connection

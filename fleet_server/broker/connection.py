@@ -10,6 +10,12 @@ thread that also reads the broker's PUBACKs, so a handler must be quick: the pre
 (``fleet_server.registry.presence.PresenceIngest``) and the telemetry ingest
 (``fleet_server.telemetry.ingest``) only parse or route, and queue for their own writer threads.
 
+**Failover.** ``url`` may name several brokers (``mqtt://a:1883,b:1883``, parsed by
+``edgefleet.brokers``): after a lost or refused connection paho's next reconnect goes to the
+next one, round the list, so a dead node costs one backoff step (1-30 s, paho's; the server is
+one client, so it needs no jitter against a thundering herd). A persistent session carries on
+only where the nodes share sessions (a cluster); independent Mosquittos each keep their own.
+
 ``publish`` waits for one message's PUBACK; ``publish_all`` sends many and then waits for all
 of them against one deadline, so a wave of assignments costs one round of broker latency
 instead of one per device.
@@ -54,6 +60,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
+from edgefleet.brokers import Rotation, parse_broker_urls
+from edgefleet.errors import BrokerUrlError
 from edgefleet.topics import PREFIX, server_subscription
 from fleet_server.credentials import safe_url
 from fleet_server.errors import BrokerError, ConfigError
@@ -106,12 +114,13 @@ class FleetMqtt:
         if persistent and not client_id:
             raise BrokerError("a persistent MQTT session needs a stable client id",
                               fix="pass client_id=replica_client_id(config.replica_id, config.port)")
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise BrokerError(f"broker URL {url!r} is not an MQTT URL", fix="use mqtt://HOST:1883 or mqtts://HOST:8883")
+        try:
+            # Several brokers (``mqtt://a:1883,b:1883``): the nodes to rotate through on failure.
+            self.rotation = Rotation(parse_broker_urls(url))
+        except BrokerUrlError as exc:
+            raise BrokerError(f"broker URL {safe_url(url)!r}: {exc.message}", fix=exc.fix) from exc
+        parts = urlsplit(url.split(",")[0].strip())  # a login in the URL is the first item's
         self.url = safe_url(url)  # for logs and errors: never the password
-        self.host = parts.hostname
-        self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.handler = handler
         self.manual_ack = manual_ack
         self.shared = shared
@@ -124,7 +133,7 @@ class FleetMqtt:
         self.client_id = client_id or f"{CLIENT_ID_PREFIX}{secrets.token_hex(4)}"
         self._username = username or (unquote(parts.username) if parts.username else None)
         self._password = password or (unquote(parts.password) if parts.password else None)
-        self._tls = parts.scheme == "mqtts"
+        self._tls = self.rotation.current.tls
         self._ca_file = ca_file
         self._generation = 0  # one more at every CONNACK: an ack from before a reconnect is not sent
         self._ack_lock = threading.Lock()
@@ -136,7 +145,29 @@ class FleetMqtt:
         self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_message = self._on_message
+
+    @property
+    def host(self) -> str:
+        """The broker node connected to now, or tried next."""
+        return self.rotation.current.host
+
+    @property
+    def port(self) -> int:
+        return self.rotation.current.port
+
+    def _next_broker(self) -> None:
+        """After a lost or failed connection, aim paho's own reconnect (1-30 s backoff) at the next node.
+
+        On paho's thread. The ``host``/``port`` setters refuse while paho's state still says the
+        connection was lost; ``reconnect()`` reads ``_host``/``_port``, so those are set.
+        """
+        if len(self.rotation.addresses) < 2 or self._stopping:
+            return
+        address = self.rotation.failed()
+        self._client._host, self._client._port = address.host, address.port
+        log.info("trying the next MQTT broker, %s", address)
 
     def _new_client(self, client_id: str, *, clean_session: bool, manual_ack: bool = False) -> Any:
         import paho.mqtt.client as mqtt
@@ -291,7 +322,12 @@ class FleetMqtt:
     def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:
         self.connected.clear()
         if not self._stopping:
-            log.warning("disconnected from MQTT broker %s (%s); reconnecting", self.url, reason_code)
+            log.warning("disconnected from MQTT broker %s (%s); reconnecting", self.rotation.current, reason_code)
+            self._next_broker()
+
+    def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
+        log.warning("cannot reach MQTT broker %s", self.rotation.current)
+        self._next_broker()
 
     def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
         self.last_delivery = time.monotonic()
