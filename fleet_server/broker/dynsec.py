@@ -388,9 +388,25 @@ class DynsecAccounts:
 
     def ensure_server(self, node: ControlClient) -> None:
         """The server's topic role exists and its own client has it (after ``mosquitto_ctrl dynsec init``)."""
-        _check(node.call([{"command": "createRole", "rolename": SERVER_ROLE, "acls": server_acls()},
-                          {"command": "addClientRole", "username": self.username, "rolename": SERVER_ROLE}],
-                         self.timeout), node.address)
+        created, own = node.call([{"command": "createRole", "rolename": SERVER_ROLE, "acls": server_acls()},
+                                  {"command": "getClient", "username": self.username}], self.timeout)
+        _check([created, own], node.address)
+        roles = [r.get("rolename") for r in own.data.get("client", {}).get("roles", []) if isinstance(r, dict)]
+        if SERVER_ROLE in roles:
+            return
+        # Adding a role kicks every session of that client (the plugin re-applies ACLs that way),
+        # this admin connection included: the answer is lost and paho's resend of the QoS 1
+        # command gets "Internal error" (2.0.11). So fire it, then read the client back.
+        try:
+            node.call([{"command": "addClientRole", "username": self.username, "rolename": SERVER_ROLE}],
+                      min(self.timeout, 3.0))
+        except BrokerError:
+            pass
+        own = node.call([{"command": "getClient", "username": self.username}], self.timeout)[0]
+        roles = [r.get("rolename") for r in own.data.get("client", {}).get("roles", []) if isinstance(r, dict)]
+        if SERVER_ROLE not in roles:
+            raise BrokerError(f"the Mosquitto at {node.address} did not give the server's user the {SERVER_ROLE} role",
+                              fix=f"mosquitto_ctrl dynsec addClientRole {self.username} {SERVER_ROLE}")
 
     def _reconcile(self, node: ControlClient, read_users: ReadUsers) -> None:
         with self._lock:
