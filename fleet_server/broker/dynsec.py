@@ -43,6 +43,7 @@ lines to add).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import secrets
@@ -397,11 +398,9 @@ class DynsecAccounts:
         # Adding a role kicks every session of that client (the plugin re-applies ACLs that way),
         # this admin connection included: the answer is lost and paho's resend of the QoS 1
         # command gets "Internal error" (2.0.11). So fire it, then read the client back.
-        try:
+        with contextlib.suppress(BrokerError):
             node.call([{"command": "addClientRole", "username": self.username, "rolename": SERVER_ROLE}],
                       min(self.timeout, 3.0))
-        except BrokerError:
-            pass
         own = node.call([{"command": "getClient", "username": self.username}], self.timeout)[0]
         roles = [r.get("rolename") for r in own.data.get("client", {}).get("roles", []) if isinstance(r, dict)]
         if SERVER_ROLE not in roles:
