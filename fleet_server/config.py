@@ -53,6 +53,12 @@ class ServerConfig:
     # This replica's own MQTT client id, the same at every start (a persistent session on an
     # external broker); None: HOSTNAME-PORT. Every replica needs a different one.
     replica_id: str | None = None
+    # The NATS cluster backend (docs/deployment.md "Scaling out"): its client URLs, comma separated.
+    # When set, device messages are read from the JetStream stream through one durable consumer
+    # shared by every replica (fleet_server.broker.nats_ingest) and acked after the commit, and
+    # broker_url names a node's MQTT port, used to publish desired and commands. None: MQTT alone.
+    nats_url: str | None = None
+    nats_stream_replicas: int = 3  # nodes that keep the stream: 3 on a three-node cluster
     # Who keeps the devices' broker accounts (docs/deployment.md "Broker accounts"):
     # "mosquitto-files" (mosquitto_dir's password and ACL files, rewritten whole), "mosquitto-dynsec"
     # (Mosquitto's dynamic-security plugin, one account changed per enrollment over MQTT) or
@@ -99,6 +105,20 @@ class ServerConfig:
                               fix="give the viewer a token of its own")
         if self.replica_id is not None:
             check_replica_id(self.replica_id)
+        if self.nats_url is not None:
+            from fleet_server.broker.nats_ingest import parse_servers
+            from fleet_server.errors import BrokerError
+
+            try:
+                parse_servers(self.nats_url)
+            except BrokerError as exc:
+                raise ConfigError(f"nats_url: {exc.message}", fix=exc.fix) from exc
+            if self.broker_url is None:
+                raise ConfigError("nats_url is set but broker_url is not: the server publishes assignments over "
+                                  "MQTT to a node", fix="set broker_url to a node's MQTT port, e.g. mqtt://HOST:1883")
+        if not 1 <= self.nats_stream_replicas <= 5:
+            raise ConfigError(f"nats_stream_replicas {self.nats_stream_replicas} is out of range",
+                              fix="use 1 to 5: 3 on a three-node cluster")
         for name in ("broker_url", "broker_public_url"):
             value = getattr(self, name)
             if value is not None:
@@ -173,7 +193,7 @@ def check_broker_url(url: str, name: str = "broker_url") -> str:
 # [alerts] is a table of its own, read by fleet_server.telemetry.alerts; never a flag or variable.
 _FIELDS = {f.name: f for f in fields(ServerConfig) if f.name != "alerts"}
 _PATH_FIELDS = {"data_dir", "mosquitto_dir", "mosquitto_pid_file", "broker_ca_file"}
-_INT_FIELDS = {"port", "max_upload_bytes", "enrollment_ttl_seconds"}
+_INT_FIELDS = {"port", "max_upload_bytes", "enrollment_ttl_seconds", "nats_stream_replicas"}
 _FLOAT_FIELDS = {"timestamp_refresh_seconds", "timestamp_min_remaining_seconds", "rollout_interval_seconds",
                  "telemetry_window_seconds", "ingest_silence_seconds", "probe_interval_seconds",
                  "probe_deadline_seconds"}

@@ -38,6 +38,7 @@ from fleet_server.registry.models import Registry
 if TYPE_CHECKING:  # the network side is imported when it starts, so ``open`` stays light
     from fleet_server.broker.connection import FleetMqtt
     from fleet_server.broker.embedded import EmbeddedBroker
+    from fleet_server.broker.nats_ingest import JetStreamIngest
     from fleet_server.registry.presence import PresenceIngest
     from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
     from fleet_server.telemetry.ingest import TelemetryIngest
@@ -98,6 +99,7 @@ class ServerContext:
         self.rollout_worker: RolloutWorker | None = None
         self.ingest: TelemetryIngest | None = None
         self.presence: PresenceIngest | None = None
+        self.jetstream: JetStreamIngest | None = None  # the NATS backend's consumer (config.nats_url)
         self.liveness: LivenessMonitor | None = None
         self.broker_url: str | None = config.broker_url
         self._opened = False
@@ -242,8 +244,11 @@ class ServerContext:
         # The ingest checks every device message first (issue 14) and stores telemetry and events;
         # the reported and events messages it accepts go on to presence and the rollout worker.
         # Manual acks (issue 13): a message is acked once stored, so a crash loses none.
-        self.mqtt = FleetMqtt(self.broker_url, handler=self.ingest.handler(fanout, presence=self.presence),
-                              kinds=DEVICE_TO_SERVER, manual_ack=True,
+        handler = self.ingest.handler(fanout, presence=self.presence)
+        # On a NATS cluster the device messages come from JetStream (_start_jetstream); MQTT only publishes.
+        nats = self.config.nats_url is not None
+        self.mqtt = FleetMqtt(self.broker_url, handler=handler,
+                              kinds=() if nats else DEVICE_TO_SERVER, manual_ack=True,
                               username=self.config.mqtt_username if own_login else None,
                               password=self.mqtt_password if own_login else None,
                               shared=not embedded,
@@ -251,7 +256,9 @@ class ServerContext:
                               # a session that outlives a restart (issue 19); the embedded broker dies with us
                               client_id=None if embedded else replica_client_id(self.config.replica_id,
                                                                                 self.config.port),
-                              persistent=not embedded).start()
+                              persistent=not embedded and not nats).start()
+        if nats:
+            self._start_jetstream(handler)
         # The rollout engine publishes assignments over the same connection; its worker gets
         # every device message too (presence is queued for its own batched writer).
         self.rollouts = RolloutEngine(self.db, Assignments(self.db, self.keys.director, self.mqtt), clock=self.clock,
@@ -274,8 +281,17 @@ class ServerContext:
             probe_topic=probe_topic(mqtt.client_id),
             publish=lambda topic, payload: mqtt.publish(topic, payload, timeout=min(10.0, c.probe_deadline_seconds)),
             connected=mqtt.connected.is_set,
-            last_delivery=lambda: mqtt.last_delivery,
+            last_delivery=lambda: (self.jetstream or mqtt).last_delivery,
             last_device_message=lambda: ingest.last_message_at, enrolled=self._enrolled_count).start()
+
+    def _start_jetstream(self, handler: Callable[..., None]) -> None:
+        """The NATS backend (docs/deployment.md "Scaling out"): the shared durable consumer, acked after commit."""
+        from fleet_server.broker.nats_ingest import JetStreamIngest, parse_servers
+
+        assert self.config.nats_url is not None
+        self.jetstream = JetStreamIngest(parse_servers(self.config.nats_url), handler=handler,
+                                         replicas=self.config.nats_stream_replicas,
+                                         name=f"edgefleet-server-{self.config.replica_id or self.config.port}").start()
 
     def _enrolled_count(self) -> int:
         from sqlalchemy import func, select
@@ -318,6 +334,9 @@ class ServerContext:
             self.rollout_worker.stop()
             self.rollout_worker = None
             self.rollouts = None
+        if self.jetstream is not None:
+            self.jetstream.stop()  # acks not sent by now come back to a replica, and are deduplicated
+            self.jetstream = None
         if self.mqtt is not None:
             self.mqtt.stop()
             self.mqtt = None

@@ -313,7 +313,8 @@ class FleetMqtt:
         with self._ack_lock:
             self._generation += 1
             self._unacked = 0  # the broker redelivers what was not acked on the old connection
-        client.subscribe(self.subscriptions)
+        if self.subscriptions:  # none on a NATS cluster: the server reads from JetStream (nats_ingest)
+            client.subscribe(self.subscriptions)
         self.connected.set()
         log.info("connected to MQTT broker %s as %s (shared subscriptions: %s, persistent session: %s, "
                  "session resumed: %s)", self.url, self.client_id, self.shared, self.persistent,

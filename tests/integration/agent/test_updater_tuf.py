@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from agent.config import AgentConfig
 from agent.fetcher import ResumingFetcher
 from agent.slots import ModelStore
 from agent.state import Identity, StateDir
@@ -143,7 +144,7 @@ def test_attach_wires_updates_to_a_real_broker(served: tuple[Fleet, TufRepositor
     link = Link(DEVICE, mosquitto.url)
     reports: list[int] = []
     daemon = SimpleNamespace(state=fleet.state, store=ModelStore(fleet.state), serving=fleet.serving,
-                             profile=load_profile(PROFILE), link=link, config=SimpleNamespace(
+                             profile=load_profile(PROFILE), link=link, config=AgentConfig(
                                  probation_s=PROBATION.duration_s, probation_min_requests=PROBATION.min_requests,
                                  probation_max_error_rate=PROBATION.max_error_rate,
                                  probation_max_restarts=PROBATION.max_restarts, update_tick_s=1.0),
