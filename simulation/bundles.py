@@ -40,6 +40,7 @@ IMAGE_TARGET = ("jetson-orin-nano", "camera", "tflite", "int8")
 
 PIPELINE_KIND = "wine-pipeline"     # converter.examples' DataFrame pipeline
 IMAGE_KIND = "camera-cnn"           # train_camera_cnn below
+SHIFTED_KIND = "digits-shifted"     # train_shifted_digits below: passes its golden samples, fails shadow
 IMAGE_INPUT = "image"
 CAMERA_EPOCHS = 3
 
@@ -162,8 +163,12 @@ class DemoModels:
 
         if kind not in self._examples:
             directory = self.directory / f"example-{kind}"
-            self._examples[kind] = (train_camera_cnn(directory) if kind == IMAGE_KIND
-                                    else write_example(directory, kind=kind))
+            if kind == IMAGE_KIND:
+                self._examples[kind] = train_camera_cnn(directory)
+            elif kind == SHIFTED_KIND:
+                self._examples[kind] = train_shifted_digits(directory)
+            else:
+                self._examples[kind] = write_example(directory, kind=kind)
         return self._examples[kind]
 
     def convert(self, target: tuple[str, str, str, str], version: str, *, kind: str = "digits-mlp") -> Any:

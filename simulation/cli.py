@@ -30,6 +30,9 @@ Tell the edgefleet story with real processes on this machine:
      its health check, the rollout halts by itself and the touched devices roll back
   5. shift the inputs of the site=b devices, show the drift figures, then roll out a
      retrained version 3 to the whole fleet
+  6. roll out a version 4 trained on shifted data with a shadow stage: it passes its golden
+     samples, but disagrees with version 3 on live requests, so the stage halts the rollout
+     with the agreement as the reason and nobody switches
 
 The summary shows each step's time, devices per version and failed requests (must be 0).
 Exit status 0 only if every step turned out as described. Ctrl-C stops every process.

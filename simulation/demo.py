@@ -13,7 +13,11 @@
 4. roll out version 2, whose golden samples disagree with its model: the first wave fails its
    health check, the rollout halts by itself and the touched devices are sent back to 1.0.0;
 5. shift the inputs of the ``site=b`` devices and show what the fleet reports about drift,
-   then roll out version 3 (a retrained digits model) to the whole fleet.
+   then roll out version 3 (a retrained digits model) to the whole fleet;
+6. roll out version 4, the digits model trained on shifted data (inverted pictures), with a
+   shadow stage: it passes its golden samples on every device of the first wave, but disagrees
+   with version 3 on the live requests, so the shadow stage halts the rollout with the agreement
+   as its reason and withdraws it; every device still serves 3.0.0 (issue 18).
 
 Every step checks that what it claims happened did happen (``Step.problems``); the run is
 ``ok`` only if every step is, and failed predictions must be zero. The module deliberately
@@ -43,6 +47,7 @@ from simulation.bundles import (
     ONNX_TARGET,
     PIPELINE_KIND,
     PIPELINE_TARGET,
+    SHIFTED_KIND,
     TFLITE_TARGET,
     DemoModels,
     break_golden,
@@ -67,6 +72,12 @@ RELEASE_1: tuple[tuple[Target, str], ...] = (
 )
 
 
+STEPS = 6
+# Step 6's shadow stage: the wave's devices compare at least this many live requests.
+SHADOW_MIN_REQUESTS = 50
+SHADOW_MIN_AGREEMENT = 0.98
+
+
 def profile_of(device: int) -> str:
     """Devices alternate between the two profiles (device-00 is a Raspberry Pi)."""
     return ONNX_TARGET[0] if device % 2 == 0 else TFLITE_TARGET[0]
@@ -79,6 +90,7 @@ class DemoOptions:
     probation_s: float = 3.0
     bake_s: float = 2.0
     rollout_timeout_s: float = 120.0
+    shadow_s: float = 10.0          # step 6's shadow stage per wave
 
     def __post_init__(self) -> None:
         if self.devices < 4:
@@ -144,10 +156,11 @@ class Demo:
                 ("roll out version 1 in waves", self._roll_out_v1),
                 ("roll out a broken version 2: halt and roll back", self._roll_out_v2),
                 ("drift on site=b, then version 3 to the whole fleet", self._drift_and_v3),
+                ("version 4 passes its golden samples, the shadow stage stops it", self._shadow_v4),
             ], start=1):
                 step = Step(number, title)
                 self.steps.append(step)
-                self.say(f"\n[{number}/5] {title}")
+                self.say(f"\n[{number}/{STEPS}] {title}")
                 t0 = time.monotonic()
                 try:
                     action(step)
@@ -299,6 +312,36 @@ class Demo:
         step.details.update({"rollouts": [self._brief(r) for r in finished], "devices_by_version": versions})
         self._check_no_failed_requests(step)
 
+    def _shadow_v4(self, step: Step) -> None:
+        converted = self.models.convert(ONNX_TARGET, "4.0.0", kind=SHIFTED_KIND)
+        step.expect(bool(converted.report.get("passed", True)), "digits 4.0.0 failed its conversion checks")
+        self._push(str(converted.bundle_path))
+        self.say("      digits@4.0.0: the same MLP trained on inverted pictures (shifted data); its golden "
+                 "samples come from that data")
+        rollout = self._create(ONNX_TARGET, "4.0.0", stage={"shadow": {
+            "seconds": self.options.shadow_s, "min_agreement": SHADOW_MIN_AGREEMENT,
+            "min_requests": SHADOW_MIN_REQUESTS}})
+        final = self._wait(rollout, {"halted"}, devices=True)
+        step.expect(final["state"] == "halted", f"the shifted version's rollout ended {final['state']}, not halted")
+        reason = final["halt_reason"]
+        step.expect(reason.startswith("shadow agreement"), f"it halted for another reason: {reason!r}")
+        self.say(f"      halted: {reason}")
+        first = [r for r in final.get("device_records", []) if r["wave"] == 0]
+        # `shadowing` comes only after the candidate's health check passed on the device.
+        step.expect(bool(first) and all(r["last_event"] == "shadowing" and r["status"] == "withdrawn" for r in first),
+                    f"wave 1 did not pass its golden samples, shadow and get the candidate withdrawn: "
+                    f"{[(r['device_id'], r['status'], r['last_event'], r['reason']) for r in first]}")
+        step.expect(all(r["status"] == "pending" for r in final.get("device_records", []) if r["wave"] == 1),
+                    "devices beyond wave 1 were sent the shifted version")
+        expected = self._expected_versions({PIPELINE_TARGET[1]: "1.0.0", IMAGE_TARGET[1]: "1.0.0",
+                                            ONNX_TARGET[1]: "3.0.0", TFLITE_TARGET[1]: "3.0.0"})
+        versions = self._wait_versions(expected, "every device to still serve 3.0.0 of its digits model")
+        step.expect(versions == expected, f"devices by version: {versions}, expected {expected}")
+        stage = final["waves"][0].get("stage") or {}
+        step.details.update({"rollout": self._brief(final), "stage": stage.get("figures"),
+                             "golden_samples_passed": len(first), "devices_by_version": versions})
+        self._check_no_failed_requests(step)
+
     # -- helpers ---------------------------------------------------------------------------
 
     @property
@@ -383,11 +426,12 @@ class Demo:
         pushed = self._client.push_model(Path(bundle))
         self.say(f"      pushed {pushed['name']}@{pushed['version']} ({pushed['length']} bytes)")
 
-    def _create(self, target: tuple[str, str, str, str], version: str, *, auto_rollback: bool = False) -> dict[str, Any]:
+    def _create(self, target: tuple[str, str, str, str], version: str, *, auto_rollback: bool = False,
+                stage: dict[str, Any] | None = None) -> dict[str, Any]:
         profile, model = target[0], target[1]
         body = {"model": model, "version": version, "selector": f"profile={profile}", "waves": [20.0, 100.0],
                 "bake_seconds": self.options.bake_s, "max_failure_rate": 0.0, "min_success_rate": 1.0,
-                "device_timeout_seconds": 90.0, "auto_rollback": auto_rollback, "seed": 7}
+                "device_timeout_seconds": 90.0, "auto_rollback": auto_rollback, "seed": 7, **(stage or {})}
         rollout: dict[str, Any] = self._client.request("POST", "/api/v1/rollouts", json=body)
         self.rollouts.append(rollout)
         self.say(f"      rollout {rollout['id']}: {model}@{version} to profile={profile}, "
@@ -404,6 +448,9 @@ class Demo:
                                                         params={"devices": str(devices).lower()})
             progress = f"{view['state']} wave {view['current_wave'] + 1 if view['current_wave'] is not None else '-'}: " \
                        + ", ".join(f"{k} {v}" for k, v in view["devices"].items())
+            wave = view["waves"][view["current_wave"]] if view["current_wave"] is not None else {}
+            if wave.get("stage_summary"):  # a shadow or canary stage: its state and figures so far
+                progress += f"; {wave['stage']['mode']} {wave['stage_summary']}"
             if progress != seen:
                 self.say(f"      {view['model']}@{view['version']}: {progress}")
                 seen = progress
@@ -450,7 +497,7 @@ class Demo:
     def _summary(self, seconds: float) -> dict[str, Any]:
         requests = self.load.totals() if self.load is not None else {"requests": 0, "failed": 0, "by_model": {}}
         versions = self._versions() if self._client is not None and self.server is not None else {}
-        ok = len(self.steps) == 5 and all(s.ok for s in self.steps) and requests["failed"] == 0
+        ok = len(self.steps) == STEPS and all(s.ok for s in self.steps) and requests["failed"] == 0
         url = self.server.url if self.server else None
         return {
             "ok": ok, "seconds": round(seconds, 2), "workdir": str(self.workdir), "broker": self.broker_kind,

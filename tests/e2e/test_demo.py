@@ -23,12 +23,12 @@ def test_demo_tells_the_whole_story_and_leaves_no_process(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = last_json_line(done.stdout)
     assert summary["ok"] is True
-    assert [s["ok"] for s in summary["steps"]] == [True] * 5
+    assert [s["ok"] for s in summary["steps"]] == [True] * 6
     assert summary["failed_requests"] == 0 and summary["requests"] > 50
     # Each device serves two models: the digits and a pipeline on the Pis, the digits and a camera on the Jetsons.
     assert summary["devices_by_version"] == {"digits@3.0.0": 2, "digits-lite@3.0.0": 2, "wine@1.0.0": 2,
                                              "camera@1.0.0": 2}
-    convert, fleet, v1, v2, v3 = summary["steps"]
+    convert, fleet, v1, v2, v3, v4 = summary["steps"]
     assert {(b["model"], b["profile"], b["format"], b["quantize"], b["inputs"]) for b in convert["bundles"]} == {
         ("digits", "rpi4-64", "onnx", "int8-static", "tensor"), ("wine", "rpi4-64", "onnx", "none", "columns"),
         ("digits-lite", "jetson-orin-nano", "tflite", "int8", "tensor"),
@@ -51,6 +51,11 @@ def test_demo_tells_the_whole_story_and_leaves_no_process(tmp_path: Path) -> Non
     assert v3["drift"]["by_site"]["site=b"]["band"] == "drift"
     assert any("site=b" in a["subject"] for a in v3["drift"]["alerts"])
     assert all(r["state"] == "completed" for r in v3["rollouts"])
+    # Shadow (issue 18): the version trained on shifted data passed its golden samples on wave 1's device,
+    # then disagreed with 3.0.0 on the live requests: halted with the agreement as the reason, nobody switched.
+    assert v4["rollout"]["state"] == "halted" and v4["rollout"]["halt_reason"].startswith("shadow agreement")
+    assert v4["golden_samples_passed"] == 1 and v4["stage"]["agreement"] < 0.5 and v4["stage"]["requests"] >= 50
+    assert v4["devices_by_version"] == summary["devices_by_version"]
     assert summary["broker"] == "mosquitto"  # found on this machine, so the ACL was enforced
     assert (data / "mosquitto" / "acl").read_text().count("topic") >= 4 * 5
     assert processes_mentioning(str(data)) == []
