@@ -138,11 +138,11 @@ def rollout_tables(section: Mapping[str, Any]) -> list[Table]:
 def ingest_tables(section: Mapping[str, Any]) -> list[Table]:
     if "not_measured" in section:
         return [Table("telemetry ingest", ("status",), ((section["not_measured"],),))]
-    rows = tuple((r["setup"], None, None, None, None, None, r["error"][:80]) if "error" in r else
+    rows = tuple((r["setup"], None, None, None, None, None, None, r["error"][:80]) if "error" in r else
                  (r["setup"], r["messages"], r["stored"], r["duplicates"], r["lost"], r["msgs_per_s"],
-                  r["publisher_msgs_per_s"]) for r in section.get("runs", []))
+                  r.get("server_cpu_us_per_msg"), r["publisher_msgs_per_s"]) for r in section.get("runs", []))
     return [Table("telemetry ingest", ("setup", "sent", "stored", "duplicates", "lost", "stored msgs/s",
-                                       "publisher msgs/s"), rows)]
+                                       "server CPU us/msg", "publisher msgs/s"), rows)]
 
 
 def footprint_tables(section: Mapping[str, Any]) -> list[Table]:
@@ -187,6 +187,15 @@ def shadow_tables(section: Mapping[str, Any]) -> list[Table]:
                   ("clients", "p50 off ms", "p50 on ms", "p99 off ms", "p99 on ms", "p99 on/off"), rows)]
 
 
+def accounts_tables(section: Mapping[str, Any]) -> list[Table]:
+    """Enrollments per second per broker-accounts backend and fleet size (issue 13)."""
+    rows = tuple((r["backend"], r["devices"], r.get("per_s"), r.get("median_ms"), r.get("p90_ms"),
+                  r.get("broker_file_bytes"), r.get("error", "")[:80]) for r in section["rows"])
+    return [Table(f"broker accounts: {section['enrollments']} enrollments into a fleet of N devices (each done when "
+                  "the new device's CONNECT is accepted)",
+                  ("backend", "devices", "enrollments/s", "median ms", "p90 ms", "broker file bytes", "error"), rows)]
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[Table]]] = {
     "inference": inference_tables,
     "quantization": quantization_tables,
@@ -195,6 +204,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[Table]]] = {
     "footprint": footprint_tables,
     "console": console_tables,
     "shadow": shadow_tables,
+    "accounts": accounts_tables,
 }
 
 
@@ -267,6 +277,13 @@ def targets(doc: Doc) -> list[TargetResult]:
         out.append(TargetResult(f"served p99 with shadow on (sample 1.0) <= 1.10 x off at {clients} client(s) (mlp, TCP)",
                                 _fmt(row and row["p99_ratio"], "x"),
                                 None if not row or row["p99_ratio"] is None else row["p99_ratio"] <= 1.10))
+    accounts = (_section(doc, "accounts") or {}).get("summary", {})
+    for backend in ("mosquitto-dynsec", "mosquitto-files"):
+        grown = accounts.get(backend)
+        out.append(TargetResult(f"an enrollment at 10,000 devices costs <= 2x one at 100 ({backend}: constant broker work)",
+                                "not measured" if grown is None else
+                                f"{grown['growth']:g}x ({grown['per_s_small']:g} -> {grown['per_s_large']:g} enrollments/s)",
+                                None if grown is None else grown["growth"] <= 2.0))
     onnx = next((f for f in (_section(doc, "footprint") or {}).get("formats", []) if f["format"] == "onnx"), None)
     out.append(TargetResult("agent idle RSS < 100 MB with an ONNX model", _fmt(onnx and onnx["rss_mb"], " MB"),
                             None if onnx is None else onnx["rss_mb"] < 100))

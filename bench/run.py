@@ -30,7 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # benchmark name -> module; imported per benchmark so that `bench footprint` never loads TensorFlow.
 MODULES = {"inference": "bench.inference", "quantization": "bench.quantization", "rollout": "bench.rollout_scale",
            "ingest": "bench.ingest", "footprint": "bench.footprint", "console": "bench.console",
-           "shadow": "bench.shadow"}
+           "shadow": "bench.shadow", "accounts": "bench.accounts"}
 
 
 def _runner(name: str) -> Callable[[bool], dict[str, Any]]:

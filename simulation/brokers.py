@@ -1,4 +1,4 @@
-"""A Mosquitto with the dynamic-security plugin, configured by the server's own recipe.
+"""A Mosquitto with the dynamic-security plugin, configured by the server's own recipe (tests and bench).
 
 ``DynsecMosquitto`` is ``simulation.fleet.MosquittoProcess`` whose mosquitto.conf loads the
 plugin (``fleet_server.broker.dynsec.conf_lines``) and whose plugin file is written by
@@ -14,7 +14,7 @@ from pathlib import Path
 from fleet_server.broker.accounts import BrokerUser
 from fleet_server.broker.auth import mosquitto_password_hash
 from fleet_server.broker.dynsec import conf_lines, write_config
-from simulation.fleet import MosquittoProcess
+from simulation.fleet import MosquittoProcess, Supervisor
 
 SERVER_USER = "edgefleet-server"
 SERVER_PASSWORD = "server-password-for-tests"
@@ -22,8 +22,9 @@ SERVER_PASSWORD = "server-password-for-tests"
 
 class DynsecMosquitto(MosquittoProcess):
     def __init__(self, directory: Path, *, devices: Sequence[BrokerUser] = (), port: int | None = None,
-                 server_user: str = SERVER_USER, server_password: str = SERVER_PASSWORD) -> None:
-        super().__init__(None, directory, auth=False, persistence=False, port=port)
+                 server_user: str = SERVER_USER, server_password: str = SERVER_PASSWORD,
+                 supervisor: Supervisor | None = None) -> None:
+        super().__init__(supervisor, directory, auth=False, persistence=False, port=port)
         self.dynsec_file = self.directory / "dynsec.json"
         self.devices = list(devices)
         self.server_user, self.server_password = server_user, server_password

@@ -26,7 +26,7 @@ from fleet_server.broker.accounts import BrokerUser
 from fleet_server.broker.auth import mosquitto_password_hash, reload_mosquitto, write_broker_files
 from fleet_server.broker.dynsec import DynsecAccounts
 from simulation.fleet import MosquittoProcess
-from tests.support.brokers import DynsecMosquitto
+from simulation.brokers import DynsecMosquitto
 
 pytestmark = pytest.mark.mosquitto
 
