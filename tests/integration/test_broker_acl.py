@@ -25,8 +25,8 @@ from edgefleet.brokers import parse_broker_urls
 from fleet_server.broker.accounts import BrokerUser
 from fleet_server.broker.auth import mosquitto_password_hash, reload_mosquitto, write_broker_files
 from fleet_server.broker.dynsec import DynsecAccounts
-from simulation.fleet import MosquittoProcess
 from simulation.brokers import DynsecMosquitto
+from simulation.fleet import MosquittoProcess
 
 pytestmark = pytest.mark.mosquitto
 

@@ -25,8 +25,8 @@ from edgefleet import topics
 from edgefleet.brokers import parse_broker_urls
 from fleet_server.broker.dynsec import DynsecAccounts, conf_lines
 from fleet_server.registry.devices import Devices
-from simulation.fleet import MosquittoProcess
 from simulation.brokers import SERVER_PASSWORD, SERVER_USER, DynsecMosquitto
+from simulation.fleet import MosquittoProcess
 
 pytestmark = pytest.mark.mosquitto
 WAIT = 5.0
