@@ -10,7 +10,11 @@ device first serves digits 1.0.0 (a plain rollout). Then:
   answer the client got all along came from 1.0.0, and the device still serves it;
 * a good candidate (the same model converted again as 2.0.0) passes shadow and rolls out;
 * a canary fed back labels: a worse candidate (the shifted one) is halted on its feedback
-  accuracy, and a better one (the good one) advances.
+  accuracy, and a better one (the good one) advances;
+* a SIGKILL of the agent in the middle of the stage: it serves 1.0.0 at once after its restart,
+  resumes the stage, and the rollout completes;
+* a candidate that does not fit the memory budget is refused with the reason (``memory_budget``)
+  and halts its wave.
 
 The agents send telemetry every second so a stage of a few seconds sees the devices' ``sh``
 records; the server ticks its rollouts every second (ServerProcess's default in tests).
@@ -96,8 +100,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         running.close()
 
 
-def _serving_1_0_0(stack: Stack, agents: int = 1) -> list[AgentProcess]:
-    made = stack.add_agents(agents, **AGENT)
+def _serving_1_0_0(stack: Stack, agents: int = 1, **options: Any) -> list[AgentProcess]:
+    made = stack.add_agents(agents, **AGENT, **options)
     stack.push("1.0.0")
     stack.wait_state(stack.rollout("1.0.0")["id"], "completed")
     for agent in made:
@@ -191,3 +195,43 @@ def test_a_canary_with_fed_back_labels_halts_a_worse_candidate_and_advances_a_be
         assert stack.versions()[agent.device_id] == "1.0.0"
     else:
         wait_until(lambda: stack.versions()[agent.device_id] == "2.0.0", 60, "the device to serve 2.0.0")
+
+
+def _reported_update(stack: Stack, device_id: str) -> dict[str, Any]:
+    device = stack.admin.request("GET", f"/api/v1/devices/{device_id}")
+    update: dict[str, Any] = (device.get("reported") or {}).get("update") or {}
+    return update
+
+
+def test_a_sigkill_during_the_shadow_stage_keeps_the_old_version_and_the_stage_resumes(stack: Stack) -> None:
+    (agent,) = _serving_1_0_0(stack)
+    _push_good(stack, "2.0.0")
+    with Client(agent):
+        created = _staged(stack, "2.0.0", {"shadow": {"seconds": 20, "min_agreement": 0.98, "min_requests": 30}})
+        wait_until(lambda: stack.view(created["id"])["waves"][0]["shadowing"] == 1, 60, "the device in the stage")
+        agent.kill()
+        # dead in the middle of the stage: it still counts as in the stage (no timeout), and B never served
+        assert stack.view(created["id"])["device_records"][0]["status"] == "candidate"
+        agent.start().wait_ready()
+        with httpx.Client(timeout=10) as http:
+            first = http.post(f"{agent.url}/v1/models/digits/predict", json={"inputs": [_digits()[0][0]]}).json()
+        assert first["version"] == "1.0.0"  # at once after the restart, before the stage resumes
+        wait_until(lambda: _reported_update(stack, agent.device_id).get("state") == "shadow", 60,
+                   "the restarted agent to resume the stage")
+        done = stack.wait_state(created["id"], "completed", timeout=120)
+    stage = done["waves"][0]["stage"]
+    assert stage["verdict"] == "passed" and stage["figures"]["requests"] >= 30, stage
+    wait_until(lambda: stack.versions()[agent.device_id] == "2.0.0", 60, "the device to serve 2.0.0")
+
+
+def test_a_candidate_over_the_memory_budget_is_refused_with_the_reason_and_halts_its_wave(stack: Stack) -> None:
+    # A budget no second model fits in: a share of the profile's RAM smaller than any bundle.
+    (agent,) = _serving_1_0_0(stack, env={"EDGEFLEET_CANDIDATE_RAM_SHARE": "0.00001"})
+    _push_good(stack, "2.0.0")
+    created = _staged(stack, "2.0.0", {"shadow": {"seconds": 6, "min_agreement": 0.98, "min_requests": 30}})
+    halted = stack.wait_state(created["id"], "halted", timeout=120)
+    record = halted["device_records"][0]
+    assert "memory_budget" in record["reason"] and record["status"] == "withdrawn", record
+    assert halted["halt_reason"] == "wave 1: 1 of 1 device(s) failed (100% > max 0%)"
+    assert stack.versions()[agent.device_id] == "1.0.0"
+
