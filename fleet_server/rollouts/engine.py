@@ -43,10 +43,10 @@ once thousands of devices have been told. Without a worker the engine publishes 
 caller's thread before returning.
 
 A rollout with a shadow or canary stage (issue 18) asks, on each tick, for its running stage's
-figures (``Rollout.stage_query``); the engine reads them from the database
-(``fleet_server.rollouts.figures.gather``: the wave's shadow records, or its feedback per
-version) and hands them in (``Rollout.stage_figures``), in the same locked transaction; the
-core decides. Candidates go out as assignments whose entry carries a ``candidate``
+figures (``Rollout.stage_query``: every 15 s, and once its time is over); the engine reads them
+from the database (``fleet_server.rollouts.figures.gather``: the wave's shadow records, or its
+feedback per version) in a transaction of its own, then hands them in
+(``Rollout.stage_figures``) under the rollout's lock, where the core decides. Candidates go out as assignments whose entry carries a ``candidate``
 (``Assignments`` with ``WithCandidate``), and are withdrawn with a plain entry of the serving version.
 
 This module does not decide anything about waves or thresholds (the pure core does) and owns
@@ -439,7 +439,27 @@ class RolloutEngine:
         live = self._live()
         for rollout_id, _ in live:
             self._change(rollout_id, self._tick_one, None)
+            self._stage_figures(rollout_id)
         return len(live)
+
+    def _stage_figures(self, rollout_id: str) -> None:
+        """Gather the running stage's figures, if the core asks for them, and hand them in.
+
+        Read in a transaction of its own, BEFORE the rollout's lock is taken: a wave's records
+        can be many rows, and the devices' events must not wait behind that read. The core
+        ignores figures for a stage that was decided meanwhile.
+        """
+        now = self.clock()
+        with self.db.session() as session:
+            row = session.get(RolloutRow, rollout_id)
+            stages = row.document.get("stages") if row is not None and isinstance(row.document, dict) else None
+            if not stages or all(s.get("verdict") is not None for s in stages if isinstance(s, dict)):
+                return  # the usual case, told without parsing the whole document
+            query = Rollout.from_dict(row.document).stage_query(now) if row is not None else None
+            if query is None:
+                return
+            figures = gather(session, query)
+        self._change(rollout_id, lambda r, _now, _s: r.stage_figures(query.wave, figures, now), None)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -452,11 +472,7 @@ class RolloutEngine:
         for device in self._fleet(session, rollout.model):
             if device.device_id not in rollout.devices:
                 actions += rollout.add_device(device, now)
-        actions += rollout.tick(now)
-        query = rollout.stage_query(now)
-        if query is not None:
-            actions += rollout.stage_figures(query.wave, gather(session, query), now)
-        return actions
+        return actions + rollout.tick(now)
 
     def _live(self) -> list[tuple[str, str]]:
         with self.db.session() as session:
