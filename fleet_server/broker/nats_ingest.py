@@ -263,6 +263,7 @@ class JetStreamIngest:
         self.connected.set()
         log.info("consuming %s through durable consumer %s", STREAM, DURABLE)
         acker = asyncio.create_task(self._ack_loop())
+        failing_since: float | None = None
         try:
             while not self._stop.is_set():
                 room = min(self.batch, self.window - self.counts().in_flight)
@@ -277,9 +278,16 @@ class JetStreamIngest:
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 except (nats.errors.Error, nats.js.errors.Error) as exc:
-                    log.warning("fetching from %s failed: %s; retrying", STREAM, exc)
+                    # A node died: "service unavailable" until the stream has a new leader
+                    # (seconds). Said once when it starts, and once when it ends.
+                    if failing_since is None:
+                        failing_since = time.monotonic()
+                        log.warning("fetching from %s failed: %s; retrying", STREAM, exc)
                     await asyncio.sleep(0.5)
                     continue
+                if failing_since is not None:
+                    log.info("fetching from %s again after %.1f s", STREAM, time.monotonic() - failing_since)
+                    failing_since = None
                 if messages:
                     self._add(fetched=len(messages),
                               redelivered=sum(1 for m in messages if m.metadata.num_delivered > 1))

@@ -8,17 +8,23 @@ for asserting what the cluster's MQTT gateway keeps across nodes; the fleet's ow
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from simulation.fleet import Supervisor, wait_until
-from simulation.nats import NatsCluster, nats_server_binary
+from fleet_server.broker.nats_ingest import DURABLE, STREAM
+from fleet_server.cli.client import AdminClient, ClientSettings
+from simulation.fleet import AgentProcess, ServerProcess, Supervisor, wait_until
+from simulation.nats import NatsCluster, NatsNode, nats_server_binary
+from tests.e2e.stack import Stack
 
 
 def nats_cluster(directory: Path, size: int = 3) -> Iterator[NatsCluster]:
@@ -89,3 +95,79 @@ class MqttProbe:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class NatsStack(Stack):
+    """tests/e2e/stack.py's fleet on the NATS cluster: three nodes, PostgreSQL, server replicas, agents.
+
+    Each server replica consumes through JetStream (``nats_url``: every node) and publishes
+    over MQTT to node ``server_node``; devices are given node ``device_node``'s MQTT URL.
+    """
+
+    def __init__(self, root: Path, database_url: str, *, replicas: int = 1, server_node: int = 2,
+                 device_node: int = 0) -> None:  # the rest of Stack's state is set here, not by its __init__
+        self.root = root
+        self.supervisor = Supervisor(root / "logs")
+        self.cluster = NatsCluster(self.supervisor, root / "nats").start()
+        self.device_node = device_node
+        env = {"EDGEFLEET_NATS_URL": ",".join(self.cluster.nats_urls),
+               "EDGEFLEET_BROKER_URL": self.cluster.mqtt_urls[server_node],
+               "EDGEFLEET_BROKER_PUBLIC_URL": self.cluster.mqtt_urls[device_node]}
+        self.servers = [ServerProcess(self.supervisor, root / "server", database_url=database_url,
+                                      env={**env, "EDGEFLEET_REPLICA_ID": f"replica-{i}"}).start()
+                        for i in range(replicas)]
+        self.server = self.servers[0]
+        self.admin = AdminClient(ClientSettings(self.server.url, self.server.admin_token), timeout=30)
+        self.agents: list[AgentProcess] = []
+
+    def metrics(self, server: ServerProcess) -> str:
+        return httpx.get(f"{server.url}/metrics", timeout=10).text
+
+    def jetstream(self, request: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run ``request(js)`` against the cluster's JetStream (any live node)."""
+        async def run() -> Any:
+            import nats
+
+            nc = await nats.connect([n.nats_url for n in self.cluster.nodes if n.alive()], connect_timeout=2)
+            try:
+                return await request(nc)
+            finally:
+                await nc.close()
+
+        return asyncio.run(run())
+
+    def stream_leaders(self) -> tuple[str, str]:
+        """(the stream's leader, the durable consumer's leader), by server name."""
+        async def ask(nc: Any) -> tuple[str, str]:
+            js = nc.jetstream(timeout=5)
+            stream = await js.stream_info(STREAM)
+            consumer = await js.consumer_info(STREAM, DURABLE)
+            return stream.cluster.leader, consumer.cluster.leader
+
+        leaders: tuple[str, str] = self.jetstream(ask)
+        return leaders
+
+    def move_leaders(self, node: NatsNode, timeout: float = 30.0) -> None:
+        """Make ``node`` lead the stream and the consumer (JetStream's stepdown with a preferred node)."""
+        preferred = json.dumps({"placement": {"preferred": f"edgefleet-{node.name}"}}).encode()
+
+        async def step_down(nc: Any) -> None:
+            stream, consumer = await _leaders(nc)
+            if stream != f"edgefleet-{node.name}":
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}", preferred, timeout=5)
+            if consumer != f"edgefleet-{node.name}":
+                await nc.request(f"$JS.API.CONSUMER.LEADER.STEPDOWN.{STREAM}.{DURABLE}", preferred, timeout=5)
+
+        async def _leaders(nc: Any) -> tuple[str, str]:
+            js = nc.jetstream(timeout=5)
+            return ((await js.stream_info(STREAM)).cluster.leader,
+                    (await js.consumer_info(STREAM, DURABLE)).cluster.leader)
+
+        def moved() -> bool:
+            if self.stream_leaders() == (f"edgefleet-{node.name}",) * 2:
+                return True
+            self.jetstream(step_down)
+            return False
+
+        wait_until(moved, timeout, f"node {node.name} to lead the stream and its consumer", every=1.0,
+                   explain=lambda: str(self.stream_leaders()))
