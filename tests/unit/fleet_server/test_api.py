@@ -169,9 +169,11 @@ def test_enrollment_returns_the_contract_shape(client: TestClient) -> None:
     response = client.post("/api/v1/enroll", json={"token": token, "hostname": "pi-17", "agent_version": "0.1.0"})
     assert response.status_code == 200, response.text
     grant = response.json()
-    assert set(grant) == {"device_id", "profile", "profile_toml", "labels", "broker_url", "mqtt_username",
-                          "mqtt_password", "api_token", "server_url", "tuf_root", "tuf_metadata_url",
+    assert set(grant) == {"device_id", "profile", "profile_toml", "labels", "broker_url", "broker_urls",
+                          "mqtt_username", "mqtt_password", "api_token", "server_url", "tuf_root", "tuf_metadata_url",
                           "tuf_targets_url", "director_public_key"}
+    # broker_url is the first of broker_urls, for agents that read one broker (docs/contracts.md)
+    assert grant["broker_urls"][:1] == ([grant["broker_url"]] if grant["broker_url"] else [])
     assert grant["profile"] == "rpi4-64" and grant["labels"] == {"site": "a"}
     assert grant["tuf_root"]["signed"]["_type"] == "root"
     assert grant["mqtt_username"] == grant["device_id"]

@@ -73,3 +73,27 @@ def test_private_targets_from_file_env_and_flag(tmp_path: Path) -> None:
     config.write_text('private_targets = "yes please"\n')
     with pytest.raises(ConfigError, match="is not a boolean"):
         load_config(env={}, config_file=config)
+
+
+def test_broker_lists_and_the_accounts_backend(tmp_path: Path) -> None:
+    from fleet_server.context import ServerContext
+
+    config = load_config({"data_dir": str(tmp_path), "broker_url": "mqtt://srv:pw@a:1883,b:1884"}, env={})
+    assert config.accounts == "unmanaged"
+    context = ServerContext(config)
+    # Devices are told every node, in order, and never the server's own login.
+    assert context.broker_public_urls == ["mqtt://a:1883", "mqtt://b:1884"]
+    assert context.broker_public_url == "mqtt://a:1883"
+    assert load_config({"data_dir": str(tmp_path), "mosquitto_dir": str(tmp_path)}, env={}).accounts == "mosquitto-files"
+
+
+@pytest.mark.parametrize(("values", "named"), [
+    ({"broker_url": "mqtt://a:1,b:x"}, "b:x"),
+    ({"broker_accounts": "ldap"}, "broker_accounts"),
+    ({"broker_accounts": "mosquitto-dynsec"}, "needs broker_url"),
+    ({"broker_accounts": "mosquitto-files"}, "needs mosquitto_dir"),
+])
+def test_bad_broker_settings_are_refused_naming_them(tmp_path: Path, values: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"data_dir": str(tmp_path), **values}, env={})
+    assert named in caught.value.message
