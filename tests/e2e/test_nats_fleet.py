@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,25 @@ def test_two_replicas_split_the_stream_and_one_killed_mid_ingest_loses_nothing(t
             assert stored_seqs(postgres_url, device) == list(range(1, 201))
     finally:
         stack.close()
+
+
+def test_agents_move_to_another_node_when_theirs_is_killed_mid_rollout(stack: NatsStack, postgres_url: str) -> None:
+    """The agents' node (a) dies mid-rollout: their link fails over to b or c (the broker list
+    enrollment gave them), their persistent sessions carry on there, the rollout completes and
+    no telemetry is lost. The stream and consumer are led by c, away from the dead node."""
+    agents = stack.add_agents(2, settings=TELEMETRY)
+    node_a = stack.cluster.nodes[0]
+    wait_until(lambda: all(stack.node_of(a.device_id) is node_a for a in agents), 30, "the agents on node a")
+    stack.push("1.0.0")
+    stack.move_leaders(stack.cluster.nodes[2])
+    rollout = stack.rollout("1.0.0", waves=(50.0, 100.0), bake_s=1.0)
+    wait_until(lambda: stack.view(rollout["id"])["devices"].get("committed", 0) >= 1, 90, "the first commit")
+    stack.cluster.kill(0)
+    killed = time.monotonic()
+    wait_until(lambda: all(stack.node_of(a.device_id) not in (None, node_a) for a in agents), 60,
+               "the agents on another node")
+    print(f"agents back on another node {time.monotonic() - killed:.1f} s after their node was killed")
+    done = stack.wait_state(rollout["id"], "completed", timeout=120)
+    assert done["devices"] == {"committed": 2}
+    assert set(stack.versions().values()) == {"1.0.0"}
+    assert_every_batch_stored_once(stack, postgres_url)

@@ -101,7 +101,8 @@ class NatsStack(Stack):
     """tests/e2e/stack.py's fleet on the NATS cluster: three nodes, PostgreSQL, server replicas, agents.
 
     Each server replica consumes through JetStream (``nats_url``: every node) and publishes
-    over MQTT to node ``server_node``; devices are given node ``device_node``'s MQTT URL.
+    over MQTT to node ``server_node`` first; devices are given every node's MQTT URL, node
+    ``device_node``'s first (their link fails over along the list, edgefleet.brokers).
     """
 
     def __init__(self, root: Path, database_url: str, *, replicas: int = 1, server_node: int = 2,
@@ -111,8 +112,8 @@ class NatsStack(Stack):
         self.cluster = NatsCluster(self.supervisor, root / "nats").start()
         self.device_node = device_node
         env = {"EDGEFLEET_NATS_URL": ",".join(self.cluster.nats_urls),
-               "EDGEFLEET_BROKER_URL": self.cluster.mqtt_urls[server_node],
-               "EDGEFLEET_BROKER_PUBLIC_URL": self.cluster.mqtt_urls[device_node]}
+               "EDGEFLEET_BROKER_URL": ",".join(self._from(server_node)),
+               "EDGEFLEET_BROKER_PUBLIC_URL": ",".join(self._from(device_node))}
         self.servers = [ServerProcess(self.supervisor, root / "server", database_url=database_url,
                                       env={**env, "EDGEFLEET_REPLICA_ID": f"replica-{i}"}).start()
                         for i in range(replicas)]
@@ -120,8 +121,22 @@ class NatsStack(Stack):
         self.admin = AdminClient(ClientSettings(self.server.url, self.server.admin_token), timeout=30)
         self.agents: list[AgentProcess] = []
 
-    def metrics(self, server: ServerProcess) -> str:
-        return httpx.get(f"{server.url}/metrics", timeout=10).text
+    def _from(self, first: int) -> list[str]:
+        urls = self.cluster.mqtt_urls
+        return urls[first:] + urls[:first]
+
+    def node_of(self, client_id: str) -> NatsNode | None:
+        """The live node an MQTT client is connected to now (the nodes' /connz), or None."""
+        for node in self.cluster.nodes:
+            if not node.alive():
+                continue
+            try:
+                connz = httpx.get(f"http://127.0.0.1:{node.ports.http}/connz", params={"limit": 4096}, timeout=5)
+            except httpx.TransportError:
+                continue
+            if any(c.get("mqtt_client") == client_id for c in connz.json().get("connections") or []):
+                return node
+        return None
 
     def jetstream(self, request: Callable[[Any], Awaitable[Any]]) -> Any:
         """Run ``request(js)`` against the cluster's JetStream (any live node)."""
