@@ -230,6 +230,8 @@ class ControlClient:
         client.on_message = self._on_message
         self._client = client
         self._started = False
+        # Set when a reconcile could not run (the node was unreachable): done at the next connect.
+        self.reconcile_pending = False
 
     def start(self) -> ControlClient:
         if not self._started:
@@ -286,7 +288,7 @@ class ControlClient:
         with self._changed:
             self._ready = True
             self._connects += 1
-            again = self._connects > 1
+            again = self._connects > 1 or self.reconcile_pending
             self._changed.notify_all()
         if again and self.on_reconnect is not None:
             hook = self.on_reconnect
@@ -338,17 +340,19 @@ class DynsecAccounts:
 
     # -- the seam
     def sync(self, read_users: ReadUsers) -> None:
-        """At start: the server's roles in place, then every node matching the registry."""
+        """At start: the server's roles in place, then every node matching the registry.
+
+        A node that cannot be reached is reconciled when it can (server and broker start in
+        either order, as with the files): logged, never raised.
+        """
         self._read_users = read_users
-        failures = []
         for node in self.nodes:
             try:
                 self._reconcile(node, read_users)
             except BrokerError as exc:
-                failures.append(exc)
-                log.error("broker accounts on %s not reconciled: %s", node.address, exc.message)
-        if len(failures) == len(self.nodes):
-            raise failures[0]
+                node.reconcile_pending = True
+                log.error("broker accounts on %s not reconciled yet (done when it answers): %s", node.address,
+                          exc.message)
 
     def enrolled(self, user: BrokerUser, password: str, read_users: ReadUsers) -> None:
         if user.device_id is None:
@@ -436,5 +440,7 @@ class DynsecAccounts:
             return
         try:
             self._reconcile(node, read_users)
+            node.reconcile_pending = False
         except BrokerError as exc:
+            node.reconcile_pending = True
             log.error("broker accounts on %s not reconciled after a reconnect: %s", node.address, exc.message)

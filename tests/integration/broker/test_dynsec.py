@@ -26,7 +26,7 @@ from edgefleet.brokers import parse_broker_urls
 from fleet_server.broker.dynsec import DynsecAccounts, conf_lines
 from fleet_server.registry.devices import Devices
 from simulation.brokers import SERVER_PASSWORD, SERVER_USER, DynsecMosquitto
-from simulation.fleet import MosquittoProcess
+from simulation.fleet import MosquittoProcess, wait_until
 
 pytestmark = pytest.mark.mosquitto
 WAIT = 5.0
@@ -165,3 +165,21 @@ def test_the_mosquitto_ctrl_recipe_needs_only_the_servers_start(tmp_path: Path, 
             server.close()
         finally:
             accounts.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_server_started_before_its_broker_reconciles_when_the_broker_comes(tmp_path: Path, migrated_db: Any) -> None:
+    broker = DynsecMosquitto(tmp_path / "late")  # not started yet
+    accounts = DynsecAccounts(parse_broker_urls(broker.url), SERVER_USER, SERVER_PASSWORD, timeout=1.0)
+    try:
+        devices = Devices(migrated_db, accounts)
+        devices.sync_broker()  # logged, not raised: the server starts anyway
+        assert accounts.nodes[0].reconcile_pending
+        with broker:
+            wait_until(lambda: not accounts.nodes[0].reconcile_pending, 15, "the late broker to be reconciled")
+            grant = enroll(devices)
+            device = Session(broker, grant.mqtt_username, grant.mqtt_password, grant.device_id)
+            assert not device.reason.is_failure
+            device.close()
+    finally:
+        accounts.close()
