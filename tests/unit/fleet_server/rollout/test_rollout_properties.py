@@ -60,8 +60,9 @@ _policy = st.builds(
     min_success_rate=st.sampled_from([0.3, 0.8, 1.0]),
     device_timeout=st.sampled_from([timedelta(minutes=10), timedelta(minutes=30)]),
     auto_rollback=st.booleans(),
-    stage=st.sampled_from([None, None, ShadowPolicy(timedelta(minutes=10), 0.98, min_requests=10),
-                           CanaryPolicy(0.1, timedelta(minutes=10), min_labels=10)]),
+    # stages shorter than most time steps, so runs reach their verdicts often enough to check them
+    stage=st.sampled_from([None, None, ShadowPolicy(timedelta(minutes=2), 0.98, min_requests=10),
+                           CanaryPolicy(0.1, timedelta(minutes=2), min_labels=10)]),
 )
 _update = st.one_of(st.none(), st.builds(
     ReportedUpdate,
