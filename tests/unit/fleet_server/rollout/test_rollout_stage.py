@@ -35,12 +35,12 @@ SHIFTED = ShadowFigures(1204, 734, 0, 0, None, (0, 0, 0, 100), (0, 0, 0, 100), 2
 
 
 def of(actions: Sequence[Action], kind: type) -> list[str]:
-    return sorted(a.device_id for a in actions if isinstance(a, kind))  # type: ignore[attr-defined]
+    return sorted(a.device_id for a in actions if isinstance(a, kind))  # type: ignore[union-attr]
 
 
 def staged(count: int = 20, stage: ShadowPolicy | CanaryPolicy = SHADOW, **policy: object
            ) -> tuple[Rollout, list[str]]:
-    rollout = make_rollout(devices(count), stage=stage, **policy)
+    rollout = make_rollout(devices(count), stage=stage, **policy)  # type: ignore[arg-type]
     return rollout, of(rollout.start(at(0)), AssignCandidate)
 
 
