@@ -7,7 +7,10 @@ devices, each (device, seq) once, as fast as the broker acknowledges them. The r
 batches stored (the ``telemetry_batches`` rows) over the seconds from the first publish to
 the last row; losses are sent minus stored, duplicates are what the replicas' ``/metrics``
 counted as already stored. The publisher, the broker and the server share this machine's two
-cores, so the figure is a floor, not what a server alone could do.
+cores, so the figure is a floor, not what a server alone could do. Beside the rate, the server
+processes' own CPU time per message stored (``server_cpu_us_per_msg``, psutil: user + system of
+every replica over the run) says what each message costs the server, which other work on a shared
+machine changes far less than the rate.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def _one_setup(label: str, db_kind: str, replicas: int, per_device: int, work: P
             _replicas(replicas, work, broker.url, url) as servers:
         fleet.seed(url, ids)
         sent = DEVICES * per_device
+        cpu_before = _cpu_seconds(servers)
         published = _publish(broker.url, ids, per_device)
         stored, last_change, previous = 0, time.time(), -1
         # Wait until every batch is stored, or nothing new was stored for 10 s (then the rest is lost).
@@ -100,6 +104,7 @@ def _one_setup(label: str, db_kind: str, replicas: int, per_device: int, work: P
             if stored != previous:
                 previous, last_change = stored, time.time()
             time.sleep(0.1)
+        cpu = _cpu_seconds(servers) - cpu_before
         duplicates = sum(s.metrics().get("edgefleet_telemetry_duplicates_total", 0.0) for s in servers)
         received = sum(s.metrics().get("edgefleet_telemetry_received_total", 0.0) for s in servers)
     took = last_change - published["started"]
@@ -107,7 +112,15 @@ def _one_setup(label: str, db_kind: str, replicas: int, per_device: int, work: P
             "database": got_kind, "messages": sent, "received": int(received), "stored": stored,
             "duplicates": int(duplicates), "lost": sent - stored, "seconds": round(took, 2),
             "msgs_per_s": round(stored / took, 1),
+            "server_cpu_us_per_msg": round(cpu / max(stored, 1) * 1e6, 1),
             "publisher_msgs_per_s": round(sent / (published["acked"] - published["started"]), 1)}
+
+
+def _cpu_seconds(servers: list[fleet.ServerProcess]) -> float:
+    """User + system CPU seconds the server processes have used so far."""
+    import psutil
+
+    return sum(sum(psutil.Process(s.proc.pid).cpu_times()[:2]) for s in servers)
 
 
 def available() -> str | None:
