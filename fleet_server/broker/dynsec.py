@@ -185,8 +185,13 @@ def write_config(path: Path, server: BrokerUser, devices: Sequence[BrokerUser] =
 
 
 def conf_lines(config_file: Path, plugin: str = PLUGIN_PATH) -> list[str]:
-    """The mosquitto.conf lines that turn the plugin on (with ``per_listener_settings false``)."""
-    return [f"plugin {plugin}", f"plugin_opt_config_file {config_file}"]
+    """The mosquitto.conf lines that turn the plugin on (with ``per_listener_settings false``).
+
+    ``set_tcp_nodelay``: the broker sends a command's PUBACK and then its answer, two small
+    packets; with Nagle on, the answer waits for the client's delayed ACK, about 40 ms per
+    enrollment (measured on 2.0.11: 48 ms median per enrollment at 100 devices, 3.7 ms without).
+    """
+    return [f"plugin {plugin}", f"plugin_opt_config_file {config_file}", "set_tcp_nodelay true"]
 
 
 # ------------------------------------------------------------------ I/O: the control connection
