@@ -460,6 +460,10 @@ class TelemetryIngest:
             self._queue.put(None)
             self._thread.join(timeout)
 
+    def saturated(self) -> bool:
+        """Whether the queue is full: the handler blocks, and paho reads nothing until the writer catches up."""
+        return self._queue.full()
+
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every message queued so far is stored (or refused); False on timeout."""
         return self._backlog.drain(timeout)

@@ -40,6 +40,8 @@ from fleet_server.errors import ServerError
 
 log = logging.getLogger(__name__)
 
+TICK_S = 1.0  # how often the monitor judges: a problem shows within a second of its deadline
+COUNT_EVERY_S = 10.0  # how often it counts the enrolled devices (a database read)
 PROBE_PREFIX = "edgefleet-probe-"  # enrollment hands out "dev-..." ids only: no device has this one
 DEAF = "deaf"
 SILENT = "silent"
@@ -64,7 +66,7 @@ class LivenessConfig:
 
     silence_s: float = 900.0
     probe_interval_s: float = 5.0
-    probe_deadline_s: float = 20.0
+    probe_deadline_s: float = 15.0
 
     def __post_init__(self) -> None:
         if min(self.silence_s, self.probe_interval_s, self.probe_deadline_s) < 0:
@@ -130,13 +132,17 @@ class LivenessMonitor:
     ``publish(topic, payload)`` sends one probe (raising when the broker does not take it);
     ``connected()``, ``last_delivery()`` (any message the subscription delivered, probes
     included) and ``last_device_message()`` (device messages only) are read each tick, times
-    on ``monotonic``; ``enrolled()`` counts the enrolled devices (a database read each tick).
+    on ``monotonic``; ``enrolled()`` counts the enrolled devices (a database read every
+    ``COUNT_EVERY_S``). While ``saturated()`` (the ingest's queue is full: the handler blocks and
+    paho reads nothing until the writer catches up, e.g. while the database is down) probes
+    prove nothing about the broker, so the deaf check waits.
     """
 
     def __init__(self, config: LivenessConfig, *, probe_topic: str, publish: Callable[[str, bytes], None],
                  connected: Callable[[], bool], last_delivery: Callable[[], float | None],
                  last_device_message: Callable[[], float | None], enrolled: Callable[[], int],
-                 monotonic: Callable[[], float] = time.monotonic, tick_s: float | None = None) -> None:
+                 saturated: Callable[[], bool] = lambda: False, monotonic: Callable[[], float] = time.monotonic,
+                 tick_s: float | None = None) -> None:
         self.config = config
         self.probe_topic = probe_topic
         self._publish = publish
@@ -144,12 +150,14 @@ class LivenessMonitor:
         self._last_delivery = last_delivery
         self._last_device_message = last_device_message
         self._enrolled = enrolled
+        self._saturated = saturated
         self._monotonic = monotonic
         self.judge = Liveness(config, monotonic())
-        self.tick_s = tick_s or min(x for x in (config.probe_interval_s or 5.0, 5.0) if x > 0)
+        self.tick_s = tick_s or TICK_S
         self._lock = threading.Lock()
         self._problems: list[Problem] = []
         self._last_probe = -float("inf")
+        self._last_count = -float("inf")
         self._enrolled_count = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgefleet-liveness", daemon=True)
@@ -168,17 +176,19 @@ class LivenessMonitor:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.tick_s):
+        while True:  # a first tick at once: the first probe goes out as soon as the server is connected
             try:
                 self.tick()
             except Exception:  # the watchdog must outlive a database or broker hiccup
                 log.exception("the ingest liveness check failed; trying again")
+            if self._stop.wait(self.tick_s):
+                return
 
     def tick(self) -> list[Problem]:
         """One round: probe if due, judge, log what changed. Returns the problems now."""
         now = self._monotonic()
-        if not self._connected():
-            self.judge.disconnected()  # /healthz already says mqtt_connected false
+        if not self._connected() or self._saturated():
+            self.judge.disconnected()  # /healthz already says mqtt_connected false; or we are not reading
         elif self.config.probe_interval_s > 0 and now - self._last_probe >= self.config.probe_interval_s:
             self._last_probe = now
             try:
@@ -187,10 +197,12 @@ class LivenessMonitor:
                 log.debug("the liveness probe was not published: %s", exc)
             else:
                 self.judge.probe_sent(now, self._last_delivery())
-        try:
-            self._enrolled_count = self._enrolled()
-        except Exception:  # keep the last count: a database hiccup must not clear a problem
-            log.debug("counting enrolled devices failed", exc_info=True)
+        if self.config.silence_s > 0 and now - self._last_count >= COUNT_EVERY_S:
+            self._last_count = now
+            try:
+                self._enrolled_count = self._enrolled()
+            except Exception:  # keep the last count: a database hiccup must not clear a problem
+                log.debug("counting enrolled devices failed", exc_info=True)
         found = self.judge.problems(self._monotonic(), last_delivery=self._last_delivery(),
                                     last_device_message=self._last_device_message(), enrolled=self._enrolled_count)
         with self._lock:

@@ -25,7 +25,7 @@ from fleet_server.telemetry.liveness import (
     probe_topic,
 )
 
-CONFIG = LivenessConfig(silence_s=60, probe_interval_s=5, probe_deadline_s=20)
+CONFIG = LivenessConfig(silence_s=60, probe_interval_s=5, probe_deadline_s=20)  # not the defaults
 
 
 def reasons(judge: Liveness, now: float, *, delivery: float | None = None, device: float | None = None,
@@ -144,3 +144,19 @@ def test_a_probe_the_broker_did_not_take_starts_no_wait_and_a_disconnected_serve
         seams.now = t
         assert monitor.tick() == []
     assert seams.published == []
+
+
+def test_a_server_whose_own_queue_is_full_is_not_called_deaf() -> None:
+    """A full ingest queue stops paho reading (back-pressure, e.g. while the database is down):
+    nothing arrives, but the broker is not to blame, and the fix for deafness would mislead."""
+    seams = Scripted()
+    full = [True]
+    monitor = seams.monitor(saturated=lambda: full[0])
+    for t in range(0, 60, 1):
+        seams.now = t
+        assert monitor.tick() == []
+    full[0] = False
+    for t in range(60, 81, 1):
+        seams.now = t
+        monitor.tick()
+    assert [p.reason for p in monitor.problems()] == [DEAF]  # once reading again, the deadline counts afresh
