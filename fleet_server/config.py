@@ -59,6 +59,10 @@ class ServerConfig:
     # broker_url names a node's MQTT port, used to publish desired and commands. None: MQTT alone.
     nats_url: str | None = None
     nats_stream_replicas: int = 3  # nodes that keep the stream: 3 on a three-node cluster
+    # Per-device permissions on the cluster: this server answers the nodes' auth callout as this
+    # login (the nodes' auth_users; fleet_server.broker.nats_auth). None: the nodes decide alone.
+    nats_callout_user: str | None = None
+    nats_callout_password: str | None = None
     # Who keeps the devices' broker accounts (docs/deployment.md "Broker accounts"):
     # "mosquitto-files" (mosquitto_dir's password and ACL files, rewritten whole), "mosquitto-dynsec"
     # (Mosquitto's dynamic-security plugin, one account changed per enrollment over MQTT) or
@@ -79,7 +83,7 @@ class ServerConfig:
     # subscription within probe_deadline_seconds.
     ingest_silence_seconds: float = 900.0
     probe_interval_seconds: float = 5.0
-    probe_deadline_seconds: float = 15.0
+    probe_deadline_seconds: float = 20.0
     alerts: AlertConfig = field(default_factory=AlertConfig)  # the [alerts] table (docs/telemetry.md)
 
     def __post_init__(self) -> None:
@@ -96,7 +100,7 @@ class ServerConfig:
                               "and telemetry_window_seconds must be positive")
         if min(self.ingest_silence_seconds, self.probe_interval_seconds) < 0 or self.probe_deadline_seconds <= 0:
             raise ConfigError("ingest_silence_seconds and probe_interval_seconds must be 0 (off) or positive, "
-                              "probe_deadline_seconds positive", fix="e.g. 900, 5 and 15 (the defaults)")
+                              "probe_deadline_seconds positive", fix="e.g. 900, 5 and 20 (the defaults)")
         if self.viewer_token is not None and len(self.viewer_token) < 16:
             raise ConfigError("viewer_token is shorter than 16 characters",
                               fix="use a long random value, e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'")
@@ -116,6 +120,11 @@ class ServerConfig:
             if self.broker_url is None:
                 raise ConfigError("nats_url is set but broker_url is not: the server publishes assignments over "
                                   "MQTT to a node", fix="set broker_url to a node's MQTT port, e.g. mqtt://HOST:1883")
+        if (self.nats_callout_user is None) != (self.nats_callout_password is None):
+            raise ConfigError("nats_callout_user and nats_callout_password go together",
+                              fix="set both (the login in the nodes' auth_callout auth_users), or neither")
+        if self.nats_callout_user is not None and self.nats_url is None:
+            raise ConfigError("nats_callout_user is set but nats_url is not", fix="set nats_url to the cluster's nodes")
         if not 1 <= self.nats_stream_replicas <= 5:
             raise ConfigError(f"nats_stream_replicas {self.nats_stream_replicas} is out of range",
                               fix="use 1 to 5: 3 on a three-node cluster")
@@ -179,6 +188,11 @@ class ServerConfig:
     @property
     def mqtt_credentials_file(self) -> Path:
         return self.data_dir / "server-mqtt.json"
+
+    @property
+    def nats_issuer_file(self) -> Path:
+        """The NATS auth callout's signing key (its public nkey beside it, ``.pub``, for the nodes' config)."""
+        return self.data_dir / "nats-issuer.key"
 
 
 def check_broker_url(url: str, name: str = "broker_url") -> str:

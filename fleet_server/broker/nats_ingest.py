@@ -109,7 +109,8 @@ class JetStreamIngest:
 
     def __init__(self, servers: Sequence[str], *, handler: AckingHandler, replicas: int = 3,
                  batch: int = DEFAULT_BATCH, window: int = 4 * DEFAULT_BATCH,
-                 ack_wait_s: float = DEFAULT_ACK_WAIT_S, name: str = "edgefleet-server") -> None:
+                 ack_wait_s: float = DEFAULT_ACK_WAIT_S, name: str = "edgefleet-server",
+                 user: str | None = None, password: str | None = None) -> None:
         if not 1 <= replicas <= 5:
             raise BrokerError(f"stream replicas {replicas} is out of range", fix="use 1 to 5 (3 on a three-node cluster)")
         if not 0 < batch <= window:
@@ -121,6 +122,7 @@ class JetStreamIngest:
         self.window = window
         self.ack_wait_s = ack_wait_s
         self.name = name
+        self._login = {"user": user, "password": password} if user else {}  # through the auth callout
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgefleet-jetstream", daemon=True)
@@ -201,7 +203,7 @@ class JetStreamIngest:
                 nc = await nats.connect(self.servers, name=self.name, max_reconnect_attempts=-1,
                                         reconnect_time_wait=0.5, connect_timeout=2,
                                         disconnected_cb=disconnected, reconnected_cb=reconnected,
-                                        error_cb=error)
+                                        error_cb=error, **self._login)
             except Exception as exc:  # nats-py raises several kinds; all mean "not yet"
                 log.warning("cannot connect to NATS at %s: %s; retrying", ", ".join(self.servers), exc)
                 await asyncio.sleep(1.0)

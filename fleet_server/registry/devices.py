@@ -277,6 +277,16 @@ class Devices:
     def sync_broker(self) -> None:
         self.broker.sync(self.broker_users)
 
+    def broker_login(self, username: str, password: str) -> str | None:
+        """The enrolled device whose broker login this is, or None (a broker asking at CONNECT:
+        fleet_server.broker.nats_auth). One row by its unique username, whatever the fleet size."""
+        from fleet_server.broker.auth import verify_mosquitto_password
+
+        with self.db.session() as session:
+            row = session.execute(select(DeviceRow.id, DeviceRow.mqtt_password_hash)
+                                  .where(DeviceRow.mqtt_username == username, DeviceRow.status == ENROLLED)).first()
+        return row[0] if row is not None and verify_mosquitto_password(password, row[1]) else None
+
     def broker_users(self) -> Sequence[BrokerUser]:
         """The server's own account, then every enrolled device's, as the registry holds them now."""
         with self.db.session() as session:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,10 +21,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from fleet_server.broker.nats_auth import Issuer
 from fleet_server.broker.nats_ingest import DURABLE, STREAM
 from fleet_server.cli.client import AdminClient, ClientSettings
 from simulation.fleet import AgentProcess, ServerProcess, Supervisor, wait_until
-from simulation.nats import NatsCluster, NatsNode, nats_server_binary
+from simulation.nats import Callout, NatsCluster, NatsNode, nats_server_binary
 from tests.e2e.stack import Stack
 
 
@@ -42,7 +44,8 @@ class MqttProbe:
     """An MQTT 3.1.1 client on one node that keeps every message it gets: (topic, payload, retain)."""
 
     def __init__(self, port: int, client_id: str, *, clean_session: bool = True,
-                 will: tuple[str, bytes] | None = None) -> None:
+                 will: tuple[str, bytes] | None = None, login: tuple[str, str] | None = None,
+                 refused: bool = False) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.session_present: bool | None = None
         self._connected = threading.Event()
@@ -50,30 +53,39 @@ class MqttProbe:
                                   protocol=MQTTProtocolVersion.MQTTv311, clean_session=clean_session)
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
+        if login is not None:
+            self.client.username_pw_set(*login)
+        self.refused = refused  # expect the CONNACK to refuse: ``refusal`` holds why
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
-        self._subacks: set[int] = set()
+        self._subacks: dict[int, list[bool]] = {}
         self.client.connect("127.0.0.1", port, keepalive=5)
         self.client.loop_start()
         if not self._connected.wait(10):
             raise AssertionError(f"MQTT client {client_id} got no CONNACK from port {port}")
+        if (self.refusal is not None) != refused:
+            self.client.loop_stop()
+            raise AssertionError(f"MQTT client {client_id}: CONNACK {self.refusal or 'Success'}")
 
     def _on_connect(self, _c: Any, _u: Any, flags: Any, reason_code: Any, _p: Any) -> None:
-        assert not reason_code.is_failure, reason_code
+        self.refusal = str(reason_code) if reason_code.is_failure else None
         self.session_present = bool(flags.session_present)
         self._connected.set()
 
-    def _on_subscribe(self, _c: Any, _u: Any, mid: int, _codes: Any, _p: Any) -> None:
-        self._subacks.add(mid)
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _p: Any) -> None:
+        self._subacks[mid] = [not code.is_failure for code in codes]
 
     def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
         self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
 
-    def subscribe(self, *topics: str) -> None:
-        """Subscribe at QoS 1 and wait for the SUBACK (a message published before it would be missed)."""
+    def subscribe(self, *topics: str) -> list[bool]:
+        """Subscribe at QoS 1 and wait for the SUBACK (a message published before it would be missed);
+        per topic, whether the broker granted it."""
         _, mid = self.client.subscribe([(t, 1) for t in topics])
+        assert mid is not None
         wait_until(lambda: mid in self._subacks, 10, f"SUBACK for {topics}")
+        return self._subacks[mid]
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
@@ -106,15 +118,23 @@ class NatsStack(Stack):
     """
 
     def __init__(self, root: Path, database_url: str, *, replicas: int = 1, server_node: int = 2,
-                 device_node: int = 0) -> None:  # the rest of Stack's state is set here, not by its __init__
+                 device_node: int = 0, callout: bool = True) -> None:  # Stack's state is set here, not by its __init__
         self.root = root
         self.supervisor = Supervisor(root / "logs")
-        self.cluster = NatsCluster(self.supervisor, root / "nats").start()
+        data_dir = root / "server"
+        env = {}
+        login = None
+        if callout:  # the server's issuer key first: the nodes' config names it
+            data_dir.mkdir(parents=True, exist_ok=True)
+            login = Callout(Issuer.load_or_create(data_dir / "nats-issuer.key").public, "edgefleet-auth",
+                            secrets.token_urlsafe(16))
+            env = {"EDGEFLEET_NATS_CALLOUT_USER": login.user, "EDGEFLEET_NATS_CALLOUT_PASSWORD": login.password}
+        self.cluster = NatsCluster(self.supervisor, root / "nats", callout=login).start()
         self.device_node = device_node
-        env = {"EDGEFLEET_NATS_URL": ",".join(self.cluster.nats_urls),
-               "EDGEFLEET_BROKER_URL": ",".join(self._from(server_node)),
-               "EDGEFLEET_BROKER_PUBLIC_URL": ",".join(self._from(device_node))}
-        self.servers = [ServerProcess(self.supervisor, root / "server", database_url=database_url,
+        env |= {"EDGEFLEET_NATS_URL": ",".join(self.cluster.nats_urls),
+                "EDGEFLEET_BROKER_URL": ",".join(self._from(server_node)),
+                "EDGEFLEET_BROKER_PUBLIC_URL": ",".join(self._from(device_node))}
+        self.servers = [ServerProcess(self.supervisor, data_dir, database_url=database_url,
                                       env={**env, "EDGEFLEET_REPLICA_ID": f"replica-{i}"}).start()
                         for i in range(replicas)]
         self.server = self.servers[0]
@@ -143,13 +163,20 @@ class NatsStack(Stack):
         async def run() -> Any:
             import nats
 
-            nc = await nats.connect([n.nats_url for n in self.cluster.nodes if n.alive()], connect_timeout=2)
+            user, password = self.server_login()
+            nc = await nats.connect([n.nats_url for n in self.cluster.nodes if n.alive()], connect_timeout=2,
+                                    user=user, password=password)
             try:
                 return await request(nc)
             finally:
                 await nc.close()
 
         return asyncio.run(run())
+
+    def server_login(self) -> tuple[str, str]:
+        """The server's own broker login (granted everything in FLEET by its callout)."""
+        document = json.loads((self.server.data_dir / "server-mqtt.json").read_text())
+        return str(document["username"]), str(document["password"])
 
     def stream_leaders(self) -> tuple[str, str]:
         """(the stream's leader, the durable consumer's leader), by server name."""

@@ -1,0 +1,351 @@
+"""Per-device permissions on a NATS cluster: NATS auth callout, served by the fleet server.
+
+Why the callout and not a generated accounts config (docs/deployment.md "Scaling out"): a
+config file lists every device, so each enrollment rewrites and reloads it on every node,
+O(N) per enrollment, the very cost issue 13 removes from Mosquitto. With the callout, a node
+asks the server at each CONNECT (MQTT or NATS) who the client is; the answer comes from the
+registry, so enrolling costs the broker nothing and a revoked device is refused at its next
+connect. Needs nats-server 2.10 or newer (Debian's 2.9 has no callout).
+
+The exchange (nats-server's auth callout, non-operator mode): a node sends an authorization
+request JWT, signed by the node's own nkey, on ``$SYS.REQ.USER.AUTH``; the server answers
+with an authorization response JWT signed by the issuer key the nodes' config names, which
+carries a user JWT for the account ``FLEET`` with the client's permissions, or an error. The
+callout's own login (``auth_users``) bypasses the callout. Several replicas answer in one queue
+group, so any of them serves a node.
+
+Permissions, in NATS subjects (the MQTT gateway maps ``edgefleet/v1/devices/{id}/x`` to
+``edgefleet.v1.devices.{id}.x``): a device may publish only its own ``reported``, ``events``
+and ``telemetry`` and subscribe only to its own ``desired`` and ``commands``; an MQTT client
+must use its device id as client id (else it could take over another device's session). The
+server's own login gets everything in ``FLEET``.
+
+Pure: nkey encoding, JWTs, permissions and ``authorize`` (request in, response out). I/O:
+``Issuer`` (the key file) and ``AuthCallout`` (the subscription). This module does not kick a
+revoked device's live connection (it is refused at its next connect; see docs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edgefleet import topics
+from edgefleet.atomic import atomic_write_bytes
+from fleet_server.broker.nats_ingest import nats_subject
+from fleet_server.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
+QUEUE_GROUP = "edgefleet-auth"
+ACCOUNT = "FLEET"  # the account devices and the server land in (the nodes' config defines it)
+# nkey version bytes (github.com/nats-io/nkeys): the first base32 letter names the kind.
+PREFIX_ACCOUNT = 0  # 'A'
+PREFIX_SERVER = 13 << 3  # 'N'
+PREFIX_USER = 20 << 3  # 'U'
+USER_JWT_TTL_S = 24 * 3600  # a connection outlives it; a reconnect asks again
+
+
+class CalloutError(BrokerError):
+    """An authorization request that is not one: bad JWT, bad signature, wrong kind."""
+
+
+# ---- nkeys and JWTs (pure) ---------------------------------------------------------------------
+
+def _crc16(data: bytes) -> int:
+    crc = 0  # CRC-16/XMODEM, as nkeys computes it
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def encode_nkey(prefix: int, raw: bytes) -> str:
+    body = bytes([prefix]) + raw
+    return base64.b32encode(body + _crc16(body).to_bytes(2, "little")).decode().rstrip("=")
+
+
+def decode_nkey(prefix: int, text: str) -> bytes:
+    try:
+        data = base64.b32decode(text + "=" * (-len(text) % 8))
+    except (ValueError, TypeError) as exc:
+        raise CalloutError(f"{text[:8]}... is not an nkey") from exc
+    body, crc = data[:-2], int.from_bytes(data[-2:], "little")
+    if len(body) != 33 or body[0] != prefix or _crc16(body) != crc:
+        raise CalloutError(f"{text[:8]}... is not a valid nkey of the expected kind")
+    return body[1:]
+
+
+def public_nkey(key: Ed25519PrivateKey, prefix: int = PREFIX_ACCOUNT) -> str:
+    return encode_nkey(prefix, key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                             serialization.PublicFormat.Raw))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+_HEADER = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+
+
+def sign_jwt(claims: Mapping[str, Any], key: Ed25519PrivateKey, now: float) -> str:
+    """A NATS JWT (ed25519-nkey) of ``claims``, with ``iat`` and ``jti`` added."""
+    body = {**claims, "iat": int(now)}
+    body["jti"] = base64.b32encode(hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+                                   ).decode().rstrip("=")
+    payload = f"{_HEADER}.{_b64(json.dumps(body).encode())}"
+    return f"{payload}.{_b64(key.sign(payload.encode()))}"
+
+
+def read_jwt(token: str, issuer_prefix: int = PREFIX_SERVER) -> dict[str, Any]:
+    """The claims of a JWT whose signature checks against its own ``iss`` nkey (of ``issuer_prefix``)."""
+    try:
+        header, body, signature = token.strip().split(".")
+        claims = json.loads(_unb64(body))
+    except (ValueError, TypeError) as exc:
+        raise CalloutError("the authorization request is not a JWT") from exc
+    if not isinstance(claims, dict) or not isinstance(claims.get("iss"), str):
+        raise CalloutError("the authorization request has no issuer")
+    public = Ed25519PublicKey.from_public_bytes(decode_nkey(issuer_prefix, claims["iss"]))
+    try:
+        public.verify(_unb64(signature), f"{header}.{body}".encode())
+    except InvalidSignature as exc:
+        raise CalloutError("the authorization request's signature does not check") from exc
+    return claims
+
+
+# ---- who may do what (pure) --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Grant:
+    """What one login may do: NATS ``pub``/``sub`` allow lists (empty: nothing)."""
+
+    name: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    device_id: str | None = None  # a device's grant holds its MQTT client id to this
+
+    def permissions(self) -> dict[str, Any]:
+        return {"pub": {"allow": list(self.publish)}, "sub": {"allow": list(self.subscribe)}}
+
+
+def device_grant(device_id: str) -> Grant:
+    return Grant(device_id,
+                 tuple(nats_subject(topics.device_topic(device_id, k)) for k in topics.DEVICE_TO_SERVER),
+                 tuple(nats_subject(topics.device_topic(device_id, k)) for k in topics.SERVER_TO_DEVICE),
+                 device_id)
+
+
+def server_grant(name: str) -> Grant:
+    # The server's JetStream consumer needs the $JS API and inboxes; its MQTT publisher the
+    # device subjects: everything in the account.
+    return Grant(name, (">",), (">",))
+
+
+@dataclass(frozen=True)
+class Login:
+    """What a connecting client presented (from the authorization request)."""
+
+    user: str
+    password: str
+    client_type: str  # "mqtt" or "nats"
+    mqtt_client_id: str | None = None
+    host: str = ""
+
+
+GrantFor = Callable[[Login], Grant | None]
+
+
+@dataclass(frozen=True)
+class Request:
+    server_id: str
+    user_nkey: str
+    login: Login
+
+
+def parse_request(claims: Mapping[str, Any]) -> Request:
+    nats = claims.get("nats")
+    if not isinstance(nats, dict) or nats.get("type") != "authorization_request":
+        raise CalloutError("not an authorization request")
+    server, options, client = nats.get("server_id") or {}, nats.get("connect_opts") or {}, nats.get("client_info") or {}
+    user_nkey = nats.get("user_nkey")
+    if not isinstance(user_nkey, str) or not isinstance(server.get("id"), str):
+        raise CalloutError("the authorization request names no user nkey or server")
+    return Request(server["id"], user_nkey, Login(str(options.get("user") or ""), str(options.get("pass") or ""),
+                                                  str(client.get("type") or "nats"),
+                                                  client.get("mqtt_id"), str(client.get("host") or "")))
+
+
+def decide(login: Login, grant: Grant | None) -> tuple[Grant | None, str]:
+    """The grant to give, or None and why not (a device's MQTT client id must be its device id)."""
+    if grant is None:
+        return None, "unknown user or wrong password"
+    if grant.device_id is not None and login.client_type == "mqtt" and login.mqtt_client_id != grant.device_id:
+        return None, f"MQTT client id {login.mqtt_client_id!r} is not the device id"
+    return grant, ""
+
+
+def authorize(request: Request, grant: Grant | None, why: str, issuer: Ed25519PrivateKey, now: float) -> str:
+    """The authorization response JWT for ``request``: a user JWT with ``grant``'s permissions, or ``why``."""
+    issuer_nkey = public_nkey(issuer)
+    response: dict[str, Any] = {"aud": request.server_id, "sub": request.user_nkey, "iss": issuer_nkey,
+                                "nats": {"type": "authorization_response", "version": 2}}
+    if grant is None:
+        response["nats"]["error"] = why
+    else:
+        user = {"sub": request.user_nkey, "iss": issuer_nkey, "aud": ACCOUNT, "name": grant.name,
+                "exp": int(now + USER_JWT_TTL_S),
+                "nats": {**grant.permissions(), "type": "user", "version": 2}}
+        response["nats"]["jwt"] = sign_jwt(user, issuer, now)
+    return sign_jwt(response, issuer, now)
+
+
+# ---- the key and the service -------------------------------------------------------------------
+
+class Issuer:
+    """The callout's signing key: created once (0600), its public nkey goes in every node's config."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self.key = key
+        self.public = public_nkey(key)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Issuer:
+        if path.exists():
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise BrokerError(f"{path} is not an Ed25519 key", fix="move it away; the server makes a new one")
+            return cls(key)
+        key = Ed25519PrivateKey.generate()
+        atomic_write_bytes(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()), mode=0o600)
+        issuer = cls(key)
+        atomic_write_bytes(path.with_suffix(".pub"), (issuer.public + "\n").encode(), mode=0o644)
+        log.warning("created the NATS auth callout issuer key %s: put issuer: %s in every node's auth_callout",
+                    path, issuer.public)
+        return issuer
+
+
+@dataclass
+class _Counts:
+    granted: int = 0
+    refused: int = 0
+    errors: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class AuthCallout:
+    """Answers the nodes' authorization requests; a thread with its own event loop.
+
+    ``grant_for(login)`` decides (the registry's lookup; called on a worker thread). ``start()``
+    returns at once and retries an unreachable cluster; ``wait_ready`` waits for the subscription.
+    """
+
+    def __init__(self, servers: Sequence[str], *, user: str, password: str, issuer: Issuer,
+                 grant_for: GrantFor, clock: Callable[[], float] = time.time) -> None:
+        self.servers = list(servers)
+        self.user, self.password = user, password
+        self.issuer = issuer
+        self.grant_for = grant_for
+        self.clock = clock
+        self.ready = threading.Event()
+        self.counts = _Counts()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="edgefleet-nats-auth",
+                                        daemon=True)
+
+    def start(self) -> AuthCallout:
+        self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.ready.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def answer(self, data: bytes) -> bytes:
+        """The response to one request (its signature checked; a malformed one is refused in the log)."""
+        request = parse_request(read_jwt(data.decode(errors="replace")))
+        try:
+            found = self.grant_for(request.login)
+        except Exception:  # the registry is down: refuse this connect, not the whole service
+            log.exception("looking up NATS login %r failed", request.login.user)
+            found = None
+        grant, why = decide(request.login, found)
+        with self.counts.lock:
+            if grant is None:
+                self.counts.refused += 1
+            else:
+                self.counts.granted += 1
+        if grant is None:
+            log.info("refused NATS %s login %r from %s: %s", request.login.client_type, request.login.user,
+                     request.login.host, why)
+        return authorize(request, grant, why, self.issuer.key, self.clock()).encode()
+
+    async def _main(self) -> None:
+        import nats
+
+        async def error(exc: Exception) -> None:
+            log.debug("NATS auth callout client: %s", exc)
+
+        while not self._stop.is_set():
+            try:
+                nc = await nats.connect(self.servers, user=self.user, password=self.password, name="edgefleet-auth",
+                                        max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2,
+                                        error_cb=error)
+            except Exception as exc:  # nats-py raises several kinds; all mean "not yet"
+                log.warning("auth callout cannot connect to NATS at %s: %s; retrying", ", ".join(self.servers), exc)
+                await asyncio.sleep(1.0)
+                continue
+
+            async def handle(message: Any) -> None:
+                try:
+                    reply = await asyncio.to_thread(self.answer, message.data)
+                except CalloutError as exc:
+                    with self.counts.lock:
+                        self.counts.errors += 1
+                    log.warning("ignored a malformed authorization request: %s", exc.message)
+                    return
+                await message.respond(reply)
+
+            try:
+                await nc.subscribe(CALLOUT_SUBJECT, queue=QUEUE_GROUP, cb=handle)
+                await nc.flush(timeout=5)
+            except Exception as exc:  # a node going away under us: start over
+                log.warning("auth callout cannot subscribe: %s; retrying", exc)
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                self.ready.set()
+                log.info("serving NATS auth callout for %s", ", ".join(self.servers))
+                while not self._stop.is_set():
+                    await asyncio.sleep(0.2)
+            finally:
+                self.ready.clear()
+                with contextlib.suppress(Exception):
+                    await nc.close()
