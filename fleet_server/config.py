@@ -83,7 +83,7 @@ class ServerConfig:
     # subscription within probe_deadline_seconds.
     ingest_silence_seconds: float = 900.0
     probe_interval_seconds: float = 5.0
-    probe_deadline_seconds: float = 20.0
+    probe_deadline_seconds: float = 15.0
     alerts: AlertConfig = field(default_factory=AlertConfig)  # the [alerts] table (docs/telemetry.md)
 
     def __post_init__(self) -> None:
@@ -100,7 +100,7 @@ class ServerConfig:
                               "and telemetry_window_seconds must be positive")
         if min(self.ingest_silence_seconds, self.probe_interval_seconds) < 0 or self.probe_deadline_seconds <= 0:
             raise ConfigError("ingest_silence_seconds and probe_interval_seconds must be 0 (off) or positive, "
-                              "probe_deadline_seconds positive", fix="e.g. 900, 5 and 20 (the defaults)")
+                              "probe_deadline_seconds positive", fix="e.g. 900, 5 and 15 (the defaults)")
         if self.viewer_token is not None and len(self.viewer_token) < 16:
             raise ConfigError("viewer_token is shorter than 16 characters",
                               fix="use a long random value, e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'")

@@ -287,7 +287,8 @@ class ServerContext:
             publish=lambda topic, payload: mqtt.publish(topic, payload, timeout=min(10.0, c.probe_deadline_seconds)),
             connected=mqtt.connected.is_set,
             last_delivery=lambda: (self.jetstream or mqtt).last_delivery,
-            last_device_message=lambda: ingest.last_message_at, enrolled=self._enrolled_count).start()
+            last_device_message=lambda: ingest.last_message_at, enrolled=self._enrolled_count,
+            saturated=ingest.saturated).start()
 
     def _start_jetstream(self, handler: Callable[..., None]) -> None:
         """The NATS backend (docs/deployment.md "Scaling out"): the shared durable consumer, acked after commit."""
