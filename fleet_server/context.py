@@ -142,6 +142,11 @@ class ServerContext:
         else:
             self.admin_token = read_or_create_secret(config.admin_token_file)
         self.mqtt_password = config.mqtt_password or self._server_mqtt_password()
+        if config.nats_callout_user is not None:
+            from fleet_server.broker.nats_auth import Issuer
+
+            # At the first start (--init-only too): the nodes' config needs its public key first.
+            Issuer.load_or_create(config.nats_issuer_file)
         self.registry = Registry(self.db, self.repo, self.artifacts, clock=self.clock,
                                  max_bundle_bytes=config.max_upload_bytes)
         self.devices = Devices(self.db, self._broker_accounts(), server_user=self._server_user(), clock=self.clock,
