@@ -7,7 +7,7 @@ are used, so the same classes serve SQLite (the embedded default) and PostgreSQL
 JSONB; timestamps stored as UTC and handed back timezone-aware on both (``UTCDateTime``).
 
     registry     models, devices, enrollment_tokens
-    rollouts     device_assignments (fleet_server.rollouts.assignments), rollouts (.engine)
+    rollouts     device_assignments (fleet_server.rollouts.assignments), rollouts and rollout_devices (.engine)
     telemetry    telemetry_batches, telemetry_records, device_events (fleet_server.telemetry.ingest),
                  shadow_records (fleet_server.telemetry.shadow; read by fleet_server.rollouts.figures),
                  device_refusals (fleet_server.telemetry.refusals), alert_state (fleet_server.telemetry.monitor)
@@ -39,7 +39,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = ["AlertStateRow", "Base", "DeviceAssignmentRow", "DeviceEventRow", "DeviceRefusalRow", "DeviceRow",
-           "EnrollmentTokenRow", "ModelRow", "RolloutRow", "ShadowRecordRow", "TelemetryBatchRow", "TelemetryRecordRow",
+           "EnrollmentTokenRow", "ModelRow", "RolloutDeviceRow", "RolloutRow", "ShadowRecordRow", "TelemetryBatchRow",
+           "TelemetryRecordRow",
            "UTCDateTime"]
 
 
@@ -244,7 +245,13 @@ class DeviceAssignmentRow(Base):
 
 
 class RolloutRow(Base):
-    """One rollout: the pure core's document, a denormalised state for listing, and a log."""
+    """One rollout's header: the pure core's spec and header documents, a denormalised state, a log.
+
+    Its devices' records are ``RolloutDeviceRow`` rows, so a change writes the few rows it
+    changed, not the fleet (migration 0006 split the whole document that was kept here before).
+    ``revision`` grows by one with every stored change: an engine that holds the rollout in
+    memory at that revision need not read the device rows again.
+    """
 
     __tablename__ = "rollouts"
 
@@ -252,11 +259,37 @@ class RolloutRow(Base):
     model: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[str] = mapped_column(String(128))
     state: Mapped[str] = mapped_column(String(16), index=True)
-    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)     # Rollout.spec_to_dict(): written once
+    header: Mapped[dict[str, Any]] = mapped_column(JSON)   # Rollout.header_to_dict()
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     log: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     next_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RolloutDeviceRow(Base):
+    """One device's record in one rollout (``fleet_server.rollouts.machine.DeviceRecord``, column for field)."""
+
+    __tablename__ = "rollout_devices"
+    __table_args__ = (Index("ix_rollout_devices_status", "rollout_id", "status"),)
+
+    rollout_id: Mapped[str] = mapped_column(String(64), ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    profile: Mapped[str] = mapped_column(String(64))
+    wave: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    previous_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    online: Mapped[bool] = mapped_column(Boolean)
+    joined_late: Mapped[bool] = mapped_column(Boolean)
+    last_event: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    offline_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    rolled_back_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    serves: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    counter: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class AlertStateRow(Base):

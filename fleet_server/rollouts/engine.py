@@ -1,10 +1,13 @@
 """The rollout engine: drives the pure ``fleet_server.rollouts.machine.Rollout`` from the database and the broker.
 
 Every change to a rollout is one database transaction that holds the rollout's row lock:
-load the stored ``Rollout.to_dict()`` document, feed it ONE input (a device event, a presence
-change, a tick, an operator command), execute the actions it returns (sign and store
+load the rollout (``fleet_server.rollouts.store``: its header row and one row per device, or the
+copy this process holds when the header's revision says nobody changed it since), feed it ONE
+input (a device event, a presence change, a tick, an operator command; or a batch of them),
+execute the actions it returns (sign and store
 assignments through ``fleet_server.rollouts.assignments``; record halts, completion and alerts in the
-rollout's log), store the new document, commit, and only then publish the assignments. The
+rollout's log), store the header and the device rows that changed, commit, and only then
+publish the assignments. The
 devices a change assigns are row-locked in id order first (as the presence writer locks
 them), so two transactions holding many device rows never deadlock. The
 lock is ``SELECT ... FOR UPDATE`` on PostgreSQL and, on SQLite, a no-op ``UPDATE`` that takes
@@ -66,7 +69,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -98,8 +101,15 @@ from fleet_server.rollouts.machine import (
 )
 from fleet_server.rollouts.reports import DeviceReport, ReportError, parse_reported
 from fleet_server.rollouts.stage import summary as stage_summary
+from fleet_server.rollouts.store import RolloutStore
 from fleet_server.rollouts.waves import RolloutDevice, Selector, new_seed
-from fleet_server.tables import DeviceAssignmentRow, DeviceRow, ModelRow, RolloutRow
+from fleet_server.tables import (
+    DeviceAssignmentRow,
+    DeviceRow,
+    ModelRow,
+    RolloutDeviceRow,
+    RolloutRow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +118,8 @@ LOG_LIMIT = 500
 # An action that fails a device feeds the core again; a core that kept answering with more
 # actions would be a bug, and this bound turns it into an error instead of a hang.
 _MAX_ACTION_ROUNDS = 10_000
-# Messages the worker applies per transaction at most. Each transaction loads and stores the
-# whole rollout document (every device's record), so under a backlog bigger is cheaper per message.
+# Messages the worker applies per transaction at most. A transaction stores what it changed,
+# plus the header: a bigger batch saves header writes and lock round trips under a backlog.
 _BATCH = 2000
 _LOCK_CHUNK = 1000  # device ids per locking statement
 RETAINED_TIMEOUT_S = 30.0  # for reading the retained reports of the devices in flight
@@ -125,9 +135,7 @@ def _iso(moment: datetime | None) -> str | None:
 
 def rollout_view(row: RolloutRow, rollout: Rollout, *, devices: bool = False) -> dict[str, Any]:
     """What the API returns for one rollout (and the CLI's --json prints)."""
-    counts: dict[str, int] = {}
-    for record in rollout.devices.values():
-        counts[record.status.value] = counts.get(record.status.value, 0) + 1
+    counts = rollout.status_counts()  # kept by the core as records change: no pass over the fleet
     view: dict[str, Any] = {
         "id": rollout.id, "model": rollout.model, "version": rollout.version, "selector": str(rollout.selector),
         "state": rollout.state.value, "current_wave": rollout.current_wave, "halt_reason": rollout.halt_reason,
@@ -248,6 +256,7 @@ class RolloutEngine:
         self.malformed_reports = 0  # reported documents skipped for their shape (docs/contracts.md)
         self._malformed_devices: set[str] = set()  # logged once each
         self._handoff: Callable[[list[IssuedAssignment]], None] | None = None
+        self.store = RolloutStore()
 
     def hand_publishing_to(self, handoff: Callable[[list[IssuedAssignment]], None] | None) -> None:
         """Let ``handoff`` publish what this engine issues from now on (None: publish inline again).
@@ -288,29 +297,32 @@ class RolloutEngine:
                                      devices=self._fleet(session, model), seed=new_seed() if seed is None else seed,
                                      policy=policy)
             stored = RolloutRow(id=rollout_id, model=model, version=version, state=rollout.state.value,
-                                document=rollout.to_dict(), log=[], created_at=now, updated_at=now)
+                                spec={}, header={}, revision=0, log=[], created_at=now, updated_at=now)
             session.add(stored)
             self._log(stored, now, f"created: {model}@{version} to {len(rollout.devices)} matching device(s) "
                                    f"in {len(rollout.plan.waves)} wave(s), seed {rollout.plan.seed}")
             issued = self._execute(session, stored, rollout, rollout.start(now), now)
-            self._store(stored, rollout, now)
+            self.store.add(session, stored, rollout, now)
             view = rollout_view(stored, rollout)
+        self.store.keep(rollout_id, stored.revision, rollout)
         self._publish(issued)
         return view
 
     def get(self, rollout_id: str, *, devices: bool = False) -> dict[str, Any]:
         with self.db.session() as session:
-            row = session.get(RolloutRow, rollout_id)
+            row = session.scalars(self.store.share_lock(session, self.store.header_query(rollout_id))).one_or_none()
             if row is None:
                 raise NotFoundError(f"no rollout {rollout_id}", fix="list rollouts with `edgefleet rollouts list`")
-            return rollout_view(row, Rollout.from_dict(row.document), devices=devices)
+            [(row, rollout)] = self.store.read(session, [row])
+            return rollout_view(row, rollout, devices=devices)
 
     def list_rollouts(self, *, state: str | None = None) -> list[dict[str, Any]]:
         with self.db.session() as session:
             query = select(RolloutRow).order_by(RolloutRow.created_at.desc(), RolloutRow.id)
             if state is not None:
                 query = query.where(RolloutRow.state == state)
-            return [rollout_view(r, Rollout.from_dict(r.document)) for r in session.scalars(query)]
+            rows = list(session.scalars(self.store.share_lock(session, query)))
+            return [rollout_view(r, rollout) for r, rollout in self.store.read(session, rows)]
 
     def pause(self, rollout_id: str) -> dict[str, Any]:
         return self._change(rollout_id, lambda r, now, _s: r.pause(now), "paused by an operator")
@@ -390,7 +402,7 @@ class RolloutEngine:
         # (every report of an updating device says so) changes nothing, and feeding it anyway
         # would re-evaluate every wave, a pass over the whole fleet; the tick re-evaluates for time.
         self._change(rollout_id, lambda r, now, _s: [a for i in inputs if i.matters(r) for a in i.feed(r, now)],
-                     None, only_if=lambda r: any(i.matters(r) for i in inputs))
+                     None, only_if=lambda r: any(i.matters(r) for i in inputs), view=False)
 
     def reconcile(self) -> bool:
         """Replay the last reports of every device in flight in a live rollout; False: try again later.
@@ -430,15 +442,13 @@ class RolloutEngine:
     def _in_flight(self) -> set[str]:
         """Devices assigned (or timed out) in a live rollout: those whose outcome may be unknown."""
         with self.db.session() as session:
-            rows = session.scalars(select(RolloutRow).where(RolloutRow.state.in_(LIVE_STATES)))
-            return {d["device_id"] for row in rows for d in row.document.get("devices", ())
-                    if d.get("status") in ("assigned", "candidate", "timed_out")}
+            return self.store.in_flight(session, LIVE_STATES, ("assigned", "candidate", "timed_out"))
 
     def tick(self) -> int:
         """Advance every live rollout; return how many were ticked. Safe to call from every replica."""
         live = self._live()
         for rollout_id, _ in live:
-            self._change(rollout_id, self._tick_one, None)
+            self._change(rollout_id, self._tick_one, None, view=False)
             self._stage_figures(rollout_id)
         return len(live)
 
@@ -451,15 +461,18 @@ class RolloutEngine:
         """
         now = self.clock()
         with self.db.session() as session:
-            row = session.get(RolloutRow, rollout_id)
-            stages = row.document.get("stages") if row is not None and isinstance(row.document, dict) else None
+            header = session.scalars(select(RolloutRow.header).where(RolloutRow.id == rollout_id)).one_or_none()
+            stages = header.get("stages") if isinstance(header, dict) else None
             if not stages or all(s.get("verdict") is not None for s in stages if isinstance(s, dict)):
-                return  # the usual case, told without parsing the whole document
-            query = Rollout.from_dict(row.document).stage_query(now) if row is not None else None
-            if query is None:
-                return
+                return  # the usual case, told from the header alone
+        with self.db.session() as session:
+            row = session.scalars(self.store.share_lock(session, self.store.header_query(rollout_id))).one_or_none()
+            query = None if row is None else self.store.read(session, [row])[0][1].stage_query(now)
+        if query is None:
+            return
+        with self.db.session() as session:  # apart from the share lock: writers must not wait on this read
             figures = gather(session, query)
-        self._change(rollout_id, lambda r, _now, _s: r.stage_figures(query.wave, figures, now), None)
+        self._change(rollout_id, lambda r, _now, _s: r.stage_figures(query.wave, figures, now), None, view=False)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -469,7 +482,7 @@ class RolloutEngine:
                                                        ModelRow.version == rollout.version)).one_or_none()
         if model is None or model.yanked:
             actions += rollout.yank(now, "the registry no longer offers it")
-        for device in self._fleet(session, rollout.model):
+        for device in self._newcomers(session, rollout):
             if device.device_id not in rollout.devices:
                 actions += rollout.add_device(device, now)
         return actions + rollout.tick(now)
@@ -492,27 +505,26 @@ class RolloutEngine:
             # other connection can read-modify-write this rollout until we commit.
             session.execute(update(RolloutRow).where(RolloutRow.id == rollout_id)
                             .values(updated_at=RolloutRow.updated_at))
-        return session.scalars(select(RolloutRow).where(RolloutRow.id == rollout_id)
+        return session.scalars(self.store.header_query(rollout_id)
                                .with_for_update().execution_options(populate_existing=True)).one_or_none()
 
     def _change(self, rollout_id: str, step: Callable[[Rollout, datetime, Session], list[Action]], note: str | None, *,
-                only_if: Callable[[Rollout], bool] | None = None) -> dict[str, Any]:
+                only_if: Callable[[Rollout], bool] | None = None, view: bool = True) -> dict[str, Any]:
+        """Run ``step`` on the rollout under its row lock and store what it changed; its view (if ``view``)."""
         now = self.clock()
-        if only_if is not None:
-            # A cheap unlocked look first: most messages concern no rollout (or change nothing).
-            with self.db.session() as session:
-                row = session.get(RolloutRow, rollout_id)
-                if row is None or not only_if(Rollout.from_dict(row.document)):
-                    return {}
         with self.db.session() as session:
             row = self._lock(session, rollout_id)
             if row is None:
                 raise NotFoundError(f"no rollout {rollout_id}", fix="list rollouts with `edgefleet rollouts list`")
-            rollout = Rollout.from_dict(row.document)
+            # The copy this process holds when the revision is still its own: most messages
+            # concern no rollout or change nothing, and then this costs the lock alone.
+            rollout = self.store.load(session, row)
             if only_if is not None and not only_if(rollout):
+                self.store.keep(rollout_id, row.revision, rollout)
                 return {}
             wave_before, logged = rollout.current_wave, len(row.log)
             stages_before = dict(rollout.stages)
+            header_before = rollout.header_to_dict()
             actions = step(rollout, now, session)
             if note:
                 self._log(row, now, note)
@@ -520,13 +532,15 @@ class RolloutEngine:
             if rollout.current_wave != wave_before:
                 self._log(row, now, f"wave {rollout.current_wave + 1} started")
             self._log_stages(row, now, stages_before, rollout)
-            document = rollout.to_dict()
-            if document != row.document or len(row.log) != logged:
+            if rollout.changed_devices() or rollout.header_to_dict() != header_before or len(row.log) != logged:
                 # most ticks change nothing: leave the row (and its updated_at) alone then
-                self._store(row, rollout, now)
-            view = rollout_view(row, rollout)
+                self.store.save(session, row, rollout, now)
+            result = rollout_view(row, rollout) if view else {}
+        # Committed: the copy is this revision's. Had anything failed, the copy (changed in
+        # memory, not in the database) would be dropped with the exception instead.
+        self.store.keep(rollout_id, row.revision, rollout)
         self._publish(issued)
-        return view
+        return result
 
     def _execute(self, session: Session, row: RolloutRow, rollout: Rollout, actions: Iterable[Action],
                  now: datetime) -> list[IssuedAssignment]:
@@ -627,12 +641,6 @@ class RolloutEngine:
                     actions += rollout.device_offline(device_id, now)
         return actions
 
-    def _store(self, row: RolloutRow, rollout: Rollout, now: datetime) -> None:
-        row.document = rollout.to_dict()
-        row.state = rollout.state.value
-        row.updated_at = now
-        row.next_tick_at = rollout.next_deadline()
-
     @staticmethod
     def _log(row: RolloutRow, now: datetime, message: str) -> None:
         row.log = [*(row.log or []), {"at": _iso(now), "message": message}][-LOG_LIMIT:]
@@ -665,11 +673,37 @@ class RolloutEngine:
             log.warning("the broker did not confirm the assignments of %d device(s) (%s...); they will be re-sent",
                         len(unconfirmed), ", ".join(unconfirmed[:3]))
 
-    def _fleet(self, session: Session, model: str) -> list[RolloutDevice]:
-        """Every enrolled device with the version of ``model`` it runs (reported, else desired)."""
-        desired = {r.device_id: r.models for r in session.scalars(select(DeviceAssignmentRow))}
+    def _newcomers(self, session: Session, rollout: Rollout) -> list[RolloutDevice]:
+        """Enrolled devices ``rollout`` has no record of and whose profile and labels its selector matches.
+
+        The tick's question, every few seconds: the database leaves out the devices the
+        rollout knows, and only the few that match are read whole, so a tick does not read
+        the fleet's rows.
+        """
+        unknown = session.execute(
+            select(DeviceRow.id, DeviceRow.profile, DeviceRow.labels)
+            .where(DeviceRow.status == ENROLLED,
+                   ~exists().where(RolloutDeviceRow.rollout_id == rollout.id, RolloutDeviceRow.device_id == DeviceRow.id))
+            .order_by(DeviceRow.id))
+        matching = [device_id for device_id, profile, labels in unknown
+                    if rollout.selector.matches(RolloutDevice(device_id, profile, dict(labels or {})))]
+        return self._fleet(session, rollout.model, only=matching) if matching else []
+
+    def _fleet(self, session: Session, model: str, *, only: Sequence[str] | None = None) -> list[RolloutDevice]:
+        """Every enrolled device (or those of ``only``) with the version of ``model`` it runs (reported, else desired)."""
+        devices, wanted = select(DeviceRow).where(DeviceRow.status == ENROLLED), select(DeviceAssignmentRow)
+        if only is None:
+            listed = list(session.scalars(devices.order_by(DeviceRow.id)))
+            desired = {r.device_id: r.models for r in session.scalars(wanted)}
+        else:
+            listed, desired = [], {}
+            for start in range(0, len(only), _LOCK_CHUNK):
+                chunk = only[start:start + _LOCK_CHUNK]
+                listed += session.scalars(devices.where(DeviceRow.id.in_(chunk)).order_by(DeviceRow.id))
+                desired.update((r.device_id, r.models)
+                               for r in session.scalars(wanted.where(DeviceAssignmentRow.device_id.in_(chunk))))
         fleet = []
-        for device in session.scalars(select(DeviceRow).where(DeviceRow.status == ENROLLED).order_by(DeviceRow.id)):
+        for device in listed:
             # A malformed stored report (models as a list...) counts as no report: the desired map decides.
             version = _served(device.reported, model) or _served({"models": desired.get(device.id)}, model)
             fleet.append(RolloutDevice(device.id, device.profile, dict(device.labels), version))

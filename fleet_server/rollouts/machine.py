@@ -543,10 +543,15 @@ class Rollout:
         self._shadowing: list[int] = [0 for _ in plan.waves]
         self._stale_commits: set[int] = set()
         self._assigned: set[str] = set()
+        self._status_counts: Counter[DeviceStatus] = Counter()  # every record, ineligible ones too
+        self._touched = 0                                       # records with assigned_at set
         # Never later than the earliest device timeout; may be earlier after devices finish.
         self._timeouts_from: datetime | None = None
         for record in self.devices.values():
             self._index(record)
+        # Ids of the records ``_put`` replaced or added since ``mark_stored``: what an engine
+        # that keeps one row per device has to write back (a batch costs what it changes).
+        self._changed: set[str] = set()
 
     # ------------------------------------------------------------------ construction
 
@@ -820,7 +825,24 @@ class Rollout:
 
     def assigned_count(self) -> int:
         """Devices this rollout ever sent its version."""
-        return sum(1 for d in self.devices.values() if d.touched)
+        return self._touched
+
+    def status_counts(self) -> dict[str, int]:
+        """How many records have each status (those with none are left out), by status name."""
+        return {status.value: n for status, n in sorted(self._status_counts.items()) if n}
+
+    def changed_devices(self) -> frozenset[str]:
+        """Ids of the device records changed or added since the rollout was built or ``mark_stored``.
+
+        Everything else about the rollout is in ``header_to_dict``, which is small. An engine
+        that stores one row per device writes these rows and the header, then calls
+        ``mark_stored``; reloading what it stored gives back this rollout (a property test checks it).
+        """
+        return frozenset(self._changed)
+
+    def mark_stored(self) -> None:
+        """The changed records were stored: start counting changes afresh."""
+        self._changed.clear()
 
     def allowed_count(self) -> int:
         """The most devices the rollout may have assigned by now: members of started waves."""
@@ -879,26 +901,54 @@ class Rollout:
 
     # ------------------------------------------------------------------ persistence
 
+    # The whole state is three parts, so that an engine may store them apart: the spec (fixed
+    # once created: what, to whom, how, the wave plan), the header (what changes per rollout:
+    # state, current wave, stages) and one record per device. ``to_dict`` is the three together.
+
+    def spec_to_dict(self) -> dict[str, Any]:
+        """What never changes after ``create`` (the plan holds every eligible device id: write it once)."""
+        return {"schema": SCHEMA_VERSION, "id": self.id, "model": self.model, "version": self.version,
+                "selector": str(self.selector),
+                "targets": {p: t.to_dict() for p, t in sorted(self.targets.items())},
+                "policy": self.policy.to_dict(), "plan": self.plan.to_dict()}
+
+    def header_to_dict(self) -> dict[str, Any]:
+        """What changes as the rollout runs, besides the device records: small, whatever the fleet size."""
+        return {"state": self.state.value, "current_wave": self.current_wave,
+                "wave_started_at": _time(self.wave_started_at), "started_at": _time(self.started_at),
+                "finished_at": _time(self.finished_at), "yanked": self.yanked, "halt_reason": self.halt_reason,
+                "stages": [self.stages[w].to_dict() for w in sorted(self.stages)]}
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA_VERSION, "id": self.id, "model": self.model, "version": self.version,
-            "selector": str(self.selector),
-            "targets": {p: t.to_dict() for p, t in sorted(self.targets.items())},
-            "policy": self.policy.to_dict(), "plan": self.plan.to_dict(), "state": self.state.value,
-            "current_wave": self.current_wave, "wave_started_at": _time(self.wave_started_at),
-            "started_at": _time(self.started_at), "finished_at": _time(self.finished_at),
-            "yanked": self.yanked, "halt_reason": self.halt_reason,
-            "devices": [self.devices[k].to_dict() for k in sorted(self.devices)],
-            "stages": [self.stages[w].to_dict() for w in sorted(self.stages)],
-        }
+        return {**self.spec_to_dict(), **self.header_to_dict(),
+                "devices": [self.devices[k].to_dict() for k in sorted(self.devices)]}
+
+    @classmethod
+    def from_parts(cls, spec: Mapping[str, Any], header: Mapping[str, Any],
+                   records: Iterable[DeviceRecord]) -> Rollout:
+        """The rollout ``spec_to_dict``, ``header_to_dict`` and its device records were taken from."""
+        return cls._build({**spec, **header}, list(records))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Rollout:
+        cls._check_schema(data)
+        try:
+            records = [DeviceRecord.from_dict(d) for d in data["devices"]]
+        except (KeyError, TypeError, ValueError, EdgefleetError) as exc:
+            raise RolloutDataError(f"stored rollout is malformed: {exc}",
+                                   fix="restore the row from a backup") from exc
+        return cls._build(data, records)
+
+    @staticmethod
+    def _check_schema(data: Any) -> None:
         if not isinstance(data, Mapping) or data.get("schema") != SCHEMA_VERSION:
             raise RolloutDataError("stored rollout is not a schema-1 rollout document",
                                    fix="it was written by another edgefleet version; migrate the database")
+
+    @classmethod
+    def _build(cls, data: Mapping[str, Any], records: list[DeviceRecord]) -> Rollout:
+        cls._check_schema(data)
         try:
-            records = [DeviceRecord.from_dict(d) for d in data["devices"]]
             return cls(
                 rollout_id=str(data["id"]), model=str(data["model"]), version=str(data["version"]),
                 selector=Selector.parse(str(data["selector"])),
@@ -928,6 +978,7 @@ class Rollout:
             self._unindex(old)
         self.devices[record.device_id] = record
         self._index(record)
+        self._changed.add(record.device_id)
 
     def _may_time_out(self, record: DeviceRecord) -> bool:
         """Whether the device timeout runs for an assigned device.
@@ -940,6 +991,8 @@ class Rollout:
         return not (record.status is DeviceStatus.CANDIDATE and record.last_event == SHADOWING)
 
     def _index(self, record: DeviceRecord) -> None:
+        self._status_counts[record.status] += 1
+        self._touched += record.touched
         if record.status in _SENT:
             self._assigned.add(record.device_id)
             if self._may_time_out(record):
@@ -957,6 +1010,8 @@ class Rollout:
             self._last_commit[record.wave] = record.finished_at if last is None else max(last, record.finished_at)
 
     def _unindex(self, record: DeviceRecord) -> None:
+        self._status_counts[record.status] -= 1
+        self._touched -= record.touched
         self._assigned.discard(record.device_id)
         if record.wave is None:
             return

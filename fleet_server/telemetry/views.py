@@ -569,18 +569,22 @@ class FleetViews:
             finished = sorted((r for r in listed if r[1] in FINISHED_ROLLOUT_STATES),
                               key=lambda r: (str(r[2]), r[0]), reverse=True)[:keep_finished]
             ids = [r[0] for r in listed if r[1] not in FINISHED_ROLLOUT_STATES] + [r[0] for r in finished]
-            rows = session.execute(text("SELECT id, model, version, state, document FROM rollouts "
+            rows = session.execute(text("SELECT id, model, version, state, header FROM rollouts "
                                         "WHERE id IN :ids").bindparams(bindparam("ids", expanding=True)),
                                    {"ids": ids}).all() if ids else []
+            # Counted by the database from the per-device rows (issue 13): no record is read here.
+            counted = session.execute(text("SELECT rollout_id, status, COUNT(*) FROM rollout_devices "
+                                           "WHERE rollout_id IN :ids GROUP BY rollout_id, status")
+                                      .bindparams(bindparam("ids", expanding=True)), {"ids": ids}).all() if ids else []
+        statuses: dict[str, dict[str, int]] = defaultdict(dict)
+        for rid, status, count in counted:
+            statuses[rid][str(status)] = int(count)
         out = []
-        for rid, model, version, state, document in sorted(rows):
-            if isinstance(document, str):  # SQLite hands raw JSON text to a text() query
-                document = json.loads(document)
-            doc = document if isinstance(document, Mapping) else {}
-            statuses: dict[str, int] = defaultdict(int)
-            for device in doc.get("devices", []) or []:
-                if isinstance(device, Mapping):
-                    statuses[str(device.get("status"))] += 1
-            out.append({"id": rid, "model": model, "version": version, "state": state, "devices": dict(statuses),
+        for rid, model, version, state, header in sorted(rows):
+            if isinstance(header, str):  # SQLite hands raw JSON text to a text() query
+                header = json.loads(header)
+            doc = header if isinstance(header, Mapping) else {}
+            out.append({"id": rid, "model": model, "version": version, "state": state,
+                        "devices": dict(sorted(statuses[rid].items())),
                         "stages": [st for st in doc.get("stages", []) or [] if isinstance(st, Mapping)]})
         return out
