@@ -15,7 +15,7 @@ import http.client
 import json
 import os
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,12 +73,14 @@ def database(work: Path, kind: str = "postgresql") -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def server(data_dir: Path, broker_url: str, database_url: str) -> Iterator[ServerProcess]:
+def server(data_dir: Path, broker_url: str, database_url: str,
+           env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
+    """``edgefleet server`` on a free port; ``env`` adds settings (e.g. EDGEFLEET_NATS_URL)."""
     port = free_port()
     proc = subprocess.Popen([*processes.EDGEFLEET, "server", "--data-dir", str(data_dir), "--port", str(port),
                              "--database", database_url, "--broker", broker_url],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "EDGEFLEET_LOG_LEVEL": "40"})
+                            env={**os.environ, "EDGEFLEET_LOG_LEVEL": "40", **(env or {})})
     try:
         processes.wait_http(proc, "edgefleet server", 120, port=port)
         yield ServerProcess(proc, port, (data_dir / "admin-token").read_text().strip(), data_dir)

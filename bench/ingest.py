@@ -31,8 +31,12 @@ from bench.errors import BenchError
 from simulation.fleet import MosquittoProcess
 
 DEVICES = 100
-SETUPS = (("one server, sqlite", "sqlite", 1), ("one server, postgresql", "postgresql", 1),
-          ("two replicas, postgresql", "postgresql", 2))
+# (label, database, replicas, broker): "mosquitto" (one node, $share subscription, manual acks) or
+# "nats" (three nodes on loopback, the JetStream stream's shared durable consumer: docs/deployment.md
+# "Scaling out"; publishers to node a).
+SETUPS = (("one server, sqlite", "sqlite", 1, "mosquitto"), ("one server, postgresql", "postgresql", 1, "mosquitto"),
+          ("two replicas, postgresql", "postgresql", 2, "mosquitto"),
+          ("two replicas, postgresql, NATS cluster", "postgresql", 2, "nats"))
 PUBLISHERS = 2
 
 
@@ -83,20 +87,41 @@ def _publish(broker_url: str, ids: list[str], per_device: int) -> dict[str, floa
 
 
 @contextlib.contextmanager
-def _replicas(count: int, work: Path, broker_url: str, url: str) -> Iterator[list[fleet.ServerProcess]]:
+def _replicas(count: int, work: Path, broker_url: str, url: str,
+              env: dict[str, str]) -> Iterator[list[fleet.ServerProcess]]:
     with contextlib.ExitStack() as stack:
         # Replicas share the data directory (keys, TUF repository) as they share the database.
-        yield [stack.enter_context(fleet.server(work / "server", broker_url, url)) for _ in range(count)]
+        yield [stack.enter_context(fleet.server(work / "server", broker_url, url, env)) for _ in range(count)]
 
 
-def _one_setup(label: str, db_kind: str, replicas: int, per_device: int, work: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def _broker(kind: str, work: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """(the publishers' MQTT URL, the servers' broker_url, the servers' extra settings)."""
+    if kind == "nats":
+        from simulation.fleet import Supervisor
+        from simulation.nats import NatsCluster
+
+        supervisor = Supervisor(work / "logs")
+        try:
+            cluster = NatsCluster(supervisor, work / "nats").start()
+            yield (cluster.mqtt_urls[0], ",".join(cluster.mqtt_urls),
+                   {"EDGEFLEET_NATS_URL": ",".join(cluster.nats_urls)})
+        finally:
+            supervisor.stop_all()
+        return
+    with MosquittoProcess(None, work / "mosquitto", auth=False, persistence=False) as broker:
+        yield broker.url, broker.url, {}
+
+
+def _one_setup(label: str, db_kind: str, replicas: int, per_device: int, work: Path,
+               broker_kind: str = "mosquitto") -> dict[str, Any]:
     ids = [f"ingest-{i:04d}" for i in range(DEVICES)]
-    with MosquittoProcess(None, work / "mosquitto", auth=False, persistence=False) as broker, fleet.database(work, db_kind) as (url, got_kind), \
-            _replicas(replicas, work, broker.url, url) as servers:
+    with _broker(broker_kind, work) as (publish_url, broker_url, env), \
+            fleet.database(work, db_kind) as (url, got_kind), _replicas(replicas, work, broker_url, url, env) as servers:
         fleet.seed(url, ids)
         sent = DEVICES * per_device
         cpu_before = _cpu_seconds(servers)
-        published = _publish(broker.url, ids, per_device)
+        published = _publish(publish_url, ids, per_device)
         stored, last_change, previous = 0, time.time(), -1
         # Wait until every batch is stored, or nothing new was stored for 10 s (then the rest is lost).
         while stored < sent and time.time() - last_change < 10:
@@ -109,6 +134,7 @@ def _one_setup(label: str, db_kind: str, replicas: int, per_device: int, work: P
         received = sum(s.metrics().get("edgefleet_telemetry_received_total", 0.0) for s in servers)
     took = last_change - published["started"]
     return {"setup": label if got_kind == db_kind else f"{label} (fell back to {got_kind})", "replicas": replicas,
+            "broker": broker_kind,
             "database": got_kind, "messages": sent, "received": int(received), "stored": stored,
             "duplicates": int(duplicates), "lost": sent - stored, "seconds": round(took, 2),
             "msgs_per_s": round(stored / took, 1),
@@ -140,10 +166,10 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     per_device = 50 if quick else 300
     setups = SETUPS[1:2] if quick else SETUPS
     section: dict[str, Any] = {"devices": DEVICES, "per_device": per_device, "runs": []}
-    for label, db_kind, replicas in setups:
+    for label, db_kind, replicas, broker_kind in setups:
         with tempfile.TemporaryDirectory(prefix="edgefleet-bench-ingest-") as tmp:
             try:
-                section["runs"].append(_one_setup(label, db_kind, replicas, per_device, Path(tmp)))
+                section["runs"].append(_one_setup(label, db_kind, replicas, per_device, Path(tmp), broker_kind))
             except Exception as exc:  # one setup failing must not lose the others
                 section["runs"].append({"setup": label, "error": f"{type(exc).__name__}: {exc}"})
     return section
