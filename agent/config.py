@@ -79,6 +79,7 @@ class AgentConfig:
     # within this share of the profile's ram_mb (agent/memory.py).
     candidate_ram_share: float = 0.5
     shadow_queue_size: int = 16
+    shadow_cpu_share: float = 0.1  # at most this share of one core runs the shadow candidate (agent/mirror.py)
 
     def __post_init__(self) -> None:
         if self.probation_s < 0 or self.probation_min_requests < 0 or self.probation_max_restarts < 1:
@@ -87,10 +88,12 @@ class AgentConfig:
         if not 0 <= self.probation_max_error_rate <= 1 or not self.update_tick_s > 0:
             raise AgentError("probation_max_error_rate must be in [0, 1] and update_tick_s positive",
                              fix="e.g. probation_max_error_rate = 0.02, update_tick_s = 1.0")
-        if not 0 < self.candidate_ram_share <= 1 or self.shadow_queue_size < 1:
-            raise AgentError(f"candidate_ram_share = {self.candidate_ram_share} must be in (0, 1] and "
-                             f"shadow_queue_size = {self.shadow_queue_size} at least 1",
-                             fix="e.g. candidate_ram_share = 0.5 (half the profile's ram_mb), shadow_queue_size = 16")
+        if not 0 < self.candidate_ram_share <= 1 or self.shadow_queue_size < 1 or not 0 < self.shadow_cpu_share <= 1:
+            raise AgentError(f"candidate_ram_share = {self.candidate_ram_share} and shadow_cpu_share = "
+                             f"{self.shadow_cpu_share} must be in (0, 1] and shadow_queue_size = "
+                             f"{self.shadow_queue_size} at least 1",
+                             fix="e.g. candidate_ram_share = 0.5 (half the profile's ram_mb), shadow_cpu_share = 0.1, "
+                                 "shadow_queue_size = 16")
         if not 0 <= self.http_port <= 65535:
             raise AgentError(f"http_port {self.http_port} is not a TCP port", fix="use 0..65535 (0 picks a free port)")
         if self.max_body_bytes <= 0 or self.max_rows <= 0 or self.keepalive_s <= 0 or self.shutdown_timeout_s < 0:

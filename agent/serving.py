@@ -190,6 +190,7 @@ class ServingTable:
     def start_shadow(self, name: str, mirror: Mirror) -> None:
         """Mirror ``name``'s served requests to ``mirror`` (whose candidate never answers)."""
         self.end_candidate(name)
+        mirror.busy = lambda: self._busy(name)
         with self._lock:
             self._shadow[name] = mirror
 
@@ -203,6 +204,11 @@ class ServingTable:
             serving = self._entries.get(name)
             version = serving.session.manifest.version if serving is not None else ""
             self._canary[name] = _Canary(_Entry(session, self._wall()), Sampler(share, draw), version)
+
+    def _busy(self, name: str) -> bool:
+        """Whether a served request of ``name`` is running now (read without the lock: a hint)."""
+        entry = self._entries.get(name)
+        return entry is not None and entry.inflight > 0
 
     def end_candidate(self, name: str) -> None:
         """Stop the shadow or canary of ``name``, if any; its candidate session is closed once idle."""

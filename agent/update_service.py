@@ -123,7 +123,8 @@ def attach(daemon: DaemonParts) -> UpdateService | None:
                       tuf=ngclient_factory(state, _fetcher(state)), profile=daemon.profile,
                       on_persist=persisted, probation=probation_config(daemon.config),
                       candidate_ram_share=float(os.environ.get(CANDIDATE_RAM_SHARE, daemon.config.candidate_ram_share)),
-                      shadow_queue_size=daemon.config.shadow_queue_size)
+                      shadow_queue_size=daemon.config.shadow_queue_size,
+                      shadow_cpu_share=daemon.config.shadow_cpu_share)
 
     def desired(envelope: bytes) -> None:
         updater.handle_assignment(envelope)  # a refusal is reported as a `failed` event by the updater

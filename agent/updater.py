@@ -68,7 +68,7 @@ from agent.errors import AgentError
 from agent.health import check_health
 from agent.memory import DEFAULT_RAM_SHARE, check_after_load, check_before_load
 from agent.metrics import ResourceReader
-from agent.mirror import DEFAULT_QUEUE_SIZE, Mirror
+from agent.mirror import DEFAULT_CPU_SHARE, DEFAULT_QUEUE_SIZE, Mirror
 from agent.probation import ProbationConfig, StatsSnapshot, Verdict, output_problems
 from agent.runtime import ModelSession, load_session
 from agent.shadow import ShadowTally
@@ -214,6 +214,7 @@ class Updater:
         health_latency_runs: int = 50,
         candidate_ram_share: float = DEFAULT_RAM_SHARE,
         shadow_queue_size: int = DEFAULT_QUEUE_SIZE,
+        shadow_cpu_share: float = DEFAULT_CPU_SHARE,
         rss: Callable[[], int | None] | None = None,
     ) -> None:
         self.state = state_dir
@@ -230,6 +231,7 @@ class Updater:
         self.health_latency_runs = health_latency_runs
         self.candidate_ram_share = candidate_ram_share
         self.shadow_queue_size = shadow_queue_size
+        self.shadow_cpu_share = shadow_cpu_share
         self.rss = rss or (lambda: ResourceReader().read().rss_bytes)
         self._lock = threading.RLock()
         self.machine = self._load()
@@ -629,7 +631,8 @@ class Updater:
         if target.mode == "shadow":
             tally = ShadowTally(target.model, target.version, serving_version, "shadow")
             self.serving.start_shadow(target.model, Mirror(session, tally, sample=target.rate,
-                                                           queue_size=self.shadow_queue_size))
+                                                           queue_size=self.shadow_queue_size,
+                                                           cpu_share=self.shadow_cpu_share))
             details: dict[str, Any] = {"mode": "shadow", "sample": target.rate}
         else:
             self.serving.start_canary(target.model, session, target.rate)

@@ -118,10 +118,7 @@ def test_shadow_answers_come_from_the_serving_version_and_disagreement_is_counte
     answers = [table.predict("digits", row.tolist()) for row in ROWS]
     assert {a.version for a in answers} == {"1.0.0"}, "the candidate answered a request in shadow mode"
     assert mirror.pending() == len(ROWS)
-    while mirror.pending():
-        job = mirror._queue.get_nowait()
-        assert job is not None
-        mirror.run_one(job)
+    assert mirror.run_pending() == len(ROWS)
     totals = mirror.tally.totals()
     assert totals.compared == len(ROWS) and totals.errors == 0 and totals.skipped == 0
     assert totals.agreement is not None and totals.agreement < 0.9  # another model: it disagrees
@@ -186,3 +183,43 @@ def test_a_canary_answers_about_its_share_under_its_own_version(tmp_path: Path) 
     assert canary["mode"] == "canary" and canary["share"] == 0.2 and canary["requests"] > 0
     table.end_candidate("digits")
     assert {table.predict("digits", ROWS[0].tolist()).version for _ in range(50)} == {"1.0.0"}
+
+
+def test_the_worker_sheds_a_job_taken_while_a_served_request_runs(tmp_path: Path) -> None:
+    same, _ = session_for(tmp_path / "b", onnx_bundle("1.1.0", seed=0))
+    busy = [True]
+    mirror = Mirror(same, ShadowTally("digits", "1.1.0", "1.0.0"), sample=1.0, queue_size=64, busy=lambda: busy[0])
+    served = [int(v) for v in same.run_roles(ROWS[:1])["label"]]
+    for _ in range(3):
+        mirror.offer(ROWS[:1], None, served, 0.1)
+    wait_until(lambda: mirror.tally.totals().skipped == 3, 10, "the worker to shed the jobs")
+    busy[0] = False
+    mirror.offer(ROWS[:1], None, served, 0.1)
+    wait_until(lambda: mirror.tally.totals().compared == 1, 10, "the worker to compare once idle")
+    mirror.stop()
+
+
+def test_the_worker_spends_at_most_its_cpu_share_on_the_candidate(tmp_path: Path) -> None:
+    same, _ = session_for(tmp_path / "b", onnx_bundle("1.1.0", seed=0))
+    now = [0.0]
+    original = same.run_roles
+
+    def ten_ms(x: np.ndarray) -> dict[str, np.ndarray]:
+        now[0] += 0.01  # each candidate run costs 10 ms of the injected clock
+        return original(x)
+
+    same.run_roles = ten_ms  # type: ignore[method-assign]
+    mirror = Mirror(same, ShadowTally("digits", "1.1.0", "1.0.0"), sample=1.0, queue_size=100, cpu_share=0.1,
+                    clock=lambda: now[0], start=False)
+    served = [int(v) for v in original(ROWS[:1])["label"]]
+    for _ in range(20):
+        mirror.offer(ROWS[:1], None, served, 0.1)
+    mirror.run_pending()
+    first = mirror.tally.totals()
+    assert 4 <= first.compared <= 7 and first.compared + first.skipped == 20  # a 50 ms burst, then 10% of the time
+    now[0] += 1.0  # a second later the allowance is full again (capped at the burst)
+    for _ in range(20):
+        mirror.offer(ROWS[:1], None, served, 0.1)
+    mirror.run_pending()
+    assert 8 <= mirror.tally.totals().compared <= 14
+    mirror.stop()
