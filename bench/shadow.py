@@ -152,7 +152,7 @@ def _fleet(work: Path, bundle: Path, model: str) -> Iterator[dict[str, AgentProc
         yield agents
     except FleetError as exc:
         raise BenchError(f"the shadow benchmark's fleet did not start: {exc}",
-                         fix="it needs mosquitto, like scripts/test") from exc
+                         fix="read the process log above; it needs mosquitto (as scripts/test does) and free ports") from exc
     finally:
         supervisor.stop_all()
 

@@ -203,23 +203,29 @@ def test_the_worker_spends_at_most_its_cpu_share_on_the_candidate(tmp_path: Path
     same, _ = session_for(tmp_path / "b", onnx_bundle("1.1.0", seed=0))
     now = [0.0]
     original = same.run_roles
+    calls: list[int] = []
 
-    def ten_ms(x: np.ndarray) -> dict[str, np.ndarray]:
-        now[0] += 0.01  # each candidate run costs 10 ms of the injected clock
+    def thirty_ms(x: np.ndarray) -> dict[str, np.ndarray]:
+        now[0] += 0.03  # each candidate run costs 30 ms of the injected clock
+        calls.append(len(x))
         return original(x)
 
-    same.run_roles = ten_ms  # type: ignore[method-assign]
+    same.run_roles = thirty_ms  # type: ignore[method-assign]
     mirror = Mirror(same, ShadowTally("digits", "1.1.0", "1.0.0"), sample=1.0, queue_size=100, cpu_share=0.1,
                     clock=lambda: now[0], start=False)
     served = [int(v) for v in original(ROWS[:1])["label"]]
-    for _ in range(20):
-        mirror.offer(ROWS[:1], None, served, 0.1)
-    mirror.run_pending()
-    first = mirror.tally.totals()
-    assert 4 <= first.compared <= 7 and first.compared + first.skipped == 20  # a 50 ms burst, then 10% of the time
+
+    def round_of(n: int = 16) -> None:
+        for _ in range(n):
+            mirror.offer(ROWS[:1], None, served, 0.1)
+        mirror.run_pending()
+
+    for _ in range(3):
+        round_of()
+    totals = mirror.tally.totals()
+    # A 50 ms burst pays for two 30 ms runs (16 jobs each, one call a batch); then 10% of the time.
+    assert calls == [16, 16] and (totals.compared, totals.skipped) == (32, 16)
     now[0] += 1.0  # a second later the allowance is full again (capped at the burst)
-    for _ in range(20):
-        mirror.offer(ROWS[:1], None, served, 0.1)
-    mirror.run_pending()
-    assert 8 <= mirror.tally.totals().compared <= 14
+    round_of()
+    assert mirror.tally.totals().compared == 48 and calls[-1] == 16
     mirror.stop()
