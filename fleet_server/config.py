@@ -63,6 +63,10 @@ class ServerConfig:
     # login (the nodes' auth_users; fleet_server.broker.nats_auth). None: the nodes decide alone.
     nats_callout_user: str | None = None
     nats_callout_password: str | None = None
+    # A login in the nodes' SYS account: a revoked device's live connections are closed at once
+    # (else it is refused at its next connect). None: not closed.
+    nats_system_user: str | None = None
+    nats_system_password: str | None = None
     # Who keeps the devices' broker accounts (docs/deployment.md "Broker accounts"):
     # "mosquitto-files" (mosquitto_dir's password and ACL files, rewritten whole), "mosquitto-dynsec"
     # (Mosquitto's dynamic-security plugin, one account changed per enrollment over MQTT) or
@@ -123,6 +127,9 @@ class ServerConfig:
         if (self.nats_callout_user is None) != (self.nats_callout_password is None):
             raise ConfigError("nats_callout_user and nats_callout_password go together",
                               fix="set both (the login in the nodes' auth_callout auth_users), or neither")
+        if (self.nats_system_user is None) != (self.nats_system_password is None):
+            raise ConfigError("nats_system_user and nats_system_password go together",
+                              fix="set both (a user of the nodes' SYS account, listed in auth_users), or neither")
         if self.nats_callout_user is not None and self.nats_url is None:
             raise ConfigError("nats_callout_user is set but nats_url is not", fix="set nats_url to the cluster's nodes")
         if not 1 <= self.nats_stream_replicas <= 5:

@@ -201,6 +201,12 @@ class ServerContext:
                                   unquote(login.username) if login.username else config.mqtt_username,
                                   unquote(login.password) if login.password else self.mqtt_password,
                                   ca_file=str(config.broker_ca_file) if config.broker_ca_file else None)
+        if config.nats_url is not None and config.nats_callout_user is not None:
+            from fleet_server.broker.nats_auth import NatsAccounts
+            from fleet_server.broker.nats_ingest import parse_servers
+
+            system = (config.nats_system_user, config.nats_system_password or "") if config.nats_system_user else None
+            return NatsAccounts(parse_servers(config.nats_url), system)
         if config.accounts == "mosquitto-files" and config.mosquitto_dir is not None:
             from fleet_server.broker.accounts import MosquittoAccounts
 

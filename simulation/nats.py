@@ -52,15 +52,23 @@ class Callout:
     issuer: str
     user: str
     password: str
+    # A login in the SYS account (bypasses the callout): the server closes a revoked device's
+    # live connections with it (fleet_server.broker.nats_auth.NatsAccounts).
+    system_user: str | None = None
+    system_password: str | None = None
 
 
 # The recipe's placeholders: replace both with your server's (docs/deployment.md "Scaling out").
 # The issuer is a public key whose private half was thrown away: until it is replaced, no
 # answer verifies and every client is refused, never let in.
-RECIPE_CALLOUT = Callout("AAS6MBM5DODSL2DUC4VKHNDQTEPT24YRIVUWVWGAP5LJXPWNSGDR2YGJ", "edgefleet-auth", "CHANGE-ME")
+RECIPE_CALLOUT = Callout("AAS6MBM5DODSL2DUC4VKHNDQTEPT24YRIVUWVWGAP5LJXPWNSGDR2YGJ", "edgefleet-auth", "CHANGE-ME",
+                         "edgefleet-system", "CHANGE-ME-TOO")
 
 
 def _callout_block(callout: Callout) -> str:
+    system_users = (f"users: [ {{ user: \"{callout.system_user}\", password: \"{callout.system_password}\" }} ] "
+                    if callout.system_user else "")
+    bypass = ", ".join(f"\"{u}\"" for u in (callout.user, callout.system_user) if u)
     return (
         "\n"
         "# Who may connect, and to what: the fleet server answers every CONNECT (auth callout,\n"
@@ -69,13 +77,13 @@ def _callout_block(callout: Callout) -> str:
         "accounts {\n"
         f"  AUTH {{ users: [ {{ user: \"{callout.user}\", password: \"{callout.password}\" }} ] }}\n"
         "  FLEET { jetstream: enabled }\n"
-        "  SYS {}\n"
+        f"  SYS {{ {system_users}}}\n"
         "}\n"
         "system_account: SYS\n"
         "authorization {\n"
         "  auth_callout {\n"
         f"    issuer: {callout.issuer}\n"
-        f"    auth_users: [ \"{callout.user}\" ]\n"
+        f"    auth_users: [ {bypass} ]\n"
         "    account: AUTH\n"
         "  }\n"
         "}\n"

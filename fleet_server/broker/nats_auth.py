@@ -21,8 +21,9 @@ must use its device id as client id (else it could take over another device's se
 server's own login gets everything in ``FLEET``.
 
 Pure: nkey encoding, JWTs, permissions and ``authorize`` (request in, response out). I/O:
-``Issuer`` (the key file) and ``AuthCallout`` (the subscription). This module does not kick a
-revoked device's live connection (it is refused at its next connect; see docs).
+``Issuer`` (the key file), ``AuthCallout`` (the subscription) and ``NatsAccounts`` (the
+``BrokerAccounts`` seam: nothing to write at enrollment; at revocation the device's live
+connections are closed through the system account).
 """
 
 from __future__ import annotations
@@ -349,3 +350,75 @@ class AuthCallout:
                 self.ready.clear()
                 with contextlib.suppress(Exception):
                     await nc.close()
+
+
+# ---- revocation: the live connection closed at once --------------------------------------------
+
+KICK_LISTEN_S = 0.3  # after the first node's CONNZ answer, how long the others have to answer
+
+
+class NatsAccounts:
+    """``BrokerAccounts`` for a cluster whose nodes ask the callout: nothing to write, ever.
+
+    Enrolling and syncing cost the cluster nothing (the callout reads the registry at each
+    CONNECT). Revoking refuses the next CONNECT by itself; with a system-account login
+    (``system``: user, password in the nodes' ``SYS`` account) it also closes the device's live
+    connections at once: ``$SYS.REQ.SERVER.PING.CONNZ`` finds them on every node (MQTT client id
+    or NATS user), ``$SYS.REQ.SERVER.<id>.KICK`` closes each. Without it, a revoked device keeps
+    its open connection until it reconnects (logged).
+    """
+
+    def __init__(self, servers: Sequence[str], system: tuple[str, str] | None = None) -> None:
+        self.servers = list(servers)
+        self.system = system
+
+    def sync(self, read_users: Callable[[], Sequence[Any]]) -> None:
+        log.debug("NATS accounts come from the auth callout; nothing to write")
+
+    def enrolled(self, user: Any, password: str, read_users: Callable[[], Sequence[Any]]) -> None:
+        log.debug("NATS accounts come from the auth callout; nothing to write for %s", user.username)
+
+    def revoked(self, user: Any, read_users: Callable[[], Sequence[Any]]) -> None:
+        if self.system is None:
+            log.warning("device %s is refused at its next NATS connect; its open connection stays until then "
+                        "(set nats_system_user to close it at once)", user.device_id)
+            return
+        try:
+            kicked = asyncio.run(self._kick(user.device_id, user.username))
+        except Exception as exc:  # the revocation itself stands (the callout refuses the next connect)
+            raise BrokerError(f"device {user.device_id} revoked, but its live NATS connection was not closed: {exc}",
+                              fix="check nats_system_user and the nodes' SYS account; it is refused at its "
+                                  "next connect anyway") from exc
+        log.info("closed %d live connection(s) of revoked device %s", kicked, user.device_id)
+
+    async def _kick(self, device_id: str | None, username: str) -> int:
+        import nats
+
+        assert self.system is not None
+        nc = await nats.connect(self.servers, user=self.system[0], password=self.system[1], connect_timeout=2,
+                                max_reconnect_attempts=1, name="edgefleet-revoke")
+        try:
+            found: list[tuple[str, int]] = []
+            answered = asyncio.Event()
+
+            async def collect(message: Any) -> None:
+                reply = json.loads(message.data)
+                server_id = str((reply.get("server") or {}).get("id"))
+                for conn in (reply.get("data") or {}).get("connections") or []:
+                    found.append((server_id, int(conn["cid"])))
+                answered.set()
+
+            inbox = nc.new_inbox()
+            await nc.subscribe(inbox, cb=collect)
+            filters = [{"user": username}] + ([{"mqtt_client": device_id}] if device_id else [])
+            for connz_filter in filters:
+                await nc.publish("$SYS.REQ.SERVER.PING.CONNZ", json.dumps(connz_filter).encode(), reply=inbox)
+            # Every node answers once per request; wait for the first, then a moment for the rest.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answered.wait(), 2.0)
+            await asyncio.sleep(KICK_LISTEN_S)
+            for server_id, cid in set(found):
+                await nc.request(f"$SYS.REQ.SERVER.{server_id}.KICK", json.dumps({"cid": cid}).encode(), timeout=2)
+            return len(set(found))
+        finally:
+            await nc.close()

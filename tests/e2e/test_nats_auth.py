@@ -3,12 +3,13 @@
 A real server (PostgreSQL) on a three-node cluster whose nodes ask it at every CONNECT; a real
 agent enrolled through the API. What a device may do is checked with its own credentials over
 MQTT against another node than the server's: its own topics only, its own client id only, and
-nothing once revoked. Enrolling wrote nothing to the cluster.
+nothing once revoked (its open connection closed at once). Enrolling wrote nothing to the cluster.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,8 +53,13 @@ def test_a_device_gets_its_own_topics_only_and_nothing_once_revoked(stack: NatsS
     probe.publish(topics.events(first.device_id), b"own")
     server.wait_for(topics.events(first.device_id), b"own")
     assert b'{"spoofed": true}' not in server.payloads(topics.reported(second.device_id))
-    probe.close()
+    # Revoked: its live connection is closed (the server's system login kicks it on its node),
+    # and it is refused when it comes back.
+    revoked = time.monotonic()
     stack.admin.request("POST", f"/api/v1/devices/{first.device_id}/revoke")
+    wait_until(probe.disconnected.is_set, 10, "the revoked device's connection to be closed")
+    print(f"revoked device disconnected {time.monotonic() - revoked:.2f} s after the revoke call")
+    probe.client.loop_stop()
     MqttProbe(port, first.device_id, login=(user, password), refused=True)
     assert stack.server.child is not None
     wait_until(lambda: "refused NATS mqtt login" in stack.server.child.log(), 10, "the refusal in the server's log")

@@ -58,6 +58,8 @@ class MqttProbe:
         self.refused = refused  # expect the CONNACK to refuse: ``refusal`` holds why
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
+        self.disconnected = threading.Event()
+        self.client.on_disconnect = lambda *_: self.disconnected.set()
         self.client.on_subscribe = self._on_subscribe
         self._subacks: dict[int, list[bool]] = {}
         self.client.connect("127.0.0.1", port, keepalive=5)
@@ -127,8 +129,10 @@ class NatsStack(Stack):
         if callout:  # the server's issuer key first: the nodes' config names it
             data_dir.mkdir(parents=True, exist_ok=True)
             login = Callout(Issuer.load_or_create(data_dir / "nats-issuer.key").public, "edgefleet-auth",
-                            secrets.token_urlsafe(16))
-            env = {"EDGEFLEET_NATS_CALLOUT_USER": login.user, "EDGEFLEET_NATS_CALLOUT_PASSWORD": login.password}
+                            secrets.token_urlsafe(16), "edgefleet-system", secrets.token_urlsafe(16))
+            env = {"EDGEFLEET_NATS_CALLOUT_USER": login.user, "EDGEFLEET_NATS_CALLOUT_PASSWORD": login.password,
+                   "EDGEFLEET_NATS_SYSTEM_USER": "edgefleet-system",
+                   "EDGEFLEET_NATS_SYSTEM_PASSWORD": login.system_password or ""}
         self.cluster = NatsCluster(self.supervisor, root / "nats", callout=login).start()
         self.device_node = device_node
         env |= {"EDGEFLEET_NATS_URL": ",".join(self.cluster.nats_urls),

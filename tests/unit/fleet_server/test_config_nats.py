@@ -27,6 +27,9 @@ def test_nats_backend_from_the_environment(tmp_path: Path) -> None:
     ({"EDGEFLEET_NATS_URL": "mqtt://10.0.0.1:1883", "EDGEFLEET_BROKER_URL": "mqtt://h:1883"}, "nats_url"),
     ({"EDGEFLEET_NATS_URL": "nats://10.0.0.1:4222"}, "broker_url is not"),
     ({"EDGEFLEET_NATS_STREAM_REPLICAS": "7"}, "nats_stream_replicas"),
+    ({"EDGEFLEET_NATS_CALLOUT_USER": "auth"}, "go together"),
+    ({"EDGEFLEET_NATS_SYSTEM_USER": "sys"}, "go together"),
+    ({"EDGEFLEET_NATS_CALLOUT_USER": "auth", "EDGEFLEET_NATS_CALLOUT_PASSWORD": "pw"}, "nats_url is not"),
 ])
 def test_bad_nats_settings_are_named(tmp_path: Path, env: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
