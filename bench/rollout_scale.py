@@ -25,7 +25,7 @@ from bench import fleet
 from bench.errors import BenchError
 from simulation.fleet import MosquittoProcess
 
-SIZES = (100, 1000, 5000)
+SIZES = (100, 1000, 5000, 10000)
 QUICK_SIZES = (100,)
 MODEL, VERSION = "bench-rollout", "1.0.0"
 PROFILE = fleet.PROFILE
@@ -145,6 +145,8 @@ def _one_size(devices: int, work: Path) -> dict[str, Any]:
             "create_to_completed_s": round(took, 2), "create_call_s": round(create_call_s, 2),
             "connect_s": round(connected_s, 2),
             "create_to_last_commit_s": round(all_committed_s, 2) if all_committed_s is not None else None,
+            # how long the server took to see it: the rollout engine's backlog when the fleet is done
+            "last_commit_to_completed_s": round(took - all_committed_s, 2) if all_committed_s is not None else None,
             "committed": committed, "committed_events_seen": counter.committed, "lost": devices - committed,
             "broker_messages": messages, "messages_per_device": round(messages / devices, 2),
             "server_cpu_s": round(cpu, 2), "server_cpu_percent": round(100 * cpu / took, 1),

@@ -110,7 +110,7 @@ benchmarks:
                 1/16/64 clients, 5 repeats in rotated order, ratios over the same transport; an image
                 model asked with PNG bodies against the FastAPI peer decoding them the same way
   quantization  size, agreement, accuracy and host latency of every format/quantization per profile
-  rollout       one rollout to 100, 1,000 and 5,000 light devices over a real Mosquitto
+  rollout       one rollout to 100, 1,000, 5,000 and 10,000 light devices over a real Mosquitto
   ingest        telemetry messages/s stored by the server (SQLite, PostgreSQL, two replicas)
   footprint     agent RSS and CPU at idle, cold start, install size of edgefleet[agent]
   console       server time to render the console's fleet and devices pages at 1,000 and 10,000 devices

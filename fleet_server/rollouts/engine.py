@@ -58,6 +58,7 @@ no broker connection (the ``Publisher`` inside ``Assignments`` is injected).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import queue
@@ -71,7 +72,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from edgefleet import topics
 from edgefleet.assignment import ModelTarget
@@ -135,20 +136,34 @@ def _iso(moment: datetime | None) -> str | None:
 
 def rollout_view(row: RolloutRow, rollout: Rollout, *, devices: bool = False) -> dict[str, Any]:
     """What the API returns for one rollout (and the CLI's --json prints)."""
-    counts = rollout.status_counts()  # kept by the core as records change: no pass over the fleet
-    view: dict[str, Any] = {
-        "id": rollout.id, "model": rollout.model, "version": rollout.version, "selector": str(rollout.selector),
-        "state": rollout.state.value, "current_wave": rollout.current_wave, "halt_reason": rollout.halt_reason,
-        "policy": rollout.policy.to_dict(), "seed": rollout.plan.seed, "profiles": sorted(rollout.targets),
-        "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at),
-        "started_at": _iso(rollout.started_at), "finished_at": _iso(rollout.finished_at),
-        "waves": [_wave_view(s.to_dict()) for s in rollout.wave_summaries()],
-        "devices": dict(sorted(counts.items())), "assigned": rollout.assigned_count(),
-        "log": list(row.log[-50:]),
-    }
+    view = _view(row, rollout_summary(rollout))
     if devices:
         view["device_records"] = [rollout.devices[k].to_dict() for k in sorted(rollout.devices)]
     return view
+
+
+def rollout_summary(rollout: Rollout) -> dict[str, Any]:
+    """The part of ``rollout_view`` that comes from the core: O(waves), the core keeps its counts."""
+    return {
+        "id": rollout.id, "model": rollout.model, "version": rollout.version, "selector": str(rollout.selector),
+        "state": rollout.state.value, "current_wave": rollout.current_wave, "halt_reason": rollout.halt_reason,
+        "policy": rollout.policy.to_dict(), "seed": rollout.plan.seed, "profiles": sorted(rollout.targets),
+        "started_at": _iso(rollout.started_at), "finished_at": _iso(rollout.finished_at),
+        "waves": [_wave_view(s.to_dict()) for s in rollout.wave_summaries()],
+        "devices": rollout.status_counts(), "assigned": rollout.assigned_count(),
+    }
+
+
+_BEFORE_TIMES = ("id", "model", "version", "selector", "state", "current_wave", "halt_reason", "policy", "seed",
+                 "profiles")
+
+
+def _view(row: RolloutRow, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary`` with the header row's times and log, in the view's order (a copy: summaries are shared)."""
+    rest: dict[str, Any] = copy.deepcopy(dict(summary))
+    view = {k: rest.pop(k) for k in _BEFORE_TIMES}
+    return {**view, "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at), **rest,
+            "log": list(row.log[-50:])}
 
 
 def _wave_view(wave: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +241,16 @@ def _stored_messages(device_id: str, reported: Any, online: bool) -> list[tuple[
 _Assigning = AssignVersion | AssignPrevious | AssignCandidate | WithdrawCandidate
 
 
+@dataclass(frozen=True)
+class _Change:
+    """A rollout changed (or looked at) in a transaction: to keep and publish once it commits."""
+
+    row: RolloutRow
+    rollout: Rollout
+    issued: list[IssuedAssignment]
+    view: dict[str, Any]
+
+
 def _wanted(action: _Assigning) -> Wanted:
     """The desired entry an assigning action names."""
     if isinstance(action, AssignVersion):
@@ -256,7 +281,7 @@ class RolloutEngine:
         self.malformed_reports = 0  # reported documents skipped for their shape (docs/contracts.md)
         self._malformed_devices: set[str] = set()  # logged once each
         self._handoff: Callable[[list[IssuedAssignment]], None] | None = None
-        self.store = RolloutStore()
+        self.store = RolloutStore(rollout_summary)
 
     def hand_publishing_to(self, handoff: Callable[[list[IssuedAssignment]], None] | None) -> None:
         """Let ``handoff`` publish what this engine issues from now on (None: publish inline again).
@@ -310,19 +335,31 @@ class RolloutEngine:
 
     def get(self, rollout_id: str, *, devices: bool = False) -> dict[str, Any]:
         with self.db.session() as session:
-            row = session.scalars(self.store.share_lock(session, self.store.header_query(rollout_id))).one_or_none()
+            row = session.scalars(self.store.header_query(rollout_id)).one_or_none()
             if row is None:
                 raise NotFoundError(f"no rollout {rollout_id}", fix="list rollouts with `edgefleet rollouts list`")
+            summary = None if devices else self.store.summary(rollout_id, row.revision)
+            if summary is not None:
+                return _view(row, summary)  # this revision was stored or read here: no device row read
+            row = session.scalars(self.store.share_lock(session, self.store.header_query(rollout_id))
+                                  .execution_options(populate_existing=True)).one()
             [(row, rollout)] = self.store.read(session, [row])
             return rollout_view(row, rollout, devices=devices)
 
     def list_rollouts(self, *, state: str | None = None) -> list[dict[str, Any]]:
         with self.db.session() as session:
-            query = select(RolloutRow).order_by(RolloutRow.created_at.desc(), RolloutRow.id)
+            query = select(RolloutRow).order_by(RolloutRow.created_at.desc(), RolloutRow.id).options(
+                defer(RolloutRow.spec))
             if state is not None:
                 query = query.where(RolloutRow.state == state)
-            rows = list(session.scalars(self.store.share_lock(session, query)))
-            return [rollout_view(r, rollout) for r, rollout in self.store.read(session, rows)]
+            rows = list(session.scalars(query))
+            summaries = {r.id: self.store.summary(r.id, r.revision) for r in rows}
+            missing = [r.id for r in rows if summaries[r.id] is None]
+            if missing:
+                locked = session.scalars(self.store.share_lock(session, query.where(RolloutRow.id.in_(missing)))
+                                         .execution_options(populate_existing=True))
+                summaries.update((r.id, rollout_summary(rollout)) for r, rollout in self.store.read(session, locked))
+            return [_view(r, summaries[r.id] or {}) for r in rows]
 
     def pause(self, rollout_id: str) -> dict[str, Any]:
         return self._change(rollout_id, lambda r, now, _s: r.pause(now), "paused by an operator")
@@ -389,20 +426,27 @@ class RolloutEngine:
         self._apply([_Input(device_id, "online" if online else "offline")])
 
     def _apply(self, inputs: Sequence[_Input]) -> None:
-        for rollout_id, model in self._live():
-            # By model, not by the event's rollout id: one model has at most one live rollout,
-            # and a device's assignment may carry another rollout's id (another model's, or a
-            # refresh) while it updates this model. The core filters by device and version.
-            relevant = [i for i in inputs if i.model in (None, model)]
-            if relevant:
-                self._feed(rollout_id, relevant)
+        # One transaction for the whole batch, the live rollouts' lookup included: per batch,
+        # the round trips of a session are what is left to pay once only changed rows are written.
+        with self.db.session() as session:
+            changes = []
+            for rollout_id, model in self._live(session):  # in id order: the order rollouts are locked in
+                # By model, not by the event's rollout id: one model has at most one live rollout,
+                # and a device's assignment may carry another rollout's id (another model's, or a
+                # refresh) while it updates this model. The core filters by device and version.
+                relevant = [i for i in inputs if i.model in (None, model)]
+                if relevant:
+                    changes.append(self._feed(session, rollout_id, relevant))
+        for change in changes:
+            self._changed(change)
 
-    def _feed(self, rollout_id: str, inputs: Sequence[_Input]) -> None:
+    def _feed(self, session: Session, rollout_id: str, inputs: Sequence[_Input]) -> _Change:
         # Each input is checked against the state the ones before it left: a repeated "online"
         # (every report of an updating device says so) changes nothing, and feeding it anyway
         # would re-evaluate every wave, a pass over the whole fleet; the tick re-evaluates for time.
-        self._change(rollout_id, lambda r, now, _s: [a for i in inputs if i.matters(r) for a in i.feed(r, now)],
-                     None, only_if=lambda r: any(i.matters(r) for i in inputs), view=False)
+        return self._change_in(session, rollout_id,
+                               lambda r, now, _s: [a for i in inputs if i.matters(r) for a in i.feed(r, now)],
+                               None, only_if=lambda r: any(i.matters(r) for i in inputs), view=False)
 
     def reconcile(self) -> bool:
         """Replay the last reports of every device in flight in a live rollout; False: try again later.
@@ -487,10 +531,12 @@ class RolloutEngine:
                 actions += rollout.add_device(device, now)
         return actions + rollout.tick(now)
 
-    def _live(self) -> list[tuple[str, str]]:
-        with self.db.session() as session:
-            return [(r.id, r.model) for r in session.execute(
-                select(RolloutRow.id, RolloutRow.model).where(RolloutRow.state.in_(LIVE_STATES)).order_by(RolloutRow.id))]
+    def _live(self, session: Session | None = None) -> list[tuple[str, str]]:
+        if session is None:
+            with self.db.session() as own:
+                return self._live(own)
+        return [(r.id, r.model) for r in session.execute(
+            select(RolloutRow.id, RolloutRow.model).where(RolloutRow.state.in_(LIVE_STATES)).order_by(RolloutRow.id))]
 
     def _lock_model(self, session: Session, model: str) -> None:
         """Serialise rollout creation per model, so two replicas cannot both start one."""
@@ -511,36 +557,47 @@ class RolloutEngine:
     def _change(self, rollout_id: str, step: Callable[[Rollout, datetime, Session], list[Action]], note: str | None, *,
                 only_if: Callable[[Rollout], bool] | None = None, view: bool = True) -> dict[str, Any]:
         """Run ``step`` on the rollout under its row lock and store what it changed; its view (if ``view``)."""
-        now = self.clock()
         with self.db.session() as session:
-            row = self._lock(session, rollout_id)
-            if row is None:
-                raise NotFoundError(f"no rollout {rollout_id}", fix="list rollouts with `edgefleet rollouts list`")
-            # The copy this process holds when the revision is still its own: most messages
-            # concern no rollout or change nothing, and then this costs the lock alone.
-            rollout = self.store.load(session, row)
-            if only_if is not None and not only_if(rollout):
-                self.store.keep(rollout_id, row.revision, rollout)
-                return {}
-            wave_before, logged = rollout.current_wave, len(row.log)
-            stages_before = dict(rollout.stages)
-            header_before = rollout.header_to_dict()
-            actions = step(rollout, now, session)
-            if note:
-                self._log(row, now, note)
-            issued = self._execute(session, row, rollout, actions, now)
-            if rollout.current_wave != wave_before:
-                self._log(row, now, f"wave {rollout.current_wave + 1} started")
-            self._log_stages(row, now, stages_before, rollout)
-            if rollout.changed_devices() or rollout.header_to_dict() != header_before or len(row.log) != logged:
-                # most ticks change nothing: leave the row (and its updated_at) alone then
-                self.store.save(session, row, rollout, now)
-            result = rollout_view(row, rollout) if view else {}
-        # Committed: the copy is this revision's. Had anything failed, the copy (changed in
-        # memory, not in the database) would be dropped with the exception instead.
-        self.store.keep(rollout_id, row.revision, rollout)
-        self._publish(issued)
-        return result
+            change = self._change_in(session, rollout_id, step, note, only_if=only_if, view=view)
+        return self._changed(change)
+
+    def _change_in(self, session: Session, rollout_id: str, step: Callable[[Rollout, datetime, Session], list[Action]],
+                   note: str | None, *, only_if: Callable[[Rollout], bool] | None = None,
+                   view: bool = True) -> _Change:
+        """``_change``'s work inside ``session``; the caller commits, then hands the result to ``_changed``."""
+        now = self.clock()
+        row = self._lock(session, rollout_id)
+        if row is None:
+            raise NotFoundError(f"no rollout {rollout_id}", fix="list rollouts with `edgefleet rollouts list`")
+        # The copy this process holds when the revision is still its own: most messages
+        # concern no rollout or change nothing, and then this costs the lock alone.
+        rollout = self.store.load(session, row)
+        if only_if is not None and not only_if(rollout):
+            return _Change(row, rollout, [], {})
+        wave_before, logged = rollout.current_wave, len(row.log)
+        stages_before = dict(rollout.stages)
+        header_before = rollout.header_to_dict()
+        actions = step(rollout, now, session)
+        if note:
+            self._log(row, now, note)
+        issued = self._execute(session, row, rollout, actions, now)
+        if rollout.current_wave != wave_before:
+            self._log(row, now, f"wave {rollout.current_wave + 1} started")
+        self._log_stages(row, now, stages_before, rollout)
+        if rollout.changed_devices() or rollout.header_to_dict() != header_before or len(row.log) != logged:
+            # most ticks change nothing: leave the row (and its updated_at) alone then
+            self.store.save(session, row, rollout, now)
+        return _Change(row, rollout, issued, rollout_view(row, rollout) if view else {})
+
+    def _changed(self, change: _Change) -> dict[str, Any]:
+        """After the commit: the copy is this revision's, and the assignments may go out.
+
+        Had anything failed, the copy (changed in memory, not in the database) would have been
+        dropped with the exception instead, and nothing published.
+        """
+        self.store.keep(change.row.id, change.row.revision, change.rollout)
+        self._publish(change.issued)
+        return change.view
 
     def _execute(self, session: Session, row: RolloutRow, rollout: Rollout, actions: Iterable[Action],
                  now: datetime) -> list[IssuedAssignment]:

@@ -8,9 +8,12 @@ call with the time passed in (``start``, ``device_event``, ``device_reported``,
 ``add_device``, and ``assignment_issued``, which records the counter an assignment went out
 under); every
 output is a list of :data:`Action` values the I/O layer carries out (sign and publish an
-assignment, record a halt, raise an alert). ``to_dict``/``from_dict`` is the whole state, so
-an engine keeps it as JSON in the database, loads it under a row lock, calls one method,
-stores it and executes the actions: a server restart loses nothing, and two replicas never
+assignment, record a halt, raise an alert). ``to_dict``/``from_dict`` is the whole state, in
+three parts an engine may store apart (``spec_to_dict``, written once; ``header_to_dict``, small;
+one ``DeviceRecord`` per device, rebuilt with ``from_parts``), and ``changed_devices`` names the
+records changed since ``mark_stored``: an engine loads it under a row lock, calls one method,
+stores the header and the changed records and executes the actions, so a batch of events
+costs what it changes (issue 13). A server restart loses nothing, and two replicas never
 advance a wave twice because the lock, not this object, serialises them.
 
 The rules (docs/rollouts.md tells them with an example timeline):
@@ -850,13 +853,20 @@ class Rollout:
             return 0
         return sum(1 for d in self.devices.values() if d.wave is not None and d.wave <= self.current_wave)
 
-    def next_deadline(self) -> datetime | None:
-        """When a ``tick`` could next change something (a bake or a stage ends, a device times out)."""
+    def next_deadline(self, *, exact: bool = True) -> datetime | None:
+        """When a ``tick`` could next change something (a bake or a stage ends, a device times out).
+
+        ``exact=False`` may answer earlier (never later) without looking at every device in
+        flight: the earliest device timeout is then the bound the core keeps as records change.
+        """
         if self.state not in _LIVE:
             return None
-        assigned = (self.devices[d] for d in self._assigned)
-        moments = [d.assigned_at + self.policy.device_timeout for d in assigned
-                   if d.assigned_at is not None and self._may_time_out(d)]
+        if exact:
+            assigned = (self.devices[d] for d in self._assigned)
+            moments = [d.assigned_at + self.policy.device_timeout for d in assigned
+                       if d.assigned_at is not None and self._may_time_out(d)]
+        else:
+            moments = [] if self._timeouts_from is None else [self._timeouts_from]
         if self.state is RolloutState.RUNNING:
             summary = self._summary(self.current_wave)
             if summary.last_commit_at is not None:
@@ -975,7 +985,7 @@ class Rollout:
     def _put(self, record: DeviceRecord) -> None:
         old = self.devices.get(record.device_id)
         if old is not None:
-            self._unindex(old)
+            self._unindex(old, record)
         self.devices[record.device_id] = record
         self._index(record)
         self._changed.add(record.device_id)
@@ -1009,7 +1019,7 @@ class Rollout:
             last = self._last_commit[record.wave]
             self._last_commit[record.wave] = record.finished_at if last is None else max(last, record.finished_at)
 
-    def _unindex(self, record: DeviceRecord) -> None:
+    def _unindex(self, record: DeviceRecord, successor: DeviceRecord | None = None) -> None:
         self._status_counts[record.status] -= 1
         self._touched -= record.touched
         self._assigned.discard(record.device_id)
@@ -1019,8 +1029,16 @@ class Rollout:
         self._wave_counts[record.wave][record.status] -= 1
         if record.status is DeviceStatus.CANDIDATE and record.last_event == SHADOWING:
             self._shadowing[record.wave] -= 1
-        if record.status is DeviceStatus.COMMITTED:
-            self._stale_commits.add(record.wave)  # the latest commit may be the one leaving
+        last = self._last_commit[record.wave]
+        if record.status is DeviceStatus.COMMITTED and (last is None or record.finished_at is None
+                                                        or record.finished_at >= last) and not (
+                successor is not None and successor.status is DeviceStatus.COMMITTED
+                and successor.wave == record.wave and successor.finished_at == record.finished_at):
+            # The latest commit may be the one leaving: recount the wave when next asked. Not
+            # when an earlier commit leaves, nor when the record stays committed at the same
+            # time (a committed device reporting again, as each does after its commit): a
+            # recount per report is a pass over the wave per message.
+            self._stale_commits.add(record.wave)
 
     def _members(self, wave: int) -> list[DeviceRecord]:
         return list(self._wave_members[wave].values())

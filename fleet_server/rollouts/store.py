@@ -14,9 +14,13 @@ reuses the held copy if the stored revision is still that one (nobody, no other 
 changed the rollout since) and reads the device rows otherwise. A held copy is handed to ONE
 caller at a time (``load`` takes it out; ``keep`` puts it back after the commit), so two
 threads never share a mutable ``Rollout``, and a transaction that fails leaves nothing held
-that the database does not have. Reads that do not change the rollout take the header's
-share lock on PostgreSQL (``FOR SHARE``), so the device rows they read belong to the
-revision they read; on SQLite a transaction reads one snapshot anyway.
+that the database does not have. With each copy kept it also keeps the rollout's summary (the
+API view's part that comes from the core, made by the ``summarise`` it is given) by revision:
+a status request at an unchanged revision is answered from it, without reading the device
+rows and without taking the copy away from the engine. Reads that need the records
+(``read``) take the header's share lock on PostgreSQL (``FOR SHARE``), so the device rows
+they read belong to the revision they read (on SQLite a transaction reads one snapshot
+anyway), and they never hand out or hold the engine's copy.
 
 This module decides nothing about rollouts (``fleet_server.rollouts.machine`` does) and takes no
 row locks of its own beyond the share lock of a read (``RolloutEngine`` locks for changes).
@@ -25,11 +29,11 @@ row locks of its own beyond the share lock of a read (``RolloutEngine`` locks fo
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer
 
@@ -67,9 +71,11 @@ def record_of(row: Row[Any] | Sequence[Any]) -> DeviceRecord:
 class RolloutStore:
     """Loads and stores rollouts as header and device rows; holds the live ones in memory by revision."""
 
-    def __init__(self) -> None:
+    def __init__(self, summarise: Callable[[Rollout], dict[str, Any]]) -> None:
+        self._summarise = summarise
         self._held: dict[str, tuple[int, Rollout]] = {}
-        self._lock = threading.Lock()  # guards _held only; never held across database work
+        self._summaries: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._lock = threading.Lock()  # guards _held and _summaries; never held across database work
 
     # -- the copies held in memory ----------------------------------------------------------
 
@@ -82,7 +88,11 @@ class RolloutStore:
             return held[1]
 
     def keep(self, rollout_id: str, revision: int, rollout: Rollout) -> None:
-        """Hold ``rollout`` as the state of revision ``revision`` (call once that revision is committed)."""
+        """Hold ``rollout`` as the state of revision ``revision`` (call once that revision is committed).
+
+        The caller gives the copy up: it must not use it afterwards.
+        """
+        self._remember(rollout_id, revision, rollout)
         with self._lock:
             if rollout.state not in _HELD_STATES:
                 self._held.pop(rollout_id, None)
@@ -91,10 +101,28 @@ class RolloutStore:
             if held is None or held[0] < revision:
                 self._held[rollout_id] = (revision, rollout)
 
+    def _remember(self, rollout_id: str, revision: int, rollout: Rollout) -> None:
+        with self._lock:
+            known = self._summaries.get(rollout_id)
+            if known is not None and known[0] >= revision:
+                return
+        summary = self._summarise(rollout)  # O(waves): the core keeps its counts
+        with self._lock:
+            known = self._summaries.get(rollout_id)
+            if known is None or known[0] < revision:
+                self._summaries[rollout_id] = (revision, summary)
+
+    def summary(self, rollout_id: str, revision: int) -> dict[str, Any] | None:
+        """The summary of the rollout at ``revision``, if this process stored or read that revision."""
+        with self._lock:
+            known = self._summaries.get(rollout_id)
+        return known[1] if known is not None and known[0] == revision else None
+
     def forget(self) -> None:
-        """Drop every held copy (the next load reads the rows)."""
+        """Drop every held copy and summary (the next load reads the rows)."""
         with self._lock:
             self._held.clear()
+            self._summaries.clear()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -112,6 +140,10 @@ class RolloutStore:
         held = self._take(row.id, row.revision)
         if held is not None:
             return held
+        return self._read_rows(session, row)
+
+    @staticmethod
+    def _read_rows(session: Session, row: RolloutRow) -> Rollout:
         records = (record_of(r) for r in session.execute(
             select(*_COLUMNS).where(RolloutDeviceRow.rollout_id == row.id)))
         rollout = Rollout.from_parts(row.spec, row.header, records)
@@ -119,14 +151,14 @@ class RolloutStore:
         return rollout
 
     def read(self, session: Session, rows: Iterable[RolloutRow]) -> list[tuple[RolloutRow, Rollout]]:
-        """Rollouts for reading (API views): share-locked on PostgreSQL, held afterwards if live.
+        """Rollouts read from their rows, the caller's own (never the engine's held copy).
 
-        ``rows`` must have been selected with ``share_lock`` applied.
+        ``rows`` must have been selected with ``share_lock`` applied. Their summaries are kept.
         """
         out = []
         for row in rows:
-            rollout = self.load(session, row)
-            self.keep(row.id, row.revision, rollout)  # a read changes nothing: still this revision
+            rollout = self._read_rows(session, row)
+            self._remember(row.id, row.revision, rollout)
             out.append((row, rollout))
         return out
 
@@ -180,7 +212,7 @@ class RolloutStore:
         row.state = rollout.state.value
         row.revision = (row.revision or 0) + 1
         row.updated_at = now
-        row.next_tick_at = rollout.next_deadline()
+        row.next_tick_at = rollout.next_deadline(exact=False)  # a bound: exact would scan the devices in flight
 
     @staticmethod
     def _upsert(session: Session, rollout_id: str, records: Sequence[DeviceRecord]) -> None:
@@ -189,7 +221,8 @@ class RolloutStore:
             return
         dialect = session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        statement = insert(RolloutDeviceRow)
+        # On the table, not the ORM class: the ORM's bulk path costs more than the statement.
+        statement = insert(cast(Table, RolloutDeviceRow.__table__))
         statement = statement.on_conflict_do_update(
             index_elements=[RolloutDeviceRow.rollout_id, RolloutDeviceRow.device_id],
             set_={f: statement.excluded[f] for f in _FIELDS if f != "device_id"})

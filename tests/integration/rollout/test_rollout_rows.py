@@ -26,7 +26,7 @@ from edgefleet import topics
 from edgefleet.assignment import DirectorSigner
 from fleet_server.db import Database, alembic_config, upgrade
 from fleet_server.rollouts.assignments import Assignments
-from fleet_server.rollouts.engine import RolloutEngine
+from fleet_server.rollouts.engine import RolloutEngine, rollout_summary
 from fleet_server.rollouts.machine import Rollout, RolloutPolicy, RolloutState
 from fleet_server.rollouts.reports import DeviceReport
 from fleet_server.rollouts.stage import ShadowPolicy
@@ -81,7 +81,7 @@ def _store_document(db: Database, rollout_id: str, document: dict[str, Any]) -> 
 def _load(db: Database, rollout_id: str) -> Rollout:
     with db.session() as session:
         row = session.scalars(select(RolloutRow).where(RolloutRow.id == rollout_id)).one()
-        return RolloutStore().load(session, row)
+        return RolloutStore(rollout_summary).load(session, row)
 
 
 def test_migration_splits_stored_documents_into_rows_and_back(empty_url: str) -> None:
