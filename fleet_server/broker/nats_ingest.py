@@ -291,8 +291,10 @@ class JetStreamIngest:
                     log.info("fetching from %s again after %.1f s", STREAM, time.monotonic() - failing_since)
                     failing_since = None
                 if messages:
-                    self._add(fetched=len(messages),
-                              redelivered=sum(1 for m in messages if m.metadata.num_delivered > 1))
+                    again = sum(1 for m in messages if m.metadata.num_delivered > 1)
+                    self._add(fetched=len(messages), redelivered=again)
+                    if again:  # a replica (or this one, through a node that died) took them and never acked
+                        log.info("%d of %d messages fetched are redeliveries", again, len(messages))
                     # The handler may block (a full writer queue pushes back): off the event
                     # loop, so nats-py keeps answering the cluster's pings meanwhile.
                     await asyncio.to_thread(self._hand_over, messages)
