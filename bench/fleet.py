@@ -127,3 +127,30 @@ def count_rows(database_url: str, table: str) -> int:
             return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
     finally:
         db.dispose()
+
+
+@contextlib.contextmanager
+def broker(kind: str, work: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """A broker for a run: (the devices' MQTT URL, the servers' broker_url, the servers' extra settings).
+
+    ``mosquitto``: one anonymous Mosquitto. ``nats``: a three-node NATS cluster on loopback
+    (``simulation.nats``), the devices on its first node's MQTT port, the server consuming
+    through JetStream (docs/deployment.md "Scaling out").
+    """
+    from simulation.fleet import MosquittoProcess, Supervisor
+
+    if kind == "nats":
+        from simulation.nats import NatsCluster
+
+        supervisor = Supervisor(work / "logs")
+        try:
+            cluster = NatsCluster(supervisor, work / "nats").start()
+            yield (cluster.mqtt_urls[0], ",".join(cluster.mqtt_urls),
+                   {"EDGEFLEET_NATS_URL": ",".join(cluster.nats_urls)})
+        finally:
+            supervisor.stop_all()
+        return
+    if kind != "mosquitto":
+        raise BenchError(f"no broker kind {kind!r}: mosquitto or nats")
+    with MosquittoProcess(None, work / "mosquitto", auth=False, persistence=False) as mosquitto:
+        yield mosquitto.url, mosquitto.url, {}

@@ -191,10 +191,14 @@ def test_metrics_parse_and_carry_rollout_progress(server: RunningServer) -> None
     with server.ctx.db.session() as session:
         from sqlalchemy import text
 
-        document = {"devices": [{"status": "committed"}, {"status": "committed"}, {"status": "failed"}]}
-        session.execute(text("INSERT INTO rollouts (id, model, version, state, document, log, created_at, updated_at) "
-                             "VALUES ('r1', 'digits', '1.0.0', 'halted', :doc, '[]', :now, :now)"),
-                        {"doc": json.dumps(document), "now": "2026-11-25 12:00:00+00:00"})
+        session.execute(text("INSERT INTO rollouts (id, model, version, state, spec, header, log, created_at, "
+                             "updated_at) VALUES ('r1', 'digits', '1.0.0', 'halted', '{}', :header, '[]', :now, :now)"),
+                        {"header": json.dumps({"stages": []}), "now": "2026-11-25 12:00:00+00:00"})
+        # one row per device record (issue 13); /metrics counts them by status
+        for device, status in (("d1", "committed"), ("d2", "committed"), ("d3", "failed")):
+            session.execute(text("INSERT INTO rollout_devices (rollout_id, device_id, profile, status, online, "
+                                 "joined_late, reason) VALUES ('r1', :device, 'rpi4-64', :status, true, false, '')"),
+                            {"device": device, "status": status})
     metrics = _metrics(server)
     assert metrics[("edgefleet_rollout_devices", (("model", "digits"), ("rollout", "r1"), ("status", "committed"),
                                                   ("version", "1.0.0")))] == 2

@@ -162,9 +162,10 @@ def test_series_stay_bounded_unknown_versions_and_old_rollouts_make_none(
         client.disconnect()
     with server.ctx.db.session() as session:
         for i in range(KEEP_FINISHED_ROLLOUTS + 3):
-            session.execute(text("INSERT INTO rollouts (id, model, version, state, document, log, created_at, "
-                                 "updated_at) VALUES (:id, 'digits', '1.0.0', 'completed', :doc, '[]', :at, :at)"),
-                            {"id": f"done-{i}", "doc": json.dumps({"devices": []}),
+            session.execute(text("INSERT INTO rollouts (id, model, version, state, spec, header, log, created_at, "
+                                 "updated_at) VALUES (:id, 'digits', '1.0.0', 'completed', '{}', :header, '[]', :at, "
+                                 ":at)"),
+                            {"id": f"done-{i}", "header": json.dumps({"stages": []}),
                              "at": f"2026-11-{10 + i:02d} 12:00:00+00:00"})
         # a live rollout in its wave 1 shadow stage (issue 18): one series per figure of a closed set
         stage = {"wave": 0, "mode": "shadow", "started_at": "2026-11-01T12:00:00+00:00", "sent": 2,
@@ -172,9 +173,9 @@ def test_series_stay_bounded_unknown_versions_and_old_rollouts_make_none(
                  "figures_at": "2026-11-01T12:02:00+00:00",
                  "figures": {"kind": "shadow", "requests": 1204, "agreement": 0.61, "candidate_p99_ms": 2.5,
                              "serving_p99_ms": None, "device_id_list": ["dev-1"], "serving_buckets": [1, 2]}}
-        session.execute(text("INSERT INTO rollouts (id, model, version, state, document, log, created_at, updated_at) "
-                             "VALUES ('live', 'digits', '1.0.0', 'running', :doc, '[]', :at, :at)"),
-                        {"doc": json.dumps({"devices": [], "stages": [stage]}), "at": "2026-11-01 12:00:00+00:00"})
+        session.execute(text("INSERT INTO rollouts (id, model, version, state, spec, header, log, created_at, "
+                             "updated_at) VALUES ('live', 'digits', '1.0.0', 'running', '{}', :header, '[]', :at, :at)"),
+                        {"header": json.dumps({"stages": [stage]}), "at": "2026-11-01 12:00:00+00:00"})
     samples, _, body = scrape(server)
     assert samples[("edgefleet_model_predictions_total", DIGITS)] == 3
     assert "9.9.9" not in body
