@@ -28,7 +28,6 @@ from urllib.parse import urlparse
 
 from bench import fleet
 from bench.errors import BenchError
-from simulation.fleet import MosquittoProcess
 
 DEVICES = 100
 # (label, database, replicas, broker): "mosquitto" (one node, $share subscription, manual acks) or
@@ -94,29 +93,10 @@ def _replicas(count: int, work: Path, broker_url: str, url: str,
         yield [stack.enter_context(fleet.server(work / "server", broker_url, url, env)) for _ in range(count)]
 
 
-@contextlib.contextmanager
-def _broker(kind: str, work: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
-    """(the publishers' MQTT URL, the servers' broker_url, the servers' extra settings)."""
-    if kind == "nats":
-        from simulation.fleet import Supervisor
-        from simulation.nats import NatsCluster
-
-        supervisor = Supervisor(work / "logs")
-        try:
-            cluster = NatsCluster(supervisor, work / "nats").start()
-            yield (cluster.mqtt_urls[0], ",".join(cluster.mqtt_urls),
-                   {"EDGEFLEET_NATS_URL": ",".join(cluster.nats_urls)})
-        finally:
-            supervisor.stop_all()
-        return
-    with MosquittoProcess(None, work / "mosquitto", auth=False, persistence=False) as broker:
-        yield broker.url, broker.url, {}
-
-
 def _one_setup(label: str, db_kind: str, replicas: int, per_device: int, work: Path,
                broker_kind: str = "mosquitto") -> dict[str, Any]:
     ids = [f"ingest-{i:04d}" for i in range(DEVICES)]
-    with _broker(broker_kind, work) as (publish_url, broker_url, env), \
+    with fleet.broker(broker_kind, work) as (publish_url, broker_url, env), \
             fleet.database(work, db_kind) as (url, got_kind), _replicas(replicas, work, broker_url, url, env) as servers:
         fleet.seed(url, ids)
         sent = DEVICES * per_device
