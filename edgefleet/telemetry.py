@@ -16,7 +16,7 @@ stores and merges them). One batch covers one reporting interval of one device:
                      (both versions answered), agreed, skipped (shed under load), candidate errors,
                      the sum of relative errors (regressors), latency buckets of both versions over
                      the compared requests. ``shadow_figures`` adds records up; ``bucket_quantile``
-                     reads a percentile off bucket counts.
+                     reads a percentile off bucket counts (a bucket's upper bound, or interpolated).
 
 Counts are for the interval only (deltas), so the server merges devices and time windows by
 adding. Wire form (``encode``/``decode``): one version byte (``WIRE_VERSION``) followed by
@@ -303,12 +303,19 @@ def shadow_figures(records: Sequence[ShadowRecord]) -> ShadowRecord:
                         sum(r.skipped for r in records), sum(r.errors for r in records), rel, serving, candidate)
 
 
-def bucket_quantile(counts: Sequence[int], q: float) -> float | None:
-    """The upper bound (seconds) of the ``LATENCY_BUCKETS_S`` bucket holding quantile ``q`` (0-1).
+def bucket_quantile(counts: Sequence[int], q: float, *, interpolate: bool = False,
+                    bounds: Sequence[float] = LATENCY_BUCKETS_S) -> float | None:
+    """Quantile ``q`` (0-1), in seconds, of counts in the ``bounds`` buckets (one overflow bucket after them).
 
-    None without counts; ``math.inf`` when it falls in the overflow bucket. A bucket's upper
-    bound, as Prometheus's ``histogram_quantile`` would at worst: coarse (the buckets are about
-    2.5x apart), but the same on every side, so a ratio of two versions' p99s is fair.
+    None without counts. Two readings of the bucket that holds the quantile:
+
+    - ``interpolate=False``: its upper bound, as Prometheus's ``histogram_quantile`` would at
+      worst; ``math.inf`` in the overflow bucket. Coarse (the buckets are about 2.5x apart), but
+      the same on every side.
+    - ``interpolate=True``: linear inside it, from its lower bound (0 for the first); the last
+      bound in the overflow bucket (what is known: "at least"). A rollout's shadow stage reads
+      p99s so (``fleet_server.rollouts.stage``): of two upper bounds the ratio is 1 or >= 2, so
+      a ``--max-latency-ratio 1.5`` could never be told from 2; interpolated, it can.
     """
     total = sum(counts)
     if total <= 0:
@@ -316,10 +323,18 @@ def bucket_quantile(counts: Sequence[int], q: float) -> float | None:
     rank = q * total
     seen = 0
     for index, n in enumerate(counts):
+        if n and seen + n >= rank:
+            if index >= len(bounds):
+                return float(bounds[-1]) if interpolate else math.inf
+            if not interpolate:
+                return bounds[index]
+            low = 0.0 if index == 0 else bounds[index - 1]
+            return low + (bounds[index] - low) * max(0.0, rank - seen) / n
         seen += n
-        if seen >= rank and n:
-            return LATENCY_BUCKETS_S[index] if index < len(LATENCY_BUCKETS_S) else math.inf
-    return math.inf if len(counts) > len(LATENCY_BUCKETS_S) else LATENCY_BUCKETS_S[len(counts) - 1]
+    # Only for q > 1: the rank lies past every count.
+    if interpolate:
+        return float(bounds[-1])
+    return math.inf if len(counts) > len(bounds) else bounds[len(counts) - 1]
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ usual way; fail, and the rollout halts with the figures as its reason.
   validated (errors carry a ``fix``) and round-tripped through ``to_dict``/``from_dict``.
 * :class:`ShadowFigures`: a wave's shadow records (the telemetry batch's ``sh`` key) added up:
   compared, agreed, skipped, candidate errors, relative error, and the latency buckets of both
-  versions over the compared requests, from which p50/p99 come (interpolated inside a bucket,
-  as Prometheus' ``histogram_quantile`` does, since the buckets are 2-2.5x apart).
+  versions over the compared requests, from which p50/p99 come (``edgefleet.telemetry.bucket_quantile``
+  interpolated inside a bucket, as Prometheus' ``histogram_quantile`` does, since the buckets are
+  2-2.5x apart).
 * :class:`CanaryFigures`: feedback labels and correct answers per arm (A: the serving versions,
   B: the candidate), from the model records the devices already send.
 * :func:`judge_shadow`, :func:`judge_canary`: the verdict, with a reason a person can act on
@@ -46,7 +47,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from edgefleet.telemetry import LATENCY_BUCKETS_S
+from edgefleet.telemetry import LATENCY_BUCKETS_S, bucket_quantile
 from fleet_server.errors import InvalidInputError
 
 __all__ = [
@@ -64,7 +65,6 @@ __all__ = [
     "judge",
     "judge_canary",
     "judge_shadow",
-    "quantile",
     "stage_from_dict",
     "summary",
 ]
@@ -180,30 +180,6 @@ def _add(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
     return tuple((a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(width))
 
 
-def quantile(buckets: Sequence[int], q: float, bounds: Sequence[float] = LATENCY_BUCKETS_S) -> float | None:
-    """The ``q`` quantile (seconds) of counts in ``bounds`` buckets (one overflow bucket after them).
-
-    Linear inside the bucket that holds it, from its lower bound (0 for the first); a quantile
-    in the overflow bucket is the last bound (what is known: "at least"). None for no counts.
-    Not ``edgefleet.telemetry.bucket_quantile``, which answers the bucket's upper bound: the
-    buckets are 2-2.5x apart, so a ratio of two such p99s is 1 or >= 2 and a
-    ``--max-latency-ratio 1.5`` could never be told from 2; interpolated, it can.
-    """
-    total = sum(buckets)
-    if total <= 0:
-        return None
-    rank = q * total
-    seen = 0
-    for index, count in enumerate(buckets):
-        if count and seen + count >= rank:
-            if index >= len(bounds):
-                return float(bounds[-1])
-            low = 0.0 if index == 0 else bounds[index - 1]
-            return low + (bounds[index] - low) * max(0.0, rank - seen) / count
-        seen += count
-    return float(bounds[-1])
-
-
 @dataclass(frozen=True)
 class ShadowFigures:
     """A wave's shadow records added up (any number of devices and intervals)."""
@@ -255,7 +231,8 @@ class ShadowFigures:
 
     def latency(self, which: str, q: float) -> float | None:
         """``which`` ("serving" | "candidate") quantile ``q`` in seconds."""
-        return quantile(self.serving_buckets if which == "serving" else self.candidate_buckets, q)
+        return bucket_quantile(self.serving_buckets if which == "serving" else self.candidate_buckets, q,
+                               interpolate=True)
 
     @property
     def latency_ratio(self) -> float | None:

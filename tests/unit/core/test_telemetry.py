@@ -387,3 +387,24 @@ def test_a_percentile_is_read_off_the_buckets_as_the_upper_bound_of_its_bucket()
     assert telemetry.bucket_quantile((0, 98, 0, 2), 0.99) == bounds[3]
     assert telemetry.bucket_quantile((1,) + (0,) * len(bounds) + (0,), 0.5) == bounds[0]
     assert telemetry.bucket_quantile((0,) * len(bounds) + (3,), 0.5) == math.inf
+    # interpolated: inside the bucket, and the last bound (not inf) in the overflow bucket
+    assert telemetry.bucket_quantile((0,) * len(bounds) + (3,), 0.5, interpolate=True) == bounds[-1]
+    assert telemetry.bucket_quantile((), 0.5, interpolate=True) is None
+
+
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=len(telemetry.LATENCY_BUCKETS_S) + 1),
+       st.floats(0.01, 1.0))
+def test_an_interpolated_percentile_lies_inside_the_bucket_that_holds_it(buckets: list[int], q: float) -> None:
+    value = telemetry.bucket_quantile(buckets, q, interpolate=True)
+    if not sum(buckets):
+        assert value is None
+        return
+    assert value is not None and 0 <= value <= telemetry.LATENCY_BUCKETS_S[-1]
+    # monotone in q
+    lower = telemetry.bucket_quantile(buckets, q / 2, interpolate=True)
+    assert lower is not None and lower <= value + 1e-12
+
+
+def test_a_percentile_interpolates_so_a_ratio_of_1_5_can_be_told_from_2() -> None:
+    # all in the 1-2.5 ms bucket: median at 1.75 ms, not the bound 2.5 ms
+    assert telemetry.bucket_quantile((0, 0, 0, 0, 4), 0.5, interpolate=True) == pytest.approx(0.00175)

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgefleet.telemetry import LATENCY_BUCKETS_S
 from fleet_server.rollouts.machine import RolloutPolicy
 from fleet_server.rollouts.stage import (
     CanaryFigures,
@@ -20,7 +19,6 @@ from fleet_server.rollouts.stage import (
     judge,
     judge_canary,
     judge_shadow,
-    quantile,
     stage_from_dict,
     summary,
 )
@@ -70,24 +68,6 @@ def test_a_policy_stored_before_stages_reads_as_no_stage() -> None:
 
 
 # -- figures ----------------------------------------------------------------------------------
-
-
-@given(st.lists(st.integers(0, 50), min_size=1, max_size=len(LATENCY_BUCKETS_S) + 1),
-       st.floats(0.01, 1.0))
-def test_quantile_lies_inside_the_bucket_that_holds_it(buckets: list[int], q: float) -> None:
-    value = quantile(buckets, q)
-    if not sum(buckets):
-        assert value is None
-        return
-    assert value is not None and 0 <= value <= LATENCY_BUCKETS_S[-1]
-    # monotone in q
-    lower = quantile(buckets, q / 2)
-    assert lower is not None and lower <= value + 1e-12
-
-
-def test_quantile_interpolates_so_a_ratio_of_1_5_can_be_told_from_2() -> None:
-    # all in the 1-2.5 ms bucket: median at 1.75 ms, not the bound 2.5 ms
-    assert quantile((0, 0, 0, 0, 4), 0.5) == pytest.approx(0.00175)
 
 
 _records = st.lists(st.builds(
