@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from edgefleet import topics
 from fleet_server.errors import ServerError
+from fleet_server.telemetry._periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -159,30 +160,25 @@ class LivenessMonitor:
         self._last_probe = -float("inf")
         self._last_count = -float("inf")
         self._enrolled_count = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="edgefleet-liveness", daemon=True)
+        # A first tick at once: the first probe goes out as soon as the server is connected.
+        self._loop = Periodic("edgefleet-liveness", self._tick_logged, self.tick_s, at_once=True)
 
     def problems(self) -> list[Problem]:
         with self._lock:
             return list(self._problems)
 
     def start(self) -> LivenessMonitor:
-        self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
 
-    def _run(self) -> None:
-        while True:  # a first tick at once: the first probe goes out as soon as the server is connected
-            try:
-                self.tick()
-            except Exception:  # the watchdog must outlive a database or broker hiccup
-                log.exception("the ingest liveness check failed; trying again")
-            if self._stop.wait(self.tick_s):
-                return
+    def _tick_logged(self) -> None:
+        try:
+            self.tick()
+        except Exception:  # the watchdog must outlive a database or broker hiccup
+            log.exception("the ingest liveness check failed; trying again")
 
     def tick(self) -> list[Problem]:
         """One round: probe if due, judge, log what changed. Returns the problems now."""

@@ -19,7 +19,6 @@ This module decides nothing about thresholds (``fleet_server.telemetry.alerts``)
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fleet_server.db import Database
 from fleet_server.errors import ServerError
 from fleet_server.tables import AlertStateRow
+from fleet_server.telemetry._periodic import Periodic
 from fleet_server.telemetry.alert_sinks import AlertSink, dispatch, sinks_from_config
 from fleet_server.telemetry.alerts import AlertConfig, AlertEvaluator, AlertEvent
 from fleet_server.telemetry.views import FleetViews
@@ -49,8 +49,7 @@ class AlertMonitor:
         self.config = config
         self.sinks = list(sinks) if sinks is not None else sinks_from_config(config)
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="edgefleet-alerts", daemon=True)
+        self._loop = Periodic("edgefleet-alerts", self._evaluate_logged, config.evaluate_every_s, at_once=False)
 
     def _lock_row(self, session: Any) -> AlertStateRow:
         insert = postgresql.insert if self.db.engine.dialect.name == "postgresql" else sqlite.insert
@@ -90,17 +89,14 @@ class AlertMonitor:
 
     def start(self) -> AlertMonitor:
         if self.config.rules:
-            self._thread.start()
+            self._loop.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.config.evaluate_every_s):
-            try:
-                self.evaluate()
-            except (SQLAlchemyError, ServerError):
-                log.exception("alert evaluation failed; retrying in %.0f s", self.config.evaluate_every_s)
+    def _evaluate_logged(self) -> None:
+        try:
+            self.evaluate()
+        except (SQLAlchemyError, ServerError):
+            log.exception("alert evaluation failed; retrying in %.0f s", self.config.evaluate_every_s)
