@@ -47,6 +47,7 @@ from agent.state import StateDir
 from agent.update_machine import report_of
 from edgefleet import __version__, logs
 from edgefleet.profiles import Profile
+from edgefleet.telemetry import TELEMETRY_ACK
 
 if TYPE_CHECKING:
     from agent.update_service import UpdateService
@@ -192,9 +193,11 @@ class Daemon:
         reporter = self.reporter
         drift = ({key: reporter.drift_summary(*key) for key in reporter.windows()} if reporter is not None else {})
         outbox = reporter.outbox.stats().rows if reporter is not None and reporter.outbox is not None else None
+        confirmation = ((reporter.unconfirmed(), reporter.resent) if reporter is not None and reporter.confirming
+                        else None)
         families = prometheus.agent_families(serving=serving, totals=self.metrics.totals(),
                                              accuracies=self.metrics.accuracies(), drift=drift, outbox_rows=outbox,
-                                             shadow=self.serving.shadow_totals())
+                                             shadow=self.serving.shadow_totals(), confirmation=confirmation)
         return MediaBody.of(prometheus.render(families), prometheus.CONTENT_TYPE)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -227,6 +230,12 @@ class Daemon:
                 logging.getLogger().setLevel(level)
         elif name == "reverify":
             self.reload()
+        elif name == TELEMETRY_ACK:
+            seqs = args.get("seqs") if isinstance(args, dict) else None
+            if not isinstance(seqs, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs):
+                log.warning("ignoring a telemetry_ack without a list of integer seqs")
+            elif self.reporter is not None:
+                self.reporter.confirmed(seqs)
         else:
             log.warning("ignoring unknown command %r", name)
 

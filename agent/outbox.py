@@ -20,6 +20,10 @@ is offline for hours, or loses power, delivers everything when the link returns,
 * Crash safety is SQLite's: WAL journal, ``synchronous=FULL`` (a committed append survives a
   power cut), each operation one transaction. A crash between PUBACK and ``ack`` publishes that
   row again: delivery is at-least-once and the server deduplicates by (device, seq).
+* Confirmation (``confirming``): once the server has confirmed a stored batch (``telemetry_ack``,
+  docs/telemetry.md "Store and forward"), the flag is set in the file and the reporter deletes
+  a row on the server's confirmation instead of the broker's PUBACK (``ack_many``), so a
+  broker that loses a message it acknowledged loses nothing (``agent.confirmations``).
 
 It does not publish anything (the link does) and does not know what a payload means: it is
 opaque bytes, usually ``edgefleet.telemetry.encode`` output.
@@ -55,7 +59,7 @@ CREATE TABLE IF NOT EXISTS outbox_meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO outbox_meta (key, value) VALUES ('next_seq', 1), ('dropped', 0);
+INSERT OR IGNORE INTO outbox_meta (key, value) VALUES ('next_seq', 1), ('dropped', 0), ('confirming', 0);
 """
 
 
@@ -178,6 +182,59 @@ class Outbox:
                 return [Entry(int(s), int(d), bytes(p)) for s, d, p in cursor.fetchall()]
             except sqlite3.Error as exc:
                 raise OutboxError(f"cannot read the telemetry outbox {self.path}: {exc}") from exc
+
+    def pending_after(self, seq: int, limit: int = 100) -> list[Entry]:
+        """Up to ``limit`` messages with a seq above ``seq``, oldest first (rows not sent yet)."""
+        return self._select("SELECT seq, dropped, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                            (seq, limit))
+
+    def entries(self, seqs: list[int]) -> list[Entry]:
+        """The stored messages among ``seqs``, oldest first (a seq dropped by the cap is absent)."""
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        return self._select(f"SELECT seq, dropped, payload FROM outbox WHERE seq IN ({marks}) ORDER BY seq",
+                            tuple(seqs))
+
+    def _select(self, sql: str, params: tuple[int, ...]) -> list[Entry]:
+        with self._lock:
+            try:
+                cursor = self._db.execute(sql, params)
+                return [Entry(int(s), int(d), bytes(p)) for s, d, p in cursor.fetchall()]
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot read the telemetry outbox {self.path}: {exc}") from exc
+
+    def ack_many(self, seqs: list[int]) -> int:
+        """Forget the messages ``seqs`` (the server confirmed storing them), in one transaction;
+        how many were stored."""
+        if not seqs:
+            return 0
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")  # one fsync for the lot, not one a row
+                try:
+                    cursor = self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot write the telemetry outbox {self.path}: {exc}") from exc
+            return max(cursor.rowcount, 0)
+
+    @property
+    def confirming(self) -> bool:
+        """Whether rows wait for the server's confirmation, not just the broker's PUBACK."""
+        with self._lock:
+            return bool(self._meta("confirming"))
+
+    def set_confirming(self) -> None:
+        """Persist that this server confirms telemetry: kept across restarts, never turned off."""
+        with self._lock:
+            try:
+                self._set_meta("confirming", 1)
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot write the telemetry outbox {self.path}: {exc}") from exc
 
     def ack(self, seq: int) -> bool:
         """Forget the message ``seq`` now that the broker has it; False if it was not stored

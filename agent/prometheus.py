@@ -10,7 +10,9 @@
     edgefleet_agent_drift_rows{model,version}                   input rows in the drift window
     edgefleet_agent_drift_psi_max{model,version}                worst feature PSI over the window
     edgefleet_agent_drift_output_psi{model,version}             PSI of the predicted classes over the window
-    edgefleet_agent_outbox_rows                                 telemetry batches waiting for the broker
+    edgefleet_agent_outbox_rows                                 telemetry batches waiting for the broker (or the server)
+    edgefleet_agent_outbox_unconfirmed                          ... the broker took, not yet confirmed stored by the server
+    edgefleet_agent_outbox_resent_total                         batches published again: no confirmation in time
     edgefleet_agent_shadow_compared_total{model,version,serving}  mirrored requests both versions answered
     edgefleet_agent_shadow_agreed_total{model,version,serving}    ... on which the candidate agreed
     edgefleet_agent_shadow_skipped_total{model,version,serving}   sampled requests shed under load
@@ -101,9 +103,11 @@ def _histogram(family: Family, labels: Labels, buckets: Sequence[int], total_s: 
 
 def agent_families(*, serving: Mapping[str, str], totals: Sequence[Totals], accuracies: Sequence[Accuracy],
                    drift: Mapping[tuple[str, str], Mapping[str, Any] | None],
-                   outbox_rows: int | None, shadow: Sequence[ShadowTotals] = ()) -> list[Family]:
+                   outbox_rows: int | None, shadow: Sequence[ShadowTotals] = (),
+                   confirmation: tuple[int, int] | None = None) -> list[Family]:
     """The families of ``/metrics``: ``serving`` is model -> version serving now, ``drift`` the
-    reporter's ``drift_summary`` per (model, version)."""
+    reporter's ``drift_summary`` per (model, version), ``confirmation`` the reporter's (unconfirmed,
+    resent) once the server confirms stored telemetry (docs/telemetry.md "Store and forward")."""
     info = Family(PREFIX + "serving", "gauge", "1 for each model version this agent serves now")
     for model, version in sorted(serving.items()):
         info.add({"model": model, "version": version}, 1)
@@ -149,6 +153,14 @@ def agent_families(*, serving: Mapping[str, str], totals: Sequence[Totals], accu
         outbox = Family(PREFIX + "outbox_rows", "gauge", "Telemetry batches stored and not yet acknowledged")
         outbox.add({}, outbox_rows)
         families.append(outbox)
+    if confirmation is not None:
+        unconfirmed = Family(PREFIX + "outbox_unconfirmed", "gauge",
+                             "Telemetry batches the broker acknowledged that the server has not confirmed storing")
+        unconfirmed.add({}, confirmation[0])
+        resent = Family(PREFIX + "outbox_resent_total", "counter",
+                        "Telemetry batches published again because no confirmation came in time")
+        resent.add({}, confirmation[1])
+        families += [unconfirmed, resent]
     return families
 
 

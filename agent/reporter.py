@@ -24,6 +24,12 @@ It joins the pure cores (``agent.metrics``, ``agent.drift``, ``agent.outbox``) t
   paho's (it keeps unacknowledged QoS 1 messages and resends them, in order, with their mids);
   after a restart it is the outbox's (every unacknowledged row is still there). Delivery is
   at-least-once: the server stores each (device, seq) once.
+* **End-to-end confirmation** (``confirmed``, the ``telemetry_ack`` command, on the link's
+  dispatch thread): from the first confirmation the server sends on (persisted in the outbox),
+  a PUBACK no longer deletes a row; the server's confirmation does, and a row unconfirmed
+  ``confirm_timeout_s`` after its PUBACK is published again, with backoff
+  (``agent.confirmations``). Against an older server that never confirms, the agent behaves as
+  before: the PUBACK deletes.
 
 It does not decide what the numbers mean (the server does) and holds no MQTT client: the link
 is the only thing that talks to the broker. Events of the update path do not go through here
@@ -39,6 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from agent.confirmations import Confirmations
 from agent.drift import DriftError, DriftWindow
 from agent.metrics import (
     Accuracy,
@@ -48,7 +55,7 @@ from agent.metrics import (
     Metrics,
     ModelKey,
 )
-from agent.outbox import Outbox, OutboxError
+from agent.outbox import Entry, Outbox, OutboxError
 from agent.runtime import ModelSession
 from agent.serving import Served, ServingTable
 from edgefleet.telemetry import DEFAULT_DRIFT_EVERY, DEFAULT_INTERVAL_S, band
@@ -75,7 +82,7 @@ class Reporter:
     def __init__(self, metrics: Metrics, *, device_id: str | None = None, outbox: Outbox | None = None,
                  interval_s: float = DEFAULT_INTERVAL_S, drift_every: int = DEFAULT_DRIFT_EVERY,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT, monotonic: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, confirm_timeout_s: float | None = None) -> None:
         self.metrics = metrics
         self.outbox = outbox
         self.interval_s = interval_s
@@ -100,6 +107,14 @@ class Reporter:
         self._thread: threading.Thread | None = None
         self.published = 0
         self.acknowledged = 0
+        # End-to-end confirmation: 2 intervals by default, so a server flushing every interval has
+        # one whole interval of slack before a row goes out again.
+        self._confirmations = Confirmations(confirm_timeout_s or 2 * interval_s)
+        self._confirm_lock = threading.Lock()  # confirmations: link thread and dispatch thread
+        self.confirming = outbox.confirming if outbox is not None else False
+        self._cursor = 0  # the highest seq handed to the link since start (confirming mode)
+        self.resent = 0
+        self.confirmed_rows = 0
 
     def attach(self, table: ServingTable) -> None:
         """Hook metrics, drift windows and feedback memory to ``table`` (its models included)."""
@@ -261,8 +276,13 @@ class Reporter:
     # -- the link thread ------------------------------------------------------------------------
     def pump(self, publish: Publisher) -> int:
         """Hand pending rows to ``publish`` in seq order, keeping at most ``max_inflight``
-        unacknowledged; returns how many were handed over."""
-        if self.outbox is None or not self._more.is_set():
+        unacknowledged; returns how many were handed over. While confirming, rows past their
+        confirmation deadline go first (again), then rows never sent since start."""
+        if self.outbox is None:
+            return 0
+        if self.confirming:
+            return self._pump_confirming(publish, self.outbox)
+        if not self._more.is_set():
             return 0
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
@@ -270,18 +290,43 @@ class Reporter:
         self._more.clear()  # cleared before reading: an append racing with us sets it again
         inflight = set(self._inflight.values())
         entries = self.outbox.pending(len(inflight) + room)
+        sent = self._hand_over(publish, [e for e in entries if e.seq not in inflight])
+        if len(entries) == len(inflight) + room:
+            self._more.set()  # the read was full: there may be more behind it
+        return sent
+
+    def _pump_confirming(self, publish: Publisher, outbox: Outbox) -> int:
+        room = self.max_inflight - len(self._inflight)
+        now = self._monotonic()
+        with self._confirm_lock:
+            late = (self._confirmations.due(now, room, skip=self._inflight.values())
+                    if room > 0 and self._confirmations.any_due(now) else [])
+        if room <= 0 or (not late and not self._more.is_set()):
+            return 0
+        entries = outbox.entries(late)
+        if len(entries) < len(late):  # dropped by the cap (or confirmed meanwhile): nothing to resend
+            with self._confirm_lock:
+                self._confirmations.forget(set(late) - {e.seq for e in entries})
+        fresh: list[Entry] = []
+        if room > len(entries) and self._more.is_set():
+            self._more.clear()
+            fresh = outbox.pending_after(self._cursor, room - len(entries))
+            if len(fresh) == room - len(entries):
+                self._more.set()
+        sent = self._hand_over(publish, entries + fresh)
+        self.resent += min(sent, len(entries))
+        return sent
+
+    def _hand_over(self, publish: Publisher, entries: list[Entry]) -> int:
         sent = 0
         for entry in entries:
-            if entry.seq in inflight:
-                continue
             mid = publish(entry.payload)
             if mid is None:  # paho's queue is full: try again on a later tick
                 self._more.set()
                 break
             self._inflight[mid] = entry.seq
+            self._cursor = max(self._cursor, entry.seq)
             sent += 1
-        if len(entries) == len(inflight) + room:
-            self._more.set()  # the read was full: there may be more behind it
         self.published += sent
         return sent
 
@@ -289,14 +334,39 @@ class Reporter:
         seq = self._inflight.pop(mid, None)
         if seq is None or self.outbox is None:
             return  # an event or the reported state, not ours
-        self.outbox.ack(seq)
         self.acknowledged += 1
+        if self.confirming:
+            with self._confirm_lock:  # kept until the server says it stored it
+                self._confirmations.sent(seq, self._monotonic())
+        else:
+            self.outbox.ack(seq)
         self._more.set()
+
+    def confirmed(self, seqs: list[int]) -> int:
+        """The server stored ``seqs`` (a ``telemetry_ack`` command): delete them from the outbox,
+        and from now on keep every row until confirmed. Returns how many rows were deleted."""
+        if self.outbox is None:
+            return 0
+        if not self.confirming:
+            self.outbox.set_confirming()
+            self.confirming = True
+            log.info("the server confirms stored telemetry: batches are kept until confirmed")
+        deleted = self.outbox.ack_many(seqs)
+        with self._confirm_lock:
+            self._confirmations.confirm(seqs)
+        self.confirmed_rows += deleted
+        return deleted
+
+    def unconfirmed(self) -> int:
+        """Rows the broker took that the server has not confirmed yet."""
+        with self._confirm_lock:
+            return len(self._confirmations)
 
     def stats(self) -> dict[str, Any]:
         outbox = self.outbox.stats() if self.outbox is not None else None
         return {"interval_s": self.interval_s, "in_flight": len(self._inflight), "published": self.published,
-                "acknowledged": self.acknowledged,
+                "acknowledged": self.acknowledged, "confirming": self.confirming,
+                "unconfirmed": self.unconfirmed(), "resent": self.resent, "confirmed": self.confirmed_rows,
                 "outbox": None if outbox is None else {"rows": outbox.rows, "bytes": outbox.bytes,
                                                         "next_seq": outbox.next_seq,
                                                         "dropped_unreported": outbox.dropped_unreported}}

@@ -55,6 +55,21 @@ DEFAULT_INTERVAL_S = 60.0
 # link may send them on every Nth batch, accumulated: counted in full, sent less often.
 DEFAULT_DRIFT_EVERY = 1
 
+# The server's confirmation of stored telemetry (docs/contracts.md, ``commands``): one command
+# lists seqs of one device that are stored (first copies or duplicates) or refused for good by
+# the database; the agent then deletes those outbox rows. Chunked so a device catching up after
+# a long outage gets several small commands, not one big one.
+TELEMETRY_ACK = "telemetry_ack"
+MAX_ACK_SEQS = 500
+
+
+def ack_commands(seqs: Sequence[int]) -> list[bytes]:
+    """The ``telemetry_ack`` command payloads confirming ``seqs`` (sorted, at most ``MAX_ACK_SEQS`` each)."""
+    ordered = sorted(set(seqs))
+    return [json.dumps({"command": TELEMETRY_ACK, "args": {"seqs": ordered[i:i + MAX_ACK_SEQS]}},
+                       separators=(",", ":")).encode()
+            for i in range(0, len(ordered), MAX_ACK_SEQS)]
+
 # Upper bounds (seconds) of the latency buckets a record counts its requests in (``latency_buckets``),
 # plus one overflow bucket above the last: the buckets of the Prometheus histograms on the server's
 # and the agent's /metrics. Fixed in the contract, so every device's counts add up bucket by bucket;

@@ -251,8 +251,13 @@ class ServerContext:
         embedded = self.embedded_broker is not None
         # Credentials in the URL (mqtt://user:pass@host) win; the embedded broker needs none.
         own_login = not embedded and urlsplit(self.broker_url).username is None
+        from fleet_server.telemetry.acks import TelemetryAcks
+
+        # Stored telemetry is confirmed to each device (telemetry_ack) over the connection that
+        # publishes assignments, so on NATS too it goes where `desired` goes.
+        acks = TelemetryAcks(lambda: self.mqtt.send if self.mqtt is not None else None)
         self.ingest = TelemetryIngest(self.db, clock=self.clock, references=self.fleet_views.reference,
-                                      on_stored=self.metrics.model_counters.add).start()
+                                      on_stored=self.metrics.model_counters.add, on_committed=acks).start()
         self.presence = PresenceIngest(self.devices, self.clock, on_dropped=self.ingest.store_failed)
         fanout = Fanout([])
         # The ingest checks every device message first (issue 14) and stores telemetry and events;

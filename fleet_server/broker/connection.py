@@ -239,6 +239,18 @@ class FleetMqtt:
                         len(confirmed), timeout)
         return confirmed
 
+    def send(self, messages: Sequence[tuple[str, bytes]]) -> int:
+        """Publish every (topic, payload) at QoS 0, waiting for nothing; how many paho took.
+
+        For messages whose loss costs only a repeat (the telemetry confirmations of
+        ``fleet_server.telemetry.acks``): no PUBACK round trip, no place in paho's in-flight
+        window beside the assignments, nothing queued while disconnected."""
+        from paho.mqtt.client import MQTT_ERR_SUCCESS
+
+        if not self.connected.is_set():
+            return 0
+        return sum(self._client.publish(topic, payload, qos=0).rc == MQTT_ERR_SUCCESS for topic, payload in messages)
+
     def retained(self, topic_names: Sequence[str], timeout: float = 30.0) -> dict[str, bytes]:
         """The retained message of each topic named (topics with none are absent), as the broker holds them now.
 

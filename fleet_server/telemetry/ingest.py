@@ -17,6 +17,15 @@ therefore all end as one row. While the database is unreachable the writer retri
 write with a backoff and acks nothing: its queue fills, the handler blocks, and the broker
 holds the rest. The outbox's ``dropped`` field counts only what the device dropped.
 
+Confirmation (``on_committed``): a broker's PUBACK to the device says only that the broker has
+the batch, and a broker can lose what it acknowledged (a Mosquitto killed with messages in
+memory, a NATS stream leader killed while the MQTT gateway had already acked). So after each
+commit the writer hands ``on_committed`` the seqs of every known device's batches in that write
+(first copies, duplicates, and rows the database refused for good): the server publishes them
+to the devices as ``telemetry_ack`` commands (``fleet_server.telemetry.acks``), one per device
+per write, and an agent keeps each batch until it is confirmed (docs/telemetry.md "Store and
+forward"). Batches refused by the checks and those of unknown devices are not confirmed.
+
 The server's own liveness probes (``fleet_server.telemetry.liveness``) arrive on a device topic
 its subscription covers; they are acked and go nowhere else. Every other message is counted
 by kind (``counts().by_kind``: the per-replica ``edgefleet_device_messages_total{kind}``), and
@@ -161,6 +170,7 @@ class IngestCounts:
     rate_per_s: float
     faults: Mapping[tuple[str, str], int] = field(default_factory=dict)
     by_kind: Mapping[str, int] = field(default_factory=dict)  # device messages taken, by topic kind
+    acks_sent: int = 0  # telemetry_ack commands published (on_committed)
 
 
 class _Counters:
@@ -168,7 +178,7 @@ class _Counters:
         self.clock = clock
         self.lock = threading.Lock()
         self.values = dict.fromkeys(("received", "stored", "duplicates", "invalid", "unknown_device",
-                                     "device_dropped", "events_stored", "events_duplicate"), 0)
+                                     "device_dropped", "events_stored", "events_duplicate", "acks_sent"), 0)
         self.by_kind = dict.fromkeys(topics.DEVICE_TO_SERVER, 0)
         self.recent: deque[tuple[float, int]] = deque()  # (second, batches stored in it)
 
@@ -313,14 +323,17 @@ class TelemetryIngest:
     ``references(model, version)`` gives the reference profile the drift shapes are checked
     against (``FleetViews.reference``); without it they are not. ``on_stored(records)`` is called
     on the writer thread with the model records of the batches just committed, first copies only
-    (the per-model counters of ``/metrics``).
+    (the per-model counters of ``/metrics``). ``on_committed(seqs by device)`` is called on the
+    writer thread after each commit with the telemetry seqs to confirm, and returns how many
+    messages it sent (``acks_sent``); it must be quick and never block on the broker.
     """
 
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  max_batch: int = DEFAULT_MAX_BATCH, queue_size: int = DEFAULT_QUEUE_SIZE,
                  linger_s: float = DEFAULT_LINGER_S, monotonic: Callable[[], float] = time.monotonic,
                  limits: Limits = DEFAULT_LIMITS, references: References | None = None,
-                 on_stored: Callable[[Sequence[ModelRecord]], None] | None = None) -> None:
+                 on_stored: Callable[[Sequence[ModelRecord]], None] | None = None,
+                 on_committed: Callable[[Mapping[str, list[int]]], int] | None = None) -> None:
         if db.engine.dialect.name not in ("postgresql", "sqlite"):
             raise IngestError(f"telemetry ingest needs PostgreSQL or SQLite, not {db.engine.dialect.name}")
         self.db = db
@@ -330,6 +343,7 @@ class TelemetryIngest:
         self.limits = limits
         self.faults = FaultCounter()
         self.on_stored = on_stored
+        self.on_committed = on_committed
         self._references: References = (_ReferenceCache(references, monotonic) if references is not None
                                          else lambda _model, _version: None)
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
@@ -615,6 +629,16 @@ class TelemetryIngest:
             events_duplicate=known_events - (len(failed) - failed_batches) - totals.events
             + events_in_flight_duplicates)
         self._store_faults([f for f in faults if f.device_id in known], now)
+        if self.on_committed is not None:
+            done: dict[str, list[int]] = {}
+            for device_id, seq in batches:
+                if device_id in known:
+                    done.setdefault(device_id, []).append(seq)
+            if done:
+                try:
+                    self._counters.add(acks_sent=self.on_committed(done))
+                except Exception:  # a lost confirmation costs a resend; it must never cost the write
+                    log.exception("confirming the telemetry of %d device(s) failed", len(done))
 
     def _store(self, units: Sequence[_Unit]) -> _Stored:
         """One transaction: the batches (heads, then the records of the first copies) and the events."""

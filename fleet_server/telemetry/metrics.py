@@ -19,6 +19,7 @@ two replicas) never share or collide on metric names. Served in Prometheus text 
     edgefleet_telemetry_rate                          batches stored per second over the last minute
     edgefleet_telemetry_queue                         messages waiting for the writer
     edgefleet_events_stored_total, edgefleet_events_duplicates_total
+    edgefleet_telemetry_acks_sent_total               telemetry_ack commands sent (stored telemetry confirmed)
     edgefleet_device_messages_total{kind}             device messages this replica took (telemetry, events,
                                                       reported; probes not): with shared subscriptions the
                                                       replicas' counts add up to what the devices sent
@@ -172,6 +173,8 @@ class FleetCollector(Collector):
              "Batches devices' outboxes dropped over their cap (sum of the dropped fields)"),
             ("edgefleet_events_stored", counts.events_stored, "Device events stored"),
             ("edgefleet_events_duplicates", counts.events_duplicate, "Device events already stored, ignored"),
+            ("edgefleet_telemetry_acks_sent", counts.acks_sent,
+             "telemetry_ack commands published to devices (one per device per ingest write)"),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         kinds = CounterMetricFamily("edgefleet_device_messages", "Device messages this replica took, by topic kind "
