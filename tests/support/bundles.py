@@ -5,6 +5,8 @@
     make_broken_bundle(tmp_path)         converts fine, but its golden samples disagree with its model
     make_shifted_bundle(tmp_path)        the digits MLP trained on inverted digits: passes its golden
                                          samples, disagrees with make_onnx_bundle's on live digits
+    with_input_guard(good, dir, v, g)    a bundle's model behind ONNX nodes on its input (a fault that
+                                         only some inputs show), as version v
 
 The trained example is cached per kind for the whole test run (training is the slow part):
 in tests/support/shared.py's directory, made once for all pytest-xdist workers, so the first
@@ -19,9 +21,13 @@ import functools
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from converter import ConvertOptions, ExampleFiles, convert, write_example
+from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
+from edgefleet.manifest import Manifest
 from tests.support.shared import locked, shared_dir
 
 
@@ -108,3 +114,40 @@ def make_shifted_bundle(tmp_dir: Path, *, name: str = "digits", version: str = "
         format="onnx", quantize="none", calibration=files.calibration_csv, validation=files.validation_csv,
         labels=files.labels_column))
     return result.bundle_path
+
+
+Guard = Callable[[Manifest, str, str], tuple[list[Any], list[Any]]]
+
+
+def with_input_guard(good: Path, directory: Path, version: str, guard: Guard) -> Path:
+    """``good``'s model with ``guard``'s ONNX nodes in front of its input, written as ``version``.
+
+    ``guard(manifest, source, guarded)`` returns (initializers, nodes) that read the model's
+    input ``source`` and write ``guarded``, which every node of the model then reads instead.
+    The golden samples, reference and manifest (but the version) are ``good``'s, so whether the
+    health check passes is up to the guard.
+    """
+    import onnx
+
+    bundle = read_bundle(good)
+    manifest = bundle.manifest
+    graph_model = onnx.load_from_string(bundle.model_bytes)
+    graph = graph_model.graph
+    source = graph.input[0].name
+    guarded = f"{source}_guarded"
+    for node in graph.node:
+        node.input[:] = [guarded if name == source else name for name in node.input]
+    initializers, nodes = guard(manifest, source, guarded)
+    graph.initializer.extend(initializers)
+    model_nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + model_nodes)
+    onnx.checker.check_model(graph_model)
+    files = dict(bundle.files)
+    files[manifest.model_file] = graph_model.SerializeToString()
+    fields = manifest.to_dict()
+    fields.pop("files")
+    fields["version"] = version
+    path = directory / bundle_filename(manifest.name, version)
+    write_bundle(path, fields, files)
+    return path

@@ -11,46 +11,31 @@ data would do with it. The serving version, given the same live rows, answers ot
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
-from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
+from edgefleet.manifest import Manifest
+from tests.support.bundles import with_input_guard
 
 
 def make_shifted_bundle(good: Path, directory: Path, version: str, *, limit: float = 16.0) -> Path:
-    bundle = read_bundle(good)
-    manifest = bundle.manifest
-    graph_model = onnx.load_from_string(bundle.model_bytes)
-    graph = graph_model.graph
-    source = graph.input[0].name
-    guarded = f"{source}_shifted"
-    for node in graph.node:
-        node.input[:] = [guarded if name == source else name for name in node.input]
-    width = manifest.inputs[0].shape[-1]
-    helper, proto = onnx.helper, onnx.TensorProto
-    graph.initializer.extend([
-        helper.make_tensor("shift_limit", proto.FLOAT, [], [limit]),
-        helper.make_tensor("shift_reverse", proto.INT64, [width], list(range(width - 1, -1, -1))),
-    ])
-    guard = [
-        helper.make_node("ReduceMax", [source], ["shift_max"], axes=[1], keepdims=1),
-        helper.make_node("Greater", ["shift_max", "shift_limit"], ["shift_live"]),
-        helper.make_node("Gather", [source, "shift_reverse"], ["shift_reversed"], axis=1),
-        helper.make_node("Where", ["shift_live", "shift_reversed", source], [guarded]),
-    ]
-    nodes = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(guard + nodes)
-    onnx.checker.check_model(graph_model)
-    files = dict(bundle.files)
-    files[manifest.model_file] = graph_model.SerializeToString()
-    fields = manifest.to_dict()
-    fields.pop("files")
-    fields["version"] = version
-    path = directory / bundle_filename(manifest.name, version)
-    write_bundle(path, fields, files)
-    return path
+    def guard(manifest: Manifest, source: str, guarded: str) -> tuple[list[Any], list[Any]]:
+        width = manifest.inputs[0].shape[-1]
+        helper, proto = onnx.helper, onnx.TensorProto
+        initializers = [
+            helper.make_tensor("shift_limit", proto.FLOAT, [], [limit]),
+            helper.make_tensor("shift_reverse", proto.INT64, [width], list(range(width - 1, -1, -1))),
+        ]
+        return initializers, [
+            helper.make_node("ReduceMax", [source], ["shift_max"], axes=[1], keepdims=1),
+            helper.make_node("Greater", ["shift_max", "shift_limit"], ["shift_live"]),
+            helper.make_node("Gather", [source, "shift_reverse"], ["shift_reversed"], axis=1),
+            helper.make_node("Where", ["shift_live", "shift_reversed", source], [guarded]),
+        ]
+
+    return with_input_guard(good, directory, version, guard)
 
 
 def live_rows(golden_inputs: list[list[float]], n: int, *, gain: float = 1.5, seed: int = 0) -> list[list[float]]:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
 
-from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
+from edgefleet.bundle import read_bundle
+from edgefleet.manifest import Manifest
 from simulation.fleet import mosquitto_binary
-from tests.support.bundles import example, make_broken_bundle, make_onnx_bundle
+from tests.support.bundles import example, make_broken_bundle, make_onnx_bundle, with_input_guard
 from tests.support.fleet import Fleet, fleet
 
 MODEL = "digits"
@@ -34,34 +36,16 @@ def make_nan_bundle(good: Path, directory: Path, version: str) -> Path:
     so the health check passes; a request with a pixel of -2 gets NaN probabilities, which is
     what probation's output watch is for.
     """
-    bundle = read_bundle(good)
-    manifest = bundle.manifest
-    graph_model = onnx.load_from_string(bundle.model_bytes)
-    graph = graph_model.graph
-    source = graph.input[0].name
-    guarded = f"{source}_guarded"
-    for node in graph.node:
-        node.input[:] = [guarded if name == source else name for name in node.input]
-    one = onnx.helper.make_tensor("guard_one", onnx.TensorProto.FLOAT, [], [1.0])
-    graph.initializer.append(one)
-    guard = [
-        onnx.helper.make_node("Add", [source, "guard_one"], ["guard_shifted"]),
-        onnx.helper.make_node("Sqrt", ["guard_shifted"], ["guard_root"]),
-        onnx.helper.make_node("Div", ["guard_root", "guard_root"], ["guard_unit"]),
-        onnx.helper.make_node("Mul", [source, "guard_unit"], [guarded]),
-    ]
-    nodes = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(guard + nodes)
-    onnx.checker.check_model(graph_model)
-    files = dict(bundle.files)
-    files[manifest.model_file] = graph_model.SerializeToString()
-    fields = manifest.to_dict()
-    fields.pop("files")
-    fields["version"] = version
-    path = directory / bundle_filename(manifest.name, version)
-    write_bundle(path, fields, files)
-    return path
+    def guard(manifest: Manifest, source: str, guarded: str) -> tuple[list[Any], list[Any]]:
+        one = onnx.helper.make_tensor("guard_one", onnx.TensorProto.FLOAT, [], [1.0])
+        return [one], [
+            onnx.helper.make_node("Add", [source, "guard_one"], ["guard_shifted"]),
+            onnx.helper.make_node("Sqrt", ["guard_shifted"], ["guard_root"]),
+            onnx.helper.make_node("Div", ["guard_root", "guard_root"], ["guard_unit"]),
+            onnx.helper.make_node("Mul", [source, "guard_unit"], [guarded]),
+        ]
+
+    return with_input_guard(good, directory, version, guard)
 
 
 @pytest.fixture(scope="session")
