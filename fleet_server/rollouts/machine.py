@@ -693,7 +693,7 @@ class Rollout:
         return None
 
     def report_changes(self, device_id: str, report: DeviceReport) -> bool:
-        """Whether ``device_reported`` would change anything (the engine's look before it locks)."""
+        """Whether ``device_reported`` would change anything (the engine skips a batch that changes nothing)."""
         record = self.devices.get(device_id)
         if record is None:
             return False

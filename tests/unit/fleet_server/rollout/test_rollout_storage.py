@@ -60,6 +60,13 @@ class StoredRolloutMachine(RolloutMachine):
         assert self.rollout.assigned_count() == sum(1 for d in records if d.touched)
 
 
+    @invariant()
+    def the_stored_deadline_is_never_later_than_the_exact_one(self) -> None:
+        # the store writes next_tick_at from the cheap bound, so a tick is never planned too late
+        exact, bound = self.rollout.next_deadline(), self.rollout.next_deadline(exact=False)
+        assert exact is None or (bound is not None and bound <= exact)
+
+
 StoredRolloutMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 test_stored_rollout_matches_the_live_one = StoredRolloutMachine.TestCase
 
