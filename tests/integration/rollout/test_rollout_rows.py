@@ -223,3 +223,31 @@ def test_a_batch_of_events_writes_the_rows_it_changed(db: Database) -> None:
     assert devices_written and sum(devices_written) <= 2, devices_written
     records = {r["device_id"]: r for r in engine.get(rollout_id, devices=True)["device_records"]}
     assert records[IDS[0]]["last_event"] == "downloaded" and records[IDS[1]]["status"] == "committed"
+
+
+def test_an_engine_reads_the_device_rows_again_only_after_another_changed_the_rollout(db: Database) -> None:
+    clock = FakeClock(T0)
+    a, b = _replicas(db, clock)
+    rollout_id = a.create("digits", "2.0.0", "", RolloutPolicy(waves=(100.0,), bake_time=timedelta(0)))["id"]
+    reads: list[str] = []
+
+    def count_reads(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM rollout_devices" in statement:
+            reads.append(statement)
+
+    event.listen(a.db.engine, "before_cursor_execute", count_reads)
+    try:
+        a.handle_messages([_event(IDS[0], "downloaded")])
+        assert reads == [], "a kept the rollout it stored: nothing else changed it"
+        a.get(rollout_id)
+        assert reads == [], "a status at the revision a stored comes from its summary"
+        b.handle_messages([_event(IDS[1], "downloaded")])
+        a.handle_messages([_event(IDS[2], "downloaded")])
+        assert len(reads) == 1, "b changed the rollout: a read the rows once, then holds them again"
+        a.handle_messages([_event(IDS[3], "downloaded")])
+        assert len(reads) == 1
+    finally:
+        event.remove(a.db.engine, "before_cursor_execute", count_reads)
+    records = {r["device_id"]: r["last_event"] for r in b.get(rollout_id, devices=True)["device_records"]}
+    assert [records[d] for d in IDS[:4]] == ["downloaded"] * 4
+
