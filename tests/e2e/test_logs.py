@@ -10,21 +10,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from tests.e2e.stack import Stack
 
 STORY = ["assigned", "downloading", "verified", "staged", "health_check", "activated", "committed"]
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    fleet = Stack(tmp_path)
-    yield fleet
-    fleet.close()
 
 
 def test_agent_tells_an_update_one_line_per_state(stack: Stack) -> None:

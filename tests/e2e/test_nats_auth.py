@@ -10,23 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from edgefleet import topics
 from simulation.fleet import AgentProcess, wait_until
 from tests.support.nats import MqttProbe, NatsStack
-
-
-@pytest.fixture
-def stack(tmp_path: Path, postgres_url: str) -> Iterator[NatsStack]:
-    made = NatsStack(tmp_path, postgres_url)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def login(agent: AgentProcess) -> tuple[str, str]:
@@ -34,9 +21,9 @@ def login(agent: AgentProcess) -> tuple[str, str]:
     return str(document["mqtt_username"]), str(document["mqtt_password"])
 
 
-def test_a_device_gets_its_own_topics_only_and_nothing_once_revoked(stack: NatsStack) -> None:
-    first, second = stack.add_agents(2)  # online: their MQTT logins passed the callout
-    port = stack.cluster.nodes[1].ports.mqtt
+def test_a_device_gets_its_own_topics_only_and_nothing_once_revoked(nats_stack: NatsStack) -> None:
+    first, second = nats_stack.add_agents(2)  # online: their MQTT logins passed the callout
+    port = nats_stack.cluster.nodes[1].ports.mqtt
     user, password = login(first)
     MqttProbe(port, first.device_id, login=(user, "wrong-password"), refused=True)
     MqttProbe(port, second.device_id, login=(user, password), refused=True)  # another device's session
@@ -47,7 +34,7 @@ def test_a_device_gets_its_own_topics_only_and_nothing_once_revoked(stack: NatsS
     assert probe.subscribe(topics.desired(second.device_id)) == [False]
     assert probe.subscribe(topics.telemetry(first.device_id)) == [False]  # what devices send is the server's
     # What it may not publish never reaches the server: another device's reported.
-    server = MqttProbe(stack.cluster.nodes[2].ports.mqtt, "test-server-view", login=stack.server_login())
+    server = MqttProbe(nats_stack.cluster.nodes[2].ports.mqtt, "test-server-view", login=nats_stack.server_login())
     server.subscribe(topics.reported(second.device_id), topics.events(first.device_id))
     probe.publish(topics.reported(second.device_id), b'{"spoofed": true}')
     probe.publish(topics.events(first.device_id), b"own")
@@ -56,11 +43,12 @@ def test_a_device_gets_its_own_topics_only_and_nothing_once_revoked(stack: NatsS
     # Revoked: its live connection is closed (the server's system login kicks it on its node),
     # and it is refused when it comes back.
     revoked = time.monotonic()
-    stack.admin.request("POST", f"/api/v1/devices/{first.device_id}/revoke")
+    nats_stack.admin.request("POST", f"/api/v1/devices/{first.device_id}/revoke")
     wait_until(probe.disconnected.is_set, 10, "the revoked device's connection to be closed")
     print(f"revoked device disconnected {time.monotonic() - revoked:.2f} s after the revoke call")
     probe.client.loop_stop()
     MqttProbe(port, first.device_id, login=(user, password), refused=True)
-    assert stack.server.child is not None
-    wait_until(lambda: "refused NATS mqtt login" in stack.server.child.log(), 10, "the refusal in the server's log")
+    child = nats_stack.server.child
+    assert child is not None
+    wait_until(lambda: "refused NATS mqtt login" in child.log(), 10, "the refusal in the server's log")
     server.close()

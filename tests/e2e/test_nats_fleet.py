@@ -13,11 +13,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
@@ -27,15 +25,6 @@ from simulation.fleet import AgentProcess, ServerProcess, wait_until
 from tests.support.nats import NatsStack
 
 TELEMETRY = {"telemetry_interval_s": 0.5}
-
-
-@pytest.fixture
-def stack(tmp_path: Path, postgres_url: str) -> Iterator[NatsStack]:
-    made = NatsStack(tmp_path, postgres_url)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def outbox(agent: AgentProcess) -> tuple[int, int]:
@@ -68,23 +57,23 @@ def assert_every_batch_stored_once(stack: NatsStack, database_url: str) -> None:
         assert len(sent) > 10, "the agents sent too few batches for the test to mean anything"
 
 
-def test_rollout_completes_and_no_telemetry_is_lost_when_a_node_dies(stack: NatsStack, postgres_url: str) -> None:
+def test_rollout_completes_and_no_telemetry_is_lost_when_a_node_dies(nats_stack: NatsStack, postgres_url: str) -> None:
     """Two agents on node a, the server's publisher on node c; node b SIGKILLed mid-rollout.
 
     Node c leads the stream and the consumer, b dies with its share of the MQTT gateway's own
     streams. (Killing the stream's leader instead loses what devices publish during the
     election: docs/deployment.md "Scaling out", "What holds".)
     """
-    stack.add_agents(2, settings=TELEMETRY)
-    stack.push("1.0.0")
-    stack.move_leaders(stack.cluster.nodes[2])
-    rollout = stack.rollout("1.0.0", waves=(50.0, 100.0), bake_s=1.0)
-    wait_until(lambda: stack.view(rollout["id"])["devices"].get("committed", 0) >= 1, 90, "the first commit")
-    stack.cluster.kill(1)
-    done = stack.wait_state(rollout["id"], "completed", timeout=120)
+    nats_stack.add_agents(2, settings=TELEMETRY)
+    nats_stack.push("1.0.0")
+    nats_stack.move_leaders(nats_stack.cluster.nodes[2])
+    rollout = nats_stack.rollout("1.0.0", waves=(50.0, 100.0), bake_s=1.0)
+    wait_until(lambda: nats_stack.view(rollout["id"])["devices"].get("committed", 0) >= 1, 90, "the first commit")
+    nats_stack.cluster.kill(1)
+    done = nats_stack.wait_state(rollout["id"], "completed", timeout=120)
     assert done["devices"] == {"committed": 2}
-    assert set(stack.versions().values()) == {"1.0.0"}
-    assert_every_batch_stored_once(stack, postgres_url)
+    assert set(nats_stack.versions().values()) == {"1.0.0"}
+    assert_every_batch_stored_once(nats_stack, postgres_url)
 
 
 def received(stack: NatsStack, server: ServerProcess) -> float:
@@ -132,23 +121,23 @@ def test_two_replicas_split_the_stream_and_one_killed_mid_ingest_loses_nothing(t
         stack.close()
 
 
-def test_agents_move_to_another_node_when_theirs_is_killed_mid_rollout(stack: NatsStack, postgres_url: str) -> None:
+def test_agents_move_to_another_node_when_theirs_is_killed_mid_rollout(nats_stack: NatsStack, postgres_url: str) -> None:
     """The agents' node (a) dies mid-rollout: their link fails over to b or c (the broker list
     enrollment gave them), their persistent sessions carry on there, the rollout completes and
     no telemetry is lost. The stream and consumer are led by c, away from the dead node."""
-    agents = stack.add_agents(2, settings=TELEMETRY)
-    node_a = stack.cluster.nodes[0]
-    wait_until(lambda: all(stack.node_of(a.device_id) is node_a for a in agents), 30, "the agents on node a")
-    stack.push("1.0.0")
-    stack.move_leaders(stack.cluster.nodes[2])
-    rollout = stack.rollout("1.0.0", waves=(50.0, 100.0), bake_s=1.0)
-    wait_until(lambda: stack.view(rollout["id"])["devices"].get("committed", 0) >= 1, 90, "the first commit")
-    stack.cluster.kill(0)
+    agents = nats_stack.add_agents(2, settings=TELEMETRY)
+    node_a = nats_stack.cluster.nodes[0]
+    wait_until(lambda: all(nats_stack.node_of(a.device_id) is node_a for a in agents), 30, "the agents on node a")
+    nats_stack.push("1.0.0")
+    nats_stack.move_leaders(nats_stack.cluster.nodes[2])
+    rollout = nats_stack.rollout("1.0.0", waves=(50.0, 100.0), bake_s=1.0)
+    wait_until(lambda: nats_stack.view(rollout["id"])["devices"].get("committed", 0) >= 1, 90, "the first commit")
+    nats_stack.cluster.kill(0)
     killed = time.monotonic()
-    wait_until(lambda: all(stack.node_of(a.device_id) not in (None, node_a) for a in agents), 60,
+    wait_until(lambda: all(nats_stack.node_of(a.device_id) not in (None, node_a) for a in agents), 60,
                "the agents on another node")
     print(f"agents back on another node {time.monotonic() - killed:.1f} s after their node was killed")
-    done = stack.wait_state(rollout["id"], "completed", timeout=120)
+    done = nats_stack.wait_state(rollout["id"], "completed", timeout=120)
     assert done["devices"] == {"committed": 2}
-    assert set(stack.versions().values()) == {"1.0.0"}
-    assert_every_batch_stored_once(stack, postgres_url)
+    assert set(nats_stack.versions().values()) == {"1.0.0"}
+    assert_every_batch_stored_once(nats_stack, postgres_url)

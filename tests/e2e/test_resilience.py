@@ -6,8 +6,6 @@ from __future__ import annotations
 import signal
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -18,15 +16,6 @@ from simulation.fleet import FleetError, ServerProcess, wait_until
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.mosquitto
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    made = Stack(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def test_broker_restart_during_a_rollout_still_completes(stack: Stack) -> None:

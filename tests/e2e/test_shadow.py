@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import csv
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -89,15 +87,6 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    running = Stack(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 def _serving_1_0_0(stack: Stack, agents: int = 1, **options: Any) -> list[AgentProcess]:
