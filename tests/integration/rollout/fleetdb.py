@@ -44,6 +44,15 @@ def add_model(db: Database, name: str, version: str, profiles: Sequence[str] = (
                        yanked=yanked, yanked_at=None, created_at=T0))
 
 
+def upgrade_fleet(db: Database, device_ids: Sequence[str], model: str = "digits") -> Database:
+    """``model`` 1.0.0 and 2.0.0 published and ``device_ids`` serving 1.0.0: ready for a rollout to 2.0.0."""
+    add_model(db, model, "1.0.0")
+    add_model(db, model, "2.0.0")
+    for device_id in device_ids:
+        add_device(db, device_id, runs={model: "1.0.0"})
+    return db
+
+
 def counters(db: Database) -> dict[str, int]:
     with db.session() as s:
         return {d.id: d.assignment_counter for d in s.query(DeviceRow).all()}

@@ -24,7 +24,7 @@ from fleet_server.rollouts.engine import RolloutEngine
 from fleet_server.rollouts.machine import RolloutPolicy
 from fleet_server.rollouts.stage import CanaryPolicy, ShadowPolicy
 from fleet_server.telemetry.ingest import TelemetryIngest
-from tests.integration.rollout.fleetdb import FakeClock, RecordingPublisher, add_device, add_model
+from tests.integration.rollout.fleetdb import FakeClock, RecordingPublisher, upgrade_fleet
 
 IDS = [f"dev-{i:02d}" for i in range(4)]
 SHADOW = ShadowPolicy(timedelta(minutes=10), 0.98, min_requests=100)
@@ -32,12 +32,8 @@ FAST = (0, 0, 0, 10)
 
 
 @pytest.fixture
-def db(migrated_db: Database) -> Iterator[Database]:
-    add_model(migrated_db, "digits", "1.0.0")
-    add_model(migrated_db, "digits", "2.0.0")
-    for device_id in IDS:
-        add_device(migrated_db, device_id, runs={"digits": "1.0.0"})
-    yield migrated_db
+def db(migrated_db: Database) -> Database:
+    return upgrade_fleet(migrated_db, IDS)
 
 
 class Stack:

@@ -9,7 +9,6 @@ runs the version is rolled back; a device's malformed report must not stop the e
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -28,10 +27,9 @@ from simulation.fleet import MosquittoProcess
 from tests.integration.rollout.fleetdb import (
     FakeClock,
     RecordingPublisher,
-    add_device,
-    add_model,
     counters,
     fake_sha,
+    upgrade_fleet,
 )
 from tests.integration.rollout.mqtt_tools import Recorder
 
@@ -41,12 +39,8 @@ ALL_AT_ONCE = RolloutPolicy(waves=(100.0,), bake_time=timedelta(0), device_timeo
 
 
 @pytest.fixture
-def db(migrated_db: Database) -> Iterator[Database]:
-    add_model(migrated_db, "digits", "1.0.0")
-    add_model(migrated_db, "digits", "2.0.0")
-    for device_id in IDS:
-        add_device(migrated_db, device_id, runs={"digits": "1.0.0"})
-    yield migrated_db
+def db(migrated_db: Database) -> Database:
+    return upgrade_fleet(migrated_db, IDS)
 
 
 def reported(device_id: str, serves: str, state: str = "idle", counter: int | None = None,
