@@ -176,3 +176,30 @@ def test_the_writer_lingers_to_fill_a_batch_then_writes_what_it_has(db: Database
         running.stop()
     assert sizes == [10, 10, 5]
     assert _count(db, TelemetryBatchRow) == 25 and running.counts().stored == 25
+
+
+def test_stored_and_duplicate_batches_are_confirmed_after_their_commit_unknown_devices_never(db: Database) -> None:
+    add_device(db, "dev-a")
+    confirmed: list[tuple[str, int, bool]] = []
+
+    def on_committed(done: Any) -> int:
+        with db.session() as session:  # called after the commit: another session sees the rows
+            rows = set(session.execute(select(TelemetryBatchRow.device_id, TelemetryBatchRow.seq)).all())
+        confirmed.extend((device, seq, (device, seq) in rows) for device, seqs in done.items() for seq in seqs)
+        return len(done)
+
+    running = TelemetryIngest(db, max_batch=3, on_committed=on_committed).start()
+    try:
+        for seq in range(1, 6):
+            _send(running, "dev-a", seq)
+        _send(running, "ghost", 1)  # not enrolled: never confirmed, so it is not told "stored"
+        running.ingest(topics.telemetry("dev-a"), b"not a batch")  # refused by the checks: not confirmed
+        assert running.drain(30)
+        _send(running, "dev-a", 3)  # a resend: confirmed again, so the agent can let it go
+        assert running.drain(30)
+    finally:
+        running.stop()
+    assert sorted({(d, s) for d, s, _ in confirmed}) == [("dev-a", s) for s in range(1, 6)]
+    assert [s for d, s, _ in confirmed].count(3) == 2
+    assert all(stored for _, _, stored in confirmed)
+    assert running.counts().acks_sent >= 2  # one per device per write
