@@ -13,7 +13,8 @@ import time
 
 from edgefleet import topics
 from simulation.fleet import AgentProcess, wait_until
-from tests.support.nats import MqttProbe, NatsStack
+from tests.support.mqtt import MqttProbe
+from tests.support.nats import NatsStack
 
 
 def login(agent: AgentProcess) -> tuple[str, str]:

@@ -1,9 +1,8 @@
-"""The three-node NATS cluster for tests (simulation.nats.NatsCluster), and a small MQTT client to probe it.
+"""The three-node NATS cluster for tests (simulation.nats.NatsCluster), and the fleet on it.
 
 ``nats_cluster`` is a fixture factory's body: a test module wraps it in a fixture of the
-scope it needs. ``MqttProbe`` is a paho client on one node that records what it receives,
-for asserting what the cluster's MQTT gateway keeps across nodes; the fleet's own clients
-(the agent's link, the server's ``FleetMqtt``) are tested through the fleet, not through it.
+scope it needs. ``NatsStack`` is ``tests.e2e.stack.Stack``'s fleet on a cluster. The cluster's
+MQTT gateway is probed with ``tests.support.mqtt.MqttProbe``.
 """
 
 from __future__ import annotations
@@ -11,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from fleet_server.broker.nats_auth import Issuer
 from fleet_server.broker.nats_ingest import DURABLE, STREAM
@@ -38,77 +34,6 @@ def nats_cluster(directory: Path, size: int = 3) -> Iterator[NatsCluster]:
         yield cluster.start()
     finally:
         supervisor.stop_all()
-
-
-class MqttProbe:
-    """An MQTT 3.1.1 client on one node that keeps every message it gets: (topic, payload, retain)."""
-
-    def __init__(self, port: int, client_id: str, *, clean_session: bool = True,
-                 will: tuple[str, bytes] | None = None, login: tuple[str, str] | None = None,
-                 refused: bool = False) -> None:
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self.session_present: bool | None = None
-        self._connected = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=MQTTProtocolVersion.MQTTv311, clean_session=clean_session)
-        if will is not None:
-            self.client.will_set(will[0], will[1], qos=1, retain=True)
-        if login is not None:
-            self.client.username_pw_set(*login)
-        self.refused = refused  # expect the CONNACK to refuse: ``refusal`` holds why
-        self.client.on_message = self._on_message
-        self.client.on_connect = self._on_connect
-        self.disconnected = threading.Event()
-        self.client.on_disconnect = lambda *_: self.disconnected.set()
-        self.client.on_subscribe = self._on_subscribe
-        self._subacks: dict[int, list[bool]] = {}
-        self.client.connect("127.0.0.1", port, keepalive=5)
-        self.client.loop_start()
-        if not self._connected.wait(10):
-            raise AssertionError(f"MQTT client {client_id} got no CONNACK from port {port}")
-        if (self.refusal is not None) != refused:
-            self.client.loop_stop()
-            raise AssertionError(f"MQTT client {client_id}: CONNACK {self.refusal or 'Success'}")
-
-    def _on_connect(self, _c: Any, _u: Any, flags: Any, reason_code: Any, _p: Any) -> None:
-        self.refusal = str(reason_code) if reason_code.is_failure else None
-        self.session_present = bool(flags.session_present)
-        self._connected.set()
-
-    def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _p: Any) -> None:
-        self._subacks[mid] = [not code.is_failure for code in codes]
-
-    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
-        self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
-
-    def subscribe(self, *topics: str) -> list[bool]:
-        """Subscribe at QoS 1 and wait for the SUBACK (a message published before it would be missed);
-        per topic, whether the broker granted it."""
-        _, mid = self.client.subscribe([(t, 1) for t in topics])
-        assert mid is not None
-        wait_until(lambda: mid in self._subacks, 10, f"SUBACK for {topics}")
-        return self._subacks[mid]
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
-
-    def payloads(self, topic: str) -> list[bytes]:
-        return [p for t, p, _ in list(self.messages) if t == topic]
-
-    def wait_for(self, topic: str, payload: bytes, timeout: float = 10.0) -> None:
-        wait_until(lambda: payload in self.payloads(topic), timeout, f"{payload!r} on {topic}",
-                   explain=lambda: repr(self.messages[-10:]))
-
-    def drop(self) -> None:
-        """Lose the connection without DISCONNECT, as a device losing power (its will is sent)."""
-        self.client.loop_stop()
-        sock = self.client.socket()
-        if sock is not None:
-            sock.close()
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 class NatsStack(Stack):

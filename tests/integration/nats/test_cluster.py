@@ -15,7 +15,8 @@ import pytest
 
 from edgefleet import topics
 from simulation.nats import NatsCluster, nats_server_binary, recipe_configs
-from tests.support.nats import MqttProbe, nats_cluster
+from tests.support.mqtt import MqttProbe
+from tests.support.nats import nats_cluster
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -25,7 +25,8 @@ from fleet_server.broker.nats_ingest import (
 )
 from simulation.fleet import wait_until
 from simulation.nats import NatsCluster
-from tests.support.nats import MqttProbe, nats_cluster
+from tests.support.mqtt import MqttProbe
+from tests.support.nats import nats_cluster
 
 
 @pytest.fixture(scope="module")

@@ -7,68 +7,20 @@ exactly as in production; devices connect with the credentials enrollment gave t
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet import topics
 from simulation.fleet import MosquittoProcess, wait_until
 from tests.integration.server.harness import RunningServer, server_config
+from tests.support.mqtt import MqttProbe
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
-
-
-class Device:
-    """A paho client with a device's credentials and the contract's last will."""
-
-    def __init__(self, port: int, username: str, password: str, device_id: str) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.connack = threading.Event()
-        self.reason: Any = None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{username}-{time.monotonic_ns()}")
-        self.client.username_pw_set(username, password)
-        self.client.will_set(topics.reported(device_id), json.dumps({"device_id": device_id, "online": False}),
-                             qos=1, retain=True)
-        self.subacks: set[int] = set()
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda _c, _u, mid, _r, _p: self.subacks.add(mid)
-        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
-        self.client.connect("127.0.0.1", port, keepalive=5)
-        self.client.loop_start()
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        self.reason = reason
-        self.connack.set()
-
-    def connected(self, timeout: float = 5.0) -> bool:
-        assert self.connack.wait(timeout), "no CONNACK from the broker"
-        return not self.reason.is_failure
-
-    def subscribe(self, topic: str) -> None:
-        """Subscribe and wait for the SUBACK: from then on the broker routes the topic to us."""
-        _, mid = self.client.subscribe(topic, qos=1)
-        wait_until(lambda: mid in self.subacks, 5, f"the SUBACK for {topic}", every=0.01)
-
-    def publish(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
-        self.client.publish(topic, json.dumps(payload), qos=1, retain=retain).wait_for_publish(5)
-
-    def crash(self) -> None:
-        """Drop the TCP connection without DISCONNECT, so the broker publishes the last will."""
-        self.client.loop_stop()
-        sock = self.client.socket()
-        if sock is not None:
-            sock.close()
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -90,15 +42,20 @@ def enroll(server: RunningServer) -> dict[str, Any]:
     return grant
 
 
-def connect(broker: MosquittoProcess, grant: dict[str, Any]) -> Device:
-    return Device(broker.port, grant["mqtt_username"], grant["mqtt_password"], grant["device_id"])
+def connect(broker: MosquittoProcess, grant: dict[str, Any]) -> MqttProbe:
+    """A client with ``grant``'s credentials and the contract's last will, accepted or not (see ``accepted``)."""
+    device_id = grant["device_id"]
+    will = json.dumps({"device_id": device_id, "online": False}).encode()
+    return MqttProbe(broker.port, f"{grant['mqtt_username']}-{time.monotonic_ns()}",
+                     login=(grant["mqtt_username"], grant["mqtt_password"]), will=(topics.reported(device_id), will),
+                     refused=None)
 
 
 def connects(broker: MosquittoProcess, grant: dict[str, Any]) -> bool:
     """Whether a fresh connection with ``grant``'s credentials is accepted now."""
     device = connect(broker, grant)
     try:
-        return device.connected()
+        return device.accepted
     finally:
         device.close()
 
@@ -112,24 +69,25 @@ def test_device_touches_only_its_own_topics(server: RunningServer, mosquitto_aut
     a, b = enroll(server), enroll(server)
     dev_a, dev_b = connect(mosquitto_auth, a), connect(mosquitto_auth, b)
     try:
-        assert dev_a.connected() and dev_b.connected()
+        assert dev_a.accepted and dev_b.accepted
         assert a["broker_url"] == mosquitto_auth.url
         dev_a.subscribe(topics.desired(b["device_id"]))
         dev_a.subscribe(topics.desired(a["device_id"]))
         dev_b.subscribe(topics.desired(b["device_id"]))
         server.ctx.mqtt.publish(topics.desired(b["device_id"]), b'{"for": "b"}', retain=True)
         server.ctx.mqtt.publish(topics.desired(a["device_id"]), b'{"for": "a"}', retain=True)
-        wait_until(lambda: (topics.desired(b["device_id"]), b'{"for": "b"}') in dev_b.messages, 8, "B's desired")
-        wait_until(lambda: (topics.desired(a["device_id"]), b'{"for": "a"}') in dev_a.messages, 8, "A's desired")
-        assert all(topic != topics.desired(b["device_id"]) for topic, _ in dev_a.messages)
+        dev_b.wait_for(topics.desired(b["device_id"]), b'{"for": "b"}', 8)
+        dev_a.wait_for(topics.desired(a["device_id"]), b'{"for": "a"}', 8)
+        assert dev_a.payloads(topics.desired(b["device_id"])) == []
         # A writing B's telemetry is dropped by the broker; B's own write arrives.
-        observer = Device(mosquitto_auth.port, server.config.mqtt_username, server.ctx.mqtt_password, "observer")
-        assert observer.connected()
+        observer = MqttProbe(mosquitto_auth.port, f"{server.config.mqtt_username}-{time.monotonic_ns()}",
+                             login=(server.config.mqtt_username, server.ctx.mqtt_password))
         observer.subscribe(f"{topics.PREFIX}/devices/+/telemetry")
-        dev_a.publish(topics.telemetry(b["device_id"]), {"device_id": b["device_id"], "seq": 1, "forged": True})
-        dev_b.publish(topics.telemetry(b["device_id"]), {"device_id": b["device_id"], "seq": 2})
-        wait_until(lambda: any(b'"seq": 2' in p for _, p in observer.messages), 8, "B's own telemetry")
-        assert not any(b"forged" in p for _, p in observer.messages)
+        forged = {"device_id": b["device_id"], "seq": 1, "forged": True}
+        dev_a.publish(topics.telemetry(b["device_id"]), json.dumps(forged).encode())
+        dev_b.publish(topics.telemetry(b["device_id"]), json.dumps({"device_id": b["device_id"], "seq": 2}).encode())
+        wait_until(lambda: any(b'"seq": 2' in p for _, p, _ in observer.messages), 8, "B's own telemetry")
+        assert not any(b"forged" in p for _, p, _ in observer.messages)
         observer.close()
     finally:
         dev_a.close()
@@ -149,7 +107,7 @@ def test_devices_enrolling_together_can_all_connect(server: RunningServer, mosqu
     wait_until(lambda: all(connects(mosquitto_auth, g) for g in grants), 10, "every enrolled device to connect")
     devices = [connect(mosquitto_auth, g) for g in grants]
     try:
-        assert [d.connected() for d in devices] == [True] * len(grants)
+        assert [d.accepted for d in devices] == [True] * len(grants)
     finally:
         for device in devices:
             device.close()
@@ -158,7 +116,7 @@ def test_devices_enrolling_together_can_all_connect(server: RunningServer, mosqu
 def test_revoked_device_cannot_connect(server: RunningServer, mosquitto_auth: MosquittoProcess) -> None:
     grant = enroll(server)
     first = connect(mosquitto_auth, grant)
-    assert first.connected()
+    assert first.accepted
     first.close()
     response = httpx.post(f"{server.url}/api/v1/devices/{grant['device_id']}/revoke", headers=ADMIN)
     assert response.status_code == 200
@@ -167,7 +125,7 @@ def test_revoked_device_cannot_connect(server: RunningServer, mosquitto_auth: Mo
     wait_until(lambda: not connects(mosquitto_auth, grant), 10, "the broker to refuse the revoked device")
     again = connect(mosquitto_auth, grant)
     try:
-        assert not again.connected()
+        assert not again.accepted
     finally:
         again.close()
 
@@ -176,16 +134,16 @@ def test_presence_from_reported_and_last_will(server: RunningServer, mosquitto_a
     grant = enroll(server)
     device_id = grant["device_id"]
     device = connect(mosquitto_auth, grant)
-    assert device.connected()
-    device.publish(topics.reported(device_id), {
+    assert device.accepted
+    device.publish(topics.reported(device_id), json.dumps({
         "device_id": device_id, "online": True, "agent_version": "0.1.0", "profile": "rpi4-64",
         "models": {"digits": {"version": "1.0.0", "sha256": "0" * 64}}, "update": {"state": "idle"}, "ts": 1,
-    }, retain=True)
+    }).encode(), retain=True)
     wait_until(lambda: device_state(server, device_id)["online"] is True, 8, "the device online")
     state = device_state(server, device_id)
     assert state["reported"]["models"]["digits"]["version"] == "1.0.0"
     assert state["agent_version"] == "0.1.0" and state["last_seen"] is not None
-    device.crash()
+    device.drop()
     wait_until(lambda: device_state(server, device_id)["online"] is False, 15, "the last will to mark it offline")
     assert device_state(server, device_id)["reported"]["models"]["digits"]["version"] == "1.0.0"
 
