@@ -283,7 +283,8 @@ class ShadowRecord:
         return self.rel_error_sum / self.compared
 
 
-def _add_buckets(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+def add_buckets(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """Two bucket counts added bucket by bucket; the shorter is read as zeros past its end."""
     size = max(len(a), len(b))
     return tuple((a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(size))
 
@@ -307,7 +308,7 @@ def shadow_figures(records: Sequence[ShadowRecord]) -> ShadowRecord:
     serving: tuple[int, ...] = ()
     candidate: tuple[int, ...] = ()
     for r in records:
-        serving, candidate = _add_buckets(serving, r.serving_buckets), _add_buckets(candidate, r.candidate_buckets)
+        serving, candidate = add_buckets(serving, r.serving_buckets), add_buckets(candidate, r.candidate_buckets)
     compared = sum(r.compared for r in records)
     # A record without buckets but with comparisons would break "buckets add up to compared".
     if sum(serving) != compared:

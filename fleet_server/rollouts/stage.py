@@ -41,13 +41,13 @@ figures, the rollout core (``fleet_server.rollouts.machine``) asks for the verdi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from edgefleet.telemetry import LATENCY_BUCKETS_S, bucket_quantile
+from edgefleet.telemetry import LATENCY_BUCKETS_S, add_buckets, bucket_quantile
 from fleet_server.errors import InvalidInputError
 
 __all__ = [
@@ -175,11 +175,6 @@ def stage_from_dict(data: Mapping[str, Any] | None) -> StagePolicy | None:
 # --------------------------------------------------------------------------- figures
 
 
-def _add(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
-    width = max(len(a), len(b))
-    return tuple((a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(width))
-
-
 @dataclass(frozen=True)
 class ShadowFigures:
     """A wave's shadow records added up (any number of devices and intervals)."""
@@ -213,8 +208,9 @@ class ShadowFigures:
         rel = None if self.relative_error_sum is None and other.relative_error_sum is None else \
             (self.relative_error_sum or 0.0) + (other.relative_error_sum or 0.0)
         return ShadowFigures(self.compared + other.compared, self.agreed + other.agreed, self.skipped + other.skipped,
-                             self.errors + other.errors, rel, _add(self.serving_buckets, other.serving_buckets),
-                             _add(self.candidate_buckets, other.candidate_buckets), self.devices + other.devices)
+                             self.errors + other.errors, rel, add_buckets(self.serving_buckets, other.serving_buckets),
+                             add_buckets(self.candidate_buckets, other.candidate_buckets),
+                             self.devices + other.devices)
 
     @property
     def requests(self) -> int:
