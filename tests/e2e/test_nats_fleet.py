@@ -3,9 +3,10 @@
 Devices are real agents speaking MQTT 3.1.1 to one node; the server consumes their
 ``reported``, ``events`` and ``telemetry`` through the JetStream stream's shared durable
 consumer and publishes assignments over MQTT to another node. A node dies mid-rollout: the
-rollout completes, and every telemetry batch the agents sent is stored exactly once, unless
-the node led the stream (a known loss: docs/deployment.md). Two server replicas split the stream, and one
-SIGKILLed mid-ingest loses nothing.
+rollout completes, and every telemetry batch the agents sent is stored exactly once, the node
+leading the stream included (what its election swallowed after the MQTT gateway's PUBACK the
+agents send again: the server confirms stored telemetry). Two server replicas split the stream,
+and one SIGKILLed mid-ingest loses nothing.
 """
 
 from __future__ import annotations
@@ -74,6 +75,45 @@ def test_rollout_completes_and_no_telemetry_is_lost_when_a_node_dies(nats_stack:
     assert done["devices"] == {"committed": 2}
     assert set(nats_stack.versions().values()) == {"1.0.0"}
     assert_every_batch_stored_once(nats_stack, postgres_url)
+
+
+def test_no_telemetry_is_lost_when_the_stream_leader_dies(nats_stack: NatsStack, postgres_url: str) -> None:
+    """Node b leads the stream and the consumer and is SIGKILLed; the agents stay on node a.
+
+    The MQTT gateway PUBACKs what devices publish during the election (about 4.5 s) although no
+    stream stores it. The server confirms what it stored (``telemetry_ack``) and the agents keep
+    every batch until then, so what the election swallowed is sent again and stored once
+    (docs/telemetry.md "Store and forward"). No rollout here: the update path's events and
+    reported state published during the election are lost the same way and are not confirmed
+    (docs/deployment.md "Scaling out"), so a rollout across this kill can stall.
+    """
+    agents = nats_stack.add_agents(2, settings=TELEMETRY)
+    node_a, node_b = nats_stack.cluster.nodes[0], nats_stack.cluster.nodes[1]
+    wait_until(lambda: all(nats_stack.node_of(a.device_id) is node_a for a in agents), 30, "the agents on node a")
+    nats_stack.move_leaders(node_b)
+    wait_until(lambda: all(outbox_confirming(a) for a in agents), 30, "the agents to see the server's confirmations")
+    nats_stack.cluster.kill(1)
+    at_kill = [outbox(a)[1] for a in agents]
+    wait_until(lambda: stream_leader(nats_stack) not in (None, f"edgefleet-{node_b.name}"), 30, "a new stream leader")
+    # Batches published across the election and after it (0.5 s interval).
+    wait_until(lambda: all(outbox(a)[1] >= n + 12 for a, n in zip(agents, at_kill, strict=True)), 30,
+               "batches after the new leader")
+    assert_every_batch_stored_once(nats_stack, postgres_url)
+    resent = sum(int(httpx.get(f"{a.url}/v1/status", timeout=5).json()["telemetry"]["resent"]) for a in agents)
+    print(f"batches the agents sent again after the stream leader's kill: {resent}")
+
+
+def stream_leader(stack: NatsStack) -> str | None:
+    try:
+        return stack.stream_leaders()[0]
+    except Exception:  # no leader during the election: JetStream's API times out
+        return None
+
+
+def outbox_confirming(agent: AgentProcess) -> bool:
+    with sqlite3.connect(f"file:{agent.state_dir / 'outbox.sqlite'}?mode=ro", uri=True, timeout=5) as db:
+        row = db.execute("SELECT value FROM outbox_meta WHERE key = 'confirming'").fetchone()
+    return bool(row and row[0])
 
 
 def received(stack: NatsStack, server: ServerProcess) -> float:
