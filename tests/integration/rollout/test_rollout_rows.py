@@ -33,7 +33,7 @@ from fleet_server.rollouts.stage import ShadowPolicy
 from fleet_server.rollouts.store import RolloutStore
 from fleet_server.tables import RolloutDeviceRow, RolloutRow
 from simulation.databases import postgres_available, postgres_database
-from tests.integration.rollout.fleetdb import FakeClock, RecordingPublisher, add_device, add_model
+from tests.integration.rollout.fleetdb import FakeClock, RecordingPublisher, upgrade_fleet
 from tests.unit.fleet_server.rollout.fleet import T0, VERSION, at, devices, make_rollout
 
 BEFORE = "0005_shadow_records"
@@ -131,12 +131,8 @@ IDS = [f"dev-{i:02d}" for i in range(20)]
 
 
 @pytest.fixture
-def db(migrated_db: Database) -> Iterator[Database]:
-    add_model(migrated_db, "digits", "1.0.0")
-    add_model(migrated_db, "digits", "2.0.0")
-    for device_id in IDS:
-        add_device(migrated_db, device_id, runs={"digits": "1.0.0"})
-    yield migrated_db
+def db(migrated_db: Database) -> Database:
+    return upgrade_fleet(migrated_db, IDS)
 
 
 def _event(device_id: str, kind: str) -> tuple[str, bytes]:
