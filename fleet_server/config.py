@@ -139,9 +139,25 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None:
                 check_broker_url(value, name)
+        if self.broker_accounts is not None and self.broker_accounts not in BROKER_ACCOUNTS:
+            raise ConfigError(f"broker_accounts {self.broker_accounts!r} is not known",
+                              fix=f"use one of: {', '.join(BROKER_ACCOUNTS)}")
+        if self.accounts == "mosquitto-files" and self.mosquitto_dir is None:
+            raise ConfigError("broker_accounts = \"mosquitto-files\" needs mosquitto_dir",
+                              fix="set mosquitto_dir to the directory Mosquitto's password_file and acl_file are in")
+        if self.accounts == "mosquitto-dynsec" and self.broker_url is None:
+            raise ConfigError("broker_accounts = \"mosquitto-dynsec\" needs broker_url (an external Mosquitto)",
+                              fix="set broker_url, e.g. mqtt://127.0.0.1:1883")
         if self.public_url is not None and urlsplit(self.public_url).scheme not in ("http", "https"):
             raise ConfigError(f"public_url {self.public_url!r} is not an http(s) URL",
                               fix="e.g. http://fleet.example.com:8080")
+
+    @property
+    def accounts(self) -> str:
+        """The broker accounts backend in effect (``broker_accounts`` or what its default means)."""
+        if self.broker_accounts is not None:
+            return self.broker_accounts
+        return "mosquitto-files" if self.mosquitto_dir is not None else "unmanaged"
 
     @property
     def database(self) -> str:
@@ -159,26 +175,10 @@ class ServerConfig:
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
-        if self.broker_accounts is not None and self.broker_accounts not in BROKER_ACCOUNTS:
-            raise ConfigError(f"broker_accounts {self.broker_accounts!r} is not known",
-                              fix=f"use one of: {', '.join(BROKER_ACCOUNTS)}")
-        if self.accounts == "mosquitto-files" and self.mosquitto_dir is None:
-            raise ConfigError("broker_accounts = \"mosquitto-files\" needs mosquitto_dir",
-                              fix="set mosquitto_dir to the directory Mosquitto's password_file and acl_file are in")
-        if self.accounts == "mosquitto-dynsec" and self.broker_url is None:
-            raise ConfigError("broker_accounts = \"mosquitto-dynsec\" needs broker_url (an external Mosquitto)",
-                              fix="set broker_url, e.g. mqtt://127.0.0.1:1883")
 
     @property
     def root_keys_dir(self) -> Path:
         return self.data_dir / "offline-root-keys"
-    @property
-    def accounts(self) -> str:
-        """The broker accounts backend in effect (``broker_accounts`` or what its default means)."""
-        if self.broker_accounts is not None:
-            return self.broker_accounts
-        return "mosquitto-files" if self.mosquitto_dir is not None else "unmanaged"
-
 
     @property
     def tuf_dir(self) -> Path:

@@ -399,6 +399,9 @@ class ServerContext:
         if self.presence is not None:
             self.presence.stop()  # drained before the database goes away
             self.presence = None
+        close_accounts = getattr(self.devices.broker, "close", None) if self._opened else None
+        if close_accounts is not None:
+            close_accounts()  # the dynamic-security admin connection
         if self.embedded_broker is not None:
             self.embedded_broker.stop()
             self.embedded_broker = None
@@ -407,6 +410,3 @@ class ServerContext:
             self.db.dispose()
 
 
-        close_accounts = getattr(self.devices.broker, "close", None) if self._opened else None
-        if close_accounts is not None:
-            close_accounts()  # the dynamic-security admin connection
