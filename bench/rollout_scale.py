@@ -26,8 +26,10 @@ from bench.errors import BenchError
 
 SIZES = (100, 1000, 5000, 10000)
 QUICK_SIZES = (100,)
-# Issue 13's goal on the NATS cluster: opt-in (run(nats_sizes=...)), since at HEAD of 2026-12-07 a
-# 1,000-device rollout there stalled with 695 devices never committing (docs/benchmarks.md).
+# Issue 13's goal on the NATS cluster: opt-in (run(nats_sizes=...)). A 1,000-device rollout there
+# stalled (695 devices idle) until the recipe raised nats-server's 1,000-consumers-per-stream default
+# and the bench waited for SUBACKs (docs/deployment.md "The consumer limit"); the connect burst of
+# 10,000 devices (20,000 consumers at about 20/s here) is what keeps it opt-in.
 NATS_SIZES: tuple[int, ...] = ()
 STALL_S = 60.0  # no message on the broker for this long (and not finished): stop waiting, report what stands
 MODEL, VERSION = "bench-rollout", "1.0.0"
@@ -121,7 +123,10 @@ def _one_size(devices: int, work: Path, broker: str = "mosquitto") -> dict[str, 
                 light.add(DeviceIdentity(device_id, PROFILE, director, labels={"site": "bench"}))
             t_connect = time.perf_counter()
             light.start()
-            light.wait_connected(max(60.0, devices / 20))
+            # SUBACKs, not only CONNACKs: on the NATS cluster a device's subscriptions take their JetStream
+            # consumers' time (minutes for thousands at once), and a rollout created before they exist
+            # reaches the device neither live nor as a retained message (docs/deployment.md).
+            light.wait_connected(max(60.0, devices / 20), subscribed=True)
             connected_s = time.perf_counter() - t_connect
             time.sleep(1.0)  # let the server absorb the connect burst (retained reported documents)
             messages_before, cpu_before = counter.value(), sampler.cpu_seconds()

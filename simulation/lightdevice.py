@@ -344,6 +344,11 @@ class LightDevice:
         self.events: list[SentEvent] = []
         self.refusals: list[str] = []
         self.connected = threading.Event()
+        # Set once the broker granted both subscriptions (SUBACK): on the NATS cluster a SUBSCRIBE
+        # waits for its JetStream consumers, long after CONNACK in a connect burst, and what is
+        # published to the device meanwhile misses it (docs/deployment.md "The consumer limit").
+        self.subscribed = threading.Event()
+        self.suback_refusals = 0
         self.want_online = True
         self._loop = loop
         self._broker = broker
@@ -364,6 +369,7 @@ class LightDevice:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         loop.attach(self._client)
 
     @property
@@ -423,8 +429,17 @@ class LightDevice:
             self._interrupted = False
             self._start(self._accepted, resumed=True)
 
+    def _on_subscribe(self, _client: Any, _u: Any, _mid: int, reason_codes: Any, _props: Any) -> None:
+        refused = [rc for rc in reason_codes if rc.is_failure]
+        if refused:  # a broker refusing (0x80) leaves the device connected and deaf: say so
+            self.suback_refusals += 1
+            log.warning("%s: broker refused the subscriptions: %s", self.device_id, refused)
+            return
+        self.subscribed.set()
+
     def _on_disconnect(self, _client: Any, _u: Any, _flags: Any, _reason: Any, _props: Any) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if self.want_online:
             self._loop.call_later(1.0, self._reconnect)
 
@@ -551,13 +566,19 @@ class LightFleet:
             self._on_loop(device.connect)
         return self
 
-    def wait_connected(self, timeout: float = 20.0) -> None:
+    def wait_connected(self, timeout: float = 20.0, *, subscribed: bool = False) -> None:
+        """Every online device has its CONNACK (``subscribed``: and the SUBACK granting both topics)."""
         deadline = time.monotonic() + timeout
         for device in self.devices.values():
-            if device.want_online and not device.connected.wait(max(0.0, deadline - time.monotonic())):
-                missing = sum(1 for d in self.devices.values() if d.want_online and not d.connected.is_set())
-                raise SimulationError(f"{missing} of {len(self.devices)} light devices did not connect in {timeout:g}s",
-                                      fix="check the broker URL and the devices' MQTT credentials")
+            flag = device.subscribed if subscribed else device.connected
+            if device.want_online and not flag.wait(max(0.0, deadline - time.monotonic())):
+                missing = sum(1 for d in self.devices.values()
+                              if d.want_online and not (d.subscribed if subscribed else d.connected).is_set())
+                refused = sum(d.suback_refusals for d in self.devices.values())
+                what = f"subscribed ({refused} SUBACKs refused)" if subscribed else "connect"
+                raise SimulationError(f"{missing} of {len(self.devices)} light devices did not {what} in {timeout:g}s",
+                                      fix="check the broker URL, the devices' MQTT credentials and ACL, and on "
+                                          "NATS the consumer limit (docs/deployment.md)")
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll ``predicate`` until true; raise SimulationError naming ``what`` on timeout."""
