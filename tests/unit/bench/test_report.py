@@ -114,7 +114,7 @@ def test_text_report_shows_every_section_failures_and_targets() -> None:
 def test_markdown_tables_have_a_header_separator_per_table() -> None:
     markdown = render_markdown(_doc(), names=["rollout", "targets"])
     assert sum(line.startswith("|---|") for line in markdown.splitlines()) == 2
-    assert "| devices | create->last commit s |" in markdown
+    assert "| devices | broker | create->last commit s |" in markdown
     assert "inference" not in markdown
 
 
