@@ -28,8 +28,8 @@ SIZES = (100, 1000, 5000, 10000)
 QUICK_SIZES = (100,)
 # Issue 13's goal on the NATS cluster: opt-in (run(nats_sizes=...)). A 1,000-device rollout there
 # stalled (695 devices idle) until the recipe raised nats-server's 1,000-consumers-per-stream default
-# and the bench waited for SUBACKs (docs/deployment.md "The consumer limit"); the connect burst of
-# 10,000 devices (20,000 consumers at about 20/s here) is what keeps it opt-in.
+# and the bench waited for SUBACKs (docs/deployment.md "The consumer limit"); the connect burst
+# (two JetStream consumers per device, about 20/s here, each SUBSCRIBE refused past 5 s) keeps it opt-in.
 NATS_SIZES: tuple[int, ...] = ()
 STALL_S = 60.0  # no message on the broker for this long (and not finished): stop waiting, report what stands
 MODEL, VERSION = "bench-rollout", "1.0.0"

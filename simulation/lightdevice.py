@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import queue
+import random
 import selectors
 import socket
 import threading
@@ -423,7 +424,7 @@ class LightDevice:
             log.warning("%s: broker refused the connection: %s", self.device_id, reason_code)
             return
         self.connected.set()
-        client.subscribe([(topics.desired(self.device_id), 1), (topics.commands(self.device_id), 1)])
+        self._subscribe()
         self._publish_reported()
         if self._interrupted and self._accepted is not None:
             self._interrupted = False
@@ -431,11 +432,19 @@ class LightDevice:
 
     def _on_subscribe(self, _client: Any, _u: Any, _mid: int, reason_codes: Any, _props: Any) -> None:
         refused = [rc for rc in reason_codes if rc.is_failure]
-        if refused:  # a broker refusing (0x80) leaves the device connected and deaf: say so
+        if refused:  # a broker refusing (0x80) leaves the device connected and deaf: ask again
             self.suback_refusals += 1
             log.warning("%s: broker refused the subscriptions: %s", self.device_id, refused)
+            # NATS refuses a SUBSCRIBE whose consumer takes over 5 s in a connect burst: back off,
+            # jittered, so the retries do not arrive as one more burst.
+            delay = min(60.0, 5.0 * 2 ** min(self.suback_refusals - 1, 4)) * random.uniform(0.5, 1.0)
+            self._loop.call_later(delay, self._subscribe)
             return
         self.subscribed.set()
+
+    def _subscribe(self) -> None:
+        if self.connected.is_set():
+            self._client.subscribe([(topics.desired(self.device_id), 1), (topics.commands(self.device_id), 1)])
 
     def _on_disconnect(self, _client: Any, _u: Any, _flags: Any, _reason: Any, _props: Any) -> None:
         self.connected.clear()

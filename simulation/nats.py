@@ -42,9 +42,6 @@ MIN_VERSION = (2, 10)  # auth callout (docs/deployment.md); MQTT and JetStream w
 MQTT_CONSUMERS_PER_DEVICE = 2
 # How many devices the recipe is sized for (docs/deployment.md "Scaling out": the consumer limit).
 RECIPE_MAX_DEVICES = 50_000
-# How long a device's SUBSCRIBE may wait for its consumer: 1,000 devices connecting at once took
-# about 100 s to get their 2,000 three-replica consumers on a loaded 2-core loopback cluster.
-MQTT_JS_API_TIMEOUT = "180s"
 
 
 @dataclass(frozen=True)
@@ -143,14 +140,14 @@ def node_config(name: str, ports: NodePorts, routes: Sequence[int], store_dir: s
         "\n"
         "# Devices speak MQTT 3.1.1 to any node. QoS 1 messages wait 30 s for a PUBACK before the\n"
         "# gateway sends them again; 1024 may be unacknowledged per subscription. Each QoS 1\n"
-        "# SUBSCRIBE creates a replicated JetStream consumer; in a reconnect storm those queue up\n"
-        "# in the meta layer, and a SUBSCRIBE that waits past js_api_timeout (default 5 s) is refused.\n"
+        "# SUBSCRIBE creates a replicated JetStream consumer; in a connect burst those queue up and\n"
+        "# one waiting past js_api_timeout (5 s) is refused (SUBACK 0x80): devices subscribe again.\n"
+        "# A longer js_api_timeout stalls a session's CONNECT on another node after its node dies.\n"
         "mqtt {\n"
         f"  listen: {host}:{ports.mqtt}\n"
         "  ack_wait: \"30s\"\n"
         "  max_ack_pending: 1024\n"
         f"  stream_replicas: {mqtt_replicas}\n"
-        f"  js_api_timeout: \"{MQTT_JS_API_TIMEOUT}\"\n"
         "}\n"
         + (_callout_block(callout) if callout is not None else "")
     )
