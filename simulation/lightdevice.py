@@ -359,6 +359,10 @@ class LightDevice:
         self._accepted: Assignment | None = None
         self._in_flight = False
         self._interrupted = False
+        # The steps of the update in flight not sent yet, and what served before it: a drop keeps
+        # them, so the device back online finishes a model it had already switched to.
+        self._left: tuple[Step, ...] = ()
+        self._left_before: dict[str, tuple[str, str]] = {}
         self._update: dict[str, Any] = {"state": "idle", "model": None, "version": None, "counter": None, "reason": None}
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity.device_id,
                                    protocol=mqtt.MQTTv311, clean_session=True)
@@ -482,11 +486,26 @@ class LightDevice:
         self._start(assignment, resumed=False)
 
     def _start(self, assignment: Assignment, *, resumed: bool) -> None:
+        """Run the steps of ``assignment``'s updates; ``resumed``: after a drop interrupted them.
+
+        A resumed update of a model not switched yet starts again (as an agent restarting from
+        its persisted state downloads again). One already switched (activated, outcome not sent)
+        goes on with the steps it had left, against what served before it: nothing is left to
+        install, but its outcome still has to be sent, or the server waits for it forever.
+        """
         self._generation += 1
         steps: list[Step] = []
+        before = dict(self.models)
         for name, target in sorted(assignment.models.items()):
             current = self.models.get(name, (None, ""))[0]
             if current == target.version:
+                if resumed:
+                    left = [step for step in self._left if step.model == name]
+                    steps += left
+                    if left:
+                        before.pop(name, None)
+                        if name in self._left_before:
+                            before[name] = self._left_before[name]
                 continue
             refusal = self._checker.check(target) if self._checker is not None else None
             outcome = self.behaviour.outcome_for(name, target.version)
@@ -494,7 +513,8 @@ class LightDevice:
                 outcome = Outcome.SUCCEED  # it went offline once; back now, it finishes the update
             steps += plan_update(name, current, target.version, outcome, refusal=refusal)
         self._in_flight = bool(steps)
-        self._run_steps(steps, assignment, self._generation, time.monotonic(), dict(self.models))
+        self._left, self._left_before = tuple(steps), before
+        self._run_steps(steps, assignment, self._generation, time.monotonic(), before)
 
     def _run_steps(self, steps: Sequence[Step], assignment: Assignment, generation: int, started: float,
                    before: Mapping[str, tuple[str, str]]) -> None:
@@ -516,6 +536,7 @@ class LightDevice:
         if step.event == events.ASSIGNED or terminal:
             self._publish_reported()
         self._in_flight = bool(rest) or step.goes_offline
+        self._left = tuple(rest)
         if step.goes_offline:
             self.drop()
             return

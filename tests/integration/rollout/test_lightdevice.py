@@ -95,6 +95,33 @@ def test_offline_device_leaves_its_will_retained(mosquitto: MosquittoProcess) ->
         assert fleet.devices["dev-o"].models["digits"][0] == "1.0.0"
 
 
+@pytest.mark.parametrize(("outcome", "last", "serving"), [
+    (Outcome.SUCCEED, "committed", "2.0.0"),
+    (Outcome.FAIL_PROBATION, "rolled_back", "1.0.0"),
+])
+def test_device_dropped_after_activation_finishes_its_update_when_back(mosquitto: MosquittoProcess, outcome: Outcome,
+                                                                       last: str, serving: str) -> None:
+    # The new version already serves (activated), its outcome is not sent yet: a device back online
+    # must still send it. It used to resume nothing (nothing left to install), leaving the server
+    # waiting for an outcome that never came (test_simulate's network loss, one run in many).
+    signer = DirectorSigner.generate()
+    # A step takes 0.5 s, so the drop lands between "activated" and the outcome.
+    behaviour = Behaviour(per_version={"digits@2.0.0": outcome}, step_delay=0.5)
+    with LightFleet(mosquitto.url) as fleet:
+        dev = fleet.add(DeviceIdentity("dev-p", "rpi4-64", signer.public_b64), behaviour,
+                        models={"digits": ("1.0.0", "cd" * 32)})
+        fleet.wait_connected()
+        with Recorder(mosquitto.url, topics.desired("dev-p")) as pub:
+            pub.publish(topics.desired("dev-p"), _envelope(signer, "dev-p", 7, "2.0.0"), retain=True)
+        fleet.wait_for(lambda: "activated" in dev.event_names(), 10, "the activation")
+        fleet.drop("dev-p")
+        assert dev.event_names()[-1] == "activated", "the drop came too late to interrupt the update"
+        fleet.wait_for(lambda: not dev.connected.is_set(), 10, "the device to drop")
+        fleet.reconnect("dev-p")
+        fleet.wait_for(lambda: last in dev.event_names(), 10, f"the interrupted update's {last}")
+        assert dev.event_names().count(last) == 1 and dev.models["digits"][0] == serving
+
+
 def test_two_hundred_devices_share_one_thread(mosquitto: MosquittoProcess) -> None:
     import threading
 
