@@ -14,6 +14,14 @@ from fleet_server.cli.client import AdminClient, ClientSettings
 from simulation.fleet import AgentProcess, MosquittoProcess, ServerProcess, Supervisor, wait_until
 from tests.support.bundles import make_onnx_bundle
 
+# States a rollout does not leave by itself; a halted one may still be rolled back or aborted.
+_FINAL = frozenset({"completed", "aborted", "rolled_back"})
+
+
+def _ended(wanted: str) -> frozenset[str]:
+    """The states from which a rollout never reaches ``wanted`` without an operator."""
+    return _FINAL | {"halted"} if wanted == "completed" else _FINAL
+
 PROFILE = "rpi4-64"
 
 
@@ -61,9 +69,18 @@ class Stack:
         return dict(self.admin.request("GET", f"/api/v1/rollouts/{rollout_id}", params={"devices": "true"}))
 
     def wait_state(self, rollout_id: str, state: str, timeout: float = 90.0) -> dict[str, Any]:
-        view: dict[str, Any] = wait_until(lambda: (v := self.view(rollout_id))["state"] == state and v, timeout,
-                                          f"rollout {rollout_id} to be {state}", every=0.3)
-        return view
+        """The rollout's view once it is in ``state``; a rollout that ends in another state fails at once,
+        with its halt reason and the first wave's stage (waiting out the timeout would hide both)."""
+        def reached() -> dict[str, Any] | None:
+            view = self.view(rollout_id)
+            if view["state"] != state and view["state"] in _ended(state):
+                stage = view["waves"][0].get("stage") if view["waves"] else None
+                raise AssertionError(f"rollout {rollout_id} ended {view['state']}, not {state}: "
+                                     f"{view['halt_reason']!r}; first wave's stage: {stage}")
+            return view if view["state"] == state else None
+
+        found: dict[str, Any] = wait_until(reached, timeout, f"rollout {rollout_id} to be {state}", every=0.3)
+        return found
 
     def versions(self) -> dict[str, str | None]:
         """What every device reports running, by device id."""
