@@ -8,12 +8,14 @@ SIGKILLed, and last wills.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edgefleet import topics
+from simulation.fleet import FleetError
 from simulation.nats import NatsCluster, nats_server_binary, recipe_configs
 from tests.support.mqtt import MqttProbe
 from tests.support.nats import nats_cluster
@@ -37,16 +39,29 @@ def test_recipe_files_are_the_generated_ones_and_valid() -> None:
 
 
 def test_retained_message_reaches_a_subscriber_on_another_node(cluster: NatsCluster) -> None:
+    """Each node keeps its own copy of the retained messages, fed from a stream: a SUBSCRIBE on b in
+    the first moments after the PUBACK on a can find b without the message (seen in CI on a loaded
+    machine). What must hold is that b has it soon after, for every later subscriber."""
     a, b = cluster.nodes[0].ports.mqtt, cluster.nodes[1].ports.mqtt
     topic = topics.desired("retained-dev")
     server = MqttProbe(a, "probe-server-1")
     server.publish(topic, b"assignment-1", retain=True)
-    device = MqttProbe(b, "retained-dev")
-    device.subscribe(topic)
-    device.wait_for(topic, b"assignment-1")
+    deadline = time.monotonic() + 15
+    attempt = 0
+    while True:
+        attempt += 1
+        device = MqttProbe(b, f"retained-dev-{attempt}")
+        assert device.subscribe(topic) == [True]  # a refused SUBACK would leave it deaf: not this test's point
+        try:
+            device.wait_for(topic, b"assignment-1", timeout=1.0)
+            break
+        except FleetError:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            device.close()
     assert (topic, b"assignment-1", True) in device.messages
     server.close()
-    device.close()
 
 
 def test_last_will_is_published_and_retained_across_nodes(cluster: NatsCluster) -> None:
