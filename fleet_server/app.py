@@ -198,6 +198,7 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
             await asyncio.to_thread(ctx.close)
 
     from fleet_server.api import api, health, tuf
+    from fleet_server.broker.auth_api import router as broker_auth_router
     from fleet_server.console import install_console
     from fleet_server.rollouts.api import router as rollouts_router
     from fleet_server.rollouts.preview import router as rollout_preview_router
@@ -217,6 +218,7 @@ def create_app(config: ServerConfig, *, context: ServerContext | None = None, mq
     app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes)
     app.add_middleware(ApiLatency, metrics=lambda: getattr(ctx, "metrics", None))
     app.include_router(api)
+    app.include_router(broker_auth_router)
     app.include_router(fleet_router)
     app.include_router(metrics_router)
     app.include_router(history_router)

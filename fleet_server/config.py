@@ -25,7 +25,7 @@ from fleet_server.broker.connection import check_replica_id
 from fleet_server.errors import ConfigError
 from fleet_server.telemetry.alerts import AlertConfig, load_alert_config
 
-BROKER_ACCOUNTS = ("mosquitto-files", "mosquitto-dynsec", "unmanaged")
+BROKER_ACCOUNTS = ("mosquitto-files", "mosquitto-dynsec", "mosquitto-http", "unmanaged")
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 DEFAULT_ENROLLMENT_TTL = 24 * 3600
 MAX_ENROLLMENT_TTL = 30 * 24 * 3600
@@ -70,8 +70,14 @@ class ServerConfig:
     # Who keeps the devices' broker accounts (docs/deployment.md "Broker accounts"):
     # "mosquitto-files" (mosquitto_dir's password and ACL files, rewritten whole), "mosquitto-dynsec"
     # (Mosquitto's dynamic-security plugin, one account changed per enrollment over MQTT) or
-    # "unmanaged". None: "mosquitto-files" when mosquitto_dir is set, else "unmanaged".
+    # "mosquitto-http" (the edgefleet Mosquitto plugin asks this server at each CONNECT: nothing
+    # written at enrollment, fleet_server.broker.mosquitto_http) or "unmanaged".
+    # None: "mosquitto-files" when mosquitto_dir is set, else "unmanaged".
     broker_accounts: str | None = None
+    # The bearer token brokers send to /api/v1/broker/auth and /acl (EMQX, VerneMQ, HiveMQ, the
+    # edgefleet Mosquitto plugin). None: the endpoint is off, except with "mosquitto-http", where
+    # it is read from or created in data_dir/broker-auth-token.
+    broker_auth_token: str | None = None
     mosquitto_dir: Path | None = None  # where to write Mosquitto's password and ACL files
     mosquitto_pid_file: Path | None = None  # SIGHUP this Mosquitto after rewriting its files
     timestamp_refresh_seconds: float = 3600.0
@@ -148,6 +154,15 @@ class ServerConfig:
         if self.accounts == "mosquitto-dynsec" and self.broker_url is None:
             raise ConfigError("broker_accounts = \"mosquitto-dynsec\" needs broker_url (an external Mosquitto)",
                               fix="set broker_url, e.g. mqtt://127.0.0.1:1883")
+        if self.accounts == "mosquitto-http" and self.broker_url is None:
+            raise ConfigError("broker_accounts = \"mosquitto-http\" needs broker_url (a Mosquitto with the edgefleet "
+                              "plugin: the server revokes through it)", fix="set broker_url, e.g. mqtt://127.0.0.1:1883")
+        if self.broker_auth_token is not None and len(self.broker_auth_token) < 16:
+            raise ConfigError("broker_auth_token is shorter than 16 characters",
+                              fix="use a long random value, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        if self.broker_auth_token is not None and self.broker_auth_token in (self.admin_token, self.viewer_token):
+            raise ConfigError("broker_auth_token equals the admin or viewer token",
+                              fix="give the brokers a token of their own")
         if self.public_url is not None and urlsplit(self.public_url).scheme not in ("http", "https"):
             raise ConfigError(f"public_url {self.public_url!r} is not an http(s) URL",
                               fix="e.g. http://fleet.example.com:8080")
@@ -195,6 +210,10 @@ class ServerConfig:
     @property
     def mqtt_credentials_file(self) -> Path:
         return self.data_dir / "server-mqtt.json"
+
+    @property
+    def broker_auth_token_file(self) -> Path:
+        return self.data_dir / "broker-auth-token"
 
     @property
     def nats_issuer_file(self) -> Path:

@@ -37,9 +37,11 @@ from fleet_server.registry.devices import Devices
 from fleet_server.registry.models import Registry
 
 if TYPE_CHECKING:  # the network side is imported when it starts, so ``open`` stays light
+    from fleet_server.broker.access import Grant, Login
+    from fleet_server.broker.auth_api import BrokerAuth
     from fleet_server.broker.connection import FleetMqtt
     from fleet_server.broker.embedded import EmbeddedBroker
-    from fleet_server.broker.nats_auth import AuthCallout, Grant, Login
+    from fleet_server.broker.nats_auth import AuthCallout
     from fleet_server.broker.nats_ingest import JetStreamIngest
     from fleet_server.registry.presence import PresenceIngest
     from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
@@ -149,6 +151,12 @@ class ServerContext:
             Issuer.load_or_create(config.nats_issuer_file)
         self.registry = Registry(self.db, self.repo, self.artifacts, clock=self.clock,
                                  max_bundle_bytes=config.max_upload_bytes)
+        from fleet_server.broker.auth import verify_mosquitto_password
+        from fleet_server.broker.logins import LoginChecker
+
+        # Brokers that ask at each CONNECT (NATS callout, the HTTP endpoint) check logins through it.
+        self.logins = LoginChecker(lambda username: self.devices.broker_account(username), verify_mosquitto_password)
+        self.broker_auth = self._broker_auth()
         self.devices = Devices(self.db, self._broker_accounts(), server_user=self._server_user(), clock=self.clock,
                                max_token_ttl=timedelta(days=30))
         self._open_monitoring()
@@ -189,8 +197,29 @@ class ServerContext:
 
         return BrokerUser(self.config.mqtt_username, mosquitto_password_hash(self.mqtt_password), None)
 
+    def _broker_auth(self) -> BrokerAuth | None:
+        """The HTTP broker-auth endpoint's service (fleet_server.broker.auth_api), when it is on."""
+        config = self.config
+        if config.broker_auth_token is None and config.accounts != "mosquitto-http":
+            return None
+        from fleet_server.broker.auth_api import BrokerAuth
+
+        token = config.broker_auth_token or read_or_create_secret(config.broker_auth_token_file).value
+        return BrokerAuth(token, grant_for=self.broker_grant, user_grant=self.user_grant)
+
     def _broker_accounts(self) -> BrokerAccounts:
         config = self.config
+        if config.accounts == "mosquitto-http":
+            from edgefleet.brokers import parse_broker_urls
+            from fleet_server.broker.mosquitto_http import MosquittoHttpAccounts
+
+            assert config.broker_url is not None  # ServerConfig checks it
+            login = urlsplit(config.broker_url.split(",")[0])
+            return MosquittoHttpAccounts(parse_broker_urls(config.broker_url),
+                                         unquote(login.username) if login.username else config.mqtt_username,
+                                         unquote(login.password) if login.password else self.mqtt_password,
+                                         ca_file=str(config.broker_ca_file) if config.broker_ca_file else None,
+                                         on_revoked=self.logins.forget)
         if config.accounts == "mosquitto-dynsec":
             from edgefleet.brokers import parse_broker_urls
             from fleet_server.broker.dynsec import DynsecAccounts
@@ -329,19 +358,32 @@ class ServerContext:
         assert c.nats_url is not None and c.nats_callout_user is not None and c.nats_callout_password is not None
         self.nats_auth = AuthCallout(parse_servers(c.nats_url), user=c.nats_callout_user,
                                      password=c.nats_callout_password, issuer=Issuer.load_or_create(c.nats_issuer_file),
-                                     grant_for=self._nats_grant).start()
+                                     grant_for=self.broker_grant).start()
         if not self.nats_auth.wait_ready(10):
             log.warning("the NATS auth callout is not serving yet; clients are refused until it is")
 
-    def _nats_grant(self, login: Login) -> Grant | None:
-        """Who a NATS or MQTT client connecting to the cluster is: this server (any replica), or a device."""
-        from fleet_server.broker.nats_auth import device_grant, server_grant
+    def broker_grant(self, login: Login) -> Grant | None:
+        """Who a client connecting to a broker that asks us is (NATS callout, HTTP endpoint): this
+        server (any replica, by its own password) or an enrolled device (one registry row)."""
+        from fleet_server.broker.access import device_grant, server_grant
 
         if login.user == self.config.mqtt_username:
             ok = hmac.compare_digest(login.password.encode(), self.mqtt_password.encode())
             return server_grant(login.user) if ok else None
-        device_id = self.devices.broker_login(login.user, login.password)
-        return None if device_id is None else device_grant(device_id)
+        checked = self.logins.check(login.user, login.password)
+        if checked.device_id is None:
+            log.debug("broker login %r refused: %s", login.user, checked.why)
+            return None
+        return device_grant(checked.device_id)
+
+    def user_grant(self, username: str) -> Grant | None:
+        """What a connected login may do, by its username alone (the HTTP ACL check)."""
+        from fleet_server.broker.access import device_grant, server_grant
+
+        if username == self.config.mqtt_username:
+            return server_grant(username)
+        account = self.devices.broker_account(username)
+        return None if account is None else device_grant(account.device_id)
 
     def _enrolled_count(self) -> int:
         from sqlalchemy import func, select
@@ -372,6 +414,7 @@ class ServerContext:
             ("online keys", str(c.keys_dir)),
             ("root keys", str(c.root_keys_dir)),
             ("broker accounts", c.accounts + (f" in {c.mosquitto_dir}" if c.accounts == "mosquitto-files" else "")),
+            ("broker auth endpoint", f"{c.server_url}/api/v1/broker/auth and /acl" if self.broker_auth else "off"),
         ]
 
     def close(self) -> None:
@@ -401,7 +444,7 @@ class ServerContext:
             self.presence = None
         close_accounts = getattr(self.devices.broker, "close", None) if self._opened else None
         if close_accounts is not None:
-            close_accounts()  # the dynamic-security admin connection
+            close_accounts()  # the dynamic-security or edgefleet-plugin control connection
         if self.embedded_broker is not None:
             self.embedded_broker.stop()
             self.embedded_broker = None

@@ -212,12 +212,16 @@ class ControlClient:
     """
 
     def __init__(self, address: BrokerAddress, username: str, password: str, *, ca_file: str | None = None,
-                 on_reconnect: Callable[[ControlClient], None] | None = None) -> None:
+                 on_reconnect: Callable[[ControlClient], None] | None = None,
+                 control_topic: str = CONTROL_TOPIC) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
         self.address = address
         self.on_reconnect = on_reconnect
+        # The edgefleet Mosquitto plugin speaks the same request/response shape on its own topic
+        # (fleet_server.broker.mosquitto_http).
+        self.control_topic, self.response_topic = control_topic, f"{control_topic}/response"
         self._answers: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
         self._ready = False
@@ -260,22 +264,23 @@ class ControlClient:
                 if not self._changed.wait_for(lambda: self._ready, timeout):
                     raise BrokerError(f"the Mosquitto at {self.address} did not accept the server's admin "
                                       f"connection within {timeout:g} s",
-                                      fix="check that Mosquitto runs with the dynamic-security plugin and that "
-                                          "the server's MQTT user has the edgefleet-dynsec-admin role "
+                                      fix=f"check that Mosquitto runs with the plugin that serves "
+                                          f"{self.control_topic} and that it accepts the server's MQTT user "
                                           "(docs/deployment.md)")
             tag = secrets.token_hex(6)
             sent = [{**command, "correlationData": f"{tag}-{i}"} for i, command in enumerate(commands)]
-            info = self._client.publish(CONTROL_TOPIC, json.dumps({"commands": sent}), qos=1)
+            info = self._client.publish(self.control_topic, json.dumps({"commands": sent}), qos=1)
             keys = [c["correlationData"] for c in sent]
             with self._changed:
                 got = self._changed.wait_for(lambda: all(k in self._answers for k in keys),
                                              max(0.0, deadline - time.monotonic()))
                 answers = [self._answers.pop(k) for k in keys if k in self._answers]
             if not got:
-                raise BrokerError(f"the Mosquitto at {self.address} did not answer the dynamic-security commands "
-                                  f"{', '.join(str(c['command']) for c in commands)} within {timeout:g} s "
-                                  f"(published: {info.is_published()})",
-                                  fix="check that Mosquitto loads the dynamic-security plugin and is reachable")
+                raise BrokerError(f"the Mosquitto at {self.address} did not answer the commands "
+                                  f"{', '.join(str(c['command']) for c in commands)} on {self.control_topic} "
+                                  f"within {timeout:g} s (published: {info.is_published()})",
+                                  fix=f"check that Mosquitto loads the plugin that serves {self.control_topic} "
+                                      "and is reachable")
         return [Answer(str(a.get("command")), a.get("error"), a.get("data") or {}) for a in answers]
 
     # paho's thread
@@ -283,12 +288,12 @@ class ControlClient:
         if reason_code.is_failure:
             log.error("the Mosquitto at %s refused the server's admin connection: %s", self.address, reason_code)
             return
-        client.subscribe(RESPONSE_TOPIC, qos=1)
+        client.subscribe(self.response_topic, qos=1)
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         if any(code.is_failure for code in codes):
             log.error("the Mosquitto at %s refused the server's subscription to %s: is the server's user "
-                      "a dynamic-security admin?", self.address, RESPONSE_TOPIC)
+                      "a dynamic-security admin?", self.address, self.response_topic)
             return
         with self._changed:
             self._ready = True

@@ -45,12 +45,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgefleet import topics
 from edgefleet.atomic import atomic_write_bytes
-from fleet_server.broker.nats_ingest import nats_subject
+from fleet_server.broker.access import Grant, Login, decide, device_grant, server_grant
 from fleet_server.errors import BrokerError
 
 log = logging.getLogger(__name__)
+__all__ = ["AuthCallout", "CalloutError", "Grant", "Issuer", "Login", "NatsAccounts", "authorize", "decide",
+           "device_grant", "parse_request", "server_grant"]
 
 CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
 QUEUE_GROUP = "edgefleet-auth"
@@ -138,43 +139,7 @@ def read_jwt(token: str, issuer_prefix: int = PREFIX_SERVER) -> dict[str, Any]:
 
 # ---- who may do what (pure) --------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Grant:
-    """What one login may do: NATS ``pub``/``sub`` allow lists (empty: nothing)."""
-
-    name: str
-    publish: tuple[str, ...]
-    subscribe: tuple[str, ...]
-    device_id: str | None = None  # a device's grant holds its MQTT client id to this
-
-    def permissions(self) -> dict[str, Any]:
-        return {"pub": {"allow": list(self.publish)}, "sub": {"allow": list(self.subscribe)}}
-
-
-def device_grant(device_id: str) -> Grant:
-    return Grant(device_id,
-                 tuple(nats_subject(topics.device_topic(device_id, k)) for k in topics.DEVICE_TO_SERVER),
-                 tuple(nats_subject(topics.device_topic(device_id, k)) for k in topics.SERVER_TO_DEVICE),
-                 device_id)
-
-
-def server_grant(name: str) -> Grant:
-    # The server's JetStream consumer needs the $JS API and inboxes; its MQTT publisher the
-    # device subjects: everything in the account.
-    return Grant(name, (">",), (">",))
-
-
-@dataclass(frozen=True)
-class Login:
-    """What a connecting client presented (from the authorization request)."""
-
-    user: str
-    password: str
-    client_type: str  # "mqtt" or "nats"
-    mqtt_client_id: str | None = None
-    host: str = ""
-
-
+# Grants, logins and ``decide`` are shared with the HTTP broker-auth endpoint: fleet_server.broker.access.
 GrantFor = Callable[[Login], Grant | None]
 
 
@@ -196,15 +161,6 @@ def parse_request(claims: Mapping[str, Any]) -> Request:
     return Request(server["id"], user_nkey, Login(str(options.get("user") or ""), str(options.get("pass") or ""),
                                                   str(client.get("type") or "nats"),
                                                   client.get("mqtt_id"), str(client.get("host") or "")))
-
-
-def decide(login: Login, grant: Grant | None) -> tuple[Grant | None, str]:
-    """The grant to give, or None and why not (a device's MQTT client id must be its device id)."""
-    if grant is None:
-        return None, "unknown user or wrong password"
-    if grant.device_id is not None and login.client_type == "mqtt" and login.mqtt_client_id != grant.device_id:
-        return None, f"MQTT client id {login.mqtt_client_id!r} is not the device id"
-    return grant, ""
 
 
 def authorize(request: Request, grant: Grant | None, why: str, issuer: Ed25519PrivateKey, now: float) -> str:

@@ -64,6 +64,11 @@ def _register_server(sub: Any) -> None:
     p.add_argument("--broker-ca-file", type=Path, help="CA bundle to verify an mqtts:// broker (default: system CAs)")
     p.add_argument("--mosquitto-dir", type=Path, help="write Mosquitto's password and ACL files here")
     p.add_argument("--mosquitto-pid-file", type=Path, help="SIGHUP this Mosquitto after writing its files")
+    # Checked by ServerConfig (fleet_server.config.BROKER_ACCOUNTS), not here: the CLI stays light.
+    p.add_argument("--broker-accounts", metavar="BACKEND",
+                   help="who keeps the devices' broker accounts: mosquitto-files, mosquitto-dynsec, mosquitto-http "
+                        "or unmanaged (docs/deployment.md \"Broker accounts\"; default: mosquitto-files with "
+                        "--mosquitto-dir, else unmanaged)")
     p.add_argument("--private-targets", action="store_true", default=None,
                    help="confidential models: serve /tuf/targets/ to enrolled devices only (docs/security.md)")
     p.add_argument("--init-only", action="store_true",
@@ -88,7 +93,7 @@ def _server(args: argparse.Namespace) -> int:
 
     config = _server_config(args, ("data_dir", "host", "port", "database_url", "broker_url", "public_url",
                                    "broker_public_url", "broker_ca_file", "mosquitto_dir", "mosquitto_pid_file",
-                                   "private_targets"))
+                                   "private_targets", "broker_accounts"))
     # The server tells what it does at INFO even without -v; uvicorn's start-up lines too, and its
     # access log only with -v (its loggers have no level of their own: log_level=None below).
     for name in ("fleet_server", "uvicorn.error"):

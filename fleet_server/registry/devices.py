@@ -27,6 +27,7 @@ from sqlalchemy import select, update
 
 from edgefleet.profiles import Profile, load_profile, profile_names
 from fleet_server.broker.accounts import BrokerAccounts, BrokerUser
+from fleet_server.broker.logins import Account
 from fleet_server.credentials import check_labels, hash_secret, new_device_id, new_secret
 from fleet_server.db import Database
 from fleet_server.errors import AuthError, GoneError, InvalidInputError, NotFoundError, ServerError
@@ -282,10 +283,17 @@ class Devices:
         fleet_server.broker.nats_auth). One row by its unique username, whatever the fleet size."""
         from fleet_server.broker.auth import verify_mosquitto_password
 
+        account = self.broker_account(username)
+        return account.device_id if account is not None and verify_mosquitto_password(password, account.password_hash) \
+            else None
+
+    def broker_account(self, username: str) -> Account | None:
+        """The enrolled device with this broker username and its stored password hash, or None
+        (revoked or unknown): one row by its unique username (fleet_server.broker.logins)."""
         with self.db.session() as session:
             row = session.execute(select(DeviceRow.id, DeviceRow.mqtt_password_hash)
                                   .where(DeviceRow.mqtt_username == username, DeviceRow.status == ENROLLED)).first()
-        return row[0] if row is not None and verify_mosquitto_password(password, row[1]) else None
+        return None if row is None else Account(row[0], row[1])
 
     def broker_users(self) -> Sequence[BrokerUser]:
         """The server's own account, then every enrolled device's, as the registry holds them now."""
