@@ -146,7 +146,21 @@ class Daemon:
             if session is not None:
                 models[name] = {"version": session.manifest.version, "sha256": session.slot.sha256}
         return {"agent_version": __version__, "profile": self.profile.name, "models": models,
-                "update": self._update_state()}
+                "update": self._update_state(), "assignment_counter": self._assignment_counter()}
+
+    def _assignment_counter(self) -> int:
+        """``reported.assignment_counter``: the counter of the last assignment accepted (assignment.json), 0 if none.
+
+        The server compares it with the latest it issued and publishes ``desired`` again to a device
+        that is behind (docs/contracts.md): a ``desired`` published while the device's SUBSCRIBE
+        waited was lost to it. Unreadable counts as 0: the server then re-sends, which costs one
+        message and is refused as a duplicate or a replay, never a wrong update.
+        """
+        try:
+            counter = json.loads(self.state.assignment_file.read_text(encoding="utf-8"))["counter"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+        return counter if isinstance(counter, int) and not isinstance(counter, bool) and counter > 0 else 0
 
     def publish_reported(self) -> None:
         if self.link is not None:
@@ -175,7 +189,9 @@ class Daemon:
             "api": {"tcp": f"{api.tcp_address[0]}:{api.tcp_address[1]}" if api and api.tcp_address else None,
                     "socket": str(api.socket_path) if api and api.socket_path else None},
             "mqtt": {"enabled": self.link is not None, "connected": bool(self.link and self.link.connected),
-                     "broker": f"{self.link.address.host}:{self.link.address.port}" if self.link else None},
+                     "broker": f"{self.link.address.host}:{self.link.address.port}" if self.link else None,
+                     "subscribed": bool(self.link and self.link.subscribed.is_set()),
+                     "suback_refusals": self.link.suback_refusals if self.link else 0},
             "models": models, "failures": dict(self.load_failures), "update": self._update_state(),
             "candidates": self.serving.candidates(),
             "telemetry": self.reporter.stats() if self.reporter else None,
@@ -195,9 +211,12 @@ class Daemon:
         outbox = reporter.outbox.stats().rows if reporter is not None and reporter.outbox is not None else None
         confirmation = ((reporter.unconfirmed(), reporter.resent) if reporter is not None and reporter.confirming
                         else None)
+        link = self.link
+        subscriptions = (link.suback_refusals, link.subscribed.is_set()) if link is not None else None
         families = prometheus.agent_families(serving=serving, totals=self.metrics.totals(),
                                              accuracies=self.metrics.accuracies(), drift=drift, outbox_rows=outbox,
-                                             shadow=self.serving.shadow_totals(), confirmation=confirmation)
+                                             shadow=self.serving.shadow_totals(), confirmation=confirmation,
+                                             subscriptions=subscriptions)
         return MediaBody.of(prometheus.render(families), prometheus.CONTENT_TYPE)
 
     # -- lifecycle ------------------------------------------------------------------------------

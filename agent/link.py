@@ -8,7 +8,7 @@ dies; ``reported`` is published retained on every connect and whenever it change
 ``mqtts://`` URLs turn TLS on (CA from the state directory's ca.pem, else the system's).
 
 The link runs its own thread and reconnects with jittered exponential backoff (``Backoff``,
-pure, so it is tested without sleeping). Given several brokers (``mqtt://a:1883,b:1883``, or a
+``edgefleet.backoff``: pure, so it is tested without sleeping). Given several brokers (``mqtt://a:1883,b:1883``, or a
 list: ``edgefleet.brokers``) it moves to the next one at every failed or lost connection, so a
 dead node costs one backoff step; its persistent session (client id = device id) carries on
 there where the nodes share sessions (a cluster), and starts afresh on an independent broker,
@@ -17,6 +17,22 @@ inference never touches it, so the agent serves with the broker down and connect
 comes up. Incoming ``desired`` and ``commands`` messages are handed to callbacks on a separate
 dispatcher thread, so a slow handler (the update path downloading a bundle) cannot stall
 keepalives. It does not verify assignments or run commands: its callbacks' owners do.
+
+Every SUBACK is checked. A broker may refuse a subscription (return code 0x80) and keep the
+connection: a NATS cluster's MQTT gateway does when the JetStream consumer behind it takes
+longer than ``js_api_timeout`` in a connect burst, an ACL that denies the topic does on
+Mosquitto. Unchecked, the device stays connected and deaf to its assignments. The link counts
+each refusal (``suback_refusals``, the agent's ``/metrics``), logs the topic and the fix, and
+subscribes again to what was refused after a jittered backoff (``edgefleet.backoff.suback_backoff``,
+5-60 s; the simulator's light devices use the same). ``subscribed`` is set once both
+subscriptions are granted on the current connection.
+
+What is published to ``desired`` while a SUBSCRIBE waits for its consumer reaches the device
+neither as a retained message (taken when the SUBSCRIBE arrives) nor live (the consumer does
+not exist yet). So once ``desired`` is granted on a session the broker did not resume, or after
+a refusal, the link publishes ``reported`` again: it names the assignment the agent holds
+(``assignment_counter``, docs/contracts.md), and a server that issued a newer one publishes
+that device's ``desired`` again.
 
 Durable delivery (the telemetry outbox) runs ON the link thread: ``on_tick`` is called after
 every network loop pass while connected, and may call ``publish_bytes``; ``on_puback(mid)``
@@ -33,7 +49,6 @@ import contextlib
 import json
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,10 +58,14 @@ from typing import Any
 from agent.errors import LinkError
 from agent.state import Credentials
 from edgefleet import topics
+from edgefleet.backoff import Backoff, refused_topics
+from edgefleet.backoff import suback_backoff as edgefleet_suback_backoff
 from edgefleet.brokers import BrokerAddress, Rotation, parse_broker_urls
 from edgefleet.errors import BrokerUrlError
 
 log = logging.getLogger("agent.link")
+
+__all__ = ["Backoff", "Link", "parse_brokers"]  # Backoff lives in edgefleet.backoff, shared with the simulator
 
 MAX_QUEUED = 1000
 DesiredHandler = Callable[[bytes], None]
@@ -63,35 +82,13 @@ def parse_brokers(urls: str | Sequence[str]) -> tuple[BrokerAddress, ...]:
         raise LinkError(exc.message, fix=f"{exc.fix}; set broker_url in agent.toml or re-enroll the device") from exc
 
 
-class Backoff:
-    """Exponential backoff with jitter: delays grow ``initial * factor**n`` up to ``maximum``,
-    each scaled by a random factor in [0.5, 1) so a fleet that lost its broker does not
-    reconnect in lockstep when it comes back."""
-
-    def __init__(self, initial: float = 0.5, maximum: float = 60.0, factor: float = 2.0,
-                 rand: Callable[[], float] = random.random) -> None:
-        if not 0 < initial <= maximum or factor < 1:
-            raise ValueError("backoff needs 0 < initial <= maximum and factor >= 1")
-        self.initial, self.maximum, self.factor = initial, maximum, factor
-        self._rand = rand
-        self.attempt = 0
-
-    def next(self) -> float:
-        base = min(self.maximum, self.initial * self.factor ** min(self.attempt, 64))
-        self.attempt += 1
-        return base * (0.5 + self._rand() / 2)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 class Link:
     """The MQTT link of one device. ``start()``/``stop()``; callbacks may be set before start."""
 
     def __init__(self, device_id: str, broker_url: str | Sequence[str], *, credentials: Credentials | None = None,
                  ca_file: Path | None = None, keepalive: int = 30, backoff: Backoff | None = None,
                  on_desired: DesiredHandler | None = None, on_command: CommandHandler | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, suback_backoff: Backoff | None = None) -> None:
         # lazy: the batch command and the API never need paho
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -117,6 +114,16 @@ class Link:
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._dispatcher: threading.Thread | None = None
         self.connects = 0
+        # Subscriptions (link thread only, but for the counters others read): the topics of each
+        # SUBSCRIBE awaiting its SUBACK by mid, the refused ones and when to ask for them again.
+        self.suback_refusals = 0  # SUBACKs that refused at least one topic, since start
+        self.subscribed = threading.Event()  # desired and commands both granted on this connection
+        self._suback_backoff = suback_backoff or edgefleet_suback_backoff()
+        self._pending: dict[int, tuple[str, ...]] = {}
+        self._granted: set[str] = set()
+        self._refused: tuple[str, ...] = ()
+        self._resubscribe_at: float | None = None
+        self._report_on_grant = False
 
         client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=device_id,
                              clean_session=False, protocol=mqtt.MQTTv311)
@@ -137,6 +144,7 @@ class Link:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         self._client = client
 
     def _offline_payload(self) -> bytes:
@@ -220,8 +228,15 @@ class Link:
         self._backoff.reset()
         self.connects += 1
         # The session is persistent, but subscribing again is cheap and covers a broker that
-        # lost its session store.
-        client.subscribe([(self._topic_desired, 1), (self._topic_commands, 1)])
+        # lost its session store. A session the broker did not resume had no subscription: what
+        # was published to it before the SUBACK may be lost, so report again once granted. A
+        # refusal not yet followed by a grant stays pending: a resumed session lacks what was refused.
+        self._report_on_grant = self._report_on_grant or not getattr(flags, "session_present", False)
+        self._pending.clear()
+        self._granted.clear()
+        self._refused, self._resubscribe_at = (), None
+        self.subscribed.clear()
+        self._subscribe((self._topic_desired, self._topic_commands))
         self._connected.set()
         self._publish_reported()
         log.info("connected to broker %s:%s", self.address.host, self.address.port)
@@ -230,6 +245,49 @@ class Link:
         if self._connected.is_set():
             log.warning("disconnected from broker %s:%s (%s)", self.address.host, self.address.port, reason_code)
         self._connected.clear()
+        self.subscribed.clear()
+
+    def _subscribe(self, wanted: tuple[str, ...]) -> None:
+        result, mid = self._client.subscribe([(topic, 1) for topic in wanted])
+        if result == self._mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending[int(mid)] = wanted
+        # else the connection is gone: the next CONNACK subscribes to everything again
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        wanted = self._pending.pop(int(mid), None)
+        if wanted is None:
+            return  # the SUBACK of a SUBSCRIBE sent on an earlier connection
+        refused = refused_topics(wanted, [bool(getattr(code, "is_failure", False)) for code in reason_codes])
+        granted = tuple(t for t in wanted if t not in refused)
+        self._granted.update(granted)
+        if refused:
+            self.suback_refusals += 1
+            self._granted.difference_update(refused)
+            self._report_on_grant = self._report_on_grant or self._topic_desired in refused
+            delay = self._suback_backoff.next()
+            self._refused = tuple(dict.fromkeys((*self._refused, *refused)))
+            self._resubscribe_at = time.monotonic() + delay
+            log.warning("broker %s:%s refused the subscription to %s (SUBACK 0x80, refusal %d); subscribing "
+                        "again in %.1f s. The device hears nothing on that topic until granted. Fix: on a NATS "
+                        "cluster the JetStream consumer took longer than mqtt.js_api_timeout (a connect burst; "
+                        "docs/deployment.md 'The consumer limit'); elsewhere check that the broker's ACL lets "
+                        "this device read its own desired and commands",
+                        self.address.host, self.address.port, ", ".join(refused), self.suback_refusals, delay)
+        if self._topic_desired in granted and self._report_on_grant and self._connected.is_set():
+            # Granted late or on a fresh session: tell the server which assignment we hold, so it
+            # publishes `desired` again if a newer one went out while we could not hear it.
+            self._report_on_grant = False
+            self._publish_reported()
+        if {self._topic_desired, self._topic_commands} <= self._granted:
+            self._suback_backoff.reset()
+            self.subscribed.set()
+
+    def _retry_subscriptions(self) -> None:
+        if self._resubscribe_at is None or time.monotonic() < self._resubscribe_at or not self._connected.is_set():
+            return
+        refused, self._refused, self._resubscribe_at = self._refused, (), None
+        log.info("subscribing again to %s", ", ".join(refused))
+        self._subscribe(refused)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         self._inbox.put((message.topic, bytes(message.payload)))
@@ -263,6 +321,7 @@ class Link:
             while not self._stop.is_set():
                 if self._client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
                     break
+                self._retry_subscriptions()
                 self._tick()
             self._connected.clear()
             if not self._stop.is_set():

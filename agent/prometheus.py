@@ -18,6 +18,8 @@
     edgefleet_agent_shadow_skipped_total{model,version,serving}   sampled requests shed under load
     edgefleet_agent_shadow_errors_total{model,version,serving}    mirrored requests the candidate failed
     edgefleet_agent_shadow_agreement_ratio{model,version,serving} agreed / compared (0-1)
+    edgefleet_agent_mqtt_suback_refusals_total                  SUBACKs that refused a subscription (0x80)
+    edgefleet_agent_mqtt_subscribed                             1 while desired and commands are both granted
 
 The shadow families (issue 18) exist while a candidate is in a shadow stage: ``version`` is
 the candidate's, ``serving`` the version that answered; they count from the stage's start.
@@ -104,10 +106,12 @@ def _histogram(family: Family, labels: Labels, buckets: Sequence[int], total_s: 
 def agent_families(*, serving: Mapping[str, str], totals: Sequence[Totals], accuracies: Sequence[Accuracy],
                    drift: Mapping[tuple[str, str], Mapping[str, Any] | None],
                    outbox_rows: int | None, shadow: Sequence[ShadowTotals] = (),
-                   confirmation: tuple[int, int] | None = None) -> list[Family]:
+                   confirmation: tuple[int, int] | None = None,
+                   subscriptions: tuple[int, bool] | None = None) -> list[Family]:
     """The families of ``/metrics``: ``serving`` is model -> version serving now, ``drift`` the
     reporter's ``drift_summary`` per (model, version), ``confirmation`` the reporter's (unconfirmed,
-    resent) once the server confirms stored telemetry (docs/telemetry.md "Store and forward")."""
+    resent) once the server confirms stored telemetry (docs/telemetry.md "Store and forward"),
+    ``subscriptions`` the MQTT link's (SUBACK refusals, subscribed) when it has one."""
     info = Family(PREFIX + "serving", "gauge", "1 for each model version this agent serves now")
     for model, version in sorted(serving.items()):
         info.add({"model": model, "version": version}, 1)
@@ -161,6 +165,14 @@ def agent_families(*, serving: Mapping[str, str], totals: Sequence[Totals], accu
                         "Telemetry batches published again because no confirmation came in time")
         resent.add({}, confirmation[1])
         families += [unconfirmed, resent]
+    if subscriptions is not None:
+        refusals = Family(PREFIX + "mqtt_suback_refusals_total", "counter",
+                          "SUBACKs in which the broker refused a subscription (0x80); the agent subscribes again")
+        refusals.add({}, subscriptions[0])
+        subscribed = Family(PREFIX + "mqtt_subscribed", "gauge",
+                            "1 while the broker has granted both desired and commands on the current connection")
+        subscribed.add({}, 1 if subscriptions[1] else 0)
+        families += [refusals, subscribed]
     return families
 
 

@@ -128,6 +128,9 @@ def attach(daemon: DaemonParts) -> UpdateService | None:
 
     def desired(envelope: bytes) -> None:
         updater.handle_assignment(envelope)  # a refusal is reported as a `failed` event by the updater
+        # The accepted counter is in `reported` (assignment_counter): publish it even when the
+        # assignment changed nothing to serve, so the server does not think we are still behind.
+        daemon.publish_reported()
 
     link.on_desired = desired
     service = UpdateService(updater, float(os.environ.get(UPDATE_TICK_S, daemon.config.update_tick_s)))

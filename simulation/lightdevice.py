@@ -32,7 +32,6 @@ import itertools
 import json
 import logging
 import queue
-import random
 import selectors
 import socket
 import threading
@@ -47,6 +46,7 @@ from urllib.parse import urlparse
 
 from edgefleet import events, topics
 from edgefleet.assignment import Assignment, ModelTarget, verify_assignment
+from edgefleet.backoff import suback_backoff
 from edgefleet.errors import AssignmentError, EdgefleetError
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,7 @@ class LightDevice:
         # published to the device meanwhile misses it (docs/deployment.md "The consumer limit").
         self.subscribed = threading.Event()
         self.suback_refusals = 0
+        self._suback_backoff = suback_backoff()  # edgefleet.backoff: the agent's link uses the same schedule
         self.want_online = True
         self._loop = loop
         self._broker = broker
@@ -441,9 +442,15 @@ class LightDevice:
             log.warning("%s: broker refused the subscriptions: %s", self.device_id, refused)
             # NATS refuses a SUBSCRIBE whose consumer takes over 5 s in a connect burst: back off,
             # jittered, so the retries do not arrive as one more burst.
-            delay = min(60.0, 5.0 * 2 ** min(self.suback_refusals - 1, 4)) * random.uniform(0.5, 1.0)
-            self._loop.call_later(delay, self._subscribe)
+            self._loop.call_later(self._suback_backoff.next(), self._subscribe)
             return
+        if self._suback_backoff.attempt:
+            # Granted after a refusal: a `desired` published meanwhile was lost to us. Report the
+            # counter we hold, so the server sends it again (docs/contracts.md). Unlike the agent,
+            # not after every fresh session: the bench's thousands of devices would report twice
+            # at each connect, and the connect-time report already follows the SUBSCRIBE.
+            self._suback_backoff.reset()
+            self._publish_reported()
         self.subscribed.set()
 
     def _subscribe(self) -> None:
@@ -556,7 +563,8 @@ class LightDevice:
         payload = {"device_id": self.device_id, "online": True, "agent_version": AGENT_VERSION,
                    "profile": self.identity.profile,
                    "models": {n: {"version": v, "sha256": s} for n, (v, s) in sorted(self.models.items())},
-                   "update": dict(self._update), "ts": self._wall_clock().timestamp()}
+                   "update": dict(self._update), "assignment_counter": self.last_counter,
+                   "ts": self._wall_clock().timestamp()}
         self._client.publish(topics.reported(self.device_id), json.dumps(payload).encode(), qos=1, retain=True)
 
 

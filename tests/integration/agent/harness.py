@@ -103,11 +103,13 @@ class AgentProcess:
 class Observer:
     """A paho client that records every message on ``topic`` (retained ones included)."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, topic: str, *, username: str | None = None, password: str | None = None) -> None:
         self.messages: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"observer-{time.monotonic_ns()}")
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message

@@ -67,6 +67,8 @@ def test_desired_and_commands_reach_their_callbacks(link: Link, inbox: Inbox, mo
 
 
 def test_reported_is_retained_republished_on_change_and_offline_on_stop(link: Link, mosquitto: MosquittoProcess) -> None:
+    # published at the connect, and again once `desired` is granted on this fresh session: observe after both
+    assert link.subscribed.wait(10)
     observer = Observer(mosquitto.port, topics.reported(DEVICE))
     try:
         assert eventually(lambda: (m := observer.last()) and m["online"] is True and m["update"] == {"state": "idle"})

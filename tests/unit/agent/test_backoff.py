@@ -74,3 +74,9 @@ def test_a_bad_item_in_a_broker_list_is_named(urls: str, named: str) -> None:
     with pytest.raises(LinkError) as caught:
         parse_brokers(urls)
     assert named in caught.value.message and "agent.toml" in (caught.value.fix or "")
+
+
+def test_the_link_uses_the_backoff_it_shares_with_the_light_devices() -> None:
+    from edgefleet.backoff import Backoff as SharedBackoff
+
+    assert Backoff is SharedBackoff  # one schedule (edgefleet.backoff), not two copies

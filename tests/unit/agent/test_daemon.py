@@ -58,7 +58,12 @@ def test_reported_follows_the_contract(daemon: Daemon, state: StateDir, profile:
     daemon.reload()
     assert daemon.reported() == {"agent_version": "0.1.0", "profile": "generic-x86_64",
                                  "models": {"iris": {"version": "1.0.0", "sha256": result.slot.sha256}},
-                                 "update": {"state": "idle"}}
+                                 "update": {"state": "idle"}, "assignment_counter": 0}
+    # the counter of the assignment it holds (assignment.json): the server re-sends `desired` when behind
+    state.assignment_file.write_text(json.dumps({"counter": 7, "envelope": {}, "accepted_at": 0}))
+    assert daemon.reported()["assignment_counter"] == 7
+    state.assignment_file.write_text("{torn")
+    assert daemon.reported()["assignment_counter"] == 0
     # update.json is the machine plus its flat report (agent.updater); `reported.update` is that report.
     report = {"state": "rolled_back", "model": "iris", "version": "2.0.0", "counter": 4, "rollout_id": "ro-1",
               "reason": "probation_failed"}
