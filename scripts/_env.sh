@@ -60,6 +60,21 @@ require_services() {
         fi
     fi
     export PATH="$PATH:/usr/sbin"
+    # The edgefleet Mosquitto plugin (broker_accounts = "mosquitto-http") is compiled by its tests:
+    # a C compiler, Mosquitto's plugin headers and libcurl's (tests/integration/broker/test_mosquitto_http.py).
+    local curl_h=""
+    for header in /usr/include/curl/curl.h /usr/include/*-linux-gnu/curl/curl.h; do if [ -e "$header" ]; then curl_h="$header"; fi; done
+    if ! command -v gcc >/dev/null 2>&1 || [ ! -e /usr/include/mosquitto_plugin.h ] || [ ! -e /usr/include/mosquitto.h ] \
+            || [ -z "$curl_h" ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "==> installing gcc, mosquitto-dev, libmosquitto-dev and libcurl4-openssl-dev with apt-get (the Mosquitto plugin's tests)" >&2
+            apt-get install -y -q gcc mosquitto-dev libmosquitto-dev libcurl4-openssl-dev >&2 \
+                || { apt-get update -q >&2 && apt-get install -y -q gcc mosquitto-dev libmosquitto-dev libcurl4-openssl-dev >&2; } \
+                || echo "could not install the plugin's build packages; its tests will be skipped" >&2
+        else
+            echo "the Mosquitto plugin's tests need: sudo apt-get install -y gcc mosquitto-dev libmosquitto-dev libcurl4-openssl-dev (skipped without)" >&2
+        fi
+    fi
     # The console's browser tests (tests/e2e/console) drive Debian's chromium through chromium-driver.
     if [ ! -x /usr/bin/chromium ] || [ ! -e /usr/bin/chromedriver ]; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
