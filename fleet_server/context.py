@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # the network side is imported when it starts, so ``open`` st
     from fleet_server.broker.nats_ingest import JetStreamIngest
     from fleet_server.registry.presence import PresenceIngest
     from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
+    from fleet_server.rollouts.resend import DesiredResender
     from fleet_server.telemetry.ingest import TelemetryIngest
     from fleet_server.telemetry.liveness import LivenessMonitor
 
@@ -101,6 +102,7 @@ class ServerContext:
         self.mqtt: FleetMqtt | None = None
         self.rollouts: RolloutEngine | None = None
         self.rollout_worker: RolloutWorker | None = None
+        self.resender: DesiredResender | None = None
         self.ingest: TelemetryIngest | None = None
         self.presence: PresenceIngest | None = None
         self.jetstream: JetStreamIngest | None = None  # the NATS backend's consumer (config.nats_url)
@@ -176,6 +178,9 @@ class ServerContext:
         self.monitor = AlertMonitor(self.db, self.fleet_views, self.config.alerts)
         self.metrics = Metrics(self.fleet_views, lambda: self.ingest.counts() if self.ingest is not None else None,
                                self.monitor.episodes, liveness=self.ingest_problems)
+        from fleet_server.rollouts.resend import ResendCollector
+
+        self.metrics.registry.register(ResendCollector(lambda: self.resender.counts() if self.resender else None))
         self.refusals = DeviceRefusals(self.db)
 
     def ingest_problems(self) -> list[dict[str, str]] | None:
@@ -315,6 +320,12 @@ class ServerContext:
                                       reports=None if embedded else self.mqtt)
         self.rollout_worker = RolloutWorker(self.rollouts, self.config.rollout_interval_seconds).start()
         fanout.handlers.append(self.rollout_worker.submit)
+        from fleet_server.rollouts.resend import DesiredResender
+
+        # A device that reports an older assignment than the latest issued missed its `desired`
+        # (published while its SUBSCRIBE waited): publish it again, rate-limited per device.
+        self.resender = DesiredResender(self.rollouts.assignments).start()
+        fanout.handlers.append(self.resender.submit)
         self.monitor.start()
         self._start_liveness()
         if not self.mqtt.wait_connected(wait_connected):
@@ -423,6 +434,9 @@ class ServerContext:
         if self.liveness is not None:
             self.liveness.stop()
             self.liveness = None
+        if self.resender is not None:
+            self.resender.stop()
+            self.resender = None
         if self.rollout_worker is not None:
             self.rollout_worker.stop()
             self.rollout_worker = None

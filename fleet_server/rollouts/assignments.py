@@ -15,7 +15,8 @@ at QoS 1 on ``devices/{id}/desired``, all of them first and then waits for every
 one deadline (when the publisher can: ``BatchPublisher``), marks the confirmed ones published
 in one UPDATE, and reads the stored counters once to re-send any device whose latest envelope
 is newer than what went out (latest wins on the retained topic). ``publish`` is the same for
-one assignment. ``maintain`` is the periodic pass: it re-publishes any
+one assignment. ``republish`` sends devices' stored latest again (``fleet_server.rollouts.resend``:
+a device reported an older one). ``maintain`` is the periodic pass: it re-publishes any
 envelope that was stored but not confirmed published (a broker outage, a replica that died
 between commit and publish) and re-issues assignments that have passed half their lifetime,
 so a device never holds an expired one.
@@ -340,6 +341,29 @@ class Assignments:
         with self.db.session() as session:
             row = session.get(DeviceAssignmentRow, device_id)
             return row.envelope.encode() if row else None
+
+    def latest_counters(self, device_ids: Sequence[str]) -> dict[str, int]:
+        """The counter of each device's latest issued assignment (devices never assigned are absent)."""
+        found: dict[str, int] = {}
+        with self.db.session() as session:
+            for start in range(0, len(device_ids), _IN_CHUNK):
+                chunk = list(device_ids[start:start + _IN_CHUNK])
+                found.update((d, int(c)) for d, c in session.execute(
+                    select(DeviceAssignmentRow.device_id, DeviceAssignmentRow.counter)
+                    .where(DeviceAssignmentRow.device_id.in_(chunk))))
+        return found
+
+    def republish(self, device_ids: Sequence[str]) -> list[str]:
+        """Publish each device's stored latest envelope again (``fleet_server.rollouts.resend``: a device
+        reported an older one); return the devices whose envelope the broker did not confirm."""
+        sending: dict[str, tuple[int, bytes]] = {}
+        with self.db.session() as session:
+            for start in range(0, len(device_ids), _IN_CHUNK):
+                chunk = list(device_ids[start:start + _IN_CHUNK])
+                sending.update((d, (int(c), e.encode())) for d, c, e in session.execute(
+                    select(DeviceAssignmentRow.device_id, DeviceAssignmentRow.counter, DeviceAssignmentRow.envelope)
+                    .where(DeviceAssignmentRow.device_id.in_(chunk))))
+        return self._publish_latest(sending)
 
     # -- publishing ------------------------------------------------------------------------
 

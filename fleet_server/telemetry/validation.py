@@ -373,6 +373,8 @@ def check_reported(device_id: str, payload: bytes, limits: Limits = DEFAULT_LIMI
                 _identifier(update.get(key), f"reported update {key}", NAME_CHARS, optional=True, empty=True)
             if update.get("counter") is not None:
                 _integer(update["counter"], "reported update counter")
+        if document.get("assignment_counter") is not None:  # agents since issue 13 (fleet_server.rollouts.resend)
+            _integer(document["assignment_counter"], "reported assignment_counter")
         return document
 
     result: dict[str, Any] = _refusing(device_id, "reported", check)

@@ -200,6 +200,8 @@ def _batch(change: Any = None, **record: Any) -> bytes:
     ("reported", _reported(online="yes"), "schema"),
     ("reported", _reported(device_id="dev-b"), "wrong_device"),
     ("reported", _reported(update={"state": "idle", "counter": 2**64}), "integer_range"),
+    ("reported", _reported(assignment_counter="7"), "schema"),
+    ("reported", _reported(assignment_counter=-1), "integer_range"),
 ])
 def test_each_poison_pill_is_refused_for_its_reason(topic: str, payload: bytes, reason: str) -> None:
     with pytest.raises(Refused) as refused:
@@ -259,11 +261,11 @@ def test_every_event_an_agent_can_send_passes(event: UpdateEvent) -> None:
 
 @given(models=st.dictionaries(NAMES, st.builds(lambda v, h: {"version": v, "sha256": h}, VERSIONS,
                                                   st.from_regex(r"[0-9a-f]{64}", fullmatch=True)), max_size=4),
-       state=st.sampled_from(["idle", *EVENTS]), online=st.booleans())
-def test_every_report_an_agent_can_send_passes(models: dict[str, Any], state: str, online: bool) -> None:
+       state=st.sampled_from(["idle", *EVENTS]), online=st.booleans(), held=st.integers(0, 2**40))
+def test_every_report_an_agent_can_send_passes(models: dict[str, Any], state: str, online: bool, held: int) -> None:
     document = {**reported_document(DEVICE), "models": models, "online": online,
                 "update": {"state": state, "model": None, "version": None, "counter": None, "rollout_id": None,
-                           "reason": None}}
+                           "reason": None}, "assignment_counter": held}
     assert check_reported(DEVICE, json.dumps(document).encode()) == document
     assert check_reported(DEVICE, json.dumps({"device_id": DEVICE, "online": False}).encode()) is not None
     assert check_reported(DEVICE, b"") is None  # a cleared retained message says nothing
