@@ -160,6 +160,17 @@ def _run(args: argparse.Namespace) -> int:
     return daemon.run()
 
 
+def _mqtt_line(mqtt: dict[str, Any]) -> str:
+    """``connected (host:port)``, and the refused subscriptions while the broker has not granted both."""
+    line = ("connected" if mqtt["connected"] else "disconnected") + f" ({mqtt['broker']})"
+    refusals = mqtt.get("suback_refusals") or 0  # absent from a daemon before issue 13
+    if mqtt["connected"] and mqtt.get("subscribed") is False and refusals:
+        line += f", not subscribed: the broker refused {refusals} SUBACK(s), retrying (docs/agent.md)"
+    elif refusals:
+        line += f", {refusals} SUBACK refusal(s) since start"
+    return line
+
+
 def _status(args: argparse.Namespace) -> int:
     from agent.client import DaemonUnavailable, request_json
     from agent.errors import AgentError
@@ -191,8 +202,8 @@ def _status(args: argparse.Namespace) -> int:
     print(format_kv([("state dir", state.path), ("device", identity["device_id"] if identity else "not enrolled"),
                      ("profile", identity["profile"] if identity else None),
                      ("daemon", f"running (pid {daemon['pid']}, up {daemon['uptime_s']}s)" if daemon else f"not running: {reason}"),
-                     ("mqtt", ("connected" if daemon["mqtt"]["connected"] else "disconnected") + f" ({daemon['mqtt']['broker']})"
-                      if daemon and daemon["mqtt"]["enabled"] else "off" if daemon else None),
+                     ("mqtt", _mqtt_line(daemon["mqtt"]) if daemon and daemon["mqtt"]["enabled"]
+                      else "off" if daemon else None),
                      ("api", ", ".join(f"{k} {v}" for k, v in daemon["api"].items() if v) if daemon else None)]))
     live = {m["name"]: m for m in (daemon or {}).get("models", [])}
     print()

@@ -20,6 +20,9 @@ two replicas) never share or collide on metric names. Served in Prometheus text 
     edgefleet_telemetry_queue                         messages waiting for the writer
     edgefleet_events_stored_total, edgefleet_events_duplicates_total
     edgefleet_telemetry_acks_sent_total               telemetry_ack commands sent (stored telemetry confirmed)
+    edgefleet_desired_resent_total, _resend_limited_total, _resend_failed_total   desired published again to
+                                                      devices that reported an older assignment, and the reports
+                                                      left unanswered (``fleet_server.rollouts.resend``)
     edgefleet_device_messages_total{kind}             device messages this replica took (telemetry, events,
                                                       reported; probes not): with shared subscriptions the
                                                       replicas' counts add up to what the devices sent

@@ -38,3 +38,14 @@ def test_agent_errors_are_problem_documents_with_json_and_one_line_without(
     exit_code, out, err = _run(capsys, *argv, *state)
     assert exit_code == code and "Traceback" not in err and words in err
     assert len(err.strip().splitlines()) == 1 or code == 2  # argparse prints its usage line first
+
+
+def test_status_says_when_the_broker_refuses_the_subscriptions() -> None:
+    from agent.cli import _mqtt_line
+
+    base = {"connected": True, "broker": "b:1883"}
+    assert _mqtt_line(base) == "connected (b:1883)"  # a daemon from before the SUBACK checks
+    assert _mqtt_line({**base, "subscribed": True, "suback_refusals": 0}) == "connected (b:1883)"
+    assert "not subscribed: the broker refused 3 SUBACK(s)" in _mqtt_line({**base, "subscribed": False,
+                                                                           "suback_refusals": 3})
+    assert _mqtt_line({**base, "subscribed": True, "suback_refusals": 2}).endswith("2 SUBACK refusal(s) since start")
