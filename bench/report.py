@@ -192,10 +192,13 @@ def shadow_tables(section: Mapping[str, Any]) -> list[Table]:
 def accounts_tables(section: Mapping[str, Any]) -> list[Table]:
     """Enrollments per second per broker-accounts backend and fleet size (issue 13)."""
     rows = tuple((r["backend"], r["devices"], r.get("per_s"), r.get("median_ms"), r.get("p90_ms"),
-                  r.get("broker_file_bytes"), r.get("error", "")[:80]) for r in section["rows"])
+                  r.get("broker_file_bytes"), r.get("connects_per_s"), r.get("reconnects_per_s"), r.get("revoke_ms"),
+                  r.get("error", "")[:80]) for r in section["rows"])
     return [Table(f"broker accounts: {section['enrollments']} enrollments into a fleet of N devices (each done when "
-                  "the new device's CONNECT is accepted)",
-                  ("backend", "devices", "enrollments/s", "median ms", "p90 ms", "broker file bytes", "error"), rows)]
+                  "the new device's CONNECT is accepted); mosquitto-http also: sequential CONNECTs/s through the "
+                  "plugin (new devices, then again from the server's cache) and revocation to disconnect",
+                  ("backend", "devices", "enrollments/s", "median ms", "p90 ms", "broker file bytes", "connects/s",
+                   "reconnects/s", "revoke ms", "error"), rows)]
 
 
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[Table]]] = {
@@ -291,7 +294,7 @@ def targets(doc: Doc) -> list[TargetResult]:
                                 _fmt(row and row["p99_ratio"], "x"),
                                 None if not row or row["p99_ratio"] is None else row["p99_ratio"] <= 1.10))
     accounts = (_section(doc, "accounts") or {}).get("summary", {})
-    for backend in ("mosquitto-dynsec", "mosquitto-files"):
+    for backend in ("mosquitto-dynsec", "mosquitto-files", "mosquitto-http"):
         grown = accounts.get(backend)
         out.append(TargetResult(f"an enrollment at 10,000 devices costs <= 2x one at 100 ({backend}: constant broker work)",
                                 "not measured" if grown is None else

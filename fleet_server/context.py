@@ -214,27 +214,22 @@ class ServerContext:
 
     def _broker_accounts(self) -> BrokerAccounts:
         config = self.config
-        if config.accounts == "mosquitto-http":
+        if config.accounts in ("mosquitto-http", "mosquitto-dynsec"):
             from edgefleet.brokers import parse_broker_urls
+            from fleet_server.broker.dynsec import DynsecAccounts
             from fleet_server.broker.mosquitto_http import MosquittoHttpAccounts
 
             assert config.broker_url is not None  # ServerConfig checks it
+            # Both talk to a plugin's $CONTROL topic as the server: the login in the URL, else its own.
             login = urlsplit(config.broker_url.split(",")[0])
-            return MosquittoHttpAccounts(parse_broker_urls(config.broker_url),
-                                         unquote(login.username) if login.username else config.mqtt_username,
-                                         unquote(login.password) if login.password else self.mqtt_password,
-                                         ca_file=str(config.broker_ca_file) if config.broker_ca_file else None,
-                                         on_revoked=self.logins.forget)
-        if config.accounts == "mosquitto-dynsec":
-            from edgefleet.brokers import parse_broker_urls
-            from fleet_server.broker.dynsec import DynsecAccounts
-
-            assert config.broker_url is not None  # ServerConfig checks it
-            login = urlsplit(config.broker_url.split(",")[0])
-            return DynsecAccounts(parse_broker_urls(config.broker_url),
-                                  unquote(login.username) if login.username else config.mqtt_username,
-                                  unquote(login.password) if login.password else self.mqtt_password,
-                                  ca_file=str(config.broker_ca_file) if config.broker_ca_file else None)
+            addresses = parse_broker_urls(config.broker_url)
+            username = unquote(login.username) if login.username else config.mqtt_username
+            password = unquote(login.password) if login.password else self.mqtt_password
+            ca_file = str(config.broker_ca_file) if config.broker_ca_file else None
+            if config.accounts == "mosquitto-http":
+                return MosquittoHttpAccounts(addresses, username, password, ca_file=ca_file,
+                                             on_revoked=self.logins.forget)
+            return DynsecAccounts(addresses, username, password, ca_file=ca_file)
         if config.nats_url is not None and config.nats_callout_user is not None:
             from fleet_server.broker.nats_auth import NatsAccounts
             from fleet_server.broker.nats_ingest import parse_servers
