@@ -20,6 +20,7 @@ already open carry on). This module does not start Mosquitto or write its mosqui
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -66,7 +67,10 @@ def kick_command(username: str) -> dict[str, str]:
 class MosquittoHttpAccounts:
     """``BrokerAccounts`` for Mosquitto nodes running the edgefleet plugin: only revocation talks to them.
 
-    ``on_revoked(username)`` runs first (the endpoint's cache of verified logins forgets it).
+    ``on_revoked(username)`` runs first (the endpoint's cache of verified logins forgets it). A
+    kick that does not reach a node (the server cut off from it while devices are not) is kept
+    and sent again when the control connection to that node comes back, and before every later
+    revocation; a node that restarted has no sessions left to close, so a repeat is harmless.
     """
 
     def __init__(self, addresses: Sequence[BrokerAddress], username: str, password: str, *,
@@ -76,8 +80,10 @@ class MosquittoHttpAccounts:
             raise BrokerError("no broker to send revocations to", fix="set broker_url")
         self.timeout = timeout
         self.on_revoked = on_revoked
-        self.nodes = [ControlClient(a, username, password, ca_file=ca_file, control_topic=CONTROL_TOPIC)
-                      for a in addresses]
+        self._lock = threading.Lock()
+        self.nodes = [ControlClient(a, username, password, ca_file=ca_file, control_topic=CONTROL_TOPIC,
+                                    on_reconnect=self._reconnected) for a in addresses]
+        self._pending: dict[int, set[str]] = {id(node): set() for node in self.nodes}  # kicks owed per node
 
     def close(self) -> None:
         for node in self.nodes:
@@ -94,17 +100,40 @@ class MosquittoHttpAccounts:
             self.on_revoked(user.username)
         failures: list[str] = []
         for node in self.nodes:
-            try:
-                answer = node.call([kick_command(user.username)], self.timeout)[0]
-            except BrokerError as exc:
-                failures.append(exc.message)
-                continue
-            if answer.error is not None:
-                failures.append(f"the Mosquitto at {node.address} refused kickDevice: {answer.error}")
+            with self._lock:
+                self._pending[id(node)].add(user.username)
+            failure = self._send_pending(node)
+            if failure is not None:
+                failures.append(failure)
         if failures:
             # The revocation stands: the registry refuses the device's next CONNECT anyway.
             raise BrokerError(f"device {user.device_id} revoked, but its live session was not closed: "
                               f"{'; '.join(failures)}",
                               fix="check that Mosquitto loads the edgefleet plugin and is reachable "
-                                  "(docs/deployment.md); the device is refused at its next connect")
+                                  "(docs/deployment.md); the kick is sent again when it is, and the device is "
+                                  "refused at its next connect anyway")
         log.info("closed the live session of revoked device %s (mosquitto-http)", user.device_id)
+
+    def _reconnected(self, node: ControlClient) -> None:
+        failure = self._send_pending(node)
+        if failure is not None:
+            log.error("kicks owed to %s not sent after its reconnect: %s", node.address, failure)
+
+    def _send_pending(self, node: ControlClient) -> str | None:
+        """Send every kick ``node`` is owed; why one failed, or None."""
+        with self._lock:
+            owed = sorted(self._pending[id(node)])
+        for username in owed:
+            try:
+                answer = node.call([kick_command(username)], self.timeout)[0]
+            except BrokerError as exc:
+                node.reconcile_pending = True  # its next connect sends them (dynsec.ControlClient)
+                return exc.message
+            if answer.error is not None:
+                return f"the Mosquitto at {node.address} refused kickDevice: {answer.error}"
+            with self._lock:
+                self._pending[id(node)].discard(username)
+        node.reconcile_pending = False
+        if len(owed) > 1:
+            log.info("closed the sessions of %d revoked device(s) on %s", len(owed), node.address)
+        return None

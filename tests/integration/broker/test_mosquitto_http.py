@@ -185,3 +185,22 @@ def test_a_device_cannot_revoke_another_through_the_control_topic(stack: Stack) 
     sessions[revoked.device_id].gone.get(timeout=REVOKE_WITHIN_S)
     assert sessions[victim.device_id].gone.empty()
     sessions[victim.device_id].close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_kick_that_could_not_be_sent_is_sent_when_the_control_connection_comes_back(stack: Stack) -> None:
+    grant = stack.enroll()
+    device = stack.session(grant.mqtt_username, grant.mqtt_password, grant.device_id)
+    assert not device.reason.is_failure
+    # The server's own control login is checked over HTTP too: with the endpoint away it cannot
+    # connect, so the kick is owed (the device's open session carries on meanwhile).
+    stack.server.stop()
+    with pytest.raises(BrokerError, match="live session was not closed") as refused:
+        stack.ctx.devices.revoke(grant.device_id)
+    assert "sent again" in (refused.value.fix or "")
+    assert device.gone.empty()
+    stack.server.start()
+    device.gone.get(timeout=15)  # paho's reconnect backoff (at most 10 s), then the owed kick
+    device.client.loop_stop()
+    again = stack.session(grant.mqtt_username, grant.mqtt_password, grant.device_id)
+    assert again.reason.is_failure
