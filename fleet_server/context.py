@@ -109,6 +109,7 @@ class ServerContext:
         self.nats_auth: AuthCallout | None = None  # per-device permissions on NATS (config.nats_callout_user)
         self.liveness: LivenessMonitor | None = None
         self.broker_url: str | None = config.broker_url
+        self.broker_auth_token_created = False  # the CLI says where it is, the first time
         self._opened = False
 
     @classmethod
@@ -209,7 +210,11 @@ class ServerContext:
             return None
         from fleet_server.broker.auth_api import BrokerAuth
 
-        token = config.broker_auth_token or read_or_create_secret(config.broker_auth_token_file).value
+        if config.broker_auth_token is not None:
+            token = config.broker_auth_token
+        else:
+            secret = read_or_create_secret(config.broker_auth_token_file)
+            token, self.broker_auth_token_created = secret.value, secret.created
         return BrokerAuth(token, grant_for=self.broker_grant, user_grant=self.user_grant)
 
     def _broker_accounts(self) -> BrokerAccounts:

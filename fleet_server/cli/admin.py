@@ -120,6 +120,10 @@ def _report_first_start(ctx: Any, config: Any) -> None:
     if ctx.admin_token.created:
         print(f"admin token (shown once; also in {config.admin_token_file}, mode 0600):\n\n    {ctx.admin_token.value}\n\n"
               f"use it with: export EDGEFLEET_TOKEN={ctx.admin_token.value}", file=sys.stderr)
+    if getattr(ctx, "broker_auth_token_created", False):
+        print(f"broker-auth token created in {config.broker_auth_token_file} (mode 0600): copy it to the broker "
+              "host for the edgefleet Mosquitto plugin (python -m fleet_server.broker.plugin conf --token-file ...; "
+              "docs/deployment.md)", file=sys.stderr)
 
 
 # -------------------------------------------------------------------- keys
