@@ -8,7 +8,9 @@ and usable as is by EMQX's HTTP authenticator and authorizer, mosquitto-go-auth'
     POST /api/v1/broker/auth   {"username", "password", "clientid"}
     POST /api/v1/broker/acl    {"username", "clientid", "topic", "access": read|write|subscribe|unsubscribe}
                                ("action": publish|subscribe and go-auth's numeric "acc" are read too)
-    both need Authorization: Bearer <broker_auth_token>; both answer 200 with
+    POST /api/v1/broker/vernemq  VerneMQ's webhooks (fleet_server.broker.vernemq), its own answers
+    all need Authorization: Bearer <broker_auth_token> (or Basic with it as the password); the
+    first two answer 200 with
     {"result": "allow"|"deny", "is_superuser": bool, "ok": bool, "error": str, "device_id": str|null}
 
 A decision is always HTTP 200 (EMQX reads ``result``, go-auth ``ok``); 401 means the caller is
@@ -23,12 +25,13 @@ Not here: the Mosquitto side (``mosquitto_plugin/edgefleet_auth.c``) and revocat
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Body, Header, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from fleet_server.broker.access import Grant, Login, decide, mqtt_allowed, parse_access
@@ -72,8 +75,17 @@ class BrokerAuth:
         self.grant_for, self.user_grant = grant_for, user_grant
 
     def caller_ok(self, authorization: str | None) -> bool:
+        """``Bearer <token>``; or ``Basic`` with the token as password, for brokers that can only put
+        credentials in the URL (VerneMQ's webhooks: ``http://broker:<token>@fleet/...``)."""
         scheme, _, given = (authorization or "").partition(" ")
-        return scheme.lower() == "bearer" and same_secret(given.strip(), self.token)
+        if scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(given.strip(), validate=True).decode().partition(":")[2]
+            except ValueError:
+                return False
+        elif scheme.lower() != "bearer":
+            return False
+        return same_secret(given.strip(), self.token)
 
     def authenticate(self, username: str, password: str, clientid: str) -> Answer:
         login = Login(username, password, "mqtt", clientid)
@@ -156,3 +168,15 @@ def broker_acl(request: Request, body: AclBody,
                authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
     return _service(request, authorization).authorize(body.username, body.clientid, body.topic,
                                                       str(body.access)).to_dict()
+
+
+@router.post("/vernemq", summary="VerneMQ's auth_on_register/publish/subscribe webhooks (brokers only)")
+def broker_vernemq(request: Request, body: Annotated[dict[str, Any], Body()],
+                   vernemq_hook: Annotated[str, Header()] = "",
+                   authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    from fleet_server.broker.vernemq import answer
+
+    reply, why = answer(_service(request, authorization), vernemq_hook, body)
+    if why:
+        log.info("VerneMQ %s for %r refused: %s", vernemq_hook, body.get("username"), why)
+    return reply

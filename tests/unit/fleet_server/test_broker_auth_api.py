@@ -7,6 +7,7 @@ edgefleet Mosquitto plugin. Only callers with the broker token get an answer.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -123,3 +124,38 @@ def test_config_refuses_mosquitto_http_without_a_broker_and_a_short_token(tmp_pa
         ServerConfig(data_dir=tmp_path, broker_auth_token="short")
     with pytest.raises(ConfigError, match="equals the admin"):
         ServerConfig(data_dir=tmp_path, broker_auth_token=TOKEN, admin_token=TOKEN)
+
+
+def vernemq(client: TestClient, hook: str, body: dict[str, Any], headers: dict[str, str] = BROKER) -> Any:
+    response = client.post("/api/v1/broker/vernemq", json=body, headers={**headers, "vernemq-hook": hook})
+    assert response.status_code == 200, response.text
+    return response.json()["result"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_vernemq_webhooks_get_its_own_answers(client: TestClient) -> None:
+    grant = enroll(client)
+    me = {"username": grant.mqtt_username, "client_id": grant.device_id, "mountpoint": ""}
+    # VerneMQ puts credentials in the endpoint URL (http://broker:<token>@fleet/...): Basic auth.
+    basic = {"Authorization": "Basic " + base64.b64encode(f"broker:{TOKEN}".encode()).decode()}
+    assert vernemq(client, "auth_on_register", {**me, "password": grant.mqtt_password, "peer_addr": "10.0.0.9",
+                                                "clean_session": False}, basic) == "ok"
+    assert vernemq(client, "auth_on_register_m5", {**me, "password": "wrong"})["error"]
+    assert vernemq(client, "auth_on_publish", {**me, "topic": topics.telemetry(grant.device_id), "qos": 1,
+                                               "payload": "e30=", "retain": False}) == "ok"
+    assert "may not" in vernemq(client, "auth_on_publish", {**me, "topic": topics.desired(grant.device_id)})["error"]
+    own = [{"topic": topics.desired(grant.device_id), "qos": 1}, {"topic": topics.commands(grant.device_id), "qos": 1}]
+    assert vernemq(client, "auth_on_subscribe_m5", {**me, "topics": own}) == "ok"
+    assert vernemq(client, "auth_on_subscribe", {**me, "topics": [*own, {"topic": "#", "qos": 0}]})["error"]
+    assert "mountpoints" in vernemq(client, "auth_on_publish", {**me, "mountpoint": "tenant-a",
+                                                                  "topic": topics.telemetry(grant.device_id)})["error"]
+    assert "not served" in vernemq(client, "on_deliver", me)["error"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_basic_auth_needs_the_token_as_its_password(client: TestClient) -> None:
+    for userinfo in ("broker:wrong-token-0123456789", f"{TOKEN}:", "not base64 at all"):
+        encoded = base64.b64encode(userinfo.encode()).decode() if "at all" not in userinfo else userinfo
+        refused = client.post("/api/v1/broker/vernemq", json={}, headers={"Authorization": f"Basic {encoded}",
+                                                                        "vernemq-hook": "auth_on_register"})
+        assert refused.status_code == 401, userinfo
