@@ -204,3 +204,24 @@ def test_a_kick_that_could_not_be_sent_is_sent_when_the_control_connection_comes
     device.client.loop_stop()
     again = stack.session(grant.mqtt_username, grant.mqtt_password, grant.device_id)
     assert again.reason.is_failure
+
+
+def test_a_server_that_does_not_answer_costs_a_connect_its_timeout_not_more(tmp_path: Path, plugin: Path) -> None:
+    import socket
+    import threading
+
+    # Accepts and never answers: what a hung server looks like to the plugin (a refused connection
+    # costs nothing; this is the case plugin_opt_timeout_ms bounds).
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    with PluginMosquitto(tmp_path / "mosquitto", plugin=plugin, token=TOKEN, timeout_ms=300,
+                         server_url=f"http://127.0.0.1:{listener.getsockname()[1]}") as broker:
+        started = time.monotonic()
+        refused = Session(broker, "dev-a", "whatever", "dev-a")  # type: ignore[arg-type]
+        took = time.monotonic() - started
+    listener.close()
+    for connection in held:
+        connection.close()
+    assert refused.reason.is_failure
+    assert 0.25 <= took < 2.0, took
