@@ -328,7 +328,11 @@ class ServerContext:
         fanout.handlers.append(self.resender.submit)
         self.monitor.start()
         self._start_liveness()
-        if not self.mqtt.wait_connected(wait_connected):
+        if self.config.accounts == "mosquitto-http":
+            # The broker asks this server's own endpoint about our login, and it serves only once
+            # start-up is over: waiting here would always time out (a replica already up answers).
+            log.info("MQTT connects once this server answers the broker's auth call (mosquitto-http)")
+        elif not self.mqtt.wait_connected(wait_connected):
             log.warning("MQTT broker %s not reachable yet; the server keeps retrying", self.broker_url)
 
     def _start_liveness(self) -> None:

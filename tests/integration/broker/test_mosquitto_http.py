@@ -22,28 +22,16 @@ import pytest
 from edgefleet import topics
 from fleet_server.app import create_app
 from fleet_server.broker.mosquitto_http import CONTROL_TOPIC
-from fleet_server.broker.plugin import PACKAGES, build
 from fleet_server.config import load_config
 from fleet_server.context import ServerContext
 from fleet_server.errors import BrokerError
 from simulation.brokers import SERVER_PASSWORD, SERVER_USER, PluginMosquitto, ServedApp
-from simulation.fleet import free_port, mosquitto_binary
+from simulation.fleet import free_port
 from tests.integration.broker.test_dynsec import Session
 
 pytestmark = pytest.mark.mosquitto
 TOKEN = "broker-token-for-the-tests-0123456789"
 REVOKE_WITHIN_S = 2.0
-
-
-@pytest.fixture(scope="session")
-def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if mosquitto_binary() is None:
-        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (scripts/test does this)")
-    try:
-        return build(tmp_path_factory.mktemp("edgefleet-plugin"))
-    except BrokerError as exc:
-        pytest.skip(f"the edgefleet Mosquitto plugin cannot be built here ({exc.message.splitlines()[0]}); "
-                    f"apt-get install -y {PACKAGES} (scripts/_env.sh require_services does, as root)")
 
 
 @dataclass
