@@ -2,8 +2,9 @@
 
 Called by the edgefleet Mosquitto plugin (``broker_accounts = "mosquitto-http"``) at each CONNECT,
 and usable as is by EMQX's HTTP authenticator and authorizer, mosquitto-go-auth's HTTP backend
-(``params_mode json``, ``response_mode json``) and VerneMQ/HiveMQ through their HTTP hooks
-(docs/deployment.md, "Brokers that ask over HTTP"; the wire shape is in docs/contracts.md):
+(``params_mode json``, ``response_mode json``), VerneMQ's webhooks (their own shape, below) and a
+HiveMQ extension (docs/deployment.md, "Brokers that ask over HTTP"; the wire shape is in
+docs/contracts.md):
 
     POST /api/v1/broker/auth   {"username", "password", "clientid"}
     POST /api/v1/broker/acl    {"username", "clientid", "topic", "access": read|write|subscribe|unsubscribe}
