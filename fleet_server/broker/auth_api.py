@@ -144,6 +144,12 @@ class Decision(BaseModel):
 router = APIRouter(prefix="/api/v1/broker", tags=["broker-auth"])
 
 
+def _count(request: Request, check: str, allowed: bool) -> None:
+    metrics = getattr(request.app.state.ctx, "metrics", None)
+    if metrics is not None:
+        metrics.broker_auth.labels(check, "allow" if allowed else "deny").inc()
+
+
 def _service(request: Request, authorization: str | None) -> BrokerAuth:
     service: BrokerAuth | None = getattr(request.app.state.ctx, "broker_auth", None)
     if service is None:
@@ -159,6 +165,7 @@ def _service(request: Request, authorization: str | None) -> BrokerAuth:
 def broker_auth(request: Request, body: AuthBody,
                 authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
     answer = _service(request, authorization).authenticate(body.username, body.password, body.clientid)
+    _count(request, "auth", answer.grant is not None)
     if answer.grant is None:
         log.info("broker login %r (client id %r) refused: %s", body.username, body.clientid, answer.why)
     return answer.to_dict()
@@ -167,8 +174,9 @@ def broker_auth(request: Request, body: AuthBody,
 @router.post("/acl", response_model=Decision, summary="may this login use this topic? (brokers only)")
 def broker_acl(request: Request, body: AclBody,
                authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-    return _service(request, authorization).authorize(body.username, body.clientid, body.topic,
-                                                      str(body.access)).to_dict()
+    answer = _service(request, authorization).authorize(body.username, body.clientid, body.topic, str(body.access))
+    _count(request, "acl", answer.grant is not None)
+    return answer.to_dict()
 
 
 @router.post("/vernemq", summary="VerneMQ's auth_on_register/publish/subscribe webhooks (brokers only)")
@@ -178,6 +186,7 @@ def broker_vernemq(request: Request, body: Annotated[dict[str, Any], Body()],
     from fleet_server.broker.vernemq import answer
 
     reply, why = answer(_service(request, authorization), vernemq_hook, body)
+    _count(request, "vernemq", not why)
     if why:
         log.info("VerneMQ %s for %r refused: %s", vernemq_hook, body.get("username"), why)
     return reply

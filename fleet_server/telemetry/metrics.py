@@ -34,6 +34,8 @@ two replicas) never share or collide on metric names. Served in Prometheus text 
     edgefleet_device_messages_clamped_total{topic,reason}   stored with the server's time (clock_ahead)
     edgefleet_alerts{rule,state}                      episodes pending or firing
     edgefleet_api_request_duration_seconds{method,route,status}   histogram (ASGI middleware)
+    edgefleet_broker_auth_total{check,result}         answers of the broker-auth endpoint (check: auth, acl,
+                                                      vernemq; result: allow, deny), this replica's
 
 The fleet gauges are read from the database at scrape time (``FleetCollector``), so every
 replica reports the same fleet; the ingest counters are this replica's own (sum them).
@@ -53,6 +55,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMappi
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -220,6 +223,9 @@ class Metrics:
                                            ttl_s=gauge_ttl_s))
         self.api_latency = Histogram("edgefleet_api_request_duration_seconds", "REST API request latency",
                                      ["method", "route", "status"], registry=self.registry, buckets=LATENCY_BUCKETS)
+        # Its latency is in api_latency (route /api/v1/broker/...); every answer there is a 200.
+        self.broker_auth = PromCounter("edgefleet_broker_auth", "Broker-auth endpoint answers (fleet_server.broker.auth_api)",
+                                       ["check", "result"], registry=self.registry)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

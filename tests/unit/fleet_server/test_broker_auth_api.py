@@ -62,6 +62,9 @@ def test_an_enrolled_device_is_allowed_on_its_own_client_id_only(client: TestCli
                  {"username": "dev-nobody", "password": grant.mqtt_password, "clientid": "dev-nobody"}):
         denied = auth(client, **body)
         assert denied.status_code == 200 and denied.json()["result"] == "deny" and not denied.json()["ok"]
+    metrics = client.get("/metrics").text
+    assert 'edgefleet_broker_auth_total{check="auth",result="allow"} 1.0' in metrics
+    assert 'edgefleet_broker_auth_total{check="auth",result="deny"} 3.0' in metrics
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
