@@ -83,6 +83,9 @@ class ServerConfig:
     timestamp_refresh_seconds: float = 3600.0
     timestamp_min_remaining_seconds: float = 12 * 3600.0
     rollout_interval_seconds: float = 5.0  # how often the rollout engine checks bake times and timeouts
+    # A device in flight in a rollout that has sent nothing for this long is asked to report again
+    # (fleet_server.rollouts.quiet: its outcome's event and report may both have been lost; 0: never).
+    report_quiet_seconds: float = 60.0
     telemetry_window_seconds: float = 3600.0  # the window fleet views and alert rules add telemetry over
     # Confidential models: /tuf/targets/ serves enrolled devices only (their API token as Bearer);
     # TUF metadata stays public (docs/security.md).
@@ -108,6 +111,9 @@ class ServerConfig:
                self.telemetry_window_seconds) <= 0:
             raise ConfigError("timestamp_refresh_seconds, timestamp_min_remaining_seconds, rollout_interval_seconds "
                               "and telemetry_window_seconds must be positive")
+        if self.report_quiet_seconds < 0:
+            raise ConfigError(f"report_quiet_seconds {self.report_quiet_seconds} is negative",
+                              fix="use 0 (never ask quiet devices to report) or e.g. 60")
         if min(self.ingest_silence_seconds, self.probe_interval_seconds) < 0 or self.probe_deadline_seconds <= 0:
             raise ConfigError("ingest_silence_seconds and probe_interval_seconds must be 0 (off) or positive, "
                               "probe_deadline_seconds positive", fix="e.g. 900, 5 and 15 (the defaults)")
@@ -236,7 +242,7 @@ _PATH_FIELDS = {"data_dir", "mosquitto_dir", "mosquitto_pid_file", "broker_ca_fi
 _INT_FIELDS = {"port", "max_upload_bytes", "enrollment_ttl_seconds", "nats_stream_replicas"}
 _FLOAT_FIELDS = {"timestamp_refresh_seconds", "timestamp_min_remaining_seconds", "rollout_interval_seconds",
                  "telemetry_window_seconds", "ingest_silence_seconds", "probe_interval_seconds",
-                 "probe_deadline_seconds"}
+                 "probe_deadline_seconds", "report_quiet_seconds"}
 _BOOL_FIELDS = {"private_targets"}
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 ENV_PREFIX = "EDGEFLEET_"

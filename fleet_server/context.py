@@ -279,8 +279,11 @@ class ServerContext:
                         "per-device ACL, use Mosquitto for a real fleet", self.broker_url)
         if self.config.accounts != "unmanaged":
             self.devices.sync_broker()
+        from prometheus_client import Counter as PromCounter
+
         from fleet_server.rollouts.assignments import Assignments
         from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
+        from fleet_server.rollouts.quiet import QuietPolicy
 
         embedded = self.embedded_broker is not None
         # Credentials in the URL (mqtt://user:pass@host) win; the embedded broker needs none.
@@ -318,7 +321,15 @@ class ServerContext:
         # every device message too (presence is queued for its own batched writer).
         self.rollouts = RolloutEngine(self.db, Assignments(self.db, self.keys.director, self.mqtt), clock=self.clock,
                                       reports=None if embedded else self.mqtt)
-        self.rollout_worker = RolloutWorker(self.rollouts, self.config.rollout_interval_seconds).start()
+        quiet_s = self.config.report_quiet_seconds
+        # Devices in flight that went quiet are asked to report (QoS 0, where `desired` goes).
+        self.rollout_worker = RolloutWorker(
+            self.rollouts, self.config.rollout_interval_seconds,
+            send=(lambda: self.mqtt.send if self.mqtt is not None else None) if quiet_s > 0 else None,
+            quiet=QuietPolicy(quiet_s, max(600.0, quiet_s)) if quiet_s > 0 else None,
+            on_asked=PromCounter("edgefleet_rollout_report_requests",
+                                 "report commands sent to devices in flight that went quiet (fleet_server.rollouts.quiet)",
+                                 registry=self.metrics.registry).inc).start()
         fanout.handlers.append(self.rollout_worker.submit)
         from fleet_server.rollouts.resend import DesiredResender
 

@@ -100,6 +100,7 @@ from fleet_server.rollouts.machine import (
     RolloutState,
     WithdrawCandidate,
 )
+from fleet_server.rollouts.quiet import REPORT_COMMAND, QuietDevices, QuietPolicy, Send
 from fleet_server.rollouts.reports import DeviceReport, ReportError, parse_reported
 from fleet_server.rollouts.stage import summary as stage_summary
 from fleet_server.rollouts.store import RolloutStore
@@ -457,7 +458,7 @@ class RolloutEngine:
         predecessor missed or lost in its queues is in one of the two. Replaying a report the
         rollout already took changes nothing.
         """
-        in_flight = self._in_flight()
+        in_flight = self.in_flight()
         if not in_flight:
             return True
         stored: list[tuple[str, bytes]] = []
@@ -483,7 +484,7 @@ class RolloutEngine:
                  len(stored), len(retained))
         return True
 
-    def _in_flight(self) -> set[str]:
+    def in_flight(self) -> set[str]:
         """Devices assigned (or timed out) in a live rollout: those whose outcome may be unknown."""
         with self.db.session() as session:
             return self.store.in_flight(session, LIVE_STATES, ("assigned", "candidate", "timed_out"))
@@ -767,6 +768,17 @@ class RolloutEngine:
         return fleet
 
 
+def _senders(batch: Iterable[tuple[str, bytes]]) -> set[str]:
+    """The devices whose messages are in ``batch`` (topics that are not a device's are skipped)."""
+    senders = set()
+    for topic, _ in batch:
+        try:
+            senders.add(topics.parse_device_topic(topic)[0])
+        except ValueError:
+            continue
+    return senders
+
+
 class RolloutWorker:
     """The engine's thread: reconciles at start, handles queued MQTT messages in order, ticks every ``interval`` s.
 
@@ -774,13 +786,24 @@ class RolloutWorker:
     and waits for the broker's acknowledgement, which would deadlock on paho's own loop thread.
     The worker also publishes everything the engine issues (``RolloutEngine.hand_publishing_to``),
     before it takes the next messages: devices are waiting for those.
+
+    With ``send`` (QoS 0, ``FleetMqtt.send``; a getter, since the connection may come later), it
+    also asks the devices in flight it has not heard from for ``quiet.quiet_s`` to report again
+    (``fleet_server.rollouts.quiet``: their outcome's event and report may both have been lost).
     """
 
-    def __init__(self, engine: RolloutEngine, interval: float = 5.0) -> None:
+    def __init__(self, engine: RolloutEngine, interval: float = 5.0, *,
+                 send: Callable[[], Send | None] | None = None, quiet: QuietPolicy | None = None,
+                 on_asked: Callable[[int], None] | None = None) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self.engine = engine
         self.interval = interval
+        self._send = send
+        self.quiet = QuietDevices(quiet)
+        self._next_ask = 0.0
+        self.asked = 0  # report commands sent
+        self._on_asked = on_asked  # e.g. the edgefleet_rollout_report_requests_total counter's inc
         # None wakes the thread (to publish, or to stop)
         self._queue: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -814,6 +837,21 @@ class RolloutWorker:
         self._thread.join(timeout=30)
         self.engine.hand_publishing_to(None)
 
+    def _ask_quiet(self) -> None:
+        """Send ``report`` to the devices in flight that went quiet (checked a few times per ``quiet_s``)."""
+        send = self._send() if self._send is not None else None
+        now = time.monotonic()
+        if send is None or now < self._next_ask:
+            return
+        self._next_ask = now + self.quiet.policy.quiet_s / 4
+        quiet = self.quiet.due(self.engine.in_flight(), now)
+        if quiet:
+            sent = send([(topics.commands(d), REPORT_COMMAND) for d in quiet])
+            self.asked += sent
+            if self._on_asked is not None:
+                self._on_asked(sent)
+            log.info("asked %d quiet device(s) in flight to report again (e.g. %s)", len(quiet), ", ".join(quiet[:3]))
+
     def _reconcile(self) -> bool:
         try:
             return self.engine.reconcile()
@@ -839,6 +877,7 @@ class RolloutWorker:
             try:
                 self._flush()
                 if batch:
+                    self.quiet.heard(_senders(batch), time.monotonic())
                     self.engine.handle_messages(batch)
                     self._flush()
                 if time.monotonic() >= next_tick and not self._stop.is_set():
@@ -848,6 +887,7 @@ class RolloutWorker:
                     self.engine.assignments.maintain(self.engine.clock())
                     if not reconciled:
                         reconciled = self._reconcile()
+                    self._ask_quiet()
             except Exception:  # the worker must outlive a database or broker hiccup
                 log.exception("rollout engine step failed; carrying on")
         try:

@@ -23,6 +23,8 @@ two replicas) never share or collide on metric names. Served in Prometheus text 
     edgefleet_desired_resent_total, _resend_limited_total, _resend_failed_total   desired published again to
                                                       devices that reported an older assignment, and the reports
                                                       left unanswered (``fleet_server.rollouts.resend``)
+    edgefleet_rollout_report_requests_total           report commands sent to devices in flight that went quiet
+                                                      (``fleet_server.rollouts.quiet``)
     edgefleet_device_messages_total{kind}             device messages this replica took (telemetry, events,
                                                       reported; probes not): with shared subscriptions the
                                                       replicas' counts add up to what the devices sent

@@ -10,6 +10,7 @@ import hashlib
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fleet_server.db import Database
 from fleet_server.tables import DeviceRow, ModelRow
@@ -33,6 +34,17 @@ def add_device(db: Database, device_id: str, profile: str = "rpi4-64", labels: M
 
 def fake_sha(name: str, version: str) -> str:
     return hashlib.sha256(f"{name}@{version}".encode()).hexdigest()
+
+
+def reported(device_id: str, serves: str, state: str = "idle", counter: int | None = None,
+             reason: str | None = None) -> dict[str, Any]:
+    """A report as the agent publishes it (docs/contracts.md)."""
+    update_ = {"state": state, "model": None if state == "idle" else "digits",
+               "version": None if state == "idle" else "2.0.0", "counter": counter, "rollout_id": "ro-x",
+               "reason": reason}
+    return {"device_id": device_id, "online": True, "agent_version": "0.1.0", "profile": "rpi4-64",
+            "models": {"digits": {"version": serves, "sha256": fake_sha("digits", serves)}}, "update": update_,
+            "ts": 1.0}
 
 
 def add_model(db: Database, name: str, version: str, profiles: Sequence[str] = ("rpi4-64",), *,

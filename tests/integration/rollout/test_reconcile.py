@@ -28,7 +28,7 @@ from tests.integration.rollout.fleetdb import (
     FakeClock,
     RecordingPublisher,
     counters,
-    fake_sha,
+    reported,
     upgrade_fleet,
 )
 from tests.integration.rollout.mqtt_tools import Recorder
@@ -41,17 +41,6 @@ ALL_AT_ONCE = RolloutPolicy(waves=(100.0,), bake_time=timedelta(0), device_timeo
 @pytest.fixture
 def db(migrated_db: Database) -> Database:
     return upgrade_fleet(migrated_db, IDS)
-
-
-def reported(device_id: str, serves: str, state: str = "idle", counter: int | None = None,
-             reason: str | None = None) -> dict[str, Any]:
-    """A report as the agent publishes it (docs/contracts.md)."""
-    update_ = {"state": state, "model": None if state == "idle" else "digits",
-               "version": None if state == "idle" else "2.0.0", "counter": counter, "rollout_id": "ro-x",
-               "reason": reason}
-    return {"device_id": device_id, "online": True, "agent_version": "0.1.0", "profile": "rpi4-64",
-            "models": {"digits": {"version": serves, "sha256": fake_sha("digits", serves)}}, "update": update_,
-            "ts": 1.0}
 
 
 def store(db: Database, device_id: str, document: dict[str, Any], *, online: bool = True) -> None:

@@ -23,6 +23,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (config.host, config.port, config.broker_url) == ("127.0.0.1", 8080, None)
     assert config.database == f"sqlite:///{tmp_path}/edgefleet-data/edgefleet.sqlite"
     assert config.server_url == "http://127.0.0.1:8080"
+    assert config.report_quiet_seconds == 60.0
 
 
 def test_flags_beat_env_beat_file(tmp_path: Path) -> None:
@@ -49,6 +50,7 @@ def test_server_section_and_config_from_env(tmp_path: Path) -> None:
     ("port = 70000\n", {}, "port 70000 is out of range"),
     ("enrollment_ttl_seconds = 5\n", {}, "enrollment_ttl_seconds"),
     ("port = [\n", {}, "not valid TOML"),
+    ("report_quiet_seconds = -1\n", {}, "report_quiet_seconds -1.0 is negative"),
 ])
 def test_bad_settings_are_named(tmp_path: Path, text: str, env: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
