@@ -293,7 +293,11 @@ def test_a_server_on_a_broker_whose_share_delivers_nothing_reports_it_within_30_
     wait_until(lambda: "Server is ready" in nats.log(), 20, "nats-server to start", explain=nats.log_tail)
     started = time.monotonic()
     # NATS's MQTT grants the server's $share subscriptions (QoS 1) and never delivers to them.
-    deaf = server(supervisor, tmp_path / "server", f"mqtt://127.0.0.1:{mqtt_port}", postgres_url, "deaf").start()
+    # A 3 s deadline instead of the default 15 s: what this test proves is that the probe never comes
+    # back through a real NATS, which a short wait shows as well as a long one. That the defaults
+    # (5 s probes, 15 s deadline) report within 30 s is tests/unit/fleet_server/test_liveness.py's.
+    deaf = server(supervisor, tmp_path / "server", f"mqtt://127.0.0.1:{mqtt_port}", postgres_url, "deaf",
+                  EDGEFLEET_PROBE_INTERVAL_SECONDS="1", EDGEFLEET_PROBE_DEADLINE_SECONDS="3").start()
     wait_until(lambda: "deaf" in reasons(deaf), 30 - (time.monotonic() - started), "the server to report it",
                explain=lambda: str(health(deaf)))
     problem = next(p for p in health(deaf)["problems"] if p["reason"] == "deaf")

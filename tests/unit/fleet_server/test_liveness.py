@@ -160,3 +160,25 @@ def test_a_server_whose_own_queue_is_full_is_not_called_deaf() -> None:
         seams.now = t
         monitor.tick()
     assert [p.reason for p in monitor.problems()] == [DEAF]  # once reading again, the deadline counts afresh
+
+
+def test_with_the_server_defaults_a_deaf_subscription_is_reported_within_30_s_of_the_start() -> None:
+    """The default window, on the judge and the monitor the server builds from ServerConfig's defaults
+    (what the integration test against a real deaf NATS shortens with its settings)."""
+    from fleet_server.config import ServerConfig
+
+    defaults = ServerConfig()
+    config = LivenessConfig(defaults.ingest_silence_seconds, defaults.probe_interval_seconds,
+                            defaults.probe_deadline_seconds)
+    assert config == LivenessConfig()  # the server's defaults are the judge's
+    seams = Scripted()
+    monitor = LivenessMonitor(config, probe_topic="edgefleet/v1/devices/edgefleet-probe-x/events",
+                              publish=seams.publish, connected=lambda: True, last_delivery=lambda: None,
+                              last_device_message=lambda: None, enrolled=lambda: 0, monotonic=lambda: seams.now)
+    reported = None
+    for tick in range(0, 31):  # one tick a second (TICK_S), the first at once
+        seams.now = float(tick)
+        if reported is None and [p.reason for p in monitor.tick()] == [DEAF]:
+            reported = seams.now
+    assert reported == config.probe_deadline_s == 15.0  # the first probe at 0 s, unanswered for 15 s
+    assert seams.published[0] == "edgefleet/v1/devices/edgefleet-probe-x/events"
