@@ -64,6 +64,13 @@ class Family:
     def add(self, labels: Labels, value: float, suffix: str = "") -> None:
         self.samples.append((suffix, labels, value))
 
+    @classmethod
+    def single(cls, name: str, kind: str, help_: str, value: float) -> Family:
+        """A metric of one sample without labels (a counter or gauge of the whole agent)."""
+        family = cls(PREFIX + name, kind, help_)
+        family.add({}, value)
+        return family
+
 
 def escape(value: str) -> str:
     """A label value as the text format quotes it."""
@@ -154,25 +161,23 @@ def agent_families(*, serving: Mapping[str, str], totals: Sequence[Totals], accu
     if shadow:
         families += _shadow_families(shadow)
     if outbox_rows is not None:
-        outbox = Family(PREFIX + "outbox_rows", "gauge", "Telemetry batches stored and not yet acknowledged")
-        outbox.add({}, outbox_rows)
-        families.append(outbox)
+        families.append(Family.single("outbox_rows", "gauge", "Telemetry batches stored and not yet acknowledged",
+                                      outbox_rows))
     if confirmation is not None:
-        unconfirmed = Family(PREFIX + "outbox_unconfirmed", "gauge",
-                             "Telemetry batches the broker acknowledged that the server has not confirmed storing")
-        unconfirmed.add({}, confirmation[0])
-        resent = Family(PREFIX + "outbox_resent_total", "counter",
-                        "Telemetry batches published again because no confirmation came in time")
-        resent.add({}, confirmation[1])
-        families += [unconfirmed, resent]
+        families += [
+            Family.single("outbox_unconfirmed", "gauge",
+                          "Telemetry batches the broker acknowledged that the server has not confirmed storing",
+                          confirmation[0]),
+            Family.single("outbox_resent_total", "counter",
+                          "Telemetry batches published again because no confirmation came in time", confirmation[1])]
     if subscriptions is not None:
-        refusals = Family(PREFIX + "mqtt_suback_refusals_total", "counter",
-                          "SUBACKs in which the broker refused a subscription (0x80); the agent subscribes again")
-        refusals.add({}, subscriptions[0])
-        subscribed = Family(PREFIX + "mqtt_subscribed", "gauge",
-                            "1 while the broker has granted both desired and commands on the current connection")
-        subscribed.add({}, 1 if subscriptions[1] else 0)
-        families += [refusals, subscribed]
+        families += [
+            Family.single("mqtt_suback_refusals_total", "counter",
+                          "SUBACKs in which the broker refused a subscription (0x80); the agent subscribes again",
+                          subscriptions[0]),
+            Family.single("mqtt_subscribed", "gauge",
+                          "1 while the broker has granted both desired and commands on the current connection",
+                          1 if subscriptions[1] else 0)]
     return families
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 
 from simulation.brokers import SERVER_PASSWORD, DynsecMosquitto
-from simulation.fleet import AgentProcess, ServerProcess, Supervisor, wait_until
+from simulation.fleet import ServerProcess, Supervisor
+from tests.integration.broker.agent_flow import enroll_agent, online_then_kicked_when_revoked
 
 pytestmark = pytest.mark.mosquitto
 
@@ -28,22 +28,9 @@ def test_an_agent_enrolled_through_dynamic_security_comes_online_and_is_cut_off_
         server = ServerProcess(supervisor, tmp_path / "server", env={
             "EDGEFLEET_BROKER_URL": broker.url, "EDGEFLEET_BROKER_ACCOUNTS": "mosquitto-dynsec",
             "EDGEFLEET_MQTT_PASSWORD": SERVER_PASSWORD}).start()
-        admin = {"Authorization": f"Bearer {server.admin_token}"}
-        token = httpx.post(f"{server.url}/api/v1/devices/enrollment-tokens", headers=admin,
-                           json={"profile": "generic-x86_64", "labels": {}}).raise_for_status().json()["token"]
-        agent = AgentProcess(supervisor, "dynsec-agent", tmp_path / "agent" / "state").enroll(server.url, token)
+        agent = enroll_agent(server, supervisor, "dynsec-agent", tmp_path / "agent")
         identity = json.loads((agent.state_dir / "identity.json").read_text())
         assert identity["broker_url"] == broker.url  # from broker_urls, one node here
-        agent.start().wait_ready()
-
-        def online() -> bool:
-            device = httpx.get(f"{server.url}/api/v1/devices/{agent.device_id}", headers=admin).json()
-            return bool(device["online"])
-
-        wait_until(online, 30, "the agent to be online")
-        httpx.post(f"{server.url}/api/v1/devices/{agent.device_id}/revoke", headers=admin).raise_for_status()
-        log = supervisor.log_dir / "mosquitto.log"
-        wait_until(lambda: f"Client {agent.device_id} been disconnected by administrative action" in log.read_text(),
-                   5, "Mosquitto to kick the revoked agent")
+        online_then_kicked_when_revoked(server, supervisor, agent)
     finally:
         supervisor.stop_all()

@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from simulation.brokers import SERVER_PASSWORD, PluginMosquitto
-from simulation.fleet import AgentProcess, ServerProcess, Supervisor, free_port, wait_until
+from simulation.fleet import ServerProcess, Supervisor, free_port
+from tests.integration.broker.agent_flow import enroll_agent, online_then_kicked_when_revoked
 from tests.integration.broker.test_mosquitto_http import TOKEN
 
 pytestmark = pytest.mark.mosquitto
@@ -35,20 +35,7 @@ def test_an_agent_enrolled_through_the_plugin_comes_online_and_is_cut_off_when_r
             "EDGEFLEET_BROKER_URL": broker.url, "EDGEFLEET_BROKER_ACCOUNTS": "mosquitto-http",
             "EDGEFLEET_MQTT_PASSWORD": SERVER_PASSWORD, "EDGEFLEET_BROKER_AUTH_TOKEN": TOKEN}).start()
         assert time.monotonic() - started < STARTS_WITHIN_S
-        admin = {"Authorization": f"Bearer {server.admin_token}"}
-        token = httpx.post(f"{server.url}/api/v1/devices/enrollment-tokens", headers=admin,
-                           json={"profile": "generic-x86_64", "labels": {}}).raise_for_status().json()["token"]
-        agent = AgentProcess(supervisor, "http-agent", tmp_path / "agent" / "state").enroll(server.url, token)
-        agent.start().wait_ready()
-
-        def online() -> bool:
-            device = httpx.get(f"{server.url}/api/v1/devices/{agent.device_id}", headers=admin).json()
-            return bool(device["online"])
-
-        wait_until(online, 30, "the agent to be online")
-        httpx.post(f"{server.url}/api/v1/devices/{agent.device_id}/revoke", headers=admin).raise_for_status()
-        log = supervisor.log_dir / "mosquitto.log"
-        wait_until(lambda: f"Client {agent.device_id} been disconnected by administrative action" in log.read_text(),
-                   5, "Mosquitto to kick the revoked agent")
+        agent = enroll_agent(server, supervisor, "http-agent", tmp_path / "agent")
+        online_then_kicked_when_revoked(server, supervisor, agent)
     finally:
         supervisor.stop_all()
