@@ -8,10 +8,10 @@
     with_input_guard(good, dir, v, g)    a bundle's model behind ONNX nodes on its input (a fault that
                                          only some inputs show), as version v
 
-The trained example is cached per kind for the whole test run (training is the slow part):
-in tests/support/shared.py's directory, made once for all pytest-xdist workers, so the first
-worker to ask trains it and the others read it; outside pytest, in a private temporary
-directory per process. Each call still runs a real conversion into the caller's directory.
+The trained examples (each kind, and the shifted model) are cached for the whole test run
+(training is the slow part): in tests/support/shared.py's directory, made once for all
+pytest-xdist workers, so the first worker to ask trains it and the others read it; outside
+pytest, in a private temporary directory per process. Each call still runs a real conversion into the caller's directory.
 """
 
 from __future__ import annotations
@@ -34,21 +34,26 @@ from tests.support.shared import locked, shared_dir
 @functools.cache
 def example(kind: str = "digits-mlp") -> ExampleFiles:
     """The trained ``kind`` example, trained once per test run and shared by every worker."""
+    return _trained_once(kind, lambda directory: write_example(directory, kind=kind))
+
+
+def _trained_once(name: str, train: Callable[[Path], ExampleFiles]) -> ExampleFiles:
+    """``train(directory)``'s files, trained by the first worker that asks and read by the others."""
     shared = shared_dir()
     if shared is None:
-        private = tempfile.mkdtemp(prefix=f"edgefleet-example-{kind}-")
+        private = tempfile.mkdtemp(prefix=f"edgefleet-example-{name}-")
         atexit.register(shutil.rmtree, private, ignore_errors=True)
-        return write_example(Path(private), kind=kind)
-    directory = shared / f"example-{kind}"
+        return train(Path(private))
+    directory = shared / f"example-{name}"
     record = directory / "example.json"  # written last: its presence means the files are whole
-    with locked(shared / f"example-{kind}.lock"):
+    with locked(shared / f"example-{name}.lock"):
         if record.exists():
             fields = json.loads(record.read_text())
             return ExampleFiles(model_path=Path(fields["model_path"]), calibration_csv=Path(fields["calibration_csv"]),
                                 validation_csv=Path(fields["validation_csv"]), labels_column=fields["labels_column"])
         shutil.rmtree(directory, ignore_errors=True)  # a worker that died mid-training left a part
         directory.mkdir()
-        files = write_example(directory, kind=kind)
+        files = train(directory)
         record.write_text(json.dumps({"model_path": str(files.model_path),
                                       "calibration_csv": str(files.calibration_csv),
                                       "validation_csv": str(files.validation_csv),
@@ -96,13 +101,14 @@ def make_broken_bundle(tmp_dir: Path, *, name: str = "digits-broken", version: s
 
 @functools.cache
 def _shifted_example() -> ExampleFiles:
-    """The shifted digits model, trained once per test run (per worker: it takes a second or two)."""
-    from simulation.bundles import train_shifted_digits
+    """The shifted digits model, trained once per test run and shared by every worker like ``example``."""
+    from simulation.bundles import SHIFTED_KIND, train_shifted_digits
 
-    private = tempfile.mkdtemp(prefix="edgefleet-example-shifted-")
-    atexit.register(shutil.rmtree, private, ignore_errors=True)
-    files: ExampleFiles = train_shifted_digits(Path(private))
-    return files
+    def train(directory: Path) -> ExampleFiles:
+        files: ExampleFiles = train_shifted_digits(directory)
+        return files
+
+    return _trained_once(SHIFTED_KIND, train)
 
 
 def make_shifted_bundle(tmp_dir: Path, *, name: str = "digits", version: str = "2.0.0",
