@@ -21,6 +21,7 @@ catches it. It deliberately does not push anything to a server.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 
 from edgefleet.bundle import bundle_filename, read_bundle, write_bundle
 from edgefleet.canonical import pretty_json
+from edgefleet.errors import BundleError
 
 # (profile, model name, format, quantization) for each half of the fleet.
 ONNX_TARGET = ("rpi4-64", "digits", "onnx", "int8-static")
@@ -152,7 +154,14 @@ def break_golden(good_bundle: Path, output_dir: Path, *, version: str) -> Path:
 
 @dataclass
 class DemoModels:
-    """Trains the examples lazily (once each) and converts them into ``directory``."""
+    """Trains the examples lazily (once each) and converts them into ``directory``.
+
+    A directory an earlier run left (``edgefleet demo --data-dir DIR`` run again) is reused:
+    each example and each conversion writes a record once it is complete (``example.json``,
+    ``converted/*.json``), and a later run reads the record instead of training or converting
+    again, provided the bundle's bytes still have the recorded SHA-256 and its checks passed.
+    Anything else (no record, another hash, a failed report) is trained or converted afresh.
+    """
 
     directory: Path
     reports: list[dict[str, Any]] = field(default_factory=list)
@@ -163,16 +172,39 @@ class DemoModels:
 
         if kind not in self._examples:
             directory = self.directory / f"example-{kind}"
-            if kind == IMAGE_KIND:
-                self._examples[kind] = train_camera_cnn(directory)
-            elif kind == SHIFTED_KIND:
-                self._examples[kind] = train_shifted_digits(directory)
-            else:
-                self._examples[kind] = write_example(directory, kind=kind)
+            record = directory / "example.json"  # written last: its presence means the files are whole
+            files = _read_example(record, self.directory)
+            if files is None:
+                if kind == IMAGE_KIND:
+                    files = train_camera_cnn(directory)
+                elif kind == SHIFTED_KIND:
+                    files = train_shifted_digits(directory)
+                else:
+                    files = write_example(directory, kind=kind)
+                _write_example(record, files, self.directory)
+            self._examples[kind] = files
         return self._examples[kind]
 
     def convert(self, target: tuple[str, str, str, str], version: str, *, kind: str = "digits-mlp") -> Any:
         """Convert the ``kind`` example for ``target``; returns the converter's ConversionResult."""
+        profile, name, fmt, quantize = target
+        record = self.directory / "converted" / f"{name}-{version}-{profile}-{fmt}-{quantize}-{kind}.json"
+        result = _read_conversion(record, self.directory)
+        reused = result is not None
+        if result is None:
+            result = self._convert(target, version, kind)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"bundle": str(result.bundle_path.relative_to(self.directory)),
+                                          "sha256": result.sha256,
+                                          "report": result.report}))
+        inputs = result.manifest.to_dict()["inputs"]
+        self.reports.append({"model": name, "version": version, "profile": profile, "format": fmt,
+                             "quantize": quantize, "kind": kind, "bundle": str(result.bundle_path),
+                             "sha256": result.sha256, "inputs": _input_kinds(inputs), "report": result.report,
+                             "reused": reused})
+        return result
+
+    def _convert(self, target: tuple[str, str, str, str], version: str, kind: str) -> Any:
         from converter import ConvertOptions, convert
 
         profile, name, fmt, quantize = target
@@ -183,14 +215,9 @@ class DemoModels:
         else:
             data = {"calibration": files.calibration_csv, "validation": files.validation_csv,
                     "labels": files.labels_column}
-        result = convert(ConvertOptions(
+        return convert(ConvertOptions(
             model_path=files.model_path, profile=profile, name=name, version=version,
             output_dir=self.directory / "bundles", format=fmt, quantize=quantize, force=True, **data))
-        inputs = result.manifest.to_dict()["inputs"]
-        self.reports.append({"model": name, "version": version, "profile": profile, "format": fmt,
-                             "quantize": quantize, "kind": kind, "bundle": str(result.bundle_path),
-                             "sha256": result.sha256, "inputs": _input_kinds(inputs), "report": result.report})
-        return result
 
     def validation_rows(self, kind: str = "digits-mlp") -> list[list[float]]:
         """Feature rows of the validation split (labels dropped), for the prediction load."""
@@ -216,6 +243,51 @@ class DemoModels:
         files = self.example(IMAGE_KIND)
         with np.load(files.validation_npz) as data:
             return np.asarray(np.round(data[IMAGE_INPUT] * 255.0), dtype=np.uint8)
+
+
+# Records name files relative to DemoModels.directory, so a copied or moved directory is reused too.
+
+
+def _write_example(record: Path, files: Any, base: Path) -> None:
+    fields = {k: str(v.relative_to(base)) if isinstance(v, Path) else v for k, v in vars(files).items()}
+    record.write_text(json.dumps({"camera": isinstance(files, CameraFiles), **fields}))
+
+
+def _read_example(record: Path, base: Path) -> Any:
+    """The files an earlier run trained (``_write_example``), if they are all still there."""
+    from converter import ExampleFiles
+
+    if not record.is_file():
+        return None
+    fields = json.loads(record.read_text())
+    camera = fields.pop("camera")
+    if camera:
+        files: Any = CameraFiles(base / fields["model_path"], base / fields["calibration_npz"],
+                                 base / fields["validation_npz"], fields["labels_key"])
+    else:
+        files = ExampleFiles(base / fields["model_path"], base / fields["calibration_csv"],
+                             base / fields["validation_csv"], fields["labels_column"])
+    paths = [v for v in vars(files).values() if isinstance(v, Path)]
+    return files if all(p.is_file() for p in paths) else None
+
+
+def _read_conversion(record: Path, base: Path) -> Any:
+    """An earlier run's ConversionResult, if its bundle still has the recorded bytes and passed its checks."""
+    from converter import ConversionResult
+
+    if not record.is_file():
+        return None
+    fields = json.loads(record.read_text())
+    bundle = base / fields["bundle"]
+    if not bundle.is_file() or not fields["report"].get("passed", True):
+        return None
+    try:
+        read = read_bundle(bundle)  # checks every file's hash and the manifest
+    except BundleError:
+        return None
+    if read.sha256 != fields["sha256"]:
+        return None  # converted again since (another kind under the same name and version): not this one
+    return ConversionResult(bundle, read.sha256, read.manifest, fields["report"])
 
 
 def _input_kinds(inputs: list[dict[str, Any]]) -> str:

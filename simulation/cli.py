@@ -48,7 +48,9 @@ def register(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run the edgefleet story on embedded defaults (what scripts/demo runs)",
                           description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--devices", type=int, default=12, help="agent processes to start, half per profile (default 12)")
-    demo.add_argument("--data-dir", type=Path, help="keep the demo's files here (default: a temporary directory)")
+    demo.add_argument("--data-dir", type=Path, help="keep the demo's files here (default: a temporary directory); "
+                                                    "a directory an earlier run kept reuses the models it trained "
+                                                    "and converted")
     demo.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
                       help="MQTT broker: Mosquitto from PATH, the server's embedded one, or auto (default)")
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")

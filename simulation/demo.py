@@ -193,6 +193,8 @@ class Demo:
 
         for target, kind in RELEASE_1:
             result = self.models.convert(target, "1.0.0", kind=kind)
+            if self.models.reports[-1]["reused"]:
+                self.say(f"      {target[1]} 1.0.0: reused the bundle an earlier run in {self.workdir} converted")
             self.say(format_report(result.report))
             step.expect(bool(result.report.get("passed", True)), f"{target[1]} 1.0.0 failed its conversion checks")
         step.details["bundles"] = [{k: r[k] for k in ("model", "version", "profile", "format", "quantize", "inputs",

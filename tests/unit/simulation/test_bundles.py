@@ -31,3 +31,21 @@ def test_broken_version_verifies_but_no_golden_row_agrees(tmp_path: Path) -> Non
     assert read_bundle(broken).manifest.version == "2.0.0"
     assert agreement(good) > 0.95
     assert agreement(broken) == 0.0
+
+
+def test_demo_models_reuse_what_an_earlier_run_in_the_directory_trained_and_converted(tmp_path: Path) -> None:
+    from simulation.bundles import PIPELINE_KIND, PIPELINE_TARGET, DemoModels
+
+    first = DemoModels(tmp_path / "models").convert(PIPELINE_TARGET, "1.0.0", kind=PIPELINE_KIND)
+    moved = tmp_path / "moved"
+    (tmp_path / "models").rename(moved)  # the records name files relative to the directory
+    again = DemoModels(moved)
+    reused = again.convert(PIPELINE_TARGET, "1.0.0", kind=PIPELINE_KIND)
+    assert again.reports[-1]["reused"] is True and reused.sha256 == first.sha256
+    assert reused.report == first.report and reused.manifest == read_bundle(reused.bundle_path).manifest
+    assert again.validation_records()  # the trained example is read back, not trained again
+    # A bundle whose bytes changed since (another conversion under its name) is converted again.
+    reused.bundle_path.write_bytes(b"not the recorded bundle")
+    third = DemoModels(moved)
+    converted = third.convert(PIPELINE_TARGET, "1.0.0", kind=PIPELINE_KIND)
+    assert third.reports[-1]["reused"] is False and converted.sha256 == first.sha256
