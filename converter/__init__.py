@@ -8,10 +8,16 @@ Public API::
     result.bundle_path, result.sha256, result.manifest, result.report
 
 Heavy libraries (skl2onnx, onnxruntime, TensorFlow) are imported when a conversion runs, not
-when this package is imported.
+when this package is imported; the conversion pipeline and the examples (numpy and the
+converter's own modules) when one of their names is first used. Every ``edgefleet`` command
+imports this package (``converter.cli`` registers ``convert``), so ``edgefleet agent run``,
+``edgefleet rollouts create`` and the rest do not pay for them at start-up.
 """
 
-from converter.conversion import ConversionResult, ConvertOptions, convert
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from converter.errors import (
     ConverterError,
     DataError,
@@ -22,7 +28,21 @@ from converter.errors import (
     ToleranceError,
     UnsupportedOpError,
 )
-from converter.examples import ExampleFiles, write_example
+from edgefleet.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from converter.conversion import ConversionResult, ConvertOptions, convert
+    from converter.examples import ExampleFiles, write_example
+
+# Public names imported on first use, and the module each comes from.
+__getattr__ = lazy_exports(__name__, globals(), {
+    "ConversionResult": "converter.conversion",
+    "ConvertOptions": "converter.conversion",
+    "convert": "converter.conversion",
+    "ExampleFiles": "converter.examples",
+    "write_example": "converter.examples",
+})
+
 
 __all__ = [
     "ConversionResult",

@@ -17,16 +17,21 @@ The package exports the light-device API; the rest is used through the CLI.
 
 from __future__ import annotations
 
-from simulation.lightdevice import (
-    Behaviour,
-    DeviceIdentity,
-    LightDevice,
-    LightFleet,
-    Outcome,
-    SimulationError,
-    Step,
-    plan_update,
-)
+from typing import TYPE_CHECKING
+
+from edgefleet.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from simulation.lightdevice import (
+        Behaviour,
+        DeviceIdentity,
+        LightDevice,
+        LightFleet,
+        Outcome,
+        SimulationError,
+        Step,
+        plan_update,
+    )
 
 __all__ = [
     "Behaviour",
@@ -38,3 +43,6 @@ __all__ = [
     "Step",
     "plan_update",
 ]
+
+# Imported on first use: `edgefleet` imports this package for every command (simulation.cli).
+__getattr__ = lazy_exports(__name__, globals(), dict.fromkeys(__all__, "simulation.lightdevice"))
