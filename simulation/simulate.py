@@ -66,6 +66,16 @@ def parse_profile_mix(text: str) -> dict[str, float]:
     return {name: value / total for name, value in mix.items()}
 
 
+DEFAULT_PROFILE_MIX = "rpi4-64=70,jetson-orin-nano=30"
+MODEL_VERSION = "1.0.0"  # what the simulator converts and rolls out when it runs its own server
+
+
+def model_targets(mix: dict[str, float]) -> list[tuple[str, str, str, str]]:
+    """The (profile, name, format, quantize) the simulator converts the digits MLP for, one per profile."""
+    return [(profile, f"sim-{profile}", *(("tflite", "int8") if profile == "rpi-zero-2w" else ("onnx", "none")))
+            for profile in mix]
+
+
 def profiles_for(mix: dict[str, float], n: int) -> list[str]:
     """``n`` profiles in the mix's shares (largest remainder), interleaved rather than in blocks."""
     exact = {p: share * n for p, share in mix.items()}
@@ -175,11 +185,10 @@ class Simulation:
     def _push_models(self) -> list[str]:
         from simulation.bundles import DemoModels
 
-        models = DemoModels(self.workdir / "models")
+        models = DemoModels(self.workdir / "models")  # a --data-dir an earlier run used: its conversions reused
         refs = []
-        for profile in self.options.profile_mix:
-            fmt, quantize = ("tflite", "int8") if profile == "rpi-zero-2w" else ("onnx", "none")
-            result = models.convert((profile, f"sim-{profile}", fmt, quantize), "1.0.0")
+        for target in model_targets(self.options.profile_mix):
+            result = models.convert(target, MODEL_VERSION)
             pushed = self._client.push_model(result.bundle_path)
             refs.append(f"{pushed['name']}@{pushed['version']}")
         self.say(f"pushed {', '.join(refs)}")
@@ -402,8 +411,8 @@ def register_simulate(sub: Any) -> None:
     p = sub.add_parser("simulate", help="run a simulated fleet through a rollout with injected faults",
                        description=SIMULATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", type=int, default=50, help="how many devices (default 50)")
-    p.add_argument("--profile-mix", default="rpi4-64=70,jetson-orin-nano=30",
-                   help="PROFILE=WEIGHT,... (default rpi4-64=70,jetson-orin-nano=30)")
+    p.add_argument("--profile-mix", default=DEFAULT_PROFILE_MIX,
+                   help=f"PROFILE=WEIGHT,... (default {DEFAULT_PROFILE_MIX})")
     p.add_argument("--server", help="a running fleet server (default: start one here)")
     p.add_argument("--token", help="its admin token (default: $EDGEFLEET_TOKEN)")
     p.add_argument("--rollout", action="append", metavar="MODEL@VERSION",
@@ -411,7 +420,8 @@ def register_simulate(sub: Any) -> None:
     p.add_argument("--processes", action="store_true", help="real agent processes instead of light devices")
     p.add_argument("--duration", default="120s", help="longest time to wait for the rollouts (default 120s)")
     p.add_argument("--seed", type=int, default=2026, help="seed of the fault and wave draws")
-    p.add_argument("--data-dir", type=Path, help="keep files here (default: a temporary directory)")
+    p.add_argument("--data-dir", type=Path, help="keep files here (default: a temporary directory); a directory "
+                                                 "an earlier run kept reuses the models it converted")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
     p.add_argument("--network-loss", metavar="SHARE:DURATION", help="e.g. 30%%:10s: that share loses the network")
     p.add_argument("--broker-restart", metavar="AT", help="restart the own broker this long into the rollout")
