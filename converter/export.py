@@ -35,13 +35,13 @@ def float_onnx(source: SourceModel) -> onnx.ModelProto:
         model: onnx.ModelProto = source.model
         return tidy(model)
     if source.framework == "sklearn":
-        return _with_default_opset(tidy(_from_sklearn(source)))
+        return tidy(_with_default_opset(_from_sklearn(source)))
     if source.framework in ("lightgbm", "xgboost"):
-        return _with_default_opset(tidy(_from_boosting(source)))
+        return tidy(_with_default_opset(_from_boosting(source)))
     if source.framework in ("keras", "savedmodel"):
         from converter.keras_onnx import keras_onnx
 
-        return _with_default_opset(tidy(keras_onnx(source)))
+        return tidy(_with_default_opset(keras_onnx(source)))
     raise UnsupportedOpError(f"a {source.framework} model cannot be exported to ONNX here",
                              op=source.kind or source.framework, fix="use --format tflite")
 

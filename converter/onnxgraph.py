@@ -99,9 +99,15 @@ def ml_ops(model: onnx.ModelProto) -> list[str]:
 
 
 def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop free-text fields that exporters fill with paths, timestamps or object ids.
+    """Drop free-text fields that exporters fill with paths, timestamps or object ids, and put
+    the opset imports in one canonical order (the standard domain first, then by name).
 
-    Byte-identical output for identical input is what makes bundles reproducible.
+    Byte-identical output for identical input is what makes bundles reproducible. The order
+    matters because skl2onnx lists the domains by iterating a Python ``set`` of (domain,
+    version) pairs, whose order follows the per-process string hash (PYTHONHASHSEED): the
+    digits MLP came out as ``ai.onnx.ml, ""`` instead of ``"", ai.onnx.ml`` in 1 process in 40
+    (PYTHONHASHSEED=30 every time), and onnxruntime's quantization keeps that order, so two
+    conversions in two processes gave two sha256s. ONNX gives the list no meaning beyond a set.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -110,6 +116,10 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     out.graph.name = "edgefleet"
     for node in out.graph.node:
         node.doc_string = ""
+    opsets = sorted(out.opset_import, key=lambda o: (o.domain not in ("", "ai.onnx"), o.domain, o.version))
+    ordered = [onnx.OperatorSetIdProto(domain=o.domain, version=o.version) for o in opsets]
+    del out.opset_import[:]
+    out.opset_import.extend(ordered)
     return out
 
 

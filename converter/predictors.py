@@ -76,13 +76,30 @@ class Predictor(Protocol):
 
 
 class EstimatorPredictor:
-    """A scikit-learn-compatible estimator (also LightGBM's and XGBoost's sklearn wrappers)."""
+    """A scikit-learn-compatible estimator (also LightGBM's and XGBoost's sklearn wrappers).
+
+    It predicts with one BLAS thread. OpenBLAS splits a matrix product differently with one
+    thread than with several, and the last bits of the result move: the digits MLP's
+    probabilities in golden.json differed in the 7th digit between OPENBLAS_NUM_THREADS=1 and 2,
+    so the bundle's sha256 followed the machine's core count, the environment, or a thread
+    limit another library left in the process. One thread is also what the reported host
+    latency claims.
+    """
 
     def __init__(self, estimator: Any, task: str) -> None:
+        from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
+
         self.estimator = estimator
         self.task = task
+        # Made once, after the estimator's libraries are loaded: a limit through it costs about
+        # 20 µs a call (threadpool_limits() looks the libraries up again each time, about 500 µs).
+        self._threads = ThreadpoolController()
 
     def predict(self, features: Batch) -> Outputs:
+        with self._threads.limit(limits=1, user_api="blas"):
+            return self._predict(features)
+
+    def _predict(self, features: Batch) -> Outputs:
         if isinstance(features, Mapping):
             # A model fitted on a DataFrame selects its columns by name: give it one.
             from edgefleet.extras import require
