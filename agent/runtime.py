@@ -35,6 +35,7 @@ from agent import threads
 from agent.errors import InferenceError
 from agent.slots import Slot
 from edgefleet.manifest import Manifest, Quantization, TensorSpec
+from edgefleet.onnx_options import exact_int8
 from edgefleet.profiles import Profile
 
 log = logging.getLogger("agent.runtime")
@@ -198,6 +199,7 @@ class OnnxSession:
             # Requests arrive one row at a time with gaps between them: spinning intra-op workers
             # burn 6-74 us of CPU after every run (measured) that the device's API thread needs.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            exact_int8(options)  # the products the converter's proof computed, on any x86 CPU
             try:
                 return ort.InferenceSession(str(slot.model_path), sess_options=options, providers=usable)
             except Exception as exc:  # onnxruntime raises its own unexported exception types

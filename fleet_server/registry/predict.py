@@ -69,6 +69,7 @@ from edgefleet.inputs import (
     to_matrix,
 )
 from edgefleet.manifest import Manifest, TensorSpec
+from edgefleet.onnx_options import exact_int8
 from fleet_server.errors import InvalidInputError, ServerError
 from fleet_server.registry.bundle_cache import BundleCache
 from fleet_server.registry.served import default_version, served_counts
@@ -495,7 +496,7 @@ class _Loaded:
         import onnxruntime as ort
 
         self.manifest = manifest
-        options = ort.SessionOptions()
+        options = exact_int8(ort.SessionOptions())  # the products the converter's proof computed
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
