@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -197,8 +198,12 @@ def test_a_sigkill_during_the_shadow_stage_keeps_the_old_version_and_the_stage_r
     (agent,) = _serving_1_0_0(stack)
     _push_good(stack, "2.0.0")
     with Client(agent):
-        created = _staged(stack, "2.0.0", {"shadow": {"seconds": 45, "min_agreement": 0.98, "min_requests": 30}})
+        # The stage must outlast the kill, the restart and the resume (a few seconds here, under
+        # 10 s on a loaded 2-core machine; the print below says how long it took): 30 s leaves
+        # three times that. A stage decided before the resume fails the wait for "shadow" below.
+        created = _staged(stack, "2.0.0", {"shadow": {"seconds": 30, "min_agreement": 0.98, "min_requests": 30}})
         wait_until(lambda: stack.view(created["id"])["waves"][0]["shadowing"] == 1, 60, "the device in the stage")
+        opened = time.monotonic()
         agent.kill()
         # dead in the middle of the stage: it still counts as in the stage (no timeout), and B never served
         assert stack.view(created["id"])["device_records"][0]["status"] == "candidate"
@@ -208,6 +213,7 @@ def test_a_sigkill_during_the_shadow_stage_keeps_the_old_version_and_the_stage_r
         assert first["version"] == "1.0.0"  # at once after the restart, before the stage resumes
         wait_until(lambda: _reported_update(stack, agent.device_id).get("state") == "shadow", 60,
                    "the restarted agent to resume the stage")
+        print(f"the restarted agent resumed the stage {time.monotonic() - opened:.1f} s after it opened")
         done = stack.wait_state(created["id"], "completed", timeout=120)
     stage = done["waves"][0]["stage"]
     assert stage["verdict"] == "passed" and stage["figures"]["requests"] >= 30, stage
