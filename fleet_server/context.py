@@ -179,9 +179,16 @@ class ServerContext:
         self.monitor = AlertMonitor(self.db, self.fleet_views, self.config.alerts)
         self.metrics = Metrics(self.fleet_views, lambda: self.ingest.counts() if self.ingest is not None else None,
                                self.monitor.episodes, liveness=self.ingest_problems)
+        from prometheus_client import Counter as PromCounter
+
         from fleet_server.rollouts.resend import ResendCollector
 
         self.metrics.registry.register(ResendCollector(lambda: self.resender.counts() if self.resender else None))
+        # Made once with the registry: the MQTT side (and the rollout worker) may start more than once.
+        self.report_requests = PromCounter(
+            "edgefleet_rollout_report_requests",
+            "report commands sent to devices in flight that went quiet (fleet_server.rollouts.quiet)",
+            registry=self.metrics.registry)
         self.refusals = DeviceRefusals(self.db)
 
     def ingest_problems(self) -> list[dict[str, str]] | None:
@@ -279,8 +286,6 @@ class ServerContext:
                         "per-device ACL, use Mosquitto for a real fleet", self.broker_url)
         if self.config.accounts != "unmanaged":
             self.devices.sync_broker()
-        from prometheus_client import Counter as PromCounter
-
         from fleet_server.rollouts.assignments import Assignments
         from fleet_server.rollouts.engine import RolloutEngine, RolloutWorker
         from fleet_server.rollouts.quiet import QuietPolicy
@@ -327,9 +332,7 @@ class ServerContext:
             self.rollouts, self.config.rollout_interval_seconds,
             send=(lambda: self.mqtt.send if self.mqtt is not None else None) if quiet_s > 0 else None,
             quiet=QuietPolicy(quiet_s, max(600.0, quiet_s)) if quiet_s > 0 else None,
-            on_asked=PromCounter("edgefleet_rollout_report_requests",
-                                 "report commands sent to devices in flight that went quiet (fleet_server.rollouts.quiet)",
-                                 registry=self.metrics.registry).inc).start()
+            on_asked=self.report_requests.inc).start()
         fanout.handlers.append(self.rollout_worker.submit)
         from fleet_server.rollouts.resend import DesiredResender
 

@@ -43,6 +43,7 @@ class MqttProbe:
         self.client.connect("127.0.0.1", port, keepalive=5)
         self.client.loop_start()
         if not self._connected.wait(10):
+            self.client.loop_stop()  # its thread must not outlive the test
             raise AssertionError(f"MQTT client {client_id} got no CONNACK from port {port}")
         if refused is not None and (self.refusal is not None) != refused:
             self.client.loop_stop()
