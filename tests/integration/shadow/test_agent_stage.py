@@ -141,6 +141,8 @@ def test_a_shifted_candidate_in_shadow_never_answers_and_its_disagreement_is_rep
     shifted = director.target(fleet.server.push(bundles.shifted))
     director.assign(agent, director.target(v1).with_candidate(Candidate.shadow(shifted, 1.0)))
     agent.wait_update("shadow", 30, version="1.2.0")
+    # The report and the events are separate messages: the shadowing event may land just after.
+    wait_for(lambda: fleet.events.of(agent.device_id, "shadowing"), 10, "the shadowing event")
     assert [e["event"] for e in fleet.events.of(agent.device_id)][-2:] == ["health_passed", "shadowing"]
     answered: set[str] = set()
     with httpx.Client(base_url=agent.url, timeout=10) as client:
