@@ -7,7 +7,10 @@ through it and compares with the outputs of the ORIGINAL model (golden.json):
     regressors   mean |diff| / std(expected) <= max_rel_error
     any model    no NaN, infinite or out-of-range output (agent.probation.output_problems)
 
-then times single-row inferences and compares their p95 with the profile's latency budget.
+then times single-row inferences and compares their p95 with the profile's latency budget. A
+round over budget is measured again, up to ``LATENCY_ROUNDS`` rounds, and the best round counts:
+a stall (the OS preempting the agent, a busy neighbour process, a GC pause) only ever adds time,
+so one slow round says little, while a model that misses its budget misses it every round.
 Golden inputs are a list of rows (a single-input model) or, for a model with named inputs, one
 array per input name (run with ``run_feeds``): ``[rows, 1]`` lists of a column model's
 golden.json, or the N-D arrays of a tensor model's golden.npz (``edgefleet.golden``). An image
@@ -37,6 +40,7 @@ from edgefleet.inputs import array_dtype
 from edgefleet.manifest import Manifest, TensorSpec
 
 DEFAULT_LATENCY_RUNS = 50
+LATENCY_ROUNDS = 3  # rounds of latency_runs before a model is failed for latency
 _WARMUP_RUNS = 3
 
 
@@ -111,6 +115,13 @@ def check_health(
                 raise _Failed("golden_mismatch", f"relative error against the original model is {rel_error:.4f}, "
                                                  f"above the bundle's maximum {tolerance.max_rel_error:.4f}")
         p50, p95, runs = _latency(session, inputs, latency_runs, timer)
+        for _ in range(LATENCY_ROUNDS - 1):
+            if p95 <= budget:
+                break
+            again_p50, again_p95, again_runs = _latency(session, inputs, latency_runs, timer)
+            runs += again_runs
+            if again_p95 < p95:
+                p50, p95 = again_p50, again_p95
     except _Failed as exc:
         return HealthReport(False, exc.reason, exc.message, rows, agreement, rel_error, latency_budget_ms=budget)
     passed = p95 <= budget
