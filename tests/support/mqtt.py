@@ -23,7 +23,7 @@ class MqttProbe:
 
     def __init__(self, port: int, client_id: str, *, clean_session: bool = True,
                  will: tuple[str, bytes] | None = None, login: tuple[str, str] | None = None,
-                 refused: bool | None = False) -> None:
+                 refused: bool | None = False, connack_timeout: float = 10.0) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.session_present: bool | None = None
         self._connected = threading.Event()
@@ -42,7 +42,7 @@ class MqttProbe:
         self._subacks: dict[int, list[bool]] = {}
         self.client.connect("127.0.0.1", port, keepalive=5)
         self.client.loop_start()
-        if not self._connected.wait(10):
+        if not self._connected.wait(connack_timeout):
             self.client.loop_stop()  # its thread must not outlive the test
             raise AssertionError(f"MQTT client {client_id} got no CONNACK from port {port}")
         if refused is not None and (self.refusal is not None) != refused:
