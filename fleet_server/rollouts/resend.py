@@ -151,7 +151,9 @@ class DesiredResender:
             device_id, kind = topics.parse_device_topic(topic)
         except ValueError:
             return
-        if kind != "reported" or not payload:
+        # Every report comes through here on paho's thread, and the ingest has already parsed it:
+        # only one that names the key is parsed again (a byte search costs far less than JSON).
+        if kind != "reported" or REPORTED_COUNTER.encode() not in payload:
             return
         try:
             counter = reported_counter(json.loads(payload))
